@@ -1,0 +1,207 @@
+//! `ferry get URL... [-o PATH]`: download over HTTP/1.1 with a progress bar on a terminal and a
+//! one-line summary (or `--json`) at the end.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use ferry::{Engine, Event, GetError, Report};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{Global, exit, get_error_code, human_bytes, parse_size};
+
+#[derive(Debug, Args)]
+pub(crate) struct GetArgs {
+    /// URLs to download (http://).
+    #[arg(required = true, value_name = "URL")]
+    urls: Vec<String>,
+    /// Output file; with several URLs, an existing directory to put them in (named after the last
+    /// path segment of each URL). Default: that name in the current directory.
+    #[arg(short, long, value_name = "PATH")]
+    output: Option<PathBuf>,
+    /// Connections per download.
+    #[arg(short = 'c', long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    connections: u32,
+    /// Range size (e.g. 8M); default: about four ranges per connection, 1-64 MiB.
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    chunk_size: Option<u64>,
+    /// Print the summary as JSON (one object per URL, one per line).
+    #[arg(long)]
+    json: bool,
+    /// No progress bar and no summary line.
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
+    let jobs = match plan_outputs(&args) {
+        Ok(j) => j,
+        Err(e) => return super::fail(&e, exit::USAGE),
+    };
+    let placement = jobs
+        .first()
+        .map(|(_, out)| crate::cli::get::dir_of(out).to_path_buf());
+    let mut config = global.config(placement);
+    config.connections = args.connections as usize;
+    config.chunk_size = args.chunk_size;
+    let engine = match Engine::new(config) {
+        Ok(e) => e,
+        Err(e) => return super::fail(&e, super::start_error_code(&e)),
+    };
+    for (url, out) in &jobs {
+        match download(&engine, url, out, &args) {
+            Ok(report) => print_summary(&report, &args),
+            Err(e) => return super::fail(&e, get_error_code(&e)),
+        }
+    }
+    0
+}
+
+/// Pairs each URL with its output path.
+fn plan_outputs(args: &GetArgs) -> Result<Vec<(String, PathBuf)>, UsageError> {
+    if args.urls.len() == 1 {
+        let url = &args.urls[0];
+        let out = match &args.output {
+            Some(p) => p.clone(),
+            None => PathBuf::from(file_name_of(url)?),
+        };
+        return Ok(vec![(url.clone(), out)]);
+    }
+    let dir = args.output.clone().unwrap_or_else(|| PathBuf::from("."));
+    if !dir.is_dir() {
+        return Err(UsageError(format!(
+            "with several URLs, -o must be an existing directory; {} is not",
+            dir.display()
+        )));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut jobs = Vec::new();
+    for url in &args.urls {
+        let name = file_name_of(url)?;
+        if !seen.insert(name.clone()) {
+            return Err(UsageError(format!(
+                "two URLs would both be saved as {name:?}; download them separately"
+            )));
+        }
+        jobs.push((url.clone(), dir.join(name)));
+    }
+    Ok(jobs)
+}
+
+#[derive(Debug)]
+struct UsageError(String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The last path segment of a URL, percent-decoded, as a safe file name.
+fn file_name_of(url: &str) -> Result<String, UsageError> {
+    let parsed =
+        url::Url::parse(url).map_err(|e| UsageError(format!("invalid URL {url:?}: {e}")))?;
+    let segment = parsed
+        .path_segments()
+        .and_then(|mut s| s.next_back())
+        .unwrap_or("");
+    let name = percent_decode(segment);
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(UsageError(format!(
+            "cannot derive a file name from {url}; give one with -o"
+        )));
+    }
+    Ok(name)
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub(crate) fn dir_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn download(engine: &Engine, url: &str, out: &Path, args: &GetArgs) -> Result<Report, GetError> {
+    let mut job = engine.get(url, out)?;
+    let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    if !show_bar {
+        return job.wait();
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template(
+        "{spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    for event in job.events(Duration::from_millis(100)) {
+        if let Event::Progress(p) = event {
+            if let Some(total) = p.total {
+                bar.set_length(total);
+            }
+            bar.set_position(p.done);
+        }
+    }
+    bar.finish_and_clear();
+    job.wait()
+}
+
+fn print_summary(report: &Report, args: &GetArgs) {
+    if args.json {
+        match serde_json::to_string(report) {
+            Ok(s) => println!("{s}"),
+            Err(e) => eprintln!("ferry: error: cannot render the summary: {e}"),
+        }
+        return;
+    }
+    if args.quiet {
+        return;
+    }
+    println!(
+        "{}: {} in {:.2} s ({:.3} GB/s) [{}, {} threads, {} connections{}]",
+        report.path.display(),
+        human_bytes(report.bytes),
+        report.seconds,
+        report.gb_per_s,
+        report.backend,
+        report.threads,
+        report.connections,
+        if report.ranged { "" } else { ", single stream" },
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_from_urls() {
+        assert_eq!(
+            file_name_of("http://h/a/b%20c.bin").ok(),
+            Some("b c.bin".to_owned())
+        );
+        assert!(file_name_of("http://h/").is_err());
+        assert!(file_name_of("http://h/a/..").is_err());
+        assert!(file_name_of("http://h/a%2Fb").is_err());
+    }
+}

@@ -1,0 +1,190 @@
+//! Command-line front end: clap definitions, logging set-up, and the mapping from errors to exit
+//! codes. Each subcommand lives in its own module and uses only the library's public API.
+//!
+//! Exit codes (also in the README): 0 success, 1 internal error, 2 usage or bad input, 3 the
+//! server or network failed, 4 a local file operation failed, 5 the requested back-end cannot run.
+
+mod get;
+mod probe;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use ferry::{BackendKind, Config, ErrorKind, GetError, StartError};
+
+/// Exit codes, one per failure class.
+pub(crate) mod exit {
+    pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const REMOTE: u8 = 3;
+    pub const LOCAL: u8 = 4;
+    pub const BACKEND: u8 = 5;
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Moves bytes from the network to disk at the speed of the hardware."
+)]
+struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub(crate) struct Global {
+    /// Data path: io_uring, portable syscalls, or io_uring with fallback.
+    #[arg(long, global = true, default_value = "auto", value_parser = parse_backend)]
+    pub backend: BackendKind,
+    /// Force the portable back-end (same as FERRY_SAFE_MODE=1).
+    #[arg(long, global = true)]
+    pub safe_mode: bool,
+    /// Worker threads (default: the cores of the NUMA node nearest the target disk).
+    #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+fn parse_backend(s: &str) -> Result<BackendKind, String> {
+    s.parse()
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Report what this kernel and machine support, and which back-end ferry would use.
+    Probe(probe::ProbeArgs),
+    /// Download URLs to files.
+    Get(get::GetArgs),
+}
+
+impl Global {
+    pub fn config(&self, placement_dir: Option<PathBuf>) -> Config {
+        let mut config = Config::default();
+        config.backend = self.backend;
+        config.safe_mode = self.safe_mode;
+        config.threads = self.threads.map(|t| t as usize);
+        config.placement_dir = placement_dir;
+        config
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
+        }
+    };
+    init_logging(cli.global.verbose);
+    let code = match cli.command {
+        Command::Probe(args) => probe::run(&cli.global, args),
+        Command::Get(args) => get::run(&cli.global, args),
+    };
+    ExitCode::from(code)
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .without_time()
+        .with_target(false)
+        .try_init();
+}
+
+/// Prints an error as one line on stderr and returns its exit code.
+pub(crate) fn fail(err: &dyn std::error::Error, code: u8) -> u8 {
+    eprintln!("ferry: error: {err}");
+    code
+}
+
+pub(crate) fn start_error_code(e: &StartError) -> u8 {
+    match e {
+        StartError::UringUnavailable { .. } | StartError::UringBroken { .. } => exit::BACKEND,
+        StartError::Config(_) => exit::USAGE,
+        _ => exit::INTERNAL,
+    }
+}
+
+pub(crate) fn get_error_code(e: &GetError) -> u8 {
+    match e.kind() {
+        ErrorKind::Usage => exit::USAGE,
+        ErrorKind::Remote => exit::REMOTE,
+        ErrorKind::Local => exit::LOCAL,
+        _ => exit::INTERNAL,
+    }
+}
+
+/// Parses `4M`, `1MiB`, `512k`, `1048576` into bytes (binary multiples).
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size {s:?}"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" | "kb" => 1 << 10,
+        "m" | "mib" | "mb" => 1 << 20,
+        "g" | "gib" | "gb" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size unit {other:?} in {s:?} (use K, M or G)"
+            ));
+        }
+    };
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("size {s:?} out of range"))
+}
+
+/// `1.23 GiB`-style rendering.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4M"), Ok(4 << 20));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("4X").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

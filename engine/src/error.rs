@@ -1,0 +1,239 @@
+//! The engine's public errors: one enum per operation that can fail ([`StartError`] for building
+//! an [`Engine`](crate::Engine), [`GetError`] for a download), each variant carrying the numbers and
+//! names a user needs to act on it. Caller mistakes (bad URL, bad output path) are kept apart from
+//! peer faults (status, short body) and local faults (disk), and [`GetError::kind`] says which.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Why an [`Engine`](crate::Engine) could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// `--backend uring` was asked for and io_uring cannot run here.
+    #[error("io_uring back-end unavailable: {reason}")]
+    UringUnavailable {
+        /// What failed, with its errno (`io_uring_setup: EPERM (...)`).
+        reason: String,
+    },
+    /// io_uring failed in a way that is not "blocked or unsupported" (e.g. EINVAL on a kernel
+    /// that should accept our flags): a bug to report, not something to paper over.
+    #[error("io_uring setup failed unexpectedly: {reason}")]
+    UringBroken {
+        /// What failed.
+        reason: String,
+    },
+    /// A worker thread or its runtime could not be created.
+    #[error("cannot start worker {worker}: {source}")]
+    Worker {
+        /// Index of the worker.
+        worker: usize,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// The broad class of a [`GetError`], for exit codes and retry decisions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The request itself is wrong: URL, scheme, output path.
+    Usage,
+    /// The server or the network failed or misbehaved.
+    Remote,
+    /// Writing locally failed (disk full, permissions, I/O error).
+    Local,
+    /// The engine stopped before the job finished.
+    Engine,
+}
+
+/// Why a download failed. No file is left under the final name when this is returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GetError {
+    /// The URL does not parse.
+    #[error("invalid URL {url:?}: {reason}")]
+    InvalidUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The URL's scheme is not one ferry downloads from.
+    #[error(
+        "unsupported URL scheme {scheme:?} in {url}: ferry get speaks http:// (https:// is not supported yet)"
+    )]
+    UnsupportedScheme {
+        /// The scheme.
+        scheme: String,
+        /// The URL.
+        url: String,
+    },
+    /// The output path names an existing directory.
+    #[error("output path {} is a directory; give a file path", path.display())]
+    OutputIsDirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The output's parent directory does not exist.
+    #[error("output directory {} does not exist", dir.display())]
+    OutputDirMissing {
+        /// The directory.
+        dir: PathBuf,
+    },
+    /// The output's parent is not a directory.
+    #[error("{} is not a directory", dir.display())]
+    OutputDirNotDirectory {
+        /// The path that should be a directory.
+        dir: PathBuf,
+    },
+    /// The output file cannot be created.
+    #[error("cannot write to {}: {}", path.display(), kernel_probes::describe_io_error(source))]
+    OutputNotWritable {
+        /// The file ferry tried to create.
+        path: PathBuf,
+        /// The error from the create.
+        #[source]
+        source: io::Error,
+    },
+    /// The host name did not resolve.
+    #[error("cannot resolve host {host:?}: {source}")]
+    Resolve {
+        /// The host.
+        host: String,
+        /// The resolver's error.
+        #[source]
+        source: io::Error,
+    },
+    /// No address of the host accepted a connection.
+    #[error(
+        "cannot connect to {addr}: {}",
+        kernel_probes::describe_io_error(source)
+    )]
+    Connect {
+        /// The address (the last one tried).
+        addr: String,
+        /// The error of the last attempt.
+        #[source]
+        source: io::Error,
+    },
+    /// A socket read or write failed mid-transfer.
+    #[error(
+        "network error talking to {addr} ({op}): {}",
+        kernel_probes::describe_io_error(source)
+    )]
+    Network {
+        /// The peer.
+        addr: String,
+        /// `"send request"`, `"read response"`.
+        op: &'static str,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The server answered with a status that is not success.
+    #[error("{url}: server answered {status} {reason}")]
+    Status {
+        /// The URL asked for.
+        url: String,
+        /// The status code.
+        status: u16,
+        /// The reason phrase.
+        reason: String,
+    },
+    /// The server's `Content-Range` is not the range asked for.
+    #[error(
+        "{url}: asked for bytes {asked_first}-{asked_last}, server answered Content-Range {got:?}"
+    )]
+    ContentRangeMismatch {
+        /// The URL.
+        url: String,
+        /// First byte asked for.
+        asked_first: u64,
+        /// Last byte asked for (inclusive).
+        asked_last: u64,
+        /// The header as received (or `"(missing)"`).
+        got: String,
+    },
+    /// The file changed size between two responses.
+    #[error("{url}: size changed during the download (first {first} bytes, now {now})")]
+    SizeChanged {
+        /// The URL.
+        url: String,
+        /// Size learned from the first response.
+        first: u64,
+        /// Size in a later response.
+        now: u64,
+    },
+    /// The connection ended before the promised body did.
+    #[error("{url}: body ended after {received} of {expected} bytes (at offset {offset})")]
+    ShortBody {
+        /// The URL.
+        url: String,
+        /// File offset where the short range starts.
+        offset: u64,
+        /// Bytes promised for the range.
+        expected: u64,
+        /// Bytes received.
+        received: u64,
+    },
+    /// The server sent something that is not valid HTTP/1.1.
+    #[error("{url}: protocol error: {detail}")]
+    Protocol {
+        /// The URL.
+        url: String,
+        /// What was wrong.
+        detail: String,
+    },
+    /// Too many redirects, or a redirect ferry will not follow.
+    #[error("{url}: {detail}")]
+    Redirect {
+        /// The URL that redirected.
+        url: String,
+        /// Why it was not followed.
+        detail: String,
+    },
+    /// A local file operation failed.
+    #[error("{op} {}: {}", path.display(), kernel_probes::describe_io_error(source))]
+    Io {
+        /// The operation (`"write"`, `"fsync"`, `"rename"`).
+        op: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
+    /// The engine shut down (or a worker died) before the job finished.
+    #[error("the engine stopped before the download finished")]
+    EngineStopped,
+}
+
+impl GetError {
+    /// The broad class of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GetError::InvalidUrl { .. }
+            | GetError::UnsupportedScheme { .. }
+            | GetError::OutputIsDirectory { .. }
+            | GetError::OutputDirMissing { .. }
+            | GetError::OutputDirNotDirectory { .. }
+            | GetError::OutputNotWritable { .. } => ErrorKind::Usage,
+            GetError::Resolve { .. }
+            | GetError::Connect { .. }
+            | GetError::Network { .. }
+            | GetError::Status { .. }
+            | GetError::ContentRangeMismatch { .. }
+            | GetError::SizeChanged { .. }
+            | GetError::ShortBody { .. }
+            | GetError::Protocol { .. }
+            | GetError::Redirect { .. } => ErrorKind::Remote,
+            GetError::Io { .. } => ErrorKind::Local,
+            GetError::EngineStopped => ErrorKind::Engine,
+        }
+    }
+}

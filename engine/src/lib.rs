@@ -1,0 +1,408 @@
+//! ferry: a Linux data-plane engine that moves bytes from the network to disk at the speed of the
+//! hardware, on io_uring where the kernel allows it and on portable syscalls (safe mode) where it
+//! does not.
+//!
+//! The library runs the same jobs as the `ferry` command. Build an [`Engine`] from a [`Config`]
+//! (this probes the kernel, picks the back-end and starts one pinned worker per core), start a
+//! [`Job`] on it, watch its [`Event`]s, and get a [`Report`] or a typed [`GetError`]:
+//!
+//! ```
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # use std::io::{Read, Write};
+//! # let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+//! # let port = listener.local_addr()?.port();
+//! # std::thread::spawn(move || {
+//! #     // A one-shot origin for the example: answers any request with 11 bytes.
+//! #     let (mut s, _) = listener.accept().unwrap();
+//! #     let mut req = [0u8; 1024];
+//! #     let _ = s.read(&mut req);
+//! #     s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\nConnection: close\r\n\r\nhello ferry").unwrap();
+//! # });
+//! # let dir = tempfile::tempdir()?;
+//! use std::time::Duration;
+//! use ferry::{Config, Engine, Event};
+//!
+//! let engine = Engine::new(Config::default())?;
+//! let out = dir.path().join("hello.txt");
+//! let mut job = engine.get(&format!("http://127.0.0.1:{port}/hello.txt"), &out)?;
+//! for event in job.events(Duration::from_millis(100)) {
+//!     if let Event::Progress(p) = event {
+//!         eprintln!("{} of {:?} bytes", p.done, p.total);
+//!     }
+//! }
+//! let report = job.wait()?;
+//! assert_eq!(report.bytes, 11);
+//! assert_eq!(std::fs::read(&out)?, b"hello ferry");
+//! println!("{} bytes in {:.3} s on {}", report.bytes, report.seconds, report.backend);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! What the crate does not do yet: HTTPS, retries, resume, hashing and the Hugging Face Hub
+//! protocol arrive with later work; today a download either completes byte for byte or fails with
+//! a [`GetError`] and leaves nothing under its final name.
+#![warn(missing_docs)]
+
+mod backend;
+mod error;
+mod get;
+mod http1;
+mod net;
+mod plan;
+mod runtime;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+pub use crate::backend::{
+    Backend, BackendKind, SAFE_MODE_ENV, Selection, select as select_backend,
+};
+pub use crate::error::{ErrorKind, GetError, StartError};
+pub use crate::runtime::WorkerInfo;
+pub use kernel_probes;
+
+use crate::backend::{UringVerdict, judge_setup_errno};
+use crate::get::{Counters, Ctx, Target};
+use crate::runtime::Workers;
+
+/// `Progress::total` before the size is known.
+const UNKNOWN_TOTAL: u64 = u64::MAX;
+
+/// How an [`Engine`] runs. Start from [`Config::default`] and change what you need.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Which back-end to run ([`BackendKind::Auto`] by default).
+    pub backend: BackendKind,
+    /// Force the portable back-end unless `backend` is [`BackendKind::Uring`]. Also set by
+    /// `FERRY_SAFE_MODE=1` in the environment.
+    pub safe_mode: bool,
+    /// Worker threads; by default one per CPU of the NUMA node nearest `placement_dir`'s disk.
+    pub threads: Option<usize>,
+    /// Connections per download (default 8).
+    pub connections: usize,
+    /// Range size; by default about four ranges per connection, 1-64 MiB.
+    pub chunk_size: Option<u64>,
+    /// Bytes staged in memory per connection before a write (default 1 MiB).
+    pub buffer_size: usize,
+    /// Where downloads will land, for NUMA placement of the workers.
+    pub placement_dir: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::Auto,
+            safe_mode: false,
+            threads: None,
+            connections: 8,
+            chunk_size: None,
+            buffer_size: 1 << 20,
+            placement_dir: None,
+        }
+    }
+}
+
+/// The engine: a back-end and its pinned workers. Jobs started on it share the workers.
+/// Dropping the engine waits for running jobs to finish, then stops the workers.
+#[derive(Debug)]
+pub struct Engine {
+    config: Config,
+    selection: Selection,
+    workers: Workers,
+}
+
+impl Engine {
+    /// Probes the kernel, selects the back-end and starts the workers.
+    ///
+    /// With [`BackendKind::Auto`], a blocked or missing io_uring falls back to the portable
+    /// back-end and the reason is logged once (and kept in [`Engine::selection`]); with
+    /// [`BackendKind::Uring`] it is an error.
+    pub fn new(config: Config) -> Result<Engine, StartError> {
+        let mut selection = backend::select(config.backend, config.safe_mode)?;
+        let cpus = runtime::default_cpus(config.placement_dir.as_deref());
+        let threads = config.threads.unwrap_or(cpus.len()).max(1);
+        let workers = match Workers::spawn(selection.backend, threads, &cpus) {
+            Ok(w) => w,
+            Err(e) if selection.backend == Backend::Uring => {
+                // The probe's ring worked but a worker's did not (memlock, a per-thread limit).
+                let reason = format!(
+                    "building the io_uring runtime: {}",
+                    kernel_probes::describe_io_error(&e.source)
+                );
+                let sysctl = kernel_probes::uring().disabled_sysctl;
+                let kernel = kernel_probes::Kernel::current().version;
+                match (
+                    config.backend,
+                    judge_setup_errno(e.source.raw_os_error(), &reason, sysctl, kernel),
+                ) {
+                    (BackendKind::Auto, UringVerdict::Unavailable(why)) => {
+                        selection = Selection {
+                            backend: Backend::Portable,
+                            reason: format!("io_uring unavailable: {why}"),
+                            fell_back: true,
+                        };
+                        Workers::spawn(Backend::Portable, threads, &cpus).map_err(|e| {
+                            StartError::Worker {
+                                worker: e.worker,
+                                source: e.source,
+                            }
+                        })?
+                    }
+                    (_, UringVerdict::Unavailable(reason)) => {
+                        return Err(StartError::UringUnavailable { reason });
+                    }
+                    (_, _) => return Err(StartError::UringBroken { reason }),
+                }
+            }
+            Err(e) => {
+                return Err(StartError::Worker {
+                    worker: e.worker,
+                    source: e.source,
+                });
+            }
+        };
+        if selection.fell_back {
+            tracing::warn!(
+                "{}; using the portable back-end (safe mode)",
+                selection.reason
+            );
+        } else {
+            tracing::debug!(backend = %selection.backend, reason = %selection.reason, "back-end selected");
+        }
+        if let Some(w) = workers.info().iter().find(|w| w.pin_error.is_some()) {
+            tracing::warn!(
+                "could not pin worker threads to their CPUs ({}); running unpinned",
+                w.pin_error.as_deref().unwrap_or("")
+            );
+        }
+        Ok(Engine {
+            config,
+            selection,
+            workers,
+        })
+    }
+
+    /// The back-end in use and why it was chosen.
+    pub fn selection(&self) -> &Selection {
+        &self.selection
+    }
+
+    /// The workers, with their CPUs and whether pinning held.
+    pub fn workers(&self) -> &[WorkerInfo] {
+        self.workers.info()
+    }
+
+    /// Starts downloading `url` to `output`.
+    ///
+    /// The URL and the output path are checked before anything is sent: a bad URL, an
+    /// unsupported scheme, a missing or unwritable directory, or an output that is a directory
+    /// fail here. The bytes land in `output` + `.incomplete` and are renamed to `output` once
+    /// complete and fsynced.
+    pub fn get(&self, url: &str, output: impl AsRef<Path>) -> Result<Job, GetError> {
+        let started = Instant::now();
+        let output = output.as_ref().to_path_buf();
+        let target = Target::new(url)?;
+        let (incomplete, created) = prepare_output(&output)?;
+        let counters = Arc::new(Counters::new());
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let ctx = Arc::new(Ctx::new(
+            target,
+            output,
+            incomplete.clone(),
+            created,
+            Arc::clone(&counters),
+            &self.config,
+            (self.selection.backend, self.selection.reason.clone()),
+            self.workers.len(),
+            started,
+        ));
+        let dispatch = self.workers.dispatcher();
+        let task: runtime::Task = Box::new(move || {
+            Box::pin(async move {
+                let result = get::run(ctx, move |task| dispatch.run(task)).await;
+                let _ = done_tx.send(result);
+            })
+        });
+        if !self.workers.run(task) {
+            let _ = std::fs::remove_file(&incomplete);
+            return Err(GetError::EngineStopped);
+        }
+        Ok(Job {
+            counters,
+            done: done_rx,
+            result: None,
+        })
+    }
+}
+
+/// Creates `output.incomplete`, checking the output path on the way.
+fn prepare_output(output: &Path) -> Result<(PathBuf, std::fs::File), GetError> {
+    if output.is_dir() {
+        return Err(GetError::OutputIsDirectory {
+            path: output.to_path_buf(),
+        });
+    }
+    let dir = get::parent_dir(output);
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(GetError::OutputDirMissing {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Ok(m) if !m.is_dir() => {
+            return Err(GetError::OutputDirNotDirectory {
+                dir: dir.to_path_buf(),
+            });
+        }
+        Err(e) if e.raw_os_error() == Some(libc_enotdir()) => {
+            return Err(GetError::OutputDirNotDirectory {
+                dir: dir.to_path_buf(),
+            });
+        }
+        _ => {}
+    }
+    let mut name = output.as_os_str().to_owned();
+    name.push(".incomplete");
+    let incomplete = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&incomplete)
+        .map_err(|source| GetError::OutputNotWritable {
+            path: incomplete.clone(),
+            source,
+        })?;
+    Ok((incomplete, file))
+}
+
+fn libc_enotdir() -> i32 {
+    rustix::io::Errno::NOTDIR.raw_os_error()
+}
+
+/// How far a job has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Progress {
+    /// Bytes written so far.
+    pub done: u64,
+    /// The size, once the server has told it.
+    pub total: Option<u64>,
+}
+
+/// What a running job reports while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A progress snapshot.
+    Progress(Progress),
+}
+
+/// A download in flight. [`Job::wait`] returns its [`Report`].
+#[derive(Debug)]
+pub struct Job {
+    counters: Arc<Counters>,
+    done: crossbeam_channel::Receiver<Result<Report, GetError>>,
+    result: Option<Result<Report, GetError>>,
+}
+
+impl Job {
+    /// A snapshot of the job's progress.
+    pub fn progress(&self) -> Progress {
+        let total = self
+            .counters
+            .total
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Progress {
+            done: self
+                .counters
+                .done
+                .load(std::sync::atomic::Ordering::Relaxed),
+            total: (total != UNKNOWN_TOTAL).then_some(total),
+        }
+    }
+
+    /// Progress events, one every `every`, ending (after a last snapshot) when the job finishes.
+    pub fn events(&mut self, every: Duration) -> Events<'_> {
+        Events {
+            job: self,
+            every,
+            finished: false,
+        }
+    }
+
+    /// True once the job has finished, successfully or not.
+    pub fn is_finished(&mut self) -> bool {
+        self.poll(Duration::ZERO)
+    }
+
+    fn poll(&mut self, timeout: Duration) -> bool {
+        if self.result.is_none() {
+            match self.done.recv_timeout(timeout) {
+                Ok(r) => self.result = Some(r),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => return false,
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                    self.result = Some(Err(GetError::EngineStopped))
+                }
+            }
+        }
+        true
+    }
+
+    /// Waits for the job to finish.
+    pub fn wait(mut self) -> Result<Report, GetError> {
+        while !self.poll(Duration::from_secs(3600)) {}
+        self.result.take().unwrap_or(Err(GetError::EngineStopped))
+    }
+}
+
+/// The iterator returned by [`Job::events`].
+#[derive(Debug)]
+pub struct Events<'a> {
+    job: &'a mut Job,
+    every: Duration,
+    finished: bool,
+}
+
+impl Iterator for Events<'_> {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if self.finished {
+            return None;
+        }
+        self.finished = self.job.poll(self.every);
+        Some(Event::Progress(self.job.progress()))
+    }
+}
+
+/// What a finished download did.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// The URL asked for.
+    pub url: String,
+    /// The URL the bytes came from, when redirects led elsewhere.
+    pub url_final: Option<String>,
+    /// The file written.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Seconds from the start of the job until the file was durable under its final name.
+    pub seconds: f64,
+    /// `bytes / seconds / 1e9`.
+    pub gb_per_s: f64,
+    /// The back-end that moved the bytes.
+    pub backend: Backend,
+    /// Why that back-end.
+    pub backend_reason: String,
+    /// Worker threads of the engine.
+    pub threads: usize,
+    /// Connections the download used.
+    pub connections: usize,
+    /// True when the file came in ranges; false for one stream (the server ignored `Range`).
+    pub ranged: bool,
+}
