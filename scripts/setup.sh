@@ -4,6 +4,7 @@
 #   nginx        the real origin the integration tests and the demo download from
 #   pkg-config, libhwloc-dev, libudev-dev   for the optional hwloc NUMA path (DESIGN.md)
 #   util-linux   setpriv, to run a test as an unprivileged user
+#   curl, time   the peer and the CPU/RSS meter of the benchmark harness
 set -euo pipefail
 
 need=()
@@ -13,6 +14,7 @@ dpkg -s libhwloc-dev >/dev/null 2>&1 || need+=(libhwloc-dev)
 dpkg -s libudev-dev >/dev/null 2>&1 || need+=(libudev-dev)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+[ -x /usr/bin/time ] || need+=(time)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"

@@ -50,6 +50,8 @@ pub fn probe_dir(dir: &Path) -> DirReport {
         Err(_) => (0, 0),
     };
     let filesystem = match rustix::fs::statfs(dir) {
+        // `f_type` is i64 on x86_64 glibc but u32 or i32 elsewhere.
+        #[allow(clippy::unnecessary_cast)]
         Ok(s) => fs_name(s.f_type as i64),
         Err(e) => format!("unknown ({e})"),
     };
@@ -134,7 +136,7 @@ fn probe_direct(file: &Path) -> (Support, Option<DioAlign>) {
     };
     let mut last_err = None;
     for &align in candidates {
-        let len = (align as usize).max(512).min(BLOCK);
+        let len = (align as usize).clamp(512, BLOCK);
         match rustix::io::pwrite(&fd, &block[..len], 0) {
             Ok(_) => {
                 let dio = from_statx.unwrap_or(DioAlign {

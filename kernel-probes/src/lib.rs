@@ -5,7 +5,7 @@
 //! feature blocked by seccomp, a sysctl or a filesystem shows up as unavailable with its errno.
 //!
 //! This crate reports; it never decides. Which back-end to run, and what to do when a feature is
-//! missing, is the engine's policy (`ferry::backend`). Probes run once: [`uring`] caches its answer
+//! missing, is the engine's policy (`ferry::backend`). Probes run once: [`uring()`] caches its answer
 //! for the life of the process, and [`probe`] is meant to be called once per run.
 //!
 //! `unsafe` appears only where no safe wrapper exists (a few `setsockopt`/`recvmmsg` calls and one
@@ -179,6 +179,16 @@ pub fn errno_name(errno: i32) -> Option<&'static str> {
         libc::EOPNOTSUPP => "EOPNOTSUPP",
         libc::EPROTONOSUPPORT => "EPROTONOSUPPORT",
         libc::ENOTCONN => "ENOTCONN",
+        libc::ECONNREFUSED => "ECONNREFUSED",
+        libc::ECONNRESET => "ECONNRESET",
+        libc::ECONNABORTED => "ECONNABORTED",
+        libc::EPIPE => "EPIPE",
+        libc::ETIMEDOUT => "ETIMEDOUT",
+        libc::EHOSTUNREACH => "EHOSTUNREACH",
+        libc::ENETUNREACH => "ENETUNREACH",
+        libc::EADDRNOTAVAIL => "EADDRNOTAVAIL",
+        libc::EDQUOT => "EDQUOT",
+        libc::EFBIG => "EFBIG",
         _ => return None,
     })
 }

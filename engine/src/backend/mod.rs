@@ -33,6 +33,16 @@ pub enum BackendKind {
     Portable,
 }
 
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Uring => "uring",
+            BackendKind::Portable => "portable",
+        })
+    }
+}
+
 impl std::str::FromStr for BackendKind {
     type Err = String;
 

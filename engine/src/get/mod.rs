@@ -184,6 +184,14 @@ impl Ctx {
         self.aborted.store(true, Ordering::Relaxed);
     }
 
+    /// The first recorded failure, if any.
+    fn take_error(&self) -> Option<GetError> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+
     fn next_range(&self) -> Option<std::ops::Range<u64>> {
         if self.is_aborted() {
             return None;
@@ -210,26 +218,12 @@ type Done = flume::Sender<()>;
 
 /// Runs the whole job on the current worker; other connections go to `spawn`.
 pub(crate) async fn run(ctx: Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<Report, GetError> {
-    let result = coordinate(&ctx, spawn).await;
-    let result = match result {
-        Ok(()) => match ctx
-            .first_error
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
-            Some(e) => Err(e),
-            None => finish(&ctx).await,
-        },
-        Err(e) => {
-            ctx.fail(e);
-            Err(ctx
-                .first_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or(GetError::EngineStopped))
-        }
+    if let Err(e) = coordinate(&ctx, spawn).await {
+        ctx.fail(e);
+    }
+    let result = match ctx.take_error() {
+        Some(e) => Err(e),
+        None => finish(&ctx).await,
     };
     if result.is_err() {
         let _ = std::fs::remove_file(&ctx.incomplete);

@@ -1,0 +1,155 @@
+//! Test kit for ferry's integration tests: a real nginx origin on a free loopback port, seeded
+//! test data, a fault-injecting proxy for the misbehaviours nginx will not produce, and helpers
+//! to run the `ferry` binary on each back-end.
+//!
+//! Every server a test starts is stopped by its PID when its guard drops, also when the test
+//! fails. Nothing here talks to an address other than loopback. This crate does not test anything
+//! by itself; the tests are in `tests/`.
+
+pub mod data;
+pub mod nginx;
+pub mod proxy;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use data::{sha256_file, write_data};
+pub use nginx::Nginx;
+pub use proxy::{Fault, FaultProxy};
+
+/// The `ferry` binary under test: `$FERRY_BIN`, else `target/<profile>/ferry` next to this test.
+pub fn ferry_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BIN") {
+        return PathBuf::from(p);
+    }
+    sibling_bin("ferry")
+}
+
+/// The `seccomp-run` helper binary of this crate.
+pub fn seccomp_run_bin() -> PathBuf {
+    sibling_bin("seccomp-run")
+}
+
+fn sibling_bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps, binaries (the bench too) one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let here = exe.parent().expect("exe dir");
+    let bin = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --workspace --bins`; scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A back-end under test, as the CLI names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `--backend uring`.
+    Uring,
+    /// `--backend portable`.
+    Portable,
+}
+
+impl Backend {
+    /// The `--backend` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Portable => "portable",
+        }
+    }
+}
+
+/// The back-ends to test here: portable always, io_uring where the probe says it works (a test
+/// that skips it says so on stderr).
+pub fn backends_under_test() -> Vec<Backend> {
+    let mut v = vec![Backend::Portable];
+    let uring = kernel_probes::uring();
+    if uring.is_available() {
+        v.insert(0, Backend::Uring);
+    } else {
+        eprintln!("SKIP io_uring back-end: {}", uring.setup);
+    }
+    v
+}
+
+/// True when io_uring works in this process (so the unsandboxed ferry should pick it).
+pub fn kernel_probes_available() -> bool {
+    kernel_probes::uring().is_available()
+}
+
+/// Runs `ferry --backend B ARGS...` and returns its output.
+pub fn ferry(backend: Backend, args: &[&str]) -> Output {
+    Command::new(ferry_bin())
+        .arg("--backend")
+        .arg(backend.flag())
+        .args(args)
+        .env_remove("FERRY_SAFE_MODE")
+        .output()
+        .expect("run ferry")
+}
+
+/// `ferry get URL -o OUT --json` on `backend`; panics with ferry's stderr if it fails, and
+/// returns the JSON summary after checking it names `backend`.
+pub fn get_ok(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let out_s = out.to_str().expect("utf-8 path");
+    let mut args = vec!["get", url, "-o", out_s, "--json"];
+    args.extend_from_slice(extra);
+    let o = ferry(backend, &args);
+    assert!(
+        o.status.success(),
+        "backend={backend:?}: ferry get {url} failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("JSON summary on stdout");
+    assert_eq!(
+        report["backend"],
+        backend.flag(),
+        "summary names the back-end that ran: {report}"
+    );
+    report
+}
+
+/// Asserts that `path` holds exactly the bytes of `source`.
+pub fn assert_same_file(source: &Path, path: &Path, what: &str) {
+    let (a, b) = (
+        std::fs::metadata(source).expect("source"),
+        std::fs::metadata(path),
+    );
+    let b = b.unwrap_or_else(|e| panic!("{what}: output {} missing: {e}", path.display()));
+    assert_eq!(a.len(), b.len(), "{what}: size differs");
+    assert_eq!(
+        sha256_file(source),
+        sha256_file(path),
+        "{what}: content differs"
+    );
+}
+
+/// Asserts that neither `path` nor `path.incomplete` exists.
+pub fn assert_no_output(path: &Path, what: &str) {
+    assert!(
+        !path.exists(),
+        "{what}: {} must not exist after a failure",
+        path.display()
+    );
+    let mut inc = path.as_os_str().to_owned();
+    inc.push(".incomplete");
+    assert!(
+        !Path::new(&inc).exists(),
+        "{what}: partial file left behind"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}

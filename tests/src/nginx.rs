@@ -1,0 +1,131 @@
+//! A real nginx on a free loopback port, serving one directory, stopped by PID on drop.
+//!
+//! Locations, all over the same files:
+//! - `/files/`    plain static files: ranges, keep-alive, sendfile (the normal origin);
+//! - `/norange/`  `max_ranges 0`: answers `Range` with a full 200;
+//! - `/chunked/`  a no-op `sub_filter`: no Content-Length, chunked, no ranges;
+//! - `/close/`    the same with chunked encoding off: the body ends when nginx closes;
+//! - `/redirect/` a 302 to the same path under `/files/`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running nginx. Dropping it stops the process (SIGTERM, then SIGKILL) and waits for it.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx serving `root`.
+    pub fn start(root: &Path) -> Nginx {
+        let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("nginx not installed: run scripts/setup.sh");
+        let dir = tempfile::tempdir().expect("nginx prefix dir");
+        let root = std::fs::canonicalize(root).expect("root");
+        // As root, nginx's workers would drop to `nobody` and lose access to a 0700 temp dir.
+        let is_root = rustix::process::geteuid().is_root();
+        for _attempt in 0..5 {
+            let port = crate::free_port();
+            let conf = format!(
+                r#"{user}
+worker_processes 2;
+daemon off;
+pid {prefix}/nginx.pid;
+error_log {prefix}/error.log warn;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    keepalive_requests 100000;
+    default_type application/octet-stream;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi;
+    uwsgi_temp_path {prefix}/uwsgi;
+    scgi_temp_path {prefix}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        location /files/ {{ alias {root}/; }}
+        location /norange/ {{ alias {root}/; max_ranges 0; }}
+        location /chunked/ {{ alias {root}/; sub_filter_types *; sub_filter 'ferry-never-matches-this' ''; }}
+        location /close/ {{ alias {root}/; sub_filter_types *; sub_filter 'ferry-never-matches-this' ''; chunked_transfer_encoding off; }}
+        location /redirect/ {{ rewrite ^/redirect/(.*)$ /files/$1 redirect; }}
+    }}
+}}
+"#,
+                user = if is_root { "user root root;" } else { "" },
+                prefix = dir.path().display(),
+                root = root.display(),
+            );
+            let conf_path = dir.path().join("nginx.conf");
+            std::fs::write(&conf_path, conf).expect("write nginx.conf");
+            let mut child = Command::new(&nginx)
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(dir.path().join("error.log"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn nginx");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: port taken or bad config; retry with another port
+                }
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    return Nginx {
+                        child,
+                        port,
+                        _dir: dir,
+                    };
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+        panic!("nginx did not start; error.log:\n{log}");
+    }
+
+    /// The port nginx listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// `http://127.0.0.1:PORT/files/NAME` (or another location given as `loc`).
+    pub fn url(&self, loc: &str, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{loc}/{name}", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // Our own child, not yet reaped (we hold `Child`), so the PID cannot name another process.
+        if let Some(pid) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

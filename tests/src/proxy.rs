@@ -1,0 +1,185 @@
+//! A fault-injecting HTTP/1.1 proxy for the misbehaviours a real nginx will not produce. It sits
+//! between ferry and nginx, forwards each request, and damages responses as its [`Fault`] says.
+//! It understands just enough HTTP for that: one request at a time per connection (what ferry
+//! sends), heads up to the blank line, bodies by `Content-Length`.
+//!
+//! Threads per connection; the listener stops when the guard drops.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// What to do to responses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything untouched.
+    None,
+    /// For response number `nth` (0-based, counted over all connections), forward only `keep`
+    /// body bytes, then close the connection.
+    TruncateBody {
+        /// Which response.
+        nth: usize,
+        /// Body bytes to forward.
+        keep: u64,
+    },
+    /// For response number `nth`, shift the `Content-Range` by one byte (`bytes A-B/T` becomes
+    /// `bytes A+1-B+1/T`), leaving the body alone.
+    ShiftContentRange {
+        /// Which response.
+        nth: usize,
+    },
+}
+
+/// A running proxy. Dropping it stops accepting connections.
+#[derive(Debug)]
+pub struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    /// Responses seen so far.
+    pub responses: Arc<AtomicUsize>,
+}
+
+impl FaultProxy {
+    /// Starts a proxy on a free loopback port in front of `127.0.0.1:upstream`.
+    pub fn start(upstream: u16, fault: Fault) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        listener.set_nonblocking(true).expect("nonblocking");
+        let stop = Arc::new(AtomicBool::new(false));
+        let responses = Arc::new(AtomicUsize::new(0));
+        let (stop2, responses2) = (Arc::clone(&stop), Arc::clone(&responses));
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((client, _)) => {
+                        let counter = Arc::clone(&responses2);
+                        std::thread::spawn(move || {
+                            let _ = serve(client, upstream, fault, &counter);
+                        });
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        FaultProxy {
+            port,
+            stop,
+            responses,
+        }
+    }
+
+    /// The proxy's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head: Vec<u8> = buf.drain(..end + 4).collect();
+            return Ok(Some(head));
+        }
+        let mut chunk = [0u8; 8192];
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn content_length(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+fn shift_range(head: &str) -> String {
+    head.lines()
+        .map(|l| match l.split_once(':') {
+            Some((k, v)) if k.trim().eq_ignore_ascii_case("content-range") => {
+                let v = v.trim().trim_start_matches("bytes ").to_owned();
+                let shifted = v.split_once('/').and_then(|(r, t)| {
+                    let (a, b) = r.split_once('-')?;
+                    Some(format!(
+                        "bytes {}-{}/{t}",
+                        a.parse::<u64>().ok()? + 1,
+                        b.parse::<u64>().ok()? + 1
+                    ))
+                });
+                format!("Content-Range: {}", shifted.unwrap_or(v))
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\r\n")
+}
+
+fn serve(
+    mut client: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    counter: &AtomicUsize,
+) -> std::io::Result<()> {
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let (mut cbuf, mut ubuf) = (Vec::new(), Vec::new());
+    loop {
+        let Some(req) = read_head(&mut client, &mut cbuf)? else {
+            return Ok(());
+        };
+        up.write_all(&req)?;
+        let Some(head) = read_head(&mut up, &mut ubuf)? else {
+            return Ok(());
+        };
+        let nth = counter.fetch_add(1, Ordering::SeqCst);
+        let text = String::from_utf8_lossy(&head).into_owned();
+        let len = content_length(&text);
+        let (head_out, keep) = match fault {
+            Fault::ShiftContentRange { nth: n } if n == nth => {
+                (shift_range(text.trim_end()) + "\r\n\r\n", len)
+            }
+            Fault::TruncateBody { nth: n, keep } if n == nth => (text, keep.min(len)),
+            _ => (text, len),
+        };
+        client.write_all(head_out.as_bytes())?;
+        let mut left = keep;
+        let mut skip = len - keep;
+        loop {
+            let take = (ubuf.len() as u64).min(left) as usize;
+            client.write_all(&ubuf[..take])?;
+            ubuf.drain(..take);
+            left -= take as u64;
+            let drop_n = (ubuf.len() as u64).min(skip) as usize;
+            ubuf.drain(..drop_n);
+            skip -= drop_n as u64;
+            if left == 0 && skip == 0 {
+                break;
+            }
+            if left == 0 && keep < len {
+                // Truncation: hang up mid-body.
+                let _ = client.shutdown(Shutdown::Both);
+                return Ok(());
+            }
+            let mut chunk = vec![0u8; 1 << 16];
+            let n = up.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(());
+            }
+            ubuf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! Failures end cleanly: one line on stderr naming the problem, a distinct non-zero exit code,
+//! no panic, and nothing under the final name (nor a partial file) — on every back-end.
+
+use std::path::Path;
+use std::process::Output;
+
+use ferry_tests::{
+    Backend, Fault, FaultProxy, Nginx, assert_no_output, backends_under_test, ferry, write_data,
+};
+
+/// Exit codes from the README.
+const USAGE: i32 = 2;
+const REMOTE: i32 = 3;
+
+fn assert_clean_failure(o: &Output, code: i32, needle: &str, what: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit code; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{what}: panic: {stderr}"
+    );
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {lines:?}");
+    assert!(lines[0].starts_with("ferry: error: "), "{what}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{what}: stderr should mention {needle:?}: {stderr}"
+    );
+}
+
+fn get(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["get", url, "-o", out.to_str().expect("utf8")];
+    args.extend_from_slice(extra);
+    ferry(backend, &args)
+}
+
+#[test]
+fn bad_input_is_one_clear_line() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let out = tmp.path().join("x");
+    for backend in backends_under_test() {
+        let cases: [(&str, &Path, &str); 5] = [
+            ("not a url", &out, "invalid URL"),
+            ("ftp://127.0.0.1/x", &out, "unsupported URL scheme \"ftp\""),
+            (
+                "https://127.0.0.1/x",
+                &out,
+                "unsupported URL scheme \"https\"",
+            ),
+            (
+                "http://127.0.0.1:1/x",
+                &tmp.path().join("missing/dir/x"),
+                "does not exist",
+            ),
+            ("http://127.0.0.1:1/x", tmp.path(), "is a directory"),
+        ];
+        for (url, dest, needle) in cases {
+            let o = get(backend, url, dest, &[]);
+            assert_clean_failure(
+                &o,
+                USAGE,
+                needle,
+                &format!("backend={backend:?} {url} -> {}", dest.display()),
+            );
+        }
+        let o = ferry(
+            backend,
+            &["get", "http://127.0.0.1:1/x", "-o", "/proc/version/x"],
+        );
+        assert_clean_failure(
+            &o,
+            USAGE,
+            "not a directory",
+            &format!("backend={backend:?} parent is a file"),
+        );
+        assert_no_output(&out, "bad input");
+    }
+}
+
+#[test]
+fn unwritable_directory_is_refused() {
+    // As root every directory is writable, so run ferry as `nobody` against a 0555 directory.
+    let tmp = tempfile::tempdir().expect("tmp");
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir(&ro).expect("mkdir");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).expect("chmod");
+    let dest = ro.join("x");
+    let is_root = rustix::process::geteuid().is_root();
+    for backend in backends_under_test() {
+        let mut cmd = if is_root {
+            let mut c = std::process::Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+                .arg(ferry_tests::ferry_bin());
+            c
+        } else {
+            std::process::Command::new(ferry_tests::ferry_bin())
+        };
+        let o = cmd
+            .args([
+                "--backend",
+                backend.flag(),
+                "get",
+                "http://127.0.0.1:1/x",
+                "-o",
+                dest.to_str().expect("utf8"),
+            ])
+            .output()
+            .expect("run ferry");
+        assert_clean_failure(
+            &o,
+            USAGE,
+            "cannot write to",
+            &format!("backend={backend:?} read-only dir"),
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("EACCES"),
+            "names the errno"
+        );
+        assert_no_output(&dest, "read-only dir");
+    }
+}
+
+#[test]
+fn connection_refused_is_a_remote_error() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let port = ferry_tests::free_port();
+    for backend in backends_under_test() {
+        let dest = tmp.path().join("x");
+        let o = get(backend, &format!("http://127.0.0.1:{port}/x"), &dest, &[]);
+        assert_clean_failure(
+            &o,
+            REMOTE,
+            "cannot connect",
+            &format!("backend={backend:?}"),
+        );
+        assert_no_output(&dest, "refused");
+    }
+}
+
+#[test]
+fn not_found_is_a_remote_error_and_leaves_nothing() {
+    let src = tempfile::tempdir().expect("tmp");
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("nope");
+        let o = get(backend, &nginx.url("files", "nope"), &dest, &[]);
+        assert_clean_failure(&o, REMOTE, "404", &format!("backend={backend:?} 404"));
+        assert_no_output(&dest, "404");
+    }
+}
+
+#[test]
+fn wrong_content_range_is_refused() {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 3 << 20, 5);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        // Response 0 is the first range (the size probe); 2 is a later range on some connection.
+        for nth in [0, 2] {
+            let proxy = FaultProxy::start(nginx.port(), Fault::ShiftContentRange { nth });
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+            let o = get(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
+            assert_clean_failure(
+                &o,
+                REMOTE,
+                "Content-Range",
+                &format!("backend={backend:?} shifted range #{nth}"),
+            );
+            assert_no_output(&dest, "shifted range");
+        }
+    }
+}
+
+#[test]
+fn short_body_is_refused() {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 3 << 20, 6);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        for nth in [0, 1] {
+            let proxy = FaultProxy::start(nginx.port(), Fault::TruncateBody { nth, keep: 1000 });
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+            let o = get(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
+            assert_clean_failure(
+                &o,
+                REMOTE,
+                "body ended after",
+                &format!("backend={backend:?} truncated #{nth}"),
+            );
+            assert_no_output(&dest, "truncated");
+        }
+    }
+}
+
+#[test]
+fn short_single_stream_is_refused() {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 2 << 20, 8);
+    let nginx = Nginx::start(src.path());
+    // /norange/ answers 200 with Content-Length; the proxy cuts it.
+    for backend in backends_under_test() {
+        let proxy = FaultProxy::start(nginx.port(), Fault::TruncateBody { nth: 0, keep: 5000 });
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let o = get(
+            backend,
+            &format!("http://127.0.0.1:{}/norange/f", proxy.port()),
+            &dest,
+            &[],
+        );
+        assert_clean_failure(
+            &o,
+            REMOTE,
+            "body ended after 5000 of 2097152 bytes",
+            &format!("backend={backend:?}"),
+        );
+        assert_no_output(&dest, "truncated single stream");
+    }
+}

@@ -1,0 +1,249 @@
+//! `ferry get` end to end against a real nginx, on every back-end: sizes around the page
+//! boundaries, a multi-MiB file in many ranges, ~1 GiB, servers that ignore `Range` or send no
+//! length, redirects, and several URLs into a directory.
+
+use std::path::Path;
+
+use ferry_tests::{Nginx, assert_same_file, backends_under_test, get_ok, write_data};
+
+const ODD_SIZES: [u64; 5] = [0, 1, 4095, 4096, 4097];
+
+#[test]
+fn sizes_around_page_boundaries_are_byte_identical() {
+    let src = tempfile::tempdir().expect("tmp");
+    for (i, size) in ODD_SIZES.iter().enumerate() {
+        write_data(&src.path().join(format!("f{size}")), *size, i as u64);
+    }
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        for size in ODD_SIZES {
+            let name = format!("f{size}");
+            let dest = out.path().join(&name);
+            let report = get_ok(backend, &nginx.url("files", &name), &dest, &[]);
+            assert_eq!(report["bytes"], size, "backend={backend:?}");
+            assert_same_file(
+                &src.path().join(&name),
+                &dest,
+                &format!("backend={backend:?} size={size}"),
+            );
+        }
+        eprintln!("ran on backend={backend:?}: sizes {ODD_SIZES:?}");
+    }
+}
+
+#[test]
+fn a_few_mib_in_many_ranges_and_one() {
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 5 * (1 << 20) + 12_345;
+    write_data(&src.path().join("mid"), size, 7);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        // 1 MiB ranges over 4 connections: the ranges are spread and reused on keep-alive.
+        let dest = out.path().join("mid");
+        let r = get_ok(
+            backend,
+            &nginx.url("files", "mid"),
+            &dest,
+            &["--chunk-size", "1M", "-c", "4"],
+        );
+        assert_eq!(r["ranged"], true);
+        assert_eq!(r["connections"], 4, "backend={backend:?}: {r}");
+        assert_same_file(
+            &src.path().join("mid"),
+            &dest,
+            &format!("backend={backend:?} 1M ranges"),
+        );
+        // Default chunking: everything in the first range.
+        let dest = out.path().join("mid-default");
+        get_ok(backend, &nginx.url("files", "mid"), &dest, &[]);
+        assert_same_file(
+            &src.path().join("mid"),
+            &dest,
+            &format!("backend={backend:?} default"),
+        );
+        // An odd chunk size: ranges that do not start on page boundaries.
+        let dest = out.path().join("mid-odd");
+        get_ok(
+            backend,
+            &nginx.url("files", "mid"),
+            &dest,
+            &["--chunk-size", "777777"],
+        );
+        assert_same_file(
+            &src.path().join("mid"),
+            &dest,
+            &format!("backend={backend:?} odd ranges"),
+        );
+    }
+}
+
+#[test]
+fn about_one_gib_is_byte_identical() {
+    let src = tempfile::tempdir().expect("tmp");
+    // A prime near 1 GiB: the tail range is odd-sized and unaligned.
+    let size: u64 = 1_073_741_789;
+    write_data(&src.path().join("big"), size, 42);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("big");
+        let r = get_ok(backend, &nginx.url("files", "big"), &dest, &[]);
+        assert_eq!(r["bytes"], size);
+        assert!(
+            r["connections"].as_u64().unwrap_or(0) > 1,
+            "backend={backend:?}: several connections: {r}"
+        );
+        assert_same_file(
+            &src.path().join("big"),
+            &dest,
+            &format!("backend={backend:?} 1 GiB"),
+        );
+        eprintln!(
+            "ran on backend={backend:?}: 1 GiB at {} GB/s",
+            r["gb_per_s"]
+        );
+    }
+}
+
+fn check_single_stream(loc: &str) {
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 3 * (1 << 20) + 5;
+    write_data(&src.path().join("s"), size, 3);
+    write_data(&src.path().join("z"), 0, 3);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        for name in ["s", "z"] {
+            let dest = out.path().join(name);
+            let r = get_ok(
+                backend,
+                &nginx.url(loc, name),
+                &dest,
+                &["--chunk-size", "1M"],
+            );
+            assert_eq!(
+                r["ranged"], false,
+                "backend={backend:?} {loc}: one stream: {r}"
+            );
+            assert_same_file(
+                &src.path().join(name),
+                &dest,
+                &format!("backend={backend:?} /{loc}/{name}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn server_that_ignores_range_gives_a_correct_file() {
+    check_single_stream("norange");
+}
+
+#[test]
+fn chunked_response_without_length_gives_a_correct_file() {
+    check_single_stream("chunked");
+}
+
+#[test]
+fn close_delimited_response_gives_a_correct_file() {
+    check_single_stream("close");
+}
+
+#[test]
+fn redirect_is_followed_and_ranges_go_to_the_target() {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("r"), 2 * (1 << 20) + 1, 9);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("r");
+        let r = get_ok(
+            backend,
+            &nginx.url("redirect", "r"),
+            &dest,
+            &["--chunk-size", "1M"],
+        );
+        assert!(
+            r["url_final"]
+                .as_str()
+                .is_some_and(|u| u.contains("/files/r")),
+            "{r}"
+        );
+        assert_same_file(
+            &src.path().join("r"),
+            &dest,
+            &format!("backend={backend:?} redirect"),
+        );
+    }
+}
+
+#[test]
+fn several_urls_into_a_directory() {
+    let src = tempfile::tempdir().expect("tmp");
+    for (i, n) in ["a.bin", "b.bin"].iter().enumerate() {
+        write_data(&src.path().join(n), 100_000 + i as u64, i as u64);
+    }
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let o = ferry_tests::ferry(
+            backend,
+            &[
+                "get",
+                &nginx.url("files", "a.bin"),
+                &nginx.url("files", "b.bin"),
+                "-o",
+                out.path().to_str().expect("utf8"),
+                "--json",
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).lines().count(),
+            2,
+            "one JSON summary per URL"
+        );
+        for n in ["a.bin", "b.bin"] {
+            assert_same_file(
+                &src.path().join(n),
+                &out.path().join(n),
+                &format!("backend={backend:?} {n}"),
+            );
+        }
+    }
+}
+
+#[test]
+fn summary_line_and_no_progress_bar_on_a_pipe() {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("p"), 1 << 20, 1);
+    let nginx = Nginx::start(src.path());
+    let out = tempfile::tempdir().expect("tmp");
+    for backend in backends_under_test() {
+        let dest = out.path().join(format!("p-{}", backend.flag()));
+        let o = ferry_tests::ferry(
+            backend,
+            &[
+                "get",
+                &nginx.url("files", "p"),
+                "-o",
+                dest.to_str().expect("utf8"),
+            ],
+        );
+        assert!(o.status.success());
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(stdout.lines().count(), 1, "one summary line: {stdout:?}");
+        assert!(
+            stdout.contains("GB/s") && stdout.contains(backend.flag()),
+            "{stdout:?}"
+        );
+        assert!(
+            o.stderr.is_empty(),
+            "nothing on stderr when piped: {:?}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(Path::new(&dest).exists());
+    }
+}
