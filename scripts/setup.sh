@@ -5,6 +5,7 @@
 #   pkg-config, libhwloc-dev, libudev-dev   for the optional hwloc NUMA path (DESIGN.md)
 #   util-linux   setpriv, to run a test as an unprivileged user
 #   curl, time   the peer and the CPU/RSS meter of the benchmark harness
+#   openssl      the demo's seeded data generator
 set -euo pipefail
 
 need=()
@@ -15,6 +16,7 @@ dpkg -s libudev-dev >/dev/null 2>&1 || need+=(libudev-dev)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
