@@ -22,8 +22,8 @@ trap cleanup EXIT INT TERM
 mkdir -p "$work/www" "$work/out"
 echo "demo: generating ${size_mib} MiB of seeded random bytes"
 # AES-CTR keystream from a fixed key: deterministic, incompressible, fast.
-openssl enc -aes-128-ctr -nosalt -K 000102030405060708090a0b0c0d0e0f -iv 0 -in /dev/zero 2>/dev/null \
-  | head -c $((size_mib * 1024 * 1024)) > "$work/www/model.bin"
+head -c $((size_mib * 1024 * 1024)) /dev/zero \
+  | openssl enc -aes-128-ctr -nosalt -K 000102030405060708090a0b0c0d0e0f -iv 00000000000000000000000000000000 > "$work/www/model.bin"
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 user_line=""; [ "$(id -u)" -eq 0 ] && user_line="user root root;"

@@ -141,6 +141,14 @@ pub struct Report {
 
 /// Runs every probe. `dir` is where downloads will land; its filesystem is probed for O_DIRECT,
 /// `fallocate` and free space, and its block device for its NUMA node.
+///
+/// ```
+/// let report = kernel_probes::probe(Some(std::path::Path::new(".")));
+/// println!("kernel {}: io_uring {}", report.kernel.release, report.io_uring.setup);
+/// if let Some(dir) = &report.dir {
+///     println!("O_DIRECT here: {} ({} free bytes)", dir.o_direct, dir.free_bytes);
+/// }
+/// ```
 pub fn probe(dir: Option<&Path>) -> Report {
     let dir_report = dir.map(fs::probe_dir);
     Report {
