@@ -32,9 +32,6 @@ pub enum StartError {
         #[source]
         source: io::Error,
     },
-    /// The configuration is inconsistent.
-    #[error("invalid configuration: {0}")]
-    Config(String),
 }
 
 /// The broad class of a [`GetError`], for exit codes and retry decisions.

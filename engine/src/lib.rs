@@ -258,7 +258,7 @@ fn prepare_output(output: &Path) -> Result<(PathBuf, std::fs::File), GetError> {
                 dir: dir.to_path_buf(),
             });
         }
-        Err(e) if e.raw_os_error() == Some(libc_enotdir()) => {
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
             return Err(GetError::OutputDirNotDirectory {
                 dir: dir.to_path_buf(),
             });
@@ -278,10 +278,6 @@ fn prepare_output(output: &Path) -> Result<(PathBuf, std::fs::File), GetError> {
             source,
         })?;
     Ok((incomplete, file))
-}
-
-fn libc_enotdir() -> i32 {
-    rustix::io::Errno::NOTDIR.raw_os_error()
 }
 
 /// How far a job has come.
@@ -405,4 +401,110 @@ pub struct Report {
     pub connections: usize,
     /// True when the file came in ranges; false for one stream (the server ignored `Range`).
     pub ranged: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Serves `body` to each of `conns` connections, one request each, then closes.
+    fn one_shot_origin(body: &'static [u8], conns: usize) -> u16 {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        std::thread::spawn(move || {
+            for _ in 0..conns {
+                let Ok((mut s, _)) = listener.accept() else {
+                    return;
+                };
+                let mut req = [0u8; 2048];
+                let _ = s.read(&mut req);
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = s.write_all(head.as_bytes()).and_then(|_| s.write_all(body));
+            }
+        });
+        port
+    }
+
+    #[test]
+    fn engine_runs_on_each_backend_and_pins_on_uring() {
+        let uring_ok = kernel_probes::uring().is_available();
+        let mut kinds = vec![BackendKind::Portable];
+        if uring_ok {
+            kinds.push(BackendKind::Uring);
+        } else {
+            eprintln!("SKIP io_uring: {}", kernel_probes::uring().setup);
+        }
+        for kind in kinds {
+            let config = Config {
+                backend: kind,
+                threads: Some(2),
+                ..Config::default()
+            };
+            let engine = Engine::new(config).expect("engine");
+            assert_eq!(engine.workers().len(), 2, "backend={kind:?}");
+            match engine.selection().backend {
+                Backend::Uring => {
+                    // This process may run pinned already; pinning is checked against what was asked.
+                    for w in engine.workers() {
+                        assert!(
+                            w.cpu.is_some(),
+                            "backend={kind:?}: uring workers have a CPU"
+                        );
+                        assert!(
+                            w.pinned || w.pin_error.is_some(),
+                            "backend={kind:?}: pinning is either confirmed or explained: {w:?}"
+                        );
+                    }
+                }
+                Backend::Portable => assert!(
+                    engine
+                        .workers()
+                        .iter()
+                        .all(|w| w.cpu.is_none() && !w.pinned),
+                    "safe mode does not pin"
+                ),
+            }
+            let dir = tempfile::tempdir().expect("tmp");
+            let out = dir.path().join("f");
+            let port = one_shot_origin(b"0123456789abcdef", 1);
+            let job = engine
+                .get(&format!("http://127.0.0.1:{port}/f"), &out)
+                .expect("start");
+            let report = job.wait().expect("download");
+            assert_eq!(
+                report.backend,
+                engine.selection().backend,
+                "backend={kind:?}"
+            );
+            assert!(!report.ranged, "the origin ignores Range");
+            assert_eq!(
+                std::fs::read(&out).expect("read"),
+                b"0123456789abcdef",
+                "backend={kind:?}"
+            );
+            eprintln!(
+                "ran on backend={:?} workers={:?}",
+                report.backend,
+                engine.workers()
+            );
+        }
+    }
+
+    #[test]
+    fn explicit_uring_request_matches_the_probe() {
+        let config = Config {
+            backend: BackendKind::Uring,
+            threads: Some(1),
+            ..Config::default()
+        };
+        match (Engine::new(config), kernel_probes::uring().is_available()) {
+            (Ok(e), true) => assert_eq!(e.selection().backend, Backend::Uring),
+            (Err(StartError::UringUnavailable { reason }), false) => assert!(!reason.is_empty()),
+            (other, avail) => panic!("probe says available={avail}, engine gave {other:?}"),
+        }
+    }
 }

@@ -116,7 +116,6 @@ pub(crate) fn fail(err: &dyn std::error::Error, code: u8) -> u8 {
 pub(crate) fn start_error_code(e: &StartError) -> u8 {
     match e {
         StartError::UringUnavailable { .. } | StartError::UringBroken { .. } => exit::BACKEND,
-        StartError::Config(_) => exit::USAGE,
         _ => exit::INTERNAL,
     }
 }
