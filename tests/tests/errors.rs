@@ -156,6 +156,29 @@ fn not_found_is_a_remote_error_and_leaves_nothing() {
     }
 }
 
+/// Downloads `path` through a proxy injecting `fault` and checks that ferry refuses it cleanly.
+fn refused_through_proxy(
+    nginx: &Nginx,
+    backend: Backend,
+    fault: Fault,
+    path: &str,
+    extra: &[&str],
+    needle: &str,
+) {
+    let proxy = FaultProxy::start(nginx.port(), fault);
+    let out = tempfile::tempdir().expect("tmp");
+    let dest = out.path().join("f");
+    let o = get(
+        backend,
+        &format!("http://127.0.0.1:{}/{path}", proxy.port()),
+        &dest,
+        extra,
+    );
+    let what = format!("backend={backend:?} {fault:?} on /{path}");
+    assert_clean_failure(&o, REMOTE, needle, &what);
+    assert_no_output(&dest, &what);
+}
+
 #[test]
 fn wrong_content_range_is_refused() {
     let src = tempfile::tempdir().expect("tmp");
@@ -164,18 +187,15 @@ fn wrong_content_range_is_refused() {
     for backend in backends_under_test() {
         // Response 0 is the first range (the size probe); 2 is a later range on some connection.
         for nth in [0, 2] {
-            let proxy = FaultProxy::start(nginx.port(), Fault::ShiftContentRange { nth });
-            let out = tempfile::tempdir().expect("tmp");
-            let dest = out.path().join("f");
-            let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
-            let o = get(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
-            assert_clean_failure(
-                &o,
-                REMOTE,
+            let fault = Fault::ShiftContentRange { nth };
+            refused_through_proxy(
+                &nginx,
+                backend,
+                fault,
+                "files/f",
+                &["--chunk-size", "1M", "-c", "2"],
                 "Content-Range",
-                &format!("backend={backend:?} shifted range #{nth}"),
             );
-            assert_no_output(&dest, "shifted range");
         }
     }
 }
@@ -187,44 +207,25 @@ fn short_body_is_refused() {
     let nginx = Nginx::start(src.path());
     for backend in backends_under_test() {
         for nth in [0, 1] {
-            let proxy = FaultProxy::start(nginx.port(), Fault::TruncateBody { nth, keep: 1000 });
-            let out = tempfile::tempdir().expect("tmp");
-            let dest = out.path().join("f");
-            let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
-            let o = get(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
-            assert_clean_failure(
-                &o,
-                REMOTE,
+            let fault = Fault::TruncateBody { nth, keep: 1000 };
+            refused_through_proxy(
+                &nginx,
+                backend,
+                fault,
+                "files/f",
+                &["--chunk-size", "1M", "-c", "2"],
                 "body ended after",
-                &format!("backend={backend:?} truncated #{nth}"),
             );
-            assert_no_output(&dest, "truncated");
         }
-    }
-}
-
-#[test]
-fn short_single_stream_is_refused() {
-    let src = tempfile::tempdir().expect("tmp");
-    write_data(&src.path().join("f"), 2 << 20, 8);
-    let nginx = Nginx::start(src.path());
-    // /norange/ answers 200 with Content-Length; the proxy cuts it.
-    for backend in backends_under_test() {
-        let proxy = FaultProxy::start(nginx.port(), Fault::TruncateBody { nth: 0, keep: 5000 });
-        let out = tempfile::tempdir().expect("tmp");
-        let dest = out.path().join("f");
-        let o = get(
+        // /norange/ answers 200 with Content-Length: a single stream cut short.
+        let fault = Fault::TruncateBody { nth: 0, keep: 5000 };
+        refused_through_proxy(
+            &nginx,
             backend,
-            &format!("http://127.0.0.1:{}/norange/f", proxy.port()),
-            &dest,
+            fault,
+            "norange/f",
             &[],
+            "body ended after 5000 of 3145728 bytes",
         );
-        assert_clean_failure(
-            &o,
-            REMOTE,
-            "body ended after 5000 of 2097152 bytes",
-            &format!("backend={backend:?}"),
-        );
-        assert_no_output(&dest, "truncated single stream");
     }
 }
