@@ -39,9 +39,10 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
         Ok(j) => j,
         Err(e) => return super::fail(&e, exit::USAGE),
     };
+    // Workers are placed near the disk of the first output.
     let placement = jobs
         .first()
-        .map(|(_, out)| crate::cli::get::dir_of(out).to_path_buf());
+        .and_then(|(_, out)| Some(std::path::absolute(out).ok()?.parent()?.to_path_buf()));
     let mut config = global.config(placement);
     config.connections = args.connections as usize;
     config.chunk_size = args.chunk_size;
@@ -133,13 +134,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-pub(crate) fn dir_of(path: &Path) -> &Path {
-    match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
 }
 
 fn download(engine: &Engine, url: &str, out: &Path, args: &GetArgs) -> Result<Report, GetError> {

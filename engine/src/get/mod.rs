@@ -247,10 +247,11 @@ async fn coordinate(ctx: &Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<(), 
             url: target.display.clone(),
             detail: e.to_string(),
         })?;
-        if next.addrs == target.addrs && conn.is_reusable() {
+        let same_host = next.addrs == target.addrs;
+        if same_host && conn.is_reusable() {
             conn.discard_body(framing).await;
         }
-        if !(next.addrs == target.addrs && conn.is_reusable()) {
+        if !same_host || !conn.is_reusable() {
             conn = Conn::open(&next.addrs, ctx.staging).await?;
         }
         target = next;
@@ -275,8 +276,7 @@ async fn coordinate(ctx: &Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<(), 
             _ => Err(status_error(ctx, &head)),
         },
         _ => Err(status_error(ctx, &head)),
-    }?;
-    Ok(())
+    }
 }
 
 fn status_error(ctx: &Ctx, head: &ResponseHead) -> GetError {
@@ -394,6 +394,9 @@ async fn ranged(
 ) -> Result<(), GetError> {
     let total = check_partial(ctx, head, 0, first_len - 1, None)?;
     preallocate(ctx, total)?;
+    // Everything that can fail early happens before other connections exist, so an early
+    // return never leaves a connection writing to the file.
+    let mut file = ctx.open_file().await?;
     let first_end = first_len.min(total);
     let plan = RangePlan::new(total, first_end, ctx.connections, ctx.chunk);
     let extra = plan.ranges_left().min(ctx.connections as u64 - 1) as usize;
@@ -418,7 +421,6 @@ async fn ranged(
     drop(done_tx);
     ctx.used_connections
         .store(1 + spawned as u64, Ordering::Relaxed);
-    let mut file = ctx.open_file().await?;
     let mine = async {
         match conn
             .copy_body(ctx, framing, Some(first_end), &mut file, 0)
@@ -511,18 +513,8 @@ async fn finish(ctx: &Ctx) -> Result<Report, GetError> {
             received: done,
         });
     }
+    // The file was truncated when created and grew by exactly the bytes counted in `done`.
     let file = ctx.open_file().await?;
-    let len = file
-        .metadata()
-        .await
-        .map_err(io("stat", &ctx.incomplete))?
-        .len();
-    if len != total {
-        // Only a preallocation past the end could cause this; the bytes counted are right.
-        ctx.created
-            .set_len(total)
-            .map_err(io("set_len", &ctx.incomplete))?;
-    }
     file.sync_all()
         .await
         .map_err(io("fsync", &ctx.incomplete))?;

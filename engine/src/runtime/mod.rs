@@ -37,10 +37,9 @@ pub struct WorkerInfo {
 
 /// The running workers. Dropping this stops them once their queued work is done.
 pub(crate) struct Workers {
-    senders: Vec<flume::Sender<Task>>,
+    dispatch: Dispatcher,
     threads: Vec<JoinHandle<()>>,
     info: Vec<WorkerInfo>,
-    next: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -123,10 +122,12 @@ impl Workers {
             }
         }
         let workers = Workers {
-            senders,
+            dispatch: Dispatcher {
+                senders,
+                next: Arc::new(AtomicUsize::new(0)),
+            },
             threads: handles,
             info: info.into_iter().flatten().collect(),
-            next: Arc::new(AtomicUsize::new(0)),
         };
         if let Some(e) = failed {
             return Err(e); // dropping `workers` stops the ones that did start
@@ -141,7 +142,7 @@ impl Workers {
     }
 
     pub fn len(&self) -> usize {
-        self.senders.len()
+        self.dispatch.senders.len()
     }
 
     pub fn info(&self) -> &[WorkerInfo] {
@@ -150,19 +151,12 @@ impl Workers {
 
     /// Runs `task` on the next worker in turn.
     pub fn run(&self, task: Task) -> bool {
-        self.dispatcher_ref().run(task)
-    }
-
-    fn dispatcher_ref(&self) -> Dispatcher {
-        Dispatcher {
-            senders: self.senders.clone(),
-            next: Arc::clone(&self.next),
-        }
+        self.dispatch.run(task)
     }
 
     /// A handle that jobs keep to hand work to the workers.
     pub fn dispatcher(&self) -> Dispatcher {
-        self.dispatcher_ref()
+        self.dispatch.clone()
     }
 }
 
@@ -183,7 +177,7 @@ impl Dispatcher {
 
 impl Drop for Workers {
     fn drop(&mut self) {
-        self.senders.clear();
+        self.dispatch.senders.clear();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
