@@ -205,6 +205,27 @@ pub enum GetError {
         #[source]
         source: io::Error,
     },
+    /// The downloaded bytes do not hash to the sha256 asked for, on the first fetch and on the
+    /// re-fetch. Nothing is left under the final name.
+    #[error(
+        "{url}: sha256 mismatch after {attempts} fetches: expected {expected}, got {got}; the file was removed"
+    )]
+    ChecksumMismatch {
+        /// The URL.
+        url: String,
+        /// The digest asked for (lowercase hex).
+        expected: String,
+        /// The digest of the bytes received (lowercase hex).
+        got: String,
+        /// How many times the file was fetched.
+        attempts: u32,
+    },
+    /// The sha256 given is not 64 hexadecimal digits.
+    #[error("invalid sha256 {given:?}: expected 64 hexadecimal digits")]
+    InvalidSha256 {
+        /// What was given.
+        given: String,
+    },
     /// The engine shut down (or a worker died) before the job finished.
     #[error("the engine stopped before the download finished")]
     EngineStopped,
@@ -219,7 +240,8 @@ impl GetError {
             | GetError::OutputIsDirectory { .. }
             | GetError::OutputDirMissing { .. }
             | GetError::OutputDirNotDirectory { .. }
-            | GetError::OutputNotWritable { .. } => ErrorKind::Usage,
+            | GetError::OutputNotWritable { .. }
+            | GetError::InvalidSha256 { .. } => ErrorKind::Usage,
             GetError::Resolve { .. }
             | GetError::Connect { .. }
             | GetError::Network { .. }
@@ -228,7 +250,8 @@ impl GetError {
             | GetError::SizeChanged { .. }
             | GetError::ShortBody { .. }
             | GetError::Protocol { .. }
-            | GetError::Redirect { .. } => ErrorKind::Remote,
+            | GetError::Redirect { .. }
+            | GetError::ChecksumMismatch { .. } => ErrorKind::Remote,
             GetError::Io { .. } => ErrorKind::Local,
             GetError::EngineStopped => ErrorKind::Engine,
         }

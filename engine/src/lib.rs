@@ -38,9 +38,10 @@
 //! # }
 //! ```
 //!
-//! What the crate does not do yet: HTTPS, retries, resume, hashing and the Hugging Face Hub
-//! protocol arrive with later work; today a download either completes byte for byte or fails with
-//! a [`GetError`] and leaves nothing under its final name.
+//! What the crate does not do yet: HTTPS, resume across runs and the Hugging Face Hub protocol
+//! arrive with later work; today a download either completes byte for byte (checked against a
+//! sha256 when given one, see [`Engine::get_with`]) or fails with a [`GetError`] and leaves
+//! nothing under its final name.
 #![warn(missing_docs)]
 
 mod backend;
@@ -50,6 +51,7 @@ mod http1;
 mod net;
 mod plan;
 mod runtime;
+mod verify;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,6 +59,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+pub use crate::backend::sink::SinkKind;
 pub use crate::backend::{
     Backend, BackendKind, SAFE_MODE_ENV, Selection, select as select_backend,
 };
@@ -65,8 +68,9 @@ pub use crate::runtime::WorkerInfo;
 pub use kernel_probes;
 
 use crate::backend::{UringVerdict, judge_setup_errno};
-use crate::get::{Counters, Ctx, Target};
+use crate::get::{Counters, Ctx, JobSettings, SinkChoice, Target};
 use crate::runtime::Workers;
+use crate::verify::Sha256Hex;
 
 /// `Progress::total` before the size is known.
 const UNKNOWN_TOTAL: u64 = u64::MAX;
@@ -86,8 +90,16 @@ pub struct Config {
     pub connections: usize,
     /// Range size; by default about four ranges per connection, 1-64 MiB.
     pub chunk_size: Option<u64>,
-    /// Bytes staged in memory per connection before a write (default 1 MiB).
+    /// Size of one write buffer (default 1 MiB; a multiple of 4 KiB).
     pub buffer_size: usize,
+    /// Writes in flight per connection (default 4). A connection holds at most
+    /// `write_depth + 1` buffers, so a job's buffers take at most
+    /// `connections * (write_depth + 1) * buffer_size` bytes (40 MiB by default), plus 8 MiB for
+    /// the sha256 read-back when a digest is checked.
+    pub write_depth: usize,
+    /// How bytes reach the file; by default O_DIRECT on io_uring where the filesystem allows
+    /// it, and buffered in safe mode (which never uses O_DIRECT).
+    pub sink: Option<SinkKind>,
     /// Where downloads will land, for NUMA placement of the workers.
     pub placement_dir: Option<PathBuf>,
 }
@@ -101,6 +113,8 @@ impl Default for Config {
             connections: 8,
             chunk_size: None,
             buffer_size: 1 << 20,
+            write_depth: 4,
+            sink: None,
             placement_dir: None,
         }
     }
@@ -203,21 +217,64 @@ impl Engine {
     /// fail here. The bytes land in `output` + `.incomplete` and are renamed to `output` once
     /// complete and fsynced.
     pub fn get(&self, url: &str, output: impl AsRef<Path>) -> Result<Job, GetError> {
+        self.get_with(url, output, &GetOptions::default())
+    }
+
+    /// [`Engine::get`] with options: a sha256 the file must have, for one.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ferry::{Config, Engine, GetOptions};
+    ///
+    /// let engine = Engine::new(Config::default())?;
+    /// let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+    /// let job = engine.get_with("http://127.0.0.1:8080/abc", "abc", &GetOptions::new().sha256(sha))?;
+    /// let report = job.wait()?; // a mismatch is fetched once more, then `GetError::ChecksumMismatch`
+    /// assert_eq!(report.sha256.map(|h| h.sha256).as_deref(), Some(sha));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_with(
+        &self,
+        url: &str,
+        output: impl AsRef<Path>,
+        options: &GetOptions,
+    ) -> Result<Job, GetError> {
         let started = Instant::now();
         let output = output.as_ref().to_path_buf();
+        let sha256 = match &options.sha256 {
+            Some(hex) => Some(
+                Sha256Hex::parse(hex)
+                    .ok_or_else(|| GetError::InvalidSha256 { given: hex.clone() })?,
+            ),
+            None => None,
+        };
         let target = Target::new(url)?;
         let (incomplete, created) = prepare_output(&output)?;
+        let sink = choose_sink(
+            self.selection.backend,
+            self.config.sink,
+            get::parent_dir(&output),
+        );
+        tracing::debug!(sink = %sink.kind, reason = %sink.reason, "sink chosen");
         let counters = Arc::new(Counters::new());
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let settings = JobSettings {
+            connections: self.config.connections,
+            chunk: self.config.chunk_size,
+            staging: self.config.buffer_size,
+            depth: self.config.write_depth,
+            backend: self.selection.backend,
+            backend_reason: self.selection.reason.clone(),
+            sink,
+            sha256,
+            threads: self.workers.len(),
+        };
         let ctx = Arc::new(Ctx::new(
             target,
-            output,
-            incomplete.clone(),
-            created,
+            (output, incomplete.clone(), created),
             Arc::clone(&counters),
-            &self.config,
-            (self.selection.backend, self.selection.reason.clone()),
-            self.workers.len(),
+            settings,
             started,
         ));
         let dispatch = self.workers.dispatcher();
@@ -236,6 +293,70 @@ impl Engine {
             done: done_rx,
             result: None,
         })
+    }
+}
+
+/// Options of one download ([`Engine::get_with`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct GetOptions {
+    /// The sha256 the file must have (64 hex digits). The hash follows the download in file
+    /// order; a mismatch fetches the file once more, then fails with
+    /// [`GetError::ChecksumMismatch`] and leaves nothing under the final name.
+    pub sha256: Option<String>,
+}
+
+impl GetOptions {
+    /// No options.
+    pub fn new() -> GetOptions {
+        GetOptions::default()
+    }
+
+    /// Checks the file against this sha256.
+    pub fn sha256(mut self, hex: impl Into<String>) -> GetOptions {
+        self.sha256 = Some(hex.into());
+        self
+    }
+}
+
+/// The sink for a file in `dir`: buffered in safe mode or when asked; otherwise O_DIRECT when a
+/// probe of `dir` shows it works, buffered (with the reason) when it does not.
+fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkChoice {
+    let buffered = |reason: String| SinkChoice {
+        kind: SinkKind::Buffered,
+        reason,
+        align: 1,
+    };
+    if backend == Backend::Portable {
+        if asked == Some(SinkKind::Direct) {
+            tracing::warn!("safe mode does not use O_DIRECT; writing through the page cache");
+        }
+        return buffered("safe mode writes through the page cache".into());
+    }
+    if asked == Some(SinkKind::Buffered) {
+        return buffered("buffered writes were asked for".into());
+    }
+    let probe = kernel_probes::fs::probe_dir(dir);
+    match (&probe.o_direct, probe.dio_align) {
+        (kernel_probes::Support::Available, align) => {
+            let align = align.map_or(4096, |a| u64::from(a.offset.max(a.memory)).max(1));
+            SinkChoice {
+                kind: SinkKind::Direct,
+                reason: format!(
+                    "O_DIRECT works on {} ({}), offset alignment {align}",
+                    dir.display(),
+                    probe.filesystem
+                ),
+                align,
+            }
+        }
+        (why, _) => {
+            let reason = format!("O_DIRECT unavailable on {}: {why}", dir.display());
+            if asked == Some(SinkKind::Direct) {
+                tracing::warn!("{reason}; writing through the page cache");
+            }
+            buffered(reason)
+        }
     }
 }
 
@@ -401,6 +522,30 @@ pub struct Report {
     pub connections: usize,
     /// True when the file came in ranges; false for one stream (the server ignored `Range`).
     pub ranged: bool,
+    /// How the bytes were written.
+    pub sink: SinkKind,
+    /// Why that sink.
+    pub sink_reason: String,
+    /// The verified sha256, when one was asked for.
+    pub sha256: Option<HashReport>,
+    /// Times the file was fetched (2 after a sha256 mismatch that the second fetch cured).
+    pub fetches: u32,
+    /// Ranges fetched again after a body ended short.
+    pub retries: u64,
+    /// Ranges split so that connections finish together.
+    pub splits: u64,
+}
+
+/// How a download's sha256 was verified.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct HashReport {
+    /// The digest, which matched the one asked for (lowercase hex).
+    pub sha256: String,
+    /// Bytes hashed from buffers still in memory.
+    pub from_memory: u64,
+    /// Bytes read back from the file to be hashed (they had left memory before their turn).
+    pub read_back: u64,
 }
 
 #[cfg(test)]

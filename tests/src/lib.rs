@@ -118,6 +118,44 @@ pub fn get_ok(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> serde_
     report
 }
 
+/// Every (back-end, sink) pair to test: io_uring with `direct` and `buffered`, safe mode with
+/// `buffered` (safe mode never uses O_DIRECT).
+pub fn modes_under_test() -> Vec<(Backend, &'static str)> {
+    let mut modes = Vec::new();
+    for backend in backends_under_test() {
+        match backend {
+            Backend::Uring => {
+                modes.push((backend, "direct"));
+                modes.push((backend, "buffered"));
+            }
+            Backend::Portable => modes.push((backend, "buffered")),
+        }
+    }
+    modes
+}
+
+/// [`get_ok`] with `--sink SINK`; checks the summary names that sink, or explains why not (a
+/// filesystem without O_DIRECT gets the buffered sink, with the reason).
+pub fn get_ok_sink(
+    (backend, sink): (Backend, &str),
+    url: &str,
+    out: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["--sink", sink];
+    args.extend_from_slice(extra);
+    let report = get_ok(backend, url, out, &args);
+    if report["sink"] != sink {
+        let reason = report["sink_reason"].as_str().unwrap_or("");
+        assert!(
+            sink == "direct" && reason.contains("O_DIRECT unavailable"),
+            "backend={backend:?}: asked for sink {sink}, got {report}"
+        );
+        eprintln!("note: {sink} sink not used on {}: {reason}", out.display());
+    }
+    report
+}
+
 /// Asserts that `path` holds exactly the bytes of `source`.
 pub fn assert_same_file(source: &Path, path: &Path, what: &str) {
     let (a, b) = (

@@ -24,6 +24,19 @@ pub enum Fault {
         /// Body bytes to forward.
         keep: u64,
     },
+    /// Every response forwards only `keep` body bytes, then the connection closes.
+    TruncateAll {
+        /// Body bytes to forward per response.
+        keep: u64,
+    },
+    /// For response number `nth`, flip every bit of body byte `at` (counted from the start of
+    /// that response's body): the bytes arrive intact in size but wrong in content.
+    FlipByte {
+        /// Which response.
+        nth: usize,
+        /// Which body byte.
+        at: u64,
+    },
     /// For response number `nth`, shift the `Content-Range` by one byte (`bytes A-B/T` becomes
     /// `bytes A+1-B+1/T`), leaving the body alone.
     ShiftContentRange {
@@ -153,13 +166,26 @@ fn serve(
                 (shift_range(text.trim_end()) + "\r\n\r\n", len)
             }
             Fault::TruncateBody { nth: n, keep } if n == nth => (text, keep.min(len)),
+            Fault::TruncateAll { keep } => (text, keep.min(len)),
             _ => (text, len),
+        };
+        let mut flip = match fault {
+            Fault::FlipByte { nth: n, at } if n == nth && at < len => Some(at),
+            _ => None,
         };
         client.write_all(head_out.as_bytes())?;
         let mut left = keep;
         let mut skip = len - keep;
         loop {
             let take = (ubuf.len() as u64).min(left) as usize;
+            if let Some(at) = flip {
+                let sent = keep - left;
+                if at < sent + take as u64 {
+                    let i = (at - sent) as usize;
+                    ubuf[i] = !ubuf[i];
+                    flip = None;
+                }
+            }
             client.write_all(&ubuf[..take])?;
             ubuf.drain(..take);
             left -= take as u64;

@@ -5,7 +5,8 @@ use std::path::Path;
 use std::process::Output;
 
 use ferry_tests::{
-    Backend, Fault, FaultProxy, Nginx, assert_no_output, backends_under_test, ferry, write_data,
+    Backend, Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test,
+    ferry, write_data,
 };
 
 /// Exit codes from the README.
@@ -201,23 +202,42 @@ fn wrong_content_range_is_refused() {
 }
 
 #[test]
-fn short_body_is_refused() {
+fn short_bodies_are_fetched_again_until_retries_run_out() {
     let src = tempfile::tempdir().expect("tmp");
-    write_data(&src.path().join("f"), 3 << 20, 6);
+    let file = src.path().join("f");
+    write_data(&file, 3 << 20, 6);
     let nginx = Nginx::start(src.path());
     for backend in backends_under_test() {
+        // One range answered short (the first, or a later one): the rest of it is fetched again
+        // and the file is whole.
         for nth in [0, 1] {
-            let fault = Fault::TruncateBody { nth, keep: 1000 };
-            refused_through_proxy(
-                &nginx,
-                backend,
-                fault,
-                "files/f",
-                &["--chunk-size", "1M", "-c", "2"],
-                "body ended after",
+            let proxy = FaultProxy::start(nginx.port(), Fault::TruncateBody { nth, keep: 1000 });
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+            let report =
+                ferry_tests::get_ok(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
+            assert!(
+                report["retries"].as_u64().unwrap_or(0) >= 1,
+                "backend={backend:?} nth={nth}: a retry is reported: {report}"
+            );
+            assert_same_file(
+                &file,
+                &dest,
+                &format!("backend={backend:?} short nth={nth}"),
             );
         }
-        // /norange/ answers 200 with Content-Length: a single stream cut short.
+        // Every answer short: the retries run out and the download fails cleanly.
+        refused_through_proxy(
+            &nginx,
+            backend,
+            Fault::TruncateAll { keep: 1000 },
+            "files/f",
+            &["--chunk-size", "1M", "-c", "2"],
+            "body ended after",
+        );
+        // /norange/ answers 200 with Content-Length: a single stream cut short cannot be
+        // resumed by range, so it fails.
         let fault = Fault::TruncateBody { nth: 0, keep: 5000 };
         refused_through_proxy(
             &nginx,
@@ -227,5 +247,87 @@ fn short_body_is_refused() {
             &[],
             "body ended after 5000 of 3145728 bytes",
         );
+    }
+}
+
+#[test]
+fn sha256_is_verified_and_a_mismatch_is_fetched_again_then_refused() {
+    let src = tempfile::tempdir().expect("tmp");
+    let file = src.path().join("f");
+    write_data(&file, (5 << 20) + 4097, 8);
+    let good = ferry_tests::sha256_file(&file);
+    let nginx = Nginx::start(src.path());
+    for (backend, sink) in ferry_tests::modes_under_test() {
+        {
+            let what = format!("backend={backend:?} sink={sink}");
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            // A right digest: verified, reported.
+            let url = format!("http://127.0.0.1:{}/files/f", nginx.port());
+            let report = ferry_tests::get_ok(
+                backend,
+                &url,
+                &dest,
+                &["--sha256", &good, "--sink", sink, "--chunk-size", "1M"],
+            );
+            assert_eq!(report["sha256"]["sha256"], good.as_str(), "{what}");
+            let hashed = report["sha256"]["from_memory"].as_u64().unwrap_or(0)
+                + report["sha256"]["read_back"].as_u64().unwrap_or(0);
+            assert_eq!(hashed, (5 << 20) + 4097, "{what}: every byte hashed once");
+            assert_eq!(report["fetches"], 1, "{what}");
+            std::fs::remove_file(&dest).expect("rm");
+            // One corrupted byte in the second answer (byte 100: inside every range, the 4097-byte
+            // tail included): the first fetch mismatches, the second
+            // (through the same proxy, which corrupts only once) is right.
+            let proxy = FaultProxy::start(nginx.port(), Fault::FlipByte { nth: 1, at: 100 });
+            let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+            let report = ferry_tests::get_ok(
+                backend,
+                &url,
+                &dest,
+                &["--sha256", &good, "--sink", sink, "--chunk-size", "1M"],
+            );
+            assert_eq!(
+                report["fetches"], 2,
+                "{what}: fetched again after a mismatch"
+            );
+            assert_same_file(&file, &dest, &what);
+            std::fs::remove_file(&dest).expect("rm");
+            // A wrong digest: both fetches mismatch, the download fails, nothing is left.
+            let wrong = "0".repeat(64);
+            let url = format!("http://127.0.0.1:{}/files/f", nginx.port());
+            let o = get(backend, &url, &dest, &["--sha256", &wrong, "--sink", sink]);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(REMOTE), "{what}: {stderr}");
+            let lines: Vec<_> = stderr.lines().collect();
+            assert_eq!(
+                lines.len(),
+                2,
+                "{what}: a warning, then the error: {stderr}"
+            );
+            assert!(
+                lines[0].contains("WARN") && lines[0].contains("fetching the file again"),
+                "{what}: {stderr}"
+            );
+            assert!(
+                lines[1].starts_with("ferry: error: ")
+                    && lines[1].contains("sha256 mismatch after 2 fetches"),
+                "{what}: {stderr}"
+            );
+            assert!(
+                !stderr.contains('\u{1b}'),
+                "{what}: no colour on a pipe: {stderr}"
+            );
+            assert_no_output(&dest, &what);
+        }
+    }
+    for backend in backends_under_test() {
+        // Not a digest: a usage error before anything is fetched.
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let url = format!("http://127.0.0.1:{}/files/f", nginx.port());
+        let o = get(backend, &url, &dest, &["--sha256", "abc"]);
+        assert_clean_failure(&o, USAGE, "invalid sha256", &format!("backend={backend:?}"));
+        assert_no_output(&dest, "bad sha256");
     }
 }

@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
-use ferry_tests::{Nginx, assert_same_file, backends_under_test, get_ok, write_data};
+use ferry_tests::{
+    Nginx, assert_same_file, backends_under_test, get_ok, get_ok_sink, modes_under_test, write_data,
+};
 
 const ODD_SIZES: [u64; 5] = [0, 1, 4095, 4096, 4097];
 
@@ -15,20 +17,20 @@ fn sizes_around_page_boundaries_are_byte_identical() {
         write_data(&src.path().join(format!("f{size}")), *size, i as u64);
     }
     let nginx = Nginx::start(src.path());
-    for backend in backends_under_test() {
+    for mode in modes_under_test() {
         let out = tempfile::tempdir().expect("tmp");
         for size in ODD_SIZES {
             let name = format!("f{size}");
             let dest = out.path().join(&name);
-            let report = get_ok(backend, &nginx.url("files", &name), &dest, &[]);
-            assert_eq!(report["bytes"], size, "backend={backend:?}");
+            let report = get_ok_sink(mode, &nginx.url("files", &name), &dest, &[]);
+            assert_eq!(report["bytes"], size, "mode={mode:?}");
             assert_same_file(
                 &src.path().join(&name),
                 &dest,
-                &format!("backend={backend:?} size={size}"),
+                &format!("mode={mode:?} size={size}"),
             );
         }
-        eprintln!("ran on backend={backend:?}: sizes {ODD_SIZES:?}");
+        eprintln!("ran on backend, sink = {mode:?}: sizes {ODD_SIZES:?}");
     }
 }
 
@@ -38,43 +40,51 @@ fn a_few_mib_in_many_ranges_and_one() {
     let size = 5 * (1 << 20) + 12_345;
     write_data(&src.path().join("mid"), size, 7);
     let nginx = Nginx::start(src.path());
-    for backend in backends_under_test() {
+    for mode in modes_under_test() {
         let out = tempfile::tempdir().expect("tmp");
         // 1 MiB ranges over 4 connections: the ranges are spread and reused on keep-alive.
         let dest = out.path().join("mid");
-        let r = get_ok(
-            backend,
+        let r = get_ok_sink(
+            mode,
             &nginx.url("files", "mid"),
             &dest,
             &["--chunk-size", "1M", "-c", "4"],
         );
         assert_eq!(r["ranged"], true);
-        assert_eq!(r["connections"], 4, "backend={backend:?}: {r}");
+        assert_eq!(r["connections"], 4, "mode={mode:?}: {r}");
         assert_same_file(
             &src.path().join("mid"),
             &dest,
-            &format!("backend={backend:?} 1M ranges"),
+            &format!("mode={mode:?} 1M ranges"),
         );
         // Default chunking: everything in the first range.
         let dest = out.path().join("mid-default");
-        get_ok(backend, &nginx.url("files", "mid"), &dest, &[]);
+        get_ok_sink(mode, &nginx.url("files", "mid"), &dest, &[]);
         assert_same_file(
             &src.path().join("mid"),
             &dest,
-            &format!("backend={backend:?} default"),
+            &format!("mode={mode:?} default"),
         );
-        // An odd chunk size: ranges that do not start on page boundaries.
+        // An odd chunk size and buffer size: ranges that start and end off page boundaries,
+        // so O_DIRECT writes come with buffered heads and tails.
         let dest = out.path().join("mid-odd");
-        get_ok(
-            backend,
+        get_ok_sink(
+            mode,
             &nginx.url("files", "mid"),
             &dest,
-            &["--chunk-size", "777777"],
+            &[
+                "--chunk-size",
+                "777777",
+                "--buffer-size",
+                "64K",
+                "--write-depth",
+                "2",
+            ],
         );
         assert_same_file(
             &src.path().join("mid"),
             &dest,
-            &format!("backend={backend:?} odd ranges"),
+            &format!("mode={mode:?} odd ranges"),
         );
     }
 }
@@ -85,24 +95,26 @@ fn about_one_gib_is_byte_identical() {
     // A prime near 1 GiB: the tail range is odd-sized and unaligned.
     let size: u64 = 1_073_741_789;
     write_data(&src.path().join("big"), size, 42);
+    let sha = ferry_tests::sha256_file(&src.path().join("big"));
     let nginx = Nginx::start(src.path());
-    for backend in backends_under_test() {
+    for mode in modes_under_test() {
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("big");
-        let r = get_ok(backend, &nginx.url("files", "big"), &dest, &[]);
+        let r = get_ok_sink(mode, &nginx.url("files", "big"), &dest, &["--sha256", &sha]);
         assert_eq!(r["bytes"], size);
         assert!(
             r["connections"].as_u64().unwrap_or(0) > 1,
-            "backend={backend:?}: several connections: {r}"
+            "mode={mode:?}: several connections: {r}"
         );
+        assert_eq!(r["sha256"]["sha256"], sha.as_str(), "mode={mode:?}");
         assert_same_file(
             &src.path().join("big"),
             &dest,
-            &format!("backend={backend:?} 1 GiB"),
+            &format!("mode={mode:?} 1 GiB"),
         );
         eprintln!(
-            "ran on backend={backend:?}: 1 GiB at {} GB/s",
-            r["gb_per_s"]
+            "ran on backend, sink = {mode:?}: 1 GiB at {} GB/s, sha256 {}",
+            r["gb_per_s"], r["sha256"]
         );
     }
 }
@@ -113,24 +125,16 @@ fn check_single_stream(loc: &str) {
     write_data(&src.path().join("s"), size, 3);
     write_data(&src.path().join("z"), 0, 3);
     let nginx = Nginx::start(src.path());
-    for backend in backends_under_test() {
+    for mode in modes_under_test() {
         let out = tempfile::tempdir().expect("tmp");
         for name in ["s", "z"] {
             let dest = out.path().join(name);
-            let r = get_ok(
-                backend,
-                &nginx.url(loc, name),
-                &dest,
-                &["--chunk-size", "1M"],
-            );
-            assert_eq!(
-                r["ranged"], false,
-                "backend={backend:?} {loc}: one stream: {r}"
-            );
+            let r = get_ok_sink(mode, &nginx.url(loc, name), &dest, &["--chunk-size", "1M"]);
+            assert_eq!(r["ranged"], false, "mode={mode:?} {loc}: one stream: {r}");
             assert_same_file(
                 &src.path().join(name),
                 &dest,
-                &format!("backend={backend:?} /{loc}/{name}"),
+                &format!("mode={mode:?} /{loc}/{name}"),
             );
         }
     }

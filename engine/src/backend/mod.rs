@@ -12,8 +12,13 @@
 //! and every report carries. An EINVAL from a kernel that should accept our flags fails loudly: it
 //! is a bug, not a missing feature. The facts come from `kernel-probes`; this module only decides.
 //!
-//! The byte-moving code itself lives with the job (`get/`) and is shared by both back-ends until
-//! the O_DIRECT hot path of the data-plane issue gives the io_uring side its own ops.
+//! The data path's own pieces live here too: page-aligned buffers and their per-worker pool
+//! ([`buf`]), and the sinks that put bytes in files ([`sink`]: O_DIRECT or buffered). The job
+//! (`get/`) drives them the same way on both back-ends; what differs is the driver compio runs
+//! (io_uring or polling) and the sink chosen.
+
+pub(crate) mod buf;
+pub(crate) mod sink;
 
 use kernel_probes::{Support, UringOp, UringReport};
 use serde::Serialize;

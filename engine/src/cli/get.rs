@@ -26,6 +26,20 @@ pub(crate) struct GetArgs {
     /// Range size (e.g. 8M); default: about four ranges per connection, 1-64 MiB.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     chunk_size: Option<u64>,
+    /// How bytes reach the disk: direct (O_DIRECT for aligned blocks; the default on io_uring
+    /// where the filesystem allows it) or buffered (the page cache; always in safe mode).
+    #[arg(long, value_name = "SINK")]
+    sink: Option<ferry::SinkKind>,
+    /// Verify the file against this sha256 (64 hex digits); on a mismatch it is fetched once
+    /// more, then the download fails and nothing is left under the final name. One URL only.
+    #[arg(long, value_name = "HEX")]
+    sha256: Option<String>,
+    /// Size of one write buffer (e.g. 1M; a multiple of 4K).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    buffer_size: Option<u64>,
+    /// Writes in flight per connection.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    write_depth: Option<u32>,
     /// Print the summary as JSON (one object per URL, one per line).
     #[arg(long)]
     json: bool,
@@ -46,6 +60,13 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
     let mut config = global.config(placement);
     config.connections = args.connections as usize;
     config.chunk_size = args.chunk_size;
+    config.sink = args.sink;
+    if let Some(b) = args.buffer_size {
+        config.buffer_size = b as usize;
+    }
+    if let Some(d) = args.write_depth {
+        config.write_depth = d as usize;
+    }
     let engine = match Engine::new(config) {
         Ok(e) => e,
         Err(e) => return super::fail(&e, super::start_error_code(&e)),
@@ -61,6 +82,18 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
 
 /// Pairs each URL with its output path.
 fn plan_outputs(args: &GetArgs) -> Result<Vec<(String, PathBuf)>, UsageError> {
+    if args.sha256.is_some() && args.urls.len() > 1 {
+        return Err(UsageError(
+            "--sha256 checks one file; give one URL with it".to_owned(),
+        ));
+    }
+    if let Some(b) = args.buffer_size {
+        if b == 0 || b % 4096 != 0 || b > 256 << 20 {
+            return Err(UsageError(format!(
+                "--buffer-size {b}: must be a multiple of 4 KiB, at most 256 MiB"
+            )));
+        }
+    }
     if args.urls.len() == 1 {
         let url = &args.urls[0];
         let out = match &args.output {
@@ -137,7 +170,11 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn download(engine: &Engine, url: &str, out: &Path, args: &GetArgs) -> Result<Report, GetError> {
-    let mut job = engine.get(url, out)?;
+    let mut options = ferry::GetOptions::new();
+    if let Some(hex) = &args.sha256 {
+        options = options.sha256(hex.clone());
+    }
+    let mut job = engine.get_with(url, out, &options)?;
     let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
     if !show_bar {
         return job.wait();
@@ -171,16 +208,22 @@ fn print_summary(report: &Report, args: &GetArgs) {
     if args.quiet {
         return;
     }
+    let verified = match &report.sha256 {
+        Some(h) => format!(", sha256 {} verified", &h.sha256[..12]),
+        None => String::new(),
+    };
     println!(
-        "{}: {} in {:.2} s ({:.3} GB/s) [{}, {} threads, {} connections{}]",
+        "{}: {} in {:.2} s ({:.3} GB/s) [{}, {} sink, {} threads, {} connections{}{}]",
         report.path.display(),
         human_bytes(report.bytes),
         report.seconds,
         report.gb_per_s,
         report.backend,
+        report.sink,
         report.threads,
         report.connections,
         if report.ranged { "" } else { ", single stream" },
+        verified,
     );
 }
 

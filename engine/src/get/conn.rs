@@ -1,28 +1,80 @@
-//! One HTTP/1.1 connection of a download: send a request, read its head, copy its body to a file
-//! at an offset. Bytes after the head that arrived with it are kept and used first.
+//! One HTTP/1.1 connection of a download: send a request, read its head, read its body into the
+//! connection's write pipeline. Bytes after the head that arrived with it are kept and used first.
+//! A ranged body is read straight into aligned pipeline buffers (no staging copy); the plan is
+//! asked before every read how far the lease still reaches.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::ops::Range;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
-use compio::fs::File;
-use compio::io::{AsyncRead, AsyncWriteAtExt, AsyncWriteExt};
+use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 
+use super::pipe::Pipeline;
 use super::{Ctx, Target};
+use crate::backend::buf::AlignedBuf;
 use crate::error::GetError;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
+use crate::plan::LeaseId;
 
 /// Head-read granularity; heads are small, bodies go straight to the staging buffer.
 const HEAD_READ: usize = 16 * 1024;
 
-/// How a body copy ended.
-pub(super) enum Copied {
-    /// The body was copied: this many bytes.
-    Done(u64),
-    /// Another connection failed and the job is stopping: nothing to report.
+/// How the body of a lease ended.
+pub(super) enum BodyEnd {
+    /// Received up to the lease's end as asked.
+    Complete,
+    /// Received up to the lease's end after a split moved it down; the connection is spent.
+    Trimmed,
+    /// The body stopped at `at`, short of the lease's end (EOF or a read error).
+    Short { at: u64, error: Option<GetError> },
+    /// Another connection failed and the job is stopping.
     Aborted,
+}
+
+/// A single-stream body on its way into pipeline buffers.
+struct StreamOut {
+    /// Always `Some` except while a read owns it.
+    buf: Option<AlignedBuf>,
+    /// File offset of `buf`'s first byte.
+    buf_at: u64,
+    /// Bytes of body received so far (= the file offset of the next byte).
+    at: u64,
+}
+
+impl StreamOut {
+    fn buf(&self) -> &AlignedBuf {
+        self.buf.as_ref().expect("stream buffer")
+    }
+
+    /// Submits the buffer when it is full and starts the next one.
+    async fn make_room(&mut self, pipe: &mut Pipeline) -> Result<(), GetError> {
+        if self.buf().bytes().len() == pipe.fill_limit(self.buf_at, self.buf().capacity()) {
+            let next = pipe.buffer().await?;
+            let full = self.buf.replace(next).expect("stream buffer");
+            pipe.submit(full, self.buf_at).await?;
+            self.buf_at = self.at;
+        }
+        Ok(())
+    }
+
+    /// Copies decoded bytes in, submitting buffers as they fill.
+    async fn feed(&mut self, pipe: &mut Pipeline, mut bytes: &[u8]) -> Result<(), GetError> {
+        while !bytes.is_empty() {
+            self.make_room(pipe).await?;
+            let room =
+                pipe.fill_limit(self.buf_at, self.buf().capacity()) - self.buf().bytes().len();
+            let n = room.min(bytes.len());
+            self.buf
+                .as_mut()
+                .expect("stream buffer")
+                .push_slice(&bytes[..n]);
+            self.at += n as u64;
+            bytes = &bytes[n..];
+        }
+        Ok(())
+    }
 }
 
 pub(super) struct Conn {
@@ -30,9 +82,6 @@ pub(super) struct Conn {
     addr: SocketAddr,
     /// Bytes read past the last head, not yet consumed.
     pending: Vec<u8>,
-    /// Staging buffer for body bytes on their way to the file.
-    staging: Vec<u8>,
-    staging_cap: usize,
     /// True once a request has completed on this connection (a closed idle connection is then
     /// not the server's fault and is retried on a fresh one).
     reused: bool,
@@ -41,15 +90,13 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub async fn open(addrs: &[SocketAddr], staging_cap: usize) -> Result<Conn, GetError> {
+    pub async fn open(addrs: &[SocketAddr]) -> Result<Conn, GetError> {
         let stream = crate::net::connect(addrs).await?;
         let addr = stream.peer_addr().unwrap_or(addrs[0]);
         Ok(Conn {
             stream,
             addr,
             pending: Vec::with_capacity(HEAD_READ),
-            staging: Vec::with_capacity(staging_cap),
-            staging_cap,
             reused: false,
             reusable: true,
         })
@@ -80,9 +127,7 @@ impl Conn {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {
                     tracing::debug!(addr = %self.addr, "idle connection was closed; reconnecting");
-                    let staging = std::mem::take(&mut self.staging);
-                    *self = Conn::open(&target.addrs, self.staging_cap).await?;
-                    self.staging = staging;
+                    *self = Conn::open(&target.addrs).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -156,123 +201,157 @@ impl Conn {
         r
     }
 
-    /// Copies a response body to `file` at `offset`, writing in staging-buffer sized pieces.
-    /// `expect` is the length the body must have (from the range asked for); `None` accepts
-    /// whatever a single-stream body turns out to be.
-    pub async fn copy_body(
+    /// Reads the body of a ranged answer for `lease` (which started at `range.start`) into
+    /// pipeline buffers, asking the plan before each read how far the lease still reaches.
+    pub async fn copy_lease(
         &mut self,
         ctx: &Ctx,
-        framing: Framing,
-        expect: Option<u64>,
-        file: &mut File,
-        offset: u64,
-    ) -> Result<Copied, GetError> {
-        let url = &ctx.target().display;
-        if let (Framing::Length(n), Some(e)) = (framing, expect) {
-            if n != e {
-                return Err(GetError::Protocol {
-                    url: url.clone(),
-                    detail: format!("Content-Length {n} does not match the {e} bytes of the range"),
-                });
-            }
-        }
-        let mut staging = std::mem::take(&mut self.staging);
-        staging.clear();
-        let result = match framing {
-            Framing::Length(n) => self.copy_exact(ctx, n, file, offset, &mut staging).await,
-            Framing::UntilClose => {
-                self.reusable = false;
-                self.copy_until_close(ctx, file, offset, &mut staging).await
-            }
-            Framing::Chunked => self.copy_chunked(ctx, file, offset, &mut staging).await,
-        };
-        self.staging = staging;
-        let copied = result?;
-        if let (Copied::Done(got), Some(expected)) = (&copied, expect) {
-            if *got < expected {
-                return Err(GetError::ShortBody {
-                    url: url.clone(),
-                    offset,
-                    expected,
-                    received: *got,
-                });
-            }
-            if *got > expected {
-                return Err(GetError::Protocol {
-                    url: url.clone(),
-                    detail: format!("body of {got} bytes where {expected} were asked for"),
-                });
-            }
-        }
-        if matches!(copied, Copied::Done(_)) {
-            self.reused = true;
-        }
-        Ok(copied)
-    }
-
-    async fn flush(
-        &self,
-        ctx: &Ctx,
-        file: &mut File,
-        staging: &mut Vec<u8>,
-        at: &mut u64,
-    ) -> Result<(), GetError> {
-        if Vec::is_empty(staging) {
-            return Ok(());
-        }
-        let len = staging.len() as u64;
-        let BufResult(r, buf) = file.write_all_at(std::mem::take(staging), *at).await;
-        *staging = buf;
-        staging.clear();
-        r.map_err(|source| GetError::Io {
-            op: "write",
-            path: ctx.incomplete.clone(),
-            source,
-        })?;
-        *at += len;
-        ctx.counters.done.fetch_add(len, Ordering::Relaxed);
-        Ok(())
-    }
-
-    /// Reads exactly `len` body bytes (fewer only when the peer closes early).
-    async fn copy_exact(
-        &mut self,
-        ctx: &Ctx,
-        len: u64,
-        file: &mut File,
-        offset: u64,
-        staging: &mut Vec<u8>,
-    ) -> Result<Copied, GetError> {
-        let mut at = offset;
-        let take = (self.pending.len() as u64).min(len) as usize;
-        staging.extend(self.pending.drain(..take));
-        let mut remaining = len - take as u64;
+        pipe: &mut Pipeline,
+        lease: LeaseId,
+        range: Range<u64>,
+    ) -> Result<BodyEnd, GetError> {
+        let mut at = range.start;
+        let mut buf = pipe.buffer().await?;
+        let mut buf_at = at;
         loop {
-            if staging.len() >= self.staging_cap || (remaining == 0 && !Vec::is_empty(staging)) {
-                self.flush(ctx, file, staging, &mut at).await?;
-            }
-            if remaining == 0 {
-                return Ok(Copied::Done(len));
-            }
             if ctx.is_aborted() {
                 self.reusable = false;
-                return Ok(Copied::Aborted);
+                pipe.unused(buf);
+                return Ok(BodyEnd::Aborted);
             }
-            let filled = staging.len();
-            let want = (remaining.min((self.staging_cap - filled) as u64)) as usize;
-            staging.reserve(want);
-            let BufResult(r, slice) = self
-                .stream
-                .read(std::mem::take(staging).slice(filled..filled + want))
-                .await;
-            *staging = slice.into_inner();
+            let limit = pipe.fill_limit(buf_at, buf.capacity());
+            if buf.bytes().len() == limit {
+                pipe.submit(buf, buf_at).await?;
+                buf = pipe.buffer().await?;
+                buf_at = at;
+                continue;
+            }
+            let allowed = ctx.reserve(lease, at, (limit - buf.bytes().len()) as u64) as usize;
+            if allowed == 0 {
+                pipe.submit(buf, buf_at).await?;
+                if at == range.end {
+                    self.reused = true;
+                    return Ok(BodyEnd::Complete);
+                }
+                // A split moved the lease's end: the rest of this body belongs to another
+                // connection, and this one cannot be reused with it unread.
+                self.reusable = false;
+                return Ok(BodyEnd::Trimmed);
+            }
+            if !self.pending.is_empty() {
+                let n = allowed.min(self.pending.len());
+                buf.push_slice(&self.pending[..n]);
+                self.pending.drain(..n);
+                at += n as u64;
+                continue;
+            }
+            let filled = buf.bytes().len();
+            let BufResult(r, slice) = self.stream.read(buf.slice(filled..filled + allowed)).await;
+            buf = slice.into_inner();
             match r {
                 Ok(0) => {
                     self.reusable = false;
-                    self.flush(ctx, file, staging, &mut at).await?;
-                    return Ok(Copied::Done(len - remaining));
+                    pipe.submit(buf, buf_at).await?;
+                    return Ok(BodyEnd::Short { at, error: None });
                 }
-                Ok(n) => remaining -= n as u64,
+                Ok(n) => at += n as u64,
+                Err(e) => {
+                    self.reusable = false;
+                    pipe.submit(buf, buf_at).await?;
+                    return Ok(BodyEnd::Short {
+                        at,
+                        error: Some(self.net_err("read body", e)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Copies a whole body from offset 0 (a server that ignores `Range`, or a body of unknown
+    /// length). Returns the bytes copied, or `None` when the job was aborted.
+    pub async fn copy_stream(
+        &mut self,
+        ctx: &Ctx,
+        pipe: &mut Pipeline,
+        framing: Framing,
+    ) -> Result<Option<u64>, GetError> {
+        let url = &ctx.target().display;
+        let mut out = StreamOut {
+            buf: Some(pipe.buffer().await?),
+            buf_at: 0,
+            at: 0,
+        };
+        let result = match framing {
+            Framing::Length(n) => self.stream_raw(ctx, pipe, &mut out, Some(n)).await,
+            Framing::UntilClose => {
+                self.reusable = false;
+                self.stream_raw(ctx, pipe, &mut out, None).await
+            }
+            Framing::Chunked => self.stream_chunked(ctx, pipe, &mut out).await,
+        };
+        let StreamOut { buf, buf_at, at } = out;
+        let buf = buf.expect("stream buffer");
+        match result {
+            Ok(true) => {
+                pipe.submit(buf, buf_at).await?;
+                if let Framing::Length(n) = framing {
+                    if at < n {
+                        return Err(GetError::ShortBody {
+                            url: url.clone(),
+                            offset: 0,
+                            expected: n,
+                            received: at,
+                        });
+                    }
+                }
+                Ok(Some(at))
+            }
+            Ok(false) => {
+                pipe.unused(buf);
+                Ok(None)
+            }
+            Err(e) => {
+                pipe.unused(buf);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads raw body bytes until `len` (or EOF when `None`). `Ok(false)`: aborted.
+    async fn stream_raw(
+        &mut self,
+        ctx: &Ctx,
+        pipe: &mut Pipeline,
+        out: &mut StreamOut,
+        len: Option<u64>,
+    ) -> Result<bool, GetError> {
+        let pending = std::mem::take(&mut self.pending);
+        let take = len.map_or(pending.len(), |n| (n as usize).min(pending.len()));
+        out.feed(pipe, &pending[..take]).await?;
+        loop {
+            if len.is_some_and(|n| out.at >= n) {
+                self.reused = true;
+                return Ok(true);
+            }
+            if ctx.is_aborted() {
+                self.reusable = false;
+                return Ok(false);
+            }
+            out.make_room(pipe).await?;
+            let filled = out.buf().bytes().len();
+            let mut want = pipe.fill_limit(out.buf_at, out.buf().capacity()) - filled;
+            if let Some(n) = len {
+                want = want.min((n - out.at) as usize);
+            }
+            let buf = out.buf.take().expect("stream buffer");
+            let BufResult(r, slice) = self.stream.read(buf.slice(filled..filled + want)).await;
+            out.buf = Some(slice.into_inner());
+            match r {
+                Ok(0) => {
+                    self.reusable = false;
+                    return Ok(true);
+                }
+                Ok(n) => out.at += n as u64,
                 Err(e) => {
                     self.reusable = false;
                     return Err(self.net_err("read body", e));
@@ -281,64 +360,33 @@ impl Conn {
         }
     }
 
-    async fn copy_until_close(
+    async fn stream_chunked(
         &mut self,
         ctx: &Ctx,
-        file: &mut File,
-        offset: u64,
-        staging: &mut Vec<u8>,
-    ) -> Result<Copied, GetError> {
-        let mut at = offset;
-        staging.append(&mut self.pending);
-        loop {
-            if staging.len() >= self.staging_cap {
-                self.flush(ctx, file, staging, &mut at).await?;
-            }
-            if ctx.is_aborted() {
-                return Ok(Copied::Aborted);
-            }
-            let filled = staging.len();
-            let want = self.staging_cap - filled;
-            staging.reserve(want);
-            let BufResult(r, slice) = self
-                .stream
-                .read(std::mem::take(staging).slice(filled..filled + want))
-                .await;
-            *staging = slice.into_inner();
-            match r {
-                Ok(0) => {
-                    self.flush(ctx, file, staging, &mut at).await?;
-                    return Ok(Copied::Done(at - offset));
-                }
-                Ok(_) => {}
-                Err(e) => return Err(self.net_err("read body", e)),
-            }
-        }
-    }
-
-    async fn copy_chunked(
-        &mut self,
-        ctx: &Ctx,
-        file: &mut File,
-        offset: u64,
-        staging: &mut Vec<u8>,
-    ) -> Result<Copied, GetError> {
+        pipe: &mut Pipeline,
+        out: &mut StreamOut,
+    ) -> Result<bool, GetError> {
         let url = &ctx.target().display;
         let protocol = |e: http1::ChunkError| GetError::Protocol {
             url: url.clone(),
             detail: format!("chunked body: {e}"),
         };
-        let mut at = offset;
         let mut decoder = ChunkedDecoder::default();
-        let used = decoder.decode(&self.pending, staging).map_err(protocol)?;
-        self.pending.drain(..used);
-        while !decoder.is_done() {
-            if staging.len() >= self.staging_cap {
-                self.flush(ctx, file, staging, &mut at).await?;
+        let mut decoded = Vec::with_capacity(HEAD_READ);
+        loop {
+            let used = decoder
+                .decode(&self.pending, &mut decoded)
+                .map_err(protocol)?;
+            self.pending.drain(..used);
+            out.feed(pipe, &decoded).await?;
+            decoded.clear();
+            if decoder.is_done() {
+                self.reused = true;
+                return Ok(true);
             }
             if ctx.is_aborted() {
                 self.reusable = false;
-                return Ok(Copied::Aborted);
+                return Ok(false);
             }
             let n = self
                 .read_more()
@@ -346,20 +394,15 @@ impl Conn {
                 .map_err(|e| self.net_err("read body", e))?;
             if n == 0 {
                 self.reusable = false;
-                self.flush(ctx, file, staging, &mut at).await?;
                 return Err(GetError::Protocol {
                     url: url.clone(),
                     detail: format!(
                         "connection closed inside a chunked body after {} bytes",
-                        at - offset
+                        out.at
                     ),
                 });
             }
-            let used = decoder.decode(&self.pending, staging).map_err(protocol)?;
-            self.pending.drain(..used);
         }
-        self.flush(ctx, file, staging, &mut at).await?;
-        Ok(Copied::Done(at - offset))
     }
 
     /// Reads and discards a small body (a redirect's), or gives up on the connection.

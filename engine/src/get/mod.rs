@@ -2,19 +2,27 @@
 //! workers.
 //!
 //! Order of events: the first connection asks for the first range (`bytes=0-…`); the answer tells
-//! the size and whether ranges work. With a 206, the file is `fallocate`d and the rest of the
-//! ranges go to up to `connections` connections, each pulling the next range from a shared
-//! [`RangePlan`]. With a 200 (the server ignores `Range`) or no length, the body is copied as one
-//! stream. Every body is checked against the range asked for (`Content-Range`, length, a short
-//! body is an error). At the end the file is fsynced, renamed from `PATH.incomplete` to `PATH`
-//! and the directory fsynced; on any failure the partial file is removed and nothing appears
-//! under the final name.
+//! the size and whether ranges work. With a 206, the file is `fallocate`d, a [`Plan`] is made with
+//! that first range as its first lease, and up to `connections` connections (spread over the
+//! workers) take leases from it until none are left. With a 200 (the server ignores `Range`) or no
+//! length, the body is copied as one stream. Every answer is checked against the range asked for
+//! (`Content-Range`, length); a body that ends short gives the rest of its lease back to the plan
+//! and is fetched again on a fresh connection, a bounded number of times.
 //!
-//! Not here yet (later issues): retries, resume, hashing, O_DIRECT, dynamic range splitting.
+//! Bytes go socket -> aligned pipeline buffer -> [`FileSink`] (O_DIRECT where it works), several
+//! writes in flight per connection. With a sha256 to check, each completed write feeds the
+//! [`Verifier`] in file order, and a read-back task hashes what had to leave memory first. A
+//! mismatch fetches the whole file once more, then fails. At the end the file is fsynced, renamed
+//! from `PATH.incomplete` to `PATH` and the directory fsynced; on any failure the partial file is
+//! removed and nothing appears under the final name.
+//!
+//! Not here (later issues): resume across runs, several files per job, TLS.
 
 mod conn;
+mod pipe;
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -23,13 +31,22 @@ use std::time::Instant;
 use compio::fs::{File, OpenOptions};
 use url::Url;
 
-use self::conn::{Conn, Copied};
+use self::conn::{BodyEnd, Conn};
+use self::pipe::Pipeline;
 use crate::backend::Backend;
+use crate::backend::buf::AlignedBuf;
+use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
-use crate::plan::{FIRST_CHUNK, RangePlan};
+use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
 use crate::runtime::Task;
-use crate::{Report, UNKNOWN_TOTAL};
+use crate::verify::{HashStats, Sha256Hex, Verifier};
+use crate::{HashReport, Report, UNKNOWN_TOTAL};
+
+/// Bytes read back per read when the verifier needs bytes that left memory.
+const READ_BACK: u64 = 8 << 20;
+/// Fetches of the whole file when its sha256 does not match: the first, and one more.
+const MAX_FETCHES: u32 = 2;
 
 /// Redirects followed before giving up.
 const MAX_REDIRECTS: usize = 10;
@@ -108,6 +125,15 @@ impl Counters {
     }
 }
 
+/// How a job writes: the sink chosen for its file and why.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkChoice {
+    pub kind: SinkKind,
+    pub reason: String,
+    /// O_DIRECT offset alignment of the filesystem (used when `kind` is direct).
+    pub align: u64,
+}
+
 /// What the job's tasks share.
 pub(crate) struct Ctx {
     /// The URL as asked for.
@@ -117,19 +143,32 @@ pub(crate) struct Ctx {
     pub output: PathBuf,
     pub incomplete: PathBuf,
     pub counters: Arc<Counters>,
-    pub connections: usize,
-    pub chunk: Option<u64>,
-    pub staging: usize,
-    pub backend: Backend,
-    pub backend_reason: String,
-    pub threads: usize,
+    pub settings: JobSettings,
     pub started: Instant,
     /// The file as created by [`Engine::get`](crate::Engine::get); used for `fallocate`.
     pub created: std::fs::File,
-    plan: Mutex<Option<RangePlan>>,
+    plan: Mutex<Option<Plan>>,
+    verify: Mutex<Option<(Arc<Verifier>, flume::Sender<()>)>>,
     aborted: AtomicBool,
     first_error: Mutex<Option<GetError>>,
     used_connections: AtomicU64,
+    retries: AtomicU64,
+    splits: AtomicU64,
+}
+
+/// How a job runs: what [`Ctx::new`] needs besides the target and the files.
+pub(crate) struct JobSettings {
+    pub connections: usize,
+    pub chunk: Option<u64>,
+    /// Size of one write buffer.
+    pub staging: usize,
+    /// Writes in flight per connection.
+    pub depth: usize,
+    pub backend: Backend,
+    pub backend_reason: String,
+    pub sink: SinkChoice,
+    pub sha256: Option<Sha256Hex>,
+    pub threads: usize,
 }
 
 impl Ctx {
@@ -138,16 +177,11 @@ impl Ctx {
         self.redirected.get().unwrap_or(&self.origin)
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         target: Target,
-        output: PathBuf,
-        incomplete: PathBuf,
-        created: std::fs::File,
+        (output, incomplete, created): (PathBuf, PathBuf, std::fs::File),
         counters: Arc<Counters>,
-        config: &crate::Config,
-        backend: (Backend, String),
-        threads: usize,
+        settings: JobSettings,
         started: Instant,
     ) -> Ctx {
         Ctx {
@@ -157,17 +191,20 @@ impl Ctx {
             incomplete,
             created,
             counters,
-            connections: config.connections.max(1),
-            chunk: config.chunk_size,
-            staging: config.buffer_size.max(4096),
-            backend: backend.0,
-            backend_reason: backend.1,
-            threads,
+            settings: JobSettings {
+                connections: settings.connections.max(1),
+                staging: settings.staging.max(crate::backend::buf::BUF_ALIGN),
+                depth: settings.depth.max(1),
+                ..settings
+            },
             started,
             plan: Mutex::new(None),
+            verify: Mutex::new(None),
             aborted: AtomicBool::new(false),
             first_error: Mutex::new(None),
             used_connections: AtomicU64::new(1),
+            retries: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
         }
     }
 
@@ -192,12 +229,30 @@ impl Ctx {
             .take()
     }
 
-    fn next_range(&self) -> Option<std::ops::Range<u64>> {
+    fn with_plan<T>(&self, f: impl FnOnce(&mut Plan) -> T) -> Option<T> {
+        let mut plan = self.plan.lock().unwrap_or_else(|p| p.into_inner());
+        plan.as_mut().map(f)
+    }
+
+    fn take_lease(&self) -> Option<(LeaseId, Range<u64>)> {
         if self.is_aborted() {
             return None;
         }
-        let mut plan = self.plan.lock().unwrap_or_else(|p| p.into_inner());
-        plan.as_mut().and_then(RangePlan::poll_range)
+        self.with_plan(|p| p.take().map(|(id, r, _)| (id, r)))
+            .flatten()
+    }
+
+    /// How many of `want` bytes the holder of `lease`, now at `at`, may still read.
+    pub fn reserve(&self, lease: LeaseId, at: u64, want: u64) -> u64 {
+        self.with_plan(|p| p.reserve(lease, at, want)).unwrap_or(0)
+    }
+
+    /// The verifier of the current fetch and the waker of its read-back task (when hashing).
+    pub fn verifier(&self) -> (Option<Arc<Verifier>>, Option<flume::Sender<()>>) {
+        match &*self.verify.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((v, wake)) => (Some(Arc::clone(v)), Some(wake.clone())),
+            None => (None, None),
+        }
     }
 
     async fn open_file(&self) -> Result<File, GetError> {
@@ -211,6 +266,38 @@ impl Ctx {
                 source,
             })
     }
+
+    /// This worker's descriptors of the file, for the job's sink.
+    async fn open_sink(&self) -> Result<FileSink, GetError> {
+        FileSink::open(
+            &self.incomplete,
+            self.settings.sink.kind,
+            self.settings.sink.align,
+        )
+        .await
+        .map_err(|source| GetError::Io {
+            op: if self.settings.sink.kind == SinkKind::Direct {
+                "open (O_DIRECT)"
+            } else {
+                "open"
+            },
+            path: self.incomplete.clone(),
+            source,
+        })
+    }
+
+    /// Clears what one fetch of the file leaves behind, before the next.
+    fn reset_fetch(&self) -> Option<(Arc<Verifier>, flume::Receiver<()>)> {
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.counters.done.store(0, Ordering::Relaxed);
+        self.aborted.store(false, Ordering::Relaxed);
+        self.settings.sha256.map(|_| {
+            let v = Arc::new(Verifier::new());
+            let (tx, rx) = flume::bounded(1);
+            *self.verify.lock().unwrap_or_else(|p| p.into_inner()) = Some((Arc::clone(&v), tx));
+            (v, rx)
+        })
+    }
 }
 
 /// The sender of a connection task's verdict back to the coordinator.
@@ -218,12 +305,10 @@ type Done = flume::Sender<()>;
 
 /// Runs the whole job on the current worker; other connections go to `spawn`.
 pub(crate) async fn run(ctx: Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<Report, GetError> {
-    if let Err(e) = coordinate(&ctx, spawn).await {
-        ctx.fail(e);
-    }
-    let result = match ctx.take_error() {
-        Some(e) => Err(e),
-        None => finish(&ctx).await,
+    let result = fetch_until_verified(&ctx, &spawn).await;
+    let result = match result {
+        Ok((fetches, hash)) => finish(&ctx, fetches, hash).await,
+        Err(e) => Err(e),
     };
     if result.is_err() {
         let _ = std::fs::remove_file(&ctx.incomplete);
@@ -231,10 +316,112 @@ pub(crate) async fn run(ctx: Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<R
     result
 }
 
-async fn coordinate(ctx: &Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<(), GetError> {
-    let first_len = ctx.chunk.unwrap_or(FIRST_CHUNK);
+/// Fetches the file, and once more when its sha256 does not match.
+async fn fetch_until_verified(
+    ctx: &Arc<Ctx>,
+    spawn: &impl Fn(Task) -> bool,
+) -> Result<(u32, Option<(Sha256Hex, HashStats)>), GetError> {
+    let mut fetch = 0;
+    loop {
+        fetch += 1;
+        let hashing = ctx.reset_fetch();
+        let reader = hashing.as_ref().map(|(v, rx)| {
+            let (ctx, v, rx) = (Arc::clone(ctx), Arc::clone(v), rx.clone());
+            compio::runtime::spawn(async move { read_back_loop(&ctx, &v, rx).await })
+        });
+        if let Err(e) = coordinate(ctx, spawn).await {
+            ctx.fail(e);
+        }
+        // Every connection is done: dropping the last waker lets the read-back task finish.
+        *ctx.verify.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        if let Some(reader) = reader {
+            match reader.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => ctx.fail(e),
+                Err(_) => ctx.fail(GetError::EngineStopped),
+            }
+        }
+        if let Some(e) = ctx.take_error() {
+            return Err(e);
+        }
+        let Some((verifier, _)) = hashing else {
+            return Ok((fetch, None));
+        };
+        let total = ctx.counters.total.load(Ordering::Relaxed);
+        if verifier.prefix() != total {
+            return Err(GetError::Io {
+                op: "verify",
+                path: ctx.incomplete.clone(),
+                source: std::io::Error::other(format!(
+                    "hashed {} of {total} bytes",
+                    verifier.prefix()
+                )),
+            });
+        }
+        let (got, stats) = verifier.finish();
+        let expected = ctx.settings.sha256.expect("hashing only with a digest");
+        if got == expected {
+            return Ok((fetch, Some((got, stats))));
+        }
+        if fetch >= MAX_FETCHES {
+            return Err(GetError::ChecksumMismatch {
+                url: ctx.target().display.clone(),
+                expected: expected.to_string(),
+                got: got.to_string(),
+                attempts: fetch,
+            });
+        }
+        tracing::warn!(
+            url = %ctx.target().display,
+            %expected,
+            %got,
+            "sha256 mismatch; fetching the file again"
+        );
+        ctx.created.set_len(0).map_err(|source| GetError::Io {
+            op: "truncate",
+            path: ctx.incomplete.clone(),
+            source,
+        })?;
+    }
+}
+
+/// Hashes, in file order, the written bytes that left memory before the prefix reached them.
+async fn read_back_loop(
+    ctx: &Ctx,
+    verifier: &Verifier,
+    wake: flume::Receiver<()>,
+) -> Result<(), GetError> {
+    let sink = ctx.open_sink().await?;
+    let align = sink.align().max(1);
+    let mut buf = AlignedBuf::new((READ_BACK + 2 * align) as usize);
+    loop {
+        while let Some(r) = verifier.next_read_back(READ_BACK) {
+            if ctx.is_aborted() {
+                return Ok(());
+            }
+            let (res, back) = sink.read_back(buf, r.start, r.end - r.start).await;
+            buf = back;
+            let skip = res.map_err(|source| GetError::Io {
+                op: "read back for sha256",
+                path: ctx.incomplete.clone(),
+                source,
+            })?;
+            let len = (r.end - r.start) as usize;
+            verifier.read_back(r.start, &buf.bytes()[skip..skip + len]);
+        }
+        if wake.recv_async().await.is_err() {
+            // Every writer is gone; whatever they recorded last is read above on the way out.
+            if verifier.next_read_back(READ_BACK).is_none() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn coordinate(ctx: &Arc<Ctx>, spawn: &impl Fn(Task) -> bool) -> Result<(), GetError> {
+    let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK);
     let mut target = ctx.origin.clone();
-    let mut conn = Conn::open(&target.addrs, ctx.staging).await?;
+    let mut conn = Conn::open(&target.addrs).await?;
     let mut redirects = 0;
     let head = loop {
         let head = conn.request(&target, Some(0..first_len)).await?;
@@ -252,7 +439,7 @@ async fn coordinate(ctx: &Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<(), 
             conn.discard_body(framing).await;
         }
         if !same_host || !conn.is_reusable() {
-            conn = Conn::open(&next.addrs, ctx.staging).await?;
+            conn = Conn::open(&next.addrs).await?;
         }
         target = next;
     };
@@ -390,16 +577,20 @@ async fn ranged(
     head: &ResponseHead,
     framing: Framing,
     first_len: u64,
-    spawn: impl Fn(Task) -> bool,
+    spawn: &impl Fn(Task) -> bool,
 ) -> Result<(), GetError> {
     let total = check_partial(ctx, head, 0, first_len - 1, None)?;
+    let first_end = first_len.min(total);
+    check_length(ctx, framing, 0..first_end)?;
     preallocate(ctx, total)?;
     // Everything that can fail early happens before other connections exist, so an early
     // return never leaves a connection writing to the file.
-    let mut file = ctx.open_file().await?;
-    let first_end = first_len.min(total);
-    let plan = RangePlan::new(total, first_end, ctx.connections, ctx.chunk);
-    let extra = plan.ranges_left().min(ctx.connections as u64 - 1) as usize;
+    let mut pipe = Pipeline::new(ctx, ctx.open_sink().await?);
+    let mut plan = Plan::new(total, 0, ctx.settings.connections, ctx.settings.chunk);
+    let first = plan.claim(0..first_end);
+    let extra = plan
+        .frontier_leases_left()
+        .min(ctx.settings.connections as u64 - 1) as usize;
     *ctx.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
     let (done_tx, done_rx) = flume::unbounded();
     let mut spawned = 0;
@@ -422,12 +613,18 @@ async fn ranged(
     ctx.used_connections
         .store(1 + spawned as u64, Ordering::Relaxed);
     let mine = async {
-        match conn
-            .copy_body(ctx, framing, Some(first_end), &mut file, 0)
-            .await?
-        {
-            Copied::Aborted => Ok(()),
-            Copied::Done(_) => range_loop(ctx, Some((conn, file))).await,
+        let end = conn.copy_lease(ctx, &mut pipe, first, 0..first_end).await;
+        let go_on = match end {
+            Ok(end) => lease_ended(ctx, first, 0..first_end, end),
+            Err(e) => Err(e),
+        };
+        match go_on {
+            Ok(true) => range_loop(ctx, Some((conn, pipe))).await,
+            Ok(false) => pipe.drain().await,
+            Err(e) => {
+                let _ = pipe.drain().await;
+                Err(e)
+            }
         }
     }
     .await;
@@ -440,62 +637,114 @@ async fn ranged(
             break;
         }
     }
+    let (retries, splits) = ctx
+        .with_plan(|p| (p.retries(), p.splits()))
+        .unwrap_or_default();
+    ctx.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+    ctx.splits.fetch_add(splits, Ordering::Relaxed);
     Ok(())
 }
 
-/// Takes ranges from the plan until none are left, on one connection.
-async fn range_loop(ctx: &Ctx, reuse: Option<(Conn, File)>) -> Result<(), GetError> {
-    let (mut conn, mut file) = match reuse {
-        Some(pair) => pair,
-        None => (
-            Conn::open(&ctx.target().addrs, ctx.staging).await?,
-            ctx.open_file().await?,
-        ),
+/// A ranged answer must carry exactly the bytes of its range.
+fn check_length(ctx: &Ctx, framing: Framing, range: Range<u64>) -> Result<(), GetError> {
+    let want = range.end - range.start;
+    match framing {
+        Framing::Length(n) if n == want => Ok(()),
+        other => Err(GetError::Protocol {
+            url: ctx.target().display.clone(),
+            detail: format!(
+                "the answer for bytes {}-{} is framed as {other:?}, not {want} bytes",
+                range.start,
+                range.end - 1
+            ),
+        }),
+    }
+}
+
+/// Settles a lease after its body: `Ok(true)` when the connection should take another.
+fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Result<bool, GetError> {
+    match end {
+        BodyEnd::Complete | BodyEnd::Trimmed => {
+            ctx.with_plan(|p| p.complete(id));
+            Ok(true)
+        }
+        BodyEnd::Aborted => Ok(false),
+        BodyEnd::Short { at, error } => {
+            let lease_end = ctx.with_plan(|p| p.end_of(id)).unwrap_or(range.end);
+            let given_back = ctx.with_plan(|p| p.give_back(id, at)).unwrap_or(Err(()));
+            let error = error.unwrap_or_else(|| GetError::ShortBody {
+                url: ctx.target().display.clone(),
+                offset: range.start,
+                expected: range.end - range.start,
+                received: at - range.start,
+            });
+            match given_back {
+                Ok(()) => {
+                    tracing::debug!(
+                        from = at,
+                        to = lease_end,
+                        "{error}; fetching the rest again"
+                    );
+                    Ok(true)
+                }
+                Err(()) => Err(error),
+            }
+        }
+    }
+}
+
+/// Takes leases from the plan until none are left, on one connection (replaced when it breaks).
+async fn range_loop(ctx: &Arc<Ctx>, reuse: Option<(Conn, Pipeline)>) -> Result<(), GetError> {
+    let (mut conn, mut pipe) = match reuse {
+        Some((conn, pipe)) => (Some(conn), pipe),
+        None => (None, Pipeline::new(ctx, ctx.open_sink().await?)),
     };
     let total = ctx.counters.total.load(Ordering::Relaxed);
-    while let Some(range) = ctx.next_range() {
-        if !conn.is_reusable() {
-            conn = Conn::open(&ctx.target().addrs, ctx.staging).await?;
+    let result = async {
+        while let Some((id, range)) = ctx.take_lease() {
+            let c = match conn.take() {
+                Some(c) if c.is_reusable() => c,
+                _ => Conn::open(&ctx.target().addrs).await?,
+            };
+            let c = conn.insert(c);
+            let head = c.request(ctx.target(), Some(range.clone())).await?;
+            check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
+            let framing = head.framing().map_err(|e| GetError::Protocol {
+                url: ctx.target().display.clone(),
+                detail: e.to_string(),
+            })?;
+            check_length(ctx, framing, range.clone())?;
+            let end = c.copy_lease(ctx, &mut pipe, id, range.clone()).await?;
+            if !lease_ended(ctx, id, range, end)? {
+                break;
+            }
         }
-        let head = conn.request(ctx.target(), Some(range.clone())).await?;
-        check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
-        let framing = head.framing().map_err(|e| GetError::Protocol {
-            url: ctx.target().display.clone(),
-            detail: e.to_string(),
-        })?;
-        if let Copied::Aborted = conn
-            .copy_body(
-                ctx,
-                framing,
-                Some(range.end - range.start),
-                &mut file,
-                range.start,
-            )
-            .await?
-        {
-            break;
-        }
+        Ok(())
     }
-    Ok(())
+    .await;
+    let drained = pipe.drain().await;
+    result.and(drained)
 }
 
-async fn single_stream(ctx: &Ctx, mut conn: Conn, framing: Framing) -> Result<(), GetError> {
-    let expect = match framing {
-        Framing::Length(n) => {
-            preallocate(ctx, n)?;
-            Some(n)
-        }
-        _ => None,
-    };
-    let mut file = ctx.open_file().await?;
-    if let Copied::Done(n) = conn.copy_body(ctx, framing, expect, &mut file, 0).await? {
+async fn single_stream(ctx: &Arc<Ctx>, mut conn: Conn, framing: Framing) -> Result<(), GetError> {
+    if let Framing::Length(n) = framing {
+        preallocate(ctx, n)?;
+    }
+    let mut pipe = Pipeline::new(ctx, ctx.open_sink().await?);
+    let copied = conn.copy_stream(ctx, &mut pipe, framing).await;
+    let drained = pipe.drain().await;
+    if let Some(n) = copied? {
         ctx.counters.total.store(n, Ordering::Relaxed);
     }
-    Ok(())
+    drained
 }
 
 /// Makes the file durable and gives it its final name.
-async fn finish(ctx: &Ctx) -> Result<Report, GetError> {
+async fn finish(
+    ctx: &Ctx,
+    fetches: u32,
+    hash: Option<(Sha256Hex, HashStats)>,
+) -> Result<Report, GetError> {
     fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> GetError + 'a {
         move |source| GetError::Io {
             op,
@@ -535,12 +784,22 @@ async fn finish(ctx: &Ctx) -> Result<Report, GetError> {
         } else {
             0.0
         },
-        backend: ctx.backend,
-        backend_reason: ctx.backend_reason.clone(),
-        threads: ctx.threads,
+        backend: ctx.settings.backend,
+        backend_reason: ctx.settings.backend_reason.clone(),
+        threads: ctx.settings.threads,
         connections: ctx.used_connections.load(Ordering::Relaxed) as usize,
         ranged: ctx.plan.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
         url_final: ctx.redirected.get().map(|t| t.display.clone()),
+        sink: ctx.settings.sink.kind,
+        sink_reason: ctx.settings.sink.reason.clone(),
+        sha256: hash.map(|(digest, stats)| HashReport {
+            sha256: digest.to_string(),
+            from_memory: stats.from_memory,
+            read_back: stats.read_back,
+        }),
+        fetches,
+        retries: ctx.retries.load(Ordering::Relaxed),
+        splits: ctx.splits.load(Ordering::Relaxed),
     })
 }
 

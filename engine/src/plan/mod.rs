@@ -1,80 +1,298 @@
-//! Sans-IO download planning: how a file of known size is cut into byte ranges for several
-//! connections. No I/O, no clock, no `unsafe`.
+//! Sans-IO download planning: which bytes of a file each connection fetches next. No I/O, no
+//! clock, no `unsafe`; every decision is a method call, so the tests drive it deterministically.
 //!
-//! The first range is asked for before the size is known (its response tells the size), so a plan
-//! starts after it. Ranges are handed out front to back, in chunks whose size keeps every
-//! connection busy until near the end: about four chunks per connection, between
-//! [`MIN_CHUNK`] and [`MAX_CHUNK`], rounded to a multiple of 1 MiB so ranges stay aligned for
-//! O_DIRECT. Dynamic splitting of the largest remaining run and work stealing come with the data
-//! plane (issue 3); this plan is the simple, correct baseline.
+//! A connection holds a *lease*: a byte range it requests with one `Range` GET. Leases come, in
+//! this order of preference, from:
+//!
+//! 1. **retries**: the unreceived rest of a lease whose body ended short (bounded, see
+//!    [`Plan::give_back`]);
+//! 2. **the frontier**, front to back, in chunks sized from what is left (about two per
+//!    connection, 1-64 MiB, whole MiB so O_DIRECT offsets stay aligned). Going front to back keeps
+//!    the contiguous received prefix close behind the connections, so the sha256 that follows it
+//!    can be fed from buffers still in memory;
+//! 3. **a split** once the frontier is used up: the connection takes the largest run another
+//!    connection has not yet received, cut at its middle (on a MiB boundary), so every
+//!    connection finishes at about the same time instead of one straggler fetching the tail.
+//!
+//! A lease holder asks [`Plan::reserve`] before each read how much it may still read; a split
+//! never moves a lease's end below what its holder has reserved, so no byte is fetched twice and
+//! none is skipped. The plan covers one file; spreading connections across workers, and files
+//! across connections, is the job's business.
 #![forbid(unsafe_code)]
 
 use std::ops::Range;
 
-/// Smallest chunk the plan hands out (except the file's tail).
+/// Smallest chunk the frontier hands out (except the file's tail).
 pub const MIN_CHUNK: u64 = 1 << 20;
-/// Largest chunk the plan hands out.
+/// Largest chunk the frontier hands out.
 pub const MAX_CHUNK: u64 = 64 << 20;
 /// The range asked for before the size is known.
 pub const FIRST_CHUNK: u64 = 4 << 20;
+/// Split points fall on multiples of this, and both halves of a split are at least this long.
+pub const SPLIT_ALIGN: u64 = 1 << 20;
+/// Short answers retried per file before the download fails.
+pub const MAX_RETRIES: u32 = 8;
 
-/// Ranges of one file still to be handed out.
+/// A lease's identity, valid until [`Plan::complete`] or [`Plan::give_back`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LeaseId(usize);
+
 #[derive(Debug, Clone)]
-pub(crate) struct RangePlan {
-    next: u64,
+struct Lease {
+    start: u64,
+    end: u64,
+    /// The holder may have read bytes up to here; a split never cuts below it.
+    reserved: u64,
+}
+
+/// Where a lease came from (for the report and the tests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Retry,
+    Frontier,
+    Split,
+}
+
+/// The plan of one file of known size.
+#[derive(Debug, Clone)]
+pub(crate) struct Plan {
     total: u64,
-    chunk: u64,
+    frontier: u64,
+    connections: u64,
+    chunk: Option<u64>,
+    leases: Vec<Option<Lease>>,
+    retry: Vec<Range<u64>>,
+    retries_left: u32,
+    splits: u64,
 }
 
-impl RangePlan {
-    /// A plan for `total` bytes whose first `done` bytes are already taken. `chunk` overrides the
-    /// chunk size (tests and `--chunk-size`); otherwise it is derived from `connections`.
-    pub fn new(total: u64, done: u64, connections: usize, chunk: Option<u64>) -> RangePlan {
-        let chunk = chunk
-            .unwrap_or_else(|| auto_chunk(total.saturating_sub(done), connections))
-            .max(1);
-        RangePlan {
-            next: done.min(total),
+impl Plan {
+    /// A plan for `total` bytes whose first `done` bytes are taken care of already. `chunk`
+    /// fixes the frontier's chunk size (tests and `--chunk-size`); by default it shrinks with
+    /// what is left.
+    pub fn new(total: u64, done: u64, connections: usize, chunk: Option<u64>) -> Plan {
+        Plan {
             total,
-            chunk,
+            frontier: done.min(total),
+            connections: connections.max(1) as u64,
+            chunk: chunk.map(|c| c.max(1)),
+            leases: Vec::new(),
+            retry: Vec::new(),
+            retries_left: MAX_RETRIES,
+            splits: 0,
         }
     }
 
-    /// The next range to fetch, or `None` when everything is handed out.
-    #[must_use]
-    pub fn poll_range(&mut self) -> Option<Range<u64>> {
-        if self.next >= self.total {
-            return None;
-        }
-        let start = self.next;
-        let end = (start + self.chunk).min(self.total);
-        self.next = end;
-        Some(start..end)
+    /// Leases `range`, which must start at the frontier: the first request of a download is sent
+    /// before the plan exists (its answer tells the size), and becomes its first lease.
+    pub fn claim(&mut self, range: Range<u64>) -> LeaseId {
+        assert_eq!(range.start, self.frontier, "claims start at the frontier");
+        let end = range.end.min(self.total);
+        self.frontier = end;
+        self.insert(range.start..end)
     }
 
-    /// Ranges not yet handed out.
-    pub fn ranges_left(&self) -> u64 {
-        (self.total - self.next).div_ceil(self.chunk)
+    /// The next lease for a free connection, or `None` when nothing is left to hand out (other
+    /// connections may still be receiving).
+    pub fn take(&mut self) -> Option<(LeaseId, Range<u64>, Source)> {
+        if let Some(r) = self.retry.pop() {
+            return Some((self.insert(r.clone()), r, Source::Retry));
+        }
+        if self.frontier < self.total {
+            let start = self.frontier;
+            let end = (start + self.chunk_len()).min(self.total);
+            self.frontier = end;
+            return Some((self.insert(start..end), start..end, Source::Frontier));
+        }
+        let (victim, mid) = self
+            .leases
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| Some((i, l.as_ref()?)))
+            .filter_map(|(i, l)| Some((i, split_point(l)?, l.end - l.reserved)))
+            .max_by_key(|&(i, _, left)| (left, std::cmp::Reverse(i)))
+            .map(|(i, mid, _)| (i, mid))?;
+        let lease = self.leases[victim].as_mut().expect("victim exists");
+        let end = lease.end;
+        lease.end = mid;
+        self.splits += 1;
+        Some((self.insert(mid..end), mid..end, Source::Split))
+    }
+
+    /// The holder of `id`, now at `at`, wants to read up to `want` more bytes: how many it may
+    /// (0 once a split has moved the lease's end to `at`).
+    pub fn reserve(&mut self, id: LeaseId, at: u64, want: u64) -> u64 {
+        let lease = self.lease_mut(id);
+        debug_assert!(
+            at >= lease.start && at <= lease.end,
+            "read outside its lease"
+        );
+        let allowed = want.min(lease.end.saturating_sub(at));
+        lease.reserved = lease.reserved.max(at + allowed);
+        allowed
+    }
+
+    /// Where the lease ends now (a split may have moved it down).
+    pub fn end_of(&self, id: LeaseId) -> u64 {
+        self.leases[id.0].as_ref().expect("live lease").end
+    }
+
+    /// The lease was received up to its (current) end.
+    pub fn complete(&mut self, id: LeaseId) {
+        self.leases[id.0] = None;
+    }
+
+    /// The lease's body ended at `at`, short of its end: the rest goes back to be fetched again.
+    /// `Err` when this file has used up its retries (the download then fails).
+    pub fn give_back(&mut self, id: LeaseId, at: u64) -> Result<(), ()> {
+        let lease = self.leases[id.0].take().expect("live lease");
+        if at >= lease.end {
+            return Ok(());
+        }
+        if self.retries_left == 0 {
+            return Err(());
+        }
+        self.retries_left -= 1;
+        self.retry.push(at..lease.end);
+        Ok(())
+    }
+
+    /// Retries used so far.
+    pub fn retries(&self) -> u32 {
+        MAX_RETRIES - self.retries_left
+    }
+
+    /// Splits made so far.
+    pub fn splits(&self) -> u64 {
+        self.splits
+    }
+
+    /// Leases the frontier still has to hand out (an estimate for how many connections to open).
+    pub fn frontier_leases_left(&self) -> u64 {
+        let left = self.total - self.frontier;
+        left.div_ceil(
+            self.chunk
+                .unwrap_or_else(|| auto_chunk(left, self.connections)),
+        )
+    }
+
+    fn chunk_len(&self) -> u64 {
+        self.chunk
+            .unwrap_or_else(|| auto_chunk(self.total - self.frontier, self.connections))
+    }
+
+    fn insert(&mut self, r: Range<u64>) -> LeaseId {
+        let lease = Lease {
+            start: r.start,
+            end: r.end,
+            reserved: r.start,
+        };
+        match self.leases.iter().position(Option::is_none) {
+            Some(i) => {
+                self.leases[i] = Some(lease);
+                LeaseId(i)
+            }
+            None => {
+                self.leases.push(Some(lease));
+                LeaseId(self.leases.len() - 1)
+            }
+        }
+    }
+
+    fn lease_mut(&mut self, id: LeaseId) -> &mut Lease {
+        self.leases[id.0].as_mut().expect("live lease")
     }
 }
 
-/// About four chunks per connection over `remaining` bytes, clamped and rounded to 1 MiB.
-fn auto_chunk(remaining: u64, connections: usize) -> u64 {
-    let per = remaining / (connections.max(1) as u64 * 4);
-    let clamped = per.clamp(MIN_CHUNK, MAX_CHUNK);
-    clamped / MIN_CHUNK * MIN_CHUNK
+/// Where a lease could be split: the middle of what its holder has not reserved, on a
+/// [`SPLIT_ALIGN`] boundary, leaving at least that much on each side.
+fn split_point(l: &Lease) -> Option<u64> {
+    let left = l.end - l.reserved;
+    if left < 2 * SPLIT_ALIGN {
+        return None;
+    }
+    // left >= 2 * SPLIT_ALIGN, so rounding down stays above `reserved` and leaves at least
+    // SPLIT_ALIGN above the cut.
+    Some((l.reserved + left / 2) / SPLIT_ALIGN * SPLIT_ALIGN)
+}
+
+/// About two chunks per connection over `remaining` bytes, clamped and rounded to 1 MiB: large
+/// while much is left, smaller near the end.
+fn auto_chunk(remaining: u64, connections: u64) -> u64 {
+    let per = remaining / (connections.max(1) * 2);
+    per.clamp(MIN_CHUNK, MAX_CHUNK) / MIN_CHUNK * MIN_CHUNK
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn drain(mut p: RangePlan) -> Vec<Range<u64>> {
-        std::iter::from_fn(|| p.poll_range()).collect()
+    /// A deterministic simulation: `speeds[i]` bytes per tick for connection `i`; each connection
+    /// reads in steps of at most `step`, asking the plan first. Returns the bytes each offset was
+    /// written by (checked to tile the file exactly) and the tick each connection finished.
+    struct Sim {
+        plan: Plan,
+        covered: Vec<(u64, u64)>,
+        finished: Vec<u64>,
+    }
+
+    fn simulate(total: u64, first: u64, speeds: &[u64], chunk: Option<u64>) -> Sim {
+        let mut plan = Plan::new(total, first, speeds.len(), chunk);
+        let mut covered = vec![(0, first)];
+        let mut state: Vec<Option<(LeaseId, u64, u64)>> = vec![None; speeds.len()]; // id, at, start
+        let mut finished = vec![0; speeds.len()];
+        let mut idle = vec![false; speeds.len()];
+        let mut tick = 0;
+        while idle.iter().any(|i| !i) {
+            tick += 1;
+            assert!(tick < 10_000_000, "simulation does not terminate");
+            for (c, &speed) in speeds.iter().enumerate() {
+                if idle[c] {
+                    continue;
+                }
+                if state[c].is_none() {
+                    match plan.take() {
+                        Some((id, r, _)) => state[c] = Some((id, r.start, r.start)),
+                        None => {
+                            idle[c] = true;
+                            finished[c] = tick;
+                            continue;
+                        }
+                    }
+                }
+                let (id, at, start) = state[c].expect("lease");
+                let got = plan.reserve(id, at, speed);
+                if got == 0 {
+                    covered.push((start, at));
+                    plan.complete(id);
+                    state[c] = None;
+                    continue;
+                }
+                state[c] = Some((id, at + got, start));
+            }
+        }
+        Sim {
+            plan,
+            covered,
+            finished,
+        }
+    }
+
+    fn assert_tiles(covered: &mut [(u64, u64)], total: u64) {
+        covered.sort();
+        let mut at = 0;
+        for &(s, e) in covered.iter() {
+            if s == e {
+                continue;
+            }
+            assert_eq!(s, at, "gap or overlap at {at}: {covered:?}");
+            at = e;
+        }
+        assert_eq!(at, total, "covers the whole file");
     }
 
     #[test]
-    fn ranges_tile_the_file_exactly() {
+    fn leases_tile_the_file_exactly() {
         for total in [
             0,
             1,
@@ -86,31 +304,98 @@ mod tests {
             (1 << 30) + 12345,
         ] {
             let first = FIRST_CHUNK.min(total);
-            let ranges = drain(RangePlan::new(total, first, 8, None));
-            let mut at = first;
-            for r in &ranges {
-                assert_eq!(r.start, at, "total={total}: contiguous");
-                assert!(r.end > r.start && r.end <= total);
-                at = r.end;
-            }
-            assert_eq!(at, total, "total={total}: covers the whole file");
+            let mut sim = simulate(total, first, &[1 << 20; 8], None);
+            assert_tiles(&mut sim.covered, total);
+            let mut sim = simulate(total, first, &[777_777, 3 << 20, 65_536], Some(777_777));
+            assert_tiles(&mut sim.covered, total);
         }
     }
 
     #[test]
-    fn chunk_size_follows_connections() {
-        assert_eq!(auto_chunk(1 << 30, 8), 32 << 20);
-        assert_eq!(auto_chunk(10, 8), MIN_CHUNK);
-        assert_eq!(auto_chunk(1 << 40, 1), MAX_CHUNK);
-        // Whole MiB, so every range but the tail starts O_DIRECT-aligned.
-        assert_eq!(auto_chunk(3 * (1 << 30) + 7, 5) % MIN_CHUNK, 0);
+    fn unequal_connections_finish_together() {
+        // One connection ten times slower than the others: without splits it would hold a whole
+        // chunk at the end while the rest sit idle.
+        let total = 1 << 30;
+        let speeds = [64 << 10, 640 << 10, 640 << 10, 640 << 10];
+        let mut sim = simulate(total, FIRST_CHUNK, &speeds, None);
+        assert_tiles(&mut sim.covered, total);
+        assert!(sim.plan.splits() > 0, "the tail was split");
+        let first = *sim.finished.iter().min().expect("conns");
+        let last = *sim.finished.iter().max().expect("conns");
+        // Ideal: total / sum(speeds) ticks. Everyone finishes within a few split units of it.
+        let ideal = total / speeds.iter().sum::<u64>();
+        assert!(
+            last <= ideal + ideal / 20 + 2 * SPLIT_ALIGN / speeds[0],
+            "last {last} vs ideal {ideal}"
+        );
+        assert!(
+            last - first <= 2 * SPLIT_ALIGN / speeds[0] + 2,
+            "{first}..{last}"
+        );
     }
 
     #[test]
-    fn explicit_chunk_is_honoured() {
-        let plan = RangePlan::new(10, 0, 4, Some(3));
-        assert_eq!(plan.ranges_left(), 4);
-        let ranges = drain(plan);
-        assert_eq!(ranges, vec![0..3, 3..6, 6..9, 9..10]);
+    fn frontier_goes_front_to_back_and_shrinks() {
+        let mut plan = Plan::new(1 << 30, FIRST_CHUNK, 8, None);
+        let mut last_end = FIRST_CHUNK;
+        let mut last_len = u64::MAX;
+        while let Some((id, r, src)) = plan.take() {
+            if src != Source::Frontier {
+                break;
+            }
+            assert_eq!(r.start, last_end, "in file order");
+            assert!(r.end - r.start <= last_len, "never grows");
+            assert!(r.end == 1 << 30 || (r.end - r.start) % MIN_CHUNK == 0);
+            last_len = r.end - r.start;
+            last_end = r.end;
+            plan.complete(id);
+        }
+        assert_eq!(last_end, 1 << 30);
+    }
+
+    #[test]
+    fn a_split_never_cuts_below_what_was_reserved() {
+        let mut plan = Plan::new(100 << 20, 0, 2, Some(100 << 20));
+        let (a, r, _) = plan.take().expect("frontier");
+        assert_eq!(r, 0..100 << 20);
+        assert_eq!(plan.reserve(a, 0, 30 << 20), 30 << 20);
+        let (b, r, src) = plan.take().expect("split");
+        assert_eq!(src, Source::Split);
+        assert_eq!(r, 65 << 20..100 << 20, "middle of 30..100 MiB");
+        assert_eq!(plan.end_of(a), 65 << 20);
+        // The holder of `a` can read to the new end and no further.
+        assert_eq!(plan.reserve(a, 30 << 20, 50 << 20), 35 << 20);
+        assert_eq!(plan.reserve(a, 65 << 20, 1), 0);
+        plan.complete(a);
+        // Nothing left to split in `b` below 2 MiB of unreserved bytes.
+        assert_eq!(
+            plan.reserve(b, 65 << 20, (35 << 20) - (1 << 20)),
+            (34 << 20)
+        );
+        assert!(plan.take().is_none());
+    }
+
+    #[test]
+    fn short_answers_are_retried_then_refused() {
+        let mut plan = Plan::new(10 << 20, 0, 1, Some(10 << 20));
+        let (id, _, _) = plan.take().expect("frontier");
+        for round in 0..MAX_RETRIES {
+            let lease = id_or(&mut plan, id, round);
+            plan.give_back(lease, 5 << 20).expect("retry allowed");
+        }
+        let (id, r, src) = plan.take().expect("retry");
+        assert_eq!((r, src), (5 << 20..10 << 20, Source::Retry));
+        assert_eq!(plan.give_back(id, 6 << 20), Err(()), "retries used up");
+        assert_eq!(plan.retries(), MAX_RETRIES);
+    }
+
+    /// The lease to give back in round `round`: the first, then each retry lease in turn.
+    fn id_or(plan: &mut Plan, first: LeaseId, round: u32) -> LeaseId {
+        if round == 0 {
+            return first;
+        }
+        let (id, r, src) = plan.take().expect("retry lease");
+        assert_eq!((r, src), (5 << 20..10 << 20, Source::Retry));
+        id
     }
 }

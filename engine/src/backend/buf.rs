@@ -1,0 +1,173 @@
+//! Page-aligned I/O buffers and the per-worker pool they come from.
+//!
+//! O_DIRECT needs the memory of a write aligned (the probe's `dio_mem_align`, at most a page on
+//! every filesystem we know), so staging buffers are allocated page-aligned here instead of as a
+//! `Vec`. Buffers are allocated once and recycled through a thread-local [`BufPool`]: the hot
+//! path takes and returns them, it never allocates. Memory is bounded by the callers (each
+//! connection holds at most its write depth plus one), not by the pool, which only keeps what was
+//! returned.
+//!
+//! This module owns the one allocation `unsafe` of the data path; it does not do I/O.
+
+use std::alloc::{Layout, alloc, dealloc};
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::ptr::NonNull;
+
+use compio::buf::{IoBuf, IoBufMut, SetLen};
+
+/// Memory alignment of every buffer: a page, enough for O_DIRECT on any filesystem we know.
+pub(crate) const BUF_ALIGN: usize = 4096;
+
+/// A fixed-capacity, page-aligned byte buffer: `len` initialised bytes of `cap`.
+pub(crate) struct AlignedBuf {
+    ptr: NonNull<u8>,
+    len: usize,
+    cap: usize,
+}
+
+// SAFETY: the buffer owns its allocation exclusively (no aliasing pointers are handed out beyond
+// borrows of `self`), so moving it to another thread is as safe as moving a `Vec<u8>`.
+unsafe impl Send for AlignedBuf {}
+
+impl AlignedBuf {
+    /// A buffer of `cap` bytes (rounded up to [`BUF_ALIGN`]). The pages are not touched here, so
+    /// resident memory grows only as the buffer is used.
+    pub fn new(cap: usize) -> AlignedBuf {
+        let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
+        let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout");
+        // SAFETY: `layout` has a non-zero size (at least BUF_ALIGN).
+        let raw = unsafe { alloc(layout) };
+        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        AlignedBuf { ptr, len: 0, cap }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The initialised bytes.
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` is valid for `cap` bytes and the first `len` (<= cap) are initialised
+        // (every path that grows `len` writes those bytes first).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// Appends `src`; panics when it does not fit (callers size their copies).
+    pub fn push_slice(&mut self, src: &[u8]) {
+        assert!(src.len() <= self.cap - self.len, "AlignedBuf overflow");
+        // SAFETY: the destination `len..len + src.len()` lies inside the allocation (checked
+        // above) and cannot overlap `src`, which is borrowed from elsewhere.
+        unsafe {
+            std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr.as_ptr().add(self.len), src.len());
+        }
+        self.len += src.len();
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        let layout = Layout::from_size_align(self.cap, BUF_ALIGN).expect("buffer layout");
+        // SAFETY: allocated in `new` with exactly this layout, freed once.
+        unsafe { dealloc(self.ptr.as_ptr(), layout) };
+    }
+}
+
+impl std::fmt::Debug for AlignedBuf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlignedBuf")
+            .field("len", &self.len)
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
+
+impl IoBuf for AlignedBuf {
+    fn as_init(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
+impl SetLen for AlignedBuf {
+    unsafe fn set_len(&mut self, len: usize) {
+        debug_assert!(len <= self.cap);
+        self.len = len;
+    }
+}
+
+impl IoBufMut for AlignedBuf {
+    fn as_uninit(&mut self) -> &mut [MaybeUninit<u8>] {
+        // SAFETY: `ptr` is valid for `cap` bytes for as long as `&mut self` lives; viewing them
+        // as `MaybeUninit<u8>` makes no claim about their contents.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr().cast(), self.cap) }
+    }
+}
+
+/// Returned buffers of one worker thread, kept for reuse.
+pub(crate) struct BufPool;
+
+thread_local! {
+    static POOL: RefCell<Vec<AlignedBuf>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers kept per worker beyond what is in use; more are freed when returned.
+const POOL_KEEP: usize = 64;
+
+impl BufPool {
+    /// A cleared buffer of exactly `cap` bytes, reused when one was returned on this thread.
+    pub fn take(cap: usize) -> AlignedBuf {
+        let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
+        let reused = POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            let i = p.iter().position(|b| b.capacity() == cap)?;
+            Some(p.swap_remove(i))
+        });
+        let mut buf = reused.unwrap_or_else(|| AlignedBuf::new(cap));
+        buf.clear();
+        buf
+    }
+
+    /// Gives a buffer back for reuse on this thread.
+    pub fn give(buf: AlignedBuf) {
+        POOL.with(|p| {
+            let mut p = p.borrow_mut();
+            if p.len() < POOL_KEEP {
+                p.push(buf);
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_page_aligned_and_recycled() {
+        let mut a = BufPool::take(10_000);
+        assert_eq!(a.capacity(), 12_288);
+        assert_eq!(a.bytes().as_ptr() as usize % BUF_ALIGN, 0);
+        a.push_slice(b"hello");
+        assert_eq!(a.bytes(), b"hello");
+        let addr = a.bytes().as_ptr() as usize;
+        BufPool::give(a);
+        let b = BufPool::take(12_288);
+        assert_eq!(
+            b.bytes().as_ptr() as usize,
+            addr,
+            "the returned buffer is reused"
+        );
+        assert!(b.bytes().is_empty(), "and comes back cleared");
+    }
+
+    #[test]
+    #[should_panic(expected = "overflow")]
+    fn overflow_is_caught() {
+        let mut a = AlignedBuf::new(4096);
+        a.push_slice(&[0u8; 4097]);
+    }
+}

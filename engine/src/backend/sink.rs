@@ -1,0 +1,175 @@
+//! Sinks: how received bytes reach the file.
+//!
+//! - [`SinkKind::Direct`] (the default on io_uring, where the filesystem allows it): writes at
+//!   offsets aligned to the filesystem's O_DIRECT alignment go through an `O_DIRECT` descriptor,
+//!   from page-aligned buffers, bypassing the page cache. The unaligned pieces (the head of a
+//!   range that starts off a boundary, the tail of a range or file) go through a second, buffered
+//!   descriptor of the same file. The alignment used is at least a page, so a page is only ever
+//!   written one way and the two never race in the page cache.
+//! - [`SinkKind::Buffered`]: every write through the page cache (the safe-mode path, and what a
+//!   filesystem without O_DIRECT gets).
+//!
+//! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
+//! the connection cuts its buffers at [`FileSink::align`] boundaries so that whole buffers stay
+//! on the direct path.
+
+use std::io;
+use std::path::Path;
+
+use compio::BufResult;
+use compio::buf::{IntoInner, IoBuf};
+use compio::fs::{File, OpenOptions};
+use compio::io::{AsyncReadAt, AsyncWriteAtExt};
+use serde::Serialize;
+
+use super::buf::{AlignedBuf, BUF_ALIGN};
+
+/// How bytes are written to the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    /// O_DIRECT for aligned blocks, buffered for the unaligned edges.
+    Direct,
+    /// Through the page cache.
+    Buffered,
+}
+
+impl std::fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SinkKind::Direct => "direct",
+            SinkKind::Buffered => "buffered",
+        })
+    }
+}
+
+impl std::str::FromStr for SinkKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "direct" => Ok(SinkKind::Direct),
+            "buffered" => Ok(SinkKind::Buffered),
+            other => Err(format!(
+                "unknown sink {other:?} (expected direct or buffered)"
+            )),
+        }
+    }
+}
+
+/// One file open for writing by one worker: a buffered descriptor, and an O_DIRECT one when the
+/// sink is direct. Cheap to clone (descriptors are shared).
+#[derive(Debug, Clone)]
+pub(crate) struct FileSink {
+    buffered: File,
+    direct: Option<File>,
+    align: u64,
+}
+
+impl FileSink {
+    /// Opens `path` (which exists) for `kind` writes aligned to `align` bytes (the probe's
+    /// O_DIRECT offset alignment; raised to a page).
+    pub async fn open(path: &Path, kind: SinkKind, align: u64) -> io::Result<FileSink> {
+        let buffered = OpenOptions::new().read(true).write(true).open(path).await?;
+        let direct = match kind {
+            SinkKind::Buffered => None,
+            SinkKind::Direct => Some(
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .custom_flags(libc::O_DIRECT)
+                    .open(path)
+                    .await?,
+            ),
+        };
+        Ok(FileSink {
+            buffered,
+            direct,
+            align: align.max(BUF_ALIGN as u64),
+        })
+    }
+
+    /// Buffers should be cut at file offsets that are multiples of this (1 when any cut will do).
+    pub fn align(&self) -> u64 {
+        if self.direct.is_some() { self.align } else { 1 }
+    }
+
+    /// Writes all of `buf` at `at`; gives the buffer back with the result.
+    pub async fn write(&mut self, buf: AlignedBuf, at: u64) -> (io::Result<()>, AlignedBuf) {
+        let len = buf.buf_len() as u64;
+        let align = self.align;
+        let direct_len = match &self.direct {
+            Some(_) if at % align == 0 => len / align * align,
+            _ => 0,
+        };
+        let mut buf = buf;
+        if direct_len > 0 {
+            let file = self.direct.as_mut().expect("direct descriptor");
+            let BufResult(r, slice) = file
+                .write_all_at(buf.slice(..direct_len as usize), at)
+                .await;
+            buf = slice.into_inner();
+            if let Err(e) = r {
+                return (Err(e), buf);
+            }
+        }
+        if direct_len < len {
+            let BufResult(r, slice) = self
+                .buffered
+                .write_all_at(buf.slice(direct_len as usize..), at + direct_len)
+                .await;
+            buf = slice.into_inner();
+            if let Err(e) = r {
+                return (Err(e), buf);
+            }
+        }
+        (Ok(()), buf)
+    }
+
+    /// Reads `len` bytes at `at` into `buf` (cleared first) for verification: O_DIRECT from an
+    /// aligned window when the sink is direct (the bytes left the page cache when written), the
+    /// page cache otherwise. `buf` must hold `len` plus two alignment units. Returns the offset
+    /// of the wanted bytes inside `buf`.
+    pub async fn read_back(
+        &self,
+        mut buf: AlignedBuf,
+        at: u64,
+        len: u64,
+    ) -> (io::Result<usize>, AlignedBuf) {
+        buf.clear();
+        let (file, start, skip, want) = match &self.direct {
+            Some(d) => {
+                let start = at / self.align * self.align;
+                let end = (at + len).next_multiple_of(self.align);
+                (d, start, (at - start) as usize, (end - start) as usize)
+            }
+            None => (&self.buffered, at, 0, len as usize),
+        };
+        assert!(want <= buf.capacity(), "read-back buffer too small");
+        let need = skip + len as usize;
+        let mut filled = 0;
+        while filled < need {
+            let BufResult(r, slice) = file
+                .read_at(buf.slice(filled..want), start + filled as u64)
+                .await;
+            buf = slice.into_inner();
+            match r {
+                Ok(0) => {
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!(
+                            "file ends at {} while reading back to {}",
+                            start + filled as u64,
+                            at + len
+                        ),
+                    );
+                    return (Err(e), buf);
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+        (Ok(skip), buf)
+    }
+}
