@@ -92,10 +92,11 @@ pub struct Config {
     pub chunk_size: Option<u64>,
     /// Size of one write buffer (default 1 MiB; a multiple of 4 KiB).
     pub buffer_size: usize,
-    /// Writes in flight per connection (default 4). A connection holds at most
-    /// `write_depth + 1` buffers, so a job's buffers take at most
-    /// `connections * (write_depth + 1) * buffer_size` bytes (40 MiB by default), plus 8 MiB for
-    /// the sha256 read-back when a digest is checked.
+    /// Writes in flight per connection (default 4). Memory is bounded per download: a
+    /// connection holds at most `write_depth + 1` buffers, and with a sha256 to check the
+    /// verifier keeps at most 64 MiB of written buffers until the hashed prefix reaches them, so
+    /// buffers take at most `connections * (write_depth + 1) * buffer_size + 64 MiB`
+    /// (104 MiB by default), plus at most 16 idle buffers kept for reuse.
     pub write_depth: usize,
     /// How bytes reach the file; by default O_DIRECT on io_uring where the filesystem allows
     /// it, and buffered in safe mode (which never uses O_DIRECT).

@@ -2,17 +2,17 @@
 //!
 //! O_DIRECT needs the memory of a write aligned (the probe's `dio_mem_align`, at most a page on
 //! every filesystem we know), so staging buffers are allocated page-aligned here instead of as a
-//! `Vec`. Buffers are allocated once and recycled through a thread-local [`BufPool`]: the hot
-//! path takes and returns them, it never allocates. Memory is bounded by the callers (each
-//! connection holds at most its write depth plus one), not by the pool, which only keeps what was
-//! returned.
+//! `Vec`. Buffers are allocated once and recycled through the [`BufPool`]: the hot path takes
+//! and returns them, it allocates only while the number in use grows. Memory is bounded by the
+//! callers (each connection holds at most its write depth plus one, the verifier at most its
+//! window), not by the pool, which only keeps what was returned.
 //!
 //! This module owns the one allocation `unsafe` of the data path; it does not do I/O.
 
 use std::alloc::{Layout, alloc, dealloc};
-use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
+use std::sync::Mutex;
 
 use compio::buf::{IoBuf, IoBufMut, SetLen};
 
@@ -107,38 +107,39 @@ impl IoBufMut for AlignedBuf {
     }
 }
 
-/// Returned buffers of one worker thread, kept for reuse.
+/// Returned buffers, kept for reuse by any worker. A buffer often comes back on another thread
+/// than the one that took it (the verifier holds buffers until the hashed prefix reaches them),
+/// so the pool is shared; it is touched once per buffer (about a thousand times per GB), so a
+/// mutex costs nothing measurable.
 pub(crate) struct BufPool;
 
-thread_local! {
-    static POOL: RefCell<Vec<AlignedBuf>> = const { RefCell::new(Vec::new()) };
-}
+static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
-/// Buffers kept per worker beyond what is in use; more are freed when returned.
-const POOL_KEEP: usize = 64;
+/// Buffers kept beyond what is in use; more are freed when returned.
+const POOL_KEEP: usize = 16;
 
 impl BufPool {
-    /// A cleared buffer of exactly `cap` bytes, reused when one was returned on this thread.
+    /// A cleared buffer of exactly `cap` bytes (rounded up to [`BUF_ALIGN`]), reused when one was
+    /// returned.
     pub fn take(cap: usize) -> AlignedBuf {
         let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
-        let reused = POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            let i = p.iter().position(|b| b.capacity() == cap)?;
-            Some(p.swap_remove(i))
-        });
+        let reused = {
+            let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+            p.iter()
+                .position(|b| b.capacity() == cap)
+                .map(|i| p.swap_remove(i))
+        };
         let mut buf = reused.unwrap_or_else(|| AlignedBuf::new(cap));
         buf.clear();
         buf
     }
 
-    /// Gives a buffer back for reuse on this thread.
+    /// Gives a buffer back for reuse.
     pub fn give(buf: AlignedBuf) {
-        POOL.with(|p| {
-            let mut p = p.borrow_mut();
-            if p.len() < POOL_KEEP {
-                p.push(buf);
-            }
-        });
+        let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        if p.len() < POOL_KEEP {
+            p.push(buf);
+        }
     }
 }
 

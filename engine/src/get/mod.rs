@@ -45,6 +45,10 @@ use crate::{HashReport, Report, UNKNOWN_TOTAL};
 
 /// Bytes read back per read when the verifier needs bytes that left memory.
 const READ_BACK: u64 = 8 << 20;
+/// Bytes of written buffers the verifier may keep until the hashed prefix reaches them. Leases
+/// are at most 8 MiB and handed out in file order, so 8 connections spread over about 64 MiB;
+/// when they spread further, connections wait for the hash (see `get/pipe.rs`).
+pub(crate) const HASH_WINDOW: u64 = 64 << 20;
 /// Fetches of the whole file when its sha256 does not match: the first, and one more.
 const MAX_FETCHES: u32 = 2;
 
@@ -292,7 +296,7 @@ impl Ctx {
         self.counters.done.store(0, Ordering::Relaxed);
         self.aborted.store(false, Ordering::Relaxed);
         self.settings.sha256.map(|_| {
-            let v = Arc::new(Verifier::new());
+            let v = Arc::new(Verifier::new(HASH_WINDOW));
             let (tx, rx) = flume::bounded(1);
             *self.verify.lock().unwrap_or_else(|p| p.into_inner()) = Some((Arc::clone(&v), tx));
             (v, rx)
@@ -395,23 +399,23 @@ async fn read_back_loop(
     let align = sink.align().max(1);
     let mut buf = AlignedBuf::new((READ_BACK + 2 * align) as usize);
     loop {
-        while let Some(r) = verifier.next_read_back(READ_BACK) {
+        while let Some(claim) = verifier.claim_read_back(READ_BACK) {
             if ctx.is_aborted() {
                 return Ok(());
             }
-            let (res, back) = sink.read_back(buf, r.start, r.end - r.start).await;
+            let (start, len) = (claim.range.start, claim.range.end - claim.range.start);
+            let (res, back) = sink.read_back(buf, start, len).await;
             buf = back;
             let skip = res.map_err(|source| GetError::Io {
                 op: "read back for sha256",
                 path: ctx.incomplete.clone(),
                 source,
             })?;
-            let len = (r.end - r.start) as usize;
-            verifier.read_back(r.start, &buf.bytes()[skip..skip + len]);
+            verifier.complete_read_back(claim, &buf.bytes()[skip..skip + len as usize]);
         }
         if wake.recv_async().await.is_err() {
-            // Every writer is gone; whatever they recorded last is read above on the way out.
-            if verifier.next_read_back(READ_BACK).is_none() {
+            // Every writer is gone; whatever they recorded last was claimed above.
+            if !verifier.has_read_back() {
                 return Ok(());
             }
         }

@@ -1,13 +1,14 @@
 //! A connection's write pipeline: up to `depth` writes in flight while the next buffer fills.
 //!
-//! Buffers come from the worker's pool and go back to it; a connection never holds more than
-//! `depth + 1` of them, which is what bounds memory (and what pushes back on the socket when the
+//! Buffers come from the pool and go back to it (or to the verifier, which keeps some until the
+//! hashed prefix reaches them); a connection never holds more than `depth + 1` of them, which is what bounds memory (and what pushes back on the socket when the
 //! disk is slower than the network: no free buffer, no read). Each completed write is counted in
 //! the job's progress and offered to the verifier while its buffer is still in hand.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use compio::runtime::JoinHandle;
 
@@ -19,6 +20,11 @@ use crate::verify::Verifier;
 
 type Write = JoinHandle<(std::io::Result<()>, AlignedBuf)>;
 
+/// How often a connection looks again when the verifier's window is full.
+const WINDOW_POLL: Duration = Duration::from_millis(2);
+/// How long it waits before letting the buffer go to read-back.
+const WINDOW_WAIT: Duration = Duration::from_millis(500);
+
 pub(super) struct Pipeline {
     ctx: Arc<Ctx>,
     sink: FileSink,
@@ -27,7 +33,6 @@ pub(super) struct Pipeline {
     depth: usize,
     buf_size: usize,
     inflight: VecDeque<(u64, Write)>,
-    free: Vec<AlignedBuf>,
 }
 
 impl Pipeline {
@@ -41,7 +46,6 @@ impl Pipeline {
             depth: ctx.settings.depth.max(1),
             buf_size: ctx.settings.staging,
             inflight: VecDeque::new(),
-            free: Vec::new(),
         }
     }
 
@@ -62,19 +66,16 @@ impl Pipeline {
 
     /// An empty buffer; waits for the oldest write when all are in flight.
     pub async fn buffer(&mut self) -> Result<AlignedBuf, GetError> {
-        if self.free.is_empty() && self.inflight.len() >= self.depth {
+        if self.inflight.len() >= self.depth {
             self.reap_one().await?;
         }
-        Ok(self
-            .free
-            .pop()
-            .unwrap_or_else(|| BufPool::take(self.buf_size)))
+        Ok(BufPool::take(self.buf_size))
     }
 
     /// Starts writing `buf` at `at` (an empty buffer just goes back to the free list).
     pub async fn submit(&mut self, buf: AlignedBuf, at: u64) -> Result<(), GetError> {
         if buf.bytes().is_empty() {
-            self.free.push(buf);
+            BufPool::give(buf);
             return Ok(());
         }
         while self.inflight.len() >= self.depth {
@@ -88,14 +89,14 @@ impl Pipeline {
 
     /// Gives back a buffer that will not be written.
     pub fn unused(&mut self, buf: AlignedBuf) {
-        self.free.push(buf);
+        BufPool::give(buf);
     }
 
     async fn reap_one(&mut self) -> Result<(), GetError> {
         let Some((at, write)) = self.inflight.pop_front() else {
             return Ok(());
         };
-        let (result, mut buf) = match write.await {
+        let (result, buf) = match write.await {
             Ok(done) => done,
             Err(_) => {
                 return Err(GetError::Io {
@@ -105,22 +106,44 @@ impl Pipeline {
                 });
             }
         };
-        result.map_err(|source| GetError::Io {
-            op: "write",
-            path: self.ctx.incomplete.clone(),
-            source,
-        })?;
+        if let Err(source) = result {
+            BufPool::give(buf);
+            return Err(GetError::Io {
+                op: "write",
+                path: self.ctx.incomplete.clone(),
+                source,
+            });
+        }
         let len = buf.bytes().len() as u64;
         self.ctx.counters.done.fetch_add(len, Ordering::Relaxed);
-        if let Some(v) = &self.verifier {
-            if v.written(at, buf.bytes()) {
-                if let Some(wake) = &self.wake_read_back {
-                    let _ = wake.try_send(());
+        let Some(v) = self.verifier.clone() else {
+            BufPool::give(buf);
+            return Ok(());
+        };
+        // The verifier takes the buffer: it hashes it now or keeps it for later. When its window
+        // is full, wait for the prefix to move (this connection stops reading meanwhile); give
+        // up after a while, so that a stuck prefix cannot stall the download.
+        let mut buf = buf;
+        let mut waited = Duration::ZERO;
+        let wake = loop {
+            match v.written(at, buf) {
+                Ok(wake) => break wake,
+                Err(back) if waited >= WINDOW_WAIT || self.ctx.is_aborted() => {
+                    v.spill(at, back);
+                    break true;
+                }
+                Err(back) => {
+                    buf = back;
+                    compio::time::sleep(WINDOW_POLL).await;
+                    waited += WINDOW_POLL;
                 }
             }
+        };
+        if wake {
+            if let Some(wake) = &self.wake_read_back {
+                let _ = wake.try_send(());
+            }
         }
-        buf.clear();
-        self.free.push(buf);
         Ok(())
     }
 
@@ -135,15 +158,5 @@ impl Pipeline {
             }
         }
         first
-    }
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        for buf in self.free.drain(..) {
-            BufPool::give(buf);
-        }
-        // Writes still in flight here belong to a job that failed; dropping their handles
-        // cancels them, and the file is removed by the job.
     }
 }

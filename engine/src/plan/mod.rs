@@ -7,7 +7,7 @@
 //! 1. **retries**: the unreceived rest of a lease whose body ended short (bounded, see
 //!    [`Plan::give_back`]);
 //! 2. **the frontier**, front to back, in chunks sized from what is left (about two per
-//!    connection, 1-64 MiB, whole MiB so O_DIRECT offsets stay aligned). Going front to back keeps
+//!    connection, 1-8 MiB, whole MiB so O_DIRECT offsets stay aligned). Going front to back keeps
 //!    the contiguous received prefix close behind the connections, so the sha256 that follows it
 //!    can be fed from buffers still in memory;
 //! 3. **a split** once the frontier is used up: the connection takes the largest run another
@@ -24,8 +24,10 @@ use std::ops::Range;
 
 /// Smallest chunk the frontier hands out (except the file's tail).
 pub const MIN_CHUNK: u64 = 1 << 20;
-/// Largest chunk the frontier hands out.
-pub const MAX_CHUNK: u64 = 64 << 20;
+/// Largest chunk the frontier hands out: small enough that the connections' spread fits the
+/// verifier's window (8 connections x 8 MiB), large enough that a request per lease costs
+/// nothing measurable.
+pub const MAX_CHUNK: u64 = 8 << 20;
 /// The range asked for before the size is known.
 pub const FIRST_CHUNK: u64 = 4 << 20;
 /// Split points fall on multiples of this, and both halves of a split are at least this long.
@@ -247,28 +249,29 @@ mod tests {
             tick += 1;
             assert!(tick < 10_000_000, "simulation does not terminate");
             for (c, &speed) in speeds.iter().enumerate() {
-                if idle[c] {
-                    continue;
-                }
-                if state[c].is_none() {
-                    match plan.take() {
-                        Some((id, r, _)) => state[c] = Some((id, r.start, r.start)),
-                        None => {
-                            idle[c] = true;
-                            finished[c] = tick;
-                            continue;
+                // A connection whose lease ends takes the next one in the same tick.
+                while !idle[c] {
+                    if state[c].is_none() {
+                        match plan.take() {
+                            Some((id, r, _)) => state[c] = Some((id, r.start, r.start)),
+                            None => {
+                                idle[c] = true;
+                                finished[c] = tick;
+                                break;
+                            }
                         }
                     }
+                    let (id, at, start) = state[c].expect("lease");
+                    let got = plan.reserve(id, at, speed);
+                    if got == 0 {
+                        covered.push((start, at));
+                        plan.complete(id);
+                        state[c] = None;
+                        continue;
+                    }
+                    state[c] = Some((id, at + got, start));
+                    break;
                 }
-                let (id, at, start) = state[c].expect("lease");
-                let got = plan.reserve(id, at, speed);
-                if got == 0 {
-                    covered.push((start, at));
-                    plan.complete(id);
-                    state[c] = None;
-                    continue;
-                }
-                state[c] = Some((id, at + got, start));
             }
         }
         Sim {

@@ -1,21 +1,26 @@
 //! Streaming sha256 of a file that is written out of order, fed in file order.
 //!
 //! Connections write ranges of one file concurrently; sha256 is sequential. A [`Verifier`]
-//! tracks the hashed prefix `0..prefix`. When a write completes at exactly `prefix`, its buffer
-//! (still in memory) is hashed on the spot and the prefix grows. A write that completes further
-//! on is only recorded; once the prefix reaches it, its bytes have left memory and are read back
-//! from the file ([`Verifier::next_read_back`], done by the job's read-back task). With ranges
-//! handed out front to back the prefix stays close behind the connections, so read-back is
-//! bounded by the ranges in flight, not by the file.
+//! tracks the hashed prefix `0..prefix` and takes every buffer once it is written. A buffer that
+//! continues the prefix is hashed on the spot, with any kept buffers that follow it. One further
+//! on is kept, up to a window of bytes (the verifier's memory bound). When the window is full the
+//! connection waits for the prefix to move (backpressure); only when it stays stuck (a lagging
+//! or broken connection holds the prefix) is the buffer let go and its range recorded, and once
+//! the prefix reaches it those bytes, which have left memory, are read back from the file ([`Verifier::claim_read_back`], done by the job's read-back task).
+//! Ranges are handed out front to back in modest leases, so the spread between connections stays
+//! within the window and read-back is the exception. Hashing happens outside the lock: the
+//! thread that advances the prefix takes the hasher, so other connections never wait on it.
 //!
 //! sha2 picks SHA-NI (or the ARMv8 extensions) at run time. This module does no I/O itself and
 //! knows nothing of sockets or back-ends.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
+
+use crate::backend::buf::{AlignedBuf, BufPool};
 
 /// A parsed sha256 digest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,89 +52,162 @@ pub(crate) struct HashStats {
 
 struct State {
     prefix: u64,
-    hasher: Sha256,
-    /// Written but not hashed: start -> end, disjoint, all beyond `prefix`.
+    /// `None` while a thread hashes outside the lock (it owns the hasher meanwhile).
+    hasher: Option<Sha256>,
+    /// Written, not hashed, buffer kept: start -> buffer. All beyond `prefix`.
+    stash: BTreeMap<u64, AlignedBuf>,
+    stash_bytes: u64,
+    /// Written, not hashed, buffer gone: start -> end, disjoint, all beyond `prefix`.
     written: BTreeMap<u64, u64>,
     stats: HashStats,
+}
+
+/// A run of written bytes, at the prefix, whose buffers left memory: the caller reads it back
+/// and hands the bytes to [`Verifier::complete_read_back`]. It owns the hasher meanwhile.
+pub(crate) struct ReadBackClaim {
+    pub range: Range<u64>,
+    hasher: Sha256,
 }
 
 /// The in-order sha256 of one file being written out of order.
 pub(crate) struct Verifier {
     state: Mutex<State>,
-}
-
-impl Default for Verifier {
-    fn default() -> Self {
-        Verifier::new()
-    }
+    /// Bytes of buffers the verifier may hold for later (its memory bound).
+    window: u64,
 }
 
 impl Verifier {
-    pub fn new() -> Verifier {
+    /// A verifier that keeps at most `window` bytes of buffers waiting for the prefix.
+    pub fn new(window: u64) -> Verifier {
         Verifier {
             state: Mutex::new(State {
                 prefix: 0,
-                hasher: Sha256::new(),
+                hasher: Some(Sha256::new()),
+                stash: BTreeMap::new(),
+                stash_bytes: 0,
                 written: BTreeMap::new(),
                 stats: HashStats::default(),
             }),
+            window,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `bytes` were written at `at`. Hashed now when they continue the prefix; recorded for
-    /// read-back otherwise. Returns true when read-back work became available.
-    pub fn written(&self, at: u64, bytes: &[u8]) -> bool {
+    /// `buf` was written at `at`. When it continues the prefix it is hashed now, with any kept
+    /// buffers that follow; otherwise it is kept while the window has room. `Err(buf)` when the
+    /// window is full: the caller waits for the prefix to move (backpressure: hashing from
+    /// memory beats reading back), or gives up waiting with [`Verifier::spill`].
+    /// `Ok(true)` when read-back work is waiting at the prefix.
+    pub fn written(&self, at: u64, buf: AlignedBuf) -> Result<bool, AlignedBuf> {
+        let len = buf.bytes().len() as u64;
         let mut s = self.lock();
-        let end = at + bytes.len() as u64;
-        if bytes.is_empty() || end <= s.prefix {
-            return false;
+        if len == 0 || at + len <= s.prefix {
+            drop(s);
+            BufPool::give(buf);
+            return Ok(false);
         }
-        if at == s.prefix {
-            s.hasher.update(bytes);
-            s.prefix = end;
-            s.stats.from_memory += bytes.len() as u64;
-            return s.written.contains_key(&end);
+        debug_assert!(at >= s.prefix, "a write overlapping the hashed prefix");
+        if at == s.prefix && s.hasher.is_some() {
+            return Ok(self.advance(s, vec![buf]));
         }
-        debug_assert!(at > s.prefix, "a write overlapping the hashed prefix");
-        // Merge with a neighbour that ends where this starts (a connection's consecutive writes).
-        let start = match s.written.range(..at).next_back() {
-            Some((&ps, &pe)) if pe == at => ps,
-            _ => at,
-        };
-        let end = match s.written.remove(&end) {
-            Some(next_end) => next_end,
-            None => end,
-        };
-        s.written.insert(start, end);
-        false
+        if s.stash_bytes + len <= self.window {
+            s.stash_bytes += len;
+            s.stash.insert(at, buf);
+            return Ok(false);
+        }
+        Err(buf)
     }
 
-    /// The next run to read back and hash: written bytes starting at the prefix, at most `max`.
-    pub fn next_read_back(&self, max: u64) -> Option<Range<u64>> {
+    /// Records a written buffer for read-back instead of keeping it (the window stayed full).
+    pub fn spill(&self, at: u64, buf: AlignedBuf) {
+        let len = buf.bytes().len() as u64;
+        let mut s = self.lock();
+        if len > 0 && at + len > s.prefix {
+            // Merge with a neighbour that ends where this starts.
+            let end = at + len;
+            let start = match s.written.range(..at).next_back() {
+                Some((&ps, &pe)) if pe == at => ps,
+                _ => at,
+            };
+            let end = s.written.remove(&end).unwrap_or(end);
+            s.written.insert(start, end);
+        }
+        drop(s);
+        BufPool::give(buf);
+    }
+
+    /// Hashes `run` (which starts at the prefix) and every kept buffer that follows, outside the
+    /// lock; returns true when what follows then is read-back work.
+    fn advance<'a>(&'a self, mut s: MutexGuard<'a, State>, mut run: Vec<AlignedBuf>) -> bool {
+        loop {
+            let mut next = s.prefix + run.iter().map(|b| b.bytes().len() as u64).sum::<u64>();
+            while let Some(b) = s.stash.remove(&next) {
+                let len = b.bytes().len() as u64;
+                s.stash_bytes -= len;
+                next += len;
+                run.push(b);
+            }
+            if run.is_empty() {
+                return s.written.contains_key(&s.prefix);
+            }
+            let mut hasher = s.hasher.take().expect("the hasher is free");
+            drop(s);
+            for b in &run {
+                hasher.update(b.bytes());
+            }
+            s = self.lock();
+            s.hasher = Some(hasher);
+            s.stats.from_memory += next - s.prefix;
+            s.prefix = next;
+            for b in run.drain(..) {
+                BufPool::give(b);
+            }
+        }
+    }
+
+    /// Claims the next run to read back: written bytes at the prefix whose buffers are gone, at
+    /// most `max`. `None` when there is none, or the hasher is busy (its holder will report
+    /// read-back work when it is done).
+    pub fn claim_read_back(&self, max: u64) -> Option<ReadBackClaim> {
+        let mut s = self.lock();
+        let prefix = s.prefix;
+        let &end = s.written.get(&prefix)?;
+        let hasher = s.hasher.take()?;
+        s.written.remove(&prefix);
+        let stop = end.min(prefix + max);
+        if stop < end {
+            s.written.insert(stop, end);
+        }
+        Some(ReadBackClaim {
+            range: prefix..stop,
+            hasher,
+        })
+    }
+
+    /// True when written bytes wait at the prefix for read-back.
+    pub fn has_read_back(&self) -> bool {
         let s = self.lock();
-        let (&start, &end) = s.written.iter().next()?;
-        (start == s.prefix).then(|| start..end.min(start + max))
+        s.written.contains_key(&s.prefix)
     }
 
-    /// Hashes bytes read back from the file at `at` (the prefix, from [`Verifier::next_read_back`]).
-    pub fn read_back(&self, at: u64, bytes: &[u8]) {
+    /// Hashes the bytes of a claimed run, read back from the file, then whatever kept buffers
+    /// follow. Returns true when more read-back work is waiting.
+    pub fn complete_read_back(&self, claim: ReadBackClaim, bytes: &[u8]) -> bool {
+        let ReadBackClaim { range, mut hasher } = claim;
+        assert_eq!(
+            bytes.len() as u64,
+            range.end - range.start,
+            "read back the whole run"
+        );
+        hasher.update(bytes);
         let mut s = self.lock();
-        if at != s.prefix || bytes.is_empty() {
-            return;
-        }
-        let end = at + bytes.len() as u64;
-        let run_end = s.written.remove(&at).expect("read back a written run");
-        debug_assert!(end <= run_end, "read back beyond what was written");
-        if end < run_end {
-            s.written.insert(end, run_end);
-        }
-        s.hasher.update(bytes);
-        s.prefix = end;
-        s.stats.read_back += bytes.len() as u64;
+        s.hasher = Some(hasher);
+        s.prefix = range.end;
+        s.stats.read_back += range.end - range.start;
+        self.advance(s, Vec::new())
     }
 
     /// Bytes hashed so far (the contiguous prefix).
@@ -140,10 +218,19 @@ impl Verifier {
     /// The digest of the prefix, once it covers the whole file, and how it was fed.
     pub fn finish(&self) -> (Sha256Hex, HashStats) {
         let s = self.lock();
-        let digest = s.hasher.clone().finalize();
+        let digest = s.hasher.clone().expect("no hashing in progress").finalize();
         let mut out = [0u8; 32];
         out.copy_from_slice(&digest);
         (Sha256Hex(out), s.stats)
+    }
+}
+
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        let mut s = self.lock();
+        for (_, b) in std::mem::take(&mut s.stash) {
+            BufPool::give(b);
+        }
     }
 }
 
@@ -161,13 +248,22 @@ mod tests {
         Sha256Hex(out)
     }
 
+    fn buf_of(bytes: &[u8]) -> AlignedBuf {
+        let mut b = AlignedBuf::new(bytes.len());
+        b.push_slice(bytes);
+        b
+    }
+
     /// Feeds writes in the given order, reading back (from `file`) whenever the verifier says so.
-    fn run(file: &[u8], writes: &[Range<usize>]) -> (Sha256Hex, HashStats) {
-        let v = Verifier::new();
+    fn run(file: &[u8], writes: &[Range<usize>], window: u64) -> (Sha256Hex, HashStats) {
+        let v = Verifier::new(window);
         for w in writes {
-            v.written(w.start as u64, &file[w.clone()]);
-            while let Some(r) = v.next_read_back(3) {
-                v.read_back(r.start, &file[r.start as usize..r.end as usize]);
+            if let Err(b) = v.written(w.start as u64, buf_of(&file[w.clone()])) {
+                v.spill(w.start as u64, b);
+            }
+            while let Some(c) = v.claim_read_back(3) {
+                let r = c.range.start as usize..c.range.end as usize;
+                v.complete_read_back(c, &file[r]);
             }
         }
         assert_eq!(v.prefix(), file.len() as u64);
@@ -177,7 +273,7 @@ mod tests {
     #[test]
     fn in_order_writes_hash_from_memory() {
         let f = data(1000);
-        let (d, s) = run(&f, &[0..100, 100..600, 600..1000]);
+        let (d, s) = run(&f, &[0..100, 100..600, 600..1000], 0);
         assert_eq!(d, sha(&f));
         assert_eq!(
             s,
@@ -189,7 +285,7 @@ mod tests {
     }
 
     #[test]
-    fn out_of_order_writes_are_read_back_and_hash_the_same() {
+    fn out_of_order_writes_hash_the_same_from_the_window_or_read_back() {
         let f = data(1000);
         let orders: &[&[Range<usize>]] = &[
             &[500..1000, 0..500],
@@ -198,7 +294,24 @@ mod tests {
             &[300..400, 0..100, 200..300, 100..200, 400..1000],
         ];
         for order in orders {
-            let (d, s) = run(&f, order);
+            // No window: everything out of order is read back.
+            let (d, s) = run(&f, order, 0);
+            assert_eq!(d, sha(&f), "{order:?}");
+            assert_eq!(s.from_memory + s.read_back, 1000, "{order:?}");
+            assert!(s.read_back > 0, "{order:?}");
+            // A window as large as the file: nothing is read back.
+            let (d, s) = run(&f, order, 1000);
+            assert_eq!(d, sha(&f), "{order:?}");
+            assert_eq!(
+                s,
+                HashStats {
+                    from_memory: 1000,
+                    read_back: 0
+                },
+                "{order:?}"
+            );
+            // A small window: some of each.
+            let (d, s) = run(&f, order, 150);
             assert_eq!(d, sha(&f), "{order:?}");
             assert_eq!(s.from_memory + s.read_back, 1000, "{order:?}");
         }
