@@ -1,49 +1,73 @@
-//! `ferry-bench`: downloads one seeded file from nginx on loopback with ferry (each back-end) and
-//! curl, interleaved round by round, and prints wall time, GB/s, CPU seconds per GB and peak RSS.
+//! `ferry-bench`: ferry against every peer, side by side, as `../shared/BENCH.md` says.
 //!
-//! Every timed command ends with the output durable: ferry fsyncs before it exits; curl is
-//! followed by `sync FILE` inside the timed command. Every output is sha256-checked against the
-//! source after its run, outside the timing; a wrong byte aborts the benchmark. The first round
-//! is a warm-up and is not reported. This is the foundation's harness; the full suite of
-//! `../shared/BENCH.md` (more peers, memory states, ceilings, SVG) builds on it.
+//! For each suite (`big`, `repo`, `small`) it generates seeded data, serves it from nginx on
+//! loopback (read once first, so the server side is warm), and runs ferry and each peer in turn,
+//! round after round (A B C A B C ...), so every ratio compares tools measured in the same
+//! minutes. Every timed command ends with its output durable: ferry fsyncs before it exits; a
+//! peer is followed by `sync FILE...` inside the timed command. Every output is sha256-checked
+//! against the source after its run, outside the timing; a wrong byte aborts the benchmark. The
+//! first round is a warm-up, not reported. The ceilings (network, disk, sha256) are measured in
+//! the same run. Results go to a markdown report, a JSON file and an SVG chart.
 //!
-//! Usage: `ferry-bench [--size 8G] [--rounds 3] [--dir DIR] [--json FILE]`
+//! The memory state (`--state fresh|steady`, BENCH.md): `fresh` deletes each output after its
+//! run, which returns its page cache to free memory; `steady` first fills free memory with clean
+//! page cache from a filler file (written with O_DIRECT, then read) and tops it up before every
+//! run, as on a server that has been up for days.
+//!
+//! This harness measures; it asserts nothing about speed (targets are read off the report).
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use ferry_tests::{Nginx, sha256_file, write_data};
 
+const USAGE: &str = "usage: ferry-bench [--suites big,repo,small] [--runs 5] [--big 8G] \
+[--shard 2G] [--state fresh|steady] [--dir DIR] [--out DIR]";
+
 struct Args {
-    size: u64,
-    rounds: usize,
+    suites: Vec<String>,
+    runs: usize,
+    big: u64,
+    shard: u64,
+    state: String,
     dir: Option<PathBuf>,
-    json: Option<PathBuf>,
+    out: PathBuf,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
-        size: 1 << 30,
-        rounds: 3,
+        suites: vec!["big".into(), "repo".into(), "small".into()],
+        runs: 5,
+        big: 8 << 30,
+        shard: 2 << 30,
+        state: "fresh".into(),
         dir: None,
-        json: None,
+        out: PathBuf::from("bench"),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--size" => a.size = parse_size(&value()?)?,
-            "--rounds" => a.rounds = value()?.parse().context("--rounds")?,
+            "--suites" => a.suites = value()?.split(',').map(str::to_owned).collect(),
+            "--runs" => a.runs = value()?.parse().context("--runs")?,
+            "--big" => a.big = parse_size(&value()?)?,
+            "--shard" => a.shard = parse_size(&value()?)?,
+            "--state" => a.state = value()?,
             "--dir" => a.dir = Some(PathBuf::from(value()?)),
-            "--json" => a.json = Some(PathBuf::from(value()?)),
+            "--out" => a.out = PathBuf::from(value()?),
             "-h" | "--help" => {
-                println!("usage: ferry-bench [--size 8G] [--rounds 3] [--dir DIR] [--json FILE]");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
-            other => bail!("unknown argument {other:?}"),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    if !matches!(a.state.as_str(), "fresh" | "steady") {
+        bail!("--state is fresh or steady");
     }
     Ok(a)
 }
@@ -58,27 +82,44 @@ fn parse_size(s: &str) -> anyhow::Result<u64> {
     Ok(num.parse::<u64>().with_context(|| format!("size {s:?}"))? * mult)
 }
 
-#[derive(Debug, Clone)]
+/// One file of a suite: its name under the served root and its sha256.
+struct Item {
+    name: String,
+    sha256: String,
+}
+
+/// A tool's command for a suite, as a shell line (`{OUT}` is the output directory).
+struct Tool {
+    name: String,
+    shell: String,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
 struct Sample {
-    tool: &'static str,
+    tool: String,
+    round: usize,
     wall: f64,
     cpu: f64,
     rss_kib: u64,
 }
 
-/// Runs `cmd` under `/usr/bin/time`, returning wall seconds, CPU seconds and peak RSS.
-fn timed(cmd: &[String]) -> anyhow::Result<(f64, f64, u64)> {
+/// Runs `sh -c line` under `/usr/bin/time`: wall seconds, CPU seconds, peak RSS (KiB).
+fn timed(line: &str) -> anyhow::Result<(f64, f64, u64)> {
     let stats = tempfile::NamedTempFile::new()?;
     let start = Instant::now();
     let out = Command::new("/usr/bin/time")
         .args(["-f", "%U %S %M", "-o"])
         .arg(stats.path())
-        .args(cmd)
+        .args(["sh", "-c", line])
         .output()
         .context("run /usr/bin/time (scripts/setup.sh installs it)")?;
     let wall = start.elapsed().as_secs_f64();
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{line}\nfailed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let text = std::fs::read_to_string(stats.path())?;
     let f: Vec<&str> = text.split_whitespace().collect();
@@ -86,80 +127,306 @@ fn timed(cmd: &[String]) -> anyhow::Result<(f64, f64, u64)> {
     Ok((wall, num(0) + num(1), num(2) as u64))
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
-    let ferry = ferry_tests::ferry_bin();
-    let scratch = match &args.dir {
-        Some(d) => tempfile::tempdir_in(d)?,
-        None => tempfile::tempdir()?,
-    };
-    let src = scratch.path().join("src");
-    let out_dir = scratch.path().join("out");
-    std::fs::create_dir_all(&src)?;
-    std::fs::create_dir_all(&out_dir)?;
-    let source = src.join("big");
-    eprintln!("generating {} bytes ...", args.size);
-    write_data(&source, args.size, 1);
-    let want = sha256_file(&source); // also warms the server's page cache
-    let nginx = Nginx::start(&src);
-    let url = nginx.url("files", "big");
-    let out = out_dir.join("big");
-    let out_s = out.to_string_lossy().into_owned();
-    let ferry_s = ferry.to_string_lossy().into_owned();
-    let tools: [(&'static str, Vec<String>); 3] = [
-        (
-            "ferry-uring",
-            vec![
-                ferry_s.clone(),
-                "--backend".into(),
-                "uring".into(),
-                "get".into(),
-                url.clone(),
-                "-o".into(),
-                out_s.clone(),
-                "-q".into(),
-            ],
-        ),
-        (
-            "ferry-portable",
-            vec![
-                ferry_s,
-                "--backend".into(),
-                "portable".into(),
-                "get".into(),
-                url.clone(),
-                "-o".into(),
-                out_s.clone(),
-                "-q".into(),
-            ],
-        ),
-        (
-            "curl",
-            vec![
-                "sh".into(),
-                "-c".into(),
-                format!("curl -sS -o '{out_s}' '{url}' && sync '{out_s}'"),
-            ],
-        ),
-    ];
-    let mut samples = Vec::new();
-    for round in 0..=args.rounds {
-        for (tool, cmd) in &tools {
-            let _ = std::fs::remove_file(&out);
-            let (wall, cpu, rss_kib) = timed(cmd)?;
-            let got = sha256_file(&out);
-            if got != want {
-                bail!("{tool}: output differs from the source (sha256 {got} != {want})");
+fn sh(line: &str) -> anyhow::Result<String> {
+    let out = Command::new("sh").args(["-c", line]).output()?;
+    if !out.status.success() {
+        bail!("{line}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Generates a suite's files under `root`; returns them with their digests.
+fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> {
+    let mut specs: Vec<(String, u64)> = Vec::new();
+    match suite {
+        "big" => specs.push(("big.bin".into(), args.big)),
+        "repo" => {
+            for i in 0..4 {
+                specs.push((
+                    format!("model-{:05}-of-00004.safetensors", i + 1),
+                    args.shard,
+                ));
             }
-            let gbps = args.size as f64 / wall / 1e9;
+            for i in 0..200u64 {
+                // 1-100 KiB, spread deterministically.
+                specs.push((
+                    format!("extra-{i:03}.json"),
+                    1024 + (i * 7919) % (99 * 1024),
+                ));
+            }
+        }
+        "small" => {
+            for i in 0..2000u64 {
+                specs.push((format!("s{i:04}.bin"), 4096 + (i * 104_729) % (60 * 1024)));
+            }
+        }
+        other => bail!("unknown suite {other:?} (big, repo, small)"),
+    }
+    let mut items = Vec::new();
+    for (i, (name, size)) in specs.into_iter().enumerate() {
+        let path = root.join(&name);
+        write_data(&path, size, 1000 + i as u64);
+        // Hashing reads the file: the server's page cache is warm afterwards.
+        items.push(Item {
+            sha256: sha256_file(&path),
+            name,
+        });
+    }
+    Ok(items)
+}
+
+/// Every tool's shell line for a suite.
+fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Result<Vec<Tool>> {
+    let ferry = ferry_tests::ferry_bin().to_string_lossy().into_owned();
+    let urls: Vec<String> = items.iter().map(|i| format!("{base}/{}", i.name)).collect();
+    let outs: String = items
+        .iter()
+        .map(|i| format!("'{{OUT}}/{}'", i.name))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let sync = format!("sync {outs}");
+    let mut t = Vec::new();
+    let mut add = |name: &str, shell: String| {
+        t.push(Tool {
+            name: name.into(),
+            shell,
+        })
+    };
+    if let [one] = items {
+        let url = &urls[0];
+        let out = format!("{{OUT}}/{}", one.name);
+        let sha = &one.sha256;
+        add(
+            "ferry",
+            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha}"),
+        );
+        add(
+            "ferry (no sha256)",
+            format!("{ferry} get '{url}' -o '{out}' -q"),
+        );
+        add(
+            "ferry --sink buffered",
+            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink buffered"),
+        );
+        add(
+            "ferry --safe-mode",
+            format!("{ferry} --safe-mode get '{url}' -o '{out}' -q --sha256 {sha}"),
+        );
+        add("curl", format!("curl -sS -o '{out}' '{url}' && {sync}"));
+        add("wget", format!("wget -q -O '{out}' '{url}' && {sync}"));
+        add(
+            "aria2c",
+            format!(
+                "aria2c -q -x16 -s16 -k8M --file-allocation=falloc --allow-overwrite=true \
+                 --auto-file-renaming=false -d '{{OUT}}' -o '{}' '{url}' && {sync}",
+                one.name
+            ),
+        );
+        add(
+            "axel",
+            format!("axel -q -n 16 -o '{out}' '{url}' >/dev/null && {sync}"),
+        );
+        add(
+            "hf_transfer",
+            format!(
+                "python3 -c 'import hf_transfer; hf_transfer.download(url=\"{url}\", \
+                 filename=\"{out}\", max_files=16, chunk_size=10485760)' && {sync}"
+            ),
+        );
+        return Ok(t);
+    }
+    // Many files: each tool gets the list its own way.
+    let curl_cfg = lists.join(format!("{suite}.curl"));
+    let mut cfg = String::new();
+    let mut plain = String::new();
+    let mut aria = String::new();
+    for (i, url) in urls.iter().enumerate() {
+        writeln!(
+            cfg,
+            "url = \"{url}\"\noutput = \"OUTDIR/{}\"",
+            items[i].name
+        )?;
+        writeln!(plain, "{url}")?;
+        writeln!(aria, "{url}\n  out={}", items[i].name)?;
+    }
+    std::fs::write(&curl_cfg, cfg)?;
+    let plain_list = lists.join(format!("{suite}.urls"));
+    std::fs::write(&plain_list, plain)?;
+    let aria_list = lists.join(format!("{suite}.aria2"));
+    std::fs::write(&aria_list, aria)?;
+    let all_urls = urls
+        .iter()
+        .map(|u| format!("'{u}'"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    add("ferry", format!("{ferry} get {all_urls} -o '{{OUT}}' -q"));
+    add(
+        "ferry --safe-mode",
+        format!("{ferry} --safe-mode get {all_urls} -o '{{OUT}}' -q"),
+    );
+    add(
+        "curl -Z",
+        format!(
+            "sed 's|OUTDIR|{{OUT}}|' '{}' | curl -sS -Z --parallel-max 16 -K - && {sync}",
+            curl_cfg.display()
+        ),
+    );
+    add(
+        "wget",
+        format!(
+            "wget -q -nd -P '{{OUT}}' -i '{}' && {sync}",
+            plain_list.display()
+        ),
+    );
+    add(
+        "aria2c",
+        format!(
+            "aria2c -q -j16 -x16 -s16 -k8M --file-allocation=falloc --allow-overwrite=true \
+             --auto-file-renaming=false -d '{{OUT}}' -i '{}' && {sync}",
+            aria_list.display()
+        ),
+    );
+    Ok(t)
+}
+
+/// Fills free memory with clean page cache (BENCH.md `steady`): a filler written with O_DIRECT
+/// (so writing it leaves nothing cached), then read until free memory is under ~1 GiB.
+struct Filler(PathBuf);
+
+impl Filler {
+    fn create(dir: &Path) -> anyhow::Result<Filler> {
+        let free_kib: u64 = sh("awk '/MemFree/ {print $2}' /proc/meminfo")?
+            .trim()
+            .parse()?;
+        let mib = (free_kib / 1024).saturating_sub(1024);
+        let path = dir.join("filler");
+        eprintln!("steady state: writing a {mib} MiB filler with O_DIRECT ...");
+        sh(&format!(
+            "dd if=/dev/zero of='{}' bs=1M count={mib} oflag=direct status=none",
+            path.display()
+        ))?;
+        let f = Filler(path);
+        f.top_up()?;
+        Ok(f)
+    }
+
+    fn top_up(&self) -> anyhow::Result<()> {
+        sh(&format!("cat '{}' > /dev/null", self.0.display()))?;
+        Ok(())
+    }
+}
+
+impl Drop for Filler {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+struct Ceilings {
+    network_gb_s: f64,
+    disk_gb_s: f64,
+    sha256_gb_s: f64,
+}
+
+/// The ceilings of this machine, now: network (curl to /dev/null from the same nginx), O_DIRECT
+/// disk writes (fio), one core of sha256 (openssl).
+fn ceilings(url: &str, bytes: u64, dir: &Path) -> anyhow::Result<Ceilings> {
+    let mut best_net = f64::MAX;
+    for _ in 0..3 {
+        let (wall, _, _) = timed(&format!("curl -sS -o /dev/null '{url}'"))?;
+        best_net = best_net.min(wall);
+    }
+    let fio_file = dir.join("fio.tmp");
+    let size_mib = (bytes >> 20).clamp(256, 8192);
+    let fio = sh(&format!(
+        "fio --name=w --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=32 \
+         --size={size_mib}M --filename='{}' --output-format=json",
+        fio_file.display()
+    ))?;
+    let _ = std::fs::remove_file(&fio_file);
+    let fio: serde_json::Value = serde_json::from_str(&fio).context("fio JSON")?;
+    let disk = fio["jobs"][0]["write"]["bw_bytes"].as_f64().unwrap_or(0.0) / 1e9;
+    let speed = sh("openssl speed -evp sha256 -bytes 1048576 -seconds 3 2>/dev/null | tail -1")?;
+    let kbs = speed
+        .split_whitespace()
+        .last()
+        .and_then(|v| v.trim_end_matches('k').parse::<f64>().ok())
+        .unwrap_or(0.0);
+    Ok(Ceilings {
+        network_gb_s: bytes as f64 / best_net / 1e9,
+        disk_gb_s: disk,
+        sha256_gb_s: kbs * 1000.0 / 1e9,
+    })
+}
+
+struct SuiteResult {
+    suite: String,
+    bytes: u64,
+    files: usize,
+    tools: Vec<Tool>,
+    samples: Vec<Sample>,
+    ceilings: Option<Ceilings>,
+}
+
+fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
+    let root = scratch.join(format!("src-{suite}"));
+    let out = scratch.join(format!("out-{suite}"));
+    std::fs::create_dir_all(&root)?;
+    eprintln!("== {suite}: generating data ...");
+    let items = generate(suite, &root, args)?;
+    let bytes: u64 = items
+        .iter()
+        .map(|i| std::fs::metadata(root.join(&i.name)).map_or(0, |m| m.len()))
+        .sum();
+    let nginx = Nginx::start(&root);
+    let base = format!("http://127.0.0.1:{}/files", nginx.port());
+    let tools = tools(suite, &items, &base, scratch)?;
+    let ceilings = if suite == "big" {
+        eprintln!("== {suite}: ceilings ...");
+        let c = ceilings(&format!("{base}/{}", items[0].name), bytes, scratch)?;
+        eprintln!("{c:?}");
+        Some(c)
+    } else {
+        None
+    };
+    let filler = match args.state.as_str() {
+        "steady" => Some(Filler::create(scratch)?),
+        _ => None,
+    };
+    let mut samples = Vec::new();
+    for round in 0..=args.runs {
+        for tool in &tools {
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out)?;
+            if let Some(f) = &filler {
+                f.top_up()?;
+            }
+            let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
+            let (wall, cpu, rss_kib) =
+                timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
+            for item in &items {
+                let got = sha256_file(&out.join(&item.name));
+                if got != item.sha256 {
+                    bail!(
+                        "{suite}: {}: {} differs from the source (sha256 {got} != {})",
+                        tool.name,
+                        item.name,
+                        item.sha256
+                    );
+                }
+            }
             eprintln!(
-                "round {round} {tool:<15} {wall:7.2} s {gbps:6.3} GB/s  cpu {cpu:6.2} s  rss {} MiB{}",
+                "{suite} round {round} {:<22} {wall:7.2} s {:6.3} GB/s cpu {cpu:6.2} s rss {:4} MiB{}",
+                tool.name,
+                bytes as f64 / wall / 1e9,
                 rss_kib / 1024,
-                if round == 0 { "  (warm-up)" } else { "" }
+                if round == 0 { " (warm-up)" } else { "" }
             );
             if round > 0 {
                 samples.push(Sample {
-                    tool,
+                    tool: tool.name.clone(),
+                    round,
                     wall,
                     cpu,
                     rss_kib,
@@ -167,62 +434,231 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let _ = std::fs::remove_file(&out);
-    report(
-        &args,
-        &samples,
-        &tools.iter().map(|t| t.0).collect::<Vec<_>>(),
-        &url,
+    let _ = std::fs::remove_dir_all(&out);
+    let _ = std::fs::remove_dir_all(&root);
+    Ok(SuiteResult {
+        suite: suite.into(),
+        bytes,
+        files: items.len(),
+        tools,
+        samples,
+        ceilings,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Per tool: walls, CPU, peak RSS; ratios to ferry computed round by round.
+struct Row {
+    tool: String,
+    walls: Vec<f64>,
+    cpu_per_gb: f64,
+    rss_mib: u64,
+    /// ferry's wall / this tool's wall, per round (median, min, max).
+    ratio: Option<(f64, f64, f64)>,
+}
+
+fn rows(r: &SuiteResult) -> Vec<Row> {
+    let gb = r.bytes as f64 / 1e9;
+    let by_round = |tool: &str| -> BTreeMap<usize, f64> {
+        r.samples
+            .iter()
+            .filter(|s| s.tool == tool)
+            .map(|s| (s.round, s.wall))
+            .collect()
+    };
+    let ferry = by_round("ferry");
+    r.tools
+        .iter()
+        .map(|t| {
+            let mine: Vec<&Sample> = r.samples.iter().filter(|s| s.tool == t.name).collect();
+            let walls: Vec<f64> = mine.iter().map(|s| s.wall).collect();
+            let cpu = mine.iter().map(|s| s.cpu).sum::<f64>() / mine.len().max(1) as f64;
+            let ratios: Vec<f64> = by_round(&t.name)
+                .iter()
+                .filter_map(|(round, w)| Some(ferry.get(round)? / w))
+                .collect();
+            let ratio = (t.name != "ferry" && !ratios.is_empty()).then(|| {
+                let min = ratios.iter().copied().fold(f64::MAX, f64::min);
+                let max = ratios.iter().copied().fold(f64::MIN, f64::max);
+                (median(ratios.clone()), min, max)
+            });
+            Row {
+                tool: t.name.clone(),
+                walls,
+                cpu_per_gb: cpu / gb,
+                rss_mib: mine.iter().map(|s| s.rss_kib).max().unwrap_or(0) / 1024,
+                ratio,
+            }
+        })
+        .collect()
+}
+
+fn markdown(results: &[SuiteResult], args: &Args) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# ferry benchmark results\n\nGenerated by `scripts/bench.sh` (`ferry-bench --runs {} --state {}`) \
+         on {} CPUs, kernel {}. nginx on 127.0.0.1 is the origin for every tool; tools run in \
+         turn, round by round, after one warm-up round. Every run ends with its output durable \
+         (ferry fsyncs; peers are followed by `sync FILE...` inside the timing) and every output \
+         is sha256-checked against the source after its run. `ferry` verifies the sha256 itself \
+         while downloading where one is known (big); the peers verify nothing.\n",
+        args.runs,
+        args.state,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        sh("uname -r").unwrap_or_default().trim()
+    );
+    for r in results {
+        let _ = writeln!(
+            md,
+            "## {} ({} files, {:.2} GB, state {})\n",
+            r.suite,
+            r.files,
+            r.bytes as f64 / 1e9,
+            args.state
+        );
+        if let Some(c) = &r.ceilings {
+            let _ = writeln!(
+                md,
+                "Ceilings in this run: network {:.2} GB/s (`curl -o /dev/null`, best of 3), \
+                 O_DIRECT disk write {:.2} GB/s (fio, 1 MiB, iodepth 32), sha256 {:.2} GB/s per \
+                 core (`openssl speed -evp sha256`).\n",
+                c.network_gb_s, c.disk_gb_s, c.sha256_gb_s
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| tool | runs | wall median (s) | min | max | GB/s | CPU s/GB | peak RSS (MiB) | ferry/tool wall (median, min-max) |\n|---|---|---|---|---|---|---|---|---|"
+        );
+        for row in rows(r) {
+            let med = median(row.walls.clone());
+            let min = row.walls.iter().copied().fold(f64::MAX, f64::min);
+            let max = row.walls.iter().copied().fold(f64::MIN, f64::max);
+            let ratio = row.ratio.map_or("—".into(), |(m, lo, hi)| {
+                format!("{m:.2} ({lo:.2}-{hi:.2})")
+            });
+            let _ = writeln!(
+                md,
+                "| {} | {} | {med:.2} | {min:.2} | {max:.2} | {:.3} | {:.2} | {} | {ratio} |",
+                row.tool,
+                row.walls.len(),
+                r.bytes as f64 / med / 1e9,
+                row.cpu_per_gb,
+                row.rss_mib
+            );
+        }
+        let _ = writeln!(md, "\nCommands (`{{OUT}}` is the output directory):\n");
+        for t in &r.tools {
+            let mut shown = t.shell.clone();
+            if shown.len() > 400 {
+                shown.truncate(400);
+                shown.push_str(" …");
+            }
+            let _ = writeln!(md, "- {}: `{}`", t.name, shown.replace('`', "'"));
+        }
+        let _ = writeln!(md);
+    }
+    md
+}
+
+/// A horizontal bar chart of median GB/s per tool, one panel per suite.
+fn svg(results: &[SuiteResult]) -> String {
+    let bar_h = 18.0;
+    let width = 760.0;
+    let label_w = 190.0;
+    let mut y = 10.0;
+    let mut body = String::new();
+    for r in results {
+        let rows = rows(r);
+        let rates: Vec<f64> = rows
+            .iter()
+            .map(|row| r.bytes as f64 / median(row.walls.clone()) / 1e9)
+            .collect();
+        let max = rates.iter().copied().fold(0.01, f64::max);
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="{:.0}" font-weight="bold">{} ({:.1} GB, median GB/s, durable)</text>"#,
+            y + 14.0,
+            r.suite,
+            r.bytes as f64 / 1e9
+        );
+        y += 24.0;
+        for (row, rate) in rows.iter().zip(&rates) {
+            let w = (width - label_w - 70.0) * rate / max;
+            let color = if row.tool.starts_with("ferry") {
+                "#2b7bb9"
+            } else {
+                "#999999"
+            };
+            let _ = writeln!(
+                body,
+                r#"<text x="10" y="{:.0}">{}</text><rect x="{label_w}" y="{y:.0}" width="{w:.1}" height="{:.0}" fill="{color}"/><text x="{:.1}" y="{:.0}">{rate:.3}</text>"#,
+                y + 13.0,
+                row.tool,
+                bar_h - 4.0,
+                label_w + w + 5.0,
+                y + 13.0
+            );
+            y += bar_h;
+        }
+        y += 14.0;
+    }
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y:.0}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+{body}</svg>
+"#
     )
 }
 
-fn report(
-    args: &Args,
-    samples: &[Sample],
-    tools: &[&'static str],
-    url: &str,
-) -> anyhow::Result<()> {
-    let gb = args.size as f64 / 1e9;
-    println!(
-        "\n{} bytes from nginx on loopback, {} rounds, durable and sha256-verified after each run",
-        args.size, args.rounds
+fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    let scratch = match &args.dir {
+        Some(d) => tempfile::tempdir_in(d)?,
+        None => tempfile::tempdir()?,
+    };
+    let mut results = Vec::new();
+    for suite in &args.suites {
+        results.push(run_suite(suite, &args, scratch.path())?);
+        // Written after every suite, so a long run that is stopped keeps what it measured.
+        write_reports(&results, &args)?;
+    }
+    print!("{}", markdown(&results, &args));
+    eprintln!(
+        "wrote {}/RESULTS.md, results.json, results.svg",
+        args.out.display()
     );
-    println!("| tool | wall median (s) | min | max | GB/s (median) | CPU s/GB | peak RSS MiB |");
-    println!("|---|---|---|---|---|---|---|");
-    let mut rows = Vec::new();
-    for tool in tools {
-        let mut walls: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.tool == *tool)
-            .map(|s| s.wall)
-            .collect();
-        let cpus: Vec<f64> = samples
-            .iter()
-            .filter(|s| s.tool == *tool)
-            .map(|s| s.cpu)
-            .collect();
-        let rss = samples
-            .iter()
-            .filter(|s| s.tool == *tool)
-            .map(|s| s.rss_kib)
-            .max()
-            .unwrap_or(0);
-        walls.sort_by(f64::total_cmp);
-        let med = walls[walls.len() / 2];
-        let cpu_per_gb = cpus.iter().sum::<f64>() / cpus.len() as f64 / gb;
-        println!(
-            "| {tool} | {med:.2} | {:.2} | {:.2} | {:.3} | {cpu_per_gb:.2} | {} |",
-            walls[0],
-            walls[walls.len() - 1],
-            gb / med,
-            rss / 1024
-        );
-        rows.push(serde_json::json!({"tool": tool, "wall_median_s": med, "wall_min_s": walls[0], "wall_max_s": walls[walls.len()-1], "gb_per_s": gb / med, "cpu_s_per_gb": cpu_per_gb, "peak_rss_kib": rss}));
-    }
-    if let Some(path) = &args.json {
-        let doc = serde_json::json!({"bytes": args.size, "rounds": args.rounds, "url": url, "results": rows});
-        std::fs::write(path, serde_json::to_string_pretty(&doc)?)
-            .with_context(|| format!("write {}", path.display()))?;
-    }
+    Ok(())
+}
+
+fn write_reports(results: &[SuiteResult], args: &Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let md = markdown(results, args);
+    std::fs::write(args.out.join("RESULTS.md"), &md)?;
+    std::fs::write(args.out.join("results.svg"), svg(results))?;
+    let json = serde_json::json!({
+        "runs": args.runs,
+        "state": args.state,
+        "suites": results.iter().map(|r| serde_json::json!({
+            "suite": r.suite,
+            "bytes": r.bytes,
+            "files": r.files,
+            "ceilings": r.ceilings,
+            "commands": r.tools.iter().map(|t| (t.name.clone(), t.shell.clone())).collect::<BTreeMap<_, _>>(),
+            "samples": r.samples,
+        })).collect::<Vec<_>>(),
+    });
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     Ok(())
 }
