@@ -6,6 +6,8 @@
 #   util-linux   setpriv, to run a test as an unprivileged user
 #   curl, time   the peer and the CPU/RSS meter of the benchmark harness
 #   openssl      the demo's seeded data generator
+# With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
+# hf_transfer (PyPI).
 set -euo pipefail
 
 need=()
@@ -17,6 +19,12 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+if [ "${1:-}" = "--bench" ]; then
+  command -v wget >/dev/null 2>&1 || need+=(wget)
+  command -v aria2c >/dev/null 2>&1 || need+=(aria2)
+  command -v axel >/dev/null 2>&1 || need+=(axel)
+  command -v fio >/dev/null 2>&1 || need+=(fio)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}"
@@ -24,6 +32,10 @@ if [ ${#need[@]} -gt 0 ]; then
   [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+if [ "${1:-}" = "--bench" ]; then
+  python3 -c 'import hf_transfer' 2>/dev/null || python3 -m pip install -q hf_transfer
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
