@@ -128,6 +128,9 @@ pub struct Engine {
     config: Config,
     selection: Selection,
     workers: Workers,
+    /// The sink chosen per output directory: the O_DIRECT probe writes a file, so it runs once
+    /// per directory, not once per download.
+    sinks: std::sync::Mutex<std::collections::HashMap<PathBuf, SinkChoice>>,
 }
 
 impl Engine {
@@ -198,6 +201,7 @@ impl Engine {
             config,
             selection,
             workers,
+            sinks: Default::default(),
         })
     }
 
@@ -252,12 +256,18 @@ impl Engine {
         };
         let target = Target::new(url)?;
         let (incomplete, created) = prepare_output(&output)?;
-        let sink = choose_sink(
-            self.selection.backend,
-            self.config.sink,
-            get::parent_dir(&output),
-        );
-        tracing::debug!(sink = %sink.kind, reason = %sink.reason, "sink chosen");
+        let dir = get::parent_dir(&output);
+        let sink = self
+            .sinks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(dir.to_path_buf())
+            .or_insert_with(|| {
+                let sink = choose_sink(self.selection.backend, self.config.sink, dir);
+                tracing::debug!(sink = %sink.kind, reason = %sink.reason, dir = %dir.display(), "sink chosen");
+                sink
+            })
+            .clone();
         let counters = Arc::new(Counters::new());
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let settings = JobSettings {

@@ -18,7 +18,7 @@ use crate::error::GetError;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 use crate::plan::LeaseId;
 
-/// Head-read granularity; heads are small, bodies go straight to the staging buffer.
+/// Head-read granularity; heads are small, bodies go straight to pipeline buffers.
 const HEAD_READ: usize = 16 * 1024;
 
 /// How the body of a lease ended.

@@ -674,7 +674,6 @@ fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Resul
         }
         BodyEnd::Aborted => Ok(false),
         BodyEnd::Short { at, error } => {
-            let lease_end = ctx.with_plan(|p| p.end_of(id)).unwrap_or(range.end);
             let given_back = ctx.with_plan(|p| p.give_back(id, at)).unwrap_or(Err(()));
             let error = error.unwrap_or_else(|| GetError::ShortBody {
                 url: ctx.target().display.clone(),
@@ -683,7 +682,7 @@ fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Resul
                 received: at - range.start,
             });
             match given_back {
-                Ok(()) => {
+                Ok(lease_end) => {
                     tracing::debug!(
                         from = at,
                         to = lease_end,

@@ -135,6 +135,7 @@ impl Plan {
     }
 
     /// Where the lease ends now (a split may have moved it down).
+    #[cfg(test)]
     pub fn end_of(&self, id: LeaseId) -> u64 {
         self.leases[id.0].as_ref().expect("live lease").end
     }
@@ -145,18 +146,19 @@ impl Plan {
     }
 
     /// The lease's body ended at `at`, short of its end: the rest goes back to be fetched again.
-    /// `Err` when this file has used up its retries (the download then fails).
-    pub fn give_back(&mut self, id: LeaseId, at: u64) -> Result<(), ()> {
+    /// Returns where the lease ended (a split may have moved it down); `Err` when this file has
+    /// used up its retries (the download then fails).
+    pub fn give_back(&mut self, id: LeaseId, at: u64) -> Result<u64, ()> {
         let lease = self.leases[id.0].take().expect("live lease");
         if at >= lease.end {
-            return Ok(());
+            return Ok(lease.end);
         }
         if self.retries_left == 0 {
             return Err(());
         }
         self.retries_left -= 1;
         self.retry.push(at..lease.end);
-        Ok(())
+        Ok(lease.end)
     }
 
     /// Retries used so far.
