@@ -226,6 +226,15 @@ pub enum GetError {
         /// What was given.
         given: String,
     },
+    /// Two downloads of one job would write the same file.
+    #[error("two downloads would both write {}", path.display())]
+    DuplicateOutput {
+        /// The path.
+        path: PathBuf,
+    },
+    /// A job with no downloads.
+    #[error("nothing to download")]
+    NothingToDo,
     /// The engine shut down (or a worker died) before the job finished.
     #[error("the engine stopped before the download finished")]
     EngineStopped,
@@ -241,7 +250,9 @@ impl GetError {
             | GetError::OutputDirMissing { .. }
             | GetError::OutputDirNotDirectory { .. }
             | GetError::OutputNotWritable { .. }
-            | GetError::InvalidSha256 { .. } => ErrorKind::Usage,
+            | GetError::InvalidSha256 { .. }
+            | GetError::DuplicateOutput { .. }
+            | GetError::NothingToDo => ErrorKind::Usage,
             GetError::Resolve { .. }
             | GetError::Connect { .. }
             | GetError::Network { .. }

@@ -4,7 +4,8 @@
 //!
 //! The library runs the same jobs as the `ferry` command. Build an [`Engine`] from a [`Config`]
 //! (this probes the kernel, picks the back-end and starts one pinned worker per core), start a
-//! [`Job`] on it, watch its [`Event`]s, and get a [`Report`] or a typed [`GetError`]:
+//! [`Job`] on it (one file with [`Engine::get`], many over shared connections with
+//! [`Engine::get_many`]), watch its [`Event`]s, and get a [`Report`] or a typed [`GetError`]:
 //!
 //! ```
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -68,11 +69,11 @@ pub use crate::runtime::WorkerInfo;
 pub use kernel_probes;
 
 use crate::backend::{UringVerdict, judge_setup_errno};
-use crate::get::{Counters, Ctx, JobSettings, SinkChoice, Target};
+use crate::get::{Batch, Counters, Ctx, FileSpec, JobSettings, SinkChoice, Target};
 use crate::runtime::Workers;
 use crate::verify::Sha256Hex;
 
-/// `Progress::total` before the size is known.
+/// A file's size before it is known.
 const UNKNOWN_TOTAL: u64 = u64::MAX;
 
 /// How an [`Engine`] runs. Start from [`Config::default`] and change what you need.
@@ -86,15 +87,16 @@ pub struct Config {
     pub safe_mode: bool,
     /// Worker threads; by default one per CPU of the NUMA node nearest `placement_dir`'s disk.
     pub threads: Option<usize>,
-    /// Connections per download (default 8).
+    /// Connections a job keeps open at once, shared by its files (default 8).
     pub connections: usize,
     /// Range size; by default about four ranges per connection, 1-64 MiB.
     pub chunk_size: Option<u64>,
     /// Size of one write buffer (default 1 MiB; a multiple of 4 KiB).
     pub buffer_size: usize,
-    /// Writes in flight per connection (default 4). Memory is bounded per download: a
-    /// connection holds at most `write_depth + 1` buffers, and with a sha256 to check the
-    /// verifier keeps at most 64 MiB of written buffers until the hashed prefix reaches them, so
+    /// Writes in flight per connection (default 4). Memory is bounded per job, however many
+    /// files it has: a connection holds at most `write_depth + 1` buffers, and with sha256s to
+    /// check the verifiers keep at most 64 MiB of written buffers, together, until the hashed
+    /// prefix of their file reaches them, so
     /// buffers take at most `connections * (write_depth + 1) * buffer_size + 64 MiB`
     /// (104 MiB by default), plus at most 16 idle buffers kept for reuse.
     pub write_depth: usize,
@@ -245,20 +247,104 @@ impl Engine {
         output: impl AsRef<Path>,
         options: &GetOptions,
     ) -> Result<Job, GetError> {
+        let mut item = GetItem::new(url, output);
+        item.sha256 = options.sha256.clone();
+        self.get_many(vec![item])
+    }
+
+    /// Downloads many files as one job over [`Config::connections`] kept-alive connections:
+    /// files are started largest first (by [`GetItem::size`], when stated), a large file gets
+    /// every connection that is free, and small files go one after another over the same
+    /// connection. Progress counts bytes across all files. One file failing does not stop the
+    /// others; [`Job::wait_all`] returns a result per file, in the order given.
+    ///
+    /// Every item is checked before anything is sent (as in [`Engine::get`]), and two items
+    /// may not write the same file.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ferry::{Config, Engine, GetItem};
+    ///
+    /// let engine = Engine::new(Config::default())?;
+    /// let items = (0..100).map(|i| {
+    ///     GetItem::new(format!("http://127.0.0.1:8080/f{i}"), format!("out/f{i}"))
+    /// });
+    /// for result in engine.get_many(items)?.wait_all() {
+    ///     let report = result?;
+    ///     println!("{}: {} bytes", report.path.display(), report.bytes);
+    /// }
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn get_many(&self, items: impl IntoIterator<Item = GetItem>) -> Result<Job, GetError> {
         let started = Instant::now();
-        let output = output.as_ref().to_path_buf();
-        let sha256 = match &options.sha256 {
-            Some(hex) => Some(
-                Sha256Hex::parse(hex)
-                    .ok_or_else(|| GetError::InvalidSha256 { given: hex.clone() })?,
-            ),
-            None => None,
-        };
-        let target = Target::new(url)?;
-        let (incomplete, created) = prepare_output(&output)?;
-        let dir = get::parent_dir(&output);
-        let sink = self
-            .sinks
+        let items: Vec<GetItem> = items.into_iter().collect();
+        if items.is_empty() {
+            return Err(GetError::NothingToDo);
+        }
+        let mut resolved = get::Resolved::new();
+        let mut outputs = std::collections::HashSet::new();
+        let mut specs = Vec::with_capacity(items.len());
+        for item in items {
+            let sha256 = match &item.sha256 {
+                Some(hex) => Some(
+                    Sha256Hex::parse(hex)
+                        .ok_or_else(|| GetError::InvalidSha256 { given: hex.clone() })?,
+                ),
+                None => None,
+            };
+            let target = Target::new(&item.url, &mut resolved)?;
+            check_output(&item.output)?;
+            if !outputs.insert(std::path::absolute(&item.output).unwrap_or(item.output.clone())) {
+                return Err(GetError::DuplicateOutput { path: item.output });
+            }
+            let sink = self.sink_for(get::parent_dir(&item.output));
+            specs.push(FileSpec {
+                target,
+                output: item.output,
+                sink,
+                sha256,
+                size: item.size,
+            });
+        }
+        let counters = Arc::new(Counters::new(specs.len() as u64));
+        let settings = Arc::new(JobSettings {
+            connections: self.config.connections.max(1),
+            chunk: self.config.chunk_size,
+            staging: self.config.buffer_size.max(backend::buf::BUF_ALIGN),
+            depth: self.config.write_depth.max(1),
+            backend: self.selection.backend,
+            backend_reason: self.selection.reason.clone(),
+            threads: self.workers.len(),
+        });
+        let window = verify::Window::new(get::HASH_WINDOW);
+        let files: Vec<Arc<Ctx>> = specs
+            .into_iter()
+            .map(|spec| {
+                Arc::new(Ctx::new(
+                    spec,
+                    Arc::clone(&settings),
+                    (Arc::clone(&counters), Arc::clone(&window)),
+                    started,
+                ))
+            })
+            .collect();
+        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+        let batch = Batch::new(files, Arc::clone(&counters), settings.connections, done_tx);
+        let dispatch = self.workers.dispatcher();
+        if batch.start(move |task| dispatch.run(task)) == 0 {
+            return Err(GetError::EngineStopped);
+        }
+        Ok(Job {
+            counters,
+            done: done_rx,
+            result: None,
+        })
+    }
+
+    /// The sink for files in `dir`, probed once per directory.
+    fn sink_for(&self, dir: &Path) -> SinkChoice {
+        self.sinks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(dir.to_path_buf())
@@ -267,43 +353,46 @@ impl Engine {
                 tracing::debug!(sink = %sink.kind, reason = %sink.reason, dir = %dir.display(), "sink chosen");
                 sink
             })
-            .clone();
-        let counters = Arc::new(Counters::new());
-        let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-        let settings = JobSettings {
-            connections: self.config.connections,
-            chunk: self.config.chunk_size,
-            staging: self.config.buffer_size,
-            depth: self.config.write_depth,
-            backend: self.selection.backend,
-            backend_reason: self.selection.reason.clone(),
-            sink,
-            sha256,
-            threads: self.workers.len(),
-        };
-        let ctx = Arc::new(Ctx::new(
-            target,
-            (output, incomplete.clone(), created),
-            Arc::clone(&counters),
-            settings,
-            started,
-        ));
-        let dispatch = self.workers.dispatcher();
-        let task: runtime::Task = Box::new(move || {
-            Box::pin(async move {
-                let result = get::run(ctx, move |task| dispatch.run(task)).await;
-                let _ = done_tx.send(result);
-            })
-        });
-        if !self.workers.run(task) {
-            let _ = std::fs::remove_file(&incomplete);
-            return Err(GetError::EngineStopped);
+            .clone()
+    }
+}
+
+/// One download of a job ([`Engine::get_many`]).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct GetItem {
+    /// The URL (http://).
+    pub url: String,
+    /// The file to write; it appears only once complete (and verified, with a sha256).
+    pub output: PathBuf,
+    /// The sha256 the file must have, as in [`GetOptions::sha256`].
+    pub sha256: Option<String>,
+    /// The size, when known up front (a listing states it): larger files start first, and
+    /// progress has a total from the start.
+    pub size: Option<u64>,
+}
+
+impl GetItem {
+    /// Download `url` to `output`.
+    pub fn new(url: impl Into<String>, output: impl AsRef<Path>) -> GetItem {
+        GetItem {
+            url: url.into(),
+            output: output.as_ref().to_path_buf(),
+            sha256: None,
+            size: None,
         }
-        Ok(Job {
-            counters,
-            done: done_rx,
-            result: None,
-        })
+    }
+
+    /// Checks the file against this sha256.
+    pub fn sha256(mut self, hex: impl Into<String>) -> GetItem {
+        self.sha256 = Some(hex.into());
+        self
+    }
+
+    /// States the file's size up front.
+    pub fn size(mut self, bytes: u64) -> GetItem {
+        self.size = Some(bytes);
+        self
     }
 }
 
@@ -371,8 +460,9 @@ fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkCho
     }
 }
 
-/// Creates `output.incomplete`, checking the output path on the way.
-fn prepare_output(output: &Path) -> Result<(PathBuf, std::fs::File), GetError> {
+/// Checks that `output` can be created: not a directory, in a directory that exists. The file
+/// itself (`output.incomplete` first) is created when its download starts.
+fn check_output(output: &Path) -> Result<(), GetError> {
     if output.is_dir() {
         return Err(GetError::OutputIsDirectory {
             path: output.to_path_buf(),
@@ -380,45 +470,31 @@ fn prepare_output(output: &Path) -> Result<(PathBuf, std::fs::File), GetError> {
     }
     let dir = get::parent_dir(output);
     match std::fs::metadata(dir) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(GetError::OutputDirMissing {
-                dir: dir.to_path_buf(),
-            });
-        }
-        Ok(m) if !m.is_dir() => {
-            return Err(GetError::OutputDirNotDirectory {
-                dir: dir.to_path_buf(),
-            });
-        }
-        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => {
-            return Err(GetError::OutputDirNotDirectory {
-                dir: dir.to_path_buf(),
-            });
-        }
-        _ => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(GetError::OutputDirMissing {
+            dir: dir.to_path_buf(),
+        }),
+        Ok(m) if !m.is_dir() => Err(GetError::OutputDirNotDirectory {
+            dir: dir.to_path_buf(),
+        }),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => Err(GetError::OutputDirNotDirectory {
+            dir: dir.to_path_buf(),
+        }),
+        _ => Ok(()),
     }
-    let mut name = output.as_os_str().to_owned();
-    name.push(".incomplete");
-    let incomplete = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&incomplete)
-        .map_err(|source| GetError::OutputNotWritable {
-            path: incomplete.clone(),
-            source,
-        })?;
-    Ok((incomplete, file))
 }
 
-/// How far a job has come.
+/// How far a job has come, in bytes across all its files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Progress {
     /// Bytes written so far.
     pub done: u64,
-    /// The size, once the server has told it.
+    /// The bytes of the whole job, once every file's size is known (stated up front with
+    /// [`GetItem::size`] or told by the server).
     pub total: Option<u64>,
+    /// Files finished (successfully or not).
+    pub files_done: u64,
+    /// Files in the job.
+    pub files: u64,
 }
 
 /// What a running job reports while it runs.
@@ -429,27 +505,25 @@ pub enum Event {
     Progress(Progress),
 }
 
-/// A download in flight. [`Job::wait`] returns its [`Report`].
+/// Downloads in flight. [`Job::wait`] returns the [`Report`] of a one-file job,
+/// [`Job::wait_all`] one result per file.
 #[derive(Debug)]
 pub struct Job {
     counters: Arc<Counters>,
-    done: crossbeam_channel::Receiver<Result<Report, GetError>>,
-    result: Option<Result<Report, GetError>>,
+    done: crossbeam_channel::Receiver<get::batch::Results>,
+    result: Option<get::batch::Results>,
 }
 
 impl Job {
     /// A snapshot of the job's progress.
     pub fn progress(&self) -> Progress {
-        let total = self
-            .counters
-            .total
-            .load(std::sync::atomic::Ordering::Relaxed);
+        use std::sync::atomic::Ordering::Relaxed;
+        let c = &self.counters;
         Progress {
-            done: self
-                .counters
-                .done
-                .load(std::sync::atomic::Ordering::Relaxed),
-            total: (total != UNKNOWN_TOTAL).then_some(total),
+            done: c.done.load(Relaxed),
+            total: (c.unknown.load(Relaxed) == 0).then(|| c.total.load(Relaxed)),
+            files_done: c.files_done.load(Relaxed),
+            files: c.files,
         }
     }
 
@@ -473,17 +547,39 @@ impl Job {
                 Ok(r) => self.result = Some(r),
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => return false,
                 Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                    self.result = Some(Err(GetError::EngineStopped))
+                    self.result = Some(Vec::new())
                 }
             }
         }
         true
     }
 
-    /// Waits for the job to finish.
-    pub fn wait(mut self) -> Result<Report, GetError> {
+    /// Waits for the job to finish: the report of its file, or why it failed. For a job of
+    /// several files, the first failure in the order given, else the first file's report; see
+    /// [`Job::wait_all`].
+    pub fn wait(self) -> Result<Report, GetError> {
+        let mut first = None;
+        for r in self.wait_all() {
+            match r {
+                Err(e) => return Err(e),
+                Ok(report) => {
+                    first.get_or_insert(report);
+                }
+            }
+        }
+        first.ok_or(GetError::EngineStopped)
+    }
+
+    /// Waits for the job to finish: one result per file, in the order given.
+    pub fn wait_all(mut self) -> Vec<Result<Report, GetError>> {
         while !self.poll(Duration::from_secs(3600)) {}
-        self.result.take().unwrap_or(Err(GetError::EngineStopped))
+        match self.result.take() {
+            Some(r) if !r.is_empty() => r,
+            // The engine stopped before the job could report.
+            _ => (0..self.counters.files)
+                .map(|_| Err(GetError::EngineStopped))
+                .collect(),
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 pub use data::{sha256_file, write_data};
-pub use nginx::Nginx;
+pub use nginx::{Nginx, Request};
 pub use proxy::{Fault, FaultProxy};
 
 /// The `ferry` binary under test: `$FERRY_BIN`, else `target/<profile>/ferry` next to this test.

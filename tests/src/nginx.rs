@@ -6,6 +6,9 @@
 //! - `/chunked/`  a no-op `sub_filter`: no Content-Length, chunked, no ranges;
 //! - `/close/`    the same with chunked encoding off: the body ends when nginx closes;
 //! - `/redirect/` a 302 to the same path under `/files/`.
+//!
+//! Every request is logged (connection serial number, request number on that connection,
+//! status, URI, `Range`), so tests can count requests and connections: [`Nginx::requests`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -41,7 +44,8 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    log_format ferry '$connection $connection_requests $status $request_uri "$http_range"';
+    access_log {prefix}/access.log ferry;
     sendfile on;
     tcp_nopush on;
     keepalive_timeout 65;
@@ -101,6 +105,21 @@ http {{
         panic!("nginx did not start; error.log:\n{log}");
     }
 
+    /// The requests logged so far, waiting (up to 10 s) until there are at least `at_least`:
+    /// nginx logs a request just after its last byte is sent.
+    pub fn requests(&self, at_least: usize) -> Vec<Request> {
+        let path = self._dir.path().join("access.log");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let reqs: Vec<Request> = log.lines().filter_map(Request::parse).collect();
+            if reqs.len() >= at_least || Instant::now() > deadline {
+                return reqs;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The port nginx listens on.
     pub fn port(&self) -> u16 {
         self.port
@@ -109,6 +128,34 @@ http {{
     /// `http://127.0.0.1:PORT/files/NAME` (or another location given as `loc`).
     pub fn url(&self, loc: &str, name: &str) -> String {
         format!("http://127.0.0.1:{}/{loc}/{name}", self.port)
+    }
+}
+
+/// One logged request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// nginx's serial number of the connection it came on.
+    pub connection: u64,
+    /// Its number on that connection (1 for the first).
+    pub nth: u64,
+    /// The status answered.
+    pub status: u16,
+    /// The request URI.
+    pub uri: String,
+    /// The `Range` header, `-` when there was none.
+    pub range: String,
+}
+
+impl Request {
+    fn parse(line: &str) -> Option<Request> {
+        let mut it = line.splitn(5, ' ');
+        Some(Request {
+            connection: it.next()?.parse().ok()?,
+            nth: it.next()?.parse().ok()?,
+            status: it.next()?.parse().ok()?,
+            uri: it.next()?.to_owned(),
+            range: it.next()?.trim_matches('"').to_owned(),
+        })
     }
 }
 

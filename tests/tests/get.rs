@@ -51,7 +51,10 @@ fn a_few_mib_in_many_ranges_and_one() {
             &["--chunk-size", "1M", "-c", "4"],
         );
         assert_eq!(r["ranged"], true);
-        assert_eq!(r["connections"], 4, "mode={mode:?}: {r}");
+        // Lanes join a file once its first answer is in, so how many got a range depends on
+        // timing (the scheduling itself is tested deterministically in `plan::files`).
+        let used = r["connections"].as_u64().expect("connections");
+        assert!((1..=4).contains(&used), "mode={mode:?}: {r}");
         assert_same_file(
             &src.path().join("mid"),
             &dest,

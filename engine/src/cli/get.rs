@@ -2,7 +2,7 @@
 //! one-line summary (or `--json`) at the end.
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
@@ -20,7 +20,8 @@ pub(crate) struct GetArgs {
     /// path segment of each URL). Default: that name in the current directory.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
-    /// Connections per download.
+    /// Connections kept open at once, shared by all the URLs: a large file gets every one
+    /// that is free, small files go one after another over the same connection.
     #[arg(short = 'c', long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     connections: u32,
     /// Range size (e.g. 8M); default: about four ranges per connection, 1-64 MiB.
@@ -71,13 +72,24 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
         Ok(e) => e,
         Err(e) => return super::fail(&e, super::start_error_code(&e)),
     };
-    for (url, out) in &jobs {
-        match download(&engine, url, out, &args) {
+    let results = match download(&engine, &jobs, &args) {
+        Ok(r) => r,
+        Err(e) => return super::fail(&e, get_error_code(&e)),
+    };
+    // Every file's outcome is shown; the exit code is that of the first failure.
+    let mut code = 0;
+    for result in results {
+        match result {
             Ok(report) => print_summary(&report, &args),
-            Err(e) => return super::fail(&e, get_error_code(&e)),
+            Err(e) => {
+                let c = super::fail(&e, get_error_code(&e));
+                if code == 0 {
+                    code = c;
+                }
+            }
         }
     }
-    0
+    code
 }
 
 /// Pairs each URL with its output path.
@@ -169,21 +181,32 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn download(engine: &Engine, url: &str, out: &Path, args: &GetArgs) -> Result<Report, GetError> {
-    let mut options = ferry::GetOptions::new();
-    if let Some(hex) = &args.sha256 {
-        options = options.sha256(hex.clone());
-    }
-    let mut job = engine.get_with(url, out, &options)?;
+/// Runs all downloads as one job, with a progress bar over their bytes on a terminal.
+fn download(
+    engine: &Engine,
+    jobs: &[(String, PathBuf)],
+    args: &GetArgs,
+) -> Result<Vec<Result<Report, GetError>>, GetError> {
+    let items = jobs.iter().map(|(url, out)| {
+        let item = ferry::GetItem::new(url.clone(), out);
+        match &args.sha256 {
+            Some(hex) => item.sha256(hex.clone()),
+            None => item,
+        }
+    });
+    let mut job = engine.get_many(items)?;
     let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
     if !show_bar {
-        return job.wait();
+        return Ok(job.wait_all());
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let style = ProgressStyle::with_template(
-        "{spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta}",
-    )
-    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    let template = if jobs.len() > 1 {
+        "{spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta} {msg}"
+    } else {
+        "{spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta}"
+    };
+    let style =
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
     bar.set_style(style.progress_chars("=> "));
     for event in job.events(Duration::from_millis(100)) {
         if let Event::Progress(p) = event {
@@ -191,10 +214,13 @@ fn download(engine: &Engine, url: &str, out: &Path, args: &GetArgs) -> Result<Re
                 bar.set_length(total);
             }
             bar.set_position(p.done);
+            if p.files > 1 {
+                bar.set_message(format!("{}/{} files", p.files_done, p.files));
+            }
         }
     }
     bar.finish_and_clear();
-    job.wait()
+    Ok(job.wait_all())
 }
 
 fn print_summary(report: &Report, args: &GetArgs) {

@@ -106,6 +106,11 @@ impl Conn {
         self.reusable
     }
 
+    /// True when this connection goes to one of `addrs` and can take another request.
+    pub fn serves(&self, addrs: &[SocketAddr]) -> bool {
+        self.reusable && addrs.contains(&self.addr)
+    }
+
     fn net_err(&self, op: &'static str, source: std::io::Error) -> GetError {
         GetError::Network {
             addr: self.addr.to_string(),

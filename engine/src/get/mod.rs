@@ -1,36 +1,41 @@
-//! The `get` job: one URL to one file, over several keep-alive connections spread across the
-//! workers.
+//! Downloads: the files of a job, over a fixed number of keep-alive connections ("lanes") spread
+//! across the workers.
 //!
-//! Order of events: the first connection asks for the first range (`bytes=0-…`); the answer tells
-//! the size and whether ranges work. With a 206, the file is `fallocate`d, a [`Plan`] is made with
-//! that first range as its first lease, and up to `connections` connections (spread over the
-//! workers) take leases from it until none are left. With a 200 (the server ignores `Range`) or no
-//! length, the body is copied as one stream. Every answer is checked against the range asked for
-//! (`Content-Range`, length); a body that ends short gives the rest of its lease back to the plan
-//! and is fetched again on a fresh connection, a bounded number of times.
+//! A file starts with a request for its first range (`bytes=0-…`); the answer tells the size and
+//! whether ranges work. A file that fits that range is done with the one request, so many small
+//! files go one after another over the same connection. A larger one is `fallocate`d and gets a
+//! [`Plan`]; it becomes *active* and other lanes join it and take ranges from the plan until none
+//! are left (`batch.rs` decides which lane works on which file). With a 200 (the server ignores
+//! `Range`) or no length, the body is copied as one stream. Every answer is checked against the
+//! range asked for (`Content-Range`, length); a body that ends short gives the rest of its lease
+//! back to the plan and is fetched again on a fresh connection, a bounded number of times.
 //!
 //! Bytes go socket -> aligned pipeline buffer -> [`FileSink`] (O_DIRECT where it works), several
 //! writes in flight per connection. With a sha256 to check, each completed write feeds the
-//! [`Verifier`] in file order, and a read-back task hashes what had to leave memory first. A
-//! mismatch fetches the whole file once more, then fails. At the end the file is fsynced, renamed
-//! from `PATH.incomplete` to `PATH` and the directory fsynced; on any failure the partial file is
-//! removed and nothing appears under the final name.
+//! file's [`Verifier`] in file order, and a read-back task hashes what had to leave memory first.
+//! A mismatch fetches the whole file once more, then fails. The last lane to leave a file makes
+//! it durable: fsync, rename from `PATH.incomplete` to `PATH` (the directories are fsynced once
+//! when the job ends); on any failure the partial file is removed and nothing appears under the
+//! final name. One file failing does not stop the others.
 //!
-//! Not here (later issues): resume across runs, several files per job, TLS.
+//! Not here (later issues): resume across runs, TLS, mirrors.
 
+pub(crate) mod batch;
 mod conn;
 mod pipe;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use compio::fs::{File, OpenOptions};
 use url::Url;
 
+pub(crate) use self::batch::Batch;
 use self::conn::{BodyEnd, Conn};
 use self::pipe::Pipeline;
 use crate::backend::Backend;
@@ -39,21 +44,24 @@ use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
-use crate::runtime::Task;
-use crate::verify::{HashStats, Sha256Hex, Verifier};
+use crate::verify::{HashStats, Sha256Hex, Verifier, Window};
 use crate::{HashReport, Report, UNKNOWN_TOTAL};
 
 /// Bytes read back per read when the verifier needs bytes that left memory.
 const READ_BACK: u64 = 8 << 20;
-/// Bytes of written buffers the verifier may keep until the hashed prefix reaches them. Leases
-/// are at most 8 MiB and handed out in file order, so 8 connections spread over about 64 MiB;
-/// when they spread further, connections wait for the hash (see `get/pipe.rs`).
+/// Bytes of written buffers the verifiers of a job may keep, together, until the hashed prefix
+/// of their file reaches them. Leases are at most 8 MiB and handed out in file order, so 8
+/// connections spread over about 64 MiB; when they spread further, connections wait for the
+/// hash (see `get/pipe.rs`).
 pub(crate) const HASH_WINDOW: u64 = 64 << 20;
 /// Fetches of the whole file when its sha256 does not match: the first, and one more.
 const MAX_FETCHES: u32 = 2;
 
 /// Redirects followed before giving up.
 const MAX_REDIRECTS: usize = 10;
+
+/// Host names resolved once per job: `(host, port)` -> addresses.
+pub(crate) type Resolved = HashMap<(String, u16), Vec<SocketAddr>>;
 
 /// Where the bytes come from: a parsed URL and what the requests need.
 #[derive(Debug, Clone)]
@@ -66,16 +74,16 @@ pub(crate) struct Target {
 }
 
 impl Target {
-    /// Checks the URL and resolves its host.
-    pub fn new(url: &str) -> Result<Target, GetError> {
+    /// Checks the URL and resolves its host (once per job: `resolved` keeps the answers).
+    pub fn new(url: &str, resolved: &mut Resolved) -> Result<Target, GetError> {
         let parsed = Url::parse(url).map_err(|e| GetError::InvalidUrl {
             url: url.to_owned(),
             reason: e.to_string(),
         })?;
-        Target::from_url(parsed)
+        Target::from_url(parsed, resolved)
     }
 
-    fn from_url(url: Url) -> Result<Target, GetError> {
+    fn from_url(url: Url, resolved: &mut Resolved) -> Result<Target, GetError> {
         let display = url.to_string();
         if url.scheme() != "http" {
             return Err(GetError::UnsupportedScheme {
@@ -93,7 +101,14 @@ impl Target {
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs = crate::net::resolve(bare_host, port)?;
+        let addrs = match resolved.get(&(bare_host.to_owned(), port)) {
+            Some(a) => a.clone(),
+            None => {
+                let a = crate::net::resolve(bare_host, port)?;
+                resolved.insert((bare_host.to_owned(), port), a.clone());
+                a
+            }
+        };
         let host_header = match url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.clone(),
@@ -113,23 +128,33 @@ impl Target {
     }
 }
 
-/// Progress counters shared with the [`Job`](crate::Job) handle.
+/// Progress counters of a job, shared with its [`Job`](crate::Job) handle.
 #[derive(Debug)]
 pub(crate) struct Counters {
+    /// Bytes written, all files together.
     pub done: AtomicU64,
+    /// Sum of the sizes known so far (stated up front or learnt from a first answer).
     pub total: AtomicU64,
+    /// Files whose size is not known yet.
+    pub unknown: AtomicU64,
+    /// Files of the job, and files finished (successfully or not).
+    pub files: u64,
+    pub files_done: AtomicU64,
 }
 
 impl Counters {
-    pub fn new() -> Counters {
+    pub fn new(files: u64) -> Counters {
         Counters {
             done: AtomicU64::new(0),
-            total: AtomicU64::new(UNKNOWN_TOTAL),
+            total: AtomicU64::new(0),
+            unknown: AtomicU64::new(0),
+            files,
+            files_done: AtomicU64::new(0),
         }
     }
 }
 
-/// How a job writes: the sink chosen for its file and why.
+/// How a file is written: the sink chosen for its directory and why.
 #[derive(Debug, Clone)]
 pub(crate) struct SinkChoice {
     pub kind: SinkKind,
@@ -138,30 +163,10 @@ pub(crate) struct SinkChoice {
     pub align: u64,
 }
 
-/// What the job's tasks share.
-pub(crate) struct Ctx {
-    /// The URL as asked for.
-    origin: Target,
-    /// The URL after redirects, set once before any range is fetched.
-    redirected: OnceLock<Target>,
-    pub output: PathBuf,
-    pub incomplete: PathBuf,
-    pub counters: Arc<Counters>,
-    pub settings: JobSettings,
-    pub started: Instant,
-    /// The file as created by [`Engine::get`](crate::Engine::get); used for `fallocate`.
-    pub created: std::fs::File,
-    plan: Mutex<Option<Plan>>,
-    verify: Mutex<Option<(Arc<Verifier>, flume::Sender<()>)>>,
-    aborted: AtomicBool,
-    first_error: Mutex<Option<GetError>>,
-    used_connections: AtomicU64,
-    retries: AtomicU64,
-    splits: AtomicU64,
-}
-
-/// How a job runs: what [`Ctx::new`] needs besides the target and the files.
+/// How a job runs: the same for all its files.
+#[derive(Debug)]
 pub(crate) struct JobSettings {
+    /// Lanes: connections the job keeps open at once.
     pub connections: usize,
     pub chunk: Option<u64>,
     /// Size of one write buffer.
@@ -170,53 +175,135 @@ pub(crate) struct JobSettings {
     pub depth: usize,
     pub backend: Backend,
     pub backend_reason: String,
-    pub sink: SinkChoice,
-    pub sha256: Option<Sha256Hex>,
     pub threads: usize,
 }
 
+/// One file of a job, as the job was given it.
+#[derive(Debug)]
+pub(crate) struct FileSpec {
+    pub target: Target,
+    pub output: PathBuf,
+    pub sink: SinkChoice,
+    pub sha256: Option<Sha256Hex>,
+    /// The size stated up front (for ordering and progress), if any.
+    pub size: Option<u64>,
+}
+
+/// One file of a job, and what the lanes working on it share.
+pub(crate) struct Ctx {
+    /// The URL as asked for.
+    origin: Target,
+    /// The URL after redirects, set once before any range is fetched.
+    redirected: OnceLock<Target>,
+    pub output: PathBuf,
+    pub incomplete: PathBuf,
+    pub sink: SinkChoice,
+    pub sha256: Option<Sha256Hex>,
+    size_hint: Option<u64>,
+    pub settings: Arc<JobSettings>,
+    /// The job's counters; the file's own are below.
+    progress: Arc<Counters>,
+    window: Arc<Window>,
+    started: Instant,
+    /// Bytes of this file written in the current fetch.
+    done: AtomicU64,
+    /// The file's size once known (`UNKNOWN_TOTAL` before).
+    total: AtomicU64,
+    /// What this file added to the job's `total` so far.
+    counted: AtomicU64,
+    /// The file as created when it was started; used for `fallocate` and truncation.
+    created: Mutex<Option<std::fs::File>>,
+    plan: Mutex<Option<Plan>>,
+    verify: Mutex<Option<(Arc<Verifier>, flume::Sender<()>)>>,
+    read_back: Mutex<Option<flume::Receiver<Result<(), GetError>>>>,
+    aborted: AtomicBool,
+    first_error: Mutex<Option<GetError>>,
+    /// Lanes working on the file now; changed only under the job's scheduling lock.
+    pub helpers: AtomicUsize,
+    used_connections: AtomicU64,
+    fetches: AtomicU32,
+    retries: AtomicU64,
+    splits: AtomicU64,
+}
+
 impl Ctx {
+    pub fn new(
+        spec: FileSpec,
+        settings: Arc<JobSettings>,
+        (progress, window): (Arc<Counters>, Arc<Window>),
+        started: Instant,
+    ) -> Ctx {
+        let mut name = spec.output.as_os_str().to_owned();
+        name.push(".incomplete");
+        match spec.size {
+            Some(n) => progress.total.fetch_add(n, Ordering::Relaxed),
+            None => progress.unknown.fetch_add(1, Ordering::Relaxed),
+        };
+        Ctx {
+            origin: spec.target,
+            redirected: OnceLock::new(),
+            output: spec.output,
+            incomplete: PathBuf::from(name),
+            sink: spec.sink,
+            sha256: spec.sha256,
+            size_hint: spec.size,
+            settings,
+            progress,
+            window,
+            started,
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(UNKNOWN_TOTAL),
+            counted: AtomicU64::new(spec.size.unwrap_or(0)),
+            created: Mutex::new(None),
+            plan: Mutex::new(None),
+            verify: Mutex::new(None),
+            read_back: Mutex::new(None),
+            aborted: AtomicBool::new(false),
+            first_error: Mutex::new(None),
+            helpers: AtomicUsize::new(0),
+            used_connections: AtomicU64::new(0),
+            fetches: AtomicU32::new(0),
+            retries: AtomicU64::new(0),
+            splits: AtomicU64::new(0),
+        }
+    }
+
     /// Where requests go: the URL after redirects.
     pub fn target(&self) -> &Target {
         self.redirected.get().unwrap_or(&self.origin)
     }
 
-    pub fn new(
-        target: Target,
-        (output, incomplete, created): (PathBuf, PathBuf, std::fs::File),
-        counters: Arc<Counters>,
-        settings: JobSettings,
-        started: Instant,
-    ) -> Ctx {
-        Ctx {
-            origin: target,
-            redirected: OnceLock::new(),
-            output,
-            incomplete,
-            created,
-            counters,
-            settings: JobSettings {
-                connections: settings.connections.max(1),
-                staging: settings.staging.max(crate::backend::buf::BUF_ALIGN),
-                depth: settings.depth.max(1),
-                ..settings
-            },
-            started,
-            plan: Mutex::new(None),
-            verify: Mutex::new(None),
-            aborted: AtomicBool::new(false),
-            first_error: Mutex::new(None),
-            used_connections: AtomicU64::new(1),
-            retries: AtomicU64::new(0),
-            splits: AtomicU64::new(0),
-        }
+    /// The size stated up front, for the start order.
+    pub fn size_hint(&self) -> Option<u64> {
+        self.size_hint
     }
 
     pub fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Relaxed)
     }
 
-    /// Records the first failure and tells every connection to stop.
+    /// Counts `n` more bytes written, in the file and in the job.
+    pub fn add_done(&self, n: u64) {
+        self.done.fetch_add(n, Ordering::Relaxed);
+        self.progress.done.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The file's size is now known.
+    fn set_total(&self, n: u64) {
+        self.total.store(n, Ordering::Relaxed);
+        let before = self.counted.swap(n, Ordering::Relaxed);
+        self.progress.total.fetch_add(n, Ordering::Relaxed);
+        self.progress.total.fetch_sub(before, Ordering::Relaxed);
+        if self.size_hint.is_none() && before == 0 {
+            // First time known (a later fetch of the same file finds `counted` set).
+            let _ = self
+                .progress
+                .unknown
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
+        }
+    }
+
+    /// Records the first failure and tells every lane on this file to stop.
     fn fail(&self, err: GetError) {
         let mut slot = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
         if slot.is_none() {
@@ -236,6 +323,17 @@ impl Ctx {
     fn with_plan<T>(&self, f: impl FnOnce(&mut Plan) -> T) -> Option<T> {
         let mut plan = self.plan.lock().unwrap_or_else(|p| p.into_inner());
         plan.as_mut().map(f)
+    }
+
+    /// What the file offers a free lane now (`None` before it has a plan).
+    pub fn offer(&self) -> Option<crate::plan::files::Offer> {
+        if self.is_aborted() {
+            return None;
+        }
+        self.with_plan(|p| crate::plan::files::Offer {
+            frontier_left: p.frontier_left(),
+            has_work: p.has_work(),
+        })
     }
 
     fn take_lease(&self) -> Option<(LeaseId, Range<u64>)> {
@@ -271,121 +369,73 @@ impl Ctx {
             })
     }
 
-    /// This worker's descriptors of the file, for the job's sink.
+    /// This lane's descriptors of the file, for the file's sink.
     async fn open_sink(&self) -> Result<FileSink, GetError> {
-        FileSink::open(
-            &self.incomplete,
-            self.settings.sink.kind,
-            self.settings.sink.align,
-        )
-        .await
-        .map_err(|source| GetError::Io {
-            op: if self.settings.sink.kind == SinkKind::Direct {
-                "open (O_DIRECT)"
-            } else {
-                "open"
-            },
+        FileSink::open(&self.incomplete, self.sink.kind, self.sink.align)
+            .await
+            .map_err(|source| GetError::Io {
+                op: if self.sink.kind == SinkKind::Direct {
+                    "open (O_DIRECT)"
+                } else {
+                    "open"
+                },
+                path: self.incomplete.clone(),
+                source,
+            })
+    }
+
+    /// Creates (or empties) `PATH.incomplete` and clears what an earlier fetch left behind;
+    /// starts the read-back task when hashing. Runs on the lane that starts the file.
+    fn begin_fetch(self: &Arc<Self>) -> Result<(), GetError> {
+        // Blocking, but a metadata operation once per file on the worker that starts it.
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&self.incomplete)
+            .map_err(|source| GetError::OutputNotWritable {
+                path: self.incomplete.clone(),
+                source,
+            })?;
+        *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
+        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let before = self.done.swap(0, Ordering::Relaxed);
+        self.progress.done.fetch_sub(before, Ordering::Relaxed);
+        self.aborted.store(false, Ordering::Relaxed);
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        if self.sha256.is_some() {
+            let v = Arc::new(Verifier::new(Arc::clone(&self.window)));
+            let (wake_tx, wake_rx) = flume::bounded(1);
+            let (done_tx, done_rx) = flume::bounded(1);
+            *self.verify.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((Arc::clone(&v), wake_tx));
+            *self.read_back.lock().unwrap_or_else(|p| p.into_inner()) = Some(done_rx);
+            let ctx = Arc::clone(self);
+            compio::runtime::spawn(async move {
+                let _ = done_tx.send(read_back_loop(&ctx, &v, wake_rx).await);
+            })
+            .detach();
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on the file as created by [`Ctx::begin_fetch`].
+    fn with_created<T>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce(&std::fs::File) -> std::io::Result<T>,
+    ) -> Result<T, GetError> {
+        let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        let file = created.as_ref().ok_or_else(|| GetError::Io {
+            op,
+            path: self.incomplete.clone(),
+            source: std::io::Error::other("the file was not created"),
+        })?;
+        f(file).map_err(|source| GetError::Io {
+            op,
             path: self.incomplete.clone(),
             source,
         })
-    }
-
-    /// Clears what one fetch of the file leaves behind, before the next.
-    fn reset_fetch(&self) -> Option<(Arc<Verifier>, flume::Receiver<()>)> {
-        *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        self.counters.done.store(0, Ordering::Relaxed);
-        self.aborted.store(false, Ordering::Relaxed);
-        self.settings.sha256.map(|_| {
-            let v = Arc::new(Verifier::new(HASH_WINDOW));
-            let (tx, rx) = flume::bounded(1);
-            *self.verify.lock().unwrap_or_else(|p| p.into_inner()) = Some((Arc::clone(&v), tx));
-            (v, rx)
-        })
-    }
-}
-
-/// The sender of a connection task's verdict back to the coordinator.
-type Done = flume::Sender<()>;
-
-/// Runs the whole job on the current worker; other connections go to `spawn`.
-pub(crate) async fn run(ctx: Arc<Ctx>, spawn: impl Fn(Task) -> bool) -> Result<Report, GetError> {
-    let result = fetch_until_verified(&ctx, &spawn).await;
-    let result = match result {
-        Ok((fetches, hash)) => finish(&ctx, fetches, hash).await,
-        Err(e) => Err(e),
-    };
-    if result.is_err() {
-        let _ = std::fs::remove_file(&ctx.incomplete);
-    }
-    result
-}
-
-/// Fetches the file, and once more when its sha256 does not match.
-async fn fetch_until_verified(
-    ctx: &Arc<Ctx>,
-    spawn: &impl Fn(Task) -> bool,
-) -> Result<(u32, Option<(Sha256Hex, HashStats)>), GetError> {
-    let mut fetch = 0;
-    loop {
-        fetch += 1;
-        let hashing = ctx.reset_fetch();
-        let reader = hashing.as_ref().map(|(v, rx)| {
-            let (ctx, v, rx) = (Arc::clone(ctx), Arc::clone(v), rx.clone());
-            compio::runtime::spawn(async move { read_back_loop(&ctx, &v, rx).await })
-        });
-        if let Err(e) = coordinate(ctx, spawn).await {
-            ctx.fail(e);
-        }
-        // Every connection is done: dropping the last waker lets the read-back task finish.
-        *ctx.verify.lock().unwrap_or_else(|p| p.into_inner()) = None;
-        if let Some(reader) = reader {
-            match reader.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => ctx.fail(e),
-                Err(_) => ctx.fail(GetError::EngineStopped),
-            }
-        }
-        if let Some(e) = ctx.take_error() {
-            return Err(e);
-        }
-        let Some((verifier, _)) = hashing else {
-            return Ok((fetch, None));
-        };
-        let total = ctx.counters.total.load(Ordering::Relaxed);
-        if verifier.prefix() != total {
-            return Err(GetError::Io {
-                op: "verify",
-                path: ctx.incomplete.clone(),
-                source: std::io::Error::other(format!(
-                    "hashed {} of {total} bytes",
-                    verifier.prefix()
-                )),
-            });
-        }
-        let (got, stats) = verifier.finish();
-        let expected = ctx.settings.sha256.expect("hashing only with a digest");
-        if got == expected {
-            return Ok((fetch, Some((got, stats))));
-        }
-        if fetch >= MAX_FETCHES {
-            return Err(GetError::ChecksumMismatch {
-                url: ctx.target().display.clone(),
-                expected: expected.to_string(),
-                got: got.to_string(),
-                attempts: fetch,
-            });
-        }
-        tracing::warn!(
-            url = %ctx.target().display,
-            %expected,
-            %got,
-            "sha256 mismatch; fetching the file again"
-        );
-        ctx.created.set_len(0).map_err(|source| GetError::Io {
-            op: "truncate",
-            path: ctx.incomplete.clone(),
-            source,
-        })?;
     }
 }
 
@@ -395,23 +445,31 @@ async fn read_back_loop(
     verifier: &Verifier,
     wake: flume::Receiver<()>,
 ) -> Result<(), GetError> {
-    let sink = ctx.open_sink().await?;
-    let align = sink.align().max(1);
-    let mut buf = AlignedBuf::new((READ_BACK + 2 * align) as usize);
+    let mut sink = None;
+    let mut buf = None;
     loop {
         while let Some(claim) = verifier.claim_read_back(READ_BACK) {
             if ctx.is_aborted() {
                 return Ok(());
             }
+            // Opened on first use: most files never need it.
+            if sink.is_none() {
+                sink = Some(ctx.open_sink().await?);
+            }
+            let sink = sink.as_ref().expect("opened above");
+            let align = sink.align().max(1);
+            let b = buf
+                .take()
+                .unwrap_or_else(|| AlignedBuf::new((READ_BACK + 2 * align) as usize));
             let (start, len) = (claim.range.start, claim.range.end - claim.range.start);
-            let (res, back) = sink.read_back(buf, start, len).await;
-            buf = back;
+            let (res, back) = sink.read_back(b, start, len).await;
             let skip = res.map_err(|source| GetError::Io {
                 op: "read back for sha256",
                 path: ctx.incomplete.clone(),
                 source,
             })?;
-            verifier.complete_read_back(claim, &buf.bytes()[skip..skip + len as usize]);
+            verifier.complete_read_back(claim, &back.bytes()[skip..skip + len as usize]);
+            buf = Some(back);
         }
         if wake.recv_async().await.is_err() {
             // Every writer is gone; whatever they recorded last was claimed above.
@@ -422,18 +480,41 @@ async fn read_back_loop(
     }
 }
 
-async fn coordinate(ctx: &Arc<Ctx>, spawn: &impl Fn(Task) -> bool) -> Result<(), GetError> {
-    let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK);
+/// What became of a file after the first answer, for the lane that asked.
+enum Opened {
+    /// Ranged: the lane continues with the first lease, then takes more from the plan (which
+    /// may offer work to other lanes).
+    Ranged {
+        conn: Conn,
+        pipe: Pipeline,
+        first: LeaseId,
+        range: Range<u64>,
+    },
+    /// One stream (the server ignored `Range`, or gave no length): the lane copies it alone.
+    Stream { conn: Conn, framing: Framing },
+    /// Nothing more to fetch (an empty file).
+    Empty,
+}
+
+/// Sends the first request of a file (following redirects) on `slot`'s connection when it goes
+/// to the right host, on a new one otherwise, and sets the file up from the answer.
+async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetError> {
+    ctx.begin_fetch()?;
+    let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK).max(1);
     let mut target = ctx.origin.clone();
-    let mut conn = Conn::open(&target.addrs).await?;
+    let mut conn = match slot.take() {
+        Some(c) if c.serves(&target.addrs) => c,
+        _ => Conn::open(&target.addrs).await?,
+    };
     let mut redirects = 0;
+    let mut resolved = Resolved::new();
     let head = loop {
         let head = conn.request(&target, Some(0..first_len)).await?;
         if !matches!(head.status, 301 | 302 | 303 | 307 | 308) {
             break head;
         }
         redirects += 1;
-        let next = redirect_target(&target, &head, redirects)?;
+        let next = redirect_target(&target, &head, redirects, &mut resolved)?;
         let framing = head.framing().map_err(|e| GetError::Protocol {
             url: target.display.clone(),
             detail: e.to_string(),
@@ -457,17 +538,179 @@ async fn coordinate(ctx: &Arc<Ctx>, spawn: &impl Fn(Task) -> bool) -> Result<(),
         detail: e.to_string(),
     })?;
     match head.status {
-        206 => ranged(ctx, conn, &head, framing, first_len, spawn).await,
-        200 => single_stream(ctx, conn, framing).await,
+        206 => {
+            let total = check_partial(ctx, &head, 0, first_len - 1, None)?;
+            let first_end = first_len.min(total);
+            check_length(ctx, framing, 0..first_end)?;
+            preallocate(ctx, total)?;
+            let pipe = Pipeline::new(ctx, ctx.open_sink().await?);
+            let mut plan = Plan::new(total, 0, ctx.settings.connections, ctx.settings.chunk);
+            let first = plan.claim(0..first_end);
+            *ctx.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
+            Ok(Opened::Ranged {
+                conn,
+                pipe,
+                first,
+                range: 0..first_end,
+            })
+        }
+        200 => Ok(Opened::Stream { conn, framing }),
         416 => match head.header("content-range").and_then(parse_content_range) {
             Some(ContentRange::Unsatisfied { total: 0 }) => {
-                ctx.counters.total.store(0, Ordering::Relaxed);
-                Ok(())
+                ctx.set_total(0);
+                *slot = Some(conn);
+                Ok(Opened::Empty)
             }
             _ => Err(status_error(ctx, &head)),
         },
         _ => Err(status_error(ctx, &head)),
     }
+}
+
+/// Copies the first lease of a ranged file, then takes leases like any other lane.
+async fn run_ranged(
+    ctx: &Arc<Ctx>,
+    slot: &mut Option<Conn>,
+    mut conn: Conn,
+    mut pipe: Pipeline,
+    (first, range): (LeaseId, Range<u64>),
+) {
+    ctx.used_connections.fetch_add(1, Ordering::Relaxed);
+    let end = conn.copy_lease(ctx, &mut pipe, first, range.clone()).await;
+    let go_on = match end {
+        Ok(end) => lease_ended(ctx, first, range, end),
+        Err(e) => Err(e),
+    };
+    *slot = Some(conn);
+    let result = match go_on {
+        Ok(true) => range_loop(ctx, slot, &mut pipe).await,
+        Ok(false) => Ok(()),
+        Err(e) => Err(e),
+    };
+    let drained = pipe.drain().await;
+    if let Err(e) = result.and(drained) {
+        ctx.fail(e);
+    }
+}
+
+/// A lane joining a ranged file that another lane opened.
+async fn help(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) {
+    ctx.used_connections.fetch_add(1, Ordering::Relaxed);
+    let mut pipe = match ctx.open_sink().await {
+        Ok(sink) => Pipeline::new(ctx, sink),
+        Err(e) => return ctx.fail(e),
+    };
+    let result = range_loop(ctx, slot, &mut pipe).await;
+    let drained = pipe.drain().await;
+    if let Err(e) = result.and(drained) {
+        ctx.fail(e);
+    }
+}
+
+/// Copies a file that comes as one stream.
+async fn run_stream(ctx: &Arc<Ctx>, slot: &mut Option<Conn>, mut conn: Conn, framing: Framing) {
+    ctx.used_connections.fetch_add(1, Ordering::Relaxed);
+    let result = single_stream(ctx, &mut conn, framing).await;
+    *slot = Some(conn);
+    if let Err(e) = result {
+        ctx.fail(e);
+    }
+}
+
+/// What the last lane to leave a file does with it.
+enum Settled {
+    /// The file is durable under its final name, or failed (and nothing is under its name).
+    Done(Box<Result<Report, GetError>>),
+    /// Its sha256 did not match: fetch it again.
+    Again,
+}
+
+/// Settles a file once no lane works on it any more: checks the hash, makes it durable, or
+/// cleans up after a failure.
+async fn settle(ctx: &Arc<Ctx>) -> Settled {
+    if let Some((retries, splits)) = ctx.with_plan(|p| (p.retries(), p.splits())) {
+        ctx.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
+        ctx.splits.fetch_add(splits, Ordering::Relaxed);
+    }
+    let result = verify(ctx).await;
+    let result = match result {
+        Ok(Verified::Mismatch) => return Settled::Again,
+        Ok(Verified::Ok(hash)) => finish(ctx, hash).await,
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_file(&ctx.incomplete);
+    }
+    // The descriptor from `begin_fetch` is not needed any more.
+    *ctx.created.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    Settled::Done(Box::new(result))
+}
+
+/// Records a failure that happened before any lane could work on the file.
+fn fail(ctx: &Ctx, err: GetError) {
+    ctx.fail(err);
+}
+
+enum Verified {
+    Ok(Option<(Sha256Hex, HashStats)>),
+    Mismatch,
+}
+
+async fn verify(ctx: &Ctx) -> Result<Verified, GetError> {
+    // Every lane is done: dropping the last waker lets the read-back task finish.
+    let verifier = ctx
+        .verify
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .map(|(v, _)| v);
+    let read_back = ctx
+        .read_back
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    if let Some(rx) = read_back {
+        match rx.recv_async().await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => ctx.fail(e),
+            Err(_) => ctx.fail(GetError::EngineStopped),
+        }
+    }
+    if let Some(e) = ctx.take_error() {
+        return Err(e);
+    }
+    let Some(verifier) = verifier else {
+        return Ok(Verified::Ok(None));
+    };
+    let total = ctx.total.load(Ordering::Relaxed);
+    if verifier.prefix() != total {
+        return Err(GetError::Io {
+            op: "verify",
+            path: ctx.incomplete.clone(),
+            source: std::io::Error::other(format!("hashed {} of {total} bytes", verifier.prefix())),
+        });
+    }
+    let (got, stats) = verifier.finish();
+    let expected = ctx.sha256.expect("hashing only with a digest");
+    if got == expected {
+        return Ok(Verified::Ok(Some((got, stats))));
+    }
+    let fetch = ctx.fetches.load(Ordering::Relaxed);
+    if fetch >= MAX_FETCHES {
+        return Err(GetError::ChecksumMismatch {
+            url: ctx.target().display.clone(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+            attempts: fetch,
+        });
+    }
+    tracing::warn!(
+        url = %ctx.target().display,
+        %expected,
+        %got,
+        "sha256 mismatch; fetching the file again"
+    );
+    Ok(Verified::Mismatch)
 }
 
 fn status_error(ctx: &Ctx, head: &ResponseHead) -> GetError {
@@ -478,7 +721,12 @@ fn status_error(ctx: &Ctx, head: &ResponseHead) -> GetError {
     }
 }
 
-fn redirect_target(from: &Target, head: &ResponseHead, count: usize) -> Result<Target, GetError> {
+fn redirect_target(
+    from: &Target,
+    head: &ResponseHead,
+    count: usize,
+    resolved: &mut Resolved,
+) -> Result<Target, GetError> {
     let err = |detail: String| GetError::Redirect {
         url: from.display.clone(),
         detail,
@@ -493,7 +741,7 @@ fn redirect_target(from: &Target, head: &ResponseHead, count: usize) -> Result<T
         .url
         .join(location)
         .map_err(|e| err(format!("bad Location {location:?}: {e}")))?;
-    Target::from_url(next)
+    Target::from_url(next, resolved)
 }
 
 /// Checks a 206 against the range asked for; returns the total size it states.
@@ -552,101 +800,20 @@ fn check_partial(
 }
 
 fn preallocate(ctx: &Ctx, len: u64) -> Result<(), GetError> {
-    ctx.counters.total.store(len, Ordering::Relaxed);
+    ctx.set_total(len);
     if len == 0 {
         return Ok(());
     }
-    // Blocking, but one call per file and cheap on extent filesystems; it becomes an io_uring op
-    // with the data-plane work.
-    match rustix::fs::fallocate(&ctx.created, rustix::fs::FallocateFlags::empty(), 0, len) {
-        Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-            ctx.created.set_len(len).map_err(|source| GetError::Io {
-                op: "set_len",
-                path: ctx.incomplete.clone(),
-                source,
-            })
-        }
-        Err(e) => Err(GetError::Io {
-            op: "fallocate",
-            path: ctx.incomplete.clone(),
-            source: e.into(),
-        }),
-    }
-}
-
-async fn ranged(
-    ctx: &Arc<Ctx>,
-    mut conn: Conn,
-    head: &ResponseHead,
-    framing: Framing,
-    first_len: u64,
-    spawn: &impl Fn(Task) -> bool,
-) -> Result<(), GetError> {
-    let total = check_partial(ctx, head, 0, first_len - 1, None)?;
-    let first_end = first_len.min(total);
-    check_length(ctx, framing, 0..first_end)?;
-    preallocate(ctx, total)?;
-    // Everything that can fail early happens before other connections exist, so an early
-    // return never leaves a connection writing to the file.
-    let mut pipe = Pipeline::new(ctx, ctx.open_sink().await?);
-    let mut plan = Plan::new(total, 0, ctx.settings.connections, ctx.settings.chunk);
-    let first = plan.claim(0..first_end);
-    let extra = plan
-        .frontier_leases_left()
-        .min(ctx.settings.connections as u64 - 1) as usize;
-    *ctx.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
-    let (done_tx, done_rx) = flume::unbounded();
-    let mut spawned = 0;
-    for _ in 0..extra {
-        let task_ctx = Arc::clone(ctx);
-        let tx: Done = done_tx.clone();
-        let task: Task = Box::new(move || {
-            Box::pin(async move {
-                if let Err(e) = range_loop(&task_ctx, None).await {
-                    task_ctx.fail(e);
-                }
-                let _ = tx.send(());
-            })
-        });
-        if spawn(task) {
-            spawned += 1;
-        }
-    }
-    drop(done_tx);
-    ctx.used_connections
-        .store(1 + spawned as u64, Ordering::Relaxed);
-    let mine = async {
-        let end = conn.copy_lease(ctx, &mut pipe, first, 0..first_end).await;
-        let go_on = match end {
-            Ok(end) => lease_ended(ctx, first, 0..first_end, end),
-            Err(e) => Err(e),
-        };
-        match go_on {
-            Ok(true) => range_loop(ctx, Some((conn, pipe))).await,
-            Ok(false) => pipe.drain().await,
-            Err(e) => {
-                let _ = pipe.drain().await;
-                Err(e)
+    // Blocking, but one call per file and cheap on extent filesystems.
+    ctx.with_created("fallocate", |file| {
+        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+            Ok(()) => Ok(()),
+            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+                file.set_len(len)
             }
+            Err(e) => Err(e.into()),
         }
-    }
-    .await;
-    if let Err(e) = mine {
-        ctx.fail(e);
-    }
-    // Wait for every other connection, failed or not, before touching the file again.
-    for _ in 0..spawned {
-        if done_rx.recv_async().await.is_err() {
-            break;
-        }
-    }
-    let (retries, splits) = ctx
-        .with_plan(|p| (p.retries(), p.splits()))
-        .unwrap_or_default();
-    ctx.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
-    ctx.splits.fetch_add(splits, Ordering::Relaxed);
-    Ok(())
+    })
 }
 
 /// A ranged answer must carry exactly the bytes of its range.
@@ -696,40 +863,36 @@ fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Resul
     }
 }
 
-/// Takes leases from the plan until none are left, on one connection (replaced when it breaks).
-async fn range_loop(ctx: &Arc<Ctx>, reuse: Option<(Conn, Pipeline)>) -> Result<(), GetError> {
-    let (mut conn, mut pipe) = match reuse {
-        Some((conn, pipe)) => (Some(conn), pipe),
-        None => (None, Pipeline::new(ctx, ctx.open_sink().await?)),
-    };
-    let total = ctx.counters.total.load(Ordering::Relaxed);
-    let result = async {
-        while let Some((id, range)) = ctx.take_lease() {
-            let c = match conn.take() {
-                Some(c) if c.is_reusable() => c,
-                _ => Conn::open(&ctx.target().addrs).await?,
-            };
-            let c = conn.insert(c);
-            let head = c.request(ctx.target(), Some(range.clone())).await?;
-            check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
-            let framing = head.framing().map_err(|e| GetError::Protocol {
-                url: ctx.target().display.clone(),
-                detail: e.to_string(),
-            })?;
-            check_length(ctx, framing, range.clone())?;
-            let end = c.copy_lease(ctx, &mut pipe, id, range.clone()).await?;
-            if !lease_ended(ctx, id, range, end)? {
-                break;
-            }
+/// Takes leases from the plan until none are left, on the lane's connection (replaced when it
+/// breaks or goes elsewhere).
+async fn range_loop(
+    ctx: &Arc<Ctx>,
+    slot: &mut Option<Conn>,
+    pipe: &mut Pipeline,
+) -> Result<(), GetError> {
+    let total = ctx.total.load(Ordering::Relaxed);
+    while let Some((id, range)) = ctx.take_lease() {
+        let c = match slot.take() {
+            Some(c) if c.serves(&ctx.target().addrs) => c,
+            _ => Conn::open(&ctx.target().addrs).await?,
+        };
+        let c = slot.insert(c);
+        let head = c.request(ctx.target(), Some(range.clone())).await?;
+        check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
+        let framing = head.framing().map_err(|e| GetError::Protocol {
+            url: ctx.target().display.clone(),
+            detail: e.to_string(),
+        })?;
+        check_length(ctx, framing, range.clone())?;
+        let end = c.copy_lease(ctx, pipe, id, range.clone()).await?;
+        if !lease_ended(ctx, id, range, end)? {
+            break;
         }
-        Ok(())
     }
-    .await;
-    let drained = pipe.drain().await;
-    result.and(drained)
+    Ok(())
 }
 
-async fn single_stream(ctx: &Arc<Ctx>, mut conn: Conn, framing: Framing) -> Result<(), GetError> {
+async fn single_stream(ctx: &Arc<Ctx>, conn: &mut Conn, framing: Framing) -> Result<(), GetError> {
     if let Framing::Length(n) = framing {
         preallocate(ctx, n)?;
     }
@@ -737,26 +900,16 @@ async fn single_stream(ctx: &Arc<Ctx>, mut conn: Conn, framing: Framing) -> Resu
     let copied = conn.copy_stream(ctx, &mut pipe, framing).await;
     let drained = pipe.drain().await;
     if let Some(n) = copied? {
-        ctx.counters.total.store(n, Ordering::Relaxed);
+        ctx.set_total(n);
     }
     drained
 }
 
-/// Makes the file durable and gives it its final name.
-async fn finish(
-    ctx: &Ctx,
-    fetches: u32,
-    hash: Option<(Sha256Hex, HashStats)>,
-) -> Result<Report, GetError> {
-    fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> GetError + 'a {
-        move |source| GetError::Io {
-            op,
-            path: path.to_path_buf(),
-            source,
-        }
-    }
-    let total = ctx.counters.total.load(Ordering::Relaxed);
-    let done = ctx.counters.done.load(Ordering::Relaxed);
+/// Makes the file durable and gives it its final name. The directory entry is made durable
+/// by the job, once per directory, when the job ends.
+async fn finish(ctx: &Ctx, hash: Option<(Sha256Hex, HashStats)>) -> Result<Report, GetError> {
+    let total = ctx.total.load(Ordering::Relaxed);
+    let done = ctx.done.load(Ordering::Relaxed);
     if total != done {
         return Err(GetError::ShortBody {
             url: ctx.target().display.clone(),
@@ -767,15 +920,17 @@ async fn finish(
     }
     // The file was truncated when created and grew by exactly the bytes counted in `done`.
     let file = ctx.open_file().await?;
-    file.sync_all()
-        .await
-        .map_err(io("fsync", &ctx.incomplete))?;
+    file.sync_all().await.map_err(|source| GetError::Io {
+        op: "fsync",
+        path: ctx.incomplete.clone(),
+        source,
+    })?;
     drop(file);
-    std::fs::rename(&ctx.incomplete, &ctx.output).map_err(io("rename", &ctx.output))?;
-    let dir = parent_dir(&ctx.output);
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync directory", dir))?;
+    std::fs::rename(&ctx.incomplete, &ctx.output).map_err(|source| GetError::Io {
+        op: "rename",
+        path: ctx.output.clone(),
+        source,
+    })?;
     let seconds = ctx.started.elapsed().as_secs_f64();
     Ok(Report {
         url: ctx.origin.display.clone(),
@@ -793,14 +948,14 @@ async fn finish(
         connections: ctx.used_connections.load(Ordering::Relaxed) as usize,
         ranged: ctx.plan.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
         url_final: ctx.redirected.get().map(|t| t.display.clone()),
-        sink: ctx.settings.sink.kind,
-        sink_reason: ctx.settings.sink.reason.clone(),
+        sink: ctx.sink.kind,
+        sink_reason: ctx.sink.reason.clone(),
         sha256: hash.map(|(digest, stats)| HashReport {
             sha256: digest.to_string(),
             from_memory: stats.from_memory,
             read_back: stats.read_back,
         }),
-        fetches,
+        fetches: ctx.fetches.load(Ordering::Relaxed),
         retries: ctx.retries.load(Ordering::Relaxed),
         splits: ctx.splits.load(Ordering::Relaxed),
     })

@@ -7,7 +7,6 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use compio::runtime::JoinHandle;
@@ -115,7 +114,7 @@ impl Pipeline {
             });
         }
         let len = buf.bytes().len() as u64;
-        self.ctx.counters.done.fetch_add(len, Ordering::Relaxed);
+        self.ctx.add_done(len);
         let Some(v) = self.verifier.clone() else {
             BufPool::give(buf);
             return Ok(());

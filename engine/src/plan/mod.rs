@@ -16,9 +16,11 @@
 //!
 //! A lease holder asks [`Plan::reserve`] before each read how much it may still read; a split
 //! never moves a lease's end below what its holder has reserved, so no byte is fetched twice and
-//! none is skipped. The plan covers one file; spreading connections across workers, and files
-//! across connections, is the job's business.
+//! none is skipped. A plan covers one file; [`files`] decides which file a free connection
+//! works on next.
 #![forbid(unsafe_code)]
+
+pub(crate) mod files;
 
 use std::ops::Range;
 
@@ -171,13 +173,20 @@ impl Plan {
         self.splits
     }
 
-    /// Leases the frontier still has to hand out (an estimate for how many connections to open).
-    pub fn frontier_leases_left(&self) -> u64 {
-        let left = self.total - self.frontier;
-        left.div_ceil(
-            self.chunk
-                .unwrap_or_else(|| auto_chunk(left, self.connections)),
-        )
+    /// Bytes the frontier has not handed out yet.
+    pub fn frontier_left(&self) -> u64 {
+        self.total - self.frontier
+    }
+
+    /// True when [`Plan::take`] would hand out a lease now.
+    pub fn has_work(&self) -> bool {
+        !self.retry.is_empty()
+            || self.frontier < self.total
+            || self
+                .leases
+                .iter()
+                .flatten()
+                .any(|l| split_point(l).is_some())
     }
 
     fn chunk_len(&self) -> u64 {

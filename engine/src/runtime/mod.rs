@@ -149,11 +149,6 @@ impl Workers {
         &self.info
     }
 
-    /// Runs `task` on the next worker in turn.
-    pub fn run(&self, task: Task) -> bool {
-        self.dispatch.run(task)
-    }
-
     /// A handle that jobs keep to hand work to the workers.
     pub fn dispatcher(&self) -> Dispatcher {
         self.dispatch.clone()

@@ -16,7 +16,8 @@
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use sha2::{Digest, Sha256};
 
@@ -69,16 +70,51 @@ pub(crate) struct ReadBackClaim {
     hasher: Sha256,
 }
 
+/// The bytes of kept buffers all verifiers of a job may hold together: one memory bound for a
+/// job, however many files it hashes at once.
+#[derive(Debug)]
+pub(crate) struct Window {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl Window {
+    pub fn new(limit: u64) -> Arc<Window> {
+        Arc::new(Window {
+            limit,
+            used: AtomicU64::new(0),
+        })
+    }
+
+    fn try_take(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                (u + n <= self.limit).then_some(u + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Bytes held now.
+    #[cfg(test)]
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Acquire)
+    }
+}
+
 /// The in-order sha256 of one file being written out of order.
 pub(crate) struct Verifier {
     state: Mutex<State>,
-    /// Bytes of buffers the verifier may hold for later (its memory bound).
-    window: u64,
+    /// Bytes of buffers the verifier may hold for later (its memory bound), shared by the job.
+    window: Arc<Window>,
 }
 
 impl Verifier {
-    /// A verifier that keeps at most `window` bytes of buffers waiting for the prefix.
-    pub fn new(window: u64) -> Verifier {
+    /// A verifier that keeps buffers waiting for the prefix while `window` has room.
+    pub fn new(window: Arc<Window>) -> Verifier {
         Verifier {
             state: Mutex::new(State {
                 prefix: 0,
@@ -113,7 +149,7 @@ impl Verifier {
         if at == s.prefix && s.hasher.is_some() {
             return Ok(self.advance(s, vec![buf]));
         }
-        if s.stash_bytes + len <= self.window {
+        if self.window.try_take(len) {
             s.stash_bytes += len;
             s.stash.insert(at, buf);
             return Ok(false);
@@ -147,6 +183,7 @@ impl Verifier {
             while let Some(b) = s.stash.remove(&next) {
                 let len = b.bytes().len() as u64;
                 s.stash_bytes -= len;
+                self.window.give(len);
                 next += len;
                 run.push(b);
             }
@@ -228,6 +265,8 @@ impl Verifier {
 impl Drop for Verifier {
     fn drop(&mut self) {
         let mut s = self.lock();
+        self.window.give(s.stash_bytes);
+        s.stash_bytes = 0;
         for (_, b) in std::mem::take(&mut s.stash) {
             BufPool::give(b);
         }
@@ -256,7 +295,7 @@ mod tests {
 
     /// Feeds writes in the given order, reading back (from `file`) whenever the verifier says so.
     fn run(file: &[u8], writes: &[Range<usize>], window: u64) -> (Sha256Hex, HashStats) {
-        let v = Verifier::new(window);
+        let v = Verifier::new(Window::new(window));
         for w in writes {
             if let Err(b) = v.written(w.start as u64, buf_of(&file[w.clone()])) {
                 v.spill(w.start as u64, b);
@@ -315,6 +354,32 @@ mod tests {
             assert_eq!(d, sha(&f), "{order:?}");
             assert_eq!(s.from_memory + s.read_back, 1000, "{order:?}");
         }
+    }
+
+    #[test]
+    fn verifiers_of_one_job_share_one_window() {
+        let f = data(1000);
+        let window = Window::new(600);
+        let (a, b) = (
+            Verifier::new(Arc::clone(&window)),
+            Verifier::new(Arc::clone(&window)),
+        );
+        // Out of order in both files: each keeps what the shared window still has room for.
+        assert!(a.written(500, buf_of(&f[500..1000])).is_ok());
+        assert_eq!(window.used(), 500);
+        let back = b
+            .written(500, buf_of(&f[500..900]))
+            .expect_err("the window is full for the second file");
+        assert!(b.written(900, buf_of(&f[900..1000])).is_ok());
+        assert_eq!(window.used(), 600);
+        // The first file's prefix arrives: its kept buffer is hashed and its room given back.
+        assert!(a.written(0, buf_of(&f[..500])).is_ok());
+        assert_eq!(window.used(), 100);
+        assert_eq!(a.finish().0, sha(&f));
+        assert!(b.written(500, back).is_ok(), "now there is room");
+        assert_eq!(window.used(), 500);
+        drop(b);
+        assert_eq!(window.used(), 0, "a dropped verifier gives its room back");
     }
 
     #[test]

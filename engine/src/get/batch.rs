@@ -1,0 +1,325 @@
+//! A job's lanes: `connections` kept-alive connections, each a task on one of the workers, that
+//! between them fetch every file of the job.
+//!
+//! Files wait in a crossbeam [`Injector`] in start order (largest first). A lane that starts a
+//! file pops from its own FIFO deque, refilling it with a batch from the injector, or steals from
+//! another lane's deque when both are empty: small files go several at a time to one lane and its
+//! connection, and an idle lane takes over what a busy one has not reached. Which work a free
+//! lane does next (join an active file, start one, split, wait, leave) is decided by
+//! [`plan::files::next`](crate::plan::files::next) under one short lock, which also counts the
+//! files started, probing, active and settling, so that no lane leaves while work may still
+//! appear. The last lane to leave a file settles it (hash, fsync, rename); when every file is
+//! settled, the job's directories are fsynced once each and the results go to the
+//! [`Job`](crate::Job).
+//!
+//! Not here: what happens inside a file (`get/mod.rs`), or HTTP (`get/conn.rs`).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crossbeam_deque::{Injector, Steal, Stealer, Worker};
+
+use super::conn::Conn;
+use super::{Counters, Ctx, Opened, Settled};
+use crate::Report;
+use crate::error::GetError;
+use crate::plan::files::{self, Next, Offer};
+use crate::runtime::Task;
+
+/// What the job hands back when it ends: one result per file, in the order given.
+pub(crate) type Results = Vec<Result<Report, GetError>>;
+
+struct Sched {
+    /// Files not yet started (in the deques), minus those a lane has reserved to start.
+    unstarted: usize,
+    /// Files started whose first answer has not come yet.
+    probing: usize,
+    /// Ranged files with lanes on them (indices into `files`).
+    active: Vec<usize>,
+    /// Files no lane works on any more, being settled (one may be fetched again).
+    settling: usize,
+    /// Files not settled yet.
+    remaining: usize,
+    /// Lanes waiting for a change.
+    waiters: Vec<flume::Sender<()>>,
+}
+
+impl Sched {
+    fn wake_all(&mut self) {
+        for w in self.waiters.drain(..) {
+            let _ = w.try_send(());
+        }
+    }
+}
+
+/// What a lane does next.
+enum Step {
+    Help(usize),
+    Start,
+    Wait(flume::Receiver<()>),
+    Exit,
+}
+
+/// The files of a job and the lanes' shared state.
+pub(crate) struct Batch {
+    files: Vec<Arc<Ctx>>,
+    progress: Arc<Counters>,
+    injector: Injector<usize>,
+    stealers: Vec<Stealer<usize>>,
+    locals: Mutex<Vec<Worker<usize>>>,
+    sched: Mutex<Sched>,
+    results: Mutex<Vec<Option<Result<Report, GetError>>>>,
+    /// Directories that received a file, fsynced once when the job ends.
+    dirs: Mutex<BTreeSet<PathBuf>>,
+    done: Mutex<Option<crossbeam_channel::Sender<Results>>>,
+}
+
+impl Batch {
+    /// A job of `files` over `lanes` connections; `done` receives the results.
+    pub fn new(
+        files: Vec<Arc<Ctx>>,
+        progress: Arc<Counters>,
+        lanes: usize,
+        done: crossbeam_channel::Sender<Results>,
+    ) -> Arc<Batch> {
+        let injector = Injector::new();
+        let sizes: Vec<Option<u64>> = files.iter().map(|f| f.size_hint()).collect();
+        for i in files::start_order(&sizes) {
+            injector.push(i);
+        }
+        let locals: Vec<Worker<usize>> = (0..lanes.max(1)).map(|_| Worker::new_fifo()).collect();
+        let stealers = locals.iter().map(Worker::stealer).collect();
+        let n = files.len();
+        Arc::new(Batch {
+            files,
+            progress,
+            injector,
+            stealers,
+            locals: Mutex::new(locals),
+            sched: Mutex::new(Sched {
+                unstarted: n,
+                probing: 0,
+                active: Vec::new(),
+                settling: 0,
+                remaining: n,
+                waiters: Vec::new(),
+            }),
+            results: Mutex::new((0..n).map(|_| None).collect()),
+            dirs: Mutex::new(BTreeSet::new()),
+            done: Mutex::new(Some(done)),
+        })
+    }
+
+    /// Starts the lanes through `spawn`; returns how many started.
+    pub fn start(self: &Arc<Self>, spawn: impl Fn(Task) -> bool) -> usize {
+        let locals = std::mem::take(&mut *self.locals.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut started = 0;
+        for local in locals {
+            let batch = Arc::clone(self);
+            let task: Task = Box::new(move || Box::pin(async move { batch.lane(local).await }));
+            if spawn(task) {
+                started += 1;
+            }
+        }
+        started
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Sched> {
+        self.sched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn lane(self: Arc<Self>, local: Worker<usize>) {
+        let mut slot: Option<Conn> = None;
+        loop {
+            match self.next() {
+                Step::Help(f) => {
+                    super::help(&self.files[f], &mut slot).await;
+                    if self.leave(f).await {
+                        self.run_file(f, &mut slot).await;
+                    }
+                }
+                Step::Start => {
+                    let f = self.pop(&local);
+                    self.run_file(f, &mut slot).await;
+                }
+                Step::Wait(rx) => {
+                    let _ = rx.recv_async().await;
+                }
+                Step::Exit => return,
+            }
+        }
+    }
+
+    fn next(&self) -> Step {
+        let mut s = self.lock();
+        let offers: Vec<Offer> = s
+            .active
+            .iter()
+            .map(|&f| {
+                self.files[f].offer().unwrap_or(Offer {
+                    frontier_left: 0,
+                    has_work: false,
+                })
+            })
+            .collect();
+        match files::next(&offers, s.unstarted > 0, s.probing + s.settling) {
+            Next::Help(i) => {
+                let f = s.active[i];
+                self.files[f].helpers.fetch_add(1, Ordering::Relaxed);
+                Step::Help(f)
+            }
+            Next::Start => {
+                s.unstarted -= 1;
+                s.probing += 1;
+                Step::Start
+            }
+            Next::Wait => {
+                let (tx, rx) = flume::bounded(1);
+                s.waiters.push(tx);
+                Step::Wait(rx)
+            }
+            Next::Exit => Step::Exit,
+        }
+    }
+
+    /// Pops a file to start: the lane reserved one under the lock, so one is in a deque.
+    fn pop(&self, local: &Worker<usize>) -> usize {
+        loop {
+            if let Some(i) = local.pop() {
+                return i;
+            }
+            match self.injector.steal_batch_and_pop(local) {
+                Steal::Success(i) => return i,
+                Steal::Retry => continue,
+                Steal::Empty => {}
+            }
+            for s in &self.stealers {
+                if let Steal::Success(i) = s.steal() {
+                    return i;
+                }
+            }
+            // Another thread is moving a batch between deques this instant.
+            std::thread::yield_now();
+        }
+    }
+
+    /// Fetches a file this lane started (again, after a sha256 mismatch) until it is settled or
+    /// other lanes will settle it.
+    async fn run_file(self: &Arc<Self>, f: usize, slot: &mut Option<Conn>) {
+        let ctx = &self.files[f];
+        loop {
+            match super::open(ctx, slot).await {
+                Ok(Opened::Ranged {
+                    conn,
+                    pipe,
+                    first,
+                    range,
+                }) => {
+                    self.opened(f, true);
+                    super::run_ranged(ctx, slot, conn, pipe, (first, range)).await;
+                }
+                Ok(Opened::Stream { conn, framing }) => {
+                    self.opened(f, false);
+                    super::run_stream(ctx, slot, conn, framing).await;
+                }
+                Ok(Opened::Empty) => self.opened(f, false),
+                Err(e) => {
+                    super::fail(ctx, e);
+                    self.opened(f, false);
+                }
+            }
+            if !self.leave(f).await {
+                return;
+            }
+        }
+    }
+
+    /// The first answer of file `f` came: ranged files take helpers from now on.
+    fn opened(&self, f: usize, ranged: bool) {
+        let mut s = self.lock();
+        s.probing -= 1;
+        self.files[f].helpers.store(1, Ordering::Relaxed);
+        if ranged {
+            s.active.push(f);
+        }
+        s.wake_all();
+    }
+
+    /// This lane is done with file `f`. The last lane to leave settles it; returns true when
+    /// the file must be fetched again (by this lane).
+    async fn leave(self: &Arc<Self>, f: usize) -> bool {
+        let ctx = &self.files[f];
+        {
+            let mut s = self.lock();
+            if ctx.helpers.fetch_sub(1, Ordering::Relaxed) > 1 {
+                return false;
+            }
+            s.active.retain(|&a| a != f);
+            s.settling += 1;
+        }
+        match super::settle(ctx).await {
+            Settled::Again => {
+                let mut s = self.lock();
+                s.settling -= 1;
+                s.probing += 1;
+                true
+            }
+            Settled::Done(result) => {
+                self.record(f, *result);
+                false
+            }
+        }
+    }
+
+    fn record(&self, f: usize, result: Result<Report, GetError>) {
+        if let Ok(r) = &result {
+            let dir = super::parent_dir(&r.path).to_path_buf();
+            self.dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(dir);
+        }
+        self.results.lock().unwrap_or_else(|p| p.into_inner())[f] = Some(result);
+        self.progress.files_done.fetch_add(1, Ordering::Relaxed);
+        let last = {
+            let mut s = self.lock();
+            s.settling -= 1;
+            s.remaining -= 1;
+            s.wake_all();
+            s.remaining == 0
+        };
+        if last {
+            self.complete();
+        }
+    }
+
+    /// Every file is settled: make the renames durable and hand the results over.
+    fn complete(&self) {
+        let mut results: Results =
+            std::mem::take(&mut *self.results.lock().unwrap_or_else(|p| p.into_inner()))
+                .into_iter()
+                .map(|r| r.unwrap_or(Err(GetError::EngineStopped)))
+                .collect();
+        let dirs = std::mem::take(&mut *self.dirs.lock().unwrap_or_else(|p| p.into_inner()));
+        for dir in dirs {
+            // Blocking, once per directory at the end of the job.
+            let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) else {
+                continue;
+            };
+            for r in &mut results {
+                if matches!(r, Ok(rep) if super::parent_dir(&rep.path) == dir) {
+                    *r = Err(GetError::Io {
+                        op: "fsync directory",
+                        path: dir.clone(),
+                        source: std::io::Error::new(e.kind(), e.to_string()),
+                    });
+                }
+            }
+        }
+        if let Some(tx) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = tx.send(results);
+        }
+    }
+}
