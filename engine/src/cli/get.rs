@@ -22,7 +22,7 @@ pub(crate) struct GetArgs {
     output: Option<PathBuf>,
     /// Connections kept open at once, shared by all the URLs: a large file gets every one
     /// that is free, small files go one after another over the same connection.
-    #[arg(short = 'c', long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
     connections: u32,
     /// Range size (e.g. 8M); default: about four ranges per connection, 1-64 MiB.
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]

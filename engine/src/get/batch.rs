@@ -28,6 +28,10 @@ use crate::error::GetError;
 use crate::plan::files::{self, Next, Offer};
 use crate::runtime::Task;
 
+/// Files a job settles in the background at once (each holds a descriptor while its fsync
+/// runs); beyond this, lanes settle their files themselves.
+const SETTLING_MAX: usize = 64;
+
 /// What the job hands back when it ends: one result per file, in the order given.
 pub(crate) type Results = Vec<Result<Report, GetError>>;
 
@@ -136,9 +140,7 @@ impl Batch {
             match self.next() {
                 Step::Help(f) => {
                     super::help(&self.files[f], &mut slot).await;
-                    if self.leave(f).await {
-                        self.run_file(f, &mut slot).await;
-                    }
+                    self.leave(f).await;
                 }
                 Step::Start => {
                     let f = self.pop(&local);
@@ -205,35 +207,30 @@ impl Batch {
         }
     }
 
-    /// Fetches a file this lane started (again, after a sha256 mismatch) until it is settled or
-    /// other lanes will settle it.
+    /// Fetches a file this lane started, until other lanes or a settling task take it over.
     async fn run_file(self: &Arc<Self>, f: usize, slot: &mut Option<Conn>) {
         let ctx = &self.files[f];
-        loop {
-            match super::open(ctx, slot).await {
-                Ok(Opened::Ranged {
-                    conn,
-                    pipe,
-                    first,
-                    range,
-                }) => {
-                    self.opened(f, true);
-                    super::run_ranged(ctx, slot, conn, pipe, (first, range)).await;
-                }
-                Ok(Opened::Stream { conn, framing }) => {
-                    self.opened(f, false);
-                    super::run_stream(ctx, slot, conn, framing).await;
-                }
-                Ok(Opened::Empty) => self.opened(f, false),
-                Err(e) => {
-                    super::fail(ctx, e);
-                    self.opened(f, false);
-                }
+        match super::open(ctx, slot).await {
+            Ok(Opened::Ranged {
+                conn,
+                pipe,
+                first,
+                range,
+            }) => {
+                self.opened(f, true);
+                super::run_ranged(ctx, slot, conn, pipe, (first, range)).await;
             }
-            if !self.leave(f).await {
-                return;
+            Ok(Opened::Stream { conn, framing }) => {
+                self.opened(f, false);
+                super::run_stream(ctx, slot, conn, framing).await;
+            }
+            Ok(Opened::Empty) => self.opened(f, false),
+            Err(e) => {
+                super::fail(ctx, e);
+                self.opened(f, false);
             }
         }
+        self.leave(f).await;
     }
 
     /// The first answer of file `f` came: ranged files take helpers from now on.
@@ -247,29 +244,38 @@ impl Batch {
         s.wake_all();
     }
 
-    /// This lane is done with file `f`. The last lane to leave settles it; returns true when
-    /// the file must be fetched again (by this lane).
-    async fn leave(self: &Arc<Self>, f: usize) -> bool {
-        let ctx = &self.files[f];
-        {
+    /// This lane is done with file `f`. The last lane to leave has it settled: by a task of
+    /// its own, so the lane goes on to the next file while the fsync runs (fsyncs of many files
+    /// then share journal commits), or by the lane itself when many are settling already.
+    async fn leave(self: &Arc<Self>, f: usize) {
+        let background = {
             let mut s = self.lock();
-            if ctx.helpers.fetch_sub(1, Ordering::Relaxed) > 1 {
-                return false;
+            if self.files[f].helpers.fetch_sub(1, Ordering::Relaxed) > 1 {
+                return;
             }
             s.active.retain(|&a| a != f);
             s.settling += 1;
+            s.settling <= SETTLING_MAX
+        };
+        if background {
+            let batch = Arc::clone(self);
+            compio::runtime::spawn(async move { batch.settle(f).await }).detach();
+        } else {
+            self.settle(f).await;
         }
-        match super::settle(ctx).await {
+    }
+
+    /// Settles file `f`; a sha256 mismatch puts it back among the files to start.
+    async fn settle(self: &Arc<Self>, f: usize) {
+        match super::settle(&self.files[f]).await {
             Settled::Again => {
+                self.injector.push(f);
                 let mut s = self.lock();
                 s.settling -= 1;
-                s.probing += 1;
-                true
+                s.unstarted += 1;
+                s.wake_all();
             }
-            Settled::Done(result) => {
-                self.record(f, *result);
-                false
-            }
+            Settled::Done(result) => self.record(f, *result),
         }
     }
 

@@ -211,8 +211,6 @@ pub(crate) struct Ctx {
     total: AtomicU64,
     /// What this file added to the job's `total` so far.
     counted: AtomicU64,
-    /// The file as created when it was started; used for `fallocate` and truncation.
-    created: Mutex<Option<std::fs::File>>,
     plan: Mutex<Option<Plan>>,
     verify: Mutex<Option<(Arc<Verifier>, flume::Sender<()>)>>,
     read_back: Mutex<Option<flume::Receiver<Result<(), GetError>>>>,
@@ -254,7 +252,6 @@ impl Ctx {
             done: AtomicU64::new(0),
             total: AtomicU64::new(UNKNOWN_TOTAL),
             counted: AtomicU64::new(spec.size.unwrap_or(0)),
-            created: Mutex::new(None),
             plan: Mutex::new(None),
             verify: Mutex::new(None),
             read_back: Mutex::new(None),
@@ -385,19 +382,21 @@ impl Ctx {
     }
 
     /// Creates (or empties) `PATH.incomplete` and clears what an earlier fetch left behind;
-    /// starts the read-back task when hashing. Runs on the lane that starts the file.
-    fn begin_fetch(self: &Arc<Self>) -> Result<(), GetError> {
-        // Blocking, but a metadata operation once per file on the worker that starts it.
-        let file = std::fs::OpenOptions::new()
+    /// starts the read-back task when hashing. Runs on the lane that starts the file, which
+    /// gets the file back (for `fallocate`).
+    async fn begin_fetch(self: &Arc<Self>) -> Result<File, GetError> {
+        // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
+        // commits of other files' fsyncs, and must not stall the worker meanwhile.
+        let file = OpenOptions::new()
             .write(true)
             .create(true)
             .truncate(true)
             .open(&self.incomplete)
+            .await
             .map_err(|source| GetError::OutputNotWritable {
                 path: self.incomplete.clone(),
                 source,
             })?;
-        *self.created.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
         *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let before = self.done.swap(0, Ordering::Relaxed);
         self.progress.done.fetch_sub(before, Ordering::Relaxed);
@@ -416,26 +415,7 @@ impl Ctx {
             })
             .detach();
         }
-        Ok(())
-    }
-
-    /// Runs `f` on the file as created by [`Ctx::begin_fetch`].
-    fn with_created<T>(
-        &self,
-        op: &'static str,
-        f: impl FnOnce(&std::fs::File) -> std::io::Result<T>,
-    ) -> Result<T, GetError> {
-        let created = self.created.lock().unwrap_or_else(|p| p.into_inner());
-        let file = created.as_ref().ok_or_else(|| GetError::Io {
-            op,
-            path: self.incomplete.clone(),
-            source: std::io::Error::other("the file was not created"),
-        })?;
-        f(file).map_err(|source| GetError::Io {
-            op,
-            path: self.incomplete.clone(),
-            source,
-        })
+        Ok(file)
     }
 }
 
@@ -499,7 +479,7 @@ enum Opened {
 /// Sends the first request of a file (following redirects) on `slot`'s connection when it goes
 /// to the right host, on a new one otherwise, and sets the file up from the answer.
 async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetError> {
-    ctx.begin_fetch()?;
+    let created = ctx.begin_fetch().await?;
     let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK).max(1);
     let mut target = ctx.origin.clone();
     let mut conn = match slot.take() {
@@ -542,7 +522,12 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
             let total = check_partial(ctx, &head, 0, first_len - 1, None)?;
             let first_end = first_len.min(total);
             check_length(ctx, framing, 0..first_end)?;
-            preallocate(ctx, total)?;
+            if total > first_end {
+                preallocate(ctx, &created, total)?;
+            } else {
+                // The whole file is in this answer: one write, nothing to reserve.
+                ctx.set_total(total);
+            }
             let pipe = Pipeline::new(ctx, ctx.open_sink().await?);
             let mut plan = Plan::new(total, 0, ctx.settings.connections, ctx.settings.chunk);
             let first = plan.claim(0..first_end);
@@ -554,7 +539,12 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
                 range: 0..first_end,
             })
         }
-        200 => Ok(Opened::Stream { conn, framing }),
+        200 => {
+            if let Framing::Length(n) = framing {
+                preallocate(ctx, &created, n)?;
+            }
+            Ok(Opened::Stream { conn, framing })
+        }
         416 => match head.header("content-range").and_then(parse_content_range) {
             Some(ContentRange::Unsatisfied { total: 0 }) => {
                 ctx.set_total(0);
@@ -641,8 +631,6 @@ async fn settle(ctx: &Arc<Ctx>) -> Settled {
     if result.is_err() {
         let _ = std::fs::remove_file(&ctx.incomplete);
     }
-    // The descriptor from `begin_fetch` is not needed any more.
-    *ctx.created.lock().unwrap_or_else(|p| p.into_inner()) = None;
     Settled::Done(Box::new(result))
 }
 
@@ -799,21 +787,25 @@ fn check_partial(
     Ok(total)
 }
 
-fn preallocate(ctx: &Ctx, len: u64) -> Result<(), GetError> {
+fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
     ctx.set_total(len);
     if len == 0 {
         return Ok(());
     }
-    // Blocking, but one call per file and cheap on extent filesystems.
-    ctx.with_created("fallocate", |file| {
-        match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
-            Ok(()) => Ok(()),
-            Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-                file.set_len(len)
-            }
-            Err(e) => Err(e.into()),
+    // Blocking, but once per file larger than its first answer, and cheap on extent
+    // filesystems.
+    let io = |op, e: rustix::io::Errno| GetError::Io {
+        op,
+        path: ctx.incomplete.clone(),
+        source: e.into(),
+    };
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
+            rustix::fs::ftruncate(file, len).map_err(|e| io("set_len", e))
         }
-    })
+        Err(e) => Err(io("fallocate", e)),
+    }
 }
 
 /// A ranged answer must carry exactly the bytes of its range.
@@ -893,9 +885,6 @@ async fn range_loop(
 }
 
 async fn single_stream(ctx: &Arc<Ctx>, conn: &mut Conn, framing: Framing) -> Result<(), GetError> {
-    if let Framing::Length(n) = framing {
-        preallocate(ctx, n)?;
-    }
     let mut pipe = Pipeline::new(ctx, ctx.open_sink().await?);
     let copied = conn.copy_stream(ctx, &mut pipe, framing).await;
     let drained = pipe.drain().await;
@@ -926,11 +915,13 @@ async fn finish(ctx: &Ctx, hash: Option<(Sha256Hex, HashStats)>) -> Result<Repor
         source,
     })?;
     drop(file);
-    std::fs::rename(&ctx.incomplete, &ctx.output).map_err(|source| GetError::Io {
-        op: "rename",
-        path: ctx.output.clone(),
-        source,
-    })?;
+    compio::fs::rename(&ctx.incomplete, &ctx.output)
+        .await
+        .map_err(|source| GetError::Io {
+            op: "rename",
+            path: ctx.output.clone(),
+            source,
+        })?;
     let seconds = ctx.started.elapsed().as_secs_f64();
     Ok(Report {
         url: ctx.origin.display.clone(),
