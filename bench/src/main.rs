@@ -240,7 +240,9 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
     let mut cfg = String::new();
     let mut plain = String::new();
     let mut aria = String::new();
+    let mut ferry_list = String::new();
     for (i, url) in urls.iter().enumerate() {
+        writeln!(ferry_list, "{url} {}", items[i].sha256)?;
         writeln!(
             cfg,
             "url = \"{url}\"\noutput = \"OUTDIR/{}\"",
@@ -254,15 +256,14 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
     std::fs::write(&plain_list, plain)?;
     let aria_list = lists.join(format!("{suite}.aria2"));
     std::fs::write(&aria_list, aria)?;
-    let all_urls = urls
-        .iter()
-        .map(|u| format!("'{u}'"))
-        .collect::<Vec<_>>()
-        .join(" ");
-    add("ferry", format!("{ferry} get {all_urls} -o '{{OUT}}' -q"));
+    // ferry verifies every file against its sha256 (`URL SHA256` per line).
+    let ferry_input = lists.join(format!("{suite}.ferry"));
+    std::fs::write(&ferry_input, ferry_list)?;
+    let input = ferry_input.display();
+    add("ferry", format!("{ferry} get -i '{input}' -o '{{OUT}}' -q"));
     add(
         "ferry --safe-mode",
-        format!("{ferry} --safe-mode get {all_urls} -o '{{OUT}}' -q"),
+        format!("{ferry} --safe-mode get -i '{input}' -o '{{OUT}}' -q"),
     );
     add(
         "curl -Z",
@@ -509,8 +510,8 @@ fn markdown(results: &[SuiteResult], args: &Args) -> String {
          on {} CPUs, kernel {}. nginx on 127.0.0.1 is the origin for every tool; tools run in \
          turn, round by round, after one warm-up round. Every run ends with its output durable \
          (ferry fsyncs; peers are followed by `sync FILE...` inside the timing) and every output \
-         is sha256-checked against the source after its run. `ferry` verifies the sha256 itself \
-         while downloading where one is known (big); the peers verify nothing.\n",
+         is sha256-checked against the source after its run. `ferry` verifies every file against \
+         its sha256 while downloading (except the row marked no sha256); the peers verify nothing.\n",
         args.runs,
         args.state,
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -176,3 +176,56 @@ fn one_missing_file_fails_alone() {
         eprintln!("ran on backend, sink = {mode:?}: one 404 among three");
     }
 }
+
+#[test]
+fn an_input_list_verifies_each_file_against_its_sha256() {
+    let src = tempfile::tempdir().expect("tmp");
+    let names: Vec<String> = (0..20).map(|i| format!("l{i:02}.bin")).collect();
+    for (i, n) in names.iter().enumerate() {
+        write_data(&src.path().join(n), 3000 + i as u64 * 40_000, i as u64);
+    }
+    let nginx = Nginx::start(src.path());
+    let mut list = String::from("# name sha256\n\n");
+    for (i, n) in names.iter().enumerate() {
+        let sha = if i == 7 {
+            // Wrong on purpose: the digest of another file.
+            ferry_tests::sha256_file(&src.path().join(&names[8]))
+        } else {
+            ferry_tests::sha256_file(&src.path().join(n))
+        };
+        list.push_str(&format!("{} {sha}\n", nginx.url("files", n)));
+    }
+    let list_path = src.path().join("list.txt");
+    std::fs::write(&list_path, list).expect("write list");
+    for mode in modes_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let (code, reports, stderr) = get_many(
+            mode,
+            &[],
+            out.path(),
+            &["-i", list_path.to_str().expect("utf-8")],
+        );
+        assert_eq!(code, Some(REMOTE), "mode={mode:?}: {stderr}");
+        assert!(
+            stderr.contains("sha256 mismatch") && stderr.contains("l07.bin"),
+            "mode={mode:?}: {stderr}"
+        );
+        assert_eq!(reports.len(), 19, "mode={mode:?}");
+        for r in &reports {
+            assert!(r["sha256"]["sha256"].is_string(), "verified: {r}");
+        }
+        for (i, n) in names.iter().enumerate() {
+            if i == 7 {
+                assert_no_output(&out.path().join(n), &format!("mode={mode:?}"));
+            } else {
+                assert_same_file(
+                    &src.path().join(n),
+                    &out.path().join(n),
+                    &format!("mode={mode:?} {n}"),
+                );
+            }
+        }
+        assert_nothing_partial(out.path(), &format!("mode={mode:?}"));
+        eprintln!("ran on backend, sink = {mode:?}: 19 verified, 1 refused after 2 fetches");
+    }
+}

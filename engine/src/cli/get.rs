@@ -14,8 +14,13 @@ use super::{Global, exit, get_error_code, human_bytes, parse_size};
 #[derive(Debug, Args)]
 pub(crate) struct GetArgs {
     /// URLs to download (http://).
-    #[arg(required = true, value_name = "URL")]
+    #[arg(required_unless_present = "input", value_name = "URL")]
     urls: Vec<String>,
+    /// Read more URLs from FILE (`-` for stdin): one per line, optionally followed by the
+    /// file's sha256 (64 hex digits) to verify it against; blank lines and `#` comments are
+    /// skipped. The files are saved in the `-o` directory.
+    #[arg(short, long, value_name = "FILE")]
+    input: Option<PathBuf>,
     /// Output file; with several URLs, an existing directory to put them in (named after the last
     /// path segment of each URL). Default: that name in the current directory.
     #[arg(short, long, value_name = "PATH")]
@@ -57,7 +62,7 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
     // Workers are placed near the disk of the first output.
     let placement = jobs
         .first()
-        .and_then(|(_, out)| Some(std::path::absolute(out).ok()?.parent()?.to_path_buf()));
+        .and_then(|(_, out, _)| Some(std::path::absolute(out).ok()?.parent()?.to_path_buf()));
     let mut config = global.config(placement);
     config.connections = args.connections as usize;
     config.chunk_size = args.chunk_size;
@@ -93,8 +98,51 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
 }
 
 /// Pairs each URL with its output path.
-fn plan_outputs(args: &GetArgs) -> Result<Vec<(String, PathBuf)>, UsageError> {
-    if args.sha256.is_some() && args.urls.len() > 1 {
+/// A download of the command line: URL, output path, sha256 to check.
+type Planned = (String, PathBuf, Option<String>);
+
+/// The URLs of the command line and of `--input`, with the sha256 each must have.
+fn all_urls(args: &GetArgs) -> Result<Vec<(String, Option<String>)>, UsageError> {
+    let mut urls: Vec<(String, Option<String>)> = args
+        .urls
+        .iter()
+        .map(|u| (u.clone(), args.sha256.clone()))
+        .collect();
+    let Some(path) = &args.input else {
+        return Ok(urls);
+    };
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+    } else {
+        std::fs::read_to_string(path)
+    }
+    .map_err(|e| UsageError(format!("cannot read --input {}: {e}", path.display())))?;
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let url = words.next().unwrap_or_default().to_owned();
+        let sha = words.next().map(str::to_owned);
+        if let Some(extra) = words.next() {
+            return Err(UsageError(format!(
+                "{}:{}: unexpected {extra:?}; a line is `URL [SHA256]`",
+                path.display(),
+                n + 1
+            )));
+        }
+        urls.push((url, sha));
+    }
+    Ok(urls)
+}
+
+fn plan_outputs(args: &GetArgs) -> Result<Vec<Planned>, UsageError> {
+    let urls = all_urls(args)?;
+    if urls.is_empty() {
+        return Err(UsageError("no URL to download".to_owned()));
+    }
+    if args.sha256.is_some() && urls.len() > 1 {
         return Err(UsageError(
             "--sha256 checks one file; give one URL with it".to_owned(),
         ));
@@ -106,13 +154,13 @@ fn plan_outputs(args: &GetArgs) -> Result<Vec<(String, PathBuf)>, UsageError> {
             )));
         }
     }
-    if args.urls.len() == 1 {
-        let url = &args.urls[0];
+    if urls.len() == 1 && args.input.is_none() {
+        let (url, sha) = &urls[0];
         let out = match &args.output {
             Some(p) => p.clone(),
             None => PathBuf::from(file_name_of(url)?),
         };
-        return Ok(vec![(url.clone(), out)]);
+        return Ok(vec![(url.clone(), out, sha.clone())]);
     }
     let dir = args.output.clone().unwrap_or_else(|| PathBuf::from("."));
     if !dir.is_dir() {
@@ -123,14 +171,14 @@ fn plan_outputs(args: &GetArgs) -> Result<Vec<(String, PathBuf)>, UsageError> {
     }
     let mut seen = std::collections::HashSet::new();
     let mut jobs = Vec::new();
-    for url in &args.urls {
-        let name = file_name_of(url)?;
+    for (url, sha) in urls {
+        let name = file_name_of(&url)?;
         if !seen.insert(name.clone()) {
             return Err(UsageError(format!(
                 "two URLs would both be saved as {name:?}; download them separately"
             )));
         }
-        jobs.push((url.clone(), dir.join(name)));
+        jobs.push((url, dir.join(name), sha));
     }
     Ok(jobs)
 }
@@ -184,12 +232,12 @@ fn percent_decode(s: &str) -> String {
 /// Runs all downloads as one job, with a progress bar over their bytes on a terminal.
 fn download(
     engine: &Engine,
-    jobs: &[(String, PathBuf)],
+    jobs: &[Planned],
     args: &GetArgs,
 ) -> Result<Vec<Result<Report, GetError>>, GetError> {
-    let items = jobs.iter().map(|(url, out)| {
+    let items = jobs.iter().map(|(url, out, sha)| {
         let item = ferry::GetItem::new(url.clone(), out);
-        match &args.sha256 {
+        match sha {
             Some(hex) => item.sha256(hex.clone()),
             None => item,
         }
