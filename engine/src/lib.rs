@@ -343,8 +343,7 @@ impl Engine {
             .collect();
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let batch = Batch::new(files, Arc::clone(&counters), settings.connections, done_tx);
-        let dispatch = self.workers.dispatcher();
-        if batch.start(move |task| dispatch.run(task)) == 0 {
+        if batch.start(self.workers.dispatcher()) == 0 {
             return Err(GetError::EngineStopped);
         }
         Ok(Job {
@@ -766,6 +765,33 @@ mod tests {
                 report.backend,
                 engine.workers()
             );
+        }
+    }
+
+    #[test]
+    fn a_job_outlives_its_engine() {
+        let mut kinds = vec![BackendKind::Portable];
+        if kernel_probes::uring().is_available() {
+            kinds.push(BackendKind::Uring);
+        }
+        for kind in kinds {
+            let engine = Engine::new(Config {
+                backend: kind,
+                threads: Some(2),
+                ..Config::default()
+            })
+            .expect("engine");
+            let dir = tempfile::tempdir().expect("tmp");
+            let out = dir.path().join("f");
+            let port = one_shot_origin(b"outlives the engine", 1);
+            let job = engine
+                .get(&format!("http://127.0.0.1:{port}/f"), &out)
+                .expect("start");
+            // Dropping the engine waits for the job, which still finishes.
+            drop(engine);
+            let report = job.wait().expect("download");
+            assert_eq!(std::fs::read(&out).expect("read"), b"outlives the engine");
+            eprintln!("ran on backend={:?}", report.backend);
         }
     }
 

@@ -26,7 +26,7 @@ use super::{Counters, Ctx, Opened, Settled};
 use crate::Report;
 use crate::error::GetError;
 use crate::plan::files::{self, Next, Offer};
-use crate::runtime::Task;
+use crate::runtime::{Dispatcher, Task};
 
 /// Files a job settles in the background at once (each holds a descriptor while its fsync
 /// runs); beyond this, lanes settle their files themselves.
@@ -78,6 +78,9 @@ pub(crate) struct Batch {
     /// Directories that received a file, fsynced once when the job ends.
     dirs: Mutex<BTreeSet<PathBuf>>,
     done: Mutex<Option<crossbeam_channel::Sender<Results>>>,
+    /// Keeps the workers' queues open until the job ends, so that an engine dropped mid-job
+    /// still finishes it (the workers stop once their queues close and their tasks are done).
+    workers: Mutex<Option<Dispatcher>>,
 }
 
 impl Batch {
@@ -113,17 +116,19 @@ impl Batch {
             results: Mutex::new((0..n).map(|_| None).collect()),
             dirs: Mutex::new(BTreeSet::new()),
             done: Mutex::new(Some(done)),
+            workers: Mutex::new(None),
         })
     }
 
-    /// Starts the lanes through `spawn`; returns how many started.
-    pub fn start(self: &Arc<Self>, spawn: impl Fn(Task) -> bool) -> usize {
+    /// Starts the lanes on the workers, in turn; returns how many started.
+    pub fn start(self: &Arc<Self>, workers: Dispatcher) -> usize {
+        *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = Some(workers.clone());
         let locals = std::mem::take(&mut *self.locals.lock().unwrap_or_else(|p| p.into_inner()));
         let mut started = 0;
         for local in locals {
             let batch = Arc::clone(self);
             let task: Task = Box::new(move || Box::pin(async move { batch.lane(local).await }));
-            if spawn(task) {
+            if workers.run(task) {
                 started += 1;
             }
         }
@@ -327,5 +332,9 @@ impl Batch {
         if let Some(tx) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = tx.send(results);
         }
+        self.workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
     }
 }
