@@ -136,9 +136,9 @@ pub struct Engine {
     config: Config,
     selection: Selection,
     workers: Workers,
-    /// The sink chosen per output directory: the O_DIRECT probe writes a file, so it runs once
-    /// per directory, not once per download.
-    sinks: std::sync::Mutex<std::collections::HashMap<PathBuf, SinkChoice>>,
+    /// The sink chosen per filesystem (by device number): the O_DIRECT probe writes a file, so
+    /// it runs once per filesystem, not once per download or directory.
+    sinks: std::sync::Mutex<std::collections::HashMap<u64, SinkChoice>>,
 }
 
 impl Engine {
@@ -292,7 +292,18 @@ impl Engine {
         let mut outputs = std::collections::HashSet::new();
         let mut dirs_ok = std::collections::HashSet::new();
         let cwd = std::env::current_dir().ok();
-        let mut specs = Vec::with_capacity(items.len());
+        let counters = Arc::new(Counters::new(items.len() as u64));
+        let settings = Arc::new(JobSettings {
+            connections: self.config.connections.max(1),
+            chunk: self.config.chunk_size,
+            staging: self.config.buffer_size.max(backend::buf::BUF_ALIGN),
+            depth: self.config.write_depth.max(1),
+            backend: self.selection.backend,
+            backend_reason: self.selection.reason.clone(),
+            threads: self.workers.len(),
+        });
+        let window = verify::Window::new(get::HASH_WINDOW);
+        let mut files = Vec::with_capacity(items.len());
         for item in items {
             let sha256 = match &item.sha256 {
                 Some(hex) => Some(
@@ -311,36 +322,20 @@ impl Engine {
                 return Err(GetError::DuplicateOutput { path: item.output });
             }
             let sink = self.sink_for(get::parent_dir(&item.output));
-            specs.push(FileSpec {
+            let spec = FileSpec {
                 target,
                 output: item.output,
                 sink,
                 sha256,
                 size: item.size,
-            });
+            };
+            files.push(Arc::new(Ctx::new(
+                spec,
+                Arc::clone(&settings),
+                (Arc::clone(&counters), Arc::clone(&window)),
+                started,
+            )));
         }
-        let counters = Arc::new(Counters::new(specs.len() as u64));
-        let settings = Arc::new(JobSettings {
-            connections: self.config.connections.max(1),
-            chunk: self.config.chunk_size,
-            staging: self.config.buffer_size.max(backend::buf::BUF_ALIGN),
-            depth: self.config.write_depth.max(1),
-            backend: self.selection.backend,
-            backend_reason: self.selection.reason.clone(),
-            threads: self.workers.len(),
-        });
-        let window = verify::Window::new(get::HASH_WINDOW);
-        let files: Vec<Arc<Ctx>> = specs
-            .into_iter()
-            .map(|spec| {
-                Arc::new(Ctx::new(
-                    spec,
-                    Arc::clone(&settings),
-                    (Arc::clone(&counters), Arc::clone(&window)),
-                    started,
-                ))
-            })
-            .collect();
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let batch = Batch::new(files, Arc::clone(&counters), settings.connections, done_tx);
         if batch.start(self.workers.dispatcher()) == 0 {
@@ -353,17 +348,22 @@ impl Engine {
         })
     }
 
-    /// The sink for files in `dir`, probed once per directory.
+    /// The sink for files in `dir`, probed once per filesystem.
     fn sink_for(&self, dir: &Path) -> SinkChoice {
+        use std::os::unix::fs::MetadataExt;
+        let choose = || {
+            let sink = choose_sink(self.selection.backend, self.config.sink, dir);
+            tracing::debug!(sink = %sink.kind, reason = %sink.reason, dir = %dir.display(), "sink chosen");
+            sink
+        };
+        let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else {
+            return choose();
+        };
         self.sinks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(dir.to_path_buf())
-            .or_insert_with(|| {
-                let sink = choose_sink(self.selection.backend, self.config.sink, dir);
-                tracing::debug!(sink = %sink.kind, reason = %sink.reason, dir = %dir.display(), "sink chosen");
-                sink
-            })
+            .entry(dev)
+            .or_insert_with(choose)
             .clone()
     }
 }
@@ -703,16 +703,20 @@ mod tests {
         port
     }
 
-    #[test]
-    fn engine_runs_on_each_backend_and_pins_on_uring() {
-        let uring_ok = kernel_probes::uring().is_available();
+    /// The back-ends this machine runs: portable always, io_uring where the probe says so.
+    fn backends_here() -> Vec<BackendKind> {
         let mut kinds = vec![BackendKind::Portable];
-        if uring_ok {
+        if kernel_probes::uring().is_available() {
             kinds.push(BackendKind::Uring);
         } else {
             eprintln!("SKIP io_uring: {}", kernel_probes::uring().setup);
         }
-        for kind in kinds {
+        kinds
+    }
+
+    #[test]
+    fn engine_runs_on_each_backend_and_pins_on_uring() {
+        for kind in backends_here() {
             let config = Config {
                 backend: kind,
                 threads: Some(2),
@@ -770,11 +774,7 @@ mod tests {
 
     #[test]
     fn a_job_outlives_its_engine() {
-        let mut kinds = vec![BackendKind::Portable];
-        if kernel_probes::uring().is_available() {
-            kinds.push(BackendKind::Uring);
-        }
-        for kind in kinds {
+        for kind in backends_here() {
             let engine = Engine::new(Config {
                 backend: kind,
                 threads: Some(2),

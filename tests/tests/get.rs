@@ -187,42 +187,6 @@ fn redirect_is_followed_and_ranges_go_to_the_target() {
 }
 
 #[test]
-fn several_urls_into_a_directory() {
-    let src = tempfile::tempdir().expect("tmp");
-    for (i, n) in ["a.bin", "b.bin"].iter().enumerate() {
-        write_data(&src.path().join(n), 100_000 + i as u64, i as u64);
-    }
-    let nginx = Nginx::start(src.path());
-    for backend in backends_under_test() {
-        let out = tempfile::tempdir().expect("tmp");
-        let o = ferry_tests::ferry(
-            backend,
-            &[
-                "get",
-                &nginx.url("files", "a.bin"),
-                &nginx.url("files", "b.bin"),
-                "-o",
-                out.path().to_str().expect("utf8"),
-                "--json",
-            ],
-        );
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-        assert_eq!(
-            String::from_utf8_lossy(&o.stdout).lines().count(),
-            2,
-            "one JSON summary per URL"
-        );
-        for n in ["a.bin", "b.bin"] {
-            assert_same_file(
-                &src.path().join(n),
-                &out.path().join(n),
-                &format!("backend={backend:?} {n}"),
-            );
-        }
-    }
-}
-
-#[test]
 fn summary_line_and_no_progress_bar_on_a_pipe() {
     let src = tempfile::tempdir().expect("tmp");
     write_data(&src.path().join("p"), 1 << 20, 1);

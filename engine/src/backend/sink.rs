@@ -71,6 +71,17 @@ impl FileSink {
     /// O_DIRECT offset alignment; raised to a page).
     pub async fn open(path: &Path, kind: SinkKind, align: u64) -> io::Result<FileSink> {
         let buffered = OpenOptions::new().read(true).write(true).open(path).await?;
+        FileSink::with_buffered(buffered, path, kind, align).await
+    }
+
+    /// [`FileSink::open`] around `buffered`, a descriptor of `path` already open for reading
+    /// and writing (the one that created the file).
+    pub async fn with_buffered(
+        buffered: File,
+        path: &Path,
+        kind: SinkKind,
+        align: u64,
+    ) -> io::Result<FileSink> {
         let direct = match kind {
             SinkKind::Buffered => None,
             SinkKind::Direct => Some(

@@ -75,8 +75,6 @@ pub(crate) struct Batch {
     locals: Mutex<Vec<Worker<usize>>>,
     sched: Mutex<Sched>,
     results: Mutex<Vec<Option<Result<Report, GetError>>>>,
-    /// Directories that received a file, fsynced once when the job ends.
-    dirs: Mutex<BTreeSet<PathBuf>>,
     done: Mutex<Option<crossbeam_channel::Sender<Results>>>,
     /// Keeps the workers' queues open until the job ends, so that an engine dropped mid-job
     /// still finishes it (the workers stop once their queues close and their tasks are done).
@@ -114,7 +112,6 @@ impl Batch {
                 waiters: Vec::new(),
             }),
             results: Mutex::new((0..n).map(|_| None).collect()),
-            dirs: Mutex::new(BTreeSet::new()),
             done: Mutex::new(Some(done)),
             workers: Mutex::new(None),
         })
@@ -225,13 +222,17 @@ impl Batch {
                 self.opened(f, true);
                 super::run_ranged(ctx, slot, conn, pipe, (first, range)).await;
             }
-            Ok(Opened::Stream { conn, framing }) => {
+            Ok(Opened::Stream {
+                conn,
+                framing,
+                created,
+            }) => {
                 self.opened(f, false);
-                super::run_stream(ctx, slot, conn, framing).await;
+                super::run_stream(ctx, slot, (conn, framing), created).await;
             }
             Ok(Opened::Empty) => self.opened(f, false),
             Err(e) => {
-                super::fail(ctx, e);
+                ctx.fail(e);
                 self.opened(f, false);
             }
         }
@@ -285,13 +286,6 @@ impl Batch {
     }
 
     fn record(&self, f: usize, result: Result<Report, GetError>) {
-        if let Ok(r) = &result {
-            let dir = super::parent_dir(&r.path).to_path_buf();
-            self.dirs
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(dir);
-        }
         self.results.lock().unwrap_or_else(|p| p.into_inner())[f] = Some(result);
         self.progress.files_done.fetch_add(1, Ordering::Relaxed);
         let last = {
@@ -313,7 +307,12 @@ impl Batch {
                 .into_iter()
                 .map(|r| r.unwrap_or(Err(GetError::EngineStopped)))
                 .collect();
-        let dirs = std::mem::take(&mut *self.dirs.lock().unwrap_or_else(|p| p.into_inner()));
+        // The directories that received a file, each fsynced once.
+        let dirs: BTreeSet<PathBuf> = results
+            .iter()
+            .flatten()
+            .map(|r| super::parent_dir(&r.path).to_path_buf())
+            .collect();
         for dir in dirs {
             // Blocking, once per directory at the end of the job.
             let Err(e) = std::fs::File::open(&dir).and_then(|d| d.sync_all()) else {

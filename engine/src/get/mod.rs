@@ -152,6 +152,30 @@ impl Counters {
             files_done: AtomicU64::new(0),
         }
     }
+
+    /// Counts a file of the job, with the size stated up front if any.
+    fn add_file(&self, hint: Option<u64>) {
+        match hint {
+            Some(n) => self.total.fetch_add(n, Ordering::Relaxed),
+            None => self.unknown.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+
+    /// A file's size is `now`; it was `was` (`UNKNOWN_TOTAL` until first known, when `hint`
+    /// stood for it in the total). The same size learnt again (a second fetch, a stream's
+    /// length confirmed at its end) changes nothing.
+    fn size_known(&self, hint: Option<u64>, was: u64, now: u64) {
+        let counted = match (was, hint) {
+            (UNKNOWN_TOTAL, Some(h)) => h,
+            (UNKNOWN_TOTAL, None) => {
+                self.unknown.fetch_sub(1, Ordering::Relaxed);
+                0
+            }
+            (was, _) => was,
+        };
+        self.total.fetch_add(now, Ordering::Relaxed);
+        self.total.fetch_sub(counted, Ordering::Relaxed);
+    }
 }
 
 /// How a file is written: the sink chosen for its directory and why.
@@ -209,8 +233,6 @@ pub(crate) struct Ctx {
     done: AtomicU64,
     /// The file's size once known (`UNKNOWN_TOTAL` before).
     total: AtomicU64,
-    /// What this file added to the job's `total` so far.
-    counted: AtomicU64,
     plan: Mutex<Option<Plan>>,
     verify: Mutex<Option<(Arc<Verifier>, flume::Sender<()>)>>,
     read_back: Mutex<Option<flume::Receiver<Result<(), GetError>>>>,
@@ -233,10 +255,7 @@ impl Ctx {
     ) -> Ctx {
         let mut name = spec.output.as_os_str().to_owned();
         name.push(".incomplete");
-        match spec.size {
-            Some(n) => progress.total.fetch_add(n, Ordering::Relaxed),
-            None => progress.unknown.fetch_add(1, Ordering::Relaxed),
-        };
+        progress.add_file(spec.size);
         Ctx {
             origin: spec.target,
             redirected: OnceLock::new(),
@@ -251,7 +270,6 @@ impl Ctx {
             started,
             done: AtomicU64::new(0),
             total: AtomicU64::new(UNKNOWN_TOTAL),
-            counted: AtomicU64::new(spec.size.unwrap_or(0)),
             plan: Mutex::new(None),
             verify: Mutex::new(None),
             read_back: Mutex::new(None),
@@ -287,17 +305,8 @@ impl Ctx {
 
     /// The file's size is now known.
     fn set_total(&self, n: u64) {
-        self.total.store(n, Ordering::Relaxed);
-        let before = self.counted.swap(n, Ordering::Relaxed);
-        self.progress.total.fetch_add(n, Ordering::Relaxed);
-        self.progress.total.fetch_sub(before, Ordering::Relaxed);
-        if self.size_hint.is_none() && before == 0 {
-            // First time known (a later fetch of the same file finds `counted` set).
-            let _ = self
-                .progress
-                .unknown
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| u.checked_sub(1));
-        }
+        let was = self.total.swap(n, Ordering::Relaxed);
+        self.progress.size_known(self.size_hint, was, n);
     }
 
     /// Records the first failure and tells every lane on this file to stop.
@@ -366,28 +375,33 @@ impl Ctx {
             })
     }
 
-    /// This lane's descriptors of the file, for the file's sink.
-    async fn open_sink(&self) -> Result<FileSink, GetError> {
-        FileSink::open(&self.incomplete, self.sink.kind, self.sink.align)
-            .await
-            .map_err(|source| GetError::Io {
-                op: if self.sink.kind == SinkKind::Direct {
-                    "open (O_DIRECT)"
-                } else {
-                    "open"
-                },
-                path: self.incomplete.clone(),
-                source,
-            })
+    /// This lane's descriptors of the file, for the file's sink: `created` (from
+    /// [`Ctx::begin_fetch`]) as the buffered one when this lane has it, new ones otherwise.
+    async fn open_sink(&self, created: Option<File>) -> Result<FileSink, GetError> {
+        let (path, kind, align) = (&self.incomplete, self.sink.kind, self.sink.align);
+        match created {
+            Some(file) => FileSink::with_buffered(file, path, kind, align).await,
+            None => FileSink::open(path, kind, align).await,
+        }
+        .map_err(|source| GetError::Io {
+            op: if self.sink.kind == SinkKind::Direct {
+                "open (O_DIRECT)"
+            } else {
+                "open"
+            },
+            path: self.incomplete.clone(),
+            source,
+        })
     }
 
     /// Creates (or empties) `PATH.incomplete` and clears what an earlier fetch left behind;
     /// starts the read-back task when hashing. Runs on the lane that starts the file, which
-    /// gets the file back (for `fallocate`).
+    /// gets the file back (for `fallocate`, and as its sink's buffered descriptor).
     async fn begin_fetch(self: &Arc<Self>) -> Result<File, GetError> {
         // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
         let file = OpenOptions::new()
+            .read(true)
             .write(true)
             .create(true)
             .truncate(true)
@@ -434,7 +448,7 @@ async fn read_back_loop(
             }
             // Opened on first use: most files never need it.
             if sink.is_none() {
-                sink = Some(ctx.open_sink().await?);
+                sink = Some(ctx.open_sink(None).await?);
             }
             let sink = sink.as_ref().expect("opened above");
             let align = sink.align().max(1);
@@ -471,7 +485,11 @@ enum Opened {
         range: Range<u64>,
     },
     /// One stream (the server ignored `Range`, or gave no length): the lane copies it alone.
-    Stream { conn: Conn, framing: Framing },
+    Stream {
+        conn: Conn,
+        framing: Framing,
+        created: File,
+    },
     /// Nothing more to fetch (an empty file).
     Empty,
 }
@@ -495,10 +513,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
         }
         redirects += 1;
         let next = redirect_target(&target, &head, redirects, &mut resolved)?;
-        let framing = head.framing().map_err(|e| GetError::Protocol {
-            url: target.display.clone(),
-            detail: e.to_string(),
-        })?;
+        let framing = framing_of(&target, &head)?;
         let same_host = next.addrs == target.addrs;
         if same_host && conn.is_reusable() {
             conn.discard_body(framing).await;
@@ -513,10 +528,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
         tracing::debug!(from = %ctx.origin.display, to = %target.display, "followed redirect");
         let _ = ctx.redirected.set(target);
     }
-    let framing = head.framing().map_err(|e| GetError::Protocol {
-        url: ctx.target().display.clone(),
-        detail: e.to_string(),
-    })?;
+    let framing = framing_of(ctx.target(), &head)?;
     match head.status {
         206 => {
             let total = check_partial(ctx, &head, 0, first_len - 1, None)?;
@@ -528,7 +540,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
                 // The whole file is in this answer: one write, nothing to reserve.
                 ctx.set_total(total);
             }
-            let pipe = Pipeline::new(ctx, ctx.open_sink().await?);
+            let pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
             let mut plan = Plan::new(total, 0, ctx.settings.connections, ctx.settings.chunk);
             let first = plan.claim(0..first_end);
             *ctx.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
@@ -543,7 +555,11 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
             if let Framing::Length(n) = framing {
                 preallocate(ctx, &created, n)?;
             }
-            Ok(Opened::Stream { conn, framing })
+            Ok(Opened::Stream {
+                conn,
+                framing,
+                created,
+            })
         }
         416 => match head.header("content-range").and_then(parse_content_range) {
             Some(ContentRange::Unsatisfied { total: 0 }) => {
@@ -572,35 +588,49 @@ async fn run_ranged(
         Err(e) => Err(e),
     };
     *slot = Some(conn);
-    let result = match go_on {
-        Ok(true) => range_loop(ctx, slot, &mut pipe).await,
-        Ok(false) => Ok(()),
-        Err(e) => Err(e),
-    };
-    let drained = pipe.drain().await;
-    if let Err(e) = result.and(drained) {
-        ctx.fail(e);
+    match go_on {
+        Ok(true) => take_leases(ctx, slot, pipe).await,
+        Ok(false) => drain(ctx, pipe).await,
+        Err(e) => {
+            ctx.fail(e);
+            drain(ctx, pipe).await;
+        }
     }
 }
 
 /// A lane joining a ranged file that another lane opened.
 async fn help(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) {
     ctx.used_connections.fetch_add(1, Ordering::Relaxed);
-    let mut pipe = match ctx.open_sink().await {
-        Ok(sink) => Pipeline::new(ctx, sink),
-        Err(e) => return ctx.fail(e),
-    };
-    let result = range_loop(ctx, slot, &mut pipe).await;
-    let drained = pipe.drain().await;
-    if let Err(e) = result.and(drained) {
+    match ctx.open_sink(None).await {
+        Ok(sink) => take_leases(ctx, slot, Pipeline::new(ctx, sink)).await,
+        Err(e) => ctx.fail(e),
+    }
+}
+
+/// Takes leases until none are left, then waits for this lane's writes.
+async fn take_leases(ctx: &Arc<Ctx>, slot: &mut Option<Conn>, mut pipe: Pipeline) {
+    if let Err(e) = range_loop(ctx, slot, &mut pipe).await {
+        ctx.fail(e);
+    }
+    drain(ctx, pipe).await;
+}
+
+/// Waits for a lane's writes on the file; a failed write fails the file.
+async fn drain(ctx: &Ctx, mut pipe: Pipeline) {
+    if let Err(e) = pipe.drain().await {
         ctx.fail(e);
     }
 }
 
 /// Copies a file that comes as one stream.
-async fn run_stream(ctx: &Arc<Ctx>, slot: &mut Option<Conn>, mut conn: Conn, framing: Framing) {
+async fn run_stream(
+    ctx: &Arc<Ctx>,
+    slot: &mut Option<Conn>,
+    (mut conn, framing): (Conn, Framing),
+    created: File,
+) {
     ctx.used_connections.fetch_add(1, Ordering::Relaxed);
-    let result = single_stream(ctx, &mut conn, framing).await;
+    let result = single_stream(ctx, &mut conn, framing, created).await;
     *slot = Some(conn);
     if let Err(e) = result {
         ctx.fail(e);
@@ -629,14 +659,9 @@ async fn settle(ctx: &Arc<Ctx>) -> Settled {
         Err(e) => Err(e),
     };
     if result.is_err() {
-        let _ = std::fs::remove_file(&ctx.incomplete);
+        let _ = compio::fs::remove_file(&ctx.incomplete).await;
     }
     Settled::Done(Box::new(result))
-}
-
-/// Records a failure that happened before any lane could work on the file.
-fn fail(ctx: &Ctx, err: GetError) {
-    ctx.fail(err);
 }
 
 enum Verified {
@@ -699,6 +724,14 @@ async fn verify(ctx: &Ctx) -> Result<Verified, GetError> {
         "sha256 mismatch; fetching the file again"
     );
     Ok(Verified::Mismatch)
+}
+
+/// How the body of `head`, an answer from `target`, is framed.
+fn framing_of(target: &Target, head: &ResponseHead) -> Result<Framing, GetError> {
+    head.framing().map_err(|e| GetError::Protocol {
+        url: target.display.clone(),
+        detail: e.to_string(),
+    })
 }
 
 fn status_error(ctx: &Ctx, head: &ResponseHead) -> GetError {
@@ -871,11 +904,7 @@ async fn range_loop(
         let c = slot.insert(c);
         let head = c.request(ctx.target(), Some(range.clone())).await?;
         check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
-        let framing = head.framing().map_err(|e| GetError::Protocol {
-            url: ctx.target().display.clone(),
-            detail: e.to_string(),
-        })?;
-        check_length(ctx, framing, range.clone())?;
+        check_length(ctx, framing_of(ctx.target(), &head)?, range.clone())?;
         let end = c.copy_lease(ctx, pipe, id, range.clone()).await?;
         if !lease_ended(ctx, id, range, end)? {
             break;
@@ -884,8 +913,13 @@ async fn range_loop(
     Ok(())
 }
 
-async fn single_stream(ctx: &Arc<Ctx>, conn: &mut Conn, framing: Framing) -> Result<(), GetError> {
-    let mut pipe = Pipeline::new(ctx, ctx.open_sink().await?);
+async fn single_stream(
+    ctx: &Arc<Ctx>,
+    conn: &mut Conn,
+    framing: Framing,
+    created: File,
+) -> Result<(), GetError> {
+    let mut pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
     let copied = conn.copy_stream(ctx, &mut pipe, framing).await;
     let drained = pipe.drain().await;
     if let Some(n) = copied? {
@@ -957,5 +991,38 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_total_counts_each_size_once() {
+        let c = Counters::new(3);
+        c.add_file(Some(100)); // stated up front
+        c.add_file(None);
+        c.add_file(None);
+        assert_eq!(c.unknown.load(Ordering::Relaxed), 2);
+        // The stated size was right; learning it again (a second fetch) changes nothing.
+        c.size_known(Some(100), UNKNOWN_TOTAL, 100);
+        c.size_known(Some(100), 100, 100);
+        // An unknown empty file: learnt at its first answer and again at the stream's end.
+        c.size_known(None, UNKNOWN_TOTAL, 0);
+        c.size_known(None, 0, 0);
+        assert_eq!(
+            c.unknown.load(Ordering::Relaxed),
+            1,
+            "one file still unknown"
+        );
+        // A stated size that was wrong is replaced by the real one.
+        c.size_known(None, UNKNOWN_TOTAL, 7);
+        assert_eq!(c.unknown.load(Ordering::Relaxed), 0);
+        assert_eq!(c.total.load(Ordering::Relaxed), 107);
+        let d = Counters::new(1);
+        d.add_file(Some(50));
+        d.size_known(Some(50), UNKNOWN_TOTAL, 60);
+        assert_eq!(d.total.load(Ordering::Relaxed), 60);
     }
 }
