@@ -209,6 +209,10 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
             format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink buffered"),
         );
         add(
+            "ferry --sink splice",
+            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink splice"),
+        );
+        add(
             "ferry --safe-mode",
             format!("{ferry} --safe-mode get '{url}' -o '{out}' -q --sha256 {sha}"),
         );
@@ -261,6 +265,12 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
     std::fs::write(&ferry_input, ferry_list)?;
     let input = ferry_input.display();
     add("ferry", format!("{ferry} get -i '{input}' -o '{{OUT}}' -q"));
+    for sink in ["buffered", "splice"] {
+        add(
+            &format!("ferry --sink {sink}"),
+            format!("{ferry} get -i '{input}' -o '{{OUT}}' -q --sink {sink}"),
+        );
+    }
     add(
         "ferry --safe-mode",
         format!("{ferry} --safe-mode get -i '{input}' -o '{{OUT}}' -q"),

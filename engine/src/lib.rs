@@ -439,13 +439,37 @@ fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkCho
         align: 1,
     };
     if backend == Backend::Portable {
-        if asked == Some(SinkKind::Direct) {
-            tracing::warn!("safe mode does not use O_DIRECT; writing through the page cache");
+        match asked {
+            Some(SinkKind::Direct) => {
+                tracing::warn!("safe mode does not use O_DIRECT; writing through the page cache")
+            }
+            Some(SinkKind::Splice) => {
+                tracing::warn!("safe mode does not splice; writing through the page cache")
+            }
+            _ => {}
         }
         return buffered("safe mode writes through the page cache".into());
     }
-    if asked == Some(SinkKind::Buffered) {
-        return buffered("buffered writes were asked for".into());
+    match asked {
+        Some(SinkKind::Buffered) => return buffered("buffered writes were asked for".into()),
+        Some(SinkKind::Splice) => {
+            let missing = kernel_probes::uring().missing(&[
+                kernel_probes::UringOp::Splice,
+                kernel_probes::UringOp::PollAdd,
+            ]);
+            if missing.is_empty() {
+                return SinkChoice {
+                    kind: SinkKind::Splice,
+                    reason: "splice was asked for (socket -> pipe -> file, POLL_ADD linked)".into(),
+                    align: 1,
+                };
+            }
+            let names: Vec<_> = missing.iter().map(|op| op.name()).collect();
+            let reason = format!("the kernel lacks io_uring {}", names.join(", "));
+            tracing::warn!("{reason}; writing through the page cache instead of splicing");
+            return buffered(reason);
+        }
+        _ => {}
     }
     let probe = kernel_probes::fs::probe_dir(dir);
     match (&probe.o_direct, probe.dio_align) {

@@ -118,8 +118,8 @@ pub fn get_ok(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> serde_
     report
 }
 
-/// Every (back-end, sink) pair to test: io_uring with `direct` and `buffered`, safe mode with
-/// `buffered` (safe mode never uses O_DIRECT).
+/// Every (back-end, sink) pair to test: io_uring with `direct`, `buffered` and `splice`, safe
+/// mode with `buffered` (safe mode never uses O_DIRECT or splice).
 pub fn modes_under_test() -> Vec<(Backend, &'static str)> {
     let mut modes = Vec::new();
     for backend in backends_under_test() {
@@ -127,6 +127,7 @@ pub fn modes_under_test() -> Vec<(Backend, &'static str)> {
             Backend::Uring => {
                 modes.push((backend, "direct"));
                 modes.push((backend, "buffered"));
+                modes.push((backend, "splice"));
             }
             Backend::Portable => modes.push((backend, "buffered")),
         }

@@ -19,6 +19,7 @@
 
 pub(crate) mod buf;
 pub(crate) mod sink;
+pub(crate) mod splice;
 
 use kernel_probes::{Support, UringOp, UringReport};
 use serde::Serialize;

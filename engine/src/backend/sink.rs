@@ -8,6 +8,9 @@
 //!   written one way and the two never race in the page cache.
 //! - [`SinkKind::Buffered`]: every write through the page cache (the safe-mode path, and what a
 //!   filesystem without O_DIRECT gets).
+//! - [`SinkKind::Splice`] (io_uring only): ranged bodies go socket -> pipe -> page cache inside
+//!   the kernel ([`super::splice`]); bytes that arrive with a response head, and bodies that are
+//!   not ranged (chunked, streamed), take the buffered path.
 //!
 //! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
 //! the connection cuts its buffers at [`FileSink::align`] boundaries so that whole buffers stay
@@ -18,6 +21,7 @@ use std::path::Path;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
+use compio::driver::{SharedFd, ToSharedFd};
 use compio::fs::{File, OpenOptions};
 use compio::io::{AsyncReadAt, AsyncWriteAtExt};
 use serde::Serialize;
@@ -32,6 +36,8 @@ pub enum SinkKind {
     Direct,
     /// Through the page cache.
     Buffered,
+    /// Socket -> pipe -> file with `SPLICE` (io_uring), through the page cache, no user copy.
+    Splice,
 }
 
 impl std::fmt::Display for SinkKind {
@@ -39,6 +45,7 @@ impl std::fmt::Display for SinkKind {
         f.write_str(match self {
             SinkKind::Direct => "direct",
             SinkKind::Buffered => "buffered",
+            SinkKind::Splice => "splice",
         })
     }
 }
@@ -50,8 +57,9 @@ impl std::str::FromStr for SinkKind {
         match s {
             "direct" => Ok(SinkKind::Direct),
             "buffered" => Ok(SinkKind::Buffered),
+            "splice" => Ok(SinkKind::Splice),
             other => Err(format!(
-                "unknown sink {other:?} (expected direct or buffered)"
+                "unknown sink {other:?} (expected direct, buffered or splice)"
             )),
         }
     }
@@ -64,6 +72,7 @@ pub(crate) struct FileSink {
     buffered: File,
     direct: Option<File>,
     align: u64,
+    splice: bool,
 }
 
 impl FileSink {
@@ -83,7 +92,7 @@ impl FileSink {
         align: u64,
     ) -> io::Result<FileSink> {
         let direct = match kind {
-            SinkKind::Buffered => None,
+            SinkKind::Buffered | SinkKind::Splice => None,
             SinkKind::Direct => Some(
                 OpenOptions::new()
                     .read(true)
@@ -97,7 +106,13 @@ impl FileSink {
             buffered,
             direct,
             align: align.max(BUF_ALIGN as u64),
+            splice: kind == SinkKind::Splice,
         })
+    }
+
+    /// The descriptor ranged bodies are spliced into, when this is a splice sink.
+    pub fn splice_target(&self) -> Option<SharedFd<std::fs::File>> {
+        self.splice.then(|| self.buffered.to_shared_fd())
     }
 
     /// Buffers should be cut at file offsets that are multiples of this (1 when any cut will do).

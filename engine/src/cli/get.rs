@@ -33,7 +33,8 @@ pub(crate) struct GetArgs {
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     chunk_size: Option<u64>,
     /// How bytes reach the disk: direct (O_DIRECT for aligned blocks; the default on io_uring
-    /// where the filesystem allows it) or buffered (the page cache; always in safe mode).
+    /// where the filesystem allows it), buffered (the page cache; always in safe mode) or splice
+    /// (socket -> pipe -> page cache in the kernel, io_uring only; hashed by reading back).
     #[arg(long, value_name = "SINK")]
     sink: Option<ferry::SinkKind>,
     /// Verify the file against this sha256 (64 hex digits); on a mismatch it is fetched once

@@ -8,12 +8,14 @@ use std::ops::Range;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
+use compio::driver::{SharedFd, ToSharedFd};
 use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 
 use super::pipe::Pipeline;
 use super::{Ctx, Target};
 use crate::backend::buf::AlignedBuf;
+use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 use crate::plan::LeaseId;
@@ -87,6 +89,8 @@ pub(super) struct Conn {
     reused: bool,
     /// False once the body ran to EOF or the server said `Connection: close`.
     reusable: bool,
+    /// This connection's pipe for the splice sink, made on first use.
+    splice: Option<SplicePipe>,
 }
 
 impl Conn {
@@ -99,6 +103,7 @@ impl Conn {
             pending: Vec::with_capacity(HEAD_READ),
             reused: false,
             reusable: true,
+            splice: None,
         })
     }
 
@@ -215,6 +220,9 @@ impl Conn {
         lease: LeaseId,
         range: Range<u64>,
     ) -> Result<BodyEnd, GetError> {
+        if let Some(file) = pipe.splice_target() {
+            return self.splice_lease(ctx, pipe, file, lease, range).await;
+        }
         let mut at = range.start;
         let mut buf = pipe.buffer().await?;
         let mut buf_at = at;
@@ -266,6 +274,81 @@ impl Conn {
                     return Ok(BodyEnd::Short {
                         at,
                         error: Some(self.net_err("read body", e)),
+                    });
+                }
+            }
+        }
+    }
+
+    /// [`Conn::copy_lease`] for the splice sink: bytes that came with the head go through a
+    /// buffer, the rest socket -> pipe -> `file` in the kernel, a pipeful at a time.
+    async fn splice_lease(
+        &mut self,
+        ctx: &Ctx,
+        pipe: &mut Pipeline,
+        file: SharedFd<std::fs::File>,
+        lease: LeaseId,
+        range: Range<u64>,
+    ) -> Result<BodyEnd, GetError> {
+        let mut at = range.start;
+        while !self.pending.is_empty() {
+            let mut buf = pipe.buffer().await?;
+            let want = self.pending.len().min(buf.capacity());
+            let n = ctx.reserve(lease, at, want as u64) as usize;
+            buf.push_slice(&self.pending[..n]);
+            self.pending.drain(..n);
+            pipe.submit(buf, at).await?;
+            at += n as u64;
+            if n < want {
+                break;
+            }
+        }
+        let io_err = |op, source| GetError::Io {
+            op,
+            path: ctx.incomplete.clone(),
+            source,
+        };
+        let spliced = match &mut self.splice {
+            Some(p) => p,
+            None => self
+                .splice
+                .insert(SplicePipe::new().map_err(|e| io_err("create a pipe", e))?),
+        };
+        loop {
+            if ctx.is_aborted() {
+                self.reusable = false;
+                return Ok(BodyEnd::Aborted);
+            }
+            let allowed = ctx.reserve(lease, at, spliced.capacity() as u64) as usize;
+            if allowed == 0 {
+                if at == range.end {
+                    self.reused = true;
+                    return Ok(BodyEnd::Complete);
+                }
+                // As in `copy_lease`: a split took the rest of this body.
+                self.reusable = false;
+                return Ok(BodyEnd::Trimmed);
+            }
+            match spliced.fill(self.stream.to_shared_fd(), allowed).await {
+                Ok(0) => {
+                    self.reusable = false;
+                    return Ok(BodyEnd::Short { at, error: None });
+                }
+                Ok(n) => {
+                    if let Err(e) = spliced.drain(file.clone(), at).await {
+                        // The pipe still holds bytes of this body: neither is usable again.
+                        self.splice = None;
+                        self.reusable = false;
+                        return Err(io_err("splice into", e));
+                    }
+                    pipe.spliced(at, n as u64);
+                    at += n as u64;
+                }
+                Err(e) => {
+                    self.reusable = false;
+                    return Ok(BodyEnd::Short {
+                        at,
+                        error: Some(self.net_err("splice body", e)),
                     });
                 }
             }

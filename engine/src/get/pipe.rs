@@ -9,6 +9,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
+use compio::driver::SharedFd;
 use compio::runtime::JoinHandle;
 
 use super::Ctx;
@@ -84,6 +85,24 @@ impl Pipeline {
         let write = compio::runtime::spawn(async move { sink.write(buf, at).await });
         self.inflight.push_back((at, write));
         Ok(())
+    }
+
+    /// The file's descriptor for splicing into, when the sink splices.
+    pub fn splice_target(&self) -> Option<SharedFd<std::fs::File>> {
+        self.sink.splice_target()
+    }
+
+    /// `len` bytes were spliced into the file at `at`: counted, and left to read-back for the
+    /// hash.
+    pub fn spliced(&self, at: u64, len: u64) {
+        self.ctx.add_done(len);
+        if let Some(v) = &self.verifier {
+            if v.written_elsewhere(at, len) {
+                if let Some(wake) = &self.wake_read_back {
+                    let _ = wake.try_send(());
+                }
+            }
+        }
     }
 
     /// Gives back a buffer that will not be written.

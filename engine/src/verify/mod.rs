@@ -159,7 +159,13 @@ impl Verifier {
 
     /// Records a written buffer for read-back instead of keeping it (the window stayed full).
     pub fn spill(&self, at: u64, buf: AlignedBuf) {
-        let len = buf.bytes().len() as u64;
+        self.written_elsewhere(at, buf.bytes().len() as u64);
+        BufPool::give(buf);
+    }
+
+    /// `len` bytes were written at `at` without passing through memory (spliced): they are
+    /// hashed by read-back. Returns true when read-back work is waiting at the prefix.
+    pub fn written_elsewhere(&self, at: u64, len: u64) -> bool {
         let mut s = self.lock();
         if len > 0 && at + len > s.prefix {
             // Merge with a neighbour that ends where this starts.
@@ -171,8 +177,7 @@ impl Verifier {
             let end = s.written.remove(&end).unwrap_or(end);
             s.written.insert(start, end);
         }
-        drop(s);
-        BufPool::give(buf);
+        s.written.contains_key(&s.prefix)
     }
 
     /// Hashes `run` (which starts at the prefix) and every kept buffer that follows, outside the
