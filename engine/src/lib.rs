@@ -52,6 +52,7 @@ mod http1;
 mod net;
 mod plan;
 mod runtime;
+pub mod serve;
 mod verify;
 
 use std::path::{Path, PathBuf};

@@ -6,6 +6,7 @@
 
 mod get;
 mod probe;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Download URLs to files.
     Get(get::GetArgs),
+    /// Serve mirrored Hugging Face repos as a read-only, HF-compatible endpoint.
+    Serve(serve::ServeArgs),
 }
 
 impl Global {
@@ -87,6 +90,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Probe(args) => probe::run(&cli.global, args),
         Command::Get(args) => get::run(&cli.global, args),
+        Command::Serve(args) => serve::run(&cli.global, args),
     };
     ExitCode::from(code)
 }
