@@ -6,6 +6,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::verify::HashAlgorithm;
+
 /// Why an [`Engine`](crate::Engine) could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -205,14 +207,16 @@ pub enum GetError {
         #[source]
         source: io::Error,
     },
-    /// The downloaded bytes do not hash to the sha256 asked for, on the first fetch and on the
+    /// The downloaded bytes do not hash to the digest asked for, on the first fetch and on the
     /// re-fetch. Nothing is left under the final name.
     #[error(
-        "{url}: sha256 mismatch after {attempts} fetches: expected {expected}, got {got}; the file was removed"
+        "{url}: {algorithm} mismatch after {attempts} fetches: expected {expected}, got {got}; the file was removed"
     )]
     ChecksumMismatch {
         /// The URL.
         url: String,
+        /// What was hashed.
+        algorithm: HashAlgorithm,
         /// The digest asked for (lowercase hex).
         expected: String,
         /// The digest of the bytes received (lowercase hex).
@@ -220,11 +224,22 @@ pub enum GetError {
         /// How many times the file was fetched.
         attempts: u32,
     },
-    /// The sha256 given is not 64 hexadecimal digits.
-    #[error("invalid sha256 {given:?}: expected 64 hexadecimal digits")]
-    InvalidSha256 {
+    /// A digest given is not hexadecimal of the algorithm's length.
+    #[error("invalid {algorithm} {given:?}: expected {} hexadecimal digits", match algorithm {
+        HashAlgorithm::Sha256 => 64,
+        HashAlgorithm::GitSha1 => 40,
+    })]
+    InvalidChecksum {
+        /// The algorithm.
+        algorithm: HashAlgorithm,
         /// What was given.
         given: String,
+    },
+    /// A git blob id can only be checked when the file's size is stated up front.
+    #[error("{url}: a git blob id needs the file's size up front")]
+    GitSha1WithoutSize {
+        /// The URL.
+        url: String,
     },
     /// Two downloads of one job would write the same file.
     #[error("two downloads would both write {}", path.display())]
@@ -250,8 +265,9 @@ impl GetError {
             | GetError::OutputDirMissing { .. }
             | GetError::OutputDirNotDirectory { .. }
             | GetError::OutputNotWritable { .. }
-            | GetError::InvalidSha256 { .. }
+            | GetError::InvalidChecksum { .. }
             | GetError::DuplicateOutput { .. }
+            | GetError::GitSha1WithoutSize { .. }
             | GetError::NothingToDo => ErrorKind::Usage,
             GetError::Resolve { .. }
             | GetError::Connect { .. }

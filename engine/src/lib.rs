@@ -49,6 +49,7 @@ mod backend;
 mod error;
 mod get;
 mod http1;
+pub mod hub;
 mod net;
 mod plan;
 mod runtime;
@@ -72,7 +73,8 @@ pub use kernel_probes;
 use crate::backend::{UringVerdict, judge_setup_errno};
 use crate::get::{Batch, Counters, Ctx, FileSpec, JobSettings, SinkChoice, Target};
 use crate::runtime::Workers;
-use crate::verify::Sha256Hex;
+use crate::verify::Checksum;
+pub use crate::verify::HashAlgorithm;
 
 /// Connections a job keeps open by default. Measured on loopback (2 cores, ext4, nginx): 16
 /// instead of 8 takes 2,000 small files in 0.49-0.52 s instead of 0.59-0.61 s (more fsyncs
@@ -244,7 +246,7 @@ impl Engine {
     /// let sha = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
     /// let job = engine.get_with("http://127.0.0.1:8080/abc", "abc", &GetOptions::new().sha256(sha))?;
     /// let report = job.wait()?; // a mismatch is fetched once more, then `GetError::ChecksumMismatch`
-    /// assert_eq!(report.sha256.map(|h| h.sha256).as_deref(), Some(sha));
+    /// assert_eq!(report.verified.map(|h| h.digest).as_deref(), Some(sha));
     /// # Ok(())
     /// # }
     /// ```
@@ -255,7 +257,9 @@ impl Engine {
         options: &GetOptions,
     ) -> Result<Job, GetError> {
         let mut item = GetItem::new(url, output);
-        item.sha256 = options.sha256.clone();
+        if let Some(hex) = &options.sha256 {
+            item = item.sha256(hex.clone());
+        }
         self.get_many(vec![item])
     }
 
@@ -306,14 +310,26 @@ impl Engine {
         let window = verify::Window::new(get::HASH_WINDOW);
         let mut files = Vec::with_capacity(items.len());
         for item in items {
-            let sha256 = match &item.sha256 {
-                Some(hex) => Some(
-                    Sha256Hex::parse(hex)
-                        .ok_or_else(|| GetError::InvalidSha256 { given: hex.clone() })?,
-                ),
+            let checksum = match &item.checksum {
+                Some((algorithm, hex)) => {
+                    Some(Checksum::parse(*algorithm, hex).ok_or_else(|| {
+                        GetError::InvalidChecksum {
+                            algorithm: *algorithm,
+                            given: hex.clone(),
+                        }
+                    })?)
+                }
                 None => None,
             };
-            let target = Target::new(&item.url, &mut resolved)?;
+            if checksum.is_some_and(|c| c.algorithm() == HashAlgorithm::GitSha1)
+                && item.size.is_none()
+            {
+                return Err(GetError::GitSha1WithoutSize { url: item.url });
+            }
+            let mut target = Target::new(&item.url, &mut resolved)?;
+            target.authorization = item
+                .token
+                .map(|t| get::Secret::new(format!("Bearer {}", t.0)));
             check_output(&item.output, &mut dirs_ok)?;
             let absolute = match &cwd {
                 Some(cwd) if item.output.is_relative() => cwd.join(&item.output),
@@ -327,7 +343,7 @@ impl Engine {
                 target,
                 output: item.output,
                 sink,
-                sha256,
+                checksum,
                 size: item.size,
             };
             files.push(Arc::new(Ctx::new(
@@ -369,6 +385,22 @@ impl Engine {
     }
 }
 
+/// Bytes for people, in binary units: `512 B`, `1.50 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
 /// One download of a job ([`Engine::get_many`]).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -377,11 +409,24 @@ pub struct GetItem {
     pub url: String,
     /// The file to write; it appears only once complete (and verified, with a sha256).
     pub output: PathBuf,
-    /// The sha256 the file must have, as in [`GetOptions::sha256`].
-    pub sha256: Option<String>,
+    /// The digest the file must have (hex): a sha256 as in [`GetOptions::sha256`], or a git
+    /// blob id (which needs [`GetItem::size`]).
+    pub checksum: Option<(HashAlgorithm, String)>,
     /// The size, when known up front (a listing states it): larger files start first, and
     /// progress has a total from the start.
     pub size: Option<u64>,
+    /// A bearer token, sent to the URL's own origin only (never across a redirect to another).
+    token: Option<Token>,
+}
+
+/// A credential whose `Debug` never shows it.
+#[derive(Clone)]
+struct Token(String);
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
 }
 
 impl GetItem {
@@ -390,14 +435,29 @@ impl GetItem {
         GetItem {
             url: url.into(),
             output: output.as_ref().to_path_buf(),
-            sha256: None,
+            checksum: None,
             size: None,
+            token: None,
         }
     }
 
     /// Checks the file against this sha256.
     pub fn sha256(mut self, hex: impl Into<String>) -> GetItem {
-        self.sha256 = Some(hex.into());
+        self.checksum = Some((HashAlgorithm::Sha256, hex.into()));
+        self
+    }
+
+    /// Checks the file against this git blob id (`sha1("blob LEN\0" + bytes)`, how the
+    /// Hugging Face Hub names files kept outside LFS). The size must be stated too.
+    pub fn git_sha1(mut self, hex: impl Into<String>) -> GetItem {
+        self.checksum = Some((HashAlgorithm::GitSha1, hex.into()));
+        self
+    }
+
+    /// Sends `Authorization: Bearer TOKEN` to the URL's origin (scheme, host and port); a
+    /// redirect elsewhere (a CDN) gets no token.
+    pub fn bearer_token(mut self, token: impl Into<String>) -> GetItem {
+        self.token = Some(Token(token.into()));
         self
     }
 
@@ -680,8 +740,8 @@ pub struct Report {
     pub sink: SinkKind,
     /// Why that sink.
     pub sink_reason: String,
-    /// The verified sha256, when one was asked for.
-    pub sha256: Option<HashReport>,
+    /// The verified digest, when one was asked for.
+    pub verified: Option<HashReport>,
     /// Times the file was fetched (2 after a sha256 mismatch that the second fetch cured).
     pub fetches: u32,
     /// Ranges fetched again after a body ended short.
@@ -690,12 +750,14 @@ pub struct Report {
     pub splits: u64,
 }
 
-/// How a download's sha256 was verified.
+/// How a download's digest was verified.
 #[derive(Debug, Clone, Serialize)]
 #[non_exhaustive]
 pub struct HashReport {
+    /// What was hashed.
+    pub algorithm: HashAlgorithm,
     /// The digest, which matched the one asked for (lowercase hex).
-    pub sha256: String,
+    pub digest: String,
     /// Bytes hashed from buffers still in memory.
     pub from_memory: u64,
     /// Bytes read back from the file to be hashed (they had left memory before their turn).

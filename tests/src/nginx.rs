@@ -8,7 +8,8 @@
 //! - `/redirect/` a 302 to the same path under `/files/`.
 //!
 //! Every request is logged (connection serial number, request number on that connection,
-//! status, URI, `Range`), so tests can count requests and connections: [`Nginx::requests`].
+//! status, URI, `Range`, whether an `Authorization` came), so tests can count requests and
+//! connections and see where a token went: [`Nginx::requests`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -44,7 +45,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    log_format ferry '$connection $connection_requests $status $request_uri "$http_range"';
+    log_format ferry '$connection $connection_requests $status $request_uri "$http_range" "$http_authorization"';
     access_log {prefix}/access.log ferry;
     sendfile on;
     tcp_nopush on;
@@ -144,17 +145,23 @@ pub struct Request {
     pub uri: String,
     /// The `Range` header, `-` when there was none.
     pub range: String,
+    /// True when the request carried an `Authorization` header.
+    pub authorized: bool,
 }
 
 impl Request {
     fn parse(line: &str) -> Option<Request> {
         let mut it = line.splitn(5, ' ');
+        let (connection, nth, status, uri) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        // `"RANGE" "AUTHORIZATION"`: neither contains a quote.
+        let mut quoted = it.next()?.split('"').filter(|s| !s.trim().is_empty());
         Some(Request {
-            connection: it.next()?.parse().ok()?,
-            nth: it.next()?.parse().ok()?,
-            status: it.next()?.parse().ok()?,
-            uri: it.next()?.to_owned(),
-            range: it.next()?.trim_matches('"').to_owned(),
+            connection: connection.parse().ok()?,
+            nth: nth.parse().ok()?,
+            status: status.parse().ok()?,
+            uri: uri.to_owned(),
+            range: quoted.next()?.to_owned(),
+            authorized: quoted.next().is_some_and(|a| a != "-"),
         })
     }
 }

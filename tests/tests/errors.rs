@@ -270,9 +270,9 @@ fn sha256_is_verified_and_a_mismatch_is_fetched_again_then_refused() {
                 &dest,
                 &["--sha256", &good, "--sink", sink, "--chunk-size", "1M"],
             );
-            assert_eq!(report["sha256"]["sha256"], good.as_str(), "{what}");
-            let hashed = report["sha256"]["from_memory"].as_u64().unwrap_or(0)
-                + report["sha256"]["read_back"].as_u64().unwrap_or(0);
+            assert_eq!(report["verified"]["digest"], good.as_str(), "{what}");
+            let hashed = report["verified"]["from_memory"].as_u64().unwrap_or(0)
+                + report["verified"]["read_back"].as_u64().unwrap_or(0);
             assert_eq!(hashed, (5 << 20) + 4097, "{what}: every byte hashed once");
             assert_eq!(report["fetches"], 1, "{what}");
             std::fs::remove_file(&dest).expect("rm");

@@ -212,7 +212,7 @@ fn an_input_list_verifies_each_file_against_its_sha256() {
         );
         assert_eq!(reports.len(), 19, "mode={mode:?}");
         for r in &reports {
-            assert!(r["sha256"]["sha256"].is_string(), "verified: {r}");
+            assert!(r["verified"]["digest"].is_string(), "verified: {r}");
         }
         for (i, n) in names.iter().enumerate() {
             if i == 7 {

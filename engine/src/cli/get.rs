@@ -3,13 +3,11 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use clap::Args;
-use ferry::{Engine, Event, GetError, Report};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use ferry::{Engine, GetError, Report, human_bytes};
 
-use super::{Global, exit, get_error_code, human_bytes, parse_size};
+use super::{Global, exit, get_error_code, parse_size};
 
 #[derive(Debug, Args)]
 pub(crate) struct GetArgs {
@@ -248,43 +246,19 @@ fn download(
     if !show_bar {
         return Ok(job.wait_all());
     }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let template = if jobs.len() > 1 {
-        "{spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta} {msg}"
-    } else {
-        "{spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta}"
-    };
-    let style =
-        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style.progress_chars("=> "));
-    for event in job.events(Duration::from_millis(100)) {
-        if let Event::Progress(p) = event {
-            if let Some(total) = p.total {
-                bar.set_length(total);
-            }
-            bar.set_position(p.done);
-            if p.files > 1 {
-                bar.set_message(format!("{}/{} files", p.files_done, p.files));
-            }
-        }
-    }
-    bar.finish_and_clear();
+    super::progress::follow(&mut job, "");
     Ok(job.wait_all())
 }
 
 fn print_summary(report: &Report, args: &GetArgs) {
     if args.json {
-        match serde_json::to_string(report) {
-            Ok(s) => println!("{s}"),
-            Err(e) => eprintln!("ferry: error: cannot render the summary: {e}"),
-        }
-        return;
+        return super::print_json(report);
     }
     if args.quiet {
         return;
     }
-    let verified = match &report.sha256 {
-        Some(h) => format!(", sha256 {} verified", &h.sha256[..12]),
+    let verified = match &report.verified {
+        Some(h) => format!(", {} {} verified", h.algorithm, &h.digest[..12]),
         None => String::new(),
     };
     println!(

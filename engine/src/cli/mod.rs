@@ -6,6 +6,8 @@
 
 mod get;
 mod probe;
+mod progress;
+mod pull;
 mod serve;
 
 use std::path::PathBuf;
@@ -21,6 +23,15 @@ pub(crate) mod exit {
     pub const REMOTE: u8 = 3;
     pub const LOCAL: u8 = 4;
     pub const BACKEND: u8 = 5;
+    // `ferry pull`: what the Hub said, one code per thing the user does about it.
+    pub const REPO_NOT_FOUND: u8 = 6;
+    pub const REVISION_NOT_FOUND: u8 = 7;
+    pub const ENTRY_NOT_FOUND: u8 = 8;
+    pub const GATED: u8 = 9;
+    pub const BAD_TOKEN: u8 = 10;
+    pub const RATE_LIMITED: u8 = 11;
+    pub const NO_SPACE: u8 = 12;
+    pub const BAD_LISTING: u8 = 13;
 }
 
 #[derive(Debug, Parser)]
@@ -63,6 +74,8 @@ enum Command {
     Probe(probe::ProbeArgs),
     /// Download URLs to files.
     Get(get::GetArgs),
+    /// Mirror a Hugging Face repo, every file verified, in the huggingface_hub cache layout.
+    Pull(pull::PullArgs),
     /// Serve mirrored Hugging Face repos as a read-only, HF-compatible endpoint.
     Serve(serve::ServeArgs),
 }
@@ -90,6 +103,7 @@ pub fn main() -> ExitCode {
     let code = match cli.command {
         Command::Probe(args) => probe::run(&cli.global, args),
         Command::Get(args) => get::run(&cli.global, args),
+        Command::Pull(args) => pull::run(&cli.global, args),
         Command::Serve(args) => serve::run(&cli.global, args),
     };
     ExitCode::from(code)
@@ -113,6 +127,14 @@ fn init_logging(verbose: u8) {
         .without_time()
         .with_target(false)
         .try_init();
+}
+
+/// Prints a summary as one JSON object on stdout.
+pub(crate) fn print_json(report: &impl serde::Serialize) {
+    match serde_json::to_string(report) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("ferry: error: cannot render the summary: {e}"),
+    }
 }
 
 /// Prints an error as one line on stderr and returns its exit code.
@@ -157,22 +179,6 @@ pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     n.checked_mul(mult)
         .filter(|&v| v > 0)
         .ok_or_else(|| format!("size {s:?} out of range"))
-}
-
-/// `1.23 GiB`-style rendering.
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,8 @@ use clap::Args;
 use ferry::kernel_probes::{self, Report, Support};
 use serde::Serialize;
 
-use super::{Global, exit, human_bytes};
+use super::{Global, exit};
+use ferry::human_bytes;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {

@@ -131,7 +131,12 @@ impl Conn {
         target: &Target,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<ResponseHead, GetError> {
-        let req = http1::get_request(&target.request_target, &target.host_header, range);
+        let req = http1::get_request(
+            &target.request_target,
+            &target.host_header,
+            range,
+            target.authorization.as_ref().map(|a| a.expose()),
+        );
         if self.reused {
             match self.try_request(target, req.clone()).await {
                 Ok(Some(head)) => return Ok(head),

@@ -44,7 +44,7 @@ use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
-use crate::verify::{HashStats, Sha256Hex, Verifier, Window};
+use crate::verify::{Checksum, HashStats, Verifier, Window};
 use crate::{HashReport, Report, UNKNOWN_TOTAL};
 
 /// Bytes read back per read when the verifier needs bytes that left memory.
@@ -71,6 +71,29 @@ pub(crate) struct Target {
     pub addrs: Vec<SocketAddr>,
     pub host_header: String,
     pub request_target: String,
+    /// The `Authorization` header value, sent to this URL's origin only: a redirect to another
+    /// scheme, host or port drops it.
+    pub authorization: Option<Secret>,
+}
+
+/// A credential: its `Debug` never shows it.
+#[derive(Clone)]
+pub(crate) struct Secret(Arc<str>);
+
+impl Secret {
+    pub fn new(value: String) -> Secret {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
 }
 
 impl Target {
@@ -109,21 +132,14 @@ impl Target {
                 a
             }
         };
-        let host_header = match url.port() {
-            Some(p) => format!("{host}:{p}"),
-            None => host.clone(),
-        };
-        let mut request_target = url.path().to_owned();
-        if let Some(q) = url.query() {
-            request_target.push('?');
-            request_target.push_str(q);
-        }
+        let (host_header, request_target) = crate::http1::host_and_target(&url);
         Ok(Target {
             url,
             display,
             addrs,
             host_header,
             request_target,
+            authorization: None,
         })
     }
 }
@@ -208,7 +224,7 @@ pub(crate) struct FileSpec {
     pub target: Target,
     pub output: PathBuf,
     pub sink: SinkChoice,
-    pub sha256: Option<Sha256Hex>,
+    pub checksum: Option<Checksum>,
     /// The size stated up front (for ordering and progress), if any.
     pub size: Option<u64>,
 }
@@ -222,7 +238,7 @@ pub(crate) struct Ctx {
     pub output: PathBuf,
     pub incomplete: PathBuf,
     pub sink: SinkChoice,
-    pub sha256: Option<Sha256Hex>,
+    pub checksum: Option<Checksum>,
     size_hint: Option<u64>,
     pub settings: Arc<JobSettings>,
     /// The job's counters; the file's own are below.
@@ -262,7 +278,7 @@ impl Ctx {
             output: spec.output,
             incomplete: PathBuf::from(name),
             sink: spec.sink,
-            sha256: spec.sha256,
+            checksum: spec.checksum,
             size_hint: spec.size,
             settings,
             progress,
@@ -416,8 +432,14 @@ impl Ctx {
         self.progress.done.fetch_sub(before, Ordering::Relaxed);
         self.aborted.store(false, Ordering::Relaxed);
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        if self.sha256.is_some() {
-            let v = Arc::new(Verifier::new(Arc::clone(&self.window)));
+        if let Some(checksum) = self.checksum {
+            // A git blob id hashes the length first: the job requires it stated up front.
+            let len = self.size_hint.unwrap_or(0);
+            let v = Arc::new(Verifier::new(
+                Arc::clone(&self.window),
+                checksum.algorithm(),
+                len,
+            ));
             let (wake_tx, wake_rx) = flume::bounded(1);
             let (done_tx, done_rx) = flume::bounded(1);
             *self.verify.lock().unwrap_or_else(|p| p.into_inner()) =
@@ -665,7 +687,7 @@ async fn settle(ctx: &Arc<Ctx>) -> Settled {
 }
 
 enum Verified {
-    Ok(Option<(Sha256Hex, HashStats)>),
+    Ok(Option<(Checksum, HashStats)>),
     Mismatch,
 }
 
@@ -704,7 +726,7 @@ async fn verify(ctx: &Ctx) -> Result<Verified, GetError> {
         });
     }
     let (got, stats) = verifier.finish();
-    let expected = ctx.sha256.expect("hashing only with a digest");
+    let expected = ctx.checksum.expect("hashing only with a digest");
     if got == expected {
         return Ok(Verified::Ok(Some((got, stats))));
     }
@@ -712,6 +734,7 @@ async fn verify(ctx: &Ctx) -> Result<Verified, GetError> {
     if fetch >= MAX_FETCHES {
         return Err(GetError::ChecksumMismatch {
             url: ctx.target().display.clone(),
+            algorithm: expected.algorithm(),
             expected: expected.to_string(),
             got: got.to_string(),
             attempts: fetch,
@@ -721,7 +744,7 @@ async fn verify(ctx: &Ctx) -> Result<Verified, GetError> {
         url = %ctx.target().display,
         %expected,
         %got,
-        "sha256 mismatch; fetching the file again"
+        "checksum mismatch; fetching the file again"
     );
     Ok(Verified::Mismatch)
 }
@@ -762,7 +785,12 @@ fn redirect_target(
         .url
         .join(location)
         .map_err(|e| err(format!("bad Location {location:?}: {e}")))?;
-    Target::from_url(next, resolved)
+    let mut next = Target::from_url(next, resolved)?;
+    // A credential goes to the origin it was given for, never to a CDN another host names.
+    if next.url.origin() == from.url.origin() {
+        next.authorization = from.authorization.clone();
+    }
+    Ok(next)
 }
 
 /// Checks a 206 against the range asked for; returns the total size it states.
@@ -930,7 +958,7 @@ async fn single_stream(
 
 /// Makes the file durable and gives it its final name. The directory entry is made durable
 /// by the job, once per directory, when the job ends.
-async fn finish(ctx: &Ctx, hash: Option<(Sha256Hex, HashStats)>) -> Result<Report, GetError> {
+async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report, GetError> {
     let total = ctx.total.load(Ordering::Relaxed);
     let done = ctx.done.load(Ordering::Relaxed);
     if total != done {
@@ -975,8 +1003,9 @@ async fn finish(ctx: &Ctx, hash: Option<(Sha256Hex, HashStats)>) -> Result<Repor
         url_final: ctx.redirected.get().map(|t| t.display.clone()),
         sink: ctx.sink.kind,
         sink_reason: ctx.sink.reason.clone(),
-        sha256: hash.map(|(digest, stats)| HashReport {
-            sha256: digest.to_string(),
+        verified: hash.map(|(digest, stats)| HashReport {
+            algorithm: digest.algorithm(),
+            digest: digest.to_string(),
             from_memory: stats.from_memory,
             read_back: stats.read_back,
         }),

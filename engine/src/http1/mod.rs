@@ -171,11 +171,34 @@ impl ResponseHead {
 
 /// Writes a `GET` request. `target` is the origin-form path and query (`/a/b?c`), `host` the
 /// `Host` header value, `range` the byte range to ask for (inclusive end is derived from it).
-pub(crate) fn get_request(target: &str, host: &str, range: Option<Range<u64>>) -> Vec<u8> {
+/// The `Host` header and the origin-form request target (`/path?query`) of `url`.
+pub(crate) fn host_and_target(url: &url::Url) -> (String, String) {
+    let host = url.host_str().unwrap_or_default();
+    let host_header = match url.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.to_owned(),
+    };
+    let mut target = url.path().to_owned();
+    if let Some(q) = url.query() {
+        target.push('?');
+        target.push_str(q);
+    }
+    (host_header, target)
+}
+
+pub(crate) fn get_request(
+    target: &str,
+    host: &str,
+    range: Option<Range<u64>>,
+    authorization: Option<&str>,
+) -> Vec<u8> {
     let mut req = format!(
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry/{}\r\nAccept: */*\r\nAccept-Encoding: identity\r\n",
         env!("CARGO_PKG_VERSION")
     );
+    if let Some(auth) = authorization {
+        req.push_str(&format!("Authorization: {auth}\r\n"));
+    }
     if let Some(r) = range {
         debug_assert!(r.start < r.end, "empty ranges are never requested");
         req.push_str(&format!("Range: bytes={}-{}\r\n", r.start, r.end - 1));
@@ -273,7 +296,8 @@ mod tests {
 
     #[test]
     fn writes_ranged_gets() {
-        let req = String::from_utf8(get_request("/f?x=1", "h:8080", Some(10..20))).expect("utf8");
+        let req =
+            String::from_utf8(get_request("/f?x=1", "h:8080", Some(10..20), None)).expect("utf8");
         assert!(req.starts_with("GET /f?x=1 HTTP/1.1\r\nHost: h:8080\r\n"));
         assert!(req.contains("\r\nRange: bytes=10-19\r\n"));
         assert!(req.ends_with("\r\n\r\n"));

@@ -1,6 +1,6 @@
-//! Streaming sha256 of a file that is written out of order, fed in file order.
+//! Streaming sha256 (or git blob sha1) of a file that is written out of order, fed in file order.
 //!
-//! Connections write ranges of one file concurrently; sha256 is sequential. A [`Verifier`]
+//! Connections write ranges of one file concurrently; a hash is sequential. A [`Verifier`]
 //! tracks the hashed prefix `0..prefix` and takes every buffer once it is written. A buffer that
 //! continues the prefix is hashed on the spot, with any kept buffers that follow it. One further
 //! on is kept, up to a window of bytes (the verifier's memory bound). When the window is full the
@@ -11,34 +11,117 @@
 //! within the window and read-back is the exception. Hashing happens outside the lock: the
 //! thread that advances the prefix takes the hasher, so other connections never wait on it.
 //!
-//! sha2 picks SHA-NI (or the ARMv8 extensions) at run time. This module does no I/O itself and
-//! knows nothing of sockets or back-ends.
+//! The hash is a [`Checksum`]'s algorithm: sha256 (LFS files, `--sha256`), or the git blob id
+//! `sha1("blob LEN\0" + bytes)` with which the Hugging Face Hub names its non-LFS files (the
+//! length goes first, so it must be known up front). sha2 and sha1 pick SHA-NI (or the ARMv8
+//! extensions) at run time. This module does no I/O itself and knows nothing of sockets or
+//! back-ends.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use serde::Serialize;
+use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
 use crate::backend::buf::{AlignedBuf, BufPool};
 
-/// A parsed sha256 digest.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Sha256Hex(pub [u8; 32]);
+/// The hash algorithms a file can be checked with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum HashAlgorithm {
+    /// sha256 of the bytes.
+    #[serde(rename = "sha256")]
+    Sha256,
+    /// The git blob id: sha1 of `"blob {len}\0"` followed by the bytes.
+    #[serde(rename = "git-sha1")]
+    GitSha1,
+}
 
-impl Sha256Hex {
-    /// Parses 64 hex digits (either case).
-    pub fn parse(s: &str) -> Option<Sha256Hex> {
-        let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).ok()?;
-        Some(Sha256Hex(out))
+impl std::fmt::Display for HashAlgorithm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            HashAlgorithm::Sha256 => "sha256",
+            HashAlgorithm::GitSha1 => "git-sha1",
+        })
     }
 }
 
-impl std::fmt::Display for Sha256Hex {
+/// A digest a file must have, or has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Checksum {
+    Sha256([u8; 32]),
+    GitSha1([u8; 20]),
+}
+
+impl Checksum {
+    /// Parses hex digits (either case) of `algorithm`'s length.
+    pub fn parse(algorithm: HashAlgorithm, s: &str) -> Option<Checksum> {
+        let s = s.trim();
+        match algorithm {
+            HashAlgorithm::Sha256 => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(s, &mut out).ok()?;
+                Some(Checksum::Sha256(out))
+            }
+            HashAlgorithm::GitSha1 => {
+                let mut out = [0u8; 20];
+                hex::decode_to_slice(s, &mut out).ok()?;
+                Some(Checksum::GitSha1(out))
+            }
+        }
+    }
+
+    pub fn algorithm(&self) -> HashAlgorithm {
+        match self {
+            Checksum::Sha256(_) => HashAlgorithm::Sha256,
+            Checksum::GitSha1(_) => HashAlgorithm::GitSha1,
+        }
+    }
+}
+
+impl std::fmt::Display for Checksum {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&hex::encode(self.0))
+        match self {
+            Checksum::Sha256(d) => f.write_str(&hex::encode(d)),
+            Checksum::GitSha1(d) => f.write_str(&hex::encode(d)),
+        }
+    }
+}
+
+/// A running hash of one of the [`HashAlgorithm`]s.
+#[derive(Clone)]
+enum Hasher {
+    Sha256(Sha256),
+    GitSha1(Sha1),
+}
+
+impl Hasher {
+    /// A fresh hash; a git blob id needs the file's length first.
+    fn new(algorithm: HashAlgorithm, len: u64) -> Hasher {
+        match algorithm {
+            HashAlgorithm::Sha256 => Hasher::Sha256(Sha256::new()),
+            HashAlgorithm::GitSha1 => {
+                let mut h = Sha1::new();
+                h.update(format!("blob {len}\0").as_bytes());
+                Hasher::GitSha1(h)
+            }
+        }
+    }
+
+    fn update(&mut self, bytes: &[u8]) {
+        match self {
+            Hasher::Sha256(h) => h.update(bytes),
+            Hasher::GitSha1(h) => h.update(bytes),
+        }
+    }
+
+    fn finalize(self) -> Checksum {
+        match self {
+            Hasher::Sha256(h) => Checksum::Sha256(h.finalize().into()),
+            Hasher::GitSha1(h) => Checksum::GitSha1(h.finalize().into()),
+        }
     }
 }
 
@@ -54,7 +137,7 @@ pub(crate) struct HashStats {
 struct State {
     prefix: u64,
     /// `None` while a thread hashes outside the lock (it owns the hasher meanwhile).
-    hasher: Option<Sha256>,
+    hasher: Option<Hasher>,
     /// Written, not hashed, buffer kept: start -> buffer. All beyond `prefix`.
     stash: BTreeMap<u64, AlignedBuf>,
     stash_bytes: u64,
@@ -67,7 +150,7 @@ struct State {
 /// and hands the bytes to [`Verifier::complete_read_back`]. It owns the hasher meanwhile.
 pub(crate) struct ReadBackClaim {
     pub range: Range<u64>,
-    hasher: Sha256,
+    hasher: Hasher,
 }
 
 /// The bytes of kept buffers all verifiers of a job may hold together: one memory bound for a
@@ -113,12 +196,13 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
-    /// A verifier that keeps buffers waiting for the prefix while `window` has room.
-    pub fn new(window: Arc<Window>) -> Verifier {
+    /// A verifier of `algorithm` over a file of `len` bytes (only the git blob id needs it)
+    /// that keeps buffers waiting for the prefix while `window` has room.
+    pub fn new(window: Arc<Window>, algorithm: HashAlgorithm, len: u64) -> Verifier {
         Verifier {
             state: Mutex::new(State {
                 prefix: 0,
-                hasher: Some(Sha256::new()),
+                hasher: Some(Hasher::new(algorithm, len)),
                 stash: BTreeMap::new(),
                 stash_bytes: 0,
                 written: BTreeMap::new(),
@@ -258,12 +342,10 @@ impl Verifier {
     }
 
     /// The digest of the prefix, once it covers the whole file, and how it was fed.
-    pub fn finish(&self) -> (Sha256Hex, HashStats) {
+    pub fn finish(&self) -> (Checksum, HashStats) {
         let s = self.lock();
         let digest = s.hasher.clone().expect("no hashing in progress").finalize();
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&digest);
-        (Sha256Hex(out), s.stats)
+        (digest, s.stats)
     }
 }
 
@@ -286,10 +368,8 @@ mod tests {
         (0..n).map(|i| (i * 7 + i / 251) as u8).collect()
     }
 
-    fn sha(b: &[u8]) -> Sha256Hex {
-        let mut out = [0u8; 32];
-        out.copy_from_slice(&Sha256::digest(b));
-        Sha256Hex(out)
+    fn sha(b: &[u8]) -> Checksum {
+        Checksum::Sha256(Sha256::digest(b).into())
     }
 
     fn buf_of(bytes: &[u8]) -> AlignedBuf {
@@ -299,8 +379,12 @@ mod tests {
     }
 
     /// Feeds writes in the given order, reading back (from `file`) whenever the verifier says so.
-    fn run(file: &[u8], writes: &[Range<usize>], window: u64) -> (Sha256Hex, HashStats) {
-        let v = Verifier::new(Window::new(window));
+    fn run(file: &[u8], writes: &[Range<usize>], window: u64) -> (Checksum, HashStats) {
+        let v = Verifier::new(
+            Window::new(window),
+            HashAlgorithm::Sha256,
+            file.len() as u64,
+        );
         for w in writes {
             if let Err(b) = v.written(w.start as u64, buf_of(&file[w.clone()])) {
                 v.spill(w.start as u64, b);
@@ -366,8 +450,8 @@ mod tests {
         let f = data(1000);
         let window = Window::new(600);
         let (a, b) = (
-            Verifier::new(Arc::clone(&window)),
-            Verifier::new(Arc::clone(&window)),
+            Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 0),
+            Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 0),
         );
         // Out of order in both files: each keeps what the shared window still has room for.
         assert!(a.written(500, buf_of(&f[500..1000])).is_ok());
@@ -394,8 +478,28 @@ mod tests {
             h.to_string(),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
-        assert_eq!(Sha256Hex::parse(&h.to_string().to_uppercase()), Some(h));
-        assert_eq!(Sha256Hex::parse("abc"), None);
-        assert_eq!(Sha256Hex::parse(&"g".repeat(64)), None);
+        let parse = |s: &str| Checksum::parse(HashAlgorithm::Sha256, s);
+        assert_eq!(parse(&h.to_string().to_uppercase()), Some(h));
+        assert_eq!(parse("abc"), None);
+        assert_eq!(parse(&"g".repeat(64)), None);
+        assert_eq!(
+            Checksum::parse(HashAlgorithm::GitSha1, &h.to_string()),
+            None
+        );
+    }
+
+    #[test]
+    fn git_blob_id_matches_git() {
+        // `printf 'hello\n' | git hash-object --stdin`, and the id of the empty blob.
+        for (bytes, id) in [
+            (&b"hello\n"[..], "ce013625030ba8dba906f756967f9e9ca394464a"),
+            (&b""[..], "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"),
+        ] {
+            let v = Verifier::new(Window::new(0), HashAlgorithm::GitSha1, bytes.len() as u64);
+            if !bytes.is_empty() {
+                assert!(v.written(0, buf_of(bytes)).is_ok());
+            }
+            assert_eq!(v.finish().0.to_string(), id);
+        }
     }
 }

@@ -1,0 +1,30 @@
+//! The progress bar of a running job, on a terminal only: bytes over all its files, rate, ETA,
+//! and `n/m files` when there are several. Nothing here decides anything about the job.
+
+use std::time::Duration;
+
+use ferry::{Event, Job};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+/// Follows `job` until it ends, drawing a bar on stderr; `label` goes before the bar.
+pub(crate) fn follow(job: &mut Job, label: &str) {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let template = format!(
+        "{label}{{spinner}} {{bytes}}/{{total_bytes}} [{{wide_bar}}] {{binary_bytes_per_sec}} ETA {{eta}} {{msg}}"
+    );
+    let style =
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    for event in job.events(Duration::from_millis(100)) {
+        if let Event::Progress(p) = event {
+            if let Some(total) = p.total {
+                bar.set_length(total);
+            }
+            bar.set_position(p.done);
+            if p.files > 1 {
+                bar.set_message(format!("{}/{} files", p.files_done, p.files));
+            }
+        }
+    }
+    bar.finish_and_clear();
+}

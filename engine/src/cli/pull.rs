@@ -1,0 +1,195 @@
+//! `ferry pull`: the command-line front end of [`ferry::hub::Pull`]. It resolves the conventions
+//! huggingface_hub users expect (endpoint, token and cache from flags, then `HF_*` variables,
+//! then defaults), shows progress, prints one summary, and maps each Hub error to its own exit
+//! code. The token is never printed or logged.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use clap::Args;
+use ferry::hub::{HubError, Layout, Pull, PullOptions, PullReport, RepoId, RepoType};
+use ferry::{Engine, human_bytes};
+
+use super::{Global, exit, get_error_code};
+
+/// Arguments of `ferry pull`.
+#[derive(Debug, Args)]
+pub(crate) struct PullArgs {
+    /// The repo: `org/name` (or `name`).
+    repo_id: String,
+    /// Branch, tag or commit.
+    #[arg(long, default_value = "main")]
+    revision: String,
+    /// model, dataset or space.
+    #[arg(long, default_value = "model", value_parser = parse_repo_type)]
+    repo_type: RepoType,
+    /// Only files matching this pattern (fnmatch, as huggingface_hub; repeatable).
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Skip files matching this pattern (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Write plain files into DIR (with huggingface_hub's .cache/huggingface metadata) instead
+    /// of the cache.
+    #[arg(long, value_name = "DIR", conflicts_with = "cache_dir")]
+    local_dir: Option<PathBuf>,
+    /// The huggingface_hub cache (default: HF_HUB_CACHE, else HF_HOME/hub, else
+    /// ~/.cache/huggingface/hub).
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co).
+    #[arg(long, value_name = "URL")]
+    endpoint: Option<String>,
+    /// Access token (default: HF_TOKEN, else the token file under HF_HOME). Never printed.
+    #[arg(long, value_name = "TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Connections for the bytes.
+    #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    connections: u32,
+    /// The summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar and no summary (errors still go to stderr).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_repo_type(s: &str) -> Result<RepoType, String> {
+    s.parse()
+}
+
+pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
+    let options = match options(&args) {
+        Ok(o) => o,
+        Err(e) => return super::fail(&e, exit::USAGE),
+    };
+    let placement = match &options.layout {
+        Layout::Cache(d) | Layout::LocalDir(d) => Some(d.clone()),
+    };
+    let mut config = global.config(placement);
+    config.connections = args.connections as usize;
+    let engine = match Engine::new(config) {
+        Ok(e) => e,
+        Err(e) => return super::fail(&e, super::start_error_code(&e)),
+    };
+    let mut pull = match Pull::start(&engine, options) {
+        Ok(p) => p,
+        Err(e) => return super::fail(&e, hub_error_code(&e)),
+    };
+    let (files, fetching) = pull.counts();
+    if !args.quiet && !args.json {
+        eprintln!(
+            "{} at {}: {files} files, {fetching} to fetch",
+            args.repo_id,
+            &pull.commit()[..12]
+        );
+    }
+    let show_bar = !args.quiet && !args.json && std::io::stderr().is_terminal();
+    if let (true, Some(job)) = (show_bar, pull.job()) {
+        super::progress::follow(job, "");
+    }
+    match pull.finish() {
+        Ok(report) => {
+            print_summary(&report, &args);
+            0
+        }
+        Err(e) => super::fail(&e, hub_error_code(&e)),
+    }
+}
+
+fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
+    let repo = RepoId::parse(&args.repo_id).map_err(HubError::Usage)?;
+    let endpoint = args
+        .endpoint
+        .clone()
+        .or_else(|| env("HF_ENDPOINT"))
+        .unwrap_or_else(|| "https://huggingface.co".into());
+    let endpoint = endpoint.trim_end_matches('/');
+    let endpoint = url::Url::parse(endpoint)
+        .map_err(|e| HubError::Usage(format!("invalid endpoint {endpoint:?}: {e}")))?;
+    let layout = match &args.local_dir {
+        Some(dir) => Layout::LocalDir(dir.clone()),
+        None => Layout::Cache(cache_dir(args)?),
+    };
+    let mut o = PullOptions::new(repo, layout, endpoint)
+        .kind(args.repo_type)
+        .revision(args.revision.clone())
+        .filter(args.include.clone(), args.exclude.clone());
+    if let Some(token) = token(args) {
+        o = o.token(token);
+    }
+    Ok(o)
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn hf_home() -> Option<PathBuf> {
+    env("HF_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("huggingface")))
+        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))
+}
+
+fn cache_dir(args: &PullArgs) -> Result<PathBuf, HubError> {
+    if let Some(d) = &args.cache_dir {
+        return Ok(d.clone());
+    }
+    if let Some(d) = env("HF_HUB_CACHE") {
+        return Ok(PathBuf::from(d));
+    }
+    hf_home().map(|h| h.join("hub")).ok_or_else(|| {
+        HubError::Usage("no cache directory: set HF_HOME or pass --cache-dir".into())
+    })
+}
+
+/// `--token`, else `HF_TOKEN`, else the token file huggingface_hub's login writes.
+fn token(args: &PullArgs) -> Option<String> {
+    args.token.clone().or_else(|| env("HF_TOKEN")).or_else(|| {
+        let path = env("HF_TOKEN_PATH")
+            .map(PathBuf::from)
+            .or_else(|| hf_home().map(|h| h.join("token")))?;
+        let t = std::fs::read_to_string(path).ok()?;
+        Some(t.trim().to_owned()).filter(|t| !t.is_empty())
+    })
+}
+
+fn hub_error_code(e: &HubError) -> u8 {
+    match e {
+        HubError::Usage(_) => exit::USAGE,
+        HubError::RepoNotFound { .. } => exit::REPO_NOT_FOUND,
+        HubError::RevisionNotFound { .. } => exit::REVISION_NOT_FOUND,
+        HubError::EntryNotFound { .. } => exit::ENTRY_NOT_FOUND,
+        HubError::Gated { .. } => exit::GATED,
+        HubError::BadToken { .. } => exit::BAD_TOKEN,
+        HubError::RateLimited { .. } => exit::RATE_LIMITED,
+        HubError::NoSpace { .. } => exit::NO_SPACE,
+        HubError::BadListing { .. } => exit::BAD_LISTING,
+        HubError::Get(g) => get_error_code(g),
+        HubError::Io { .. } => exit::LOCAL,
+        _ => exit::REMOTE,
+    }
+}
+
+fn print_summary(report: &PullReport, args: &PullArgs) {
+    if args.json {
+        return super::print_json(report);
+    }
+    if args.quiet {
+        return;
+    }
+    println!(
+        "{} {}: {} files ({}) at {}, {} fetched ({}), {} already here, every file verified; {:.2} s [{}]",
+        report.kind,
+        report.repo,
+        report.files,
+        human_bytes(report.bytes_total),
+        report.path.display(),
+        report.fetched,
+        human_bytes(report.bytes_fetched),
+        report.reused,
+        report.seconds,
+        report.backend,
+    );
+}

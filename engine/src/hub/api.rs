@@ -1,0 +1,369 @@
+//! The Hub's JSON API over plain HTTP/1.1: one blocking request at a time, for the few small
+//! answers a pull needs before the data plane takes over (the revision, the paged tree walk).
+//!
+//! It follows redirects (the token only to the endpoint's own origin), decodes chunked bodies,
+//! bounds body size, and retries what is worth retrying: connection failures, resets, timeouts,
+//! 408, 429 (waiting as `Retry-After` or `RateLimit` says, and saying so), 500, 502, 503 and
+//! 504, with exponential backoff and full jitter, a bounded number of times. Everything else
+//! fails at once with the Hub's own error code mapped to a [`HubError`]. File bytes never go
+//! through here, and neither TLS nor proxies are handled yet (plain `http://` only).
+
+use std::hash::{BuildHasher, Hasher};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use url::Url;
+
+use super::error::HubError;
+use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
+
+/// Attempts per request (the first and the retries).
+const ATTEMPTS: u32 = 6;
+/// The first backoff; doubled per retry, then full jitter.
+const BACKOFF: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(20);
+/// The longest `Retry-After` honoured; a longer one fails with the wait it asked for.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// A listing page or revision larger than this is refused.
+const MAX_BODY: usize = 256 << 20;
+const MAX_REDIRECTS: usize = 5;
+
+/// An answer: status, head, whole body.
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub head: ResponseHead,
+    pub body: Vec<u8>,
+}
+
+/// A client of one endpoint.
+#[derive(Debug)]
+pub(crate) struct Api {
+    endpoint: Url,
+    token: Option<String>,
+}
+
+/// Why one attempt failed, and whether to try again.
+enum Attempt {
+    Retry { why: String, wait: Option<Duration> },
+    Fail(HubError),
+}
+
+impl Api {
+    pub fn new(endpoint: Url, token: Option<String>) -> Api {
+        Api { endpoint, token }
+    }
+
+    pub fn endpoint(&self) -> &Url {
+        &self.endpoint
+    }
+
+    /// GETs `url` (an endpoint URL), following redirects and retrying; any final status is
+    /// returned for the caller to judge, except those retried until they ran out.
+    pub fn get(&self, url: &Url) -> Result<Answer, HubError> {
+        let mut attempt = 1;
+        loop {
+            let (why, wait) = match self.get_once(url) {
+                Err(Attempt::Fail(e)) => return Err(e),
+                Err(Attempt::Retry { why, wait }) => (why, wait),
+                Ok(answer) => match retry_wait(&answer.head) {
+                    None => return Ok(answer),
+                    Some(_) if attempt >= ATTEMPTS => return Err(gave_up(url, &answer, attempt)),
+                    Some(wait) => {
+                        let status = format!("{} {}", answer.head.status, answer.head.reason);
+                        (status, wait)
+                    }
+                },
+            };
+            if attempt >= ATTEMPTS {
+                return Err(HubError::Remote {
+                    url: url.to_string(),
+                    detail: format!("{why} (after {attempt} attempts)"),
+                });
+            }
+            let wait = match wait {
+                Some(w) if w > RETRY_AFTER_MAX => {
+                    return Err(HubError::Remote {
+                        url: url.to_string(),
+                        detail: format!(
+                            "{why}; the server asks to wait {} s, longer than ferry waits",
+                            w.as_secs()
+                        ),
+                    });
+                }
+                Some(w) => w,
+                None => backoff(attempt),
+            };
+            attempt += 1;
+            tracing::warn!(
+                "{url}: {why}; retrying in {:.1} s (attempt {attempt} of {ATTEMPTS})",
+                wait.as_secs_f64(),
+            );
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// One attempt, with its redirects.
+    fn get_once(&self, url: &Url) -> Result<Answer, Attempt> {
+        let mut url = url.clone();
+        for _ in 0..=MAX_REDIRECTS {
+            // The token goes to the endpoint's origin only.
+            let token = self
+                .token
+                .as_deref()
+                .filter(|_| url.origin() == self.endpoint.origin());
+            let answer = request(&url, token)?;
+            if !matches!(answer.head.status, 301 | 302 | 303 | 307 | 308) {
+                return Ok(answer);
+            }
+            let location = answer.head.header("location").ok_or_else(|| {
+                Attempt::Fail(HubError::Remote {
+                    url: url.to_string(),
+                    detail: format!("{} redirect without a Location", answer.head.status),
+                })
+            })?;
+            url = url.join(location).map_err(|e| {
+                Attempt::Fail(HubError::Remote {
+                    url: url.to_string(),
+                    detail: format!("bad Location {location:?}: {e}"),
+                })
+            })?;
+        }
+        Err(Attempt::Fail(HubError::Remote {
+            url: url.to_string(),
+            detail: format!("more than {MAX_REDIRECTS} redirects"),
+        }))
+    }
+}
+
+/// The error for an answer still retryable when the attempts ran out.
+fn gave_up(url: &Url, answer: &Answer, attempts: u32) -> HubError {
+    if answer.head.status == 429 {
+        return HubError::RateLimited {
+            url: url.to_string(),
+            attempts,
+        };
+    }
+    HubError::Remote {
+        url: url.to_string(),
+        detail: format!(
+            "{} {} after {attempts} attempts{}",
+            answer.head.status,
+            answer.head.reason,
+            error_message(answer)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default()
+        ),
+    }
+}
+
+/// How long to wait before retrying an answer with this status; `None`: do not retry.
+fn retry_wait(head: &ResponseHead) -> Option<Option<Duration>> {
+    match head.status {
+        429 => Some(Some(rate_limit_wait(head).unwrap_or(BACKOFF * 4))),
+        408 | 500 | 502 | 503 | 504 => Some(head.header("retry-after").and_then(parse_seconds)),
+        _ => None,
+    }
+}
+
+/// The wait a 429 asks for: `Retry-After: <seconds>`, or the `t=` of `RateLimit: "api";r=0;t=55`.
+fn rate_limit_wait(head: &ResponseHead) -> Option<Duration> {
+    if let Some(s) = head.header("retry-after").and_then(parse_seconds) {
+        return Some(s);
+    }
+    let rl = head.header("ratelimit")?;
+    rl.split(';')
+        .filter_map(|p| p.trim().strip_prefix("t="))
+        .find_map(parse_seconds)
+}
+
+fn parse_seconds(s: &str) -> Option<Duration> {
+    s.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Exponential backoff with full jitter: a random wait up to `BACKOFF * 2^(attempt-1)`.
+fn backoff(attempt: u32) -> Duration {
+    let cap = BACKOFF
+        .saturating_mul(1 << (attempt - 1).min(16))
+        .min(BACKOFF_MAX);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    cap.mul_f64((random % 10_000) as f64 / 10_000.0)
+        .max(Duration::from_millis(10))
+}
+
+/// The Hub's error text of an answer: `X-Error-Message`, or `{"error": ...}`.
+pub(crate) fn error_message(answer: &Answer) -> Option<String> {
+    if let Some(m) = answer.head.header("x-error-message") {
+        return Some(m.to_owned());
+    }
+    let v: serde_json::Value = serde_json::from_slice(&answer.body).ok()?;
+    v.get("error")?.as_str().map(str::to_owned)
+}
+
+/// One request on a fresh connection (the API needs few; the data plane keeps connections).
+fn request(url: &Url, token: Option<&str>) -> Result<Answer, Attempt> {
+    let retry = |why: String| Attempt::Retry { why, wait: None };
+    let fail = |detail: String| {
+        Attempt::Fail(HubError::Remote {
+            url: url.to_string(),
+            detail,
+        })
+    };
+    if url.scheme() != "http" {
+        return Err(Attempt::Fail(HubError::Usage(format!(
+            "{url}: only http:// endpoints are supported so far (HTTPS is on its way); use an http:// mirror with --endpoint or HF_ENDPOINT"
+        ))));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| fail("no host".into()))?
+        .to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addrs: Vec<SocketAddr> = match (bare, port).to_socket_addrs() {
+        Ok(a) => a.collect(),
+        Err(e) => return Err(retry(format!("cannot resolve {bare}: {e}"))),
+    };
+    let mut stream = connect(&addrs).map_err(|e| retry(format!("connect: {e}")))?;
+    let (host_header, target) = http1::host_and_target(url);
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut req = http1::get_request(&target, &host_header, None, auth.as_deref());
+    // One request per connection: say so, so the server closes after the answer.
+    let at = req.len() - 2;
+    req.splice(at..at, b"Connection: close\r\n".iter().copied());
+    stream
+        .write_all(&req)
+        .map_err(|e| retry(format!("send request: {e}")))?;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let (head, used) = loop {
+        match http1::parse_head(&buf) {
+            Ok(Some(done)) => break done,
+            Ok(None) => {}
+            Err(e) => return Err(fail(e.to_string())),
+        }
+        if read_some(&mut stream, &mut buf).map_err(|e| retry(format!("read: {e}")))? == 0 {
+            return Err(retry("connection closed before a complete answer".into()));
+        }
+    };
+    buf.drain(..used);
+    let framing = head.framing().map_err(|e| fail(e.to_string()))?;
+    let body = read_body(&mut stream, buf, framing).map_err(|e| match e {
+        BodyError::Io(e) => retry(format!("read body: {e}")),
+        BodyError::Bad(d) => fail(d),
+    })?;
+    Ok(Answer { head, body })
+}
+
+enum BodyError {
+    Io(std::io::Error),
+    Bad(String),
+}
+
+fn read_body(
+    stream: &mut TcpStream,
+    mut buf: Vec<u8>,
+    framing: Framing,
+) -> Result<Vec<u8>, BodyError> {
+    match framing {
+        Framing::Length(n) => {
+            if n as usize > MAX_BODY {
+                return Err(BodyError::Bad(format!("answer of {n} bytes is too large")));
+            }
+            while (buf.len() as u64) < n {
+                if read_some(stream, &mut buf).map_err(BodyError::Io)? == 0 {
+                    return Err(BodyError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        format!("body ended after {} of {n} bytes", buf.len()),
+                    )));
+                }
+            }
+            buf.truncate(n as usize);
+            Ok(buf)
+        }
+        Framing::UntilClose => {
+            while read_some(stream, &mut buf).map_err(BodyError::Io)? > 0 {
+                if buf.len() > MAX_BODY {
+                    return Err(BodyError::Bad("answer too large".into()));
+                }
+            }
+            Ok(buf)
+        }
+        Framing::Chunked => {
+            let mut decoder = ChunkedDecoder::default();
+            let mut out = Vec::new();
+            loop {
+                let used = decoder
+                    .decode(&buf, &mut out)
+                    .map_err(|e| BodyError::Bad(format!("chunked body: {e}")))?;
+                buf.drain(..used);
+                if decoder.is_done() {
+                    return Ok(out);
+                }
+                if out.len() > MAX_BODY {
+                    return Err(BodyError::Bad("answer too large".into()));
+                }
+                if read_some(stream, &mut buf).map_err(BodyError::Io)? == 0 {
+                    return Err(BodyError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "connection closed inside a chunked body",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk)?;
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n)
+}
+
+fn connect(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
+    let mut last = std::io::Error::other("no address");
+    for a in addrs {
+        match TcpStream::connect_timeout(a, TIMEOUT) {
+            Ok(s) => {
+                s.set_read_timeout(Some(TIMEOUT))?;
+                s.set_write_timeout(Some(TIMEOUT))?;
+                let _ = s.set_nodelay(true);
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(text: &str) -> ResponseHead {
+        http1::parse_head(text.as_bytes())
+            .expect("valid")
+            .expect("complete")
+            .0
+    }
+
+    #[test]
+    fn what_is_retried_and_how_long_it_waits() {
+        let h = head("HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\n\r\n");
+        assert_eq!(retry_wait(&h), Some(Some(Duration::from_secs(7))));
+        let h = head("HTTP/1.1 429 Too Many\r\nRateLimit: \"api\";r=0;t=55\r\n\r\n");
+        assert_eq!(retry_wait(&h), Some(Some(Duration::from_secs(55))));
+        let h = head("HTTP/1.1 503 Busy\r\n\r\n");
+        assert_eq!(retry_wait(&h), Some(None), "5xx: backoff");
+        for status in [200, 400, 401, 403, 404, 416] {
+            let h = head(&format!("HTTP/1.1 {status} X\r\n\r\n"));
+            assert_eq!(retry_wait(&h), None, "{status} fails fast");
+        }
+        for attempt in 1..10 {
+            assert!(backoff(attempt) <= BACKOFF_MAX);
+        }
+    }
+}

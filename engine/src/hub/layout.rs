@@ -1,0 +1,273 @@
+//! Where a pulled repo's files go on disk, in one of the two layouts huggingface_hub itself
+//! reads:
+//!
+//! - [`Layout::Cache`]: the huggingface_hub cache. `models--org--name/blobs/<etag>` holds the
+//!   bytes, `snapshots/<commit>/<path>` is a relative symlink to the blob, `refs/<revision>`
+//!   names the commit. `huggingface_hub` with `HF_HUB_OFFLINE=1` and `transformers` load from
+//!   it with no network. Files with the same content share one blob.
+//! - [`Layout::LocalDir`]: plain files at their repo paths, plus
+//!   `.cache/huggingface/download/<path>.metadata` (commit, etag, time) as huggingface_hub's
+//!   `--local-dir` writes them.
+//!
+//! Bytes reach a final name only through the data plane, verified; this module then adds the
+//! names that point at them (symlinks, metadata, refs), each replaced atomically with a rename.
+//! It decides nothing about what to fetch beyond "is this file already here".
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use super::error::HubError;
+use super::listing::RemoteFile;
+use super::repo::{RepoId, RepoType};
+
+/// Where and how a repo is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Layout {
+    /// The huggingface_hub cache rooted here (`HF_HUB_CACHE`).
+    Cache(PathBuf),
+    /// Plain files in this directory.
+    LocalDir(PathBuf),
+}
+
+/// One repo's place in a layout.
+#[derive(Debug, Clone)]
+pub(crate) struct Place {
+    layout: Layout,
+    /// The repo's folder (cache) or the local dir.
+    root: PathBuf,
+}
+
+impl Place {
+    pub fn new(layout: &Layout, repo: &RepoId, kind: RepoType) -> Place {
+        let root = match layout {
+            Layout::Cache(cache) => cache.join(repo.cache_folder(kind)),
+            Layout::LocalDir(dir) => dir.clone(),
+        };
+        Place {
+            layout: layout.clone(),
+            root,
+        }
+    }
+
+    fn is_cache(&self) -> bool {
+        matches!(self.layout, Layout::Cache(_))
+    }
+
+    /// Where the data plane writes `f`'s bytes.
+    pub fn bytes_path(&self, f: &RemoteFile) -> PathBuf {
+        if self.is_cache() {
+            self.root.join("blobs").join(&f.etag)
+        } else {
+            self.root.join(&f.path)
+        }
+    }
+
+    /// Where `f` appears for users: the snapshot entry, or the local file.
+    pub fn file_path(&self, commit: &str, f: &RemoteFile) -> PathBuf {
+        if self.is_cache() {
+            self.root.join("snapshots").join(commit).join(&f.path)
+        } else {
+            self.root.join(&f.path)
+        }
+    }
+
+    fn metadata_path(&self, f: &RemoteFile) -> PathBuf {
+        self.root
+            .join(".cache/huggingface/download")
+            .join(format!("{}.metadata", f.path))
+    }
+
+    /// The snapshot directory (cache) or the local dir: what a user opens.
+    pub fn snapshot_dir(&self, commit: &str) -> PathBuf {
+        if self.is_cache() {
+            self.root.join("snapshots").join(commit)
+        } else {
+            self.root.clone()
+        }
+    }
+
+    /// Creates the directories the files of `files` need, so the data plane can write them.
+    pub fn prepare(&self, files: &[RemoteFile]) -> Result<(), HubError> {
+        let mut dirs: Vec<PathBuf> = vec![self.root.clone()];
+        if self.is_cache() {
+            dirs.push(self.root.join("blobs"));
+        } else {
+            for f in files {
+                if let Some(parent) = self.root.join(&f.path).parent() {
+                    dirs.push(parent.to_path_buf());
+                }
+            }
+        }
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            std::fs::create_dir_all(&d).map_err(|source| HubError::Io {
+                op: "create directory",
+                path: d,
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// True when `f`'s verified bytes are already here: the blob exists with the listed size
+    /// (cache; ferry names a blob only after verifying it), or the local file has that size and
+    /// its metadata names the same etag (local dir).
+    pub fn has(&self, f: &RemoteFile) -> bool {
+        let size_ok =
+            |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == f.size);
+        if self.is_cache() {
+            return size_ok(&self.bytes_path(f));
+        }
+        size_ok(&self.bytes_path(f))
+            && std::fs::read_to_string(self.metadata_path(f))
+                .is_ok_and(|m| m.lines().nth(1) == Some(f.etag.as_str()))
+    }
+
+    /// Makes `f` (whose bytes are in place) visible at `commit`: the snapshot symlink, or the
+    /// local-dir metadata.
+    pub fn publish(&self, commit: &str, f: &RemoteFile) -> Result<(), HubError> {
+        let io = |op, path: &Path| {
+            let path = path.to_path_buf();
+            move |source| HubError::Io { op, path, source }
+        };
+        if self.is_cache() {
+            let link = self.file_path(commit, f);
+            let parent = link.parent().unwrap_or(&self.root).to_path_buf();
+            std::fs::create_dir_all(&parent).map_err(io("create directory", &parent))?;
+            let target = link_target(f);
+            if std::fs::read_link(&link).is_ok_and(|t| t == target) {
+                return Ok(());
+            }
+            let tmp = sibling_tmp(&link);
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&target, &tmp).map_err(io("create symlink", &tmp))?;
+            std::fs::rename(&tmp, &link).map_err(io("rename", &link))?;
+        } else {
+            let meta = self.metadata_path(f);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64();
+            write_atomic(&meta, format!("{commit}\n{}\n{now}\n", f.etag).as_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// Records that `revision` is `commit` (cache only; a commit names itself).
+    pub fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
+        if !self.is_cache() || revision == commit {
+            return Ok(());
+        }
+        write_atomic(&self.root.join("refs").join(revision), commit.as_bytes())
+    }
+
+    /// The directory whose filesystem receives the bytes (for the free-space check).
+    pub fn bytes_dir(&self) -> PathBuf {
+        if self.is_cache() {
+            self.root.join("blobs")
+        } else {
+            self.root.clone()
+        }
+    }
+}
+
+/// `../../blobs/<etag>` with one more `../` per directory level of the repo path.
+fn link_target(f: &RemoteFile) -> PathBuf {
+    let depth = f.path.matches('/').count();
+    let mut t = "../".repeat(depth + 2);
+    t.push_str("blobs/");
+    t.push_str(&f.etag);
+    PathBuf::from(t)
+}
+
+fn sibling_tmp(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".ferry-tmp-{}", std::process::id()));
+    PathBuf::from(s)
+}
+
+/// Writes `bytes` to `path` through a temporary file, fsynced, renamed into place.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HubError> {
+    let fail = |op, p: &Path| {
+        let p = p.to_path_buf();
+        move |source: io::Error| HubError::Io {
+            op,
+            path: p,
+            source,
+        }
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(fail("create directory", parent))?;
+    }
+    let tmp = sibling_tmp(path);
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp).map_err(fail("create", &tmp))?;
+        f.write_all(bytes).map_err(fail("write", &tmp))?;
+        f.sync_all().map_err(fail("fsync", &tmp))?;
+    }
+    std::fs::rename(&tmp, path).map_err(fail("rename", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verify::HashAlgorithm;
+
+    fn file(path: &str, etag: &str) -> RemoteFile {
+        RemoteFile {
+            path: path.into(),
+            size: 3,
+            algorithm: HashAlgorithm::GitSha1,
+            etag: etag.into(),
+        }
+    }
+
+    #[test]
+    fn snapshot_links_are_relative_and_resolve_to_the_blob() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let repo = RepoId::parse("org/name").expect("valid");
+        let place = Place::new(&Layout::Cache(dir.path().into()), &repo, RepoType::Model);
+        let commit = "c".repeat(40);
+        let f = file("a/b/c.txt", &"e".repeat(40));
+        place.prepare(std::slice::from_ref(&f)).expect("dirs");
+        std::fs::write(place.bytes_path(&f), b"abc").expect("blob");
+        assert!(place.has(&f));
+        place.publish(&commit, &f).expect("link");
+        let link = place.file_path(&commit, &f);
+        assert_eq!(
+            std::fs::read_link(&link).expect("a symlink"),
+            PathBuf::from(format!("../../../../blobs/{}", "e".repeat(40)))
+        );
+        assert_eq!(std::fs::read(&link).expect("resolves"), b"abc");
+        place.set_ref("main", &commit).expect("ref");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("models--org--name/refs/main")).expect("ref"),
+            commit
+        );
+    }
+
+    #[test]
+    fn local_dir_files_carry_their_metadata() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let repo = RepoId::parse("org/name").expect("valid");
+        let place = Place::new(&Layout::LocalDir(dir.path().into()), &repo, RepoType::Model);
+        let f = file("sub/x.json", &"e".repeat(40));
+        place.prepare(std::slice::from_ref(&f)).expect("dirs");
+        std::fs::write(place.bytes_path(&f), b"abc").expect("file");
+        assert!(
+            !place.has(&f),
+            "no metadata yet: not known to be this version"
+        );
+        place.publish(&"c".repeat(40), &f).expect("metadata");
+        assert!(place.has(&f));
+        let meta = std::fs::read_to_string(
+            dir.path()
+                .join(".cache/huggingface/download/sub/x.json.metadata"),
+        )
+        .expect("metadata");
+        let lines: Vec<&str> = meta.lines().collect();
+        assert_eq!(lines[..2], ["c".repeat(40), "e".repeat(40)]);
+    }
+}

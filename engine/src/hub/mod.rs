@@ -1,0 +1,40 @@
+//! The Hugging Face Hub: mirror a repo (`ferry pull`) the way huggingface_hub lays it out, with
+//! every file verified.
+//!
+//! A [`Pull`] resolves the revision to a commit once, walks the listing pinned to that commit,
+//! refuses a hostile listing, skips what is already in place, fetches the rest through the
+//! [`Engine`](crate::Engine) as one job (each file checked against its sha256 or git blob id
+//! before it gets its name), then publishes it in a [`Layout`]. The protocol is that of
+//! `HUB-PROTOCOL.md`; the serving side is [`crate::serve`].
+//!
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use ferry::hub::{Layout, Pull, PullOptions, RepoId};
+//! use ferry::{Config, Engine};
+//!
+//! let engine = Engine::new(Config::default())?;
+//! let options = PullOptions::new(
+//!     RepoId::parse("org/model")?,
+//!     Layout::Cache("/data/hf/hub".into()),
+//!     "http://127.0.0.1:8080".parse()?,
+//! );
+//! let report = Pull::start(&engine, options)?.finish()?;
+//! println!("{} files at {}", report.files, report.path.display());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Not here yet: HTTPS endpoints (plain `http://` only), and resuming a file that was partly
+//! fetched when a pull stopped (it is fetched again; complete files are not).
+
+mod api;
+mod error;
+mod layout;
+mod listing;
+mod pull;
+mod repo;
+
+pub use error::HubError;
+pub use layout::Layout;
+pub use pull::{Pull, PullOptions, PullReport};
+pub use repo::{RepoId, RepoType};

@@ -1,0 +1,497 @@
+//! A pull: resolve the revision to a commit once, walk the listing pinned to that commit, check
+//! and filter it, skip what is already in place, fetch the rest as one data-plane job (each file
+//! verified against its sha256 or git blob id), then publish the names (snapshot symlinks or
+//! local-dir metadata) and the ref.
+//!
+//! The listing runs on the calling thread (a few small JSON requests, see [`super::api`]); the
+//! bytes go through the [`Engine`]. What this does not do yet: resume a partly fetched file
+//! across runs (a file whose bytes were not complete is fetched again from its start; complete
+//! files are never fetched twice).
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Serialize;
+use url::Url;
+
+use super::api::{Answer, Api, error_message};
+use super::error::HubError;
+use super::layout::{Layout, Place};
+use super::listing::{self, Filter, RemoteFile, RevisionInfo, TreeEntry};
+use super::repo::{RepoId, RepoType, encode_path, encode_segment, is_commit};
+use crate::{Engine, GetError, GetItem, HashAlgorithm, Job, Report};
+
+/// Pages of a tree walk followed at most (a loop guard; the Hub pages by 1,000 entries).
+const MAX_PAGES: usize = 100_000;
+
+/// What to pull, from where, to where.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct PullOptions {
+    /// The repo.
+    pub repo: RepoId,
+    /// Model, dataset or space.
+    pub kind: RepoType,
+    /// Branch, tag or commit (default `main`).
+    pub revision: String,
+    /// Keep only files matching one of these (fnmatch patterns; all when empty).
+    pub include: Vec<String>,
+    /// Drop files matching one of these.
+    pub exclude: Vec<String>,
+    /// Where the files go.
+    pub layout: Layout,
+    /// The Hub endpoint (no trailing `/`).
+    pub endpoint: Url,
+    token: Option<Secret>,
+}
+
+/// A token whose `Debug` never shows it.
+#[derive(Clone)]
+struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl PullOptions {
+    /// Pulls `repo` at `main` into `layout` from `endpoint`.
+    pub fn new(repo: RepoId, layout: Layout, endpoint: Url) -> PullOptions {
+        PullOptions {
+            repo,
+            kind: RepoType::Model,
+            revision: "main".into(),
+            include: Vec::new(),
+            exclude: Vec::new(),
+            layout,
+            endpoint,
+            token: None,
+        }
+    }
+
+    /// The repo's type.
+    pub fn kind(mut self, kind: RepoType) -> PullOptions {
+        self.kind = kind;
+        self
+    }
+
+    /// The revision.
+    pub fn revision(mut self, revision: impl Into<String>) -> PullOptions {
+        self.revision = revision.into();
+        self
+    }
+
+    /// Include and exclude patterns.
+    pub fn filter(mut self, include: Vec<String>, exclude: Vec<String>) -> PullOptions {
+        self.include = include;
+        self.exclude = exclude;
+        self
+    }
+
+    /// A token, sent to the endpoint's origin only.
+    pub fn token(mut self, token: impl Into<String>) -> PullOptions {
+        self.token = Some(Secret(token.into()));
+        self
+    }
+}
+
+/// What a pull did.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct PullReport {
+    /// The repo id.
+    pub repo: String,
+    /// Its type.
+    pub kind: RepoType,
+    /// The revision asked for.
+    pub revision: String,
+    /// The commit it resolved to.
+    pub commit: String,
+    /// Where the files are: the snapshot directory, or the local dir.
+    pub path: PathBuf,
+    /// Files in the (filtered) listing.
+    pub files: usize,
+    /// Files whose bytes were fetched (files with the same content count once).
+    pub fetched: usize,
+    /// Files already in place, not fetched.
+    pub reused: usize,
+    /// Bytes fetched.
+    pub bytes_fetched: u64,
+    /// Bytes of all the files of the listing.
+    pub bytes_total: u64,
+    /// Seconds spent on the revision and the listing.
+    pub listing_seconds: f64,
+    /// Seconds in all.
+    pub seconds: f64,
+    /// The data plane's back-end.
+    pub backend: crate::Backend,
+}
+
+/// A pull in progress: the listing is done, the bytes are on their way.
+#[derive(Debug)]
+pub struct Pull {
+    options: PullOptions,
+    place: Place,
+    commit: String,
+    files: Vec<RemoteFile>,
+    /// The file whose bytes each download brings (one per blob).
+    fetching: Vec<RemoteFile>,
+    job: Option<Job>,
+    started: Instant,
+    listing_seconds: f64,
+    backend: crate::Backend,
+}
+
+impl Pull {
+    /// Lists the repo and starts fetching what is missing. Fails before the first byte on a
+    /// missing repo or revision, a refused token, a hostile listing, or too little disk space.
+    pub fn start(engine: &Engine, options: PullOptions) -> Result<Pull, HubError> {
+        let started = Instant::now();
+        let token = options.token.as_ref().map(|t| t.0.clone());
+        let api = Api::new(options.endpoint.clone(), token.clone());
+        let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
+        let commit = resolve_revision(&api, &options)?;
+        let files = list_files(&api, &options, &commit)?;
+        let files: Vec<RemoteFile> = files
+            .into_iter()
+            .filter(|f| filter.keeps(&f.path))
+            .collect();
+        let listing_seconds = started.elapsed().as_secs_f64();
+        let place = Place::new(&options.layout, &options.repo, options.kind);
+        // Missing bytes, once per blob in the cache (identical files share one).
+        let mut seen = HashSet::new();
+        let fetching: Vec<RemoteFile> = files
+            .iter()
+            .filter(|f| !place.has(f))
+            .filter(|f| !matches!(options.layout, Layout::Cache(_)) || seen.insert(f.etag.clone()))
+            .cloned()
+            .collect();
+        place.prepare(&files)?;
+        check_space(&place, &fetching)?;
+        let job = if fetching.is_empty() {
+            None
+        } else {
+            let items = fetching.iter().map(|f| {
+                let url = file_url(&options, &commit, &f.path);
+                let item = GetItem::new(url, place.bytes_path(f)).size(f.size);
+                let item = match f.algorithm {
+                    HashAlgorithm::Sha256 => item.sha256(f.etag.clone()),
+                    HashAlgorithm::GitSha1 => item.git_sha1(f.etag.clone()),
+                };
+                match &token {
+                    Some(t) => item.bearer_token(t.clone()),
+                    None => item,
+                }
+            });
+            Some(engine.get_many(items)?)
+        };
+        Ok(Pull {
+            backend: engine.selection().backend,
+            options,
+            place,
+            commit,
+            files,
+            fetching,
+            job,
+            started,
+            listing_seconds,
+        })
+    }
+
+    /// The commit the revision resolved to.
+    pub fn commit(&self) -> &str {
+        &self.commit
+    }
+
+    /// Files in the filtered listing, and how many of them need bytes fetched.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.files.len(), self.fetching.len())
+    }
+
+    /// The data-plane job fetching the missing bytes (none when everything is in place), for
+    /// progress.
+    pub fn job(&mut self) -> Option<&mut Job> {
+        self.job.as_mut()
+    }
+
+    /// Waits for the bytes, then publishes every file whose bytes are in place (a failed file
+    /// leaves nothing under its name) and, when all are, the ref. The first failure is the
+    /// error; the files that did arrive stay, verified, for the next pull.
+    pub fn finish(mut self) -> Result<PullReport, HubError> {
+        let results: Vec<Result<Report, GetError>> = match self.job.take() {
+            Some(job) => job.wait_all(),
+            None => Vec::new(),
+        };
+        let mut first_error = None;
+        let mut bytes_fetched = 0;
+        let mut failed_blobs = HashSet::new();
+        for (f, r) in self.fetching.iter().zip(results) {
+            match r {
+                Ok(report) => bytes_fetched += report.bytes,
+                Err(e) => {
+                    failed_blobs.insert(self.place.bytes_path(f));
+                    if first_error.is_none() {
+                        first_error = Some(self.download_error(f, e));
+                    }
+                }
+            }
+        }
+        for f in &self.files {
+            if failed_blobs.contains(&self.place.bytes_path(f)) {
+                continue;
+            }
+            self.place.publish(&self.commit, f)?;
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        self.place.set_ref(&self.options.revision, &self.commit)?;
+        let bytes_total = self.files.iter().map(|f| f.size).sum();
+        Ok(PullReport {
+            repo: self.options.repo.to_string(),
+            kind: self.options.kind,
+            revision: self.options.revision.clone(),
+            path: self.place.snapshot_dir(&self.commit),
+            commit: self.commit,
+            files: self.files.len(),
+            fetched: self.fetching.len(),
+            reused: self.files.len() - self.fetching.len(),
+            bytes_fetched,
+            bytes_total,
+            listing_seconds: self.listing_seconds,
+            seconds: self.started.elapsed().as_secs_f64(),
+            backend: self.backend,
+        })
+    }
+
+    fn download_error(&self, f: &RemoteFile, e: GetError) -> HubError {
+        match e {
+            GetError::Status { status: 404, .. } => HubError::EntryNotFound {
+                repo: self.options.repo.to_string(),
+                path: f.path.clone(),
+                commit: self.commit.clone(),
+            },
+            GetError::Status {
+                status: 401 | 403, ..
+            } => HubError::BadToken {
+                repo: self.options.repo.to_string(),
+                status: 403,
+            },
+            e => HubError::Get(e),
+        }
+    }
+}
+
+/// `E/{prefix}{repo}/resolve/{commit}/{path}`.
+fn file_url(options: &PullOptions, commit: &str, path: &str) -> String {
+    format!(
+        "{}/{}{}/resolve/{commit}/{}",
+        options.endpoint.as_str().trim_end_matches('/'),
+        options.kind.url_prefix(),
+        options.repo,
+        encode_path(path)
+    )
+}
+
+fn api_url(options: &PullOptions, rest: &str) -> Result<Url, HubError> {
+    let s = format!(
+        "{}/api/{}/{}/{rest}",
+        options.endpoint.as_str().trim_end_matches('/'),
+        options.kind.plural(),
+        options.repo
+    );
+    Url::parse(&s).map_err(|e| HubError::Usage(format!("bad endpoint URL {s:?}: {e}")))
+}
+
+/// The commit `options.revision` names, asked once.
+fn resolve_revision(api: &Api, options: &PullOptions) -> Result<String, HubError> {
+    let url = api_url(
+        options,
+        &format!("revision/{}", encode_segment(&options.revision)),
+    )?;
+    let answer = api.get(&url)?;
+    if answer.head.status != 200 {
+        return Err(api_error(api, options, &url, &answer));
+    }
+    let info: RevisionInfo = parse_json(&url, &answer)?;
+    if !is_commit(&info.sha) {
+        return Err(HubError::Remote {
+            url: url.to_string(),
+            detail: format!("the revision resolved to {:?}, not a commit id", info.sha),
+        });
+    }
+    if is_commit(&options.revision) && !info.sha.eq_ignore_ascii_case(&options.revision) {
+        return Err(HubError::Remote {
+            url: url.to_string(),
+            detail: format!("asked for commit {}, got {}", options.revision, info.sha),
+        });
+    }
+    Ok(info.sha.to_ascii_lowercase())
+}
+
+/// Every file at `commit`: the paged `/tree` walk, or `siblings` where the endpoint has no tree.
+fn list_files(api: &Api, options: &PullOptions, commit: &str) -> Result<Vec<RemoteFile>, HubError> {
+    let bad = |detail: String| HubError::BadListing {
+        repo: options.repo.to_string(),
+        detail,
+    };
+    let first = api_url(
+        options,
+        &format!("tree/{commit}?recursive=true&expand=false"),
+    )?;
+    let mut next = Some(first);
+    let mut entries: Vec<TreeEntry> = Vec::new();
+    let mut visited = HashSet::new();
+    while let Some(url) = next.take() {
+        if !visited.insert(url.to_string()) || visited.len() > MAX_PAGES {
+            return Err(bad(format!("the tree pages loop or never end (at {url})")));
+        }
+        let answer = api.get(&url)?;
+        if answer.head.status == 404
+            && answer.head.header("x-error-code").is_none()
+            && entries.is_empty()
+        {
+            tracing::info!("{url}: no tree API here; listing from the revision's siblings");
+            return list_siblings(api, options, commit);
+        }
+        if answer.head.status != 200 {
+            return Err(api_error(api, options, &url, &answer));
+        }
+        let page: Vec<TreeEntry> = parse_json(&url, &answer)?;
+        entries.extend(page);
+        next = match answer.head.header("link").and_then(next_link) {
+            Some(link) => Some(
+                url.join(&link)
+                    .map_err(|e| bad(format!("bad next-page link {link:?}: {e}")))?,
+            ),
+            None => None,
+        };
+    }
+    listing::check(listing::from_tree(entries).map_err(bad)?).map_err(bad)
+}
+
+fn list_siblings(
+    api: &Api,
+    options: &PullOptions,
+    commit: &str,
+) -> Result<Vec<RemoteFile>, HubError> {
+    let bad = |detail: String| HubError::BadListing {
+        repo: options.repo.to_string(),
+        detail,
+    };
+    let url = api_url(options, &format!("revision/{commit}?blobs=true"))?;
+    let answer = api.get(&url)?;
+    if answer.head.status != 200 {
+        return Err(api_error(api, options, &url, &answer));
+    }
+    let info: RevisionInfo = parse_json(&url, &answer)?;
+    let siblings = info
+        .siblings
+        .ok_or_else(|| bad("the revision lists no siblings".into()))?;
+    listing::check(listing::from_siblings(siblings).map_err(bad)?).map_err(bad)
+}
+
+/// The `rel="next"` target of a `Link` header.
+fn next_link(value: &str) -> Option<String> {
+    value.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        let is_next = params
+            .split(';')
+            .any(|p| p.trim().replace(' ', "") == "rel=\"next\"" || p.trim() == "rel=next");
+        let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+        is_next.then(|| target.to_owned())
+    })
+}
+
+fn parse_json<T: serde::de::DeserializeOwned>(url: &Url, answer: &Answer) -> Result<T, HubError> {
+    serde_json::from_slice(&answer.body).map_err(|e| HubError::Remote {
+        url: url.to_string(),
+        detail: format!("unreadable JSON answer: {e}"),
+    })
+}
+
+/// Maps an API error answer to what the user must do.
+fn api_error(api: &Api, options: &PullOptions, url: &Url, answer: &Answer) -> HubError {
+    let repo = options.repo.to_string();
+    let code = answer.head.header("x-error-code").unwrap_or("");
+    let status = answer.head.status;
+    let had_token = options.token.is_some();
+    match (status, code) {
+        (_, "GatedRepo") => HubError::Gated {
+            page: format!(
+                "{}/{}{repo}",
+                api.endpoint().as_str().trim_end_matches('/'),
+                options.kind.url_prefix()
+            ),
+            repo,
+        },
+        (_, "RevisionNotFound") => HubError::RevisionNotFound {
+            repo,
+            revision: options.revision.clone(),
+        },
+        (_, "RepoNotFound") | (404, _) => HubError::RepoNotFound {
+            repo,
+            kind: options.kind.to_string(),
+            endpoint: api.endpoint().to_string(),
+        },
+        (401 | 403, _) if had_token => HubError::BadToken { repo, status },
+        (401, _) => HubError::RepoNotFound {
+            repo,
+            kind: options.kind.to_string(),
+            endpoint: api.endpoint().to_string(),
+        },
+        _ => HubError::Remote {
+            url: url.to_string(),
+            detail: format!(
+                "{status} {}{}",
+                answer.head.reason,
+                error_message(answer)
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default()
+            ),
+        },
+    }
+}
+
+/// Refuses up front when the bytes to fetch cannot fit.
+fn check_space(place: &Place, fetching: &[RemoteFile]) -> Result<(), HubError> {
+    let need: u64 = fetching.iter().map(|f| f.size).sum();
+    if need == 0 {
+        return Ok(());
+    }
+    let dir = place.bytes_dir();
+    let stat = rustix::fs::statvfs(&dir).map_err(|e| HubError::Io {
+        op: "statvfs",
+        path: dir.clone(),
+        source: e.into(),
+    })?;
+    let have = stat.f_bavail.saturating_mul(stat.f_frsize);
+    if need > have {
+        return Err(HubError::NoSpace {
+            dir,
+            need: crate::human_bytes(need),
+            have: crate::human_bytes(have),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_links_are_found() {
+        assert_eq!(
+            next_link("<http://h/api/models/a/tree/x?cursor=abc>; rel=\"next\"").as_deref(),
+            Some("http://h/api/models/a/tree/x?cursor=abc")
+        );
+        assert_eq!(
+            next_link("<http://h/p1>; rel=\"prev\", <http://h/p3>; rel=\"next\"").as_deref(),
+            Some("http://h/p3")
+        );
+        assert_eq!(next_link("<http://h/p1>; rel=\"prev\""), None);
+    }
+}

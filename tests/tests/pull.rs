@@ -1,0 +1,489 @@
+//! `ferry pull` end to end, on each back-end: a synthetic model repo served by a real nginx as a
+//! static Hub (JSON files for the API, files for `resolve`), pulled into the huggingface_hub
+//! cache and into a local dir, then loaded by the real `huggingface_hub` with no network. Also:
+//! a second pull fetches nothing, a corrupted file never gets a name, hostile listings and
+//! impossible sizes are refused before the first byte, filters, and the token never reaching a
+//! host other than the endpoint's.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ferry_tests::hub::{MODEL, Repo, make_repo, tree_json, write_static_hub};
+use ferry_tests::{
+    Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry,
+};
+
+/// A static Hub serving the model repo `org/model`.
+struct Hub {
+    repo: Repo,
+    root: PathBuf,
+    nginx: Nginx,
+    _dir: tempfile::TempDir,
+}
+
+impl Hub {
+    fn start(tree: impl FnOnce(&Repo) -> Option<serde_json::Value>) -> Hub {
+        let dir = tempfile::tempdir().expect("tmp");
+        let repo = make_repo(dir.path(), "org/model", MODEL);
+        let root = dir.path().join("hub");
+        write_static_hub(&root, &repo, tree(&repo));
+        let nginx = Nginx::start(&root);
+        Hub {
+            repo,
+            root,
+            nginx,
+            _dir: dir,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/files", self.nginx.port())
+    }
+
+    /// Requests for file bytes (`resolve`) nginx has logged.
+    fn resolves(&self) -> usize {
+        self.nginx
+            .requests(0)
+            .iter()
+            .filter(|r| r.uri.contains("/resolve/"))
+            .count()
+    }
+}
+
+fn pull(backend: Backend, hub_endpoint: &str, extra: &[&str]) -> Output {
+    let mut args = vec!["pull", "org/model", "--endpoint", hub_endpoint, "--json"];
+    args.extend_from_slice(extra);
+    ferry(backend, &args)
+}
+
+fn report(o: &Output, what: &str) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "{what}: ferry pull failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON report")
+}
+
+fn snapshot(cache: &Path, repo: &Repo) -> PathBuf {
+    cache
+        .join("models--org--model/snapshots")
+        .join(&repo.commit)
+}
+
+fn python(env: &[(&str, &str)], code: &str) -> Output {
+    let mut c = Command::new("python3");
+    c.arg("-c").arg(code);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.env_remove("HF_TOKEN").output().expect("run python3")
+}
+
+#[test]
+fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
+    let hub = Hub::start(|_| None);
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?}");
+        eprintln!("pull into the cache on {what}");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let before = hub.resolves();
+        let r = report(
+            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
+            &what,
+        );
+        assert_eq!(r["backend"], backend.flag(), "{r}");
+        assert_eq!(r["commit"], hub.repo.commit.as_str());
+        assert_eq!(r["files"], MODEL.len());
+        assert_eq!(r["fetched"], MODEL.len(), "every file fetched once: {r}");
+        let resolves: Vec<_> = hub
+            .nginx
+            .requests(0)
+            .into_iter()
+            .filter(|r| r.uri.contains("/resolve/"))
+            .skip(before)
+            .collect();
+        let mut asked: Vec<_> = resolves
+            .iter()
+            .map(|r| (r.uri.clone(), r.range.clone()))
+            .collect();
+        asked.sort();
+        asked.dedup();
+        assert_eq!(
+            asked.len(),
+            resolves.len(),
+            "no range fetched twice: {resolves:?}"
+        );
+        for f in &hub.repo.files {
+            let name = f.path.replace(' ', "%20");
+            assert!(
+                resolves.iter().any(|r| r.uri.ends_with(&name)),
+                "{} fetched",
+                f.path
+            );
+        }
+        let snap = snapshot(cache.path(), &hub.repo);
+        for f in &hub.repo.files {
+            let link = snap.join(&f.path);
+            let target = std::fs::read_link(&link).expect("a symlink");
+            assert!(target.is_relative(), "{}: {}", f.path, target.display());
+            assert!(target.ends_with(Path::new("blobs").join(&f.etag)));
+            assert_same_file(&f.source, &link, &format!("{what} {}", f.path));
+        }
+        let refs = cache.path().join("models--org--model/refs/main");
+        assert_eq!(std::fs::read_to_string(refs).expect("ref"), hub.repo.commit);
+
+        // The real client finds everything with no network at all.
+        let out = python(
+            &[("HF_HUB_OFFLINE", "1"), ("HF_HUB_CACHE", cache_s)],
+            "from huggingface_hub import snapshot_download, hf_hub_download\n\
+             print(snapshot_download('org/model'))\n\
+             print(hf_hub_download('org/model', 'tokenizer/tokenizer.json'))",
+        );
+        assert!(
+            out.status.success(),
+            "huggingface_hub offline: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let mut lines = printed.lines();
+        assert_eq!(lines.next().map(PathBuf::from), Some(snap.clone()));
+        assert_eq!(
+            lines.next().map(PathBuf::from),
+            Some(snap.join("tokenizer/tokenizer.json"))
+        );
+
+        // A complete mirror: the second pull only lists.
+        let before = hub.resolves();
+        let r = report(
+            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
+            &what,
+        );
+        assert_eq!(
+            (r["fetched"].as_u64(), r["reused"].as_u64()),
+            (Some(0), Some(MODEL.len() as u64)),
+            "{r}"
+        );
+        assert_eq!(hub.resolves(), before, "no file fetched again");
+    }
+}
+
+#[test]
+fn a_local_dir_gets_plain_files_and_huggingface_hub_metadata() {
+    let hub = Hub::start(|_| None);
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?}");
+        eprintln!("pull into a local dir on {what}");
+        let dir = tempfile::tempdir().expect("tmp");
+        let local = dir.path().join("model");
+        let local_s = local.to_str().expect("utf-8");
+        report(
+            &pull(backend, &hub.endpoint(), &["--local-dir", local_s]),
+            &what,
+        );
+        for f in &hub.repo.files {
+            assert_same_file(&f.source, &local.join(&f.path), &what);
+            let meta = std::fs::read_to_string(
+                local
+                    .join(".cache/huggingface/download")
+                    .join(format!("{}.metadata", f.path)),
+            )
+            .expect("metadata");
+            let lines: Vec<&str> = meta.lines().collect();
+            assert_eq!(
+                lines[..2],
+                [hub.repo.commit.as_str(), f.etag.as_str()],
+                "{}",
+                f.path
+            );
+        }
+        let r = report(
+            &pull(backend, &hub.endpoint(), &["--local-dir", local_s]),
+            &what,
+        );
+        assert_eq!(r["fetched"], 0, "second pull reuses every file: {r}");
+    }
+}
+
+#[test]
+fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
+    let hub = Hub::start(|_| None);
+    let victim = hub
+        .repo
+        .files
+        .iter()
+        .find(|f| f.path == "model-00002-of-00002.safetensors")
+        .expect("victim");
+    let served = hub
+        .root
+        .join("org/model/resolve")
+        .join(&hub.repo.commit)
+        .join(&victim.path);
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?}");
+        eprintln!("corrupted file on {what}");
+        let mut bytes = std::fs::read(&victim.source).expect("source");
+        bytes[12345] ^= 0x01; // same size, one bit wrong: only a hash sees it
+        std::fs::write(&served, &bytes).expect("corrupt");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let o = pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]);
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{what}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains("sha256 mismatch"), "{err}");
+        let blob = cache
+            .path()
+            .join("models--org--model/blobs")
+            .join(&victim.etag);
+        assert!(!blob.exists(), "a corrupt blob must not be named");
+        assert!(!Path::new(&format!("{}.incomplete", blob.display())).exists());
+        let snap = snapshot(cache.path(), &hub.repo);
+        assert!(std::fs::symlink_metadata(snap.join(&victim.path)).is_err());
+        assert_same_file(
+            &hub.repo.files[0].source,
+            &snap.join(&hub.repo.files[0].path),
+            &what,
+        );
+
+        std::fs::copy(&victim.source, &served).expect("repair");
+        let r = report(
+            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
+            &what,
+        );
+        assert_eq!(r["fetched"], 1, "only the missing file: {r}");
+        assert_same_file(&victim.source, &snap.join(&victim.path), &what);
+    }
+}
+
+#[test]
+fn hostile_listings_are_refused_before_anything_is_written() {
+    for (name, hostile) in [
+        ("dot-dot", "../escape.txt"),
+        ("absolute", "/tmp/escape.txt"),
+        ("backslash", "a\\..\\escape.txt"),
+        ("control character", "bad\u{1}name"),
+    ] {
+        let hub = Hub::start(|repo| {
+            let mut tree = tree_json(&repo.files);
+            tree[0]["path"] = hostile.into();
+            tree[0]["type"] = "file".into();
+            tree[0]["size"] = 10.into();
+            Some(tree)
+        });
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = dir.path().join("cache");
+        let o = pull(
+            Backend::Portable,
+            &hub.endpoint(),
+            &["--cache-dir", cache.to_str().expect("utf-8")],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(13), "{name}: {err}");
+        assert!(err.contains("refusing"), "{name}: {err}");
+        assert!(!dir.path().join("escape.txt").exists());
+        assert!(
+            !cache.join("models--org--model/blobs").exists(),
+            "{name}: nothing written"
+        );
+        assert_eq!(hub.resolves(), 0, "{name}: no byte fetched");
+    }
+    // A file and a directory of the same name.
+    let hub = Hub::start(|repo| {
+        let mut tree = tree_json(&repo.files);
+        let mut clash = tree[tree.as_array().map_or(0, Vec::len) - 1].clone();
+        clash["path"] = "config.json/x".into();
+        tree.as_array_mut().expect("array").push(clash);
+        Some(tree)
+    });
+    let cache = tempfile::tempdir().expect("tmp");
+    let o = pull(
+        Backend::Portable,
+        &hub.endpoint(),
+        &["--cache-dir", cache.path().to_str().expect("utf-8")],
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(13),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn too_little_disk_space_is_refused_up_front_with_need_and_have() {
+    let hub = Hub::start(|repo| {
+        let mut tree = tree_json(&repo.files);
+        for e in tree.as_array_mut().expect("array") {
+            if e.get("lfs").is_some() {
+                e["lfs"]["size"] = (1u64 << 60).into();
+                e["size"] = (1u64 << 60).into();
+            }
+        }
+        Some(tree)
+    });
+    let cache = tempfile::tempdir().expect("tmp");
+    let o = pull(
+        Backend::Portable,
+        &hub.endpoint(),
+        &["--cache-dir", cache.path().to_str().expect("utf-8")],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(12), "{err}");
+    assert!(err.contains("need ") && err.contains("have "), "{err}");
+    assert_eq!(hub.resolves(), 0, "checked before the first byte");
+}
+
+#[test]
+fn include_and_exclude_choose_files_like_huggingface_hub() {
+    let hub = Hub::start(|_| None);
+    for backend in backends_under_test() {
+        eprintln!("filters on backend={backend:?}");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let r = report(
+            &pull(
+                backend,
+                &hub.endpoint(),
+                &[
+                    "--cache-dir",
+                    cache_s,
+                    "--include",
+                    "*.json",
+                    "--include",
+                    "tokenizer/",
+                    "--exclude",
+                    "*special*",
+                ],
+            ),
+            "filters",
+        );
+        assert_eq!(r["files"], 2, "{r}");
+        let snap = snapshot(cache.path(), &hub.repo);
+        assert!(snap.join("config.json").exists());
+        assert!(snap.join("tokenizer/tokenizer.json").exists());
+        assert!(!snap.join("tokenizer/special tokens.txt").exists());
+        assert!(!snap.join("one.bin").exists());
+    }
+}
+
+#[test]
+fn missing_repos_and_unsupported_endpoints_have_their_own_exit_codes() {
+    let hub = Hub::start(|_| None);
+    let cache = tempfile::tempdir().expect("tmp");
+    let cache_s = cache.path().to_str().expect("utf-8");
+    let o = ferry(
+        Backend::Portable,
+        &[
+            "pull",
+            "org/nothing-here",
+            "--endpoint",
+            &hub.endpoint(),
+            "--cache-dir",
+            cache_s,
+        ],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(6), "{err}");
+    assert!(
+        err.contains("not found") && err.contains("HF_TOKEN"),
+        "{err}"
+    );
+    for (args, code) in [
+        (vec!["pull", "../x", "--cache-dir", cache_s], 2),
+        (
+            vec![
+                "pull",
+                "org/model",
+                "--endpoint",
+                "https://127.0.0.1:1",
+                "--cache-dir",
+                cache_s,
+            ],
+            2,
+        ),
+        (
+            vec![
+                "pull",
+                "org/model",
+                "--repo-type",
+                "bucket",
+                "--cache-dir",
+                cache_s,
+            ],
+            2,
+        ),
+    ] {
+        let o = ferry(Backend::Portable, &args);
+        assert_eq!(
+            o.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[test]
+fn the_token_reaches_the_endpoint_and_never_the_host_it_redirects_to() {
+    // The endpoint is a proxy in front of nginx; nginx redirects every request to its own port,
+    // another origin (as the Hub redirects large files to a CDN).
+    let hub = Hub::start(|_| None);
+    let proxy = FaultProxy::start(hub.nginx.port(), Fault::None);
+    let endpoint = format!("http://127.0.0.1:{}/redirect", proxy.port());
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?}");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let o = Command::new(ferry_tests::ferry_bin())
+            .args([
+                "--backend",
+                backend.flag(),
+                "pull",
+                "org/model",
+                "--endpoint",
+                &endpoint,
+            ])
+            .args(["--cache-dir", cache_s, "--json"])
+            .env("HF_TOKEN", "hf_secret_test_token")
+            .output()
+            .expect("run ferry");
+        report(&o, &what);
+        let all = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            !all.contains("hf_secret_test_token"),
+            "the token is never printed"
+        );
+        let reqs = hub.nginx.requests(0);
+        let via_endpoint: Vec<_> = reqs
+            .iter()
+            .filter(|r| r.uri.starts_with("/redirect/"))
+            .collect();
+        let direct: Vec<_> = reqs
+            .iter()
+            .filter(|r| r.uri.starts_with("/files/"))
+            .collect();
+        assert!(
+            !via_endpoint.is_empty() && via_endpoint.iter().all(|r| r.authorized),
+            "{what}: the endpoint gets the token"
+        );
+        assert!(
+            direct.iter().any(|r| r.uri.contains("/resolve/")),
+            "{what}: bytes came from the redirect target"
+        );
+        assert!(
+            direct.iter().all(|r| !r.authorized),
+            "{what}: the redirect target never gets the token"
+        );
+    }
+}
