@@ -43,6 +43,14 @@ pub enum Fault {
         /// Which response.
         nth: usize,
     },
+    /// The first `times` requests whose request line contains `uri_contains` get a `503` with
+    /// `Retry-After: 0`, without reaching the upstream.
+    Unavailable {
+        /// What the request line must contain.
+        uri_contains: &'static str,
+        /// How many such requests fail.
+        times: usize,
+    },
 }
 
 /// A running proxy. Dropping it stops accepting connections.
@@ -52,6 +60,8 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// Responses seen so far.
     pub responses: Arc<AtomicUsize>,
+    /// Requests answered with a made-up 503 ([`Fault::Unavailable`]).
+    pub refused: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -62,14 +72,17 @@ impl FaultProxy {
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));
         let responses = Arc::new(AtomicUsize::new(0));
+        let refused = Arc::new(AtomicUsize::new(0));
         let (stop2, responses2) = (Arc::clone(&stop), Arc::clone(&responses));
+        let refused2 = Arc::clone(&refused);
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
                         let counter = Arc::clone(&responses2);
+                        let refused = Arc::clone(&refused2);
                         std::thread::spawn(move || {
-                            let _ = serve(client, upstream, fault, &counter);
+                            let _ = serve(client, upstream, fault, &counter, &refused);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -80,6 +93,7 @@ impl FaultProxy {
             port,
             stop,
             responses,
+            refused,
         }
     }
 
@@ -147,6 +161,7 @@ fn serve(
     upstream: u16,
     fault: Fault,
     counter: &AtomicUsize,
+    refused: &AtomicUsize,
 ) -> std::io::Result<()> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     let (mut cbuf, mut ubuf) = (Vec::new(), Vec::new());
@@ -154,6 +169,20 @@ fn serve(
         let Some(req) = read_head(&mut client, &mut cbuf)? else {
             return Ok(());
         };
+        if let Fault::Unavailable {
+            uri_contains,
+            times,
+        } = fault
+        {
+            let line = String::from_utf8_lossy(&req);
+            let line = line.lines().next().unwrap_or("");
+            if line.contains(uri_contains) && refused.fetch_add(1, Ordering::SeqCst) < times {
+                client.write_all(
+                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n",
+                )?;
+                continue;
+            }
+        }
         up.write_all(&req)?;
         let Some(head) = read_head(&mut up, &mut ubuf)? else {
             return Ok(());

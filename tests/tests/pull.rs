@@ -487,3 +487,28 @@ fn the_token_reaches_the_endpoint_and_never_the_host_it_redirects_to() {
         );
     }
 }
+
+#[test]
+fn files_failing_with_a_server_error_are_fetched_again() {
+    let hub = Hub::start(|_| None);
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?}");
+        eprintln!("503 bursts on {what}");
+        let proxy = FaultProxy::start(
+            hub.nginx.port(),
+            Fault::Unavailable {
+                uri_contains: "/resolve/",
+                times: 3,
+            },
+        );
+        let endpoint = format!("http://127.0.0.1:{}/files", proxy.port());
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        report(&pull(backend, &endpoint, &["--cache-dir", cache_s]), &what);
+        assert!(proxy.refused.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+        let snap = snapshot(cache.path(), &hub.repo);
+        for f in &hub.repo.files {
+            assert_same_file(&f.source, &snap.join(&f.path), &what);
+        }
+    }
+}

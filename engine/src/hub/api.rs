@@ -183,7 +183,7 @@ fn parse_seconds(s: &str) -> Option<Duration> {
 }
 
 /// Exponential backoff with full jitter: a random wait up to `BACKOFF * 2^(attempt-1)`.
-fn backoff(attempt: u32) -> Duration {
+pub(crate) fn backoff(attempt: u32) -> Duration {
     let cap = BACKOFF
         .saturating_mul(1 << (attempt - 1).min(16))
         .min(BACKOFF_MAX);

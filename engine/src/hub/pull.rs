@@ -22,6 +22,9 @@ use super::listing::{self, Filter, RemoteFile, RevisionInfo, TreeEntry};
 use super::repo::{RepoId, RepoType, encode_path, encode_segment, is_commit};
 use crate::{Engine, GetError, GetItem, HashAlgorithm, Job, Report};
 
+/// Extra jobs for files that failed for a passing reason (5xx, resets, short bodies).
+const RETRY_ROUNDS: u32 = 3;
+
 /// Pages of a tree walk followed at most (a loop guard; the Hub pages by 1,000 entries).
 const MAX_PAGES: usize = 100_000;
 
@@ -131,7 +134,8 @@ pub struct PullReport {
 
 /// A pull in progress: the listing is done, the bytes are on their way.
 #[derive(Debug)]
-pub struct Pull {
+pub struct Pull<'e> {
+    engine: &'e Engine,
     options: PullOptions,
     place: Place,
     commit: String,
@@ -144,10 +148,10 @@ pub struct Pull {
     backend: crate::Backend,
 }
 
-impl Pull {
+impl<'e> Pull<'e> {
     /// Lists the repo and starts fetching what is missing. Fails before the first byte on a
     /// missing repo or revision, a refused token, a hostile listing, or too little disk space.
-    pub fn start(engine: &Engine, options: PullOptions) -> Result<Pull, HubError> {
+    pub fn start(engine: &'e Engine, options: PullOptions) -> Result<Pull<'e>, HubError> {
         let started = Instant::now();
         let token = options.token.as_ref().map(|t| t.0.clone());
         let api = Api::new(options.endpoint.clone(), token.clone());
@@ -170,34 +174,43 @@ impl Pull {
             .collect();
         place.prepare(&files)?;
         check_space(&place, &fetching)?;
-        let job = if fetching.is_empty() {
-            None
-        } else {
-            let items = fetching.iter().map(|f| {
-                let url = file_url(&options, &commit, &f.path);
-                let item = GetItem::new(url, place.bytes_path(f)).size(f.size);
-                let item = match f.algorithm {
-                    HashAlgorithm::Sha256 => item.sha256(f.etag.clone()),
-                    HashAlgorithm::GitSha1 => item.git_sha1(f.etag.clone()),
-                };
-                match &token {
-                    Some(t) => item.bearer_token(t.clone()),
-                    None => item,
-                }
-            });
-            Some(engine.get_many(items)?)
-        };
-        Ok(Pull {
+        let mut pull = Pull {
+            engine,
             backend: engine.selection().backend,
             options,
             place,
             commit,
             files,
             fetching,
-            job,
+            job: None,
             started,
             listing_seconds,
-        })
+        };
+        let all: Vec<usize> = (0..pull.fetching.len()).collect();
+        pull.job = pull.fetch(&all)?;
+        Ok(pull)
+    }
+
+    /// Starts a job for the files `which` (indexes into `fetching`); none when empty.
+    fn fetch(&self, which: &[usize]) -> Result<Option<Job>, HubError> {
+        if which.is_empty() {
+            return Ok(None);
+        }
+        let token = self.options.token.as_ref().map(|t| t.0.clone());
+        let items = which.iter().map(|&i| {
+            let f = &self.fetching[i];
+            let url = file_url(&self.options, &self.commit, &f.path);
+            let item = GetItem::new(url, self.place.bytes_path(f)).size(f.size);
+            let item = match f.algorithm {
+                HashAlgorithm::Sha256 => item.sha256(f.etag.clone()),
+                HashAlgorithm::GitSha1 => item.git_sha1(f.etag.clone()),
+            };
+            match &token {
+                Some(t) => item.bearer_token(t.clone()),
+                None => item,
+            }
+        });
+        Ok(Some(self.engine.get_many(items)?))
     }
 
     /// The commit the revision resolved to.
@@ -220,24 +233,52 @@ impl Pull {
     /// leaves nothing under its name) and, when all are, the ref. The first failure is the
     /// error; the files that did arrive stay, verified, for the next pull.
     pub fn finish(mut self) -> Result<PullReport, HubError> {
-        let results: Vec<Result<Report, GetError>> = match self.job.take() {
-            Some(job) => job.wait_all(),
-            None => Vec::new(),
-        };
-        let mut first_error = None;
         let mut bytes_fetched = 0;
-        let mut failed_blobs = HashSet::new();
-        for (f, r) in self.fetching.iter().zip(results) {
-            match r {
-                Ok(report) => bytes_fetched += report.bytes,
-                Err(e) => {
-                    failed_blobs.insert(self.place.bytes_path(f));
-                    if first_error.is_none() {
-                        first_error = Some(self.download_error(f, e));
-                    }
+        let mut failed: Vec<(usize, GetError)> = Vec::new();
+        let mut which: Vec<usize> = (0..self.fetching.len()).collect();
+        let mut job = self.job.take();
+        for round in 1.. {
+            let results: Vec<Result<Report, GetError>> = match job.take() {
+                Some(job) => job.wait_all(),
+                None => Vec::new(),
+            };
+            failed.clear();
+            for (i, r) in which.iter().zip(results) {
+                match r {
+                    Ok(report) => bytes_fetched += report.bytes,
+                    Err(e) => failed.push((*i, e)),
                 }
             }
+            // Files that failed for a passing reason (a 5xx, a reset) get another job, after a
+            // growing wait; the others fail now.
+            let retry: Vec<usize> = failed
+                .iter()
+                .filter(|(_, e)| is_transient(e))
+                .map(|(i, _)| *i)
+                .collect();
+            if retry.is_empty() || round > RETRY_ROUNDS {
+                break;
+            }
+            let wait = super::api::backoff(round + 2);
+            tracing::warn!(
+                "{} file(s) failed ({}); fetching them again in {:.1} s (round {} of {RETRY_ROUNDS})",
+                retry.len(),
+                failed[0].1,
+                wait.as_secs_f64(),
+                round
+            );
+            std::thread::sleep(wait);
+            which = retry;
+            job = self.fetch(&which)?;
         }
+        let failed_blobs: HashSet<PathBuf> = failed
+            .iter()
+            .map(|(i, _)| self.place.bytes_path(&self.fetching[*i]))
+            .collect();
+        let first_error = failed
+            .into_iter()
+            .next()
+            .map(|(i, e)| self.download_error(&self.fetching[i], e));
         for f in &self.files {
             if failed_blobs.contains(&self.place.bytes_path(f)) {
                 continue;
@@ -281,6 +322,15 @@ impl Pull {
             },
             e => HubError::Get(e),
         }
+    }
+}
+
+/// True for a failure that another try may not meet: a server error, a broken connection.
+fn is_transient(e: &GetError) -> bool {
+    match e {
+        GetError::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+        GetError::Connect { .. } | GetError::Network { .. } | GetError::ShortBody { .. } => true,
+        _ => false,
     }
 }
 
