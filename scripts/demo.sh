@@ -1,55 +1,55 @@
 #!/usr/bin/env bash
-# The main job on an embedded default: builds ferry in release, generates a 1 GiB file of seeded
-# random bytes, serves it from nginx on loopback, downloads it with `ferry get`, checks it
-# byte for byte, prints the summary, and stops nginx (also on failure).
-# Usage: scripts/demo.sh [SIZE_MIB]   (default 1024)
+# ferry's main job, end to end on loopback: builds ferry in release, generates a synthetic model
+# repo (safetensors-like shards plus config and tokenizer files) in the huggingface_hub cache
+# layout, serves it with `ferry serve`, mirrors it with `ferry pull` into a fresh cache (every
+# file verified), shows the summary, pulls once more (only the listing), loads the mirror with
+# the real huggingface_hub offline, and stops the server (also on failure).
+# Usage: scripts/demo.sh [SHARDS] [SHARD_MIB]   (default 4 shards of 256 MiB)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 
-size_mib=${1:-1024}
+shards=${1:-4}
+shard_mib=${2:-256}
 cargo build --release --locked --quiet -p ferry
 ferry=$PWD/target/release/ferry
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ferry-demo.XXXXXX")
-nginx_pid=""
+serve_pid=""
 cleanup() {
-  if [ -n "$nginx_pid" ]; then kill "$nginx_pid" 2>/dev/null || true; wait "$nginx_pid" 2>/dev/null || true; fi
+  if [ -n "$serve_pid" ]; then kill "$serve_pid" 2>/dev/null || true; wait "$serve_pid" 2>/dev/null || true; fi
   rm -rf "$work"
 }
 trap cleanup EXIT INT TERM
 
-mkdir -p "$work/www" "$work/out"
-echo "demo: generating ${size_mib} MiB of seeded random bytes"
-# AES-CTR keystream from a fixed key: deterministic, incompressible, fast.
-head -c $((size_mib * 1024 * 1024)) /dev/zero \
-  | openssl enc -aes-128-ctr -nosalt -K 000102030405060708090a0b0c0d0e0f -iv 00000000000000000000000000000000 > "$work/www/model.bin"
+echo "demo: generating org/demo-model: $shards shards of $shard_mib MiB plus config and tokenizer"
+commit=$(python3 scripts/synth-repo.py "$work/origin" org/demo-model --shards "$shards" --shard-mib "$shard_mib")
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-user_line=""; [ "$(id -u)" -eq 0 ] && user_line="user root root;"
-cat > "$work/nginx.conf" <<CONF
-$user_line
-worker_processes 2;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 1024; }
-http {
-  access_log off; sendfile on; tcp_nopush on; keepalive_requests 100000;
-  client_body_temp_path $work/body; proxy_temp_path $work/proxy; fastcgi_temp_path $work/fcgi;
-  uwsgi_temp_path $work/uwsgi; scgi_temp_path $work/scgi;
-  server { listen 127.0.0.1:$port; location / { root $work/www; } }
-}
-CONF
-/usr/sbin/nginx -p "$work" -c "$work/nginx.conf" -e "$work/error.log" &
-nginx_pid=$!
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+"$ferry" serve --root "$work/origin" --addr 127.0.0.1:0 > "$work/serve.out" 2> "$work/serve.err" &
+serve_pid=$!
+endpoint=""
+for _ in $(seq 200); do
+  endpoint=$(grep -o 'http://127\.0\.0\.1:[0-9]*' "$work/serve.out" 2>/dev/null | head -n 1 || true)
+  [ -n "$endpoint" ] && break
+  kill -0 "$serve_pid" 2>/dev/null || { cat "$work/serve.err" >&2; exit 1; }
+  sleep 0.05
+done
+[ -n "$endpoint" ] || { echo "demo: ferry serve did not start" >&2; cat "$work/serve.err" >&2; exit 1; }
+echo "demo: ferry serve is the Hub at $endpoint"
 
-echo "demo: ferry get http://127.0.0.1:$port/model.bin"
-"$ferry" get "http://127.0.0.1:$port/model.bin" -o "$work/out/model.bin"
-if cmp -s "$work/www/model.bin" "$work/out/model.bin"; then
-  echo "demo: verified: the download is byte-identical to the source"
-else
-  echo "demo: FAILED: the download differs from the source" >&2
-  exit 1
-fi
+echo "demo: ferry pull org/demo-model --endpoint $endpoint --cache-dir CACHE"
+"$ferry" pull org/demo-model --endpoint "$endpoint" --cache-dir "$work/cache"
+echo "demo: again (a complete mirror: only the listing)"
+"$ferry" pull org/demo-model --endpoint "$endpoint" --cache-dir "$work/cache"
+
+snap="$work/cache/models--org--demo-model/snapshots/$commit"
+for f in "$work"/origin/models--org--demo-model/snapshots/"$commit"/*; do
+  cmp -s "$f" "$snap/$(basename "$f")" || { echo "demo: FAILED: $(basename "$f") differs" >&2; exit 1; }
+done
+echo "demo: every file is byte-identical to the origin"
+HF_HUB_OFFLINE=1 HF_HUB_CACHE="$work/cache" python3 -c "
+from huggingface_hub import snapshot_download
+import os
+path = snapshot_download('org/demo-model')
+print('demo: huggingface_hub (offline) loads', len(os.listdir(path)), 'files from', path)
+"

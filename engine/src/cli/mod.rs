@@ -2,7 +2,9 @@
 //! codes. Each subcommand lives in its own module and uses only the library's public API.
 //!
 //! Exit codes (also in the README): 0 success, 1 internal error, 2 usage or bad input, 3 the
-//! server or network failed, 4 a local file operation failed, 5 the requested back-end cannot run.
+//! server or network failed, 4 a local file operation failed, 5 the requested back-end cannot run;
+//! `ferry pull` adds 6 repo not found, 7 revision not found, 8 file not found, 9 gated, 10 token
+//! refused, 11 rate limited, 12 not enough disk space, 13 a hostile or malformed listing.
 
 mod get;
 mod probe;
