@@ -38,6 +38,8 @@ if [ "${1:-}" = "--bench" ]; then
   python3 -c 'import hf_transfer' 2>/dev/null || python3 -m pip install -q hf_transfer
 fi
 
+python3 -c 'import huggingface_hub' 2>/dev/null || python3 -m pip install -q huggingface_hub
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; this machine kind ships a Rust toolchain (rustup)" >&2
   exit 1

@@ -1,14 +1,86 @@
-//! `ferry serve`: command-line front end of [`ferry::serve`]. Not implemented yet.
+//! `ferry serve`: command-line front end of [`ferry::serve`]. Parses the arguments, scans and
+//! binds, prints the listening address as the first line on stdout (scripts and tests read the
+//! port from it), then serves until the process is stopped. All the work is in the library.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use clap::Args;
+use ferry::serve::{DEFAULT_PAGE_SIZE, ServeError, ServeOptions, Server};
 
-use super::Global;
+use super::{Global, exit, fail};
 
 /// Arguments of `ferry serve`.
 #[derive(Debug, Args)]
-pub(crate) struct ServeArgs {}
-
-pub(crate) fn run(_global: &Global, _args: ServeArgs) -> u8 {
-    eprintln!("ferry: error: serve is not implemented yet");
-    super::exit::INTERNAL
+pub(crate) struct ServeArgs {
+    /// Folder holding the repos: huggingface_hub cache folders (models--org--name, ...) and
+    /// --local-dir downloads (org/name, datasets/org/name, spaces/org/name).
+    #[arg(long)]
+    root: PathBuf,
+    /// Address to listen on (port 0 picks a free port; the first line on stdout names it).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: SocketAddr,
+    /// Tree entries per page (tests force paging with a small value).
+    #[arg(long, hide = true, env = "FERRY_SERVE_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE as u32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    page_size: u32,
 }
+
+pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
+    let mut options = ServeOptions::default();
+    options.page_size = args.page_size as usize;
+    let server = match Server::bind(&args.root, args.addr, options) {
+        Ok(s) => s,
+        Err(e) => {
+            let code = match e {
+                ServeError::RootNotDir { .. } => exit::USAGE,
+                ServeError::Root { .. } => exit::LOCAL,
+                _ => exit::REMOTE,
+            };
+            return fail(&ErrorChain(&e), code);
+        }
+    };
+    let s = server.summary();
+    let mut out = std::io::stdout().lock();
+    // A closed stdout must not stop the server: write errors are ignored.
+    let _ = writeln!(
+        out,
+        "ferry serve: listening on http://{} (root {})",
+        server.local_addr(),
+        server.root().display()
+    );
+    let _ = out.flush();
+    drop(out);
+    eprintln!(
+        "ferry serve: {} repos, {} snapshots, {} files, {}",
+        s.repos,
+        s.snapshots,
+        s.files,
+        ferry::human_bytes(s.bytes)
+    );
+    server.run()
+}
+
+/// Shows an error with its causes on one line (`cannot listen on ...: Address in use`).
+struct ErrorChain<'a>(&'a dyn std::error::Error);
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for ErrorChain<'_> {}

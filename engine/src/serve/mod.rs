@@ -1,2 +1,329 @@
-//! `ferry serve`: a read-only, Hugging Face-compatible endpoint over repos that `ferry pull`
-//! wrote (cache or local-dir layout). Work in progress: not implemented yet.
+//! `ferry serve`: a read-only, Hugging Face Hub-compatible HTTP endpoint over repos kept on local
+//! disk, so that stock clients (`huggingface_hub` with `HF_ENDPOINT`, `ferry pull`, hf_transfer,
+//! aria2) download from it as they would from the Hub. The protocol is the one in
+//! HUB-PROTOCOL.md: `/api/{type}s/{repo}/revision|tree|treesize/...` and
+//! `/{prefix}{repo}/resolve/{rev}/{path}` with `X-Repo-Commit`, `ETag`, `X-Linked-Size`, byte
+//! ranges and `X-Error-Code` errors.
+//!
+//! Two layouts under the root are served, found by one scan when the [`Server`] is bound (a
+//! restart picks up changes):
+//!
+//! - the huggingface_hub cache: `models--org--name/` (`datasets--`, `spaces--`; `models--name`
+//!   without an org) with `refs/<rev>`, `blobs/<etag>` and `snapshots/<commit>/<path>` symlinks.
+//!   A file's etag is the name of the blob its symlink leads to (sha256: LFS; git sha1: not);
+//!   blobs are not re-hashed. A snapshot entry that is a regular file gets its git blob sha1
+//!   computed during the scan and is served as a non-LFS file.
+//! - `--local-dir` downloads: `org/name/` (models), `datasets/org/name/`, `spaces/org/name/`
+//!   (or without the org level), holding the files at their repo paths and
+//!   `.cache/huggingface/download/<path>.metadata` (commit, etag, unix time). The repo's commit
+//!   is that of its newest metadata file; it is served as `main` and as the commit sha. Only
+//!   files whose metadata names that commit, and is not older than the file (huggingface_hub's
+//!   own staleness rule), are served: a file without valid metadata is not part of the repo.
+//!
+//! Invariants: nothing is ever written under the root. A request names files only through the
+//! catalog built by the scan (a table keyed by repo, commit and path), never by joining its path
+//! onto the root; request paths are percent-decoded once and refused with `..`, `.` or empty
+//! segments, backslashes and control characters. A snapshot symlink whose canonical target lies
+//! outside its repo folder is left out of the catalog. The server never emits Xet headers or
+//! fields, so clients always download over plain HTTP.
+//!
+//! Choices: a `Range` with several ranges is ignored (200 with the whole file, which RFC 9110
+//! allows; no multipart, so no amplification). Tree listings are paged
+//! ([`ServeOptions::page_size`] entries per page, `Link: <...>; rel="next"` with a `cursor`
+//! query parameter, built from the request's `Host`).
+//!
+//! The server is blocking std::net: one thread per connection up to
+//! [`ServeOptions::max_connections`] (beyond that a 503), HTTP/1.1 keep-alive, request heads
+//! capped at 16 KiB and 64 header fields (431), a deadline on reading each head (slow clients are
+//! dropped), a send timeout on bodies, and file bodies sent with sendfile(2).
+//!
+//! What it does not do: TLS, authentication, redirects to a CDN, uploads or any write method,
+//! Xet, conditional requests other than `If-Range`, and watching the root for changes.
+
+mod catalog;
+mod conn;
+mod handler;
+mod range;
+mod route;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use crate::serve::catalog::Catalog;
+
+/// Tree entries per page by default (what the Hub uses).
+pub const DEFAULT_PAGE_SIZE: usize = 1000;
+
+/// How a [`Server`] runs. Start from [`ServeOptions::default`] and change what you need.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// Entries per page of a `/tree` listing ([`DEFAULT_PAGE_SIZE`]); at least 1.
+    pub page_size: usize,
+    /// Connections served at once (default 256); one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// How long a client may take to send a request head, and how long a kept-alive connection
+    /// may wait for its next request (default 30 s).
+    pub head_timeout: Duration,
+    /// How long one send may block on a client that does not read (default 60 s).
+    pub write_timeout: Duration,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            page_size: DEFAULT_PAGE_SIZE,
+            max_connections: 256,
+            head_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Why a [`Server`] could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The root is missing or not a directory.
+    #[error("root {} is not a directory", path.display())]
+    RootNotDir {
+        /// The root given.
+        path: PathBuf,
+    },
+    /// The root could not be read.
+    #[error("cannot read root {}", path.display())]
+    Root {
+        /// The root given.
+        path: PathBuf,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The listening socket could not be bound.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What failed.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a [`Server`] found under its root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Summary {
+    /// Repos (models, datasets and spaces).
+    pub repos: usize,
+    /// Commits with a snapshot, over all repos.
+    pub snapshots: usize,
+    /// Files over all snapshots.
+    pub files: usize,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// A bound, scanned server. Call [`Server::run`] to answer requests.
+///
+/// ```no_run
+/// # fn main() -> Result<(), ferry::serve::ServeError> {
+/// use ferry::serve::{ServeOptions, Server};
+/// let server = Server::bind(
+///     std::path::Path::new("/srv/hub"),
+///     "127.0.0.1:8080".parse().expect("address"),
+///     ServeOptions::default(),
+/// )?;
+/// println!("listening on http://{}", server.local_addr());
+/// server.run()
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server {
+    listener: TcpListener,
+    local: SocketAddr,
+    ctx: Arc<conn::Ctx>,
+    root: PathBuf,
+    summary: Summary,
+}
+
+impl Server {
+    /// Scans `root` for repos and binds `addr` (port 0 picks a free port, see
+    /// [`Server::local_addr`]). Unreadable or malformed repos are skipped with a warning; only an
+    /// unreadable root or a failed bind is an error.
+    pub fn bind(
+        root: &Path,
+        addr: SocketAddr,
+        options: ServeOptions,
+    ) -> Result<Server, ServeError> {
+        let meta = std::fs::metadata(root).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => ServeError::RootNotDir {
+                path: root.to_path_buf(),
+            },
+            _ => ServeError::Root {
+                path: root.to_path_buf(),
+                source,
+            },
+        })?;
+        if !meta.is_dir() {
+            return Err(ServeError::RootNotDir {
+                path: root.to_path_buf(),
+            });
+        }
+        let canonical = root.canonicalize().map_err(|source| ServeError::Root {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let catalog = Catalog::scan(&canonical).map_err(|source| ServeError::Root {
+            path: root.to_path_buf(),
+            source,
+        })?;
+        let summary = catalog.summary();
+        let listener =
+            TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServeError::Bind { addr, source })?;
+        let mut options = options;
+        options.page_size = options.page_size.max(1);
+        options.max_connections = options.max_connections.max(1);
+        Ok(Server {
+            listener,
+            local,
+            ctx: Arc::new(conn::Ctx {
+                catalog,
+                options,
+                local_host: local.to_string(),
+                active: AtomicUsize::new(0),
+            }),
+            root: canonical,
+            summary,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The root, canonicalized.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// What the scan found.
+    pub fn summary(&self) -> Summary {
+        self.summary
+    }
+
+    /// Accepts and answers connections, one thread each, until the process ends. Accept errors
+    /// (such as running out of file descriptors) are logged and retried after a pause.
+    pub fn run(self) -> ! {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, peer)) => self.dispatch(stream, peer),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+        }
+    }
+
+    fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
+        let ctx = &self.ctx;
+        // Only this thread increments, so a load-then-add cannot overshoot the cap.
+        if ctx.active.load(Ordering::Acquire) >= ctx.options.max_connections {
+            tracing::warn!(%peer, "connection cap reached; answering 503");
+            conn::reject_busy(stream);
+            return;
+        }
+        ctx.active.fetch_add(1, Ordering::AcqRel);
+        let guard = conn::ActiveGuard(Arc::clone(ctx));
+        let spawned = std::thread::Builder::new()
+            .name("ferry-serve-conn".into())
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let guard = guard;
+                conn::serve_connection(stream, peer, &guard.0);
+            });
+        if let Err(e) = spawned {
+            // The closure (and with it the guard and the stream) was dropped: the count is
+            // back and the client sees the connection close.
+            tracing::warn!(%peer, error = %e, "cannot start a connection thread");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+
+    fn start(options: ServeOptions) -> (SocketAddr, tempfile::TempDir) {
+        let root = tempfile::tempdir().expect("tmp");
+        let server =
+            Server::bind(root.path(), "127.0.0.1:0".parse().expect("addr"), options).expect("bind");
+        let addr = server.local_addr();
+        std::thread::spawn(move || server.run());
+        (addr, root)
+    }
+
+    fn read_all(s: &mut TcpStream) -> String {
+        s.set_read_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[test]
+    fn connections_over_the_cap_get_503() {
+        let (addr, _root) = start(ServeOptions {
+            max_connections: 1,
+            ..ServeOptions::default()
+        });
+        // The first connection holds the only slot (it sends nothing yet). The accept loop
+        // takes connections in order and counts the first before it looks at the second.
+        let mut first = TcpStream::connect(addr).expect("connect");
+        let mut second = TcpStream::connect(addr).expect("connect");
+        let answer = read_all(&mut second);
+        assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+        first
+            .write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .expect("send");
+        let answer = read_all(&mut first);
+        assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
+    }
+
+    #[test]
+    fn a_stalled_head_is_cut_off() {
+        let (addr, _root) = start(ServeOptions {
+            head_timeout: Duration::from_millis(200),
+            ..ServeOptions::default()
+        });
+        let mut s = TcpStream::connect(addr).expect("connect");
+        s.write_all(b"GET /x HTTP/1.1\r\nHost: a\r\n")
+            .expect("send");
+        let answer = read_all(&mut s);
+        assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+        // An idle connection is closed without an answer.
+        let mut idle = TcpStream::connect(addr).expect("connect");
+        assert_eq!(read_all(&mut idle), "");
+    }
+
+    #[test]
+    fn a_missing_root_is_an_error() {
+        let err = Server::bind(
+            Path::new("/nonexistent/ferry/root"),
+            "127.0.0.1:0".parse().expect("addr"),
+            ServeOptions::default(),
+        )
+        .expect_err("missing root");
+        assert!(matches!(err, ServeError::RootNotDir { .. }), "{err}");
+    }
+}

@@ -1,0 +1,398 @@
+//! One client connection: HTTP/1.1 request heads read with `httparse` under a size cap and a
+//! deadline, answers framed and written back, file bodies sent with sendfile(2), kept alive
+//! until the client closes, says `Connection: close`, or idles past the head deadline.
+//!
+//! Limits, all of which end the connection: a head over [`MAX_HEAD`] bytes or with more than
+//! [`MAX_HEADERS`] fields (431), a head that does not parse (400), a head not complete within
+//! [`ServeOptions::head_timeout`](super::ServeOptions::head_timeout) (slow clients cannot hold
+//! a thread), and a send that blocks past
+//! [`ServeOptions::write_timeout`](super::ServeOptions::write_timeout) (`SO_SNDTIMEO`). Request
+//! bodies are never read: a request that announces one is answered and the connection closed.
+//! This module knows nothing of the Hub protocol; [`super::handler`] does.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use super::ServeOptions;
+use super::catalog::Catalog;
+use super::handler::{Body, Request, Response, civil_from_days, handle};
+
+/// Largest request head accepted, in bytes.
+pub(crate) const MAX_HEAD: usize = 16 << 10;
+/// Most header fields accepted in one request.
+pub(crate) const MAX_HEADERS: usize = 64;
+
+/// What every connection thread shares.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub catalog: Catalog,
+    pub options: ServeOptions,
+    /// `host:port` of the listening socket, for `Link` URLs when `Host` is missing or odd.
+    pub local_host: String,
+    /// Connections being served.
+    pub active: AtomicUsize,
+}
+
+/// Holds one slot of [`Ctx::active`]; gives it back when dropped (also on panic).
+#[derive(Debug)]
+pub(crate) struct ActiveGuard(pub Arc<Ctx>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Answers 503 to a connection over the cap, without waiting on it.
+pub(crate) fn reject_busy(mut stream: TcpStream) {
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
+    let body = br#"{"error":"Too many connections"}"#;
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nX-Error-Message: Too many connections\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|_| stream.write_all(body));
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// The parts of a request head this server uses, copied out of the read buffer.
+#[derive(Debug, Default)]
+struct Head {
+    method: String,
+    target: String,
+    http10: bool,
+    host: Option<String>,
+    range: Option<String>,
+    if_range: Option<String>,
+    /// `Connection: close` (1.1) or no `Connection: keep-alive` (1.0).
+    close: bool,
+    /// The request announces a body, which is never read.
+    has_body: bool,
+    len: usize,
+}
+
+enum Parsed {
+    Complete(Head),
+    Partial,
+    /// Answer this status and close.
+    Invalid(u16),
+}
+
+fn parse_head(buf: &[u8]) -> Parsed {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut fields);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(431),
+        Err(_) => return Parsed::Invalid(400),
+    };
+    let mut head = Head {
+        method: req.method.unwrap_or("").to_owned(),
+        target: req.path.unwrap_or("").to_owned(),
+        http10: req.version == Some(0),
+        len,
+        ..Head::default()
+    };
+    let mut keep_alive = false;
+    for h in req.headers.iter() {
+        let Ok(value) = std::str::from_utf8(h.value) else {
+            continue;
+        };
+        let value = value.trim();
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            head.host = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("range") {
+            head.range = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("if-range") {
+            head.if_range = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    head.close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") {
+                    keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("transfer-encoding")
+            || (name.eq_ignore_ascii_case("content-length") && value != "0")
+        {
+            head.has_body = true;
+        }
+    }
+    if head.http10 && !keep_alive {
+        head.close = true;
+    }
+    Parsed::Complete(head)
+}
+
+/// Serves requests on `stream` until it closes or fails.
+pub(crate) fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = stream.set_write_timeout(Some(ctx.options.write_timeout)) {
+        tracing::debug!(%peer, error = %e, "cannot set a send timeout; closing");
+        return;
+    }
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let head = match read_head(&mut stream, &mut buf, ctx.options.head_timeout) {
+            Ok(Some(h)) => h,
+            Ok(None) => return,
+            Err(status) => {
+                tracing::debug!(%peer, status, "bad request head; closing");
+                let r = Response::error(status, None, reason(status));
+                if write_response(&mut stream, r, false, true).is_ok() {
+                    linger_close(&mut stream);
+                }
+                return;
+            }
+        };
+        buf.drain(..head.len);
+        let close = head.close || head.has_body;
+        let head_only = head.method == "HEAD";
+        let response = if head.method == "GET" || head_only {
+            handle(
+                ctx,
+                &Request {
+                    target: &head.target,
+                    host: head.host.as_deref(),
+                    range: head.range.as_deref(),
+                    if_range: head.if_range.as_deref(),
+                },
+            )
+        } else {
+            let mut r = Response::error(405, None, "Method Not Allowed");
+            r.headers.push(("Allow", "GET, HEAD".into()));
+            r
+        };
+        tracing::debug!(
+            %peer,
+            method = %head.method,
+            target = %head.target,
+            range = ?head.range,
+            status = response.status,
+            bytes = response.body_len(),
+            "request"
+        );
+        if let Err(e) = write_response(&mut stream, response, head_only, close) {
+            tracing::debug!(%peer, error = %e, "send failed; closing");
+            return;
+        }
+        if close {
+            linger_close(&mut stream);
+            return;
+        }
+    }
+}
+
+/// Reads until `buf` holds a complete head. `Ok(None)`: the client closed or idled out between
+/// requests; `Err(status)`: answer that status and close.
+fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    timeout: Duration,
+) -> Result<Option<Head>, u16> {
+    let deadline = Instant::now() + timeout;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if !buf.is_empty() {
+            match parse_head(buf) {
+                Parsed::Complete(h) => return Ok(Some(h)),
+                Parsed::Invalid(status) => return Err(status),
+                Parsed::Partial if buf.len() >= MAX_HEAD => return Err(431),
+                Parsed::Partial => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return if buf.is_empty() { Ok(None) } else { Err(408) };
+        }
+        if stream.set_read_timeout(Some(left)).is_err() {
+            return Ok(None);
+        }
+        let room = (MAX_HEAD + 1 - buf.len()).min(chunk.len());
+        match stream.read(&mut chunk[..room]) {
+            Ok(0) => return Ok(None),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                return if buf.is_empty() { Ok(None) } else { Err(408) };
+            }
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Ends the connection after an answer: shuts down sending, then reads and discards what the
+/// client still sends (at most 1 MiB, for at most 2 s) until it closes. Closing a socket with
+/// unread input resets the connection, and a reset can destroy the answer before the client has
+/// read it (what nginx's `lingering_close` avoids).
+fn linger_close(stream: &mut TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut sink = [0u8; 4096];
+    let mut total = 0usize;
+    while total < (1 << 20) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => total += n,
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        416 => "Range Not Satisfiable",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 IMF-fixdate) for now.
+fn http_date() -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let days = secs / 86_400;
+    let (y, m, d) = civil_from_days(days);
+    let t = secs % 86_400;
+    format!(
+        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(m as usize).saturating_sub(1) % 12],
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+fn write_response(
+    stream: &mut TcpStream,
+    r: Response,
+    head_only: bool,
+    close: bool,
+) -> io::Result<()> {
+    let mut head = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
+    head.push_str(&format!(
+        "Content-Length: {}\r\nDate: {}\r\nServer: ferry/{}\r\nConnection: {}\r\n",
+        r.body_len(),
+        http_date(),
+        env!("CARGO_PKG_VERSION"),
+        if close { "close" } else { "keep-alive" }
+    ));
+    for (name, value) in &r.headers {
+        head.push_str(name);
+        head.push_str(": ");
+        head.push_str(value);
+        head.push_str("\r\n");
+    }
+    head.push_str("\r\n");
+    match r.body {
+        Body::Bytes(bytes) => {
+            let mut all = head.into_bytes();
+            if !head_only {
+                all.extend_from_slice(&bytes);
+            }
+            stream.write_all(&all)
+        }
+        Body::File { file, offset, len } => {
+            stream.write_all(head.as_bytes())?;
+            if head_only {
+                return Ok(());
+            }
+            send_file(stream, &file, offset, len)
+        }
+    }
+}
+
+/// Sends `len` bytes of `file` from `offset` with sendfile(2), looping over short sends.
+fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    let mut pos = offset;
+    let end = offset + len;
+    while pos < end {
+        // Linux moves at most 0x7ffff000 bytes per call.
+        let count = (end - pos).min(1 << 30) as usize;
+        match rustix::fs::sendfile(stream, file, Some(&mut pos), count) {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shorter than the catalog says",
+                ));
+            }
+            // `pos` was advanced by the kernel.
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heads() {
+        let Parsed::Complete(h) = parse_head(
+            b"GET /x HTTP/1.1\r\nHost: a:1\r\nRange: bytes=0-0\r\nConnection: close\r\n\r\nGET",
+        ) else {
+            panic!("complete");
+        };
+        assert_eq!((h.method.as_str(), h.target.as_str()), ("GET", "/x"));
+        assert_eq!(h.host.as_deref(), Some("a:1"));
+        assert_eq!(h.range.as_deref(), Some("bytes=0-0"));
+        assert!(h.close && !h.has_body);
+        assert_eq!(h.len, 67);
+        assert!(matches!(
+            parse_head(b"GET /x HTTP/1.1\r\nHo"),
+            Parsed::Partial
+        ));
+        assert!(matches!(
+            parse_head(b"GET /x\x01 HTTP/1.1\r\n\r\n"),
+            Parsed::Invalid(400)
+        ));
+        let Parsed::Complete(h) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else {
+            panic!("complete");
+        };
+        assert!(h.close, "HTTP/1.0 closes by default");
+        let many: String = (0..MAX_HEADERS + 1)
+            .map(|i| format!("X-{i}: y\r\n"))
+            .collect();
+        let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert!(matches!(parse_head(req.as_bytes()), Parsed::Invalid(431)));
+    }
+
+    #[test]
+    fn dates() {
+        let d = http_date();
+        assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
+    }
+}

@@ -1,0 +1,479 @@
+//! Answers one parsed request from the catalog: the JSON of `/api/...` (revision info, tree
+//! pages, tree sizes), the headers and file of `/resolve/...`, and the Hub's error shape
+//! (`X-Error-Code`, `X-Error-Message`, `{"error": ...}`).
+//!
+//! Files are opened here (read-only, `O_NOFOLLOW`, by the canonical path the scan recorded) and
+//! handed back as a [`Body::File`] for the connection to send. This module does no socket I/O,
+//! does not frame HTTP (status line, `Content-Length`, `Connection`, `Date` are the
+//! connection's), and never emits Xet headers or fields.
+
+use std::fs::File;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde_json::{Value, json};
+
+use super::catalog::{FileEntry, Repo, RepoKind, Snapshot, git_blob_sha1};
+use super::conn::Ctx;
+use super::range::{RangeAnswer, evaluate};
+use super::route::{
+    Target, decode, encode_component, header_safe, parse_target, query_flag, query_param,
+    sane_host, valid_repo_path,
+};
+
+/// What the handler needs from a request head.
+#[derive(Debug)]
+pub(crate) struct Request<'a> {
+    pub target: &'a str,
+    pub host: Option<&'a str>,
+    pub range: Option<&'a str>,
+    pub if_range: Option<&'a str>,
+}
+
+/// A response body.
+#[derive(Debug)]
+pub(crate) enum Body {
+    Bytes(Vec<u8>),
+    /// `len` bytes of `file` from `offset`.
+    File {
+        file: File,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// A response, without the framing headers.
+#[derive(Debug)]
+pub(crate) struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Body,
+}
+
+impl Response {
+    fn json(status: u16, value: &Value) -> Response {
+        // Serializing a `Value` cannot fail (its map keys are strings).
+        let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
+        Response {
+            status,
+            headers: vec![("Content-Type", "application/json; charset=utf-8".into())],
+            body: Body::Bytes(body),
+        }
+    }
+
+    /// An error in the Hub's shape.
+    pub fn error(status: u16, code: Option<&'static str>, message: &str) -> Response {
+        let mut r = Response::json(status, &json!({ "error": message }));
+        if let Some(code) = code {
+            r.headers.push(("X-Error-Code", code.into()));
+        }
+        r.headers.push(("X-Error-Message", header_safe(message)));
+        r
+    }
+
+    /// Bytes the body holds (what `Content-Length` says, also for HEAD).
+    pub fn body_len(&self) -> u64 {
+        match &self.body {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File { len, .. } => *len,
+        }
+    }
+}
+
+fn not_found() -> Response {
+    Response::error(404, None, "Not Found")
+}
+
+fn repo_not_found(kind: RepoKind, id: &str) -> Response {
+    Response::error(
+        404,
+        Some("RepoNotFound"),
+        &format!("Repository not found: {} {id}", kind.plural()),
+    )
+}
+
+fn revision_not_found(rev: &str) -> Response {
+    Response::error(
+        404,
+        Some("RevisionNotFound"),
+        &format!("Invalid rev id: {rev}"),
+    )
+}
+
+fn entry_not_found(commit: &str, path: &str) -> Response {
+    let mut r = Response::error(
+        404,
+        Some("EntryNotFound"),
+        &format!("Entry not found: {path}"),
+    );
+    r.headers.push(("X-Repo-Commit", commit.to_owned()));
+    r
+}
+
+fn bad_path() -> Response {
+    Response::error(400, None, "Invalid path in repo")
+}
+
+/// Answers `req`.
+pub(crate) fn handle(ctx: &Ctx, req: &Request<'_>) -> Response {
+    match parse_target(req.target) {
+        Some((Target::Api { kind, segs }, query)) => api(ctx, req, kind, &segs, query),
+        Some((Target::File { kind, segs }, _)) => resolve(ctx, req, kind, &segs),
+        None => not_found(),
+    }
+}
+
+/// The repo id `segs` spell (each segment decoded), if it is one the catalog has.
+fn lookup<'c>(ctx: &'c Ctx, kind: RepoKind, segs: &[&str]) -> Option<&'c Repo> {
+    let parts: Option<Vec<String>> = segs
+        .iter()
+        .map(|s| decode(s).filter(|d| !d.contains('/')))
+        .collect();
+    ctx.catalog.repo(kind, &parts?.join("/"))
+}
+
+/// `org/name` or `name`, raw, for error messages.
+fn shown_id(segs: &[&str]) -> String {
+    segs.iter().take(2).copied().collect::<Vec<_>>().join("/")
+}
+
+const ACTIONS: [&str; 3] = ["revision", "tree", "treesize"];
+
+fn api(ctx: &Ctx, req: &Request<'_>, kind: RepoKind, segs: &[&str], query: &str) -> Response {
+    // The repo id is `org/name` or `name`; the segment after it must be an action (or nothing).
+    let found = [2, 1].into_iter().find_map(|n| {
+        let rest = segs.get(n..)?;
+        let fits = match rest {
+            [] | [""] => true,
+            [action, ..] => ACTIONS.contains(action),
+        };
+        fits.then(|| lookup(ctx, kind, &segs[..n]).map(|r| (r, rest)))
+            .flatten()
+    });
+    let Some((repo, rest)) = found else {
+        return repo_not_found(kind, &shown_id(segs));
+    };
+    match rest {
+        [] | [""] => match repo.default_snapshot() {
+            Some(snap) => info(repo, snap, query),
+            None => revision_not_found("main"),
+        },
+        ["revision", revs @ ..] => {
+            let raw = revs.join("/");
+            let rev = decode(&raw).unwrap_or_default();
+            match repo.snapshot(&rev) {
+                Some(snap) => info(repo, snap, query),
+                None => revision_not_found(&rev),
+            }
+        }
+        ["tree", rest @ ..] => match split_rev(repo, rest) {
+            Ok((snap, rev, path)) => tree(ctx, req, repo, snap, &rev, &path, query),
+            Err(r) => r,
+        },
+        ["treesize", rest @ ..] => match split_rev(repo, rest) {
+            Ok((snap, _, path)) => match snap.size_under(&path) {
+                Some(size) => Response::json(200, &json!({ "path": path, "size": size })),
+                None => entry_not_found(&snap.commit, &path),
+            },
+            Err(r) => r,
+        },
+        _ => not_found(),
+    }
+}
+
+/// Splits `rest` into a revision and a path in the repo. The revision is normally one segment
+/// (clients encode its `/`s); a raw `refs/pr/1` is found too, the shortest known one winning.
+/// The path is decoded and checked; `""` is the repo root.
+fn split_rev<'r>(
+    repo: &'r Repo,
+    rest: &[&str],
+) -> Result<(&'r Arc<Snapshot>, String, String), Response> {
+    // At most 16 segments per revision: trying every split of a long path would cost
+    // quadratic time per request.
+    for k in 1..=rest.len().min(16) {
+        let Some(rev) = decode(&rest[..k].join("/")) else {
+            continue;
+        };
+        if let Some(snap) = repo.snapshot(&rev) {
+            let raw = rest[k..].join("/");
+            if raw.is_empty() {
+                return Ok((snap, rev, String::new()));
+            }
+            return match decode(&raw) {
+                Some(path) if valid_repo_path(&path) => Ok((snap, rev, path)),
+                _ => Err(bad_path()),
+            };
+        }
+    }
+    let shown = rest.first().and_then(|r| decode(r)).unwrap_or_default();
+    Err(revision_not_found(&shown))
+}
+
+/// ISO 8601 with milliseconds, UTC, as the Hub writes dates (`2024-05-01T12:00:00.000Z`).
+pub(crate) fn iso8601(secs: u64) -> String {
+    let (y, m, d) = civil_from_days(secs / 86_400);
+    let t = secs % 86_400;
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
+        t / 3600,
+        t % 3600 / 60,
+        t % 60
+    )
+}
+
+/// Year, month, day of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
+/// See: <https://howardhinnant.github.io/date_algorithms.html#civil_from_days>
+pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + u64::from(m <= 2);
+    (y, m, d)
+}
+
+fn lfs_json(f: &FileEntry, sha_key: &str) -> Option<Value> {
+    f.lfs.as_ref().map(|l| {
+        json!({
+            sha_key: l.sha256,
+            "size": f.size,
+            "pointerSize": l.pointer_size,
+        })
+    })
+}
+
+/// `/api/{type}s/{repo}[/revision/{rev}]`: what ModelInfo / DatasetInfo / SpaceInfo parse.
+fn info(repo: &Repo, snap: &Snapshot, query: &str) -> Response {
+    let blobs = query_flag(query, "blobs");
+    let siblings: Vec<Value> = snap
+        .files
+        .iter()
+        .map(|(path, f)| {
+            if !blobs {
+                return json!({ "rfilename": path });
+            }
+            let mut s = json!({ "rfilename": path, "size": f.size, "blobId": f.oid });
+            if let (Some(lfs), Some(obj)) = (lfs_json(f, "sha256"), s.as_object_mut()) {
+                obj.insert("lfs".into(), lfs);
+            }
+            s
+        })
+        .collect();
+    let date = iso8601(snap.last_modified);
+    let mut v = json!({
+        "id": repo.id,
+        "sha": snap.commit,
+        "lastModified": date,
+        "createdAt": date,
+        "private": false,
+        "disabled": false,
+        "gated": false,
+        "downloads": 0,
+        "likes": 0,
+        "tags": [],
+        "siblings": siblings,
+        "usedStorage": snap.size_under("").unwrap_or(0),
+    });
+    if let Some(obj) = v.as_object_mut() {
+        if let Some((author, _)) = repo.id.split_once('/') {
+            obj.insert("author".into(), author.into());
+        }
+        if repo.kind == RepoKind::Model {
+            obj.insert("modelId".into(), repo.id.clone().into());
+        }
+    }
+    Response::json(200, &v)
+}
+
+/// An oid for a directory: any stable 40-hex value does (clients only read it).
+fn dir_oid(commit: &str, path: &str) -> String {
+    git_blob_sha1(format!("tree {commit} {path}").as_bytes())
+}
+
+/// `/api/{type}s/{repo}/tree/{rev}[/{path}]`, one page.
+fn tree(
+    ctx: &Ctx,
+    req: &Request<'_>,
+    repo: &Repo,
+    snap: &Snapshot,
+    rev: &str,
+    path: &str,
+    query: &str,
+) -> Response {
+    if !path.is_empty() && !snap.dirs.contains(path) {
+        return entry_not_found(&snap.commit, path);
+    }
+    let recursive = query_flag(query, "recursive");
+    let expand = query_flag(query, "expand");
+    let cursor = match query_param(query, "cursor").map(|c| c.parse::<usize>()) {
+        None => 0,
+        Some(Ok(c)) => c,
+        Some(Err(_)) => return Response::error(400, None, "Invalid cursor"),
+    };
+    let prefix = if path.is_empty() {
+        String::new()
+    } else {
+        format!("{path}/")
+    };
+    // Items are sorted by path, so those under `prefix` are one run.
+    let start = snap.items.partition_point(|i| i.path < prefix);
+    let under = snap.items[start..]
+        .iter()
+        .take_while(|i| i.path.starts_with(&prefix))
+        .filter(|i| recursive || !i.path[prefix.len()..].contains('/'));
+    let page_size = ctx.options.page_size;
+    let mut page: Vec<Value> = Vec::new();
+    let mut more = false;
+    for item in under.skip(cursor) {
+        if page.len() == page_size {
+            more = true;
+            break;
+        }
+        if item.is_dir {
+            page.push(json!({
+                "type": "directory",
+                "oid": dir_oid(&snap.commit, &item.path),
+                "size": 0,
+                "path": item.path,
+            }));
+        } else if let Some(f) = snap.files.get(&item.path) {
+            let mut e = json!({ "type": "file", "oid": f.oid, "size": f.size, "path": item.path });
+            if let (Some(lfs), Some(obj)) = (lfs_json(f, "oid"), e.as_object_mut()) {
+                obj.insert("lfs".into(), lfs);
+            }
+            page.push(e);
+        }
+    }
+    let mut r = Response::json(200, &Value::Array(page));
+    if more {
+        let host = req.host.and_then(sane_host).unwrap_or(&ctx.local_host);
+        let sub = if path.is_empty() {
+            String::new()
+        } else {
+            format!("/{}", encode_component(path))
+        };
+        r.headers.push((
+            "Link",
+            format!(
+                "<http://{host}/api/{}/{}/tree/{}{sub}?recursive={recursive}&expand={expand}&cursor={}>; rel=\"next\"",
+                repo.kind.plural(),
+                repo.id,
+                encode_component(rev),
+                cursor + page_size,
+            ),
+        ));
+    }
+    r
+}
+
+/// `/{prefix}{repo}/resolve/{rev}/{path}`: the file's headers and, for GET, its bytes.
+fn resolve(ctx: &Ctx, req: &Request<'_>, kind: RepoKind, segs: &[&str]) -> Response {
+    let mut shaped = false;
+    for n in [2, 1] {
+        if segs.get(n) != Some(&"resolve") {
+            continue;
+        }
+        shaped = true;
+        if let Some(repo) = lookup(ctx, kind, &segs[..n]) {
+            return match split_rev(repo, &segs[n + 1..]) {
+                Ok((snap, _, path)) if path.is_empty() => entry_not_found(&snap.commit, &path),
+                Ok((snap, _, path)) => match snap.files.get(&path) {
+                    Some(f) => file_response(req, &snap.commit, f),
+                    None => entry_not_found(&snap.commit, &path),
+                },
+                Err(r) => r,
+            };
+        }
+    }
+    if shaped {
+        repo_not_found(kind, &shown_id(segs))
+    } else {
+        not_found()
+    }
+}
+
+/// Opens `disk` read-only without following a symlink in its last component.
+fn open_no_follow(disk: &std::path::Path) -> std::io::Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let fd = rustix::fs::open(
+        disk,
+        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+fn file_response(req: &Request<'_>, commit: &str, f: &FileEntry) -> Response {
+    let opened = open_no_follow(&f.disk).and_then(|file| {
+        let meta = file.metadata()?;
+        Ok((file, meta))
+    });
+    let file = match opened {
+        Ok((file, meta)) if meta.is_file() && meta.len() == f.size => file,
+        Ok(_) => {
+            tracing::warn!(file = %f.disk.display(), "changed on disk since the scan");
+            return Response::error(500, None, "File changed on disk; restart ferry serve");
+        }
+        Err(e) => {
+            tracing::warn!(file = %f.disk.display(), error = %e, "cannot open");
+            return Response::error(500, None, "File unreadable");
+        }
+    };
+    let etag = f.etag();
+    let quoted = format!("\"{etag}\"");
+    let mut headers = vec![
+        ("Content-Type", "application/octet-stream".to_owned()),
+        ("Accept-Ranges", "bytes".to_owned()),
+        ("X-Repo-Commit", commit.to_owned()),
+        ("ETag", quoted.clone()),
+        ("X-Linked-Etag", quoted.clone()),
+        ("X-Linked-Size", f.size.to_string()),
+    ];
+    if let Some(lfs) = &f.lfs {
+        if let Ok(raw) = hex::decode(&lfs.sha256) {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+            headers.push(("Digest", format!("SHA-256={b64}")));
+        }
+    }
+    // If-Range: the range holds only for this exact representation.
+    let range = match req.if_range {
+        Some(v) if v.trim() != quoted => None,
+        _ => req.range,
+    };
+    let (status, offset, len) = match evaluate(range, f.size) {
+        RangeAnswer::Full => (200, 0, f.size),
+        RangeAnswer::Partial { start, end } => {
+            headers.push(("Content-Range", format!("bytes {start}-{end}/{}", f.size)));
+            (206, start, end - start + 1)
+        }
+        RangeAnswer::Unsatisfiable => {
+            headers.push(("Content-Range", format!("bytes */{}", f.size)));
+            return Response {
+                status: 416,
+                headers,
+                body: Body::Bytes(Vec::new()),
+            };
+        }
+    };
+    Response {
+        status,
+        headers,
+        body: Body::File { file, offset, len },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(iso8601(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(951_782_400), "2000-02-29T00:00:00.000Z");
+        assert_eq!(iso8601(1_714_564_800), "2024-05-01T12:00:00.000Z");
+    }
+}
