@@ -327,9 +327,7 @@ impl Engine {
                 return Err(GetError::GitSha1WithoutSize { url: item.url });
             }
             let mut target = Target::new(&item.url, &mut resolved)?;
-            target.authorization = item
-                .token
-                .map(|t| get::Secret::new(format!("Bearer {}", t.0)));
+            target.authorization = item.authorization;
             check_output(&item.output, &mut dirs_ok)?;
             let absolute = match &cwd {
                 Some(cwd) if item.output.is_relative() => cwd.join(&item.output),
@@ -415,18 +413,8 @@ pub struct GetItem {
     /// The size, when known up front (a listing states it): larger files start first, and
     /// progress has a total from the start.
     pub size: Option<u64>,
-    /// A bearer token, sent to the URL's own origin only (never across a redirect to another).
-    token: Option<Token>,
-}
-
-/// A credential whose `Debug` never shows it.
-#[derive(Clone)]
-struct Token(String);
-
-impl std::fmt::Debug for Token {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Token(<redacted>)")
-    }
+    /// `Authorization` for the URL's own origin only (never across a redirect to another).
+    authorization: Option<get::Secret>,
 }
 
 impl GetItem {
@@ -437,7 +425,7 @@ impl GetItem {
             output: output.as_ref().to_path_buf(),
             checksum: None,
             size: None,
-            token: None,
+            authorization: None,
         }
     }
 
@@ -457,7 +445,13 @@ impl GetItem {
     /// Sends `Authorization: Bearer TOKEN` to the URL's origin (scheme, host and port); a
     /// redirect elsewhere (a CDN) gets no token.
     pub fn bearer_token(mut self, token: impl Into<String>) -> GetItem {
-        self.token = Some(Token(token.into()));
+        self.authorization = Some(get::Secret::bearer(&token.into()));
+        self
+    }
+
+    /// The same credential for several items (a pull's files).
+    pub(crate) fn authorization(mut self, authorization: Option<get::Secret>) -> GetItem {
+        self.authorization = authorization;
         self
     }
 

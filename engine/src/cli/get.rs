@@ -201,31 +201,15 @@ fn file_name_of(url: &str) -> Result<String, UsageError> {
         .path_segments()
         .and_then(|mut s| s.next_back())
         .unwrap_or("");
-    let name = percent_decode(segment);
+    let name = percent_encoding::percent_decode_str(segment)
+        .decode_utf8_lossy()
+        .into_owned();
     if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
         return Err(UsageError(format!(
             "cannot derive a file name from {url}; give one with -o"
         )));
     }
     Ok(name)
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Runs all downloads as one job, with a progress bar over their bytes on a terminal.

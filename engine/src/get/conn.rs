@@ -217,7 +217,8 @@ impl Conn {
     }
 
     /// Reads the body of a ranged answer for `lease` (which started at `range.start`) into
-    /// pipeline buffers, asking the plan before each read how far the lease still reaches.
+    /// the file, asking the plan before each read how far the lease still reaches. Only a body
+    /// read to its end leaves the connection fit for another request.
     pub async fn copy_lease(
         &mut self,
         ctx: &Ctx,
@@ -225,15 +226,30 @@ impl Conn {
         lease: LeaseId,
         range: Range<u64>,
     ) -> Result<BodyEnd, GetError> {
-        if let Some(file) = pipe.splice_target() {
-            return self.splice_lease(ctx, pipe, file, lease, range).await;
+        let end = match pipe.splice_target() {
+            Some(file) => self.splice_lease(ctx, pipe, file, lease, range).await,
+            None => self.read_lease(ctx, pipe, lease, range).await,
+        };
+        match end {
+            Ok(BodyEnd::Complete) => self.reused = true,
+            _ => self.reusable = false,
         }
+        end
+    }
+
+    /// [`Conn::copy_lease`] through pipeline buffers.
+    async fn read_lease(
+        &mut self,
+        ctx: &Ctx,
+        pipe: &mut Pipeline,
+        lease: LeaseId,
+        range: Range<u64>,
+    ) -> Result<BodyEnd, GetError> {
         let mut at = range.start;
         let mut buf = pipe.buffer().await?;
         let mut buf_at = at;
         loop {
             if ctx.is_aborted() {
-                self.reusable = false;
                 pipe.unused(buf);
                 return Ok(BodyEnd::Aborted);
             }
@@ -247,14 +263,7 @@ impl Conn {
             let allowed = ctx.reserve(lease, at, (limit - buf.bytes().len()) as u64) as usize;
             if allowed == 0 {
                 pipe.submit(buf, buf_at).await?;
-                if at == range.end {
-                    self.reused = true;
-                    return Ok(BodyEnd::Complete);
-                }
-                // A split moved the lease's end: the rest of this body belongs to another
-                // connection, and this one cannot be reused with it unread.
-                self.reusable = false;
-                return Ok(BodyEnd::Trimmed);
+                return Ok(ran_out(at, &range));
             }
             if !self.pending.is_empty() {
                 let n = allowed.min(self.pending.len());
@@ -268,13 +277,11 @@ impl Conn {
             buf = slice.into_inner();
             match r {
                 Ok(0) => {
-                    self.reusable = false;
                     pipe.submit(buf, buf_at).await?;
                     return Ok(BodyEnd::Short { at, error: None });
                 }
                 Ok(n) => at += n as u64,
                 Err(e) => {
-                    self.reusable = false;
                     pipe.submit(buf, buf_at).await?;
                     return Ok(BodyEnd::Short {
                         at,
@@ -321,36 +328,24 @@ impl Conn {
         };
         loop {
             if ctx.is_aborted() {
-                self.reusable = false;
                 return Ok(BodyEnd::Aborted);
             }
             let allowed = ctx.reserve(lease, at, spliced.capacity() as u64) as usize;
             if allowed == 0 {
-                if at == range.end {
-                    self.reused = true;
-                    return Ok(BodyEnd::Complete);
-                }
-                // As in `copy_lease`: a split took the rest of this body.
-                self.reusable = false;
-                return Ok(BodyEnd::Trimmed);
+                return Ok(ran_out(at, &range));
             }
             match spliced.fill(self.stream.to_shared_fd(), allowed).await {
-                Ok(0) => {
-                    self.reusable = false;
-                    return Ok(BodyEnd::Short { at, error: None });
-                }
+                Ok(0) => return Ok(BodyEnd::Short { at, error: None }),
                 Ok(n) => {
                     if let Err(e) = spliced.drain(file.clone(), at).await {
-                        // The pipe still holds bytes of this body: neither is usable again.
+                        // The pipe still holds bytes of this body: it is not usable again.
                         self.splice = None;
-                        self.reusable = false;
                         return Err(io_err("splice into", e));
                     }
                     pipe.spliced(at, n as u64);
                     at += n as u64;
                 }
                 Err(e) => {
-                    self.reusable = false;
                     return Ok(BodyEnd::Short {
                         at,
                         error: Some(self.net_err("splice body", e)),
@@ -516,6 +511,17 @@ impl Conn {
             }
             _ => self.reusable = false,
         }
+    }
+}
+
+/// How a lease's body ends when the plan allows no more bytes at `at`: at the lease's end it
+/// is complete; short of it a split moved the end, and the rest of this body belongs to another
+/// connection (this one cannot be reused with it unread).
+fn ran_out(at: u64, range: &Range<u64>) -> BodyEnd {
+    if at == range.end {
+        BodyEnd::Complete
+    } else {
+        BodyEnd::Trimmed
     }
 }
 

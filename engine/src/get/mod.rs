@@ -76,13 +76,14 @@ pub(crate) struct Target {
     pub authorization: Option<Secret>,
 }
 
-/// A credential: its `Debug` never shows it.
+/// A credential (an `Authorization` header value): its `Debug` never shows it.
 #[derive(Clone)]
 pub(crate) struct Secret(Arc<str>);
 
 impl Secret {
-    pub fn new(value: String) -> Secret {
-        Secret(value.into())
+    /// The `Authorization` value for a bearer token.
+    pub fn bearer(token: &str) -> Secret {
+        Secret(format!("Bearer {token}").into())
     }
 
     pub fn expose(&self) -> &str {
@@ -530,7 +531,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
     let mut resolved = Resolved::new();
     let head = loop {
         let head = conn.request(&target, Some(0..first_len)).await?;
-        if !matches!(head.status, 301 | 302 | 303 | 307 | 308) {
+        if !crate::http1::is_redirect(head.status) {
             break head;
         }
         redirects += 1;
@@ -778,13 +779,7 @@ fn redirect_target(
     if count > MAX_REDIRECTS {
         return Err(err(format!("more than {MAX_REDIRECTS} redirects")));
     }
-    let location = head
-        .header("location")
-        .ok_or_else(|| err(format!("{} redirect without a Location", head.status)))?;
-    let next = from
-        .url
-        .join(location)
-        .map_err(|e| err(format!("bad Location {location:?}: {e}")))?;
+    let next = crate::http1::redirect_location(&from.url, head).map_err(err)?;
     let mut next = Target::from_url(next, resolved)?;
     // A credential goes to the origin it was given for, never to a CDN another host names.
     if next.url.origin() == from.url.origin() {

@@ -171,6 +171,21 @@ impl ResponseHead {
 
 /// Writes a `GET` request. `target` is the origin-form path and query (`/a/b?c`), `host` the
 /// `Host` header value, `range` the byte range to ask for (inclusive end is derived from it).
+/// True for a status that sends the client elsewhere with `Location`.
+pub(crate) fn is_redirect(status: u16) -> bool {
+    matches!(status, 301 | 302 | 303 | 307 | 308)
+}
+
+/// Where the redirect `head`, an answer to a request for `from`, points (its `Location`
+/// resolved against `from`), or why it cannot be followed.
+pub(crate) fn redirect_location(from: &url::Url, head: &ResponseHead) -> Result<url::Url, String> {
+    let location = head
+        .header("location")
+        .ok_or_else(|| format!("{} redirect without a Location", head.status))?;
+    from.join(location)
+        .map_err(|e| format!("bad Location {location:?}: {e}"))
+}
+
 /// The `Host` header and the origin-form request target (`/path?query`) of `url`.
 pub(crate) fn host_and_target(url: &url::Url) -> (String, String) {
     let host = url.host_str().unwrap_or_default();

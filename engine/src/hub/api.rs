@@ -16,6 +16,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::error::HubError;
+use crate::get::Secret;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 
 /// Attempts per request (the first and the retries).
@@ -41,7 +42,7 @@ pub(crate) struct Answer {
 #[derive(Debug)]
 pub(crate) struct Api {
     endpoint: Url,
-    token: Option<String>,
+    authorization: Option<Secret>,
 }
 
 /// Why one attempt failed, and whether to try again.
@@ -51,8 +52,11 @@ enum Attempt {
 }
 
 impl Api {
-    pub fn new(endpoint: Url, token: Option<String>) -> Api {
-        Api { endpoint, token }
+    pub fn new(endpoint: Url, authorization: Option<Secret>) -> Api {
+        Api {
+            endpoint,
+            authorization,
+        }
     }
 
     pub fn endpoint(&self) -> &Url {
@@ -109,24 +113,18 @@ impl Api {
         let mut url = url.clone();
         for _ in 0..=MAX_REDIRECTS {
             // The token goes to the endpoint's origin only.
-            let token = self
-                .token
-                .as_deref()
+            let auth = self
+                .authorization
+                .as_ref()
                 .filter(|_| url.origin() == self.endpoint.origin());
-            let answer = request(&url, token)?;
-            if !matches!(answer.head.status, 301 | 302 | 303 | 307 | 308) {
+            let answer = request(&url, auth.map(Secret::expose))?;
+            if !http1::is_redirect(answer.head.status) {
                 return Ok(answer);
             }
-            let location = answer.head.header("location").ok_or_else(|| {
+            url = http1::redirect_location(&url, &answer.head).map_err(|detail| {
                 Attempt::Fail(HubError::Remote {
                     url: url.to_string(),
-                    detail: format!("{} redirect without a Location", answer.head.status),
-                })
-            })?;
-            url = url.join(location).map_err(|e| {
-                Attempt::Fail(HubError::Remote {
-                    url: url.to_string(),
-                    detail: format!("bad Location {location:?}: {e}"),
+                    detail,
                 })
             })?;
         }
@@ -162,9 +160,15 @@ fn gave_up(url: &Url, answer: &Answer, attempts: u32) -> HubError {
 fn retry_wait(head: &ResponseHead) -> Option<Option<Duration>> {
     match head.status {
         429 => Some(Some(rate_limit_wait(head).unwrap_or(BACKOFF * 4))),
-        408 | 500 | 502 | 503 | 504 => Some(head.header("retry-after").and_then(parse_seconds)),
+        s if retryable_status(s) => Some(head.header("retry-after").and_then(parse_seconds)),
         _ => None,
     }
+}
+
+/// The statuses worth asking again for, later: the server is busy, overloaded or rate limiting
+/// (everything else, 4xx above all, fails at once with its cause).
+pub(crate) fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
 }
 
 /// The wait a 429 asks for: `Retry-After: <seconds>`, or the `t=` of `RateLimit: "api";r=0;t=55`.
@@ -204,7 +208,7 @@ pub(crate) fn error_message(answer: &Answer) -> Option<String> {
 }
 
 /// One request on a fresh connection (the API needs few; the data plane keeps connections).
-fn request(url: &Url, token: Option<&str>) -> Result<Answer, Attempt> {
+fn request(url: &Url, authorization: Option<&str>) -> Result<Answer, Attempt> {
     let retry = |why: String| Attempt::Retry { why, wait: None };
     let fail = |detail: String| {
         Attempt::Fail(HubError::Remote {
@@ -229,8 +233,7 @@ fn request(url: &Url, token: Option<&str>) -> Result<Answer, Attempt> {
     };
     let mut stream = connect(&addrs).map_err(|e| retry(format!("connect: {e}")))?;
     let (host_header, target) = http1::host_and_target(url);
-    let auth = token.map(|t| format!("Bearer {t}"));
-    let mut req = http1::get_request(&target, &host_header, None, auth.as_deref());
+    let mut req = http1::get_request(&target, &host_header, None, authorization);
     // One request per connection: say so, so the server closes after the answer.
     let at = req.len() - 2;
     req.splice(at..at, b"Connection: close\r\n".iter().copied());

@@ -101,11 +101,7 @@ impl Place {
         dirs.sort();
         dirs.dedup();
         for d in dirs {
-            std::fs::create_dir_all(&d).map_err(|source| HubError::Io {
-                op: "create directory",
-                path: d,
-                source,
-            })?;
+            std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
         }
         Ok(())
     }
@@ -125,26 +121,29 @@ impl Place {
     }
 
     /// Makes `f` (whose bytes are in place) visible at `commit`: the snapshot symlink, or the
-    /// local-dir metadata.
+    /// local-dir metadata. Nothing is written when it is already there (a second pull).
     pub fn publish(&self, commit: &str, f: &RemoteFile) -> Result<(), HubError> {
-        let io = |op, path: &Path| {
-            let path = path.to_path_buf();
-            move |source| HubError::Io { op, path, source }
-        };
         if self.is_cache() {
             let link = self.file_path(commit, f);
-            let parent = link.parent().unwrap_or(&self.root).to_path_buf();
-            std::fs::create_dir_all(&parent).map_err(io("create directory", &parent))?;
             let target = link_target(f);
             if std::fs::read_link(&link).is_ok_and(|t| t == target) {
                 return Ok(());
             }
+            let parent = link.parent().unwrap_or(&self.root);
+            std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
             let tmp = sibling_tmp(&link);
             let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&target, &tmp).map_err(io("create symlink", &tmp))?;
-            std::fs::rename(&tmp, &link).map_err(io("rename", &link))?;
+            std::os::unix::fs::symlink(&target, &tmp).map_err(io_err("create symlink", &tmp))?;
+            std::fs::rename(&tmp, &link).map_err(io_err("rename", &link))?;
         } else {
             let meta = self.metadata_path(f);
+            let published = std::fs::read_to_string(&meta).is_ok_and(|m| {
+                let mut lines = m.lines();
+                lines.next() == Some(commit) && lines.next() == Some(f.etag.as_str())
+            });
+            if published {
+                return Ok(());
+            }
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
@@ -189,25 +188,23 @@ fn sibling_tmp(path: &Path) -> PathBuf {
 
 /// Writes `bytes` to `path` through a temporary file, fsynced, renamed into place.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HubError> {
-    let fail = |op, p: &Path| {
-        let p = p.to_path_buf();
-        move |source: io::Error| HubError::Io {
-            op,
-            path: p,
-            source,
-        }
-    };
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(fail("create directory", parent))?;
+        std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
     }
     let tmp = sibling_tmp(path);
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(fail("create", &tmp))?;
-        f.write_all(bytes).map_err(fail("write", &tmp))?;
-        f.sync_all().map_err(fail("fsync", &tmp))?;
+        let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
+        f.write_all(bytes).map_err(io_err("write", &tmp))?;
+        f.sync_all().map_err(io_err("fsync", &tmp))?;
     }
-    std::fs::rename(&tmp, path).map_err(fail("rename", path))
+    std::fs::rename(&tmp, path).map_err(io_err("rename", path))
+}
+
+/// The error of `op` on `path`, for `map_err`.
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> HubError {
+    let path = path.to_path_buf();
+    move |source| HubError::Io { op, path, source }
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use std::collections::HashSet;
 use globset::{GlobSet, GlobSetBuilder};
 use serde::Deserialize;
 
+use super::repo::is_hex;
 use crate::verify::HashAlgorithm;
 
 /// One entry of `GET /api/{type}s/{repo}/tree/{commit}?recursive=true`.
@@ -90,25 +91,8 @@ pub(crate) fn from_tree(entries: Vec<TreeEntry>) -> Result<Vec<RemoteFile>, Stri
             "file" => {}
             other => return Err(format!("entry {:?} has unknown type {other:?}", e.path)),
         }
-        let file = match e.lfs {
-            Some(lfs) => RemoteFile {
-                path: e.path,
-                size: lfs.size,
-                algorithm: HashAlgorithm::Sha256,
-                etag: lfs.oid,
-            },
-            None => RemoteFile {
-                size: e
-                    .size
-                    .ok_or_else(|| format!("file {:?} has no size", e.path))?,
-                etag: e
-                    .oid
-                    .ok_or_else(|| format!("file {:?} has no oid", e.path))?,
-                path: e.path,
-                algorithm: HashAlgorithm::GitSha1,
-            },
-        };
-        files.push(file);
+        let lfs = e.lfs.map(|l| (l.oid, l.size));
+        files.push(remote_file(e.path, e.size, e.oid, lfs)?);
     }
     Ok(files)
 }
@@ -117,25 +101,35 @@ pub(crate) fn from_tree(entries: Vec<TreeEntry>) -> Result<Vec<RemoteFile>, Stri
 pub(crate) fn from_siblings(siblings: Vec<Sibling>) -> Result<Vec<RemoteFile>, String> {
     siblings
         .into_iter()
-        .map(|s| match s.lfs {
-            Some(lfs) => Ok(RemoteFile {
-                path: s.rfilename,
-                size: lfs.size,
-                algorithm: HashAlgorithm::Sha256,
-                etag: lfs.sha256,
-            }),
-            None => Ok(RemoteFile {
-                size: s
-                    .size
-                    .ok_or_else(|| format!("file {:?} has no size", s.rfilename))?,
-                etag: s
-                    .blob_id
-                    .ok_or_else(|| format!("file {:?} has no blobId", s.rfilename))?,
-                path: s.rfilename,
-                algorithm: HashAlgorithm::GitSha1,
-            }),
+        .map(|s| {
+            let lfs = s.lfs.map(|l| (l.sha256, l.size));
+            remote_file(s.rfilename, s.size, s.blob_id, lfs)
         })
         .collect()
+}
+
+/// A listed file: an LFS file is named and sized by its LFS part (sha256, size), any other by
+/// its git blob id and size.
+fn remote_file(
+    path: String,
+    size: Option<u64>,
+    oid: Option<String>,
+    lfs: Option<(String, u64)>,
+) -> Result<RemoteFile, String> {
+    let (algorithm, etag, size) = match lfs {
+        Some((sha256, size)) => (HashAlgorithm::Sha256, sha256, size),
+        None => (
+            HashAlgorithm::GitSha1,
+            oid.ok_or_else(|| format!("file {path:?} has no git blob id"))?,
+            size.ok_or_else(|| format!("file {path:?} has no size"))?,
+        ),
+    };
+    Ok(RemoteFile {
+        path,
+        size,
+        algorithm,
+        etag,
+    })
 }
 
 /// Checks every path and digest of a listing; the first problem is the error.
@@ -149,7 +143,7 @@ pub(crate) fn check(mut files: Vec<RemoteFile>) -> Result<Vec<RemoteFile>, Strin
             HashAlgorithm::GitSha1 => 40,
         };
         let etag = f.etag.trim_matches('"').to_ascii_lowercase();
-        if etag.len() != want || !etag.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !is_hex(&etag, want) {
             return Err(format!(
                 "file {:?} has a malformed {} {:?}",
                 f.path, f.algorithm, f.etag
@@ -174,35 +168,46 @@ pub(crate) fn check(mut files: Vec<RemoteFile>) -> Result<Vec<RemoteFile>, Strin
     Ok(files)
 }
 
-/// A repo path that stays inside the directory it is joined to.
+/// A path a listing may name: it stays inside the directory it is joined to
+/// ([`stays_inside`]), is not over-long, and is not where the mirror keeps its metadata.
 fn check_path(path: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("refusing path {path:?} from the listing: {why}"));
-    if path.is_empty() {
-        return bad("empty");
-    }
+    stays_inside(path).or_else(bad)?;
     if path.len() > MAX_PATH {
         return bad("longer than 1024 bytes");
     }
-    if path.starts_with('/') {
-        return bad("absolute");
-    }
-    if path.contains('\\') {
-        return bad("backslash");
-    }
-    if path.chars().any(char::is_control) {
-        return bad("NUL or control character");
-    }
-    for part in path.split('/') {
-        match part {
-            "" => return bad("empty path segment"),
-            "." | ".." => return bad("'.' or '..' segment"),
-            p if p.len() > MAX_NAME => return bad("a name longer than 255 bytes"),
-            _ => {}
-        }
+    if path.split('/').any(|p| p.len() > MAX_NAME) {
+        return bad("a name longer than 255 bytes");
     }
     // ferry's own bookkeeping lives there in a local dir, as huggingface_hub's does.
     if path == ".cache/huggingface" || path.starts_with(".cache/huggingface/") {
         return bad("inside .cache/huggingface, where the mirror keeps its metadata");
+    }
+    Ok(())
+}
+
+/// A relative repo path that names nothing outside its repo: non-empty segments separated by
+/// `/`, none `.` or `..`, no backslash and no control character (NUL included). `ferry serve`
+/// applies the same rule to request paths. The error says what is wrong.
+pub(crate) fn stays_inside(path: &str) -> Result<(), &'static str> {
+    if path.is_empty() {
+        return Err("empty");
+    }
+    if path.starts_with('/') {
+        return Err("absolute");
+    }
+    if path.contains('\\') {
+        return Err("backslash");
+    }
+    if path.chars().any(char::is_control) {
+        return Err("NUL or control character");
+    }
+    for part in path.split('/') {
+        match part {
+            "" => return Err("empty path segment"),
+            "." | ".." => return Err("'.' or '..' segment"),
+            _ => {}
+        }
     }
     Ok(())
 }

@@ -30,9 +30,9 @@
 mod api;
 mod error;
 mod layout;
-mod listing;
+pub(crate) mod listing;
 mod pull;
-mod repo;
+pub(crate) mod repo;
 
 pub use error::HubError;
 pub use layout::Layout;

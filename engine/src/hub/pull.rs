@@ -20,6 +20,7 @@ use super::error::HubError;
 use super::layout::{Layout, Place};
 use super::listing::{self, Filter, RemoteFile, RevisionInfo, TreeEntry};
 use super::repo::{RepoId, RepoType, encode_path, encode_segment, is_commit};
+use crate::get::Secret;
 use crate::{Engine, GetError, GetItem, HashAlgorithm, Job, Report};
 
 /// Extra jobs for files that failed for a passing reason (5xx, resets, short bodies).
@@ -46,17 +47,8 @@ pub struct PullOptions {
     pub layout: Layout,
     /// The Hub endpoint (no trailing `/`).
     pub endpoint: Url,
-    token: Option<Secret>,
-}
-
-/// A token whose `Debug` never shows it.
-#[derive(Clone)]
-struct Secret(String);
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("<redacted>")
-    }
+    /// The token, as an `Authorization` value.
+    authorization: Option<Secret>,
 }
 
 impl PullOptions {
@@ -70,7 +62,7 @@ impl PullOptions {
             exclude: Vec::new(),
             layout,
             endpoint,
-            token: None,
+            authorization: None,
         }
     }
 
@@ -95,7 +87,7 @@ impl PullOptions {
 
     /// A token, sent to the endpoint's origin only.
     pub fn token(mut self, token: impl Into<String>) -> PullOptions {
-        self.token = Some(Secret(token.into()));
+        self.authorization = Some(Secret::bearer(&token.into()));
         self
     }
 }
@@ -145,7 +137,6 @@ pub struct Pull<'e> {
     job: Option<Job>,
     started: Instant,
     listing_seconds: f64,
-    backend: crate::Backend,
 }
 
 impl<'e> Pull<'e> {
@@ -153,8 +144,7 @@ impl<'e> Pull<'e> {
     /// missing repo or revision, a refused token, a hostile listing, or too little disk space.
     pub fn start(engine: &'e Engine, options: PullOptions) -> Result<Pull<'e>, HubError> {
         let started = Instant::now();
-        let token = options.token.as_ref().map(|t| t.0.clone());
-        let api = Api::new(options.endpoint.clone(), token.clone());
+        let api = Api::new(options.endpoint.clone(), options.authorization.clone());
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
         let commit = resolve_revision(&api, &options)?;
         let files = list_files(&api, &options, &commit)?;
@@ -176,7 +166,6 @@ impl<'e> Pull<'e> {
         check_space(&place, &fetching)?;
         let mut pull = Pull {
             engine,
-            backend: engine.selection().backend,
             options,
             place,
             commit,
@@ -196,18 +185,15 @@ impl<'e> Pull<'e> {
         if which.is_empty() {
             return Ok(None);
         }
-        let token = self.options.token.as_ref().map(|t| t.0.clone());
         let items = which.iter().map(|&i| {
             let f = &self.fetching[i];
             let url = file_url(&self.options, &self.commit, &f.path);
-            let item = GetItem::new(url, self.place.bytes_path(f)).size(f.size);
-            let item = match f.algorithm {
+            let item = GetItem::new(url, self.place.bytes_path(f))
+                .size(f.size)
+                .authorization(self.options.authorization.clone());
+            match f.algorithm {
                 HashAlgorithm::Sha256 => item.sha256(f.etag.clone()),
                 HashAlgorithm::GitSha1 => item.git_sha1(f.etag.clone()),
-            };
-            match &token {
-                Some(t) => item.bearer_token(t.clone()),
-                None => item,
             }
         });
         Ok(Some(self.engine.get_many(items)?))
@@ -303,7 +289,7 @@ impl<'e> Pull<'e> {
             bytes_total,
             listing_seconds: self.listing_seconds,
             seconds: self.started.elapsed().as_secs_f64(),
-            backend: self.backend,
+            backend: self.engine.selection().backend,
         })
     }
 
@@ -315,10 +301,11 @@ impl<'e> Pull<'e> {
                 commit: self.commit.clone(),
             },
             GetError::Status {
-                status: 401 | 403, ..
+                status: status @ (401 | 403),
+                ..
             } => HubError::BadToken {
                 repo: self.options.repo.to_string(),
-                status: 403,
+                status,
             },
             e => HubError::Get(e),
         }
@@ -328,7 +315,7 @@ impl<'e> Pull<'e> {
 /// True for a failure that another try may not meet: a server error, a broken connection.
 fn is_transient(e: &GetError) -> bool {
     match e {
-        GetError::Status { status, .. } => matches!(status, 408 | 429 | 500 | 502 | 503 | 504),
+        GetError::Status { status, .. } => super::api::retryable_status(*status),
         GetError::Connect { .. } | GetError::Network { .. } | GetError::ShortBody { .. } => true,
         _ => false,
     }
@@ -361,11 +348,7 @@ fn resolve_revision(api: &Api, options: &PullOptions) -> Result<String, HubError
         options,
         &format!("revision/{}", encode_segment(&options.revision)),
     )?;
-    let answer = api.get(&url)?;
-    if answer.head.status != 200 {
-        return Err(api_error(api, options, &url, &answer));
-    }
-    let info: RevisionInfo = parse_json(&url, &answer)?;
+    let info: RevisionInfo = get_json(api, options, &url)?;
     if !is_commit(&info.sha) {
         return Err(HubError::Remote {
             url: url.to_string(),
@@ -383,10 +366,7 @@ fn resolve_revision(api: &Api, options: &PullOptions) -> Result<String, HubError
 
 /// Every file at `commit`: the paged `/tree` walk, or `siblings` where the endpoint has no tree.
 fn list_files(api: &Api, options: &PullOptions, commit: &str) -> Result<Vec<RemoteFile>, HubError> {
-    let bad = |detail: String| HubError::BadListing {
-        repo: options.repo.to_string(),
-        detail,
-    };
+    let bad = |detail| bad_listing(options, detail);
     let first = api_url(
         options,
         &format!("tree/{commit}?recursive=true&expand=false"),
@@ -427,20 +407,33 @@ fn list_siblings(
     options: &PullOptions,
     commit: &str,
 ) -> Result<Vec<RemoteFile>, HubError> {
-    let bad = |detail: String| HubError::BadListing {
-        repo: options.repo.to_string(),
-        detail,
-    };
+    let bad = |detail| bad_listing(options, detail);
     let url = api_url(options, &format!("revision/{commit}?blobs=true"))?;
-    let answer = api.get(&url)?;
-    if answer.head.status != 200 {
-        return Err(api_error(api, options, &url, &answer));
-    }
-    let info: RevisionInfo = parse_json(&url, &answer)?;
+    let info: RevisionInfo = get_json(api, options, &url)?;
     let siblings = info
         .siblings
         .ok_or_else(|| bad("the revision lists no siblings".into()))?;
     listing::check(listing::from_siblings(siblings).map_err(bad)?).map_err(bad)
+}
+
+fn bad_listing(options: &PullOptions, detail: String) -> HubError {
+    HubError::BadListing {
+        repo: options.repo.to_string(),
+        detail,
+    }
+}
+
+/// GETs `url` and reads its JSON; an error status becomes what the user must do.
+fn get_json<T: serde::de::DeserializeOwned>(
+    api: &Api,
+    options: &PullOptions,
+    url: &Url,
+) -> Result<T, HubError> {
+    let answer = api.get(url)?;
+    if answer.head.status != 200 {
+        return Err(api_error(api, options, url, &answer));
+    }
+    parse_json(url, &answer)
 }
 
 /// The `rel="next"` target of a `Link` header.
@@ -467,7 +460,7 @@ fn api_error(api: &Api, options: &PullOptions, url: &Url, answer: &Answer) -> Hu
     let repo = options.repo.to_string();
     let code = answer.head.header("x-error-code").unwrap_or("");
     let status = answer.head.status;
-    let had_token = options.token.is_some();
+    let had_token = options.authorization.is_some();
     match (status, code) {
         (_, "GatedRepo") => HubError::Gated {
             page: format!(
@@ -481,13 +474,11 @@ fn api_error(api: &Api, options: &PullOptions, url: &Url, answer: &Answer) -> Hu
             repo,
             revision: options.revision.clone(),
         },
-        (_, "RepoNotFound") | (404, _) => HubError::RepoNotFound {
-            repo,
-            kind: options.kind.to_string(),
-            endpoint: api.endpoint().to_string(),
-        },
-        (401 | 403, _) if had_token => HubError::BadToken { repo, status },
-        (401, _) => HubError::RepoNotFound {
+        (401 | 403, code) if had_token && code != "RepoNotFound" => {
+            HubError::BadToken { repo, status }
+        }
+        // Private repos answer 401 to a request without a token: it looks like a missing one.
+        (_, "RepoNotFound") | (404 | 401, _) => HubError::RepoNotFound {
             repo,
             kind: options.kind.to_string(),
             endpoint: api.endpoint().to_string(),

@@ -9,7 +9,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::Serialize;
 
 /// The kind of repo: the Hub keeps models, datasets and spaces apart.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RepoType {
     /// A model (`/api/models/...`, no prefix in `resolve` URLs).
@@ -28,6 +28,16 @@ impl RepoType {
             RepoType::Model => "models",
             RepoType::Dataset => "datasets",
             RepoType::Space => "spaces",
+        }
+    }
+
+    /// From the plural of an API path (`/api/{type}s/`).
+    pub fn from_plural(s: &str) -> Option<RepoType> {
+        match s {
+            "models" => Some(RepoType::Model),
+            "datasets" => Some(RepoType::Dataset),
+            "spaces" => Some(RepoType::Space),
+            _ => None,
         }
     }
 
@@ -130,21 +140,26 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 /// Percent-encodes one path segment (a revision, a file name part).
-pub fn encode_segment(s: &str) -> String {
+pub(crate) fn encode_segment(s: &str) -> String {
     utf8_percent_encode(s, SEGMENT).to_string()
 }
 
 /// Percent-encodes a repo file path, keeping its `/`.
-pub fn encode_path(path: &str) -> String {
+pub(crate) fn encode_path(path: &str) -> String {
     path.split('/')
         .map(encode_segment)
         .collect::<Vec<_>>()
         .join("/")
 }
 
+/// True when `s` is exactly `len` hex digits (either case).
+pub(crate) fn is_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// True for a 40-hex-digit commit id.
-pub fn is_commit(rev: &str) -> bool {
-    rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_hexdigit())
+pub(crate) fn is_commit(rev: &str) -> bool {
+    is_hex(rev, 40)
 }
 
 #[cfg(test)]
@@ -171,6 +186,7 @@ mod tests {
         assert_eq!(id.cache_folder(RepoType::Model), "models--org--name");
         assert_eq!(id.cache_folder(RepoType::Dataset), "datasets--org--name");
         assert_eq!(encode_segment("refs/pr/1"), "refs%2Fpr%2F1");
+        assert_eq!(encode_segment("a b#ü"), "a%20b%23%C3%BC");
         assert_eq!(encode_path("sub dir/a#b?.json"), "sub%20dir/a%23b%3F.json");
         assert!(is_commit(&"a".repeat(40)));
         assert!(!is_commit("main"));

@@ -15,40 +15,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
-use sha1::Sha1;
 use sha2::Digest;
 
 use super::Summary;
 use super::route::valid_repo_path;
-
-/// A repo type, as the Hub names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(crate) enum RepoKind {
-    Model,
-    Dataset,
-    Space,
-}
-
-impl RepoKind {
-    /// From the plural in `/api/{type}s/`.
-    pub fn from_plural(s: &str) -> Option<RepoKind> {
-        match s {
-            "models" => Some(RepoKind::Model),
-            "datasets" => Some(RepoKind::Dataset),
-            "spaces" => Some(RepoKind::Space),
-            _ => None,
-        }
-    }
-
-    /// `models`, `datasets`, `spaces`.
-    pub fn plural(self) -> &'static str {
-        match self {
-            RepoKind::Model => "models",
-            RepoKind::Dataset => "datasets",
-            RepoKind::Space => "spaces",
-        }
-    }
-}
+use crate::hub::RepoType;
+use crate::hub::repo::is_hex;
+use crate::verify::git_blob_hasher;
 
 /// The LFS facts of a file whose etag is a sha256.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -184,7 +157,7 @@ impl Snapshot {
 /// One repo: its branch names and its snapshots.
 #[derive(Debug)]
 pub(crate) struct Repo {
-    pub kind: RepoKind,
+    pub kind: RepoType,
     pub id: String,
     /// Revision name (`main`, `refs/pr/1`) -> commit.
     pub refs: BTreeMap<String, String>,
@@ -219,11 +192,11 @@ impl Repo {
 /// Every repo found under the root.
 #[derive(Debug, Default)]
 pub(crate) struct Catalog {
-    repos: HashMap<(RepoKind, String), Repo>,
+    repos: HashMap<(RepoType, String), Repo>,
 }
 
 impl Catalog {
-    pub fn repo(&self, kind: RepoKind, id: &str) -> Option<&Repo> {
+    pub fn repo(&self, kind: RepoType, id: &str) -> Option<&Repo> {
         self.repos.get(&(kind, id.to_owned()))
     }
 
@@ -259,9 +232,9 @@ impl Catalog {
             };
             let path = entry.path();
             let cache = [
-                ("models--", RepoKind::Model),
-                ("datasets--", RepoKind::Dataset),
-                ("spaces--", RepoKind::Space),
+                ("models--", RepoType::Model),
+                ("datasets--", RepoType::Dataset),
+                ("spaces--", RepoType::Space),
             ]
             .into_iter()
             .find_map(|(prefix, kind)| name.strip_prefix(prefix).map(|rest| (kind, rest)));
@@ -274,8 +247,8 @@ impl Catalog {
                 catalog.add(scan_cache_repo(&path, kind, parts.join("/")));
             } else {
                 let kind = match name.as_str() {
-                    "datasets" => Some(RepoKind::Dataset),
-                    "spaces" => Some(RepoKind::Space),
+                    "datasets" => Some(RepoType::Dataset),
+                    "spaces" => Some(RepoType::Space),
                     _ => None,
                 };
                 match kind {
@@ -285,11 +258,11 @@ impl Catalog {
                         }
                     }
                     None if is_local_repo(&path) && valid_repo_segment(&name) => {
-                        catalog.add(scan_local_repo(&path, RepoKind::Model, name));
+                        catalog.add(scan_local_repo(&path, RepoType::Model, name));
                     }
                     None => {
                         for (dir, id) in local_dirs_under(&path, Some(&name)) {
-                            catalog.add(scan_local_repo(&dir, RepoKind::Model, id));
+                            catalog.add(scan_local_repo(&dir, RepoType::Model, id));
                         }
                     }
                 }
@@ -374,15 +347,16 @@ fn mtime_secs(meta: &fs::Metadata) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// `dir`'s canonical path; a folder that cannot be resolved is skipped, with a warning.
+fn canonical_dir(dir: &Path) -> Option<PathBuf> {
+    dir.canonicalize()
+        .map_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot resolve; skipped"))
+        .ok()
+}
+
 /// A huggingface_hub cache folder: `refs/`, `blobs/`, `snapshots/<commit>/`.
-fn scan_cache_repo(dir: &Path, kind: RepoKind, id: String) -> Option<Repo> {
-    let canonical = match dir.canonicalize() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot resolve; skipped");
-            return None;
-        }
-    };
+fn scan_cache_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
+    let canonical = canonical_dir(dir)?;
     let blobs = canonical.join("blobs");
     let mut refs = BTreeMap::new();
     let mut stack = vec![(canonical.join("refs"), String::new())];
@@ -529,14 +503,8 @@ fn regular_file_inside(path: &Path, within: &Path) -> Option<(PathBuf, u64)> {
 }
 
 /// A `--local-dir` download: files at their paths, metadata under `.cache/huggingface/download`.
-fn scan_local_repo(dir: &Path, kind: RepoKind, id: String) -> Option<Repo> {
-    let canonical = match dir.canonicalize() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot resolve; skipped");
-            return None;
-        }
-    };
+fn scan_local_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
+    let canonical = canonical_dir(dir)?;
     let meta_root = canonical.join(".cache/huggingface/download");
     // (repo path, commit, etag, timestamp) of every readable metadata file.
     let mut found: Vec<(String, String, String, f64)> = Vec::new();
@@ -638,11 +606,6 @@ fn read_metadata(path: &Path) -> Option<(String, String, f64)> {
     (is_hex(&commit, 40) && ts.is_finite()).then_some((commit, etag, ts))
 }
 
-/// True when `s` is exactly `len` hex digits.
-pub(crate) fn is_hex(s: &str, len: usize) -> bool {
-    s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
 /// The git-lfs pointer file that stands in git for a file of this sha256 and size.
 pub(crate) fn lfs_pointer(sha256: &str, size: u64) -> String {
     format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n")
@@ -650,16 +613,14 @@ pub(crate) fn lfs_pointer(sha256: &str, size: u64) -> String {
 
 /// `sha1("blob {len}\0" + bytes)`, lowercase hex.
 pub(crate) fn git_blob_sha1(bytes: &[u8]) -> String {
-    let mut h = Sha1::new();
-    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    let mut h = git_blob_hasher(bytes.len() as u64);
     h.update(bytes);
     hex::encode(h.finalize())
 }
 
 fn git_sha1_of_file(path: &Path, size: u64) -> io::Result<String> {
     let mut file = fs::File::open(path)?;
-    let mut h = Sha1::new();
-    h.update(format!("blob {size}\0").as_bytes());
+    let mut h = git_blob_hasher(size);
     let mut buf = vec![0u8; 1 << 20];
     let mut seen = 0u64;
     loop {

@@ -13,13 +13,14 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
-use super::catalog::{FileEntry, Repo, RepoKind, Snapshot, git_blob_sha1};
+use super::catalog::{FileEntry, Repo, Snapshot, git_blob_sha1};
 use super::conn::Ctx;
 use super::range::{RangeAnswer, evaluate};
 use super::route::{
-    Target, decode, encode_component, header_safe, parse_target, query_flag, query_param,
-    sane_host, valid_repo_path,
+    Target, decode, header_safe, parse_target, query_flag, query_param, sane_host, valid_repo_path,
 };
+use crate::hub::RepoType;
+use crate::hub::repo::encode_segment;
 
 /// What the handler needs from a request head.
 #[derive(Debug)]
@@ -84,7 +85,7 @@ fn not_found() -> Response {
     Response::error(404, None, "Not Found")
 }
 
-fn repo_not_found(kind: RepoKind, id: &str) -> Response {
+fn repo_not_found(kind: RepoType, id: &str) -> Response {
     Response::error(
         404,
         Some("RepoNotFound"),
@@ -124,7 +125,7 @@ pub(crate) fn handle(ctx: &Ctx, req: &Request<'_>) -> Response {
 }
 
 /// The repo id `segs` spell (each segment decoded), if it is one the catalog has.
-fn lookup<'c>(ctx: &'c Ctx, kind: RepoKind, segs: &[&str]) -> Option<&'c Repo> {
+fn lookup<'c>(ctx: &'c Ctx, kind: RepoType, segs: &[&str]) -> Option<&'c Repo> {
     let parts: Option<Vec<String>> = segs
         .iter()
         .map(|s| decode(s).filter(|d| !d.contains('/')))
@@ -139,7 +140,7 @@ fn shown_id(segs: &[&str]) -> String {
 
 const ACTIONS: [&str; 3] = ["revision", "tree", "treesize"];
 
-fn api(ctx: &Ctx, req: &Request<'_>, kind: RepoKind, segs: &[&str], query: &str) -> Response {
+fn api(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &str) -> Response {
     // The repo id is `org/name` or `name`; the segment after it must be an action (or nothing).
     let found = [2, 1].into_iter().find_map(|n| {
         let rest = segs.get(n..)?;
@@ -282,7 +283,7 @@ fn info(repo: &Repo, snap: &Snapshot, query: &str) -> Response {
         if let Some((author, _)) = repo.id.split_once('/') {
             obj.insert("author".into(), author.into());
         }
-        if repo.kind == RepoKind::Model {
+        if repo.kind == RepoType::Model {
             obj.insert("modelId".into(), repo.id.clone().into());
         }
     }
@@ -354,7 +355,7 @@ fn tree(
         let sub = if path.is_empty() {
             String::new()
         } else {
-            format!("/{}", encode_component(path))
+            format!("/{}", encode_segment(path))
         };
         r.headers.push((
             "Link",
@@ -362,7 +363,7 @@ fn tree(
                 "<http://{host}/api/{}/{}/tree/{}{sub}?recursive={recursive}&expand={expand}&cursor={}>; rel=\"next\"",
                 repo.kind.plural(),
                 repo.id,
-                encode_component(rev),
+                encode_segment(rev),
                 cursor + page_size,
             ),
         ));
@@ -371,7 +372,7 @@ fn tree(
 }
 
 /// `/{prefix}{repo}/resolve/{rev}/{path}`: the file's headers and, for GET, its bytes.
-fn resolve(ctx: &Ctx, req: &Request<'_>, kind: RepoKind, segs: &[&str]) -> Response {
+fn resolve(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Response {
     let mut shaped = false;
     for n in [2, 1] {
         if segs.get(n) != Some(&"resolve") {

@@ -6,17 +6,17 @@
 //! segments form the repo id and the revision needs the catalog, so that is left to the handler.
 //! This module never touches the file system.
 
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_decode_str, utf8_percent_encode};
+use percent_encoding::percent_decode_str;
 
-use super::catalog::RepoKind;
+use crate::hub::RepoType;
 
 /// What a request target asks for, before the catalog is consulted.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Target<'a> {
     /// `/api/{type}s/` and the raw segments after it (repo id, action, ...).
-    Api { kind: RepoKind, segs: Vec<&'a str> },
+    Api { kind: RepoType, segs: Vec<&'a str> },
     /// `/{prefix}...`: the raw segments after the type prefix (repo id, `resolve`, rev, path).
-    File { kind: RepoKind, segs: Vec<&'a str> },
+    File { kind: RepoType, segs: Vec<&'a str> },
 }
 
 /// Splits a request target into its route and its query (without `?`). Absolute-form targets
@@ -30,7 +30,7 @@ pub(crate) fn parse_target(target: &str) -> Option<(Target<'_>, &str)> {
     let path = path.strip_prefix('/')?;
     let segs: Vec<&str> = path.split('/').collect();
     if segs.first() == Some(&"api") {
-        let kind = RepoKind::from_plural(segs.get(1)?)?;
+        let kind = RepoType::from_plural(segs.get(1)?)?;
         return Some((
             Target::Api {
                 kind,
@@ -40,9 +40,9 @@ pub(crate) fn parse_target(target: &str) -> Option<(Target<'_>, &str)> {
         ));
     }
     let (kind, segs) = match segs.first() {
-        Some(&"datasets") => (RepoKind::Dataset, segs[1..].to_vec()),
-        Some(&"spaces") => (RepoKind::Space, segs[1..].to_vec()),
-        _ => (RepoKind::Model, segs),
+        Some(&"datasets") => (RepoType::Dataset, segs[1..].to_vec()),
+        Some(&"spaces") => (RepoType::Space, segs[1..].to_vec()),
+        _ => (RepoType::Model, segs),
     };
     Some((Target::File { kind, segs }, query))
 }
@@ -55,13 +55,10 @@ pub(crate) fn decode(raw: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
-/// True for a relative repo path that names nothing outside its repo: non-empty segments
-/// separated by `/`, none `.` or `..`, no backslash and no control character (NUL included).
+/// True for a relative repo path that names nothing outside its repo, by the rule `ferry pull`
+/// applies to a listing ([`crate::hub::listing::stays_inside`]), at most 4 KiB long.
 pub(crate) fn valid_repo_path(p: &str) -> bool {
-    !p.is_empty()
-        && p.len() <= 4096
-        && !p.chars().any(|c| c.is_control() || c == '\\')
-        && p.split('/').all(|s| !s.is_empty() && s != "." && s != "..")
+    p.len() <= 4096 && crate::hub::listing::stays_inside(p).is_ok()
 }
 
 /// The value of query parameter `name` (decoded; `+` is a space), if present.
@@ -75,18 +72,6 @@ pub(crate) fn query_param(query: &str, name: &str) -> Option<String> {
 /// A boolean query parameter as clients send it (`true`, `True`, `1`).
 pub(crate) fn query_flag(query: &str, name: &str) -> bool {
     query_param(query, name).is_some_and(|v| matches!(v.as_str(), "true" | "True" | "1"))
-}
-
-/// What Python's `quote(s, safe="")` leaves alone.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// Percent-encodes one URL component, `/` included.
-pub(crate) fn encode_component(s: &str) -> String {
-    utf8_percent_encode(s, COMPONENT).to_string()
 }
 
 /// The `Host` header if it is a plain `host[:port]`; anything else is not echoed back.
@@ -123,7 +108,7 @@ mod tests {
             parse_target("/api/models/org/name/revision/main?blobs=true"),
             Some((
                 Target::Api {
-                    kind: RepoKind::Model,
+                    kind: RepoType::Model,
                     segs: vec!["org", "name", "revision", "main"]
                 },
                 "blobs=true"
@@ -133,7 +118,7 @@ mod tests {
             parse_target("/datasets/org/name/resolve/main/a%20b"),
             Some((
                 Target::File {
-                    kind: RepoKind::Dataset,
+                    kind: RepoType::Dataset,
                     segs: vec!["org", "name", "resolve", "main", "a%20b"]
                 },
                 ""
@@ -143,7 +128,7 @@ mod tests {
             parse_target("http://h:1/org/name/resolve/main/x"),
             Some((
                 Target::File {
-                    kind: RepoKind::Model,
+                    kind: RepoType::Model,
                     segs: vec!["org", "name", "resolve", "main", "x"]
                 },
                 ""
@@ -197,8 +182,6 @@ mod tests {
             query_param("a=1&cursor=x%2Fy", "cursor").as_deref(),
             Some("x/y")
         );
-        assert_eq!(encode_component("refs/pr/1"), "refs%2Fpr%2F1");
-        assert_eq!(encode_component("a b#ü"), "a%20b%23%C3%BC");
         assert_eq!(header_safe("a\r\nb%ü"), "a%0D%0Ab%25%C3%BC");
         assert_eq!(sane_host("127.0.0.1:8080"), Some("127.0.0.1:8080"));
         assert_eq!(sane_host("evil\r\nx"), None);

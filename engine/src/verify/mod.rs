@@ -90,6 +90,13 @@ impl std::fmt::Display for Checksum {
     }
 }
 
+/// A sha1 primed with the git blob header of a `len`-byte blob: what follows is its bytes.
+pub(crate) fn git_blob_hasher(len: u64) -> Sha1 {
+    let mut h = Sha1::new();
+    h.update(format!("blob {len}\0").as_bytes());
+    h
+}
+
 /// A running hash of one of the [`HashAlgorithm`]s.
 #[derive(Clone)]
 enum Hasher {
@@ -102,11 +109,7 @@ impl Hasher {
     fn new(algorithm: HashAlgorithm, len: u64) -> Hasher {
         match algorithm {
             HashAlgorithm::Sha256 => Hasher::Sha256(Sha256::new()),
-            HashAlgorithm::GitSha1 => {
-                let mut h = Sha1::new();
-                h.update(format!("blob {len}\0").as_bytes());
-                Hasher::GitSha1(h)
-            }
+            HashAlgorithm::GitSha1 => Hasher::GitSha1(git_blob_hasher(len)),
         }
     }
 
