@@ -3,8 +3,11 @@
 //! Alignment comes from `statx(STATX_DIOALIGN)` (Linux 6.1+, asked of a regular file because
 //! filesystems answer it only for those) and is always confirmed by a real O_DIRECT write of one
 //! aligned block: a filesystem can report an alignment and still refuse the open (tmpfs before
-//! 6.6, some FUSE mounts). The probe file is created next to the downloads and removed again.
+//! 6.6, some FUSE mounts). The probe file is an unnamed `O_TMPFILE` next to the downloads, so a
+//! process killed mid-probe leaves nothing behind; where the filesystem has no `O_TMPFILE`, a
+//! named file unlinked right after it is created.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use rustix::fs::{FallocateFlags, Mode, OFlags, StatxFlags};
@@ -55,14 +58,7 @@ pub fn probe_dir(dir: &Path) -> DirReport {
         Ok(s) => fs_name(s.f_type as i64),
         Err(e) => format!("unknown ({e})"),
     };
-    let name = format!(".ferry-probe-{}-{}", std::process::id(), nanos());
-    let path = dir.join(name);
-    let created = rustix::fs::open(
-        &path,
-        OFlags::CREATE | OFlags::EXCL | OFlags::WRONLY | OFlags::CLOEXEC,
-        Mode::from_raw_mode(0o600),
-    );
-    let (o_direct, dio_align, fallocate) = match created {
+    let (o_direct, dio_align, fallocate) = match scratch_file(dir) {
         Err(e) => {
             let why = Support::failed("create probe file", &e.into());
             (why.clone(), None, why)
@@ -72,9 +68,7 @@ pub fn probe_dir(dir: &Path) -> DirReport {
                 "fallocate",
                 rustix::fs::fallocate(&fd, FallocateFlags::empty(), 0, 1 << 20).map_err(Into::into),
             );
-            drop(fd);
-            let (o_direct, dio_align) = probe_direct(&path);
-            let _ = std::fs::remove_file(&path);
+            let (o_direct, dio_align) = probe_direct(&fd);
             (o_direct, dio_align, fallocate)
         }
     };
@@ -89,11 +83,28 @@ pub fn probe_dir(dir: &Path) -> DirReport {
     }
 }
 
-fn probe_direct(file: &Path) -> (Support, Option<DioAlign>) {
+/// A file in `dir` with no name: `O_TMPFILE`, or a named file unlinked at once where the
+/// filesystem cannot make unnamed ones.
+fn scratch_file(dir: &Path) -> rustix::io::Result<OwnedFd> {
+    let mode = Mode::from_raw_mode(0o600);
+    if let Ok(fd) = rustix::fs::open(dir, OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC, mode) {
+        return Ok(fd);
+    }
+    let path = dir.join(format!(".ferry-probe-{}-{}", std::process::id(), nanos()));
+    let fd = rustix::fs::open(
+        &path,
+        OFlags::CREATE | OFlags::EXCL | OFlags::RDWR | OFlags::CLOEXEC,
+        mode,
+    )?;
+    let _ = rustix::fs::unlink(&path);
+    Ok(fd)
+}
+
+fn probe_direct(fd: &OwnedFd) -> (Support, Option<DioAlign>) {
     let statx = rustix::fs::statx(
-        rustix::fs::CWD,
-        file,
-        rustix::fs::AtFlags::empty(),
+        fd.as_fd(),
+        "",
+        rustix::fs::AtFlags::EMPTY_PATH,
         StatxFlags::DIOALIGN,
     );
     let from_statx = match statx {
@@ -116,14 +127,12 @@ fn probe_direct(file: &Path) -> (Support, Option<DioAlign>) {
         }
         _ => None,
     };
-    let fd = match rustix::fs::open(
-        file,
-        OFlags::WRONLY | OFlags::DIRECT | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) {
-        Ok(fd) => fd,
-        Err(e) => return (Support::failed("open(O_DIRECT)", &e.into()), None),
-    };
+    // The same check as open(O_DIRECT): the filesystem must support direct I/O.
+    let direct = rustix::fs::fcntl_getfl(fd)
+        .and_then(|flags| rustix::fs::fcntl_setfl(fd, flags | OFlags::DIRECT));
+    if let Err(e) = direct {
+        return (Support::failed("open(O_DIRECT)", &e.into()), None);
+    }
     // One block, 4096-aligned in memory and in the file: valid for every alignment up to 4096.
     // Take an aligned window of a plain Vec instead of a custom allocation.
     const BLOCK: usize = 4096;
@@ -137,7 +146,7 @@ fn probe_direct(file: &Path) -> (Support, Option<DioAlign>) {
     let mut last_err = None;
     for &align in candidates {
         let len = (align as usize).clamp(512, BLOCK);
-        match rustix::io::pwrite(&fd, &block[..len], 0) {
+        match rustix::io::pwrite(fd, &block[..len], 0) {
             Ok(_) => {
                 let dio = from_statx.unwrap_or(DioAlign {
                     memory: align,
