@@ -50,6 +50,7 @@ mod error;
 mod get;
 mod http1;
 pub mod hub;
+mod journal;
 mod net;
 mod plan;
 mod runtime;
@@ -288,6 +289,16 @@ impl Engine {
     /// # }
     /// ```
     pub fn get_many(&self, items: impl IntoIterator<Item = GetItem>) -> Result<Job, GetError> {
+        self.get_many_journaled(items, None)
+    }
+
+    /// [`Engine::get_many`] keeping `journal` (a pull's): items with a digest and a size are
+    /// recorded there as their writes complete, and resumed from it.
+    pub(crate) fn get_many_journaled(
+        &self,
+        items: impl IntoIterator<Item = GetItem>,
+        journal: Option<Arc<journal::Journal>>,
+    ) -> Result<Job, GetError> {
         let started = Instant::now();
         let items: Vec<GetItem> = items.into_iter().collect();
         if items.is_empty() {
@@ -343,6 +354,7 @@ impl Engine {
                 sink,
                 checksum,
                 size: item.size,
+                journal: journal.clone(),
             };
             files.push(Arc::new(Ctx::new(
                 spec,
@@ -738,6 +750,9 @@ pub struct Report {
     pub verified: Option<HashReport>,
     /// Times the file was fetched (2 after a sha256 mismatch that the second fetch cured).
     pub fetches: u32,
+    /// Bytes taken over from an earlier run that was stopped (a pull's resume journal), read
+    /// back and verified rather than fetched again.
+    pub resumed: u64,
     /// Ranges fetched again after a body ended short.
     pub retries: u64,
     /// Ranges split so that connections finish together.

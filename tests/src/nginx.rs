@@ -5,11 +5,13 @@
 //! - `/norange/`  `max_ranges 0`: answers `Range` with a full 200;
 //! - `/chunked/`  a no-op `sub_filter`: no Content-Length, chunked, no ranges;
 //! - `/close/`    the same with chunked encoding off: the body ends when nginx closes;
-//! - `/redirect/` a 302 to the same path under `/files/`.
+//! - `/redirect/` a 302 to the same path under `/files/`;
+//! - `/slow/`     like `/files/`, at most 8 MiB/s per request (`limit_rate`), so that a test
+//!   can stop a client in the middle of a transfer.
 //!
 //! Every request is logged (connection serial number, request number on that connection,
-//! status, URI, `Range`, whether an `Authorization` came), so tests can count requests and
-//! connections and see where a token went: [`Nginx::requests`].
+//! status, body bytes sent, URI, `Range`, whether an `Authorization` came), so tests can count
+//! requests, connections and bytes, and see where a token went: [`Nginx::requests`].
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -45,7 +47,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    log_format ferry '$connection $connection_requests $status $request_uri "$http_range" "$http_authorization"';
+    log_format ferry '$connection $connection_requests $status $body_bytes_sent $request_uri "$http_range" "$http_authorization"';
     access_log {prefix}/access.log ferry;
     sendfile on;
     tcp_nopush on;
@@ -64,6 +66,7 @@ http {{
         location /chunked/ {{ alias {root}/; sub_filter_types *; sub_filter 'ferry-never-matches-this' ''; }}
         location /close/ {{ alias {root}/; sub_filter_types *; sub_filter 'ferry-never-matches-this' ''; chunked_transfer_encoding off; }}
         location /redirect/ {{ rewrite ^/redirect/(.*)$ /files/$1 redirect; }}
+        location /slow/ {{ alias {root}/; limit_rate 8m; }}
     }}
 }}
 "#,
@@ -141,6 +144,8 @@ pub struct Request {
     pub nth: u64,
     /// The status answered.
     pub status: u16,
+    /// Body bytes sent (for a client that went away mid-body: what was sent until then).
+    pub body_bytes: u64,
     /// The request URI.
     pub uri: String,
     /// The `Range` header, `-` when there was none.
@@ -151,14 +156,16 @@ pub struct Request {
 
 impl Request {
     fn parse(line: &str) -> Option<Request> {
-        let mut it = line.splitn(5, ' ');
-        let (connection, nth, status, uri) = (it.next()?, it.next()?, it.next()?, it.next()?);
+        let mut it = line.splitn(6, ' ');
+        let (connection, nth, status, body_bytes, uri) =
+            (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
         // `"RANGE" "AUTHORIZATION"`: neither contains a quote.
         let mut quoted = it.next()?.split('"').filter(|s| !s.trim().is_empty());
         Some(Request {
             connection: connection.parse().ok()?,
             nth: nth.parse().ok()?,
             status: status.parse().ok()?,
+            body_bytes: body_bytes.parse().ok()?,
             uri: uri.to_owned(),
             range: quoted.next()?.to_owned(),
             authorized: quoted.next().is_some_and(|a| a != "-"),

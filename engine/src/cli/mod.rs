@@ -4,7 +4,8 @@
 //! Exit codes (also in the README): 0 success, 1 internal error, 2 usage or bad input, 3 the
 //! server or network failed, 4 a local file operation failed, 5 the requested back-end cannot run;
 //! `ferry pull` adds 6 repo not found, 7 revision not found, 8 file not found, 9 gated, 10 token
-//! refused, 11 rate limited, 12 not enough disk space, 13 a hostile or malformed listing.
+//! refused, 11 rate limited, 12 not enough disk space, 13 a hostile or malformed listing, 14
+//! another pull is writing the same repo.
 
 mod get;
 mod probe;
@@ -34,6 +35,7 @@ pub(crate) mod exit {
     pub const RATE_LIMITED: u8 = 11;
     pub const NO_SPACE: u8 = 12;
     pub const BAD_LISTING: u8 = 13;
+    pub const BUSY: u8 = 14;
 }
 
 #[derive(Debug, Parser)]

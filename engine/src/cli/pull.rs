@@ -166,6 +166,7 @@ fn hub_error_code(e: &HubError) -> u8 {
         HubError::RateLimited { .. } => exit::RATE_LIMITED,
         HubError::NoSpace { .. } => exit::NO_SPACE,
         HubError::BadListing { .. } => exit::BAD_LISTING,
+        HubError::Busy { .. } => exit::BUSY,
         HubError::Get(g) => get_error_code(g),
         HubError::Io { .. } => exit::LOCAL,
         _ => exit::REMOTE,
@@ -180,7 +181,7 @@ fn print_summary(report: &PullReport, args: &PullArgs) {
         return;
     }
     println!(
-        "{} {}: {} files ({}) at {}, {} fetched ({}), {} already here, every file verified; {:.2} s [{}]",
+        "{} {}: {} files ({}) at {}, {} fetched ({}{}), {} already here, every file verified; {:.2} s [{}]",
         report.kind,
         report.repo,
         report.files,
@@ -188,6 +189,14 @@ fn print_summary(report: &PullReport, args: &PullArgs) {
         report.path.display(),
         report.fetched,
         human_bytes(report.bytes_fetched),
+        if report.bytes_resumed > 0 {
+            format!(
+                ", {} resumed from an earlier run",
+                human_bytes(report.bytes_resumed)
+            )
+        } else {
+            String::new()
+        },
         report.reused,
         report.seconds,
         report.backend,

@@ -18,7 +18,13 @@
 //! when the job ends); on any failure the partial file is removed and nothing appears under the
 //! final name. One file failing does not stop the others.
 //!
-//! Not here (later issues): resume across runs, TLS, mirrors.
+//! A job may keep a resume [`Journal`]: every completed write of a file with a digest and a
+//! size is recorded there, and a file the journal knows is resumed, not emptied: its first
+//! request asks for the first missing byte, the plan hands out only the gaps, and the ranges
+//! already on disk are read back for the hash. A failed file then keeps its `PATH.incomplete`
+//! for the next run (unless its bytes proved wrong).
+//!
+//! Not here (later issues): TLS, mirrors.
 
 pub(crate) mod batch;
 mod conn;
@@ -43,6 +49,7 @@ use crate::backend::buf::AlignedBuf;
 use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
+use crate::journal::Journal;
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
 use crate::verify::{Checksum, HashStats, Verifier, Window};
 use crate::{HashReport, Report, UNKNOWN_TOTAL};
@@ -228,6 +235,8 @@ pub(crate) struct FileSpec {
     pub checksum: Option<Checksum>,
     /// The size stated up front (for ordering and progress), if any.
     pub size: Option<u64>,
+    /// The job's resume journal, if it keeps one.
+    pub journal: Option<Arc<Journal>>,
 }
 
 /// One file of a job, and what the lanes working on it share.
@@ -261,6 +270,15 @@ pub(crate) struct Ctx {
     fetches: AtomicU32,
     retries: AtomicU64,
     splits: AtomicU64,
+    /// The job's resume journal: used for files with a digest and a size.
+    journal: Option<Arc<Journal>>,
+    /// The journal's id for the current fetch (0: not journaled).
+    journal_id: AtomicU64,
+    /// Ranges of `incomplete` written by an earlier run, from `begin_fetch` until the first
+    /// answer decides whether they are kept.
+    resumed: Mutex<Vec<Range<u64>>>,
+    /// Bytes of the file taken over from an earlier run.
+    resumed_bytes: AtomicU64,
 }
 
 impl Ctx {
@@ -297,7 +315,71 @@ impl Ctx {
             fetches: AtomicU32::new(0),
             retries: AtomicU64::new(0),
             splits: AtomicU64::new(0),
+            journal: spec.journal,
+            journal_id: AtomicU64::new(0),
+            resumed: Mutex::new(Vec::new()),
+            resumed_bytes: AtomicU64::new(0),
         }
+    }
+
+    /// The journal key of this file (its size and digest) when the job journals it.
+    fn journal_key(&self) -> Option<(&Journal, u64, String)> {
+        let journal = self.journal.as_deref()?;
+        Some((journal, self.size_hint?, self.checksum?.to_string()))
+    }
+
+    /// Records that `len` bytes at `at` are written (the write completed).
+    pub fn journal_written(&self, at: u64, len: u64) {
+        let id = self.journal_id.load(Ordering::Relaxed);
+        if let (Some(journal), true, false) = (&self.journal, id != 0, len == 0) {
+            journal.written(id, at..at + len);
+        }
+    }
+
+    /// Starts a fresh journal record of this file (before it is emptied).
+    fn journal_fresh(&self) {
+        if let Some((journal, size, digest)) = self.journal_key() {
+            let id = journal.start(&self.output, size, &digest);
+            self.journal_id.store(id, Ordering::Relaxed);
+        }
+    }
+
+    /// What an earlier run wrote of this file and the journal vouches for (only on the first
+    /// fetch of this job: a second fetch follows a mismatch, and starts over).
+    fn journal_resumable(&self) -> Option<(u64, Vec<Range<u64>>)> {
+        if self.fetches.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let (journal, size, digest) = self.journal_key()?;
+        let (id, ranges) = journal.resumable(&self.output, size, &digest)?;
+        // The file must still hold every range (it was never emptied behind the journal's back).
+        let end = ranges.last().map_or(0, |r| r.end);
+        let len = std::fs::metadata(&self.incomplete).ok()?.len();
+        (len >= end).then_some((id, ranges))
+    }
+
+    /// The earlier run's bytes are kept: count them, and have the verifier read them back.
+    fn take_over(&self, ranges: &[Range<u64>]) {
+        let n: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        self.add_done(n);
+        self.resumed_bytes.store(n, Ordering::Relaxed);
+        if let (Some(v), Some(wake)) = self.verifier() {
+            for r in ranges {
+                v.written_elsewhere(r.start, r.end - r.start);
+            }
+            let _ = wake.try_send(());
+        }
+    }
+
+    /// The earlier run's bytes cannot be used (the server answered with the whole file, or
+    /// another size): start the journal over and empty the file.
+    fn drop_resumed(&self, file: &File) -> Result<(), GetError> {
+        self.journal_fresh();
+        rustix::fs::ftruncate(file, 0).map_err(|e| GetError::Io {
+            op: "truncate",
+            path: self.incomplete.clone(),
+            source: e.into(),
+        })
     }
 
     /// Where requests go: the URL after redirects.
@@ -411,17 +493,28 @@ impl Ctx {
         })
     }
 
-    /// Creates (or empties) `PATH.incomplete` and clears what an earlier fetch left behind;
-    /// starts the read-back task when hashing. Runs on the lane that starts the file, which
-    /// gets the file back (for `fallocate`, and as its sink's buffered descriptor).
+    /// Creates (or empties) `PATH.incomplete` and clears what an earlier fetch left behind, or,
+    /// when the journal vouches for what an earlier run wrote, opens it as it is (the ranges go
+    /// to `resumed`); starts the read-back task when hashing. Runs on the lane that starts the
+    /// file, which gets the file back (for `fallocate`, and as its sink's buffered descriptor).
     async fn begin_fetch(self: &Arc<Self>) -> Result<File, GetError> {
+        let resumable = self.journal_resumable();
+        let resuming = resumable.is_some();
+        match resumable {
+            Some((id, ranges)) => {
+                self.journal_id.store(id, Ordering::Relaxed);
+                *self.resumed.lock().unwrap_or_else(|p| p.into_inner()) = ranges;
+            }
+            None => self.journal_fresh(),
+        }
+        self.resumed_bytes.store(0, Ordering::Relaxed);
         // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(!resuming)
             .open(&self.incomplete)
             .await
             .map_err(|source| GetError::OutputNotWritable {
@@ -521,7 +614,21 @@ enum Opened {
 /// to the right host, on a new one otherwise, and sets the file up from the answer.
 async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetError> {
     let created = ctx.begin_fetch().await?;
+    let mut resumed = std::mem::take(&mut *ctx.resumed.lock().unwrap_or_else(|p| p.into_inner()));
     let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK).max(1);
+    // A resumed file starts at its first missing byte.
+    let first = match (resumed.is_empty(), ctx.size_hint) {
+        (false, Some(size)) => match gaps(&resumed, size).first() {
+            Some(g) => g.start..(g.start + first_len).min(g.end),
+            None => {
+                // Every byte is on disk already: only the hash is left to check.
+                ctx.set_total(size);
+                ctx.take_over(&resumed);
+                return Ok(Opened::Empty);
+            }
+        },
+        _ => 0..first_len,
+    };
     let mut target = ctx.origin.clone();
     let mut conn = match slot.take() {
         Some(c) if c.serves(&target.addrs) => c,
@@ -530,7 +637,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
     let mut redirects = 0;
     let mut resolved = Resolved::new();
     let head = loop {
-        let head = conn.request(&target, Some(0..first_len)).await?;
+        let head = conn.request(&target, Some(first.clone())).await?;
         if !crate::http1::is_redirect(head.status) {
             break head;
         }
@@ -554,27 +661,46 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
     let framing = framing_of(ctx.target(), &head)?;
     match head.status {
         206 => {
-            let total = check_partial(ctx, &head, 0, first_len - 1, None)?;
-            let first_end = first_len.min(total);
-            check_length(ctx, framing, 0..first_end)?;
-            if total > first_end {
+            let total = check_partial(ctx, &head, first.start, first.end - 1, None)?;
+            if !resumed.is_empty() && ctx.size_hint != Some(total) {
+                tracing::warn!(
+                    url = %ctx.target().display,
+                    "the file has {total} bytes, not the {:?} its journal expected; fetching it all",
+                    ctx.size_hint
+                );
+                ctx.drop_resumed(&created)?;
+                resumed.clear();
+            }
+            let first_end = first.end.min(total);
+            check_length(ctx, framing, first.start..first_end)?;
+            if first.start > 0 || total > first_end {
                 preallocate(ctx, &created, total)?;
             } else {
                 // The whole file is in this answer: one write, nothing to reserve.
                 ctx.set_total(total);
             }
             let pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
-            let mut plan = Plan::new(total, 0, ctx.settings.connections, ctx.settings.chunk);
-            let first = plan.claim(0..first_end);
+            let todo = gaps(&resumed, total);
+            let mut plan =
+                Plan::with_gaps(total, todo, ctx.settings.connections, ctx.settings.chunk);
+            let lease = plan.claim(first.start..first_end);
             *ctx.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
+            ctx.take_over(&resumed);
             Ok(Opened::Ranged {
                 conn,
                 pipe,
-                first,
-                range: 0..first_end,
+                first: lease,
+                range: first.start..first_end,
             })
         }
         200 => {
+            if !resumed.is_empty() {
+                tracing::info!(
+                    url = %ctx.target().display,
+                    "the server sends the whole file (no ranges); the earlier run's bytes are not used"
+                );
+                ctx.drop_resumed(&created)?;
+            }
             if let Framing::Length(n) = framing {
                 preallocate(ctx, &created, n)?;
             }
@@ -681,8 +807,17 @@ async fn settle(ctx: &Arc<Ctx>) -> Settled {
         Ok(Verified::Ok(hash)) => finish(ctx, hash).await,
         Err(e) => Err(e),
     };
-    if result.is_err() {
-        let _ = compio::fs::remove_file(&ctx.incomplete).await;
+    match &result {
+        // What an earlier run or this one wrote stays for the next run to resume, unless it
+        // proved wrong.
+        Err(e)
+            if ctx.journal_id.load(Ordering::Relaxed) != 0
+                && !matches!(e, GetError::ChecksumMismatch { .. }) => {}
+        Err(_) => {
+            ctx.journal_fresh();
+            let _ = compio::fs::remove_file(&ctx.incomplete).await;
+        }
+        Ok(_) => {}
     }
     Settled::Done(Box::new(result))
 }
@@ -1005,9 +1140,27 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
             read_back: stats.read_back,
         }),
         fetches: ctx.fetches.load(Ordering::Relaxed),
+        resumed: ctx.resumed_bytes.load(Ordering::Relaxed),
         retries: ctx.retries.load(Ordering::Relaxed),
         splits: ctx.splits.load(Ordering::Relaxed),
     })
+}
+
+/// The parts of `0..size` that `done` (disjoint, in order) does not cover.
+fn gaps(done: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for r in done {
+        if r.start > at {
+            out.push(at..r.start.min(size));
+        }
+        at = at.max(r.end);
+    }
+    if at < size {
+        out.push(at..size);
+    }
+    out.retain(|g| g.start < g.end);
+    out
 }
 
 /// The directory a path lives in (`.` for a bare file name).

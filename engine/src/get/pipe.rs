@@ -96,6 +96,7 @@ impl Pipeline {
     /// hash.
     pub fn spliced(&self, at: u64, len: u64) {
         self.ctx.add_done(len);
+        self.ctx.journal_written(at, len);
         if let Some(v) = &self.verifier {
             if v.written_elsewhere(at, len) {
                 if let Some(wake) = &self.wake_read_back {
@@ -134,6 +135,7 @@ impl Pipeline {
         }
         let len = buf.bytes().len() as u64;
         self.ctx.add_done(len);
+        self.ctx.journal_written(at, len);
         let Some(v) = self.verifier.clone() else {
             BufPool::give(buf);
             return Ok(());

@@ -78,6 +78,15 @@ pub enum HubError {
         /// Bytes free, human-readable.
         have: String,
     },
+    /// Another process is pulling the same repo into the same place.
+    #[error(
+        "another ferry pull is writing {} (its lock is held); wait for it to finish",
+        dir.display()
+    )]
+    Busy {
+        /// The locked folder.
+        dir: PathBuf,
+    },
     /// The listing is malformed or hostile (a path that would leave the target, ...).
     #[error("refusing the listing of {repo}: {detail}")]
     BadListing {
@@ -115,7 +124,9 @@ impl HubError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             HubError::Usage(_) => ErrorKind::Usage,
-            HubError::Io { .. } | HubError::NoSpace { .. } => ErrorKind::Local,
+            HubError::Io { .. } | HubError::NoSpace { .. } | HubError::Busy { .. } => {
+                ErrorKind::Local
+            }
             HubError::Get(e) => e.kind(),
             _ => ErrorKind::Remote,
         }

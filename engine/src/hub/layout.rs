@@ -161,6 +161,17 @@ impl Place {
         write_atomic(&self.root.join("refs").join(revision), commit.as_bytes())
     }
 
+    /// The folder of the pull's resume journals (and its lock): `.ferry/` in the repo's cache
+    /// folder (huggingface_hub ignores what it does not know there), or
+    /// `.cache/huggingface/ferry/` in a local dir (where no listed path can be).
+    pub fn journal_dir(&self) -> PathBuf {
+        if self.is_cache() {
+            self.root.join(".ferry")
+        } else {
+            self.root.join(".cache/huggingface/ferry")
+        }
+    }
+
     /// The directory whose filesystem receives the bytes (for the free-space check).
     pub fn bytes_dir(&self) -> PathBuf {
         if self.is_cache() {

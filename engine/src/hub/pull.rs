@@ -4,12 +4,15 @@
 //! local-dir metadata) and the ref.
 //!
 //! The listing runs on the calling thread (a few small JSON requests, see [`super::api`]); the
-//! bytes go through the [`Engine`]. What this does not do yet: resume a partly fetched file
-//! across runs (a file whose bytes were not complete is fetched again from its start; complete
-//! files are never fetched twice).
+//! bytes go through the [`Engine`], with a resume [`Journal`] per repo and commit: a pull
+//! stopped at any moment takes over, on its next run, every range the last one wrote (complete
+//! files are never fetched twice, partial ones only for their missing ranges). The journal is
+//! removed once the pull completes; while it is open it locks the repo's place against a second
+//! pull.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -21,6 +24,7 @@ use super::layout::{Layout, Place};
 use super::listing::{self, Filter, RemoteFile, RevisionInfo, TreeEntry};
 use super::repo::{RepoId, RepoType, encode_path, encode_segment, is_commit};
 use crate::get::Secret;
+use crate::journal::{self, Journal};
 use crate::{Engine, GetError, GetItem, HashAlgorithm, Job, Report};
 
 /// Extra jobs for files that failed for a passing reason (5xx, resets, short bodies).
@@ -114,6 +118,9 @@ pub struct PullReport {
     pub reused: usize,
     /// Bytes fetched.
     pub bytes_fetched: u64,
+    /// Bytes an earlier, stopped pull had written and this one took over (read back and
+    /// verified, not fetched).
+    pub bytes_resumed: u64,
     /// Bytes of all the files of the listing.
     pub bytes_total: u64,
     /// Seconds spent on the revision and the listing.
@@ -135,6 +142,8 @@ pub struct Pull<'e> {
     /// The file whose bytes each download brings (one per blob).
     fetching: Vec<RemoteFile>,
     job: Option<Job>,
+    /// The resume journal, while there are bytes to fetch.
+    journal: Option<Arc<Journal>>,
     started: Instant,
     listing_seconds: f64,
 }
@@ -164,6 +173,11 @@ impl<'e> Pull<'e> {
             .collect();
         place.prepare(&files)?;
         check_space(&place, &fetching)?;
+        let journal = if fetching.is_empty() {
+            None
+        } else {
+            Some(Arc::new(open_journal(&place, &commit)?))
+        };
         let mut pull = Pull {
             engine,
             options,
@@ -172,6 +186,7 @@ impl<'e> Pull<'e> {
             files,
             fetching,
             job: None,
+            journal,
             started,
             listing_seconds,
         };
@@ -196,7 +211,10 @@ impl<'e> Pull<'e> {
                 HashAlgorithm::GitSha1 => item.git_sha1(f.etag.clone()),
             }
         });
-        Ok(Some(self.engine.get_many(items)?))
+        Ok(Some(
+            self.engine
+                .get_many_journaled(items, self.journal.clone())?,
+        ))
     }
 
     /// The commit the revision resolved to.
@@ -219,7 +237,7 @@ impl<'e> Pull<'e> {
     /// leaves nothing under its name) and, when all are, the ref. The first failure is the
     /// error; the files that did arrive stay, verified, for the next pull.
     pub fn finish(mut self) -> Result<PullReport, HubError> {
-        let mut bytes_fetched = 0;
+        let (mut bytes_fetched, mut bytes_resumed) = (0, 0);
         let mut failed: Vec<(usize, GetError)> = Vec::new();
         let mut which: Vec<usize> = (0..self.fetching.len()).collect();
         let mut job = self.job.take();
@@ -231,7 +249,10 @@ impl<'e> Pull<'e> {
             failed.clear();
             for (i, r) in which.iter().zip(results) {
                 match r {
-                    Ok(report) => bytes_fetched += report.bytes,
+                    Ok(report) => {
+                        bytes_fetched += report.bytes - report.resumed;
+                        bytes_resumed += report.resumed;
+                    }
                     Err(e) => failed.push((*i, e)),
                 }
             }
@@ -275,6 +296,9 @@ impl<'e> Pull<'e> {
             return Err(e);
         }
         self.place.set_ref(&self.options.revision, &self.commit)?;
+        if let Some(journal) = self.journal.take() {
+            journal.remove();
+        }
         let bytes_total = self.files.iter().map(|f| f.size).sum();
         Ok(PullReport {
             repo: self.options.repo.to_string(),
@@ -286,6 +310,7 @@ impl<'e> Pull<'e> {
             fetched: self.fetching.len(),
             reused: self.files.len() - self.fetching.len(),
             bytes_fetched,
+            bytes_resumed,
             bytes_total,
             listing_seconds: self.listing_seconds,
             seconds: self.started.elapsed().as_secs_f64(),
@@ -496,9 +521,27 @@ fn api_error(api: &Api, options: &PullOptions, url: &Url, answer: &Answer) -> Hu
     }
 }
 
-/// Refuses up front when the bytes to fetch cannot fit.
+/// The repo's resume journal for `commit`, locked for this process.
+fn open_journal(place: &Place, commit: &str) -> Result<Journal, HubError> {
+    Journal::open(&place.journal_dir(), &format!("{commit}.journal")).map_err(|e| match e {
+        journal::OpenError::Busy(dir) => HubError::Busy { dir },
+        journal::OpenError::Io { op, path, source } => HubError::Io { op, path, source },
+    })
+}
+
+/// Refuses up front when the bytes to fetch cannot fit. Space an earlier run already
+/// allocated to a partial file (which this pull may resume) counts as had.
 fn check_space(place: &Place, fetching: &[RemoteFile]) -> Result<(), HubError> {
-    let need: u64 = fetching.iter().map(|f| f.size).sum();
+    use std::os::unix::fs::MetadataExt;
+    let need: u64 = fetching
+        .iter()
+        .map(|f| {
+            let mut partial = place.bytes_path(f).into_os_string();
+            partial.push(".incomplete");
+            let allocated = std::fs::metadata(&partial).map_or(0, |m| m.blocks() * 512);
+            f.size.saturating_sub(allocated)
+        })
+        .sum();
     if need == 0 {
         return Ok(());
     }

@@ -9,7 +9,9 @@
 //! 2. **the frontier**, front to back, in chunks sized from what is left (about two per
 //!    connection, 1-8 MiB, whole MiB so O_DIRECT offsets stay aligned). Going front to back keeps
 //!    the contiguous received prefix close behind the connections, so the sha256 that follows it
-//!    can be fed from buffers still in memory;
+//!    can be fed from buffers still in memory. A file resumed from a journal has a frontier with
+//!    holes: only the gaps between the ranges already on disk are handed out
+//!    ([`Plan::with_gaps`]);
 //! 3. **a split** once the frontier is used up: the connection takes the largest run another
 //!    connection has not yet received, cut at its middle (on a MiB boundary), so every
 //!    connection finishes at about the same time instead of one straggler fetching the tail.
@@ -22,6 +24,7 @@
 
 pub(crate) mod files;
 
+use std::collections::VecDeque;
 use std::ops::Range;
 
 /// Smallest chunk the frontier hands out (except the file's tail).
@@ -61,7 +64,9 @@ pub(crate) enum Source {
 #[derive(Debug, Clone)]
 pub(crate) struct Plan {
     total: u64,
-    frontier: u64,
+    /// What the frontier has not handed out yet: disjoint, in file order, none empty. Its
+    /// first range starts at the frontier.
+    todo: VecDeque<Range<u64>>,
     connections: u64,
     chunk: Option<u64>,
     leases: Vec<Option<Lease>>,
@@ -74,10 +79,36 @@ impl Plan {
     /// A plan for `total` bytes whose first `done` bytes are taken care of already. `chunk`
     /// fixes the frontier's chunk size (tests and `--chunk-size`); by default it shrinks with
     /// what is left.
+    #[cfg(test)]
     pub fn new(total: u64, done: u64, connections: usize, chunk: Option<u64>) -> Plan {
+        Plan::with_gaps(total, std::iter::once(done..total), connections, chunk)
+    }
+
+    /// A plan for `total` bytes of which only `gaps` are left to fetch (a file resumed from
+    /// its journal). Gaps are clipped to the file and may come in any order; overlapping ones
+    /// are merged.
+    pub fn with_gaps(
+        total: u64,
+        gaps: impl IntoIterator<Item = Range<u64>>,
+        connections: usize,
+        chunk: Option<u64>,
+    ) -> Plan {
+        let mut sorted: Vec<Range<u64>> = gaps
+            .into_iter()
+            .map(|g| g.start.min(total)..g.end.min(total))
+            .filter(|g| g.start < g.end)
+            .collect();
+        sorted.sort_by_key(|g| g.start);
+        let mut todo: VecDeque<Range<u64>> = VecDeque::with_capacity(sorted.len());
+        for g in sorted {
+            match todo.back_mut() {
+                Some(last) if g.start <= last.end => last.end = last.end.max(g.end),
+                _ => todo.push_back(g),
+            }
+        }
         Plan {
             total,
-            frontier: done.min(total),
+            todo,
             connections: connections.max(1) as u64,
             chunk: chunk.map(|c| c.max(1)),
             leases: Vec::new(),
@@ -87,12 +118,31 @@ impl Plan {
         }
     }
 
-    /// Leases `range`, which must start at the frontier: the first request of a download is sent
-    /// before the plan exists (its answer tells the size), and becomes its first lease.
+    /// Leases `range`, which must lie within one range the frontier has not handed out: the
+    /// first request of a download is sent before the plan exists (its answer tells the size),
+    /// and becomes its first lease.
     pub fn claim(&mut self, range: Range<u64>) -> LeaseId {
-        assert_eq!(range.start, self.frontier, "claims start at the frontier");
         let end = range.end.min(self.total);
-        self.frontier = end;
+        if range.start >= end {
+            return self.insert(range.start..range.start);
+        }
+        let i = self
+            .todo
+            .iter()
+            .position(|g| g.start <= range.start && end <= g.end)
+            .expect("claims lie within what is left");
+        let gap = self.todo[i].clone();
+        match (gap.start < range.start, end < gap.end) {
+            (false, false) => {
+                self.todo.remove(i);
+            }
+            (false, true) => self.todo[i].start = end,
+            (true, false) => self.todo[i].end = range.start,
+            (true, true) => {
+                self.todo[i].end = range.start;
+                self.todo.insert(i + 1, end..gap.end);
+            }
+        }
         self.insert(range.start..end)
     }
 
@@ -102,10 +152,14 @@ impl Plan {
         if let Some(r) = self.retry.pop() {
             return Some((self.insert(r.clone()), r, Source::Retry));
         }
-        if self.frontier < self.total {
-            let start = self.frontier;
-            let end = (start + self.chunk_len()).min(self.total);
-            self.frontier = end;
+        if let Some(gap) = self.todo.front() {
+            let start = gap.start;
+            let end = (start + self.chunk_len()).min(gap.end);
+            if end == gap.end {
+                self.todo.pop_front();
+            } else if let Some(gap) = self.todo.front_mut() {
+                gap.start = end;
+            }
             return Some((self.insert(start..end), start..end, Source::Frontier));
         }
         let (victim, mid) = self
@@ -175,13 +229,13 @@ impl Plan {
 
     /// Bytes the frontier has not handed out yet.
     pub fn frontier_left(&self) -> u64 {
-        self.total - self.frontier
+        self.todo.iter().map(|g| g.end - g.start).sum()
     }
 
     /// True when [`Plan::take`] would hand out a lease now.
     pub fn has_work(&self) -> bool {
         !self.retry.is_empty()
-            || self.frontier < self.total
+            || !self.todo.is_empty()
             || self
                 .leases
                 .iter()
@@ -191,7 +245,7 @@ impl Plan {
 
     fn chunk_len(&self) -> u64 {
         self.chunk
-            .unwrap_or_else(|| auto_chunk(self.total - self.frontier, self.connections))
+            .unwrap_or_else(|| auto_chunk(self.frontier_left(), self.connections))
     }
 
     fn insert(&mut self, r: Range<u64>) -> LeaseId {
@@ -323,6 +377,56 @@ mod tests {
             let mut sim = simulate(total, first, &[777_777, 3 << 20, 65_536], Some(777_777));
             assert_tiles(&mut sim.covered, total);
         }
+    }
+
+    #[test]
+    fn a_resumed_plan_hands_out_exactly_its_gaps() {
+        let total = (40 << 20) + 123;
+        let gaps = [
+            (30 << 20) + 4096..total,
+            0..4096,
+            (5 << 20)..(9 << 20) + 8192,
+            (6 << 20)..(7 << 20), // inside the one before: merged
+        ];
+        let mut plan = Plan::with_gaps(total, gaps.clone(), 3, None);
+        assert_eq!(
+            plan.frontier_left(),
+            4096 + (4 << 20) + 8192 + (10 << 20) - 4096 + 123
+        );
+        // The first request of the resumed file, in the middle of a gap.
+        let first = plan.claim((6 << 20)..(7 << 20));
+        plan.complete(first);
+        let mut got = vec![(6 << 20, 7 << 20)];
+        let mut last_start = 0;
+        while let Some((id, r, src)) = plan.take() {
+            assert_eq!(src, Source::Frontier, "nothing held, nothing to split");
+            assert!(r.start >= last_start, "in file order");
+            last_start = r.start;
+            got.push((r.start, r.end));
+            plan.complete(id);
+        }
+        got.sort();
+        let merged: Vec<(u64, u64)> = got.iter().fold(Vec::new(), |mut acc, &(s, e)| {
+            match acc.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => acc.push((s, e)),
+            }
+            acc
+        });
+        assert_eq!(
+            merged,
+            [
+                (0, 4096),
+                (5 << 20, (9 << 20) + 8192),
+                ((30 << 20) + 4096, total)
+            ],
+            "every gap, nothing else"
+        );
+        assert_eq!(plan.frontier_left(), 0);
+        assert!(
+            Plan::with_gaps(100, [], 2, None).take().is_none(),
+            "all on disk"
+        );
     }
 
     #[test]

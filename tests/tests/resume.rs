@@ -1,0 +1,312 @@
+//! `ferry pull` stopped by `kill -9` in the middle of its transfers, again and again, then run
+//! to the end, on each back-end. The origin is a real nginx serving a static Hub at 8 MiB/s per
+//! request (so that a kill lands mid-transfer), logging the body bytes it sent.
+//!
+//! What must hold:
+//! - at no moment does a name a user sees (a blob under its final name, a snapshot link) hold
+//!   partial or wrong bytes: a watcher checks every final name as soon as it appears, while
+//!   ferry runs and is killed;
+//! - every run takes over what the journal says the runs before it wrote (the final run fetches
+//!   none of the bytes the journal held at the last kill);
+//! - nothing written is fetched again: all runs together make nginx send at most the repo's
+//!   bytes plus, per kill, what the connections can have had in flight (one range each, at most
+//!   8 MiB);
+//! - the final mirror is byte for byte the repo, with no journal or partial file left behind.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_tests::hub::{Repo, make_repo, write_static_hub};
+use ferry_tests::{Backend, Nginx, assert_same_file, backends_under_test, ferry_bin};
+
+const SPEC: &[(&str, u64, bool)] = &[
+    ("model-00001-of-00003.safetensors", 48 << 20, true),
+    ("model-00002-of-00003.safetensors", (48 << 20) + 4097, true),
+    ("model-00003-of-00003.safetensors", (40 << 20) - 1, true),
+    ("config.json", 700, false),
+    ("tokenizer.json", 300_000, false),
+];
+/// Connections of each run (`-c`).
+const CONNECTIONS: u64 = 4;
+/// The longest range ferry asks for at once (`plan::MAX_CHUNK`): what one connection can have
+/// in flight when the process dies.
+const MAX_RANGE: u64 = 8 << 20;
+const KILLS: u64 = 3;
+
+fn repo_dir(cache: &Path) -> PathBuf {
+    cache.join("models--org--model")
+}
+
+/// Bytes the journal records as written (its `W` lines; see `engine/src/journal.rs`).
+fn journal_bytes(cache: &Path, repo: &Repo) -> u64 {
+    let path = repo_dir(cache)
+        .join(".ferry")
+        .join(format!("{}.journal", repo.commit));
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            match f.as_slice() {
+                [_, "W", _, start, end] => {
+                    Some(end.parse::<u64>().ok()? - start.parse::<u64>().ok()?)
+                }
+                _ => None,
+            }
+        })
+        .sum()
+}
+
+/// Checks every final name that has appeared since the last call: a blob must be complete and
+/// hold exactly its file's bytes, a snapshot link must point at such a blob. Returns what is
+/// wrong.
+fn check_final_names(
+    cache: &Path,
+    repo: &Repo,
+    by_etag: &HashMap<&str, &ferry_tests::hub::RepoFile>,
+    checked: &mut HashSet<PathBuf>,
+) -> Vec<String> {
+    let mut wrong = Vec::new();
+    let blobs = repo_dir(cache).join("blobs");
+    let mut check_blob = |path: PathBuf, name: &str, wrong: &mut Vec<String>| {
+        if checked.contains(&path) {
+            return;
+        }
+        match by_etag.get(name) {
+            None => wrong.push(format!("unexpected file under blobs/: {name}")),
+            Some(f) => {
+                let got = std::fs::read(&path).unwrap_or_default();
+                let want = std::fs::read(&f.source).expect("source");
+                if got != want {
+                    wrong.push(format!(
+                        "{} is under its final name with wrong bytes ({} of {} bytes)",
+                        f.path,
+                        got.len(),
+                        want.len()
+                    ));
+                }
+                checked.insert(path);
+            }
+        }
+    };
+    for entry in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.ends_with(".incomplete") {
+            check_blob(entry.path(), &name, &mut wrong);
+        }
+    }
+    // A link that appeared since the listing above: its blob is checked now.
+    let snapshot = repo_dir(cache).join("snapshots").join(&repo.commit);
+    for f in &repo.files {
+        let link = snapshot.join(&f.path);
+        if std::fs::symlink_metadata(&link).is_err() {
+            continue;
+        }
+        match std::fs::canonicalize(&link) {
+            Ok(target) => {
+                let name = target
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                if target.parent() != std::fs::canonicalize(&blobs).ok().as_deref() {
+                    wrong.push(format!("snapshot link {} leaves blobs/", f.path));
+                } else if name != f.etag {
+                    wrong.push(format!("snapshot link {} points at {name}", f.path));
+                } else {
+                    check_blob(blobs.join(&name), &name, &mut wrong);
+                }
+            }
+            Err(e) => wrong.push(format!("snapshot link {} is dangling: {e}", f.path)),
+        }
+    }
+    wrong
+}
+
+/// Runs `check_final_names` over and over until dropped, collecting what is wrong.
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl Watcher {
+    fn start(cache: PathBuf, repo: Arc<Repo>, checked: Arc<Mutex<HashSet<PathBuf>>>) -> Watcher {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            let by_etag: HashMap<&str, &ferry_tests::hub::RepoFile> =
+                repo.files.iter().map(|f| (f.etag.as_str(), f)).collect();
+            let mut wrong = Vec::new();
+            loop {
+                let last = stop2.load(Ordering::Relaxed);
+                let mut seen = checked.lock().expect("lock");
+                wrong.extend(check_final_names(&cache, &repo, &by_etag, &mut seen));
+                drop(seen);
+                if last {
+                    return wrong;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        Watcher {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread
+            .take()
+            .expect("running")
+            .join()
+            .expect("watcher")
+    }
+}
+
+fn pull_command(backend: Backend, endpoint: &str, cache: &Path) -> Command {
+    let mut c = Command::new(ferry_bin());
+    c.args([
+        "--backend",
+        backend.flag(),
+        "pull",
+        "org/model",
+        "--endpoint",
+    ])
+    .arg(endpoint)
+    .arg("--cache-dir")
+    .arg(cache)
+    .args(["-c", &CONNECTIONS.to_string(), "--json"])
+    .env_remove("FERRY_SAFE_MODE")
+    .env_remove("HF_TOKEN")
+    .stdin(Stdio::null());
+    c
+}
+
+#[test]
+fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let repo = Arc::new(make_repo(dir.path(), "org/model", SPEC));
+    let root = dir.path().join("hub");
+    write_static_hub(&root, &repo, None);
+    let nginx = Nginx::start(&root);
+    let endpoint = format!("http://127.0.0.1:{}/slow", nginx.port());
+    let total: u64 = repo.files.iter().map(|f| f.size).sum();
+    let lfs_total: u64 = repo.files.iter().filter(|f| f.lfs).map(|f| f.size).sum();
+    for backend in backends_under_test() {
+        eprintln!("kill -9 and resume on backend={backend:?}");
+        let cache = tempfile::tempdir().expect("tmp");
+        let logged_before = nginx.requests(0).len();
+        let checked = Arc::new(Mutex::new(HashSet::new()));
+        let watcher = Watcher::start(
+            cache.path().to_path_buf(),
+            Arc::clone(&repo),
+            Arc::clone(&checked),
+        );
+        let mut killed_running = 0;
+        let mut journaled_at_last_kill = 0;
+        for k in 1..=KILLS {
+            let mut child = pull_command(backend, &endpoint, cache.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn ferry");
+            // Kill once the journal holds k quarters of the shards' bytes (or ferry is done).
+            let threshold = lfs_total * k / (KILLS + 1);
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                if child.try_wait().expect("try_wait").is_some() {
+                    break;
+                }
+                if journal_bytes(cache.path(), &repo) >= threshold {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "ferry pull neither progressed nor finished"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let journaled = journal_bytes(cache.path(), &repo);
+            if child.try_wait().expect("try_wait").is_none() {
+                child.kill().expect("SIGKILL");
+                killed_running += 1;
+                journaled_at_last_kill = journaled;
+            }
+            let _ = child.wait();
+            eprintln!(
+                "  kill {k}: {} MiB of {} MiB journaled",
+                journaled >> 20,
+                lfs_total >> 20
+            );
+        }
+        assert!(
+            killed_running > 0,
+            "every run finished before it could be killed: the test proved nothing"
+        );
+        let out = pull_command(backend, &endpoint, cache.path())
+            .output()
+            .expect("run ferry");
+        let wrong = watcher.finish();
+        assert!(wrong.is_empty(), "backend={backend:?}: {wrong:#?}");
+        assert!(
+            out.status.success(),
+            "the resumed pull failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(r["backend"], backend.flag(), "{r}");
+        let resumed = r["bytes_resumed"].as_u64().expect("bytes_resumed");
+        let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
+        assert!(resumed > 0, "a partial file was taken over: {r}");
+        // Whatever the journal held at the last kill (complete files, and ranges of partial
+        // ones) is not fetched by the final run.
+        assert!(
+            total - fetched >= journaled_at_last_kill,
+            "the journal held {journaled_at_last_kill} bytes at the last kill, yet the final run fetched {fetched} of {total}: {r}"
+        );
+        for f in &repo.files {
+            let path = repo_dir(cache.path())
+                .join("snapshots")
+                .join(&repo.commit)
+                .join(&f.path);
+            assert_same_file(&f.source, &path, &format!("{} on {backend:?}", f.path));
+        }
+        assert!(
+            !repo_dir(cache.path()).join(".ferry").exists(),
+            "the journal is removed once the pull completes"
+        );
+        let leftovers: Vec<String> = std::fs::read_dir(repo_dir(cache.path()).join("blobs"))
+            .expect("blobs")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".incomplete"))
+            .collect();
+        assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
+        // Every byte nginx sent for this back-end's runs, killed ones included (nginx logs a
+        // request whose client vanished with the bytes it had sent until then).
+        let sent: u64 = nginx
+            .requests(0)
+            .iter()
+            .skip(logged_before)
+            .filter(|q| q.uri.contains("/resolve/"))
+            .map(|q| q.body_bytes)
+            .sum();
+        let refetched = sent.saturating_sub(total);
+        let bound = killed_running * CONNECTIONS * MAX_RANGE;
+        eprintln!(
+            "  {killed_running} kills; {resumed} bytes resumed by the last run; nginx sent {sent} bytes for a {total}-byte repo: {refetched} fetched again (bound {bound})"
+        );
+        assert!(
+            sent >= total,
+            "nginx sent {sent} bytes, less than the repo's {total}"
+        );
+        assert!(
+            refetched <= bound,
+            "{refetched} bytes fetched again over {killed_running} kills; at most {bound} were in flight"
+        );
+    }
+}
