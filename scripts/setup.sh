@@ -6,6 +6,7 @@
 #   util-linux   setpriv, to run a test as an unprivileged user
 #   curl, time   the peer and the CPU/RSS meter of the benchmark harness
 #   openssl      the demo's seeded data generator
+#   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
 # hf_transfer (PyPI).
 set -euo pipefail
@@ -39,6 +40,10 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 
 python3 -c 'import huggingface_hub' 2>/dev/null || python3 -m pip install -q huggingface_hub
+# transformers (with tokenizers, safetensors, numpy; no torch): a test loads a pulled model
+# offline through it.
+python3 -c 'import transformers, tokenizers, safetensors, numpy' 2>/dev/null ||
+  python3 -m pip install -q transformers
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo not found; this machine kind ships a Rust toolchain (rustup)" >&2

@@ -55,32 +55,50 @@ pub fn make_repo(dir: &Path, id: &str, spec: &[(&str, u64, bool)]) -> Repo {
     for (i, &(path, size, lfs)) in spec.iter().enumerate() {
         let source = dir.join(format!("src-{i}"));
         crate::write_data(&source, size, 1000 + i as u64);
-        let bytes = std::fs::read(&source).expect("read source");
-        let (etag, oid, pointer_size) = if lfs {
-            let sha = hex::encode(Sha256::digest(&bytes));
-            let pointer = format!(
-                "version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n"
-            );
-            (sha, git_blob_id(pointer.as_bytes()), pointer.len() as u64)
-        } else {
-            let oid = git_blob_id(&bytes);
-            (oid.clone(), oid, 0)
-        };
-        files.push(RepoFile {
-            path: path.to_owned(),
-            source,
-            size,
-            lfs,
-            etag,
-            oid,
-            pointer_size,
-        });
+        files.push(repo_file(path, source, lfs));
     }
+    repo(id, files)
+}
+
+/// A repo of files that exist already: `(repo path, where its bytes are, lfs)` each.
+pub fn repo_from_files(id: &str, files: &[(&str, PathBuf, bool)]) -> Repo {
+    let files = files
+        .iter()
+        .map(|(path, source, lfs)| repo_file(path, source.clone(), *lfs))
+        .collect();
+    repo(id, files)
+}
+
+fn repo(id: &str, files: Vec<RepoFile>) -> Repo {
     let commit = git_blob_id(id.as_bytes()); // any stable 40-hex id
     Repo {
         id: id.to_owned(),
         commit,
         files,
+    }
+}
+
+/// The repo's view of the file at `source`: its ETag, tree oid and pointer size.
+fn repo_file(path: &str, source: PathBuf, lfs: bool) -> RepoFile {
+    let bytes = std::fs::read(&source).expect("read source");
+    let size = bytes.len() as u64;
+    let (etag, oid, pointer_size) = if lfs {
+        let sha = hex::encode(Sha256::digest(&bytes));
+        let pointer =
+            format!("version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {size}\n");
+        (sha, git_blob_id(pointer.as_bytes()), pointer.len() as u64)
+    } else {
+        let oid = git_blob_id(&bytes);
+        (oid.clone(), oid, 0)
+    };
+    RepoFile {
+        path: path.to_owned(),
+        source,
+        size,
+        lfs,
+        etag,
+        oid,
+        pointer_size,
     }
 }
 

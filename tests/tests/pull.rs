@@ -1,6 +1,7 @@
 //! `ferry pull` end to end, on each back-end: a synthetic model repo served by a real nginx as a
 //! static Hub (JSON files for the API, files for `resolve`), pulled into the huggingface_hub
-//! cache and into a local dir, then loaded by the real `huggingface_hub` with no network. Also:
+//! cache and into a local dir, then loaded by the real `huggingface_hub` with no network (and a
+//! tiny real GPT-2 by `transformers`, config, tokenizer and sharded weights). Also:
 //! a second pull fetches nothing, a corrupted file never gets a name, hostile listings and
 //! impossible sizes are refused before the first byte, filters, and the token never reaching a
 //! host other than the endpoint's.
@@ -8,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ferry_tests::hub::{MODEL, Repo, make_repo, tree_json, write_static_hub};
+use ferry_tests::hub::{MODEL, Repo, make_repo, repo_from_files, tree_json, write_static_hub};
 use ferry_tests::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry,
 };
@@ -607,6 +608,105 @@ fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() 
             Some(6),
             "{what}: {}",
             String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+/// A tiny real GPT-2 (config, fast tokenizer, two safetensors shards and their index, made by
+/// `tests/fixtures/tiny_gpt2.py`) pulled into the cache, then loaded by `transformers` with
+/// `HF_HUB_OFFLINE=1`: its config and tokenizer through the Auto classes, each weight shard
+/// through the index as transformers resolves it, every tensor equal to the original. (Not the
+/// model itself: that needs torch, which the test machines do not install.)
+#[test]
+fn transformers_loads_a_pulled_model_with_no_network() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).expect("mkdir");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tiny_gpt2.py");
+    let made = Command::new("python3")
+        .arg(&script)
+        .arg(&src)
+        .output()
+        .expect("run python3");
+    assert!(
+        made.status.success(),
+        "tiny_gpt2.py (needs transformers, tokenizers, safetensors, numpy: scripts/setup.sh): {}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let names = [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    ];
+    let files: Vec<(&str, PathBuf, bool)> = names
+        .iter()
+        .map(|n| (*n, src.join(n), n.ends_with(".safetensors")))
+        .collect();
+    let repo = repo_from_files("org/tiny", &files);
+    let root = dir.path().join("hub");
+    write_static_hub(&root, &repo, None);
+    let nginx = Nginx::start(&root);
+    let endpoint = format!("http://127.0.0.1:{}/files", nginx.port());
+    for backend in backends_under_test() {
+        eprintln!("transformers loads a pull made on backend={backend:?}");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let out = ferry(
+            backend,
+            &[
+                "pull",
+                "org/tiny",
+                "--endpoint",
+                &endpoint,
+                "--cache-dir",
+                cache_s,
+                "--json",
+            ],
+        );
+        let r = report(&out, &format!("{backend:?}"));
+        assert_eq!(r["files"], names.len(), "{r}");
+        let src_s = src.to_str().expect("utf-8");
+        let loaded = python(
+            &[
+                ("HF_HUB_OFFLINE", "1"),
+                ("TRANSFORMERS_OFFLINE", "1"),
+                ("HF_HUB_CACHE", cache_s),
+                ("HF_ENDPOINT", "http://127.0.0.1:9"),
+            ],
+            &format!(
+                "import json, numpy as np\n\
+                 from safetensors.numpy import load_file\n\
+                 from transformers import AutoConfig, AutoTokenizer\n\
+                 from transformers.utils import cached_file\n\
+                 cfg = AutoConfig.from_pretrained('org/tiny')\n\
+                 assert (cfg.model_type, cfg.n_layer, cfg.n_embd) == ('gpt2', 1, 8), cfg\n\
+                 tok = AutoTokenizer.from_pretrained('org/tiny')\n\
+                 ids = tok('hello ferry world')['input_ids']\n\
+                 assert ids == [1, 2, 3], ids\n\
+                 index = json.load(open(cached_file('org/tiny', 'model.safetensors.index.json')))\n\
+                 shards = sorted(set(index['weight_map'].values()))\n\
+                 assert len(shards) == 2, shards\n\
+                 n = 0\n\
+                 for shard in shards:\n\
+                 \x20   got, want = load_file(cached_file('org/tiny', shard)), load_file('{src_s}/' + shard)\n\
+                 \x20   assert got.keys() == want.keys()\n\
+                 \x20   for k in want:\n\
+                 \x20       assert np.array_equal(got[k], want[k]), k\n\
+                 \x20       n += 1\n\
+                 print('loaded', n, 'tensors')\n"
+            ),
+        );
+        assert!(
+            loaded.status.success(),
+            "transformers offline on {backend:?}: {}",
+            String::from_utf8_lossy(&loaded.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&loaded.stdout).trim(),
+            "loaded 4 tensors"
         );
     }
 }
