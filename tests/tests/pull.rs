@@ -263,6 +263,73 @@ fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
     }
 }
 
+/// A file already in place is reused only when its bytes are right: one ferry verified (its
+/// mark names the digest and it was not modified since) is trusted as it is; one another tool
+/// wrote (no mark) is hashed, then reused; one changed in place since ferry verified it is
+/// fetched again.
+#[test]
+fn files_in_place_are_reused_only_when_their_bytes_are_right() {
+    let hub = Hub::start(|_| None);
+    let file = |name: &str| {
+        hub.repo
+            .files
+            .iter()
+            .find(|f| f.path == name)
+            .expect("listed")
+    };
+    let (changed, foreign) = (
+        file("model-00001-of-00002.safetensors"),
+        file("tokenizer/tokenizer.json"),
+    );
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?}");
+        eprintln!("files in place on {what}");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        report(
+            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
+            &what,
+        );
+        let blobs = cache.path().join("models--org--model/blobs");
+        // Changed in place: same size, one bit off, so only a hash can tell.
+        let mut bytes = std::fs::read(&changed.source).expect("source");
+        bytes[4096] ^= 0x10;
+        std::fs::write(blobs.join(&changed.etag), &bytes).expect("change in place");
+        // Replaced by a right copy another tool made (no mark).
+        let tmp = blobs.join("copy.tmp");
+        std::fs::copy(&foreign.source, &tmp).expect("copy");
+        std::fs::rename(&tmp, blobs.join(&foreign.etag)).expect("rename");
+        let before = hub.resolves();
+        let r = report(
+            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
+            &what,
+        );
+        assert_eq!(r["fetched"], 1, "only the changed file: {r}");
+        let fetched: Vec<String> = hub
+            .nginx
+            .requests(0)
+            .into_iter()
+            .filter(|q| q.uri.contains("/resolve/"))
+            .skip(before)
+            .map(|q| q.uri)
+            .collect();
+        assert!(
+            !fetched.is_empty() && fetched.iter().all(|u| u.ends_with(&changed.path)),
+            "{fetched:?}"
+        );
+        let snap = snapshot(cache.path(), &hub.repo);
+        for f in &hub.repo.files {
+            assert_same_file(&f.source, &snap.join(&f.path), &what);
+        }
+        // Both are verified now: a third pull lists and reads nothing.
+        let r = report(
+            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
+            &what,
+        );
+        assert_eq!(r["fetched"], 0, "{r}");
+    }
+}
+
 #[test]
 fn hostile_listings_are_refused_before_anything_is_written() {
     for (name, hostile) in [

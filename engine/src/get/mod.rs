@@ -1101,6 +1101,10 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
     }
     // The file was truncated when created and grew by exactly the bytes counted in `done`.
     let file = ctx.open_file().await?;
+    if let Some((digest, _)) = &hash {
+        // Before the fsync, so that the mark is as durable as the bytes.
+        crate::verify::mark::set(&file, digest);
+    }
     file.sync_all().await.map_err(|source| GetError::Io {
         op: "fsync",
         path: ctx.incomplete.clone(),

@@ -13,12 +13,13 @@
 //! names that point at them (symlinks, metadata, refs), each replaced atomically with a rename.
 //! It decides nothing about what to fetch beyond "is this file already here".
 
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::error::HubError;
 use super::listing::RemoteFile;
 use super::repo::{RepoId, RepoType};
+use crate::verify::{Checksum, Hasher, mark};
 
 /// Where and how a repo is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,18 +107,47 @@ impl Place {
         Ok(())
     }
 
-    /// True when `f`'s verified bytes are already here: the blob exists with the listed size
-    /// (cache; ferry names a blob only after verifying it), or the local file has that size and
-    /// its metadata names the same etag (local dir).
+    /// True when `f`'s verified bytes are already here: the blob (cache), or the local file
+    /// whose metadata names the same etag (local dir), has the listed size and either carries
+    /// ferry's verified mark for this digest ([`mark`]) or is hashed now and found right (and
+    /// then marked). A file with other bytes is reported and fetched again (its fresh copy
+    /// replaces it). So a file another tool left, or one changed since, is never reused unread.
     pub fn has(&self, f: &RemoteFile) -> bool {
-        let size_ok =
-            |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() == f.size);
-        if self.is_cache() {
-            return size_ok(&self.bytes_path(f));
+        let path = self.bytes_path(f);
+        let in_place = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == f.size)
+            && (self.is_cache()
+                || std::fs::read_to_string(self.metadata_path(f))
+                    .is_ok_and(|m| m.lines().nth(1) == Some(f.etag.as_str())));
+        if !in_place {
+            return false;
         }
-        size_ok(&self.bytes_path(f))
-            && std::fs::read_to_string(self.metadata_path(f))
-                .is_ok_and(|m| m.lines().nth(1) == Some(f.etag.as_str()))
+        let Some(digest) = Checksum::parse(f.algorithm, &f.etag) else {
+            return false;
+        };
+        if mark::is_marked(&path, &digest) {
+            return true;
+        }
+        tracing::info!(file = %f.path, "in place but not verified by ferry: hashing it");
+        match hash_file(&path, f) {
+            Ok(got) if got == digest => {
+                if let Ok(file) = std::fs::File::open(&path) {
+                    mark::set(&file, &digest);
+                }
+                true
+            }
+            Ok(got) => {
+                tracing::warn!(
+                    "{} is in place with other bytes than the listing says ({} {got}, not {digest}); fetching it again",
+                    path.display(),
+                    f.algorithm
+                );
+                false
+            }
+            Err(e) => {
+                tracing::warn!("cannot read {} ({e}); fetching it again", path.display());
+                false
+            }
+        }
     }
 
     /// Makes `f` (whose bytes are in place) visible at `commit`: the snapshot symlink, or the
@@ -182,6 +212,21 @@ impl Place {
     }
 }
 
+/// The digest of the file at `path`, as `f`'s algorithm computes it.
+fn hash_file(path: &Path, f: &RemoteFile) -> io::Result<Checksum> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Hasher::new(f.algorithm, f.size);
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(hasher.finalize()),
+            Ok(n) => hasher.update(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// `../../blobs/<etag>` with one more `../` per directory level of the repo path.
 fn link_target(f: &RemoteFile) -> PathBuf {
     let depth = f.path.matches('/').count();
@@ -223,12 +268,15 @@ mod tests {
     use super::*;
     use crate::verify::HashAlgorithm;
 
-    fn file(path: &str, etag: &str) -> RemoteFile {
+    /// A listed file holding `abc`.
+    fn file(path: &str) -> RemoteFile {
+        let mut h = Hasher::new(HashAlgorithm::GitSha1, 3);
+        h.update(b"abc");
         RemoteFile {
             path: path.into(),
             size: 3,
             algorithm: HashAlgorithm::GitSha1,
-            etag: etag.into(),
+            etag: h.finalize().to_string(),
         }
     }
 
@@ -238,15 +286,18 @@ mod tests {
         let repo = RepoId::parse("org/name").expect("valid");
         let place = Place::new(&Layout::Cache(dir.path().into()), &repo, RepoType::Model);
         let commit = "c".repeat(40);
-        let f = file("a/b/c.txt", &"e".repeat(40));
+        let f = file("a/b/c.txt");
         place.prepare(std::slice::from_ref(&f)).expect("dirs");
+        std::fs::write(place.bytes_path(&f), b"abd").expect("blob");
+        assert!(!place.has(&f), "the right size, the wrong bytes");
         std::fs::write(place.bytes_path(&f), b"abc").expect("blob");
-        assert!(place.has(&f));
+        assert!(place.has(&f), "hashed and found right");
+        assert!(place.has(&f), "then known by its mark");
         place.publish(&commit, &f).expect("link");
         let link = place.file_path(&commit, &f);
         assert_eq!(
             std::fs::read_link(&link).expect("a symlink"),
-            PathBuf::from(format!("../../../../blobs/{}", "e".repeat(40)))
+            PathBuf::from(format!("../../../../blobs/{}", f.etag))
         );
         assert_eq!(std::fs::read(&link).expect("resolves"), b"abc");
         place.set_ref("main", &commit).expect("ref");
@@ -261,7 +312,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let repo = RepoId::parse("org/name").expect("valid");
         let place = Place::new(&Layout::LocalDir(dir.path().into()), &repo, RepoType::Model);
-        let f = file("sub/x.json", &"e".repeat(40));
+        let f = file("sub/x.json");
         place.prepare(std::slice::from_ref(&f)).expect("dirs");
         std::fs::write(place.bytes_path(&f), b"abc").expect("file");
         assert!(
@@ -276,6 +327,6 @@ mod tests {
         )
         .expect("metadata");
         let lines: Vec<&str> = meta.lines().collect();
-        assert_eq!(lines[..2], ["c".repeat(40), "e".repeat(40)]);
+        assert_eq!(lines[..2], ["c".repeat(40), f.etag.clone()]);
     }
 }

@@ -28,6 +28,8 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::buf::{AlignedBuf, BufPool};
 
+pub(crate) mod mark;
+
 /// The hash algorithms a file can be checked with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum HashAlgorithm {
@@ -99,28 +101,28 @@ pub(crate) fn git_blob_hasher(len: u64) -> Sha1 {
 
 /// A running hash of one of the [`HashAlgorithm`]s.
 #[derive(Clone)]
-enum Hasher {
+pub(crate) enum Hasher {
     Sha256(Sha256),
     GitSha1(Sha1),
 }
 
 impl Hasher {
     /// A fresh hash; a git blob id needs the file's length first.
-    fn new(algorithm: HashAlgorithm, len: u64) -> Hasher {
+    pub fn new(algorithm: HashAlgorithm, len: u64) -> Hasher {
         match algorithm {
             HashAlgorithm::Sha256 => Hasher::Sha256(Sha256::new()),
             HashAlgorithm::GitSha1 => Hasher::GitSha1(git_blob_hasher(len)),
         }
     }
 
-    fn update(&mut self, bytes: &[u8]) {
+    pub fn update(&mut self, bytes: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::GitSha1(h) => h.update(bytes),
         }
     }
 
-    fn finalize(self) -> Checksum {
+    pub fn finalize(self) -> Checksum {
         match self {
             Hasher::Sha256(h) => Checksum::Sha256(h.finalize().into()),
             Hasher::GitSha1(h) => Checksum::GitSha1(h.finalize().into()),
