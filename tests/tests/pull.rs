@@ -41,13 +41,19 @@ impl Hub {
         format!("http://127.0.0.1:{}/files", self.nginx.port())
     }
 
-    /// Requests for file bytes (`resolve`) nginx has logged.
+    /// How many requests for file bytes (`resolve`) nginx has logged.
     fn resolves(&self) -> usize {
+        self.resolves_since(0).len()
+    }
+
+    /// The requests for file bytes logged after the first `skip`.
+    fn resolves_since(&self, skip: usize) -> Vec<ferry_tests::Request> {
         self.nginx
             .requests(0)
-            .iter()
+            .into_iter()
             .filter(|r| r.uri.contains("/resolve/"))
-            .count()
+            .skip(skip)
+            .collect()
     }
 }
 
@@ -99,13 +105,7 @@ fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
         assert_eq!(r["commit"], hub.repo.commit.as_str());
         assert_eq!(r["files"], MODEL.len());
         assert_eq!(r["fetched"], MODEL.len(), "every file fetched once: {r}");
-        let resolves: Vec<_> = hub
-            .nginx
-            .requests(0)
-            .into_iter()
-            .filter(|r| r.uri.contains("/resolve/"))
-            .skip(before)
-            .collect();
+        let resolves = hub.resolves_since(before);
         let mut asked: Vec<_> = resolves
             .iter()
             .map(|r| (r.uri.clone(), r.range.clone()))
@@ -306,11 +306,8 @@ fn files_in_place_are_reused_only_when_their_bytes_are_right() {
         );
         assert_eq!(r["fetched"], 1, "only the changed file: {r}");
         let fetched: Vec<String> = hub
-            .nginx
-            .requests(0)
+            .resolves_since(before)
             .into_iter()
-            .filter(|q| q.uri.contains("/resolve/"))
-            .skip(before)
             .map(|q| q.uri)
             .collect();
         assert!(
