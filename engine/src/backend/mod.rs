@@ -18,6 +18,7 @@
 //! (io_uring or polling) and the sink chosen.
 
 pub(crate) mod buf;
+pub(crate) mod fallocate;
 pub(crate) mod sink;
 pub(crate) mod splice;
 

@@ -38,6 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use compio::driver::ToSharedFd;
 use compio::fs::{File, OpenOptions};
 use url::Url;
 
@@ -674,7 +675,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
             let first_end = first.end.min(total);
             check_length(ctx, framing, first.start..first_end)?;
             if first.start > 0 || total > first_end {
-                preallocate(ctx, &created, total)?;
+                preallocate(ctx, &created, total).await?;
             } else {
                 // The whole file is in this answer: one write, nothing to reserve.
                 ctx.set_total(total);
@@ -702,7 +703,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
                 ctx.drop_resumed(&created)?;
             }
             if let Framing::Length(n) = framing {
-                preallocate(ctx, &created, n)?;
+                preallocate(ctx, &created, n).await?;
             }
             Ok(Opened::Stream {
                 conn,
@@ -978,22 +979,27 @@ fn check_partial(
     Ok(total)
 }
 
-fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
+async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
     ctx.set_total(len);
     if len == 0 {
         return Ok(());
     }
-    // Blocking, but once per file larger than its first answer, and cheap on extent
-    // filesystems.
-    let io = |op, e: rustix::io::Errno| GetError::Io {
+    let io = |op, source: std::io::Error| GetError::Io {
         op,
         path: ctx.incomplete.clone(),
-        source: e.into(),
+        source,
     };
-    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len) {
+    // A ring op on io_uring: reserving a large file's extents does not stall the worker.
+    match crate::backend::fallocate::fallocate(file.to_shared_fd(), len).await {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {
-            rustix::fs::ftruncate(file, len).map_err(|e| io("set_len", e))
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+            ) =>
+        {
+            // No fallocate on this filesystem (or no such ring op): set the size instead.
+            rustix::fs::ftruncate(file, len).map_err(|e| io("set_len", e.into()))
         }
         Err(e) => Err(io("fallocate", e)),
     }
