@@ -39,10 +39,11 @@
 //! # }
 //! ```
 //!
-//! What the crate does not do yet: HTTPS, resume across runs and the Hugging Face Hub protocol
-//! arrive with later work; today a download either completes byte for byte (checked against a
-//! sha256 when given one, see [`Engine::get_with`]) or fails with a [`GetError`] and leaves
-//! nothing under its final name.
+//! A download either completes byte for byte (checked against a sha256 when given one, see
+//! [`Engine::get_with`]) or fails with a [`GetError`] and leaves nothing under its final name.
+//! [`hub::Pull`] mirrors a Hugging Face repo (verified, resumable after a crash through its
+//! journal) and [`serve::Server`] serves such mirrors. What the crate does not do yet: HTTPS,
+//! proxies and mirrors with failover.
 #![warn(missing_docs)]
 
 mod backend;
