@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # Runs the benchmark of ../shared/BENCH.md: ferry against curl, wget, aria2c, axel and
-# hf_transfer, interleaved, on seeded data served by nginx on loopback, with the ceilings
-# (network, O_DIRECT disk, sha256) measured in the same run. Writes bench/RESULTS.md,
-# bench/results.json and bench/results.svg.
+# hf_transfer, interleaved, on seeded data served by nginx on loopback; and (suite `pull`)
+# `ferry pull` against huggingface_hub's snapshot_download(max_workers=16), both mirroring a
+# synthetic model repo (scripts/synth-repo.py) from `ferry serve`, plus a second `ferry pull` of
+# the complete mirror. The ceilings (network, O_DIRECT disk, sha256) are measured in the same run.
+# Writes bench/RESULTS.md, bench/results.json and bench/results.svg, merged by suite: the suites
+# run now replace their earlier figures, the others keep theirs, and each says which run it
+# comes from; every run also gets its own copy under bench/runs/DATE-SUITES/.
 #
-#   scripts/bench.sh                       # every suite (big, repo, small), 5 runs each, fresh
+#   scripts/bench.sh                   # every suite (big, repo, small, pull), 5 runs each, fresh
+#   scripts/bench.sh --suites pull         # issue 4: 4 x 2 GiB shards + 200 small files
 #   scripts/bench.sh --suites big --runs 7 --state steady
 #   scripts/bench.sh --big 1G --shard 256M --runs 2   # a quick look
 #

@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """Writes a synthetic model repo in the huggingface_hub cache layout, for `ferry serve` to serve.
 
-    scripts/synth-repo.py CACHE_DIR REPO_ID [--shards N] [--shard-mib M] [--seed S]
+    scripts/synth-repo.py CACHE_DIR REPO_ID [--shards N] [--shard-mib M] [--small N] [--seed S]
 
 Safetensors-like shards (an 8-byte header length, a JSON header, then seeded random bytes:
 deterministic and incompressible), plus the small files a model carries (config, generation config, tokenizer, README, .gitattributes).
+`--small N` adds N more small files of seeded random bytes (1-100 KiB, some in subdirectories),
+as the benchmark's repo has (../shared/BENCH.md: 4 x 2 GiB shards + 200 small files); the default,
+0, leaves the repo exactly as without the option.
 Shards are LFS files (named by sha256), the small files git files (named by their blob id), as
 on the Hub. The commit id is derived from the content, so the same arguments give the same repo.
 """
@@ -37,6 +40,7 @@ def main():
     ap.add_argument("repo_id")
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--shard-mib", type=int, default=64)
+    ap.add_argument("--small", type=int, default=0, help="extra small files (1-100 KiB, seeded)")
     ap.add_argument("--seed", default="ferry-demo")
     a = ap.parse_args()
 
@@ -84,6 +88,14 @@ def main():
     index = {"metadata": {"total_size": total}, "weight_map": {f"layers.{i}.weight": n for i, n in
              enumerate(sorted(p for p in files if p.endswith(".safetensors")))}}
     put_bytes("model.safetensors.index.json", json.dumps(index, indent=2).encode(), False)
+
+    # Extra small files: seeded sizes and bytes, a quarter at the top, the rest in subdirectories.
+    sizes = random.Random(f"{a.seed}/small-sizes")
+    subdirs = ["", "extra", "extra/nested", "assets"]
+    for i in range(a.small):
+        size = sizes.randint(1 << 10, 100 << 10)
+        path = "/".join(p for p in (subdirs[i % len(subdirs)], f"small-{i:04d}.bin") if p)
+        put_bytes(path, b"".join(keystream(f"{a.seed}/small/{i}", size)), False)
 
     commit = hashlib.sha1(json.dumps(sorted(files.items())).encode()).hexdigest()
     snap = os.path.join(folder, "snapshots", commit)

@@ -1,13 +1,16 @@
 //! `ferry-bench`: ferry against every peer, side by side, as `../shared/BENCH.md` says.
 //!
-//! For each suite (`big`, `repo`, `small`) it generates seeded data, serves it from nginx on
-//! loopback (read once first, so the server side is warm), and runs ferry and each peer in turn,
-//! round after round (A B C A B C ...), so every ratio compares tools measured in the same
-//! minutes. Every timed command ends with its output durable: ferry fsyncs before it exits; a
-//! peer is followed by `sync FILE...` inside the timed command. Every output is sha256-checked
-//! against the source after its run, outside the timing; a wrong byte aborts the benchmark. The
-//! first round is a warm-up, not reported. The ceilings (network, disk, sha256) are measured in
-//! the same run. Results go to a markdown report, a JSON file and an SVG chart.
+//! For each download suite (`big`, `repo`, `small`) it generates seeded data, serves it from nginx
+//! on loopback (read once first, so the server side is warm), and runs ferry and each peer in turn,
+//! round after round (A B C A B C ...), so every ratio compares tools measured in the same minutes.
+//! Every timed command ends with its output durable: ferry fsyncs before it exits; a peer is
+//! followed by `sync FILE...` inside the timed command. Every output is sha256-checked against the
+//! source after its run, outside the timing; a wrong byte aborts the benchmark. The first round is
+//! a warm-up, not reported. The ceilings (network, disk, sha256) are measured in the same run. The
+//! `pull` suite (`pull.rs`) mirrors a model repo from `ferry serve` with `ferry pull` and with
+//! huggingface_hub's `snapshot_download`, the same way. Results go to a markdown report, a JSON
+//! file and an SVG chart (`report.rs`), merged by suite with the suites an earlier run recorded,
+//! and to this run's own folder under `runs/`.
 //!
 //! The memory state (`--state fresh|steady`, BENCH.md): `fresh` deletes each output after its
 //! run, which returns its page cache to free memory; `steady` first fills free memory with clean
@@ -15,6 +18,9 @@
 //! run, as on a server that has been up for days.
 //!
 //! This harness measures; it asserts nothing about speed (targets are read off the report).
+
+mod pull;
+mod report;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -25,10 +31,15 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use ferry_tests::{Nginx, sha256_file, write_data};
 
-const USAGE: &str = "usage: ferry-bench [--suites big,repo,small] [--runs 5] [--big 8G] \
+const USAGE: &str = "usage: ferry-bench [--suites big,repo,small,pull] [--runs 5] [--big 8G] \
 [--shard 2G] [--state fresh|steady] [--dir DIR] [--out DIR]";
 
+/// Every suite, in the order they run and are reported.
+const SUITES: [&str; 4] = ["big", "repo", "small", "pull"];
+
 struct Args {
+    /// The arguments as given, for the report.
+    line: String,
     suites: Vec<String>,
     runs: usize,
     big: u64,
@@ -40,7 +51,8 @@ struct Args {
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
-        suites: vec!["big".into(), "repo".into(), "small".into()],
+        line: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
+        suites: SUITES.iter().map(|s| s.to_string()).collect(),
         runs: 5,
         big: 8 << 30,
         shard: 2 << 30,
@@ -69,6 +81,9 @@ fn parse_args() -> anyhow::Result<Args> {
     if !matches!(a.state.as_str(), "fresh" | "steady") {
         bail!("--state is fresh or steady");
     }
+    if let Some(s) = a.suites.iter().find(|s| !SUITES.contains(&s.as_str())) {
+        bail!("unknown suite {s:?} ({})", SUITES.join(", "));
+    }
     Ok(a)
 }
 
@@ -89,28 +104,76 @@ struct Item {
 }
 
 /// A tool's command for a suite, as a shell line (`{OUT}` is the output directory).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Tool {
     name: String,
     shell: String,
+    /// False for a run that moves no bytes (a second pull of a complete mirror): the report
+    /// shows its wall time, but no GB/s, CPU s/GB or ratio.
+    #[serde(default = "yes")]
+    moves_bytes: bool,
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+fn yes() -> bool {
+    true
+}
+
+impl Tool {
+    fn new(name: &str, shell: String) -> Tool {
+        Tool {
+            name: name.into(),
+            shell,
+            moves_bytes: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Sample {
     tool: String,
     round: usize,
     wall: f64,
     cpu: f64,
     rss_kib: u64,
+    /// The back-end ferry reported (`ferry pull --json`), where it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backend: Option<String>,
+    /// Bytes ferry reported as fetched (`ferry pull --json`), where it says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bytes_fetched: Option<u64>,
 }
 
-/// Runs `sh -c line` under `/usr/bin/time`: wall seconds, CPU seconds, peak RSS (KiB).
-fn timed(line: &str) -> anyhow::Result<(f64, f64, u64)> {
+/// What `timed` measured of one command.
+struct Timed {
+    wall: f64,
+    cpu: f64,
+    rss_kib: u64,
+    stdout: String,
+}
+
+/// Runs `sh -c line` under `/usr/bin/time`: wall seconds, CPU seconds (user + sys of every
+/// process the line starts), peak RSS (KiB, of the largest of them), and its stdout. Proxy and
+/// token variables are removed: every origin is on loopback.
+fn timed(line: &str) -> anyhow::Result<Timed> {
     let stats = tempfile::NamedTempFile::new()?;
-    let start = Instant::now();
-    let out = Command::new("/usr/bin/time")
-        .args(["-f", "%U %S %M", "-o"])
+    let mut cmd = Command::new("/usr/bin/time");
+    cmd.args(["-f", "%U %S %M", "-o"])
         .arg(stats.path())
-        .args(["sh", "-c", line])
+        .args(["sh", "-c", line]);
+    for var in [
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    let start = Instant::now();
+    let out = cmd
         .output()
         .context("run /usr/bin/time (scripts/setup.sh installs it)")?;
     let wall = start.elapsed().as_secs_f64();
@@ -124,7 +187,12 @@ fn timed(line: &str) -> anyhow::Result<(f64, f64, u64)> {
     let text = std::fs::read_to_string(stats.path())?;
     let f: Vec<&str> = text.split_whitespace().collect();
     let num = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    Ok((wall, num(0) + num(1), num(2) as u64))
+    Ok(Timed {
+        wall,
+        cpu: num(0) + num(1),
+        rss_kib: num(2) as u64,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+    })
 }
 
 fn sh(line: &str) -> anyhow::Result<String> {
@@ -186,12 +254,7 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
         .join(" ");
     let sync = format!("sync {outs}");
     let mut t = Vec::new();
-    let mut add = |name: &str, shell: String| {
-        t.push(Tool {
-            name: name.into(),
-            shell,
-        })
-    };
+    let mut add = |name: &str, shell: String| t.push(Tool::new(name, shell));
     if let [one] = items {
         let url = &urls[0];
         let out = format!("{{OUT}}/{}", one.name);
@@ -333,20 +396,20 @@ impl Drop for Filler {
     }
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct Ceilings {
     network_gb_s: f64,
     disk_gb_s: f64,
     sha256_gb_s: f64,
 }
 
-/// The ceilings of this machine, now: network (curl to /dev/null from the same nginx), O_DIRECT
-/// disk writes (fio), one core of sha256 (openssl).
+/// The ceilings of this machine, now: network (curl to /dev/null of `url`, `bytes` long, from
+/// the suite's own origin), O_DIRECT disk writes (fio), one core of sha256 (openssl).
 fn ceilings(url: &str, bytes: u64, dir: &Path) -> anyhow::Result<Ceilings> {
     let mut best_net = f64::MAX;
     for _ in 0..3 {
-        let (wall, _, _) = timed(&format!("curl -sS -o /dev/null '{url}'"))?;
-        best_net = best_net.min(wall);
+        let t = timed(&format!("curl -sS -L -o /dev/null '{url}'"))?;
+        best_net = best_net.min(t.wall);
     }
     let fio_file = dir.join("fio.tmp");
     let size_mib = (bytes >> 20).clamp(256, 8192);
@@ -371,16 +434,59 @@ fn ceilings(url: &str, bytes: u64, dir: &Path) -> anyhow::Result<Ceilings> {
     })
 }
 
+/// One suite's figures, as recorded in `results.json`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct SuiteResult {
     suite: String,
     bytes: u64,
     files: usize,
-    tools: Vec<Tool>,
-    samples: Vec<Sample>,
+    /// The run these figures come from (absent in files written before runs were recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<report::RunInfo>,
     ceilings: Option<Ceilings>,
+    /// Tool name -> shell line (the same as `tools`, kept for readers of older files).
+    #[serde(default)]
+    commands: BTreeMap<String, String>,
+    /// The tools in the order they ran (older files have only `commands`).
+    #[serde(default)]
+    tools: Vec<Tool>,
+    /// The tool every other is compared with (the ratio column).
+    #[serde(default = "ferry_name")]
+    base: String,
+    /// Goals this suite measures, read off the report (never asserted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    targets: Vec<report::Target>,
+    samples: Vec<Sample>,
+}
+
+fn ferry_name() -> String {
+    "ferry".into()
+}
+
+impl SuiteResult {
+    fn new(suite: &str, bytes: u64, files: usize, tools: Vec<Tool>) -> SuiteResult {
+        SuiteResult {
+            suite: suite.into(),
+            bytes,
+            files,
+            run: None,
+            ceilings: None,
+            commands: tools
+                .iter()
+                .map(|t| (t.name.clone(), t.shell.clone()))
+                .collect(),
+            tools,
+            base: ferry_name(),
+            targets: Vec::new(),
+            samples: Vec::new(),
+        }
+    }
 }
 
 fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
+    if suite == "pull" {
+        return pull::run(args, scratch);
+    }
     let root = scratch.join(format!("src-{suite}"));
     let out = scratch.join(format!("out-{suite}"));
     std::fs::create_dir_all(&root)?;
@@ -414,8 +520,9 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                 f.top_up()?;
             }
             let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
-            let (wall, cpu, rss_kib) =
-                timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
+            let Timed {
+                wall, cpu, rss_kib, ..
+            } = timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
             for item in &items {
                 let got = sha256_file(&out.join(&item.name));
                 if got != item.sha256 {
@@ -441,235 +548,38 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                     wall,
                     cpu,
                     rss_kib,
+                    backend: None,
+                    bytes_fetched: None,
                 });
             }
         }
     }
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&root);
-    Ok(SuiteResult {
-        suite: suite.into(),
-        bytes,
-        files: items.len(),
-        tools,
-        samples,
-        ceilings,
-    })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
-/// Per tool: walls, CPU, peak RSS; ratios to ferry computed round by round.
-struct Row {
-    tool: String,
-    walls: Vec<f64>,
-    cpu_per_gb: f64,
-    rss_mib: u64,
-    /// ferry's wall / this tool's wall, per round (median, min, max).
-    ratio: Option<(f64, f64, f64)>,
-}
-
-fn rows(r: &SuiteResult) -> Vec<Row> {
-    let gb = r.bytes as f64 / 1e9;
-    let by_round = |tool: &str| -> BTreeMap<usize, f64> {
-        r.samples
-            .iter()
-            .filter(|s| s.tool == tool)
-            .map(|s| (s.round, s.wall))
-            .collect()
-    };
-    let ferry = by_round("ferry");
-    r.tools
-        .iter()
-        .map(|t| {
-            let mine: Vec<&Sample> = r.samples.iter().filter(|s| s.tool == t.name).collect();
-            let walls: Vec<f64> = mine.iter().map(|s| s.wall).collect();
-            let cpu = mine.iter().map(|s| s.cpu).sum::<f64>() / mine.len().max(1) as f64;
-            let ratios: Vec<f64> = by_round(&t.name)
-                .iter()
-                .filter_map(|(round, w)| Some(ferry.get(round)? / w))
-                .collect();
-            let ratio = (t.name != "ferry" && !ratios.is_empty()).then(|| {
-                let min = ratios.iter().copied().fold(f64::MAX, f64::min);
-                let max = ratios.iter().copied().fold(f64::MIN, f64::max);
-                (median(ratios.clone()), min, max)
-            });
-            Row {
-                tool: t.name.clone(),
-                walls,
-                cpu_per_gb: cpu / gb,
-                rss_mib: mine.iter().map(|s| s.rss_kib).max().unwrap_or(0) / 1024,
-                ratio,
-            }
-        })
-        .collect()
-}
-
-fn markdown(results: &[SuiteResult], args: &Args) -> String {
-    let mut md = String::new();
-    let _ = writeln!(
-        md,
-        "# ferry benchmark results\n\nGenerated by `scripts/bench.sh` (`ferry-bench --runs {} --state {}`) \
-         on {} CPUs, kernel {}. nginx on 127.0.0.1 is the origin for every tool; tools run in \
-         turn, round by round, after one warm-up round. Every run ends with its output durable \
-         (ferry fsyncs; peers are followed by `sync FILE...` inside the timing) and every output \
-         is sha256-checked against the source after its run. `ferry` verifies every file against \
-         its sha256 while downloading (except the row marked no sha256); the peers verify nothing.\n",
-        args.runs,
-        args.state,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        sh("uname -r").unwrap_or_default().trim()
-    );
-    for r in results {
-        let _ = writeln!(
-            md,
-            "## {} ({} files, {:.2} GB, state {})\n",
-            r.suite,
-            r.files,
-            r.bytes as f64 / 1e9,
-            args.state
-        );
-        if let Some(c) = &r.ceilings {
-            let _ = writeln!(
-                md,
-                "Ceilings in this run: network {:.2} GB/s (`curl -o /dev/null`, best of 3), \
-                 O_DIRECT disk write {:.2} GB/s (fio, 1 MiB, iodepth 32), sha256 {:.2} GB/s per \
-                 core (`openssl speed -evp sha256`).\n",
-                c.network_gb_s, c.disk_gb_s, c.sha256_gb_s
-            );
-        }
-        let _ = writeln!(
-            md,
-            "| tool | runs | wall median (s) | min | max | GB/s | CPU s/GB | peak RSS (MiB) | ferry/tool wall (median, min-max) |\n|---|---|---|---|---|---|---|---|---|"
-        );
-        for row in rows(r) {
-            let med = median(row.walls.clone());
-            let min = row.walls.iter().copied().fold(f64::MAX, f64::min);
-            let max = row.walls.iter().copied().fold(f64::MIN, f64::max);
-            let ratio = row.ratio.map_or("—".into(), |(m, lo, hi)| {
-                format!("{m:.2} ({lo:.2}-{hi:.2})")
-            });
-            let _ = writeln!(
-                md,
-                "| {} | {} | {med:.2} | {min:.2} | {max:.2} | {:.3} | {:.2} | {} | {ratio} |",
-                row.tool,
-                row.walls.len(),
-                r.bytes as f64 / med / 1e9,
-                row.cpu_per_gb,
-                row.rss_mib
-            );
-        }
-        let _ = writeln!(md, "\nCommands (`{{OUT}}` is the output directory):\n");
-        for t in &r.tools {
-            let mut shown = t.shell.clone();
-            if shown.len() > 400 {
-                shown.truncate(400);
-                shown.push_str(" …");
-            }
-            let _ = writeln!(md, "- {}: `{}`", t.name, shown.replace('`', "'"));
-        }
-        let _ = writeln!(md);
-    }
-    md
-}
-
-/// A horizontal bar chart of median GB/s per tool, one panel per suite.
-fn svg(results: &[SuiteResult]) -> String {
-    let bar_h = 18.0;
-    let width = 760.0;
-    let label_w = 190.0;
-    let mut y = 10.0;
-    let mut body = String::new();
-    for r in results {
-        let rows = rows(r);
-        let rates: Vec<f64> = rows
-            .iter()
-            .map(|row| r.bytes as f64 / median(row.walls.clone()) / 1e9)
-            .collect();
-        let max = rates.iter().copied().fold(0.01, f64::max);
-        let _ = writeln!(
-            body,
-            r#"<text x="10" y="{:.0}" font-weight="bold">{} ({:.1} GB, median GB/s, durable)</text>"#,
-            y + 14.0,
-            r.suite,
-            r.bytes as f64 / 1e9
-        );
-        y += 24.0;
-        for (row, rate) in rows.iter().zip(&rates) {
-            let w = (width - label_w - 70.0) * rate / max;
-            let color = if row.tool.starts_with("ferry") {
-                "#2b7bb9"
-            } else {
-                "#999999"
-            };
-            let _ = writeln!(
-                body,
-                r#"<text x="10" y="{:.0}">{}</text><rect x="{label_w}" y="{y:.0}" width="{w:.1}" height="{:.0}" fill="{color}"/><text x="{:.1}" y="{:.0}">{rate:.3}</text>"#,
-                y + 13.0,
-                row.tool,
-                bar_h - 4.0,
-                label_w + w + 5.0,
-                y + 13.0
-            );
-            y += bar_h;
-        }
-        y += 14.0;
-    }
-    format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y:.0}" font-family="sans-serif" font-size="12">
-<rect width="100%" height="100%" fill="white"/>
-{body}</svg>
-"#
-    )
+    let mut r = SuiteResult::new(suite, bytes, items.len(), tools);
+    r.samples = samples;
+    r.ceilings = ceilings;
+    Ok(r)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
+    // What earlier runs recorded is read first: an unreadable results.json stops here, before
+    // anything is measured, rather than being overwritten at the end.
+    let mut reports = report::Reports::open(&args)?;
     let scratch = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let mut results = Vec::new();
-    for suite in &args.suites {
-        results.push(run_suite(suite, &args, scratch.path())?);
+    for suite in SUITES
+        .iter()
+        .filter(|s| args.suites.iter().any(|a| a == *s))
+    {
+        let result = run_suite(suite, &args, scratch.path())?;
         // Written after every suite, so a long run that is stopped keeps what it measured.
-        write_reports(&results, &args)?;
+        reports.add(result)?;
     }
-    print!("{}", markdown(&results, &args));
-    eprintln!(
-        "wrote {}/RESULTS.md, results.json, results.svg",
-        args.out.display()
-    );
-    Ok(())
-}
-
-fn write_reports(results: &[SuiteResult], args: &Args) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.out)?;
-    let md = markdown(results, args);
-    std::fs::write(args.out.join("RESULTS.md"), &md)?;
-    std::fs::write(args.out.join("results.svg"), svg(results))?;
-    let json = serde_json::json!({
-        "runs": args.runs,
-        "state": args.state,
-        "suites": results.iter().map(|r| serde_json::json!({
-            "suite": r.suite,
-            "bytes": r.bytes,
-            "files": r.files,
-            "ceilings": r.ceilings,
-            "commands": r.tools.iter().map(|t| (t.name.clone(), t.shell.clone())).collect::<BTreeMap<_, _>>(),
-            "samples": r.samples,
-        })).collect::<Vec<_>>(),
-    });
-    std::fs::write(
-        args.out.join("results.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
+    print!("{}", reports.run_markdown());
+    eprintln!("{}", reports.wrote());
     Ok(())
 }

@@ -1,0 +1,691 @@
+//! The report of `ferry-bench`: `RESULTS.md` (a table per suite), `results.json` (every sample)
+//! and `results.svg` (median GB/s per tool), in the `--out` folder.
+//!
+//! A run may cover only some suites, so the report is merged by suite: the suites this run
+//! measured replace their earlier figures, and every other suite keeps what an earlier run
+//! recorded in `results.json` (or, for a suite missing there, in the newest `runs/*/results.json`
+//! that has it). Each suite names the run its figures come from (date, arguments, machine,
+//! ferry's git revision). Every run also gets its own folder, `runs/DATE-SUITES/`, with the same
+//! three files for its suites only, so the history stays readable.
+//!
+//! This module only formats and files what was measured: it runs no tool, and it judges a
+//! target only by printing whether the medians meet it.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::{Args, SUITES, Sample, SuiteResult, Tool, sh};
+
+/// Where a suite's figures come from.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RunInfo {
+    /// The run's folder under `runs/` (empty for figures recorded before runs had folders).
+    #[serde(default)]
+    pub(crate) id: String,
+    /// When the run started, UTC (empty where it was not recorded).
+    #[serde(default)]
+    pub(crate) date: String,
+    /// `ferry-bench`'s arguments.
+    #[serde(default)]
+    pub(crate) command: String,
+    pub(crate) runs: usize,
+    pub(crate) state: String,
+    /// CPUs of the machine (0 where not recorded).
+    #[serde(default)]
+    pub(crate) cpus: usize,
+    /// `uname -r` (empty where not recorded).
+    #[serde(default)]
+    pub(crate) kernel: String,
+    /// `git describe --always --dirty` of the checkout the run was started in.
+    #[serde(default)]
+    pub(crate) git: String,
+}
+
+impl RunInfo {
+    /// Figures from a file written before runs were recorded per suite: what its top level says,
+    /// and the date its folder name starts with.
+    fn legacy(folder: Option<&str>, runs: usize, state: &str) -> RunInfo {
+        let id = folder.unwrap_or_default().to_owned();
+        let date = id
+            .get(..10)
+            .filter(|d| {
+                d.bytes().enumerate().all(|(i, b)| {
+                    if i == 4 || i == 7 {
+                        b == b'-'
+                    } else {
+                        b.is_ascii_digit()
+                    }
+                })
+            })
+            .unwrap_or_default()
+            .to_owned();
+        RunInfo {
+            id,
+            date,
+            command: format!("--runs {runs} --state {state}"),
+            runs,
+            state: state.to_owned(),
+            cpus: 0,
+            kernel: String::new(),
+            git: String::new(),
+        }
+    }
+
+    /// One line: which run, when, how, on what.
+    fn describe(&self, link: bool) -> String {
+        let mut s = if self.id.is_empty() {
+            "From an earlier run".to_owned()
+        } else {
+            format!("From run `{}`", self.id)
+        };
+        if !self.date.is_empty() {
+            let _ = write!(s, " ({})", self.date);
+        }
+        let _ = write!(s, ": `ferry-bench {}`", self.command);
+        if self.cpus > 0 {
+            let _ = write!(s, " on {} CPUs, kernel {}", self.cpus, self.kernel);
+        }
+        if !self.git.is_empty() {
+            let _ = write!(s, ", ferry at `{}`", self.git);
+        }
+        if link && !self.id.is_empty() {
+            let _ = write!(
+                s,
+                "; that run's own report: [runs/{0}/RESULTS.md](runs/{0}/RESULTS.md)",
+                self.id
+            );
+        }
+        s.push('.');
+        s
+    }
+}
+
+/// A goal a suite measures, stated in the report with the medians that meet it or not.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Target {
+    /// The goal in words.
+    pub(crate) text: String,
+    /// The tool whose figures it is about.
+    pub(crate) tool: String,
+    /// Met when the median of base wall / tool wall, round by round, is at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_ratio: Option<f64>,
+    /// Met when the tool's median wall time is under this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_wall_s: Option<f64>,
+}
+
+/// This run's results and the earlier ones they are merged with.
+pub(crate) struct Reports {
+    out: PathBuf,
+    run: RunInfo,
+    /// `out/runs/<run.id>`.
+    run_dir: PathBuf,
+    /// What earlier runs recorded, by suite.
+    previous: BTreeMap<String, SuiteResult>,
+    /// What this run measured so far.
+    current: Vec<SuiteResult>,
+}
+
+impl Reports {
+    /// Reads what earlier runs recorded under `--out` and names this run's folder. Fails on a
+    /// `results.json` it cannot read, rather than overwrite it later.
+    pub(crate) fn open(args: &Args) -> anyhow::Result<Reports> {
+        let out = args.out.clone();
+        let previous = load_previous(&out)?;
+        let day = sh("date -u +%Y-%m-%d")?.trim().to_owned();
+        let suites: Vec<&str> = SUITES
+            .iter()
+            .copied()
+            .filter(|s| args.suites.iter().any(|a| a == s))
+            .collect();
+        let stem = format!("{day}-{}", suites.join("-"));
+        let mut id = stem.clone();
+        let mut n = 1;
+        while out.join("runs").join(&id).exists() {
+            n += 1;
+            id = format!("{stem}-{n}");
+        }
+        let run = RunInfo {
+            id: id.clone(),
+            date: sh("date -u '+%Y-%m-%d %H:%M UTC'")?.trim().to_owned(),
+            command: args.line.clone(),
+            runs: args.runs,
+            state: args.state.clone(),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: sh("uname -r").unwrap_or_default().trim().to_owned(),
+            git: sh("git describe --always --dirty 2>/dev/null")
+                .unwrap_or_default()
+                .trim()
+                .to_owned(),
+        };
+        Ok(Reports {
+            run_dir: out.join("runs").join(&id),
+            out,
+            run,
+            previous,
+            current: Vec::new(),
+        })
+    }
+    /// Records a suite this run measured and writes both reports: this run's folder and the
+    /// merged one.
+    pub(crate) fn add(&mut self, mut result: SuiteResult) -> anyhow::Result<()> {
+        result.run = Some(self.run.clone());
+        self.current.retain(|r| r.suite != result.suite);
+        self.current.push(result);
+        self.write()
+    }
+
+    /// Every suite of the merged report: this run's, then the earlier ones it did not replace,
+    /// in the order of `SUITES` (unknown names last).
+    fn merged(&self) -> Vec<&SuiteResult> {
+        let mut all: Vec<&SuiteResult> = self.current.iter().collect();
+        all.extend(
+            self.previous
+                .values()
+                .filter(|p| self.current.iter().all(|c| c.suite != p.suite)),
+        );
+        let rank = |s: &str| SUITES.iter().position(|x| *x == s).unwrap_or(SUITES.len());
+        all.sort_by(|a, b| (rank(&a.suite), &a.suite).cmp(&(rank(&b.suite), &b.suite)));
+        all
+    }
+
+    fn write(&self) -> anyhow::Result<()> {
+        let current: Vec<&SuiteResult> = self.current.iter().collect();
+        std::fs::create_dir_all(&self.run_dir)
+            .with_context(|| format!("create {}", self.run_dir.display()))?;
+        let title = format!("ferry benchmark results: run `{}`", self.run.id);
+        std::fs::write(
+            self.run_dir.join("RESULTS.md"),
+            markdown(&title, &current, false),
+        )?;
+        std::fs::write(self.run_dir.join("results.svg"), svg(&current))?;
+        let json = serde_json::json!({
+            "run": self.run,
+            "runs": self.run.runs,
+            "state": self.run.state,
+            "suites": current,
+        });
+        std::fs::write(
+            self.run_dir.join("results.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+
+        let merged = self.merged();
+        std::fs::write(
+            self.out.join("RESULTS.md"),
+            markdown("ferry benchmark results", &merged, true),
+        )?;
+        std::fs::write(self.out.join("results.svg"), svg(&merged))?;
+        let json = serde_json::json!({
+            "updated": self.run.date,
+            "suites": merged,
+        });
+        std::fs::write(
+            self.out.join("results.json"),
+            serde_json::to_string_pretty(&json)?,
+        )?;
+        Ok(())
+    }
+
+    /// This run's report (its suites only), for stdout.
+    pub(crate) fn run_markdown(&self) -> String {
+        let current: Vec<&SuiteResult> = self.current.iter().collect();
+        markdown(
+            &format!("ferry benchmark results: run `{}`", self.run.id),
+            &current,
+            false,
+        )
+    }
+
+    /// What was written, in words.
+    pub(crate) fn wrote(&self) -> String {
+        let kept: Vec<&str> = self
+            .previous
+            .keys()
+            .map(String::as_str)
+            .filter(|s| self.current.iter().all(|c| c.suite != *s))
+            .collect();
+        format!(
+            "wrote {0}/RESULTS.md, results.json, results.svg (this run's suites{1}) and {2}/",
+            self.out.display(),
+            if kept.is_empty() {
+                String::new()
+            } else {
+                format!(", and {} as recorded before", kept.join(", "))
+            },
+            self.run_dir.display()
+        )
+    }
+}
+
+/// The suites recorded under `out`: `results.json` first, then, for a suite it lacks, the newest
+/// run folder (by name) that has it. A missing file is no error; an unreadable `results.json` is.
+fn load_previous(out: &Path) -> anyhow::Result<BTreeMap<String, SuiteResult>> {
+    let mut by_suite = BTreeMap::new();
+    let mut folders: Vec<String> = std::fs::read_dir(out.join("runs"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter(|e| e.path().join("results.json").is_file())
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    folders.sort();
+    for folder in &folders {
+        let path = out.join("runs").join(folder).join("results.json");
+        match load_file(&path, Some(folder)) {
+            Ok(suites) => {
+                for s in suites {
+                    by_suite.insert(s.suite.clone(), s);
+                }
+            }
+            Err(e) => eprintln!("note: skipping {}: {e:#}", path.display()),
+        }
+    }
+    let path = out.join("results.json");
+    if path.exists() {
+        let suites = load_file(&path, None).with_context(|| {
+            format!(
+                "{} cannot be read, so its suites cannot be kept; move it away to start afresh",
+                path.display()
+            )
+        })?;
+        for s in suites {
+            by_suite.insert(s.suite.clone(), s);
+        }
+    }
+    Ok(by_suite)
+}
+
+/// One `results.json`, old format or new.
+fn load_file(path: &Path, folder: Option<&str>) -> anyhow::Result<Vec<SuiteResult>> {
+    let text = std::fs::read_to_string(path)?;
+    let v: serde_json::Value = serde_json::from_str(&text).context("JSON")?;
+    let runs = v["runs"].as_u64().unwrap_or(0) as usize;
+    let state = v["state"].as_str().unwrap_or("fresh");
+    let Some(suites) = v["suites"].as_array() else {
+        bail!("no \"suites\" list");
+    };
+    let mut out = Vec::new();
+    for s in suites {
+        let mut r: SuiteResult =
+            serde_json::from_value(s.clone()).with_context(|| format!("suite {}", s["suite"]))?;
+        if r.tools.is_empty() {
+            // Older files: the tools in the order their samples ran.
+            for sample in &r.samples {
+                if r.tools.iter().all(|t| t.name != sample.tool) {
+                    let shell = r.commands.get(&sample.tool).cloned().unwrap_or_default();
+                    r.tools.push(Tool::new(&sample.tool, shell));
+                }
+            }
+        }
+        if r.run.is_none() {
+            r.run = Some(RunInfo::legacy(folder, runs, state));
+        }
+        out.push(r);
+    }
+    Ok(out)
+}
+
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Per tool: walls, CPU, peak RSS; ratios to the suite's base tool computed round by round.
+struct Row {
+    tool: String,
+    moves_bytes: bool,
+    walls: Vec<f64>,
+    /// Mean CPU seconds per run.
+    cpu: f64,
+    rss_mib: u64,
+    /// base's wall / this tool's wall, per round (median, min, max).
+    ratio: Option<(f64, f64, f64)>,
+}
+
+fn rows(r: &SuiteResult) -> Vec<Row> {
+    let by_round = |tool: &str| -> BTreeMap<usize, f64> {
+        r.samples
+            .iter()
+            .filter(|s| s.tool == tool)
+            .map(|s| (s.round, s.wall))
+            .collect()
+    };
+    let base = by_round(&r.base);
+    r.tools
+        .iter()
+        .map(|t| {
+            let mine: Vec<&Sample> = r.samples.iter().filter(|s| s.tool == t.name).collect();
+            let walls: Vec<f64> = mine.iter().map(|s| s.wall).collect();
+            let cpu = mine.iter().map(|s| s.cpu).sum::<f64>() / mine.len().max(1) as f64;
+            let ratios: Vec<f64> = by_round(&t.name)
+                .iter()
+                .filter_map(|(round, w)| Some(base.get(round)? / w))
+                .collect();
+            let ratio = (t.name != r.base && t.moves_bytes && !ratios.is_empty()).then(|| {
+                let min = ratios.iter().copied().fold(f64::MAX, f64::min);
+                let max = ratios.iter().copied().fold(f64::MIN, f64::max);
+                (median(ratios.clone()), min, max)
+            });
+            Row {
+                tool: t.name.clone(),
+                moves_bytes: t.moves_bytes,
+                walls,
+                cpu,
+                rss_mib: mine.iter().map(|s| s.rss_kib).max().unwrap_or(0) / 1024,
+                ratio,
+            }
+        })
+        .collect()
+}
+
+/// How a suite is measured, in words (also for suites recorded by an earlier run).
+fn suite_note(suite: &str) -> &'static str {
+    match suite {
+        "pull" => {
+            "Origin: `ferry serve` on 127.0.0.1, serving a synthetic model repo \
+             (`scripts/synth-repo.py`: safetensors-like shards of seeded bytes plus small files, \
+             some in subfolders) in the huggingface_hub cache layout; every run writes a fresh \
+             huggingface_hub cache. `ferry pull` fsyncs every file and folder it writes and \
+             verifies every file itself (sha256 for LFS files, the git blob id for the others). \
+             `snapshot_download` checks sizes only; it is followed, inside the timing, by `sync` \
+             of every file and folder it wrote. The second `ferry pull` runs on the complete \
+             mirror the first one just left (it lists the repo and fetches nothing), so it has \
+             no GB/s. After each run, outside the timing, every file of the snapshot is compared \
+             with the origin by sha256, and the file list and `refs/main` must match."
+        }
+        _ => {
+            "Origin: nginx on 127.0.0.1. Every run ends with its output durable (ferry fsyncs; \
+             peers are followed by `sync FILE...` inside the timing) and every output is \
+             sha256-checked against the source after its run. `ferry` verifies every file \
+             against its sha256 while downloading (except a row marked no sha256); the peers \
+             verify nothing."
+        }
+    }
+}
+
+fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# {title}\n\nGenerated by `scripts/bench.sh` (`ferry-bench`), as `../shared/BENCH.md` \
+         says: the tools of a suite run in turn, round by round, after one warm-up round that \
+         is not reported, against the same origin on loopback. Every run ends with its output \
+         durable, and every output is checked against the source after its run, outside the \
+         timing: a wrong byte stops the benchmark. The ratio column is the suite's ferry row's \
+         wall time over the tool's, per round (below 1: ferry is faster).\n"
+    );
+    if link {
+        let _ = writeln!(
+            md,
+            "A run may measure only some suites: each suite below says which run its figures \
+             come from, and every run keeps its own report under `runs/`.\n"
+        );
+    }
+    for r in results {
+        let state = r.run.as_ref().map_or("fresh", |run| run.state.as_str());
+        let _ = writeln!(
+            md,
+            "## {} ({} files, {:.2} GB, state {state})\n",
+            r.suite,
+            r.files,
+            r.bytes as f64 / 1e9,
+        );
+        if let Some(run) = &r.run {
+            let _ = writeln!(md, "{}\n", run.describe(link));
+        }
+        let _ = writeln!(md, "{}\n", suite_note(&r.suite));
+        if let Some(c) = &r.ceilings {
+            let _ = writeln!(
+                md,
+                "Ceilings in the same run: network {:.2} GB/s (`curl -o /dev/null` from the same \
+                 origin, best of 3), O_DIRECT disk write {:.2} GB/s (fio, 1 MiB, iodepth 32), \
+                 sha256 {:.2} GB/s per core (`openssl speed -evp sha256`).\n",
+                c.network_gb_s, c.disk_gb_s, c.sha256_gb_s
+            );
+        }
+        let _ = writeln!(
+            md,
+            "| tool | runs | wall median (s) | min | max | GB/s | CPU s/GB | peak RSS (MiB) | {}/tool wall (median, min-max) |\n|---|---|---|---|---|---|---|---|---|",
+            r.base
+        );
+        let gb = r.bytes as f64 / 1e9;
+        let all = rows(r);
+        for row in &all {
+            let med = median(row.walls.clone());
+            let min = row.walls.iter().copied().fold(f64::MAX, f64::min);
+            let max = row.walls.iter().copied().fold(f64::MIN, f64::max);
+            let ratio = row.ratio.map_or("—".into(), |(m, lo, hi)| {
+                format!("{m:.2} ({lo:.2}-{hi:.2})")
+            });
+            let (rate, cpu) = if row.moves_bytes {
+                (format!("{:.3}", gb / med), format!("{:.2}", row.cpu / gb))
+            } else {
+                ("—".into(), format!("— ({:.2} CPU s)", row.cpu))
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {med:.2} | {min:.2} | {max:.2} | {rate} | {cpu} | {} | {ratio} |",
+                row.tool,
+                row.walls.len(),
+                row.rss_mib
+            );
+        }
+        // In the tools' order, each back-end once per tool.
+        let mut backends: Vec<String> = Vec::new();
+        for t in &r.tools {
+            for s in r.samples.iter().filter(|s| s.tool == t.name) {
+                if let Some(b) = &s.backend {
+                    let item = format!("{}: {b}", t.name);
+                    if !backends.contains(&item) {
+                        backends.push(item);
+                    }
+                }
+            }
+        }
+        if !backends.is_empty() {
+            let _ = writeln!(md, "\nBack-end ferry reported: {}.", backends.join("; "));
+        }
+        if !r.targets.is_empty() {
+            let _ = writeln!(md, "\nTargets:\n");
+            for t in &r.targets {
+                let _ = writeln!(md, "- {}", target_line(t, &all));
+            }
+        }
+        let _ = writeln!(md, "\nCommands (`{{OUT}}` is the output directory):\n");
+        for t in &r.tools {
+            let mut shown = t.shell.clone();
+            if shown.len() > 400 {
+                let mut end = 400;
+                while !shown.is_char_boundary(end) {
+                    end -= 1;
+                }
+                shown.truncate(end);
+                shown.push_str(" …");
+            }
+            let _ = writeln!(md, "- {}: `{}`", t.name, shown.replace('`', "'"));
+        }
+        let _ = writeln!(md);
+    }
+    md
+}
+
+/// A target and whether the medians meet it.
+fn target_line(t: &Target, rows: &[Row]) -> String {
+    let Some(row) = rows
+        .iter()
+        .find(|r| r.tool == t.tool && !r.walls.is_empty())
+    else {
+        return format!("{}: not measured.", t.text);
+    };
+    let verdict = |met: bool| if met { "**met**" } else { "**not met**" };
+    if let (Some(limit), Some((m, lo, hi))) = (t.max_ratio, row.ratio) {
+        return format!(
+            "{}: median {m:.2}x ({lo:.2}-{hi:.2} over {}), at most {limit:.2}x — {}.",
+            t.text,
+            rounds(row.walls.len()),
+            verdict(m <= limit)
+        );
+    }
+    if let Some(limit) = t.max_wall_s {
+        let m = median(row.walls.clone());
+        let max = row.walls.iter().copied().fold(f64::MIN, f64::max);
+        return format!(
+            "{}: median {m:.2} s (max {max:.2} s over {}), under {limit:.2} s — {}.",
+            t.text,
+            rounds(row.walls.len()),
+            verdict(m < limit)
+        );
+    }
+    format!("{}: no figure to compare.", t.text)
+}
+
+fn rounds(n: usize) -> String {
+    if n == 1 {
+        "1 round".into()
+    } else {
+        format!("{n} rounds")
+    }
+}
+
+/// A horizontal bar chart of median GB/s per tool, one panel per suite.
+fn svg(results: &[&SuiteResult]) -> String {
+    let bar_h = 18.0;
+    let width = 760.0;
+    let label_w = 230.0;
+    let mut y = 10.0;
+    let mut body = String::new();
+    for r in results {
+        let rows = rows(r);
+        let rates: Vec<Option<f64>> = rows
+            .iter()
+            .map(|row| {
+                row.moves_bytes
+                    .then(|| r.bytes as f64 / median(row.walls.clone()) / 1e9)
+            })
+            .collect();
+        let max = rates.iter().flatten().copied().fold(0.01, f64::max);
+        let _ = writeln!(
+            body,
+            r#"<text x="10" y="{:.0}" font-weight="bold">{} ({:.1} GB, median GB/s, durable)</text>"#,
+            y + 14.0,
+            r.suite,
+            r.bytes as f64 / 1e9
+        );
+        y += 24.0;
+        for (row, rate) in rows.iter().zip(&rates) {
+            let color = if row.tool.starts_with("ferry") {
+                "#2b7bb9"
+            } else {
+                "#999999"
+            };
+            let (w, text) = match rate {
+                Some(rate) => ((width - label_w - 70.0) * rate / max, format!("{rate:.3}")),
+                None => (
+                    0.0,
+                    format!("no bytes moved: {:.2} s median", median(row.walls.clone())),
+                ),
+            };
+            let _ = writeln!(
+                body,
+                r#"<text x="10" y="{:.0}">{}</text><rect x="{label_w}" y="{y:.0}" width="{w:.1}" height="{:.0}" fill="{color}"/><text x="{:.1}" y="{:.0}">{text}</text>"#,
+                y + 13.0,
+                xml_escape(&row.tool),
+                bar_h - 4.0,
+                label_w + w + 5.0,
+                y + 13.0
+            );
+            y += bar_h;
+        }
+        y += 14.0;
+    }
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{y:.0}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+{body}</svg>
+"#
+    )
+}
+
+fn xml_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `results.json` as written before runs were recorded per suite.
+    fn legacy(suite: &str, bytes: u64) -> String {
+        serde_json::json!({
+            "runs": 5,
+            "state": "fresh",
+            "suites": [{
+                "suite": suite,
+                "bytes": bytes,
+                "files": 1,
+                "ceilings": null,
+                "commands": {"ferry": "ferry get", "curl": "curl"},
+                "samples": [
+                    {"tool": "ferry", "round": 1, "wall": 1.0, "cpu": 1.0, "rss_kib": 1024},
+                    {"tool": "curl", "round": 1, "wall": 2.0, "cpu": 1.0, "rss_kib": 1024},
+                ],
+            }],
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn earlier_suites_come_from_results_json_then_the_newest_run_folder() {
+        let out = tempfile::tempdir().expect("tempdir");
+        std::fs::write(out.path().join("results.json"), legacy("big", 1)).expect("write");
+        for (folder, bytes) in [("2026-01-01-small", 10), ("2026-01-02-small-repo", 20)] {
+            let dir = out.path().join("runs").join(folder);
+            std::fs::create_dir_all(&dir).expect("mkdir");
+            std::fs::write(dir.join("results.json"), legacy("small", bytes)).expect("write");
+        }
+        let dir = out.path().join("runs/2026-01-03-big");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("results.json"), legacy("big", 2)).expect("write");
+
+        let got = load_previous(out.path()).expect("load");
+        assert_eq!(got.keys().collect::<Vec<_>>(), ["big", "small"]);
+        // results.json wins over any run folder; among folders, the newest.
+        assert_eq!(got["big"].bytes, 1);
+        assert_eq!(got["small"].bytes, 20);
+        let run = got["small"].run.as_ref().expect("run");
+        assert_eq!(
+            (run.id.as_str(), run.date.as_str()),
+            ("2026-01-02-small-repo", "2026-01-02")
+        );
+        assert!(got["big"].run.as_ref().expect("run").id.is_empty());
+        // Older files name their tools only in samples and commands: in the order they ran.
+        let tools: Vec<&str> = got["big"].tools.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(tools, ["ferry", "curl"]);
+        let md = markdown("t", &got.values().collect::<Vec<_>>(), true);
+        assert!(md.contains("From an earlier run: `ferry-bench --runs 5 --state fresh`."));
+        assert!(
+            md.contains("[runs/2026-01-02-small-repo/RESULTS.md]"),
+            "{md}"
+        );
+        assert!(md.contains("| curl | 1 | 2.00 |"), "{md}");
+    }
+
+    #[test]
+    fn an_unreadable_results_json_is_an_error_not_overwritten() {
+        let out = tempfile::tempdir().expect("tempdir");
+        std::fs::write(out.path().join("results.json"), "{broken").expect("write");
+        assert!(load_previous(out.path()).is_err());
+    }
+}
