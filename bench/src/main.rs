@@ -368,6 +368,14 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
 struct Filler(PathBuf);
 
 impl Filler {
+    /// A filler in `dir` for the `steady` state; none for `fresh`.
+    fn for_state(state: &str, dir: &Path) -> anyhow::Result<Option<Filler>> {
+        match state {
+            "steady" => Filler::create(dir).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     fn create(dir: &Path) -> anyhow::Result<Filler> {
         let free_kib: u64 = sh("awk '/MemFree/ {print $2}' /proc/meminfo")?
             .trim()
@@ -507,10 +515,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     } else {
         None
     };
-    let filler = match args.state.as_str() {
-        "steady" => Some(Filler::create(scratch)?),
-        _ => None,
-    };
+    let filler = Filler::for_state(&args.state, scratch)?;
     let mut samples = Vec::new();
     for round in 0..=args.runs {
         for tool in &tools {

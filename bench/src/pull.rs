@@ -299,10 +299,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
         scratch,
     )?;
     eprintln!("{ceilings:?}");
-    let filler = match args.state.as_str() {
-        "steady" => Some(Filler::create(scratch)?),
-        _ => None,
-    };
+    let filler = Filler::for_state(&args.state, scratch)?;
     let mut samples = Vec::new();
     for round in 0..=args.runs {
         for tool in &tools {

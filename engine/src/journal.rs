@@ -376,14 +376,13 @@ impl Journal {
 
     /// Bytes `range` of fetch `id` are written (the write completed).
     pub fn written(&self, id: u64, range: Range<u64>) {
-        let mut inner = self.lock();
-        let Some(p) = inner.paths.get(&id).cloned() else {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let Some(entry) = inner.paths.get(&id).and_then(|p| inner.entries.get_mut(p)) else {
             return;
         };
-        if let Some(e) = inner.entries.get_mut(&p) {
-            e.add(range.clone());
-        }
-        self.append(&mut inner, &Record::Written { id, range });
+        entry.add(range.clone());
+        self.append(inner, &Record::Written { id, range });
     }
 
     fn append(&self, inner: &mut Inner, record: &Record) {

@@ -275,9 +275,6 @@ pub(crate) struct Ctx {
     journal: Option<Arc<Journal>>,
     /// The journal's id for the current fetch (0: not journaled).
     journal_id: AtomicU64,
-    /// Ranges of `incomplete` written by an earlier run, from `begin_fetch` until the first
-    /// answer decides whether they are kept.
-    resumed: Mutex<Vec<Range<u64>>>,
     /// Bytes of the file taken over from an earlier run.
     resumed_bytes: AtomicU64,
 }
@@ -318,7 +315,6 @@ impl Ctx {
             splits: AtomicU64::new(0),
             journal: spec.journal,
             journal_id: AtomicU64::new(0),
-            resumed: Mutex::new(Vec::new()),
             resumed_bytes: AtomicU64::new(0),
         }
     }
@@ -331,8 +327,11 @@ impl Ctx {
 
     /// Records that `len` bytes at `at` are written (the write completed).
     pub fn journal_written(&self, at: u64, len: u64) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
         let id = self.journal_id.load(Ordering::Relaxed);
-        if let (Some(journal), true, false) = (&self.journal, id != 0, len == 0) {
+        if id != 0 && len > 0 {
             journal.written(id, at..at + len);
         }
     }
@@ -495,19 +494,21 @@ impl Ctx {
     }
 
     /// Creates (or empties) `PATH.incomplete` and clears what an earlier fetch left behind, or,
-    /// when the journal vouches for what an earlier run wrote, opens it as it is (the ranges go
-    /// to `resumed`); starts the read-back task when hashing. Runs on the lane that starts the
-    /// file, which gets the file back (for `fallocate`, and as its sink's buffered descriptor).
-    async fn begin_fetch(self: &Arc<Self>) -> Result<File, GetError> {
-        let resumable = self.journal_resumable();
-        let resuming = resumable.is_some();
-        match resumable {
+    /// when the journal vouches for what an earlier run wrote, opens it as it is and returns
+    /// those ranges (the first answer decides whether they are kept); starts the read-back task
+    /// when hashing. Runs on the lane that starts the file, which gets the file back (for
+    /// `fallocate`, and as its sink's buffered descriptor).
+    async fn begin_fetch(self: &Arc<Self>) -> Result<(File, Vec<Range<u64>>), GetError> {
+        let resumed = match self.journal_resumable() {
             Some((id, ranges)) => {
                 self.journal_id.store(id, Ordering::Relaxed);
-                *self.resumed.lock().unwrap_or_else(|p| p.into_inner()) = ranges;
+                ranges
             }
-            None => self.journal_fresh(),
-        }
+            None => {
+                self.journal_fresh();
+                Vec::new()
+            }
+        };
         self.resumed_bytes.store(0, Ordering::Relaxed);
         // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
@@ -515,7 +516,7 @@ impl Ctx {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(!resuming)
+            .truncate(resumed.is_empty())
             .open(&self.incomplete)
             .await
             .map_err(|source| GetError::OutputNotWritable {
@@ -546,7 +547,7 @@ impl Ctx {
             })
             .detach();
         }
-        Ok(file)
+        Ok((file, resumed))
     }
 }
 
@@ -614,12 +615,11 @@ enum Opened {
 /// Sends the first request of a file (following redirects) on `slot`'s connection when it goes
 /// to the right host, on a new one otherwise, and sets the file up from the answer.
 async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetError> {
-    let created = ctx.begin_fetch().await?;
-    let mut resumed = std::mem::take(&mut *ctx.resumed.lock().unwrap_or_else(|p| p.into_inner()));
+    let (created, mut resumed) = ctx.begin_fetch().await?;
     let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK).max(1);
     // A resumed file starts at its first missing byte.
     let first = match (resumed.is_empty(), ctx.size_hint) {
-        (false, Some(size)) => match gaps(&resumed, size).first() {
+        (false, Some(size)) => match crate::plan::gaps(&resumed, size).first() {
             Some(g) => g.start..(g.start + first_len).min(g.end),
             None => {
                 // Every byte is on disk already: only the hash is left to check.
@@ -681,7 +681,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
                 ctx.set_total(total);
             }
             let pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
-            let todo = gaps(&resumed, total);
+            let todo = crate::plan::gaps(&resumed, total);
             let mut plan =
                 Plan::with_gaps(total, todo, ctx.settings.connections, ctx.settings.chunk);
             let lease = plan.claim(first.start..first_end);
@@ -1154,23 +1154,6 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         retries: ctx.retries.load(Ordering::Relaxed),
         splits: ctx.splits.load(Ordering::Relaxed),
     })
-}
-
-/// The parts of `0..size` that `done` (disjoint, in order) does not cover.
-fn gaps(done: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    for r in done {
-        if r.start > at {
-            out.push(at..r.start.min(size));
-        }
-        at = at.max(r.end);
-    }
-    if at < size {
-        out.push(at..size);
-    }
-    out.retain(|g| g.start < g.end);
-    out
 }
 
 /// The directory a path lives in (`.` for a bare file name).

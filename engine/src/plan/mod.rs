@@ -271,6 +271,24 @@ impl Plan {
     }
 }
 
+/// The parts of `0..size` that `done` (disjoint, in file order) does not cover: what is left
+/// of a file resumed with those ranges on disk.
+pub(crate) fn gaps(done: &[Range<u64>], size: u64) -> Vec<Range<u64>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    for r in done {
+        if r.start > at {
+            out.push(at..r.start.min(size));
+        }
+        at = at.max(r.end);
+    }
+    if at < size {
+        out.push(at..size);
+    }
+    out.retain(|g| g.start < g.end);
+    out
+}
+
 /// Where a lease could be split: the middle of what its holder has not reserved, on a
 /// [`SPLIT_ALIGN`] boundary, leaving at least that much on each side.
 fn split_point(l: &Lease) -> Option<u64> {
@@ -426,6 +444,18 @@ mod tests {
         assert!(
             Plan::with_gaps(100, [], 2, None).take().is_none(),
             "all on disk"
+        );
+    }
+
+    #[test]
+    fn gaps_are_what_the_ranges_on_disk_leave() {
+        assert_eq!(gaps(&[], 10), std::iter::once(0..10).collect::<Vec<_>>());
+        assert_eq!(gaps(&[2..4, 6..10], 10), [0..2, 4..6]);
+        assert!(gaps(std::slice::from_ref(&(0..10)), 10).is_empty());
+        assert_eq!(
+            gaps(&[0..3, 8..12], 10),
+            std::iter::once(3..8).collect::<Vec<_>>(),
+            "clipped to the file"
         );
     }
 
