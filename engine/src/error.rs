@@ -63,9 +63,7 @@ pub enum GetError {
         reason: String,
     },
     /// The URL's scheme is not one ferry downloads from.
-    #[error(
-        "unsupported URL scheme {scheme:?} in {url}: ferry get speaks http:// (https:// is not supported yet)"
-    )]
+    #[error("unsupported URL scheme {scheme:?} in {url}: ferry speaks http:// and https://")]
     UnsupportedScheme {
         /// The scheme.
         scheme: String,
@@ -119,6 +117,21 @@ pub enum GetError {
         /// The error of the last attempt.
         #[source]
         source: io::Error,
+    },
+    /// The server's certificate did not verify, or the TLS exchange failed. Never retried, and
+    /// never answered by falling back to an unverified connection.
+    #[error("{addr}: {detail}")]
+    Tls {
+        /// The peer address.
+        addr: String,
+        /// Which host and why (`TLS with example.org failed: its certificate has expired`).
+        detail: String,
+    },
+    /// The trust settings cannot be used (a CA file that is missing or holds no certificate).
+    #[error("TLS setup: {detail}")]
+    TlsSetup {
+        /// What is wrong.
+        detail: String,
     },
     /// A socket read or write failed mid-transfer.
     #[error(
@@ -268,9 +281,11 @@ impl GetError {
             | GetError::InvalidChecksum { .. }
             | GetError::DuplicateOutput { .. }
             | GetError::GitSha1WithoutSize { .. }
+            | GetError::TlsSetup { .. }
             | GetError::NothingToDo => ErrorKind::Usage,
             GetError::Resolve { .. }
             | GetError::Connect { .. }
+            | GetError::Tls { .. }
             | GetError::Network { .. }
             | GetError::Status { .. }
             | GetError::ContentRangeMismatch { .. }

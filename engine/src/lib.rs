@@ -116,6 +116,9 @@ pub struct Config {
     pub sink: Option<SinkKind>,
     /// Where downloads will land, for NUMA placement of the workers.
     pub placement_dir: Option<PathBuf>,
+    /// PEM files of CA certificates to trust for `https://`, besides Mozilla's roots, the
+    /// system store, and the files `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE` name.
+    pub ca_files: Vec<PathBuf>,
 }
 
 impl Default for Config {
@@ -130,6 +133,7 @@ impl Default for Config {
             write_depth: 4,
             sink: None,
             placement_dir: None,
+            ca_files: Vec::new(),
         }
     }
 }
@@ -144,6 +148,8 @@ pub struct Engine {
     /// The sink chosen per filesystem (by device number): the O_DIRECT probe writes a file, so
     /// it runs once per filesystem, not once per download or directory.
     sinks: std::sync::Mutex<std::collections::HashMap<u64, SinkChoice>>,
+    /// Trust for `https://`, built on first use.
+    tls: net::tls::TlsClient,
 }
 
 impl Engine {
@@ -210,17 +216,24 @@ impl Engine {
                 w.pin_error.as_deref().unwrap_or("")
             );
         }
+        let tls = net::tls::TlsClient::new(&config.ca_files);
         Ok(Engine {
             config,
             selection,
             workers,
             sinks: Default::default(),
+            tls,
         })
     }
 
     /// The back-end in use and why it was chosen.
     pub fn selection(&self) -> &Selection {
         &self.selection
+    }
+
+    /// The trust `https://` connections verify with.
+    pub(crate) fn tls(&self) -> &net::tls::TlsClient {
+        &self.tls
     }
 
     /// The workers, with their CPUs and whether pinning held.
@@ -305,7 +318,7 @@ impl Engine {
         if items.is_empty() {
             return Err(GetError::NothingToDo);
         }
-        let mut resolved = get::Resolved::new();
+        let mut resolved = get::Resolved::new(self.tls.clone());
         let mut outputs = std::collections::HashSet::new();
         let mut dirs_ok = std::collections::HashSet::new();
         let cwd = std::env::current_dir().ok();

@@ -10,6 +10,7 @@ pub mod data;
 pub mod hub;
 pub mod nginx;
 pub mod proxy;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

@@ -9,6 +9,9 @@
 //! - `/slow/`     like `/files/`, at most 8 MiB/s per request (`limit_rate`), so that a test
 //!   can stop a client in the middle of a transfer.
 //!
+//! Started with [`Nginx::start_tls`], the same locations are also served over HTTPS (TLS 1.2
+//! and 1.3) on a second port, and `/to-https/` on the plain port redirects to `/files/` there.
+//!
 //! Every request is logged (connection serial number, request number on that connection,
 //! status, body bytes sent, URI, `Range`, whether an `Authorization` came), so tests can count
 //! requests, connections and bytes, and see where a token went: [`Nginx::requests`].
@@ -22,12 +25,22 @@ use std::time::{Duration, Instant};
 pub struct Nginx {
     child: Child,
     port: u16,
+    tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
 impl Nginx {
     /// Starts nginx serving `root`.
     pub fn start(root: &Path) -> Nginx {
+        Nginx::start_with(root, None)
+    }
+
+    /// Starts nginx serving `root` over HTTP and, with `cert`, over HTTPS too.
+    pub fn start_tls(root: &Path, cert: &crate::tls::ServerCert) -> Nginx {
+        Nginx::start_with(root, Some(cert))
+    }
+
+    fn start_with(root: &Path, tls: Option<&crate::tls::ServerCert>) -> Nginx {
         let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
             .iter()
             .map(PathBuf::from)
@@ -39,6 +52,15 @@ impl Nginx {
         let is_root = rustix::process::geteuid().is_root();
         for _attempt in 0..5 {
             let port = crate::free_port();
+            let tls_port = tls.map(|_| crate::free_port());
+            let tls_conf = match (tls, tls_port) {
+                (Some(c), Some(p)) => format!(
+                    "listen 127.0.0.1:{p} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n        location /to-https/ {{ rewrite ^/to-https/(.*)$ https://localhost:{p}/files/$1 redirect; }}",
+                    c.cert.display(),
+                    c.key.display()
+                ),
+                _ => String::new(),
+            };
             let conf = format!(
                 r#"{user}
 worker_processes 2;
@@ -61,6 +83,7 @@ http {{
     scgi_temp_path {prefix}/scgi;
     server {{
         listen 127.0.0.1:{port};
+        {tls_conf}
         location /files/ {{ alias {root}/; }}
         location /norange/ {{ alias {root}/; max_ranges 0; }}
         location /chunked/ {{ alias {root}/; sub_filter_types *; sub_filter 'ferry-never-matches-this' ''; }}
@@ -93,10 +116,12 @@ http {{
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // exited: port taken or bad config; retry with another port
                 }
-                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
+                if up(port) && tls_port.is_none_or(up) {
                     return Nginx {
                         child,
                         port,
+                        tls_port,
                         _dir: dir,
                     };
                 }
@@ -132,6 +157,16 @@ http {{
     /// `http://127.0.0.1:PORT/files/NAME` (or another location given as `loc`).
     pub fn url(&self, loc: &str, name: &str) -> String {
         format!("http://127.0.0.1:{}/{loc}/{name}", self.port)
+    }
+
+    /// The HTTPS port (started with [`Nginx::start_tls`]).
+    pub fn tls_port(&self) -> u16 {
+        self.tls_port.expect("nginx was started without TLS")
+    }
+
+    /// `https://HOST:TLS_PORT/LOC/NAME`; the test certificates are valid for `localhost` only.
+    pub fn https_url(&self, host: &str, loc: &str, name: &str) -> String {
+        format!("https://{host}:{}/{loc}/{name}", self.tls_port())
     }
 }
 

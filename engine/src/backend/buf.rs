@@ -107,6 +107,34 @@ impl IoBufMut for AlignedBuf {
     }
 }
 
+/// Lets `fill` write at most `max` bytes right after `buf`'s initialised bytes, through a plain
+/// `&mut [u8]`, and grows `buf` by the count it returns. Only the bytes offered are zeroed first,
+/// so a small fill into a large buffer stays cheap. This is how bytes produced by a library that
+/// writes into `&mut [u8]` (rustls decrypting) reach compio's possibly-uninitialised buffers.
+pub(crate) fn fill_tail<B: IoBufMut>(
+    buf: &mut B,
+    max: usize,
+    fill: impl FnOnce(&mut [u8]) -> std::io::Result<usize>,
+) -> std::io::Result<usize> {
+    let init = B::buf_len(buf);
+    let spare = &mut B::as_uninit(buf)[init..];
+    let offered = max.min(spare.len());
+    let spare = &mut spare[..offered];
+    spare.fill(MaybeUninit::new(0));
+    // SAFETY: every byte of `spare` was initialised (zeroed) just above, and `MaybeUninit<u8>`
+    // has the layout of `u8`; the slice borrows `buf` mutably, so nothing else aliases it.
+    let dst = unsafe { std::slice::from_raw_parts_mut(spare.as_mut_ptr().cast::<u8>(), offered) };
+    let n = fill(dst)?;
+    assert!(
+        n <= offered,
+        "fill_tail: wrote {n} of {offered} bytes offered"
+    );
+    // SAFETY: `init + n <= as_uninit().len()` (n is within the spare room), and the bytes
+    // `init..init + n` are initialised: zeroed above, then written by `fill`.
+    unsafe { B::set_len(buf, init + n) };
+    Ok(n)
+}
+
 /// Returned buffers, kept for reuse by any worker. A buffer often comes back on another thread
 /// than the one that took it (the verifier holds buffers until the hashed prefix reaches them),
 /// so the pool is shared; it is touched once per buffer (about a thousand times per GB), so a
@@ -163,6 +191,22 @@ mod tests {
             "the returned buffer is reused"
         );
         assert!(b.bytes().is_empty(), "and comes back cleared");
+    }
+
+    #[test]
+    fn fill_tail_grows_by_what_was_written_and_offers_only_max() {
+        let mut a = AlignedBuf::new(4096);
+        a.push_slice(b"ab");
+        let n = fill_tail(&mut a, 3, |dst| {
+            assert_eq!(dst.len(), 3);
+            dst[..2].copy_from_slice(b"cd");
+            Ok(2)
+        })
+        .expect("fill");
+        assert_eq!((n, a.bytes()), (2, &b"abcd"[..]));
+        let mut v: Vec<u8> = Vec::with_capacity(8);
+        let n = fill_tail(&mut v, 100, |dst| Ok(dst.len())).expect("fill");
+        assert_eq!(n, v.capacity(), "capped at the spare room");
     }
 
     #[test]

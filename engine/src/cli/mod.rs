@@ -63,6 +63,10 @@ pub(crate) struct Global {
     /// Worker threads (default: the cores of the NUMA node nearest the target disk).
     #[arg(long, global = true, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub threads: Option<u32>,
+    /// PEM file of CA certificates to trust for https:// besides the built-in and system roots
+    /// (repeatable; SSL_CERT_FILE and REQUESTS_CA_BUNDLE are also read).
+    #[arg(long, global = true, value_name = "PEM")]
+    pub ca_file: Vec<PathBuf>,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -91,6 +95,7 @@ impl Global {
         config.safe_mode = self.safe_mode;
         config.threads = self.threads.map(|t| t as usize);
         config.placement_dir = placement_dir;
+        config.ca_files = self.ca_file.clone();
         config
     }
 }

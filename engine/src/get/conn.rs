@@ -9,8 +9,6 @@ use std::ops::Range;
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::driver::{SharedFd, ToSharedFd};
-use compio::io::{AsyncRead, AsyncWriteExt};
-use compio::net::TcpStream;
 
 use super::pipe::Pipeline;
 use super::{Ctx, Target};
@@ -18,6 +16,7 @@ use crate::backend::buf::AlignedBuf;
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
+use crate::net::Stream;
 use crate::plan::LeaseId;
 
 /// Head-read granularity; heads are small, bodies go straight to pipeline buffers.
@@ -80,8 +79,10 @@ impl StreamOut {
 }
 
 pub(super) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     addr: SocketAddr,
+    /// The TLS server name this connection verified, for `https://`.
+    tls_host: Option<String>,
     /// Bytes read past the last head, not yet consumed.
     pending: Vec<u8>,
     /// True once a request has completed on this connection (a closed idle connection is then
@@ -94,12 +95,15 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub async fn open(addrs: &[SocketAddr]) -> Result<Conn, GetError> {
-        let stream = crate::net::connect(addrs).await?;
-        let addr = stream.peer_addr().unwrap_or(addrs[0]);
+    pub async fn open(target: &Target) -> Result<Conn, GetError> {
+        let addrs = &target.addrs;
+        let tls = target.tls_host.as_deref().map(|h| (&target.tls, h));
+        let stream = crate::net::open(addrs, tls).await?;
+        let addr = stream.tcp().peer_addr().unwrap_or(addrs[0]);
         Ok(Conn {
             stream,
             addr,
+            tls_host: target.tls_host.clone(),
             pending: Vec::with_capacity(HEAD_READ),
             reused: false,
             reusable: true,
@@ -111,9 +115,10 @@ impl Conn {
         self.reusable
     }
 
-    /// True when this connection goes to one of `addrs` and can take another request.
-    pub fn serves(&self, addrs: &[SocketAddr]) -> bool {
-        self.reusable && addrs.contains(&self.addr)
+    /// True when this connection goes to `target` (one of its addresses, and over TLS with its
+    /// host name when it is `https://`) and can take another request.
+    pub fn serves(&self, target: &Target) -> bool {
+        self.reusable && target.addrs.contains(&self.addr) && self.tls_host == target.tls_host
     }
 
     fn net_err(&self, op: &'static str, source: std::io::Error) -> GetError {
@@ -142,7 +147,7 @@ impl Conn {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {
                     tracing::debug!(addr = %self.addr, "idle connection was closed; reconnecting");
-                    *self = Conn::open(&target.addrs).await?;
+                    *self = Conn::open(target).await?;
                 }
                 Err(e) => return Err(e),
             }
@@ -226,8 +231,16 @@ impl Conn {
         lease: LeaseId,
         range: Range<u64>,
     ) -> Result<BodyEnd, GetError> {
-        let end = match pipe.splice_target() {
-            Some(file) => self.splice_lease(ctx, pipe, file, lease, range).await,
+        // Over TLS the socket carries ciphertext, so the bytes go through buffers even with the
+        // splice sink.
+        let splice = pipe
+            .splice_target()
+            .zip(self.stream.plain_tcp().map(ToSharedFd::to_shared_fd));
+        let end = match splice {
+            Some((file, socket)) => {
+                self.splice_lease(ctx, pipe, file, socket, lease, range)
+                    .await
+            }
             None => self.read_lease(ctx, pipe, lease, range).await,
         };
         match end {
@@ -294,11 +307,12 @@ impl Conn {
 
     /// [`Conn::copy_lease`] for the splice sink: bytes that came with the head go through a
     /// buffer, the rest socket -> pipe -> `file` in the kernel, a pipeful at a time.
-    async fn splice_lease(
+    async fn splice_lease<S: std::os::fd::AsFd + 'static>(
         &mut self,
         ctx: &Ctx,
         pipe: &mut Pipeline,
         file: SharedFd<std::fs::File>,
+        socket: SharedFd<S>,
         lease: LeaseId,
         range: Range<u64>,
     ) -> Result<BodyEnd, GetError> {
@@ -334,7 +348,7 @@ impl Conn {
             if allowed == 0 {
                 return Ok(ran_out(at, &range));
             }
-            match spliced.fill(self.stream.to_shared_fd(), allowed).await {
+            match spliced.fill(socket.clone(), allowed).await {
                 Ok(0) => return Ok(BodyEnd::Short { at, error: None }),
                 Ok(n) => {
                     if let Err(e) = spliced.drain(file.clone(), at).await {

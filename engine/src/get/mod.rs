@@ -51,6 +51,7 @@ use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::journal::Journal;
+use crate::net::tls::TlsClient;
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
 use crate::verify::{Checksum, HashStats, Verifier, Window};
 use crate::{HashReport, Report, UNKNOWN_TOTAL};
@@ -68,8 +69,22 @@ const MAX_FETCHES: u32 = 2;
 /// Redirects followed before giving up.
 const MAX_REDIRECTS: usize = 10;
 
-/// Host names resolved once per job: `(host, port)` -> addresses.
-pub(crate) type Resolved = HashMap<(String, u16), Vec<SocketAddr>>;
+/// Host names resolved once per job, `(host, port)` -> addresses, and the TLS trust that
+/// `https://` targets (also those redirected to) connect with.
+#[derive(Debug, Default)]
+pub(crate) struct Resolved {
+    addrs: HashMap<(String, u16), Vec<SocketAddr>>,
+    tls: TlsClient,
+}
+
+impl Resolved {
+    pub fn new(tls: TlsClient) -> Resolved {
+        Resolved {
+            addrs: HashMap::new(),
+            tls,
+        }
+    }
+}
 
 /// Where the bytes come from: a parsed URL and what the requests need.
 #[derive(Debug, Clone)]
@@ -82,6 +97,10 @@ pub(crate) struct Target {
     /// The `Authorization` header value, sent to this URL's origin only: a redirect to another
     /// scheme, host or port drops it.
     pub authorization: Option<Secret>,
+    /// For `https://`: the host name the certificate must be valid for (also sent as SNI).
+    pub tls_host: Option<String>,
+    /// The trust connections to this target verify with.
+    pub tls: TlsClient,
 }
 
 /// A credential (an `Authorization` header value): its `Debug` never shows it.
@@ -117,12 +136,16 @@ impl Target {
 
     fn from_url(url: Url, resolved: &mut Resolved) -> Result<Target, GetError> {
         let display = url.to_string();
-        if url.scheme() != "http" {
-            return Err(GetError::UnsupportedScheme {
-                scheme: url.scheme().to_owned(),
-                url: display,
-            });
-        }
+        let https = match url.scheme() {
+            "http" => false,
+            "https" => true,
+            other => {
+                return Err(GetError::UnsupportedScheme {
+                    scheme: other.to_owned(),
+                    url: display,
+                });
+            }
+        };
         let host = url
             .host_str()
             .filter(|h| !h.is_empty())
@@ -133,14 +156,17 @@ impl Target {
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs = match resolved.get(&(bare_host.to_owned(), port)) {
+        let addrs = match resolved.addrs.get(&(bare_host.to_owned(), port)) {
             Some(a) => a.clone(),
             None => {
                 let a = crate::net::resolve(bare_host, port)?;
-                resolved.insert((bare_host.to_owned(), port), a.clone());
+                resolved
+                    .addrs
+                    .insert((bare_host.to_owned(), port), a.clone());
                 a
             }
         };
+        let tls_host = https.then(|| bare_host.to_owned());
         let (host_header, request_target) = crate::http1::host_and_target(&url);
         Ok(Target {
             url,
@@ -149,6 +175,8 @@ impl Target {
             host_header,
             request_target,
             authorization: None,
+            tls_host,
+            tls: resolved.tls.clone(),
         })
     }
 }
@@ -632,11 +660,11 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
     };
     let mut target = ctx.origin.clone();
     let mut conn = match slot.take() {
-        Some(c) if c.serves(&target.addrs) => c,
-        _ => Conn::open(&target.addrs).await?,
+        Some(c) if c.serves(&target) => c,
+        _ => Conn::open(&target).await?,
     };
     let mut redirects = 0;
-    let mut resolved = Resolved::new();
+    let mut resolved = Resolved::new(target.tls.clone());
     let head = loop {
         let head = conn.request(&target, Some(first.clone())).await?;
         if !crate::http1::is_redirect(head.status) {
@@ -645,12 +673,12 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
         redirects += 1;
         let next = redirect_target(&target, &head, redirects, &mut resolved)?;
         let framing = framing_of(&target, &head)?;
-        let same_host = next.addrs == target.addrs;
+        let same_host = next.addrs == target.addrs && next.tls_host == target.tls_host;
         if same_host && conn.is_reusable() {
             conn.discard_body(framing).await;
         }
         if !same_host || !conn.is_reusable() {
-            conn = Conn::open(&next.addrs).await?;
+            conn = Conn::open(&next).await?;
         }
         target = next;
     };
@@ -1062,8 +1090,8 @@ async fn range_loop(
     let total = ctx.total.load(Ordering::Relaxed);
     while let Some((id, range)) = ctx.take_lease() {
         let c = match slot.take() {
-            Some(c) if c.serves(&ctx.target().addrs) => c,
-            _ => Conn::open(&ctx.target().addrs).await?,
+            Some(c) if c.serves(ctx.target()) => c,
+            _ => Conn::open(ctx.target()).await?,
         };
         let c = slot.insert(c);
         let head = c.request(ctx.target(), Some(range.clone())).await?;

@@ -6,7 +6,9 @@
 //! 408, 429 (waiting as `Retry-After` or `RateLimit` says, and saying so), 500, 502, 503 and
 //! 504, with exponential backoff and full jitter, a bounded number of times. Everything else
 //! fails at once with the Hub's own error code mapped to a [`HubError`]. File bytes never go
-//! through here, and neither TLS nor proxies are handled yet (plain `http://` only).
+//! through here. `https://` endpoints verify their certificate with the engine's trust
+//! ([`TlsClient`]); a certificate that does not verify fails at once, naming the host. Proxies
+//! are not handled yet.
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
@@ -18,6 +20,7 @@ use url::Url;
 use super::error::HubError;
 use crate::get::Secret;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
+use crate::net::tls::{HandshakeError, TlsClient};
 
 /// Attempts per request (the first and the retries).
 const ATTEMPTS: u32 = 6;
@@ -43,6 +46,38 @@ pub(crate) struct Answer {
 pub(crate) struct Api {
     endpoint: Url,
     authorization: Option<Secret>,
+    tls: TlsClient,
+}
+
+/// A connection of the API client: plain, or TLS over it.
+enum Wire {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            Wire::Tls(s) => s.flush(),
+        }
+    }
 }
 
 /// Why one attempt failed, and whether to try again.
@@ -52,10 +87,11 @@ enum Attempt {
 }
 
 impl Api {
-    pub fn new(endpoint: Url, authorization: Option<Secret>) -> Api {
+    pub fn new(endpoint: Url, authorization: Option<Secret>, tls: TlsClient) -> Api {
         Api {
             endpoint,
             authorization,
+            tls,
         }
     }
 
@@ -117,7 +153,7 @@ impl Api {
                 .authorization
                 .as_ref()
                 .filter(|_| url.origin() == self.endpoint.origin());
-            let answer = request(&url, auth.map(Secret::expose))?;
+            let answer = request(&url, auth.map(Secret::expose), &self.tls)?;
             if !http1::is_redirect(answer.head.status) {
                 return Ok(answer);
             }
@@ -208,7 +244,7 @@ pub(crate) fn error_message(answer: &Answer) -> Option<String> {
 }
 
 /// One request on a fresh connection (the API needs few; the data plane keeps connections).
-fn request(url: &Url, authorization: Option<&str>) -> Result<Answer, Attempt> {
+fn request(url: &Url, authorization: Option<&str>, tls: &TlsClient) -> Result<Answer, Attempt> {
     let retry = |why: String| Attempt::Retry { why, wait: None };
     let fail = |detail: String| {
         Attempt::Fail(HubError::Remote {
@@ -216,11 +252,15 @@ fn request(url: &Url, authorization: Option<&str>) -> Result<Answer, Attempt> {
             detail,
         })
     };
-    if url.scheme() != "http" {
-        return Err(Attempt::Fail(HubError::Usage(format!(
-            "{url}: only http:// endpoints are supported so far (HTTPS is on its way); use an http:// mirror with --endpoint or HF_ENDPOINT"
-        ))));
-    }
+    let https = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        other => {
+            return Err(Attempt::Fail(HubError::Usage(format!(
+                "{url}: unsupported scheme {other:?}; endpoints are http:// or https://"
+            ))));
+        }
+    };
     let host = url
         .host_str()
         .ok_or_else(|| fail("no host".into()))?
@@ -231,7 +271,17 @@ fn request(url: &Url, authorization: Option<&str>) -> Result<Answer, Attempt> {
         Ok(a) => a.collect(),
         Err(e) => return Err(retry(format!("cannot resolve {bare}: {e}"))),
     };
-    let mut stream = connect(&addrs).map_err(|e| retry(format!("connect: {e}")))?;
+    let tcp = connect(&addrs).map_err(|e| retry(format!("connect: {e}")))?;
+    let mut stream = if https {
+        match tls.connect_blocking(bare, tcp) {
+            Ok(s) => Wire::Tls(Box::new(s)),
+            Err(HandshakeError::Setup(e)) => return Err(Attempt::Fail(HubError::Usage(e))),
+            Err(HandshakeError::Tls(e)) => return Err(Attempt::Fail(HubError::Tls(e))),
+            Err(HandshakeError::Io(e)) => return Err(retry(format!("TLS handshake: {e}"))),
+        }
+    } else {
+        Wire::Plain(tcp)
+    };
     let (host_header, target) = http1::host_and_target(url);
     let mut req = http1::get_request(&target, &host_header, None, authorization);
     // One request per connection: say so, so the server closes after the answer.
@@ -265,11 +315,7 @@ enum BodyError {
     Bad(String),
 }
 
-fn read_body(
-    stream: &mut TcpStream,
-    mut buf: Vec<u8>,
-    framing: Framing,
-) -> Result<Vec<u8>, BodyError> {
+fn read_body(stream: &mut Wire, mut buf: Vec<u8>, framing: Framing) -> Result<Vec<u8>, BodyError> {
     match framing {
         Framing::Length(n) => {
             if n as usize > MAX_BODY {
@@ -320,7 +366,7 @@ fn read_body(
 }
 
 /// Appends what one read brings; a signal (the engine's threads get some) just reads again.
-fn read_some(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+fn read_some(stream: &mut Wire, buf: &mut Vec<u8>) -> std::io::Result<usize> {
     let mut chunk = [0u8; 16 * 1024];
     loop {
         match stream.read(&mut chunk) {

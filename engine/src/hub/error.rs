@@ -103,6 +103,9 @@ pub enum HubError {
         /// What happened.
         detail: String,
     },
+    /// The endpoint's certificate did not verify, or TLS failed (never retried).
+    #[error("{0}")]
+    Tls(String),
     /// A local file operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

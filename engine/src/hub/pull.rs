@@ -153,7 +153,11 @@ impl<'e> Pull<'e> {
     /// missing repo or revision, a refused token, a hostile listing, or too little disk space.
     pub fn start(engine: &'e Engine, options: PullOptions) -> Result<Pull<'e>, HubError> {
         let started = Instant::now();
-        let api = Api::new(options.endpoint.clone(), options.authorization.clone());
+        let api = Api::new(
+            options.endpoint.clone(),
+            options.authorization.clone(),
+            engine.tls().clone(),
+        );
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
         let commit = resolve_revision(&api, &options)?;
         let files = list_files(&api, &options, &commit)?;

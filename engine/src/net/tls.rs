@@ -1,0 +1,342 @@
+//! HTTPS for the client side: which certificates are trusted, and a TLS stream over a compio
+//! `TcpStream` driven by rustls's sans-IO [`ClientConnection`].
+//!
+//! Trust is Mozilla's roots (compiled in), plus the system store, plus every PEM file given with
+//! `--ca-file` or named by `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE`. A certificate that does not
+//! verify is an error naming the host and the reason; there is no switch that turns
+//! verification off. TLS 1.2 and 1.3 with rustls's safe defaults, SNI for host names, ALPN
+//! `http/1.1`.
+//!
+//! The stream reads ciphertext into its own buffer, lets rustls decrypt it, and copies the
+//! plaintext straight into the caller's buffer (a pipeline buffer on the hot path). It does not
+//! do kTLS, client certificates or session resumption across connections beyond rustls's own
+//! in-memory cache.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use compio::BufResult;
+use compio::buf::{IntoInner, IoBuf, IoBufMut};
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::pki_types::pem::PemObject;
+use rustls::{ClientConfig, ClientConnection, RootCertStore};
+
+use crate::backend::buf::fill_tail;
+
+/// Environment variables naming a CA bundle to trust besides the built-in roots (OpenSSL's and
+/// Python requests' names, which huggingface_hub users already set).
+pub const CA_ENV: [&str; 2] = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"];
+
+/// Ciphertext read per socket read: a few TLS records (16 KiB each).
+const RX_CHUNK: usize = 64 * 1024;
+
+/// The trust settings of an engine, turned into a rustls config the first time an `https://`
+/// URL needs one (reading the system store costs milliseconds a plain-HTTP job need not pay).
+/// Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct TlsClient {
+    inner: Arc<Lazy>,
+}
+
+#[derive(Debug, Default)]
+struct Lazy {
+    ca_files: Vec<PathBuf>,
+    config: OnceLock<Result<Arc<ClientConfig>, String>>,
+}
+
+impl TlsClient {
+    /// Trusts the built-in and system roots plus `ca_files` and the files the environment
+    /// names in [`CA_ENV`].
+    pub fn new(ca_files: &[PathBuf]) -> TlsClient {
+        let mut files = ca_files.to_vec();
+        for var in CA_ENV {
+            if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+                files.push(PathBuf::from(v));
+            }
+        }
+        TlsClient {
+            inner: Arc::new(Lazy {
+                ca_files: files,
+                config: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// The rustls config; an error says which CA file could not be used.
+    pub fn config(&self) -> Result<Arc<ClientConfig>, String> {
+        self.inner
+            .config
+            .get_or_init(|| build_config(&self.inner.ca_files).map(Arc::new))
+            .clone()
+    }
+
+    /// A new client session for `host` (a name or an IP address).
+    pub fn session(&self, host: &str) -> Result<ClientConnection, String> {
+        let config = self.config()?;
+        let name = ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
+        ClientConnection::new(config, name).map_err(|e| e.to_string())
+    }
+
+    /// TLS over a blocking socket, handshake done (the Hub API client's few requests).
+    pub fn connect_blocking(
+        &self,
+        host: &str,
+        tcp: std::net::TcpStream,
+    ) -> Result<rustls::StreamOwned<ClientConnection, std::net::TcpStream>, HandshakeError> {
+        let session = self.session(host).map_err(HandshakeError::Setup)?;
+        let mut stream = rustls::StreamOwned::new(session, tcp);
+        while stream.conn.is_handshaking() {
+            stream
+                .conn
+                .complete_io(&mut stream.sock)
+                .map_err(|e| match tls_error(&e) {
+                    Some(t) => HandshakeError::Tls(describe(host, t)),
+                    None => HandshakeError::Io(e),
+                })?;
+        }
+        Ok(stream)
+    }
+}
+
+fn build_config(ca_files: &[PathBuf]) -> Result<ClientConfig, String> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let system = rustls_native_certs::load_native_certs();
+    let (added, _) = roots.add_parsable_certificates(system.certs);
+    tracing::debug!(
+        system = added,
+        errors = system.errors.len(),
+        "system CA certificates loaded"
+    );
+    for file in ca_files {
+        add_ca_file(&mut roots, file)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn add_ca_file(roots: &mut RootCertStore, file: &Path) -> Result<(), String> {
+    let bad = |why: String| format!("CA file {}: {why}", file.display());
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(file)
+        .map_err(|e| bad(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM certificate in it".into()));
+    }
+    let (added, ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(bad(format!(
+            "none of its {ignored} certificates could be used"
+        )));
+    }
+    Ok(())
+}
+
+/// Why a TLS session could not be set up.
+#[derive(Debug)]
+pub(crate) enum HandshakeError {
+    /// Trust settings or the server name: not the peer's fault.
+    Setup(String),
+    /// The peer failed verification or the TLS exchange (described for a user).
+    Tls(String),
+    /// The socket failed.
+    Io(io::Error),
+}
+
+/// The rustls error inside an I/O error made by this module or by rustls's own stream.
+pub(crate) fn tls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref()?.downcast_ref::<rustls::Error>()
+}
+
+/// A TLS failure in words a user can act on, naming the host.
+pub(crate) fn describe(host: &str, e: &rustls::Error) -> String {
+    use rustls::CertificateError as C;
+    let why = match e {
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => format!(
+            "its certificate is not signed by a trusted CA (for a private CA, pass --ca-file or set {})",
+            CA_ENV[0]
+        ),
+        rustls::Error::InvalidCertificate(C::NotValidForName)
+        | rustls::Error::InvalidCertificate(C::NotValidForNameContext { .. }) => {
+            format!("its certificate is not valid for the name {host:?}")
+        }
+        rustls::Error::InvalidCertificate(C::Expired)
+        | rustls::Error::InvalidCertificate(C::ExpiredContext { .. }) => {
+            "its certificate has expired".into()
+        }
+        rustls::Error::InvalidCertificate(C::NotValidYet)
+        | rustls::Error::InvalidCertificate(C::NotValidYetContext { .. }) => {
+            "its certificate is not valid yet (is this machine's clock right?)".into()
+        }
+        other => other.to_string(),
+    };
+    format!("TLS with {host} failed: {why}")
+}
+
+fn io_tls(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// A client TLS session over a compio TCP stream.
+pub(crate) struct TlsStream {
+    tcp: TcpStream,
+    conn: ClientConnection,
+    /// Ciphertext read from the socket; `rx[rx_at..]` is not yet handed to rustls.
+    rx: Vec<u8>,
+    rx_at: usize,
+    /// Outgoing ciphertext, reused.
+    tx: Vec<u8>,
+    /// Decrypted bytes rustls holds for us.
+    plain: usize,
+    /// The peer sent close_notify, or the socket reached EOF.
+    closed: bool,
+}
+
+impl std::fmt::Debug for TlsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsStream")
+            .field("version", &self.conn.protocol_version())
+            .field("plain", &self.plain)
+            .finish()
+    }
+}
+
+impl TlsStream {
+    /// Runs the handshake with `host` over `tcp`.
+    pub async fn connect(
+        client: &TlsClient,
+        host: &str,
+        tcp: TcpStream,
+    ) -> Result<TlsStream, HandshakeError> {
+        let conn = client.session(host).map_err(HandshakeError::Setup)?;
+        let mut s = TlsStream {
+            tcp,
+            conn,
+            rx: Vec::with_capacity(RX_CHUNK),
+            rx_at: 0,
+            tx: Vec::new(),
+            plain: 0,
+            closed: false,
+        };
+        let fail = |e: io::Error| match tls_error(&e) {
+            Some(t) => HandshakeError::Tls(describe(host, t)),
+            None => HandshakeError::Io(e),
+        };
+        while s.conn.is_handshaking() {
+            if s.conn.wants_write() {
+                s.flush().await.map_err(fail)?;
+            } else if s.conn.wants_read() {
+                if s.rx_at == s.rx.len() && s.read_tcp().await.map_err(fail)? == 0 {
+                    return Err(HandshakeError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the server closed the connection during the TLS handshake",
+                    )));
+                }
+                s.feed().map_err(fail)?;
+            } else {
+                break;
+            }
+        }
+        s.flush().await.map_err(fail)?;
+        tracing::debug!(
+            host,
+            version = ?s.conn.protocol_version(),
+            suite = ?s.conn.negotiated_cipher_suite().map(|c| c.suite()),
+            "TLS session established"
+        );
+        Ok(s)
+    }
+
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// Reads one socket-full of ciphertext into `rx` (which must be consumed).
+    async fn read_tcp(&mut self) -> io::Result<usize> {
+        let mut rx = std::mem::take(&mut self.rx);
+        rx.clear();
+        self.rx_at = 0;
+        let BufResult(r, slice) = self.tcp.read(rx.slice(0..RX_CHUNK)).await;
+        self.rx = slice.into_inner();
+        r
+    }
+
+    /// Hands buffered ciphertext to rustls and decrypts what it completes.
+    fn feed(&mut self) -> io::Result<()> {
+        let mut pending = &self.rx[self.rx_at..];
+        let n = self.conn.read_tls(&mut pending)?;
+        self.rx_at += n;
+        let state = self.conn.process_new_packets().map_err(io_tls)?;
+        self.plain = state.plaintext_bytes_to_read();
+        self.closed |= state.peer_has_closed();
+        Ok(())
+    }
+
+    /// Sends whatever rustls has queued.
+    async fn flush(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            let mut tx = std::mem::take(&mut self.tx);
+            tx.clear();
+            self.conn.write_tls(&mut tx)?;
+            let BufResult(r, tx) = self.tcp.write_all(tx).await;
+            self.tx = tx;
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Reads decrypted bytes into `buf`'s spare room; `Ok(0)` at the end of the stream.
+    pub async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+        loop {
+            if self.plain > 0 {
+                let plain = self.plain;
+                let conn = &mut self.conn;
+                let r = fill_tail(&mut buf, plain, |dst| conn.reader().read(dst));
+                if let Ok(n) = r {
+                    self.plain -= n;
+                }
+                return BufResult(r, buf);
+            }
+            if self.rx_at < self.rx.len() {
+                if let Err(e) = self.feed() {
+                    return BufResult(Err(e), buf);
+                }
+                if let Err(e) = self.flush().await {
+                    return BufResult(Err(e), buf);
+                }
+                continue;
+            }
+            if self.closed {
+                return BufResult(Ok(0), buf);
+            }
+            match self.read_tcp().await {
+                // EOF without close_notify: the HTTP framing above says whether the body was
+                // complete, so it is reported as an end, not as an attack.
+                Ok(0) => self.closed = true,
+                Ok(_) => {}
+                Err(e) => return BufResult(Err(e), buf),
+            }
+        }
+    }
+
+    /// Encrypts and sends all of `data`.
+    pub async fn write_all(&mut self, data: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        let r = match self.conn.writer().write_all(&data) {
+            Ok(()) => self.flush().await,
+            Err(e) => Err(e),
+        };
+        BufResult(r, data)
+    }
+}

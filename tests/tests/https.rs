@@ -1,0 +1,191 @@
+//! HTTPS end to end against a real nginx with certificates from a CA the test makes: byte
+//! identity on every back-end and sink, a private CA given by `--ca-file` or `SSL_CERT_FILE`,
+//! certificate failures that name the host and never fall back to an unverified connection,
+//! and a redirect from http:// to https://.
+
+use std::path::Path;
+
+use ferry_tests::tls::TestPki;
+use ferry_tests::{
+    Backend, Nginx, assert_no_output, assert_same_file, backends_under_test, ferry_bin,
+    get_ok_sink, modes_under_test, sha256_file, write_data,
+};
+
+const SIZES: [u64; 6] = [0, 1, 4095, 4096, 4097, 5 * (1 << 20) + 12_347];
+
+fn ca_args(pki: &TestPki) -> Vec<String> {
+    vec!["--ca-file".into(), pki.ca.display().to_string()]
+}
+
+#[test]
+fn https_downloads_are_byte_identical_on_every_back_end_and_sink() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    for (i, size) in SIZES.iter().enumerate() {
+        write_data(&src.path().join(format!("f{size}")), *size, 40 + i as u64);
+    }
+    let nginx = Nginx::start_tls(src.path(), &pki.localhost);
+    let ca = ca_args(&pki);
+    for mode in modes_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        for size in SIZES {
+            let name = format!("f{size}");
+            let source = src.path().join(&name);
+            let dest = out.path().join(&name);
+            let sha = sha256_file(&source);
+            // Small ranges, several connections: many TLS sessions and reads across records.
+            let mut extra: Vec<&str> = ca.iter().map(String::as_str).collect();
+            extra.extend(["--sha256", &sha, "-c", "4", "--chunk-size", "1M"]);
+            let url = nginx.https_url("localhost", "files", &name);
+            let report = get_ok_sink(mode, &url, &dest, &extra);
+            assert_eq!(report["bytes"], size, "mode={mode:?}: {report}");
+            assert_same_file(&source, &dest, &format!("https mode={mode:?} size={size}"));
+        }
+        eprintln!("ran on backend, sink = {mode:?}: https sizes {SIZES:?}");
+    }
+}
+
+/// Runs `ferry get URL -o OUT` with `envs`, returning (exit code, stderr).
+fn get_with_env(
+    backend: Backend,
+    url: &str,
+    out: &Path,
+    extra: &[&str],
+    envs: &[(&str, &Path)],
+) -> (Option<i32>, String) {
+    let mut cmd = std::process::Command::new(ferry_bin());
+    cmd.args(["--backend", backend.flag(), "get", url, "-o"])
+        .arg(out)
+        .args(["--quiet"])
+        .args(extra)
+        .env_remove("FERRY_SAFE_MODE")
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("REQUESTS_CA_BUNDLE");
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let o = cmd.output().expect("run ferry");
+    (
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_private_ca_is_trusted_from_the_environment() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 300_000, 7);
+    let nginx = Nginx::start_tls(src.path(), &pki.localhost);
+    let url = nginx.https_url("localhost", "files", "f");
+    for backend in backends_under_test() {
+        for var in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"] {
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let (code, stderr) = get_with_env(backend, &url, &dest, &[], &[(var, &pki.ca)]);
+            assert_eq!(code, Some(0), "backend={backend:?} {var}: {stderr}");
+            assert_same_file(&src.path().join("f"), &dest, var);
+        }
+        eprintln!("ran on backend {backend:?}: CA from SSL_CERT_FILE and REQUESTS_CA_BUNDLE");
+    }
+}
+
+#[test]
+fn certificate_failures_name_the_host_and_send_nothing() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 100_000, 8);
+    let good = Nginx::start_tls(src.path(), &pki.localhost);
+    let expired = Nginx::start_tls(src.path(), &pki.expired);
+    let ca = pki.ca.display().to_string();
+    let cases: [(&str, String, Vec<&str>, &str); 3] = [
+        (
+            "unknown CA",
+            good.https_url("localhost", "files", "f"),
+            vec![],
+            "not signed by a trusted CA",
+        ),
+        (
+            "wrong name",
+            good.https_url("127.0.0.1", "files", "f"),
+            vec!["--ca-file", &ca],
+            "not valid for the name \"127.0.0.1\"",
+        ),
+        (
+            "expired",
+            expired.https_url("localhost", "files", "f"),
+            vec!["--ca-file", &ca],
+            "expired",
+        ),
+    ];
+    for backend in backends_under_test() {
+        for (what, url, extra, expect) in &cases {
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let (code, stderr) = get_with_env(backend, url, &dest, extra, &[]);
+            assert_eq!(
+                code,
+                Some(3),
+                "backend={backend:?} {what}: exit 3 (remote): {stderr}"
+            );
+            let host = if *what == "wrong name" {
+                "127.0.0.1"
+            } else {
+                "localhost"
+            };
+            assert!(
+                stderr.contains(&format!("TLS with {host} failed")) && stderr.contains(expect),
+                "backend={backend:?} {what}: the error names the host and the reason: {stderr}"
+            );
+            assert_no_output(&dest, what);
+            eprintln!("backend={backend:?} {what}: {}", stderr.trim());
+        }
+        eprintln!("ran on backend {backend:?}: unknown CA, wrong name, expired");
+    }
+    // No request ever reached nginx: a failed verification is not followed by a plain retry.
+    assert!(good.requests(0).is_empty(), "{:?}", good.requests(0));
+    assert!(expired.requests(0).is_empty(), "{:?}", expired.requests(0));
+}
+
+#[test]
+fn a_bad_ca_file_is_a_usage_error() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 10, 9);
+    let nginx = Nginx::start_tls(src.path(), &pki.localhost);
+    let not_pem = pki.dir().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").expect("write");
+    let out = tempfile::tempdir().expect("tmp");
+    let dest = out.path().join("f");
+    let url = nginx.https_url("localhost", "files", "f");
+    for backend in backends_under_test() {
+        let missing = pki.dir().join("missing.pem");
+        for (file, expect) in [(&not_pem, "no PEM certificate"), (&missing, "missing.pem")] {
+            let f = file.display().to_string();
+            let (code, stderr) = get_with_env(backend, &url, &dest, &["--ca-file", &f], &[]);
+            assert_eq!(code, Some(2), "backend={backend:?}: {stderr}");
+            assert!(stderr.contains(expect), "{stderr}");
+            assert_no_output(&dest, "bad CA file");
+            eprintln!("backend={backend:?}: {}", stderr.trim());
+        }
+        eprintln!("ran on backend {backend:?}: bad CA files");
+    }
+}
+
+#[test]
+fn a_redirect_from_http_to_https_is_followed_and_verified() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 3 << 20, 10);
+    let nginx = Nginx::start_tls(src.path(), &pki.localhost);
+    let ca = ca_args(&pki);
+    for mode in modes_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let mut extra: Vec<&str> = ca.iter().map(String::as_str).collect();
+        extra.extend(["-c", "3", "--chunk-size", "1M"]);
+        get_ok_sink(mode, &nginx.url("to-https", "f"), &dest, &extra);
+        assert_same_file(&src.path().join("f"), &dest, &format!("mode={mode:?}"));
+        eprintln!("ran on backend, sink = {mode:?}: http -> https redirect");
+    }
+}
