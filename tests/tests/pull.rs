@@ -24,11 +24,21 @@ struct Hub {
 
 impl Hub {
     fn start(tree: impl FnOnce(&Repo) -> Option<serde_json::Value>) -> Hub {
+        Hub::start_with(tree, None)
+    }
+
+    fn start_with(
+        tree: impl FnOnce(&Repo) -> Option<serde_json::Value>,
+        tls: Option<&ferry_tests::tls::ServerCert>,
+    ) -> Hub {
         let dir = tempfile::tempdir().expect("tmp");
         let repo = make_repo(dir.path(), "org/model", MODEL);
         let root = dir.path().join("hub");
         write_static_hub(&root, &repo, tree(&repo));
-        let nginx = Nginx::start(&root);
+        let nginx = match tls {
+            Some(cert) => Nginx::start_tls(&root, cert),
+            None => Nginx::start(&root),
+        };
         Hub {
             repo,
             root,
@@ -39,6 +49,11 @@ impl Hub {
 
     fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}/files", self.nginx.port())
+    }
+
+    /// The same Hub over HTTPS (started with a certificate, valid for `localhost`).
+    fn https_endpoint(&self) -> String {
+        format!("https://localhost:{}/files", self.nginx.tls_port())
     }
 
     /// How many requests for file bytes (`resolve`) nginx has logged.
@@ -168,6 +183,54 @@ fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
             "{r}"
         );
         assert_eq!(hub.resolves(), before, "no file fetched again");
+    }
+}
+
+#[test]
+fn a_pull_over_https_verifies_the_endpoint_and_the_bytes() {
+    let pki = ferry_tests::tls::TestPki::new();
+    let hub = Hub::start_with(|_| None, Some(&pki.localhost));
+    let ca = pki.ca.to_str().expect("utf-8");
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?} https");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        // Without the private CA: refused, naming the host, before anything is written.
+        let o = pull(backend, &hub.https_endpoint(), &["--cache-dir", cache_s]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(3), "{what}: {err}");
+        assert!(
+            err.contains("TLS with localhost failed") && err.contains("trusted CA"),
+            "{what}: {err}"
+        );
+        assert!(
+            !cache.path().join("models--org--model").exists(),
+            "{what}: nothing written"
+        );
+        let pull_https = || {
+            report(
+                &pull(
+                    backend,
+                    &hub.https_endpoint(),
+                    &["--cache-dir", cache_s, "--ca-file", ca],
+                ),
+                &what,
+            )
+        };
+        let r = pull_https();
+        assert_eq!(r["backend"], backend.flag(), "{r}");
+        assert_eq!(r["fetched"], MODEL.len(), "{r}");
+        let snap = snapshot(cache.path(), &hub.repo);
+        for f in &hub.repo.files {
+            assert_same_file(
+                &f.source,
+                &snap.join(&f.path),
+                &format!("{what} {}", f.path),
+            );
+        }
+        let r = pull_https();
+        assert_eq!(r["fetched"], 0, "{what}: a second pull only lists: {r}");
+        eprintln!("ran on backend {backend:?}: pull over https");
     }
 }
 
@@ -467,7 +530,7 @@ fn missing_repos_and_unsupported_endpoints_have_their_own_exit_codes() {
                 "pull",
                 "org/model",
                 "--endpoint",
-                "https://127.0.0.1:1",
+                "ftp://127.0.0.1:1",
                 "--cache-dir",
                 cache_s,
             ],

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_tests::tls::TestPki;
 use sha2::{Digest, Sha256};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -227,10 +228,26 @@ fn local_root() -> tempfile::TempDir {
 struct Serve {
     child: Child,
     port: u16,
+    /// `https` when started with a certificate (valid for `localhost`).
+    scheme: &'static str,
 }
 
 impl Serve {
     fn start(root: &Path, page_size: Option<usize>) -> Serve {
+        Serve::start_with(root, page_size, None)
+    }
+
+    /// Over HTTPS, with tree pages of 3 entries so that clients follow `https://` `Link`s.
+    fn start_tls(root: &Path, cert: &ferry_tests::tls::ServerCert) -> Serve {
+        Serve::start_with(root, Some(3), Some(cert))
+    }
+
+    fn start_with(
+        root: &Path,
+        page_size: Option<usize>,
+        tls: Option<&ferry_tests::tls::ServerCert>,
+    ) -> Serve {
+        let scheme = if tls.is_some() { "https" } else { "http" };
         let mut cmd = Command::new(ferry_tests::ferry_bin());
         cmd.args(["serve", "--root"])
             .arg(root)
@@ -243,20 +260,31 @@ impl Serve {
         if let Some(n) = page_size {
             cmd.env("FERRY_SERVE_PAGE_SIZE", n.to_string());
         }
+        if let Some(c) = tls {
+            cmd.arg("--tls-cert")
+                .arg(&c.cert)
+                .arg("--tls-key")
+                .arg(&c.key);
+        }
         let mut child = cmd.spawn().expect("start ferry serve");
         let stdout = child.stdout.take().expect("stdout");
         // The guard exists before anything can panic, so the child is always killed.
-        let mut serve = Serve { child, port: 0 };
+        let mut serve = Serve {
+            child,
+            port: 0,
+            scheme,
+        };
         let mut lines = BufReader::new(stdout);
         let mut first = String::new();
         lines.read_line(&mut first).expect("read stdout");
         let status = serve.child.try_wait().expect("try_wait");
+        let prefix = format!("ferry serve: listening on {scheme}://127.0.0.1:");
         assert!(
-            first.starts_with("ferry serve: listening on http://127.0.0.1:"),
+            first.starts_with(&prefix),
             "first line {first:?} (exit status {status:?})"
         );
         let addr = first
-            .split("http://")
+            .split("://")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
             .expect("address");
@@ -288,7 +316,10 @@ impl Serve {
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        match self.scheme {
+            "https" => format!("https://localhost:{}", self.port),
+            _ => format!("http://127.0.0.1:{}", self.port),
+        }
     }
 
     fn connect(&self) -> TcpStream {
@@ -481,6 +512,17 @@ fn hf_client(
     offline: bool,
     jobs: &serde_json::Value,
 ) -> Vec<PathBuf> {
+    hf_client_ca(endpoint, cache, offline, jobs, None)
+}
+
+/// [`hf_client`] trusting the CA in `ca` (through `SSL_CERT_FILE`, as users of a private CA do).
+fn hf_client_ca(
+    endpoint: &str,
+    cache: &Path,
+    offline: bool,
+    jobs: &serde_json::Value,
+    ca: Option<&Path>,
+) -> Vec<PathBuf> {
     let mut cmd = Command::new("python3");
     cmd.args(["-c", CLIENT_SCRIPT, &jobs.to_string()])
         .env("HF_ENDPOINT", endpoint)
@@ -502,8 +544,14 @@ fn hf_client(
         "http_proxy",
         "https_proxy",
         "all_proxy",
+        "SSL_CERT_FILE",
+        "SSL_CERT_DIR",
+        "REQUESTS_CA_BUNDLE",
     ] {
         cmd.env_remove(var);
+    }
+    if let Some(ca) = ca {
+        cmd.env("SSL_CERT_FILE", ca);
     }
     eprintln!("python3 huggingface_hub (offline={offline}): {jobs}");
     let o = cmd.output().expect("run python3");
@@ -564,8 +612,9 @@ fn assert_snapshot(got: &Path, want: &[FixtureFile], what: &str) {
     eprintln!("{what}: {} files byte-identical", want.len());
 }
 
-/// snapshot_download + hf_hub_download of a model and a dataset, then the same offline.
-fn client_round_trip(root: &Path, model: &[FixtureFile], label: &str) {
+/// snapshot_download + hf_hub_download of a model and a dataset, then the same offline; over
+/// HTTPS with a certificate from `pki` when given.
+fn client_round_trip(root: &Path, model: &[FixtureFile], label: &str, pki: Option<&TestPki>) {
     let cache = tempfile::tempdir().expect("cache");
     let jobs = serde_json::json!([
         job("snapshot", "org/name", "model", "main", ""),
@@ -582,8 +631,17 @@ fn client_round_trip(root: &Path, model: &[FixtureFile], label: &str) {
         job("snapshot", "org/data", "dataset", "main", ""),
     ]);
     let paths = {
-        let serve = Serve::start(root, None);
-        hf_client(&serve.endpoint(), cache.path(), false, &jobs)
+        let serve = match pki {
+            Some(pki) => Serve::start_tls(root, &pki.localhost),
+            None => Serve::start(root, None),
+        };
+        hf_client_ca(
+            &serve.endpoint(),
+            cache.path(),
+            false,
+            &jobs,
+            pki.map(|p| p.ca.as_path()),
+        )
         // The server stops here: the offline run below cannot reach it.
     };
     assert_snapshot(&paths[0], model, &format!("{label} model snapshot"));
@@ -650,6 +708,7 @@ fn huggingface_hub_downloads_from_the_cache_layout() {
         &tmp.path().join("root"),
         &cache_model_files(),
         "cache layout",
+        None,
     );
 
     // Another revision by name, and a repo id without an org.
@@ -678,7 +737,27 @@ fn huggingface_hub_downloads_from_the_local_dir_layout() {
         return;
     }
     let tmp = local_root();
-    client_round_trip(&tmp.path().join("root"), &model_files(), "local-dir layout");
+    client_round_trip(
+        &tmp.path().join("root"),
+        &model_files(),
+        "local-dir layout",
+        None,
+    );
+}
+
+#[test]
+fn huggingface_hub_downloads_over_https() {
+    if !have_hf_client() {
+        return;
+    }
+    let pki = TestPki::new();
+    let tmp = cache_root();
+    client_round_trip(
+        &tmp.path().join("root"),
+        &cache_model_files(),
+        "https, cache layout",
+        Some(&pki),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

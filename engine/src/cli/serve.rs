@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use ferry::serve::{DEFAULT_PAGE_SIZE, ServeError, ServeOptions, Server};
+use ferry::serve::{DEFAULT_PAGE_SIZE, ServeError, ServeOptions, Server, TlsIdentity};
 
 use super::{Global, exit, fail};
 
@@ -21,6 +21,12 @@ pub(crate) struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the first line on stdout names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
+    /// Serve HTTPS with this PEM certificate chain (the server's certificate first).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Tree entries per page (tests force paging with a small value).
     #[arg(long, hide = true, env = "FERRY_SERVE_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -30,6 +36,17 @@ pub(crate) struct ServeArgs {
 pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
     let mut options = ServeOptions::default();
     options.page_size = args.page_size as usize;
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        match TlsIdentity::from_pem_files(cert, key) {
+            Ok(id) => options.tls = Some(id),
+            Err(e) => return fail(&ErrorChain(&e), exit::USAGE),
+        }
+    }
+    let scheme = if options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let server = match Server::bind(&args.root, args.addr, options) {
         Ok(s) => s,
         Err(e) => {
@@ -46,7 +63,7 @@ pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
     // A closed stdout must not stop the server: write errors are ignored.
     let _ = writeln!(
         out,
-        "ferry serve: listening on http://{} (root {})",
+        "ferry serve: listening on {scheme}://{} (root {})",
         server.local_addr(),
         server.root().display()
     );

@@ -8,6 +8,8 @@
 //! a thread), and a send that blocks past
 //! [`ServeOptions::write_timeout`](super::ServeOptions::write_timeout) (`SO_SNDTIMEO`). Request
 //! bodies are never read: a request that announces one is answered and the connection closed.
+//! Over HTTPS the TLS handshake must also finish within the head deadline, and file bodies are
+//! read and encrypted in user space instead of sendfile(2).
 //! This module knows nothing of the Hub protocol; [`super::handler`] does.
 
 use std::io::{self, Read, Write};
@@ -46,8 +48,12 @@ impl Drop for ActiveGuard {
     }
 }
 
-/// Answers 503 to a connection over the cap, without waiting on it.
-pub(crate) fn reject_busy(mut stream: TcpStream) {
+/// Answers 503 to a connection over the cap, without waiting on it. An HTTPS client is just
+/// closed: answering would mean a handshake on the accepting thread.
+pub(crate) fn reject_busy(mut stream: TcpStream, tls: bool) {
+    if tls {
+        return;
+    }
     let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
     let body = br#"{"error":"Too many connections"}"#;
     let head = format!(
@@ -58,6 +64,102 @@ pub(crate) fn reject_busy(mut stream: TcpStream) {
         .write_all(head.as_bytes())
         .and_then(|_| stream.write_all(body));
     let _ = stream.shutdown(Shutdown::Write);
+}
+
+/// A served connection: plain TCP, or rustls over it.
+enum Wire {
+    Plain(TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
+}
+
+impl Wire {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Wire::Plain(s) => s,
+            Wire::Tls(s) => &s.sock,
+        }
+    }
+
+    /// Runs the server side of the TLS handshake, within the head deadline.
+    fn accept_tls(tcp: TcpStream, ctx: &Ctx) -> io::Result<Wire> {
+        let Some(identity) = &ctx.options.tls else {
+            return Ok(Wire::Plain(tcp));
+        };
+        let session = identity
+            .session()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut s = rustls::StreamOwned::new(session, tcp);
+        let deadline = Instant::now() + ctx.options.head_timeout;
+        while s.conn.is_handshaking() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            s.sock.set_read_timeout(Some(left))?;
+            s.conn.complete_io(&mut s.sock)?;
+        }
+        Ok(Wire::Tls(Box::new(s)))
+    }
+
+    /// Sends `len` bytes of `file` from `offset`: sendfile(2) on plain TCP, read and encrypt
+    /// over TLS.
+    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+        match self {
+            Wire::Plain(s) => send_file(s, file, offset, len),
+            Wire::Tls(s) => {
+                use std::os::unix::fs::FileExt;
+                let mut chunk = vec![0u8; 256 << 10];
+                let (mut pos, end) = (offset, offset + len);
+                while pos < end {
+                    let want = ((end - pos) as usize).min(chunk.len());
+                    let n = file.read_at(&mut chunk[..want], pos)?;
+                    if n == 0 {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "file shorter than the catalog says",
+                        ));
+                    }
+                    s.write_all(&chunk[..n])?;
+                    pos += n as u64;
+                }
+                s.flush()
+            }
+        }
+    }
+
+    /// Ends the sending side: close_notify over TLS, then a TCP half-close.
+    fn shutdown_write(&mut self) {
+        if let Wire::Tls(s) = self {
+            s.conn.send_close_notify();
+            let _ = s.flush();
+        }
+        let _ = self.tcp().shutdown(Shutdown::Write);
+    }
+}
+
+impl Read for Wire {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Wire {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            Wire::Tls(s) => s.flush(),
+        }
+    }
 }
 
 /// The parts of a request head this server uses, copied out of the read buffer.
@@ -133,12 +235,19 @@ fn parse_head(buf: &[u8]) -> Parsed {
 }
 
 /// Serves requests on `stream` until it closes or fails.
-pub(crate) fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: &Ctx) {
-    let _ = stream.set_nodelay(true);
-    if let Err(e) = stream.set_write_timeout(Some(ctx.options.write_timeout)) {
+pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
+    let _ = tcp.set_nodelay(true);
+    if let Err(e) = tcp.set_write_timeout(Some(ctx.options.write_timeout)) {
         tracing::debug!(%peer, error = %e, "cannot set a send timeout; closing");
         return;
     }
+    let mut stream = match Wire::accept_tls(tcp, ctx) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed; closing");
+            return;
+        }
+    };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let head = match read_head(&mut stream, &mut buf, ctx.options.head_timeout) {
@@ -193,11 +302,7 @@ pub(crate) fn serve_connection(mut stream: TcpStream, peer: SocketAddr, ctx: &Ct
 
 /// Reads until `buf` holds a complete head. `Ok(None)`: the client closed or idled out between
 /// requests; `Err(status)`: answer that status and close.
-fn read_head(
-    stream: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    timeout: Duration,
-) -> Result<Option<Head>, u16> {
+fn read_head(stream: &mut Wire, buf: &mut Vec<u8>, timeout: Duration) -> Result<Option<Head>, u16> {
     let deadline = Instant::now() + timeout;
     let mut chunk = [0u8; 4096];
     loop {
@@ -213,7 +318,7 @@ fn read_head(
         if left.is_zero() {
             return if buf.is_empty() { Ok(None) } else { Err(408) };
         }
-        if stream.set_read_timeout(Some(left)).is_err() {
+        if stream.tcp().set_read_timeout(Some(left)).is_err() {
             return Ok(None);
         }
         let room = (MAX_HEAD + 1 - buf.len()).min(chunk.len());
@@ -238,14 +343,14 @@ fn read_head(
 /// client still sends (at most 1 MiB, for at most 2 s) until it closes. Closing a socket with
 /// unread input resets the connection, and a reset can destroy the answer before the client has
 /// read it (what nginx's `lingering_close` avoids).
-fn linger_close(stream: &mut TcpStream) {
-    let _ = stream.shutdown(Shutdown::Write);
+fn linger_close(stream: &mut Wire) {
+    stream.shutdown_write();
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut sink = [0u8; 4096];
     let mut total = 0usize;
     while total < (1 << 20) {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+        if left.is_zero() || stream.tcp().set_read_timeout(Some(left)).is_err() {
             return;
         }
         match stream.read(&mut sink) {
@@ -293,12 +398,7 @@ fn http_date() -> String {
     )
 }
 
-fn write_response(
-    stream: &mut TcpStream,
-    r: Response,
-    head_only: bool,
-    close: bool,
-) -> io::Result<()> {
+fn write_response(stream: &mut Wire, r: Response, head_only: bool, close: bool) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
     head.push_str(&format!(
         "Content-Length: {}\r\nDate: {}\r\nServer: ferry/{}\r\nConnection: {}\r\n",
@@ -320,14 +420,15 @@ fn write_response(
             if !head_only {
                 all.extend_from_slice(&bytes);
             }
-            stream.write_all(&all)
+            stream.write_all(&all)?;
+            stream.flush()
         }
         Body::File { file, offset, len } => {
             stream.write_all(head.as_bytes())?;
             if head_only {
-                return Ok(());
+                return stream.flush();
             }
-            send_file(stream, &file, offset, len)
+            stream.send_file(&file, offset, len)
         }
     }
 }

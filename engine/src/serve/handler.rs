@@ -360,7 +360,8 @@ fn tree(
         r.headers.push((
             "Link",
             format!(
-                "<http://{host}/api/{}/{}/tree/{}{sub}?recursive={recursive}&expand={expand}&cursor={}>; rel=\"next\"",
+                "<{}://{host}/api/{}/{}/tree/{}{sub}?recursive={recursive}&expand={expand}&cursor={}>; rel=\"next\"",
+                if ctx.options.tls.is_some() { "https" } else { "http" },
                 repo.kind.plural(),
                 repo.id,
                 encode_segment(rev),

@@ -37,7 +37,10 @@
 //! capped at 16 KiB and 64 header fields (431), a deadline on reading each head (slow clients are
 //! dropped), a send timeout on bodies, and file bodies sent with sendfile(2).
 //!
-//! What it does not do: TLS, authentication, redirects to a CDN, uploads or any write method,
+//! With [`ServeOptions::tls`] it serves HTTPS instead (rustls in user space, see [`TlsIdentity`]);
+//! file bodies are then read and encrypted rather than sent with sendfile(2).
+//!
+//! What it does not do: kTLS, authentication, redirects to a CDN, uploads or any write method,
 //! Xet, conditional requests other than `If-Range`, and watching the root for changes.
 
 mod catalog;
@@ -45,6 +48,9 @@ mod conn;
 mod handler;
 mod range;
 mod route;
+mod tls;
+
+pub use tls::TlsIdentity;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -70,6 +76,8 @@ pub struct ServeOptions {
     pub head_timeout: Duration,
     /// How long one send may block on a client that does not read (default 60 s).
     pub write_timeout: Duration,
+    /// Serve HTTPS with this certificate instead of plain HTTP.
+    pub tls: Option<TlsIdentity>,
 }
 
 impl Default for ServeOptions {
@@ -79,6 +87,7 @@ impl Default for ServeOptions {
             max_connections: 256,
             head_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(60),
+            tls: None,
         }
     }
 }
@@ -101,6 +110,12 @@ pub enum ServeError {
         /// What failed.
         #[source]
         source: std::io::Error,
+    },
+    /// The certificate or key for HTTPS cannot be used.
+    #[error("TLS certificate: {detail}")]
+    Tls {
+        /// Which file and why.
+        detail: String,
     },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}")]
@@ -238,7 +253,7 @@ impl Server {
         // Only this thread increments, so a load-then-add cannot overshoot the cap.
         if ctx.active.load(Ordering::Acquire) >= ctx.options.max_connections {
             tracing::warn!(%peer, "connection cap reached; answering 503");
-            conn::reject_busy(stream);
+            conn::reject_busy(stream, ctx.options.tls.is_some());
             return;
         }
         ctx.active.fetch_add(1, Ordering::AcqRel);

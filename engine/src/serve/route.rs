@@ -22,7 +22,10 @@ pub(crate) enum Target<'a> {
 /// Splits a request target into its route and its query (without `?`). Absolute-form targets
 /// (`http://host/path`) are reduced to their path. `None`: not a target this server knows.
 pub(crate) fn parse_target(target: &str) -> Option<(Target<'_>, &str)> {
-    let target = match target.strip_prefix("http://") {
+    let target = match target
+        .strip_prefix("http://")
+        .or_else(|| target.strip_prefix("https://"))
+    {
         Some(rest) => &rest[rest.find('/')?..],
         None => target,
     };
