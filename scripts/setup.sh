@@ -6,6 +6,7 @@
 #   util-linux   setpriv, to run a test as an unprivileged user
 #   curl, time   the peer and the CPU/RSS meter of the benchmark harness
 #   openssl      the demo's seeded data generator
+#   tinyproxy, microsocks   the real HTTP CONNECT and SOCKS5 proxies the proxy tests start
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
 # hf_transfer (PyPI).
@@ -20,6 +21,8 @@ command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+[ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
+[ -x /usr/bin/microsocks ] || need+=(microsocks)
 if [ "${1:-}" = "--bench" ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)
   command -v aria2c >/dev/null 2>&1 || need+=(aria2)

@@ -25,6 +25,12 @@ pub enum StartError {
         /// What failed.
         reason: String,
     },
+    /// The proxy setting (`--proxy` or the environment) cannot be used.
+    #[error("{detail}")]
+    Proxy {
+        /// Which setting and why (credentials never shown).
+        detail: String,
+    },
     /// A worker thread or its runtime could not be created.
     #[error("cannot start worker {worker}: {source}")]
     Worker {
@@ -125,6 +131,12 @@ pub enum GetError {
         /// The peer address.
         addr: String,
         /// Which host and why (`TLS with example.org failed: its certificate has expired`).
+        detail: String,
+    },
+    /// The proxy refused the tunnel, wanted other credentials, or broke its protocol.
+    #[error("{detail}")]
+    Proxy {
+        /// Which proxy (credentials never shown) and why.
         detail: String,
     },
     /// The trust settings cannot be used (a CA file that is missing or holds no certificate).
@@ -286,6 +298,7 @@ impl GetError {
             GetError::Resolve { .. }
             | GetError::Connect { .. }
             | GetError::Tls { .. }
+            | GetError::Proxy { .. }
             | GetError::Network { .. }
             | GetError::Status { .. }
             | GetError::ContentRangeMismatch { .. }

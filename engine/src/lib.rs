@@ -119,6 +119,9 @@ pub struct Config {
     /// PEM files of CA certificates to trust for `https://`, besides Mozilla's roots, the
     /// system store, and the files `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE` name.
     pub ca_files: Vec<PathBuf>,
+    /// The proxy for every URL (`http://`, `socks5://` or `socks5h://`, credentials allowed);
+    /// without it `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY` apply. `NO_PROXY` applies to both.
+    pub proxy: Option<String>,
 }
 
 impl Default for Config {
@@ -134,6 +137,7 @@ impl Default for Config {
             sink: None,
             placement_dir: None,
             ca_files: Vec::new(),
+            proxy: None,
         }
     }
 }
@@ -148,8 +152,8 @@ pub struct Engine {
     /// The sink chosen per filesystem (by device number): the O_DIRECT probe writes a file, so
     /// it runs once per filesystem, not once per download or directory.
     sinks: std::sync::Mutex<std::collections::HashMap<u64, SinkChoice>>,
-    /// Trust for `https://`, built on first use.
-    tls: net::tls::TlsClient,
+    /// Trust for `https://` (built on first use) and the proxy settings.
+    dialer: net::Dialer,
 }
 
 impl Engine {
@@ -159,6 +163,8 @@ impl Engine {
     /// back-end and the reason is logged once (and kept in [`Engine::selection`]); with
     /// [`BackendKind::Uring`] it is an error.
     pub fn new(config: Config) -> Result<Engine, StartError> {
+        let proxies = net::proxy::Proxies::from_env(config.proxy.as_deref())
+            .map_err(|detail| StartError::Proxy { detail })?;
         let mut selection = backend::select(config.backend, config.safe_mode)?;
         let cpus = runtime::default_cpus(config.placement_dir.as_deref());
         let threads = config.threads.unwrap_or(cpus.len()).max(1);
@@ -216,13 +222,16 @@ impl Engine {
                 w.pin_error.as_deref().unwrap_or("")
             );
         }
-        let tls = net::tls::TlsClient::new(&config.ca_files);
+        let dialer = net::Dialer {
+            tls: net::tls::TlsClient::new(&config.ca_files),
+            proxies: Arc::new(proxies),
+        };
         Ok(Engine {
             config,
             selection,
             workers,
             sinks: Default::default(),
-            tls,
+            dialer,
         })
     }
 
@@ -231,9 +240,9 @@ impl Engine {
         &self.selection
     }
 
-    /// The trust `https://` connections verify with.
-    pub(crate) fn tls(&self) -> &net::tls::TlsClient {
-        &self.tls
+    /// The trust and proxies connections are made with.
+    pub(crate) fn dialer(&self) -> &net::Dialer {
+        &self.dialer
     }
 
     /// The workers, with their CPUs and whether pinning held.
@@ -318,7 +327,7 @@ impl Engine {
         if items.is_empty() {
             return Err(GetError::NothingToDo);
         }
-        let mut resolved = get::Resolved::new(self.tls.clone());
+        let mut resolved = get::Resolved::new(self.dialer.clone());
         let mut outputs = std::collections::HashSet::new();
         let mut dirs_ok = std::collections::HashSet::new();
         let cwd = std::env::current_dir().ok();

@@ -9,6 +9,7 @@
 pub mod data;
 pub mod hub;
 pub mod nginx;
+pub mod proxies;
 pub mod proxy;
 pub mod tls;
 

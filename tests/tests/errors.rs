@@ -48,9 +48,9 @@ fn bad_input_is_one_clear_line() {
             ("not a url", &out, "invalid URL"),
             ("ftp://127.0.0.1/x", &out, "unsupported URL scheme \"ftp\""),
             (
-                "https://127.0.0.1/x",
+                "gopher://127.0.0.1/x",
                 &out,
-                "unsupported URL scheme \"https\"",
+                "unsupported URL scheme \"gopher\"",
             ),
             (
                 "http://127.0.0.1:1/x",

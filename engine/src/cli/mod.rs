@@ -67,6 +67,10 @@ pub(crate) struct Global {
     /// (repeatable; SSL_CERT_FILE and REQUESTS_CA_BUNDLE are also read).
     #[arg(long, global = true, value_name = "PEM")]
     pub ca_file: Vec<PathBuf>,
+    /// Proxy for every URL: http://, socks5:// or socks5h://, with user:password@ if needed
+    /// (default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY; NO_PROXY applies to both).
+    #[arg(long, global = true, value_name = "URL")]
+    pub proxy: Option<String>,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -96,6 +100,7 @@ impl Global {
         config.threads = self.threads.map(|t| t as usize);
         config.placement_dir = placement_dir;
         config.ca_files = self.ca_file.clone();
+        config.proxy = self.proxy.clone();
         config
     }
 }
@@ -155,6 +160,7 @@ pub(crate) fn fail(err: &dyn std::error::Error, code: u8) -> u8 {
 pub(crate) fn start_error_code(e: &StartError) -> u8 {
     match e {
         StartError::UringUnavailable { .. } | StartError::UringBroken { .. } => exit::BACKEND,
+        StartError::Proxy { .. } => exit::USAGE,
         _ => exit::INTERNAL,
     }
 }

@@ -83,6 +83,8 @@ pub(super) struct Conn {
     addr: SocketAddr,
     /// The TLS server name this connection verified, for `https://`.
     tls_host: Option<String>,
+    /// Through which proxy, if any.
+    route: crate::net::Route,
     /// Bytes read past the last head, not yet consumed.
     pending: Vec<u8>,
     /// True once a request has completed on this connection (a closed idle connection is then
@@ -97,13 +99,14 @@ pub(super) struct Conn {
 impl Conn {
     pub async fn open(target: &Target) -> Result<Conn, GetError> {
         let addrs = &target.addrs;
-        let tls = target.tls_host.as_deref().map(|h| (&target.tls, h));
-        let stream = crate::net::open(addrs, tls).await?;
+        let tls = target.tls_host.as_deref().map(|h| (&target.dialer.tls, h));
+        let stream = crate::net::open(addrs, &target.route, tls).await?;
         let addr = stream.tcp().peer_addr().unwrap_or(addrs[0]);
         Ok(Conn {
             stream,
             addr,
             tls_host: target.tls_host.clone(),
+            route: target.route.clone(),
             pending: Vec::with_capacity(HEAD_READ),
             reused: false,
             reusable: true,
@@ -118,7 +121,10 @@ impl Conn {
     /// True when this connection goes to `target` (one of its addresses, and over TLS with its
     /// host name when it is `https://`) and can take another request.
     pub fn serves(&self, target: &Target) -> bool {
-        self.reusable && target.addrs.contains(&self.addr) && self.tls_host == target.tls_host
+        self.reusable
+            && target.addrs.contains(&self.addr)
+            && self.tls_host == target.tls_host
+            && self.route == target.route
     }
 
     fn net_err(&self, op: &'static str, source: std::io::Error) -> GetError {
@@ -141,6 +147,7 @@ impl Conn {
             &target.host_header,
             range,
             target.authorization.as_ref().map(|a| a.expose()),
+            target.proxy_authorization.as_ref().map(|a| a.expose()),
         );
         if self.reused {
             match self.try_request(target, req.clone()).await {

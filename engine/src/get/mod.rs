@@ -51,7 +51,8 @@ use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::journal::Journal;
-use crate::net::tls::TlsClient;
+use crate::net::proxy::Dest;
+use crate::net::{Dialer, Route};
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
 use crate::verify::{Checksum, HashStats, Verifier, Window};
 use crate::{HashReport, Report, UNKNOWN_TOTAL};
@@ -74,15 +75,26 @@ const MAX_REDIRECTS: usize = 10;
 #[derive(Debug, Default)]
 pub(crate) struct Resolved {
     addrs: HashMap<(String, u16), Vec<SocketAddr>>,
-    tls: TlsClient,
+    dialer: Dialer,
 }
 
 impl Resolved {
-    pub fn new(tls: TlsClient) -> Resolved {
+    pub fn new(dialer: Dialer) -> Resolved {
         Resolved {
             addrs: HashMap::new(),
-            tls,
+            dialer,
         }
+    }
+
+    /// The addresses of `host:port`, resolved once.
+    fn lookup(&mut self, host: &str, port: u16) -> Result<Vec<SocketAddr>, GetError> {
+        let key = (host.to_owned(), port);
+        if let Some(a) = self.addrs.get(&key) {
+            return Ok(a.clone());
+        }
+        let a = crate::net::resolve(host, port)?;
+        self.addrs.insert(key, a.clone());
+        Ok(a)
     }
 }
 
@@ -99,8 +111,12 @@ pub(crate) struct Target {
     pub authorization: Option<Secret>,
     /// For `https://`: the host name the certificate must be valid for (also sent as SNI).
     pub tls_host: Option<String>,
-    /// The trust connections to this target verify with.
-    pub tls: TlsClient,
+    /// Through a proxy or not; `addrs` are the proxy's when it is.
+    pub route: Route,
+    /// The `Proxy-Authorization` value, sent on each request to a forwarding HTTP proxy.
+    pub proxy_authorization: Option<Secret>,
+    /// The trust and proxies connections to this target (and its redirects) use.
+    pub dialer: Dialer,
 }
 
 /// A credential (an `Authorization` header value): its `Debug` never shows it.
@@ -156,18 +172,36 @@ impl Target {
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs = match resolved.addrs.get(&(bare_host.to_owned(), port)) {
-            Some(a) => a.clone(),
-            None => {
-                let a = crate::net::resolve(bare_host, port)?;
-                resolved
-                    .addrs
-                    .insert((bare_host.to_owned(), port), a.clone());
-                a
+        let (host_header, mut request_target) = crate::http1::host_and_target(&url);
+        let mut proxy_authorization = None;
+        let (addrs, route) = match resolved
+            .dialer
+            .proxies
+            .for_url(url.scheme(), bare_host, port)
+        {
+            None => (resolved.lookup(bare_host, port)?, Route::Direct),
+            Some(proxy) => {
+                let proxy_addrs = resolved.lookup(&proxy.host, proxy.port)?;
+                let route = if !https && proxy.kind == crate::net::proxy::ProxyKind::Http {
+                    // An HTTP proxy forwards plain requests itself (many refuse CONNECT to
+                    // ports other than 443).
+                    let mut absolute = url.clone();
+                    absolute.set_fragment(None);
+                    request_target = absolute.to_string();
+                    proxy_authorization = proxy.authorization().map(|a| Secret(a.into()));
+                    Route::Forward { proxy }
+                } else {
+                    let dest = if proxy.resolves_locally() {
+                        Dest::Addr(resolved.lookup(bare_host, port)?[0])
+                    } else {
+                        Dest::Name(bare_host.to_owned(), port)
+                    };
+                    Route::Tunnel { proxy, dest }
+                };
+                (proxy_addrs, route)
             }
         };
         let tls_host = https.then(|| bare_host.to_owned());
-        let (host_header, request_target) = crate::http1::host_and_target(&url);
         Ok(Target {
             url,
             display,
@@ -176,7 +210,9 @@ impl Target {
             request_target,
             authorization: None,
             tls_host,
-            tls: resolved.tls.clone(),
+            route,
+            proxy_authorization,
+            dialer: resolved.dialer.clone(),
         })
     }
 }
@@ -664,7 +700,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
         _ => Conn::open(&target).await?,
     };
     let mut redirects = 0;
-    let mut resolved = Resolved::new(target.tls.clone());
+    let mut resolved = Resolved::new(target.dialer.clone());
     let head = loop {
         let head = conn.request(&target, Some(first.clone())).await?;
         if !crate::http1::is_redirect(head.status) {
@@ -673,7 +709,9 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
         redirects += 1;
         let next = redirect_target(&target, &head, redirects, &mut resolved)?;
         let framing = framing_of(&target, &head)?;
-        let same_host = next.addrs == target.addrs && next.tls_host == target.tls_host;
+        let same_host = next.addrs == target.addrs
+            && next.tls_host == target.tls_host
+            && next.route == target.route;
         if same_host && conn.is_reusable() {
             conn.discard_body(framing).await;
         }

@@ -206,6 +206,7 @@ pub(crate) fn get_request(
     host: &str,
     range: Option<Range<u64>>,
     authorization: Option<&str>,
+    proxy_authorization: Option<&str>,
 ) -> Vec<u8> {
     let mut req = format!(
         "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry/{}\r\nAccept: */*\r\nAccept-Encoding: identity\r\n",
@@ -213,6 +214,9 @@ pub(crate) fn get_request(
     );
     if let Some(auth) = authorization {
         req.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    if let Some(auth) = proxy_authorization {
+        req.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
     }
     if let Some(r) = range {
         debug_assert!(r.start < r.end, "empty ranges are never requested");
@@ -311,8 +315,8 @@ mod tests {
 
     #[test]
     fn writes_ranged_gets() {
-        let req =
-            String::from_utf8(get_request("/f?x=1", "h:8080", Some(10..20), None)).expect("utf8");
+        let req = String::from_utf8(get_request("/f?x=1", "h:8080", Some(10..20), None, None))
+            .expect("utf8");
         assert!(req.starts_with("GET /f?x=1 HTTP/1.1\r\nHost: h:8080\r\n"));
         assert!(req.contains("\r\nRange: bytes=10-19\r\n"));
         assert!(req.ends_with("\r\n\r\n"));

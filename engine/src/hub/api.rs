@@ -7,12 +7,14 @@
 //! 504, with exponential backoff and full jitter, a bounded number of times. Everything else
 //! fails at once with the Hub's own error code mapped to a [`HubError`]. File bytes never go
 //! through here. `https://` endpoints verify their certificate with the engine's trust
-//! ([`TlsClient`]); a certificate that does not verify fails at once, naming the host. Proxies
-//! are not handled yet.
+//! ([`TlsClient`](crate::net::tls::TlsClient)); a certificate that does not verify fails at
+//! once, naming the host. Proxies are the engine's ([`crate::net::proxy`]): a tunnel, or
+//! absolute-form requests to an HTTP proxy for `http://`.
 
 use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
@@ -20,7 +22,9 @@ use url::Url;
 use super::error::HubError;
 use crate::get::Secret;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
-use crate::net::tls::{HandshakeError, TlsClient};
+use crate::net::Dialer;
+use crate::net::proxy::{Dest, Handshake, ProxyKind};
+use crate::net::tls::HandshakeError;
 
 /// Attempts per request (the first and the retries).
 const ATTEMPTS: u32 = 6;
@@ -46,7 +50,7 @@ pub(crate) struct Answer {
 pub(crate) struct Api {
     endpoint: Url,
     authorization: Option<Secret>,
-    tls: TlsClient,
+    dialer: Dialer,
 }
 
 /// A connection of the API client: plain, or TLS over it.
@@ -87,11 +91,11 @@ enum Attempt {
 }
 
 impl Api {
-    pub fn new(endpoint: Url, authorization: Option<Secret>, tls: TlsClient) -> Api {
+    pub fn new(endpoint: Url, authorization: Option<Secret>, dialer: Dialer) -> Api {
         Api {
             endpoint,
             authorization,
-            tls,
+            dialer,
         }
     }
 
@@ -153,7 +157,7 @@ impl Api {
                 .authorization
                 .as_ref()
                 .filter(|_| url.origin() == self.endpoint.origin());
-            let answer = request(&url, auth.map(Secret::expose), &self.tls)?;
+            let answer = request(&url, auth.map(Secret::expose), &self.dialer)?;
             if !http1::is_redirect(answer.head.status) {
                 return Ok(answer);
             }
@@ -244,7 +248,7 @@ pub(crate) fn error_message(answer: &Answer) -> Option<String> {
 }
 
 /// One request on a fresh connection (the API needs few; the data plane keeps connections).
-fn request(url: &Url, authorization: Option<&str>, tls: &TlsClient) -> Result<Answer, Attempt> {
+fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<Answer, Attempt> {
     let retry = |why: String| Attempt::Retry { why, wait: None };
     let fail = |detail: String| {
         Attempt::Fail(HubError::Remote {
@@ -267,13 +271,38 @@ fn request(url: &Url, authorization: Option<&str>, tls: &TlsClient) -> Result<An
         .to_owned();
     let port = url.port_or_known_default().unwrap_or(80);
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let addrs: Vec<SocketAddr> = match (bare, port).to_socket_addrs() {
-        Ok(a) => a.collect(),
-        Err(e) => return Err(retry(format!("cannot resolve {bare}: {e}"))),
+    let lookup = |h: &str, p: u16| -> Result<Vec<SocketAddr>, Attempt> {
+        match (h, p).to_socket_addrs() {
+            Ok(a) => Ok(a.collect()),
+            Err(e) => Err(retry(format!("cannot resolve {h}: {e}"))),
+        }
     };
-    let tcp = connect(&addrs).map_err(|e| retry(format!("connect: {e}")))?;
+    let proxy = dialer.proxies.for_url(url.scheme(), bare, port);
+    let (host_header, mut target) = http1::host_and_target(url);
+    let mut proxy_authorization = None;
+    let tcp = match &proxy {
+        None => connect(&lookup(bare, port)?).map_err(|e| retry(format!("connect: {e}")))?,
+        Some(p) => {
+            let mut tcp = connect(&lookup(&p.host, p.port)?)
+                .map_err(|e| retry(format!("connect to proxy {p}: {e}")))?;
+            if !https && p.kind == ProxyKind::Http {
+                let mut absolute = url.clone();
+                absolute.set_fragment(None);
+                target = absolute.to_string();
+                proxy_authorization = p.authorization();
+            } else {
+                let dest = if p.resolves_locally() {
+                    Dest::Addr(lookup(bare, port)?[0])
+                } else {
+                    Dest::Name(bare.to_owned(), port)
+                };
+                tunnel(&mut tcp, Handshake::new(Arc::clone(p), dest))?;
+            }
+            tcp
+        }
+    };
     let mut stream = if https {
-        match tls.connect_blocking(bare, tcp) {
+        match dialer.tls.connect_blocking(bare, tcp) {
             Ok(s) => Wire::Tls(Box::new(s)),
             Err(HandshakeError::Setup(e)) => return Err(Attempt::Fail(HubError::Usage(e))),
             Err(HandshakeError::Tls(e)) => return Err(Attempt::Fail(HubError::Tls(e))),
@@ -282,8 +311,13 @@ fn request(url: &Url, authorization: Option<&str>, tls: &TlsClient) -> Result<An
     } else {
         Wire::Plain(tcp)
     };
-    let (host_header, target) = http1::host_and_target(url);
-    let mut req = http1::get_request(&target, &host_header, None, authorization);
+    let mut req = http1::get_request(
+        &target,
+        &host_header,
+        None,
+        authorization,
+        proxy_authorization.as_deref(),
+    );
     // One request per connection: say so, so the server closes after the answer.
     let at = req.len() - 2;
     req.splice(at..at, b"Connection: close\r\n".iter().copied());
@@ -376,6 +410,38 @@ fn read_some(stream: &mut Wire, buf: &mut Vec<u8>) -> std::io::Result<usize> {
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Opens a tunnel through a proxy on `tcp` (blocking). A refusal fails at once; a broken
+/// connection is retried.
+fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), Attempt> {
+    let io = |e: std::io::Error| Attempt::Retry {
+        why: format!("proxy handshake: {e}"),
+        wait: None,
+    };
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 1024];
+    loop {
+        let out = hs.take_output();
+        tcp.write_all(&out).map_err(io)?;
+        if hs.is_done() {
+            return Ok(());
+        }
+        match hs.feed(&buf) {
+            Ok(Some(n)) => {
+                buf.drain(..n);
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => return Err(Attempt::Fail(HubError::Proxy(e.0))),
+        }
+        match tcp.read(&mut chunk) {
+            Ok(0) => return Err(io(std::io::ErrorKind::UnexpectedEof.into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
         }
     }
 }

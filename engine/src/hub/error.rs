@@ -106,6 +106,9 @@ pub enum HubError {
     /// The endpoint's certificate did not verify, or TLS failed (never retried).
     #[error("{0}")]
     Tls(String),
+    /// The proxy refused or broke the tunnel (never retried).
+    #[error("{0}")]
+    Proxy(String),
     /// A local file operation failed.
     #[error("{op} {}: {source}", path.display())]
     Io {

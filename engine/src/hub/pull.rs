@@ -156,7 +156,7 @@ impl<'e> Pull<'e> {
         let api = Api::new(
             options.endpoint.clone(),
             options.authorization.clone(),
-            engine.tls().clone(),
+            engine.dialer().clone(),
         );
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
         let commit = resolve_revision(&api, &options)?;

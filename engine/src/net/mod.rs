@@ -1,17 +1,39 @@
 //! Connecting: resolve a host once per job, then open TCP connections on the calling worker's
-//! runtime, trying each address in turn, and run TLS over them for `https://` ([`tls`]).
-//! Proxies and Happy Eyeballs are not here yet.
+//! runtime, trying each address in turn; through a proxy when one applies ([`proxy`]: a
+//! `CONNECT` or SOCKS5 tunnel, or absolute-form requests to an HTTP proxy), and TLS over that
+//! for `https://` ([`tls`]). Happy Eyeballs is not here yet.
 
+pub(crate) mod proxy;
 pub(crate) mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use compio::BufResult;
-use compio::buf::IoBufMut;
+use compio::buf::{IoBuf, IoBufMut};
 use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 
+use self::proxy::{Dest, Handshake, Proxies, Proxy};
 use crate::error::GetError;
+
+/// What connections are made with: the TLS trust and the proxy settings. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Dialer {
+    pub tls: tls::TlsClient,
+    pub proxies: Arc<Proxies>,
+}
+
+/// How a connection reaches its origin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Straight to the origin's addresses.
+    Direct,
+    /// To a proxy, which opens a tunnel to `dest` (`CONNECT` or SOCKS5); then as if direct.
+    Tunnel { proxy: Arc<Proxy>, dest: Dest },
+    /// To an HTTP proxy, asked for absolute URLs (plain `http://` targets).
+    Forward { proxy: Arc<Proxy> },
+}
 
 /// A connection to a server: plain TCP, or TLS over it.
 #[derive(Debug)]
@@ -54,18 +76,42 @@ impl Stream {
     }
 }
 
-/// Connects to the first of `addrs` that accepts, then runs TLS with `tls_host` when given.
+/// Connects to the first of `addrs` that accepts, opens the tunnel `route` asks for, then runs
+/// TLS with `tls_host` when given.
 pub(crate) async fn open(
     addrs: &[SocketAddr],
+    route: &Route,
     tls: Option<(&tls::TlsClient, &str)>,
 ) -> Result<Stream, GetError> {
-    let tcp = connect(addrs).await?;
-    let Some((client, host)) = tls else {
-        return Ok(Stream::Plain(tcp));
+    let mut tcp = match (connect(addrs).await, route) {
+        (Ok(tcp), _) => tcp,
+        (Err(GetError::Connect { addr, source }), Route::Tunnel { proxy, .. })
+        | (Err(GetError::Connect { addr, source }), Route::Forward { proxy }) => {
+            return Err(GetError::Connect {
+                addr: format!("{addr} (proxy {proxy})"),
+                source,
+            });
+        }
+        (Err(e), _) => return Err(e),
     };
     let addr = tcp
         .peer_addr()
         .map_or_else(|_| addrs[0].to_string(), |a| a.to_string());
+    if let Route::Tunnel { proxy, dest } = route {
+        tunnel(&mut tcp, Handshake::new(Arc::clone(proxy), dest.clone()))
+            .await
+            .map_err(|e| match e {
+                TunnelError::Proxy(detail) => GetError::Proxy { detail },
+                TunnelError::Io(source) => GetError::Network {
+                    addr: format!("{addr} (proxy {proxy})"),
+                    op: "open a tunnel",
+                    source,
+                },
+            })?;
+    }
+    let Some((client, host)) = tls else {
+        return Ok(Stream::Plain(tcp));
+    };
     match tls::TlsStream::connect(client, host, tcp).await {
         Ok(s) => Ok(Stream::Tls(Box::new(s))),
         Err(tls::HandshakeError::Setup(detail)) => Err(GetError::TlsSetup { detail }),
@@ -94,6 +140,46 @@ pub(crate) fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, GetError
         });
     }
     Ok(addrs)
+}
+
+/// Why a tunnel could not be opened.
+enum TunnelError {
+    Proxy(String),
+    Io(std::io::Error),
+}
+
+/// Runs a proxy handshake on `tcp`. Bytes after the proxy's last reply would belong to the
+/// origin, which has not been spoken to yet: a proxy that sends some is refused.
+async fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), TunnelError> {
+    let mut buf: Vec<u8> = Vec::with_capacity(1024);
+    loop {
+        let out = hs.take_output();
+        if !out.is_empty() {
+            let BufResult(r, _) = tcp.write_all(out).await;
+            r.map_err(TunnelError::Io)?;
+        }
+        if hs.is_done() {
+            if !buf.is_empty() {
+                return Err(TunnelError::Proxy(
+                    "the proxy sent data before the tunnel was used".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if let Some(n) = hs.feed(&buf).map_err(|e| TunnelError::Proxy(e.0))? {
+            buf.drain(..n);
+            continue;
+        }
+        let len = buf.len();
+        buf.reserve(1024);
+        let BufResult(r, slice) = tcp.read(buf.slice(len..len + 1024)).await;
+        buf = compio::buf::IntoInner::into_inner(slice);
+        if r.map_err(TunnelError::Io)? == 0 {
+            return Err(TunnelError::Proxy(
+                "the proxy closed the connection during the handshake".into(),
+            ));
+        }
+    }
 }
 
 /// Connects to the first address that accepts.
