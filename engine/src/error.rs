@@ -168,6 +168,9 @@ pub enum GetError {
         status: u16,
         /// The reason phrase.
         reason: String,
+        /// How long the server asked to wait before asking again (`Retry-After`, or the
+        /// `RateLimit` reset of a 429), when it did.
+        retry_after: Option<std::time::Duration>,
     },
     /// The server's `Content-Range` is not the range asked for.
     #[error(

@@ -54,6 +54,7 @@ pub mod hub;
 mod journal;
 mod net;
 mod plan;
+mod retry;
 mod runtime;
 pub mod serve;
 mod verify;
@@ -122,6 +123,11 @@ pub struct Config {
     /// The proxy for every URL (`http://`, `socks5://` or `socks5h://`, credentials allowed);
     /// without it `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY` apply. `NO_PROXY` applies to both.
     pub proxy: Option<String>,
+    /// How long one TCP connect attempt may take (default 10 s).
+    pub connect_timeout: Duration,
+    /// How long a read may bring no byte before the stall watchdog drops the connection and
+    /// the range is fetched again (default 30 s).
+    pub read_timeout: Duration,
 }
 
 impl Default for Config {
@@ -138,6 +144,8 @@ impl Default for Config {
             placement_dir: None,
             ca_files: Vec::new(),
             proxy: None,
+            connect_timeout: net::Timeouts::default().connect,
+            read_timeout: net::Timeouts::default().read,
         }
     }
 }
@@ -225,6 +233,10 @@ impl Engine {
         let dialer = net::Dialer {
             tls: net::tls::TlsClient::new(&config.ca_files),
             proxies: Arc::new(proxies),
+            timeouts: net::Timeouts {
+                connect: config.connect_timeout.max(Duration::from_millis(1)),
+                read: config.read_timeout.max(Duration::from_millis(1)),
+            },
         };
         Ok(Engine {
             config,

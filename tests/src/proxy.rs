@@ -43,6 +43,14 @@ pub enum Fault {
         /// Which response.
         nth: usize,
     },
+    /// For response number `nth`, forward only `keep` body bytes, then send nothing more while
+    /// keeping the connection open (for a minute): a stalled server.
+    Stall {
+        /// Which response.
+        nth: usize,
+        /// Body bytes to forward before stalling.
+        keep: u64,
+    },
     /// The first `times` requests whose request line contains `uri_contains` get a `503` with
     /// `Retry-After: 0`, without reaching the upstream.
     Unavailable {
@@ -196,6 +204,7 @@ fn serve(
             }
             Fault::TruncateBody { nth: n, keep } if n == nth => (text, keep.min(len)),
             Fault::TruncateAll { keep } => (text, keep.min(len)),
+            Fault::Stall { nth: n, keep } if n == nth => (text, keep.min(len)),
             _ => (text, len),
         };
         let mut flip = match fault {
@@ -223,6 +232,11 @@ fn serve(
             skip -= drop_n as u64;
             if left == 0 && skip == 0 {
                 break;
+            }
+            if left == 0 && keep < len && matches!(fault, Fault::Stall { nth: n, .. } if n == nth) {
+                // A stall: the connection stays open, silent.
+                std::thread::sleep(Duration::from_secs(60));
+                return Ok(());
             }
             if left == 0 && keep < len {
                 // Truncation: hang up mid-body.

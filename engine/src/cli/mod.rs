@@ -71,9 +71,25 @@ pub(crate) struct Global {
     /// (default: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY; NO_PROXY applies to both).
     #[arg(long, global = true, value_name = "URL")]
     pub proxy: Option<String>,
+    /// Seconds one TCP connect attempt may take.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 10.0, value_parser = parse_secs)]
+    pub connect_timeout: f64,
+    /// Seconds a read may bring no byte before the connection is dropped and its range fetched
+    /// again (the stall watchdog).
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
+    pub read_timeout: f64,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds (0 < SECS <= 86400)"
+        )),
+    }
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
@@ -101,6 +117,8 @@ impl Global {
         config.placement_dir = placement_dir;
         config.ca_files = self.ca_file.clone();
         config.proxy = self.proxy.clone();
+        config.connect_timeout = std::time::Duration::from_secs_f64(self.connect_timeout);
+        config.read_timeout = std::time::Duration::from_secs_f64(self.read_timeout);
         config
     }
 }

@@ -85,6 +85,8 @@ pub(super) struct Conn {
     tls_host: Option<String>,
     /// Through which proxy, if any.
     route: crate::net::Route,
+    /// The stall watchdog's limit on a read that brings nothing.
+    read_timeout: std::time::Duration,
     /// Bytes read past the last head, not yet consumed.
     pending: Vec<u8>,
     /// True once a request has completed on this connection (a closed idle connection is then
@@ -100,13 +102,15 @@ impl Conn {
     pub async fn open(target: &Target) -> Result<Conn, GetError> {
         let addrs = &target.addrs;
         let tls = target.tls_host.as_deref().map(|h| (&target.dialer.tls, h));
-        let stream = crate::net::open(addrs, &target.route, tls).await?;
+        let timeouts = target.dialer.timeouts;
+        let stream = crate::net::open(addrs, &target.route, tls, timeouts.connect).await?;
         let addr = stream.tcp().peer_addr().unwrap_or(addrs[0]);
         Ok(Conn {
             stream,
             addr,
             tls_host: target.tls_host.clone(),
             route: target.route.clone(),
+            read_timeout: timeouts.read,
             pending: Vec::with_capacity(HEAD_READ),
             reused: false,
             reusable: true,
@@ -223,7 +227,10 @@ impl Conn {
         let mut buf = std::mem::take(&mut self.pending);
         let len = buf.len();
         buf.reserve(HEAD_READ);
-        let BufResult(r, slice) = self.stream.read(buf.slice(len..len + HEAD_READ)).await;
+        let BufResult(r, slice) = self
+            .stream
+            .read_watched(buf.slice(len..len + HEAD_READ), self.read_timeout)
+            .await;
         self.pending = slice.into_inner();
         r
     }
@@ -293,7 +300,10 @@ impl Conn {
                 continue;
             }
             let filled = buf.bytes().len();
-            let BufResult(r, slice) = self.stream.read(buf.slice(filled..filled + allowed)).await;
+            let BufResult(r, slice) = self
+                .stream
+                .read_watched(buf.slice(filled..filled + allowed), self.read_timeout)
+                .await;
             buf = slice.into_inner();
             match r {
                 Ok(0) => {
@@ -453,7 +463,10 @@ impl Conn {
                 want = want.min((n - out.at) as usize);
             }
             let buf = out.buf.take().expect("stream buffer");
-            let BufResult(r, slice) = self.stream.read(buf.slice(filled..filled + want)).await;
+            let BufResult(r, slice) = self
+                .stream
+                .read_watched(buf.slice(filled..filled + want), self.read_timeout)
+                .await;
             out.buf = Some(slice.into_inner());
             match r {
                 Ok(0) => {

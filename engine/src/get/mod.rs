@@ -694,31 +694,32 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
         },
         _ => 0..first_len,
     };
-    let mut target = ctx.origin.clone();
-    let mut conn = match slot.take() {
-        Some(c) if c.serves(&target) => c,
-        _ => Conn::open(&target).await?,
-    };
-    let mut redirects = 0;
-    let mut resolved = Resolved::new(target.dialer.clone());
-    let head = loop {
-        let head = conn.request(&target, Some(first.clone())).await?;
-        if !crate::http1::is_redirect(head.status) {
-            break head;
+    // The first answer, retried as the table in `crate::retry` says.
+    let mut failures = 0;
+    let (conn, target, head) = loop {
+        match first_answer(ctx, slot, &first).await {
+            Ok(answer) => break answer,
+            // Nothing listens there: a wrong host or port, said at once rather than after
+            // minutes of retries. (Once bytes flowed, a refusal is retried: a server restarting.)
+            Err(e @ GetError::Connect { .. }) if is_refused(&e) => return Err(e),
+            Err(e) => {
+                let crate::retry::Verdict::Retry { wait } = crate::retry::for_error(&e) else {
+                    return Err(e);
+                };
+                failures += 1;
+                if failures > crate::plan::MAX_RETRIES {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    "{e}; asking again (retry {failures} of {})",
+                    crate::plan::MAX_RETRIES
+                );
+                ctx.retries.fetch_add(1, Ordering::Relaxed);
+                if !pause(failures, wait).await {
+                    return Err(e);
+                }
+            }
         }
-        redirects += 1;
-        let next = redirect_target(&target, &head, redirects, &mut resolved)?;
-        let framing = framing_of(&target, &head)?;
-        let same_host = next.addrs == target.addrs
-            && next.tls_host == target.tls_host
-            && next.route == target.route;
-        if same_host && conn.is_reusable() {
-            conn.discard_body(framing).await;
-        }
-        if !same_host || !conn.is_reusable() {
-            conn = Conn::open(&next).await?;
-        }
-        target = next;
     };
     // Ranges after a redirect go to the final URL.
     if target.url != ctx.origin.url {
@@ -789,6 +790,54 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
     }
 }
 
+fn is_refused(e: &GetError) -> bool {
+    matches!(e, GetError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Connects (or reuses the lane's connection), asks for `first` and follows redirects. A
+/// final status worth retrying comes back as an error, like a failed connection.
+async fn first_answer(
+    ctx: &Arc<Ctx>,
+    slot: &mut Option<Conn>,
+    first: &Range<u64>,
+) -> Result<(Conn, Target, ResponseHead), GetError> {
+    let mut target = ctx.origin.clone();
+    let mut conn = match slot.take() {
+        Some(c) if c.serves(&target) => c,
+        _ => Conn::open(&target).await?,
+    };
+    let mut redirects = 0;
+    let mut resolved = Resolved::new(target.dialer.clone());
+    let head = loop {
+        let head = conn.request(&target, Some(first.clone())).await?;
+        if !crate::http1::is_redirect(head.status) {
+            break head;
+        }
+        redirects += 1;
+        let next = redirect_target(&target, &head, redirects, &mut resolved)?;
+        let framing = framing_of(&target, &head)?;
+        let same_host = next.addrs == target.addrs
+            && next.tls_host == target.tls_host
+            && next.route == target.route;
+        if same_host && conn.is_reusable() {
+            conn.discard_body(framing).await;
+        }
+        if !same_host || !conn.is_reusable() {
+            conn = Conn::open(&next).await?;
+        }
+        target = next;
+    };
+    if crate::retry::retryable_status(head.status) {
+        return Err(GetError::Status {
+            url: target.display.clone(),
+            status: head.status,
+            reason: head.reason.clone(),
+            retry_after: crate::retry::asked_wait(&head),
+        });
+    }
+    Ok((conn, target, head))
+}
+
 /// Copies the first lease of a ranged file, then takes leases like any other lane.
 async fn run_ranged(
     ctx: &Arc<Ctx>,
@@ -805,8 +854,8 @@ async fn run_ranged(
     };
     *slot = Some(conn);
     match go_on {
-        Ok(true) => take_leases(ctx, slot, pipe).await,
-        Ok(false) => drain(ctx, pipe).await,
+        Ok(Ended::Next | Ended::Retry) => take_leases(ctx, slot, pipe).await,
+        Ok(Ended::Stop) => drain(ctx, pipe).await,
         Err(e) => {
             ctx.fail(e);
             drain(ctx, pipe).await;
@@ -965,6 +1014,7 @@ fn status_error(ctx: &Ctx, head: &ResponseHead) -> GetError {
         url: ctx.target().display.clone(),
         status: head.status,
         reason: head.reason.clone(),
+        retry_after: crate::retry::asked_wait(head),
     }
 }
 
@@ -1088,13 +1138,13 @@ fn check_length(ctx: &Ctx, framing: Framing, range: Range<u64>) -> Result<(), Ge
 }
 
 /// Settles a lease after its body: `Ok(true)` when the connection should take another.
-fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Result<bool, GetError> {
+fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Result<Ended, GetError> {
     match end {
         BodyEnd::Complete | BodyEnd::Trimmed => {
             ctx.with_plan(|p| p.complete(id));
-            Ok(true)
+            Ok(Ended::Next)
         }
-        BodyEnd::Aborted => Ok(false),
+        BodyEnd::Aborted => Ok(Ended::Stop),
         BodyEnd::Short { at, error } => {
             let given_back = ctx.with_plan(|p| p.give_back(id, at)).unwrap_or(Err(()));
             let error = error.unwrap_or_else(|| GetError::ShortBody {
@@ -1105,16 +1155,34 @@ fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Resul
             });
             match given_back {
                 Ok(lease_end) => {
-                    tracing::debug!(
-                        from = at,
-                        to = lease_end,
-                        "{error}; fetching the rest again"
-                    );
-                    Ok(true)
+                    tracing::debug!("{error}; fetching bytes {at}-{lease_end} again");
+                    Ok(Ended::Retry)
                 }
                 Err(()) => Err(error),
             }
         }
+    }
+}
+
+/// How a lease went, for the lane that held it.
+enum Ended {
+    /// Done: take the next one.
+    Next,
+    /// The body stopped short; the rest went back to the plan, for a fresh connection.
+    Retry,
+    /// The job is stopping.
+    Stop,
+}
+
+/// Waits before the lane's `failures`-th retry in a row: what the server asked, else a backoff
+/// ([`crate::retry`]). `false`: the server asked for longer than ferry waits.
+async fn pause(failures: u32, asked: Option<std::time::Duration>) -> bool {
+    match crate::retry::wait_for(failures, asked) {
+        Some(w) => {
+            compio::time::sleep(w).await;
+            true
+        }
+        None => false,
     }
 }
 
@@ -1126,21 +1194,56 @@ async fn range_loop(
     pipe: &mut Pipeline,
 ) -> Result<(), GetError> {
     let total = ctx.total.load(Ordering::Relaxed);
+    // Failures in a row on this lane: each retry waits longer.
+    let mut failures = 0;
     while let Some((id, range)) = ctx.take_lease() {
-        let c = match slot.take() {
-            Some(c) if c.serves(ctx.target()) => c,
-            _ => Conn::open(ctx.target()).await?,
-        };
-        let c = slot.insert(c);
-        let head = c.request(ctx.target(), Some(range.clone())).await?;
-        check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
-        check_length(ctx, framing_of(ctx.target(), &head)?, range.clone())?;
-        let end = c.copy_lease(ctx, pipe, id, range.clone()).await?;
-        if !lease_ended(ctx, id, range, end)? {
-            break;
+        match lease(ctx, slot, pipe, id, range.clone(), total).await {
+            // The plan has the lease back (or the retries ran out, which fails the file).
+            Ok(end) => match lease_ended(ctx, id, range, end)? {
+                Ended::Next => failures = 0,
+                Ended::Stop => break,
+                Ended::Retry => *slot = None,
+            },
+            Err(e) => {
+                // Nothing of this lease was written: all of it goes back, within the file's
+                // retry budget, when the table says another try may do better.
+                let crate::retry::Verdict::Retry { wait } = crate::retry::for_error(&e) else {
+                    return Err(e);
+                };
+                if !matches!(ctx.with_plan(|p| p.give_back(id, range.start)), Some(Ok(_))) {
+                    return Err(e);
+                }
+                *slot = None;
+                failures += 1;
+                tracing::warn!("{e}; retrying bytes {}-{}", range.start, range.end);
+                if !pause(failures, wait).await {
+                    return Err(e);
+                }
+            }
         }
     }
     Ok(())
+}
+
+/// One lease on the lane's connection (a fresh one when it has none fit for the target). An
+/// error means no byte of the lease was taken, and the lease is still the lane's.
+async fn lease(
+    ctx: &Arc<Ctx>,
+    slot: &mut Option<Conn>,
+    pipe: &mut Pipeline,
+    id: LeaseId,
+    range: Range<u64>,
+    total: u64,
+) -> Result<BodyEnd, GetError> {
+    let c = match slot.take() {
+        Some(c) if c.serves(ctx.target()) => c,
+        _ => Conn::open(ctx.target()).await?,
+    };
+    let c = slot.insert(c);
+    let head = c.request(ctx.target(), Some(range.clone())).await?;
+    check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
+    check_length(ctx, framing_of(ctx.target(), &head)?, range.clone())?;
+    c.copy_lease(ctx, pipe, id, range).await
 }
 
 async fn single_stream(

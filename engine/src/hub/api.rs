@@ -2,16 +2,15 @@
 //! answers a pull needs before the data plane takes over (the revision, the paged tree walk).
 //!
 //! It follows redirects (the token only to the endpoint's own origin), decodes chunked bodies,
-//! bounds body size, and retries what is worth retrying: connection failures, resets, timeouts,
-//! 408, 429 (waiting as `Retry-After` or `RateLimit` says, and saying so), 500, 502, 503 and
-//! 504, with exponential backoff and full jitter, a bounded number of times. Everything else
+//! bounds body size, and retries what [`crate::retry`]'s table says is worth retrying
+//! (connection failures, resets, timeouts, 408, 429 waiting as `Retry-After` or `RateLimit`
+//! says, 5xx), a bounded number of times, saying so. Everything else
 //! fails at once with the Hub's own error code mapped to a [`HubError`]. File bytes never go
 //! through here. `https://` endpoints verify their certificate with the engine's trust
 //! ([`TlsClient`](crate::net::tls::TlsClient)); a certificate that does not verify fails at
 //! once, naming the host. Proxies are the engine's ([`crate::net::proxy`]): a tunnel, or
 //! absolute-form requests to an HTTP proxy for `http://`.
 
-use std::hash::{BuildHasher, Hasher};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
@@ -25,14 +24,10 @@ use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 use crate::net::Dialer;
 use crate::net::proxy::{Dest, Handshake, ProxyKind};
 use crate::net::tls::HandshakeError;
+use crate::retry::{self, Verdict};
 
 /// Attempts per request (the first and the retries).
 const ATTEMPTS: u32 = 6;
-/// The first backoff; doubled per retry, then full jitter.
-const BACKOFF: Duration = Duration::from_millis(250);
-const BACKOFF_MAX: Duration = Duration::from_secs(20);
-/// The longest `Retry-After` honoured; a longer one fails with the wait it asked for.
-const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// A listing page or revision larger than this is refused.
 const MAX_BODY: usize = 256 << 20;
@@ -111,10 +106,12 @@ impl Api {
             let (why, wait) = match self.get_once(url) {
                 Err(Attempt::Fail(e)) => return Err(e),
                 Err(Attempt::Retry { why, wait }) => (why, wait),
-                Ok(answer) => match retry_wait(&answer.head) {
-                    None => return Ok(answer),
-                    Some(_) if attempt >= ATTEMPTS => return Err(gave_up(url, &answer, attempt)),
-                    Some(wait) => {
+                Ok(answer) => match retry::for_status(&answer.head) {
+                    Verdict::Fail => return Ok(answer),
+                    Verdict::Retry { .. } if attempt >= ATTEMPTS => {
+                        return Err(gave_up(url, &answer, attempt));
+                    }
+                    Verdict::Retry { wait } => {
                         let status = format!("{} {}", answer.head.status, answer.head.reason);
                         (status, wait)
                     }
@@ -126,18 +123,14 @@ impl Api {
                     detail: format!("{why} (after {attempt} attempts)"),
                 });
             }
-            let wait = match wait {
-                Some(w) if w > RETRY_AFTER_MAX => {
-                    return Err(HubError::Remote {
-                        url: url.to_string(),
-                        detail: format!(
-                            "{why}; the server asks to wait {} s, longer than ferry waits",
-                            w.as_secs()
-                        ),
-                    });
-                }
-                Some(w) => w,
-                None => backoff(attempt),
+            let Some(wait) = retry::wait_for(attempt, wait) else {
+                return Err(HubError::Remote {
+                    url: url.to_string(),
+                    detail: format!(
+                        "{why}; the server asks to wait {} s, longer than ferry waits",
+                        wait.unwrap_or_default().as_secs()
+                    ),
+                });
             };
             attempt += 1;
             tracing::warn!(
@@ -194,48 +187,6 @@ fn gave_up(url: &Url, answer: &Answer, attempts: u32) -> HubError {
                 .unwrap_or_default()
         ),
     }
-}
-
-/// How long to wait before retrying an answer with this status; `None`: do not retry.
-fn retry_wait(head: &ResponseHead) -> Option<Option<Duration>> {
-    match head.status {
-        429 => Some(Some(rate_limit_wait(head).unwrap_or(BACKOFF * 4))),
-        s if retryable_status(s) => Some(head.header("retry-after").and_then(parse_seconds)),
-        _ => None,
-    }
-}
-
-/// The statuses worth asking again for, later: the server is busy, overloaded or rate limiting
-/// (everything else, 4xx above all, fails at once with its cause).
-pub(crate) fn retryable_status(status: u16) -> bool {
-    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
-}
-
-/// The wait a 429 asks for: `Retry-After: <seconds>`, or the `t=` of `RateLimit: "api";r=0;t=55`.
-fn rate_limit_wait(head: &ResponseHead) -> Option<Duration> {
-    if let Some(s) = head.header("retry-after").and_then(parse_seconds) {
-        return Some(s);
-    }
-    let rl = head.header("ratelimit")?;
-    rl.split(';')
-        .filter_map(|p| p.trim().strip_prefix("t="))
-        .find_map(parse_seconds)
-}
-
-fn parse_seconds(s: &str) -> Option<Duration> {
-    s.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
-/// Exponential backoff with full jitter: a random wait up to `BACKOFF * 2^(attempt-1)`.
-pub(crate) fn backoff(attempt: u32) -> Duration {
-    let cap = BACKOFF
-        .saturating_mul(1 << (attempt - 1).min(16))
-        .min(BACKOFF_MAX);
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    cap.mul_f64((random % 10_000) as f64 / 10_000.0)
-        .max(Duration::from_millis(10))
 }
 
 /// The Hub's error text of an answer: `X-Error-Message`, or `{"error": ...}`.
@@ -460,33 +411,4 @@ fn connect(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
         }
     }
     Err(last)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head(text: &str) -> ResponseHead {
-        http1::parse_head(text.as_bytes())
-            .expect("valid")
-            .expect("complete")
-            .0
-    }
-
-    #[test]
-    fn what_is_retried_and_how_long_it_waits() {
-        let h = head("HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\n\r\n");
-        assert_eq!(retry_wait(&h), Some(Some(Duration::from_secs(7))));
-        let h = head("HTTP/1.1 429 Too Many\r\nRateLimit: \"api\";r=0;t=55\r\n\r\n");
-        assert_eq!(retry_wait(&h), Some(Some(Duration::from_secs(55))));
-        let h = head("HTTP/1.1 503 Busy\r\n\r\n");
-        assert_eq!(retry_wait(&h), Some(None), "5xx: backoff");
-        for status in [200, 400, 401, 403, 404, 416] {
-            let h = head(&format!("HTTP/1.1 {status} X\r\n\r\n"));
-            assert_eq!(retry_wait(&h), None, "{status} fails fast");
-        }
-        for attempt in 1..10 {
-            assert!(backoff(attempt) <= BACKOFF_MAX);
-        }
-    }
 }

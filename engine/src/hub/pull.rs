@@ -270,7 +270,7 @@ impl<'e> Pull<'e> {
             if retry.is_empty() || round > RETRY_ROUNDS {
                 break;
             }
-            let wait = super::api::backoff(round + 2);
+            let wait = crate::retry::backoff(round + 2);
             tracing::warn!(
                 "{} file(s) failed ({}); fetching them again in {:.1} s (round {} of {RETRY_ROUNDS})",
                 retry.len(),
@@ -341,13 +341,12 @@ impl<'e> Pull<'e> {
     }
 }
 
-/// True for a failure that another try may not meet: a server error, a broken connection.
+/// True for a failure that another try may not meet (the table in [`crate::retry`]).
 fn is_transient(e: &GetError) -> bool {
-    match e {
-        GetError::Status { status, .. } => super::api::retryable_status(*status),
-        GetError::Connect { .. } | GetError::Network { .. } | GetError::ShortBody { .. } => true,
-        _ => false,
-    }
+    matches!(
+        crate::retry::for_error(e),
+        crate::retry::Verdict::Retry { .. }
+    )
 }
 
 /// `E/{prefix}{repo}/resolve/{commit}/{path}`.

@@ -8,6 +8,7 @@ pub(crate) mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
+use std::time::Duration;
 
 use compio::BufResult;
 use compio::buf::{IoBuf, IoBufMut};
@@ -17,11 +18,31 @@ use compio::net::TcpStream;
 use self::proxy::{Dest, Handshake, Proxies, Proxy};
 use crate::error::GetError;
 
-/// What connections are made with: the TLS trust and the proxy settings. Cheap to clone.
+/// What connections are made with: the TLS trust, the proxy settings and the timeouts. Cheap
+/// to clone.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Dialer {
     pub tls: tls::TlsClient,
     pub proxies: Arc<Proxies>,
+    pub timeouts: Timeouts,
+}
+
+/// How long connecting and reading may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    /// One TCP connect attempt.
+    pub connect: Duration,
+    /// A read that brings no byte: the stall watchdog's limit.
+    pub read: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(30),
+        }
+    }
 }
 
 /// How a connection reaches its origin.
@@ -67,6 +88,37 @@ impl Stream {
         }
     }
 
+    /// [`Stream::read`] under the stall watchdog: when no byte comes for `limit`, the socket's
+    /// receiving side is shut down, which ends the read (the buffer comes back, nothing it
+    /// already held is lost), and the read fails with `TimedOut`.
+    pub async fn read_watched<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        limit: Duration,
+    ) -> BufResult<usize, B> {
+        use compio::driver::ToSharedFd;
+        use futures_util::future::{Either, select};
+        let socket = self.tcp().to_shared_fd();
+        let read = std::pin::pin!(self.read(buf));
+        let timer = std::pin::pin!(compio::time::sleep(limit));
+        match select(read, timer).await {
+            Either::Left((r, _)) => r,
+            Either::Right(((), read)) => {
+                let _ = rustix::net::shutdown(&socket, rustix::net::Shutdown::Read);
+                match read.await {
+                    BufResult(Ok(0), buf) => BufResult(
+                        Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!("no byte for {} s (stalled)", limit.as_secs_f64()),
+                        )),
+                        buf,
+                    ),
+                    other => other,
+                }
+            }
+        }
+    }
+
     /// Sends all of `data`.
     pub async fn write_all(&mut self, data: Vec<u8>) -> BufResult<(), Vec<u8>> {
         match self {
@@ -82,8 +134,9 @@ pub(crate) async fn open(
     addrs: &[SocketAddr],
     route: &Route,
     tls: Option<(&tls::TlsClient, &str)>,
+    timeout: Duration,
 ) -> Result<Stream, GetError> {
-    let mut tcp = match (connect(addrs).await, route) {
+    let mut tcp = match (connect(addrs, timeout).await, route) {
         (Ok(tcp), _) => tcp,
         (Err(GetError::Connect { addr, source }), Route::Tunnel { proxy, .. })
         | (Err(GetError::Connect { addr, source }), Route::Forward { proxy }) => {
@@ -182,16 +235,27 @@ async fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), TunnelErro
     }
 }
 
-/// Connects to the first address that accepts.
-pub(crate) async fn connect(addrs: &[SocketAddr]) -> Result<TcpStream, GetError> {
+/// Connects to the first address that accepts, each attempt within `timeout`.
+pub(crate) async fn connect(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+) -> Result<TcpStream, GetError> {
     let mut last = None;
     for addr in addrs {
-        match TcpStream::connect(*addr).await {
-            Ok(stream) => {
+        let attempt = compio::time::timeout(timeout, TcpStream::connect(*addr)).await;
+        match attempt {
+            Ok(Ok(stream)) => {
                 let _ = stream.set_nodelay(true);
                 return Ok(stream);
             }
-            Err(e) => last = Some((addr, e)),
+            Ok(Err(e)) => last = Some((addr, e)),
+            Err(_) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", timeout.as_secs_f64()),
+                );
+                last = Some((addr, e));
+            }
         }
     }
     let (addr, source) = last.map_or_else(

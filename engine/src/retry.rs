@@ -1,0 +1,225 @@
+//! What is retried and what fails at once, in one table for the Hub API client and the data
+//! plane alike, and how long to wait before the next try.
+//!
+//! | failure | verdict | wait |
+//! |---|---|---|
+//! | connection reset or refused, a timeout, a stalled body, a short body | retry | backoff |
+//! | 408, 500, 502, 503, 504 | retry | `Retry-After`, else backoff |
+//! | 429 | retry | `Retry-After`, else the `t=` of `RateLimit`, else 4 x the base backoff |
+//! | 400, 401, 403, 404, 416 and every other status | fail | |
+//! | TLS (a certificate that does not verify), a proxy's refusal | fail | |
+//! | a malformed answer, a wrong `Content-Range`, a size that changed, a redirect loop | fail | |
+//! | a local error (disk, permissions), a bad URL or path | fail | |
+//!
+//! One exception, in the data plane: a connection refused on a file's first request fails at
+//! once (nothing listens there: a wrong host or port); later, a refusal is retried (a server
+//! restarting). Short bodies are fetched again at once from where they stopped.
+//!
+//! Backoff is exponential with full jitter: a uniformly random wait below `250 ms x 2^(n-1)`,
+//! capped at 20 s. Retries are bounded by the caller (attempts per API request, retries per
+//! file in the data plane) and logged as warnings, so they show. A wrong sha256 is not here: the
+//! data plane fetches the file once more by itself ([`crate::get`]).
+//!
+//! This module decides; it does not sleep or count.
+
+use std::hash::{BuildHasher, Hasher};
+use std::time::Duration;
+
+use crate::error::GetError;
+use crate::http1::ResponseHead;
+
+/// The first backoff; doubled per retry, then full jitter.
+pub(crate) const BACKOFF: Duration = Duration::from_millis(250);
+/// The longest backoff.
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(20);
+/// The longest wait a server may ask for (`Retry-After`); longer is treated as a refusal.
+pub(crate) const RETRY_AFTER_MAX: Duration = Duration::from_secs(300);
+
+/// What to do after a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Try again after `wait` (as the server asked), or after a backoff when `None`.
+    Retry { wait: Option<Duration> },
+    /// Give up with this error.
+    Fail,
+}
+
+/// The statuses worth asking again for, later: the server is busy, overloaded or rate
+/// limiting. Everything else, 4xx above all, fails at once with its cause.
+pub(crate) fn retryable_status(status: u16) -> bool {
+    matches!(status, 408 | 429 | 500 | 502 | 503 | 504)
+}
+
+/// The verdict on an answer's status.
+pub(crate) fn for_status(head: &ResponseHead) -> Verdict {
+    match head.status {
+        429 => Verdict::Retry {
+            wait: Some(rate_limit_wait(head).unwrap_or(BACKOFF * 4)),
+        },
+        s if retryable_status(s) => Verdict::Retry {
+            wait: head.header("retry-after").and_then(parse_seconds),
+        },
+        _ => Verdict::Fail,
+    }
+}
+
+/// The verdict on a data-plane error.
+pub(crate) fn for_error(e: &GetError) -> Verdict {
+    match e {
+        GetError::Status {
+            status,
+            retry_after,
+            ..
+        } if retryable_status(*status) => Verdict::Retry { wait: *retry_after },
+        GetError::Connect { .. } | GetError::Network { .. } | GetError::ShortBody { .. } => {
+            Verdict::Retry { wait: None }
+        }
+        _ => Verdict::Fail,
+    }
+}
+
+/// The wait a server asks for before the next request: `Retry-After: <seconds>`, or for a 429
+/// the `t=` of `RateLimit: "api";r=0;t=55`.
+pub(crate) fn asked_wait(head: &ResponseHead) -> Option<Duration> {
+    match for_status(head) {
+        Verdict::Retry { wait } => wait,
+        Verdict::Fail => None,
+    }
+}
+
+fn rate_limit_wait(head: &ResponseHead) -> Option<Duration> {
+    if let Some(s) = head.header("retry-after").and_then(parse_seconds) {
+        return Some(s);
+    }
+    let rl = head.header("ratelimit")?;
+    rl.split(';')
+        .filter_map(|p| p.trim().strip_prefix("t="))
+        .find_map(parse_seconds)
+}
+
+fn parse_seconds(s: &str) -> Option<Duration> {
+    s.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// Exponential backoff with full jitter for the `attempt`-th retry (from 1): a random wait up
+/// to `BACKOFF * 2^(attempt-1)`, at most [`BACKOFF_MAX`].
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let cap = BACKOFF
+        .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    cap.mul_f64((random % 10_000) as f64 / 10_000.0)
+        .max(Duration::from_millis(10))
+}
+
+/// The wait before retry number `attempt`: what the server asked for (at most
+/// [`RETRY_AFTER_MAX`]), else a backoff. `None`: the server asked for longer than that.
+pub(crate) fn wait_for(attempt: u32, asked: Option<Duration>) -> Option<Duration> {
+    match asked {
+        Some(w) if w > RETRY_AFTER_MAX => None,
+        Some(w) => Some(w),
+        None => Some(backoff(attempt)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http1::parse_head;
+
+    fn head(text: &str) -> ResponseHead {
+        parse_head(text.as_bytes())
+            .expect("valid")
+            .expect("complete")
+            .0
+    }
+
+    #[test]
+    fn the_table() {
+        let h = head("HTTP/1.1 429 Too Many\r\nRetry-After: 7\r\n\r\n");
+        assert_eq!(asked_wait(&h), Some(Duration::from_secs(7)));
+        let h = head("HTTP/1.1 429 Too Many\r\nRateLimit: \"api\";r=0;t=55\r\n\r\n");
+        assert_eq!(asked_wait(&h), Some(Duration::from_secs(55)));
+        let h = head("HTTP/1.1 429 Too Many\r\n\r\n");
+        assert_eq!(asked_wait(&h), Some(BACKOFF * 4));
+        let h = head("HTTP/1.1 503 Busy\r\n\r\n");
+        assert_eq!(
+            for_status(&h),
+            Verdict::Retry { wait: None },
+            "5xx: backoff"
+        );
+        let h = head("HTTP/1.1 503 Busy\r\nRetry-After: 2\r\n\r\n");
+        assert_eq!(asked_wait(&h), Some(Duration::from_secs(2)));
+        for status in [408, 500, 502, 504] {
+            let h = head(&format!("HTTP/1.1 {status} X\r\n\r\n"));
+            assert!(matches!(for_status(&h), Verdict::Retry { .. }), "{status}");
+        }
+        for status in [200, 400, 401, 403, 404, 416, 451, 501] {
+            let h = head(&format!("HTTP/1.1 {status} X\r\n\r\n"));
+            assert_eq!(for_status(&h), Verdict::Fail, "{status} fails fast");
+        }
+        let io = || std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let retried = [
+            GetError::Connect {
+                addr: "a".into(),
+                source: io(),
+            },
+            GetError::Network {
+                addr: "a".into(),
+                op: "read body",
+                source: io(),
+            },
+            GetError::Status {
+                url: "u".into(),
+                status: 503,
+                reason: "Busy".into(),
+                retry_after: Some(Duration::from_secs(3)),
+            },
+        ];
+        assert_eq!(
+            for_error(&retried[2]),
+            Verdict::Retry {
+                wait: Some(Duration::from_secs(3))
+            }
+        );
+        for e in &retried {
+            assert!(matches!(for_error(e), Verdict::Retry { .. }), "{e}");
+        }
+        let failed = [
+            GetError::Tls {
+                addr: "a".into(),
+                detail: "expired".into(),
+            },
+            GetError::Proxy {
+                detail: "407".into(),
+            },
+            GetError::Status {
+                url: "u".into(),
+                status: 404,
+                reason: "Not Found".into(),
+                retry_after: None,
+            },
+        ];
+        for e in &failed {
+            assert_eq!(for_error(e), Verdict::Fail, "{e}");
+        }
+    }
+
+    #[test]
+    fn backoff_grows_with_full_jitter_and_a_cap() {
+        for attempt in 1..40 {
+            let cap = BACKOFF
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(BACKOFF_MAX);
+            let w = backoff(attempt);
+            assert!(w <= cap.max(Duration::from_millis(10)), "{attempt}: {w:?}");
+        }
+        assert_eq!(
+            wait_for(1, Some(Duration::from_secs(9))),
+            Some(Duration::from_secs(9))
+        );
+        assert_eq!(wait_for(1, Some(RETRY_AFTER_MAX * 2)), None);
+    }
+}

@@ -1,0 +1,98 @@
+//! The retry table in the data plane, on every back-end: 503s with `Retry-After` on the first
+//! request and on later ranges are asked again (and counted in the summary), a 404 is not, and
+//! the stall watchdog drops a range that stops delivering and fetches it again elsewhere.
+
+use ferry_tests::{
+    Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test, ferry,
+    get_ok, write_data,
+};
+
+#[test]
+fn unavailable_answers_are_asked_again_and_counted() {
+    let src = tempfile::tempdir().expect("tmp");
+    let file = src.path().join("f");
+    write_data(&file, 3 << 20, 70);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        // 3 refusals: the first request, then later ranges on any connection.
+        let proxy = FaultProxy::start(
+            nginx.port(),
+            Fault::Unavailable {
+                uri_contains: "/files/f",
+                times: 3,
+            },
+        );
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+        let report = get_ok(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
+        assert_same_file(&file, &dest, &format!("backend={backend:?} after 503s"));
+        let refused = proxy.refused.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(refused >= 3, "backend={backend:?}: {refused} refusals");
+        assert!(
+            report["retries"].as_u64().unwrap_or(0) >= 3,
+            "backend={backend:?}: every 503 is a retry in the summary: {report}"
+        );
+        eprintln!(
+            "ran on backend {backend:?}: 3 x 503, retries {}",
+            report["retries"]
+        );
+    }
+}
+
+#[test]
+fn a_404_fails_at_once() {
+    let src = tempfile::tempdir().expect("tmp");
+    let nginx = Nginx::start(src.path());
+    for (i, backend) in backends_under_test().into_iter().enumerate() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("x");
+        let url = nginx.url("files", "missing");
+        let o = ferry(
+            backend,
+            &["-v", "get", &url, "-o", dest.to_str().expect("utf8")],
+        );
+        assert_eq!(o.status.code(), Some(3));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !stderr.contains("asking again") && stderr.contains("404"),
+            "{stderr}"
+        );
+        assert_eq!(nginx.requests(i + 1).len(), i + 1, "asked once");
+        assert_no_output(&dest, "404");
+        eprintln!("ran on backend {backend:?}: 404 not retried");
+    }
+}
+
+#[test]
+fn a_stalled_range_is_dropped_and_fetched_again() {
+    let src = tempfile::tempdir().expect("tmp");
+    let file = src.path().join("f");
+    write_data(&file, 4 << 20, 71);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        // Response 1 (a later range) sends 100 KiB and then nothing, keeping its connection open.
+        let proxy = FaultProxy::start(
+            nginx.port(),
+            Fault::Stall {
+                nth: 1,
+                keep: 100 << 10,
+            },
+        );
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+        let report = get_ok(
+            backend,
+            &url,
+            &dest,
+            &["--chunk-size", "1M", "-c", "2", "--read-timeout", "1"],
+        );
+        assert_same_file(&file, &dest, &format!("backend={backend:?} after a stall"));
+        assert!(
+            report["retries"].as_u64().unwrap_or(0) >= 1,
+            "backend={backend:?}: the stalled range was fetched again: {report}"
+        );
+        eprintln!("ran on backend {backend:?}: stalled range re-fetched: {report}");
+    }
+}
