@@ -117,7 +117,11 @@ http {{
                     break; // exited: port taken or bad config; retry with another port
                 }
                 let up = |p: u16| std::net::TcpStream::connect(("127.0.0.1", p)).is_ok();
-                if up(port) && tls_port.is_none_or(up) {
+                // The pid file is written only once every listening socket is bound: without
+                // it, a port that answers may belong to another test's server (ours failed to
+                // bind it and is exiting), which serves other files and other certificates.
+                let ours = dir.path().join("nginx.pid").exists();
+                if ours && up(port) && tls_port.is_none_or(up) {
                     return Nginx {
                         child,
                         port,

@@ -88,7 +88,13 @@ impl RealProxy {
                     break; // the port was taken: try another
                 }
                 if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                    return proxy;
+                    // A proxy that lost the port to another test's server exits at once: make
+                    // sure the one answering is ours.
+                    std::thread::sleep(Duration::from_millis(100));
+                    if proxy.child.try_wait().is_ok_and(|s| s.is_none()) {
+                        return proxy;
+                    }
+                    break;
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
