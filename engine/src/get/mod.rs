@@ -51,9 +51,9 @@ use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::journal::Journal;
-use crate::net::proxy::Dest;
 use crate::net::{Dialer, Route};
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
+use crate::retry::Verdict;
 use crate::verify::{Checksum, HashStats, Verifier, Window};
 use crate::{HashReport, Report, UNKNOWN_TOTAL};
 
@@ -172,35 +172,17 @@ impl Target {
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let (host_header, mut request_target) = crate::http1::host_and_target(&url);
-        let mut proxy_authorization = None;
-        let (addrs, route) = match resolved
-            .dialer
-            .proxies
-            .for_url(url.scheme(), bare_host, port)
-        {
-            None => (resolved.lookup(bare_host, port)?, Route::Direct),
-            Some(proxy) => {
-                let proxy_addrs = resolved.lookup(&proxy.host, proxy.port)?;
-                let route = if !https && proxy.kind == crate::net::proxy::ProxyKind::Http {
-                    // An HTTP proxy forwards plain requests itself (many refuse CONNECT to
-                    // ports other than 443).
-                    let mut absolute = url.clone();
-                    absolute.set_fragment(None);
-                    request_target = absolute.to_string();
-                    proxy_authorization = proxy.authorization().map(|a| Secret(a.into()));
-                    Route::Forward { proxy }
-                } else {
-                    let dest = if proxy.resolves_locally() {
-                        Dest::Addr(resolved.lookup(bare_host, port)?[0])
-                    } else {
-                        Dest::Name(bare_host.to_owned(), port)
-                    };
-                    Route::Tunnel { proxy, dest }
-                };
-                (proxy_addrs, route)
-            }
+        let (host_header, origin_form) = crate::http1::host_and_target(&url);
+        let proxies = Arc::clone(&resolved.dialer.proxies);
+        let route = Route::for_url(&proxies, &url, bare_host, port, || {
+            resolved.lookup(bare_host, port).map(|a| a[0])
+        })?;
+        let addrs = match route.proxy() {
+            Some(proxy) => resolved.lookup(&proxy.host, proxy.port)?,
+            None => resolved.lookup(bare_host, port)?,
         };
+        let request_target = route.request_target(&url, origin_form);
+        let proxy_authorization = route.proxy_authorization().map(|a| Secret(a.into()));
         let tls_host = https.then(|| bare_host.to_owned());
         Ok(Target {
             url,
@@ -703,21 +685,11 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
             // minutes of retries. (Once bytes flowed, a refusal is retried: a server restarting.)
             Err(e @ GetError::Connect { .. }) if is_refused(&e) => return Err(e),
             Err(e) => {
-                let crate::retry::Verdict::Retry { wait } = crate::retry::for_error(&e) else {
-                    return Err(e);
-                };
                 failures += 1;
-                if failures > crate::plan::MAX_RETRIES {
+                if failures > crate::plan::MAX_RETRIES || !wait_to_retry(&e, failures).await {
                     return Err(e);
                 }
-                tracing::warn!(
-                    "{e}; asking again (retry {failures} of {})",
-                    crate::plan::MAX_RETRIES
-                );
                 ctx.retries.fetch_add(1, Ordering::Relaxed);
-                if !pause(failures, wait).await {
-                    return Err(e);
-                }
             }
         }
     };
@@ -1174,16 +1146,19 @@ enum Ended {
     Stop,
 }
 
-/// Waits before the lane's `failures`-th retry in a row: what the server asked, else a backoff
-/// ([`crate::retry`]). `false`: the server asked for longer than ferry waits.
-async fn pause(failures: u32, asked: Option<std::time::Duration>) -> bool {
-    match crate::retry::wait_for(failures, asked) {
-        Some(w) => {
-            compio::time::sleep(w).await;
-            true
-        }
-        None => false,
-    }
+/// Waits before the `failures`-th retry in a row after `e`, as the table in [`crate::retry`]
+/// says (what the server asked, else a backoff), saying so. `false`: `e` is not retried, or the
+/// server asked for a longer wait than ferry gives.
+async fn wait_to_retry(e: &GetError, failures: u32) -> bool {
+    let Verdict::Retry { wait } = crate::retry::for_error(e) else {
+        return false;
+    };
+    let Some(wait) = crate::retry::wait_for(failures, wait) else {
+        return false;
+    };
+    tracing::warn!("{e}; asking again in {:.1} s", wait.as_secs_f64());
+    compio::time::sleep(wait).await;
+    true
 }
 
 /// Takes leases from the plan until none are left, on the lane's connection (replaced when it
@@ -1207,16 +1182,15 @@ async fn range_loop(
             Err(e) => {
                 // Nothing of this lease was written: all of it goes back, within the file's
                 // retry budget, when the table says another try may do better.
-                let crate::retry::Verdict::Retry { wait } = crate::retry::for_error(&e) else {
-                    return Err(e);
-                };
-                if !matches!(ctx.with_plan(|p| p.give_back(id, range.start)), Some(Ok(_))) {
+                let retryable = matches!(crate::retry::for_error(&e), Verdict::Retry { .. });
+                if !retryable
+                    || !matches!(ctx.with_plan(|p| p.give_back(id, range.start)), Some(Ok(_)))
+                {
                     return Err(e);
                 }
                 *slot = None;
                 failures += 1;
-                tracing::warn!("{e}; retrying bytes {}-{}", range.start, range.end);
-                if !pause(failures, wait).await {
+                if !wait_to_retry(&e, failures).await {
                     return Err(e);
                 }
             }

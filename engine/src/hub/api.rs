@@ -21,9 +21,9 @@ use url::Url;
 use super::error::HubError;
 use crate::get::Secret;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
-use crate::net::Dialer;
-use crate::net::proxy::{Dest, Handshake, ProxyKind};
+use crate::net::proxy::Handshake;
 use crate::net::tls::HandshakeError;
+use crate::net::{Dialer, Route};
 use crate::retry::{self, Verdict};
 
 /// Attempts per request (the first and the retries).
@@ -49,35 +49,7 @@ pub(crate) struct Api {
 }
 
 /// A connection of the API client: plain, or TLS over it.
-enum Wire {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Read for Wire {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        match self {
-            Wire::Plain(s) => s.read(buf),
-            Wire::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Wire {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self {
-            Wire::Plain(s) => s.write(buf),
-            Wire::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        match self {
-            Wire::Plain(s) => s.flush(),
-            Wire::Tls(s) => s.flush(),
-        }
-    }
-}
+type Wire = crate::net::tls::Wire<rustls::ClientConnection>;
 
 /// Why one attempt failed, and whether to try again.
 enum Attempt {
@@ -228,26 +200,21 @@ fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<An
             Err(e) => Err(retry(format!("cannot resolve {h}: {e}"))),
         }
     };
-    let proxy = dialer.proxies.for_url(url.scheme(), bare, port);
-    let (host_header, mut target) = http1::host_and_target(url);
-    let mut proxy_authorization = None;
-    let tcp = match &proxy {
-        None => connect(&lookup(bare, port)?).map_err(|e| retry(format!("connect: {e}")))?,
-        Some(p) => {
-            let mut tcp = connect(&lookup(&p.host, p.port)?)
-                .map_err(|e| retry(format!("connect to proxy {p}: {e}")))?;
-            if !https && p.kind == ProxyKind::Http {
-                let mut absolute = url.clone();
-                absolute.set_fragment(None);
-                target = absolute.to_string();
-                proxy_authorization = p.authorization();
-            } else {
-                let dest = if p.resolves_locally() {
-                    Dest::Addr(lookup(bare, port)?[0])
-                } else {
-                    Dest::Name(bare.to_owned(), port)
-                };
-                tunnel(&mut tcp, Handshake::new(Arc::clone(p), dest))?;
+    let route = Route::for_url(&dialer.proxies, url, bare, port, || {
+        lookup(bare, port).map(|a| a[0])
+    })?;
+    let (host_header, origin_form) = http1::host_and_target(url);
+    let target = route.request_target(url, origin_form);
+    let proxy_authorization = route.proxy_authorization();
+    let tcp = match &route {
+        Route::Direct => {
+            connect(&lookup(bare, port)?).map_err(|e| retry(format!("connect: {e}")))?
+        }
+        Route::Tunnel { proxy, .. } | Route::Forward { proxy } => {
+            let mut tcp = connect(&lookup(&proxy.host, proxy.port)?)
+                .map_err(|e| retry(format!("connect to proxy {proxy}: {e}")))?;
+            if let Route::Tunnel { proxy, dest } = &route {
+                tunnel(&mut tcp, Handshake::new(Arc::clone(proxy), dest.clone()))?;
             }
             tcp
         }

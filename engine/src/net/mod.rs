@@ -56,6 +56,61 @@ pub(crate) enum Route {
     Forward { proxy: Arc<Proxy> },
 }
 
+impl Route {
+    /// How a request for `url` (to `host:port`) goes under `proxies`; `resolve` gives the
+    /// origin's address when the proxy wants one (`socks5://`). An HTTP proxy forwards plain
+    /// `http://` requests itself: many refuse `CONNECT` to ports other than 443.
+    pub fn for_url<E>(
+        proxies: &Proxies,
+        url: &url::Url,
+        host: &str,
+        port: u16,
+        resolve: impl FnOnce() -> Result<SocketAddr, E>,
+    ) -> Result<Route, E> {
+        let Some(proxy) = proxies.for_url(url.scheme(), host, port) else {
+            return Ok(Route::Direct);
+        };
+        if url.scheme() == "http" && proxy.kind == proxy::ProxyKind::Http {
+            return Ok(Route::Forward { proxy });
+        }
+        let dest = if proxy.resolves_locally() {
+            Dest::Addr(resolve()?)
+        } else {
+            Dest::Name(host.to_owned(), port)
+        };
+        Ok(Route::Tunnel { proxy, dest })
+    }
+
+    /// The proxy the connection goes to, if any.
+    pub fn proxy(&self) -> Option<&Proxy> {
+        match self {
+            Route::Direct => None,
+            Route::Tunnel { proxy, .. } | Route::Forward { proxy } => Some(proxy),
+        }
+    }
+
+    /// The request target for `url`: absolute-form to a forwarding proxy, else `origin_form`.
+    pub fn request_target(&self, url: &url::Url, origin_form: String) -> String {
+        match self {
+            Route::Forward { .. } => {
+                let mut absolute = url.clone();
+                absolute.set_fragment(None);
+                absolute.to_string()
+            }
+            _ => origin_form,
+        }
+    }
+
+    /// The `Proxy-Authorization` value each request carries (forwarding proxies only; a
+    /// tunnel authenticates once, in its handshake).
+    pub fn proxy_authorization(&self) -> Option<String> {
+        match self {
+            Route::Forward { proxy } => proxy.authorization(),
+            _ => None,
+        }
+    }
+}
+
 /// A connection to a server: plain TCP, or TLS over it.
 #[derive(Debug)]
 pub(crate) enum Stream {
@@ -136,17 +191,15 @@ pub(crate) async fn open(
     tls: Option<(&tls::TlsClient, &str)>,
     timeout: Duration,
 ) -> Result<Stream, GetError> {
-    let mut tcp = match (connect(addrs, timeout).await, route) {
-        (Ok(tcp), _) => tcp,
-        (Err(GetError::Connect { addr, source }), Route::Tunnel { proxy, .. })
-        | (Err(GetError::Connect { addr, source }), Route::Forward { proxy }) => {
-            return Err(GetError::Connect {
+    let mut tcp = connect(addrs, timeout)
+        .await
+        .map_err(|e| match (e, route.proxy()) {
+            (GetError::Connect { addr, source }, Some(proxy)) => GetError::Connect {
                 addr: format!("{addr} (proxy {proxy})"),
                 source,
-            });
-        }
-        (Err(e), _) => return Err(e),
-    };
+            },
+            (e, _) => e,
+        })?;
     let addr = tcp
         .peer_addr()
         .map_or_else(|_| addrs[0].to_string(), |a| a.to_string());
@@ -201,8 +254,7 @@ enum TunnelError {
     Io(std::io::Error),
 }
 
-/// Runs a proxy handshake on `tcp`. Bytes after the proxy's last reply would belong to the
-/// origin, which has not been spoken to yet: a proxy that sends some is refused.
+/// Runs a proxy handshake on `tcp`.
 async fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), TunnelError> {
     let mut buf: Vec<u8> = Vec::with_capacity(1024);
     loop {
@@ -212,11 +264,6 @@ async fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), TunnelErro
             r.map_err(TunnelError::Io)?;
         }
         if hs.is_done() {
-            if !buf.is_empty() {
-                return Err(TunnelError::Proxy(
-                    "the proxy sent data before the tunnel was used".into(),
-                ));
-            }
             return Ok(());
         }
         if let Some(n) = hs.feed(&buf).map_err(|e| TunnelError::Proxy(e.0))? {

@@ -405,10 +405,7 @@ impl Handshake {
                 };
                 let (head, len) = head;
                 match head.status {
-                    200..=299 => {
-                        self.stage = Stage::Done;
-                        Ok(Some(len))
-                    }
+                    200..=299 => self.done(input, len),
                     // 407 is the standard answer; tinyproxy says 401.
                     401 | 407 => Err(self.fail(if self.proxy.credentials.is_some() {
                         format!("refused the credentials ({})", head.status)
@@ -492,11 +489,20 @@ impl Handshake {
                 if input.len() < len {
                     return Ok(None);
                 }
-                self.stage = Stage::Done;
-                Ok(Some(len))
+                self.done(input, len)
             }
             Stage::Done => Ok(Some(0)),
         }
+    }
+
+    /// The tunnel is open after the final reply's `len` bytes. Bytes beyond it would belong to
+    /// the origin, which has not been spoken to yet: a proxy that sends some is refused.
+    fn done(&mut self, input: &[u8], len: usize) -> Result<Option<usize>, ProxyError> {
+        if input.len() > len {
+            return Err(self.fail("sent data before the tunnel was used"));
+        }
+        self.stage = Stage::Done;
+        Ok(Some(len))
     }
 
     fn dest_text(&self) -> String {
@@ -696,6 +702,21 @@ mod tests {
             err.0.contains("refused the credentials (407)") && !err.0.contains(":p@"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn bytes_after_the_final_reply_are_refused() {
+        let p = Arc::new(Proxy::parse("http://proxy:3128").expect("proxy"));
+        let mut h = Handshake::new(p, Dest::Name("h".into(), 443));
+        let _ = h.take_output();
+        let err = h
+            .feed(b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\n")
+            .expect_err("leftover");
+        assert!(
+            err.0.contains("sent data before the tunnel was used"),
+            "{err}"
+        );
+        assert!(!h.is_done());
     }
 
     #[test]

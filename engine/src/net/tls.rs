@@ -189,6 +189,56 @@ fn io_tls(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// A blocking socket, plain or with rustls over it: the Hub API client's connections
+/// (`C` = `ClientConnection`) and `ferry serve`'s (`ServerConnection`).
+pub(crate) enum Wire<C> {
+    Plain(std::net::TcpStream),
+    Tls(Box<rustls::StreamOwned<C, std::net::TcpStream>>),
+}
+
+impl<C> Wire<C> {
+    /// The TCP socket underneath.
+    pub fn tcp(&self) -> &std::net::TcpStream {
+        match self {
+            Wire::Plain(s) => s,
+            Wire::Tls(s) => &s.sock,
+        }
+    }
+}
+
+impl<C, S> Read for Wire<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.read(buf),
+            Wire::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl<C, S> Write for Wire<C>
+where
+    C: std::ops::DerefMut + std::ops::Deref<Target = rustls::ConnectionCommon<S>>,
+    S: rustls::SideData,
+{
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Wire::Plain(s) => s.write(buf),
+            Wire::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Wire::Plain(s) => s.flush(),
+            Wire::Tls(s) => s.flush(),
+        }
+    }
+}
+
 /// A client TLS session over a compio TCP stream.
 pub(crate) struct TlsStream {
     tcp: TcpStream,

@@ -67,19 +67,9 @@ pub(crate) fn reject_busy(mut stream: TcpStream, tls: bool) {
 }
 
 /// A served connection: plain TCP, or rustls over it.
-enum Wire {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, TcpStream>>),
-}
+type Wire = crate::net::tls::Wire<rustls::ServerConnection>;
 
 impl Wire {
-    fn tcp(&self) -> &TcpStream {
-        match self {
-            Wire::Plain(s) => s,
-            Wire::Tls(s) => &s.sock,
-        }
-    }
-
     /// Runs the server side of the TLS handshake, within the head deadline.
     fn accept_tls(tcp: TcpStream, ctx: &Ctx) -> io::Result<Wire> {
         let Some(identity) = &ctx.options.tls else {
@@ -134,31 +124,6 @@ impl Wire {
             let _ = s.flush();
         }
         let _ = self.tcp().shutdown(Shutdown::Write);
-    }
-}
-
-impl Read for Wire {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Wire::Plain(s) => s.read(buf),
-            Wire::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Wire {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Wire::Plain(s) => s.write(buf),
-            Wire::Tls(s) => s.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Wire::Plain(s) => s.flush(),
-            Wire::Tls(s) => s.flush(),
-        }
     }
 }
 
