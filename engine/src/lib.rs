@@ -237,6 +237,7 @@ impl Engine {
                 connect: config.connect_timeout.max(Duration::from_millis(1)),
                 read: config.read_timeout.max(Duration::from_millis(1)),
             },
+            winners: Arc::default(),
         };
         Ok(Engine {
             config,

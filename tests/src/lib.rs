@@ -7,6 +7,7 @@
 //! by itself; the tests are in `tests/`.
 
 pub mod data;
+pub mod eyeballs;
 pub mod hub;
 pub mod nginx;
 pub mod proxies;

@@ -75,7 +75,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Starts a proxy on a free loopback port in front of `127.0.0.1:upstream`.
     pub fn start(upstream: u16, fault: Fault) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        FaultProxy::start_on("127.0.0.1:0", upstream, fault)
+    }
+
+    /// Starts a proxy listening on `bind` (`"[::1]:0"`: an IPv6-only front for an IPv4 nginx).
+    pub fn start_on(bind: &str, upstream: u16, fault: Fault) -> FaultProxy {
+        let listener = TcpListener::bind(bind).expect("bind proxy");
         let port = listener.local_addr().expect("addr").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let stop = Arc::new(AtomicBool::new(false));

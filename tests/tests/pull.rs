@@ -94,6 +94,18 @@ fn snapshot(cache: &Path, repo: &Repo) -> PathBuf {
         .join(&repo.commit)
 }
 
+/// Checks every file of the repo in the cache's snapshot, byte for byte.
+fn assert_snapshot(cache: &Path, repo: &Repo, what: &str) {
+    let snap = snapshot(cache, repo);
+    for f in &repo.files {
+        assert_same_file(
+            &f.source,
+            &snap.join(&f.path),
+            &format!("{what} {}", f.path),
+        );
+    }
+}
+
 fn python(env: &[(&str, &str)], code: &str) -> Output {
     let mut c = Command::new("python3");
     c.arg("-c").arg(code);
@@ -220,17 +232,51 @@ fn a_pull_over_https_verifies_the_endpoint_and_the_bytes() {
         let r = pull_https();
         assert_eq!(r["backend"], backend.flag(), "{r}");
         assert_eq!(r["fetched"], MODEL.len(), "{r}");
-        let snap = snapshot(cache.path(), &hub.repo);
-        for f in &hub.repo.files {
-            assert_same_file(
-                &f.source,
-                &snap.join(&f.path),
-                &format!("{what} {}", f.path),
-            );
-        }
+        assert_snapshot(cache.path(), &hub.repo, &what);
         let r = pull_https();
         assert_eq!(r["fetched"], 0, "{what}: a second pull only lists: {r}");
         eprintln!("ran on backend {backend:?}: pull over https");
+    }
+}
+
+#[test]
+fn a_pull_to_a_dual_stack_name_races_past_a_silent_ipv6() {
+    use ferry_tests::eyeballs::{Blackhole, ferry_dual_stack};
+    let hub = Hub::start(|_| None);
+    let port = hub.nginx.port();
+    // `localhost` is [::1] first, then 127.0.0.1 (nginx); [::1] drops every SYN. Both the API
+    // client and the data plane race past it; a connect timeout of 10 minutes shows they did
+    // not wait for it.
+    let _hole = Blackhole::bind(std::net::SocketAddr::from((
+        std::net::Ipv6Addr::LOCALHOST,
+        port,
+    )))
+    .expect("bind [::1] at nginx's port");
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?} dual stack");
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let endpoint = format!("http://localhost:{port}/files");
+        let args = [
+            "-v",
+            "pull",
+            "org/model",
+            "--endpoint",
+            &endpoint,
+            "--json",
+            "--cache-dir",
+            cache_s,
+            "--connect-timeout",
+            "600",
+        ];
+        let o = ferry_dual_stack(cache.path(), backend, &args);
+        let r = report(&o, &what);
+        assert_eq!(r["fetched"], MODEL.len(), "{what}: {r}");
+        let log = String::from_utf8_lossy(&o.stderr);
+        let won = format!("connected to 127.0.0.1:{port} (happy eyeballs; [::1]:{port}");
+        assert!(log.contains(&won), "{what}: {log}");
+        assert_snapshot(cache.path(), &hub.repo, &what);
+        eprintln!("ran on backend {backend:?}: pull raced past a silent [::1]");
     }
 }
 
@@ -377,10 +423,7 @@ fn files_in_place_are_reused_only_when_their_bytes_are_right() {
             !fetched.is_empty() && fetched.iter().all(|u| u.ends_with(&changed.path)),
             "{fetched:?}"
         );
-        let snap = snapshot(cache.path(), &hub.repo);
-        for f in &hub.repo.files {
-            assert_same_file(&f.source, &snap.join(&f.path), &what);
-        }
+        assert_snapshot(cache.path(), &hub.repo, &what);
         // Both are verified now: a third pull lists and reads nothing.
         let r = report(
             &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
@@ -634,10 +677,7 @@ fn files_failing_with_a_server_error_are_fetched_again() {
         let cache_s = cache.path().to_str().expect("utf-8");
         report(&pull(backend, &endpoint, &["--cache-dir", cache_s]), &what);
         assert!(proxy.refused.load(std::sync::atomic::Ordering::SeqCst) >= 3);
-        let snap = snapshot(cache.path(), &hub.repo);
-        for f in &hub.repo.files {
-            assert_same_file(&f.source, &snap.join(&f.path), &what);
-        }
+        assert_snapshot(cache.path(), &hub.repo, &what);
     }
 }
 
@@ -701,13 +741,7 @@ fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() 
             &what,
         );
         assert_eq!(r["commit"], hub.repo.commit.as_str());
-        for f in &hub.repo.files {
-            assert_same_file(
-                &f.source,
-                &snapshot(second.path(), &hub.repo).join(&f.path),
-                &what,
-            );
-        }
+        assert_snapshot(second.path(), &hub.repo, &what);
         let o = pull(
             backend,
             &serve.endpoint,

@@ -101,9 +101,14 @@ pub(super) struct Conn {
 impl Conn {
     pub async fn open(target: &Target) -> Result<Conn, GetError> {
         let addrs = &target.addrs;
-        let tls = target.tls_host.as_deref().map(|h| (&target.dialer.tls, h));
         let timeouts = target.dialer.timeouts;
-        let stream = crate::net::open(addrs, &target.route, tls, timeouts.connect).await?;
+        let stream = crate::net::open(
+            &target.dialer,
+            addrs,
+            &target.route,
+            target.tls_host.as_deref(),
+        )
+        .await?;
         let addr = stream.tcp().peer_addr().unwrap_or(addrs[0]);
         Ok(Conn {
             stream,

@@ -208,10 +208,10 @@ fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<An
     let proxy_authorization = route.proxy_authorization();
     let tcp = match &route {
         Route::Direct => {
-            connect(&lookup(bare, port)?).map_err(|e| retry(format!("connect: {e}")))?
+            connect(&lookup(bare, port)?, dialer).map_err(|e| retry(format!("connect: {e}")))?
         }
         Route::Tunnel { proxy, .. } | Route::Forward { proxy } => {
-            let mut tcp = connect(&lookup(&proxy.host, proxy.port)?)
+            let mut tcp = connect(&lookup(&proxy.host, proxy.port)?, dialer)
                 .map_err(|e| retry(format!("connect to proxy {proxy}: {e}")))?;
             if let Route::Tunnel { proxy, dest } = &route {
                 tunnel(&mut tcp, Handshake::new(Arc::clone(proxy), dest.clone()))?;
@@ -364,18 +364,11 @@ fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), Attempt> {
     }
 }
 
-fn connect(addrs: &[SocketAddr]) -> std::io::Result<TcpStream> {
-    let mut last = std::io::Error::other("no address");
-    for a in addrs {
-        match TcpStream::connect_timeout(a, TIMEOUT) {
-            Ok(s) => {
-                s.set_read_timeout(Some(TIMEOUT))?;
-                s.set_write_timeout(Some(TIMEOUT))?;
-                let _ = s.set_nodelay(true);
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
+/// Connects with Happy Eyeballs ([`crate::net::connect_blocking`]); reads and writes then
+/// time out after [`TIMEOUT`].
+fn connect(addrs: &[SocketAddr], dialer: &Dialer) -> std::io::Result<TcpStream> {
+    let s = crate::net::connect_blocking(addrs, dialer.timeouts.connect, &dialer.winners)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    Ok(s)
 }

@@ -1,7 +1,8 @@
 //! Connecting: resolve a host once per job, then open TCP connections on the calling worker's
-//! runtime, trying each address in turn; through a proxy when one applies ([`proxy`]: a
+//! runtime with Happy Eyeballs (RFC 8305: both address families raced, a new attempt every
+//! 250 ms); through a proxy when one applies ([`proxy`]: a
 //! `CONNECT` or SOCKS5 tunnel, or absolute-form requests to an HTTP proxy), and TLS over that
-//! for `https://` ([`tls`]). Happy Eyeballs is not here yet.
+//! for `https://` ([`tls`]). TCP Fast Open is not used.
 
 pub(crate) mod proxy;
 pub(crate) mod tls;
@@ -25,6 +26,35 @@ pub(crate) struct Dialer {
     pub tls: tls::TlsClient,
     pub proxies: Arc<Proxies>,
     pub timeouts: Timeouts,
+    /// Which address won the last race to each host.
+    pub winners: Arc<Winners>,
+}
+
+/// The address that won the last Happy Eyeballs race for each list of addresses (keyed by the
+/// list's first), tried first by later connections, which then need no race (RFC 8305 section
+/// 4 allows such a cache). When it stops answering, the race runs again.
+#[derive(Debug, Default)]
+pub(crate) struct Winners(std::sync::Mutex<std::collections::HashMap<SocketAddr, SocketAddr>>);
+
+impl Winners {
+    /// `addrs` in the order to try them: interleaved, the last winner first.
+    fn order(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+        let mut order = interleave(addrs);
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let winner = addrs.first().and_then(|first| map.get(first));
+        if let Some(at) = winner.and_then(|w| order.iter().position(|a| a == w)) {
+            let w = order.remove(at);
+            order.insert(0, w);
+        }
+        order
+    }
+
+    fn record(&self, addrs: &[SocketAddr], winner: SocketAddr) {
+        if let Some(first) = addrs.first() {
+            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            map.insert(*first, winner);
+        }
+    }
 }
 
 /// How long connecting and reading may take.
@@ -183,15 +213,15 @@ impl Stream {
     }
 }
 
-/// Connects to the first of `addrs` that accepts, opens the tunnel `route` asks for, then runs
-/// TLS with `tls_host` when given.
+/// Connects to the first of `addrs` that accepts ([`connect`]), opens the tunnel `route` asks
+/// for, then runs TLS with `tls_host` when given.
 pub(crate) async fn open(
+    dialer: &Dialer,
     addrs: &[SocketAddr],
     route: &Route,
-    tls: Option<(&tls::TlsClient, &str)>,
-    timeout: Duration,
+    tls_host: Option<&str>,
 ) -> Result<Stream, GetError> {
-    let mut tcp = connect(addrs, timeout)
+    let mut tcp = connect(addrs, dialer.timeouts.connect, &dialer.winners)
         .await
         .map_err(|e| match (e, route.proxy()) {
             (GetError::Connect { addr, source }, Some(proxy)) => GetError::Connect {
@@ -215,10 +245,10 @@ pub(crate) async fn open(
                 },
             })?;
     }
-    let Some((client, host)) = tls else {
+    let Some(host) = tls_host else {
         return Ok(Stream::Plain(tcp));
     };
-    match tls::TlsStream::connect(client, host, tcp).await {
+    match tls::TlsStream::connect(&dialer.tls, host, tcp).await {
         Ok(s) => Ok(Stream::Tls(Box::new(s))),
         Err(tls::HandshakeError::Setup(detail)) => Err(GetError::TlsSetup { detail }),
         Err(tls::HandshakeError::Tls(detail)) => Err(GetError::Tls { addr, detail }),
@@ -282,37 +312,228 @@ async fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), TunnelErro
     }
 }
 
-/// Connects to the first address that accepts, each attempt within `timeout`.
+/// How long an attempt has alone before the next address is tried beside it (RFC 8305's
+/// "Connection Attempt Delay", its recommended 250 ms).
+const ATTEMPT_DELAY: Duration = Duration::from_millis(250);
+
+/// The order addresses are tried in (RFC 8305 section 4): the resolver's order (RFC 6724 put
+/// the preferred family first), with the two families alternating, so that one family that
+/// does not answer costs one attempt delay, not one connect timeout per address.
+pub(crate) fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let (mut same, mut other): (Vec<_>, Vec<_>) =
+        addrs.iter().partition(|a| a.is_ipv6() == first.is_ipv6());
+    let mut out = Vec::with_capacity(addrs.len());
+    same.reverse();
+    other.reverse();
+    while let Some(a) = same.pop() {
+        out.push(a);
+        if let Some(b) = other.pop() {
+            out.push(b);
+        }
+    }
+    out.extend(other.into_iter().rev());
+    out
+}
+
+/// Connects with Happy Eyeballs (RFC 8305): the addresses in [`interleave`]d order, a new
+/// attempt started when the last one failed or had no answer for [`ATTEMPT_DELAY`], the
+/// attempts racing, the first connection to complete kept and the others dropped. Each
+/// attempt is bounded by `timeout`. The race's winner goes first next time ([`Winners`]).
 pub(crate) async fn connect(
     addrs: &[SocketAddr],
     timeout: Duration,
+    winners: &Winners,
 ) -> Result<TcpStream, GetError> {
-    let mut last = None;
-    for addr in addrs {
-        let attempt = compio::time::timeout(timeout, TcpStream::connect(*addr)).await;
-        match attempt {
-            Ok(Ok(stream)) => {
+    use futures_util::StreamExt;
+    use futures_util::future::{Either, select};
+    use futures_util::stream::FuturesUnordered;
+
+    let order = winners.order(addrs);
+    let mut next = order.iter().copied();
+    let attempt = |addr: SocketAddr| async move {
+        let r = match compio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", timeout.as_secs_f64()),
+            )),
+        };
+        (addr, r)
+    };
+    let mut racing = FuturesUnordered::new();
+    let mut failed: Vec<(SocketAddr, std::io::Error)> = Vec::new();
+    if let Some(a) = next.next() {
+        racing.push(attempt(a));
+    }
+    while !racing.is_empty() {
+        let more = next.len() > 0;
+        let done = if more {
+            let delay = std::pin::pin!(compio::time::sleep(ATTEMPT_DELAY));
+            match select(racing.next(), delay).await {
+                Either::Left((done, _)) => done,
+                Either::Right(((), _)) => {
+                    // No answer yet: the next address joins the race.
+                    racing.extend(next.next().map(attempt));
+                    continue;
+                }
+            }
+        } else {
+            racing.next().await
+        };
+        let Some((addr, result)) = done else { break };
+        match result {
+            Ok(stream) => {
                 let _ = stream.set_nodelay(true);
+                if !failed.is_empty() || !racing.is_empty() {
+                    let started = &order[..order.len() - next.len()];
+                    let others: Vec<String> = started
+                        .iter()
+                        .filter(|a| **a != addr)
+                        .map(|a| match failed.iter().find(|(f, _)| f == a) {
+                            Some((_, e)) => format!("{a}: {e}"),
+                            None => format!("{a}: no answer yet"),
+                        })
+                        .collect();
+                    tracing::info!(
+                        "connected to {addr} (happy eyeballs; {})",
+                        others.join("; ")
+                    );
+                    winners.record(addrs, addr);
+                }
                 return Ok(stream);
             }
-            Ok(Err(e)) => last = Some((addr, e)),
-            Err(_) => {
-                let e = std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("no answer within {} s", timeout.as_secs_f64()),
-                );
-                last = Some((addr, e));
+            Err(e) => {
+                failed.push((addr, e));
+                // A failure starts the next attempt at once.
+                racing.extend(next.next().map(attempt));
             }
         }
     }
-    let (addr, source) = last.map_or_else(
-        || {
-            (
-                String::from("(no address)"),
-                std::io::Error::other("no address to connect to"),
-            )
-        },
-        |(a, e)| (a.to_string(), e),
-    );
+    // Every address failed: name them all when they failed alike, else the last.
+    let Some((last_addr, source)) = failed.pop() else {
+        return Err(GetError::Connect {
+            addr: String::from("(no address)"),
+            source: std::io::Error::other("no address to connect to"),
+        });
+    };
+    let addr = if failed.iter().all(|(_, e)| e.kind() == source.kind()) {
+        let mut all: Vec<String> = failed.iter().map(|(a, _)| a.to_string()).collect();
+        all.push(last_addr.to_string());
+        all.join(" or ")
+    } else {
+        last_addr.to_string()
+    };
     Err(GetError::Connect { addr, source })
+}
+
+/// [`connect`] for blocking sockets (the Hub API client): the same order, delay and cache, each
+/// attempt on a thread of its own. An attempt still waiting when another won ends on its own
+/// (within `timeout`) and its socket is closed.
+pub(crate) fn connect_blocking(
+    addrs: &[SocketAddr],
+    timeout: Duration,
+    winners: &Winners,
+) -> std::io::Result<std::net::TcpStream> {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    let order = winners.order(addrs);
+    let mut next = order.iter().copied();
+    let (tx, rx) = channel();
+    let start = |addr: SocketAddr| {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let _ = tx.send((addr, std::net::TcpStream::connect_timeout(&addr, timeout)));
+        });
+    };
+    let mut racing = 0;
+    let mut last = std::io::Error::other("no address to connect to");
+    if let Some(a) = next.next() {
+        start(a);
+        racing += 1;
+    }
+    while racing > 0 {
+        let done = if next.len() > 0 {
+            match rx.recv_timeout(ATTEMPT_DELAY) {
+                Ok(done) => done,
+                Err(RecvTimeoutError::Timeout) => {
+                    next.next().map(start);
+                    racing += 1;
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(done) => done,
+                Err(_) => break,
+            }
+        };
+        racing -= 1;
+        match done {
+            (addr, Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                if addr != order[0] {
+                    tracing::info!(
+                        "connected to {addr} (happy eyeballs; {} did not answer first)",
+                        order[0]
+                    );
+                    winners.record(addrs, addr);
+                }
+                return Ok(stream);
+            }
+            (addr, Err(e)) => {
+                last = std::io::Error::new(e.kind(), format!("{addr}: {e}"));
+                if let Some(a) = next.next() {
+                    start(a);
+                    racing += 1;
+                }
+            }
+        }
+    }
+    Err(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addrs(list: &[&str]) -> Vec<SocketAddr> {
+        list.iter().map(|a| a.parse().expect("address")).collect()
+    }
+
+    #[test]
+    fn families_alternate_starting_with_the_resolvers_first() {
+        let got = interleave(&addrs(&[
+            "[::1]:80",
+            "[::2]:80",
+            "[::3]:80",
+            "127.0.0.1:80",
+            "127.0.0.2:80",
+        ]));
+        let want = addrs(&[
+            "[::1]:80",
+            "127.0.0.1:80",
+            "[::2]:80",
+            "127.0.0.2:80",
+            "[::3]:80",
+        ]);
+        assert_eq!(got, want);
+        let got = interleave(&addrs(&[
+            "127.0.0.1:80",
+            "127.0.0.2:80",
+            "127.0.0.3:80",
+            "[::1]:80",
+        ]));
+        let want = addrs(&["127.0.0.1:80", "[::1]:80", "127.0.0.2:80", "127.0.0.3:80"]);
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn one_family_keeps_its_order() {
+        let one = addrs(&["127.0.0.3:80", "127.0.0.1:80"]);
+        assert_eq!(interleave(&one), one);
+        assert!(interleave(&[]).is_empty());
+    }
 }
