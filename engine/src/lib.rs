@@ -128,6 +128,9 @@ pub struct Config {
     /// How long a read may bring no byte before the stall watchdog drops the connection and
     /// the range is fetched again (default 30 s).
     pub read_timeout: Duration,
+    /// A cap on the bytes per second all of the engine's downloads read together (a token
+    /// bucket shared by every connection); `None` (the default) for no cap.
+    pub limit_rate: Option<u64>,
 }
 
 impl Default for Config {
@@ -146,6 +149,7 @@ impl Default for Config {
             proxy: None,
             connect_timeout: net::Timeouts::default().connect,
             read_timeout: net::Timeouts::default().read,
+            limit_rate: None,
         }
     }
 }
@@ -238,6 +242,9 @@ impl Engine {
                 read: config.read_timeout.max(Duration::from_millis(1)),
             },
             winners: Arc::default(),
+            rate: config
+                .limit_rate
+                .map(|r| Arc::new(net::rate::RateLimit::new(r))),
         };
         Ok(Engine {
             config,

@@ -78,6 +78,10 @@ pub(crate) struct Global {
     /// again (the stall watchdog).
     #[arg(long, global = true, value_name = "SECS", default_value_t = 30.0, value_parser = parse_secs)]
     pub read_timeout: f64,
+    /// Cap on the bytes per second of all connections together, e.g. 50M (K, M, G: powers of
+    /// 1024, as curl's --limit-rate).
+    #[arg(long, global = true, value_name = "RATE", value_parser = parse_size)]
+    pub limit_rate: Option<u64>,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -119,6 +123,7 @@ impl Global {
         config.proxy = self.proxy.clone();
         config.connect_timeout = std::time::Duration::from_secs_f64(self.connect_timeout);
         config.read_timeout = std::time::Duration::from_secs_f64(self.read_timeout);
+        config.limit_rate = self.limit_rate;
         config
     }
 }

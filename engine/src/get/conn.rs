@@ -5,9 +5,10 @@
 
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::sync::Arc;
 
 use compio::BufResult;
-use compio::buf::{IntoInner, IoBuf};
+use compio::buf::{IntoInner, IoBufMut};
 use compio::driver::{SharedFd, ToSharedFd};
 
 use super::pipe::Pipeline;
@@ -17,6 +18,7 @@ use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 use crate::net::Stream;
+use crate::net::rate::RateLimit;
 use crate::plan::LeaseId;
 
 /// Head-read granularity; heads are small, bodies go straight to pipeline buffers.
@@ -96,6 +98,8 @@ pub(super) struct Conn {
     reusable: bool,
     /// This connection's pipe for the splice sink, made on first use.
     splice: Option<SplicePipe>,
+    /// `--limit-rate`, shared by every connection of the engine.
+    rate: Option<Arc<RateLimit>>,
 }
 
 impl Conn {
@@ -120,6 +124,7 @@ impl Conn {
             reused: false,
             reusable: true,
             splice: None,
+            rate: target.dialer.rate.clone(),
         })
     }
 
@@ -227,16 +232,32 @@ impl Conn {
         }
     }
 
+    /// Reads up to `want` bytes into `buf` at `from` (its initialised length), under the stall
+    /// watchdog; with `--limit-rate`, at most a quantum, then waits out the bucket's debt.
+    async fn read_into<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        from: usize,
+        want: usize,
+    ) -> BufResult<usize, B> {
+        let want = self.rate.as_ref().map_or(want, |r| r.quantum(want));
+        let BufResult(r, slice) = self
+            .stream
+            .read_watched(buf.slice(from..from + want), self.read_timeout)
+            .await;
+        if let Ok(n) = r {
+            pace(self.rate.as_deref(), n).await;
+        }
+        BufResult(r, slice.into_inner())
+    }
+
     /// Appends up to [`HEAD_READ`] bytes from the socket to `pending`.
     async fn read_more(&mut self) -> std::io::Result<usize> {
         let mut buf = std::mem::take(&mut self.pending);
         let len = buf.len();
         buf.reserve(HEAD_READ);
-        let BufResult(r, slice) = self
-            .stream
-            .read_watched(buf.slice(len..len + HEAD_READ), self.read_timeout)
-            .await;
-        self.pending = slice.into_inner();
+        let BufResult(r, buf) = self.read_into(buf, len, HEAD_READ).await;
+        self.pending = buf;
         r
     }
 
@@ -305,11 +326,8 @@ impl Conn {
                 continue;
             }
             let filled = buf.bytes().len();
-            let BufResult(r, slice) = self
-                .stream
-                .read_watched(buf.slice(filled..filled + allowed), self.read_timeout)
-                .await;
-            buf = slice.into_inner();
+            let BufResult(r, read) = self.read_into(buf, filled, allowed).await;
+            buf = read;
             match r {
                 Ok(0) => {
                     pipe.submit(buf, buf_at).await?;
@@ -366,13 +384,18 @@ impl Conn {
             if ctx.is_aborted() {
                 return Ok(BodyEnd::Aborted);
             }
-            let allowed = ctx.reserve(lease, at, spliced.capacity() as u64) as usize;
+            let most = self
+                .rate
+                .as_ref()
+                .map_or(spliced.capacity(), |r| r.quantum(spliced.capacity()));
+            let allowed = ctx.reserve(lease, at, most as u64) as usize;
             if allowed == 0 {
                 return Ok(ran_out(at, &range));
             }
             match spliced.fill(socket.clone(), allowed).await {
                 Ok(0) => return Ok(BodyEnd::Short { at, error: None }),
                 Ok(n) => {
+                    pace(self.rate.as_deref(), n).await;
                     if let Err(e) = spliced.drain(file.clone(), at).await {
                         // The pipe still holds bytes of this body: it is not usable again.
                         self.splice = None;
@@ -468,11 +491,8 @@ impl Conn {
                 want = want.min((n - out.at) as usize);
             }
             let buf = out.buf.take().expect("stream buffer");
-            let BufResult(r, slice) = self
-                .stream
-                .read_watched(buf.slice(filled..filled + want), self.read_timeout)
-                .await;
-            out.buf = Some(slice.into_inner());
+            let BufResult(r, buf) = self.read_into(buf, filled, want).await;
+            out.buf = Some(buf);
             match r {
                 Ok(0) => {
                     self.reusable = false;
@@ -556,6 +576,16 @@ impl Conn {
 /// How a lease's body ends when the plan allows no more bytes at `at`: at the lease's end it
 /// is complete; short of it a split moved the end, and the rest of this body belongs to another
 /// connection (this one cannot be reused with it unread).
+/// Pays `rate` for `n` bytes read, waiting while it is in debt.
+async fn pace(rate: Option<&RateLimit>, n: usize) {
+    if let Some(rate) = rate {
+        let wait = rate.spend(n as u64);
+        if !wait.is_zero() {
+            compio::time::sleep(wait).await;
+        }
+    }
+}
+
 fn ran_out(at: u64, range: &Range<u64>) -> BodyEnd {
     if at == range.end {
         BodyEnd::Complete

@@ -5,6 +5,7 @@
 //! for `https://` ([`tls`]). TCP Fast Open is not used.
 
 pub(crate) mod proxy;
+pub(crate) mod rate;
 pub(crate) mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -28,6 +29,8 @@ pub(crate) struct Dialer {
     pub timeouts: Timeouts,
     /// Which address won the last race to each host.
     pub winners: Arc<Winners>,
+    /// `--limit-rate`: the cap on all connections' reads together.
+    pub rate: Option<Arc<rate::RateLimit>>,
 }
 
 /// The address that won the last Happy Eyeballs race for each list of addresses (keyed by the
