@@ -42,8 +42,10 @@
 //! A download either completes byte for byte (checked against a sha256 when given one, see
 //! [`Engine::get_with`]) or fails with a [`GetError`] and leaves nothing under its final name.
 //! [`hub::Pull`] mirrors a Hugging Face repo (verified, resumable after a crash through its
-//! journal) and [`serve::Server`] serves such mirrors. What the crate does not do yet: HTTPS,
-//! proxies and mirrors with failover.
+//! journal) and [`serve::Server`] serves such mirrors. Downloads speak HTTPS (rustls), go
+//! through proxies, race IPv6 and IPv4 (Happy Eyeballs), take a file's bytes from several
+//! mirrors ([`GetItem::mirror`]) and keep to a bandwidth cap ([`Config::limit_rate`]). What the
+//! crate does not do yet: HTTP/2 and QUIC.
 #![warn(missing_docs)]
 
 mod backend;
@@ -70,6 +72,7 @@ pub use crate::backend::{
     Backend, BackendKind, SAFE_MODE_ENV, Selection, select as select_backend,
 };
 pub use crate::error::{ErrorKind, GetError, StartError};
+pub use crate::get::sources::EndpointReport;
 pub use crate::runtime::WorkerInfo;
 pub use kernel_probes;
 
@@ -362,6 +365,7 @@ impl Engine {
             threads: self.workers.len(),
         });
         let window = verify::Window::new(get::HASH_WINDOW);
+        let endpoints = Arc::new(get::sources::Endpoints::default());
         let mut files = Vec::with_capacity(items.len());
         for item in items {
             let checksum = match &item.checksum {
@@ -382,6 +386,11 @@ impl Engine {
             }
             let mut target = Target::new(&item.url, &mut resolved)?;
             target.authorization = item.authorization;
+            let mirrors = item
+                .mirrors
+                .iter()
+                .map(|m| Target::new(m, &mut resolved))
+                .collect::<Result<Vec<_>, _>>()?;
             check_output(&item.output, &mut dirs_ok)?;
             let absolute = match &cwd {
                 Some(cwd) if item.output.is_relative() => cwd.join(&item.output),
@@ -393,6 +402,7 @@ impl Engine {
             let sink = self.sink_for(get::parent_dir(&item.output));
             let spec = FileSpec {
                 target,
+                mirrors,
                 output: item.output,
                 sink,
                 checksum,
@@ -403,7 +413,7 @@ impl Engine {
                 spec,
                 Arc::clone(&settings),
                 (Arc::clone(&counters), Arc::clone(&window)),
-                started,
+                (started, Arc::clone(&endpoints)),
             )));
         }
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
@@ -470,6 +480,8 @@ pub struct GetItem {
     pub size: Option<u64>,
     /// `Authorization` for the URL's own origin only (never across a redirect to another).
     authorization: Option<get::Secret>,
+    /// Other URLs with the same bytes ([`GetItem::mirror`]).
+    pub mirrors: Vec<String>,
 }
 
 impl GetItem {
@@ -481,7 +493,17 @@ impl GetItem {
             checksum: None,
             size: None,
             authorization: None,
+            mirrors: Vec::new(),
         }
+    }
+
+    /// Another URL serving the same bytes (repeatable). Ranges are spread over the URL and
+    /// its mirrors; a range that fails or stalls on one moves to another, and a far slower
+    /// one is demoted. The `Authorization` goes to the first URL's origin only; the
+    /// checksum, when given, covers the bytes from all of them.
+    pub fn mirror(mut self, url: impl Into<String>) -> GetItem {
+        self.mirrors.push(url.into());
+        self
     }
 
     /// Checks the file against this sha256.
@@ -800,6 +822,9 @@ pub struct Report {
     pub retries: u64,
     /// Ranges split so that connections finish together.
     pub splits: u64,
+    /// With mirrors ([`GetItem::mirror`]): the bytes of this file each endpoint served, and
+    /// each endpoint's failures and demotion over the whole job so far. Empty without mirrors.
+    pub endpoints: Vec<EndpointReport>,
 }
 
 /// How a download's digest was verified.

@@ -51,6 +51,13 @@ pub enum Fault {
         /// Body bytes to forward before stalling.
         keep: u64,
     },
+    /// Every body is forwarded at `bytes_per_sec` (per connection), in 16 KiB steps: a slow
+    /// server. (nginx's `limit_rate` cannot make one for ranged requests of a few MiB: the
+    /// socket buffers on loopback take a whole range at once.)
+    Throttle {
+        /// Body bytes per second on each connection.
+        bytes_per_sec: u64,
+    },
     /// The first `times` requests whose request line contains `uri_contains` get a `503` with
     /// `Retry-After: 0`, without reaching the upstream.
     Unavailable {
@@ -220,7 +227,12 @@ fn serve(
         let mut left = keep;
         let mut skip = len - keep;
         loop {
-            let take = (ubuf.len() as u64).min(left) as usize;
+            let mut take = (ubuf.len() as u64).min(left) as usize;
+            if let Fault::Throttle { bytes_per_sec } = fault {
+                take = take.min(16 << 10);
+                let pause = take as f64 / bytes_per_sec.max(1) as f64;
+                std::thread::sleep(Duration::from_secs_f64(pause));
+            }
             if let Some(at) = flip {
                 let sent = keep - left;
                 if at < sent + take as u64 {
@@ -247,6 +259,9 @@ fn serve(
                 // Truncation: hang up mid-body.
                 let _ = client.shutdown(Shutdown::Both);
                 return Ok(());
+            }
+            if !ubuf.is_empty() {
+                continue; // throttled: the rest of what came is sent in the next steps
             }
             let mut chunk = vec![0u8; 1 << 16];
             let n = up.read(&mut chunk)?;

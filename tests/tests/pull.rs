@@ -281,6 +281,83 @@ fn a_pull_to_a_dual_stack_name_races_past_a_silent_ipv6() {
 }
 
 #[test]
+fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
+    let hub = Hub::start(|_| None);
+    // The mirror: the same Hub behind a port of its own.
+    let front = FaultProxy::start(hub.nginx.port(), Fault::None);
+    let mirror = format!("http://127.0.0.1:{}/files", front.port());
+    let dead = format!("http://127.0.0.1:{}/files", ferry_tests::free_port());
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?} mirror");
+        let served = |r: &serde_json::Value| -> Vec<(String, u64)> {
+            r["endpoints"]
+                .as_array()
+                .expect("endpoints")
+                .iter()
+                .map(|e| {
+                    (
+                        e["endpoint"].as_str().unwrap_or("").to_owned(),
+                        e["bytes"].as_u64().unwrap_or(0),
+                    )
+                })
+                .collect()
+        };
+        // Both up: every byte from one of them, the summary says which.
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let r = report(
+            &pull(
+                backend,
+                &hub.endpoint(),
+                &["--cache-dir", cache_s, "--mirror", &mirror, "-c", "4"],
+            ),
+            &what,
+        );
+        assert_snapshot(cache.path(), &hub.repo, &what);
+        let s = served(&r);
+        assert_eq!(s.len(), 2, "{what}: {r}");
+        assert_eq!(
+            s[0].1 + s[1].1,
+            r["bytes_fetched"].as_u64().expect("bytes"),
+            "{what}: {r}"
+        );
+        // The endpoint dead: the listing and every byte from the mirror, and the token, meant
+        // for the endpoint, never sent to the mirror.
+        let seen = hub.nginx.requests(0).len();
+        let cache = tempfile::tempdir().expect("tmp");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let r = report(
+            &pull(
+                backend,
+                &dead,
+                &[
+                    "--cache-dir",
+                    cache_s,
+                    "--mirror",
+                    &mirror,
+                    "--token",
+                    "hf_secret",
+                ],
+            ),
+            &what,
+        );
+        assert_snapshot(cache.path(), &hub.repo, &what);
+        let s = served(&r);
+        assert_eq!(
+            s[1].1,
+            r["bytes_fetched"].as_u64().expect("bytes"),
+            "{what}: {r}"
+        );
+        let requests = hub.nginx.requests(seen + 1);
+        assert!(
+            requests[seen..].iter().all(|q| !q.authorized),
+            "{what}: no token to the mirror: {requests:?}"
+        );
+        eprintln!("ran on backend {backend:?}: pull with a mirror, served by {s:?}");
+    }
+}
+
+#[test]
 fn a_local_dir_gets_plain_files_and_huggingface_hub_metadata() {
     let hub = Hub::start(|_| None);
     for backend in backends_under_test() {

@@ -39,6 +39,11 @@ pub(crate) struct GetArgs {
     /// more, then the download fails and nothing is left under the final name. One URL only.
     #[arg(long, value_name = "HEX")]
     sha256: Option<String>,
+    /// Another URL with the same bytes (repeatable; one URL only): ranges are spread over
+    /// them, a failing or stalled one hands its ranges to the others, a far slower one is
+    /// demoted, and the summary says how many bytes each served.
+    #[arg(long, value_name = "URL")]
+    mirror: Vec<String>,
     /// Size of one write buffer (e.g. 1M; a multiple of 4K).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     buffer_size: Option<u64>,
@@ -141,6 +146,11 @@ fn plan_outputs(args: &GetArgs) -> Result<Vec<Planned>, UsageError> {
     if urls.is_empty() {
         return Err(UsageError("no URL to download".to_owned()));
     }
+    if !args.mirror.is_empty() && urls.len() > 1 {
+        return Err(UsageError(
+            "--mirror gives other URLs of one file; give one URL with it".to_owned(),
+        ));
+    }
     if args.sha256.is_some() && urls.len() > 1 {
         return Err(UsageError(
             "--sha256 checks one file; give one URL with it".to_owned(),
@@ -219,7 +229,12 @@ fn download(
     args: &GetArgs,
 ) -> Result<Vec<Result<Report, GetError>>, GetError> {
     let items = jobs.iter().map(|(url, out, sha)| {
-        let item = ferry::GetItem::new(url.clone(), out);
+        let item = args
+            .mirror
+            .iter()
+            .fold(ferry::GetItem::new(url.clone(), out), |item, m| {
+                item.mirror(m.clone())
+            });
         match sha {
             Some(hex) => item.sha256(hex.clone()),
             None => item,
@@ -258,6 +273,9 @@ fn print_summary(report: &Report, args: &GetArgs) {
         if report.ranged { "" } else { ", single stream" },
         verified,
     );
+    if !report.endpoints.is_empty() {
+        println!("{}", super::served_by(&report.endpoints));
+    }
 }
 
 #[cfg(test)]

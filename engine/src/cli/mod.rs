@@ -197,6 +197,28 @@ pub(crate) fn get_error_code(e: &GetError) -> u8 {
     }
 }
 
+/// `served by http://a (1.00 GiB), http://b (12.0 MiB, 3 failures, demoted)`.
+pub(crate) fn served_by(endpoints: &[ferry::EndpointReport]) -> String {
+    let parts: Vec<String> = endpoints
+        .iter()
+        .map(|e| {
+            let mut notes = vec![ferry::human_bytes(e.bytes)];
+            if e.failures > 0 {
+                notes.push(format!(
+                    "{} failure{}",
+                    e.failures,
+                    if e.failures == 1 { "" } else { "s" }
+                ));
+            }
+            if e.demoted {
+                notes.push("demoted".into());
+            }
+            format!("{} ({})", e.endpoint, notes.join(", "))
+        })
+        .collect();
+    format!("  served by {}", parts.join(", "))
+}
+
 /// Parses `4M`, `1MiB`, `512k`, `1048576` into bytes (binary multiples).
 pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();

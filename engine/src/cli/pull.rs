@@ -40,6 +40,12 @@ pub(crate) struct PullArgs {
     /// The Hub endpoint (default: HF_ENDPOINT, else https://huggingface.co).
     #[arg(long, value_name = "URL")]
     endpoint: Option<String>,
+    /// Another HF-compatible endpoint with the same repos (repeatable): ranges are spread over
+    /// the endpoint and its mirrors, a failing one hands its ranges to the others, a far slower
+    /// one is demoted; the listing falls back to a mirror when the endpoint cannot answer.
+    /// The token is never sent to a mirror.
+    #[arg(long, value_name = "URL")]
+    mirror: Vec<String>,
     /// Access token (default: HF_TOKEN, else the token file under HF_HOME). Never printed.
     #[arg(long, value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -105,8 +111,17 @@ fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
         .or_else(|| env("HF_ENDPOINT"))
         .unwrap_or_else(|| "https://huggingface.co".into());
     let endpoint = endpoint.trim_end_matches('/');
-    let endpoint = url::Url::parse(endpoint)
-        .map_err(|e| HubError::Usage(format!("invalid endpoint {endpoint:?}: {e}")))?;
+    let parse = |endpoint: &str| {
+        let endpoint = endpoint.trim_end_matches('/');
+        url::Url::parse(endpoint)
+            .map_err(|e| HubError::Usage(format!("invalid endpoint {endpoint:?}: {e}")))
+    };
+    let endpoint = parse(endpoint)?;
+    let mirrors = args
+        .mirror
+        .iter()
+        .map(|m| parse(m))
+        .collect::<Result<Vec<_>, _>>()?;
     let layout = match &args.local_dir {
         Some(dir) => Layout::LocalDir(dir.clone()),
         None => Layout::Cache(cache_dir(args)?),
@@ -115,6 +130,9 @@ fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
         .kind(args.repo_type)
         .revision(args.revision.clone())
         .filter(args.include.clone(), args.exclude.clone());
+    for m in mirrors {
+        o = o.mirror(m);
+    }
     if let Some(token) = token(args) {
         o = o.token(token);
     }
@@ -201,4 +219,7 @@ fn print_summary(report: &PullReport, args: &PullArgs) {
         report.seconds,
         report.backend,
     );
+    if !report.endpoints.is_empty() {
+        println!("{}", super::served_by(&report.endpoints));
+    }
 }

@@ -21,8 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
-use super::conn::Conn;
-use super::{Counters, Ctx, Opened, Settled};
+use super::{Counters, Ctx, Lane, Opened, Settled};
 use crate::Report;
 use crate::error::GetError;
 use crate::plan::files::{self, Next, Offer};
@@ -122,9 +121,9 @@ impl Batch {
         *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = Some(workers.clone());
         let locals = std::mem::take(&mut *self.locals.lock().unwrap_or_else(|p| p.into_inner()));
         let mut started = 0;
-        for local in locals {
+        for (id, local) in locals.into_iter().enumerate() {
             let batch = Arc::clone(self);
-            let task: Task = Box::new(move || Box::pin(async move { batch.lane(local).await }));
+            let task: Task = Box::new(move || Box::pin(async move { batch.lane(id, local).await }));
             if workers.run(task) {
                 started += 1;
             }
@@ -136,17 +135,17 @@ impl Batch {
         self.sched.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn lane(self: Arc<Self>, local: Worker<usize>) {
-        let mut slot: Option<Conn> = None;
+    async fn lane(self: Arc<Self>, id: usize, local: Worker<usize>) {
+        let mut lane = Lane { id, conn: None };
         loop {
             match self.next() {
                 Step::Help(f) => {
-                    super::help(&self.files[f], &mut slot).await;
+                    super::help(&self.files[f], &mut lane).await;
                     self.leave(f).await;
                 }
                 Step::Start => {
                     let f = self.pop(&local);
-                    self.run_file(f, &mut slot).await;
+                    self.run_file(f, &mut lane).await;
                 }
                 Step::Wait(rx) => {
                     let _ = rx.recv_async().await;
@@ -210,25 +209,27 @@ impl Batch {
     }
 
     /// Fetches a file this lane started, until other lanes or a settling task take it over.
-    async fn run_file(self: &Arc<Self>, f: usize, slot: &mut Option<Conn>) {
+    async fn run_file(self: &Arc<Self>, f: usize, lane: &mut Lane) {
         let ctx = &self.files[f];
-        match super::open(ctx, slot).await {
+        match super::open(ctx, lane).await {
             Ok(Opened::Ranged {
                 conn,
                 pipe,
                 first,
                 range,
+                src,
             }) => {
                 self.opened(f, true);
-                super::run_ranged(ctx, slot, conn, pipe, (first, range)).await;
+                super::run_ranged(ctx, lane, conn, pipe, (first, range, src)).await;
             }
             Ok(Opened::Stream {
                 conn,
                 framing,
                 created,
+                src,
             }) => {
                 self.opened(f, false);
-                super::run_stream(ctx, slot, (conn, framing), created).await;
+                super::run_stream(ctx, lane, (conn, framing, src), created).await;
             }
             Ok(Opened::Empty) => self.opened(f, false),
             Err(e) => {

@@ -100,6 +100,11 @@ pub(super) struct Conn {
     splice: Option<SplicePipe>,
     /// `--limit-rate`, shared by every connection of the engine.
     rate: Option<Arc<RateLimit>>,
+    /// Body bytes read on this connection (ranged and streamed), for the per-source counts.
+    body_bytes: u64,
+    /// Time spent waiting for the socket (not for buffers, the disk or `--limit-rate`): what
+    /// the server's throughput is measured by.
+    read_time: std::time::Duration,
 }
 
 impl Conn {
@@ -125,7 +130,19 @@ impl Conn {
             reusable: true,
             splice: None,
             rate: target.dialer.rate.clone(),
+            body_bytes: 0,
+            read_time: std::time::Duration::ZERO,
         })
+    }
+
+    /// Body bytes read on this connection so far.
+    pub fn body_bytes(&self) -> u64 {
+        self.body_bytes
+    }
+
+    /// Time spent waiting for the socket so far.
+    pub fn read_time(&self) -> std::time::Duration {
+        self.read_time
     }
 
     pub fn is_reusable(&self) -> bool {
@@ -241,10 +258,12 @@ impl Conn {
         want: usize,
     ) -> BufResult<usize, B> {
         let want = self.rate.as_ref().map_or(want, |r| r.quantum(want));
+        let started = std::time::Instant::now();
         let BufResult(r, slice) = self
             .stream
             .read_watched(buf.slice(from..from + want), self.read_timeout)
             .await;
+        self.read_time += started.elapsed();
         if let Ok(n) = r {
             pace(self.rate.as_deref(), n).await;
         }
@@ -323,6 +342,7 @@ impl Conn {
                 buf.push_slice(&self.pending[..n]);
                 self.pending.drain(..n);
                 at += n as u64;
+                self.body_bytes += n as u64;
                 continue;
             }
             let filled = buf.bytes().len();
@@ -333,7 +353,10 @@ impl Conn {
                     pipe.submit(buf, buf_at).await?;
                     return Ok(BodyEnd::Short { at, error: None });
                 }
-                Ok(n) => at += n as u64,
+                Ok(n) => {
+                    at += n as u64;
+                    self.body_bytes += n as u64;
+                }
                 Err(e) => {
                     pipe.submit(buf, buf_at).await?;
                     return Ok(BodyEnd::Short {
@@ -365,6 +388,7 @@ impl Conn {
             self.pending.drain(..n);
             pipe.submit(buf, at).await?;
             at += n as u64;
+            self.body_bytes += n as u64;
             if n < want {
                 break;
             }
@@ -392,7 +416,10 @@ impl Conn {
             if allowed == 0 {
                 return Ok(ran_out(at, &range));
             }
-            match spliced.fill(socket.clone(), allowed).await {
+            let started = std::time::Instant::now();
+            let filled = spliced.fill(socket.clone(), allowed).await;
+            self.read_time += started.elapsed();
+            match filled {
                 Ok(0) => return Ok(BodyEnd::Short { at, error: None }),
                 Ok(n) => {
                     pace(self.rate.as_deref(), n).await;
@@ -403,6 +430,7 @@ impl Conn {
                     }
                     pipe.spliced(at, n as u64);
                     at += n as u64;
+                    self.body_bytes += n as u64;
                 }
                 Err(e) => {
                     return Ok(BodyEnd::Short {
@@ -437,6 +465,7 @@ impl Conn {
             Framing::Chunked => self.stream_chunked(ctx, pipe, &mut out).await,
         };
         let StreamOut { buf, buf_at, at } = out;
+        self.body_bytes += at;
         let buf = buf.expect("stream buffer");
         match result {
             Ok(true) => {

@@ -29,6 +29,7 @@
 pub(crate) mod batch;
 mod conn;
 mod pipe;
+pub(crate) mod sources;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -36,7 +37,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use compio::driver::ToSharedFd;
 use compio::fs::{File, OpenOptions};
@@ -45,6 +46,7 @@ use url::Url;
 pub(crate) use self::batch::Batch;
 use self::conn::{BodyEnd, Conn};
 use self::pipe::Pipeline;
+use self::sources::{EndpointReport, Endpoints};
 use crate::backend::Backend;
 use crate::backend::buf::AlignedBuf;
 use crate::backend::sink::{FileSink, SinkKind};
@@ -277,6 +279,8 @@ pub(crate) struct JobSettings {
 #[derive(Debug)]
 pub(crate) struct FileSpec {
     pub target: Target,
+    /// Other URLs with the same bytes.
+    pub mirrors: Vec<Target>,
     pub output: PathBuf,
     pub sink: SinkChoice,
     pub checksum: Option<Checksum>,
@@ -286,12 +290,34 @@ pub(crate) struct FileSpec {
     pub journal: Option<Arc<Journal>>,
 }
 
+/// One place a file's bytes come from: the URL asked for, or a mirror of it.
+struct Source {
+    /// The URL as given.
+    origin: Target,
+    /// The URL after redirects, set once they were followed.
+    redirected: OnceLock<Target>,
+    /// Its endpoint's id in the job's [`Endpoints`].
+    endpoint: usize,
+    /// Bytes of this file it served.
+    served: AtomicU64,
+    /// Set when it answered this file with what no retry cures (a mirror without the file, a
+    /// certificate that does not verify): it is not asked for this file again.
+    refused: AtomicBool,
+}
+
+impl Source {
+    /// Where its requests go: the URL after redirects.
+    fn target(&self) -> &Target {
+        self.redirected.get().unwrap_or(&self.origin)
+    }
+}
+
 /// One file of a job, and what the lanes working on it share.
 pub(crate) struct Ctx {
-    /// The URL as asked for.
-    origin: Target,
-    /// The URL after redirects, set once before any range is fetched.
-    redirected: OnceLock<Target>,
+    /// The URL asked for first, then its mirrors.
+    sources: Vec<Source>,
+    /// What the job knows of each endpoint (shared by its files).
+    endpoints: Arc<Endpoints>,
     pub output: PathBuf,
     pub incomplete: PathBuf,
     pub sink: SinkChoice,
@@ -330,14 +356,24 @@ impl Ctx {
         spec: FileSpec,
         settings: Arc<JobSettings>,
         (progress, window): (Arc<Counters>, Arc<Window>),
-        started: Instant,
+        (started, endpoints): (Instant, Arc<Endpoints>),
     ) -> Ctx {
         let mut name = spec.output.as_os_str().to_owned();
         name.push(".incomplete");
         progress.add_file(spec.size);
+        let sources = std::iter::once(spec.target)
+            .chain(spec.mirrors)
+            .map(|origin| Source {
+                endpoint: endpoints.id(&origin.url.origin().ascii_serialization()),
+                origin,
+                redirected: OnceLock::new(),
+                served: AtomicU64::new(0),
+                refused: AtomicBool::new(false),
+            })
+            .collect();
         Ctx {
-            origin: spec.target,
-            redirected: OnceLock::new(),
+            sources,
+            endpoints,
             output: spec.output,
             incomplete: PathBuf::from(name),
             sink: spec.sink,
@@ -428,9 +464,85 @@ impl Ctx {
         })
     }
 
-    /// Where requests go: the URL after redirects.
+    /// The first source's target (the URL asked for, after redirects): what messages name.
     pub fn target(&self) -> &Target {
-        self.redirected.get().unwrap_or(&self.origin)
+        self.sources[0].target()
+    }
+
+    /// The endpoint ids of the sources still asked for this file, and their source indices.
+    fn candidates(&self) -> (Vec<usize>, Vec<usize>) {
+        self.sources
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.refused.load(Ordering::Relaxed))
+            .map(|(i, s)| (s.endpoint, i))
+            .unzip()
+    }
+
+    /// The source lane `lane` asks next (see [`Endpoints::pick`]).
+    fn pick(&self, lane: usize) -> usize {
+        if self.sources.len() == 1 {
+            return 0;
+        }
+        let (endpoints, indices) = self.candidates();
+        if indices.is_empty() {
+            return 0;
+        }
+        indices[self.endpoints.pick(&endpoints, lane, Instant::now())]
+    }
+
+    /// A request to source `src` failed with `error`: with mirrors, its endpoint is put aside
+    /// for a while, and for an error no retry cures the source is not asked for this file
+    /// again. `Some(next)`: another source can be asked at once (the endpoint to name).
+    fn source_failed(&self, src: usize, error: &GetError) -> Option<String> {
+        if self.sources.len() == 1 {
+            return None;
+        }
+        let now = Instant::now();
+        let source = &self.sources[src];
+        if matches!(crate::retry::for_error(error), Verdict::Fail) {
+            // This source cannot give this file; its endpoint may be fine for others.
+            source.refused.store(true, Ordering::Relaxed);
+        } else {
+            self.endpoints.failed(source.endpoint, now);
+        }
+        let (_, indices) = self.candidates();
+        indices
+            .into_iter()
+            .find(|&i| i != src && self.endpoints.usable(self.sources[i].endpoint, now))
+            .map(|i| self.sources[i].origin.url.origin().ascii_serialization())
+    }
+
+    /// With mirrors: the bytes of this file each endpoint served, with the job's failures and
+    /// demotions.
+    fn endpoint_report(&self) -> Vec<EndpointReport> {
+        if self.sources.len() == 1 {
+            return Vec::new();
+        }
+        let job = self.endpoints.report();
+        self.sources
+            .iter()
+            .map(|s| EndpointReport {
+                bytes: s.served.load(Ordering::Relaxed),
+                ..job[s.endpoint].clone()
+            })
+            .collect()
+    }
+
+    /// `bytes` of this file came from source `src` in `elapsed` of reading (waits for buffers
+    /// and disk not counted: they are ours, not the endpoint's); `complete` when the whole
+    /// range arrived (only those measure the endpoint's throughput).
+    fn served(&self, src: usize, bytes: u64, elapsed: Duration, complete: bool) {
+        let source = &self.sources[src];
+        source.served.fetch_add(bytes, Ordering::Relaxed);
+        if self.sources.len() == 1 {
+            return;
+        }
+        if !complete {
+            self.endpoints.partial(source.endpoint, bytes);
+        } else if let Some(line) = self.endpoints.served(source.endpoint, bytes, elapsed) {
+            tracing::warn!("{line}");
+        }
     }
 
     /// The size stated up front, for the start order.
@@ -638,6 +750,13 @@ async fn read_back_loop(
     }
 }
 
+/// One of a job's connection lanes, as the data plane sees it: its number (which spreads the
+/// lanes over a file's sources) and its kept-alive connection.
+struct Lane {
+    id: usize,
+    conn: Option<Conn>,
+}
+
 /// What became of a file after the first answer, for the lane that asked.
 enum Opened {
     /// Ranged: the lane continues with the first lease, then takes more from the plan (which
@@ -647,20 +766,23 @@ enum Opened {
         pipe: Pipeline,
         first: LeaseId,
         range: Range<u64>,
+        /// The source that answered.
+        src: usize,
     },
     /// One stream (the server ignored `Range`, or gave no length): the lane copies it alone.
     Stream {
         conn: Conn,
         framing: Framing,
         created: File,
+        src: usize,
     },
     /// Nothing more to fetch (an empty file).
     Empty,
 }
 
-/// Sends the first request of a file (following redirects) on `slot`'s connection when it goes
+/// Sends the first request of a file (following redirects) on `lane`'s connection when it goes
 /// to the right host, on a new one otherwise, and sets the file up from the answer.
-async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetError> {
+async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
     let (created, mut resumed) = ctx.begin_fetch().await?;
     let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK).max(1);
     // A resumed file starts at its first missing byte.
@@ -676,28 +798,35 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
         },
         _ => 0..first_len,
     };
-    // The first answer, retried as the table in `crate::retry` says.
+    // The first answer, retried as the table in `crate::retry` says; with mirrors, a
+    // failure moves on to another source at once.
     let mut failures = 0;
-    let (conn, target, head) = loop {
-        match first_answer(ctx, slot, &first).await {
-            Ok(answer) => break answer,
-            // Nothing listens there: a wrong host or port, said at once rather than after
-            // minutes of retries. (Once bytes flowed, a refusal is retried: a server restarting.)
-            Err(e @ GetError::Connect { .. }) if is_refused(&e) => return Err(e),
+    let budget = crate::plan::MAX_RETRIES * ctx.sources.len() as u32;
+    let (conn, src, head) = loop {
+        let src = ctx.pick(lane.id);
+        match ask(ctx, lane, src, &first, true).await {
+            Ok((conn, head)) => break (conn, src, head),
             Err(e) => {
-                failures += 1;
-                if failures > crate::plan::MAX_RETRIES || !wait_to_retry(&e, failures).await {
+                let next = ctx.source_failed(src, &e);
+                // Nothing listens there: a wrong host or port, said at once rather than after
+                // minutes of retries. (Once bytes flowed, a refusal is retried: a server
+                // restarting.)
+                if next.is_none() && (is_refused(&e) || ctx.candidates().1.is_empty()) {
                     return Err(e);
+                }
+                failures += 1;
+                if failures > budget {
+                    return Err(e);
+                }
+                match next {
+                    Some(next) => tracing::warn!("{e}; asking {next} instead"),
+                    None if !wait_to_retry(&e, failures).await => return Err(e),
+                    None => {}
                 }
                 ctx.retries.fetch_add(1, Ordering::Relaxed);
             }
         }
     };
-    // Ranges after a redirect go to the final URL.
-    if target.url != ctx.origin.url {
-        tracing::debug!(from = %ctx.origin.display, to = %target.display, "followed redirect");
-        let _ = ctx.redirected.set(target);
-    }
     let framing = framing_of(ctx.target(), &head)?;
     match head.status {
         206 => {
@@ -722,7 +851,8 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
             let pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
             let todo = crate::plan::gaps(&resumed, total);
             let mut plan =
-                Plan::with_gaps(total, todo, ctx.settings.connections, ctx.settings.chunk);
+                Plan::with_gaps(total, todo, ctx.settings.connections, ctx.settings.chunk)
+                    .with_sources(ctx.sources.len());
             let lease = plan.claim(first.start..first_end);
             *ctx.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
             ctx.take_over(&resumed);
@@ -731,6 +861,7 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
                 pipe,
                 first: lease,
                 range: first.start..first_end,
+                src,
             })
         }
         200 => {
@@ -748,12 +879,13 @@ async fn open(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) -> Result<Opened, GetErro
                 conn,
                 framing,
                 created,
+                src,
             })
         }
         416 => match head.header("content-range").and_then(parse_content_range) {
             Some(ContentRange::Unsatisfied { total: 0 }) => {
                 ctx.set_total(0);
-                *slot = Some(conn);
+                lane.conn = Some(conn);
                 Ok(Opened::Empty)
             }
             _ => Err(status_error(ctx, &head)),
@@ -766,22 +898,31 @@ fn is_refused(e: &GetError) -> bool {
     matches!(e, GetError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
 }
 
-/// Connects (or reuses the lane's connection), asks for `first` and follows redirects. A
-/// final status worth retrying comes back as an error, like a failed connection.
-async fn first_answer(
+/// Asks source `src` for `range` on the lane's connection when it goes there, on a new one
+/// otherwise, following redirects (from the URL as given when `from_origin`, else from where
+/// its redirects led before) and keeping where they led. A final status worth retrying comes
+/// back as an error, like a failed connection.
+async fn ask(
     ctx: &Arc<Ctx>,
-    slot: &mut Option<Conn>,
-    first: &Range<u64>,
-) -> Result<(Conn, Target, ResponseHead), GetError> {
-    let mut target = ctx.origin.clone();
-    let mut conn = match slot.take() {
+    lane: &mut Lane,
+    src: usize,
+    range: &Range<u64>,
+    from_origin: bool,
+) -> Result<(Conn, ResponseHead), GetError> {
+    let source = &ctx.sources[src];
+    let mut target = if from_origin {
+        source.origin.clone()
+    } else {
+        source.target().clone()
+    };
+    let mut conn = match lane.conn.take() {
         Some(c) if c.serves(&target) => c,
         _ => Conn::open(&target).await?,
     };
     let mut redirects = 0;
     let mut resolved = Resolved::new(target.dialer.clone());
     let head = loop {
-        let head = conn.request(&target, Some(first.clone())).await?;
+        let head = conn.request(&target, Some(range.clone())).await?;
         if !crate::http1::is_redirect(head.status) {
             break head;
         }
@@ -799,7 +940,9 @@ async fn first_answer(
         }
         target = next;
     };
-    if crate::retry::retryable_status(head.status) {
+    // Statuses worth retrying come back as errors, and so do refusals (a mirror without the
+    // file: the next source is asked); 416 is judged by the caller (an empty file).
+    if crate::retry::retryable_status(head.status) || (head.status >= 400 && head.status != 416) {
         return Err(GetError::Status {
             url: target.display.clone(),
             status: head.status,
@@ -807,26 +950,31 @@ async fn first_answer(
             retry_after: crate::retry::asked_wait(&head),
         });
     }
-    Ok((conn, target, head))
+    // Later ranges go to the final URL.
+    if target.url != source.origin.url && source.redirected.get().is_none() {
+        tracing::debug!(from = %source.origin.display, to = %target.display, "followed redirect");
+        let _ = source.redirected.set(target);
+    }
+    Ok((conn, head))
 }
 
 /// Copies the first lease of a ranged file, then takes leases like any other lane.
 async fn run_ranged(
     ctx: &Arc<Ctx>,
-    slot: &mut Option<Conn>,
+    lane: &mut Lane,
     mut conn: Conn,
     mut pipe: Pipeline,
-    (first, range): (LeaseId, Range<u64>),
+    (first, range, src): (LeaseId, Range<u64>, usize),
 ) {
     ctx.used_connections.fetch_add(1, Ordering::Relaxed);
-    let end = conn.copy_lease(ctx, &mut pipe, first, range.clone()).await;
+    let end = copy_counted(ctx, &mut conn, &mut pipe, (first, range.clone()), src).await;
     let go_on = match end {
         Ok(end) => lease_ended(ctx, first, range, end),
         Err(e) => Err(e),
     };
-    *slot = Some(conn);
+    lane.conn = Some(conn);
     match go_on {
-        Ok(Ended::Next | Ended::Retry) => take_leases(ctx, slot, pipe).await,
+        Ok(Ended::Next | Ended::Retry) => take_leases(ctx, lane, pipe).await,
         Ok(Ended::Stop) => drain(ctx, pipe).await,
         Err(e) => {
             ctx.fail(e);
@@ -836,17 +984,17 @@ async fn run_ranged(
 }
 
 /// A lane joining a ranged file that another lane opened.
-async fn help(ctx: &Arc<Ctx>, slot: &mut Option<Conn>) {
+async fn help(ctx: &Arc<Ctx>, lane: &mut Lane) {
     ctx.used_connections.fetch_add(1, Ordering::Relaxed);
     match ctx.open_sink(None).await {
-        Ok(sink) => take_leases(ctx, slot, Pipeline::new(ctx, sink)).await,
+        Ok(sink) => take_leases(ctx, lane, Pipeline::new(ctx, sink)).await,
         Err(e) => ctx.fail(e),
     }
 }
 
 /// Takes leases until none are left, then waits for this lane's writes.
-async fn take_leases(ctx: &Arc<Ctx>, slot: &mut Option<Conn>, mut pipe: Pipeline) {
-    if let Err(e) = range_loop(ctx, slot, &mut pipe).await {
+async fn take_leases(ctx: &Arc<Ctx>, lane: &mut Lane, mut pipe: Pipeline) {
+    if let Err(e) = range_loop(ctx, lane, &mut pipe).await {
         ctx.fail(e);
     }
     drain(ctx, pipe).await;
@@ -862,13 +1010,13 @@ async fn drain(ctx: &Ctx, mut pipe: Pipeline) {
 /// Copies a file that comes as one stream.
 async fn run_stream(
     ctx: &Arc<Ctx>,
-    slot: &mut Option<Conn>,
-    (mut conn, framing): (Conn, Framing),
+    lane: &mut Lane,
+    (mut conn, framing, src): (Conn, Framing, usize),
     created: File,
 ) {
     ctx.used_connections.fetch_add(1, Ordering::Relaxed);
-    let result = single_stream(ctx, &mut conn, framing, created).await;
-    *slot = Some(conn);
+    let result = single_stream(ctx, &mut conn, (framing, src), created).await;
+    lane.conn = Some(conn);
     if let Err(e) = result {
         ctx.fail(e);
     }
@@ -1163,35 +1311,39 @@ async fn wait_to_retry(e: &GetError, failures: u32) -> bool {
 
 /// Takes leases from the plan until none are left, on the lane's connection (replaced when it
 /// breaks or goes elsewhere).
-async fn range_loop(
-    ctx: &Arc<Ctx>,
-    slot: &mut Option<Conn>,
-    pipe: &mut Pipeline,
-) -> Result<(), GetError> {
+async fn range_loop(ctx: &Arc<Ctx>, lane: &mut Lane, pipe: &mut Pipeline) -> Result<(), GetError> {
     let total = ctx.total.load(Ordering::Relaxed);
     // Failures in a row on this lane: each retry waits longer.
     let mut failures = 0;
     while let Some((id, range)) = ctx.take_lease() {
-        match lease(ctx, slot, pipe, id, range.clone(), total).await {
+        let src = ctx.pick(lane.id);
+        match lease(ctx, lane, pipe, (id, range.clone(), src), total).await {
             // The plan has the lease back (or the retries ran out, which fails the file).
             Ok(end) => match lease_ended(ctx, id, range, end)? {
                 Ended::Next => failures = 0,
                 Ended::Stop => break,
-                Ended::Retry => *slot = None,
+                Ended::Retry => lane.conn = None,
             },
             Err(e) => {
                 // Nothing of this lease was written: all of it goes back, within the file's
-                // retry budget, when the table says another try may do better.
+                // retry budget, when the table says another try may do better, or another
+                // source can be asked.
+                let next = ctx.source_failed(src, &e);
                 let retryable = matches!(crate::retry::for_error(&e), Verdict::Retry { .. });
-                if !retryable
+                if !(retryable || next.is_some())
                     || !matches!(ctx.with_plan(|p| p.give_back(id, range.start)), Some(Ok(_)))
                 {
                     return Err(e);
                 }
-                *slot = None;
+                lane.conn = None;
                 failures += 1;
-                if !wait_to_retry(&e, failures).await {
-                    return Err(e);
+                match next {
+                    Some(next) => {
+                        tracing::warn!("{e}; asking {next} instead");
+                        ctx.retries.fetch_add(1, Ordering::Relaxed);
+                    }
+                    None if !wait_to_retry(&e, failures).await => return Err(e),
+                    None => {}
                 }
             }
         }
@@ -1199,35 +1351,62 @@ async fn range_loop(
     Ok(())
 }
 
-/// One lease on the lane's connection (a fresh one when it has none fit for the target). An
-/// error means no byte of the lease was taken, and the lease is still the lane's.
+/// One lease from source `src`, on the lane's connection when it goes there (a fresh one
+/// otherwise). An error means no byte of the lease was taken, and the lease is still the
+/// lane's.
 async fn lease(
     ctx: &Arc<Ctx>,
-    slot: &mut Option<Conn>,
+    lane: &mut Lane,
     pipe: &mut Pipeline,
-    id: LeaseId,
-    range: Range<u64>,
+    (id, range, src): (LeaseId, Range<u64>, usize),
     total: u64,
 ) -> Result<BodyEnd, GetError> {
-    let c = match slot.take() {
-        Some(c) if c.serves(ctx.target()) => c,
-        _ => Conn::open(ctx.target()).await?,
-    };
-    let c = slot.insert(c);
-    let head = c.request(ctx.target(), Some(range.clone())).await?;
+    let (conn, head) = ask(ctx, lane, src, &range, false).await?;
+    let c = lane.conn.insert(conn);
+    let target = ctx.sources[src].target();
     check_partial(ctx, &head, range.start, range.end - 1, Some(total))?;
-    check_length(ctx, framing_of(ctx.target(), &head)?, range.clone())?;
-    c.copy_lease(ctx, pipe, id, range).await
+    check_length(ctx, framing_of(target, &head)?, range.clone())?;
+    copy_counted(ctx, c, pipe, (id, range), src).await
+}
+
+/// Copies a lease's body, counting what it brought for its source.
+async fn copy_counted(
+    ctx: &Arc<Ctx>,
+    conn: &mut Conn,
+    pipe: &mut Pipeline,
+    (id, range): (LeaseId, Range<u64>),
+    src: usize,
+) -> Result<BodyEnd, GetError> {
+    let before = (conn.body_bytes(), conn.read_time());
+    let end = conn.copy_lease(ctx, pipe, id, range.clone()).await;
+    let complete = matches!(end, Ok(BodyEnd::Complete));
+    if let Ok(BodyEnd::Short { at, error }) = &end {
+        // A body cut or stalled: its source is put aside like one that failed to answer.
+        let cut = GetError::ShortBody {
+            url: ctx.sources[src].target().display.clone(),
+            offset: range.start,
+            expected: range.end - range.start,
+            received: at - range.start,
+        };
+        ctx.source_failed(src, error.as_ref().unwrap_or(&cut));
+    }
+    let (bytes, time) = (conn.body_bytes() - before.0, conn.read_time() - before.1);
+    ctx.served(src, bytes, time, complete);
+    end
 }
 
 async fn single_stream(
     ctx: &Arc<Ctx>,
     conn: &mut Conn,
-    framing: Framing,
+    (framing, src): (Framing, usize),
     created: File,
 ) -> Result<(), GetError> {
     let mut pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
+    let before = (conn.body_bytes(), conn.read_time());
     let copied = conn.copy_stream(ctx, &mut pipe, framing).await;
+    let complete = matches!(copied, Ok(Some(_)));
+    let (bytes, time) = (conn.body_bytes() - before.0, conn.read_time() - before.1);
+    ctx.served(src, bytes, time, complete);
     let drained = pipe.drain().await;
     if let Some(n) = copied? {
         ctx.set_total(n);
@@ -1269,7 +1448,7 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         })?;
     let seconds = ctx.started.elapsed().as_secs_f64();
     Ok(Report {
-        url: ctx.origin.display.clone(),
+        url: ctx.sources[0].origin.display.clone(),
         path: ctx.output.clone(),
         bytes: total,
         seconds,
@@ -1283,7 +1462,7 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         threads: ctx.settings.threads,
         connections: ctx.used_connections.load(Ordering::Relaxed) as usize,
         ranged: ctx.plan.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
-        url_final: ctx.redirected.get().map(|t| t.display.clone()),
+        url_final: ctx.sources[0].redirected.get().map(|t| t.display.clone()),
         sink: ctx.sink.kind,
         sink_reason: ctx.sink.reason.clone(),
         verified: hash.map(|(digest, stats)| HashReport {
@@ -1296,6 +1475,7 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         resumed: ctx.resumed_bytes.load(Ordering::Relaxed),
         retries: ctx.retries.load(Ordering::Relaxed),
         splits: ctx.splits.load(Ordering::Relaxed),
+        endpoints: ctx.endpoint_report(),
     })
 }
 

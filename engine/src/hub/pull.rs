@@ -51,6 +51,8 @@ pub struct PullOptions {
     pub layout: Layout,
     /// The Hub endpoint (no trailing `/`).
     pub endpoint: Url,
+    /// Other endpoints with the same repos ([`PullOptions::mirror`]).
+    pub mirrors: Vec<Url>,
     /// The token, as an `Authorization` value.
     authorization: Option<Secret>,
 }
@@ -66,8 +68,18 @@ impl PullOptions {
             exclude: Vec::new(),
             layout,
             endpoint,
+            mirrors: Vec::new(),
             authorization: None,
         }
+    }
+
+    /// Another HF-compatible endpoint with the same repos (repeatable): each file's ranges are
+    /// spread over the endpoint and its mirrors, a failing or stalled one hands its ranges to
+    /// the others, a far slower one is demoted; when the endpoint cannot list the repo, the
+    /// mirrors are asked in turn. The token goes to the endpoint only, never to a mirror.
+    pub fn mirror(mut self, endpoint: Url) -> PullOptions {
+        self.mirrors.push(endpoint);
+        self
     }
 
     /// The repo's type.
@@ -129,6 +141,24 @@ pub struct PullReport {
     pub seconds: f64,
     /// The data plane's back-end.
     pub backend: crate::Backend,
+    /// With mirrors: the bytes each endpoint served, its failures and whether it was demoted.
+    /// Empty without mirrors.
+    pub endpoints: Vec<crate::EndpointReport>,
+}
+
+/// Adds one file's per-endpoint bytes to the pull's; failures and demotion are the job's, so
+/// the latest count stands.
+fn add_endpoints(total: &mut Vec<crate::EndpointReport>, file: &[crate::EndpointReport]) {
+    for e in file {
+        match total.iter_mut().find(|t| t.endpoint == e.endpoint) {
+            Some(t) => {
+                t.bytes += e.bytes;
+                t.failures = t.failures.max(e.failures);
+                t.demoted = e.demoted;
+            }
+            None => total.push(e.clone()),
+        }
+    }
 }
 
 /// A pull in progress: the listing is done, the bytes are on their way.
@@ -153,14 +183,8 @@ impl<'e> Pull<'e> {
     /// missing repo or revision, a refused token, a hostile listing, or too little disk space.
     pub fn start(engine: &'e Engine, options: PullOptions) -> Result<Pull<'e>, HubError> {
         let started = Instant::now();
-        let api = Api::new(
-            options.endpoint.clone(),
-            options.authorization.clone(),
-            engine.dialer().clone(),
-        );
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
-        let commit = resolve_revision(&api, &options)?;
-        let files = list_files(&api, &options, &commit)?;
+        let (commit, files) = list_somewhere(engine, &options)?;
         let files: Vec<RemoteFile> = files
             .into_iter()
             .filter(|f| filter.keeps(&f.path))
@@ -206,10 +230,14 @@ impl<'e> Pull<'e> {
         }
         let items = which.iter().map(|&i| {
             let f = &self.fetching[i];
-            let url = file_url(&self.options, &self.commit, &f.path);
-            let item = GetItem::new(url, self.place.bytes_path(f))
-                .size(f.size)
-                .authorization(self.options.authorization.clone());
+            let o = &self.options;
+            let url = file_url(&o.endpoint, o, &self.commit, &f.path);
+            let item = o.mirrors.iter().fold(
+                GetItem::new(url, self.place.bytes_path(f))
+                    .size(f.size)
+                    .authorization(o.authorization.clone()),
+                |item, m| item.mirror(file_url(m, o, &self.commit, &f.path)),
+            );
             match f.algorithm {
                 HashAlgorithm::Sha256 => item.sha256(f.etag.clone()),
                 HashAlgorithm::GitSha1 => item.git_sha1(f.etag.clone()),
@@ -242,6 +270,7 @@ impl<'e> Pull<'e> {
     /// error; the files that did arrive stay, verified, for the next pull.
     pub fn finish(mut self) -> Result<PullReport, HubError> {
         let (mut bytes_fetched, mut bytes_resumed) = (0, 0);
+        let mut endpoints: Vec<crate::EndpointReport> = Vec::new();
         let mut failed: Vec<(usize, GetError)> = Vec::new();
         let mut which: Vec<usize> = (0..self.fetching.len()).collect();
         let mut job = self.job.take();
@@ -256,6 +285,7 @@ impl<'e> Pull<'e> {
                     Ok(report) => {
                         bytes_fetched += report.bytes - report.resumed;
                         bytes_resumed += report.resumed;
+                        add_endpoints(&mut endpoints, &report.endpoints);
                     }
                     Err(e) => failed.push((*i, e)),
                 }
@@ -319,6 +349,7 @@ impl<'e> Pull<'e> {
             listing_seconds: self.listing_seconds,
             seconds: self.started.elapsed().as_secs_f64(),
             backend: self.engine.selection().backend,
+            endpoints,
         })
     }
 
@@ -349,21 +380,61 @@ fn is_transient(e: &GetError) -> bool {
     )
 }
 
-/// `E/{prefix}{repo}/resolve/{commit}/{path}`.
-fn file_url(options: &PullOptions, commit: &str, path: &str) -> String {
+/// The revision's commit and its files, from the endpoint, else from the first mirror that
+/// can say (when the endpoint fails for a reason a mirror may not have: the network, a 5xx, a
+/// rate limit, a certificate, a proxy).
+fn list_somewhere(
+    engine: &Engine,
+    options: &PullOptions,
+) -> Result<(String, Vec<RemoteFile>), HubError> {
+    let mut first_error = None;
+    for (i, endpoint) in std::iter::once(&options.endpoint)
+        .chain(&options.mirrors)
+        .enumerate()
+    {
+        // The token goes to the endpoint only.
+        let authorization = (i == 0).then(|| options.authorization.clone()).flatten();
+        let api = Api::new(endpoint.clone(), authorization, engine.dialer().clone());
+        let listed = resolve_revision(&api, options)
+            .and_then(|commit| Ok((list_files(&api, options, &commit)?, commit)));
+        match listed {
+            Ok((files, commit)) => {
+                if i > 0 {
+                    tracing::warn!("listed {} from the mirror {endpoint}", options.repo);
+                }
+                return Ok((commit, files));
+            }
+            Err(
+                e @ (HubError::Remote { .. }
+                | HubError::RateLimited { .. }
+                | HubError::Tls(_)
+                | HubError::Proxy(_)),
+            ) if i < options.mirrors.len() => {
+                tracing::warn!("{e}; asking the next mirror for the listing");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(first_error.unwrap_or(e)),
+        }
+    }
+    Err(first_error.unwrap_or_else(|| HubError::Usage("no endpoint".into())))
+}
+
+/// `E/{prefix}{repo}/resolve/{commit}/{path}` on `endpoint`.
+fn file_url(endpoint: &Url, options: &PullOptions, commit: &str, path: &str) -> String {
     format!(
         "{}/{}{}/resolve/{commit}/{}",
-        options.endpoint.as_str().trim_end_matches('/'),
+        endpoint.as_str().trim_end_matches('/'),
         options.kind.url_prefix(),
         options.repo,
         encode_path(path)
     )
 }
 
-fn api_url(options: &PullOptions, rest: &str) -> Result<Url, HubError> {
+/// `{api's endpoint}/api/{models|datasets|spaces}/{repo}/{rest}`.
+fn api_url(api: &Api, options: &PullOptions, rest: &str) -> Result<Url, HubError> {
     let s = format!(
         "{}/api/{}/{}/{rest}",
-        options.endpoint.as_str().trim_end_matches('/'),
+        api.endpoint().as_str().trim_end_matches('/'),
         options.kind.plural(),
         options.repo
     );
@@ -373,6 +444,7 @@ fn api_url(options: &PullOptions, rest: &str) -> Result<Url, HubError> {
 /// The commit `options.revision` names, asked once.
 fn resolve_revision(api: &Api, options: &PullOptions) -> Result<String, HubError> {
     let url = api_url(
+        api,
         options,
         &format!("revision/{}", encode_segment(&options.revision)),
     )?;
@@ -396,6 +468,7 @@ fn resolve_revision(api: &Api, options: &PullOptions) -> Result<String, HubError
 fn list_files(api: &Api, options: &PullOptions, commit: &str) -> Result<Vec<RemoteFile>, HubError> {
     let bad = |detail| bad_listing(options, detail);
     let first = api_url(
+        api,
         options,
         &format!("tree/{commit}?recursive=true&expand=false"),
     )?;
@@ -436,7 +509,7 @@ fn list_siblings(
     commit: &str,
 ) -> Result<Vec<RemoteFile>, HubError> {
     let bad = |detail| bad_listing(options, detail);
-    let url = api_url(options, &format!("revision/{commit}?blobs=true"))?;
+    let url = api_url(api, options, &format!("revision/{commit}?blobs=true"))?;
     let info: RevisionInfo = get_json(api, options, &url)?;
     let siblings = info
         .siblings

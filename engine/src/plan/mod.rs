@@ -219,7 +219,14 @@ impl Plan {
 
     /// Retries used so far.
     pub fn retries(&self) -> u32 {
-        MAX_RETRIES - self.retries_left
+        MAX_RETRIES.saturating_sub(self.retries_left)
+    }
+
+    /// Allows [`MAX_RETRIES`] per source of the file (its URL and each mirror): a mirror that
+    /// fails uses its own share, not the others'.
+    pub fn with_sources(mut self, sources: usize) -> Plan {
+        self.retries_left = MAX_RETRIES * sources.max(1) as u32;
+        self
     }
 
     /// Splits made so far.
