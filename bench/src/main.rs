@@ -1,7 +1,8 @@
 //! `ferry-bench`: ferry against every peer, side by side, as `../shared/BENCH.md` says.
 //!
-//! For each download suite (`big`, `repo`, `small`) it generates seeded data, serves it from nginx
-//! on loopback (read once first, so the server side is warm), and runs ferry and each peer in turn,
+//! For each download suite (`big`, `https`, `repo`, `small`) it generates seeded data, serves it
+//! from nginx on loopback (read once first, so the server side is warm; `https`: the `big` file
+//! over TLS 1.3 only, `https.rs`), and runs ferry and each peer in turn,
 //! round after round (A B C A B C ...), so every ratio compares tools measured in the same minutes.
 //! Every timed command ends with its output durable: ferry fsyncs before it exits; a peer is
 //! followed by `sync FILE...` inside the timed command. Every output is sha256-checked against the
@@ -19,6 +20,7 @@
 //!
 //! This harness measures; it asserts nothing about speed (targets are read off the report).
 
+mod https;
 mod pull;
 mod report;
 
@@ -31,11 +33,11 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use ferry_tests::{Nginx, sha256_file, write_data};
 
-const USAGE: &str = "usage: ferry-bench [--suites big,repo,small,pull] [--runs 5] [--big 8G] \
+const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull] [--runs 5] [--big 8G] \
 [--shard 2G] [--state fresh|steady] [--dir DIR] [--out DIR]";
 
 /// Every suite, in the order they run and are reported.
-const SUITES: [&str; 4] = ["big", "repo", "small", "pull"];
+const SUITES: [&str; 5] = ["big", "https", "repo", "small", "pull"];
 
 struct Args {
     /// The arguments as given, for the report.
@@ -141,6 +143,16 @@ struct Sample {
     /// Bytes ferry reported as fetched (`ferry pull --json`), where it says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     bytes_fetched: Option<u64>,
+    /// The TLS version and cipher the origin logged for this run's requests (HTTPS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tls: Option<String>,
+}
+
+/// A tool a suite does not run, and why (printed in the report).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct LeftOut {
+    tool: String,
+    reason: String,
 }
 
 /// What `timed` measured of one command.
@@ -152,26 +164,14 @@ struct Timed {
 }
 
 /// Runs `sh -c line` under `/usr/bin/time`: wall seconds, CPU seconds (user + sys of every
-/// process the line starts), peak RSS (KiB, of the largest of them), and its stdout. Proxy and
-/// token variables are removed: every origin is on loopback.
+/// process the line starts), peak RSS (KiB, of the largest of them), and its stdout.
 fn timed(line: &str) -> anyhow::Result<Timed> {
     let stats = tempfile::NamedTempFile::new()?;
     let mut cmd = Command::new("/usr/bin/time");
     cmd.args(["-f", "%U %S %M", "-o"])
         .arg(stats.path())
         .args(["sh", "-c", line]);
-    for var in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
+    without_proxies(&mut cmd);
     let start = Instant::now();
     let out = cmd
         .output()
@@ -195,6 +195,22 @@ fn timed(line: &str) -> anyhow::Result<Timed> {
     })
 }
 
+/// Removes proxy and token variables from a tool's environment: every origin is on loopback.
+fn without_proxies(cmd: &mut Command) {
+    for var in [
+        "HF_TOKEN",
+        "HUGGING_FACE_HUB_TOKEN",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+}
+
 fn sh(line: &str) -> anyhow::Result<String> {
     let out = Command::new("sh").args(["-c", line]).output()?;
     if !out.status.success() {
@@ -207,7 +223,8 @@ fn sh(line: &str) -> anyhow::Result<String> {
 fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> {
     let mut specs: Vec<(String, u64)> = Vec::new();
     match suite {
-        "big" => specs.push(("big.bin".into(), args.big)),
+        // `https` serves the same file as `big`: same name, size and seed.
+        "big" | "https" => specs.push(("big.bin".into(), args.big)),
         "repo" => {
             for i in 0..4 {
                 specs.push((
@@ -228,7 +245,7 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
                 specs.push((format!("s{i:04}.bin"), 4096 + (i * 104_729) % (60 * 1024)));
             }
         }
-        other => bail!("unknown suite {other:?} (big, repo, small)"),
+        other => bail!("unknown suite {other:?} (big, https, repo, small)"),
     }
     let mut items = Vec::new();
     for (i, (name, size)) in specs.into_iter().enumerate() {
@@ -243,9 +260,44 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
     Ok(items)
 }
 
-/// Every tool's shell line for a suite.
-fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Result<Vec<Tool>> {
+/// ` FLAG'CA'` (as ` --cacert 'CA'` or ` --ca-certificate='CA'`) when the origin is HTTPS with
+/// its own CA, else nothing.
+fn trust(ca: Option<&Path>, flag: &str) -> String {
+    ca.map_or(String::new(), |c| format!(" {flag}'{}'", c.display()))
+}
+
+/// Every tool's shell line for a suite, and the tools it leaves out. Over HTTPS (`ca`: the CA
+/// the origin's certificate is signed by), each tool is told to trust that CA its own way;
+/// none is ever told to skip verification.
+fn tools(
+    suite: &str,
+    items: &[Item],
+    base: &str,
+    lists: &Path,
+    ca: Option<&Path>,
+) -> anyhow::Result<(Vec<Tool>, Vec<LeftOut>)> {
     let ferry = ferry_tests::ferry_bin().to_string_lossy().into_owned();
+    let ferry_ca = trust(ca, "--ca-file ");
+    let curl_ca = trust(ca, "--cacert ");
+    // wget and aria2c spell it the same way.
+    let wget_ca = trust(ca, "--ca-certificate=");
+    // hf_transfer (reqwest on a vendored OpenSSL) and axel (OpenSSL's default paths) have no
+    // option: both read OpenSSL's SSL_CERT_FILE.
+    let ssl_env = ca.map_or(String::new(), |c| {
+        format!("SSL_CERT_FILE='{}' ", c.display())
+    });
+    let mut left_out = Vec::new();
+    // Over TLS the socket carries ciphertext, so ferry's splice sink falls back to buffers
+    // (README): a splice row would repeat the buffered one.
+    let splice = ca.is_none();
+    if !splice {
+        left_out.push(LeftOut {
+            tool: "ferry --sink splice".into(),
+            reason: "over TLS the socket carries ciphertext, so ferry's splice sink falls back \
+                     to buffers (README): the row would repeat `ferry --sink buffered`"
+                .into(),
+        });
+    }
     let urls: Vec<String> = items.iter().map(|i| format!("{base}/{}", i.name)).collect();
     let outs: String = items
         .iter()
@@ -261,46 +313,54 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
         let sha = &one.sha256;
         add(
             "ferry",
-            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha}"),
+            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
         );
         add(
             "ferry (no sha256)",
-            format!("{ferry} get '{url}' -o '{out}' -q"),
+            format!("{ferry} get '{url}' -o '{out}' -q{ferry_ca}"),
         );
         add(
             "ferry --sink buffered",
-            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink buffered"),
+            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink buffered{ferry_ca}"),
         );
-        add(
-            "ferry --sink splice",
-            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink splice"),
-        );
+        if splice {
+            add(
+                "ferry --sink splice",
+                format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink splice"),
+            );
+        }
         add(
             "ferry --safe-mode",
-            format!("{ferry} --safe-mode get '{url}' -o '{out}' -q --sha256 {sha}"),
+            format!("{ferry} --safe-mode get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
         );
-        add("curl", format!("curl -sS -o '{out}' '{url}' && {sync}"));
-        add("wget", format!("wget -q -O '{out}' '{url}' && {sync}"));
+        add(
+            "curl",
+            format!("curl -sS{curl_ca} -o '{out}' '{url}' && {sync}"),
+        );
+        add(
+            "wget",
+            format!("wget -q{wget_ca} -O '{out}' '{url}' && {sync}"),
+        );
         add(
             "aria2c",
             format!(
                 "aria2c -q -x16 -s16 -k8M --file-allocation=falloc --allow-overwrite=true \
-                 --auto-file-renaming=false -d '{{OUT}}' -o '{}' '{url}' && {sync}",
+                 --auto-file-renaming=false{wget_ca} -d '{{OUT}}' -o '{}' '{url}' && {sync}",
                 one.name
             ),
         );
         add(
             "axel",
-            format!("axel -q -n 16 -o '{out}' '{url}' >/dev/null && {sync}"),
+            format!("{ssl_env}axel -q -n 16 -o '{out}' '{url}' >/dev/null && {sync}"),
         );
         add(
             "hf_transfer",
             format!(
-                "python3 -c 'import hf_transfer; hf_transfer.download(url=\"{url}\", \
+                "{ssl_env}python3 -c 'import hf_transfer; hf_transfer.download(url=\"{url}\", \
                  filename=\"{out}\", max_files=16, chunk_size=10485760)' && {sync}"
             ),
         );
-        return Ok(t);
+        return Ok((t, left_out));
     }
     // Many files: each tool gets the list its own way.
     let curl_cfg = lists.join(format!("{suite}.curl"));
@@ -327,28 +387,34 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
     let ferry_input = lists.join(format!("{suite}.ferry"));
     std::fs::write(&ferry_input, ferry_list)?;
     let input = ferry_input.display();
-    add("ferry", format!("{ferry} get -i '{input}' -o '{{OUT}}' -q"));
-    for sink in ["buffered", "splice"] {
+    add(
+        "ferry",
+        format!("{ferry} get -i '{input}' -o '{{OUT}}' -q{ferry_ca}"),
+    );
+    for sink in ["buffered", "splice"]
+        .into_iter()
+        .filter(|s| splice || *s != "splice")
+    {
         add(
             &format!("ferry --sink {sink}"),
-            format!("{ferry} get -i '{input}' -o '{{OUT}}' -q --sink {sink}"),
+            format!("{ferry} get -i '{input}' -o '{{OUT}}' -q --sink {sink}{ferry_ca}"),
         );
     }
     add(
         "ferry --safe-mode",
-        format!("{ferry} --safe-mode get -i '{input}' -o '{{OUT}}' -q"),
+        format!("{ferry} --safe-mode get -i '{input}' -o '{{OUT}}' -q{ferry_ca}"),
     );
     add(
         "curl -Z",
         format!(
-            "sed 's|OUTDIR|{{OUT}}|' '{}' | curl -sS -Z --parallel-max 16 -K - && {sync}",
+            "sed 's|OUTDIR|{{OUT}}|' '{}' | curl -sS -Z --parallel-max 16{curl_ca} -K - && {sync}",
             curl_cfg.display()
         ),
     );
     add(
         "wget",
         format!(
-            "wget -q -nd -P '{{OUT}}' -i '{}' && {sync}",
+            "wget -q -nd{wget_ca} -P '{{OUT}}' -i '{}' && {sync}",
             plain_list.display()
         ),
     );
@@ -356,11 +422,11 @@ fn tools(suite: &str, items: &[Item], base: &str, lists: &Path) -> anyhow::Resul
         "aria2c",
         format!(
             "aria2c -q -j16 -x16 -s16 -k8M --file-allocation=falloc --allow-overwrite=true \
-             --auto-file-renaming=false -d '{{OUT}}' -i '{}' && {sync}",
+             --auto-file-renaming=false{wget_ca} -d '{{OUT}}' -i '{}' && {sync}",
             aria_list.display()
         ),
     );
-    Ok(t)
+    Ok((t, left_out))
 }
 
 /// Fills free memory with clean page cache (BENCH.md `steady`): a filler written with O_DIRECT
@@ -409,14 +475,22 @@ struct Ceilings {
     network_gb_s: f64,
     disk_gb_s: f64,
     sha256_gb_s: f64,
+    /// Over HTTPS: the TLS version and cipher of the network ceiling's transfers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network_tls: Option<String>,
+    /// Over HTTPS: whether nginx encrypted in the kernel (kTLS) or in user space, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ktls: Option<String>,
 }
 
 /// The ceilings of this machine, now: network (curl to /dev/null of `url`, `bytes` long, from
-/// the suite's own origin), O_DIRECT disk writes (fio), one core of sha256 (openssl).
-fn ceilings(url: &str, bytes: u64, dir: &Path) -> anyhow::Result<Ceilings> {
+/// the suite's own origin, trusting `ca` over HTTPS), O_DIRECT disk writes (fio), one core of
+/// sha256 (openssl).
+fn ceilings(url: &str, bytes: u64, dir: &Path, ca: Option<&Path>) -> anyhow::Result<Ceilings> {
     let mut best_net = f64::MAX;
+    let curl_ca = trust(ca, "--cacert ");
     for _ in 0..3 {
-        let t = timed(&format!("curl -sS -L -o /dev/null '{url}'"))?;
+        let t = timed(&format!("curl -sS -L{curl_ca} -o /dev/null '{url}'"))?;
         best_net = best_net.min(t.wall);
     }
     let fio_file = dir.join("fio.tmp");
@@ -439,6 +513,8 @@ fn ceilings(url: &str, bytes: u64, dir: &Path) -> anyhow::Result<Ceilings> {
         network_gb_s: bytes as f64 / best_net / 1e9,
         disk_gb_s: disk,
         sha256_gb_s: kbs * 1000.0 / 1e9,
+        network_tls: None,
+        ktls: None,
     })
 }
 
@@ -464,6 +540,9 @@ struct SuiteResult {
     /// Goals this suite measures, read off the report (never asserted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     targets: Vec<report::Target>,
+    /// Tools this suite does not run, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    left_out: Vec<LeftOut>,
     samples: Vec<Sample>,
 }
 
@@ -486,7 +565,58 @@ impl SuiteResult {
             tools,
             base: ferry_name(),
             targets: Vec::new(),
+            left_out: Vec::new(),
             samples: Vec::new(),
+        }
+    }
+}
+
+/// A download suite's origin on loopback: nginx over HTTP, or for `https` over HTTPS only, with a
+/// certificate signed by a CA made for this run. Stopped by its PID when dropped.
+enum Origin {
+    Http(Nginx),
+    Https { nginx: https::TlsNginx, ca: PathBuf },
+}
+
+impl Origin {
+    fn start(suite: &str, root: &Path, scratch: &Path) -> anyhow::Result<Origin> {
+        if suite != "https" {
+            return Ok(Origin::Http(Nginx::start(root)));
+        }
+        let pki = https::Pki::create(&scratch.join("pki"))?;
+        let nginx = https::TlsNginx::start(root, &pki, &scratch.join("nginx-https"))?;
+        Ok(Origin::Https { nginx, ca: pki.ca })
+    }
+
+    /// The URL the suite's files are under.
+    fn base(&self) -> String {
+        match self {
+            Origin::Http(nginx) => format!("http://127.0.0.1:{}/files", nginx.port()),
+            Origin::Https { nginx, .. } => nginx.base(),
+        }
+    }
+
+    /// The CA every tool must trust (HTTPS only).
+    fn ca(&self) -> Option<&Path> {
+        match self {
+            Origin::Http(_) => None,
+            Origin::Https { ca, .. } => Some(ca),
+        }
+    }
+
+    /// A mark in the origin's log, for [`Origin::tls_since`].
+    fn mark(&self) -> u64 {
+        match self {
+            Origin::Http(_) => 0,
+            Origin::Https { nginx, .. } => nginx.log_len(),
+        }
+    }
+
+    /// The TLS versions and ciphers of the requests served since `mark` (HTTPS only).
+    fn tls_since(&self, mark: u64) -> Option<String> {
+        match self {
+            Origin::Http(_) => None,
+            Origin::Https { nginx, .. } => nginx.tls_since(mark),
         }
     }
 }
@@ -504,12 +634,27 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
         .iter()
         .map(|i| std::fs::metadata(root.join(&i.name)).map_or(0, |m| m.len()))
         .sum();
-    let nginx = Nginx::start(&root);
-    let base = format!("http://127.0.0.1:{}/files", nginx.port());
-    let tools = tools(suite, &items, &base, scratch)?;
-    let ceilings = if suite == "big" {
+    let origin = Origin::start(suite, &root, scratch)?;
+    let base = origin.base();
+    let (mut tools, mut left_out) = tools(suite, &items, &base, scratch, origin.ca())?;
+    if let Some(ca) = origin.ca() {
+        let unusable;
+        (tools, unusable) = https::probe(tools, &root, &base, ca, scratch)?;
+        left_out.extend(unusable);
+    }
+    let ceilings = if matches!(suite, "big" | "https") {
         eprintln!("== {suite}: ceilings ...");
-        let c = ceilings(&format!("{base}/{}", items[0].name), bytes, scratch)?;
+        let (mark, ktls_before) = (origin.mark(), https::ktls_sent());
+        let mut c = ceilings(
+            &format!("{base}/{}", items[0].name),
+            bytes,
+            scratch,
+            origin.ca(),
+        )?;
+        if origin.ca().is_some() {
+            c.network_tls = origin.tls_since(mark);
+            c.ktls = Some(https::ktls_note(ktls_before, https::ktls_sent()));
+        }
         eprintln!("{c:?}");
         Some(c)
     } else {
@@ -525,9 +670,11 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                 f.top_up()?;
             }
             let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
+            let mark = origin.mark();
             let Timed {
                 wall, cpu, rss_kib, ..
             } = timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
+            let tls = origin.tls_since(mark);
             for item in &items {
                 let got = sha256_file(&out.join(&item.name));
                 if got != item.sha256 {
@@ -540,10 +687,11 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                 }
             }
             eprintln!(
-                "{suite} round {round} {:<22} {wall:7.2} s {:6.3} GB/s cpu {cpu:6.2} s rss {:4} MiB{}",
+                "{suite} round {round} {:<22} {wall:7.2} s {:6.3} GB/s cpu {cpu:6.2} s rss {:4} MiB{}{}",
                 tool.name,
                 bytes as f64 / wall / 1e9,
                 rss_kib / 1024,
+                tls.as_ref().map(|t| format!(" [{t}]")).unwrap_or_default(),
                 if round == 0 { " (warm-up)" } else { "" }
             );
             if round > 0 {
@@ -555,15 +703,21 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                     rss_kib,
                     backend: None,
                     bytes_fetched: None,
+                    tls,
                 });
             }
         }
     }
+    drop(origin);
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&root);
     let mut r = SuiteResult::new(suite, bytes, items.len(), tools);
+    if suite == "https" {
+        r.targets = vec![https::target(&r.tools)];
+    }
     r.samples = samples;
     r.ceilings = ceilings;
+    r.left_out = left_out;
     Ok(r)
 }
 

@@ -297,6 +297,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
         ),
         first_shard.size,
         scratch,
+        None,
     )?;
     eprintln!("{ceilings:?}");
     let filler = Filler::for_state(&args.state, scratch)?;
@@ -359,6 +360,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                     rss_kib,
                     backend: report.as_ref().map(|(b, _)| b.clone()),
                     bytes_fetched: report.as_ref().map(|(_, f)| *f),
+                    tls: None,
                 });
             }
         }
@@ -377,12 +379,14 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                  time of `{HF}(max_workers=16)` (made durable)"
             ),
             tool: HF.into(),
+            best_of: Vec::new(),
             max_ratio: Some(0.4),
             max_wall_s: None,
         },
         Target {
             text: "issue 4: a second `ferry pull` of a complete mirror takes under 1 s".into(),
             tool: AGAIN.into(),
+            best_of: Vec::new(),
             max_ratio: None,
             max_wall_s: Some(1.0),
         },
