@@ -161,6 +161,24 @@ pub fn get_ok_sink(
     report
 }
 
+/// A summary's per-endpoint entries (a download or pull with mirrors), as (endpoint, bytes,
+/// failures, demoted), in the summary's order.
+pub fn endpoints_served(report: &serde_json::Value) -> Vec<(String, u64, u64, bool)> {
+    report["endpoints"]
+        .as_array()
+        .expect("endpoints in the summary")
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"].as_str().expect("endpoint").to_owned(),
+                e["bytes"].as_u64().expect("bytes"),
+                e["failures"].as_u64().expect("failures"),
+                e["demoted"].as_bool().expect("demoted"),
+            )
+        })
+        .collect()
+}
+
 /// Asserts that `path` holds exactly the bytes of `source`.
 pub fn assert_same_file(source: &Path, path: &Path, what: &str) {
     let (a, b) = (

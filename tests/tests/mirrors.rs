@@ -3,6 +3,7 @@
 //! bodies short and one that stalls hand their ranges to the other; a far slower one is demoted
 //! by its measured throughput. Every file is checked byte for byte (and by its sha256).
 
+use ferry_tests::endpoints_served;
 use ferry_tests::{
     Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, get_ok, get_ok_sink,
     modes_under_test, sha256_file, write_data,
@@ -16,23 +17,6 @@ fn data(size: u64, seed: u64) -> (tempfile::TempDir, std::path::PathBuf, String)
     write_data(&file, size, seed);
     let sha = sha256_file(&file);
     (src, file, sha)
-}
-
-/// The summary's per-endpoint entries, as (endpoint, bytes, failures, demoted).
-fn endpoints(report: &Value) -> Vec<(String, u64, u64, bool)> {
-    report["endpoints"]
-        .as_array()
-        .expect("endpoints in the summary")
-        .iter()
-        .map(|e| {
-            (
-                e["endpoint"].as_str().expect("endpoint").to_owned(),
-                e["bytes"].as_u64().expect("bytes"),
-                e["failures"].as_u64().expect("failures"),
-                e["demoted"].as_bool().expect("demoted"),
-            )
-        })
-        .collect()
 }
 
 /// `--mirror MIRROR -c 4 --chunk-size 1M --sha256 SHA EXTRA...`.
@@ -76,7 +60,7 @@ fn ranges_spread_over_the_url_and_its_mirror() {
         let mirror = url(&b);
         let report = get_ok_sink(mode, &url(&a), &dest, &mirror_args(&mirror, &sha, &[]));
         assert_same_file(&file, &dest, &format!("{mode:?}"));
-        let e = endpoints(&report);
+        let e = endpoints_served(&report);
         assert_eq!(e.len(), 2, "{mode:?}: {report}");
         assert_eq!(
             (e[0].0.clone(), e[1].0.clone()),
@@ -110,7 +94,7 @@ fn a_dead_url_or_one_without_the_file_hands_over_to_the_mirror() {
             let args = mirror_args(&mirror, &sha, &[]);
             let report = get_ok(backend, url, &dest, &args);
             assert_same_file(&file, &dest, &format!("backend={backend:?} {what}"));
-            let e = endpoints(&report);
+            let e = endpoints_served(&report);
             assert_eq!(e[0].1, 0, "backend={backend:?} {what}: {e:?}");
             // A dead endpoint is put aside (a failure per lane that tried it before); one
             // without the file is fine for other files: no failure.
@@ -150,7 +134,7 @@ fn a_mirror_that_cuts_or_stalls_its_bodies_hands_its_ranges_back() {
             let args = mirror_args(&mirror_url, &sha, &["--read-timeout", "1"]);
             let report = get_ok(backend, &nginx.url("files", "f"), &dest, &args);
             assert_same_file(&file, &dest, &format!("backend={backend:?} {what}"));
-            let e = endpoints(&report);
+            let e = endpoints_served(&report);
             assert!(
                 e[1].2 >= 1,
                 "backend={backend:?} {what}: the mirror failed: {e:?}"
@@ -185,7 +169,7 @@ fn a_far_slower_mirror_is_demoted() {
         assert!(o.status.success(), "backend={backend:?}: {stderr}");
         assert_same_file(&file, &dest, &format!("backend={backend:?}"));
         let report: Value = serde_json::from_slice(&o.stdout).expect("JSON");
-        let e = endpoints(&report);
+        let e = endpoints_served(&report);
         assert!(
             e[1].3,
             "backend={backend:?}: the slow mirror is demoted: {e:?}"

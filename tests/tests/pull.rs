@@ -289,19 +289,6 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
     let dead = format!("http://127.0.0.1:{}/files", ferry_tests::free_port());
     for backend in backends_under_test() {
         let what = format!("backend={backend:?} mirror");
-        let served = |r: &serde_json::Value| -> Vec<(String, u64)> {
-            r["endpoints"]
-                .as_array()
-                .expect("endpoints")
-                .iter()
-                .map(|e| {
-                    (
-                        e["endpoint"].as_str().unwrap_or("").to_owned(),
-                        e["bytes"].as_u64().unwrap_or(0),
-                    )
-                })
-                .collect()
-        };
         // Both up: every byte from one of them, the summary says which.
         let cache = tempfile::tempdir().expect("tmp");
         let cache_s = cache.path().to_str().expect("utf-8");
@@ -314,7 +301,7 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
             &what,
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
-        let s = served(&r);
+        let s = ferry_tests::endpoints_served(&r);
         assert_eq!(s.len(), 2, "{what}: {r}");
         assert_eq!(
             s[0].1 + s[1].1,
@@ -342,7 +329,7 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
             &what,
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
-        let s = served(&r);
+        let s = ferry_tests::endpoints_served(&r);
         assert_eq!(
             s[1].1,
             r["bytes_fetched"].as_u64().expect("bytes"),

@@ -310,6 +310,21 @@ impl Source {
     fn target(&self) -> &Target {
         self.redirected.get().unwrap_or(&self.origin)
     }
+
+    /// Its endpoint, as shown and as the job keys it: `scheme://host:port`.
+    fn label(&self) -> String {
+        self.origin.url.origin().ascii_serialization()
+    }
+
+    /// The error for a body of `range` from here that stopped at `at`.
+    fn short_body(&self, range: &Range<u64>, at: u64) -> GetError {
+        GetError::ShortBody {
+            url: self.target().display.clone(),
+            offset: range.start,
+            expected: range.end - range.start,
+            received: at - range.start,
+        }
+    }
 }
 
 /// One file of a job, and what the lanes working on it share.
@@ -363,12 +378,16 @@ impl Ctx {
         progress.add_file(spec.size);
         let sources = std::iter::once(spec.target)
             .chain(spec.mirrors)
-            .map(|origin| Source {
-                endpoint: endpoints.id(&origin.url.origin().ascii_serialization()),
-                origin,
-                redirected: OnceLock::new(),
-                served: AtomicU64::new(0),
-                refused: AtomicBool::new(false),
+            .map(|origin| {
+                let mut source = Source {
+                    origin,
+                    redirected: OnceLock::new(),
+                    endpoint: 0,
+                    served: AtomicU64::new(0),
+                    refused: AtomicBool::new(false),
+                };
+                source.endpoint = endpoints.id(&source.label());
+                source
             })
             .collect();
         Ctx {
@@ -510,7 +529,7 @@ impl Ctx {
         indices
             .into_iter()
             .find(|&i| i != src && self.endpoints.usable(self.sources[i].endpoint, now))
-            .map(|i| self.sources[i].origin.url.origin().ascii_serialization())
+            .map(|i| self.sources[i].label())
     }
 
     /// With mirrors: the bytes of this file each endpoint served, with the job's failures and
@@ -1267,12 +1286,7 @@ fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Resul
         BodyEnd::Aborted => Ok(Ended::Stop),
         BodyEnd::Short { at, error } => {
             let given_back = ctx.with_plan(|p| p.give_back(id, at)).unwrap_or(Err(()));
-            let error = error.unwrap_or_else(|| GetError::ShortBody {
-                url: ctx.target().display.clone(),
-                offset: range.start,
-                expected: range.end - range.start,
-                received: at - range.start,
-            });
+            let error = error.unwrap_or_else(|| ctx.sources[0].short_body(&range, at));
             match given_back {
                 Ok(lease_end) => {
                     tracing::debug!("{error}; fetching bytes {at}-{lease_end} again");
@@ -1380,16 +1394,19 @@ async fn copy_counted(
     let before = (conn.body_bytes(), conn.read_time());
     let end = conn.copy_lease(ctx, pipe, id, range.clone()).await;
     let complete = matches!(end, Ok(BodyEnd::Complete));
-    if let Ok(BodyEnd::Short { at, error }) = &end {
-        // A body cut or stalled: its source is put aside like one that failed to answer.
-        let cut = GetError::ShortBody {
-            url: ctx.sources[src].target().display.clone(),
-            offset: range.start,
-            expected: range.end - range.start,
-            received: at - range.start,
-        };
-        ctx.source_failed(src, error.as_ref().unwrap_or(&cut));
-    }
+    // A body cut or stalled: its source is put aside like one that failed to answer, and the
+    // error names that source.
+    let end = match end {
+        Ok(BodyEnd::Short { at, error }) => {
+            let error = error.unwrap_or_else(|| ctx.sources[src].short_body(&range, at));
+            ctx.source_failed(src, &error);
+            Ok(BodyEnd::Short {
+                at,
+                error: Some(error),
+            })
+        }
+        other => other,
+    };
     let (bytes, time) = (conn.body_bytes() - before.0, conn.read_time() - before.1);
     ctx.served(src, bytes, time, complete);
     end

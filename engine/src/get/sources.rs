@@ -47,6 +47,13 @@ struct Endpoint {
     demoted: bool,
 }
 
+impl Endpoint {
+    /// Not put aside at `now`.
+    fn usable(&self, now: Instant) -> bool {
+        self.aside_until.is_none_or(|t| t <= now)
+    }
+}
+
 /// One endpoint's share of a job, for the summary.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct EndpointReport {
@@ -90,30 +97,25 @@ impl Endpoints {
     /// are spread by number; else the demoted ones; else the one back soonest.
     pub fn pick(&self, candidates: &[usize], lane: usize, now: Instant) -> usize {
         let s = self.lock();
-        let usable = |pos: &usize| {
-            let e = &s[candidates[*pos]];
-            e.aside_until.is_none_or(|t| t <= now)
-        };
-        let all: Vec<usize> = (0..candidates.len()).collect();
-        let fit: Vec<usize> = all
-            .iter()
-            .copied()
-            .filter(|p| usable(p) && !s[candidates[*p]].demoted)
+        let at = |p: &usize| &s[candidates[*p]];
+        let positions = 0..candidates.len();
+        let fit: Vec<usize> = positions
+            .clone()
+            .filter(|p| at(p).usable(now) && !at(p).demoted)
             .collect();
         if !fit.is_empty() {
             return fit[lane % fit.len()];
         }
-        if let Some(p) = all.iter().copied().find(usable) {
-            return p;
-        }
-        all.into_iter()
-            .min_by_key(|p| s[candidates[*p]].aside_until)
+        positions
+            .clone()
+            .find(|p| at(p).usable(now))
+            .or_else(|| positions.min_by_key(|p| at(p).aside_until))
             .unwrap_or(0)
     }
 
     /// True when endpoint `id` is not put aside at `now`.
     pub fn usable(&self, id: usize, now: Instant) -> bool {
-        self.lock()[id].aside_until.is_none_or(|t| t <= now)
+        self.lock()[id].usable(now)
     }
 
     /// A range of `bytes` from `id` completed in `elapsed`: its throughput counts, and it is

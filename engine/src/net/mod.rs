@@ -368,12 +368,9 @@ pub(crate) async fn connect(
     };
     let mut racing = FuturesUnordered::new();
     let mut failed: Vec<(SocketAddr, std::io::Error)> = Vec::new();
-    if let Some(a) = next.next() {
-        racing.push(attempt(a));
-    }
+    racing.extend(next.next().map(attempt));
     while !racing.is_empty() {
-        let more = next.len() > 0;
-        let done = if more {
+        let done = if next.len() > 0 {
             let delay = std::pin::pin!(compio::time::sleep(ATTEMPT_DELAY));
             match select(racing.next(), delay).await {
                 Either::Left((done, _)) => done,
@@ -389,23 +386,9 @@ pub(crate) async fn connect(
         let Some((addr, result)) = done else { break };
         match result {
             Ok(stream) => {
+                let started = &order[..order.len() - next.len()];
+                won(winners, addrs, (started, &failed), addr);
                 let _ = stream.set_nodelay(true);
-                if !failed.is_empty() || !racing.is_empty() {
-                    let started = &order[..order.len() - next.len()];
-                    let others: Vec<String> = started
-                        .iter()
-                        .filter(|a| **a != addr)
-                        .map(|a| match failed.iter().find(|(f, _)| f == a) {
-                            Some((_, e)) => format!("{a}: {e}"),
-                            None => format!("{a}: no answer yet"),
-                        })
-                        .collect();
-                    tracing::info!(
-                        "connected to {addr} (happy eyeballs; {})",
-                        others.join("; ")
-                    );
-                    winners.record(addrs, addr);
-                }
                 return Ok(stream);
             }
             Err(e) => {
@@ -415,20 +398,7 @@ pub(crate) async fn connect(
             }
         }
     }
-    // Every address failed: name them all when they failed alike, else the last.
-    let Some((last_addr, source)) = failed.pop() else {
-        return Err(GetError::Connect {
-            addr: String::from("(no address)"),
-            source: std::io::Error::other("no address to connect to"),
-        });
-    };
-    let addr = if failed.iter().all(|(_, e)| e.kind() == source.kind()) {
-        let mut all: Vec<String> = failed.iter().map(|(a, _)| a.to_string()).collect();
-        all.push(last_addr.to_string());
-        all.join(" or ")
-    } else {
-        last_addr.to_string()
-    };
+    let (addr, source) = all_failed(failed);
     Err(GetError::Connect { addr, source })
 }
 
@@ -444,25 +414,23 @@ pub(crate) fn connect_blocking(
     let order = winners.order(addrs);
     let mut next = order.iter().copied();
     let (tx, rx) = channel();
-    let start = |addr: SocketAddr| {
+    let start = |addr: Option<SocketAddr>| {
+        let Some(addr) = addr else { return };
         let tx = tx.clone();
         std::thread::spawn(move || {
             let _ = tx.send((addr, std::net::TcpStream::connect_timeout(&addr, timeout)));
         });
     };
-    let mut racing = 0;
-    let mut last = std::io::Error::other("no address to connect to");
-    if let Some(a) = next.next() {
-        start(a);
-        racing += 1;
-    }
-    while racing > 0 {
+    let mut failed: Vec<(SocketAddr, std::io::Error)> = Vec::new();
+    start(next.next());
+    // Attempts started are those taken from `next`.
+    let mut finished = 0;
+    while finished < order.len() - next.len() {
         let done = if next.len() > 0 {
             match rx.recv_timeout(ATTEMPT_DELAY) {
                 Ok(done) => done,
                 Err(RecvTimeoutError::Timeout) => {
-                    next.next().map(start);
-                    racing += 1;
+                    start(next.next());
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
@@ -473,29 +441,67 @@ pub(crate) fn connect_blocking(
                 Err(_) => break,
             }
         };
-        racing -= 1;
+        finished += 1;
         match done {
             (addr, Ok(stream)) => {
+                let started = &order[..order.len() - next.len()];
+                won(winners, addrs, (started, &failed), addr);
                 let _ = stream.set_nodelay(true);
-                if addr != order[0] {
-                    tracing::info!(
-                        "connected to {addr} (happy eyeballs; {} did not answer first)",
-                        order[0]
-                    );
-                    winners.record(addrs, addr);
-                }
                 return Ok(stream);
             }
             (addr, Err(e)) => {
-                last = std::io::Error::new(e.kind(), format!("{addr}: {e}"));
-                if let Some(a) = next.next() {
-                    start(a);
-                    racing += 1;
-                }
+                failed.push((addr, e));
+                start(next.next());
             }
         }
     }
-    Err(last)
+    let (addr, e) = all_failed(failed);
+    Err(std::io::Error::new(e.kind(), format!("{addr}: {e}")))
+}
+
+/// `addr` won a race among the `started` addresses (`failed` those that failed): when it was
+/// not the only attempt, says how the others fared and keeps `addr` first for next time.
+fn won(
+    winners: &Winners,
+    addrs: &[SocketAddr],
+    (started, failed): (&[SocketAddr], &[(SocketAddr, std::io::Error)]),
+    addr: SocketAddr,
+) {
+    if started.len() < 2 {
+        return;
+    }
+    let others: Vec<String> = started
+        .iter()
+        .filter(|a| **a != addr)
+        .map(|a| match failed.iter().find(|(f, _)| f == a) {
+            Some((_, e)) => format!("{a}: {e}"),
+            None => format!("{a}: no answer yet"),
+        })
+        .collect();
+    tracing::info!(
+        "connected to {addr} (happy eyeballs; {})",
+        others.join("; ")
+    );
+    winners.record(addrs, addr);
+}
+
+/// Every address failed: the addresses to name (all of them when they failed alike, else the
+/// last) and the error.
+fn all_failed(mut failed: Vec<(SocketAddr, std::io::Error)>) -> (String, std::io::Error) {
+    let Some((last_addr, source)) = failed.pop() else {
+        return (
+            String::from("(no address)"),
+            std::io::Error::other("no address to connect to"),
+        );
+    };
+    let addr = if failed.iter().all(|(_, e)| e.kind() == source.kind()) {
+        let mut all: Vec<String> = failed.iter().map(|(a, _)| a.to_string()).collect();
+        all.push(last_addr.to_string());
+        all.join(" or ")
+    } else {
+        last_addr.to_string()
+    };
+    (addr, source)
 }
 
 #[cfg(test)]
