@@ -7,6 +7,7 @@
 #   curl, time   the peer and the CPU/RSS meter of the benchmark harness
 #   openssl      the demo's seeded data generator
 #   tinyproxy, microsocks   the real HTTP CONNECT and SOCKS5 proxies the proxy tests start
+#   iproute2     `ip`, to bring up loopback in the network namespace the Fast Open test makes
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
 # hf_transfer (PyPI).
@@ -23,6 +24,7 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/tinyproxy ] || need+=(tinyproxy)
 [ -x /usr/bin/microsocks ] || need+=(microsocks)
+command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
 if [ "${1:-}" = "--bench" ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)
   command -v aria2c >/dev/null 2>&1 || need+=(aria2)

@@ -72,6 +72,7 @@ pub use crate::backend::{
     Backend, BackendKind, SAFE_MODE_ENV, Selection, select as select_backend,
 };
 pub use crate::error::{ErrorKind, GetError, StartError};
+pub use crate::get::ping::PingReport;
 pub use crate::get::sources::EndpointReport;
 pub use crate::runtime::WorkerInfo;
 pub use kernel_probes;
@@ -248,6 +249,7 @@ impl Engine {
             rate: config
                 .limit_rate
                 .map(|r| Arc::new(net::rate::RateLimit::new(r))),
+            fast_open: fast_open_clients(),
         };
         Ok(Engine {
             config,
@@ -426,6 +428,37 @@ impl Engine {
             done: done_rx,
             result: None,
         })
+    }
+
+    /// Measures `url` from here: a new connection, timed step by step (connect, TLS, time
+    /// to the first byte of a ranged `GET` for its first `bytes` bytes, redirects followed), and
+    /// the throughput of reading them, all on the data plane a download would use. One sample,
+    /// no retry. `ferry ping` runs this for each endpoint in turn.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use ferry::{Config, Engine};
+    ///
+    /// let engine = Engine::new(Config::default())?;
+    /// let p = engine.ping("http://127.0.0.1:8080/files/big", 4 << 20)?;
+    /// println!("{} ms to connect, {:?} B/s", p.connect_seconds * 1e3, p.bytes_per_second);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn ping(&self, url: &str, bytes: u64) -> Result<PingReport, GetError> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let url = url.to_owned();
+        let dialer = self.dialer.clone();
+        let task: runtime::Task = Box::new(move || {
+            Box::pin(async move {
+                let mut resolved = get::Resolved::new(dialer);
+                let _ = tx.send(get::ping::ping(&url, bytes, &mut resolved).await);
+            })
+        });
+        if !self.workers.dispatcher().run(task) {
+            return Err(GetError::EngineStopped);
+        }
+        rx.recv().unwrap_or(Err(GetError::EngineStopped))
     }
 
     /// The sink for files in `dir`, probed once per filesystem.
@@ -839,6 +872,18 @@ pub struct HashReport {
     pub from_memory: u64,
     /// Bytes read back from the file to be hashed (they had left memory before their turn).
     pub read_back: u64,
+}
+
+/// Whether `net.ipv4.tcp_fastopen` lets clients use TCP Fast Open (its bit 1), said once.
+fn fast_open_clients() -> bool {
+    let sysctl = kernel_probes::net::tcp_fastopen();
+    let on = sysctl.is_some_and(|v| v & 1 != 0);
+    tracing::debug!(
+        sysctl = ?sysctl,
+        "TCP Fast Open for repeat connections: {}",
+        if on { "on" } else { "off" }
+    );
+    on
 }
 
 #[cfg(test)]

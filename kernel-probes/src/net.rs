@@ -36,13 +36,19 @@ pub fn probe() -> NetReport {
         udp_gso: udp_sockopt("setsockopt(UDP_SEGMENT)", libc::UDP_SEGMENT, 1200),
         udp_gro: udp_sockopt("setsockopt(UDP_GRO)", libc::UDP_GRO, 1),
         recvmmsg: probe_recvmmsg(),
-        tcp_fastopen: read_trimmed("/proc/sys/net/ipv4/tcp_fastopen").and_then(|s| s.parse().ok()),
+        tcp_fastopen: tcp_fastopen(),
         congestion_controls: read_trimmed("/proc/sys/net/ipv4/tcp_available_congestion_control")
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
         congestion_default: read_trimmed("/proc/sys/net/ipv4/tcp_congestion_control"),
         ktls: probe_ktls(),
     }
+}
+
+/// `net.ipv4.tcp_fastopen` (of this network namespace): bit 1 (`& 1`) enables clients,
+/// bit 2 (`& 2`) servers. `None` when the sysctl cannot be read.
+pub fn tcp_fastopen() -> Option<u32> {
+    read_trimmed("/proc/sys/net/ipv4/tcp_fastopen").and_then(|s| s.parse().ok())
 }
 
 fn probe_splice() -> Support {

@@ -20,6 +20,7 @@
 pub(crate) mod buf;
 pub(crate) mod fallocate;
 pub(crate) mod sink;
+pub(crate) mod sockopt;
 pub(crate) mod splice;
 
 use kernel_probes::{Support, UringOp, UringReport};

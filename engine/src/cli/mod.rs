@@ -8,6 +8,7 @@
 //! another pull is writing the same repo.
 
 mod get;
+mod ping;
 mod probe;
 mod progress;
 mod pull;
@@ -110,6 +111,8 @@ enum Command {
     Pull(pull::PullArgs),
     /// Serve mirrored Hugging Face repos as a read-only, HF-compatible endpoint.
     Serve(serve::ServeArgs),
+    /// Measure endpoints: connect, TLS, time to first byte and throughput of a ranged read.
+    Ping(ping::PingArgs),
 }
 
 impl Global {
@@ -142,6 +145,7 @@ pub fn main() -> ExitCode {
         Command::Get(args) => get::run(&cli.global, args),
         Command::Pull(args) => pull::run(&cli.global, args),
         Command::Serve(args) => serve::run(&cli.global, args),
+        Command::Ping(args) => ping::run(&cli.global, args),
     };
     ExitCode::from(code)
 }

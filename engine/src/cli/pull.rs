@@ -60,7 +60,7 @@ pub(crate) struct PullArgs {
     quiet: bool,
 }
 
-fn parse_repo_type(s: &str) -> Result<RepoType, String> {
+pub(super) fn parse_repo_type(s: &str) -> Result<RepoType, String> {
     s.parse()
 }
 
@@ -105,11 +105,7 @@ pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
 
 fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
     let repo = RepoId::parse(&args.repo_id).map_err(HubError::Usage)?;
-    let endpoint = args
-        .endpoint
-        .clone()
-        .or_else(|| env("HF_ENDPOINT"))
-        .unwrap_or_else(|| "https://huggingface.co".into());
+    let endpoint = default_endpoint(args.endpoint.clone());
     let endpoint = endpoint.trim_end_matches('/');
     let parse = |endpoint: &str| {
         let endpoint = endpoint.trim_end_matches('/');
@@ -133,10 +129,16 @@ fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
     for m in mirrors {
         o = o.mirror(m);
     }
-    if let Some(token) = token(args) {
+    if let Some(token) = hub_token(args.token.clone()) {
         o = o.token(token);
     }
     Ok(o)
+}
+
+/// `--endpoint`, else `HF_ENDPOINT`, else the Hub.
+pub(super) fn default_endpoint(flag: Option<String>) -> String {
+    flag.or_else(|| env("HF_ENDPOINT"))
+        .unwrap_or_else(|| "https://huggingface.co".into())
 }
 
 fn env(name: &str) -> Option<String> {
@@ -163,8 +165,8 @@ fn cache_dir(args: &PullArgs) -> Result<PathBuf, HubError> {
 }
 
 /// `--token`, else `HF_TOKEN`, else the token file huggingface_hub's login writes.
-fn token(args: &PullArgs) -> Option<String> {
-    args.token.clone().or_else(|| env("HF_TOKEN")).or_else(|| {
+pub(super) fn hub_token(flag: Option<String>) -> Option<String> {
+    flag.or_else(|| env("HF_TOKEN")).or_else(|| {
         let path = env("HF_TOKEN_PATH")
             .map(PathBuf::from)
             .or_else(|| hf_home().map(|h| h.join("token")))?;
@@ -173,7 +175,7 @@ fn token(args: &PullArgs) -> Option<String> {
     })
 }
 
-fn hub_error_code(e: &HubError) -> u8 {
+pub(super) fn hub_error_code(e: &HubError) -> u8 {
     match e {
         HubError::Usage(_) => exit::USAGE,
         HubError::RepoNotFound { .. } => exit::REPO_NOT_FOUND,

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBufMut};
 use compio::driver::{SharedFd, ToSharedFd};
+use futures_util::FutureExt;
 
 use super::pipe::Pipeline;
 use super::{Ctx, Target};
@@ -105,13 +106,21 @@ pub(super) struct Conn {
     /// Time spent waiting for the socket (not for buffers, the disk or `--limit-rate`): what
     /// the server's throughput is measured by.
     read_time: std::time::Duration,
+    /// A TCP Fast Open connection that has not heard from the server yet, with the race cache
+    /// and the key (the address list's first) to forget when it fails before an answer.
+    unproven: Option<(Arc<crate::net::Winners>, SocketAddr)>,
 }
 
 impl Conn {
     pub async fn open(target: &Target) -> Result<Conn, GetError> {
+        Conn::open_timed(target).await.map(|(conn, _)| conn)
+    }
+
+    /// [`Conn::open`], saying how long connecting and the TLS handshake took.
+    pub async fn open_timed(target: &Target) -> Result<(Conn, crate::net::OpenTimes), GetError> {
         let addrs = &target.addrs;
         let timeouts = target.dialer.timeouts;
-        let stream = crate::net::open(
+        let (stream, times) = crate::net::open(
             &target.dialer,
             addrs,
             &target.route,
@@ -119,7 +128,11 @@ impl Conn {
         )
         .await?;
         let addr = stream.tcp().peer_addr().unwrap_or(addrs[0]);
-        Ok(Conn {
+        let unproven = stream
+            .plain_tcp()
+            .filter(|tcp| crate::backend::sockopt::fast_open_connect(tcp))
+            .map(|_| (Arc::clone(&target.dialer.winners), addrs[0]));
+        let conn = Conn {
             stream,
             addr,
             tls_host: target.tls_host.clone(),
@@ -132,7 +145,41 @@ impl Conn {
             rate: target.dialer.rate.clone(),
             body_bytes: 0,
             read_time: std::time::Duration::ZERO,
-        })
+            unproven,
+        };
+        Ok((conn, times))
+    }
+
+    /// Settles a TCP Fast Open connection on its first exchange: `answered` when the server's
+    /// first bytes came (logged with whether the request went in the SYN), otherwise the
+    /// address is forgotten as the race's winner, so the next connection races again.
+    fn settle_fast_open(&mut self, answered: bool) {
+        let Some((winners, first)) = self.unproven.take() else {
+            return;
+        };
+        if !answered {
+            winners.forget(first);
+            tracing::debug!(addr = %self.addr, "TCP Fast Open connection failed before any answer; the next connection races again");
+            return;
+        }
+        let in_syn = self
+            .stream
+            .plain_tcp()
+            .is_some_and(|tcp| crate::backend::sockopt::syn_data_acked(tcp).unwrap_or(false));
+        tracing::debug!(
+            addr = %self.addr,
+            "TCP Fast Open: {}",
+            if in_syn {
+                "the request went in the SYN"
+            } else {
+                "full handshake (no cookie for this server yet, or it took no SYN data)"
+            }
+        );
+    }
+
+    /// The address the connection went to.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
     }
 
     /// Body bytes read on this connection so far.
@@ -208,6 +255,7 @@ impl Conn {
         self.pending.clear();
         let BufResult(sent, _) = self.stream.write_all(req).await;
         if let Err(e) = sent {
+            self.settle_fast_open(false);
             if self.reused && is_closed(&e) {
                 return Ok(None);
             }
@@ -277,6 +325,9 @@ impl Conn {
         buf.reserve(HEAD_READ);
         let BufResult(r, buf) = self.read_into(buf, len, HEAD_READ).await;
         self.pending = buf;
+        if self.unproven.is_some() {
+            self.settle_fast_open(matches!(r, Ok(n) if n > 0));
+        }
         r
     }
 
@@ -417,7 +468,10 @@ impl Conn {
                 return Ok(ran_out(at, &range));
             }
             let started = std::time::Instant::now();
-            let filled = spliced.fill(socket.clone(), allowed).await;
+            // Under the stall watchdog, like every buffered read.
+            let fill = spliced.fill(socket.clone(), allowed).map(|r| (r, ()));
+            let (filled, ()) = crate::net::watched(fill, &socket, self.read_timeout).await;
+            let filled = filled.map_err(|e| e.into_io(self.read_timeout));
             self.read_time += started.elapsed();
             match filled {
                 Ok(0) => return Ok(BodyEnd::Short { at, error: None }),
@@ -439,6 +493,61 @@ impl Conn {
                     });
                 }
             }
+        }
+    }
+
+    /// Reads and throws away up to `most` bytes of the body `framing` describes (what
+    /// `ferry ping` measures throughput with). Returns the body bytes read; the connection is
+    /// reusable only when the whole body was read.
+    pub async fn read_and_discard(
+        &mut self,
+        target: &Target,
+        framing: Framing,
+        most: u64,
+    ) -> Result<u64, GetError> {
+        let (limit, chunked) = match framing {
+            Framing::Length(n) => (n.min(most), false),
+            Framing::UntilClose => (most, false),
+            Framing::Chunked => (most, true),
+        };
+        if framing != Framing::Length(limit) {
+            self.reusable = false;
+        }
+        let mut decoder = ChunkedDecoder::default();
+        let mut decoded = Vec::new();
+        let mut got = 0u64;
+        let mut buf = Vec::with_capacity(256 << 10);
+        loop {
+            // What arrived with the head (or, chunked, what is left to decode) comes first.
+            let taken = if chunked {
+                let used = decoder.decode(&self.pending, &mut decoded).map_err(|e| {
+                    GetError::Protocol {
+                        url: target.display.clone(),
+                        detail: format!("chunked body: {e}"),
+                    }
+                })?;
+                self.pending.drain(..used);
+                std::mem::take(&mut decoded).len() as u64
+            } else {
+                let n = self.pending.len().min((limit - got) as usize);
+                self.pending.drain(..n);
+                n as u64
+            };
+            got += taken;
+            self.body_bytes += taken;
+            if got >= limit || decoder.is_done() {
+                return Ok(got.min(limit));
+            }
+            let want = buf.capacity();
+            let BufResult(r, b) = self.read_into(std::mem::take(&mut buf), 0, want).await;
+            buf = b;
+            let n = r.map_err(|e| self.net_err("read body", e))?;
+            if n == 0 {
+                self.reusable = false;
+                return Ok(got);
+            }
+            self.pending.extend_from_slice(&buf[..n]);
+            buf.clear();
         }
     }
 
@@ -602,9 +711,6 @@ impl Conn {
     }
 }
 
-/// How a lease's body ends when the plan allows no more bytes at `at`: at the lease's end it
-/// is complete; short of it a split moved the end, and the rest of this body belongs to another
-/// connection (this one cannot be reused with it unread).
 /// Pays `rate` for `n` bytes read, waiting while it is in debt.
 async fn pace(rate: Option<&RateLimit>, n: usize) {
     if let Some(rate) = rate {
@@ -615,6 +721,9 @@ async fn pace(rate: Option<&RateLimit>, n: usize) {
     }
 }
 
+/// How a lease's body ends when the plan allows no more bytes at `at`: at the lease's end it
+/// is complete; short of it a split moved the end, and the rest of this body belongs to another
+/// connection (this one cannot be reused with it unread).
 fn ran_out(at: u64, range: &Range<u64>) -> BodyEnd {
     if at == range.end {
         BodyEnd::Complete

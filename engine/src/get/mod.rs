@@ -28,6 +28,7 @@
 
 pub(crate) mod batch;
 mod conn;
+pub(crate) mod ping;
 mod pipe;
 pub(crate) mod sources;
 

@@ -36,5 +36,5 @@ pub(crate) mod repo;
 
 pub use error::HubError;
 pub use layout::Layout;
-pub use pull::{Pull, PullOptions, PullReport};
+pub use pull::{Pull, PullOptions, PullReport, file_urls};
 pub use repo::{RepoId, RepoType};

@@ -419,6 +419,39 @@ fn list_somewhere(
     Err(first_error.unwrap_or_else(|| HubError::Usage("no endpoint".into())))
 }
 
+/// One file of the repo as a URL on `options`' endpoint and on each mirror, at the commit the
+/// revision resolves to (listed as a pull lists it, from the endpoint or else a mirror): `file`
+/// when given, else the largest file, so that a ranged read of it is full. For
+/// `ferry ping --repo`. Returns the file's path and the URLs, the endpoint's first.
+pub fn file_urls(
+    engine: &Engine,
+    options: &PullOptions,
+    file: Option<&str>,
+) -> Result<(String, Vec<String>), HubError> {
+    let (commit, files) = list_somewhere(engine, options)?;
+    let chosen = match file {
+        Some(path) => {
+            files
+                .iter()
+                .find(|f| f.path == path)
+                .ok_or_else(|| HubError::EntryNotFound {
+                    repo: options.repo.to_string(),
+                    path: path.to_owned(),
+                    commit: commit.clone(),
+                })?
+        }
+        None => files
+            .iter()
+            .max_by_key(|f| f.size)
+            .ok_or_else(|| HubError::Usage(format!("{} has no files", options.repo)))?,
+    };
+    let urls = std::iter::once(&options.endpoint)
+        .chain(&options.mirrors)
+        .map(|e| file_url(e, options, &commit, &chosen.path))
+        .collect();
+    Ok((chosen.path.clone(), urls))
+}
+
 /// `E/{prefix}{repo}/resolve/{commit}/{path}` on `endpoint`.
 fn file_url(endpoint: &Url, options: &PullOptions, commit: &str, path: &str) -> String {
     format!(

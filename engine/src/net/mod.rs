@@ -2,7 +2,9 @@
 //! runtime with Happy Eyeballs (RFC 8305: both address families raced, a new attempt every
 //! 250 ms); through a proxy when one applies ([`proxy`]: a
 //! `CONNECT` or SOCKS5 tunnel, or absolute-form requests to an HTTP proxy), and TLS over that
-//! for `https://` ([`tls`]). TCP Fast Open is not used.
+//! for `https://` ([`tls`]). TCP Fast Open (RFC 7413) where `net.ipv4.tcp_fastopen` enables
+//! clients, for connections to an address that has already answered ([`connect`] says why);
+//! the Hub API client's blocking connections do not use it.
 
 pub(crate) mod proxy;
 pub(crate) mod rate;
@@ -31,6 +33,8 @@ pub(crate) struct Dialer {
     pub winners: Arc<Winners>,
     /// `--limit-rate`: the cap on all connections' reads together.
     pub rate: Option<Arc<rate::RateLimit>>,
+    /// Whether connections to an address that already won a race use TCP Fast Open.
+    pub fast_open: bool,
 }
 
 /// The address that won the last Happy Eyeballs race for each list of addresses (keyed by the
@@ -57,6 +61,19 @@ impl Winners {
             let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
             map.insert(*first, winner);
         }
+    }
+
+    /// The last winner for `addrs`, if any.
+    fn known(&self, addrs: &[SocketAddr]) -> Option<SocketAddr> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        addrs.first().and_then(|first| map.get(first)).copied()
+    }
+
+    /// Forgets the winner for the list whose first address is `first`: it failed on a
+    /// connection that skipped the handshake (TCP Fast Open), so the next one races again.
+    pub fn forget(&self, first: SocketAddr) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&first);
     }
 }
 
@@ -176,35 +193,18 @@ impl Stream {
         }
     }
 
-    /// [`Stream::read`] under the stall watchdog: when no byte comes for `limit`, the socket's
-    /// receiving side is shut down, which ends the read (the buffer comes back, nothing it
-    /// already held is lost), and the read fails with `TimedOut`.
+    /// [`Stream::read`] under the stall watchdog ([`watched`]).
     pub async fn read_watched<B: IoBufMut>(
         &mut self,
         buf: B,
         limit: Duration,
     ) -> BufResult<usize, B> {
         use compio::driver::ToSharedFd;
-        use futures_util::future::{Either, select};
+        use futures_util::FutureExt;
         let socket = self.tcp().to_shared_fd();
-        let read = std::pin::pin!(self.read(buf));
-        let timer = std::pin::pin!(compio::time::sleep(limit));
-        match select(read, timer).await {
-            Either::Left((r, _)) => r,
-            Either::Right(((), read)) => {
-                let _ = rustix::net::shutdown(&socket, rustix::net::Shutdown::Read);
-                match read.await {
-                    BufResult(Ok(0), buf) => BufResult(
-                        Err(std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!("no byte for {} s (stalled)", limit.as_secs_f64()),
-                        )),
-                        buf,
-                    ),
-                    other => other,
-                }
-            }
-        }
+        let read = self.read(buf).map(|BufResult(r, buf)| (r, buf));
+        let (r, buf) = watched(read, &socket, limit).await;
+        BufResult(r.map_err(|e| e.into_io(limit)), buf)
     }
 
     /// Sends all of `data`.
@@ -216,15 +216,76 @@ impl Stream {
     }
 }
 
+/// Why a read under the stall watchdog ended without bytes.
+#[derive(Debug)]
+pub(crate) enum WatchError {
+    /// The read failed.
+    Io(std::io::Error),
+    /// No byte came for the watchdog's limit.
+    Stalled,
+}
+
+impl WatchError {
+    /// As an I/O error; a stall becomes `TimedOut`, saying for how long nothing came.
+    pub fn into_io(self, limit: Duration) -> std::io::Error {
+        match self {
+            WatchError::Io(e) => e,
+            WatchError::Stalled => std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no byte for {} s (stalled)", limit.as_secs_f64()),
+            ),
+        }
+    }
+}
+
+/// The stall watchdog: runs `read` (a read of `socket`, through a buffer or a splice), and
+/// when no byte comes for `limit`, shuts the socket's receiving side down. That ends the read
+/// as the end of the stream would, so the operation completes normally (its buffer comes back,
+/// nothing it already moved is lost, no in-flight operation is cancelled), and a read that
+/// then brings nothing is reported as [`WatchError::Stalled`]. The connection is not usable
+/// afterwards.
+pub(crate) async fn watched<T>(
+    read: impl std::future::Future<Output = (std::io::Result<usize>, T)>,
+    socket: &impl std::os::fd::AsFd,
+    limit: Duration,
+) -> (Result<usize, WatchError>, T) {
+    use futures_util::future::{Either, select};
+    let read = std::pin::pin!(read);
+    let timer = std::pin::pin!(compio::time::sleep(limit));
+    let ((r, buf), fired) = match select(read, timer).await {
+        Either::Left((r, _)) => (r, false),
+        Either::Right(((), read)) => {
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Read);
+            (read.await, true)
+        }
+    };
+    let r = match r {
+        Ok(0) if fired => Err(WatchError::Stalled),
+        Ok(n) => Ok(n),
+        Err(e) => Err(WatchError::Io(e)),
+    };
+    (r, buf)
+}
+
+/// How long the steps of [`open`] took.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct OpenTimes {
+    /// The TCP connect (the Happy Eyeballs race), and the proxy's tunnel when there is one.
+    pub connect: Duration,
+    /// The TLS handshake, for `https://`.
+    pub tls: Option<Duration>,
+}
+
 /// Connects to the first of `addrs` that accepts ([`connect`]), opens the tunnel `route` asks
-/// for, then runs TLS with `tls_host` when given.
+/// for, then runs TLS with `tls_host` when given; says how long each step took.
 pub(crate) async fn open(
     dialer: &Dialer,
     addrs: &[SocketAddr],
     route: &Route,
     tls_host: Option<&str>,
-) -> Result<Stream, GetError> {
-    let mut tcp = connect(addrs, dialer.timeouts.connect, &dialer.winners)
+) -> Result<(Stream, OpenTimes), GetError> {
+    let started = std::time::Instant::now();
+    let mut tcp = connect(addrs, dialer)
         .await
         .map_err(|e| match (e, route.proxy()) {
             (GetError::Connect { addr, source }, Some(proxy)) => GetError::Connect {
@@ -236,6 +297,15 @@ pub(crate) async fn open(
     let addr = tcp
         .peer_addr()
         .map_or_else(|_| addrs[0].to_string(), |a| a.to_string());
+    // A Fast Open connection has not heard from the server yet: when the tunnel or the TLS
+    // handshake (its first exchange) fails, the address goes back to racing.
+    let unproven = crate::backend::sockopt::fast_open_connect(&tcp);
+    let forget = |e: GetError| {
+        if unproven {
+            dialer.winners.forget(addrs[0]);
+        }
+        e
+    };
     if let Route::Tunnel { proxy, dest } = route {
         tunnel(&mut tcp, Handshake::new(Arc::clone(proxy), dest.clone()))
             .await
@@ -246,20 +316,28 @@ pub(crate) async fn open(
                     op: "open a tunnel",
                     source,
                 },
-            })?;
+            })
+            .map_err(forget)?;
     }
+    let mut times = OpenTimes {
+        connect: started.elapsed(),
+        tls: None,
+    };
     let Some(host) = tls_host else {
-        return Ok(Stream::Plain(tcp));
+        return Ok((Stream::Plain(tcp), times));
     };
     match tls::TlsStream::connect(&dialer.tls, host, tcp).await {
-        Ok(s) => Ok(Stream::Tls(Box::new(s))),
+        Ok(s) => {
+            times.tls = Some(started.elapsed() - times.connect);
+            Ok((Stream::Tls(Box::new(s)), times))
+        }
         Err(tls::HandshakeError::Setup(detail)) => Err(GetError::TlsSetup { detail }),
         Err(tls::HandshakeError::Tls(detail)) => Err(GetError::Tls { addr, detail }),
-        Err(tls::HandshakeError::Io(source)) => Err(GetError::Network {
+        Err(tls::HandshakeError::Io(source)) => Err(forget(GetError::Network {
             addr,
             op: "TLS handshake",
             source,
-        }),
+        })),
     }
 }
 
@@ -344,20 +422,26 @@ pub(crate) fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
 /// Connects with Happy Eyeballs (RFC 8305): the addresses in [`interleave`]d order, a new
 /// attempt started when the last one failed or had no answer for [`ATTEMPT_DELAY`], the
 /// attempts racing, the first connection to complete kept and the others dropped. Each
-/// attempt is bounded by `timeout`. The race's winner goes first next time ([`Winners`]).
-pub(crate) async fn connect(
-    addrs: &[SocketAddr],
-    timeout: Duration,
-    winners: &Winners,
-) -> Result<TcpStream, GetError> {
+/// attempt is bounded by the dialer's connect timeout. The race's winner goes first next time
+/// ([`Winners`]).
+///
+/// With the dialer's `fast_open`, the attempt to the last winner uses TCP Fast Open: once the kernel holds
+/// a cookie for it, `connect` completes at once and the request rides in the SYN, saving a
+/// round trip per new connection. Only that address: a Fast Open connect to a dead address
+/// with a cookie would "succeed" at once and win the race, and the failure would only show at
+/// the first read. When that happens to the winner, its caller forgets it
+/// ([`Winners::forget`]) and the next connection races again.
+pub(crate) async fn connect(addrs: &[SocketAddr], dialer: &Dialer) -> Result<TcpStream, GetError> {
     use futures_util::StreamExt;
     use futures_util::future::{Either, select};
     use futures_util::stream::FuturesUnordered;
 
+    let (timeout, winners) = (dialer.timeouts.connect, &*dialer.winners);
     let order = winners.order(addrs);
+    let fast = winners.known(addrs).filter(|_| dialer.fast_open);
     let mut next = order.iter().copied();
     let attempt = |addr: SocketAddr| async move {
-        let r = match compio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        let r = match compio::time::timeout(timeout, connect_one(addr, fast == Some(addr))).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -400,6 +484,23 @@ pub(crate) async fn connect(
     }
     let (addr, source) = all_failed(failed);
     Err(GetError::Connect { addr, source })
+}
+
+/// One TCP connect, with `TCP_FASTOPEN_CONNECT` set first when `fast_open`; a kernel that
+/// refuses the option gets a plain connect.
+async fn connect_one(addr: SocketAddr, fast_open: bool) -> std::io::Result<TcpStream> {
+    if !fast_open {
+        return TcpStream::connect(addr).await;
+    }
+    let socket = if addr.is_ipv6() {
+        compio::net::TcpSocket::new_v6().await?
+    } else {
+        compio::net::TcpSocket::new_v4().await?
+    };
+    if let Err(e) = crate::backend::sockopt::set_fast_open_connect(&socket) {
+        tracing::debug!(%addr, error = %e, "TCP Fast Open refused; connecting without it");
+    }
+    socket.connect(addr).await
 }
 
 /// [`connect`] for blocking sockets (the Hub API client): the same order, delay and cache, each
@@ -459,14 +560,16 @@ pub(crate) fn connect_blocking(
     Err(std::io::Error::new(e.kind(), format!("{addr}: {e}")))
 }
 
-/// `addr` won a race among the `started` addresses (`failed` those that failed): when it was
-/// not the only attempt, says how the others fared and keeps `addr` first for next time.
+/// `addr` won a race among the `started` addresses (`failed` those that failed): keeps it
+/// first for next time, and when it was not the only attempt, says how the others fared.
 fn won(
     winners: &Winners,
     addrs: &[SocketAddr],
     (started, failed): (&[SocketAddr], &[(SocketAddr, std::io::Error)]),
     addr: SocketAddr,
 ) {
+    // Recorded even without a race: an address that answered is what Fast Open may go to.
+    winners.record(addrs, addr);
     if started.len() < 2 {
         return;
     }
@@ -482,7 +585,6 @@ fn won(
         "connected to {addr} (happy eyeballs; {})",
         others.join("; ")
     );
-    winners.record(addrs, addr);
 }
 
 /// Every address failed: the addresses to name (all of them when they failed alike, else the
