@@ -42,8 +42,9 @@ pub(crate) fn set_fast_open_connect(fd: impl AsFd) -> io::Result<()> {
     set_int(fd, libc::TCP_FASTOPEN_CONNECT, 1)
 }
 
-/// Whether `TCP_FASTOPEN_CONNECT` is set on the socket.
-pub(crate) fn fast_open_connect(fd: impl AsFd) -> bool {
+/// Whether `TCP_FASTOPEN_CONNECT` is set on the socket (what the test reads back).
+#[cfg(test)]
+fn fast_open_connect(fd: impl AsFd) -> bool {
     let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: `value` and `len` are valid for writes for the call and `len` holds the size of

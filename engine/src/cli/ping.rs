@@ -108,18 +108,19 @@ fn repo_urls(
     endpoints: &[String],
 ) -> Result<(String, Vec<String>), HubError> {
     let repo = RepoId::parse(repo).map_err(HubError::Usage)?;
-    let parse = |e: &String| {
-        url::Url::parse(e).map_err(|err| HubError::Usage(format!("invalid endpoint {e:?}: {err}")))
-    };
     let (first, rest) = endpoints
         .split_first()
         .ok_or_else(|| HubError::Usage("no endpoint to ping".into()))?;
     // The layout is not used: nothing is written.
-    let mut options = PullOptions::new(repo, Layout::LocalDir(".".into()), parse(first)?)
-        .kind(args.repo_type)
-        .revision(args.revision.clone());
+    let mut options = PullOptions::new(
+        repo,
+        Layout::LocalDir(".".into()),
+        super::pull::parse_endpoint(first)?,
+    )
+    .kind(args.repo_type)
+    .revision(args.revision.clone());
     for m in rest {
-        options = options.mirror(parse(m)?);
+        options = options.mirror(super::pull::parse_endpoint(m)?);
     }
     if let Some(token) = super::pull::hub_token(args.token.clone()) {
         options = options.token(token);

@@ -105,18 +105,11 @@ pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
 
 fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
     let repo = RepoId::parse(&args.repo_id).map_err(HubError::Usage)?;
-    let endpoint = default_endpoint(args.endpoint.clone());
-    let endpoint = endpoint.trim_end_matches('/');
-    let parse = |endpoint: &str| {
-        let endpoint = endpoint.trim_end_matches('/');
-        url::Url::parse(endpoint)
-            .map_err(|e| HubError::Usage(format!("invalid endpoint {endpoint:?}: {e}")))
-    };
-    let endpoint = parse(endpoint)?;
+    let endpoint = parse_endpoint(&default_endpoint(args.endpoint.clone()))?;
     let mirrors = args
         .mirror
         .iter()
-        .map(|m| parse(m))
+        .map(|m| parse_endpoint(m))
         .collect::<Result<Vec<_>, _>>()?;
     let layout = match &args.local_dir {
         Some(dir) => Layout::LocalDir(dir.clone()),
@@ -133,6 +126,13 @@ fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
         o = o.token(token);
     }
     Ok(o)
+}
+
+/// An endpoint or mirror URL, without its trailing `/`.
+pub(super) fn parse_endpoint(endpoint: &str) -> Result<url::Url, HubError> {
+    let endpoint = endpoint.trim_end_matches('/');
+    url::Url::parse(endpoint)
+        .map_err(|e| HubError::Usage(format!("invalid endpoint {endpoint:?}: {e}")))
 }
 
 /// `--endpoint`, else `HF_ENDPOINT`, else the Hub.

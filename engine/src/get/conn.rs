@@ -128,10 +128,9 @@ impl Conn {
         )
         .await?;
         let addr = stream.tcp().peer_addr().unwrap_or(addrs[0]);
-        let unproven = stream
-            .plain_tcp()
-            .filter(|tcp| crate::backend::sockopt::fast_open_connect(tcp))
-            .map(|_| (Arc::clone(&target.dialer.winners), addrs[0]));
+        // Over TLS, the handshake in `open` already heard from the server.
+        let unproven = (times.fast_open && stream.plain_tcp().is_some())
+            .then(|| (Arc::clone(&target.dialer.winners), addrs[0]));
         let conn = Conn {
             stream,
             addr,
@@ -498,56 +497,69 @@ impl Conn {
 
     /// Reads and throws away up to `most` bytes of the body `framing` describes (what
     /// `ferry ping` measures throughput with). Returns the body bytes read; the connection is
-    /// reusable only when the whole body was read.
+    /// reusable only when a body of known length was read whole.
     pub async fn read_and_discard(
         &mut self,
         target: &Target,
         framing: Framing,
         most: u64,
     ) -> Result<u64, GetError> {
-        let (limit, chunked) = match framing {
-            Framing::Length(n) => (n.min(most), false),
-            Framing::UntilClose => (most, false),
-            Framing::Chunked => (most, true),
+        let got = match framing {
+            Framing::Chunked => self.discard_chunked(target, most).await?,
+            Framing::Length(n) => self.discard_raw(n.min(most)).await?,
+            Framing::UntilClose => self.discard_raw(most).await?,
         };
-        if framing != Framing::Length(limit) {
+        if framing != Framing::Length(got) {
             self.reusable = false;
         }
+        self.body_bytes += got;
+        Ok(got)
+    }
+
+    /// Reads up to `limit` body bytes straight off the connection; fewer when it closes.
+    async fn discard_raw(&mut self, limit: u64) -> Result<u64, GetError> {
+        let mut got = self.pending.len().min(limit as usize);
+        self.pending.drain(..got);
+        let mut buf = Vec::with_capacity(256 << 10);
+        while (got as u64) < limit {
+            let want = buf.capacity().min(limit as usize - got);
+            let BufResult(r, b) = self.read_into(buf, 0, want).await;
+            match r.map_err(|e| self.net_err("read body", e))? {
+                0 => break,
+                n => got += n,
+            }
+            buf = b;
+            buf.clear();
+        }
+        Ok(got as u64)
+    }
+
+    /// Decodes a chunked body until its end or `limit` bytes of it.
+    async fn discard_chunked(&mut self, target: &Target, limit: u64) -> Result<u64, GetError> {
         let mut decoder = ChunkedDecoder::default();
         let mut decoded = Vec::new();
         let mut got = 0u64;
-        let mut buf = Vec::with_capacity(256 << 10);
         loop {
-            // What arrived with the head (or, chunked, what is left to decode) comes first.
-            let taken = if chunked {
-                let used = decoder.decode(&self.pending, &mut decoded).map_err(|e| {
-                    GetError::Protocol {
+            let used =
+                decoder
+                    .decode(&self.pending, &mut decoded)
+                    .map_err(|e| GetError::Protocol {
                         url: target.display.clone(),
                         detail: format!("chunked body: {e}"),
-                    }
-                })?;
-                self.pending.drain(..used);
-                std::mem::take(&mut decoded).len() as u64
-            } else {
-                let n = self.pending.len().min((limit - got) as usize);
-                self.pending.drain(..n);
-                n as u64
-            };
-            got += taken;
-            self.body_bytes += taken;
+                    })?;
+            self.pending.drain(..used);
+            got += std::mem::take(&mut decoded).len() as u64;
             if got >= limit || decoder.is_done() {
                 return Ok(got.min(limit));
             }
-            let want = buf.capacity();
-            let BufResult(r, b) = self.read_into(std::mem::take(&mut buf), 0, want).await;
-            buf = b;
-            let n = r.map_err(|e| self.net_err("read body", e))?;
-            if n == 0 {
-                self.reusable = false;
+            if self
+                .read_more()
+                .await
+                .map_err(|e| self.net_err("read body", e))?
+                == 0
+            {
                 return Ok(got);
             }
-            self.pending.extend_from_slice(&buf[..n]);
-            buf.clear();
         }
     }
 

@@ -908,9 +908,9 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
                 lane.conn = Some(conn);
                 Ok(Opened::Empty)
             }
-            _ => Err(status_error(ctx, &head)),
+            _ => Err(status_error(ctx.target(), &head)),
         },
-        _ => Err(status_error(ctx, &head)),
+        _ => Err(status_error(ctx.target(), &head)),
     }
 }
 
@@ -1149,9 +1149,9 @@ fn framing_of(target: &Target, head: &ResponseHead) -> Result<Framing, GetError>
     })
 }
 
-fn status_error(ctx: &Ctx, head: &ResponseHead) -> GetError {
+fn status_error(target: &Target, head: &ResponseHead) -> GetError {
     GetError::Status {
-        url: ctx.target().display.clone(),
+        url: target.display.clone(),
         status: head.status,
         reason: head.reason.clone(),
         retry_after: crate::retry::asked_wait(head),
@@ -1200,7 +1200,7 @@ fn check_partial(
                 "(status 200 with no range: the server stopped honouring Range)".to_owned(),
             ));
         }
-        return Err(status_error(ctx, head));
+        return Err(status_error(ctx.target(), head));
     }
     let raw = head.header("content-range").unwrap_or("(missing)");
     let Some(ContentRange::Satisfied {

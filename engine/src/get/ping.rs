@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::conn::Conn;
-use super::{Resolved, Target, redirect_target};
+use super::{Resolved, Target, framing_of, redirect_target, status_error};
 use crate::error::GetError;
 
 /// What one ping of a URL measured.
@@ -67,17 +67,9 @@ pub(crate) async fn ping(
     };
     let first_byte = asked.elapsed();
     if !matches!(head.status, 200 | 206) {
-        return Err(GetError::Status {
-            url: target.display.clone(),
-            status: head.status,
-            reason: head.reason.clone(),
-            retry_after: crate::retry::asked_wait(&head),
-        });
+        return Err(status_error(&target, &head));
     }
-    let framing = head.framing().map_err(|e| GetError::Protocol {
-        url: target.display.clone(),
-        detail: e.to_string(),
-    })?;
+    let framing = framing_of(&target, &head)?;
     let reading = Instant::now();
     let got = conn.read_and_discard(&target, framing, bytes).await?;
     let read = reading.elapsed();

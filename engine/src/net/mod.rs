@@ -267,13 +267,15 @@ pub(crate) async fn watched<T>(
     (r, buf)
 }
 
-/// How long the steps of [`open`] took.
+/// How [`open`] went: how long its steps took, and whether Fast Open was used.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct OpenTimes {
     /// The TCP connect (the Happy Eyeballs race), and the proxy's tunnel when there is one.
     pub connect: Duration,
     /// The TLS handshake, for `https://`.
     pub tls: Option<Duration>,
+    /// Whether the TCP connection used Fast Open ([`connect`]).
+    pub fast_open: FastOpen,
 }
 
 /// Connects to the first of `addrs` that accepts ([`connect`]), opens the tunnel `route` asks
@@ -285,23 +287,23 @@ pub(crate) async fn open(
     tls_host: Option<&str>,
 ) -> Result<(Stream, OpenTimes), GetError> {
     let started = std::time::Instant::now();
-    let mut tcp = connect(addrs, dialer)
-        .await
-        .map_err(|e| match (e, route.proxy()) {
-            (GetError::Connect { addr, source }, Some(proxy)) => GetError::Connect {
-                addr: format!("{addr} (proxy {proxy})"),
-                source,
-            },
-            (e, _) => e,
-        })?;
+    let (mut tcp, fast_open) =
+        connect(addrs, dialer)
+            .await
+            .map_err(|e| match (e, route.proxy()) {
+                (GetError::Connect { addr, source }, Some(proxy)) => GetError::Connect {
+                    addr: format!("{addr} (proxy {proxy})"),
+                    source,
+                },
+                (e, _) => e,
+            })?;
     let addr = tcp
         .peer_addr()
         .map_or_else(|_| addrs[0].to_string(), |a| a.to_string());
     // A Fast Open connection has not heard from the server yet: when the tunnel or the TLS
     // handshake (its first exchange) fails, the address goes back to racing.
-    let unproven = crate::backend::sockopt::fast_open_connect(&tcp);
     let forget = |e: GetError| {
-        if unproven {
+        if fast_open {
             dialer.winners.forget(addrs[0]);
         }
         e
@@ -322,6 +324,7 @@ pub(crate) async fn open(
     let mut times = OpenTimes {
         connect: started.elapsed(),
         tls: None,
+        fast_open,
     };
     let Some(host) = tls_host else {
         return Ok((Stream::Plain(tcp), times));
@@ -425,13 +428,17 @@ pub(crate) fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
 /// attempt is bounded by the dialer's connect timeout. The race's winner goes first next time
 /// ([`Winners`]).
 ///
-/// With the dialer's `fast_open`, the attempt to the last winner uses TCP Fast Open: once the kernel holds
-/// a cookie for it, `connect` completes at once and the request rides in the SYN, saving a
-/// round trip per new connection. Only that address: a Fast Open connect to a dead address
+/// With the dialer's `fast_open`, the attempt to the last winner uses TCP Fast Open (the
+/// result says whether the connection did): once the kernel holds a cookie for it, `connect`
+/// completes at once and the request rides in the SYN, saving a round trip per new
+/// connection. Only that address: a Fast Open connect to a dead address
 /// with a cookie would "succeed" at once and win the race, and the failure would only show at
 /// the first read. When that happens to the winner, its caller forgets it
 /// ([`Winners::forget`]) and the next connection races again.
-pub(crate) async fn connect(addrs: &[SocketAddr], dialer: &Dialer) -> Result<TcpStream, GetError> {
+pub(crate) async fn connect(
+    addrs: &[SocketAddr],
+    dialer: &Dialer,
+) -> Result<(TcpStream, FastOpen), GetError> {
     use futures_util::StreamExt;
     use futures_util::future::{Either, select};
     use futures_util::stream::FuturesUnordered;
@@ -469,11 +476,11 @@ pub(crate) async fn connect(addrs: &[SocketAddr], dialer: &Dialer) -> Result<Tcp
         };
         let Some((addr, result)) = done else { break };
         match result {
-            Ok(stream) => {
+            Ok((stream, fast_open)) => {
                 let started = &order[..order.len() - next.len()];
                 won(winners, addrs, (started, &failed), addr);
                 let _ = stream.set_nodelay(true);
-                return Ok(stream);
+                return Ok((stream, fast_open));
             }
             Err(e) => {
                 failed.push((addr, e));
@@ -486,21 +493,29 @@ pub(crate) async fn connect(addrs: &[SocketAddr], dialer: &Dialer) -> Result<Tcp
     Err(GetError::Connect { addr, source })
 }
 
+/// Whether a connection was opened with TCP Fast Open, and so has not heard from the server
+/// yet: it may have skipped the handshake.
+pub(crate) type FastOpen = bool;
+
 /// One TCP connect, with `TCP_FASTOPEN_CONNECT` set first when `fast_open`; a kernel that
-/// refuses the option gets a plain connect.
-async fn connect_one(addr: SocketAddr, fast_open: bool) -> std::io::Result<TcpStream> {
+/// refuses the option gets a plain connect. Says whether the option was set.
+async fn connect_one(addr: SocketAddr, fast_open: bool) -> std::io::Result<(TcpStream, FastOpen)> {
     if !fast_open {
-        return TcpStream::connect(addr).await;
+        return Ok((TcpStream::connect(addr).await?, false));
     }
     let socket = if addr.is_ipv6() {
         compio::net::TcpSocket::new_v6().await?
     } else {
         compio::net::TcpSocket::new_v4().await?
     };
-    if let Err(e) = crate::backend::sockopt::set_fast_open_connect(&socket) {
-        tracing::debug!(%addr, error = %e, "TCP Fast Open refused; connecting without it");
-    }
-    socket.connect(addr).await
+    let set = match crate::backend::sockopt::set_fast_open_connect(&socket) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(%addr, error = %e, "TCP Fast Open refused; connecting without it");
+            false
+        }
+    };
+    Ok((socket.connect(addr).await?, set))
 }
 
 /// [`connect`] for blocking sockets (the Hub API client): the same order, delay and cache, each
