@@ -12,7 +12,7 @@
 //! do kTLS, client certificates or session resumption across connections beyond rustls's own
 //! in-memory cache.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -24,7 +24,7 @@ use rustls::pki_types::ServerName;
 use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
-use crate::backend::buf::fill_tail;
+use crate::backend::buf::append;
 
 /// Environment variables naming a CA bundle to trust besides the built-in roots (OpenSSL's and
 /// Python requests' names, which huggingface_hub users already set).
@@ -351,13 +351,33 @@ impl TlsStream {
     pub async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
         loop {
             if self.plain > 0 {
-                let plain = self.plain;
-                let conn = &mut self.conn;
-                let r = fill_tail(&mut buf, plain, |dst| conn.reader().read(dst));
-                if let Ok(n) = r {
+                // Record by record, straight from rustls's plaintext into `buf` (no zeroing
+                // of the room first, as `Read::read` into it would need).
+                let mut reader = self.conn.reader();
+                let mut moved = 0;
+                while self.plain > 0 {
+                    let record = match reader.fill_buf() {
+                        Ok(r) => r,
+                        Err(e) if moved == 0 => return BufResult(Err(e), buf),
+                        Err(_) => break,
+                    };
+                    if record.is_empty() {
+                        // Not what rustls said it held: ask it again after the next feed.
+                        self.plain = 0;
+                        break;
+                    }
+                    let n = append(&mut buf, &record[..record.len().min(self.plain)]);
+                    if n == 0 {
+                        break;
+                    }
+                    reader.consume(n);
                     self.plain -= n;
+                    moved += n;
                 }
-                return BufResult(r, buf);
+                if moved > 0 || self.plain > 0 {
+                    // Bytes, or a full `buf` (which reads nothing, as any read into it would).
+                    return BufResult(Ok(moved), buf);
+                }
             }
             if self.rx_at < self.rx.len() {
                 if let Err(e) = self.feed() {
