@@ -54,6 +54,8 @@ pub enum ErrorKind {
     Local,
     /// The engine stopped before the job finished.
     Engine,
+    /// The job was interrupted ([`crate::Interrupter`]): on purpose, not a failure.
+    Interrupted,
 }
 
 /// Why a download failed. No file is left under the final name when this is returned.
@@ -281,6 +283,11 @@ pub enum GetError {
     /// The engine shut down (or a worker died) before the job finished.
     #[error("the engine stopped before the download finished")]
     EngineStopped,
+    /// The job was interrupted ([`crate::Interrupter::interrupt`]) before this file was
+    /// complete. Nothing is under the final name; with a resume journal (`ferry pull`) what was
+    /// written stays for the next run.
+    #[error("interrupted before the download finished")]
+    Interrupted,
 }
 
 impl GetError {
@@ -312,6 +319,7 @@ impl GetError {
             | GetError::ChecksumMismatch { .. } => ErrorKind::Remote,
             GetError::Io { .. } => ErrorKind::Local,
             GetError::EngineStopped => ErrorKind::Engine,
+            GetError::Interrupted => ErrorKind::Interrupted,
         }
     }
 }

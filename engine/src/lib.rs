@@ -170,6 +170,8 @@ pub struct Engine {
     sinks: std::sync::Mutex<std::collections::HashMap<u64, SinkChoice>>,
     /// Trust for `https://` (built on first use) and the proxy settings.
     dialer: net::Dialer,
+    /// Set by [`Interrupter::interrupt`]; every job of the engine reads it.
+    interrupted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Engine {
@@ -257,7 +259,16 @@ impl Engine {
             workers,
             sinks: Default::default(),
             dialer,
+            interrupted: Arc::default(),
         })
+    }
+
+    /// A handle that interrupts this engine's jobs, running and future, from any thread (a
+    /// signal handler's, say). See [`Interrupter`].
+    pub fn interrupter(&self) -> Interrupter {
+        Interrupter {
+            flag: Arc::clone(&self.interrupted),
+        }
     }
 
     /// The back-end in use and why it was chosen.
@@ -356,7 +367,10 @@ impl Engine {
         let mut outputs = std::collections::HashSet::new();
         let mut dirs_ok = std::collections::HashSet::new();
         let cwd = std::env::current_dir().ok();
-        let counters = Arc::new(Counters::new(items.len() as u64));
+        let counters = Arc::new(Counters::new(
+            items.len() as u64,
+            Arc::clone(&self.interrupted),
+        ));
         let settings = Arc::new(JobSettings {
             connections: self.config.connections.max(1),
             chunk: self.config.chunk_size,
@@ -692,6 +706,42 @@ fn check_output(
         dirs_ok.insert(dir.to_path_buf());
     }
     checked
+}
+
+/// Stops an [`Engine`]'s jobs early, cleanly: each connection stops at its next read, the writes
+/// in flight complete (and a pull's resume journal records them), files not started are not, and
+/// every file that was not complete ends with [`GetError::Interrupted`], nothing under its final
+/// name. Files already complete finish as usual. Interrupting is for good: jobs started later
+/// end at once the same way. `ferry` calls it on the first SIGINT or SIGTERM.
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use ferry::{Config, Engine, GetError};
+///
+/// let engine = Engine::new(Config::default())?;
+/// let job = engine.get("http://127.0.0.1:8080/files/big", "big")?;
+/// let stop = engine.interrupter();
+/// std::thread::spawn(move || {
+///     std::thread::sleep(std::time::Duration::from_secs(1));
+///     stop.interrupt();
+/// });
+/// match job.wait() {
+///     Err(GetError::Interrupted) => println!("stopped early"),
+///     other => println!("{other:?}"),
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Interrupter {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Interrupter {
+    /// Interrupts the engine's jobs; returns at once (the jobs end on their own threads).
+    pub fn interrupt(&self) {
+        self.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// How far a job has come, in bytes across all its files.

@@ -12,6 +12,10 @@
 //!   bytes plus, per kill, what the connections can have had in flight (one range each, at most
 //!   8 MiB);
 //! - the final mirror is byte for byte the repo, with no journal or partial file left behind.
+//!
+//! And stopped by SIGINT, SIGTERM, or two signals in a row, mid-transfer: it exits with 128 + the
+//! signal, says how to resume, loses no journal record, never shows a partial file under a final
+//! name, and the next run takes over every byte journaled at the signal.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -186,14 +190,56 @@ fn pull_command(backend: Backend, endpoint: &str, cache: &Path) -> Command {
     c
 }
 
-#[test]
-fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
+/// Runs the pull to its end after the stopped runs: it must succeed, on `backend`, with no
+/// wrong final name seen by `watcher` meanwhile. Its JSON report.
+fn finish_pull(
+    backend: Backend,
+    endpoint: &str,
+    cache: &Path,
+    watcher: Watcher,
+    what: &str,
+) -> serde_json::Value {
+    let out = pull_command(backend, endpoint, cache)
+        .output()
+        .expect("run ferry");
+    let wrong = watcher.finish();
+    assert!(wrong.is_empty(), "{what}: {wrong:#?}");
+    assert!(
+        out.status.success(),
+        "{what}: the resumed pull failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["backend"], backend.flag(), "{r}");
+    r
+}
+
+/// Every file of `repo` is in the snapshot, byte for byte.
+fn assert_mirrored(cache: &Path, repo: &Repo, what: &str) {
+    for f in &repo.files {
+        let path = repo_dir(cache)
+            .join("snapshots")
+            .join(&repo.commit)
+            .join(&f.path);
+        assert_same_file(&f.source, &path, &format!("{what}: {}", f.path));
+    }
+}
+
+/// The repo of [`SPEC`] as a static Hub under nginx, and the endpoint that serves it slowly
+/// (the temporary folder holding both comes first: keep it alive).
+fn slow_hub() -> (tempfile::TempDir, Arc<Repo>, Nginx, String) {
     let dir = tempfile::tempdir().expect("tmp");
     let repo = Arc::new(make_repo(dir.path(), "org/model", SPEC));
     let root = dir.path().join("hub");
     write_static_hub(&root, &repo, None);
     let nginx = Nginx::start(&root);
     let endpoint = format!("http://127.0.0.1:{}/slow", nginx.port());
+    (dir, repo, nginx, endpoint)
+}
+
+#[test]
+fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
+    let (_dir, repo, nginx, endpoint) = slow_hub();
     let total: u64 = repo.files.iter().map(|f| f.size).sum();
     let lfs_total: u64 = repo.files.iter().filter(|f| f.lfs).map(|f| f.size).sum();
     for backend in backends_under_test() {
@@ -247,18 +293,8 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
             killed_running > 0,
             "every run finished before it could be killed: the test proved nothing"
         );
-        let out = pull_command(backend, &endpoint, cache.path())
-            .output()
-            .expect("run ferry");
-        let wrong = watcher.finish();
-        assert!(wrong.is_empty(), "backend={backend:?}: {wrong:#?}");
-        assert!(
-            out.status.success(),
-            "the resumed pull failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-        assert_eq!(r["backend"], backend.flag(), "{r}");
+        let what = format!("backend={backend:?}");
+        let r = finish_pull(backend, &endpoint, cache.path(), watcher, &what);
         let resumed = r["bytes_resumed"].as_u64().expect("bytes_resumed");
         let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
         assert!(resumed > 0, "a partial file was taken over: {r}");
@@ -268,13 +304,7 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
             total - fetched >= journaled_at_last_kill,
             "the journal held {journaled_at_last_kill} bytes at the last kill, yet the final run fetched {fetched} of {total}: {r}"
         );
-        for f in &repo.files {
-            let path = repo_dir(cache.path())
-                .join("snapshots")
-                .join(&repo.commit)
-                .join(&f.path);
-            assert_same_file(&f.source, &path, &format!("{} on {backend:?}", f.path));
-        }
+        assert_mirrored(cache.path(), &repo, &what);
         assert!(
             !repo_dir(cache.path()).join(".ferry").exists(),
             "the journal is removed once the pull completes"
@@ -308,5 +338,127 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
             refetched <= bound,
             "{refetched} bytes fetched again over {killed_running} kills; at most {bound} were in flight"
         );
+    }
+}
+
+/// Sends `sig` to `child`; false when it had exited already.
+fn signal(child: &std::process::Child, sig: rustix::process::Signal) -> bool {
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).expect("a child's pid");
+    rustix::process::kill_process(pid, sig).is_ok()
+}
+
+/// Waits for `child` to exit, at most `limit` (then kills it and fails): its exit code and
+/// stderr, and how long it took.
+fn wait_exit(mut child: std::process::Child, limit: Duration) -> (Option<i32>, String, Duration) {
+    use std::io::Read;
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("try_wait") {
+            break s;
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ferry did not exit within {limit:?} of the signal");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let took = t0.elapsed();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status.code(), err, took)
+}
+
+#[test]
+fn a_pull_stopped_by_sigint_or_sigterm_exits_cleanly_and_resumes() {
+    use rustix::process::Signal;
+    let (_dir, repo, _nginx, endpoint) = slow_hub();
+    let lfs_total: u64 = repo.files.iter().filter(|f| f.lfs).map(|f| f.size).sum();
+    // (signals sent back to back, what stderr must say). The second signal of the last case is
+    // another one: two SIGINTs sent microseconds apart merge into one (POSIX does not queue
+    // standard signals), where a user's second Ctrl-C comes far later. Two signals pending at
+    // once are taken in no set order: the first taken stops, the second exits at once. The exit
+    // code is 128 + the signal that stopped ferry.
+    let cases: [(&[Signal], &str); 3] = [
+        (&[Signal::INT], "SIGINT: stopping"),
+        (&[Signal::TERM], "SIGTERM: stopping"),
+        (&[Signal::INT, Signal::TERM], "exiting at once"),
+    ];
+    for backend in backends_under_test() {
+        for (signals, said) in cases {
+            let what = format!("backend={backend:?} {signals:?}");
+            let cache = tempfile::tempdir().expect("tmp");
+            let checked = Arc::new(Mutex::new(HashSet::new()));
+            let watcher = Watcher::start(
+                cache.path().to_path_buf(),
+                Arc::clone(&repo),
+                Arc::clone(&checked),
+            );
+            let mut child = pull_command(backend, &endpoint, cache.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn ferry");
+            // Mid-transfer: a third of the shards' bytes journaled.
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while journal_bytes(cache.path(), &repo) < lfs_total / 3 {
+                assert!(
+                    child.try_wait().expect("try_wait").is_none(),
+                    "{what}: ferry ended before the signal"
+                );
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: ferry pull made no progress"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let journaled = journal_bytes(cache.path(), &repo);
+            let mut delivered = 0;
+            for &sig in signals {
+                delivered += usize::from(signal(&child, sig));
+            }
+            let (exit, stderr, took) = wait_exit(child, Duration::from_secs(30));
+            let journaled_after = journal_bytes(cache.path(), &repo);
+            eprintln!(
+                "{what}: exit {exit:?} after {:.0} ms; {} MiB journaled at the signal, {} MiB at the exit{}",
+                took.as_secs_f64() * 1e3,
+                journaled >> 20,
+                journaled_after >> 20,
+                if stderr.contains("exiting now") {
+                    " (the grace period ended the stop)"
+                } else {
+                    ""
+                }
+            );
+            let code = if stderr.contains("SIGTERM: stopping") {
+                143
+            } else {
+                130
+            };
+            assert_eq!(exit, Some(code), "{what}: {stderr}");
+            // A second signal that found ferry gone has nothing to say.
+            if delivered == signals.len() {
+                assert!(stderr.contains(said), "{what}: {stderr}");
+            }
+            assert!(
+                stderr.contains("run the same command again to resume"),
+                "{what}: {stderr}"
+            );
+            assert!(
+                journaled_after >= journaled,
+                "{what}: the journal lost records ({journaled} -> {journaled_after})"
+            );
+            // Run again to the end: what the stopped run wrote is taken over.
+            let r = finish_pull(backend, &endpoint, cache.path(), watcher, &what);
+            let total: u64 = repo.files.iter().map(|f| f.size).sum();
+            let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
+            assert!(
+                total - fetched >= journaled,
+                "{what}: {journaled} bytes were journaled at the signal, yet the next run fetched {fetched} of {total}: {r}"
+            );
+            assert_mirrored(cache.path(), &repo, &what);
+        }
     }
 }

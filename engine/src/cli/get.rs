@@ -81,6 +81,10 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
         Ok(e) => e,
         Err(e) => return super::fail(&e, super::start_error_code(&e)),
     };
+    super::signals::watch(
+        engine.interrupter(),
+        "only files already complete get their final name",
+    );
     let results = match download(&engine, &jobs, &args) {
         Ok(r) => r,
         Err(e) => return super::fail(&e, get_error_code(&e)),

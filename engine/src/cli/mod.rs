@@ -5,7 +5,8 @@
 //! server or network failed, 4 a local file operation failed, 5 the requested back-end cannot run;
 //! `ferry pull` adds 6 repo not found, 7 revision not found, 8 file not found, 9 gated, 10 token
 //! refused, 11 rate limited, 12 not enough disk space, 13 a hostile or malformed listing, 14
-//! another pull is writing the same repo.
+//! another pull is writing the same repo; 130 / 143 `get` or `pull` stopped by SIGINT / SIGTERM
+//! (what a pull wrote is kept for the next run).
 
 mod get;
 mod ping;
@@ -13,6 +14,7 @@ mod probe;
 mod progress;
 mod pull;
 mod serve;
+mod signals;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -197,6 +199,7 @@ pub(crate) fn get_error_code(e: &GetError) -> u8 {
         ErrorKind::Usage => exit::USAGE,
         ErrorKind::Remote => exit::REMOTE,
         ErrorKind::Local => exit::LOCAL,
+        ErrorKind::Interrupted => signals::interrupted_code(),
         _ => exit::INTERNAL,
     }
 }

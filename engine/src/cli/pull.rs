@@ -78,6 +78,10 @@ pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
         Ok(e) => e,
         Err(e) => return super::fail(&e, super::start_error_code(&e)),
     };
+    super::signals::watch(
+        engine.interrupter(),
+        "what was written is kept: run the same command again to resume",
+    );
     let mut pull = match Pull::start(&engine, options) {
         Ok(p) => p,
         Err(e) => return super::fail(&e, hub_error_code(&e)),

@@ -214,17 +214,26 @@ pub(crate) struct Counters {
     /// Files of the job, and files finished (successfully or not).
     pub files: u64,
     pub files_done: AtomicU64,
+    /// The engine's interrupt flag ([`crate::Interrupter`]), shared by all its jobs.
+    interrupted: Arc<AtomicBool>,
 }
 
 impl Counters {
-    pub fn new(files: u64) -> Counters {
+    pub fn new(files: u64, interrupted: Arc<AtomicBool>) -> Counters {
         Counters {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
             files,
             files_done: AtomicU64::new(0),
+            interrupted,
         }
+    }
+
+    /// True once the engine was interrupted: lanes stop at their next read, files not started
+    /// are not, and those cut short end with [`GetError::Interrupted`].
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
     }
 
     /// Counts a file of the job, with the size stated up front if any.
@@ -571,7 +580,7 @@ impl Ctx {
     }
 
     pub fn is_aborted(&self) -> bool {
-        self.aborted.load(Ordering::Relaxed)
+        self.aborted.load(Ordering::Relaxed) || self.progress.interrupted()
     }
 
     /// Counts `n` more bytes written, in the file and in the job.
@@ -803,6 +812,9 @@ enum Opened {
 /// Sends the first request of a file (following redirects) on `lane`'s connection when it goes
 /// to the right host, on a new one otherwise, and sets the file up from the answer.
 async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
+    if ctx.progress.interrupted() {
+        return Err(GetError::Interrupted);
+    }
     let (created, mut resumed) = ctx.begin_fetch().await?;
     let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK).max(1);
     // A resumed file starts at its first missing byte.
@@ -1105,6 +1117,12 @@ async fn verify(ctx: &Ctx) -> Result<Verified, GetError> {
     }
     if let Some(e) = ctx.take_error() {
         return Err(e);
+    }
+    if ctx.progress.interrupted()
+        && ctx.done.load(Ordering::Relaxed) != ctx.total.load(Ordering::Relaxed)
+    {
+        // The lanes stopped early (an unknown size never equals the bytes written).
+        return Err(GetError::Interrupted);
     }
     let Some(verifier) = verifier else {
         return Ok(Verified::Ok(None));
@@ -1511,7 +1529,7 @@ mod tests {
 
     #[test]
     fn progress_total_counts_each_size_once() {
-        let c = Counters::new(3);
+        let c = Counters::new(3, Arc::default());
         c.add_file(Some(100)); // stated up front
         c.add_file(None);
         c.add_file(None);
@@ -1531,7 +1549,7 @@ mod tests {
         c.size_known(None, UNKNOWN_TOTAL, 7);
         assert_eq!(c.unknown.load(Ordering::Relaxed), 0);
         assert_eq!(c.total.load(Ordering::Relaxed), 107);
-        let d = Counters::new(1);
+        let d = Counters::new(1, Arc::default());
         d.add_file(Some(50));
         d.size_known(Some(50), UNKNOWN_TOTAL, 60);
         assert_eq!(d.total.load(Ordering::Relaxed), 60);
