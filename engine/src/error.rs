@@ -174,6 +174,20 @@ pub enum GetError {
         /// `RateLimit` reset of a 429), when it did.
         retry_after: Option<std::time::Duration>,
     },
+    /// A range was answered with a `200` and the whole file: the server (or one node behind
+    /// it) stopped honouring `Range` in the middle of a download. Retried: another request
+    /// may reach a node that honours it.
+    #[error(
+        "{url}: asked for bytes {asked_first}-{asked_last}, server answered 200 with the whole file (it stopped honouring Range)"
+    )]
+    RangeIgnored {
+        /// The URL.
+        url: String,
+        /// First byte asked for.
+        asked_first: u64,
+        /// Last byte asked for (inclusive).
+        asked_last: u64,
+    },
     /// The server's `Content-Range` is not the range asked for.
     #[error(
         "{url}: asked for bytes {asked_first}-{asked_last}, server answered Content-Range {got:?}"
@@ -312,6 +326,7 @@ impl GetError {
             | GetError::Network { .. }
             | GetError::Status { .. }
             | GetError::ContentRangeMismatch { .. }
+            | GetError::RangeIgnored { .. }
             | GetError::SizeChanged { .. }
             | GetError::ShortBody { .. }
             | GetError::Protocol { .. }

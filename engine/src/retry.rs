@@ -4,6 +4,7 @@
 //! | failure | verdict | wait |
 //! |---|---|---|
 //! | connection reset or refused, a timeout, a stalled body, a short body | retry | backoff |
+//! | a range answered `200` with the whole file (a node that ignores `Range`) | retry | backoff |
 //! | 408, 500, 502, 503, 504 | retry | `Retry-After`, else backoff |
 //! | 429 | retry | `Retry-After`, else the `t=` of `RateLimit`, else 4 x the base backoff |
 //! | 400, 401, 403, 404, 416 and every other status | fail | |
@@ -71,9 +72,10 @@ pub(crate) fn for_error(e: &GetError) -> Verdict {
             retry_after,
             ..
         } if retryable_status(*status) => Verdict::Retry { wait: *retry_after },
-        GetError::Connect { .. } | GetError::Network { .. } | GetError::ShortBody { .. } => {
-            Verdict::Retry { wait: None }
-        }
+        GetError::Connect { .. }
+        | GetError::Network { .. }
+        | GetError::ShortBody { .. }
+        | GetError::RangeIgnored { .. } => Verdict::Retry { wait: None },
         _ => Verdict::Fail,
     }
 }
@@ -176,6 +178,11 @@ mod tests {
                 status: 503,
                 reason: "Busy".into(),
                 retry_after: Some(Duration::from_secs(3)),
+            },
+            GetError::RangeIgnored {
+                url: "u".into(),
+                asked_first: 1,
+                asked_last: 2,
             },
         ];
         assert_eq!(

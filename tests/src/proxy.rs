@@ -66,6 +66,47 @@ pub enum Fault {
         /// How many such requests fail.
         times: usize,
     },
+    /// The first `times` requests whose request line contains `uri_contains` get `status`
+    /// (a 500, 503 or 429) with `Retry-After: retry_after` (seconds), without reaching the
+    /// upstream: a burst of errors that passes.
+    Refuse {
+        /// What the request line must contain.
+        uri_contains: &'static str,
+        /// How many such requests fail.
+        times: usize,
+        /// The status answered.
+        status: u16,
+        /// The `Retry-After` seconds sent with it.
+        retry_after: u32,
+    },
+    /// For response number `nth`, forward `keep` body bytes, then reset the connection (an RST,
+    /// not a FIN: `SO_LINGER` 0).
+    Reset {
+        /// Which response.
+        nth: usize,
+        /// Body bytes to forward first.
+        keep: u64,
+    },
+    /// Request number `nth` (0-based, over all connections) goes upstream without its `Range`
+    /// header, so the answer is a `200` with the whole file where a `206` was asked for.
+    IgnoreRange {
+        /// Which request.
+        nth: usize,
+    },
+    /// Response number `nth` dribbles out: its head one byte per write with a pause of a
+    /// millisecond, its body in writes of 7 bytes (no Nagle): heads and bodies split anywhere.
+    Drip {
+        /// Which response.
+        nth: usize,
+    },
+    /// Response number `nth` gets `bytes` of extra header lines (`X-Junk-N: aaaa...`, 1 KiB
+    /// each) before its blank line: a gigantic head.
+    HugeHead {
+        /// Which response.
+        nth: usize,
+        /// Bytes of junk headers.
+        bytes: usize,
+    },
 }
 
 /// A running proxy. Dropping it stops accepting connections.
@@ -75,8 +116,10 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// Responses seen so far.
     pub responses: Arc<AtomicUsize>,
-    /// Requests answered with a made-up 503 ([`Fault::Unavailable`]).
+    /// Requests answered with a made-up error ([`Fault::Unavailable`], [`Fault::Refuse`]).
     pub refused: Arc<AtomicUsize>,
+    /// Requests forwarded upstream so far.
+    pub requests: Arc<AtomicUsize>,
 }
 
 impl FaultProxy {
@@ -93,16 +136,20 @@ impl FaultProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let responses = Arc::new(AtomicUsize::new(0));
         let refused = Arc::new(AtomicUsize::new(0));
-        let (stop2, responses2) = (Arc::clone(&stop), Arc::clone(&responses));
-        let refused2 = Arc::clone(&refused);
+        let requests = Arc::new(AtomicUsize::new(0));
+        let counters = Counters {
+            responses: Arc::clone(&responses),
+            refused: Arc::clone(&refused),
+            requests: Arc::clone(&requests),
+        };
+        let stop2 = Arc::clone(&stop);
         std::thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
                 match listener.accept() {
                     Ok((client, _)) => {
-                        let counter = Arc::clone(&responses2);
-                        let refused = Arc::clone(&refused2);
+                        let counters = counters.clone();
                         std::thread::spawn(move || {
-                            let _ = serve(client, upstream, fault, &counter, &refused);
+                            let _ = serve(client, upstream, fault, &counters);
                         });
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
@@ -114,6 +161,7 @@ impl FaultProxy {
             stop,
             responses,
             refused,
+            requests,
         }
     }
 
@@ -127,6 +175,14 @@ impl Drop for FaultProxy {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
     }
+}
+
+/// The proxy's counters, shared by its connection threads.
+#[derive(Clone)]
+struct Counters {
+    responses: Arc<AtomicUsize>,
+    refused: Arc<AtomicUsize>,
+    requests: Arc<AtomicUsize>,
 }
 
 fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
@@ -176,38 +232,83 @@ fn shift_range(head: &str) -> String {
         .join("\r\n")
 }
 
-fn serve(
-    mut client: TcpStream,
-    upstream: u16,
-    fault: Fault,
-    counter: &AtomicUsize,
-    refused: &AtomicUsize,
-) -> std::io::Result<()> {
+/// The request head without its `Range` header.
+fn without_range(req: &[u8]) -> Vec<u8> {
+    let text = String::from_utf8_lossy(req);
+    let kept: Vec<&str> = text
+        .split("\r\n")
+        .filter(|l| {
+            !l.split_once(':')
+                .is_some_and(|(k, _)| k.trim().eq_ignore_ascii_case("range"))
+        })
+        .collect();
+    kept.join("\r\n").into_bytes()
+}
+
+/// `head` (ending in a blank line) with `bytes` of junk header lines before the blank line.
+fn with_junk(head: &str, bytes: usize) -> String {
+    let mut out = head.trim_end().to_owned();
+    let line = "a".repeat(1000);
+    for i in 0..bytes.div_ceil(1024) {
+        out.push_str(&format!("\r\nX-Junk-{i:05}: {line}"));
+    }
+    out + "\r\n\r\n"
+}
+
+/// An answer made up by the proxy (a status and `Retry-After`, no body).
+fn refusal(status: u16, retry_after: u32) -> String {
+    let reason = match status {
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Error",
+    };
+    format!("HTTP/1.1 {status} {reason}\r\nRetry-After: {retry_after}\r\nContent-Length: 0\r\n\r\n")
+}
+
+/// Ends `client` with an RST: `SO_LINGER` 0, then close.
+fn reset(client: TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(&client, Some(Duration::ZERO));
+    drop(client);
+}
+
+fn serve(mut client: TcpStream, upstream: u16, fault: Fault, c: &Counters) -> std::io::Result<()> {
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     let (mut cbuf, mut ubuf) = (Vec::new(), Vec::new());
     loop {
-        let Some(req) = read_head(&mut client, &mut cbuf)? else {
+        let Some(mut req) = read_head(&mut client, &mut cbuf)? else {
             return Ok(());
         };
-        if let Fault::Unavailable {
-            uri_contains,
-            times,
-        } = fault
-        {
+        let refuse = match fault {
+            Fault::Unavailable {
+                uri_contains,
+                times,
+            } => Some((uri_contains, times, 503, 0)),
+            Fault::Refuse {
+                uri_contains,
+                times,
+                status,
+                retry_after,
+            } => Some((uri_contains, times, status, retry_after)),
+            _ => None,
+        };
+        if let Some((uri_contains, times, status, retry_after)) = refuse {
             let line = String::from_utf8_lossy(&req);
             let line = line.lines().next().unwrap_or("");
-            if line.contains(uri_contains) && refused.fetch_add(1, Ordering::SeqCst) < times {
-                client.write_all(
-                    b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 0\r\nContent-Length: 0\r\n\r\n",
-                )?;
+            if line.contains(uri_contains) && c.refused.fetch_add(1, Ordering::SeqCst) < times {
+                client.write_all(refusal(status, retry_after).as_bytes())?;
                 continue;
             }
+        }
+        let request = c.requests.fetch_add(1, Ordering::SeqCst);
+        if matches!(fault, Fault::IgnoreRange { nth } if nth == request) {
+            req = without_range(&req);
         }
         up.write_all(&req)?;
         let Some(head) = read_head(&mut up, &mut ubuf)? else {
             return Ok(());
         };
-        let nth = counter.fetch_add(1, Ordering::SeqCst);
+        let nth = c.responses.fetch_add(1, Ordering::SeqCst);
         let text = String::from_utf8_lossy(&head).into_owned();
         let len = content_length(&text);
         let (head_out, keep) = match fault {
@@ -217,13 +318,24 @@ fn serve(
             Fault::TruncateBody { nth: n, keep } if n == nth => (text, keep.min(len)),
             Fault::TruncateAll { keep } => (text, keep.min(len)),
             Fault::Stall { nth: n, keep } if n == nth => (text, keep.min(len)),
+            Fault::Reset { nth: n, keep } if n == nth => (text, keep.min(len)),
+            Fault::HugeHead { nth: n, bytes } if n == nth => (with_junk(&text, bytes), len),
             _ => (text, len),
         };
         let mut flip = match fault {
             Fault::FlipByte { nth: n, at } if n == nth && at < len => Some(at),
             _ => None,
         };
-        client.write_all(head_out.as_bytes())?;
+        let drip = matches!(fault, Fault::Drip { nth: n } if n == nth);
+        if drip {
+            client.set_nodelay(true)?;
+            for b in head_out.as_bytes() {
+                client.write_all(std::slice::from_ref(b))?;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        } else {
+            client.write_all(head_out.as_bytes())?;
+        }
         let mut left = keep;
         let mut skip = len - keep;
         loop {
@@ -241,7 +353,13 @@ fn serve(
                     flip = None;
                 }
             }
-            client.write_all(&ubuf[..take])?;
+            if drip {
+                for piece in ubuf[..take].chunks(7) {
+                    client.write_all(piece)?;
+                }
+            } else {
+                client.write_all(&ubuf[..take])?;
+            }
             ubuf.drain(..take);
             left -= take as u64;
             let drop_n = (ubuf.len() as u64).min(skip) as usize;
@@ -253,6 +371,10 @@ fn serve(
             if left == 0 && keep < len && matches!(fault, Fault::Stall { nth: n, .. } if n == nth) {
                 // A stall: the connection stays open, silent.
                 std::thread::sleep(Duration::from_secs(60));
+                return Ok(());
+            }
+            if left == 0 && keep < len && matches!(fault, Fault::Reset { nth: n, .. } if n == nth) {
+                reset(client);
                 return Ok(());
             }
             if left == 0 && keep < len {

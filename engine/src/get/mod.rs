@@ -1214,9 +1214,11 @@ fn check_partial(
     };
     if head.status != 206 {
         if head.status == 200 {
-            return Err(mismatch(
-                "(status 200 with no range: the server stopped honouring Range)".to_owned(),
-            ));
+            return Err(GetError::RangeIgnored {
+                url: ctx.target().display.clone(),
+                asked_first: first,
+                asked_last: last,
+            });
         }
         return Err(status_error(ctx.target(), head));
     }

@@ -1,0 +1,182 @@
+//! Faults from the fault-injecting proxy between ferry and a real nginx, on every back-end: a
+//! connection reset mid-body, bursts of 500 / 503 / 429 with `Retry-After`, a `200` with the
+//! whole file where a `206` was asked for, a response that dribbles out a few bytes at a time,
+//! and a gigantic response head. ferry either ends with the file byte for byte (and its
+//! sha256), or fails with one clear line and leaves nothing behind.
+//!
+//! Other suites cover the rest: truncated bodies and a wrong `Content-Range` (`errors.rs`),
+//! stalls (`retries.rs`, `mirrors.rs`), corrupted bytes (`errors.rs`, sha256 mismatch).
+
+use std::process::Output;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferry_tests::{
+    Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test, ferry,
+    get_ok, sha256_file, write_data,
+};
+
+const SIZE: u64 = 3 << 20;
+
+/// nginx serving one seeded file `f`, and its sha256.
+fn origin(seed: u64) -> (tempfile::TempDir, Nginx, String) {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), SIZE, seed);
+    let sha = sha256_file(&src.path().join("f"));
+    let nginx = Nginx::start(src.path());
+    (src, nginx, sha)
+}
+
+fn url(proxy: &FaultProxy) -> String {
+    format!("http://127.0.0.1:{}/files/f", proxy.port())
+}
+
+/// `ferry get` through `fault`, which must end with the whole file: the report.
+fn survives(nginx: &Nginx, src: &tempfile::TempDir, sha: &str, fault: Fault) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for backend in backends_under_test() {
+        let proxy = FaultProxy::start(nginx.port(), fault);
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let args = ["-c", "2", "--chunk-size", "1M", "--sha256", sha];
+        let report = get_ok(backend, &url(&proxy), &dest, &args);
+        let what = format!("backend={backend:?} {fault:?}");
+        assert_same_file(&src.path().join("f"), &dest, &what);
+        assert_eq!(report["backend"], backend.flag(), "{report}");
+        eprintln!(
+            "ran on backend {backend:?}: {fault:?}: whole file, {} retries, {} fetches",
+            report["retries"], report["fetches"]
+        );
+        last = report;
+    }
+    last
+}
+
+#[test]
+fn a_connection_reset_mid_body_is_fetched_again() {
+    let (src, nginx, sha) = origin(601);
+    // The first answer (the size probe), then a later range.
+    for nth in [0, 2] {
+        let report = survives(
+            &nginx,
+            &src,
+            &sha,
+            Fault::Reset {
+                nth,
+                keep: 100 << 10,
+            },
+        );
+        assert!(
+            report["retries"].as_u64() >= Some(1),
+            "the reset range was asked again: {report}"
+        );
+    }
+}
+
+#[test]
+fn bursts_of_500_503_and_429_are_waited_out_as_retry_after_says() {
+    let (src, nginx, sha) = origin(602);
+    for status in [500, 503, 429] {
+        for backend in backends_under_test() {
+            // The first two requests for the file fail; each says to come back in 1 s.
+            let fault = Fault::Refuse {
+                uri_contains: "/files/f",
+                times: 2,
+                status,
+                retry_after: 1,
+            };
+            let proxy = FaultProxy::start(nginx.port(), fault);
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let t0 = Instant::now();
+            let args = ["-c", "2", "--chunk-size", "1M", "--sha256", &sha];
+            get_ok(backend, &url(&proxy), &dest, &args);
+            let took = t0.elapsed();
+            let what = format!("backend={backend:?} {status}");
+            assert_same_file(&src.path().join("f"), &dest, &what);
+            assert!(
+                proxy.refused.load(Ordering::SeqCst) >= 2,
+                "{what}: both refusals were met"
+            );
+            // Both refusals were of the first request (nothing else is asked before its
+            // answer), so honouring Retry-After takes at least 2 s. A lower bound: no timing
+            // assumption about this machine.
+            assert!(
+                took >= Duration::from_secs(2),
+                "{what}: Retry-After not honoured: done in {took:?}"
+            );
+            eprintln!("ran on backend {backend:?}: two {status}s, then the file, in {took:?}");
+        }
+    }
+}
+
+#[test]
+fn a_200_with_the_whole_file_where_a_206_was_asked_still_gives_the_file() {
+    let (src, nginx, sha) = origin(603);
+    // The first request (a 200 there makes one stream of the file), then a later range (a
+    // 200 there, with the whole file, cannot be used as that range).
+    for nth in [0, 2] {
+        let report = survives(&nginx, &src, &sha, Fault::IgnoreRange { nth });
+        if nth > 0 {
+            assert!(
+                report["retries"].as_u64() >= Some(1),
+                "the range answered 200 was asked again: {report}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_response_that_dribbles_out_still_gives_the_file() {
+    let (src, nginx, sha) = origin(604);
+    for nth in [0, 1] {
+        survives(&nginx, &src, &sha, Fault::Drip { nth });
+    }
+}
+
+fn assert_one_clear_line(o: &Output, code: i32, needle: &str, what: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(code), "{what}: {stderr}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {lines:?}");
+    assert!(lines[0].starts_with("ferry: error: "), "{what}: {stderr}");
+    assert!(stderr.contains(needle), "{what}: {needle:?} in {stderr}");
+}
+
+#[test]
+fn a_gigantic_response_head_fails_clearly_and_leaves_nothing() {
+    let (_src, nginx, sha) = origin(605);
+    for backend in backends_under_test() {
+        // 16 MiB of headers: the parser stops at its 64 KiB limit, whatever comes after.
+        for nth in [0, 2] {
+            let proxy = FaultProxy::start(
+                nginx.port(),
+                Fault::HugeHead {
+                    nth,
+                    bytes: 16 << 20,
+                },
+            );
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let o = ferry(
+                backend,
+                &[
+                    "get",
+                    &url(&proxy),
+                    "-o",
+                    dest.to_str().expect("utf-8"),
+                    "-c",
+                    "2",
+                    "--chunk-size",
+                    "1M",
+                    "--sha256",
+                    &sha,
+                ],
+            );
+            let what = format!("backend={backend:?} huge head on response {nth}");
+            assert_one_clear_line(&o, 3, "response head larger than 65536 bytes", &what);
+            assert_no_output(&dest, &what);
+            eprintln!("ran on backend {backend:?}: {what}: one clear line, nothing left");
+        }
+    }
+}
