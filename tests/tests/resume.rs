@@ -1,5 +1,5 @@
-//! `ferry pull` stopped by `kill -9` in the middle of its transfers, again and again, then run
-//! to the end, on each back-end. The origin is a real nginx serving a static Hub at 8 MiB/s per
+//! `ferry pull` stopped by `kill -9` at 50 random moments of its transfers (seeded; the seed is
+//! printed), resuming after each, then run to the end, on each back-end. The origin is a real nginx serving a static Hub at 8 MiB/s per
 //! request (so that a kill lands mid-transfer), logging the body bytes it sent.
 //!
 //! What must hold:
@@ -39,7 +39,10 @@ const CONNECTIONS: u64 = 4;
 /// The longest range ferry asks for at once (`plan::MAX_CHUNK`): what one connection can have
 /// in flight when the process dies.
 const MAX_RANGE: u64 = 8 << 20;
-const KILLS: u64 = 3;
+/// SIGKILLs per back-end, each at a random moment of the pull.
+const KILLS: u64 = 50;
+/// The kill moments' seed, unless `FERRY_TEST_SEED` gives one (each run prints it).
+const SEED: u64 = 0x5eed_f0e1_2026_1121;
 
 fn repo_dir(cache: &Path) -> PathBuf {
     cache.join("models--org--model")
@@ -254,14 +257,23 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
         );
         let mut killed_running = 0;
         let mut journaled_at_last_kill = 0;
-        for k in 1..=KILLS {
+        // The moments: a random point of the shards' bytes for each kill (in order, so the kills
+        // spread over the whole pull), then a random 0-40 ms more, so they also land between
+        // journal records, in the listing, while files open, settle and are published.
+        let seed = std::env::var("FERRY_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(SEED);
+        eprintln!("  kill moments from seed {seed} (FERRY_TEST_SEED)");
+        let mut rng = XorShift(seed | 1);
+        let mut points: Vec<u64> = (0..KILLS).map(|_| rng.below(lfs_total)).collect();
+        points.sort_unstable();
+        for (k, threshold) in points.into_iter().enumerate() {
             let mut child = pull_command(backend, &endpoint, cache.path())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn ferry");
-            // Kill once the journal holds k quarters of the shards' bytes (or ferry is done).
-            let threshold = lfs_total * k / (KILLS + 1);
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
                 if child.try_wait().expect("try_wait").is_some() {
@@ -274,8 +286,9 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
                     Instant::now() < deadline,
                     "ferry pull neither progressed nor finished"
                 );
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(2));
             }
+            std::thread::sleep(Duration::from_millis(rng.below(41)));
             let journaled = journal_bytes(cache.path(), &repo);
             if child.try_wait().expect("try_wait").is_none() {
                 child.kill().expect("SIGKILL");
@@ -284,7 +297,8 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
             }
             let _ = child.wait();
             eprintln!(
-                "  kill {k}: {} MiB of {} MiB journaled",
+                "  kill {}: {} MiB of {} MiB journaled",
+                k + 1,
                 journaled >> 20,
                 lfs_total >> 20
             );
@@ -338,6 +352,19 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
             refetched <= bound,
             "{refetched} bytes fetched again over {killed_running} kills; at most {bound} were in flight"
         );
+    }
+}
+
+/// A small deterministic generator for the kill moments (xorshift64).
+struct XorShift(u64);
+
+impl XorShift {
+    /// A number below `n` (`n` > 0).
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n.max(1)
     }
 }
 
