@@ -39,7 +39,7 @@ use std::sync::Mutex;
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, percent_encode};
 
 /// The first line of every journal.
-const HEADER: &str = "ferry-journal 1\n";
+pub(crate) const HEADER: &str = "ferry-journal 1\n";
 
 /// Bytes of a path encoded in a record: controls, space, `%` and every non-ASCII byte.
 const PATH_ENCODE: &AsciiSet = &CONTROLS.add(b' ').add(b'%');

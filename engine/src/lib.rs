@@ -50,6 +50,10 @@
 
 mod backend;
 mod error;
+/// Entry points for the fuzz targets in `fuzz/` (feature `fuzzing`); not part of the API.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod get;
 mod http1;
 pub mod hub;

@@ -6,8 +6,8 @@
 //! redirects, retry, or decide what a status means for a download: that is the caller's policy.
 #![forbid(unsafe_code)]
 
-mod chunked;
-mod range;
+pub(crate) mod chunked;
+pub(crate) mod range;
 
 use std::ops::Range;
 

@@ -46,7 +46,7 @@
 mod catalog;
 mod conn;
 mod handler;
-mod range;
+pub(crate) mod range;
 mod route;
 mod tls;
 
