@@ -102,7 +102,8 @@ pub fn listing(data: &[u8]) {
 }
 
 /// The resume journal's decoder: the valid prefix lies within the input, and the records it
-/// read encode back to exactly that prefix (so a compacted rewrite loses nothing).
+/// read, encoded again (as a compacted rewrite does), decode to the same records, so a rewrite
+/// loses nothing. (Not byte for byte: a path's percent-encoding may be spelled differently.)
 pub fn journal(data: &[u8]) {
     let decoded = crate::journal::decode(data);
     assert!(decoded.valid <= data.len());

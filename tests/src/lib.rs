@@ -195,6 +195,28 @@ pub fn assert_same_file(source: &Path, path: &Path, what: &str) {
 }
 
 /// Asserts that neither `path` nor `path.incomplete` exists.
+/// A failure that ended cleanly: exit code `code`, no panic, one line on stderr starting with
+/// `ferry: error: ` and mentioning `needle`.
+pub fn assert_clean_failure(o: &Output, code: i32, needle: &str, what: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit code; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{what}: panic: {stderr}"
+    );
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {lines:?}");
+    assert!(lines[0].starts_with("ferry: error: "), "{what}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{what}: stderr should mention {needle:?}: {stderr}"
+    );
+}
+
 pub fn assert_no_output(path: &Path, what: &str) {
     assert!(
         !path.exists(),

@@ -58,14 +58,6 @@ pub enum Fault {
         /// Body bytes per second on each connection.
         bytes_per_sec: u64,
     },
-    /// The first `times` requests whose request line contains `uri_contains` get a `503` with
-    /// `Retry-After: 0`, without reaching the upstream.
-    Unavailable {
-        /// What the request line must contain.
-        uri_contains: &'static str,
-        /// How many such requests fail.
-        times: usize,
-    },
     /// The first `times` requests whose request line contains `uri_contains` get `status`
     /// (a 500, 503 or 429) with `Retry-After: retry_after` (seconds), without reaching the
     /// upstream: a burst of errors that passes.
@@ -116,7 +108,7 @@ pub struct FaultProxy {
     stop: Arc<AtomicBool>,
     /// Responses seen so far.
     pub responses: Arc<AtomicUsize>,
-    /// Requests answered with a made-up error ([`Fault::Unavailable`], [`Fault::Refuse`]).
+    /// Requests answered with a made-up error ([`Fault::Refuse`]).
     pub refused: Arc<AtomicUsize>,
     /// Requests forwarded upstream so far.
     pub requests: Arc<AtomicUsize>,
@@ -279,20 +271,13 @@ fn serve(mut client: TcpStream, upstream: u16, fault: Fault, c: &Counters) -> st
         let Some(mut req) = read_head(&mut client, &mut cbuf)? else {
             return Ok(());
         };
-        let refuse = match fault {
-            Fault::Unavailable {
-                uri_contains,
-                times,
-            } => Some((uri_contains, times, 503, 0)),
-            Fault::Refuse {
-                uri_contains,
-                times,
-                status,
-                retry_after,
-            } => Some((uri_contains, times, status, retry_after)),
-            _ => None,
-        };
-        if let Some((uri_contains, times, status, retry_after)) = refuse {
+        if let Fault::Refuse {
+            uri_contains,
+            times,
+            status,
+            retry_after,
+        } = fault
+        {
             let line = String::from_utf8_lossy(&req);
             let line = line.lines().next().unwrap_or("");
             if line.contains(uri_contains) && c.refused.fetch_add(1, Ordering::SeqCst) < times {

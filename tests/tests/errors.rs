@@ -5,33 +5,13 @@ use std::path::Path;
 use std::process::Output;
 
 use ferry_tests::{
-    Backend, Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test,
-    ferry, write_data,
+    Backend, Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, assert_same_file,
+    backends_under_test, ferry, write_data,
 };
 
 /// Exit codes from the README.
 const USAGE: i32 = 2;
 const REMOTE: i32 = 3;
-
-fn assert_clean_failure(o: &Output, code: i32, needle: &str, what: &str) {
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(
-        o.status.code(),
-        Some(code),
-        "{what}: exit code; stderr: {stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
-        "{what}: panic: {stderr}"
-    );
-    let lines: Vec<_> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {lines:?}");
-    assert!(lines[0].starts_with("ferry: error: "), "{what}: {stderr}");
-    assert!(
-        stderr.contains(needle),
-        "{what}: stderr should mention {needle:?}: {stderr}"
-    );
-}
 
 fn get(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> Output {
     let mut args = vec!["get", url, "-o", out.to_str().expect("utf8")];

@@ -7,13 +7,12 @@
 //! Other suites cover the rest: truncated bodies and a wrong `Content-Range` (`errors.rs`),
 //! stalls (`retries.rs`, `mirrors.rs`), corrupted bytes (`errors.rs`, sha256 mismatch).
 
-use std::process::Output;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use ferry_tests::{
-    Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test, ferry,
-    get_ok, sha256_file, write_data,
+    Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, assert_same_file,
+    backends_under_test, ferry, get_ok, sha256_file, write_data,
 };
 
 const SIZE: u64 = 3 << 20;
@@ -31,25 +30,40 @@ fn url(proxy: &FaultProxy) -> String {
     format!("http://127.0.0.1:{}/files/f", proxy.port())
 }
 
-/// `ferry get` through `fault`, which must end with the whole file: the report.
-fn survives(nginx: &Nginx, src: &tempfile::TempDir, sha: &str, fault: Fault) -> serde_json::Value {
-    let mut last = serde_json::Value::Null;
+/// `ferry get` through a fresh proxy with `fault`, on every back-end: each must end with the
+/// whole file; `check` then sees the proxy, the report and the time taken.
+fn survives(
+    nginx: &Nginx,
+    src: &tempfile::TempDir,
+    sha: &str,
+    fault: Fault,
+    check: impl Fn(&FaultProxy, &serde_json::Value, Duration, &str),
+) {
     for backend in backends_under_test() {
         let proxy = FaultProxy::start(nginx.port(), fault);
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("f");
         let args = ["-c", "2", "--chunk-size", "1M", "--sha256", sha];
+        let t0 = Instant::now();
         let report = get_ok(backend, &url(&proxy), &dest, &args);
+        let took = t0.elapsed();
         let what = format!("backend={backend:?} {fault:?}");
         assert_same_file(&src.path().join("f"), &dest, &what);
         assert_eq!(report["backend"], backend.flag(), "{report}");
+        check(&proxy, &report, took, &what);
         eprintln!(
-            "ran on backend {backend:?}: {fault:?}: whole file, {} retries, {} fetches",
+            "ran on backend {backend:?}: {fault:?}: whole file in {took:?}, {} retries, {} fetches",
             report["retries"], report["fetches"]
         );
-        last = report;
     }
-    last
+}
+
+/// A [`survives`] check: the damaged range was asked again.
+fn retried(_: &FaultProxy, report: &serde_json::Value, _: Duration, what: &str) {
+    assert!(
+        report["retries"].as_u64() >= Some(1),
+        "{what}: the damaged range was asked again: {report}"
+    );
 }
 
 #[test]
@@ -57,19 +71,11 @@ fn a_connection_reset_mid_body_is_fetched_again() {
     let (src, nginx, sha) = origin(601);
     // The first answer (the size probe), then a later range.
     for nth in [0, 2] {
-        let report = survives(
-            &nginx,
-            &src,
-            &sha,
-            Fault::Reset {
-                nth,
-                keep: 100 << 10,
-            },
-        );
-        assert!(
-            report["retries"].as_u64() >= Some(1),
-            "the reset range was asked again: {report}"
-        );
+        let fault = Fault::Reset {
+            nth,
+            keep: 100 << 10,
+        };
+        survives(&nginx, &src, &sha, fault, retried);
     }
 }
 
@@ -77,23 +83,14 @@ fn a_connection_reset_mid_body_is_fetched_again() {
 fn bursts_of_500_503_and_429_are_waited_out_as_retry_after_says() {
     let (src, nginx, sha) = origin(602);
     for status in [500, 503, 429] {
-        for backend in backends_under_test() {
-            // The first two requests for the file fail; each says to come back in 1 s.
-            let fault = Fault::Refuse {
-                uri_contains: "/files/f",
-                times: 2,
-                status,
-                retry_after: 1,
-            };
-            let proxy = FaultProxy::start(nginx.port(), fault);
-            let out = tempfile::tempdir().expect("tmp");
-            let dest = out.path().join("f");
-            let t0 = Instant::now();
-            let args = ["-c", "2", "--chunk-size", "1M", "--sha256", &sha];
-            get_ok(backend, &url(&proxy), &dest, &args);
-            let took = t0.elapsed();
-            let what = format!("backend={backend:?} {status}");
-            assert_same_file(&src.path().join("f"), &dest, &what);
+        // The first two requests for the file fail; each says to come back in 1 s.
+        let fault = Fault::Refuse {
+            uri_contains: "/files/f",
+            times: 2,
+            status,
+            retry_after: 1,
+        };
+        survives(&nginx, &src, &sha, fault, |proxy, _, took, what| {
             assert!(
                 proxy.refused.load(Ordering::SeqCst) >= 2,
                 "{what}: both refusals were met"
@@ -105,42 +102,31 @@ fn bursts_of_500_503_and_429_are_waited_out_as_retry_after_says() {
                 took >= Duration::from_secs(2),
                 "{what}: Retry-After not honoured: done in {took:?}"
             );
-            eprintln!("ran on backend {backend:?}: two {status}s, then the file, in {took:?}");
-        }
+        });
     }
 }
 
 #[test]
 fn a_200_with_the_whole_file_where_a_206_was_asked_still_gives_the_file() {
     let (src, nginx, sha) = origin(603);
-    // The first request (a 200 there makes one stream of the file), then a later range (a
-    // 200 there, with the whole file, cannot be used as that range).
-    for nth in [0, 2] {
-        let report = survives(&nginx, &src, &sha, Fault::IgnoreRange { nth });
-        if nth > 0 {
-            assert!(
-                report["retries"].as_u64() >= Some(1),
-                "the range answered 200 was asked again: {report}"
-            );
-        }
-    }
+    // The first request: a 200 there makes one stream of the file.
+    survives(
+        &nginx,
+        &src,
+        &sha,
+        Fault::IgnoreRange { nth: 0 },
+        |_, _, _, _| {},
+    );
+    // A later range: a 200 there, with the whole file, cannot be used as that range.
+    survives(&nginx, &src, &sha, Fault::IgnoreRange { nth: 2 }, retried);
 }
 
 #[test]
 fn a_response_that_dribbles_out_still_gives_the_file() {
     let (src, nginx, sha) = origin(604);
     for nth in [0, 1] {
-        survives(&nginx, &src, &sha, Fault::Drip { nth });
+        survives(&nginx, &src, &sha, Fault::Drip { nth }, |_, _, _, _| {});
     }
-}
-
-fn assert_one_clear_line(o: &Output, code: i32, needle: &str, what: &str) {
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(code), "{what}: {stderr}");
-    let lines: Vec<_> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {lines:?}");
-    assert!(lines[0].starts_with("ferry: error: "), "{what}: {stderr}");
-    assert!(stderr.contains(needle), "{what}: {needle:?} in {stderr}");
 }
 
 #[test]
@@ -174,7 +160,7 @@ fn a_gigantic_response_head_fails_clearly_and_leaves_nothing() {
                 ],
             );
             let what = format!("backend={backend:?} huge head on response {nth}");
-            assert_one_clear_line(&o, 3, "response head larger than 65536 bytes", &what);
+            assert_clean_failure(&o, 3, "response head larger than 65536 bytes", &what);
             assert_no_output(&dest, &what);
             eprintln!("ran on backend {backend:?}: {what}: one clear line, nothing left");
         }

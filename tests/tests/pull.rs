@@ -731,9 +731,11 @@ fn files_failing_with_a_server_error_are_fetched_again() {
         eprintln!("503 bursts on {what}");
         let proxy = FaultProxy::start(
             hub.nginx.port(),
-            Fault::Unavailable {
+            Fault::Refuse {
                 uri_contains: "/resolve/",
                 times: 3,
+                status: 503,
+                retry_after: 0,
             },
         );
         let endpoint = format!("http://127.0.0.1:{}/files", proxy.port());

@@ -17,9 +17,11 @@ fn unavailable_answers_are_asked_again_and_counted() {
         // 3 refusals: the first request, then later ranges on any connection.
         let proxy = FaultProxy::start(
             nginx.port(),
-            Fault::Unavailable {
+            Fault::Refuse {
                 uri_contains: "/files/f",
                 times: 3,
+                status: 503,
+                retry_after: 0,
             },
         );
         let out = tempfile::tempdir().expect("tmp");
