@@ -50,8 +50,10 @@ pub enum ErrorKind {
     Usage,
     /// The server or the network failed or misbehaved.
     Remote,
-    /// Writing locally failed (disk full, permissions, I/O error).
+    /// Writing locally failed (permissions, I/O error).
     Local,
+    /// The disk is full (or above the space ferry keeps free), and stayed so.
+    NoSpace,
     /// The engine stopped before the job finished.
     Engine,
     /// The job was interrupted ([`crate::Interrupter`]): on purpose, not a failure.
@@ -251,6 +253,24 @@ pub enum GetError {
         #[source]
         source: io::Error,
     },
+    /// The filesystem has no room for the file's bytes (above the space ferry keeps free), and
+    /// none came free while ferry waited ([`crate::Config::space_wait`]). A resumable file keeps
+    /// its partial bytes for the next run.
+    #[error(
+        "not enough disk space in {}: {}; free some space and run again",
+        dir.display(),
+        crate::get::space::need_have(*need, *have, *floor)
+    )]
+    NoSpace {
+        /// The directory the file is written in.
+        dir: PathBuf,
+        /// Bytes the file still needs (0 when its size is not known).
+        need: u64,
+        /// Bytes free on the filesystem.
+        have: u64,
+        /// Bytes ferry keeps free there ([`crate::Config::min_free`]).
+        floor: u64,
+    },
     /// The downloaded bytes do not hash to the digest asked for, on the first fetch and on the
     /// re-fetch. Nothing is left under the final name.
     #[error(
@@ -333,6 +353,7 @@ impl GetError {
             | GetError::Redirect { .. }
             | GetError::ChecksumMismatch { .. } => ErrorKind::Remote,
             GetError::Io { .. } => ErrorKind::Local,
+            GetError::NoSpace { .. } => ErrorKind::NoSpace,
             GetError::EngineStopped => ErrorKind::Engine,
             GetError::Interrupted => ErrorKind::Interrupted,
         }

@@ -118,7 +118,8 @@ pub struct Config {
     /// check the verifiers keep at most 64 MiB of written buffers, together, until the hashed
     /// prefix of their file reaches them, so
     /// buffers take at most `connections * (write_depth + 1) * buffer_size + 64 MiB`
-    /// (144 MiB by default), plus at most 16 idle buffers kept for reuse.
+    /// (144 MiB by default). Returned buffers are kept for reuse and taken before new ones are
+    /// allocated, so idle and used together stay under the peak in use (at most 144 MiB idle).
     pub write_depth: usize,
     /// How bytes reach the file; by default O_DIRECT on io_uring where the filesystem allows
     /// it, and buffered in safe mode (which never uses O_DIRECT).
@@ -139,6 +140,12 @@ pub struct Config {
     /// A cap on the bytes per second all of the engine's downloads read together (a token
     /// bucket shared by every connection); `None` (the default) for no cap.
     pub limit_rate: Option<u64>,
+    /// Bytes to leave free on the filesystem a file is written to; by default 1% of it, at
+    /// most 256 MiB. A file whose bytes would go under it waits for space (see `space_wait`).
+    pub min_free: Option<u64>,
+    /// How long a file waits for another process to free disk space before it fails with
+    /// [`GetError::NoSpace`] (default 60 s; zero fails at once).
+    pub space_wait: Duration,
 }
 
 impl Default for Config {
@@ -158,6 +165,8 @@ impl Default for Config {
             connect_timeout: net::Timeouts::default().connect,
             read_timeout: net::Timeouts::default().read,
             limit_rate: None,
+            min_free: None,
+            space_wait: Duration::from_secs(60),
         }
     }
 }
@@ -280,6 +289,11 @@ impl Engine {
         &self.selection
     }
 
+    /// How the engine was configured.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
+    }
+
     /// The trust and proxies connections are made with.
     pub(crate) fn dialer(&self) -> &net::Dialer {
         &self.dialer
@@ -383,6 +397,7 @@ impl Engine {
             backend: self.selection.backend,
             backend_reason: self.selection.reason.clone(),
             threads: self.workers.len(),
+            space: get::space::JobSpace::new(self.config.min_free, self.config.space_wait),
         });
         let window = verify::Window::new(get::HASH_WINDOW);
         let endpoints = Arc::new(get::sources::Endpoints::default());

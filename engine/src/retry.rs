@@ -10,7 +10,8 @@
 //! | 400, 401, 403, 404, 416 and every other status | fail | |
 //! | TLS (a certificate that does not verify), a proxy's refusal | fail | |
 //! | a malformed answer, a wrong `Content-Range`, a size that changed, a redirect loop | fail | |
-//! | a local error (disk, permissions), a bad URL or path | fail | |
+//! | a local error (I/O, permissions), a bad URL or path | fail | |
+//! | a full disk | fail, after waiting for space (`get/space.rs`) | `--space-wait` |
 //!
 //! One exception, in the data plane: a connection refused on a file's first request fails at
 //! once (nothing listens there: a wrong host or port); later, a refusal is retried (a server

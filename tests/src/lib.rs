@@ -7,6 +7,7 @@
 //! by itself; the tests are in `tests/`.
 
 pub mod data;
+pub mod disk;
 pub mod eyeballs;
 pub mod hub;
 pub mod nginx;
@@ -194,7 +195,6 @@ pub fn assert_same_file(source: &Path, path: &Path, what: &str) {
     );
 }
 
-/// Asserts that neither `path` nor `path.incomplete` exists.
 /// A failure that ended cleanly: exit code `code`, no panic, one line on stderr starting with
 /// `ferry: error: ` and mentioning `needle`.
 pub fn assert_clean_failure(o: &Output, code: i32, needle: &str, what: &str) {
@@ -217,6 +217,7 @@ pub fn assert_clean_failure(o: &Output, code: i32, needle: &str, what: &str) {
     );
 }
 
+/// Asserts that neither `path` nor `path.incomplete` exists.
 pub fn assert_no_output(path: &Path, what: &str) {
     assert!(
         !path.exists(),

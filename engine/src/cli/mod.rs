@@ -85,18 +85,42 @@ pub(crate) struct Global {
     /// 1024, as curl's --limit-rate).
     #[arg(long, global = true, value_name = "RATE", value_parser = parse_size)]
     pub limit_rate: Option<u64>,
+    /// Disk space to leave free where files are written, e.g. 2G or 0 (default: 1% of the
+    /// filesystem, at most 256M). A file that would go under it waits for space.
+    #[arg(long, global = true, value_name = "SIZE", value_parser = parse_size_or_zero)]
+    pub min_free: Option<u64>,
+    /// Seconds a file waits for disk space to come free before the download stops with "not
+    /// enough disk space" (exit 12); 0 stops at once.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 60.0, value_parser = parse_wait)]
+    pub space_wait: f64,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 }
 
-fn parse_secs(s: &str) -> Result<f64, String> {
+pub(crate) fn parse_secs(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v > 0.0 && v <= 86_400.0 => Ok(v),
         _ => Err(format!(
             "{s:?} is not a number of seconds (0 < SECS <= 86400)"
         )),
     }
+}
+
+fn parse_wait(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if (0.0..=86_400.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds (0 <= SECS <= 86400)"
+        )),
+    }
+}
+
+fn parse_size_or_zero(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
 }
 
 fn parse_backend(s: &str) -> Result<BackendKind, String> {
@@ -129,6 +153,8 @@ impl Global {
         config.connect_timeout = std::time::Duration::from_secs_f64(self.connect_timeout);
         config.read_timeout = std::time::Duration::from_secs_f64(self.read_timeout);
         config.limit_rate = self.limit_rate;
+        config.min_free = self.min_free;
+        config.space_wait = std::time::Duration::from_secs_f64(self.space_wait);
         config
     }
 }
@@ -199,6 +225,7 @@ pub(crate) fn get_error_code(e: &GetError) -> u8 {
         ErrorKind::Usage => exit::USAGE,
         ErrorKind::Remote => exit::REMOTE,
         ErrorKind::Local => exit::LOCAL,
+        ErrorKind::NoSpace => exit::NO_SPACE,
         ErrorKind::Interrupted => signals::interrupted_code(),
         _ => exit::INTERNAL,
     }

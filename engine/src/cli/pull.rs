@@ -188,7 +188,6 @@ pub(super) fn hub_error_code(e: &HubError) -> u8 {
         HubError::Gated { .. } => exit::GATED,
         HubError::BadToken { .. } => exit::BAD_TOKEN,
         HubError::RateLimited { .. } => exit::RATE_LIMITED,
-        HubError::NoSpace { .. } => exit::NO_SPACE,
         HubError::BadListing { .. } => exit::BAD_LISTING,
         HubError::Busy { .. } => exit::BUSY,
         HubError::Get(g) => get_error_code(g),

@@ -443,11 +443,7 @@ impl Conn {
                 break;
             }
         }
-        let io_err = |op, source| GetError::Io {
-            op,
-            path: ctx.incomplete.clone(),
-            source,
-        };
+        let io_err = |op, source| ctx.io_error(op, source);
         let spliced = match &mut self.splice {
             Some(p) => p,
             None => self

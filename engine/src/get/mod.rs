@@ -24,13 +24,15 @@
 //! already on disk are read back for the hash. A failed file then keeps its `PATH.incomplete`
 //! for the next run (unless its bytes proved wrong).
 //!
-//! Not here (later issues): TLS, mirrors.
+//! Disk space is checked before a file is reserved and written ([`space`]): a file that would
+//! take the disk under the floor waits for space, then fails with [`GetError::NoSpace`].
 
 pub(crate) mod batch;
 mod conn;
 pub(crate) mod ping;
 mod pipe;
 pub(crate) mod sources;
+pub(crate) mod space;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -283,6 +285,8 @@ pub(crate) struct JobSettings {
     pub backend: Backend,
     pub backend_reason: String,
     pub threads: usize,
+    /// Disk space: the floor to keep free and the wait for space.
+    pub space: space::JobSpace,
 }
 
 /// One file of a job, as the job was given it.
@@ -491,6 +495,38 @@ impl Ctx {
             path: self.incomplete.clone(),
             source: e.into(),
         })
+    }
+
+    /// The error of a failed operation on the partial file: [`GetError::NoSpace`] when the
+    /// disk is full, [`GetError::Io`] otherwise.
+    pub fn io_error(&self, op: &'static str, source: std::io::Error) -> GetError {
+        if space::is_full(&source) {
+            let total = self.total.load(Ordering::Relaxed);
+            let need = match total {
+                UNKNOWN_TOTAL => 0,
+                t => t.saturating_sub(self.done.load(Ordering::Relaxed)),
+            };
+            return self.settings.space.full(parent_dir(&self.incomplete), need);
+        }
+        GetError::Io {
+            op,
+            path: self.incomplete.clone(),
+            source,
+        }
+    }
+
+    /// Waits until the file's `len` bytes fit on the disk, counting what `file` already has
+    /// allocated (a resumed partial file); see [`space`].
+    async fn wait_for_space(&self, file: &File, len: u64) -> Result<u64, GetError> {
+        use std::os::unix::fs::MetadataExt;
+        let allocated = file.metadata().await.map_or(0, |m| m.blocks() * 512);
+        let need = len.saturating_sub(allocated);
+        let dir = parent_dir(&self.incomplete);
+        self.settings
+            .space
+            .wait_for(dir, need, || self.is_aborted())
+            .await?;
+        Ok(need)
     }
 
     /// The first source's target (the URL asked for, after redirects): what messages name.
@@ -816,6 +852,10 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
         return Err(GetError::Interrupted);
     }
     let (created, mut resumed) = ctx.begin_fetch().await?;
+    if let Some(size) = ctx.size_hint {
+        // Before connecting: a file that does not fit waits here, not with a connection open.
+        ctx.wait_for_space(&created, size).await?;
+    }
     let first_len = ctx.settings.chunk.unwrap_or(FIRST_CHUNK).max(1);
     // A resumed file starts at its first missing byte.
     let first = match (resumed.is_empty(), ctx.size_hint) {
@@ -878,6 +918,7 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
                 preallocate(ctx, &created, total).await?;
             } else {
                 // The whole file is in this answer: one write, nothing to reserve.
+                ctx.wait_for_space(&created, total).await?;
                 ctx.set_total(total);
             }
             let pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
@@ -1260,24 +1301,30 @@ async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
     if len == 0 {
         return Ok(());
     }
-    let io = |op, source: std::io::Error| GetError::Io {
-        op,
-        path: ctx.incomplete.clone(),
-        source,
-    };
-    // A ring op on io_uring: reserving a large file's extents does not stall the worker.
-    match crate::backend::fallocate::fallocate(file.to_shared_fd(), len).await {
-        Ok(()) => Ok(()),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
-            ) =>
-        {
-            // No fallocate on this filesystem (or no such ring op): set the size instead.
-            rustix::fs::ftruncate(file, len).map_err(|e| io("set_len", e.into()))
-        }
-        Err(e) => Err(io("fallocate", e)),
+    // A ring op on io_uring: reserving a large file's extents does not stall the worker. When
+    // another process takes the space between the look and the reservation, the file waits for
+    // space again, once.
+    let mut attempts = 0;
+    loop {
+        let need = ctx.wait_for_space(file, len).await?;
+        attempts += 1;
+        return match crate::backend::fallocate::fallocate(file.to_shared_fd(), len).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::ENOSYS | libc::EINVAL)
+                ) =>
+            {
+                // No fallocate on this filesystem (or no such ring op): set the size instead.
+                rustix::fs::ftruncate(file, len).map_err(|e| ctx.io_error("set_len", e.into()))
+            }
+            Err(e) if space::is_full(&e) && attempts < 2 => continue,
+            Err(e) if space::is_full(&e) => {
+                Err(ctx.settings.space.full(parent_dir(&ctx.incomplete), need))
+            }
+            Err(e) => Err(ctx.io_error("fallocate", e)),
+        };
     }
 }
 
@@ -1471,11 +1518,9 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         // Before the fsync, so that the mark is as durable as the bytes.
         crate::verify::mark::set(&file, digest);
     }
-    file.sync_all().await.map_err(|source| GetError::Io {
-        op: "fsync",
-        path: ctx.incomplete.clone(),
-        source,
-    })?;
+    file.sync_all()
+        .await
+        .map_err(|source| ctx.io_error("fsync", source))?;
     drop(file);
     compio::fs::rename(&ctx.incomplete, &ctx.output)
         .await

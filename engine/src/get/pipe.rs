@@ -127,11 +127,7 @@ impl Pipeline {
         };
         if let Err(source) = result {
             BufPool::give(buf);
-            return Err(GetError::Io {
-                op: "write",
-                path: self.ctx.incomplete.clone(),
-                source,
-            });
+            return Err(self.ctx.io_error("write", source));
         }
         let len = buf.bytes().len() as u64;
         self.ctx.add_done(len);

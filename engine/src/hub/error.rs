@@ -68,16 +68,6 @@ pub enum HubError {
         /// Attempts made.
         attempts: u32,
     },
-    /// Not enough free space for the files to fetch.
-    #[error("not enough disk space in {}: need {need}, have {have}", dir.display())]
-    NoSpace {
-        /// The target directory.
-        dir: PathBuf,
-        /// Bytes needed, human-readable.
-        need: String,
-        /// Bytes free, human-readable.
-        have: String,
-    },
     /// Another process is pulling the same repo into the same place.
     #[error(
         "another ferry pull is writing {} (its lock is held); wait for it to finish",
@@ -130,9 +120,7 @@ impl HubError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             HubError::Usage(_) => ErrorKind::Usage,
-            HubError::Io { .. } | HubError::NoSpace { .. } | HubError::Busy { .. } => {
-                ErrorKind::Local
-            }
+            HubError::Io { .. } | HubError::Busy { .. } => ErrorKind::Local,
             HubError::Get(e) => e.kind(),
             _ => ErrorKind::Remote,
         }

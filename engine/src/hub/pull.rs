@@ -200,7 +200,7 @@ impl<'e> Pull<'e> {
             .cloned()
             .collect();
         place.prepare(&files)?;
-        check_space(&place, &fetching)?;
+        check_space(&place, &fetching, engine.config().min_free)?;
         let journal = if fetching.is_empty() {
             None
         } else {
@@ -316,6 +316,14 @@ impl<'e> Pull<'e> {
             .iter()
             .map(|(i, _)| self.place.bytes_path(&self.fetching[*i]))
             .collect();
+        // A full disk is what the user must act on first: it is named even when other files
+        // failed for other reasons (or stopped because of it).
+        if let Some(k) = failed
+            .iter()
+            .position(|(_, e)| matches!(e, GetError::NoSpace { .. }))
+        {
+            failed.swap(0, k);
+        }
         let first_error = failed
             .into_iter()
             .next()
@@ -638,9 +646,13 @@ fn open_journal(place: &Place, commit: &str) -> Result<Journal, HubError> {
     })
 }
 
-/// Refuses up front when the bytes to fetch cannot fit. Space an earlier run already
-/// allocated to a partial file (which this pull may resume) counts as had.
-fn check_space(place: &Place, fetching: &[RemoteFile]) -> Result<(), HubError> {
+/// Refuses up front when the bytes to fetch cannot fit above the space kept free. Space an
+/// earlier run already allocated to a partial file (which this pull may resume) counts as had.
+fn check_space(
+    place: &Place,
+    fetching: &[RemoteFile],
+    min_free: Option<u64>,
+) -> Result<(), HubError> {
     use std::os::unix::fs::MetadataExt;
     let need: u64 = fetching
         .iter()
@@ -655,18 +667,19 @@ fn check_space(place: &Place, fetching: &[RemoteFile]) -> Result<(), HubError> {
         return Ok(());
     }
     let dir = place.bytes_dir();
-    let stat = rustix::fs::statvfs(&dir).map_err(|e| HubError::Io {
+    let free = crate::get::space::free(&dir).map_err(|source| HubError::Io {
         op: "statvfs",
         path: dir.clone(),
-        source: e.into(),
+        source,
     })?;
-    let have = stat.f_bavail.saturating_mul(stat.f_frsize);
-    if need > have {
-        return Err(HubError::NoSpace {
+    let floor = crate::get::space::floor(min_free, free.size);
+    if need.saturating_add(floor) > free.avail {
+        return Err(HubError::Get(GetError::NoSpace {
             dir,
-            need: crate::human_bytes(need),
-            have: crate::human_bytes(have),
-        });
+            need,
+            have: free.avail,
+            floor,
+        }));
     }
     Ok(())
 }
