@@ -234,24 +234,26 @@ struct Serve {
 
 impl Serve {
     fn start(root: &Path, page_size: Option<usize>) -> Serve {
-        Serve::start_with(root, page_size, None)
+        Serve::start_with(root, page_size, None, &[])
     }
 
     /// Over HTTPS, with tree pages of 3 entries so that clients follow `https://` `Link`s.
     fn start_tls(root: &Path, cert: &ferry_tests::tls::ServerCert) -> Serve {
-        Serve::start_with(root, Some(3), Some(cert))
+        Serve::start_with(root, Some(3), Some(cert), &[])
     }
 
     fn start_with(
         root: &Path,
         page_size: Option<usize>,
         tls: Option<&ferry_tests::tls::ServerCert>,
+        extra: &[&str],
     ) -> Serve {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut cmd = Command::new(ferry_tests::ferry_bin());
         cmd.args(["serve", "--root"])
             .arg(root)
             .args(["--addr", "127.0.0.1:0"])
+            .args(extra)
             .env_remove("FERRY_SERVE_PAGE_SIZE")
             .env_remove("FERRY_LOG")
             .stdin(Stdio::null())
@@ -1285,6 +1287,75 @@ fn a_stalled_client_does_not_block_others() {
     let r = read_response(&mut BufReader::new(stalled), false);
     assert_eq!(r.json()["sha"], COMMIT);
     eprintln!("a stalled head did not block other connections");
+}
+
+/// A connection to `port` with a small receive buffer (set before the connect, so the window
+/// stays small): a slow reader holds little in flight.
+fn small_window_connect(port: u16) -> TcpStream {
+    use rustix::net::{AddressFamily, SocketType, ipproto, socket, sockopt};
+    let fd = socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP)).expect("socket");
+    sockopt::set_socket_recv_buffer_size(&fd, 64 << 10).expect("SO_RCVBUF");
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    rustix::net::connect(&fd, &addr).expect("connect");
+    TcpStream::from(fd)
+}
+
+#[test]
+fn a_slow_reader_is_disconnected_and_a_fast_one_is_not() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().join("root");
+    let big = seeded(32 << 20, 11);
+    write_cache_repo(
+        &root,
+        "models--org--big",
+        COMMIT,
+        "main",
+        &[file("big.bin", big.clone(), true)],
+    );
+    // Every client must read 1 MiB/s over each second.
+    let serve = Serve::start_with(
+        &root,
+        None,
+        None,
+        &["--send-timeout", "1", "--min-send-rate", "1M"],
+    );
+    let target = "/org/big/resolve/main/big.bin";
+    // A reader at full speed gets the whole body under these limits.
+    let r = get(&serve, target);
+    assert_eq!(r.status, 200);
+    assert!(r.body == big, "the fast reader got the file");
+    // A reader taking 64 KiB every 200 ms (320 KiB/s): reading the whole body would take over
+    // 100 s. The server cuts it off after a second or two of that, with a reset.
+    let mut slow = small_window_connect(serve.port);
+    send(&mut slow, "GET", target, &[], true);
+    let mut got = 0usize;
+    let mut chunk = vec![0u8; 64 << 10];
+    let started = std::time::Instant::now();
+    let end = loop {
+        std::thread::sleep(Duration::from_millis(200));
+        match slow.read(&mut chunk) {
+            Ok(0) => break "closed".to_owned(),
+            Ok(n) => got += n,
+            Err(e) => break e.to_string(),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "a reader at 320 KiB/s was never disconnected ({got} bytes read)"
+        );
+    };
+    assert!(
+        got < big.len(),
+        "disconnected before the end of the body: {got} of {} bytes ({end})",
+        big.len()
+    );
+    eprintln!(
+        "a slow reader was cut off after {got} bytes in {:.1} s ({end}); a fast one got all {} bytes",
+        started.elapsed().as_secs_f64(),
+        big.len()
+    );
+    // Others are still served.
+    let r = get_range(&serve, target, "bytes=0-0");
+    assert_eq!(r.status, 206);
 }
 
 #[test]

@@ -27,6 +27,19 @@ pub(crate) struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Connections served at once; one more is answered 503.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
+    max_connections: u32,
+    /// Seconds a client may take to send a request head (and idle between requests).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = super::parse_secs)]
+    head_timeout: f64,
+    /// Seconds one send may block on a client that does not read.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = super::parse_secs)]
+    send_timeout: f64,
+    /// The slowest a client may read a body, per second over each --send-timeout, e.g. 4K;
+    /// slower readers are disconnected.
+    #[arg(long, value_name = "RATE", default_value = "4K", value_parser = super::parse_size)]
+    min_send_rate: u64,
     /// Tree entries per page (tests force paging with a small value).
     #[arg(long, hide = true, env = "FERRY_SERVE_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -36,6 +49,10 @@ pub(crate) struct ServeArgs {
 pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
     let mut options = ServeOptions::default();
     options.page_size = args.page_size as usize;
+    options.max_connections = args.max_connections as usize;
+    options.head_timeout = std::time::Duration::from_secs_f64(args.head_timeout);
+    options.write_timeout = std::time::Duration::from_secs_f64(args.send_timeout);
+    options.min_send_rate = args.min_send_rate;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match TlsIdentity::from_pem_files(cert, key) {
             Ok(id) => options.tls = Some(id),

@@ -5,8 +5,10 @@
 //! Limits, all of which end the connection: a head over [`MAX_HEAD`] bytes or with more than
 //! [`MAX_HEADERS`] fields (431), a head that does not parse (400), a head not complete within
 //! [`ServeOptions::head_timeout`](super::ServeOptions::head_timeout) (slow clients cannot hold
-//! a thread), and a send that blocks past
-//! [`ServeOptions::write_timeout`](super::ServeOptions::write_timeout) (`SO_SNDTIMEO`). Request
+//! a thread), a send that blocks past
+//! [`ServeOptions::write_timeout`](super::ServeOptions::write_timeout) (`SO_SNDTIMEO`), and a
+//! client that reads a body slower than
+//! [`ServeOptions::min_send_rate`](super::ServeOptions::min_send_rate) over such a span ([`Pace`]). Request
 //! bodies are never read: a request that announces one is answered and the connection closed.
 //! Over HTTPS the TLS handshake must also finish within the head deadline, and file bodies are
 //! read and encrypted in user space instead of sendfile(2).
@@ -92,10 +94,15 @@ impl Wire {
     }
 
     /// Sends `len` bytes of `file` from `offset`: sendfile(2) on plain TCP, read and encrypt
-    /// over TLS.
-    fn send_file(&mut self, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    /// over TLS. `pace` cuts off a client that reads too slowly.
+    fn send_file(
+        &mut self,
+        file: &std::fs::File,
+        (offset, len): (u64, u64),
+        pace: &mut Pace,
+    ) -> io::Result<()> {
         match self {
-            Wire::Plain(s) => send_file(s, file, offset, len),
+            Wire::Plain(s) => send_file(s, file, offset, len, pace),
             Wire::Tls(s) => {
                 use std::os::unix::fs::FileExt;
                 let mut chunk = vec![0u8; 256 << 10];
@@ -111,6 +118,7 @@ impl Wire {
                     }
                     s.write_all(&chunk[..n])?;
                     pos += n as u64;
+                    pace.sent(n as u64)?;
                 }
                 s.flush()
             }
@@ -221,7 +229,7 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
             Err(status) => {
                 tracing::debug!(%peer, status, "bad request head; closing");
                 let r = Response::error(status, None, reason(status));
-                if write_response(&mut stream, r, false, true).is_ok() {
+                if write_response(&mut stream, r, (false, true), &ctx.options).is_ok() {
                     linger_close(&mut stream);
                 }
                 return;
@@ -254,8 +262,13 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
             bytes = response.body_len(),
             "request"
         );
-        if let Err(e) = write_response(&mut stream, response, head_only, close) {
+        if let Err(e) = write_response(&mut stream, response, (head_only, close), &ctx.options) {
             tracing::debug!(%peer, error = %e, "send failed; closing");
+            if e.kind() == io::ErrorKind::TimedOut {
+                // A client too slow to read: reset, so the kernel does not keep sending it
+                // (and holding) the rest of the socket buffer after the thread is gone.
+                let _ = rustix::net::sockopt::set_socket_linger(stream.tcp(), Some(Duration::ZERO));
+            }
             return;
         }
         if close {
@@ -363,7 +376,12 @@ fn http_date() -> String {
     )
 }
 
-fn write_response(stream: &mut Wire, r: Response, head_only: bool, close: bool) -> io::Result<()> {
+fn write_response(
+    stream: &mut Wire,
+    r: Response,
+    (head_only, close): (bool, bool),
+    options: &ServeOptions,
+) -> io::Result<()> {
     let mut head = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
     head.push_str(&format!(
         "Content-Length: {}\r\nDate: {}\r\nServer: ferry/{}\r\nConnection: {}\r\n",
@@ -393,18 +411,80 @@ fn write_response(stream: &mut Wire, r: Response, head_only: bool, close: bool) 
             if head_only {
                 return stream.flush();
             }
-            stream.send_file(&file, offset, len)
+            let mut pace = Pace::new(options.min_send_rate, options.write_timeout);
+            stream.send_file(&file, (offset, len), &mut pace)
         }
     }
 }
 
+/// The slow-reader guard of one body: over every `window` (the send timeout), the client must
+/// take at least `min_rate` bytes per second, or the connection is closed. A client that reads
+/// nothing at all is cut by the send timeout itself (`SO_SNDTIMEO`), one that trickles by this,
+/// so neither holds a connection thread for longer than about two windows past its last
+/// reasonable read.
+pub(crate) struct Pace {
+    min_rate: u64,
+    window: Duration,
+    since: Instant,
+    sent: u64,
+}
+
+impl Pace {
+    pub fn new(min_rate: u64, window: Duration) -> Pace {
+        Pace {
+            min_rate,
+            window: window.max(Duration::from_millis(1)),
+            since: Instant::now(),
+            sent: 0,
+        }
+    }
+
+    /// Counts `n` bytes taken by the client; an error once a whole window went by too slowly.
+    fn sent(&mut self, n: u64) -> io::Result<()> {
+        self.sent += n;
+        let elapsed = self.since.elapsed();
+        if elapsed < self.window {
+            return Ok(());
+        }
+        if (self.sent as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "the client took {} bytes in {:.1} s, under the {} bytes/s minimum",
+                    self.sent,
+                    elapsed.as_secs_f64(),
+                    self.min_rate
+                ),
+            ));
+        }
+        self.since = Instant::now();
+        self.sent = 0;
+        Ok(())
+    }
+
+    /// Bytes per sendfile(2) call. A call returns once all are sent, or once the client took
+    /// nothing for the send timeout, so this is how often a client that keeps reading, however
+    /// slowly, is looked at: what the minimum rate moves in one window, within 256 KiB..2 MiB
+    /// (nginx's `sendfile_max_chunk` is 2 MiB for the same reason).
+    fn step(&self) -> u64 {
+        let per_window = self.min_rate as f64 * self.window.as_secs_f64();
+        (per_window as u64).clamp(256 << 10, 2 << 20)
+    }
+}
+
 /// Sends `len` bytes of `file` from `offset` with sendfile(2), looping over short sends.
-fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+fn send_file(
+    stream: &TcpStream,
+    file: &std::fs::File,
+    offset: u64,
+    len: u64,
+    pace: &mut Pace,
+) -> io::Result<()> {
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
-        // Linux moves at most 0x7ffff000 bytes per call.
-        let count = (end - pos).min(1 << 30) as usize;
+        let count = (end - pos).min(pace.step()) as usize;
+        let before = pos;
         match rustix::fs::sendfile(stream, file, Some(&mut pos), count) {
             Ok(0) => {
                 return Err(io::Error::new(
@@ -413,7 +493,7 @@ fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) ->
                 ));
             }
             // `pos` was advanced by the kernel.
-            Ok(_) => {}
+            Ok(_) => pace.sent(pos - before)?,
             Err(rustix::io::Errno::INTR) => {}
             Err(e) => return Err(e.into()),
         }
@@ -424,6 +504,25 @@ fn send_file(stream: &TcpStream, file: &std::fs::File, offset: u64, len: u64) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_under_the_minimum_rate_ends_the_body() {
+        let mut pace = Pace::new(1000, Duration::from_millis(1));
+        std::thread::sleep(Duration::from_millis(5));
+        // 10 000 bytes in a few ms (under 10 s) is fast enough; the window starts over.
+        pace.sent(10_000).expect("fast enough");
+        std::thread::sleep(Duration::from_millis(5));
+        let e = pace
+            .sent(1)
+            .expect_err("1 byte in 5 ms is under 1000 bytes/s");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(
+            Pace::new(4 << 10, Duration::from_secs(60)).step(),
+            256 << 10
+        );
+        assert_eq!(Pace::new(1 << 20, Duration::from_secs(1)).step(), 1 << 20);
+        assert_eq!(Pace::new(1 << 30, Duration::from_secs(60)).step(), 2 << 20);
+    }
 
     #[test]
     fn heads() {

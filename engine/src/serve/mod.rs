@@ -35,7 +35,7 @@
 //! The server is blocking std::net: one thread per connection up to
 //! [`ServeOptions::max_connections`] (beyond that a 503), HTTP/1.1 keep-alive, request heads
 //! capped at 16 KiB and 64 header fields (431), a deadline on reading each head (slow clients are
-//! dropped), a send timeout on bodies, and file bodies sent with sendfile(2).
+//! dropped), a send timeout and a minimum read rate on bodies (slow readers are dropped), and file bodies sent with sendfile(2).
 //!
 //! With [`ServeOptions::tls`] it serves HTTPS instead (rustls in user space, see [`TlsIdentity`]);
 //! file bodies are then read and encrypted rather than sent with sendfile(2).
@@ -76,6 +76,10 @@ pub struct ServeOptions {
     pub head_timeout: Duration,
     /// How long one send may block on a client that does not read (default 60 s).
     pub write_timeout: Duration,
+    /// The slowest a client may read a body, in bytes per second over each `write_timeout`
+    /// (default 4 KiB/s): a slower one is disconnected, so that no reader, however slow,
+    /// holds a connection slot for ever.
+    pub min_send_rate: u64,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<TlsIdentity>,
 }
@@ -87,6 +91,7 @@ impl Default for ServeOptions {
             max_connections: 256,
             head_timeout: Duration::from_secs(30),
             write_timeout: Duration::from_secs(60),
+            min_send_rate: 4 << 10,
             tls: None,
         }
     }
