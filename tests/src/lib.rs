@@ -1,6 +1,7 @@
 //! Test kit for ferry's integration tests: a real nginx origin on a free loopback port, seeded
-//! test data, a fault-injecting proxy for the misbehaviours nginx will not produce, and helpers
-//! to run the `ferry` binary on each back-end.
+//! test data, a fault-injecting proxy for the misbehaviours nginx will not produce, a small
+//! filesystem of its own for full-disk tests, the reliability record the fault tests write, and
+//! helpers to run the `ferry` binary on each back-end.
 //!
 //! Every server a test starts is stopped by its PID when its guard drops, also when the test
 //! fails. Nothing here talks to an address other than loopback. This crate does not test anything
@@ -13,6 +14,7 @@ pub mod hub;
 pub mod nginx;
 pub mod proxies;
 pub mod proxy;
+pub mod record;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

@@ -101,6 +101,27 @@ pub enum Fault {
     },
 }
 
+impl Fault {
+    /// The fault in words, as the reliability record names it. Which response it hits is left
+    /// out: the record counts those as tries of the same fault.
+    pub fn describe(&self) -> String {
+        match *self {
+            Fault::None => "none".into(),
+            Fault::TruncateBody { .. } => "body cut short (connection closed mid-body)".into(),
+            Fault::TruncateAll { .. } => "every body cut short".into(),
+            Fault::FlipByte { .. } => "a corrupted byte in flight".into(),
+            Fault::ShiftContentRange { .. } => "a wrong Content-Range".into(),
+            Fault::Stall { .. } => "a stalled body (no byte for a minute)".into(),
+            Fault::Throttle { .. } => "a slow server".into(),
+            Fault::Refuse { status, .. } => format!("a burst of {status} with Retry-After"),
+            Fault::Reset { .. } => "connection reset (RST) mid-body".into(),
+            Fault::IgnoreRange { .. } => "a 200 with the whole file where a 206 was asked".into(),
+            Fault::Drip { .. } => "a response dribbled out a few bytes at a time".into(),
+            Fault::HugeHead { .. } => "a gigantic response head (16 MiB)".into(),
+        }
+    }
+}
+
 /// A running proxy. Dropping it stops accepting connections.
 #[derive(Debug)]
 pub struct FaultProxy {

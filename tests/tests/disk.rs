@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::disk::SmallDisk;
 use ferry_tests::hub::{Repo, make_repo, write_static_hub};
+use ferry_tests::record::{self, Damage, Trial};
 use ferry_tests::{Backend, Nginx, assert_same_file, backends_under_test, ferry_bin, write_data};
 
 const MIB: u64 = 1 << 20;
@@ -111,6 +112,19 @@ fn stderr_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
+/// What the published files lack or have wrong (files not published yet count for nothing).
+fn published_damage(disk: &SmallDisk, repo: &Repo) -> Damage {
+    let snapshot = repo_dir(disk).join("snapshots").join(&repo.commit);
+    let mut damage = Damage::default();
+    for f in &repo.files {
+        let link = snapshot.join(&f.path);
+        if std::fs::symlink_metadata(&link).is_ok() {
+            damage += record::damage(&f.source, &link);
+        }
+    }
+    damage
+}
+
 /// Every final name under the repo holds its file's exact bytes: blobs, and snapshot links to
 /// them. Returns how many files are published.
 fn check_published(disk: &SmallDisk, repo: &Repo, what: &str) -> usize {
@@ -168,6 +182,13 @@ fn a_download_that_cannot_fit_stops_with_need_and_have_and_leaves_nothing() {
             )
             .output()
             .expect("run ferry");
+            record::failed_cleanly(
+                &format!("a disk too small for the file (/{loc}/)"),
+                "disk::a_download_that_cannot_fit_stops_with_need_and_have_and_leaves_nothing",
+                backend,
+                "stopped cleanly: exit 12, need X, have Y; nothing left",
+                &disk.outside(&out),
+            );
             ferry_tests::assert_clean_failure(&o, 12, "not enough disk space in", &what);
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(err.contains(need) && err.contains("have "), "{what}: {err}");
@@ -269,6 +290,7 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
         );
         assert!(!err.contains("panicked"), "{what}: {err}");
         // What was verified is kept, under its final names.
+        let mut damage = published_damage(&disk, &repo);
         let published = check_published(&disk, &repo, &what);
         assert!(published >= 1, "{what}: the first shard is published");
         eprintln!("  stopped: {published} files published; {last}");
@@ -283,6 +305,17 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
             "{what}: the resumed pull failed: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+        damage += published_damage(&disk, &repo);
+        Trial {
+            fault: "another process fills the disk mid-pull (--space-wait 1)",
+            test: "disk::a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_resumes",
+            backend: Some(backend),
+            times: 1,
+            outcome: "paused before the disk was full; stopped cleanly (exit 12); verified files kept; resumed once space was freed",
+            damage,
+            refetched: None,
+        }
+        .record();
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
         assert_eq!(r["backend"], backend.flag(), "{r}");
         let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
@@ -312,6 +345,16 @@ fn a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed() {
         let o = finish(child);
         let err = stderr_of(&err_path);
         assert!(o.status.success(), "{what}: {err}");
+        Trial {
+            fault: "another process fills the disk mid-pull, then frees it",
+            test: "disk::a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed",
+            backend: Some(backend),
+            times: 1,
+            outcome: "paused before the disk was full; went on by itself once space was freed",
+            damage: published_damage(&disk, &repo),
+            refetched: None,
+        }
+        .record();
         assert!(err.contains("free now; going on"), "{what}: {err}");
         let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
         assert_eq!(r["backend"], backend.flag(), "{r}");

@@ -4,9 +4,10 @@
 use std::path::Path;
 use std::process::Output;
 
+use ferry_tests::record;
 use ferry_tests::{
-    Backend, Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, assert_same_file,
-    backends_under_test, ferry, write_data,
+    Backend, Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, backends_under_test,
+    ferry, write_data,
 };
 
 /// Exit codes from the README.
@@ -139,7 +140,7 @@ fn not_found_is_a_remote_error_and_leaves_nothing() {
 
 /// Downloads `path` through a proxy injecting `fault` and checks that ferry refuses it cleanly.
 fn refused_through_proxy(
-    nginx: &Nginx,
+    (nginx, test): (&Nginx, &str),
     backend: Backend,
     fault: Fault,
     path: &str,
@@ -156,6 +157,13 @@ fn refused_through_proxy(
         extra,
     );
     let what = format!("backend={backend:?} {fault:?} on /{path}");
+    record::failed_cleanly(
+        &format!("{} (on /{path})", fault.describe()),
+        &format!("errors::{test}"),
+        backend,
+        "failed cleanly: one line, exit 3, nothing left",
+        &dest,
+    );
     assert_clean_failure(&o, REMOTE, needle, &what);
     assert_no_output(&dest, &what);
 }
@@ -170,7 +178,7 @@ fn wrong_content_range_is_refused() {
         for nth in [0, 2] {
             let fault = Fault::ShiftContentRange { nth };
             refused_through_proxy(
-                &nginx,
+                (&nginx, "wrong_content_range_is_refused"),
                 backend,
                 fault,
                 "files/f",
@@ -180,6 +188,8 @@ fn wrong_content_range_is_refused() {
         }
     }
 }
+
+const SHORT: &str = "short_bodies_are_fetched_again_until_retries_run_out";
 
 #[test]
 fn short_bodies_are_fetched_again_until_retries_run_out() {
@@ -201,15 +211,17 @@ fn short_bodies_are_fetched_again_until_retries_run_out() {
                 report["retries"].as_u64().unwrap_or(0) >= 1,
                 "backend={backend:?} nth={nth}: a retry is reported: {report}"
             );
-            assert_same_file(
+            record::recovered(
+                &Fault::TruncateBody { nth, keep: 1000 }.describe(),
+                &format!("errors::{SHORT}"),
+                backend,
                 &file,
                 &dest,
-                &format!("backend={backend:?} short nth={nth}"),
             );
         }
         // Every answer short: the retries run out and the download fails cleanly.
         refused_through_proxy(
-            &nginx,
+            (&nginx, SHORT),
             backend,
             Fault::TruncateAll { keep: 1000 },
             "files/f",
@@ -220,7 +232,7 @@ fn short_bodies_are_fetched_again_until_retries_run_out() {
         // resumed by range, so it fails.
         let fault = Fault::TruncateBody { nth: 0, keep: 5000 };
         refused_through_proxy(
-            &nginx,
+            (&nginx, SHORT),
             backend,
             fault,
             "norange/f",
@@ -271,7 +283,13 @@ fn sha256_is_verified_and_a_mismatch_is_fetched_again_then_refused() {
                 report["fetches"], 2,
                 "{what}: fetched again after a mismatch"
             );
-            assert_same_file(&file, &dest, &what);
+            record::recovered(
+                &Fault::FlipByte { nth: 1, at: 100 }.describe(),
+                "errors::sha256_is_verified_and_a_mismatch_is_fetched_again_then_refused",
+                backend,
+                &file,
+                &dest,
+            );
             std::fs::remove_file(&dest).expect("rm");
             // A wrong digest: both fetches mismatch, the download fails, nothing is left.
             let wrong = "0".repeat(64);

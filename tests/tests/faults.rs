@@ -10,9 +10,10 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
+use ferry_tests::record;
 use ferry_tests::{
-    Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, assert_same_file,
-    backends_under_test, ferry, get_ok, sha256_file, write_data,
+    Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, backends_under_test, ferry,
+    get_ok, sha256_file, write_data,
 };
 
 const SIZE: u64 = 3 << 20;
@@ -33,7 +34,7 @@ fn url(proxy: &FaultProxy) -> String {
 /// `ferry get` through a fresh proxy with `fault`, on every back-end: each must end with the
 /// whole file; `check` then sees the proxy, the report and the time taken.
 fn survives(
-    nginx: &Nginx,
+    (nginx, test): (&Nginx, &str),
     src: &tempfile::TempDir,
     sha: &str,
     fault: Fault,
@@ -48,7 +49,14 @@ fn survives(
         let report = get_ok(backend, &url(&proxy), &dest, &args);
         let took = t0.elapsed();
         let what = format!("backend={backend:?} {fault:?}");
-        assert_same_file(&src.path().join("f"), &dest, &what);
+        let test = format!("faults::{test}");
+        record::recovered(
+            &fault.describe(),
+            &test,
+            backend,
+            &src.path().join("f"),
+            &dest,
+        );
         assert_eq!(report["backend"], backend.flag(), "{report}");
         check(&proxy, &report, took, &what);
         eprintln!(
@@ -66,6 +74,8 @@ fn retried(_: &FaultProxy, report: &serde_json::Value, _: Duration, what: &str) 
     );
 }
 
+const RESET: &str = "a_connection_reset_mid_body_is_fetched_again";
+
 #[test]
 fn a_connection_reset_mid_body_is_fetched_again() {
     let (src, nginx, sha) = origin(601);
@@ -75,7 +85,7 @@ fn a_connection_reset_mid_body_is_fetched_again() {
             nth,
             keep: 100 << 10,
         };
-        survives(&nginx, &src, &sha, fault, retried);
+        survives((&nginx, RESET), &src, &sha, fault, retried);
     }
 }
 
@@ -90,7 +100,8 @@ fn bursts_of_500_503_and_429_are_waited_out_as_retry_after_says() {
             status,
             retry_after: 1,
         };
-        survives(&nginx, &src, &sha, fault, |proxy, _, took, what| {
+        let test = "bursts_of_500_503_and_429_are_waited_out_as_retry_after_says";
+        survives((&nginx, test), &src, &sha, fault, |proxy, _, took, what| {
             assert!(
                 proxy.refused.load(Ordering::SeqCst) >= 2,
                 "{what}: both refusals were met"
@@ -109,23 +120,32 @@ fn bursts_of_500_503_and_429_are_waited_out_as_retry_after_says() {
 #[test]
 fn a_200_with_the_whole_file_where_a_206_was_asked_still_gives_the_file() {
     let (src, nginx, sha) = origin(603);
+    let test = "a_200_with_the_whole_file_where_a_206_was_asked_still_gives_the_file";
     // The first request: a 200 there makes one stream of the file.
     survives(
-        &nginx,
+        (&nginx, test),
         &src,
         &sha,
         Fault::IgnoreRange { nth: 0 },
         |_, _, _, _| {},
     );
     // A later range: a 200 there, with the whole file, cannot be used as that range.
-    survives(&nginx, &src, &sha, Fault::IgnoreRange { nth: 2 }, retried);
+    let fault = Fault::IgnoreRange { nth: 2 };
+    survives((&nginx, test), &src, &sha, fault, retried);
 }
 
 #[test]
 fn a_response_that_dribbles_out_still_gives_the_file() {
     let (src, nginx, sha) = origin(604);
     for nth in [0, 1] {
-        survives(&nginx, &src, &sha, Fault::Drip { nth }, |_, _, _, _| {});
+        let test = "a_response_that_dribbles_out_still_gives_the_file";
+        survives(
+            (&nginx, test),
+            &src,
+            &sha,
+            Fault::Drip { nth },
+            |_, _, _, _| {},
+        );
     }
 }
 
@@ -135,13 +155,11 @@ fn a_gigantic_response_head_fails_clearly_and_leaves_nothing() {
     for backend in backends_under_test() {
         // 16 MiB of headers: the parser stops at its 64 KiB limit, whatever comes after.
         for nth in [0, 2] {
-            let proxy = FaultProxy::start(
-                nginx.port(),
-                Fault::HugeHead {
-                    nth,
-                    bytes: 16 << 20,
-                },
-            );
+            let fault = Fault::HugeHead {
+                nth,
+                bytes: 16 << 20,
+            };
+            let proxy = FaultProxy::start(nginx.port(), fault);
             let out = tempfile::tempdir().expect("tmp");
             let dest = out.path().join("f");
             let o = ferry(
@@ -160,6 +178,13 @@ fn a_gigantic_response_head_fails_clearly_and_leaves_nothing() {
                 ],
             );
             let what = format!("backend={backend:?} huge head on response {nth}");
+            record::failed_cleanly(
+                &fault.describe(),
+                "faults::a_gigantic_response_head_fails_clearly_and_leaves_nothing",
+                backend,
+                "failed cleanly: one line, exit 3, nothing left",
+                &dest,
+            );
             assert_clean_failure(&o, 3, "response head larger than 65536 bytes", &what);
             assert_no_output(&dest, &what);
             eprintln!("ran on backend {backend:?}: {what}: one clear line, nothing left");

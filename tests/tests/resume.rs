@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_tests::hub::{Repo, make_repo, write_static_hub};
+use ferry_tests::record::{self, Damage, Trial};
 use ferry_tests::{Backend, Nginx, assert_same_file, backends_under_test, ferry_bin};
 
 const SPEC: &[(&str, u64, bool)] = &[
@@ -70,30 +71,41 @@ fn journal_bytes(cache: &Path, repo: &Repo) -> u64 {
 
 /// Checks every final name that has appeared since the last call: a blob must be complete and
 /// hold exactly its file's bytes, a snapshot link must point at such a blob. Returns what is
-/// wrong.
+/// wrong, each with the damage it shows (a wrong link: its whole file).
 fn check_final_names(
     cache: &Path,
     repo: &Repo,
     by_etag: &HashMap<&str, &ferry_tests::hub::RepoFile>,
     checked: &mut HashSet<PathBuf>,
-) -> Vec<String> {
+) -> Vec<(String, Damage)> {
     let mut wrong = Vec::new();
     let blobs = repo_dir(cache).join("blobs");
-    let mut check_blob = |path: PathBuf, name: &str, wrong: &mut Vec<String>| {
+    let whole = |f: &ferry_tests::hub::RepoFile| Damage {
+        lost: 0,
+        corrupted: f.size,
+        checked: f.size,
+    };
+    let mut check_blob = |path: PathBuf, name: &str, wrong: &mut Vec<(String, Damage)>| {
         if checked.contains(&path) {
             return;
         }
         match by_etag.get(name) {
-            None => wrong.push(format!("unexpected file under blobs/: {name}")),
+            None => wrong.push((
+                format!("unexpected file under blobs/: {name}"),
+                record::leftover(&path),
+            )),
             Some(f) => {
                 let got = std::fs::read(&path).unwrap_or_default();
                 let want = std::fs::read(&f.source).expect("source");
                 if got != want {
-                    wrong.push(format!(
-                        "{} is under its final name with wrong bytes ({} of {} bytes)",
-                        f.path,
-                        got.len(),
-                        want.len()
+                    wrong.push((
+                        format!(
+                            "{} is under its final name with wrong bytes ({} of {} bytes)",
+                            f.path,
+                            got.len(),
+                            want.len()
+                        ),
+                        record::damage(&f.source, &path),
                     ));
                 }
                 checked.insert(path);
@@ -120,14 +132,18 @@ fn check_final_names(
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
                 if target.parent() != std::fs::canonicalize(&blobs).ok().as_deref() {
-                    wrong.push(format!("snapshot link {} leaves blobs/", f.path));
+                    wrong.push((format!("snapshot link {} leaves blobs/", f.path), whole(f)));
                 } else if name != f.etag {
-                    wrong.push(format!("snapshot link {} points at {name}", f.path));
+                    let m = format!("snapshot link {} points at {name}", f.path);
+                    wrong.push((m, whole(f)));
                 } else {
                     check_blob(blobs.join(&name), &name, &mut wrong);
                 }
             }
-            Err(e) => wrong.push(format!("snapshot link {} is dangling: {e}", f.path)),
+            Err(e) => {
+                let m = format!("snapshot link {} is dangling: {e}", f.path);
+                wrong.push((m, whole(f)));
+            }
         }
     }
     wrong
@@ -136,7 +152,7 @@ fn check_final_names(
 /// Runs `check_final_names` over and over until dropped, collecting what is wrong.
 struct Watcher {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<String>>>,
+    thread: Option<std::thread::JoinHandle<Vec<(String, Damage)>>>,
 }
 
 impl Watcher {
@@ -164,7 +180,7 @@ impl Watcher {
         }
     }
 
-    fn finish(mut self) -> Vec<String> {
+    fn finish(mut self) -> Vec<(String, Damage)> {
         self.stop.store(true, Ordering::Relaxed);
         self.thread
             .take()
@@ -194,18 +210,35 @@ fn pull_command(backend: Backend, endpoint: &str, cache: &Path) -> Command {
 }
 
 /// Runs the pull to its end after the stopped runs: it must succeed, on `backend`, with no
-/// wrong final name seen by `watcher` meanwhile. Its JSON report.
+/// wrong final name seen by `watcher` meanwhile. Before anything is asserted, `trial` is
+/// recorded with its damage (what the watcher saw wrong under final names during all the runs,
+/// plus what the final mirror lacks or has wrong) and `refetched()`. Returns the JSON report.
 fn finish_pull(
-    backend: Backend,
-    endpoint: &str,
-    cache: &Path,
+    (backend, endpoint): (Backend, &str),
+    (cache, repo): (&Path, &Repo),
     watcher: Watcher,
     what: &str,
+    (trial, refetched): (Trial, impl FnOnce() -> Option<u64>),
 ) -> serde_json::Value {
     let out = pull_command(backend, endpoint, cache)
         .output()
         .expect("run ferry");
     let wrong = watcher.finish();
+    let mut damage = Damage::default();
+    for (_, d) in &wrong {
+        damage += *d;
+    }
+    let snapshot = repo_dir(cache).join("snapshots").join(&repo.commit);
+    for f in &repo.files {
+        damage += record::damage(&f.source, &snapshot.join(&f.path));
+    }
+    Trial {
+        damage,
+        refetched: refetched(),
+        ..trial
+    }
+    .record();
+    let wrong: Vec<&String> = wrong.iter().map(|(m, _)| m).collect();
     assert!(wrong.is_empty(), "{what}: {wrong:#?}");
     assert!(
         out.status.success(),
@@ -309,7 +342,27 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
             "every run finished before it could be killed: the test proved nothing"
         );
         let what = format!("backend={backend:?}");
-        let r = finish_pull(backend, &endpoint, cache.path(), watcher, &what);
+        let sent_for_backend = || -> u64 {
+            nginx
+                .requests(0)
+                .iter()
+                .skip(logged_before)
+                .filter(|q| q.uri.contains("/resolve/"))
+                .map(|q| q.body_bytes)
+                .sum()
+        };
+        let trial = Trial {
+            fault: "SIGKILL at a random moment of a pull, then resume",
+            test: "resume::a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again",
+            backend: Some(backend),
+            times: killed_running,
+            outcome: "resumed; no partial file under a final name; mirror byte for byte",
+            damage: Damage::default(),
+            refetched: None,
+        };
+        let refetched = || Some(sent_for_backend().saturating_sub(total));
+        let (place, endpoint) = ((cache.path(), &*repo), (backend, endpoint.as_str()));
+        let r = finish_pull(endpoint, place, watcher, &what, (trial, refetched));
         let resumed = r["bytes_resumed"].as_u64().expect("bytes_resumed");
         let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
         assert!(resumed > 0, "a partial file was taken over: {r}");
@@ -333,13 +386,7 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
         assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
         // Every byte nginx sent for this back-end's runs, killed ones included (nginx logs a
         // request whose client vanished with the bytes it had sent until then).
-        let sent: u64 = nginx
-            .requests(0)
-            .iter()
-            .skip(logged_before)
-            .filter(|q| q.uri.contains("/resolve/"))
-            .map(|q| q.body_bytes)
-            .sum();
+        let sent = sent_for_backend();
         let refetched = sent.saturating_sub(total);
         let bound = killed_running * CONNECTIONS * MAX_RANGE;
         eprintln!(
@@ -367,6 +414,20 @@ impl XorShift {
         self.0 ^= self.0 << 17;
         self.0 % n.max(1)
     }
+}
+
+/// `SIGINT then SIGTERM`.
+fn signal_names(signals: &[rustix::process::Signal]) -> String {
+    use rustix::process::Signal;
+    let names: Vec<&str> = signals
+        .iter()
+        .map(|&s| match s {
+            Signal::INT => "SIGINT",
+            Signal::TERM => "SIGTERM",
+            _ => "a signal",
+        })
+        .collect();
+    names.join(" then ")
 }
 
 /// Sends `sig` to `child`; false when it had exited already.
@@ -479,7 +540,24 @@ fn a_pull_stopped_by_sigint_or_sigterm_exits_cleanly_and_resumes() {
                 "{what}: the journal lost records ({journaled} -> {journaled_after})"
             );
             // Run again to the end: what the stopped run wrote is taken over.
-            let r = finish_pull(backend, &endpoint, cache.path(), watcher, &what);
+            let fault = format!("{} mid-transfer, then resume", signal_names(signals));
+            let trial = Trial {
+                fault: &fault,
+                test: "resume::a_pull_stopped_by_sigint_or_sigterm_exits_cleanly_and_resumes",
+                backend: Some(backend),
+                times: 1,
+                outcome: "exit 128 + signal; journal kept; resumed; mirror byte for byte",
+                damage: Damage::default(),
+                refetched: None,
+            };
+            let place = (cache.path(), &*repo);
+            let r = finish_pull(
+                (backend, &endpoint),
+                place,
+                watcher,
+                &what,
+                (trial, || None),
+            );
             let total: u64 = repo.files.iter().map(|f| f.size).sum();
             let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
             assert!(

@@ -2,9 +2,10 @@
 //! request and on later ranges are asked again (and counted in the summary), a 404 is not, and
 //! the stall watchdog drops a range that stops delivering and fetches it again elsewhere.
 
+use ferry_tests::record;
 use ferry_tests::{
-    Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test, ferry,
-    get_ok, get_ok_sink, modes_under_test, write_data,
+    Fault, FaultProxy, Nginx, assert_no_output, backends_under_test, ferry, get_ok, get_ok_sink,
+    modes_under_test, write_data,
 };
 
 #[test]
@@ -15,20 +16,24 @@ fn unavailable_answers_are_asked_again_and_counted() {
     let nginx = Nginx::start(src.path());
     for backend in backends_under_test() {
         // 3 refusals: the first request, then later ranges on any connection.
-        let proxy = FaultProxy::start(
-            nginx.port(),
-            Fault::Refuse {
-                uri_contains: "/files/f",
-                times: 3,
-                status: 503,
-                retry_after: 0,
-            },
-        );
+        let fault = Fault::Refuse {
+            uri_contains: "/files/f",
+            times: 3,
+            status: 503,
+            retry_after: 0,
+        };
+        let proxy = FaultProxy::start(nginx.port(), fault);
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("f");
         let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
         let report = get_ok(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
-        assert_same_file(&file, &dest, &format!("backend={backend:?} after 503s"));
+        record::recovered(
+            &fault.describe(),
+            "retries::unavailable_answers_are_asked_again_and_counted",
+            backend,
+            &file,
+            &dest,
+        );
         let refused = proxy.refused.load(std::sync::atomic::Ordering::SeqCst);
         assert!(refused >= 3, "backend={backend:?}: {refused} refusals");
         assert!(
@@ -77,13 +82,11 @@ fn a_stalled_range_is_dropped_and_fetched_again() {
     for mode in modes_under_test() {
         let (backend, sink) = mode;
         // Response 1 (a later range) sends 100 KiB and then nothing, keeping its connection open.
-        let proxy = FaultProxy::start(
-            nginx.port(),
-            Fault::Stall {
-                nth: 1,
-                keep: 100 << 10,
-            },
-        );
+        let fault = Fault::Stall {
+            nth: 1,
+            keep: 100 << 10,
+        };
+        let proxy = FaultProxy::start(nginx.port(), fault);
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("f");
         let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
@@ -94,7 +97,13 @@ fn a_stalled_range_is_dropped_and_fetched_again() {
             &["--chunk-size", "1M", "-c", "2", "--read-timeout", "1"],
         );
         let what = format!("backend={backend:?} sink={sink}");
-        assert_same_file(&file, &dest, &format!("{what} after a stall"));
+        record::recovered(
+            &format!("{} ({sink} sink)", fault.describe()),
+            "retries::a_stalled_range_is_dropped_and_fetched_again",
+            backend,
+            &file,
+            &dest,
+        );
         assert!(
             report["retries"].as_u64().unwrap_or(0) >= 1,
             "{what}: the stalled range was fetched again: {report}"
