@@ -91,6 +91,15 @@ pub enum Fault {
         /// Which response.
         nth: usize,
     },
+    /// A raw relay (no HTTP parsing, so it works under TLS too) that flips every bit of byte
+    /// `at` of the server-to-client stream of connection `conn` (0-based, in accept order):
+    /// corruption in flight below TLS, which the record layer's authentication detects.
+    FlipStreamByte {
+        /// Which connection.
+        conn: usize,
+        /// Which byte of what the server sends on it.
+        at: u64,
+    },
     /// Response number `nth` gets `bytes` of extra header lines (`X-Junk-N: aaaa...`, 1 KiB
     /// each) before its blank line: a gigantic head.
     HugeHead {
@@ -118,6 +127,7 @@ impl Fault {
             Fault::IgnoreRange { .. } => "a 200 with the whole file where a 206 was asked".into(),
             Fault::Drip { .. } => "a response dribbled out a few bytes at a time".into(),
             Fault::HugeHead { .. } => "a gigantic response head (16 MiB)".into(),
+            Fault::FlipStreamByte { .. } => "a corrupted byte in flight under TLS".into(),
         }
     }
 }
@@ -154,6 +164,7 @@ impl FaultProxy {
             responses: Arc::clone(&responses),
             refused: Arc::clone(&refused),
             requests: Arc::clone(&requests),
+            connections: Arc::new(AtomicUsize::new(0)),
         };
         let stop2 = Arc::clone(&stop);
         std::thread::spawn(move || {
@@ -196,6 +207,7 @@ struct Counters {
     responses: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
     requests: Arc<AtomicUsize>,
+    connections: Arc<AtomicUsize>,
 }
 
 fn read_head(s: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Option<Vec<u8>>> {
@@ -285,7 +297,37 @@ fn reset(client: TcpStream) {
     drop(client);
 }
 
+/// Copies bytes both ways between `client` and `upstream`, flipping the byte at offset `flip`
+/// (if any) of what upstream sends.
+fn relay(client: TcpStream, upstream: u16, flip: Option<u64>) -> std::io::Result<()> {
+    let up = TcpStream::connect(("127.0.0.1", upstream))?;
+    let (mut c_in, mut u_out) = (client.try_clone()?, up.try_clone()?);
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_in, &mut u_out);
+        let _ = u_out.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut u_in, mut c_out) = (up, client);
+    let mut at = 0u64;
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = u_in.read(&mut chunk)?;
+        if n == 0 {
+            let _ = c_out.shutdown(std::net::Shutdown::Write);
+            return Ok(());
+        }
+        if let Some(f) = flip.filter(|f| (at..at + n as u64).contains(f)) {
+            chunk[(f - at) as usize] ^= 0xff;
+        }
+        at += n as u64;
+        c_out.write_all(&chunk[..n])?;
+    }
+}
+
 fn serve(mut client: TcpStream, upstream: u16, fault: Fault, c: &Counters) -> std::io::Result<()> {
+    let index = c.connections.fetch_add(1, Ordering::SeqCst);
+    if let Fault::FlipStreamByte { conn, at } = fault {
+        return relay(client, upstream, (conn == index).then_some(at));
+    }
     let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
     let (mut cbuf, mut ubuf) = (Vec::new(), Vec::new());
     loop {

@@ -5,7 +5,8 @@
 //! sha256), or fails with one clear line and leaves nothing behind.
 //!
 //! Other suites cover the rest: truncated bodies and a wrong `Content-Range` (`errors.rs`),
-//! stalls (`retries.rs`, `mirrors.rs`), corrupted bytes (`errors.rs`, sha256 mismatch).
+//! stalls (`retries.rs`, `mirrors.rs`), corrupted bytes (`errors.rs`: a sha256 mismatch over
+//! plain HTTP; `https.rs`: a TLS record that fails to authenticate).
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};

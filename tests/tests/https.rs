@@ -1,14 +1,16 @@
 //! HTTPS end to end against a real nginx with certificates from a CA the test makes: byte
 //! identity on every back-end and sink, a private CA given by `--ca-file` or `SSL_CERT_FILE`,
 //! certificate failures that name the host and never fall back to an unverified connection,
-//! and a redirect from http:// to https://.
+//! a redirect from http:// to https://, and a byte corrupted in flight under TLS, which costs
+//! one range, not the file.
 
 use std::path::Path;
 
+use ferry_tests::record::{self, Trial};
 use ferry_tests::tls::TestPki;
 use ferry_tests::{
-    Backend, Nginx, assert_no_output, assert_same_file, backends_under_test, ferry_bin,
-    get_ok_sink, modes_under_test, sha256_file, write_data,
+    Backend, Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test,
+    ferry_bin, get_ok, get_ok_sink, modes_under_test, sha256_file, write_data,
 };
 
 const SIZES: [u64; 6] = [0, 1, 4095, 4096, 4097, 5 * (1 << 20) + 12_347];
@@ -187,5 +189,69 @@ fn a_redirect_from_http_to_https_is_followed_and_verified() {
         get_ok_sink(mode, &nginx.url("to-https", "f"), &dest, &extra);
         assert_same_file(&src.path().join("f"), &dest, &format!("mode={mode:?}"));
         eprintln!("ran on backend, sink = {mode:?}: http -> https redirect");
+    }
+}
+
+#[test]
+fn a_byte_corrupted_in_flight_under_tls_costs_one_range_not_the_file() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    let source = src.path().join("f");
+    let size: u64 = (6 << 20) + 4097;
+    write_data(&source, size, 77);
+    let sha = sha256_file(&source);
+    let nginx = Nginx::start_tls(src.path(), &pki.localhost);
+    let chunk: u64 = 1 << 20;
+    for backend in backends_under_test() {
+        let what = format!("backend={backend:?}");
+        // One connection carries every range; a byte 3 MiB into what the server sends on it
+        // is flipped: inside a TLS record of the fourth range.
+        let fault = Fault::FlipStreamByte {
+            conn: 0,
+            at: 3 << 20,
+        };
+        let proxy = FaultProxy::start(nginx.tls_port(), fault);
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let logged_before = nginx.requests(0).len();
+        let url = format!("https://localhost:{}/files/f", proxy.port());
+        let mut args: Vec<&str> = vec!["--ca-file", pki.ca.to_str().expect("utf-8")];
+        args.extend(["--sha256", &sha, "-c", "1", "--chunk-size", "1M"]);
+        let report = get_ok(backend, &url, &dest, &args);
+        let sent: u64 = nginx
+            .requests(0)
+            .iter()
+            .skip(logged_before)
+            .filter(|q| q.uri.contains("/files/f"))
+            .map(|q| q.body_bytes)
+            .sum();
+        let refetched = sent.saturating_sub(size);
+        Trial {
+            fault: &fault.describe(),
+            test: "https::a_byte_corrupted_in_flight_under_tls_costs_one_range_not_the_file",
+            backend: Some(backend),
+            times: 1,
+            outcome: "the TLS record failed to authenticate; that range fetched again",
+            damage: record::damage(&source, &dest),
+            refetched: Some(refetched),
+        }
+        .record();
+        assert_same_file(&source, &dest, &what);
+        assert_eq!(
+            report["fetches"], 1,
+            "{what}: not the whole file again: {report}"
+        );
+        assert!(
+            report["retries"].as_u64() >= Some(1),
+            "{what}: the damaged range was asked again: {report}"
+        );
+        assert!(
+            refetched <= chunk,
+            "{what}: nginx sent {sent} bytes for {size}: {refetched} again, more than one range"
+        );
+        eprintln!(
+            "ran on backend {backend:?}: a flipped byte under TLS cost {refetched} bytes of {size} ({} retries)",
+            report["retries"]
+        );
     }
 }
