@@ -5,11 +5,12 @@
 //! |---|---|---|
 //! | connection reset or refused, a timeout, a stalled body, a short body | retry | backoff |
 //! | a range answered `200` with the whole file (a node that ignores `Range`) | retry | backoff |
+//! | a `206` for another range than the one asked (a wrong `Content-Range`) | retry | backoff |
 //! | 408, 500, 502, 503, 504 | retry | `Retry-After`, else backoff |
 //! | 429 | retry | `Retry-After`, else the `t=` of `RateLimit`, else 4 x the base backoff |
 //! | 400, 401, 403, 404, 416 and every other status | fail | |
 //! | TLS (a certificate that does not verify), a proxy's refusal | fail | |
-//! | a malformed answer, a wrong `Content-Range`, a size that changed, a redirect loop | fail | |
+//! | a malformed answer, a size that changed, a redirect loop | fail | |
 //! | a local error (I/O, permissions), a bad URL or path | fail | |
 //! | a full disk | fail, after waiting for space (`get/space.rs`) | `--space-wait` |
 //!
@@ -76,7 +77,8 @@ pub(crate) fn for_error(e: &GetError) -> Verdict {
         GetError::Connect { .. }
         | GetError::Network { .. }
         | GetError::ShortBody { .. }
-        | GetError::RangeIgnored { .. } => Verdict::Retry { wait: None },
+        | GetError::RangeIgnored { .. }
+        | GetError::ContentRangeMismatch { .. } => Verdict::Retry { wait: None },
         _ => Verdict::Fail,
     }
 }
@@ -184,6 +186,12 @@ mod tests {
                 url: "u".into(),
                 asked_first: 1,
                 asked_last: 2,
+            },
+            GetError::ContentRangeMismatch {
+                url: "u".into(),
+                asked_first: 1,
+                asked_last: 2,
+                got: "bytes 2-3/10".into(),
             },
         ];
         assert_eq!(

@@ -876,7 +876,16 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
     let budget = crate::plan::MAX_RETRIES * ctx.sources.len() as u32;
     let (conn, src, head) = loop {
         let src = ctx.pick(lane.id);
-        match ask(ctx, lane, src, &first, true).await {
+        // A 206 for another range than the one asked is not used: asked again like a failure.
+        let answer = ask(ctx, lane, src, &first, true)
+            .await
+            .and_then(|(conn, head)| {
+                if head.status == 206 {
+                    check_partial(ctx, &head, first.start, first.end - 1, None)?;
+                }
+                Ok((conn, head))
+            });
+        match answer {
             Ok((conn, head)) => break (conn, src, head),
             Err(e) => {
                 let next = ctx.source_failed(src, &e);
