@@ -1171,22 +1171,46 @@ fn no_path_reaches_outside_the_root() {
         "/api/models/org/name/treesize/main/..%2F..%2F..",
         "/api/models/..%2F..%2Foutside/tree/main",
     ];
-    for target in targets {
-        for method in ["GET", "HEAD"] {
-            let r = request(&serve, method, target, &[]);
-            assert!(
-                (400..500).contains(&r.status),
-                "{method} {target}: status {}",
-                r.status
-            );
-            let body = String::from_utf8_lossy(&r.body);
-            assert!(
-                !body.contains("TOP-SECRET") && !body.contains("root:"),
-                "{target}: {body}"
-            );
+    // Every answer that is not a refusal or carries the secret counts as bytes served wrongly.
+    let mut leaked = 0u64;
+    let answers: Vec<(&str, &str, Resp)> = targets
+        .iter()
+        .flat_map(|t| ["GET", "HEAD"].map(|m| (*t, m)))
+        .map(|(t, m)| (t, m, request(&serve, m, t, &[])))
+        .collect();
+    for (_, _, r) in &answers {
+        let body = String::from_utf8_lossy(&r.body);
+        if !(400..500).contains(&r.status) || body.contains("TOP-SECRET") || body.contains("root:")
+        {
+            leaked += r.body.len().max(1) as u64;
         }
-        eprintln!("refused: {target}");
     }
+    Trial {
+        fault: "path traversal: encoded ../, backslashes, NUL, absolute paths, symlinks out",
+        test: "serve::no_path_reaches_outside_the_root",
+        backend: None,
+        times: answers.len() as u64,
+        outcome: "refused with a 4xx; nothing outside the root served",
+        damage: record::Damage {
+            corrupted: leaked,
+            ..record::Damage::default()
+        },
+        refetched: None,
+    }
+    .record();
+    for (target, method, r) in &answers {
+        assert!(
+            (400..500).contains(&r.status),
+            "{method} {target}: status {}",
+            r.status
+        );
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(
+            !body.contains("TOP-SECRET") && !body.contains("root:"),
+            "{target}: {body}"
+        );
+    }
+    eprintln!("refused: {targets:#?}");
     // The symlinks out of the root are not even listed.
     let (entries, _) = walk_tree(&serve, "/api/models/org/name/tree/main?recursive=true");
     for e in &entries {
@@ -1247,6 +1271,16 @@ fn oversized_heads_are_refused_and_closed() {
         let mut conn = BufReader::new(serve.connect());
         conn.get_mut().write_all(req.as_bytes()).expect("send");
         let r = read_response(&mut conn, false);
+        Trial {
+            fault: &format!("a hostile request head ({what})"),
+            test: "serve::oversized_heads_are_refused_and_closed",
+            backend: None,
+            times: 1,
+            outcome: "431 or 400, then the connection is closed",
+            damage: record::Damage::default(),
+            refetched: None,
+        }
+        .record();
         assert!(r.status == 431 || r.status == 400, "{what}: {}", r.status);
         // Then the server closes the connection.
         let mut rest = Vec::new();
