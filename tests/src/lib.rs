@@ -143,7 +143,8 @@ pub fn modes_under_test() -> Vec<(Backend, &'static str)> {
 }
 
 /// [`get_ok`] with `--sink SINK`; checks the summary names that sink, or explains why not (a
-/// filesystem without O_DIRECT gets the buffered sink, with the reason).
+/// filesystem without O_DIRECT gets the buffered sink, with the reason; over TLS the splice
+/// sink writes from buffers, and says so).
 pub fn get_ok_sink(
     (backend, sink): (Backend, &str),
     url: &str,
@@ -156,7 +157,14 @@ pub fn get_ok_sink(
     if report["sink"] != sink {
         let reason = report["sink_reason"].as_str().unwrap_or("");
         assert!(
-            sink == "direct" && reason.contains("O_DIRECT unavailable"),
+            (sink == "direct" && reason.contains("O_DIRECT unavailable"))
+                || (sink == "splice"
+                    && report["url_final"]
+                        .as_str()
+                        .unwrap_or(url)
+                        .starts_with("https://")
+                    && report["sink"] == "buffered"
+                    && reason.contains("over TLS")),
             "backend={backend:?}: asked for sink {sink}, got {report}"
         );
         eprintln!("note: {sink} sink not used on {}: {reason}", out.display());

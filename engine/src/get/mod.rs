@@ -378,6 +378,8 @@ pub(crate) struct Ctx {
     journal_id: AtomicU64,
     /// Bytes of the file taken over from an earlier run.
     resumed_bytes: AtomicU64,
+    /// Bytes of this file that went socket -> pipe -> file (the splice sink).
+    spliced: AtomicU64,
 }
 
 impl Ctx {
@@ -431,6 +433,7 @@ impl Ctx {
             journal: spec.journal,
             journal_id: AtomicU64::new(0),
             resumed_bytes: AtomicU64::new(0),
+            spliced: AtomicU64::new(0),
         }
     }
 
@@ -617,6 +620,27 @@ impl Ctx {
 
     pub fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Relaxed) || self.progress.interrupted()
+    }
+
+    /// Counts `n` bytes that went through a pipe, not a buffer (the splice sink).
+    pub fn add_spliced(&self, n: u64) {
+        self.spliced.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The sink the report names, and why: over TLS the socket carries ciphertext, so a file
+    /// of the splice sink whose bytes never went through a pipe was written from buffers.
+    fn sink_used(&self) -> (SinkKind, String) {
+        let tls = self.sources.iter().all(|s| s.target().tls_host.is_some());
+        if self.sink.kind == SinkKind::Splice && tls && self.spliced.load(Ordering::Relaxed) == 0 {
+            return (
+                SinkKind::Buffered,
+                format!(
+                    "{}, but over TLS the socket carries ciphertext: the decrypted bytes were written from buffers",
+                    self.sink.reason
+                ),
+            );
+        }
+        (self.sink.kind, self.sink.reason.clone())
     }
 
     /// Counts `n` more bytes written, in the file and in the job.
@@ -1539,6 +1563,7 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
             source,
         })?;
     let seconds = ctx.started.elapsed().as_secs_f64();
+    let (sink, sink_reason) = ctx.sink_used();
     Ok(Report {
         url: ctx.sources[0].origin.display.clone(),
         path: ctx.output.clone(),
@@ -1555,8 +1580,8 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         connections: ctx.used_connections.load(Ordering::Relaxed) as usize,
         ranged: ctx.plan.lock().unwrap_or_else(|p| p.into_inner()).is_some(),
         url_final: ctx.sources[0].redirected.get().map(|t| t.display.clone()),
-        sink: ctx.sink.kind,
-        sink_reason: ctx.sink.reason.clone(),
+        sink,
+        sink_reason,
         verified: hash.map(|(digest, stats)| HashReport {
             algorithm: digest.algorithm(),
             digest: digest.to_string(),

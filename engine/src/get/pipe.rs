@@ -96,6 +96,7 @@ impl Pipeline {
     /// hash.
     pub fn spliced(&self, at: u64, len: u64) {
         self.ctx.add_done(len);
+        self.ctx.add_spliced(len);
         self.ctx.journal_written(at, len);
         if let Some(v) = &self.verifier {
             if v.written_elsewhere(at, len) {
