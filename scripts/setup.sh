@@ -3,7 +3,8 @@
 # is all there already. Safe to run repeatedly.
 #   nginx        the real origin the integration tests and the demo download from
 #   pkg-config, libhwloc-dev, libudev-dev   for the optional hwloc NUMA path (DESIGN.md)
-#   util-linux   setpriv, to run a test as an unprivileged user
+#   util-linux   setpriv, to run a test as an unprivileged user; unshare and nsenter, for the
+#                mount namespaces of the dual-stack and full-disk tests
 #   curl, time   the peer and the CPU/RSS meter of the benchmark harness
 #   openssl      the demo's seeded data generator
 #   tinyproxy, microsocks   the real HTTP CONNECT and SOCKS5 proxies the proxy tests start
@@ -18,7 +19,9 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s libhwloc-dev >/dev/null 2>&1 || need+=(libhwloc-dev)
 dpkg -s libudev-dev >/dev/null 2>&1 || need+=(libudev-dev)
-command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+for tool in setpriv unshare nsenter; do
+  command -v "$tool" >/dev/null 2>&1 || need+=(util-linux)
+done
 command -v curl >/dev/null 2>&1 || need+=(curl)
 [ -x /usr/bin/time ] || need+=(time)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
