@@ -810,7 +810,9 @@ fn resolve_headers_and_ranges() {
     let m = &by_name["model.safetensors"].bytes;
     let total = m.len();
     // A thousand small ranges in one header (12 KiB, under the 16 KiB head limit).
-    let many: Vec<String> = (0..1000).map(|i| format!("{}-{}", i * 10, i * 10 + 5)).collect();
+    let many: Vec<String> = (0..1000)
+        .map(|i| format!("{}-{}", i * 10, i * 10 + 5))
+        .collect();
     let many = format!("bytes={}", many.join(","));
     let cases: [(&str, u16, Option<String>, &[u8]); 8] = [
         (
