@@ -87,7 +87,26 @@ pub struct Trial<'a> {
     pub refetched: Option<u64>,
 }
 
-impl Trial<'_> {
+impl<'a> Trial<'a> {
+    /// A fault inflicted once, its re-fetched bytes not measured (change the fields that
+    /// differ with `Trial { times, ..Trial::once(...) }`).
+    pub fn once(
+        (fault, test): (&'a str, &'a str),
+        backend: Option<Backend>,
+        outcome: &'a str,
+        damage: Damage,
+    ) -> Trial<'a> {
+        Trial {
+            fault,
+            test,
+            backend,
+            times: 1,
+            outcome,
+            damage,
+            refetched: None,
+        }
+    }
+
     /// Appends the trial to the record.
     pub fn record(&self) {
         let line = serde_json::json!({
@@ -121,39 +140,26 @@ impl Trial<'_> {
     }
 }
 
-/// Records a trial that must have given back `source` at `output`, then asserts it did.
+/// Records a trial that must have given back `source` at `output`, then asserts it did, byte
+/// for byte.
 pub fn recovered(fault: &str, test: &str, backend: Backend, source: &Path, output: &Path) {
     let damage = damage(source, output);
-    Trial {
-        fault,
-        test,
-        backend: Some(backend),
-        times: 1,
-        outcome: "recovered: whole file, byte for byte",
-        damage,
-        refetched: None,
-    }
-    .record();
-    crate::assert_same_file(
-        source,
-        output,
-        &format!("{test} backend={backend:?} {fault}"),
+    let outcome = "recovered: whole file, byte for byte";
+    Trial::once((fault, test), Some(backend), outcome, damage).record();
+    assert_eq!(
+        (damage.lost, damage.corrupted),
+        (0, 0),
+        "{test} backend={backend:?} {fault}: {} of {} bytes missing or wrong at {}",
+        damage.lost + damage.corrupted,
+        damage.checked,
+        output.display()
     );
 }
 
 /// Records a trial that must have failed cleanly, with nothing under `output`'s final name
 /// nor a partial file left (the caller asserts the failure itself).
 pub fn failed_cleanly(fault: &str, test: &str, backend: Backend, outcome: &str, output: &Path) {
-    Trial {
-        fault,
-        test,
-        backend: Some(backend),
-        times: 1,
-        outcome,
-        damage: leftover(output),
-        refetched: None,
-    }
-    .record();
+    Trial::once((fault, test), Some(backend), outcome, leftover(output)).record();
 }
 
 /// Where the record goes: `$FERRY_RELIABILITY_DIR`, else `target/reliability`.

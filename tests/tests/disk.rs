@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::disk::SmallDisk;
 use ferry_tests::hub::{Repo, make_repo, write_static_hub};
 use ferry_tests::record::{self, Damage, Trial};
-use ferry_tests::{Backend, Nginx, assert_same_file, backends_under_test, ferry_bin, write_data};
+use ferry_tests::{Backend, Nginx, backends_under_test, ferry_bin, write_data};
 
 const MIB: u64 = 1 << 20;
 /// Three 8 MiB shards and a small file; sorted large first, fetched one at a time (`-c 1`).
@@ -112,52 +112,53 @@ fn stderr_of(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-/// What the published files lack or have wrong (files not published yet count for nothing).
-fn published_damage(disk: &SmallDisk, repo: &Repo) -> Damage {
-    let snapshot = repo_dir(disk).join("snapshots").join(&repo.commit);
+/// What the final names under the repo hold, against their files: every blob is read (a name
+/// no file has counts as corrupted), every snapshot link must lead to its file's blob. Returns
+/// how many files are published, and the damage.
+fn published(disk: &SmallDisk, repo: &Repo) -> (usize, Damage) {
+    let blobs = repo_dir(disk).join("blobs");
     let mut damage = Damage::default();
-    for f in &repo.files {
-        let link = snapshot.join(&f.path);
-        if std::fs::symlink_metadata(&link).is_ok() {
-            damage += record::damage(&f.source, &link);
-        }
-    }
-    damage
-}
-
-/// Every final name under the repo holds its file's exact bytes: blobs, and snapshot links to
-/// them. Returns how many files are published.
-fn check_published(disk: &SmallDisk, repo: &Repo, what: &str) -> usize {
-    let dir = repo_dir(disk);
-    for entry in std::fs::read_dir(dir.join("blobs"))
-        .expect("blobs")
-        .flatten()
-    {
+    for entry in std::fs::read_dir(&blobs).expect("blobs").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if name.ends_with(".incomplete") {
             continue;
         }
-        let f = repo
-            .files
-            .iter()
-            .find(|f| f.etag == name)
-            .unwrap_or_else(|| panic!("{what}: unexpected blob {name}"));
-        assert_same_file(
-            &f.source,
-            &entry.path(),
-            &format!("{what}: blob {}", f.path),
-        );
+        damage += match repo.files.iter().find(|f| f.etag == name) {
+            Some(f) => record::damage(&f.source, &entry.path()),
+            None => record::leftover(&entry.path()),
+        };
     }
-    let snapshot = dir.join("snapshots").join(&repo.commit);
-    let mut published = 0;
+    // The same file, by device and inode: paths under `/proc/PID/root` do not canonicalize.
+    let identity = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
+    };
+    let snapshot = repo_dir(disk).join("snapshots").join(&repo.commit);
+    let mut count = 0;
     for f in &repo.files {
         let link = snapshot.join(&f.path);
-        if std::fs::symlink_metadata(&link).is_ok() {
-            assert_same_file(&f.source, &link, &format!("{what}: {}", f.path));
-            published += 1;
+        if std::fs::symlink_metadata(&link).is_err() {
+            continue;
+        }
+        count += 1;
+        let blob = identity(&blobs.join(&f.etag));
+        if blob.is_none() || identity(&link) != blob {
+            damage.corrupted += f.size;
         }
     }
-    published
+    (count, damage)
+}
+
+/// The JSON report of a pull that succeeded, checked to name `backend`.
+fn report(o: &Output, backend: Backend, what: &str) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "{what}: the pull failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_eq!(r["backend"], backend.flag(), "{r}");
+    r
 }
 
 #[test]
@@ -290,40 +291,39 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
         );
         assert!(!err.contains("panicked"), "{what}: {err}");
         // What was verified is kept, under its final names.
-        let mut damage = published_damage(&disk, &repo);
-        let published = check_published(&disk, &repo, &what);
-        assert!(published >= 1, "{what}: the first shard is published");
-        eprintln!("  stopped: {published} files published; {last}");
+        let (kept, mut damage) = published(&disk, &repo);
+        eprintln!("  stopped: {kept} files published; {last}");
 
         // Space is freed: the next run fetches only what is missing.
         std::fs::remove_file(&filler).expect("remove the filler");
         let o = pull_in(&disk, backend, &endpoint, &[])
             .output()
             .expect("run ferry");
-        assert!(
-            o.status.success(),
-            "{what}: the resumed pull failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        damage += published_damage(&disk, &repo);
-        Trial {
-            fault: "another process fills the disk mid-pull (--space-wait 1)",
-            test: "disk::a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_resumes",
-            backend: Some(backend),
-            times: 1,
-            outcome: "paused before the disk was full; stopped cleanly (exit 12); verified files kept; resumed once space was freed",
+        let (all, at_end) = published(&disk, &repo);
+        damage += at_end;
+        Trial::once(
+            (
+                "another process fills the disk mid-pull (--space-wait 1)",
+                "disk::a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_resumes",
+            ),
+            Some(backend),
+            "paused before the disk was full; stopped cleanly (exit 12); verified files kept; resumed once space was freed",
             damage,
-            refetched: None,
-        }
+        )
         .record();
-        let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
-        assert_eq!(r["backend"], backend.flag(), "{r}");
+        assert_eq!(
+            (damage.lost, damage.corrupted),
+            (0, 0),
+            "{what}: {damage:?}"
+        );
+        assert!(kept >= 1, "{what}: the first shard is published");
+        let r = report(&o, backend, &what);
         let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
         assert!(
             fetched <= total - SPEC[0].1,
             "{what}: the first shard was not fetched again ({fetched} of {total} bytes): {r}"
         );
-        assert_eq!(check_published(&disk, &repo, &what), repo.files.len());
+        assert_eq!(all, repo.files.len(), "{what}: every file published");
         assert!(
             !repo_dir(&disk).join(".ferry").exists(),
             "{what}: the journal is removed once the pull completes"
@@ -345,20 +345,25 @@ fn a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed() {
         let o = finish(child);
         let err = stderr_of(&err_path);
         assert!(o.status.success(), "{what}: {err}");
-        Trial {
-            fault: "another process fills the disk mid-pull, then frees it",
-            test: "disk::a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed",
-            backend: Some(backend),
-            times: 1,
-            outcome: "paused before the disk was full; went on by itself once space was freed",
-            damage: published_damage(&disk, &repo),
-            refetched: None,
-        }
+        let (all, damage) = published(&disk, &repo);
+        Trial::once(
+            (
+                "another process fills the disk mid-pull, then frees it",
+                "disk::a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed",
+            ),
+            Some(backend),
+            "paused before the disk was full; went on by itself once space was freed",
+            damage,
+        )
         .record();
+        assert_eq!(
+            (damage.lost, damage.corrupted),
+            (0, 0),
+            "{what}: {damage:?}"
+        );
         assert!(err.contains("free now; going on"), "{what}: {err}");
-        let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
-        assert_eq!(r["backend"], backend.flag(), "{r}");
-        assert_eq!(check_published(&disk, &repo, &what), repo.files.len());
+        report(&o, backend, &what);
+        assert_eq!(all, repo.files.len(), "{what}: every file published");
     }
 }
 

@@ -168,39 +168,6 @@ fn refused_through_proxy(
     assert_no_output(&dest, &what);
 }
 
-#[test]
-fn a_wrong_content_range_is_asked_again() {
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, 3 << 20, 5);
-    let nginx = Nginx::start(src.path());
-    let test = "a_wrong_content_range_is_asked_again";
-    for backend in backends_under_test() {
-        // Response 0 is the first range (the size probe); 2 is a later range on some
-        // connection. Its bytes are not used; the range is asked again.
-        for nth in [0, 2] {
-            let fault = Fault::ShiftContentRange { nth };
-            let proxy = FaultProxy::start(nginx.port(), fault);
-            let out = tempfile::tempdir().expect("tmp");
-            let dest = out.path().join("f");
-            let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
-            let report =
-                ferry_tests::get_ok(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
-            record::recovered(
-                &fault.describe(),
-                &format!("errors::{test}"),
-                backend,
-                &file,
-                &dest,
-            );
-            assert!(
-                report["retries"].as_u64() >= Some(1),
-                "backend={backend:?} nth={nth}: the range was asked again: {report}"
-            );
-        }
-    }
-}
-
 const SHORT: &str = "short_bodies_are_fetched_again_until_retries_run_out";
 
 #[test]

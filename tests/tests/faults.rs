@@ -1,10 +1,10 @@
 //! Faults from the fault-injecting proxy between ferry and a real nginx, on every back-end: a
 //! connection reset mid-body, bursts of 500 / 503 / 429 with `Retry-After`, a `200` with the
-//! whole file where a `206` was asked for, a response that dribbles out a few bytes at a time,
-//! and a gigantic response head. ferry either ends with the file byte for byte (and its
+//! whole file where a `206` was asked for, a `206` for another range (a wrong `Content-Range`),
+//! a response that dribbles out a few bytes at a time, and a gigantic response head. ferry either ends with the file byte for byte (and its
 //! sha256), or fails with one clear line and leaves nothing behind.
 //!
-//! Other suites cover the rest: truncated bodies and a wrong `Content-Range` (`errors.rs`),
+//! Other suites cover the rest: truncated bodies (`errors.rs`),
 //! stalls (`retries.rs`, `mirrors.rs`), corrupted bytes (`errors.rs`: a sha256 mismatch over
 //! plain HTTP; `https.rs`: a TLS record that fails to authenticate).
 
@@ -133,6 +133,18 @@ fn a_200_with_the_whole_file_where_a_206_was_asked_still_gives_the_file() {
     // A later range: a 200 there, with the whole file, cannot be used as that range.
     let fault = Fault::IgnoreRange { nth: 2 };
     survives((&nginx, test), &src, &sha, fault, retried);
+}
+
+#[test]
+fn a_wrong_content_range_is_asked_again() {
+    let (src, nginx, sha) = origin(606);
+    let test = "a_wrong_content_range_is_asked_again";
+    // Response 0 is the first range (the size probe); 2 is a later range on some connection.
+    // Its bytes are not used; the range is asked again.
+    for nth in [0, 2] {
+        let fault = Fault::ShiftContentRange { nth };
+        survives((&nginx, test), &src, &sha, fault, retried);
+    }
 }
 
 #[test]

@@ -226,17 +226,19 @@ fn a_byte_corrupted_in_flight_under_tls_costs_one_range_not_the_file() {
             .map(|q| q.body_bytes)
             .sum();
         let refetched = sent.saturating_sub(size);
+        let damage = record::damage(&source, &dest);
+        let test = "https::a_byte_corrupted_in_flight_under_tls_costs_one_range_not_the_file";
+        let outcome = "the TLS record failed to authenticate; that range fetched again";
         Trial {
-            fault: &fault.describe(),
-            test: "https::a_byte_corrupted_in_flight_under_tls_costs_one_range_not_the_file",
-            backend: Some(backend),
-            times: 1,
-            outcome: "the TLS record failed to authenticate; that range fetched again",
-            damage: record::damage(&source, &dest),
             refetched: Some(refetched),
+            ..Trial::once((&fault.describe(), test), Some(backend), outcome, damage)
         }
         .record();
-        assert_same_file(&source, &dest, &what);
+        assert_eq!(
+            (damage.lost, damage.corrupted),
+            (0, 0),
+            "{what}: {damage:?}"
+        );
         assert_eq!(
             report["fetches"], 1,
             "{what}: not the whole file again: {report}"

@@ -352,13 +352,16 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
                 .sum()
         };
         let trial = Trial {
-            fault: "SIGKILL at a random moment of a pull, then resume",
-            test: "resume::a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again",
-            backend: Some(backend),
             times: killed_running,
-            outcome: "resumed; no partial file under a final name; mirror byte for byte",
-            damage: Damage::default(),
-            refetched: None,
+            ..Trial::once(
+                (
+                    "SIGKILL at a random moment of a pull, then resume",
+                    "resume::a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again",
+                ),
+                Some(backend),
+                "resumed; no partial file under a final name; mirror byte for byte",
+                Damage::default(),
+            )
         };
         let refetched = || Some(sent_for_backend().saturating_sub(total));
         let (place, endpoint) = ((cache.path(), &*repo), (backend, endpoint.as_str()));
@@ -541,15 +544,15 @@ fn a_pull_stopped_by_sigint_or_sigterm_exits_cleanly_and_resumes() {
             );
             // Run again to the end: what the stopped run wrote is taken over.
             let fault = format!("{} mid-transfer, then resume", signal_names(signals));
-            let trial = Trial {
-                fault: &fault,
-                test: "resume::a_pull_stopped_by_sigint_or_sigterm_exits_cleanly_and_resumes",
-                backend: Some(backend),
-                times: 1,
-                outcome: "exit 128 + signal; journal kept; resumed; mirror byte for byte",
-                damage: Damage::default(),
-                refetched: None,
-            };
+            let trial = Trial::once(
+                (
+                    &fault,
+                    "resume::a_pull_stopped_by_sigint_or_sigterm_exits_cleanly_and_resumes",
+                ),
+                Some(backend),
+                "exit 128 + signal; journal kept; resumed; mirror byte for byte",
+                Damage::default(),
+            );
             let place = (cache.path(), &*repo);
             let r = finish_pull(
                 (backend, &endpoint),

@@ -1194,17 +1194,21 @@ fn no_path_reaches_outside_the_root() {
             leaked += r.body.len().max(1) as u64;
         }
     }
+    let damage = record::Damage {
+        corrupted: leaked,
+        ..record::Damage::default()
+    };
     Trial {
-        fault: "path traversal: encoded ../, backslashes, NUL, absolute paths, symlinks out",
-        test: "serve::no_path_reaches_outside_the_root",
-        backend: None,
         times: answers.len() as u64,
-        outcome: "refused with a 4xx; nothing outside the root served",
-        damage: record::Damage {
-            corrupted: leaked,
-            ..record::Damage::default()
-        },
-        refetched: None,
+        ..Trial::once(
+            (
+                "path traversal: encoded ../, backslashes, NUL, absolute paths, symlinks out",
+                "serve::no_path_reaches_outside_the_root",
+            ),
+            None,
+            "refused with a 4xx; nothing outside the root served",
+            damage,
+        )
     }
     .record();
     for (target, method, r) in &answers {
@@ -1280,16 +1284,10 @@ fn oversized_heads_are_refused_and_closed() {
         let mut conn = BufReader::new(serve.connect());
         conn.get_mut().write_all(req.as_bytes()).expect("send");
         let r = read_response(&mut conn, false);
-        Trial {
-            fault: &format!("a hostile request head ({what})"),
-            test: "serve::oversized_heads_are_refused_and_closed",
-            backend: None,
-            times: 1,
-            outcome: "431 or 400, then the connection is closed",
-            damage: record::Damage::default(),
-            refetched: None,
-        }
-        .record();
+        let fault = format!("a hostile request head ({what})");
+        let test = "serve::oversized_heads_are_refused_and_closed";
+        let outcome = "431 or 400, then the connection is closed";
+        Trial::once((&fault, test), None, outcome, record::Damage::default()).record();
         assert!(r.status == 431 || r.status == 400, "{what}: {}", r.status);
         // Then the server closes the connection.
         let mut rest = Vec::new();
@@ -1387,15 +1385,15 @@ fn a_slow_reader_is_disconnected_and_a_fast_one_is_not() {
             "a reader at 320 KiB/s was never disconnected ({got} bytes read)"
         );
     };
-    Trial {
-        fault: "a client reading a body at 320 KiB/s (--min-send-rate 1M)",
-        test: "serve::a_slow_reader_is_disconnected_and_a_fast_one_is_not",
-        backend: None,
-        times: 1,
-        outcome: "the slow reader is reset; a fast reader gets the whole body",
-        damage: fast,
-        refetched: None,
-    }
+    Trial::once(
+        (
+            "a client reading a body at 320 KiB/s (--min-send-rate 1M)",
+            "serve::a_slow_reader_is_disconnected_and_a_fast_one_is_not",
+        ),
+        None,
+        "the slow reader is reset; a fast reader gets the whole body",
+        fast,
+    )
     .record();
     assert_eq!(
         (fast.lost, fast.corrupted, fast.checked),

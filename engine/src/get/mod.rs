@@ -898,19 +898,21 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
     // failure moves on to another source at once.
     let mut failures = 0;
     let budget = crate::plan::MAX_RETRIES * ctx.sources.len() as u32;
-    let (conn, src, head) = loop {
+    // With a 206, the file's size it states (checked here: a 206 for another range than the
+    // one asked is not used, but asked again like a failure).
+    let (conn, src, head, partial_total) = loop {
         let src = ctx.pick(lane.id);
-        // A 206 for another range than the one asked is not used: asked again like a failure.
         let answer = ask(ctx, lane, src, &first, true)
             .await
             .and_then(|(conn, head)| {
-                if head.status == 206 {
-                    check_partial(ctx, &head, first.start, first.end - 1, None)?;
-                }
-                Ok((conn, head))
+                let total = match head.status {
+                    206 => Some(check_partial(ctx, &head, first.start, first.end - 1, None)?),
+                    _ => None,
+                };
+                Ok((conn, head, total))
             });
         match answer {
-            Ok((conn, head)) => break (conn, src, head),
+            Ok((conn, head, total)) => break (conn, src, head, total),
             Err(e) => {
                 let next = ctx.source_failed(src, &e);
                 // Nothing listens there: a wrong host or port, said at once rather than after
@@ -933,9 +935,8 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
         }
     };
     let framing = framing_of(ctx.target(), &head)?;
-    match head.status {
-        206 => {
-            let total = check_partial(ctx, &head, first.start, first.end - 1, None)?;
+    match (head.status, partial_total) {
+        (206, Some(total)) => {
             if !resumed.is_empty() && ctx.size_hint != Some(total) {
                 tracing::warn!(
                     url = %ctx.target().display,
@@ -950,8 +951,11 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
             if first.start > 0 || total > first_end {
                 preallocate(ctx, &created, total).await?;
             } else {
-                // The whole file is in this answer: one write, nothing to reserve.
-                ctx.wait_for_space(&created, total).await?;
+                // The whole file is in this answer: one write, nothing to reserve. A size known
+                // up front was checked before the request, a moment ago.
+                if ctx.size_hint != Some(total) {
+                    ctx.wait_for_space(&created, total).await?;
+                }
                 ctx.set_total(total);
             }
             let pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
@@ -970,7 +974,7 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
                 src,
             })
         }
-        200 => {
+        (200, _) => {
             if !resumed.is_empty() {
                 tracing::info!(
                     url = %ctx.target().display,
@@ -988,7 +992,7 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
                 src,
             })
         }
-        416 => match head.header("content-range").and_then(parse_content_range) {
+        (416, _) => match head.header("content-range").and_then(parse_content_range) {
             Some(ContentRange::Unsatisfied { total: 0 }) => {
                 ctx.set_total(0);
                 lane.conn = Some(conn);
@@ -1334,15 +1338,12 @@ async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
     if len == 0 {
         return Ok(());
     }
-    // A ring op on io_uring: reserving a large file's extents does not stall the worker. When
-    // another process takes the space between the look and the reservation, the file waits for
-    // space again, once.
-    let mut attempts = 0;
+    let mut need = ctx.wait_for_space(file, len).await?;
+    let mut looked_again = false;
     loop {
-        let need = ctx.wait_for_space(file, len).await?;
-        attempts += 1;
-        return match crate::backend::fallocate::fallocate(file.to_shared_fd(), len).await {
-            Ok(()) => Ok(()),
+        // A ring op on io_uring: reserving a large file's extents does not stall the worker.
+        match crate::backend::fallocate::fallocate(file.to_shared_fd(), len).await {
+            Ok(()) => return Ok(()),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -1350,14 +1351,20 @@ async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
                 ) =>
             {
                 // No fallocate on this filesystem (or no such ring op): set the size instead.
-                rustix::fs::ftruncate(file, len).map_err(|e| ctx.io_error("set_len", e.into()))
+                return rustix::fs::ftruncate(file, len)
+                    .map_err(|e| ctx.io_error("set_len", e.into()));
             }
-            Err(e) if space::is_full(&e) && attempts < 2 => continue,
+            // Another process took the space between the look and the reservation: wait for
+            // space again, once.
+            Err(e) if space::is_full(&e) && !looked_again => {
+                looked_again = true;
+                need = ctx.wait_for_space(file, len).await?;
+            }
             Err(e) if space::is_full(&e) => {
-                Err(ctx.settings.space.full(parent_dir(&ctx.incomplete), need))
+                return Err(ctx.settings.space.full(parent_dir(&ctx.incomplete), need));
             }
-            Err(e) => Err(ctx.io_error("fallocate", e)),
-        };
+            Err(e) => return Err(ctx.io_error("fallocate", e)),
+        }
     }
 }
 

@@ -16,11 +16,11 @@
 //! `fallocate`, a stream of unknown length), or another process takes the space between the
 //! check and the reservation, the `ENOSPC` that follows is the same clean error.
 //!
-//! Not here: the up-front check of a pull against its listing (`hub/pull.rs`, which uses
-//! [`floor`]).
+//! Not here: the up-front check of a pull against its listing (`hub/pull.rs`, which calls
+//! [`check`]).
 
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -52,6 +52,26 @@ pub(crate) fn free(dir: &Path) -> io::Result<Free> {
 /// most 256 MiB.
 pub(crate) fn floor(min_free: Option<u64>, size: u64) -> u64 {
     min_free.unwrap_or((size / 100).min(DEFAULT_FLOOR_MAX))
+}
+
+/// Whether `need` more bytes fit in `dir` above the floor: the bytes free when they do,
+/// [`GetError::NoSpace`] (with what is free) when they do not.
+pub(crate) fn check(dir: &Path, need: u64, min_free: Option<u64>) -> Result<u64, GetError> {
+    let free = free(dir).map_err(|source| GetError::Io {
+        op: "statvfs",
+        path: dir.to_owned(),
+        source,
+    })?;
+    let floor = floor(min_free, free.size);
+    if free.avail >= need.saturating_add(floor) {
+        return Ok(free.avail);
+    }
+    Err(GetError::NoSpace {
+        dir: dir.to_owned(),
+        need,
+        have: free.avail,
+        floor,
+    })
 }
 
 /// True for the errors of a full filesystem or an exhausted quota.
@@ -92,33 +112,31 @@ impl JobSpace {
         let started = Instant::now();
         let mut paused = false;
         loop {
-            let free = free(dir).map_err(|e| GetError::Io {
-                op: "statvfs",
-                path: dir.to_owned(),
-                source: e,
-            })?;
-            let floor = floor(self.min_free, free.size);
-            if free.avail >= need.saturating_add(floor) {
-                if paused {
-                    tracing::warn!(
-                        "{}: {} free now; going on after {:.1} s",
-                        dir.display(),
-                        human_bytes(free.avail),
-                        started.elapsed().as_secs_f64()
-                    );
+            let short = match check(dir, need, self.min_free) {
+                Ok(avail) => {
+                    if paused {
+                        tracing::warn!(
+                            "{}: {} free now; going on after {:.1} s",
+                            dir.display(),
+                            human_bytes(avail),
+                            started.elapsed().as_secs_f64()
+                        );
+                    }
+                    return Ok(());
                 }
-                return Ok(());
-            }
+                Err(e @ GetError::NoSpace { .. }) => e,
+                Err(e) => return Err(e),
+            };
             if self.gave_up.load(Ordering::Relaxed) || started.elapsed() >= self.wait {
                 self.gave_up.store(true, Ordering::Relaxed);
-                return Err(no_space(dir.to_owned(), need, free.avail, floor));
+                return Err(short);
             }
-            if !paused {
+            if let (false, GetError::NoSpace { have, floor, .. }) = (paused, &short) {
                 paused = true;
                 tracing::warn!(
                     "{}: {}; paused, waiting up to {:.0} s for space",
                     dir.display(),
-                    need_have(need, free.avail, floor),
+                    need_have(need, *have, *floor),
                     self.wait.as_secs_f64()
                 );
             }
@@ -136,16 +154,12 @@ impl JobSpace {
             Ok(f) => (f.avail, floor(self.min_free, f.size)),
             Err(_) => (0, 0),
         };
-        no_space(dir.to_owned(), need, have, floor)
-    }
-}
-
-fn no_space(dir: PathBuf, need: u64, have: u64, floor: u64) -> GetError {
-    GetError::NoSpace {
-        dir,
-        need,
-        have,
-        floor,
+        GetError::NoSpace {
+            dir: dir.to_owned(),
+            need,
+            have,
+            floor,
+        }
     }
 }
 

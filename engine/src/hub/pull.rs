@@ -666,21 +666,7 @@ fn check_space(
     if need == 0 {
         return Ok(());
     }
-    let dir = place.bytes_dir();
-    let free = crate::get::space::free(&dir).map_err(|source| HubError::Io {
-        op: "statvfs",
-        path: dir.clone(),
-        source,
-    })?;
-    let floor = crate::get::space::floor(min_free, free.size);
-    if need.saturating_add(floor) > free.avail {
-        return Err(HubError::Get(GetError::NoSpace {
-            dir,
-            need,
-            have: free.avail,
-            floor,
-        }));
-    }
+    crate::get::space::check(&place.bytes_dir(), need, min_free).map_err(HubError::Get)?;
     Ok(())
 }
 

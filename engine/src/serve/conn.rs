@@ -8,8 +8,8 @@
 //! a thread), a send that blocks past
 //! [`ServeOptions::write_timeout`](super::ServeOptions::write_timeout) (`SO_SNDTIMEO`), and a
 //! client that reads a body slower than
-//! [`ServeOptions::min_send_rate`](super::ServeOptions::min_send_rate) over such a span ([`Pace`]). Request
-//! bodies are never read: a request that announces one is answered and the connection closed.
+//! [`ServeOptions::min_send_rate`](super::ServeOptions::min_send_rate) over such a span
+//! ([`Pace`]). Request bodies are never read: a request that announces one is answered and the connection closed.
 //! Over HTTPS the TLS handshake must also finish within the head deadline, and file bodies are
 //! read and encrypted in user space instead of sendfile(2).
 //! This module knows nothing of the Hub protocol; [`super::handler`] does.
@@ -425,15 +425,23 @@ fn write_response(
 pub(crate) struct Pace {
     min_rate: u64,
     window: Duration,
+    /// Bytes per sendfile(2) call. A call returns once all are sent, or once the client took
+    /// nothing for the send timeout, so this is how often a client that keeps reading, however
+    /// slowly, is looked at: what the minimum rate moves in one window, within 256 KiB..2 MiB
+    /// (nginx's `sendfile_max_chunk` is 2 MiB for the same reason).
+    step: u64,
     since: Instant,
     sent: u64,
 }
 
 impl Pace {
     pub fn new(min_rate: u64, window: Duration) -> Pace {
+        let window = window.max(Duration::from_millis(1));
+        let per_window = min_rate as f64 * window.as_secs_f64();
         Pace {
             min_rate,
-            window: window.max(Duration::from_millis(1)),
+            window,
+            step: (per_window as u64).clamp(256 << 10, 2 << 20),
             since: Instant::now(),
             sent: 0,
         }
@@ -461,15 +469,6 @@ impl Pace {
         self.sent = 0;
         Ok(())
     }
-
-    /// Bytes per sendfile(2) call. A call returns once all are sent, or once the client took
-    /// nothing for the send timeout, so this is how often a client that keeps reading, however
-    /// slowly, is looked at: what the minimum rate moves in one window, within 256 KiB..2 MiB
-    /// (nginx's `sendfile_max_chunk` is 2 MiB for the same reason).
-    fn step(&self) -> u64 {
-        let per_window = self.min_rate as f64 * self.window.as_secs_f64();
-        (per_window as u64).clamp(256 << 10, 2 << 20)
-    }
 }
 
 /// Sends `len` bytes of `file` from `offset` with sendfile(2), looping over short sends.
@@ -483,7 +482,7 @@ fn send_file(
     let mut pos = offset;
     let end = offset + len;
     while pos < end {
-        let count = (end - pos).min(pace.step()) as usize;
+        let count = (end - pos).min(pace.step) as usize;
         let before = pos;
         match rustix::fs::sendfile(stream, file, Some(&mut pos), count) {
             Ok(0) => {
@@ -516,12 +515,9 @@ mod tests {
             .sent(1)
             .expect_err("1 byte in 5 ms is under 1000 bytes/s");
         assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(
-            Pace::new(4 << 10, Duration::from_secs(60)).step(),
-            256 << 10
-        );
-        assert_eq!(Pace::new(1 << 20, Duration::from_secs(1)).step(), 1 << 20);
-        assert_eq!(Pace::new(1 << 30, Duration::from_secs(60)).step(), 2 << 20);
+        assert_eq!(Pace::new(4 << 10, Duration::from_secs(60)).step, 256 << 10);
+        assert_eq!(Pace::new(1 << 20, Duration::from_secs(1)).step, 1 << 20);
+        assert_eq!(Pace::new(1 << 30, Duration::from_secs(60)).step, 2 << 20);
     }
 
     #[test]
