@@ -1,5 +1,11 @@
 //! The mark a file carries once ferry has verified it: the extended attribute
-//! `user.ferry.verified` = `ALGORITHM:DIGEST:MTIME_NS`. A later pull that finds the file
+//! `user.ferry.verified`, 42 bytes or fewer: a format byte ([`FORMAT`]), an algorithm byte, the
+//! raw digest, and the file's mtime in nanoseconds (i64, little-endian). It is binary so that it
+//! fits inside the inode: ext4's 256-byte inodes hold a value of up to 56 bytes under this name,
+//! and a longer one (the hex text of earlier versions took 91) costs a 4 KiB xattr block per
+//! file, written by every fsync, which a repository of many small files pays for each of them.
+//! A mark in another format (an earlier version's) is not current: the file is hashed again and
+//! marked anew. A later pull that finds the file
 //! already in place trusts it without reading it again only when the mark names the digest the
 //! listing expects and the file was not modified since (same mtime); a file with no mark (one
 //! another tool wrote) or a stale one is hashed again first.
@@ -21,12 +27,25 @@ use super::Checksum;
 
 const NAME: &str = "user.ferry.verified";
 
-fn value(digest: &Checksum, mtime_ns: i128) -> String {
-    format!("{}:{digest}:{mtime_ns}", digest.algorithm())
-}
+/// The first byte of a mark in this format.
+const FORMAT: u8 = 2;
 
-fn mtime_ns(seconds: i64, nanos: i64) -> i128 {
-    i128::from(seconds) * 1_000_000_000 + i128::from(nanos)
+/// The longest mark: format, algorithm, a sha256 digest, the mtime.
+const MAX: usize = 2 + 32 + 8;
+
+/// The mark for `digest` on a file last modified at `seconds` + `nanos`; `None` for an mtime out of
+/// i64 nanoseconds (before 1678 or after 2262), which is not marked.
+fn value(digest: &Checksum, seconds: i64, nanos: i64) -> Option<Vec<u8>> {
+    let ns = seconds.checked_mul(1_000_000_000)?.checked_add(nanos)?;
+    let (algorithm, bytes): (u8, &[u8]) = match digest {
+        Checksum::Sha256(d) => (1, d),
+        Checksum::GitSha1(d) => (2, d),
+    };
+    let mut v = Vec::with_capacity(MAX);
+    v.extend_from_slice(&[FORMAT, algorithm]);
+    v.extend_from_slice(bytes);
+    v.extend_from_slice(&ns.to_le_bytes());
+    Some(v)
 }
 
 /// Marks the open file `fd` as holding bytes with `digest`, as of now (call it after the last
@@ -36,16 +55,10 @@ pub(crate) fn set(fd: impl AsFd, digest: &Checksum) {
         return;
     };
     #[allow(clippy::unnecessary_cast)] // the field types differ between architectures
-    let v = value(
-        digest,
-        mtime_ns(st.st_mtime as i64, st.st_mtime_nsec as i64),
-    );
-    if let Err(e) = rustix::fs::fsetxattr(
-        fd.as_fd(),
-        NAME,
-        v.as_bytes(),
-        rustix::fs::XattrFlags::empty(),
-    ) {
+    let Some(v) = value(digest, st.st_mtime as i64, st.st_mtime_nsec as i64) else {
+        return;
+    };
+    if let Err(e) = rustix::fs::fsetxattr(fd.as_fd(), NAME, &v, rustix::fs::XattrFlags::empty()) {
         tracing::debug!("no verified mark ({e}); the file will be hashed when found again");
     }
 }
@@ -58,9 +71,11 @@ pub(crate) fn is_marked(path: &Path, digest: &Checksum) -> bool {
     let Ok(meta) = file.metadata() else {
         return false;
     };
+    // Room for an earlier version's longer text mark, so that it reads (and fails to match)
+    // rather than erring with ERANGE.
     let mut buf = [0u8; 256];
     match rustix::fs::fgetxattr(file.as_fd(), NAME, &mut buf) {
-        Ok(n) => buf[..n] == *value(digest, mtime_ns(meta.mtime(), meta.mtime_nsec())).as_bytes(),
+        Ok(n) => value(digest, meta.mtime(), meta.mtime_nsec()).is_some_and(|v| buf[..n] == *v),
         Err(_) => false,
     }
 }
@@ -93,5 +108,59 @@ mod tests {
         f.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000))
             .expect("set mtime");
         assert!(!is_marked(&p, &d), "modified since");
+    }
+
+    #[test]
+    fn a_mark_fits_in_the_inode_and_an_old_text_mark_is_not_current() {
+        let sha = Checksum::parse(HashAlgorithm::Sha256, &"ab".repeat(32)).expect("hex");
+        let git = Checksum::parse(HashAlgorithm::GitSha1, &"ab".repeat(20)).expect("hex");
+        let (s, n) = (1_800_000_000, 123_456_789);
+        assert_eq!(value(&sha, s, n).expect("in range").len(), MAX);
+        assert_eq!(value(&git, s, n).expect("in range").len(), MAX - 12);
+        assert_ne!(value(&sha, s, n), value(&sha, s, n + 1), "the mtime counts");
+        assert_eq!(
+            value(&sha, i64::MAX / 1000, 0),
+            None,
+            "no i64 of nanoseconds"
+        );
+
+        let dir = tempfile::tempdir().expect("tmp");
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").expect("write");
+        let old = format!("sha256:{sha}:1800000000123456789");
+        if rustix::fs::setxattr(&p, NAME, old.as_bytes(), rustix::fs::XattrFlags::empty()).is_err()
+        {
+            eprintln!("this filesystem keeps no user xattrs; nothing more to check");
+            return;
+        }
+        assert!(!is_marked(&p, &sha), "a text mark of an earlier version");
+        set(std::fs::File::open(&p).expect("open"), &sha);
+        assert!(is_marked(&p, &sha), "marked anew");
+    }
+
+    #[test]
+    fn on_ext4_a_mark_takes_no_block_of_its_own() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().expect("tmp");
+        #[allow(clippy::unnecessary_cast)] // the field type differs between architectures
+        let ext4 = rustix::fs::statfs(dir.path()).expect("statfs").f_type as i64
+            == libc::EXT4_SUPER_MAGIC as i64;
+        if !ext4 {
+            eprintln!("not ext4 here; nothing to check");
+            return;
+        }
+        let (plain, marked) = (dir.path().join("plain"), dir.path().join("marked"));
+        for p in [&plain, &marked] {
+            std::fs::write(p, b"x").expect("write");
+        }
+        let sha = Checksum::parse(HashAlgorithm::Sha256, &"ab".repeat(32)).expect("hex");
+        set(std::fs::File::open(&marked).expect("open"), &sha);
+        assert!(is_marked(&marked, &sha));
+        let blocks = |p: &Path| std::fs::metadata(p).expect("stat").blocks();
+        assert_eq!(
+            blocks(&marked),
+            blocks(&plain),
+            "an xattr block was allocated"
+        );
     }
 }
