@@ -243,7 +243,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
         bail!("pull: --shard must be a whole number of MiB (synth-repo.py --shard-mib)");
     }
     let origin = scratch.join("src-pull");
-    let out = scratch.join("out-pull");
+    let mut outputs = crate::Outputs::new(scratch, "pull")?;
     eprintln!(
         "== pull: generating {REPO}: {SHARDS} shards of {} MiB and {SMALL_FILES} small files ...",
         args.shard >> 20
@@ -304,10 +304,10 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
     let mut samples = Vec::new();
     for round in 0..=args.runs {
         for tool in &tools {
-            if tool.name != AGAIN {
-                let _ = std::fs::remove_dir_all(&out);
-                std::fs::create_dir_all(&out)?;
-            }
+            let out = match (tool.name.as_str(), outputs.current()) {
+                (AGAIN, Some(last)) => last.to_owned(),
+                _ => outputs.next()?.to_owned(),
+            };
             if let Some(f) = &filler {
                 f.top_up()?;
             }
@@ -366,7 +366,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
         }
     }
     drop(serve);
-    let _ = std::fs::remove_dir_all(&out);
+    drop(outputs);
     let _ = std::fs::remove_dir_all(&origin);
     let mut r = SuiteResult::new("pull", bytes, files.len(), tools);
     r.base = FERRY.into();

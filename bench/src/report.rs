@@ -439,8 +439,13 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
          says: the tools of a suite run in turn, round by round, after one warm-up round that \
          is not reported, against the same origin on loopback. Every run ends with its output \
          durable, and every output is checked against the source after its run, outside the \
-         timing: a wrong byte stops the benchmark. The ratio column is the suite's ferry row's \
-         wall time over the tool's, per round (below 1: ferry is faster).\n"
+         timing: a wrong byte stops the benchmark. Each run writes into a new directory, \
+         spread by ext4's allocator (`chattr +T` on their parent), after the previous run's \
+         is deleted: on this machine's journal-less ext4, files created where thousands were \
+         just deleted cost every tool seconds of kernel time for skipping the freed inodes, \
+         which depended on the runs before, not on the tool (`bench/src/main.rs`, \
+         `Outputs`). The ratio column is the suite's ferry row's wall time over the tool's, \
+         per round (below 1: ferry is faster).\n"
     );
     if link {
         let _ = writeln!(
