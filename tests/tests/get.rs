@@ -19,18 +19,34 @@ fn sizes_around_page_boundaries_are_byte_identical() {
     let nginx = Nginx::start(src.path());
     for mode in modes_under_test() {
         let out = tempfile::tempdir().expect("tmp");
-        for size in ODD_SIZES {
-            let name = format!("f{size}");
-            let dest = out.path().join(&name);
-            let report = get_ok_sink(mode, &nginx.url("files", &name), &dest, &[]);
-            assert_eq!(report["bytes"], size, "mode={mode:?}");
-            assert_same_file(
-                &src.path().join(&name),
-                &dest,
-                &format!("mode={mode:?} size={size}"),
-            );
+        // Whole in one answer (on the direct sink: through the page cache), then in 2 KiB
+        // ranges (on the direct sink: O_DIRECT for the aligned pages, buffered heads and tails).
+        for (chunks, extra) in [
+            ("one answer", &[][..]),
+            ("2K ranges", &["--chunk-size", "2K"]),
+        ] {
+            for size in ODD_SIZES {
+                let name = format!("f{size}");
+                let dest = out.path().join(format!("{name}-{}", extra.len()));
+                let report = get_ok_sink(mode, &nginx.url("files", &name), &dest, extra);
+                assert_eq!(report["bytes"], size, "mode={mode:?}");
+                if mode.1 == "direct" && size > 0 {
+                    let reason = report["sink_reason"].as_str().unwrap_or("");
+                    let whole = extra.is_empty() || size <= 2048;
+                    assert_eq!(
+                        reason.contains("came whole in one answer"),
+                        whole,
+                        "mode={mode:?} {chunks}: {report}"
+                    );
+                }
+                assert_same_file(
+                    &src.path().join(&name),
+                    &dest,
+                    &format!("mode={mode:?} size={size} {chunks}"),
+                );
+            }
+            eprintln!("ran on backend, sink = {mode:?}: sizes {ODD_SIZES:?} in {chunks}");
         }
-        eprintln!("ran on backend, sink = {mode:?}: sizes {ODD_SIZES:?}");
     }
 }
 

@@ -64,6 +64,14 @@ use crate::{HashReport, Report, UNKNOWN_TOTAL};
 
 /// Bytes read back per read when the verifier needs bytes that left memory.
 const READ_BACK: u64 = 8 << 20;
+
+/// On the direct sink, a file that comes whole in one answer and is smaller than this is
+/// written through the page cache instead: one write, flushed by the file's fsync, where
+/// O_DIRECT costs a second descriptor (an open) and splits the file into an aligned part and a
+/// buffered tail, two writes to the disk. 2,000 files of 4-64 KiB: 0.54 s against 0.62 s
+/// (medians of 6). Larger files keep O_DIRECT: their page-cache copy would cost more than the
+/// open saves.
+const WHOLE_BUFFERED_BELOW: u64 = 1 << 20;
 /// Bytes of written buffers the verifiers of a job may keep, together, until the hashed prefix
 /// of their file reaches them. Leases are at most 8 MiB and handed out in file order, so 8
 /// connections spread over about 64 MiB; when they spread further, connections wait for the
@@ -380,6 +388,9 @@ pub(crate) struct Ctx {
     resumed_bytes: AtomicU64,
     /// Bytes of this file that went socket -> pipe -> file (the splice sink).
     spliced: AtomicU64,
+    /// This fetch writes the file through the page cache though the sink is direct
+    /// ([`WHOLE_BUFFERED_BELOW`]).
+    whole_buffered: AtomicBool,
 }
 
 impl Ctx {
@@ -434,6 +445,7 @@ impl Ctx {
             journal_id: AtomicU64::new(0),
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
+            whole_buffered: AtomicBool::new(false),
         }
     }
 
@@ -640,6 +652,17 @@ impl Ctx {
                 ),
             );
         }
+        if self.sink.kind == SinkKind::Direct && self.whole_buffered.load(Ordering::Relaxed) {
+            return (
+                SinkKind::Buffered,
+                format!(
+                    "{}, but the file came whole in one answer of under {} MiB: one write \
+                     through the page cache, flushed by the fsync",
+                    self.sink.reason,
+                    WHOLE_BUFFERED_BELOW >> 20
+                ),
+            );
+        }
         (self.sink.kind, self.sink.reason.clone())
     }
 
@@ -724,13 +747,35 @@ impl Ctx {
     /// This lane's descriptors of the file, for the file's sink: `created` (from
     /// [`Ctx::begin_fetch`]) as the buffered one when this lane has it, new ones otherwise.
     async fn open_sink(&self, created: Option<File>) -> Result<FileSink, GetError> {
-        let (path, kind, align) = (&self.incomplete, self.sink.kind, self.sink.align);
+        self.open_sink_as(created, self.sink.kind).await
+    }
+
+    /// The sink of a file whose `len` bytes all come in the answer at hand, on the lane that
+    /// created it: buffered when it is small ([`WHOLE_BUFFERED_BELOW`]), the file's sink
+    /// otherwise.
+    async fn open_whole_sink(&self, created: File, len: u64) -> Result<FileSink, GetError> {
+        let small = self.sink.kind == SinkKind::Direct && len < WHOLE_BUFFERED_BELOW;
+        self.whole_buffered.store(small, Ordering::Relaxed);
+        let kind = if small {
+            SinkKind::Buffered
+        } else {
+            self.sink.kind
+        };
+        self.open_sink_as(Some(created), kind).await
+    }
+
+    async fn open_sink_as(
+        &self,
+        created: Option<File>,
+        kind: SinkKind,
+    ) -> Result<FileSink, GetError> {
+        let (path, align) = (&self.incomplete, self.sink.align);
         match created {
             Some(file) => FileSink::with_buffered(file, path, kind, align).await,
             None => FileSink::open(path, kind, align).await,
         }
         .map_err(|source| GetError::Io {
-            op: if self.sink.kind == SinkKind::Direct {
+            op: if kind == SinkKind::Direct {
                 "open (O_DIRECT)"
             } else {
                 "open"
@@ -757,6 +802,7 @@ impl Ctx {
             }
         };
         self.resumed_bytes.store(0, Ordering::Relaxed);
+        self.whole_buffered.store(false, Ordering::Relaxed);
         // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
         let file = OpenOptions::new()
@@ -948,8 +994,9 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
             }
             let first_end = first.end.min(total);
             check_length(ctx, framing, first.start..first_end)?;
-            if first.start > 0 || total > first_end {
+            let sink = if first.start > 0 || total > first_end {
                 preallocate(ctx, &created, total).await?;
+                ctx.open_sink(Some(created)).await?
             } else {
                 // The whole file is in this answer: one write, nothing to reserve. A size known
                 // up front was checked before the request, a moment ago.
@@ -957,8 +1004,9 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
                     ctx.wait_for_space(&created, total).await?;
                 }
                 ctx.set_total(total);
-            }
-            let pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
+                ctx.open_whole_sink(created, total).await?
+            };
+            let pipe = Pipeline::new(ctx, sink);
             let todo = crate::plan::gaps(&resumed, total);
             let mut plan =
                 Plan::with_gaps(total, todo, ctx.settings.connections, ctx.settings.chunk)
@@ -1526,7 +1574,11 @@ async fn single_stream(
     (framing, src): (Framing, usize),
     created: File,
 ) -> Result<(), GetError> {
-    let mut pipe = Pipeline::new(ctx, ctx.open_sink(Some(created)).await?);
+    let sink = match framing {
+        Framing::Length(n) => ctx.open_whole_sink(created, n).await?,
+        _ => ctx.open_sink(Some(created)).await?,
+    };
+    let mut pipe = Pipeline::new(ctx, sink);
     let before = (conn.body_bytes(), conn.read_time());
     let copied = conn.copy_stream(ctx, &mut pipe, framing).await;
     let complete = matches!(copied, Ok(Some(_)));
