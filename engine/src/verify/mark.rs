@@ -4,9 +4,9 @@
 //! fits inside the inode: ext4's 256-byte inodes hold a value of up to 56 bytes under this name,
 //! and a longer one (the hex text of earlier versions took 91) costs a 4 KiB xattr block per
 //! file, written by every fsync, which a repository of many small files pays for each of them.
-//! A mark in another format (an earlier version's) is not current: the file is hashed again and
-//! marked anew. A later pull that finds the file
-//! already in place trusts it without reading it again only when the mark names the digest the
+//! The text mark of earlier versions (`ALGORITHM:HEX:MTIME_NS`) is still read, so that a
+//! mirror made by them is not hashed again; only new marks are binary. A later pull that finds
+//! the file already in place trusts it without reading it again only when the mark names the digest the
 //! listing expects and the file was not modified since (same mtime); a file with no mark (one
 //! another tool wrote) or a stale one is hashed again first.
 //!
@@ -71,13 +71,22 @@ pub(crate) fn is_marked(path: &Path, digest: &Checksum) -> bool {
     let Ok(meta) = file.metadata() else {
         return false;
     };
-    // Room for an earlier version's longer text mark, so that it reads (and fails to match)
-    // rather than erring with ERANGE.
+    // Room for an earlier version's longer text mark.
     let mut buf = [0u8; 256];
-    match rustix::fs::fgetxattr(file.as_fd(), NAME, &mut buf) {
-        Ok(n) => value(digest, meta.mtime(), meta.mtime_nsec()).is_some_and(|v| buf[..n] == *v),
-        Err(_) => false,
+    let Ok(n) = rustix::fs::fgetxattr(file.as_fd(), NAME, &mut buf) else {
+        return false;
+    };
+    let (seconds, nanos) = (meta.mtime(), meta.mtime_nsec());
+    match buf[..n].first() {
+        Some(&FORMAT) => value(digest, seconds, nanos).is_some_and(|v| buf[..n] == *v),
+        _ => buf[..n] == *text_value(digest, seconds, nanos).as_bytes(),
     }
+}
+
+/// The text mark earlier versions wrote, `ALGORITHM:HEX:MTIME_NS`: read, no longer written.
+fn text_value(digest: &Checksum, seconds: i64, nanos: i64) -> String {
+    let ns = i128::from(seconds) * 1_000_000_000 + i128::from(nanos);
+    format!("{}:{digest}:{ns}", digest.algorithm())
 }
 
 #[cfg(test)]
@@ -111,7 +120,7 @@ mod tests {
     }
 
     #[test]
-    fn a_mark_fits_in_the_inode_and_an_old_text_mark_is_not_current() {
+    fn a_mark_fits_in_the_inode_and_an_old_text_mark_still_counts() {
         let sha = Checksum::parse(HashAlgorithm::Sha256, &"ab".repeat(32)).expect("hex");
         let git = Checksum::parse(HashAlgorithm::GitSha1, &"ab".repeat(20)).expect("hex");
         let (s, n) = (1_800_000_000, 123_456_789);
@@ -127,13 +136,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("tmp");
         let p = dir.path().join("f");
         std::fs::write(&p, b"abc").expect("write");
-        let old = format!("sha256:{sha}:1800000000123456789");
-        if rustix::fs::setxattr(&p, NAME, old.as_bytes(), rustix::fs::XattrFlags::empty()).is_err()
-        {
+        let meta = std::fs::metadata(&p).expect("stat");
+        let ns = i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec());
+        // Written as earlier versions did (spelled out here, not with `text_value`).
+        let put = |v: String| {
+            rustix::fs::setxattr(&p, NAME, v.as_bytes(), rustix::fs::XattrFlags::empty())
+        };
+        if put(format!("sha256:{sha}:{ns}")).is_err() {
             eprintln!("this filesystem keeps no user xattrs; nothing more to check");
             return;
         }
-        assert!(!is_marked(&p, &sha), "a text mark of an earlier version");
+        assert!(is_marked(&p, &sha), "an earlier version's text mark");
+        assert!(!is_marked(&p, &git), "another algorithm and digest");
+        put(format!("sha256:{sha}:{}", ns + 1)).expect("setxattr");
+        assert!(!is_marked(&p, &sha), "an earlier version's stale text mark");
         set(std::fs::File::open(&p).expect("open"), &sha);
         assert!(is_marked(&p, &sha), "marked anew");
     }
