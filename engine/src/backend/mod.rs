@@ -19,6 +19,7 @@
 
 pub(crate) mod buf;
 pub(crate) mod fallocate;
+pub(crate) mod gate;
 pub(crate) mod sink;
 pub(crate) mod sockopt;
 pub(crate) mod splice;

@@ -12,6 +12,9 @@
 //!   the kernel ([`super::splice`]); bytes that arrive with a response head, and bodies that are
 //!   not ranged (chunked, streamed), take the buffered path.
 //!
+//! On the polling driver (safe mode) writes and read-backs pass [`super::gate`] first, so
+//! that no more of them wait for the blocking pool than it has threads.
+//!
 //! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
 //! the connection cuts its buffers at [`FileSink::align`] boundaries so that whole buffers stay
 //! on the direct path.
@@ -128,6 +131,7 @@ impl FileSink {
             Some(_) if at % align == 0 => len / align * align,
             _ => 0,
         };
+        let _permit = super::gate::enter().await;
         let mut buf = buf;
         if direct_len > 0 {
             let file = self.direct.as_mut().expect("direct descriptor");
@@ -172,6 +176,7 @@ impl FileSink {
             None => (&self.buffered, at, 0, len as usize),
         };
         assert!(want <= buf.capacity(), "read-back buffer too small");
+        let _permit = super::gate::enter().await;
         let need = skip + len as usize;
         let mut filled = 0;
         while filled < need {

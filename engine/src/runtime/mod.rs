@@ -206,6 +206,10 @@ fn worker_main(
             return;
         }
     };
+    if backend == Backend::Portable {
+        // File I/O waits asleep for a pool thread instead of spinning for one.
+        crate::backend::gate::install(pool);
+    }
     if ready
         .send(Ok(WorkerInfo {
             index,
