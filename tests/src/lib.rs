@@ -209,6 +209,18 @@ pub fn assert_same_file(source: &Path, path: &Path, what: &str) {
     );
 }
 
+/// The JSON report of a run that succeeded, checked to name `backend`.
+pub fn success_report(o: &Output, backend: Backend, what: &str) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "{what}: ferry failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_eq!(r["backend"], backend.flag(), "{r}");
+    r
+}
+
 /// A failure that ended cleanly: exit code `code`, no panic, one line on stderr starting with
 /// `ferry: error: ` and mentioning `needle`.
 pub fn assert_clean_failure(o: &Output, code: i32, needle: &str, what: &str) {

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::disk::SmallDisk;
 use ferry_tests::hub::{Repo, make_repo, write_static_hub};
 use ferry_tests::record::{self, Damage, Trial};
-use ferry_tests::{Backend, Nginx, backends_under_test, ferry_bin, write_data};
+use ferry_tests::{Backend, Nginx, backends_under_test, ferry_bin, success_report, write_data};
 
 const MIB: u64 = 1 << 20;
 /// Three 8 MiB shards and a small file; sorted large first, fetched one at a time (`-c 1`).
@@ -147,18 +147,6 @@ fn published(disk: &SmallDisk, repo: &Repo) -> (usize, Damage) {
         }
     }
     (count, damage)
-}
-
-/// The JSON report of a pull that succeeded, checked to name `backend`.
-fn report(o: &Output, backend: Backend, what: &str) -> serde_json::Value {
-    assert!(
-        o.status.success(),
-        "{what}: the pull failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
-    assert_eq!(r["backend"], backend.flag(), "{r}");
-    r
 }
 
 #[test]
@@ -317,7 +305,7 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
             "{what}: {damage:?}"
         );
         assert!(kept >= 1, "{what}: the first shard is published");
-        let r = report(&o, backend, &what);
+        let r = success_report(&o, backend, &what);
         let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
         assert!(
             fetched <= total - SPEC[0].1,
@@ -362,7 +350,7 @@ fn a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed() {
             "{what}: {damage:?}"
         );
         assert!(err.contains("free now; going on"), "{what}: {err}");
-        report(&o, backend, &what);
+        success_report(&o, backend, &what);
         assert_eq!(all, repo.files.len(), "{what}: every file published");
     }
 }

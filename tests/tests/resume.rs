@@ -26,7 +26,9 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::hub::{Repo, make_repo, write_static_hub};
 use ferry_tests::record::{self, Damage, Trial};
-use ferry_tests::{Backend, Nginx, assert_same_file, backends_under_test, ferry_bin};
+use ferry_tests::{
+    Backend, Nginx, assert_same_file, backends_under_test, ferry_bin, success_report,
+};
 
 const SPEC: &[(&str, u64, bool)] = &[
     ("model-00001-of-00003.safetensors", 48 << 20, true),
@@ -240,14 +242,7 @@ fn finish_pull(
     .record();
     let wrong: Vec<&String> = wrong.iter().map(|(m, _)| m).collect();
     assert!(wrong.is_empty(), "{what}: {wrong:#?}");
-    assert!(
-        out.status.success(),
-        "{what}: the resumed pull failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
-    assert_eq!(r["backend"], backend.flag(), "{r}");
-    r
+    success_report(&out, backend, &format!("{what}: the resumed pull"))
 }
 
 /// Every file of `repo` is in the snapshot, byte for byte.
