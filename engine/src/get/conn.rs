@@ -55,7 +55,7 @@ impl StreamOut {
     /// Submits the buffer when it is full and starts the next one.
     async fn make_room(&mut self, pipe: &mut Pipeline) -> Result<(), GetError> {
         if self.buf().bytes().len() == pipe.fill_limit(self.buf_at, self.buf().capacity()) {
-            let next = pipe.buffer().await?;
+            let next = pipe.buffer(self.at).await?;
             let full = self.buf.replace(next).expect("stream buffer");
             pipe.submit(full, self.buf_at).await?;
             self.buf_at = self.at;
@@ -368,7 +368,7 @@ impl Conn {
         range: Range<u64>,
     ) -> Result<BodyEnd, GetError> {
         let mut at = range.start;
-        let mut buf = pipe.buffer().await?;
+        let mut buf = pipe.buffer(at).await?;
         let mut buf_at = at;
         loop {
             if ctx.is_aborted() {
@@ -378,7 +378,7 @@ impl Conn {
             let limit = pipe.fill_limit(buf_at, buf.capacity());
             if buf.bytes().len() == limit {
                 pipe.submit(buf, buf_at).await?;
-                buf = pipe.buffer().await?;
+                buf = pipe.buffer(at).await?;
                 buf_at = at;
                 continue;
             }
@@ -431,7 +431,7 @@ impl Conn {
     ) -> Result<BodyEnd, GetError> {
         let mut at = range.start;
         while !self.pending.is_empty() {
-            let mut buf = pipe.buffer().await?;
+            let mut buf = pipe.buffer(at).await?;
             let want = self.pending.len().min(buf.capacity());
             let n = ctx.reserve(lease, at, want as u64) as usize;
             buf.push_slice(&self.pending[..n]);
@@ -569,7 +569,7 @@ impl Conn {
     ) -> Result<Option<u64>, GetError> {
         let url = &ctx.target().display;
         let mut out = StreamOut {
-            buf: Some(pipe.buffer().await?),
+            buf: Some(pipe.buffer(0).await?),
             buf_at: 0,
             at: 0,
         };

@@ -64,10 +64,11 @@ impl Pipeline {
         }
     }
 
-    /// An empty buffer; waits for the oldest write when all are in flight.
-    pub async fn buffer(&mut self) -> Result<AlignedBuf, GetError> {
+    /// An empty buffer, to be filled with the bytes at file offset `at`; waits for a write
+    /// when all are in flight.
+    pub async fn buffer(&mut self, at: u64) -> Result<AlignedBuf, GetError> {
         if self.inflight.len() >= self.depth {
-            self.reap_one().await?;
+            self.reap_one(at).await?;
         }
         Ok(BufPool::take(self.buf_size))
     }
@@ -79,7 +80,7 @@ impl Pipeline {
             return Ok(());
         }
         while self.inflight.len() >= self.depth {
-            self.reap_one().await?;
+            self.reap_one(at).await?;
         }
         let mut sink = self.sink.clone();
         let write = compio::runtime::spawn(async move { sink.write(buf, at).await });
@@ -112,8 +113,11 @@ impl Pipeline {
         BufPool::give(buf);
     }
 
-    async fn reap_one(&mut self) -> Result<(), GetError> {
-        let Some((at, write)) = self.inflight.pop_front() else {
+    /// Waits for the write lowest in the file and hands its buffer to the verifier. `next` is
+    /// the file offset this connection reads next.
+    async fn reap_one(&mut self, next: u64) -> Result<(), GetError> {
+        let lowest = lowest(self.inflight.iter().map(|(at, _)| *at));
+        let Some((at, write)) = lowest.and_then(|i| self.inflight.remove(i)) else {
             return Ok(());
         };
         let (result, buf) = match write.await {
@@ -138,14 +142,14 @@ impl Pipeline {
             return Ok(());
         };
         // The verifier takes the buffer: it hashes it now or keeps it for later. When its window
-        // is full, wait for the prefix to move (this connection stops reading meanwhile); give
-        // up after a while, so that a stuck prefix cannot stall the download.
+        // is full, wait for the prefix to move (this connection stops reading meanwhile), unless
+        // `give_up_waiting` says otherwise.
         let mut buf = buf;
         let mut waited = Duration::ZERO;
         let wake = loop {
             match v.written(at, buf) {
                 Ok(wake) => break wake,
-                Err(back) if waited >= WINDOW_WAIT || self.ctx.is_aborted() => {
+                Err(back) if give_up_waiting(at, next, waited) || self.ctx.is_aborted() => {
                     v.spill(at, back);
                     break true;
                 }
@@ -168,12 +172,62 @@ impl Pipeline {
     pub async fn drain(&mut self) -> Result<(), GetError> {
         let mut first = Ok(());
         while !self.inflight.is_empty() {
-            if let Err(e) = self.reap_one().await {
+            if let Err(e) = self.reap_one(u64::MAX).await {
                 if first.is_ok() {
                     first = Err(e);
                 }
             }
         }
         first
+    }
+}
+
+/// Which of the writes in flight (by file offset) to wait for next: the lowest in the file, not
+/// the oldest. A connection that went on to a lease lower in the file (split off a lagging one
+/// near the end) may hold, in its newest write, the very bytes the verifier's prefix waits for,
+/// while its older writes, further on, wait for room in the window, which only the prefix
+/// moving frees. Taken oldest first, they held the prefix back until [`WINDOW_WAIT`] ran out,
+/// once per such write: measured on 2 GiB from nginx, 2 to 4 of every 8 verified downloads
+/// stalled about 1.5 s at the end and read 10-44 MiB back.
+fn lowest(offsets: impl Iterator<Item = u64>) -> Option<usize> {
+    offsets
+        .enumerate()
+        .min_by_key(|&(_, at)| at)
+        .map(|(i, _)| i)
+}
+
+/// Whether a written buffer at `at` that the verifier's full window refused should stop
+/// waiting for room and be left to read-back, when the connection reads `next` next and has
+/// waited `waited`. After [`WINDOW_WAIT`] in any case (a stuck prefix must not stall the
+/// download), and at once when the connection reads next below it: its next bytes come before
+/// this buffer, may be the ones the prefix waits for, and cannot be read while it waits.
+fn give_up_waiting(at: u64, next: u64, waited: Duration) -> bool {
+    next < at || waited >= WINDOW_WAIT
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lowest_write_is_waited_for_first() {
+        // Oldest first: 2039 MiB and 2040 MiB of the lease before, then 1946 MiB of a split.
+        let mib = |m: u64| m << 20;
+        let inflight = [mib(2039), mib(2040), mib(1946)];
+        assert_eq!(lowest(inflight.into_iter()), Some(2));
+        assert_eq!(lowest([5, 6, 7].into_iter()), Some(0));
+        assert_eq!(lowest(std::iter::empty()), None);
+    }
+
+    #[test]
+    fn a_connection_that_reads_lower_next_does_not_wait_for_room() {
+        let short = WINDOW_POLL;
+        // Reading on in the same lease: the buffer waits for room, up to the limit.
+        assert!(!give_up_waiting(10 << 20, 11 << 20, short));
+        assert!(give_up_waiting(10 << 20, 11 << 20, WINDOW_WAIT));
+        // Gone on to a lower lease: no waiting at all.
+        assert!(give_up_waiting(10 << 20, 4 << 20, Duration::ZERO));
+        // Draining (nothing more to read): only the limit.
+        assert!(!give_up_waiting(10 << 20, u64::MAX, short));
     }
 }
