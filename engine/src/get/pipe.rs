@@ -5,7 +5,6 @@
 //! disk is slower than the network: no free buffer, no read). Each completed write is counted in
 //! the job's progress and offered to the verifier while its buffer is still in hand.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +31,8 @@ pub(super) struct Pipeline {
     wake_read_back: Option<flume::Sender<()>>,
     depth: usize,
     buf_size: usize,
-    inflight: VecDeque<(u64, Write)>,
+    /// Writes in flight and their file offsets, in no order (they are reaped lowest first).
+    inflight: Vec<(u64, Write)>,
 }
 
 impl Pipeline {
@@ -45,7 +45,7 @@ impl Pipeline {
             wake_read_back,
             depth: ctx.settings.depth.max(1),
             buf_size: ctx.settings.staging,
-            inflight: VecDeque::new(),
+            inflight: Vec::new(),
         }
     }
 
@@ -84,7 +84,7 @@ impl Pipeline {
         }
         let mut sink = self.sink.clone();
         let write = compio::runtime::spawn(async move { sink.write(buf, at).await });
-        self.inflight.push_back((at, write));
+        self.inflight.push((at, write));
         Ok(())
     }
 
@@ -116,10 +116,10 @@ impl Pipeline {
     /// Waits for the write lowest in the file and hands its buffer to the verifier. `next` is
     /// the file offset this connection reads next.
     async fn reap_one(&mut self, next: u64) -> Result<(), GetError> {
-        let lowest = lowest(self.inflight.iter().map(|(at, _)| *at));
-        let Some((at, write)) = lowest.and_then(|i| self.inflight.remove(i)) else {
+        let Some(i) = lowest(self.inflight.iter().map(|(at, _)| *at)) else {
             return Ok(());
         };
+        let (at, write) = self.inflight.swap_remove(i);
         let (result, buf) = match write.await {
             Ok(done) => done,
             Err(_) => {
@@ -172,6 +172,7 @@ impl Pipeline {
     pub async fn drain(&mut self) -> Result<(), GetError> {
         let mut first = Ok(());
         while !self.inflight.is_empty() {
+            // Nothing more is read: no buffer is let go early.
             if let Err(e) = self.reap_one(u64::MAX).await {
                 if first.is_ok() {
                     first = Err(e);
