@@ -115,11 +115,10 @@ pub struct Config {
     pub buffer_size: usize,
     /// Writes in flight per connection (default 4). Memory is bounded per job, however many
     /// files it has: a connection holds at most `write_depth + 1` buffers, and with sha256s to
-    /// check the verifiers keep at most 64 MiB of written buffers, together, until the hashed
-    /// prefix of their file reaches them, so
-    /// buffers take at most `connections * (write_depth + 1) * buffer_size + 64 MiB`
-    /// (144 MiB by default). Returned buffers are kept for reuse and taken before new ones are
-    /// allocated, so idle and used together stay under the peak in use (at most 144 MiB idle).
+    /// check the verifiers keep at most 128 MiB of written buffers, together, until they are
+    /// hashed, so buffers take at most `connections * (write_depth + 1) * buffer_size + 128 MiB`
+    /// (208 MiB by default). Returned buffers are kept for reuse and taken before new ones are
+    /// allocated, so idle and used together stay under the peak in use (at most 208 MiB idle).
     pub write_depth: usize,
     /// How bytes reach the file; by default O_DIRECT on io_uring where the filesystem allows
     /// it, and buffered in safe mode (which never uses O_DIRECT).

@@ -133,12 +133,12 @@ pub(crate) struct BufPool;
 static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
 /// Bytes of idle buffers kept for reuse; more are freed when returned. As large as the default
-/// bound on buffers in use (16 connections x 5 x 1 MiB + the verifiers' 64 MiB): a job keeps
+/// bound on buffers in use (16 connections x 5 x 1 MiB + the verifiers' 128 MiB): a job keeps
 /// every buffer it returns, instead of freeing and allocating again (which made each fresh buffer
 /// fault its pages in again: about 600 MB of page faults per 2 GB over HTTPS, with 16 kept).
 /// A buffer is taken from here before a new one is allocated, so for one buffer size the idle
 /// and the used together never exceed the peak in use.
-const POOL_KEEP_BYTES: usize = 144 << 20;
+const POOL_KEEP_BYTES: usize = 208 << 20;
 
 impl BufPool {
     /// A cleared buffer of exactly `cap` bytes (rounded up to [`BUF_ALIGN`]), reused when one was

@@ -5,7 +5,9 @@
 //! disk is slower than the network: no free buffer, no read). Each completed write is counted in
 //! the job's progress and offered to the verifier while its buffer is still in hand.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use compio::driver::SharedFd;
@@ -15,7 +17,7 @@ use super::Ctx;
 use crate::backend::buf::{AlignedBuf, BufPool};
 use crate::backend::sink::FileSink;
 use crate::error::GetError;
-use crate::verify::Verifier;
+use crate::verify::{Next, Verifier};
 
 type Write = JoinHandle<(std::io::Result<()>, AlignedBuf)>;
 
@@ -141,23 +143,36 @@ impl Pipeline {
             BufPool::give(buf);
             return Ok(());
         };
-        // The verifier takes the buffer: it hashes it now or keeps it for later. When its window
-        // is full, wait for the prefix to move (this connection stops reading meanwhile), unless
-        // `give_up_waiting` says otherwise.
+        // The verifier takes the buffer: it hands it back to hash now (with the kept buffers
+        // that follow) or keeps it for later. When its window is full, wait for the prefix to
+        // move (this connection stops reading meanwhile), unless `give_up_waiting` says
+        // otherwise.
         let mut buf = buf;
         let mut waited = Duration::ZERO;
-        let wake = loop {
+        let mut next_step = loop {
             match v.written(at, buf) {
-                Ok(wake) => break wake,
+                Ok(n) => break n,
                 Err(back) if give_up_waiting(at, next, waited) || self.ctx.is_aborted() => {
                     v.spill(at, back);
-                    break true;
+                    break Next::Idle { read_back: true };
                 }
                 Err(back) => {
                     buf = back;
                     compio::time::sleep(WINDOW_POLL).await;
                     waited += WINDOW_POLL;
                 }
+            }
+        };
+        // Hash a buffer at a time, and let the worker's other connections read in between.
+        let wake = loop {
+            match next_step {
+                Next::Hash(mut run) => {
+                    while run.step() {
+                        YieldNow(false).await;
+                    }
+                    next_step = run.finish();
+                }
+                Next::Idle { read_back } => break read_back,
             }
         };
         if wake {
@@ -204,6 +219,23 @@ fn lowest(offsets: impl Iterator<Item = u64>) -> Option<usize> {
 /// this buffer, may be the ones the prefix waits for, and cannot be read while it waits.
 fn give_up_waiting(at: u64, next: u64, waited: Duration) -> bool {
     next < at || waited >= WINDOW_WAIT
+}
+
+/// Returns to the worker's runtime once, which then polls its ring (so the other connections'
+/// completed reads are seen) before resuming.
+struct YieldNow(bool);
+
+impl Future for YieldNow {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0 {
+            return Poll::Ready(());
+        }
+        self.0 = true;
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
 }
 
 #[cfg(test)]

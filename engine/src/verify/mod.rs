@@ -2,14 +2,16 @@
 //!
 //! Connections write ranges of one file concurrently; a hash is sequential. A [`Verifier`]
 //! tracks the hashed prefix `0..prefix` and takes every buffer once it is written. A buffer that
-//! continues the prefix is hashed on the spot, with any kept buffers that follow it. One further
-//! on is kept, up to a window of bytes (the verifier's memory bound). When the window is full the
+//! continues the prefix comes back to the caller as a [`Run`] to hash on the spot, with any kept
+//! buffers that follow it, a buffer at a time (so the caller's worker can read its other sockets
+//! in between). One further on is kept, up to a window of bytes (the verifier's memory bound,
+//! which counts a kept buffer until it is hashed). When the window is full the
 //! connection waits for the prefix to move (backpressure); only when it stays stuck (a lagging
 //! or broken connection holds the prefix) is the buffer let go and its range recorded, and once
 //! the prefix reaches it those bytes, which have left memory, are read back from the file ([`Verifier::claim_read_back`], done by the job's read-back task).
 //! Ranges are handed out front to back in modest leases, so the spread between connections stays
 //! within the window and read-back is the exception. Hashing happens outside the lock: the
-//! thread that advances the prefix takes the hasher, so other connections never wait on it.
+//! run that advances the prefix takes the hasher, so other connections never wait on it.
 //!
 //! The hash is a [`Checksum`]'s algorithm: sha256 (LFS files, `--sha256`), or the git blob id
 //! `sha1("blob LEN\0" + bytes)` with which the Hugging Face Hub names its non-LFS files (the
@@ -17,7 +19,7 @@
 //! extensions) at run time. This module does no I/O itself and knows nothing of sockets or
 //! back-ends.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,6 +160,102 @@ pub(crate) struct ReadBackClaim {
     hasher: Hasher,
 }
 
+/// What a caller that handed the verifier bytes does next.
+#[derive(Debug)]
+#[must_use = "a run owns the hasher until it is hashed"]
+pub(crate) enum Next<'a> {
+    /// Buffers at the prefix to hash: the caller owns the hasher until the run is done.
+    Hash(Run<'a>),
+    /// Nothing to hash now; `read_back` when written bytes that left memory wait at the prefix.
+    Idle { read_back: bool },
+}
+
+impl Next<'_> {
+    /// Hashes this and every run that follows on the spot; returns whether read-back work
+    /// waits at the prefix. For callers that need not stay responsive meanwhile.
+    pub fn hash_all(self) -> bool {
+        let mut next = self;
+        loop {
+            match next {
+                Next::Hash(run) => next = run.finish(),
+                Next::Idle { read_back } => return read_back,
+            }
+        }
+    }
+}
+
+/// Buffers at the hashed prefix, contiguous, handed out to be hashed outside the verifier's lock,
+/// one [`Run::step`] at a time, so a connection's worker can see to its other sockets between
+/// buffers: hashing 64 MiB takes about 40 ms, time in which none of the worker's sockets would
+/// otherwise be read. Each buffer goes back to the pool, and its room to the window, as soon as
+/// it is hashed. A run owns the hasher meanwhile; dropped unfinished, it hashes the rest on the
+/// spot so the hasher is never lost.
+pub(crate) struct Run<'a> {
+    verifier: &'a Verifier,
+    hasher: Option<Hasher>,
+    bufs: VecDeque<AlignedBuf>,
+    /// How many of the first `bufs` the window does not count (the caller's own buffer); the
+    /// others were kept, and give their room back as they are hashed.
+    uncounted: usize,
+    /// The file offset where `bufs` end.
+    end: u64,
+}
+
+impl<'a> Run<'a> {
+    /// Hashes the next buffer; false when all are hashed.
+    pub fn step(&mut self) -> bool {
+        let Some(h) = self.hasher.as_mut() else {
+            return false;
+        };
+        let Some(b) = self.bufs.pop_front() else {
+            return false;
+        };
+        h.update(b.bytes());
+        if self.uncounted > 0 {
+            self.uncounted -= 1;
+        } else {
+            self.verifier.window.give(b.bytes().len() as u64);
+        }
+        BufPool::give(b);
+        true
+    }
+
+    /// Hashes what is left, moves the prefix to the run's end and hands the hasher back; what
+    /// follows is the next run (kept buffers that continue it) or nothing.
+    pub fn finish(mut self) -> Next<'a> {
+        while self.step() {}
+        let hasher = self
+            .hasher
+            .take()
+            .expect("a run holds the hasher until it finishes");
+        self.verifier.ran(hasher, self.end)
+    }
+}
+
+impl std::fmt::Debug for Run<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Run")
+            .field("buffers", &self.bufs.len())
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Run<'_> {
+    fn drop(&mut self) {
+        if self.hasher.is_some() {
+            let run = Run {
+                verifier: self.verifier,
+                hasher: self.hasher.take(),
+                bufs: std::mem::take(&mut self.bufs),
+                uncounted: self.uncounted,
+                end: self.end,
+            };
+            run.finish().hash_all();
+        }
+    }
+}
+
 /// The bytes of kept buffers all verifiers of a job may hold together: one memory bound for a
 /// job, however many files it hashes at once.
 #[derive(Debug)]
@@ -221,27 +319,27 @@ impl Verifier {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// `buf` was written at `at`. When it continues the prefix it is hashed now, with any kept
-    /// buffers that follow; otherwise it is kept while the window has room. `Err(buf)` when the
-    /// window is full: the caller waits for the prefix to move (backpressure: hashing from
-    /// memory beats reading back), or gives up waiting with [`Verifier::spill`].
-    /// `Ok(true)` when read-back work is waiting at the prefix.
-    pub fn written(&self, at: u64, buf: AlignedBuf) -> Result<bool, AlignedBuf> {
+    /// `buf` was written at `at`. When it continues the prefix, the caller gets it back as a
+    /// [`Run`] to hash, with any kept buffers that follow; otherwise it is kept while the window
+    /// has room. `Err(buf)` when the window is full: the caller waits for the prefix to move
+    /// (backpressure: hashing from memory beats reading back), or gives up waiting with
+    /// [`Verifier::spill`].
+    pub fn written(&self, at: u64, buf: AlignedBuf) -> Result<Next<'_>, AlignedBuf> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
         if len == 0 || at + len <= s.prefix {
             drop(s);
             BufPool::give(buf);
-            return Ok(false);
+            return Ok(Next::Idle { read_back: false });
         }
         debug_assert!(at >= s.prefix, "a write overlapping the hashed prefix");
         if at == s.prefix && s.hasher.is_some() {
-            return Ok(self.advance(s, vec![buf]));
+            return Ok(self.next_run(s, vec![buf]));
         }
         if self.window.try_take(len) {
             s.stash_bytes += len;
             s.stash.insert(at, buf);
-            return Ok(false);
+            return Ok(Next::Idle { read_back: false });
         }
         Err(buf)
     }
@@ -269,34 +367,41 @@ impl Verifier {
         s.written.contains_key(&s.prefix)
     }
 
-    /// Hashes `run` (which starts at the prefix) and every kept buffer that follows, outside the
-    /// lock; returns true when what follows then is read-back work.
-    fn advance<'a>(&'a self, mut s: MutexGuard<'a, State>, mut run: Vec<AlignedBuf>) -> bool {
-        loop {
-            let mut next = s.prefix + run.iter().map(|b| b.bytes().len() as u64).sum::<u64>();
-            while let Some(b) = s.stash.remove(&next) {
-                let len = b.bytes().len() as u64;
-                s.stash_bytes -= len;
-                self.window.give(len);
-                next += len;
-                run.push(b);
-            }
-            if run.is_empty() {
-                return s.written.contains_key(&s.prefix);
-            }
-            let mut hasher = s.hasher.take().expect("the hasher is free");
-            drop(s);
-            for b in &run {
-                hasher.update(b.bytes());
-            }
-            s = self.lock();
-            s.hasher = Some(hasher);
-            s.stats.from_memory += next - s.prefix;
-            s.prefix = next;
-            for b in run.drain(..) {
-                BufPool::give(b);
-            }
+    /// `run` (which starts at the prefix) and every kept buffer that follows, for the caller to
+    /// hash outside the lock; [`Next::Idle`] when there is nothing at the prefix to hash.
+    fn next_run<'a>(&'a self, mut s: MutexGuard<'a, State>, run: Vec<AlignedBuf>) -> Next<'a> {
+        let uncounted = run.len();
+        let mut end = s.prefix + run.iter().map(|b| b.bytes().len() as u64).sum::<u64>();
+        let mut bufs = VecDeque::from(run);
+        while let Some(b) = s.stash.remove(&end) {
+            let len = b.bytes().len() as u64;
+            // Out of the stash, still counted by the window until hashed (see `Run::step`).
+            s.stash_bytes -= len;
+            end += len;
+            bufs.push_back(b);
         }
+        if bufs.is_empty() {
+            return Next::Idle {
+                read_back: s.written.contains_key(&s.prefix),
+            };
+        }
+        let hasher = s.hasher.take().expect("the hasher is free");
+        Next::Hash(Run {
+            verifier: self,
+            hasher: Some(hasher),
+            bufs,
+            uncounted,
+            end,
+        })
+    }
+
+    /// A run was hashed: the prefix moves to its end and the hasher comes back.
+    fn ran<'a>(&'a self, hasher: Hasher, end: u64) -> Next<'a> {
+        let mut s = self.lock();
+        s.hasher = Some(hasher);
+        s.stats.from_memory += end - s.prefix;
+        s.prefix = end;
+        self.next_run(s, Vec::new())
     }
 
     /// Claims the next run to read back: written bytes at the prefix whose buffers are gone, at
@@ -324,9 +429,9 @@ impl Verifier {
         s.written.contains_key(&s.prefix)
     }
 
-    /// Hashes the bytes of a claimed run, read back from the file, then whatever kept buffers
-    /// follow. Returns true when more read-back work is waiting.
-    pub fn complete_read_back(&self, claim: ReadBackClaim, bytes: &[u8]) -> bool {
+    /// Hashes the bytes of a claimed run, read back from the file; what follows is the kept
+    /// buffers that continue it, to hash, or whether more read-back work is waiting.
+    pub fn complete_read_back(&self, claim: ReadBackClaim, bytes: &[u8]) -> Next<'_> {
         let ReadBackClaim { range, mut hasher } = claim;
         assert_eq!(
             bytes.len() as u64,
@@ -338,7 +443,7 @@ impl Verifier {
         s.hasher = Some(hasher);
         s.prefix = range.end;
         s.stats.read_back += range.end - range.start;
-        self.advance(s, Vec::new())
+        self.next_run(s, Vec::new())
     }
 
     /// Bytes hashed so far (the contiguous prefix).
@@ -391,12 +496,15 @@ mod tests {
             file.len() as u64,
         );
         for w in writes {
-            if let Err(b) = v.written(w.start as u64, buf_of(&file[w.clone()])) {
-                v.spill(w.start as u64, b);
+            match v.written(w.start as u64, buf_of(&file[w.clone()])) {
+                Ok(next) => {
+                    next.hash_all();
+                }
+                Err(b) => v.spill(w.start as u64, b),
             }
             while let Some(c) = v.claim_read_back(3) {
                 let r = c.range.start as usize..c.range.end as usize;
-                v.complete_read_back(c, &file[r]);
+                v.complete_read_back(c, &file[r]).hash_all();
             }
         }
         assert_eq!(v.prefix(), file.len() as u64);
@@ -448,6 +556,61 @@ mod tests {
             assert_eq!(d, sha(&f), "{order:?}");
             assert_eq!(s.from_memory + s.read_back, 1000, "{order:?}");
         }
+    }
+
+    #[test]
+    fn a_run_is_hashed_a_buffer_at_a_time_while_others_arrive() {
+        let f = data(1000);
+        let window = Window::new(1000);
+        let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 1000);
+        assert!(matches!(
+            v.written(200, buf_of(&f[200..400])),
+            Ok(Next::Idle { read_back: false })
+        ));
+        assert_eq!(window.used(), 200);
+        let Ok(Next::Hash(mut run)) = v.written(0, buf_of(&f[..200])) else {
+            panic!("the prefix's buffer is handed out to hash");
+        };
+        // The run took the kept buffer that continues it; the hasher is out meanwhile. The kept
+        // buffer's room comes back when it is hashed, not before: it is still in memory.
+        assert_eq!(run.end, 400);
+        assert!(run.step());
+        assert_eq!(window.used(), 200);
+        // Bytes that arrive at the end of the run meanwhile are kept (the hasher is out) ...
+        assert!(matches!(
+            v.written(400, buf_of(&f[400..1000])),
+            Ok(Next::Idle { read_back: false })
+        ));
+        assert!(v.claim_read_back(1000).is_none());
+        assert_eq!(window.used(), 800);
+        assert!(run.step());
+        assert_eq!(window.used(), 600);
+        assert!(!run.step());
+        // ... and come next, when the run is done.
+        let Next::Hash(run) = run.finish() else {
+            panic!("the kept buffer continues the prefix");
+        };
+        assert_eq!(run.end, 1000);
+        assert!(!run.finish().hash_all());
+        assert_eq!(v.prefix(), 1000);
+        assert_eq!(v.finish().0, sha(&f));
+    }
+
+    #[test]
+    fn a_run_dropped_unfinished_still_moves_the_prefix() {
+        let f = data(1000);
+        let v = Verifier::new(Window::new(1000), HashAlgorithm::Sha256, 1000);
+        v.written(500, buf_of(&f[500..1000]))
+            .expect("the window has room")
+            .hash_all();
+        let Ok(Next::Hash(mut run)) = v.written(0, buf_of(&f[..500])) else {
+            panic!("the prefix's buffer is handed out to hash");
+        };
+        assert!(run.step());
+        // A connection cancelled while it hashed: nothing is lost.
+        drop(run);
+        assert_eq!(v.prefix(), 1000);
+        assert_eq!(v.finish().0, sha(&f));
     }
 
     #[test]
