@@ -86,6 +86,21 @@ pub enum GetError {
         /// The path.
         path: PathBuf,
     },
+    /// The output path names an existing file that is not a regular file (a device such as
+    /// `/dev/null`, a FIFO, a socket). ferry writes `PATH.incomplete` and renames it over `PATH`
+    /// when it is complete, which would put a regular file in its place.
+    #[error(
+        "output path {} is {what}, not a regular file: ferry writes {}.incomplete and renames it \
+         over the output when it is complete, which would replace it; give a file path",
+        path.display(),
+        path.display()
+    )]
+    OutputNotRegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What it is, in words ("a character device", "a FIFO", ...).
+        what: &'static str,
+    },
     /// The output's parent directory does not exist.
     #[error("output directory {} does not exist", dir.display())]
     OutputDirMissing {
@@ -331,6 +346,7 @@ impl GetError {
             GetError::InvalidUrl { .. }
             | GetError::UnsupportedScheme { .. }
             | GetError::OutputIsDirectory { .. }
+            | GetError::OutputNotRegularFile { .. }
             | GetError::OutputDirMissing { .. }
             | GetError::OutputDirNotDirectory { .. }
             | GetError::OutputNotWritable { .. }

@@ -692,17 +692,38 @@ fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkCho
     }
 }
 
-/// Checks that `output` can be created: not a directory, in a directory that exists (each
-/// directory checked once: `dirs_ok`). The file itself (`output.incomplete` first) is created
-/// when its download starts.
+/// Checks that `output` can be created: not a directory or another file that is not a regular
+/// one (the rename at the end would replace `/dev/null` with a regular file), in a directory
+/// that exists (each directory checked once: `dirs_ok`). The file itself (`output.incomplete`
+/// first) is created when its download starts.
 fn check_output(
     output: &Path,
     dirs_ok: &mut std::collections::HashSet<PathBuf>,
 ) -> Result<(), GetError> {
-    if output.is_dir() {
-        return Err(GetError::OutputIsDirectory {
-            path: output.to_path_buf(),
-        });
+    if let Ok(m) = std::fs::metadata(output) {
+        use std::os::unix::fs::FileTypeExt;
+        let t = m.file_type();
+        let what = if t.is_dir() {
+            return Err(GetError::OutputIsDirectory {
+                path: output.to_path_buf(),
+            });
+        } else if t.is_char_device() {
+            "a character device"
+        } else if t.is_block_device() {
+            "a block device"
+        } else if t.is_fifo() {
+            "a FIFO"
+        } else if t.is_socket() {
+            "a socket"
+        } else {
+            ""
+        };
+        if !what.is_empty() {
+            return Err(GetError::OutputNotRegularFile {
+                path: output.to_path_buf(),
+                what,
+            });
+        }
     }
     let dir = get::parent_dir(output);
     if dirs_ok.contains(dir) {

@@ -64,6 +64,41 @@ fn bad_input_is_one_clear_line() {
 }
 
 #[test]
+fn an_output_that_is_not_a_regular_file_is_refused_and_left_alone() {
+    use std::os::unix::fs::FileTypeExt;
+    // `ferry get URL -o /dev/null` once renamed its `.incomplete` file over /dev/null, which
+    // left a regular file there. A FIFO stands in for the device (no root needed to make one).
+    let tmp = tempfile::tempdir().expect("tmp");
+    let fifo = tmp.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success(), "mkfifo");
+    // A file the origin has: without the check, the download would succeed and be renamed.
+    let src = tempfile::tempdir().expect("tmp");
+    std::fs::write(src.path().join("f"), b"hello").expect("source");
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        let o = get(backend, &nginx.url("files", "f"), &fifo, &[]);
+        assert_clean_failure(
+            &o,
+            USAGE,
+            "is a FIFO, not a regular file",
+            &format!("backend={backend:?} output is a FIFO"),
+        );
+        let t = std::fs::symlink_metadata(&fifo)
+            .expect("still there")
+            .file_type();
+        assert!(
+            t.is_fifo(),
+            "backend={backend:?}: the FIFO is left as it was"
+        );
+        assert!(!tmp.path().join("fifo.incomplete").exists());
+    }
+}
+
+#[test]
 fn unwritable_directory_is_refused() {
     // As root every directory is writable, so run ferry as `nobody` against a 0555 directory.
     let tmp = tempfile::tempdir().expect("tmp");
