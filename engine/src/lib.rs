@@ -701,28 +701,12 @@ fn check_output(
     dirs_ok: &mut std::collections::HashSet<PathBuf>,
 ) -> Result<(), GetError> {
     if let Ok(m) = std::fs::metadata(output) {
-        use std::os::unix::fs::FileTypeExt;
-        let t = m.file_type();
-        let what = if t.is_dir() {
-            return Err(GetError::OutputIsDirectory {
-                path: output.to_path_buf(),
-            });
-        } else if t.is_char_device() {
-            "a character device"
-        } else if t.is_block_device() {
-            "a block device"
-        } else if t.is_fifo() {
-            "a FIFO"
-        } else if t.is_socket() {
-            "a socket"
-        } else {
-            ""
-        };
-        if !what.is_empty() {
-            return Err(GetError::OutputNotRegularFile {
-                path: output.to_path_buf(),
-                what,
-            });
+        let path = output.to_path_buf();
+        if m.is_dir() {
+            return Err(GetError::OutputIsDirectory { path });
+        }
+        if let Some(what) = special_file(m.file_type()) {
+            return Err(GetError::OutputNotRegularFile { path, what });
         }
     }
     let dir = get::parent_dir(output);
@@ -745,6 +729,19 @@ fn check_output(
         dirs_ok.insert(dir.to_path_buf());
     }
     checked
+}
+
+/// What a file that is neither regular nor a directory is, in words; `None` for those two.
+fn special_file(t: std::fs::FileType) -> Option<&'static str> {
+    use std::os::unix::fs::FileTypeExt;
+    [
+        (t.is_char_device(), "a character device"),
+        (t.is_block_device(), "a block device"),
+        (t.is_fifo(), "a FIFO"),
+        (t.is_socket(), "a socket"),
+    ]
+    .into_iter()
+    .find_map(|(is, what)| is.then_some(what))
 }
 
 /// Stops an [`Engine`]'s jobs early, cleanly: each connection stops at its next read, the writes

@@ -204,13 +204,13 @@ pub(crate) struct Run<'a> {
 impl<'a> Run<'a> {
     /// Hashes the next buffer; false when all are hashed.
     pub fn step(&mut self) -> bool {
-        let Some(h) = self.hasher.as_mut() else {
-            return false;
-        };
         let Some(b) = self.bufs.pop_front() else {
             return false;
         };
-        h.update(b.bytes());
+        self.hasher
+            .as_mut()
+            .expect("a run holds the hasher until it finishes")
+            .update(b.bytes());
         if self.uncounted > 0 {
             self.uncounted -= 1;
         } else {
@@ -223,6 +223,12 @@ impl<'a> Run<'a> {
     /// Hashes what is left, moves the prefix to the run's end and hands the hasher back; what
     /// follows is the next run (kept buffers that continue it) or nothing.
     pub fn finish(mut self) -> Next<'a> {
+        self.complete()
+    }
+
+    /// What [`Run::finish`] does, for `finish` and for a run dropped unfinished: afterwards the
+    /// run holds no hasher and no buffer.
+    fn complete(&mut self) -> Next<'a> {
         while self.step() {}
         let hasher = self
             .hasher
@@ -244,14 +250,7 @@ impl std::fmt::Debug for Run<'_> {
 impl Drop for Run<'_> {
     fn drop(&mut self) {
         if self.hasher.is_some() {
-            let run = Run {
-                verifier: self.verifier,
-                hasher: self.hasher.take(),
-                bufs: std::mem::take(&mut self.bufs),
-                uncounted: self.uncounted,
-                end: self.end,
-            };
-            run.finish().hash_all();
+            self.complete().hash_all();
         }
     }
 }
