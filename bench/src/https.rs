@@ -21,7 +21,7 @@ use anyhow::{Context, bail};
 use ferry_tests::{sha256_file, write_data};
 
 use crate::report::Target;
-use crate::{Item, LeftOut, Tool, sh, tools, without_proxies};
+use crate::{Item, LeftOut, Tool, peers, sh, tools, without_proxies};
 
 /// The host name in every URL: the name the certificate is for (also valid for 127.0.0.1).
 const HOST: &str = "localhost";
@@ -335,11 +335,7 @@ pub(crate) fn probe(
 
 /// The suite's goal: ferry (durable, verified) at most 0.4x the wall time of the best peer.
 pub(crate) fn target(tools: &[Tool]) -> Target {
-    let peers: Vec<String> = tools
-        .iter()
-        .filter(|t| !t.name.starts_with("ferry"))
-        .map(|t| t.name.clone())
-        .collect();
+    let peers = peers(tools);
     Target {
         text: format!(
             "the `big` file over HTTPS (TLS 1.3, nginx on loopback): `ferry` (durable, verified) \
@@ -350,7 +346,7 @@ pub(crate) fn target(tools: &[Tool]) -> Target {
         tool: "the best peer".into(),
         best_of: peers,
         max_ratio: Some(0.4),
-        max_wall_s: None,
+        ..Target::default()
     }
 }
 

@@ -114,6 +114,10 @@ struct Tool {
     /// shows its wall time, but no GB/s, CPU s/GB or ratio.
     #[serde(default = "yes")]
     moves_bytes: bool,
+    /// A ceiling measured in every round beside the tools (the network or the disk alone):
+    /// its output is not a download to check, and it is never a peer.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ceiling: bool,
 }
 
 fn yes() -> bool {
@@ -126,8 +130,84 @@ impl Tool {
             name: name.into(),
             shell,
             moves_bytes: true,
+            ceiling: false,
         }
     }
+
+    fn ceiling(name: &str, shell: String) -> Tool {
+        Tool {
+            ceiling: true,
+            ..Tool::new(name, shell)
+        }
+    }
+}
+
+/// The name of the per-round network ceiling row.
+const NETWORK_CEILING: &str = "ceiling: network (curl -o /dev/null)";
+
+/// The rows that measure the ceilings again in every round, beside the tools: the network
+/// alone (`curl -o /dev/null` of `url`) and the disk alone (fio, O_DIRECT, `bytes` written and
+/// fsynced). A ceiling measured once, minutes away from a tool's run, on a machine whose
+/// network and disk rates drift by 1.5x within an hour, says little about that run; the same
+/// round's does.
+fn ceiling_rows(url: &str, bytes: u64, ca: Option<&Path>) -> Vec<Tool> {
+    let curl_ca = trust(ca, "--cacert ");
+    vec![
+        Tool::ceiling(
+            NETWORK_CEILING,
+            format!("curl -sS{curl_ca} -o /dev/null '{url}'"),
+        ),
+        Tool::ceiling(
+            "ceiling: disk (fio, O_DIRECT)",
+            format!(
+                "fio --name=w --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=32 \
+                 --size={}M --end_fsync=1 --filename='{{OUT}}/fio.tmp' --output=/dev/null",
+                (bytes >> 20).max(1)
+            ),
+        ),
+    ]
+}
+
+/// The tools a suite's ferry is compared with: neither ferry's own rows nor the ceilings.
+fn peers(tools: &[Tool]) -> Vec<String> {
+    tools
+        .iter()
+        .filter(|t| !t.name.starts_with("ferry") && !t.ceiling)
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+/// Issue 3's goals for `big`, read off the report: 0.4x the best peer's wall time, 0.85x the
+/// network ceiling's throughput (round by round), 1.0 CPU s/GB.
+fn big_targets(tools: &[Tool]) -> Vec<report::Target> {
+    let peers = peers(tools);
+    vec![
+        report::Target {
+            text: format!(
+                "`ferry` (durable, verified) takes at most 0.4x the wall time of the best peer \
+                 (the fastest median of {})",
+                peers.join(", ")
+            ),
+            tool: "the best peer".into(),
+            best_of: peers,
+            max_ratio: Some(0.4),
+            ..Default::default()
+        },
+        report::Target {
+            text: "`ferry`'s throughput as a share of the network ceiling measured in the same \
+                   round"
+                .into(),
+            tool: NETWORK_CEILING.into(),
+            min_share: Some(0.85),
+            ..Default::default()
+        },
+        report::Target {
+            text: "`ferry`'s client CPU per GB".into(),
+            tool: "ferry".into(),
+            max_cpu_s_gb: Some(1.0),
+            ..Default::default()
+        },
+    ]
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -706,6 +786,13 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
         (tools, unusable) = https::probe(tools, &root, &base, ca, scratch)?;
         left_out.extend(unusable);
     }
+    if matches!(suite, "big" | "https") {
+        tools.extend(ceiling_rows(
+            &format!("{base}/{}", items[0].name),
+            bytes,
+            origin.ca(),
+        ));
+    }
     let ceilings = if matches!(suite, "big" | "https") {
         eprintln!("== {suite}: ceilings ...");
         let (mark, ktls_before) = (origin.mark(), https::ktls_sent());
@@ -738,7 +825,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                 wall, cpu, rss_kib, ..
             } = timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
             let tls = origin.tls_since(mark);
-            for item in &items {
+            for item in items.iter().filter(|_| !tool.ceiling) {
                 let got = sha256_file(&out.join(&item.name));
                 if got != item.sha256 {
                     bail!(
@@ -775,8 +862,10 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     drop(outputs);
     let _ = std::fs::remove_dir_all(&root);
     let mut r = SuiteResult::new(suite, bytes, items.len(), tools);
-    if suite == "https" {
-        r.targets = vec![https::target(&r.tools)];
+    match suite {
+        "big" => r.targets = big_targets(&r.tools),
+        "https" => r.targets = vec![https::target(&r.tools)],
+        _ => {}
     }
     r.samples = samples;
     r.ceilings = ceilings;
@@ -804,4 +893,29 @@ fn main() -> anyhow::Result<()> {
     print!("{}", reports.run_markdown());
     eprintln!("{}", reports.wrote());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_rows_are_never_peers_and_write_no_download() {
+        let mut tools = vec![
+            Tool::new("ferry", String::new()),
+            Tool::new("ferry --safe-mode", String::new()),
+            Tool::new("curl", String::new()),
+        ];
+        tools.extend(ceiling_rows("http://127.0.0.1:1/f", 8 << 30, None));
+        assert_eq!(peers(&tools), ["curl"]);
+        assert!(
+            tools[3]
+                .shell
+                .contains("-o /dev/null 'http://127.0.0.1:1/f'")
+        );
+        assert!(tools[4].shell.contains("--size=8192M --end_fsync=1"));
+        let targets = big_targets(&tools);
+        assert_eq!(targets[0].best_of, ["curl"]);
+        assert_eq!(targets[1].tool, NETWORK_CEILING);
+    }
 }

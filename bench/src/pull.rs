@@ -381,14 +381,14 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
             tool: HF.into(),
             best_of: Vec::new(),
             max_ratio: Some(0.4),
-            max_wall_s: None,
+            ..Target::default()
         },
         Target {
             text: "issue 4: a second `ferry pull` of a complete mirror takes under 1 s".into(),
             tool: AGAIN.into(),
             best_of: Vec::new(),
-            max_ratio: None,
             max_wall_s: Some(1.0),
+            ..Target::default()
         },
     ];
     Ok(r)

@@ -104,7 +104,7 @@ impl RunInfo {
 }
 
 /// A goal a suite measures, stated in the report with the medians that meet it or not.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Target {
     /// The goal in words.
     pub(crate) text: String,
@@ -120,6 +120,13 @@ pub(crate) struct Target {
     /// Met when the tool's median wall time is under this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_wall_s: Option<f64>,
+    /// Met when the median of tool wall / base wall, round by round, is at least this: the
+    /// base's throughput as a share of the tool's (the tool is a ceiling row).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) min_share: Option<f64>,
+    /// Met when the tool's mean CPU seconds per GB is at most this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_cpu_s_gb: Option<f64>,
 }
 
 /// This run's results and the earlier ones they are merged with.
@@ -445,7 +452,10 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
          just deleted cost every tool seconds of kernel time for skipping the freed inodes, \
          which depended on the runs before, not on the tool (`bench/src/main.rs`, \
          `Outputs`). The ratio column is the suite's ferry row's wall time over the tool's, \
-         per round (below 1: ferry is faster).\n"
+         per round (below 1: ferry is faster). Rows named `ceiling:` are not tools: they \
+         measure the network alone and the disk alone in every round, in turn with the tools, \
+         and their ratio is ferry's wall time over the ceiling's (its inverse is ferry's \
+         throughput as a share of that ceiling).\n"
     );
     if link {
         let _ = writeln!(
@@ -482,8 +492,10 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
             };
             let _ = writeln!(
                 md,
-                "Ceilings in the same run: {network}, O_DIRECT disk write {:.2} GB/s (fio, 1 MiB, \
-                 iodepth 32), sha256 {:.2} GB/s per core (`openssl speed -evp sha256`).\n",
+                "Ceilings in the same run, before the rounds: {network}, O_DIRECT disk write \
+                 {:.2} GB/s (fio, 1 MiB, iodepth 32), sha256 {:.2} GB/s per core (`openssl speed \
+                 -evp sha256`). Where the table has `ceiling:` rows, the network and the disk \
+                 were measured again in every round.\n",
                 c.disk_gb_s, c.sha256_gb_s
             );
         }
@@ -542,7 +554,7 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
         if !r.targets.is_empty() {
             let _ = writeln!(md, "\nTargets:\n");
             for t in &r.targets {
-                let _ = writeln!(md, "- {}", target_line(t, &all));
+                let _ = writeln!(md, "- {}", target_line(t, &all, gb));
             }
         }
         let _ = writeln!(md, "\nCommands (`{{OUT}}` is the output directory):\n");
@@ -590,8 +602,8 @@ fn listed(pairs: &[(&str, &str)]) -> String {
         .join("; ")
 }
 
-/// A target and whether the medians meet it.
-fn target_line(t: &Target, rows: &[Row]) -> String {
+/// A target and whether the medians meet it (`gb`: the suite's size).
+fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
     let candidates: Vec<&str> = if t.best_of.is_empty() {
         vec![t.tool.as_str()]
     } else {
@@ -616,6 +628,29 @@ fn target_line(t: &Target, rows: &[Row]) -> String {
             t.text,
             rounds(row.walls.len()),
             verdict(m <= limit)
+        );
+    }
+    if let (Some(limit), Some((m, lo, hi))) = (t.min_share, row.ratio) {
+        // The ratio column is base wall / tool wall; its inverse is the base's throughput as a
+        // share of this row's (with an odd number of rounds, the inverse of the median is the
+        // median of the inverses).
+        return format!(
+            "{}: median {:.2} ({:.2}-{:.2} over {}), at least {limit:.2} — {}.",
+            t.text,
+            1.0 / m,
+            1.0 / hi,
+            1.0 / lo,
+            rounds(row.walls.len()),
+            verdict(1.0 / m >= limit)
+        );
+    }
+    if let Some(limit) = t.max_cpu_s_gb {
+        let per_gb = row.cpu / gb;
+        return format!(
+            "{}: {per_gb:.2} CPU s/GB (mean over {}), at most {limit:.2} — {}.",
+            t.text,
+            rounds(row.walls.len()),
+            verdict(per_gb <= limit)
         );
     }
     if let Some(limit) = t.max_wall_s {
@@ -800,7 +835,7 @@ mod tests {
             tool: "the best peer".into(),
             best_of: vec!["curl".into(), "aria2c".into()],
             max_ratio: Some(0.4),
-            max_wall_s: None,
+            ..Target::default()
         }];
         r.left_out = vec![LeftOut {
             tool: "axel".into(),
@@ -817,5 +852,61 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- axel: no"), "{md}");
+    }
+
+    #[test]
+    fn a_ceiling_share_and_a_cpu_target_are_judged_round_by_round() {
+        let mut r = SuiteResult::new(
+            "big",
+            2_000_000_000,
+            1,
+            vec![
+                Tool::new("ferry", String::new()),
+                Tool::new("ceiling", String::new()),
+            ],
+        );
+        // ferry's share of the ceiling per round: 0.9, 0.8, 0.95 (median 0.9).
+        for (round, ferry, ceiling) in [(1, 10.0, 9.0), (2, 10.0, 8.0), (3, 10.0, 9.5)] {
+            for (tool, wall) in [("ferry", ferry), ("ceiling", ceiling)] {
+                r.samples.push(Sample {
+                    tool: tool.into(),
+                    round,
+                    wall,
+                    cpu: 2.4,
+                    rss_kib: 1024,
+                    backend: None,
+                    bytes_fetched: None,
+                    tls: None,
+                });
+            }
+        }
+        let share = |min| Target {
+            text: "share".into(),
+            tool: "ceiling".into(),
+            min_share: Some(min),
+            ..Target::default()
+        };
+        let cpu = |max| Target {
+            text: "cpu".into(),
+            tool: "ferry".into(),
+            max_cpu_s_gb: Some(max),
+            ..Target::default()
+        };
+        r.targets = vec![share(0.85), share(0.95), cpu(1.2), cpu(1.0)];
+        let md = markdown("t", &[&r], false);
+        let lines: Vec<&str> = md
+            .lines()
+            .filter(|l| l.starts_with("- share") || l.starts_with("- cpu"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "- share: median 0.90 (0.80-0.95 over 3 rounds), at least 0.85 — **met**.",
+                "- share: median 0.90 (0.80-0.95 over 3 rounds), at least 0.95 — **not met**.",
+                "- cpu: 1.20 CPU s/GB (mean over 3 rounds), at most 1.20 — **met**.",
+                "- cpu: 1.20 CPU s/GB (mean over 3 rounds), at most 1.00 — **not met**.",
+            ],
+            "{md}"
+        );
     }
 }
