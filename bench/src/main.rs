@@ -144,6 +144,8 @@ impl Tool {
 
 /// The name of the per-round network ceiling row.
 const NETWORK_CEILING: &str = "ceiling: network (curl -o /dev/null)";
+/// The name of the per-round disk ceiling row (it makes no connection).
+const DISK_CEILING: &str = "ceiling: disk (fio, O_DIRECT)";
 
 /// The rows that measure the ceilings again in every round, beside the tools: the network
 /// alone (`curl -o /dev/null` of `url`) and the disk alone (fio, O_DIRECT, `bytes` written and
@@ -158,7 +160,7 @@ fn ceiling_rows(url: &str, bytes: u64, ca: Option<&Path>) -> Vec<Tool> {
             format!("curl -sS{curl_ca} -o /dev/null '{url}'"),
         ),
         Tool::ceiling(
-            "ceiling: disk (fio, O_DIRECT)",
+            DISK_CEILING,
             format!(
                 "fio --name=w --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=32 \
                  --size={}M --end_fsync=1 --filename='{{OUT}}/fio.tmp' --output=/dev/null",
@@ -226,6 +228,9 @@ struct Sample {
     /// The TLS version and cipher the origin logged for this run's requests (HTTPS only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tls: Option<String>,
+    /// The whole machine during the run (absent in runs recorded before it was measured).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    machine: Option<Machine>,
 }
 
 /// A tool a suite does not run, and why (printed in the report).
@@ -240,7 +245,40 @@ struct Timed {
     wall: f64,
     cpu: f64,
     rss_kib: u64,
+    /// The whole machine while it ran (None where /proc/stat cannot be read).
+    machine: Option<Machine>,
     stdout: String,
+}
+
+/// How busy the whole machine was during a run, in cores (mean over the run's wall time):
+/// every process's CPU, the origin's and the kernel's included, and the time the hypervisor
+/// gave this machine's CPUs to someone else (steal). On this shared VM the same work costs up
+/// to a third more CPU from one round to the next; these say which rounds that was.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Machine {
+    busy_cores: f64,
+    steal_cores: f64,
+}
+
+/// Busy and steal jiffies of all CPUs so far (`/proc/stat`, in USER_HZ: 100 per second on
+/// every Linux ABI).
+fn cpu_jiffies() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    parse_cpu_jiffies(stat.lines().next()?)
+}
+
+/// `cpu  user nice system idle iowait irq softirq steal ...` -> (busy, steal); busy is user,
+/// nice, system, irq and softirq (not idle, iowait or steal).
+fn parse_cpu_jiffies(line: &str) -> Option<(u64, u64)> {
+    let mut f = line.split_whitespace();
+    if f.next()? != "cpu" {
+        return None;
+    }
+    let v: Vec<u64> = f.take(8).map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    let [user, nice, system, _idle, _iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    Some((user + nice + system + irq + softirq, steal))
 }
 
 /// Runs `sh -c line` under `/usr/bin/time`: wall seconds, CPU seconds (user + sys of every
@@ -252,11 +290,19 @@ fn timed(line: &str) -> anyhow::Result<Timed> {
         .arg(stats.path())
         .args(["sh", "-c", line]);
     without_proxies(&mut cmd);
+    let before = cpu_jiffies();
     let start = Instant::now();
     let out = cmd
         .output()
         .context("run /usr/bin/time (scripts/setup.sh installs it)")?;
     let wall = start.elapsed().as_secs_f64();
+    let machine = match (before, cpu_jiffies()) {
+        (Some((b0, s0)), Some((b1, s1))) if wall > 0.0 => Some(Machine {
+            busy_cores: b1.saturating_sub(b0) as f64 / 100.0 / wall,
+            steal_cores: s1.saturating_sub(s0) as f64 / 100.0 / wall,
+        }),
+        _ => None,
+    };
     if !out.status.success() {
         bail!(
             "{line}\nfailed: {}{}",
@@ -271,6 +317,7 @@ fn timed(line: &str) -> anyhow::Result<Timed> {
         wall,
         cpu: num(0) + num(1),
         rss_kib: num(2) as u64,
+        machine,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     })
 }
@@ -822,7 +869,11 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
             let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
             let mark = origin.mark();
             let Timed {
-                wall, cpu, rss_kib, ..
+                wall,
+                cpu,
+                rss_kib,
+                machine,
+                ..
             } = timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
             let tls = origin.tls_since(mark);
             for item in items.iter().filter(|_| !tool.ceiling) {
@@ -837,10 +888,16 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                 }
             }
             eprintln!(
-                "{suite} round {round} {:<22} {wall:7.2} s {:6.3} GB/s cpu {cpu:6.2} s rss {:4} MiB{}{}",
+                "{suite} round {round} {:<22} {wall:7.2} s {:6.3} GB/s cpu {cpu:6.2} s rss {:4} MiB{}{}{}",
                 tool.name,
                 bytes as f64 / wall / 1e9,
                 rss_kib / 1024,
+                machine
+                    .map(|m| format!(
+                        " machine {:.2} busy {:.2} steal",
+                        m.busy_cores, m.steal_cores
+                    ))
+                    .unwrap_or_default(),
                 tls.as_ref().map(|t| format!(" [{t}]")).unwrap_or_default(),
                 if round == 0 { " (warm-up)" } else { "" }
             );
@@ -854,6 +911,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                     backend: None,
                     bytes_fetched: None,
                     tls,
+                    machine,
                 });
             }
         }
@@ -917,5 +975,16 @@ mod tests {
         let targets = big_targets(&tools);
         assert_eq!(targets[0].best_of, ["curl"]);
         assert_eq!(targets[1].tool, NETWORK_CEILING);
+    }
+
+    #[test]
+    fn busy_and_steal_come_from_the_cpu_line_of_proc_stat() {
+        assert_eq!(
+            parse_cpu_jiffies("cpu  100 2 30 900 7 4 5 60 0 0"),
+            Some((141, 60))
+        );
+        assert_eq!(parse_cpu_jiffies("cpu0 1 2 3 4 5 6 7 8 0 0"), None);
+        assert_eq!(parse_cpu_jiffies("cpu  1 2 3"), None);
+        assert!(cpu_jiffies().is_some(), "this machine has /proc/stat");
     }
 }

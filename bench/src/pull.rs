@@ -316,6 +316,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                 wall,
                 cpu,
                 rss_kib,
+                machine,
                 stdout,
             } = timed(&line).with_context(|| format!("pull: {}", tool.name))?;
             let report = if tool.name.starts_with("ferry") {
@@ -361,6 +362,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                     backend: report.as_ref().map(|(b, _)| b.clone()),
                     bytes_fetched: report.as_ref().map(|(_, f)| *f),
                     tls: None,
+                    machine,
                 });
             }
         }

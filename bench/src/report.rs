@@ -361,6 +361,8 @@ struct Row {
     rss_mib: u64,
     /// base's wall / this tool's wall, per round (median, min, max).
     ratio: Option<(f64, f64, f64)>,
+    /// The whole machine during this tool's runs: median busy and steal cores.
+    machine: Option<(f64, f64)>,
 }
 
 fn rows(r: &SuiteResult) -> Vec<Row> {
@@ -387,7 +389,14 @@ fn rows(r: &SuiteResult) -> Vec<Row> {
                 let max = ratios.iter().copied().fold(f64::MIN, f64::max);
                 (median(ratios.clone()), min, max)
             });
+            let machine: Vec<_> = mine.iter().filter_map(|s| s.machine).collect();
             Row {
+                machine: (!machine.is_empty()).then(|| {
+                    (
+                        median(machine.iter().map(|m| m.busy_cores).collect()),
+                        median(machine.iter().map(|m| m.steal_cores).collect()),
+                    )
+                }),
                 tool: t.name.clone(),
                 moves_bytes: t.moves_bytes,
                 walls,
@@ -455,7 +464,9 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
          per round (below 1: ferry is faster). Rows named `ceiling:` are not tools: they \
          measure the network alone and the disk alone in every round, in turn with the tools, \
          and their ratio is ferry's wall time over the ceiling's (its inverse is ferry's \
-         throughput as a share of that ceiling).\n"
+         throughput as a share of that ceiling). The last column is the whole machine during the \
+         tool's runs, in cores: busy (every process, the origin's and the kernel's included) \
+         and steal (time the hypervisor gave this machine's CPUs to other guests).\n"
     );
     if link {
         let _ = writeln!(
@@ -501,7 +512,7 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
         }
         let _ = writeln!(
             md,
-            "| tool | runs | wall median (s) | min | max | GB/s | CPU s/GB | peak RSS (MiB) | {}/tool wall (median, min-max) |\n|---|---|---|---|---|---|---|---|---|",
+            "| tool | runs | wall median (s) | min | max | GB/s | CPU s/GB | peak RSS (MiB) | {}/tool wall (median, min-max) | machine busy / steal (cores, median) |\n|---|---|---|---|---|---|---|---|---|---|",
             r.base
         );
         let gb = r.bytes as f64 / 1e9;
@@ -518,9 +529,12 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
             } else {
                 ("—".into(), format!("— ({:.2} CPU s)", row.cpu))
             };
+            let machine = row.machine.map_or("—".into(), |(busy, steal)| {
+                format!("{busy:.2} / {steal:.2}")
+            });
             let _ = writeln!(
                 md,
-                "| {} | {} | {med:.2} | {min:.2} | {max:.2} | {rate} | {cpu} | {} | {ratio} |",
+                "| {} | {} | {med:.2} | {min:.2} | {max:.2} | {rate} | {cpu} | {} | {ratio} | {machine} |",
                 row.tool,
                 row.walls.len(),
                 row.rss_mib
@@ -532,7 +546,9 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
         }
         let tls = per_tool(r, |s| s.tls.as_deref());
         let same = |(_, v): &(&str, &str)| tls.first().is_some_and(|(_, first)| first == v);
-        if !tls.is_empty() && tls.len() == r.tools.len() && tls.iter().all(same) {
+        // The disk ceiling makes no connection: "every tool" means every row that did.
+        let connecting = r.tools.iter().filter(|t| t.name != crate::DISK_CEILING);
+        if !tls.is_empty() && tls.len() == connecting.count() && tls.iter().all(same) {
             let _ = writeln!(
                 md,
                 "\nTLS every tool negotiated (nginx's log): {}.",
@@ -828,6 +844,7 @@ mod tests {
                 backend: None,
                 bytes_fetched: None,
                 tls: Some("TLSv1.3 TLS_AES_256_GCM_SHA384".into()),
+                machine: None,
             });
         }
         r.targets = vec![Target {
@@ -877,6 +894,7 @@ mod tests {
                     backend: None,
                     bytes_fetched: None,
                     tls: None,
+                    machine: None,
                 });
             }
         }
