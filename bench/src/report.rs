@@ -361,6 +361,9 @@ struct Row {
     rss_mib: u64,
     /// base's wall / this tool's wall, per round (median, min, max).
     ratio: Option<(f64, f64, f64)>,
+    /// This tool's wall / base's wall, per round: the base's throughput as a share of this
+    /// tool's (empty where `ratio` is None).
+    shares: Vec<f64>,
     /// The whole machine during this tool's runs: median busy and steal cores.
     machine: Option<(f64, f64)>,
 }
@@ -402,6 +405,11 @@ fn rows(r: &SuiteResult) -> Vec<Row> {
                 walls,
                 cpu,
                 rss_mib: mine.iter().map(|s| s.rss_kib).max().unwrap_or(0) / 1024,
+                shares: if ratio.is_some() {
+                    ratios.iter().map(|r| 1.0 / r).collect()
+                } else {
+                    Vec::new()
+                },
                 ratio,
             }
         })
@@ -646,18 +654,15 @@ fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
             verdict(m <= limit)
         );
     }
-    if let (Some(limit), Some((m, lo, hi))) = (t.min_share, row.ratio) {
-        // The ratio column is base wall / tool wall; its inverse is the base's throughput as a
-        // share of this row's (with an odd number of rounds, the inverse of the median is the
-        // median of the inverses).
+    if let (Some(limit), false) = (t.min_share, row.shares.is_empty()) {
+        let m = median(row.shares.clone());
+        let lo = row.shares.iter().copied().fold(f64::MAX, f64::min);
+        let hi = row.shares.iter().copied().fold(f64::MIN, f64::max);
         return format!(
-            "{}: median {:.2} ({:.2}-{:.2} over {}), at least {limit:.2} — {}.",
+            "{}: median {m:.2} ({lo:.2}-{hi:.2} over {}), at least {limit:.2} — {}.",
             t.text,
-            1.0 / m,
-            1.0 / hi,
-            1.0 / lo,
-            rounds(row.walls.len()),
-            verdict(1.0 / m >= limit)
+            rounds(row.shares.len()),
+            verdict(m >= limit)
         );
     }
     if let Some(limit) = t.max_cpu_s_gb {
@@ -882,8 +887,15 @@ mod tests {
                 Tool::new("ceiling", String::new()),
             ],
         );
-        // ferry's share of the ceiling per round: 0.9, 0.8, 0.95 (median 0.9).
-        for (round, ferry, ceiling) in [(1, 10.0, 9.0), (2, 10.0, 8.0), (3, 10.0, 9.5)] {
+        // ferry's share of the ceiling per round: 0.9, 0.6, 0.95, 0.5. The median of the shares
+        // is 0.75; the inverse of the median of the ratios would be 0.72.
+        let rounds = [
+            (1, 10.0, 9.0),
+            (2, 10.0, 6.0),
+            (3, 10.0, 9.5),
+            (4, 10.0, 5.0),
+        ];
+        for (round, ferry, ceiling) in rounds {
             for (tool, wall) in [("ferry", ferry), ("ceiling", ceiling)] {
                 r.samples.push(Sample {
                     tool: tool.into(),
@@ -910,7 +922,7 @@ mod tests {
             max_cpu_s_gb: Some(max),
             ..Target::default()
         };
-        r.targets = vec![share(0.85), share(0.95), cpu(1.2), cpu(1.0)];
+        r.targets = vec![share(0.75), share(0.85), cpu(1.2), cpu(1.0)];
         let md = markdown("t", &[&r], false);
         let lines: Vec<&str> = md
             .lines()
@@ -919,10 +931,10 @@ mod tests {
         assert_eq!(
             lines,
             [
-                "- share: median 0.90 (0.80-0.95 over 3 rounds), at least 0.85 — **met**.",
-                "- share: median 0.90 (0.80-0.95 over 3 rounds), at least 0.95 — **not met**.",
-                "- cpu: 1.20 CPU s/GB (mean over 3 rounds), at most 1.20 — **met**.",
-                "- cpu: 1.20 CPU s/GB (mean over 3 rounds), at most 1.00 — **not met**.",
+                "- share: median 0.75 (0.50-0.95 over 4 rounds), at least 0.75 — **met**.",
+                "- share: median 0.75 (0.50-0.95 over 4 rounds), at least 0.85 — **not met**.",
+                "- cpu: 1.20 CPU s/GB (mean over 4 rounds), at most 1.20 — **met**.",
+                "- cpu: 1.20 CPU s/GB (mean over 4 rounds), at most 1.00 — **not met**.",
             ],
             "{md}"
         );
