@@ -153,21 +153,30 @@ const DISK_CEILING: &str = "ceiling: disk (fio, O_DIRECT)";
 /// network and disk rates drift by 1.5x within an hour, says little about that run; the same
 /// round's does.
 fn ceiling_rows(url: &str, bytes: u64, ca: Option<&Path>) -> Vec<Tool> {
-    let curl_ca = trust(ca, "--cacert ");
     vec![
-        Tool::ceiling(
-            NETWORK_CEILING,
-            format!("curl -sS{curl_ca} -o /dev/null '{url}'"),
-        ),
+        Tool::ceiling(NETWORK_CEILING, network_ceiling(url, ca)),
         Tool::ceiling(
             DISK_CEILING,
             format!(
-                "fio --name=w --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=32 \
-                 --size={}M --end_fsync=1 --filename='{{OUT}}/fio.tmp' --output=/dev/null",
-                (bytes >> 20).max(1)
+                "{} --end_fsync=1 --output=/dev/null",
+                disk_ceiling("{OUT}/fio.tmp", (bytes >> 20).max(1))
             ),
         ),
     ]
+}
+
+/// The network alone: `url` received and thrown away by curl (trusting `ca` over HTTPS).
+fn network_ceiling(url: &str, ca: Option<&Path>) -> String {
+    format!("curl -sS -L{} -o /dev/null '{url}'", trust(ca, "--cacert "))
+}
+
+/// The disk alone: fio writing `size_mib` MiB to `file` with O_DIRECT, 1 MiB at a time, 32 in
+/// flight (BENCH.md's disk ceiling).
+fn disk_ceiling(file: &str, size_mib: u64) -> String {
+    format!(
+        "fio --name=w --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=32 \
+         --filename='{file}' --size={size_mib}M"
+    )
 }
 
 /// The tools a suite's ferry is compared with: neither ferry's own rows nor the ceilings.
@@ -679,17 +688,14 @@ struct Ceilings {
 /// sha256 (openssl).
 fn ceilings(url: &str, bytes: u64, dir: &Path, ca: Option<&Path>) -> anyhow::Result<Ceilings> {
     let mut best_net = f64::MAX;
-    let curl_ca = trust(ca, "--cacert ");
     for _ in 0..3 {
-        let t = timed(&format!("curl -sS -L{curl_ca} -o /dev/null '{url}'"))?;
-        best_net = best_net.min(t.wall);
+        best_net = best_net.min(timed(&network_ceiling(url, ca))?.wall);
     }
     let fio_file = dir.join("fio.tmp");
     let size_mib = (bytes >> 20).clamp(256, 8192);
     let fio = sh(&format!(
-        "fio --name=w --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=32 \
-         --size={size_mib}M --filename='{}' --output-format=json",
-        fio_file.display()
+        "{} --output-format=json",
+        disk_ceiling(&fio_file.to_string_lossy(), size_mib)
     ))?;
     let _ = std::fs::remove_file(&fio_file);
     let fio: serde_json::Value = serde_json::from_str(&fio).context("fio JSON")?;

@@ -359,13 +359,31 @@ struct Row {
     /// Mean CPU seconds per run.
     cpu: f64,
     rss_mib: u64,
-    /// base's wall / this tool's wall, per round (median, min, max).
-    ratio: Option<(f64, f64, f64)>,
-    /// This tool's wall / base's wall, per round: the base's throughput as a share of this
-    /// tool's (empty where `ratio` is None).
-    shares: Vec<f64>,
+    /// base's wall / this tool's wall, per round; empty for the base itself and for a row
+    /// that moves no bytes.
+    ratios: Vec<f64>,
     /// The whole machine during this tool's runs: median busy and steal cores.
     machine: Option<(f64, f64)>,
+}
+
+impl Row {
+    /// base's wall / this tool's wall over the rounds: (median, min, max).
+    fn ratio(&self) -> Option<(f64, f64, f64)> {
+        spread(&self.ratios)
+    }
+
+    /// This tool's wall / base's wall over the rounds: the base's throughput as a share of
+    /// this tool's (median, min, max).
+    fn share(&self) -> Option<(f64, f64, f64)> {
+        spread(&self.ratios.iter().map(|r| 1.0 / r).collect::<Vec<_>>())
+    }
+}
+
+/// (median, min, max) of `v`; None when it is empty.
+fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+    let min = v.iter().copied().reduce(f64::min)?;
+    let max = v.iter().copied().reduce(f64::max)?;
+    Some((median(v.to_vec()), min, max))
 }
 
 fn rows(r: &SuiteResult) -> Vec<Row> {
@@ -383,15 +401,14 @@ fn rows(r: &SuiteResult) -> Vec<Row> {
             let mine: Vec<&Sample> = r.samples.iter().filter(|s| s.tool == t.name).collect();
             let walls: Vec<f64> = mine.iter().map(|s| s.wall).collect();
             let cpu = mine.iter().map(|s| s.cpu).sum::<f64>() / mine.len().max(1) as f64;
-            let ratios: Vec<f64> = by_round(&t.name)
-                .iter()
-                .filter_map(|(round, w)| Some(base.get(round)? / w))
-                .collect();
-            let ratio = (t.name != r.base && t.moves_bytes && !ratios.is_empty()).then(|| {
-                let min = ratios.iter().copied().fold(f64::MAX, f64::min);
-                let max = ratios.iter().copied().fold(f64::MIN, f64::max);
-                (median(ratios.clone()), min, max)
-            });
+            let ratios: Vec<f64> = if t.name != r.base && t.moves_bytes {
+                by_round(&t.name)
+                    .iter()
+                    .filter_map(|(round, w)| Some(base.get(round)? / w))
+                    .collect()
+            } else {
+                Vec::new()
+            };
             let machine: Vec<_> = mine.iter().filter_map(|s| s.machine).collect();
             Row {
                 machine: (!machine.is_empty()).then(|| {
@@ -405,12 +422,7 @@ fn rows(r: &SuiteResult) -> Vec<Row> {
                 walls,
                 cpu,
                 rss_mib: mine.iter().map(|s| s.rss_kib).max().unwrap_or(0) / 1024,
-                shares: if ratio.is_some() {
-                    ratios.iter().map(|r| 1.0 / r).collect()
-                } else {
-                    Vec::new()
-                },
-                ratio,
+                ratios,
             }
         })
         .collect()
@@ -526,10 +538,8 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
         let gb = r.bytes as f64 / 1e9;
         let all = rows(r);
         for row in &all {
-            let med = median(row.walls.clone());
-            let min = row.walls.iter().copied().fold(f64::MAX, f64::min);
-            let max = row.walls.iter().copied().fold(f64::MIN, f64::max);
-            let ratio = row.ratio.map_or("—".into(), |(m, lo, hi)| {
+            let (med, min, max) = spread(&row.walls).unwrap_or((f64::NAN, f64::NAN, f64::NAN));
+            let ratio = row.ratio().map_or("—".into(), |(m, lo, hi)| {
                 format!("{m:.2} ({lo:.2}-{hi:.2})")
             });
             let (rate, cpu) = if row.moves_bytes {
@@ -646,7 +656,7 @@ fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
         format!(" against {} (the best peer)", row.tool)
     };
     let verdict = |met: bool| if met { "**met**" } else { "**not met**" };
-    if let (Some(limit), Some((m, lo, hi))) = (t.max_ratio, row.ratio) {
+    if let (Some(limit), Some((m, lo, hi))) = (t.max_ratio, row.ratio()) {
         return format!(
             "{}: median {m:.2}x{best} ({lo:.2}-{hi:.2} over {}), at most {limit:.2}x — {}.",
             t.text,
@@ -654,14 +664,11 @@ fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
             verdict(m <= limit)
         );
     }
-    if let (Some(limit), false) = (t.min_share, row.shares.is_empty()) {
-        let m = median(row.shares.clone());
-        let lo = row.shares.iter().copied().fold(f64::MAX, f64::min);
-        let hi = row.shares.iter().copied().fold(f64::MIN, f64::max);
+    if let (Some(limit), Some((m, lo, hi))) = (t.min_share, row.share()) {
         return format!(
             "{}: median {m:.2} ({lo:.2}-{hi:.2} over {}), at least {limit:.2} — {}.",
             t.text,
-            rounds(row.shares.len()),
+            rounds(row.ratios.len()),
             verdict(m >= limit)
         );
     }
@@ -674,9 +681,7 @@ fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
             verdict(per_gb <= limit)
         );
     }
-    if let Some(limit) = t.max_wall_s {
-        let m = median(row.walls.clone());
-        let max = row.walls.iter().copied().fold(f64::MIN, f64::max);
+    if let (Some(limit), Some((m, _, max))) = (t.max_wall_s, spread(&row.walls)) {
         return format!(
             "{}: median {m:.2} s (max {max:.2} s over {}), under {limit:.2} s — {}.",
             t.text,
