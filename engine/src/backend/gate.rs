@@ -8,8 +8,16 @@
 //! gate lets at most as many of the sink's writes and reads through as the pool has threads;
 //! the others wait asleep, and the runtime thread stays free for the sockets.
 //!
-//! On io_uring nothing is installed and [`enter`] returns at once. Not here: which operations
-//! are gated (the sink decides), or the pool itself (compio's).
+//! A second, narrower gate is per file: [`Turn`]. A buffered write takes the inode's lock on
+//! ext4 (as on most filesystems), so two pool threads writing one file do not write in parallel:
+//! the second spins on the first (`rwsem_spin_on_owner`), and both copy slower. Measured on
+//! 2 GiB in safe mode with two workers of two pool threads each: 6% of the CPU in that spin and
+//! 20% in the page-cache copy, against 5% for the same copy in curl. Buffered writes of a file
+//! therefore take turns before they ask for a pool thread.
+//!
+//! On io_uring nothing is installed, and [`enter`] and [`Turn::take`] return at once (the kernel
+//! queues buffered writes to one file behind each other itself). Not here: which operations are
+//! gated (the sink decides), or the pool itself (compio's).
 
 use std::cell::RefCell;
 
@@ -48,6 +56,32 @@ pub(crate) async fn enter() -> Permit {
     // The thread's own sender keeps the channel open, so this only ends with a token.
     let _ = rx.recv_async().await;
     Permit(Some(tx))
+}
+
+/// One file's turn for buffered writes on the polling driver, shared by every worker writing it.
+#[derive(Debug)]
+pub(crate) struct Turn {
+    tx: flume::Sender<()>,
+    rx: flume::Receiver<()>,
+}
+
+impl Turn {
+    pub fn new() -> Turn {
+        let (tx, rx) = flume::bounded(1);
+        let _ = tx.send(());
+        Turn { tx, rx }
+    }
+
+    /// Waits for the file's turn where the calling thread has a gate (the polling driver); at
+    /// once elsewhere. The turn passes on when the permit is dropped.
+    pub async fn take(&self) -> Permit {
+        if GATE.with(|g| g.borrow().is_none()) {
+            return Permit(None);
+        }
+        // `self` holds a sender, so this only ends with the token.
+        let _ = self.rx.recv_async().await;
+        Permit(Some(self.tx.clone()))
+    }
 }
 
 #[cfg(test)]
@@ -91,6 +125,30 @@ mod tests {
                 poll_once(third.as_mut()).is_ready(),
                 "and goes once one is back"
             );
+        })
+        .join()
+        .expect("thread");
+    }
+
+    #[test]
+    fn a_file_turn_is_one_at_a_time_under_a_gate_and_free_without() {
+        let turn = std::sync::Arc::new(Turn::new());
+        let free = std::sync::Arc::clone(&turn);
+        std::thread::spawn(move || {
+            let a = poll_once(pin!(free.take()));
+            let b = poll_once(pin!(free.take()));
+            assert!(a.is_ready() && b.is_ready(), "no gate: no turns");
+        })
+        .join()
+        .expect("thread");
+        std::thread::spawn(move || {
+            install(4);
+            let first = poll_once(pin!(turn.take()));
+            assert!(first.is_ready(), "the first writer goes");
+            let mut second = pin!(turn.take());
+            assert!(poll_once(second.as_mut()).is_pending(), "the second waits");
+            drop(first);
+            assert!(poll_once(second.as_mut()).is_ready(), "and goes after it");
         })
         .join()
         .expect("thread");

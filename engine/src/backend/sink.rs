@@ -21,6 +21,7 @@
 
 use std::io;
 use std::path::Path;
+use std::sync::Arc;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
@@ -30,6 +31,7 @@ use compio::io::{AsyncReadAt, AsyncWriteAtExt};
 use serde::Serialize;
 
 use super::buf::{AlignedBuf, BUF_ALIGN};
+use super::gate::Turn;
 
 /// How bytes are written to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -76,14 +78,22 @@ pub(crate) struct FileSink {
     direct: Option<File>,
     align: u64,
     splice: bool,
+    /// The file's turn for buffered writes, shared with the other workers' sinks of the file.
+    turn: Arc<Turn>,
 }
 
 impl FileSink {
     /// Opens `path` (which exists) for `kind` writes aligned to `align` bytes (the probe's
-    /// O_DIRECT offset alignment; raised to a page).
-    pub async fn open(path: &Path, kind: SinkKind, align: u64) -> io::Result<FileSink> {
+    /// O_DIRECT offset alignment; raised to a page). `turn` is the file's, the same for every
+    /// sink of it.
+    pub async fn open(
+        path: &Path,
+        kind: SinkKind,
+        align: u64,
+        turn: Arc<Turn>,
+    ) -> io::Result<FileSink> {
         let buffered = OpenOptions::new().read(true).write(true).open(path).await?;
-        FileSink::with_buffered(buffered, path, kind, align).await
+        FileSink::with_buffered(buffered, path, kind, align, turn).await
     }
 
     /// [`FileSink::open`] around `buffered`, a descriptor of `path` already open for reading
@@ -93,6 +103,7 @@ impl FileSink {
         path: &Path,
         kind: SinkKind,
         align: u64,
+        turn: Arc<Turn>,
     ) -> io::Result<FileSink> {
         let direct = match kind {
             SinkKind::Buffered | SinkKind::Splice => None,
@@ -110,6 +121,7 @@ impl FileSink {
             direct,
             align: align.max(BUF_ALIGN as u64),
             splice: kind == SinkKind::Splice,
+            turn,
         })
     }
 
@@ -130,6 +142,11 @@ impl FileSink {
         let direct_len = match &self.direct {
             Some(_) if at % align == 0 => len / align * align,
             _ => 0,
+        };
+        // The file's turn first: waiting for it must not hold a pool thread's permit.
+        let _turn = match direct_len < len {
+            true => Some(self.turn.take().await),
+            false => None,
         };
         let _permit = super::gate::enter().await;
         let mut buf = buf;

@@ -52,6 +52,7 @@ use self::pipe::Pipeline;
 use self::sources::{EndpointReport, Endpoints};
 use crate::backend::Backend;
 use crate::backend::buf::AlignedBuf;
+use crate::backend::gate::Turn;
 use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
@@ -392,6 +393,8 @@ pub(crate) struct Ctx {
     /// This fetch writes the file through the page cache though the sink is direct
     /// ([`WHOLE_BUFFERED_BELOW`]).
     whole_buffered: AtomicBool,
+    /// The file's turn for buffered writes, shared by its sinks on every worker.
+    write_turn: Arc<Turn>,
 }
 
 impl Ctx {
@@ -447,6 +450,7 @@ impl Ctx {
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),
+            write_turn: Arc::new(Turn::new()),
         }
     }
 
@@ -771,9 +775,10 @@ impl Ctx {
         kind: SinkKind,
     ) -> Result<FileSink, GetError> {
         let (path, align) = (&self.incomplete, self.sink.align);
+        let turn = Arc::clone(&self.write_turn);
         match created {
-            Some(file) => FileSink::with_buffered(file, path, kind, align).await,
-            None => FileSink::open(path, kind, align).await,
+            Some(file) => FileSink::with_buffered(file, path, kind, align, turn).await,
+            None => FileSink::open(path, kind, align, turn).await,
         }
         .map_err(|source| GetError::Io {
             op: if kind == SinkKind::Direct {
