@@ -13,7 +13,9 @@
 //!   not ranged (chunked, streamed), take the buffered path.
 //!
 //! On the polling driver (safe mode) writes and read-backs pass [`super::gate`] first, so
-//! that no more of them wait for the blocking pool than it has threads.
+//! that no more of them wait for the blocking pool than it has threads. Buffered writes of one
+//! file take turns first, on both back-ends ([`super::gate::Turn`]): the inode lock would
+//! serialise them anyway, after spinning.
 //!
 //! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
 //! the connection cuts its buffers at [`FileSink::align`] boundaries so that whole buffers stay
