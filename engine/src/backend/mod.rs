@@ -23,6 +23,7 @@ pub(crate) mod gate;
 pub(crate) mod sink;
 pub(crate) mod sockopt;
 pub(crate) mod splice;
+pub(crate) mod writeback;
 
 use kernel_probes::{Support, UringOp, UringReport};
 use serde::Serialize;

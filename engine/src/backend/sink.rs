@@ -17,6 +17,10 @@
 //! file take turns first, on both back-ends ([`super::gate::Turn`]): the inode lock would
 //! serialise them anyway, after spinning.
 //!
+//! A buffered sink starts the writeback of each 8 MiB stretch of the file once a write completes
+//! it ([`super::writeback`]), instead of leaving it dirty in the page cache until the flusher or
+//! the final fsync.
+//!
 //! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
 //! the connection cuts its buffers at [`FileSink::align`] boundaries so that whole buffers stay
 //! on the direct path.
@@ -34,6 +38,7 @@ use serde::Serialize;
 
 use super::buf::{AlignedBuf, BUF_ALIGN};
 use super::gate::Turn;
+use super::writeback;
 
 /// How bytes are written to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -146,9 +151,10 @@ impl FileSink {
             _ => 0,
         };
         // The file's turn first: waiting for it must not hold a pool thread's permit.
-        let _turn = match direct_len < len {
-            true => Some(self.turn.take().await),
-            false => None,
+        let _turn = if direct_len < len {
+            Some(self.turn.take().await)
+        } else {
+            None
         };
         let _permit = super::gate::enter().await;
         let mut buf = buf;
@@ -170,6 +176,15 @@ impl FileSink {
             buf = slice.into_inner();
             if let Err(e) = r {
                 return (Err(e), buf);
+            }
+        }
+        if self.direct.is_none() {
+            if let Some(stretch) = writeback::completed_stretch(at..at + len) {
+                let fd = self.buffered.to_shared_fd();
+                // Only a hint: what fails here fails again, and is reported, at the fsync.
+                if let Err(e) = writeback::start(fd, stretch.clone()).await {
+                    tracing::debug!("starting writeback of {stretch:?} failed: {e}");
+                }
             }
         }
         (Ok(()), buf)
