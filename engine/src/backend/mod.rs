@@ -18,12 +18,11 @@
 //! (io_uring or polling) and the sink chosen.
 
 pub(crate) mod buf;
-pub(crate) mod fallocate;
+pub(crate) mod fileop;
 pub(crate) mod gate;
 pub(crate) mod sink;
 pub(crate) mod sockopt;
 pub(crate) mod splice;
-pub(crate) mod writeback;
 
 use kernel_probes::{Support, UringOp, UringReport};
 use serde::Serialize;

@@ -18,7 +18,7 @@
 //! serialise them anyway, after spinning.
 //!
 //! A buffered sink starts the writeback of each 8 MiB stretch of the file once a write completes
-//! it ([`super::writeback`]), instead of leaving it dirty in the page cache until the flusher or
+//! it ([`super::fileop`]), instead of leaving it dirty in the page cache until the flusher or
 //! the final fsync.
 //!
 //! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
@@ -37,8 +37,8 @@ use compio::io::{AsyncReadAt, AsyncWriteAtExt};
 use serde::Serialize;
 
 use super::buf::{AlignedBuf, BUF_ALIGN};
+use super::fileop;
 use super::gate::Turn;
-use super::writeback;
 
 /// How bytes are written to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -179,10 +179,10 @@ impl FileSink {
             }
         }
         if self.direct.is_none() {
-            if let Some(stretch) = writeback::completed_stretch(at..at + len) {
+            if let Some(stretch) = fileop::completed_stretch(at..at + len) {
                 let fd = self.buffered.to_shared_fd();
                 // Only a hint: what fails here fails again, and is reported, at the fsync.
-                if let Err(e) = writeback::start(fd, stretch.clone()).await {
+                if let Err(e) = fileop::start_writeback(fd, stretch.clone()).await {
                     tracing::debug!("starting writeback of {stretch:?} failed: {e}");
                 }
             }

@@ -1398,7 +1398,7 @@ async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
     let mut looked_again = false;
     loop {
         // A ring op on io_uring: reserving a large file's extents does not stall the worker.
-        match crate::backend::fallocate::fallocate(file.to_shared_fd(), len).await {
+        match crate::backend::fileop::fallocate(file.to_shared_fd(), len).await {
             Ok(()) => return Ok(()),
             Err(e)
                 if matches!(
