@@ -126,7 +126,49 @@ unsafe impl<S: AsFd> PollOpCode for FileOp<S> {
 
 #[cfg(test)]
 mod tests {
+    use compio::driver::ToSharedFd;
+    use compio::io::AsyncWriteAtExt;
+
     use super::*;
+    use crate::backend::Backend;
+
+    /// Both ops are accepted by the kernel on both back-ends. A failed `start_writeback` is only
+    /// logged by the sink, so this is where a wrong opcode, flag or argument would show.
+    #[test]
+    fn both_ops_run_on_both_back_ends() {
+        for backend in [Backend::Uring, Backend::Portable] {
+            let rt = match crate::runtime::build_runtime(backend, 2) {
+                Ok(rt) => rt,
+                Err(e) if backend == Backend::Uring => {
+                    eprintln!("no io_uring here ({e}): checked on the portable back-end only");
+                    continue;
+                }
+                Err(e) => panic!("the polling runtime: {e}"),
+            };
+            let dir = tempfile::tempdir().expect("temp dir");
+            let path = dir.path().join("f");
+            rt.block_on(async {
+                let mut file = compio::fs::OpenOptions::new()
+                    .create(true)
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .await
+                    .expect("open");
+                fallocate(file.to_shared_fd(), 3 * STRETCH)
+                    .await
+                    .expect("fallocate");
+                let written = file.write_all_at(vec![7u8; STRETCH as usize], 0).await;
+                written.0.expect("write");
+                start_writeback(file.to_shared_fd(), 0..STRETCH)
+                    .await
+                    .expect("start writeback");
+            });
+            let meta = std::fs::metadata(&path).expect("metadata");
+            assert_eq!(meta.len(), 3 * STRETCH, "fallocate set the size");
+            eprintln!("fallocate and start_writeback ran on {backend:?}");
+        }
+    }
 
     #[test]
     fn a_write_that_reaches_a_stretch_end_completes_that_stretch() {
