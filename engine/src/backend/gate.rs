@@ -17,26 +17,20 @@
 //! threads (each ring's io-wq keeps its own writes to a file in line, not another ring's).
 //! Measured on 2 GiB, verified, from nginx: 20% of `--sink buffered`'s CPU in that spin and 47%
 //! in the page-cache copy; 6% and 20% in safe mode, where curl's copy is 5%. So buffered writes
-//! of one file take turns ([`Turn`]), before they ask the gate for a pool thread.
+//! of one file take turns (a single [`Tokens`]), before they ask the gate for a pool thread.
 //!
 //! Not here: which operations are gated (the sink decides), or the pool itself (compio's).
 
 use std::cell::RefCell;
 
 thread_local! {
-    /// This worker's permits: a channel holding one token per free pool thread.
-    static GATE: RefCell<Option<(flume::Sender<()>, flume::Receiver<()>)>> =
-        const { RefCell::new(None) };
+    /// This worker's gate: one token per free pool thread.
+    static GATE: RefCell<Option<Tokens>> = const { RefCell::new(None) };
 }
 
 /// Installs a gate of `permits` on the calling thread (a worker on the polling driver).
 pub(crate) fn install(permits: usize) {
-    let permits = permits.max(1);
-    let (tx, rx) = flume::bounded(permits);
-    for _ in 0..permits {
-        let _ = tx.send(());
-    }
-    GATE.with(|g| *g.borrow_mut() = Some((tx, rx)));
+    GATE.with(|g| *g.borrow_mut() = Some(Tokens::new(permits)));
 }
 
 /// Held while a gated operation runs; the permit goes back when it is dropped.
@@ -52,31 +46,35 @@ impl Drop for Permit {
 
 /// Waits for a permit of this thread's gate; at once where there is no gate.
 pub(crate) async fn enter() -> Permit {
-    let Some((tx, rx)) = GATE.with(|g| g.borrow().clone()) else {
+    let Some(gate) = GATE.with(|g| g.borrow().clone()) else {
         return Permit(None);
     };
-    // The thread's own sender keeps the channel open, so this only ends with a token.
-    let _ = rx.recv_async().await;
-    Permit(Some(tx))
+    gate.take().await
 }
 
-/// One file's turn for buffered writes, shared by every worker writing it.
-#[derive(Debug)]
-pub(crate) struct Turn {
+/// A number of tokens in a channel; taking one waits asleep until one is back. A worker's gate
+/// holds one per pool thread; a file's turn for buffered writes is a single token, shared by
+/// every worker writing the file (clones share the tokens).
+#[derive(Debug, Clone)]
+pub(crate) struct Tokens {
     tx: flume::Sender<()>,
     rx: flume::Receiver<()>,
 }
 
-impl Turn {
-    pub fn new() -> Turn {
-        let (tx, rx) = flume::bounded(1);
-        let _ = tx.send(());
-        Turn { tx, rx }
+impl Tokens {
+    /// `count` tokens (at least one).
+    pub fn new(count: usize) -> Tokens {
+        let count = count.max(1);
+        let (tx, rx) = flume::bounded(count);
+        for _ in 0..count {
+            let _ = tx.send(());
+        }
+        Tokens { tx, rx }
     }
 
-    /// Waits for the file's turn; it passes on when the permit is dropped.
+    /// Waits for a token; it goes back when the permit is dropped.
     pub async fn take(&self) -> Permit {
-        // `self` holds a sender, so this only ends with the token.
+        // `self` holds a sender, so this only ends with a token.
         let _ = self.rx.recv_async().await;
         Permit(Some(self.tx.clone()))
     }
@@ -130,7 +128,7 @@ mod tests {
 
     #[test]
     fn a_file_turn_lets_one_writer_through_at_a_time() {
-        let turn = Turn::new();
+        let turn = Tokens::new(1);
         let first = poll_once(pin!(turn.take()));
         assert!(first.is_ready(), "the first writer goes");
         let mut second = pin!(turn.take());

@@ -14,7 +14,7 @@
 //!
 //! On the polling driver (safe mode) writes and read-backs pass [`super::gate`] first, so
 //! that no more of them wait for the blocking pool than it has threads. Buffered writes of one
-//! file take turns first, on both back-ends ([`super::gate::Turn`]): the inode lock would
+//! file take turns first, on both back-ends ([`super::gate::Tokens`]): the inode lock would
 //! serialise them anyway, after spinning.
 //!
 //! A buffered sink starts the writeback of each 8 MiB stretch of the file once a write completes
@@ -27,7 +27,6 @@
 
 use std::io;
 use std::path::Path;
-use std::sync::Arc;
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
@@ -38,7 +37,7 @@ use serde::Serialize;
 
 use super::buf::{AlignedBuf, BUF_ALIGN};
 use super::fileop;
-use super::gate::Turn;
+use super::gate::Tokens;
 
 /// How bytes are written to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -86,7 +85,7 @@ pub(crate) struct FileSink {
     align: u64,
     splice: bool,
     /// The file's turn for buffered writes, shared with the other workers' sinks of the file.
-    turn: Arc<Turn>,
+    turn: Tokens,
 }
 
 impl FileSink {
@@ -97,7 +96,7 @@ impl FileSink {
         path: &Path,
         kind: SinkKind,
         align: u64,
-        turn: Arc<Turn>,
+        turn: Tokens,
     ) -> io::Result<FileSink> {
         let buffered = OpenOptions::new().read(true).write(true).open(path).await?;
         FileSink::with_buffered(buffered, path, kind, align, turn).await
@@ -110,7 +109,7 @@ impl FileSink {
         path: &Path,
         kind: SinkKind,
         align: u64,
-        turn: Arc<Turn>,
+        turn: Tokens,
     ) -> io::Result<FileSink> {
         let direct = match kind {
             SinkKind::Buffered | SinkKind::Splice => None,

@@ -52,7 +52,7 @@ use self::pipe::Pipeline;
 use self::sources::{EndpointReport, Endpoints};
 use crate::backend::Backend;
 use crate::backend::buf::AlignedBuf;
-use crate::backend::gate::Turn;
+use crate::backend::gate::Tokens;
 use crate::backend::sink::{FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
@@ -394,7 +394,7 @@ pub(crate) struct Ctx {
     /// ([`WHOLE_BUFFERED_BELOW`]).
     whole_buffered: AtomicBool,
     /// The file's turn for buffered writes, shared by its sinks on every worker.
-    write_turn: Arc<Turn>,
+    write_turn: Tokens,
 }
 
 impl Ctx {
@@ -450,7 +450,7 @@ impl Ctx {
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),
-            write_turn: Arc::new(Turn::new()),
+            write_turn: Tokens::new(1),
         }
     }
 
@@ -775,7 +775,7 @@ impl Ctx {
         kind: SinkKind,
     ) -> Result<FileSink, GetError> {
         let (path, align) = (&self.incomplete, self.sink.align);
-        let turn = Arc::clone(&self.write_turn);
+        let turn = self.write_turn.clone();
         match created {
             Some(file) => FileSink::with_buffered(file, path, kind, align, turn).await,
             None => FileSink::open(path, kind, align, turn).await,
