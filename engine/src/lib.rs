@@ -119,6 +119,8 @@ pub struct Config {
     /// hashed, so buffers take at most `connections * (write_depth + 1) * buffer_size + 128 MiB`
     /// (208 MiB by default). Returned buffers are kept for reuse and taken before new ones are
     /// allocated, so idle and used together stay under the peak in use (at most 208 MiB idle).
+    /// Buffers are carved from 2 MiB huge-page chunks, which adds at most one partly carved
+    /// chunk.
     pub write_depth: usize,
     /// How bytes reach the file; by default O_DIRECT on io_uring where the filesystem allows
     /// it, and buffered in safe mode (which never uses O_DIRECT).

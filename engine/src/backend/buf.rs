@@ -7,9 +7,18 @@
 //! callers (each connection holds at most its write depth plus one, the verifier at most its
 //! window), not by the pool, which only keeps what was returned.
 //!
-//! This module owns the one allocation `unsafe` of the data path; it does not do I/O.
+//! Buffers whose size divides 2 MiB (the default 1 MiB among them) are carved from 2 MiB chunks
+//! mapped at 2 MiB boundaries and marked `MADV_HUGEPAGE`, so the kernel can back each chunk with
+//! one transparent huge page: a buffer's first use then faults once per 2 MiB instead of once per
+//! 4 KiB page. Measured on a verified 8 GiB download, interleaved, 3 pairs: 49.5 thousand page
+//! faults became 490, and system time fell by 0.1-0.2 s (`perf stat -e page-faults`). Where THP
+//! is off, the chunks are ordinary pages and nothing else changes. Sizes that are a multiple of
+//! 2 MiB get a mapping of their own, marked the same way; other sizes come from the heap.
+//!
+//! This module owns the allocation `unsafe` of the data path; it does not do I/O.
 
 use std::alloc::{Layout, alloc, dealloc};
+use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
 use std::sync::Mutex;
@@ -35,10 +44,16 @@ impl AlignedBuf {
     /// resident memory grows only as the buffer is used.
     pub fn new(cap: usize) -> AlignedBuf {
         let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
-        let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout");
-        // SAFETY: `layout` has a non-zero size (at least BUF_ALIGN).
-        let raw = unsafe { alloc(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let ptr = match Backing::of(cap) {
+            Backing::Chunk => Chunks::take(cap),
+            Backing::Own => map_huge(cap),
+            Backing::Heap => {
+                let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout");
+                // SAFETY: `layout` has a non-zero size (at least BUF_ALIGN).
+                let raw = unsafe { alloc(layout) };
+                NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+            }
+        };
         AlignedBuf { ptr, len: 0, cap }
     }
 
@@ -71,9 +86,158 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        let layout = Layout::from_size_align(self.cap, BUF_ALIGN).expect("buffer layout");
-        // SAFETY: allocated in `new` with exactly this layout, freed once.
-        unsafe { dealloc(self.ptr.as_ptr(), layout) };
+        match Backing::of(self.cap) {
+            Backing::Chunk => Chunks::give(self.ptr, self.cap),
+            // SAFETY: mapped by `map_huge` with exactly this length in `new`, unmapped once;
+            // the buffer is gone, so nothing points into the mapping any more.
+            Backing::Own => unsafe { unmap(self.ptr.as_ptr() as usize, self.cap) },
+            Backing::Heap => {
+                let layout = Layout::from_size_align(self.cap, BUF_ALIGN).expect("buffer layout");
+                // SAFETY: allocated in `new` with exactly this layout, freed once.
+                unsafe { dealloc(self.ptr.as_ptr(), layout) };
+            }
+        }
+    }
+}
+
+/// The size and alignment of a chunk: one transparent huge page on x86-64 (and on arm64 with
+/// 4 KiB pages).
+const CHUNK: usize = 2 << 20;
+
+/// Where a buffer of a given capacity lives; a function of the capacity alone, so a buffer
+/// needs no tag to be freed the right way.
+enum Backing {
+    /// A slot of a shared 2 MiB chunk (the capacity divides [`CHUNK`]).
+    Chunk,
+    /// A huge-page mapping of its own (the capacity is a multiple of [`CHUNK`]).
+    Own,
+    /// The heap, page-aligned.
+    Heap,
+}
+
+impl Backing {
+    fn of(cap: usize) -> Backing {
+        if CHUNK % cap == 0 {
+            Backing::Chunk
+        } else if cap % CHUNK == 0 {
+            Backing::Own
+        } else {
+            Backing::Heap
+        }
+    }
+}
+
+/// Maps `len` bytes (a multiple of [`CHUNK`]) at a [`CHUNK`] boundary and asks for huge pages.
+fn map_huge(len: usize) -> NonNull<u8> {
+    let span = len + CHUNK;
+    // SAFETY: an anonymous private mapping at an address the kernel picks; no existing memory
+    // is touched.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        let layout = Layout::from_size_align(len, BUF_ALIGN).expect("buffer layout");
+        std::alloc::handle_alloc_error(layout);
+    }
+    let raw = raw as usize;
+    let start = raw.next_multiple_of(CHUNK);
+    let end = start + len;
+    // SAFETY: `raw..start` and `end..raw + span` lie inside the mapping just made and nothing
+    // uses them; trimming them leaves exactly `start..end` mapped.
+    unsafe {
+        if start > raw {
+            unmap(raw, start - raw);
+        }
+        if raw + span > end {
+            unmap(end, raw + span - end);
+        }
+    }
+    // SAFETY: `start..end` is mapped, readable and writable, and owned by the caller from
+    // here on. MADV_HUGEPAGE is a hint: where THP is off it fails and the pages stay small.
+    unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
+    NonNull::new(start as *mut u8).expect("mmap returned a non-null address")
+}
+
+/// Unmaps `len` bytes at `addr`.
+///
+/// # Safety
+/// `addr..addr + len` is mapped, page-aligned, and nothing refers to it any more.
+unsafe fn unmap(addr: usize, len: usize) {
+    // SAFETY: the caller's contract.
+    let r = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    debug_assert_eq!(r, 0, "munmap of a range we mapped");
+}
+
+/// The 2 MiB chunks that buffers of sizes dividing [`CHUNK`] are carved from. A chunk is
+/// carved front to back for one buffer size; a slot is not reused once freed (returned buffers
+/// are reused whole through [`BufPool`], and a buffer is only freed when the pool is full), its
+/// memory goes back to the kernel at once, and the chunk is unmapped when its last slot is
+/// freed. Touched about once per buffer allocated, so one lock is enough.
+struct Chunks {
+    /// Per buffer size, the chunk being carved and the offset of its next free slot.
+    carving: BTreeMap<usize, (usize, usize)>,
+    /// Slots in use, per chunk address.
+    live: BTreeMap<usize, usize>,
+}
+
+static CHUNKS: Mutex<Chunks> = Mutex::new(Chunks {
+    carving: BTreeMap::new(),
+    live: BTreeMap::new(),
+});
+
+impl Chunks {
+    fn lock() -> std::sync::MutexGuard<'static, Chunks> {
+        CHUNKS.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A slot of `cap` bytes (which divides [`CHUNK`]).
+    fn take(cap: usize) -> NonNull<u8> {
+        let mut c = Chunks::lock();
+        let (base, next) = match c.carving.get(&cap) {
+            Some(&(base, next)) if next < CHUNK => (base, next),
+            _ => (map_huge(CHUNK).as_ptr() as usize, 0),
+        };
+        c.carving.insert(cap, (base, next + cap));
+        *c.live.entry(base).or_default() += 1;
+        NonNull::new((base + next) as *mut u8).expect("a chunk's slot is not null")
+    }
+
+    /// Frees the slot of `cap` bytes at `ptr`, and its chunk with its last slot.
+    fn give(ptr: NonNull<u8>, cap: usize) {
+        let addr = ptr.as_ptr() as usize;
+        let base = addr / CHUNK * CHUNK;
+        let mut c = Chunks::lock();
+        let live = c.live.get_mut(&base).expect("a slot of a known chunk");
+        *live -= 1;
+        if *live == 0 {
+            c.live.remove(&base);
+            if c.carving.get(&cap).is_some_and(|&(b, _)| b == base) {
+                c.carving.remove(&cap);
+            }
+            drop(c);
+            // SAFETY: the chunk was mapped by `map_huge(CHUNK)` in `take`, and its last slot in
+            // use is this one, whose buffer is being dropped; it is no longer being carved.
+            unsafe { unmap(base, CHUNK) };
+        } else {
+            drop(c);
+            // SAFETY: the slot `addr..addr + cap` lies in a mapped chunk and belongs to the
+            // buffer being dropped; slots are never handed out twice, so nothing else uses it.
+            // MADV_DONTNEED gives its memory back (splitting the huge page if there was one).
+            unsafe { libc::madvise(addr as *mut libc::c_void, cap, libc::MADV_DONTNEED) };
+        }
+    }
+
+    /// Whether the chunk at `base` is still mapped (has slots in use).
+    #[cfg(test)]
+    fn is_live(base: usize) -> bool {
+        Chunks::lock().live.contains_key(&base)
     }
 }
 
@@ -186,6 +350,78 @@ mod tests {
             "the returned buffer is reused"
         );
         assert!(b.bytes().is_empty(), "and comes back cleared");
+    }
+
+    #[test]
+    fn buffers_that_divide_a_chunk_share_huge_page_chunks() {
+        // A size no other test uses, so the chunks seen here are this test's alone.
+        const CAP: usize = 32 << 10;
+        let per_chunk = CHUNK / CAP;
+        let bufs: Vec<AlignedBuf> = (0..per_chunk + 1).map(|_| AlignedBuf::new(CAP)).collect();
+        let chunk_of = |b: &AlignedBuf| b.ptr.as_ptr() as usize / CHUNK * CHUNK;
+        let first = chunk_of(&bufs[0]);
+        assert_eq!(first % CHUNK, 0);
+        for (i, b) in bufs[..per_chunk].iter().enumerate() {
+            assert_eq!(
+                chunk_of(b),
+                first,
+                "slot {i} is carved from the first chunk"
+            );
+            assert_eq!(
+                b.ptr.as_ptr() as usize,
+                first + i * CAP,
+                "slots do not overlap"
+            );
+        }
+        let second = chunk_of(&bufs[per_chunk]);
+        assert_ne!(second, first, "a full chunk is not carved further");
+        // Every slot is writable end to end.
+        let mut bufs = bufs;
+        for b in &mut bufs {
+            b.push_slice(&[0xa5; CAP]);
+        }
+        assert!(bufs.iter().all(|b| b.bytes().iter().all(|&x| x == 0xa5)));
+
+        let last = bufs.pop().expect("the second chunk's buffer");
+        bufs.truncate(1);
+        assert!(
+            Chunks::is_live(first),
+            "one slot of the first chunk is still in use"
+        );
+        drop(bufs);
+        assert!(
+            !Chunks::is_live(first),
+            "its last slot freed, the chunk is unmapped"
+        );
+        assert!(Chunks::is_live(second));
+        drop(last);
+        assert!(!Chunks::is_live(second));
+        let again = AlignedBuf::new(CAP);
+        assert!(
+            Chunks::is_live(chunk_of(&again)),
+            "a new chunk is mapped for it"
+        );
+    }
+
+    #[test]
+    fn sizes_off_the_chunk_grid_come_from_a_mapping_or_the_heap() {
+        let own = AlignedBuf::new(2 * CHUNK);
+        assert_eq!(
+            own.ptr.as_ptr() as usize % CHUNK,
+            0,
+            "its own huge-page mapping"
+        );
+        let heap = AlignedBuf::new(CHUNK + BUF_ALIGN);
+        assert_eq!(
+            heap.ptr.as_ptr() as usize % BUF_ALIGN,
+            0,
+            "page-aligned from the heap"
+        );
+        for mut b in [own, heap] {
+            let cap = b.capacity();
+            b.push_slice(&vec![7u8; cap]);
+            assert_eq!(b.bytes().len(), cap);
+        }
     }
 
     #[test]
