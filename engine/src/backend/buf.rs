@@ -7,7 +7,9 @@
 //! callers (each connection holds at most its write depth plus one, the verifier at most its
 //! window), not by the pool, which only keeps what was returned.
 //!
-//! Buffers whose size divides 2 MiB (the default 1 MiB among them) are carved from 2 MiB chunks
+//! Buffers that will be filled whole ([`BufPool::take`] with `huge`: those of the direct and
+//! buffered sinks, not the splice sink's, which mostly hold a response head) and whose size
+//! divides 2 MiB (the default 1 MiB among them) are carved from 2 MiB chunks
 //! mapped at 2 MiB boundaries and marked `MADV_HUGEPAGE`, so the kernel can back each chunk with
 //! one transparent huge page: a buffer's first use then faults once per 2 MiB instead of once per
 //! 4 KiB page. Measured on a verified 8 GiB download, interleaved, 3 pairs: 49.5 thousand page
@@ -33,6 +35,7 @@ pub(crate) struct AlignedBuf {
     ptr: NonNull<u8>,
     len: usize,
     cap: usize,
+    backing: Backing,
 }
 
 // SAFETY: the buffer owns its allocation exclusively (no aliasing pointers are handed out beyond
@@ -40,11 +43,19 @@ pub(crate) struct AlignedBuf {
 unsafe impl Send for AlignedBuf {}
 
 impl AlignedBuf {
-    /// A buffer of `cap` bytes (rounded up to [`BUF_ALIGN`]). The pages are not touched here, so
-    /// resident memory grows only as the buffer is used.
+    /// A buffer of `cap` bytes (rounded up to [`BUF_ALIGN`]) from the heap. The pages are not
+    /// touched here, so resident memory grows only as the buffer is used.
     pub fn new(cap: usize) -> AlignedBuf {
+        AlignedBuf::with(cap, false)
+    }
+
+    /// A buffer of `cap` bytes (rounded up to [`BUF_ALIGN`]); with `huge`, one the kernel may
+    /// back with huge pages (see the module docs). Only for buffers that are filled whole: the
+    /// first byte touched makes all 2 MiB of its chunk resident.
+    fn with(cap: usize, huge: bool) -> AlignedBuf {
         let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
-        let ptr = match Backing::of(cap) {
+        let backing = Backing::of(cap, huge);
+        let ptr = match backing {
             Backing::Chunk => Chunks::take(cap),
             Backing::Own => map_huge(cap),
             Backing::Heap => {
@@ -54,7 +65,12 @@ impl AlignedBuf {
                 NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
             }
         };
-        AlignedBuf { ptr, len: 0, cap }
+        AlignedBuf {
+            ptr,
+            len: 0,
+            cap,
+            backing,
+        }
     }
 
     pub fn capacity(&self) -> usize {
@@ -86,7 +102,7 @@ impl AlignedBuf {
 
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
-        match Backing::of(self.cap) {
+        match self.backing {
             Backing::Chunk => Chunks::give(self.ptr, self.cap),
             // SAFETY: mapped by `map_huge` with exactly this length in `new`, unmapped once;
             // the buffer is gone, so nothing points into the mapping any more.
@@ -104,8 +120,8 @@ impl Drop for AlignedBuf {
 /// 4 KiB pages).
 const CHUNK: usize = 2 << 20;
 
-/// Where a buffer of a given capacity lives; a function of the capacity alone, so a buffer
-/// needs no tag to be freed the right way.
+/// Where a buffer's memory comes from, and so how it is freed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backing {
     /// A slot of a shared 2 MiB chunk (the capacity divides [`CHUNK`]).
     Chunk,
@@ -116,8 +132,11 @@ enum Backing {
 }
 
 impl Backing {
-    fn of(cap: usize) -> Backing {
-        if CHUNK % cap == 0 {
+    /// Where a buffer of `cap` bytes lives; huge pages only when asked for.
+    fn of(cap: usize, huge: bool) -> Backing {
+        if !huge {
+            Backing::Heap
+        } else if CHUNK % cap == 0 {
             Backing::Chunk
         } else if cap % CHUNK == 0 {
             Backing::Own
@@ -305,17 +324,19 @@ static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 const POOL_KEEP_BYTES: usize = 208 << 20;
 
 impl BufPool {
-    /// A cleared buffer of exactly `cap` bytes (rounded up to [`BUF_ALIGN`]), reused when one was
-    /// returned.
-    pub fn take(cap: usize) -> AlignedBuf {
+    /// A cleared buffer of exactly `cap` bytes (rounded up to [`BUF_ALIGN`]), reused when one
+    /// was returned; from huge-page chunks when `huge` (see [`AlignedBuf::with`]: for buffers that
+    /// are filled whole, not for those that mostly hold a response head, as the splice sink's).
+    pub fn take(cap: usize, huge: bool) -> AlignedBuf {
         let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
+        let backing = Backing::of(cap, huge);
         let reused = {
             let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
             p.iter()
-                .position(|b| b.capacity() == cap)
+                .position(|b| b.capacity() == cap && b.backing == backing)
                 .map(|i| p.swap_remove(i))
         };
-        let mut buf = reused.unwrap_or_else(|| AlignedBuf::new(cap));
+        let mut buf = reused.unwrap_or_else(|| AlignedBuf::with(cap, huge));
         buf.clear();
         buf
     }
@@ -336,14 +357,14 @@ mod tests {
 
     #[test]
     fn buffers_are_page_aligned_and_recycled() {
-        let mut a = BufPool::take(10_000);
+        let mut a = BufPool::take(10_000, false);
         assert_eq!(a.capacity(), 12_288);
         assert_eq!(a.bytes().as_ptr() as usize % BUF_ALIGN, 0);
         a.push_slice(b"hello");
         assert_eq!(a.bytes(), b"hello");
         let addr = a.bytes().as_ptr() as usize;
         BufPool::give(a);
-        let b = BufPool::take(12_288);
+        let b = BufPool::take(12_288, false);
         assert_eq!(
             b.bytes().as_ptr() as usize,
             addr,
@@ -357,7 +378,9 @@ mod tests {
         // A size no other test uses, so the chunks seen here are this test's alone.
         const CAP: usize = 32 << 10;
         let per_chunk = CHUNK / CAP;
-        let bufs: Vec<AlignedBuf> = (0..per_chunk + 1).map(|_| AlignedBuf::new(CAP)).collect();
+        let bufs: Vec<AlignedBuf> = (0..per_chunk + 1)
+            .map(|_| AlignedBuf::with(CAP, true))
+            .collect();
         let chunk_of = |b: &AlignedBuf| b.ptr.as_ptr() as usize / CHUNK * CHUNK;
         let first = chunk_of(&bufs[0]);
         assert_eq!(first % CHUNK, 0);
@@ -396,7 +419,7 @@ mod tests {
         assert!(Chunks::is_live(second));
         drop(last);
         assert!(!Chunks::is_live(second));
-        let again = AlignedBuf::new(CAP);
+        let again = AlignedBuf::with(CAP, true);
         assert!(
             Chunks::is_live(chunk_of(&again)),
             "a new chunk is mapped for it"
@@ -404,14 +427,29 @@ mod tests {
     }
 
     #[test]
+    fn huge_pages_only_when_asked_for() {
+        assert_eq!(AlignedBuf::new(1 << 20).backing, Backing::Heap);
+        assert_eq!(AlignedBuf::with(1 << 20, true).backing, Backing::Chunk);
+        BufPool::give(BufPool::take(1 << 20, false));
+        let huge = BufPool::take(1 << 20, true);
+        assert_eq!(
+            huge.backing,
+            Backing::Chunk,
+            "a heap buffer is not handed out as huge"
+        );
+    }
+
+    #[test]
     fn sizes_off_the_chunk_grid_come_from_a_mapping_or_the_heap() {
-        let own = AlignedBuf::new(2 * CHUNK);
+        let own = AlignedBuf::with(2 * CHUNK, true);
+        assert_eq!(own.backing, Backing::Own);
         assert_eq!(
             own.ptr.as_ptr() as usize % CHUNK,
             0,
             "its own huge-page mapping"
         );
-        let heap = AlignedBuf::new(CHUNK + BUF_ALIGN);
+        let heap = AlignedBuf::with(CHUNK + BUF_ALIGN, true);
+        assert_eq!(heap.backing, Backing::Heap);
         assert_eq!(
             heap.ptr.as_ptr() as usize % BUF_ALIGN,
             0,

@@ -131,6 +131,11 @@ impl FileSink {
         })
     }
 
+    /// Whether this is a splice sink.
+    pub fn is_splice(&self) -> bool {
+        self.splice
+    }
+
     /// The descriptor ranged bodies are spliced into, when this is a splice sink.
     pub fn splice_target(&self) -> Option<SharedFd<std::fs::File>> {
         self.splice.then(|| self.buffered.to_shared_fd())

@@ -33,6 +33,9 @@ pub(super) struct Pipeline {
     wake_read_back: Option<flume::Sender<()>>,
     depth: usize,
     buf_size: usize,
+    /// Whether buffers come from huge-page chunks: they do when they are filled whole, not for
+    /// the splice sink, whose buffers mostly hold a response head.
+    huge_bufs: bool,
     /// Writes in flight and their file offsets, in no order (they are reaped lowest first).
     inflight: Vec<(u64, Write)>,
 }
@@ -40,6 +43,7 @@ pub(super) struct Pipeline {
 impl Pipeline {
     pub fn new(ctx: &Arc<Ctx>, sink: FileSink) -> Pipeline {
         let (verifier, wake_read_back) = ctx.verifier();
+        let huge_bufs = !sink.is_splice();
         Pipeline {
             ctx: Arc::clone(ctx),
             sink,
@@ -47,6 +51,7 @@ impl Pipeline {
             wake_read_back,
             depth: ctx.settings.depth.max(1),
             buf_size: ctx.settings.staging,
+            huge_bufs,
             inflight: Vec::new(),
         }
     }
@@ -72,7 +77,7 @@ impl Pipeline {
         if self.inflight.len() >= self.depth {
             self.reap_one(at).await?;
         }
-        Ok(BufPool::take(self.buf_size))
+        Ok(BufPool::take(self.buf_size, self.huge_bufs))
     }
 
     /// Starts writing `buf` at `at` (an empty buffer just goes back to the free list).
