@@ -104,12 +104,12 @@ impl Drop for AlignedBuf {
     fn drop(&mut self) {
         match self.backing {
             Backing::Chunk => Chunks::give(self.ptr, self.cap),
-            // SAFETY: mapped by `map_huge` with exactly this length in `new`, unmapped once;
+            // SAFETY: mapped by `map_huge` with exactly this length in `with`, unmapped once;
             // the buffer is gone, so nothing points into the mapping any more.
             Backing::Own => unsafe { unmap(self.ptr.as_ptr() as usize, self.cap) },
             Backing::Heap => {
                 let layout = Layout::from_size_align(self.cap, BUF_ALIGN).expect("buffer layout");
-                // SAFETY: allocated in `new` with exactly this layout, freed once.
+                // SAFETY: allocated in `with` with exactly this layout, freed once.
                 unsafe { dealloc(self.ptr.as_ptr(), layout) };
             }
         }

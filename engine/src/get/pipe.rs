@@ -33,9 +33,6 @@ pub(super) struct Pipeline {
     wake_read_back: Option<flume::Sender<()>>,
     depth: usize,
     buf_size: usize,
-    /// Whether buffers come from huge-page chunks: they do when they are filled whole, not for
-    /// the splice sink, whose buffers mostly hold a response head.
-    huge_bufs: bool,
     /// Writes in flight and their file offsets, in no order (they are reaped lowest first).
     inflight: Vec<(u64, Write)>,
 }
@@ -43,7 +40,6 @@ pub(super) struct Pipeline {
 impl Pipeline {
     pub fn new(ctx: &Arc<Ctx>, sink: FileSink) -> Pipeline {
         let (verifier, wake_read_back) = ctx.verifier();
-        let huge_bufs = !sink.is_splice();
         Pipeline {
             ctx: Arc::clone(ctx),
             sink,
@@ -51,7 +47,6 @@ impl Pipeline {
             wake_read_back,
             depth: ctx.settings.depth.max(1),
             buf_size: ctx.settings.staging,
-            huge_bufs,
             inflight: Vec::new(),
         }
     }
@@ -77,7 +72,8 @@ impl Pipeline {
         if self.inflight.len() >= self.depth {
             self.reap_one(at).await?;
         }
-        Ok(BufPool::take(self.buf_size, self.huge_bufs))
+        // Huge pages for buffers that are filled whole; the splice sink's mostly hold a head.
+        Ok(BufPool::take(self.buf_size, !self.sink.is_splice()))
     }
 
     /// Starts writing `buf` at `at` (an empty buffer just goes back to the free list).
