@@ -128,6 +128,17 @@ fn a_mirror_that_cuts_or_stalls_its_bodies_hands_its_ranges_back() {
     const SIZE: u64 = 8 << 20;
     let (src, file, sha) = data(SIZE, 103);
     let nginx = Nginx::start(src.path());
+    // The URL's origin sends 8 MB/s per connection: one lane alone needs a second for the
+    // file, so the mirror's lanes have long joined and asked it for ranges (at loopback speed
+    // the URL's first lane could finish all 8 MiB before they did, and the mirror would never
+    // be asked).
+    let front = FaultProxy::start(
+        nginx.port(),
+        Fault::Throttle {
+            bytes_per_sec: 8 << 20,
+        },
+    );
+    let url = format!("http://127.0.0.1:{}/files/f", front.port());
     for backend in backends_under_test() {
         let faults = [
             (Fault::TruncateAll { keep: 64 << 10 }, "cut short"),
@@ -145,7 +156,7 @@ fn a_mirror_that_cuts_or_stalls_its_bodies_hands_its_ranges_back() {
             let dest = out.path().join("f");
             let mirror_url = format!("http://127.0.0.1:{}/files/f", mirror.port());
             let args = mirror_args(&mirror_url, &sha, &["--read-timeout", "1"]);
-            let report = get_ok(backend, &nginx.url("files", "f"), &dest, &args);
+            let report = get_ok(backend, &url, &dest, &args);
             assert_same_file(&file, &dest, &format!("backend={backend:?} {what}"));
             let e = endpoints_served(&report);
             assert!(
