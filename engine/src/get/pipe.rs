@@ -2,8 +2,9 @@
 //!
 //! Buffers come from the pool and go back to it (or to the verifier, which keeps some until the
 //! hashed prefix reaches them); a connection never holds more than `depth + 1` of them, which is what bounds memory (and what pushes back on the socket when the
-//! disk is slower than the network: no free buffer, no read). Each completed write is counted in
-//! the job's progress and offered to the verifier while its buffer is still in hand.
+//! disk is slower than the network: no free buffer, no read). A buffer that continues the
+//! hashed prefix is hashed as it is submitted; each completed write is counted in the job's
+//! progress and offered to the verifier while its buffer is still in hand.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -85,6 +86,12 @@ impl Pipeline {
         while self.inflight.len() >= self.depth {
             self.reap_one(at).await?;
         }
+        // Bytes that continue the hashed prefix are hashed before they reach the disk.
+        if let Some(v) = self.verifier.clone() {
+            if let Some(next) = v.ahead(at, buf.bytes()) {
+                self.hash_runs(next).await;
+            }
+        }
         let mut sink = self.sink.clone();
         let write = compio::runtime::spawn(async move { sink.write(buf, at).await });
         self.inflight.push((at, write));
@@ -150,7 +157,7 @@ impl Pipeline {
         // otherwise.
         let mut buf = buf;
         let mut waited = Duration::ZERO;
-        let mut next_step = loop {
+        let next_step = loop {
             match v.written(at, buf) {
                 Ok(n) => break n,
                 Err(back) if give_up_waiting(at, next, waited) || self.ctx.is_aborted() => {
@@ -164,7 +171,14 @@ impl Pipeline {
                 }
             }
         };
-        // Hash a buffer at a time, and let the worker's other connections read in between.
+        self.hash_runs(next_step).await;
+        Ok(())
+    }
+
+    /// Hashes `next` and the runs that follow it, a buffer at a time, letting the worker's
+    /// other connections read in between; wakes the read-back task when bytes that left
+    /// memory wait at the prefix afterwards.
+    async fn hash_runs(&self, mut next_step: Next<'_>) {
         let wake = loop {
             match next_step {
                 Next::Hash(mut run) => {
@@ -181,7 +195,6 @@ impl Pipeline {
                 let _ = wake.try_send(());
             }
         }
-        Ok(())
     }
 
     /// Waits for every write in flight; the first error wins, but all are waited for.

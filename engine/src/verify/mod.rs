@@ -1,7 +1,11 @@
 //! Streaming sha256 (or git blob sha1) of a file that is written out of order, fed in file order.
 //!
 //! Connections write ranges of one file concurrently; a hash is sequential. A [`Verifier`]
-//! tracks the hashed prefix `0..prefix` and takes every buffer once it is written. A buffer that
+//! tracks the hashed prefix `0..prefix`. A buffer that continues the prefix when its write is
+//! submitted is hashed then ([`Verifier::ahead`]), without waiting for the disk: the hash is
+//! what bounds a verified download, and it would sit idle for the length of the disk's queue
+//! at each such buffer. The file is settled only after every write completed, so the digest
+//! still covers exactly the bytes written. Every other buffer is taken once it is written. A buffer that
 //! continues the prefix comes back to the caller as a [`Run`] to hash on the spot, with any kept
 //! buffers that follow it, a buffer at a time (so the caller's worker can read its other sockets
 //! in between). One further on is kept, up to a window of bytes (the verifier's memory bound,
@@ -343,6 +347,23 @@ impl Verifier {
         Err(buf)
     }
 
+    /// `bytes`, about to be written at `at`, are hashed now when they continue the prefix and
+    /// the hasher is free; what follows is the kept buffers that continue them, to hash, as
+    /// from [`Verifier::written`]. `None` otherwise: the buffer goes to
+    /// [`Verifier::written`] once written, like any other. The write of bytes hashed here is
+    /// still awaited before the file is settled; handed to [`Verifier::written`] afterwards,
+    /// they are behind the prefix and go straight back to the pool.
+    pub fn ahead(&self, at: u64, bytes: &[u8]) -> Option<Next<'_>> {
+        let mut s = self.lock();
+        if bytes.is_empty() || at != s.prefix {
+            return None;
+        }
+        let mut hasher = s.hasher.take()?;
+        drop(s);
+        hasher.update(bytes);
+        Some(self.ran(hasher, at + bytes.len() as u64))
+    }
+
     /// Records a written buffer for read-back instead of keeping it (the window stayed full).
     pub fn spill(&self, at: u64, buf: AlignedBuf) {
         self.written_elsewhere(at, buf.bytes().len() as u64);
@@ -610,6 +631,49 @@ mod tests {
         drop(run);
         assert_eq!(v.prefix(), 1000);
         assert_eq!(v.finish().0, sha(&f));
+    }
+
+    #[test]
+    fn bytes_that_continue_the_prefix_are_hashed_before_their_write() {
+        let f = data(1000);
+        let window = Window::new(1000);
+        let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 1000);
+        // Further on: not hashed ahead; kept once written.
+        assert!(v.ahead(400, &f[400..1000]).is_none());
+        v.written(400, buf_of(&f[400..1000]))
+            .expect("the window has room")
+            .hash_all();
+        assert_eq!(window.used(), 600);
+        // At the prefix: hashed at once, before the write completes.
+        assert!(matches!(
+            v.ahead(0, &f[..200]),
+            Some(Next::Idle { read_back: false })
+        ));
+        assert_eq!(v.prefix(), 200);
+        // Its write completes: behind the prefix, the buffer just goes back.
+        assert!(matches!(
+            v.written(0, buf_of(&f[..200])),
+            Ok(Next::Idle { read_back: false })
+        ));
+        assert_eq!(window.used(), 600);
+        // A written buffer at the prefix makes a run; while it holds the hasher, nothing is
+        // hashed ahead.
+        let Ok(Next::Hash(run)) = v.written(200, buf_of(&f[200..300])) else {
+            panic!("the prefix's buffer is handed out to hash");
+        };
+        assert!(v.ahead(300, &f[300..400]).is_none());
+        assert!(!run.finish().hash_all());
+        assert_eq!(v.prefix(), 300);
+        // Hashed ahead, the gap brings the kept buffer after it along, and its room back.
+        let Some(Next::Hash(run)) = v.ahead(300, &f[300..400]) else {
+            panic!("the kept buffer continues the prefix");
+        };
+        assert!(!run.finish().hash_all());
+        assert_eq!((v.prefix(), window.used()), (1000, 0));
+        assert!(v.written(300, buf_of(&f[300..400])).is_ok());
+        let (d, stats) = v.finish();
+        assert_eq!(d, sha(&f));
+        assert_eq!(stats.from_memory, 1000);
     }
 
     #[test]
