@@ -1,8 +1,9 @@
 //! A connection's write pipeline: up to `depth` writes in flight while the next buffer fills.
 //!
 //! Buffers come from the pool and go back to it (or to the verifier, which keeps some until the
-//! hashed prefix reaches them); a connection never holds more than `depth + 1` of them, which is what bounds memory (and what pushes back on the socket when the
-//! disk is slower than the network: no free buffer, no read). A buffer that continues the
+//! hashed prefix reaches them); a connection never holds more than `depth + 1` of them, which
+//! is what bounds memory (and what pushes back on the socket when the disk is slower than the
+//! network: no free buffer, no read). A buffer that continues the
 //! hashed prefix is hashed as it is submitted; each completed write is counted in the job's
 //! progress and offered to the verifier while its buffer is still in hand.
 
@@ -86,15 +87,16 @@ impl Pipeline {
         while self.inflight.len() >= self.depth {
             self.reap_one(at).await?;
         }
-        // Bytes that continue the hashed prefix are hashed before they reach the disk.
-        if let Some(v) = self.verifier.clone() {
-            if let Some(next) = v.ahead(at, buf.bytes()) {
-                self.hash_runs(next).await;
-            }
-        }
+        // Bytes that continue the hashed prefix are hashed before they reach the disk; the
+        // kept buffers that follow them, once the write is on its way.
+        let verifier = self.verifier.clone();
+        let next = verifier.as_ref().and_then(|v| v.ahead(at, buf.bytes()));
         let mut sink = self.sink.clone();
         let write = compio::runtime::spawn(async move { sink.write(buf, at).await });
         self.inflight.push((at, write));
+        if let Some(next) = next {
+            self.hash_runs(next).await;
+        }
         Ok(())
     }
 
