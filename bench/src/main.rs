@@ -242,6 +242,16 @@ struct Sample {
     machine: Option<Machine>,
 }
 
+/// A peer's run that failed (a crash, an error exit): left out of the figures and listed in
+/// the report. One peer's bad run does not throw away the rounds of every tool; a failure of
+/// ferry or of a ceiling still stops the suite.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+struct FailedRun {
+    tool: String,
+    round: usize,
+    error: String,
+}
+
 /// A tool a suite does not run, and why (printed in the report).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 struct LeftOut {
@@ -740,6 +750,9 @@ struct SuiteResult {
     /// Tools this suite does not run, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     left_out: Vec<LeftOut>,
+    /// Peers' runs that failed, not in `samples`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    failed: Vec<FailedRun>,
     samples: Vec<Sample>,
 }
 
@@ -763,6 +776,7 @@ impl SuiteResult {
             base: ferry_name(),
             targets: Vec::new(),
             left_out: Vec::new(),
+            failed: Vec::new(),
             samples: Vec::new(),
         }
     }
@@ -866,6 +880,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     };
     let filler = Filler::for_state(&args.state, scratch)?;
     let mut samples = Vec::new();
+    let mut failed = Vec::new();
     for round in 0..=args.runs {
         for tool in &tools {
             let out = outputs.next()?.to_owned();
@@ -874,13 +889,29 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
             }
             let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
             let mark = origin.mark();
+            let peer = !tool.name.starts_with("ferry") && !tool.ceiling;
             let Timed {
                 wall,
                 cpu,
                 rss_kib,
                 machine,
                 ..
-            } = timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
+            } = match timed(&line) {
+                Ok(t) => t,
+                Err(e) if peer => {
+                    let error = format!("{e:#}");
+                    let last = error.lines().rev().find(|l| !l.trim().is_empty());
+                    let error = last.unwrap_or("failed").trim().to_owned();
+                    eprintln!("{suite} round {round} {:<22} FAILED: {error}", tool.name);
+                    failed.push(FailedRun {
+                        tool: tool.name.clone(),
+                        round,
+                        error,
+                    });
+                    continue;
+                }
+                Err(e) => return Err(e.context(format!("{suite}: {}", tool.name))),
+            };
             let tls = origin.tls_since(mark);
             for item in items.iter().filter(|_| !tool.ceiling) {
                 let got = sha256_file(&out.join(&item.name));
@@ -934,6 +965,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     r.samples = samples;
     r.ceilings = ceilings;
     r.left_out = left_out;
+    r.failed = failed;
     Ok(r)
 }
 

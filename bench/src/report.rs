@@ -585,6 +585,18 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
                 let _ = writeln!(md, "- {}: {}", l.tool, l.reason.replace('`', "'"));
             }
         }
+        if !r.failed.is_empty() {
+            let _ = writeln!(md, "\nFailed runs (left out of the figures above):\n");
+            for f in &r.failed {
+                let _ = writeln!(
+                    md,
+                    "- {}, round {}: {}",
+                    f.tool,
+                    f.round,
+                    f.error.replace('`', "'")
+                );
+            }
+        }
         if !r.targets.is_empty() {
             let _ = writeln!(md, "\nTargets:\n");
             for t in &r.targets {
@@ -768,7 +780,7 @@ fn xml_escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::LeftOut;
+    use crate::{FailedRun, LeftOut};
 
     /// A `results.json` as written before runs were recorded per suite.
     fn legacy(suite: &str, bytes: u64) -> String {
@@ -868,6 +880,11 @@ mod tests {
             tool: "axel".into(),
             reason: "no".into(),
         }];
+        r.failed = vec![FailedRun {
+            tool: "aria2c".into(),
+            round: 3,
+            error: "failed: Segmentation fault".into(),
+        }];
         let md = markdown("t", &[&r], false);
         assert!(
             md.contains("goal: median 0.50x against curl (the best peer)"),
@@ -879,6 +896,10 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("- axel: no"), "{md}");
+        assert!(
+            md.contains("- aria2c, round 3: failed: Segmentation fault"),
+            "{md}"
+        );
     }
 
     #[test]
