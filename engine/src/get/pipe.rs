@@ -3,9 +3,9 @@
 //! Buffers come from the pool and go back to it (or to the verifier, which keeps some until the
 //! hashed prefix reaches them); a connection never holds more than `depth + 1` of them, which
 //! is what bounds memory (and what pushes back on the socket when the disk is slower than the
-//! network: no free buffer, no read). A buffer that continues the
-//! hashed prefix is hashed as it is submitted; each completed write is counted in the job's
-//! progress and offered to the verifier while its buffer is still in hand.
+//! network: no free buffer, no read). A buffer that continues the hashed prefix is hashed as
+//! it is submitted; each completed write is counted in the job's progress and offered to the
+//! verifier while its buffer is still in hand.
 
 use std::pin::Pin;
 use std::sync::Arc;

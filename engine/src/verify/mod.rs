@@ -5,17 +5,20 @@
 //! submitted is hashed then ([`Verifier::ahead`]), without waiting for the disk: the hash is
 //! what bounds a verified download, and it would sit idle for the length of the disk's queue
 //! at each such buffer. The file is settled only after every write completed, so the digest
-//! still covers exactly the bytes written. Every other buffer is taken once it is written. A buffer that
-//! continues the prefix comes back to the caller as a [`Run`] to hash on the spot, with any kept
-//! buffers that follow it, a buffer at a time (so the caller's worker can read its other sockets
-//! in between). One further on is kept, up to a window of bytes (the verifier's memory bound,
-//! which counts a kept buffer until it is hashed). When the window is full the
-//! connection waits for the prefix to move (backpressure); only when it stays stuck (a lagging
-//! or broken connection holds the prefix) is the buffer let go and its range recorded, and once
-//! the prefix reaches it those bytes, which have left memory, are read back from the file ([`Verifier::claim_read_back`], done by the job's read-back task).
-//! Ranges are handed out front to back in modest leases, so the spread between connections stays
-//! within the window and read-back is the exception. Hashing happens outside the lock: the
-//! run that advances the prefix takes the hasher, so other connections never wait on it.
+//! still covers exactly the bytes written.
+//!
+//! Every other buffer is taken once it is written. One that continues the prefix then comes
+//! back to the caller as a [`Run`] to hash on the spot, with any kept buffers that follow it,
+//! a buffer at a time (so the caller's worker can read its other sockets in between). One
+//! further on is kept, up to a window of bytes (the verifier's memory bound, which counts a
+//! kept buffer until it is hashed). When the window is full the connection waits for the
+//! prefix to move (backpressure); only when it stays stuck (a lagging or broken connection
+//! holds the prefix) is the buffer let go and its range recorded, and once the prefix reaches
+//! it those bytes, which have left memory, are read back from the file
+//! ([`Verifier::claim_read_back`], done by the job's read-back task). Ranges are handed out
+//! front to back in modest leases, so the spread between connections stays within the window
+//! and read-back is the exception. Hashing happens outside the lock: the run that advances the
+//! prefix takes the hasher, so other connections never wait on it.
 //!
 //! The hash is a [`Checksum`]'s algorithm: sha256 (LFS files, `--sha256`), or the git blob id
 //! `sha1("blob LEN\0" + bytes)` with which the Hugging Face Hub names its non-LFS files (the
