@@ -120,6 +120,13 @@ struct Tool {
     ceiling: bool,
 }
 
+impl Tool {
+    /// A tool ferry is compared with: neither one of ferry's own rows nor a ceiling.
+    fn is_peer(&self) -> bool {
+        !self.name.starts_with("ferry") && !self.ceiling
+    }
+}
+
 fn yes() -> bool {
     true
 }
@@ -183,7 +190,7 @@ fn disk_ceiling(file: &str, size_mib: u64) -> String {
 fn peers(tools: &[Tool]) -> Vec<String> {
     tools
         .iter()
-        .filter(|t| !t.name.starts_with("ferry") && !t.ceiling)
+        .filter(|t| t.is_peer())
         .map(|t| t.name.clone())
         .collect()
 }
@@ -889,7 +896,6 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
             }
             let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
             let mark = origin.mark();
-            let peer = !tool.name.starts_with("ferry") && !tool.ceiling;
             let Timed {
                 wall,
                 cpu,
@@ -898,7 +904,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                 ..
             } = match timed(&line) {
                 Ok(t) => t,
-                Err(e) if peer => {
+                Err(e) if tool.is_peer() => {
                     let error = format!("{e:#}");
                     let last = error.lines().rev().find(|l| !l.trim().is_empty());
                     let error = last.unwrap_or("failed").trim().to_owned();
