@@ -19,14 +19,20 @@
 //!
 //! A buffered sink starts the writeback of each 8 MiB stretch of the file once a write completes
 //! it ([`super::fileop`]), instead of leaving it dirty in the page cache until the flusher or
-//! the final fsync.
+//! the final fsync. The stretch started [`DROP_BEHIND`] stretches before it (in the order the
+//! file's sinks started them, on every worker) is then waited for and dropped from the page
+//! cache: a file keeps a few dozen MiB cached however large it is, and its next writes get the
+//! pages just freed instead of fresh ones (why that matters: [`super::fileop`]).
 //!
 //! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
 //! the connection cuts its buffers at [`FileSink::align`] boundaries so that whole buffers stay
 //! on the direct path.
 
+use std::collections::VecDeque;
 use std::io;
+use std::ops::Range;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
@@ -76,6 +82,38 @@ impl std::str::FromStr for SinkKind {
     }
 }
 
+/// Stretches whose writeback was started that a file keeps in the page cache; the one started
+/// before them is dropped.
+pub(crate) const DROP_BEHIND: usize = 8;
+
+/// What the sinks of one file share across workers: the turn for buffered writes, and the
+/// stretches whose writeback was started and which are still cached. Clones share both.
+#[derive(Debug, Clone)]
+pub(crate) struct FileShare {
+    turn: Tokens,
+    started: Arc<Mutex<VecDeque<u64>>>,
+}
+
+impl FileShare {
+    pub fn new() -> FileShare {
+        FileShare {
+            turn: Tokens::new(1),
+            started: Arc::default(),
+        }
+    }
+
+    /// Notes the stretch at `start` as started; returns the stretch to drop, if there are now
+    /// more than [`DROP_BEHIND`].
+    fn started(&self, start: u64) -> Option<Range<u64>> {
+        let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
+        started.push_back(start);
+        (started.len() > DROP_BEHIND)
+            .then(|| started.pop_front())
+            .flatten()
+            .map(|s| s..s + fileop::STRETCH)
+    }
+}
+
 /// One file open for writing by one worker: a buffered descriptor, and an O_DIRECT one when the
 /// sink is direct. Cheap to clone (descriptors are shared).
 #[derive(Debug, Clone)]
@@ -84,22 +122,22 @@ pub(crate) struct FileSink {
     direct: Option<File>,
     align: u64,
     splice: bool,
-    /// The file's turn for buffered writes, shared with the other workers' sinks of the file.
-    turn: Tokens,
+    /// Shared with the other workers' sinks of the file.
+    share: FileShare,
 }
 
 impl FileSink {
     /// Opens `path` (which exists) for `kind` writes aligned to `align` bytes (the probe's
-    /// O_DIRECT offset alignment; raised to a page). `turn` is the file's, the same for every
+    /// O_DIRECT offset alignment; raised to a page). `share` is the file's, the same for every
     /// sink of it.
     pub async fn open(
         path: &Path,
         kind: SinkKind,
         align: u64,
-        turn: Tokens,
+        share: FileShare,
     ) -> io::Result<FileSink> {
         let buffered = OpenOptions::new().read(true).write(true).open(path).await?;
-        FileSink::with_buffered(buffered, path, kind, align, turn).await
+        FileSink::with_buffered(buffered, path, kind, align, share).await
     }
 
     /// [`FileSink::open`] around `buffered`, a descriptor of `path` already open for reading
@@ -109,7 +147,7 @@ impl FileSink {
         path: &Path,
         kind: SinkKind,
         align: u64,
-        turn: Tokens,
+        share: FileShare,
     ) -> io::Result<FileSink> {
         let direct = match kind {
             SinkKind::Buffered | SinkKind::Splice => None,
@@ -127,7 +165,7 @@ impl FileSink {
             direct,
             align: align.max(BUF_ALIGN as u64),
             splice: kind == SinkKind::Splice,
-            turn,
+            share,
         })
     }
 
@@ -146,8 +184,22 @@ impl FileSink {
         if self.direct.is_some() { self.align } else { 1 }
     }
 
-    /// Writes all of `buf` at `at`; gives the buffer back with the result.
+    /// Writes all of `buf` at `at`; gives the buffer back with the result. On a buffered sink
+    /// a write that completes a stretch starts its writeback and drops an older one; an error
+    /// from that older stretch's writeback is this write's.
     pub async fn write(&mut self, buf: AlignedBuf, at: u64) -> (io::Result<()>, AlignedBuf) {
+        let len = buf.buf_len() as u64;
+        let (result, buf) = self.write_through(buf, at).await;
+        if result.is_err() || self.direct.is_some() {
+            return (result, buf);
+        }
+        match fileop::completed_stretch(at..at + len) {
+            Some(stretch) => (self.write_back(stretch).await, buf),
+            None => (result, buf),
+        }
+    }
+
+    async fn write_through(&mut self, buf: AlignedBuf, at: u64) -> (io::Result<()>, AlignedBuf) {
         let len = buf.buf_len() as u64;
         let align = self.align;
         let direct_len = match &self.direct {
@@ -156,7 +208,7 @@ impl FileSink {
         };
         // The file's turn first: waiting for it must not hold a pool thread's permit.
         let _turn = if direct_len < len {
-            Some(self.turn.take().await)
+            Some(self.share.turn.take().await)
         } else {
             None
         };
@@ -182,16 +234,23 @@ impl FileSink {
                 return (Err(e), buf);
             }
         }
-        if self.direct.is_none() {
-            if let Some(stretch) = fileop::completed_stretch(at..at + len) {
-                let fd = self.buffered.to_shared_fd();
-                // Only a hint: what fails here fails again, and is reported, at the fsync.
-                if let Err(e) = fileop::start_writeback(fd, stretch.clone()).await {
-                    tracing::debug!("starting writeback of {stretch:?} failed: {e}");
-                }
-            }
-        }
         (Ok(()), buf)
+    }
+
+    /// Starts the writeback of `stretch`, which a write just completed, and drops the stretch
+    /// started [`DROP_BEHIND`] before it once it is on the disk. The file's turn is not held:
+    /// the next write copies meanwhile.
+    async fn write_back(&self, stretch: Range<u64>) -> io::Result<()> {
+        let fd = self.buffered.to_shared_fd();
+        let _permit = super::gate::enter().await;
+        // Only a hint: what fails here fails again, and is reported, at the drop or the fsync.
+        if let Err(e) = fileop::start_writeback(fd.clone(), stretch.clone()).await {
+            tracing::debug!("starting writeback of {stretch:?} failed: {e}");
+        }
+        match self.share.started(stretch.start) {
+            Some(old) => fileop::drop_behind(fd, old).await,
+            None => Ok(()),
+        }
     }
 
     /// Reads `len` bytes at `at` into `buf` (cleared first) for verification: O_DIRECT from an

@@ -52,8 +52,7 @@ use self::pipe::Pipeline;
 use self::sources::{EndpointReport, Endpoints};
 use crate::backend::Backend;
 use crate::backend::buf::AlignedBuf;
-use crate::backend::gate::Tokens;
-use crate::backend::sink::{FileSink, SinkKind};
+use crate::backend::sink::{FileShare, FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::journal::Journal;
@@ -393,8 +392,9 @@ pub(crate) struct Ctx {
     /// This fetch writes the file through the page cache though the sink is direct
     /// ([`WHOLE_BUFFERED_BELOW`]).
     whole_buffered: AtomicBool,
-    /// The file's turn for buffered writes, shared by its sinks on every worker.
-    write_turn: Tokens,
+    /// The file's turn for buffered writes and its cached stretches, shared by its sinks on
+    /// every worker.
+    sink_share: FileShare,
 }
 
 impl Ctx {
@@ -450,7 +450,7 @@ impl Ctx {
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),
-            write_turn: Tokens::new(1),
+            sink_share: FileShare::new(),
         }
     }
 
@@ -775,10 +775,10 @@ impl Ctx {
         kind: SinkKind,
     ) -> Result<FileSink, GetError> {
         let (path, align) = (&self.incomplete, self.sink.align);
-        let turn = self.write_turn.clone();
+        let share = self.sink_share.clone();
         match created {
-            Some(file) => FileSink::with_buffered(file, path, kind, align, turn).await,
-            None => FileSink::open(path, kind, align, turn).await,
+            Some(file) => FileSink::with_buffered(file, path, kind, align, share).await,
+            None => FileSink::open(path, kind, align, share).await,
         }
         .map_err(|source| GetError::Io {
             op: if kind == SinkKind::Direct {
