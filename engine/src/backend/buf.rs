@@ -17,13 +17,17 @@
 //! is off, the chunks are ordinary pages and nothing else changes. Sizes that are a multiple of
 //! 2 MiB get a mapping of their own, marked the same way; other sizes come from the heap.
 //!
+//! A filled buffer can be shared read-only ([`SharedBuf`]) by its write and the sha256, which
+//! then need not wait for each other; the last handle gives it back to the pool.
+//!
 //! This module owns the allocation `unsafe` of the data path; it does not do I/O.
 
 use std::alloc::{Layout, alloc, dealloc};
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicU8;
+use std::sync::{Arc, Mutex};
 
 use compio::buf::{IoBuf, IoBufMut, SetLen};
 
@@ -41,6 +45,11 @@ pub(crate) struct AlignedBuf {
 // SAFETY: the buffer owns its allocation exclusively (no aliasing pointers are handed out beyond
 // borrows of `self`), so moving it to another thread is as safe as moving a `Vec<u8>`.
 unsafe impl Send for AlignedBuf {}
+
+// SAFETY: every method that writes the bytes or the length takes `&mut self`; through `&self`
+// the buffer only hands out `&[u8]` of its initialised bytes, so shared references on several
+// threads only read, as with a `Vec<u8>` ([`SharedBuf`]: a write and the hash read together).
+unsafe impl Sync for AlignedBuf {}
 
 impl AlignedBuf {
     /// A buffer of `cap` bytes (rounded up to [`BUF_ALIGN`]) from the heap. The pages are not
@@ -305,6 +314,59 @@ pub(crate) fn append<B: IoBufMut>(buf: &mut B, src: &[u8]) -> usize {
     // `init..init + n` were initialised by the copy just above.
     unsafe { B::set_len(buf, init + n) };
     n
+}
+
+/// A filled buffer shared, read-only, by its write and the sha256: the verifier may hash the
+/// bytes while the write of them is still in flight. The last handle dropped gives the buffer
+/// back to the pool; [`SharedBuf::into_inner`] takes it back whole when no other handle is left.
+/// Each buffer carries a small atomic mark, for its holders to agree on who counts it.
+#[derive(Debug, Clone)]
+pub(crate) struct SharedBuf(Option<Arc<Marked>>);
+
+#[derive(Debug)]
+struct Marked {
+    buf: AlignedBuf,
+    mark: AtomicU8,
+}
+
+impl SharedBuf {
+    pub fn new(buf: AlignedBuf) -> SharedBuf {
+        SharedBuf(Some(Arc::new(Marked {
+            buf,
+            mark: AtomicU8::new(0),
+        })))
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.0.as_deref().map_or(&[], |m| m.buf.bytes())
+    }
+
+    /// The buffer's mark, shared by every handle (0 when made).
+    pub fn mark(&self) -> &AtomicU8 {
+        &self.0.as_deref().expect("a live handle").mark
+    }
+
+    /// The buffer, when this is its last handle; this handle back otherwise.
+    pub fn into_inner(mut self) -> Result<AlignedBuf, SharedBuf> {
+        let shared = self.0.take().expect("a live handle");
+        Arc::try_unwrap(shared)
+            .map(|m| m.buf)
+            .map_err(|shared| SharedBuf(Some(shared)))
+    }
+}
+
+impl Drop for SharedBuf {
+    fn drop(&mut self) {
+        if let Some(m) = self.0.take().and_then(Arc::into_inner) {
+            BufPool::give(m.buf);
+        }
+    }
+}
+
+impl IoBuf for SharedBuf {
+    fn as_init(&self) -> &[u8] {
+        self.bytes()
+    }
 }
 
 /// Returned buffers, kept for reuse by any worker. A buffer often comes back on another thread

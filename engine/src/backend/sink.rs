@@ -187,7 +187,7 @@ impl FileSink {
     /// Writes all of `buf` at `at`; gives the buffer back with the result. On a buffered sink
     /// a write that completes a stretch starts its writeback and drops an older one; an error
     /// from that older stretch's writeback is this write's.
-    pub async fn write(&mut self, buf: AlignedBuf, at: u64) -> (io::Result<()>, AlignedBuf) {
+    pub async fn write<B: IoBuf>(&mut self, buf: B, at: u64) -> (io::Result<()>, B) {
         let len = buf.buf_len() as u64;
         let (result, buf) = self.write_through(buf, at).await;
         if result.is_err() || self.direct.is_some() {
@@ -199,7 +199,7 @@ impl FileSink {
         }
     }
 
-    async fn write_through(&mut self, buf: AlignedBuf, at: u64) -> (io::Result<()>, AlignedBuf) {
+    async fn write_through<B: IoBuf>(&mut self, buf: B, at: u64) -> (io::Result<()>, B) {
         let len = buf.buf_len() as u64;
         let align = self.align;
         let direct_len = match &self.direct {

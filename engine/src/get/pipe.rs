@@ -3,9 +3,10 @@
 //! Buffers come from the pool and go back to it (or to the verifier, which keeps some until the
 //! hashed prefix reaches them); a connection never holds more than `depth + 1` of them, which
 //! is what bounds memory (and what pushes back on the socket when the disk is slower than the
-//! network: no free buffer, no read). A buffer that continues the hashed prefix is hashed as
-//! it is submitted; each completed write is counted in the job's progress and offered to the
-//! verifier while its buffer is still in hand.
+//! network: no free buffer, no read). A buffer is shown to the verifier as its write is
+//! submitted, which hashes it then if it continues the hashed prefix, or while it is written if
+//! the prefix reaches it meanwhile; each completed write is counted in the job's progress and
+//! its buffer taken back and offered to the verifier, to keep if it was not hashed yet.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,15 +17,18 @@ use compio::driver::SharedFd;
 use compio::runtime::JoinHandle;
 
 use super::Ctx;
-use crate::backend::buf::{AlignedBuf, BufPool};
+use crate::backend::buf::{AlignedBuf, BufPool, SharedBuf};
 use crate::backend::sink::FileSink;
 use crate::error::GetError;
-use crate::verify::{Next, Verifier};
+use crate::verify::{Landed, Next, Verifier};
 
-type Write = JoinHandle<(std::io::Result<()>, AlignedBuf)>;
+type Write = JoinHandle<(std::io::Result<()>, SharedBuf)>;
 
 /// How often a connection looks again when the verifier's window is full.
 const WINDOW_POLL: Duration = Duration::from_millis(2);
+/// How often a connection looks again for a written buffer that a run is still hashing while
+/// the window is full (a 1 MiB buffer takes about half a millisecond to hash).
+const LANDED_POLL: Duration = Duration::from_micros(100);
 /// How long it waits before letting the buffer go to read-back.
 const WINDOW_WAIT: Duration = Duration::from_millis(500);
 
@@ -87,14 +91,14 @@ impl Pipeline {
         while self.inflight.len() >= self.depth {
             self.reap_one(at).await?;
         }
-        // Bytes that continue the hashed prefix are hashed before they reach the disk; the
-        // kept buffers that follow them, once the write is on its way.
-        let verifier = self.verifier.clone();
-        let next = verifier.as_ref().and_then(|v| v.ahead(at, buf.bytes()));
+        // The write only reads the buffer, and the hash need not wait for it.
+        let buf = SharedBuf::new(buf);
         let mut sink = self.sink.clone();
-        let write = compio::runtime::spawn(async move { sink.write(buf, at).await });
+        let written = buf.clone();
+        let write = compio::runtime::spawn(async move { sink.write(written, at).await });
         self.inflight.push((at, write));
-        if let Some(next) = next {
+        let verifier = self.verifier.clone();
+        if let Some(next) = verifier.as_ref().and_then(|v| v.submitted(at, buf)) {
             self.hash_runs(next).await;
         }
         Ok(())
@@ -132,7 +136,7 @@ impl Pipeline {
             return Ok(());
         };
         let (at, write) = self.inflight.swap_remove(i);
-        let (result, buf) = match write.await {
+        let (result, shared) = match write.await {
             Ok(done) => done,
             Err(_) => {
                 return Err(GetError::Io {
@@ -143,21 +147,43 @@ impl Pipeline {
             }
         };
         if let Err(source) = result {
-            BufPool::give(buf);
+            // A failed write fails the file; its buffer is no longer shown to the verifier.
+            if let Some(v) = &self.verifier {
+                drop(v.landed(at, shared));
+            }
             return Err(self.ctx.io_error("write", source));
         }
-        let len = buf.bytes().len() as u64;
+        let len = shared.bytes().len() as u64;
         self.ctx.add_done(len);
         self.ctx.journal_written(at, len);
         let Some(v) = self.verifier.clone() else {
-            BufPool::give(buf);
             return Ok(());
+        };
+        // The buffer back whole; or, while a run is hashing it, left to the run (the window
+        // counts it meanwhile), or, when the window is full, waited for.
+        let mut shared = shared;
+        let mut tries = 0;
+        let mut buf = loop {
+            match v.landed(at, shared) {
+                Landed::Back(buf) => break buf,
+                Landed::Left => return Ok(()),
+                Landed::Busy(back) => {
+                    shared = back;
+                    tries += 1;
+                    // Once, in case the run is this worker's; then asleep, not spinning a core
+                    // that the hash or the origin could use.
+                    if tries == 1 {
+                        YieldNow(false).await;
+                    } else {
+                        compio::time::sleep(LANDED_POLL).await;
+                    }
+                }
+            }
         };
         // The verifier takes the buffer: it hands it back to hash now (with the kept buffers
         // that follow) or keeps it for later. When its window is full, wait for the prefix to
         // move (this connection stops reading meanwhile), unless `give_up_waiting` says
         // otherwise.
-        let mut buf = buf;
         let mut waited = Duration::ZERO;
         let next_step = loop {
             match v.written(at, buf) {

@@ -1,24 +1,31 @@
 //! Streaming sha256 (or git blob sha1) of a file that is written out of order, fed in file order.
 //!
 //! Connections write ranges of one file concurrently; a hash is sequential. A [`Verifier`]
-//! tracks the hashed prefix `0..prefix`. A buffer that continues the prefix when its write is
-//! submitted is hashed then ([`Verifier::ahead`]), without waiting for the disk: the hash is
-//! what bounds a verified download, and it would sit idle for the length of the disk's queue
-//! at each such buffer. The file is settled only after every write completed, so the digest
-//! still covers exactly the bytes written.
+//! tracks the hashed prefix `0..prefix`. The hash does not wait for the disk: it is what bounds
+//! a verified download, and it would sit idle for the length of the disk's queue at each
+//! buffer. A buffer whose write is submitted is shown to the verifier as it goes
+//! ([`Verifier::submitted`], a [`SharedBuf`] the write only reads): when it continues the
+//! prefix it is hashed at once, and otherwise it is hashed as soon as the prefix reaches it,
+//! its write in flight or not. The file is settled only after every write completed, so the
+//! digest still covers exactly the bytes written.
 //!
-//! Every other buffer is taken once it is written. One that continues the prefix then comes
-//! back to the caller as a [`Run`] to hash on the spot, with any kept buffers that follow it,
-//! a buffer at a time (so the caller's worker can read its other sockets in between). One
-//! further on is kept, up to a window of bytes (the verifier's memory bound, which counts a
-//! kept buffer until it is hashed). When the window is full the connection waits for the
-//! prefix to move (backpressure); only when it stays stuck (a lagging or broken connection
-//! holds the prefix) is the buffer let go and its range recorded, and once the prefix reaches
-//! it those bytes, which have left memory, are read back from the file
-//! ([`Verifier::claim_read_back`], done by the job's read-back task). Ranges are handed out
-//! front to back in modest leases, so the spread between connections stays within the window
-//! and read-back is the exception. Hashing happens outside the lock: the run that advances the
-//! prefix takes the hasher, so other connections never wait on it.
+//! A buffer not hashed by the time its write completes is taken back whole ([`Verifier::landed`])
+//! and given to [`Verifier::written`]. One that a run is hashing just then is left to that run, and
+//! the window counts it until hashed, so that a buffer is always counted by its connection or by
+//! the window and the connection need not wait. Measured on 8 GiB from nginx, verified, 10
+//! alternated rounds: 5.36 s hashing only what continued the prefix at submit, 5.06 s hashing
+//! flying buffers too (when connections instead waited for a run to let go of their buffer, it was
+//! no faster than before). A buffer written that continues the prefix then comes back to the caller
+//! as a [`Run`] to hash on the spot, with any kept or flying buffers that follow it, a buffer at a
+//! time (so the caller's worker can read its other sockets in between). One further on is kept, up
+//! to a window of bytes (the verifier's memory bound, which counts a kept buffer until it is
+//! hashed). When the window is full the connection waits for the prefix to move (backpressure);
+//! only when it stays stuck (a lagging or broken connection holds the prefix) is the buffer let go
+//! and its range recorded, and once the prefix reaches it those bytes, which have left memory, are
+//! read back from the file ([`Verifier::claim_read_back`], done by the job's read-back task).
+//! Ranges are handed out front to back in modest leases, so the spread between connections stays
+//! within the window and read-back is the exception. Hashing happens outside the lock: the run that
+//! advances the prefix takes the hasher, so other connections never wait on it.
 //!
 //! The hash is a [`Checksum`]'s algorithm: sha256 (LFS files, `--sha256`), or the git blob id
 //! `sha1("blob LEN\0" + bytes)` with which the Hugging Face Hub names its non-LFS files (the
@@ -35,7 +42,7 @@ use serde::Serialize;
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
-use crate::backend::buf::{AlignedBuf, BufPool};
+use crate::backend::buf::{AlignedBuf, BufPool, SharedBuf};
 
 pub(crate) mod mark;
 
@@ -157,6 +164,9 @@ struct State {
     stash_bytes: u64,
     /// Written, not hashed, buffer gone: start -> end, disjoint, all beyond `prefix`.
     written: BTreeMap<u64, u64>,
+    /// Being written, not hashed: start -> a handle on the buffer. Counted by the connection
+    /// that writes it, not by the window.
+    flying: BTreeMap<u64, SharedBuf>,
     stats: HashStats,
 }
 
@@ -200,12 +210,47 @@ impl Next<'_> {
 pub(crate) struct Run<'a> {
     verifier: &'a Verifier,
     hasher: Option<Hasher>,
-    bufs: VecDeque<AlignedBuf>,
-    /// How many of the first `bufs` the window does not count (the caller's own buffer); the
-    /// others were kept, and give their room back as they are hashed.
-    uncounted: usize,
+    bufs: VecDeque<Held>,
     /// The file offset where `bufs` end.
     end: u64,
+}
+
+/// What became of a written buffer handed to [`Verifier::landed`].
+#[derive(Debug)]
+pub(crate) enum Landed {
+    /// Back whole, for [`Verifier::written`].
+    Back(AlignedBuf),
+    /// Left to the run hashing it, counted by the window until hashed.
+    Left,
+    /// A run is hashing it and the window is full: try again later.
+    Busy(SharedBuf),
+}
+
+/// A flying buffer's mark ([`SharedBuf::mark`]): counted by its connection,
+const FLYING: u8 = 0;
+/// left by its connection to the run hashing it and counted by the window,
+const LEFT: u8 = 1;
+/// or hashed by the run, which counts it no more.
+const HASHED: u8 = 2;
+
+/// A buffer in a [`Run`], by who counts it.
+enum Held {
+    /// The caller's own, just written: counted by its connection.
+    Own(AlignedBuf),
+    /// Kept: counted by the window, whose room it gives back once hashed.
+    Kept(AlignedBuf),
+    /// Its write in flight: counted by the connection writing it, which takes it back, or,
+    /// once written and left to the run, by the window.
+    Flying(SharedBuf),
+}
+
+impl Held {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Held::Own(b) | Held::Kept(b) => b.bytes(),
+            Held::Flying(b) => b.bytes(),
+        }
+    }
 }
 
 impl<'a> Run<'a> {
@@ -218,12 +263,18 @@ impl<'a> Run<'a> {
             .as_mut()
             .expect("a run holds the hasher until it finishes")
             .update(b.bytes());
-        if self.uncounted > 0 {
-            self.uncounted -= 1;
-        } else {
-            self.verifier.window.give(b.bytes().len() as u64);
+        match b {
+            Held::Own(b) => BufPool::give(b),
+            Held::Kept(b) => {
+                self.verifier.window.give(b.bytes().len() as u64);
+                BufPool::give(b);
+            }
+            Held::Flying(b) => {
+                if b.mark().swap(HASHED, Ordering::AcqRel) == LEFT {
+                    self.verifier.window.give(b.bytes().len() as u64);
+                }
+            }
         }
-        BufPool::give(b);
         true
     }
 
@@ -315,6 +366,7 @@ impl Verifier {
                 stash: BTreeMap::new(),
                 stash_bytes: 0,
                 written: BTreeMap::new(),
+                flying: BTreeMap::new(),
                 stats: HashStats::default(),
             }),
             window,
@@ -340,7 +392,7 @@ impl Verifier {
         }
         debug_assert!(at >= s.prefix, "a write overlapping the hashed prefix");
         if at == s.prefix && s.hasher.is_some() {
-            return Ok(self.next_run(s, vec![buf]));
+            return Ok(self.next_run(s, Some(Held::Own(buf))));
         }
         if self.window.try_take(len) {
             s.stash_bytes += len;
@@ -350,21 +402,54 @@ impl Verifier {
         Err(buf)
     }
 
-    /// `bytes`, about to be written at `at`, are hashed now when they continue the prefix and
-    /// the hasher is free; what follows is the kept buffers that continue them, to hash, as
-    /// from [`Verifier::written`]. `None` otherwise: the buffer goes to
-    /// [`Verifier::written`] once written, like any other. The write of bytes hashed here is
-    /// still awaited before the file is settled; handed to [`Verifier::written`] afterwards,
-    /// they are behind the prefix and go straight back to the pool.
-    pub fn ahead(&self, at: u64, bytes: &[u8]) -> Option<Next<'_>> {
+    /// `buf`, whose write at `at` was just submitted, is hashed while it is written: now, when
+    /// it continues the prefix and the hasher is free (what follows is it and the buffers that
+    /// continue it, to hash, as from [`Verifier::written`]), or when the prefix reaches it. The
+    /// write is still awaited before the file is settled; the connection gives the buffer back
+    /// through [`Verifier::landed`] once written.
+    pub fn submitted(&self, at: u64, buf: SharedBuf) -> Option<Next<'_>> {
+        let len = buf.bytes().len() as u64;
         let mut s = self.lock();
-        if bytes.is_empty() || at != s.prefix {
+        if len == 0 || at + len <= s.prefix {
             return None;
         }
-        let mut hasher = s.hasher.take()?;
-        drop(s);
-        hasher.update(bytes);
-        Some(self.ran(hasher, at + bytes.len() as u64))
+        if at == s.prefix && s.hasher.is_some() {
+            return Some(self.next_run(s, Some(Held::Flying(buf))));
+        }
+        s.flying.insert(at, buf);
+        None
+    }
+
+    /// The write of `buf` at `at`, shown to [`Verifier::submitted`], completed: the buffer
+    /// back whole, for [`Verifier::written`] (which gives it to the pool when it was hashed
+    /// meanwhile). When a run on another thread is hashing it, it is left to that run and
+    /// counted by the window until hashed; when the window is full, the handle comes back to
+    /// try again once the prefix has moved.
+    pub fn landed(&self, at: u64, buf: SharedBuf) -> Landed {
+        let shown = self.lock().flying.remove(&at);
+        drop(shown);
+        let mut buf = buf;
+        loop {
+            match buf.into_inner() {
+                Ok(b) => return Landed::Back(b),
+                Err(shared) => buf = shared,
+            }
+            let len = buf.bytes().len() as u64;
+            if !self.window.try_take(len) {
+                return Landed::Busy(buf);
+            }
+            match buf
+                .mark()
+                .compare_exchange(FLYING, LEFT, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Landed::Left,
+                // The run has just hashed it and is letting it go.
+                Err(_) => {
+                    self.window.give(len);
+                    std::thread::yield_now();
+                }
+            }
+        }
     }
 
     /// Records a written buffer for read-back instead of keeping it (the window stayed full).
@@ -390,18 +475,24 @@ impl Verifier {
         s.written.contains_key(&s.prefix)
     }
 
-    /// `run` (which starts at the prefix) and every kept buffer that follows, for the caller to
-    /// hash outside the lock; [`Next::Idle`] when there is nothing at the prefix to hash.
-    fn next_run<'a>(&'a self, mut s: MutexGuard<'a, State>, run: Vec<AlignedBuf>) -> Next<'a> {
-        let uncounted = run.len();
-        let mut end = s.prefix + run.iter().map(|b| b.bytes().len() as u64).sum::<u64>();
-        let mut bufs = VecDeque::from(run);
-        while let Some(b) = s.stash.remove(&end) {
-            let len = b.bytes().len() as u64;
-            // Out of the stash, still counted by the window until hashed (see `Run::step`).
-            s.stash_bytes -= len;
-            end += len;
-            bufs.push_back(b);
+    /// `first` (which starts at the prefix) and every kept or flying buffer that follows, for
+    /// the caller to hash outside the lock; [`Next::Idle`] when there is nothing at the prefix
+    /// to hash.
+    fn next_run<'a>(&'a self, mut s: MutexGuard<'a, State>, first: Option<Held>) -> Next<'a> {
+        let mut end = s.prefix + first.as_ref().map_or(0, |b| b.bytes().len() as u64);
+        let mut bufs = VecDeque::from_iter(first);
+        loop {
+            let next = if let Some(b) = s.stash.remove(&end) {
+                // Out of the stash, still counted by the window until hashed (see `Run::step`).
+                s.stash_bytes -= b.bytes().len() as u64;
+                Held::Kept(b)
+            } else if let Some(b) = s.flying.remove(&end) {
+                Held::Flying(b)
+            } else {
+                break;
+            };
+            end += next.bytes().len() as u64;
+            bufs.push_back(next);
         }
         if bufs.is_empty() {
             return Next::Idle {
@@ -413,7 +504,6 @@ impl Verifier {
             verifier: self,
             hasher: Some(hasher),
             bufs,
-            uncounted,
             end,
         })
     }
@@ -424,7 +514,7 @@ impl Verifier {
         s.hasher = Some(hasher);
         s.stats.from_memory += end - s.prefix;
         s.prefix = end;
-        self.next_run(s, Vec::new())
+        self.next_run(s, None)
     }
 
     /// Claims the next run to read back: written bytes at the prefix whose buffers are gone, at
@@ -466,7 +556,7 @@ impl Verifier {
         s.hasher = Some(hasher);
         s.prefix = range.end;
         s.stats.read_back += range.end - range.start;
-        self.next_run(s, Vec::new())
+        self.next_run(s, None)
     }
 
     /// Bytes hashed so far (the contiguous prefix).
@@ -636,47 +726,120 @@ mod tests {
         assert_eq!(v.finish().0, sha(&f));
     }
 
+    fn shared_of(bytes: &[u8]) -> SharedBuf {
+        SharedBuf::new(buf_of(bytes))
+    }
+
     #[test]
-    fn bytes_that_continue_the_prefix_are_hashed_before_their_write() {
+    fn bytes_in_flight_are_hashed_without_waiting_for_their_write() {
         let f = data(1000);
         let window = Window::new(1000);
         let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 1000);
-        // Further on: not hashed ahead; kept once written.
-        assert!(v.ahead(400, &f[400..1000]).is_none());
-        v.written(400, buf_of(&f[400..1000]))
-            .expect("the window has room")
-            .hash_all();
-        assert_eq!(window.used(), 600);
-        // At the prefix: hashed at once, before the write completes.
-        assert!(matches!(
-            v.ahead(0, &f[..200]),
-            Some(Next::Idle { read_back: false })
-        ));
+        // Further on: shown while in flight, not hashed, counted by nobody but its writer.
+        let far = shared_of(&f[700..1000]);
+        assert!(v.submitted(700, far.clone()).is_none());
+        assert_eq!((v.prefix(), window.used()), (0, 0));
+        // At the prefix: hashed at once, before its write completes.
+        let first = shared_of(&f[..200]);
+        let Some(Next::Hash(run)) = v.submitted(0, first.clone()) else {
+            panic!("the prefix's buffer is hashed at submit");
+        };
+        assert!(!run.finish().hash_all());
         assert_eq!(v.prefix(), 200);
-        // Its write completes: behind the prefix, the buffer just goes back.
+        // Its write completes: the buffer comes back whole, behind the prefix, and just goes
+        // back to the pool.
+        let Landed::Back(back) = v.landed(0, first) else {
+            panic!("no run holds it");
+        };
         assert!(matches!(
-            v.written(0, buf_of(&f[..200])),
+            v.written(0, back),
             Ok(Next::Idle { read_back: false })
         ));
-        assert_eq!(window.used(), 600);
-        // A written buffer at the prefix makes a run; while it holds the hasher, nothing is
-        // hashed ahead.
-        let Ok(Next::Hash(run)) = v.written(200, buf_of(&f[200..300])) else {
+        // Written, not hashed: kept in the window as before.
+        let mid = shared_of(&f[400..700]);
+        assert!(v.submitted(400, mid.clone()).is_none());
+        let Landed::Back(mid) = v.landed(400, mid) else {
+            panic!("no run holds it");
+        };
+        v.written(400, mid).expect("room").hash_all();
+        assert_eq!(window.used(), 300);
+        // A written buffer at the prefix makes a run that takes the kept buffer and the one
+        // still in flight after it; while the run holds the flying one, its writer cannot take
+        // it back.
+        let Ok(Next::Hash(mut run)) = v.written(200, buf_of(&f[200..400])) else {
             panic!("the prefix's buffer is handed out to hash");
         };
-        assert!(v.ahead(300, &f[300..400]).is_none());
-        assert!(!run.finish().hash_all());
-        assert_eq!(v.prefix(), 300);
-        // Hashed ahead, the gap brings the kept buffer after it along, and its room back.
-        let Some(Next::Hash(run)) = v.ahead(300, &f[300..400]) else {
-            panic!("the kept buffer continues the prefix");
-        };
+        assert!(
+            run.step() && run.step(),
+            "the written buffer, then the kept one"
+        );
+        assert_eq!(
+            window.used(),
+            0,
+            "the kept buffer's room is back once hashed"
+        );
+        // Written while the run still holds it: left to the run, and counted by the window
+        // until hashed, so its connection goes on.
+        assert!(matches!(v.landed(700, far), Landed::Left));
+        assert_eq!(window.used(), 300);
         assert!(!run.finish().hash_all());
         assert_eq!((v.prefix(), window.used()), (1000, 0));
-        assert!(v.written(300, buf_of(&f[300..400])).is_ok());
         let (d, stats) = v.finish();
         assert_eq!(d, sha(&f));
         assert_eq!(stats.from_memory, 1000);
+    }
+
+    #[test]
+    fn a_flying_buffer_a_run_holds_is_left_to_it_only_while_the_window_has_room() {
+        let f = data(200);
+        let window = Window::new(50);
+        let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 200);
+        let first = shared_of(&f[..100]);
+        let Some(Next::Hash(run)) = v.submitted(0, first.clone()) else {
+            panic!("hashed at submit");
+        };
+        // Written before the run hashed it, and the window cannot count it: the writer keeps
+        // it and tries again.
+        let Landed::Busy(first) = v.landed(0, first) else {
+            panic!("the window has no room for it");
+        };
+        assert_eq!(window.used(), 0);
+        assert!(!run.finish().hash_all());
+        let Landed::Back(first) = v.landed(0, first) else {
+            panic!("the run let it go");
+        };
+        assert!(matches!(
+            v.written(0, first),
+            Ok(Next::Idle { read_back: false })
+        ));
+        assert_eq!((v.prefix(), window.used()), (100, 0));
+    }
+
+    #[test]
+    fn a_buffer_shown_while_the_hasher_is_busy_waits_for_the_prefix() {
+        let f = data(600);
+        let v = Verifier::new(Window::new(600), HashAlgorithm::Sha256, 600);
+        let Ok(Next::Hash(run)) = v.written(0, buf_of(&f[..200])) else {
+            panic!("a run at the prefix");
+        };
+        // The run holds the hasher: the next buffer is not hashed now, but shown.
+        assert!(v.submitted(200, shared_of(&f[200..400])).is_none());
+        // The run's end brings it along, in flight.
+        let Next::Hash(run) = run.finish() else {
+            panic!("the flying buffer continues the prefix");
+        };
+        assert!(!run.finish().hash_all());
+        assert_eq!(v.prefix(), 400);
+        // A failed write's buffer is taken back (its file fails): it is no longer shown, so
+        // the prefix reaching it does not hash it.
+        let failed = shared_of(&f[500..600]);
+        assert!(v.submitted(500, failed.clone()).is_none());
+        drop(v.landed(500, failed));
+        let Some(Next::Hash(run)) = v.submitted(400, shared_of(&f[400..500])) else {
+            panic!("at the prefix, hashed at once");
+        };
+        assert!(!run.finish().hash_all());
+        assert_eq!(v.prefix(), 500);
     }
 
     #[test]
