@@ -157,6 +157,10 @@ pub(crate) struct HashStats {
 
 struct State {
     prefix: u64,
+    /// Where the bytes end that are hashed or handed to a run to hash: the prefix, or the end
+    /// of the run in progress. A flying buffer a run has hashed lands below it while the
+    /// prefix has not moved yet.
+    claimed: u64,
     /// `None` while a thread hashes outside the lock (it owns the hasher meanwhile).
     hasher: Option<Hasher>,
     /// Written, not hashed, buffer kept: start -> buffer. All beyond `prefix`.
@@ -362,6 +366,7 @@ impl Verifier {
         Verifier {
             state: Mutex::new(State {
                 prefix: 0,
+                claimed: 0,
                 hasher: Some(Hasher::new(algorithm, len)),
                 stash: BTreeMap::new(),
                 stash_bytes: 0,
@@ -385,7 +390,7 @@ impl Verifier {
     pub fn written(&self, at: u64, buf: AlignedBuf) -> Result<Next<'_>, AlignedBuf> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
-        if len == 0 || at + len <= s.prefix {
+        if len == 0 || at + len <= s.prefix.max(s.claimed) {
             drop(s);
             BufPool::give(buf);
             return Ok(Next::Idle { read_back: false });
@@ -410,7 +415,7 @@ impl Verifier {
     pub fn submitted(&self, at: u64, buf: SharedBuf) -> Option<Next<'_>> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
-        if len == 0 || at + len <= s.prefix {
+        if len == 0 || at + len <= s.prefix.max(s.claimed) {
             return None;
         }
         if at == s.prefix && s.hasher.is_some() {
@@ -500,6 +505,7 @@ impl Verifier {
             };
         }
         let hasher = s.hasher.take().expect("the hasher is free");
+        s.claimed = end;
         Next::Hash(Run {
             verifier: self,
             hasher: Some(hasher),
@@ -813,6 +819,41 @@ mod tests {
             Ok(Next::Idle { read_back: false })
         ));
         assert_eq!((v.prefix(), window.used()), (100, 0));
+    }
+
+    #[test]
+    fn a_flying_buffer_hashed_before_its_run_ends_is_not_kept_when_it_lands() {
+        let f = data(300);
+        let window = Window::new(300);
+        let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 300);
+        let flying = shared_of(&f[100..200]);
+        assert!(v.submitted(100, flying.clone()).is_none());
+        let Ok(Next::Hash(mut run)) = v.written(0, buf_of(&f[..100])) else {
+            panic!("a run at the prefix, taking the flying buffer along");
+        };
+        assert!(
+            run.step() && run.step(),
+            "both hashed; the run has not ended"
+        );
+        assert_eq!(v.prefix(), 0);
+        // Its write lands: the run let it go, so it comes back whole, but it is hashed.
+        let Landed::Back(back) = v.landed(100, flying) else {
+            panic!("the run let it go");
+        };
+        assert!(matches!(
+            v.written(100, back),
+            Ok(Next::Idle { read_back: false })
+        ));
+        assert_eq!(window.used(), 0, "not kept");
+        assert!(!run.finish().hash_all());
+        assert!(
+            v.written(200, buf_of(&f[200..300]))
+                .is_ok_and(|n| !n.hash_all())
+        );
+        assert_eq!((v.prefix(), window.used()), (300, 0));
+        let (d, stats) = v.finish();
+        assert_eq!(d, sha(&f));
+        assert_eq!(stats.from_memory, 300);
     }
 
     #[test]
