@@ -266,8 +266,8 @@ mod tests {
     fn cached_pages(path: &std::path::Path, range: Range<u64>) -> u64 {
         let file = std::fs::File::open(path).expect("open for mincore");
         let len = (range.end - range.start) as usize;
-        // SAFETY: a private read-only mapping of an open file; nothing reads through it, it is
-        // only asked which pages are resident, and it is unmapped before returning.
+        // SAFETY: a read-only mapping of an open file; nothing reads through it, it is only
+        // asked which pages are resident, and it is unmapped before returning.
         unsafe {
             let addr = libc::mmap(
                 std::ptr::null_mut(),

@@ -107,10 +107,10 @@ impl FileShare {
     fn started(&self, start: u64) -> Option<Range<u64>> {
         let mut started = self.started.lock().unwrap_or_else(|p| p.into_inner());
         started.push_back(start);
-        (started.len() > DROP_BEHIND)
-            .then(|| started.pop_front())
-            .flatten()
-            .map(|s| s..s + fileop::STRETCH)
+        if started.len() <= DROP_BEHIND {
+            return None;
+        }
+        started.pop_front().map(|s| s..s + fileop::STRETCH)
     }
 }
 

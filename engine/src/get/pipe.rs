@@ -161,22 +161,16 @@ impl Pipeline {
         };
         // The buffer back whole; or, while a run is hashing it, left to the run (the window
         // counts it meanwhile), or, when the window is full, waited for.
+        // Asleep meanwhile, not spinning: a run on this worker goes on while this task sleeps,
+        // and one on the other worker needs the core less than the hash or the origin does.
         let mut shared = shared;
-        let mut tries = 0;
         let mut buf = loop {
             match v.landed(at, shared) {
                 Landed::Back(buf) => break buf,
                 Landed::Left => return Ok(()),
                 Landed::Busy(back) => {
                     shared = back;
-                    tries += 1;
-                    // Once, in case the run is this worker's; then asleep, not spinning a core
-                    // that the hash or the origin could use.
-                    if tries == 1 {
-                        YieldNow(false).await;
-                    } else {
-                        compio::time::sleep(LANDED_POLL).await;
-                    }
+                    compio::time::sleep(LANDED_POLL).await;
                 }
             }
         };

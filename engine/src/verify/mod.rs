@@ -157,9 +157,9 @@ pub(crate) struct HashStats {
 
 struct State {
     prefix: u64,
-    /// Where the bytes end that are hashed or handed to a run to hash: the prefix, or the end
-    /// of the run in progress. A flying buffer a run has hashed lands below it while the
-    /// prefix has not moved yet.
+    /// Where the bytes end that are hashed or handed out to hash (to a run or a read-back
+    /// claim): the prefix, or the end of the one in progress. A flying buffer a run has hashed
+    /// lands below it while the prefix has not moved yet.
     claimed: u64,
     /// `None` while a thread hashes outside the lock (it owns the hasher meanwhile).
     hasher: Option<Hasher>,
@@ -390,7 +390,7 @@ impl Verifier {
     pub fn written(&self, at: u64, buf: AlignedBuf) -> Result<Next<'_>, AlignedBuf> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
-        if len == 0 || at + len <= s.prefix.max(s.claimed) {
+        if len == 0 || at + len <= s.claimed {
             drop(s);
             BufPool::give(buf);
             return Ok(Next::Idle { read_back: false });
@@ -415,7 +415,7 @@ impl Verifier {
     pub fn submitted(&self, at: u64, buf: SharedBuf) -> Option<Next<'_>> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
-        if len == 0 || at + len <= s.prefix.max(s.claimed) {
+        if len == 0 || at + len <= s.claimed {
             return None;
         }
         if at == s.prefix && s.hasher.is_some() {
@@ -536,6 +536,7 @@ impl Verifier {
         if stop < end {
             s.written.insert(stop, end);
         }
+        s.claimed = stop;
         Some(ReadBackClaim {
             range: prefix..stop,
             hasher,
@@ -736,6 +737,18 @@ mod tests {
         SharedBuf::new(buf_of(bytes))
     }
 
+    /// The write of `buf` at `at` lands after its bytes were hashed: the buffer comes back
+    /// whole (no run holds it any more), and the verifier lets it go without keeping it.
+    fn lands_hashed(v: &Verifier, at: u64, buf: SharedBuf) {
+        let Landed::Back(back) = v.landed(at, buf) else {
+            panic!("no run holds the buffer at {at}");
+        };
+        assert!(matches!(
+            v.written(at, back),
+            Ok(Next::Idle { read_back: false })
+        ));
+    }
+
     #[test]
     fn bytes_in_flight_are_hashed_without_waiting_for_their_write() {
         let f = data(1000);
@@ -754,13 +767,7 @@ mod tests {
         assert_eq!(v.prefix(), 200);
         // Its write completes: the buffer comes back whole, behind the prefix, and just goes
         // back to the pool.
-        let Landed::Back(back) = v.landed(0, first) else {
-            panic!("no run holds it");
-        };
-        assert!(matches!(
-            v.written(0, back),
-            Ok(Next::Idle { read_back: false })
-        ));
+        lands_hashed(&v, 0, first);
         // Written, not hashed: kept in the window as before.
         let mid = shared_of(&f[400..700]);
         assert!(v.submitted(400, mid.clone()).is_none());
@@ -811,13 +818,7 @@ mod tests {
         };
         assert_eq!(window.used(), 0);
         assert!(!run.finish().hash_all());
-        let Landed::Back(first) = v.landed(0, first) else {
-            panic!("the run let it go");
-        };
-        assert!(matches!(
-            v.written(0, first),
-            Ok(Next::Idle { read_back: false })
-        ));
+        lands_hashed(&v, 0, first);
         assert_eq!((v.prefix(), window.used()), (100, 0));
     }
 
@@ -837,13 +838,7 @@ mod tests {
         );
         assert_eq!(v.prefix(), 0);
         // Its write lands: the run let it go, so it comes back whole, but it is hashed.
-        let Landed::Back(back) = v.landed(100, flying) else {
-            panic!("the run let it go");
-        };
-        assert!(matches!(
-            v.written(100, back),
-            Ok(Next::Idle { read_back: false })
-        ));
+        lands_hashed(&v, 100, flying);
         assert_eq!(window.used(), 0, "not kept");
         assert!(!run.finish().hash_all());
         assert!(
