@@ -399,6 +399,7 @@ impl Engine {
             backend_reason: self.selection.reason.clone(),
             threads: self.workers.len(),
             space: get::space::JobSpace::new(self.config.min_free, self.config.space_wait),
+            durable: get::durable::Durable::new(items.len() > 1),
         });
         let window = verify::Window::new(get::HASH_WINDOW);
         let endpoints = Arc::new(get::sources::Endpoints::default());

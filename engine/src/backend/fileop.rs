@@ -29,6 +29,9 @@
 //!   bare metal the same keeps a download from pushing a machine's working set out of its
 //!   page cache.
 //!
+//! - [`written_back`] (`sync_file_range` on the blocking pool, whole file): after a `syncfs`
+//!   made a group of files durable, each file's own writeback errors.
+//!
 //! This module does not decide what to reserve or which stretches to start or drop. It waits
 //! for the writeback only of what it drops, and returns that writeback's error: the wait
 //! consumes it, and the file's final fsync would not see it again. The fallback to `ftruncate`
@@ -170,6 +173,17 @@ unsafe impl<S: AsFd> PollOpCode for FileOp<S> {
     }
 }
 
+/// Blocking: writes back whatever of `fd`'s file is still dirty, waits for it, and returns the
+/// error of any writeback of the file since `fd` was opened (or since the last check through
+/// it), as `fsync` would, but without writing the inode or flushing the disk's cache. For a
+/// file whose bytes and inode a `syncfs` of its filesystem has just made durable, this says
+/// whether its own bytes got there: the `syncfs` alone reports an error of any file of the
+/// filesystem, and not which.
+pub(crate) fn written_back(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    // A length of 0: to the end of the file.
+    sync_file_range(fd, &(0..0), WRITE_AND_WAIT)
+}
+
 /// The length of `range` for an op's 32-bit length field (stretches are a few MiB).
 fn len32(range: &Range<u64>) -> u32 {
     u32::try_from(range.end - range.start).unwrap_or(u32::MAX)
@@ -196,22 +210,13 @@ mod tests {
     use compio::io::AsyncWriteAtExt;
 
     use super::*;
-    use crate::backend::Backend;
 
     /// The ops are accepted by the kernel on both back-ends and do what they say. A failed
     /// `start_writeback` is only logged by the sink, so this is where a wrong opcode, flag or
     /// argument would show.
     #[test]
     fn the_ops_run_on_both_back_ends() {
-        for backend in [Backend::Uring, Backend::Portable] {
-            let rt = match crate::runtime::build_runtime(backend, 2) {
-                Ok(rt) => rt,
-                Err(e) if backend == Backend::Uring => {
-                    eprintln!("no io_uring here ({e}): checked on the portable back-end only");
-                    continue;
-                }
-                Err(e) => panic!("the polling runtime: {e}"),
-            };
+        for (backend, rt) in crate::runtime::test_runtimes(2) {
             let dir = tempfile::tempdir().expect("temp dir");
             let path = dir.path().join("f");
             rt.block_on(async {

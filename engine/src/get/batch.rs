@@ -8,7 +8,7 @@
 //! lane does next (join an active file, start one, split, wait, leave) is decided by
 //! [`plan::files::next`](crate::plan::files::next) under one short lock, which also counts the
 //! files started, probing, active and settling, so that no lane leaves while work may still
-//! appear. The last lane to leave a file settles it (hash, fsync, rename); when every file is
+//! appear. The last lane to leave a file settles it (hash, made durable, rename); when every file is
 //! settled, the job's directories are fsynced once each and the results go to the
 //! [`Job`](crate::Job).
 //!
@@ -252,8 +252,9 @@ impl Batch {
     }
 
     /// This lane is done with file `f`. The last lane to leave has it settled: by a task of
-    /// its own, so the lane goes on to the next file while the fsync runs (fsyncs of many files
-    /// then share journal commits), or by the lane itself when many are settling already.
+    /// its own, so the lane goes on to the next file while the file is made durable (files
+    /// settling at the same time share one `syncfs`, see [`super::durable`]), or by the lane
+    /// itself when many are settling already.
     async fn leave(self: &Arc<Self>, f: usize) {
         let background = {
             let mut s = self.lock();
@@ -308,6 +309,10 @@ impl Batch {
                 .into_iter()
                 .map(|r| r.unwrap_or(Err(GetError::EngineStopped)))
                 .collect();
+        if let Some(first) = self.files.first() {
+            let (groups, files) = first.settings.durable.synced();
+            tracing::debug!("{files} files made durable by {groups} syncfs calls");
+        }
         // The directories that received a file, each fsynced once.
         let dirs: BTreeSet<PathBuf> = results
             .iter()

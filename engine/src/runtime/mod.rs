@@ -271,3 +271,17 @@ pub(crate) fn build_runtime(
         .with_proactor(proactor)
         .build()
 }
+
+/// For tests that run on both back-ends: a runtime of each (`pool` blocking threads), io_uring
+/// first; without io_uring here, the polling one only, and says so.
+#[cfg(test)]
+pub(crate) fn test_runtimes(pool: usize) -> Vec<(Backend, compio::runtime::Runtime)> {
+    let mut runtimes = Vec::new();
+    match build_runtime(Backend::Uring, pool) {
+        Ok(rt) => runtimes.push((Backend::Uring, rt)),
+        Err(e) => eprintln!("no io_uring here ({e}): checked on the portable back-end only"),
+    }
+    let rt = build_runtime(Backend::Portable, pool).expect("the polling runtime");
+    runtimes.push((Backend::Portable, rt));
+    runtimes
+}

@@ -1,0 +1,334 @@
+//! Making a job's files durable before they get their final names: a file's bytes and inode
+//! are on the disk before its rename, so that a crash never leaves a partial file under a final
+//! name.
+//!
+//! A job of one file fsyncs it. A job of several files commits them in groups: the files that
+//! settle while one group is being made durable wait for the next, and a group costs one
+//! `syncfs` of its filesystem instead of one `fsync` per file. An `fsync` writes the file's
+//! pages, then its inode, then flushes the disk's cache, each a request to the device (on a
+//! virtual machine, each an exit to the host), and ext4 without a journal flushes the disk for
+//! every file. `syncfs` writes every dirty page and inode of the filesystem in one pass, where
+//! neighbouring files' blocks merge into large requests and sixteen inodes share a block, then
+//! flushes once. Measured on this project's machine (ext4, 2,000 files of 4-64 KiB, written
+//! then made durable): the `syncfs` took 0.03 s, where fsyncing each file made the download
+//! 0.1 s longer on two busy cores.
+//!
+//! A group is committed with `syncfs` only where that is safe and cheap:
+//! - on a local filesystem whose `syncfs` is a full sync (ext2/3/4, XFS, btrfs, f2fs, tmpfs).
+//!   Elsewhere (NFS, FUSE, ...) each file is fsynced: their `syncfs` may not reach the server.
+//! - while little else on the machine is dirty (`Dirty` + `Writeback` in `/proc/meminfo` at most
+//!   [`DIRTY_MAX`]): `syncfs` writes back every dirty page of the filesystem, and ferry must not
+//!   wait for another program's gigabytes. Otherwise each file is fsynced.
+//!
+//! Errors: `syncfs` reports a writeback error of any file of the filesystem, not which file.
+//! So after it succeeds, each file's own descriptor is asked for its writeback errors
+//! ([`fileop::written_back`]); after it fails, each file of the group is fsynced on its own and
+//! keeps its own `fsync`'s result, as without groups.
+//!
+//! Not here: the renames (the caller's, after the commit) and the directory entries (the job
+//! fsyncs each directory once, at its end).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use compio::fs::File;
+
+use crate::backend::fileop;
+
+/// Dirty bytes in the whole machine above which a group is fsynced file by file rather than
+/// with `syncfs`: 256 MiB take the disks of this project's machines about 0.2 s.
+const DIRTY_MAX: u64 = 256 << 20;
+
+/// A job's way of making its files durable.
+#[derive(Debug)]
+pub(crate) struct Durable {
+    /// Files commit in groups (a job of several files); otherwise each is fsynced.
+    grouped: bool,
+    state: Mutex<State>,
+    /// Groups committed with `syncfs`, and the files in them.
+    synced_groups: AtomicU64,
+    synced_files: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Files waiting for the next group.
+    waiting: Vec<Waiting>,
+    /// A group is being committed.
+    leading: bool,
+}
+
+/// A file waiting for its group.
+#[derive(Debug)]
+struct Waiting {
+    /// The file, through the open file description its owner made durable-to-be (whose
+    /// writeback errors are the file's).
+    fd: OwnedFd,
+    turn: flume::Sender<Turn>,
+}
+
+#[derive(Debug)]
+enum Turn {
+    /// The group is durable; the file's own writeback result.
+    Done(io::Result<()>),
+    /// The owner fsyncs the file itself.
+    Fsync,
+    /// The owner commits the next group.
+    Lead,
+}
+
+impl Durable {
+    /// `grouped`: the job has several files, to commit in groups.
+    pub(crate) fn new(grouped: bool) -> Durable {
+        Durable {
+            grouped,
+            state: Mutex::default(),
+            synced_groups: AtomicU64::new(0),
+            synced_files: AtomicU64::new(0),
+        }
+    }
+
+    /// Returns once `file`'s bytes and inode are durable (or with the error that says they may
+    /// not be).
+    pub(crate) async fn commit(&self, file: &File) -> io::Result<()> {
+        if !self.grouped {
+            return file.sync_all().await;
+        }
+        // The same open file description: its writeback errors are this descriptor's.
+        let fd = file.as_fd().try_clone_to_owned()?;
+        let (turn, my_turn) = flume::bounded(2);
+        let lead = {
+            let mut s = self.lock();
+            s.waiting.push(Waiting { fd, turn });
+            !std::mem::replace(&mut s.leading, true)
+        };
+        if lead {
+            self.lead().await;
+        }
+        loop {
+            match my_turn.recv_async().await {
+                Ok(Turn::Done(result)) => return result,
+                Ok(Turn::Lead) => self.lead().await,
+                // A group that could not be committed as one (or whose commit went away).
+                Ok(Turn::Fsync) | Err(_) => return file.sync_all().await,
+            }
+        }
+    }
+
+    /// Groups committed with `syncfs`, and the files in them.
+    pub(crate) fn synced(&self) -> (u64, u64) {
+        (
+            self.synced_groups.load(Ordering::Relaxed),
+            self.synced_files.load(Ordering::Relaxed),
+        )
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits the files waiting now, on the blocking pool; the files that come meanwhile wait
+    /// for the next group, which one of them commits.
+    async fn lead(&self) {
+        // Hands the lead on even if this future is dropped mid-group.
+        let _handoff = HandOff(self);
+        let group = std::mem::take(&mut self.lock().waiting);
+        if group.is_empty() {
+            return;
+        }
+        let files = group.len() as u64;
+        // Each file's turn is sent from the blocking thread; one that panicked drops them,
+        // and their owners fsync.
+        if let Ok(synced) = compio::runtime::spawn_blocking(move || commit_group(group)).await {
+            if synced > 0 {
+                self.synced_groups.fetch_add(1, Ordering::Relaxed);
+                self.synced_files.fetch_add(synced, Ordering::Relaxed);
+            }
+            tracing::debug!(files, synced, "group committed");
+        }
+    }
+}
+
+/// Passes the lead to the first file waiting, or ends it.
+struct HandOff<'a>(&'a Durable);
+
+impl Drop for HandOff<'_> {
+    fn drop(&mut self) {
+        let mut s = self.0.lock();
+        while !s.waiting.is_empty() {
+            if s.waiting[0].turn.try_send(Turn::Lead).is_ok() {
+                return;
+            }
+            // Its owner is gone: nothing waits for that file.
+            s.waiting.remove(0);
+        }
+        s.leading = false;
+    }
+}
+
+/// How a file of a group is made durable.
+#[derive(Debug, PartialEq, Eq)]
+enum Way {
+    /// With the `syncfs` of the filesystem of this device.
+    Syncfs(u64),
+    /// By its own `fsync`.
+    Fsync,
+}
+
+/// Blocking: makes `group` durable and tells each file its turn; returns how many files a
+/// `syncfs` made durable.
+fn commit_group(group: Vec<Waiting>) -> u64 {
+    let dirty = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| dirty_in(&m));
+    let mut by_fs: BTreeMap<u64, Vec<Waiting>> = BTreeMap::new();
+    for w in group {
+        #[allow(clippy::unnecessary_cast)] // the field's type differs between architectures
+        let fs = rustix::fs::fstatfs(&w.fd).ok().map(|s| s.f_type as i64);
+        let dev = rustix::fs::fstat(&w.fd).ok().map(|s| s.st_dev);
+        match way(dirty, fs, dev) {
+            Way::Syncfs(dev) => by_fs.entry(dev).or_default().push(w),
+            Way::Fsync => {
+                let _ = w.turn.send(Turn::Fsync);
+            }
+        }
+    }
+    let mut synced = 0;
+    for (_, files) in by_fs {
+        match rustix::fs::syncfs(&files[0].fd) {
+            Ok(()) => {
+                synced += files.len() as u64;
+                for w in files {
+                    let own = fileop::written_back(w.fd.as_fd());
+                    let _ = w.turn.send(Turn::Done(own));
+                }
+            }
+            Err(e) => {
+                tracing::debug!("syncfs: {e}; fsyncing each file of the group");
+                for w in files {
+                    let _ = w.turn.send(Turn::Fsync);
+                }
+            }
+        }
+    }
+    synced
+}
+
+/// How a file on a filesystem of type `fs` (`statfs`'s `f_type`) on device `dev` is made
+/// durable while the machine has `dirty` bytes dirty or under writeback.
+#[allow(clippy::unnecessary_cast)] // the constants' type differs between architectures
+fn way(dirty: Option<u64>, fs: Option<i64>, dev: Option<u64>) -> Way {
+    let full_sync = |t: i64| {
+        [
+            libc::EXT4_SUPER_MAGIC,
+            libc::XFS_SUPER_MAGIC,
+            libc::BTRFS_SUPER_MAGIC,
+            libc::F2FS_SUPER_MAGIC,
+            libc::TMPFS_MAGIC,
+        ]
+        .iter()
+        .any(|&m| m as i64 == t)
+    };
+    match (dirty, fs, dev) {
+        (Some(d), Some(t), Some(dev)) if d <= DIRTY_MAX && full_sync(t) => Way::Syncfs(dev),
+        _ => Way::Fsync,
+    }
+}
+
+/// Bytes dirty or under writeback, from the text of `/proc/meminfo`.
+fn dirty_in(meminfo: &str) -> Option<u64> {
+    let kib = |key: &str| {
+        meminfo.lines().find_map(|l| {
+            let v = l.strip_prefix(key)?.trim().strip_suffix("kB")?;
+            v.trim().parse::<u64>().ok()
+        })
+    };
+    Some((kib("Dirty:")? + kib("Writeback:")?) * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use compio::io::AsyncWriteAtExt;
+
+    use super::*;
+    use crate::backend::Backend;
+
+    #[test]
+    fn dirty_bytes_are_read_from_meminfo() {
+        let m = "MemTotal:       24576000 kB\nDirty:              1200 kB\nWriteback:           40 kB\nWritebackTmp:      7 kB\n";
+        assert_eq!(dirty_in(m), Some(1240 * 1024));
+        assert_eq!(dirty_in("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    #[allow(clippy::unnecessary_cast)] // the constants' type differs between architectures
+    fn syncfs_only_on_full_sync_filesystems_of_a_calm_machine() {
+        let ext4 = Some(libc::EXT4_SUPER_MAGIC as i64);
+        assert_eq!(way(Some(0), ext4, Some(7)), Way::Syncfs(7));
+        assert_eq!(way(Some(DIRTY_MAX), ext4, Some(7)), Way::Syncfs(7));
+        assert_eq!(way(Some(DIRTY_MAX + 1), ext4, Some(7)), Way::Fsync);
+        assert_eq!(way(None, ext4, Some(7)), Way::Fsync);
+        assert_eq!(way(Some(0), ext4, None), Way::Fsync);
+        let nfs = Some(libc::NFS_SUPER_MAGIC as i64);
+        assert_eq!(way(Some(0), nfs, Some(7)), Way::Fsync);
+        let fuse = Some(0x6573_5546);
+        assert_eq!(way(Some(0), fuse, Some(7)), Way::Fsync);
+    }
+
+    /// Many files committed at once on both back-ends: every commit returns, the files share
+    /// groups, and each file's bytes are there.
+    #[test]
+    fn files_committed_together_share_groups() {
+        for (backend, rt) in crate::runtime::test_runtimes(2) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let durable = Arc::new(Durable::new(true));
+            const FILES: usize = 64;
+            rt.block_on(async {
+                let mut tasks = Vec::new();
+                for i in 0..FILES {
+                    let path = dir.path().join(format!("f{i}"));
+                    let durable = Arc::clone(&durable);
+                    tasks.push(compio::runtime::spawn(async move {
+                        let mut file = compio::fs::File::create(&path).await?;
+                        let body = vec![i as u8; 4096 + i];
+                        file.write_all_at(body, 0).await.0?;
+                        durable.commit(&file).await
+                    }));
+                }
+                for t in tasks {
+                    t.await.expect("task").expect("committed");
+                }
+            });
+            let (groups, files) = durable.synced();
+            eprintln!("{backend:?}: {FILES} files in {groups} syncfs groups ({files} files)");
+            // Done with syncfs unless the machine was busy writing something else.
+            if files > 0 {
+                assert!(groups < FILES as u64, "{groups} groups for {FILES} files");
+            }
+            assert!(!durable.lock().leading, "the lead was handed back");
+            for i in 0..FILES {
+                let got = std::fs::read(dir.path().join(format!("f{i}"))).expect("read");
+                assert_eq!(got, vec![i as u8; 4096 + i], "file {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_of_one_file_fsyncs_it() {
+        let rt = crate::runtime::build_runtime(Backend::Portable, 1).expect("runtime");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let durable = Durable::new(false);
+        rt.block_on(async {
+            let file = compio::fs::File::create(dir.path().join("f"))
+                .await
+                .expect("create");
+            durable.commit(&file).await.expect("fsync");
+        });
+        assert_eq!(durable.synced(), (0, 0));
+    }
+}
