@@ -396,6 +396,9 @@ pub(crate) struct Ctx {
     /// This fetch writes the file through the page cache though the sink is direct
     /// ([`WHOLE_BUFFERED_BELOW`]).
     whole_buffered: AtomicBool,
+    /// The partial file was created empty (or emptied) by this fetch and holds no blocks yet:
+    /// what it has allocated need not be asked of the filesystem (a `statx` per file).
+    empty: AtomicBool,
     /// The file's turn for buffered writes and its cached stretches, shared by its sinks on
     /// every worker.
     sink_share: FileShare,
@@ -454,6 +457,7 @@ impl Ctx {
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),
+            empty: AtomicBool::new(false),
             sink_share: FileShare::new(),
         }
     }
@@ -518,7 +522,9 @@ impl Ctx {
             op: "truncate",
             path: self.incomplete.clone(),
             source: e.into(),
-        })
+        })?;
+        self.empty.store(true, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The error of a failed operation on the partial file: [`GetError::NoSpace`] when the
@@ -543,7 +549,11 @@ impl Ctx {
     /// allocated (a resumed partial file); see [`space`].
     async fn wait_for_space(&self, file: &File, len: u64) -> Result<u64, GetError> {
         use std::os::unix::fs::MetadataExt;
-        let allocated = file.metadata().await.map_or(0, |m| m.blocks() * 512);
+        let allocated = if self.empty.load(Ordering::Relaxed) {
+            0
+        } else {
+            file.metadata().await.map_or(0, |m| m.blocks() * 512)
+        };
         let need = len.saturating_sub(allocated);
         let dir = parent_dir(&self.incomplete);
         self.settings
@@ -826,6 +836,7 @@ impl Ctx {
                 path: self.incomplete.clone(),
                 source,
             })?;
+        self.empty.store(resumed.is_empty(), Ordering::Relaxed);
         *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let before = self.done.swap(0, Ordering::Relaxed);
         self.progress.done.fetch_sub(before, Ordering::Relaxed);
@@ -1418,6 +1429,8 @@ async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
             // space again, once.
             Err(e) if space::is_full(&e) && !looked_again => {
                 looked_again = true;
+                // The failed reservation may have kept some blocks.
+                ctx.empty.store(false, Ordering::Relaxed);
                 need = ctx.wait_for_space(file, len).await?;
             }
             Err(e) if space::is_full(&e) => {
