@@ -22,8 +22,14 @@
 //!
 //! Errors: `syncfs` reports a writeback error of any file of the filesystem, not which file.
 //! So after it succeeds, each file's own descriptor is asked for its writeback errors
-//! ([`fileop::written_back`]); after it fails, each file of the group is fsynced on its own and
-//! keeps its own `fsync`'s result, as without groups.
+//! ([`fileop::written_back`]). After it fails, every file of the group fails, and so does every
+//! later file of the job on that filesystem: the files are not fsynced one by one instead,
+//! because that would not be told. ext4 without a journal writes a file's inode into its
+//! inode-table block when the inode is written back; if `syncfs` then fails to write that
+//! block, the inode is clean, and a later `fsync` of the file writes nothing and succeeds,
+//! while the disk never got the inode. A file whose inode shared the block with one of the
+//! group but settles later is in the same case. Seen in `tests/tests/failing_disk.rs`: files
+//! reported done were gone after a remount.
 //!
 //! Not here: the renames (the caller's, after the commit) and the directory entries (the job
 //! fsyncs each directory once, at its end).
@@ -31,8 +37,8 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use compio::fs::File;
 
@@ -51,6 +57,9 @@ pub(crate) struct Durable {
     /// Groups committed with `syncfs`, and the files in them.
     synced_groups: AtomicU64,
     synced_files: AtomicU64,
+    /// Filesystems (by device) where a `syncfs` failed in this job, with its error number:
+    /// every later file there fails with it.
+    failed: Arc<Mutex<BTreeMap<u64, i32>>>,
 }
 
 #[derive(Debug, Default)]
@@ -74,7 +83,7 @@ struct Waiting {
 enum Turn {
     /// The group is durable; the file's own writeback result.
     Done(io::Result<()>),
-    /// The owner fsyncs the file itself.
+    /// The owner fsyncs the file itself (a filesystem `syncfs` does not serve).
     Fsync,
     /// The owner commits the next group.
     Lead,
@@ -88,6 +97,7 @@ impl Durable {
             state: Mutex::default(),
             synced_groups: AtomicU64::new(0),
             synced_files: AtomicU64::new(0),
+            failed: Arc::default(),
         }
     }
 
@@ -97,8 +107,11 @@ impl Durable {
         if !self.grouped {
             return file.sync_all().await;
         }
-        // The same open file description: its writeback errors are this descriptor's.
-        let fd = file.as_fd().try_clone_to_owned()?;
+        // The same open file description: its writeback errors are this descriptor's. Out of
+        // descriptors, the file is fsynced on its own.
+        let Ok(fd) = file.as_fd().try_clone_to_owned() else {
+            return file.sync_all().await;
+        };
         let (turn, my_turn) = flume::bounded(2);
         let lead = {
             let mut s = self.lock();
@@ -112,7 +125,7 @@ impl Durable {
             match my_turn.recv_async().await {
                 Ok(Turn::Done(result)) => return result,
                 Ok(Turn::Lead) => self.lead().await,
-                // A group that could not be committed as one (or whose commit went away).
+                // Not a filesystem for `syncfs` (or the group's commit went away).
                 Ok(Turn::Fsync) | Err(_) => return file.sync_all().await,
             }
         }
@@ -142,7 +155,9 @@ impl Durable {
         let files = group.len() as u64;
         // Each file's turn is sent from the blocking thread; one that panicked drops them,
         // and their owners fsync.
-        if let Ok(synced) = compio::runtime::spawn_blocking(move || commit_group(group)).await {
+        let failed = Arc::clone(&self.failed);
+        let commit = move || commit_group(group, &failed);
+        if let Ok(synced) = compio::runtime::spawn_blocking(commit).await {
             if synced > 0 {
                 self.synced_groups.fetch_add(1, Ordering::Relaxed);
                 self.synced_files.fetch_add(synced, Ordering::Relaxed);
@@ -179,8 +194,8 @@ enum Way {
 }
 
 /// Blocking: makes `group` durable and tells each file its turn; returns how many files a
-/// `syncfs` made durable.
-fn commit_group(group: Vec<Waiting>) -> u64 {
+/// `syncfs` made durable. `failed`: the filesystems where a `syncfs` of this job failed.
+fn commit_group(group: Vec<Waiting>, failed: &Mutex<BTreeMap<u64, i32>>) -> u64 {
     let dirty = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| dirty_in(&m));
@@ -197,21 +212,33 @@ fn commit_group(group: Vec<Waiting>) -> u64 {
         }
     }
     let mut synced = 0;
-    for (_, files) in by_fs {
-        match rustix::fs::syncfs(&files[0].fd) {
-            Ok(()) => {
-                synced += files.len() as u64;
-                for w in files {
-                    let own = fileop::written_back(w.fd.as_fd());
-                    let _ = w.turn.send(Turn::Done(own));
-                }
+    let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+    for (dev, files) in by_fs {
+        let errno = match failed.get(&dev) {
+            Some(&errno) => Some(errno),
+            None => rustix::fs::syncfs(&files[0].fd)
+                .err()
+                .map(|e| e.raw_os_error()),
+        };
+        if let Some(errno) = errno {
+            tracing::warn!(
+                "syncfs failed ({}): the {} files settled now, and every later one on that \
+                 filesystem, fail",
+                io::Error::from_raw_os_error(errno),
+                files.len()
+            );
+            failed.insert(dev, errno);
+            for w in files {
+                let _ = w
+                    .turn
+                    .send(Turn::Done(Err(io::Error::from_raw_os_error(errno))));
             }
-            Err(e) => {
-                tracing::debug!("syncfs: {e}; fsyncing each file of the group");
-                for w in files {
-                    let _ = w.turn.send(Turn::Fsync);
-                }
-            }
+            continue;
+        }
+        synced += files.len() as u64;
+        for w in files {
+            let own = fileop::written_back(w.fd.as_fd());
+            let _ = w.turn.send(Turn::Done(own));
         }
     }
     synced
@@ -251,7 +278,6 @@ fn dirty_in(meminfo: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use compio::io::AsyncWriteAtExt;
 
