@@ -199,11 +199,19 @@ fn commit_group(group: Vec<Waiting>, failed: &Mutex<BTreeMap<u64, i32>>) -> u64 
     let dirty = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| dirty_in(&m));
+    let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
     let mut by_fs: BTreeMap<u64, Vec<Waiting>> = BTreeMap::new();
     for w in group {
         #[allow(clippy::unnecessary_cast)] // the field's type differs between architectures
         let fs = rustix::fs::fstatfs(&w.fd).ok().map(|s| s.f_type as i64);
         let dev = rustix::fs::fstat(&w.fd).ok().map(|s| s.st_dev);
+        // Not fsynced either: that fsync might have nothing left to write, and succeed.
+        if let Some(&errno) = dev.and_then(|d| failed.get(&d)) {
+            let _ = w
+                .turn
+                .send(Turn::Done(Err(io::Error::from_raw_os_error(errno))));
+            continue;
+        }
         match way(dirty, fs, dev) {
             Way::Syncfs(dev) => by_fs.entry(dev).or_default().push(w),
             Way::Fsync => {
@@ -212,26 +220,18 @@ fn commit_group(group: Vec<Waiting>, failed: &Mutex<BTreeMap<u64, i32>>) -> u64 
         }
     }
     let mut synced = 0;
-    let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
     for (dev, files) in by_fs {
-        let errno = match failed.get(&dev) {
-            Some(&errno) => Some(errno),
-            None => rustix::fs::syncfs(&files[0].fd)
-                .err()
-                .map(|e| e.raw_os_error()),
-        };
-        if let Some(errno) = errno {
+        if let Err(e) = rustix::fs::syncfs(&files[0].fd) {
             tracing::warn!(
-                "syncfs failed ({}): the {} files settled now, and every later one on that \
+                "syncfs failed ({e}): the {} files settled now, and every later one on that \
                  filesystem, fail",
-                io::Error::from_raw_os_error(errno),
                 files.len()
             );
-            failed.insert(dev, errno);
+            failed.insert(dev, e.raw_os_error());
             for w in files {
-                let _ = w
-                    .turn
-                    .send(Turn::Done(Err(io::Error::from_raw_os_error(errno))));
+                let _ = w.turn.send(Turn::Done(Err(io::Error::from_raw_os_error(
+                    e.raw_os_error(),
+                ))));
             }
             continue;
         }
@@ -278,6 +278,8 @@ fn dirty_in(meminfo: &str) -> Option<u64> {
 
 #[cfg(test)]
 mod tests {
+
+    use std::os::unix::fs::MetadataExt;
 
     use compio::io::AsyncWriteAtExt;
 
@@ -341,6 +343,31 @@ mod tests {
                 let got = std::fs::read(dir.path().join(format!("f{i}"))).expect("read");
                 assert_eq!(got, vec![i as u8; 4096 + i], "file {i}");
             }
+        }
+    }
+
+    /// After a `syncfs` of the job failed on a filesystem, later files there fail with its
+    /// error (they are not fsynced instead), on both back-ends; the lead is handed back.
+    #[test]
+    fn after_a_failed_syncfs_later_files_there_fail() {
+        for (backend, rt) in crate::runtime::test_runtimes(2) {
+            let dir = tempfile::tempdir().expect("temp dir");
+            let dev = std::fs::metadata(dir.path()).expect("stat").dev();
+            let durable = Durable::new(true);
+            durable.failed.lock().expect("lock").insert(dev, libc::EIO);
+            let got = rt.block_on(async {
+                let file = compio::fs::File::create(dir.path().join("f"))
+                    .await
+                    .expect("create");
+                durable.commit(&file).await
+            });
+            let err = got.expect_err("a file on a failed filesystem");
+            assert_eq!(err.raw_os_error(), Some(libc::EIO), "{backend:?}: {err}");
+            assert_eq!(durable.synced(), (0, 0), "{backend:?}");
+            assert!(
+                !durable.lock().leading,
+                "{backend:?}: the lead was handed back"
+            );
         }
     }
 
