@@ -8,8 +8,8 @@
 //! lane does next (join an active file, start one, split, wait, leave) is decided by
 //! [`plan::files::next`](crate::plan::files::next) under one short lock, which also counts the
 //! files started, probing, active and settling, so that no lane leaves while work may still
-//! appear. The last lane to leave a file settles it (hash, made durable, rename); when every file is
-//! settled, the job's directories are fsynced once each and the results go to the
+//! appear. The last lane to leave a file settles it (hash, made durable, rename); when every file
+//! is settled, the job's directories are fsynced once each and the results go to the
 //! [`Job`](crate::Job).
 //!
 //! Not here: what happens inside a file (`get/mod.rs`), or HTTP (`get/conn.rs`).
