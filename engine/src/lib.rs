@@ -496,22 +496,24 @@ impl Engine {
         rx.recv().unwrap_or(Err(GetError::EngineStopped))
     }
 
-    /// The sink for files in `dir`, probed once per filesystem.
+    /// The sink for files in `dir`, probed once per filesystem, with whether that filesystem's
+    /// `syncfs` may make them durable.
     fn sink_for(&self, dir: &Path) -> SinkChoice {
         use std::os::unix::fs::MetadataExt;
-        let choose = || {
-            let sink = choose_sink(self.selection.backend, self.config.sink, dir);
-            tracing::debug!(sink = %sink.kind, reason = %sink.reason, dir = %dir.display(), "sink chosen");
+        let choose = |dev: Option<u64>| {
+            let mut sink = choose_sink(self.selection.backend, self.config.sink, dir);
+            sink.syncfs = dev.filter(|_| kernel_probes::fs::full_syncfs(dir));
+            tracing::debug!(sink = %sink.kind, reason = %sink.reason, syncfs = sink.syncfs.is_some(), dir = %dir.display(), "sink chosen");
             sink
         };
         let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else {
-            return choose();
+            return choose(None);
         };
         self.sinks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(dev)
-            .or_insert_with(choose)
+            .or_insert_with(|| choose(Some(dev)))
             .clone()
     }
 }
@@ -637,6 +639,7 @@ fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkCho
         kind: SinkKind::Buffered,
         reason,
         align: 1,
+        syncfs: None,
     };
     if backend == Backend::Portable {
         match asked {
@@ -662,6 +665,7 @@ fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkCho
                     kind: SinkKind::Splice,
                     reason: "splice was asked for (socket -> pipe -> file, POLL_ADD linked)".into(),
                     align: 1,
+                    syncfs: None,
                 };
             }
             let names: Vec<_> = missing.iter().map(|op| op.name()).collect();
@@ -683,6 +687,7 @@ fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkCho
                     probe.filesystem
                 ),
                 align,
+                syncfs: None,
             }
         }
         (why, _) => {

@@ -171,6 +171,22 @@ fn nanos() -> u128 {
         .unwrap_or(0)
 }
 
+/// Whether `syncfs` on the filesystem of `dir` writes back and flushes all of it, as an `fsync`
+/// of each file would: the local filesystems that implement it (ext2/3/4, XFS, btrfs, f2fs,
+/// tmpfs). Not NFS or FUSE, whose `syncfs` may not reach the server, nor anything unknown.
+pub fn full_syncfs(dir: &Path) -> bool {
+    // `f_type` is i64 on x86_64 glibc but u32 or i32 elsewhere.
+    #[allow(clippy::unnecessary_cast)]
+    rustix::fs::statfs(dir).is_ok_and(|s| full_syncfs_type(s.f_type as i64))
+}
+
+fn full_syncfs_type(magic: i64) -> bool {
+    matches!(
+        fs_name(magic).as_str(),
+        "ext4" | "xfs" | "btrfs" | "f2fs" | "tmpfs"
+    )
+}
+
 fn fs_name(magic: i64) -> String {
     let name = match magic {
         0xEF53 => "ext4",
@@ -213,6 +229,18 @@ mod tests {
             "fs probe: {} o_direct={} fallocate={}",
             r.filesystem, r.o_direct, r.fallocate
         );
+    }
+
+    #[test]
+    fn syncfs_is_a_full_sync_only_on_local_filesystems_that_implement_it() {
+        for magic in [0xEF53, 0x5846_5342, 0x9123_683E, 0xF2F5_2010, 0x0102_1994] {
+            assert!(full_syncfs_type(magic), "{}", fs_name(magic));
+        }
+        // NFS, FUSE, overlayfs, ZFS, something unknown.
+        for magic in [0x6969, 0x6573_5546, 0x794C_7630, 0x2FC1_2FC1, 0x1234] {
+            assert!(!full_syncfs_type(magic), "{}", fs_name(magic));
+        }
+        assert!(!full_syncfs(Path::new("/nonexistent/ferry-probe")));
     }
 
     #[test]

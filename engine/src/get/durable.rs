@@ -14,7 +14,8 @@
 //! 0.1 s longer on two busy cores.
 //!
 //! A group is committed with `syncfs` only where that is safe and cheap:
-//! - on a local filesystem whose `syncfs` is a full sync (ext2/3/4, XFS, btrfs, f2fs, tmpfs).
+//! - on a local filesystem whose `syncfs` is a full sync (ext2/3/4, XFS, btrfs, f2fs, tmpfs;
+//!   [`kernel_probes::fs::full_syncfs`], asked once per filesystem with the sink's probe).
 //!   Elsewhere (NFS, FUSE, ...) each file is fsynced: their `syncfs` may not reach the server.
 //! - while little else on the machine is dirty (`Dirty` + `Writeback` in `/proc/meminfo` at most
 //!   [`DIRTY_MAX`]): `syncfs` writes back every dirty page of the filesystem, and ferry must not
@@ -76,6 +77,8 @@ struct Waiting {
     /// The file, through the open file description its owner made durable-to-be (whose
     /// writeback errors are the file's).
     fd: OwnedFd,
+    /// Its filesystem's device.
+    dev: u64,
     turn: flume::Sender<Turn>,
 }
 
@@ -83,7 +86,7 @@ struct Waiting {
 enum Turn {
     /// The group is durable; the file's own writeback result.
     Done(io::Result<()>),
-    /// The owner fsyncs the file itself (a filesystem `syncfs` does not serve).
+    /// The owner fsyncs the file itself (the machine has much else dirty).
     Fsync,
     /// The owner commits the next group.
     Lead,
@@ -102,11 +105,13 @@ impl Durable {
     }
 
     /// Returns once `file`'s bytes and inode are durable (or with the error that says they may
-    /// not be).
-    pub(crate) async fn commit(&self, file: &File) -> io::Result<()> {
-        if !self.grouped {
+    /// not be). `syncfs`: its filesystem's device when that filesystem's `syncfs` is a full sync
+    /// (the sink's [`SinkChoice::syncfs`](super::SinkChoice::syncfs)); the file is fsynced
+    /// otherwise.
+    pub(crate) async fn commit(&self, file: &File, syncfs: Option<u64>) -> io::Result<()> {
+        let (true, Some(dev)) = (self.grouped, syncfs) else {
             return file.sync_all().await;
-        }
+        };
         // The same open file description: its writeback errors are this descriptor's. Out of
         // descriptors, the file is fsynced on its own.
         let Ok(fd) = file.as_fd().try_clone_to_owned() else {
@@ -115,7 +120,7 @@ impl Durable {
         let (turn, my_turn) = flume::bounded(2);
         let lead = {
             let mut s = self.lock();
-            s.waiting.push(Waiting { fd, turn });
+            s.waiting.push(Waiting { fd, dev, turn });
             !std::mem::replace(&mut s.leading, true)
         };
         if lead {
@@ -125,7 +130,7 @@ impl Durable {
             match my_turn.recv_async().await {
                 Ok(Turn::Done(result)) => return result,
                 Ok(Turn::Lead) => self.lead().await,
-                // Not a filesystem for `syncfs` (or the group's commit went away).
+                // A busy machine (or the group's commit went away).
                 Ok(Turn::Fsync) | Err(_) => return file.sync_all().await,
             }
         }
@@ -184,15 +189,6 @@ impl Drop for HandOff<'_> {
     }
 }
 
-/// How a file of a group is made durable.
-#[derive(Debug, PartialEq, Eq)]
-enum Way {
-    /// With the `syncfs` of the filesystem of this device.
-    Syncfs(u64),
-    /// By its own `fsync`.
-    Fsync,
-}
-
 /// Blocking: makes `group` durable and tells each file its turn; returns how many files a
 /// `syncfs` made durable. `failed`: the filesystems where a `syncfs` of this job failed.
 fn commit_group(group: Vec<Waiting>, failed: &Mutex<BTreeMap<u64, i32>>) -> u64 {
@@ -200,23 +196,18 @@ fn commit_group(group: Vec<Waiting>, failed: &Mutex<BTreeMap<u64, i32>>) -> u64 
         .ok()
         .and_then(|m| dirty_in(&m));
     let mut failed = failed.lock().unwrap_or_else(|p| p.into_inner());
+    let calm = calm(dirty);
     let mut by_fs: BTreeMap<u64, Vec<Waiting>> = BTreeMap::new();
     for w in group {
-        #[allow(clippy::unnecessary_cast)] // the field's type differs between architectures
-        let fs = rustix::fs::fstatfs(&w.fd).ok().map(|s| s.f_type as i64);
-        let dev = rustix::fs::fstat(&w.fd).ok().map(|s| s.st_dev);
         // Not fsynced either: that fsync might have nothing left to write, and succeed.
-        if let Some(&errno) = dev.and_then(|d| failed.get(&d)) {
+        if let Some(&errno) = failed.get(&w.dev) {
             let _ = w
                 .turn
                 .send(Turn::Done(Err(io::Error::from_raw_os_error(errno))));
-            continue;
-        }
-        match way(dirty, fs, dev) {
-            Way::Syncfs(dev) => by_fs.entry(dev).or_default().push(w),
-            Way::Fsync => {
-                let _ = w.turn.send(Turn::Fsync);
-            }
+        } else if calm {
+            by_fs.entry(w.dev).or_default().push(w);
+        } else {
+            let _ = w.turn.send(Turn::Fsync);
         }
     }
     let mut synced = 0;
@@ -244,25 +235,10 @@ fn commit_group(group: Vec<Waiting>, failed: &Mutex<BTreeMap<u64, i32>>) -> u64 
     synced
 }
 
-/// How a file on a filesystem of type `fs` (`statfs`'s `f_type`) on device `dev` is made
-/// durable while the machine has `dirty` bytes dirty or under writeback.
-#[allow(clippy::unnecessary_cast)] // the constants' type differs between architectures
-fn way(dirty: Option<u64>, fs: Option<i64>, dev: Option<u64>) -> Way {
-    let full_sync = |t: i64| {
-        [
-            libc::EXT4_SUPER_MAGIC,
-            libc::XFS_SUPER_MAGIC,
-            libc::BTRFS_SUPER_MAGIC,
-            libc::F2FS_SUPER_MAGIC,
-            libc::TMPFS_MAGIC,
-        ]
-        .iter()
-        .any(|&m| m as i64 == t)
-    };
-    match (dirty, fs, dev) {
-        (Some(d), Some(t), Some(dev)) if d <= DIRTY_MAX && full_sync(t) => Way::Syncfs(dev),
-        _ => Way::Fsync,
-    }
+/// Whether a machine with `dirty` bytes dirty or under writeback (unknown: `None`) is calm
+/// enough for a `syncfs`.
+fn calm(dirty: Option<u64>) -> bool {
+    dirty.is_some_and(|d| d <= DIRTY_MAX)
 }
 
 /// Bytes dirty or under writeback, from the text of `/proc/meminfo`.
@@ -293,19 +269,13 @@ mod tests {
         assert_eq!(dirty_in("MemTotal: 1 kB\n"), None);
     }
 
+    /// (Which filesystems: `kernel_probes::fs`'s tests.)
     #[test]
-    #[allow(clippy::unnecessary_cast)] // the constants' type differs between architectures
-    fn syncfs_only_on_full_sync_filesystems_of_a_calm_machine() {
-        let ext4 = Some(libc::EXT4_SUPER_MAGIC as i64);
-        assert_eq!(way(Some(0), ext4, Some(7)), Way::Syncfs(7));
-        assert_eq!(way(Some(DIRTY_MAX), ext4, Some(7)), Way::Syncfs(7));
-        assert_eq!(way(Some(DIRTY_MAX + 1), ext4, Some(7)), Way::Fsync);
-        assert_eq!(way(None, ext4, Some(7)), Way::Fsync);
-        assert_eq!(way(Some(0), ext4, None), Way::Fsync);
-        let nfs = Some(libc::NFS_SUPER_MAGIC as i64);
-        assert_eq!(way(Some(0), nfs, Some(7)), Way::Fsync);
-        let fuse = Some(0x6573_5546);
-        assert_eq!(way(Some(0), fuse, Some(7)), Way::Fsync);
+    fn syncfs_only_on_a_calm_machine() {
+        assert!(calm(Some(0)));
+        assert!(calm(Some(DIRTY_MAX)));
+        assert!(!calm(Some(DIRTY_MAX + 1)));
+        assert!(!calm(None));
     }
 
     /// Many files committed at once on both back-ends: every commit returns, the files share
@@ -315,6 +285,7 @@ mod tests {
         for (backend, rt) in crate::runtime::test_runtimes(2) {
             let dir = tempfile::tempdir().expect("temp dir");
             let durable = Arc::new(Durable::new(true));
+            let syncfs = syncfs_of(dir.path());
             const FILES: usize = 64;
             rt.block_on(async {
                 let mut tasks = Vec::new();
@@ -325,7 +296,7 @@ mod tests {
                         let mut file = compio::fs::File::create(&path).await?;
                         let body = vec![i as u8; 4096 + i];
                         file.write_all_at(body, 0).await.0?;
-                        durable.commit(&file).await
+                        durable.commit(&file, syncfs).await
                     }));
                 }
                 for t in tasks {
@@ -334,7 +305,8 @@ mod tests {
             });
             let (groups, files) = durable.synced();
             eprintln!("{backend:?}: {FILES} files in {groups} syncfs groups ({files} files)");
-            // Done with syncfs unless the machine was busy writing something else.
+            // Done with syncfs unless the machine was busy writing something else (or the
+            // temporary folder is on a filesystem without a full syncfs).
             if files > 0 {
                 assert!(groups < FILES as u64, "{groups} groups for {FILES} files");
             }
@@ -359,7 +331,7 @@ mod tests {
                 let file = compio::fs::File::create(dir.path().join("f"))
                     .await
                     .expect("create");
-                durable.commit(&file).await
+                durable.commit(&file, Some(dev)).await
             });
             let err = got.expect_err("a file on a failed filesystem");
             assert_eq!(err.raw_os_error(), Some(libc::EIO), "{backend:?}: {err}");
@@ -371,17 +343,27 @@ mod tests {
         }
     }
 
+    /// A job of one file, or a file on a filesystem without a full `syncfs`: fsynced.
     #[test]
     fn a_job_of_one_file_fsyncs_it() {
         let rt = crate::runtime::build_runtime(Backend::Portable, 1).expect("runtime");
         let dir = tempfile::tempdir().expect("temp dir");
-        let durable = Durable::new(false);
-        rt.block_on(async {
-            let file = compio::fs::File::create(dir.path().join("f"))
-                .await
-                .expect("create");
-            durable.commit(&file).await.expect("fsync");
-        });
-        assert_eq!(durable.synced(), (0, 0));
+        let dev = std::fs::metadata(dir.path()).expect("stat").dev();
+        for (grouped, syncfs) in [(false, Some(dev)), (true, None)] {
+            let durable = Durable::new(grouped);
+            rt.block_on(async {
+                let file = compio::fs::File::create(dir.path().join("f"))
+                    .await
+                    .expect("create");
+                durable.commit(&file, syncfs).await.expect("fsync");
+            });
+            assert_eq!(durable.synced(), (0, 0), "grouped={grouped} {syncfs:?}");
+        }
+    }
+
+    /// The device of `dir`'s filesystem when its `syncfs` is a full sync, as the engine asks.
+    fn syncfs_of(dir: &std::path::Path) -> Option<u64> {
+        let dev = std::fs::metadata(dir).expect("stat").dev();
+        kernel_probes::fs::full_syncfs(dir).then_some(dev)
     }
 }

@@ -281,6 +281,10 @@ pub(crate) struct SinkChoice {
     pub reason: String,
     /// O_DIRECT offset alignment of the filesystem (used when `kind` is direct).
     pub align: u64,
+    /// The filesystem's device when its `syncfs` is a full sync
+    /// ([`kernel_probes::fs::full_syncfs`]): the files of a job there may be made durable in
+    /// groups ([`durable`]).
+    pub syncfs: Option<u64>,
 }
 
 /// How a job runs: the same for all its files.
@@ -1637,7 +1641,7 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
     }
     ctx.settings
         .durable
-        .commit(&file)
+        .commit(&file, ctx.sink.syncfs)
         .await
         .map_err(|source| ctx.io_error("fsync", source))?;
     drop(file);
