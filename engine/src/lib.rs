@@ -109,7 +109,8 @@ pub struct Config {
     pub threads: Option<usize>,
     /// Connections a job keeps open at once, shared by its files ([`DEFAULT_CONNECTIONS`]).
     pub connections: usize,
-    /// Range size; by default about four ranges per connection, 1-64 MiB.
+    /// Range size; by default about two ranges per connection over what is left, 1-8 MiB, and
+    /// on a file with a checksum at most 64 MiB over all the connections together.
     pub chunk_size: Option<u64>,
     /// Size of one write buffer (default 1 MiB; a multiple of 4 KiB).
     pub buffer_size: usize,

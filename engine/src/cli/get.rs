@@ -27,7 +27,9 @@ pub(crate) struct GetArgs {
     /// that is free, small files go one after another over the same connection.
     #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
     connections: u32,
-    /// Range size (e.g. 8M); default: about four ranges per connection, 1-64 MiB.
+    /// Range size (e.g. 8M); default: about two ranges per connection over what is left, 1-8
+    /// MiB, and on a file with a checksum small enough that the connections together span at
+    /// most 64 MiB (4 MiB with 16 connections).
     #[arg(long, value_parser = parse_size, value_name = "SIZE")]
     chunk_size: Option<u64>,
     /// How bytes reach the disk: direct (O_DIRECT for aligned blocks; the default on io_uring

@@ -29,9 +29,8 @@ use std::ops::Range;
 
 /// Smallest chunk the frontier hands out (except the file's tail).
 pub const MIN_CHUNK: u64 = 1 << 20;
-/// Largest chunk the frontier hands out: small enough that the connections' spread fits the
-/// verifier's window (8 connections x 8 MiB), large enough that a request per lease costs
-/// nothing measurable.
+/// Largest chunk the frontier hands out: large enough that a request per lease costs nothing
+/// measurable. A verified file's chunks may be smaller still ([`Plan::spread_within`]).
 pub const MAX_CHUNK: u64 = 8 << 20;
 /// The range asked for before the size is known.
 pub const FIRST_CHUNK: u64 = 4 << 20;
@@ -69,6 +68,8 @@ pub(crate) struct Plan {
     todo: VecDeque<Range<u64>>,
     connections: u64,
     chunk: Option<u64>,
+    /// The largest chunk the frontier hands out by default.
+    max_chunk: u64,
     leases: Vec<Option<Lease>>,
     retry: Vec<Range<u64>>,
     retries_left: u32,
@@ -111,6 +112,7 @@ impl Plan {
             todo,
             connections: connections.max(1) as u64,
             chunk: chunk.map(|c| c.max(1)),
+            max_chunk: MAX_CHUNK,
             leases: Vec::new(),
             retry: Vec::new(),
             retries_left: MAX_RETRIES,
@@ -229,6 +231,18 @@ impl Plan {
         self
     }
 
+    /// Keeps the frontier's default chunks small enough that one lease per connection spans at
+    /// most `bytes` (rounded down to [`MIN_CHUNK`], within [`MIN_CHUNK`]..=[`MAX_CHUNK`]). For a
+    /// verified file, whose hash follows the received prefix: the bytes received past a lagging
+    /// lease wait in the verifier's window, so the leases in flight must span well less than
+    /// the window, or it fills, the other connections stop and the hash waits for the one that
+    /// lags. A fixed `--chunk-size` is kept as given.
+    pub fn spread_within(mut self, bytes: u64) -> Plan {
+        self.max_chunk =
+            (bytes / self.connections / MIN_CHUNK * MIN_CHUNK).clamp(MIN_CHUNK, MAX_CHUNK);
+        self
+    }
+
     /// Splits made so far.
     pub fn splits(&self) -> u64 {
         self.splits
@@ -252,7 +266,7 @@ impl Plan {
 
     fn chunk_len(&self) -> u64 {
         self.chunk
-            .unwrap_or_else(|| auto_chunk(self.frontier_left(), self.connections))
+            .unwrap_or_else(|| auto_chunk(self.frontier_left(), self.connections, self.max_chunk))
     }
 
     fn insert(&mut self, r: Range<u64>) -> LeaseId {
@@ -308,11 +322,11 @@ fn split_point(l: &Lease) -> Option<u64> {
     Some((l.reserved + left / 2) / SPLIT_ALIGN * SPLIT_ALIGN)
 }
 
-/// About two chunks per connection over `remaining` bytes, clamped and rounded to 1 MiB: large
-/// while much is left, smaller near the end.
-fn auto_chunk(remaining: u64, connections: u64) -> u64 {
+/// About two chunks per connection over `remaining` bytes, clamped to `MIN_CHUNK..=max` and
+/// rounded to 1 MiB: large while much is left, smaller near the end.
+fn auto_chunk(remaining: u64, connections: u64, max: u64) -> u64 {
     let per = remaining / (connections.max(1) * 2);
-    per.clamp(MIN_CHUNK, MAX_CHUNK) / MIN_CHUNK * MIN_CHUNK
+    per.clamp(MIN_CHUNK, max) / MIN_CHUNK * MIN_CHUNK
 }
 
 #[cfg(test)]
@@ -506,6 +520,37 @@ mod tests {
             plan.complete(id);
         }
         assert_eq!(last_end, 1 << 30);
+    }
+
+    #[test]
+    fn a_verified_file_keeps_its_leases_within_the_spread() {
+        // The first lease per connection of a large file, by the number of connections.
+        let first_len = |connections: usize, spread: Option<u64>| {
+            let mut plan = Plan::new(8 << 30, 0, connections, None);
+            if let Some(bytes) = spread {
+                plan = plan.spread_within(bytes);
+            }
+            let (_, r, src) = plan.take().expect("frontier");
+            assert_eq!(src, Source::Frontier);
+            r.end - r.start
+        };
+        assert_eq!(first_len(16, None), MAX_CHUNK);
+        assert_eq!(first_len(16, Some(64 << 20)), 4 << 20);
+        assert_eq!(first_len(8, Some(64 << 20)), MAX_CHUNK);
+        assert_eq!(
+            first_len(12, Some(64 << 20)),
+            5 << 20,
+            "rounded down to a MiB"
+        );
+        assert_eq!(
+            first_len(256, Some(64 << 20)),
+            MIN_CHUNK,
+            "never below the minimum"
+        );
+        // A chunk size given by the user is kept.
+        let mut plan = Plan::new(8 << 30, 0, 16, Some(32 << 20)).spread_within(64 << 20);
+        let (_, r, _) = plan.take().expect("frontier");
+        assert_eq!(r, 0..32 << 20);
     }
 
     #[test]
