@@ -153,23 +153,65 @@ impl Tool {
 const NETWORK_CEILING: &str = "ceiling: network (curl -o /dev/null)";
 /// The name of the per-round disk ceiling row (it makes no connection).
 const DISK_CEILING: &str = "ceiling: disk (fio, O_DIRECT)";
+/// The name of the per-round row that runs the three parts of a verified, durable download at
+/// once, each on its own, none waiting for another.
+const PARTS_CEILING: &str = "ceiling: network + sha256 + disk, side by side";
+/// The hidden command that hashes bytes from memory for [`PARTS_CEILING`].
+const HASH_FROM_MEMORY: &str = "sha256-from-memory";
 
 /// The rows that measure the ceilings again in every round, beside the tools: the network
 /// alone (`curl -o /dev/null` of `url`) and the disk alone (fio, O_DIRECT, `bytes` written and
 /// fsynced). A ceiling measured once, minutes away from a tool's run, on a machine whose
 /// network and disk rates drift by 1.5x within an hour, says little about that run; the same
 /// round's does.
-fn ceiling_rows(url: &str, bytes: u64, ca: Option<&Path>) -> Vec<Tool> {
-    vec![
+///
+/// And the three parts of a verified, durable download run side by side (`PARTS_CEILING`):
+/// the network alone, the sha256 of as many bytes from memory on one core (this harness's
+/// hidden `sha256-from-memory`, the same sha2 crate as ferry), and the disk alone, all started
+/// at once, timed until the last ends. No part waits for another, as none can in a download
+/// (the hash follows the bytes received, the disk takes them as they come), so this is what
+/// this machine's cores can do for the whole at best, with the kernel's scheduler sharing them:
+/// a download at that wall time adds nothing but its parts.
+fn ceiling_rows(url: &str, bytes: u64, ca: Option<&Path>) -> anyhow::Result<Vec<Tool>> {
+    let disk = format!(
+        "{} --end_fsync=1 --output=/dev/null",
+        disk_ceiling("{OUT}/fio.tmp", (bytes >> 20).max(1))
+    );
+    let me = std::env::current_exe().context("the harness's own path")?;
+    let hash = format!("'{}' {HASH_FROM_MEMORY} {bytes} >/dev/null", me.display());
+    let parts = format!(
+        "{} & n=$!; {hash} & h=$!; {disk} & d=$!; \
+         wait $n; a=$?; wait $h; b=$?; wait $d; c=$?; [ \"$a$b$c\" = 000 ]",
+        network_ceiling(url, ca)
+    );
+    Ok(vec![
         Tool::ceiling(NETWORK_CEILING, network_ceiling(url, ca)),
-        Tool::ceiling(
-            DISK_CEILING,
-            format!(
-                "{} --end_fsync=1 --output=/dev/null",
-                disk_ceiling("{OUT}/fio.tmp", (bytes >> 20).max(1))
-            ),
-        ),
-    ]
+        Tool::ceiling(DISK_CEILING, disk),
+        Tool::ceiling(PARTS_CEILING, parts),
+    ])
+}
+
+/// `sha256-from-memory BYTES`: hashes `BYTES` bytes of a 1 MiB buffer in memory, fed 1 MiB at
+/// a time as ferry's verifier is fed, and prints the digest (so the work cannot be left out).
+fn hash_from_memory(bytes: &str) -> anyhow::Result<()> {
+    use sha2::Digest;
+    let mut left: u64 = bytes
+        .parse()
+        .with_context(|| format!("{HASH_FROM_MEMORY} {bytes}"))?;
+    let block: Vec<u8> = (0..1u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut hasher = sha2::Sha256::new();
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        hasher.update(&block[..n]);
+        left -= n as u64;
+    }
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    println!("{digest}");
+    Ok(())
 }
 
 /// The network alone: `url` received and thrown away by curl (trusting `ca` over HTTPS).
@@ -865,7 +907,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
             &format!("{base}/{}", items[0].name),
             bytes,
             origin.ca(),
-        ));
+        )?);
     }
     let ceilings = if matches!(suite, "big" | "https") {
         eprintln!("== {suite}: ceilings ...");
@@ -976,6 +1018,10 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
 }
 
 fn main() -> anyhow::Result<()> {
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some(HASH_FROM_MEMORY) {
+        return hash_from_memory(&argv.next().context("sha256-from-memory BYTES")?);
+    }
     let args = parse_args()?;
     // What earlier runs recorded is read first: an unreadable results.json stops here, before
     // anything is measured, rather than being overwritten at the end.
@@ -1008,8 +1054,17 @@ mod tests {
             Tool::new("ferry --safe-mode", String::new()),
             Tool::new("curl", String::new()),
         ];
-        tools.extend(ceiling_rows("http://127.0.0.1:1/f", 8 << 30, None));
+        tools.extend(
+            ceiling_rows("http://127.0.0.1:1/f", 8 << 30, None)
+                .expect("the harness knows its path"),
+        );
         assert_eq!(peers(&tools), ["curl"]);
+        assert_eq!(tools[5].name, PARTS_CEILING);
+        assert!(tools[5].ceiling && !tools[5].is_peer());
+        for part in [&tools[3].shell, &tools[4].shell] {
+            assert!(tools[5].shell.contains(part.as_str()), "{part}");
+        }
+        assert!(tools[5].shell.contains("sha256-from-memory 8589934592"));
         assert!(
             tools[3]
                 .shell
