@@ -205,12 +205,7 @@ fn hash_from_memory(bytes: &str) -> anyhow::Result<()> {
         hasher.update(&block[..n]);
         left -= n as u64;
     }
-    let digest: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    println!("{digest}");
+    println!("{}", hex::encode(hasher.finalize()));
     Ok(())
 }
 
