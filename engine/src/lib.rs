@@ -950,6 +950,11 @@ pub struct Report {
     pub retries: u64,
     /// Ranges split so that connections finish together.
     pub splits: u64,
+    /// Bytes written from buffers registered with the ring (io_uring `WRITE_FIXED`): on the
+    /// io_uring back-end, all that its direct and buffered sinks wrote from the buffer arena;
+    /// 0 in safe mode, with the splice sink, or where the kernel refused the registration (see
+    /// the debug log).
+    pub written_fixed: u64,
     /// With mirrors ([`GetItem::mirror`]): the bytes of this file each endpoint served, and
     /// each endpoint's failures and demotion over the whole job so far. Empty without mirrors.
     pub endpoints: Vec<EndpointReport>,

@@ -91,6 +91,26 @@ pub fn kernel_probes_available() -> bool {
     kernel_probes::uring().is_available()
 }
 
+/// Whether this process may pin all the memory ferry registers with io_uring: it holds
+/// `CAP_IPC_LOCK`, or `RLIMIT_MEMLOCK` is unlimited. Where it may not, the kernel refuses
+/// registrations past the limit and ferry writes from those buffers the plain way (reported as
+/// fewer `written_fixed` bytes).
+pub fn can_pin_memory() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ipc_lock = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let unlimited = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .is_some_and(|l| l.split_whitespace().nth(3) == Some("unlimited"));
+    ipc_lock || unlimited
+}
+
 /// Runs `ferry --backend B ARGS...` and returns its output.
 pub fn ferry(backend: Backend, args: &[&str]) -> Output {
     Command::new(ferry_bin())

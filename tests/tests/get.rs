@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use ferry_tests::{
-    Nginx, assert_same_file, backends_under_test, get_ok, get_ok_sink, modes_under_test, write_data,
+    Backend, Nginx, assert_same_file, backends_under_test, can_pin_memory, get_ok, get_ok_sink,
+    modes_under_test, write_data,
 };
 
 const ODD_SIZES: [u64; 5] = [0, 1, 4095, 4096, 4097];
@@ -131,9 +132,79 @@ fn about_one_gib_is_byte_identical() {
             &dest,
             &format!("mode={mode:?} 1 GiB"),
         );
+        // On io_uring, the direct and buffered sinks write every byte from registered buffers
+        // (WRITE_FIXED), unless the kernel refused to pin them; the splice sink and safe mode
+        // write none that way.
+        let fixed = r["written_fixed"].as_u64().expect("written_fixed");
+        match mode {
+            (Backend::Uring, "direct" | "buffered") if can_pin_memory() => {
+                assert_eq!(fixed, size, "mode={mode:?}: every byte written fixed: {r}")
+            }
+            (Backend::Uring, "direct" | "buffered") => {
+                assert!(fixed <= size, "mode={mode:?}: {r}");
+                eprintln!("this process may not pin memory: {fixed} of {size} bytes fixed");
+            }
+            _ => assert_eq!(fixed, 0, "mode={mode:?}: {r}"),
+        }
         eprintln!(
-            "ran on backend, sink = {mode:?}: 1 GiB at {} GB/s, sha256 {}",
+            "ran on backend, sink = {mode:?}: 1 GiB at {} GB/s, sha256 {}, {fixed} bytes \
+             written from registered buffers",
             r["gb_per_s"], r["verified"]
+        );
+    }
+}
+
+#[test]
+fn a_memlock_limit_leaves_writes_the_plain_way_and_the_file_whole() {
+    if !backends_under_test().contains(&Backend::Uring) {
+        eprintln!("SKIP: registered buffers are io_uring's");
+        return;
+    }
+    let src = tempfile::tempdir().expect("tmp");
+    let size: u64 = (64 << 20) + 4097;
+    write_data(&src.path().join("f"), size, 9);
+    let sha = ferry_tests::sha256_file(&src.path().join("f"));
+    let nginx = Nginx::start(src.path());
+    let out = tempfile::tempdir().expect("tmp");
+    for sink in ["direct", "buffered"] {
+        let dest = out.path().join(sink);
+        // 4 MiB of locked memory: two of the 2 MiB chunks. Root gives up CAP_IPC_LOCK, which
+        // would lift the limit.
+        let mut cmd = std::process::Command::new("prlimit");
+        cmd.arg("--memlock=4194304:4194304");
+        if rustix::process::geteuid().is_root() {
+            cmd.args([
+                "setpriv",
+                "--inh-caps=-ipc_lock",
+                "--bounding-set=-ipc_lock",
+                "--",
+            ]);
+        }
+        let o = cmd
+            .arg(ferry_tests::ferry_bin())
+            .args(["--backend", "uring", "get", &nginx.url("files", "f")])
+            .args([
+                "-o",
+                dest.to_str().expect("utf-8"),
+                "--json",
+                "--sink",
+                sink,
+            ])
+            .args(["--sha256", &sha])
+            .env_remove("FERRY_SAFE_MODE")
+            .output()
+            .expect("run prlimit");
+        let r = ferry_tests::success_report(&o, Backend::Uring, sink);
+        assert_eq!(r["sink"], sink, "{r}");
+        let fixed = r["written_fixed"].as_u64().expect("written_fixed");
+        assert!(
+            fixed < size,
+            "{sink}: the limit refused some registrations: {r}"
+        );
+        assert_same_file(&src.path().join("f"), &dest, sink);
+        eprintln!(
+            "ran on uring, sink {sink}, 4 MiB memlock: {fixed} of {size} bytes from registered \
+             buffers, the rest plain; file identical"
         );
     }
 }

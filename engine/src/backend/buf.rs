@@ -1,4 +1,5 @@
-//! Page-aligned I/O buffers and the per-worker pool they come from.
+//! Page-aligned I/O buffers, the arena most of them are carved from, and the pool they are
+//! recycled through.
 //!
 //! O_DIRECT needs the memory of a write aligned (the probe's `dio_mem_align`, at most a page on
 //! every filesystem we know), so staging buffers are allocated page-aligned here instead of as a
@@ -9,8 +10,11 @@
 //!
 //! Buffers that will be filled whole ([`BufPool::take`] with `huge`: those of the direct and
 //! buffered sinks, not the splice sink's, which mostly hold a response head) and whose size
-//! divides 2 MiB (the default 1 MiB among them) are carved from 2 MiB chunks
-//! mapped at 2 MiB boundaries and marked `MADV_HUGEPAGE`, so the kernel can back each chunk with
+//! divides 2 MiB (the default 1 MiB among them) are carved from the 2 MiB chunks of an arena
+//! reserved once per process at a 2 MiB boundary and marked `MADV_HUGEPAGE` (see [`Arena`]: its
+//! chunks are what the io_uring workers register as fixed buffers, [`super::fixed`], so it is
+//! never unmapped, and a buffer asked for when it is full comes from the heap). The kernel can
+//! back each chunk with
 //! one transparent huge page: a buffer's first use then faults once per 2 MiB instead of once per
 //! 4 KiB page. Measured on a verified 8 GiB download, interleaved, 3 pairs: 49.5 thousand page
 //! faults became 490, and system time fell by 0.1-0.2 s (`perf stat -e page-faults`). Where THP
@@ -26,7 +30,7 @@ use std::alloc::{Layout, alloc, dealloc};
 use std::collections::BTreeMap;
 use std::mem::MaybeUninit;
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use compio::buf::{IoBuf, IoBufMut, SetLen};
@@ -63,16 +67,13 @@ impl AlignedBuf {
     /// first byte touched makes all 2 MiB of its chunk resident.
     fn with(cap: usize, huge: bool) -> AlignedBuf {
         let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
-        let backing = Backing::of(cap, huge);
-        let ptr = match backing {
-            Backing::Chunk => Chunks::take(cap),
-            Backing::Own => map_huge(cap),
-            Backing::Heap => {
-                let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout");
-                // SAFETY: `layout` has a non-zero size (at least BUF_ALIGN).
-                let raw = unsafe { alloc(layout) };
-                NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
-            }
+        let (ptr, backing) = match Backing::of(cap, huge) {
+            Backing::Chunk => match Arena::lock().take(cap) {
+                Some(ptr) => (ptr, Backing::Chunk),
+                None => (heap(cap), Backing::Heap),
+            },
+            Backing::Own => (map_huge(cap), Backing::Own),
+            Backing::Heap => (heap(cap), Backing::Heap),
         };
         AlignedBuf {
             ptr,
@@ -112,7 +113,7 @@ impl AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         match self.backing {
-            Backing::Chunk => Chunks::give(self.ptr, self.cap),
+            Backing::Chunk => Arena::lock().give(self.ptr, self.cap),
             // SAFETY: mapped by `map_huge` with exactly this length in `with`, unmapped once;
             // the buffer is gone, so nothing points into the mapping any more.
             Backing::Own => unsafe { unmap(self.ptr.as_ptr() as usize, self.cap) },
@@ -127,12 +128,12 @@ impl Drop for AlignedBuf {
 
 /// The size and alignment of a chunk: one transparent huge page on x86-64 (and on arm64 with
 /// 4 KiB pages).
-const CHUNK: usize = 2 << 20;
+pub(crate) const CHUNK: usize = 2 << 20;
 
 /// Where a buffer's memory comes from, and so how it is freed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backing {
-    /// A slot of a shared 2 MiB chunk (the capacity divides [`CHUNK`]).
+    /// A slot of a 2 MiB chunk of the [`Arena`] (the capacity divides [`CHUNK`]).
     Chunk,
     /// A huge-page mapping of its own (the capacity is a multiple of [`CHUNK`]).
     Own,
@@ -155,8 +156,24 @@ impl Backing {
     }
 }
 
+/// A page-aligned allocation of `cap` bytes (a multiple of [`BUF_ALIGN`]) from the heap.
+fn heap(cap: usize) -> NonNull<u8> {
+    let layout = Layout::from_size_align(cap, BUF_ALIGN).expect("buffer layout");
+    // SAFETY: `layout` has a non-zero size (at least BUF_ALIGN).
+    let raw = unsafe { alloc(layout) };
+    NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout))
+}
+
 /// Maps `len` bytes (a multiple of [`CHUNK`]) at a [`CHUNK`] boundary and asks for huge pages.
 fn map_huge(len: usize) -> NonNull<u8> {
+    try_map_huge(len).unwrap_or_else(|| {
+        let layout = Layout::from_size_align(len, BUF_ALIGN).expect("buffer layout");
+        std::alloc::handle_alloc_error(layout)
+    })
+}
+
+/// [`map_huge`], or `None` when the kernel refuses the mapping.
+fn try_map_huge(len: usize) -> Option<NonNull<u8>> {
     let span = len + CHUNK;
     // SAFETY: an anonymous private mapping at an address the kernel picks; no existing memory
     // is touched.
@@ -171,8 +188,7 @@ fn map_huge(len: usize) -> NonNull<u8> {
         )
     };
     if raw == libc::MAP_FAILED {
-        let layout = Layout::from_size_align(len, BUF_ALIGN).expect("buffer layout");
-        std::alloc::handle_alloc_error(layout);
+        return None;
     }
     let raw = raw as usize;
     let start = raw.next_multiple_of(CHUNK);
@@ -190,7 +206,7 @@ fn map_huge(len: usize) -> NonNull<u8> {
     // SAFETY: `start..end` is mapped, readable and writable, and owned by the caller from
     // here on. MADV_HUGEPAGE is a hint: where THP is off it fails and the pages stay small.
     unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_HUGEPAGE) };
-    NonNull::new(start as *mut u8).expect("mmap returned a non-null address")
+    NonNull::new(start as *mut u8)
 }
 
 /// Unmaps `len` bytes at `addr`.
@@ -203,70 +219,131 @@ unsafe fn unmap(addr: usize, len: usize) {
     debug_assert_eq!(r, 0, "munmap of a range we mapped");
 }
 
-/// The 2 MiB chunks that buffers of sizes dividing [`CHUNK`] are carved from. A chunk is
-/// carved front to back for one buffer size; a slot is not reused once freed (returned buffers
-/// are reused whole through [`BufPool`], and a buffer is only freed when the pool is full), its
-/// memory goes back to the kernel at once, and the chunk is unmapped when its last slot is
-/// freed. Touched about once per buffer allocated, so one lock is enough.
-struct Chunks {
-    /// Per buffer size, the chunk being carved and the offset of its next free slot.
+/// Bytes of the arena that buffers of sizes dividing [`CHUNK`] are carved from: the pool's
+/// idle bound ([`POOL_KEEP_BYTES`], which is also the default bound on buffers in use).
+const ARENA_BYTES: usize = POOL_KEEP_BYTES;
+
+/// Chunks in the arena.
+pub(crate) const ARENA_CHUNKS: usize = ARENA_BYTES / CHUNK;
+
+/// The arena that buffers of sizes dividing [`CHUNK`] are carved from: [`ARENA_CHUNKS`] chunks
+/// of 2 MiB, reserved once per process at a 2 MiB boundary and marked `MADV_HUGEPAGE`
+/// (address space only: a page becomes resident when first touched). A chunk is carved for one
+/// buffer size; a freed slot is taken by the next buffer of that size, and a chunk whose slots
+/// are all free goes back to be carved for any size.
+///
+/// Nothing in the arena is unmapped or given back to the kernel while the process lives: the
+/// io_uring workers register its chunks as fixed buffers ([`super::fixed`]), and a registration
+/// holds the pages the chunk had when it was made. Memory remapped under it (`munmap`,
+/// `MADV_DONTNEED`) would leave the kernel writing the old pages to the file. So the arena's
+/// resident size is the most that was ever in use at once, at most [`ARENA_BYTES`], the same
+/// bound the pool keeps idle. Buffers asked for when the arena is full come from the heap.
+/// Touched about once per buffer allocated, so one lock is enough.
+struct Arena {
+    /// The first chunk's address; 0 until reserved (or when the reservation failed).
+    base: usize,
+    /// Whether the reservation was tried.
+    tried: bool,
+    /// Per buffer size, the chunk being carved and the offset of its next uncarved slot.
     carving: BTreeMap<usize, (usize, usize)>,
-    /// Slots in use, per chunk address.
-    live: BTreeMap<usize, usize>,
+    /// Per buffer size, freed slots (addresses) ready to be taken again.
+    free: BTreeMap<usize, Vec<usize>>,
+    /// Slots in use per chunk.
+    live: Vec<u32>,
+    /// Chunks with no slot carved or in use.
+    idle: Vec<usize>,
 }
 
-static CHUNKS: Mutex<Chunks> = Mutex::new(Chunks {
+/// [`Arena::base`], readable without the lock (set once).
+static ARENA_BASE: AtomicUsize = AtomicUsize::new(0);
+
+static ARENA: Mutex<Arena> = Mutex::new(Arena {
+    base: 0,
+    tried: false,
     carving: BTreeMap::new(),
-    live: BTreeMap::new(),
+    free: BTreeMap::new(),
+    live: Vec::new(),
+    idle: Vec::new(),
 });
 
-impl Chunks {
-    fn lock() -> std::sync::MutexGuard<'static, Chunks> {
-        CHUNKS.lock().unwrap_or_else(|e| e.into_inner())
+impl Arena {
+    fn lock() -> std::sync::MutexGuard<'static, Arena> {
+        ARENA.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A slot of `cap` bytes (which divides [`CHUNK`]).
-    fn take(cap: usize) -> NonNull<u8> {
-        let mut c = Chunks::lock();
-        let (base, next) = match c.carving.get(&cap) {
-            Some(&(base, next)) if next < CHUNK => (base, next),
-            _ => (map_huge(CHUNK).as_ptr() as usize, 0),
-        };
-        c.carving.insert(cap, (base, next + cap));
-        *c.live.entry(base).or_default() += 1;
-        NonNull::new((base + next) as *mut u8).expect("a chunk's slot is not null")
-    }
-
-    /// Frees the slot of `cap` bytes at `ptr`, and its chunk with its last slot.
-    fn give(ptr: NonNull<u8>, cap: usize) {
-        let addr = ptr.as_ptr() as usize;
-        let base = addr / CHUNK * CHUNK;
-        let mut c = Chunks::lock();
-        let live = c.live.get_mut(&base).expect("a slot of a known chunk");
-        *live -= 1;
-        if *live == 0 {
-            c.live.remove(&base);
-            if c.carving.get(&cap).is_some_and(|&(b, _)| b == base) {
-                c.carving.remove(&cap);
+    /// The arena's address range, reserving it on first use; `None` where it could not be.
+    fn reserved(&mut self) -> Option<usize> {
+        if !self.tried {
+            self.tried = true;
+            if let Some(base) = try_map_huge(ARENA_BYTES) {
+                self.base = base.as_ptr() as usize;
+                ARENA_BASE.store(self.base, Ordering::Release);
+                self.live = vec![0; ARENA_CHUNKS];
+                self.idle = (0..ARENA_CHUNKS).rev().collect();
+            } else {
+                tracing::debug!("no address space for the buffer arena: buffers from the heap");
             }
-            drop(c);
-            // SAFETY: the chunk was mapped by `map_huge(CHUNK)` in `take`, and its last slot in
-            // use is this one, whose buffer is being dropped; it is no longer being carved.
-            unsafe { unmap(base, CHUNK) };
-        } else {
-            drop(c);
-            // SAFETY: the slot `addr..addr + cap` lies in a mapped chunk and belongs to the
-            // buffer being dropped; slots are never handed out twice, so nothing else uses it.
-            // MADV_DONTNEED gives its memory back (splitting the huge page if there was one).
-            unsafe { libc::madvise(addr as *mut libc::c_void, cap, libc::MADV_DONTNEED) };
         }
+        (self.base != 0).then_some(self.base)
     }
 
-    /// Whether the chunk at `base` is still mapped (has slots in use).
-    #[cfg(test)]
-    fn is_live(base: usize) -> bool {
-        Chunks::lock().live.contains_key(&base)
+    /// A slot of `cap` bytes (which divides [`CHUNK`]), or `None` when the arena is full.
+    fn take(&mut self, cap: usize) -> Option<NonNull<u8>> {
+        let a = self;
+        let base = a.reserved()?;
+        let addr = match a.free.get_mut(&cap).and_then(Vec::pop) {
+            Some(addr) => addr,
+            None => {
+                let (chunk, next) = match a.carving.get(&cap) {
+                    Some(&(chunk, next)) if next < CHUNK => (chunk, next),
+                    _ => (a.idle.pop()?, 0),
+                };
+                a.carving.insert(cap, (chunk, next + cap));
+                base + chunk * CHUNK + next
+            }
+        };
+        a.live[(addr - base) / CHUNK] += 1;
+        NonNull::new(addr as *mut u8)
     }
+
+    /// Frees the slot of `cap` bytes at `ptr`, and its chunk for any size with its last slot.
+    fn give(&mut self, ptr: NonNull<u8>, cap: usize) {
+        let addr = ptr.as_ptr() as usize;
+        let a = self;
+        let chunk = (addr - a.base) / CHUNK;
+        a.live[chunk] -= 1;
+        if a.live[chunk] > 0 {
+            a.free.entry(cap).or_default().push(addr);
+            return;
+        }
+        let start = a.base + chunk * CHUNK;
+        if let Some(slots) = a.free.get_mut(&cap) {
+            slots.retain(|&s| s / CHUNK != start / CHUNK);
+        }
+        if a.carving.get(&cap).is_some_and(|&(c, _)| c == chunk) {
+            a.carving.remove(&cap);
+        }
+        a.idle.push(chunk);
+    }
+
+    /// Slots in use in the chunk at `chunk_addr`.
+    #[cfg(test)]
+    fn live_in(&self, chunk_addr: usize) -> u32 {
+        self.live[(chunk_addr - self.base) / CHUNK]
+    }
+}
+
+/// The arena chunk that holds all of the `len` bytes at `ptr`: its index (below
+/// [`ARENA_CHUNKS`]) and its address ([`CHUNK`] bytes, mapped for the life of the process).
+/// `None` for bytes outside the arena, across a chunk boundary, or none at all.
+pub(crate) fn arena_chunk(ptr: *const u8, len: usize) -> Option<(usize, usize)> {
+    let base = ARENA_BASE.load(Ordering::Acquire);
+    let (start, end) = (ptr as usize, ptr as usize + len);
+    if base == 0 || len == 0 || start < base || end > base + ARENA_BYTES {
+        return None;
+    }
+    let chunk = (start - base) / CHUNK;
+    ((end - base).div_ceil(CHUNK) == chunk + 1).then_some((chunk, base + chunk * CHUNK))
 }
 
 impl std::fmt::Debug for AlignedBuf {
@@ -436,56 +513,94 @@ mod tests {
     }
 
     #[test]
-    fn buffers_that_divide_a_chunk_share_huge_page_chunks() {
+    fn buffers_that_divide_a_chunk_are_carved_from_the_arena_and_reused() {
         // A size no other test uses, so the chunks seen here are this test's alone.
         const CAP: usize = 32 << 10;
         let per_chunk = CHUNK / CAP;
-        let bufs: Vec<AlignedBuf> = (0..per_chunk + 1)
+        let mut bufs: Vec<AlignedBuf> = (0..per_chunk + 1)
             .map(|_| AlignedBuf::with(CAP, true))
             .collect();
-        let chunk_of = |b: &AlignedBuf| b.ptr.as_ptr() as usize / CHUNK * CHUNK;
-        let first = chunk_of(&bufs[0]);
-        assert_eq!(first % CHUNK, 0);
+        assert!(bufs.iter().all(|b| b.backing == Backing::Chunk));
+        let chunk = |b: &AlignedBuf| {
+            arena_chunk(b.ptr.as_ptr(), b.cap).expect("a buffer of the arena lies in one chunk")
+        };
+        let (first, first_addr) = chunk(&bufs[0]);
+        assert_eq!(first_addr % CHUNK, 0, "chunks lie at 2 MiB boundaries");
         for (i, b) in bufs[..per_chunk].iter().enumerate() {
-            assert_eq!(
-                chunk_of(b),
-                first,
-                "slot {i} is carved from the first chunk"
-            );
+            assert_eq!(chunk(b).0, first, "slot {i} is carved from the first chunk");
             assert_eq!(
                 b.ptr.as_ptr() as usize,
-                first + i * CAP,
+                first_addr + i * CAP,
                 "slots do not overlap"
             );
         }
-        let second = chunk_of(&bufs[per_chunk]);
+        let (second, second_addr) = chunk(&bufs[per_chunk]);
         assert_ne!(second, first, "a full chunk is not carved further");
         // Every slot is writable end to end.
-        let mut bufs = bufs;
         for b in &mut bufs {
             b.push_slice(&[0xa5; CAP]);
         }
         assert!(bufs.iter().all(|b| b.bytes().iter().all(|&x| x == 0xa5)));
 
-        let last = bufs.pop().expect("the second chunk's buffer");
-        bufs.truncate(1);
-        assert!(
-            Chunks::is_live(first),
-            "one slot of the first chunk is still in use"
-        );
-        drop(bufs);
-        assert!(
-            !Chunks::is_live(first),
-            "its last slot freed, the chunk is unmapped"
-        );
-        assert!(Chunks::is_live(second));
-        drop(last);
-        assert!(!Chunks::is_live(second));
+        // A freed slot is the next one taken for that size.
+        let freed = bufs.swap_remove(3).ptr.as_ptr() as usize;
+        assert_eq!(Arena::lock().live_in(first_addr), per_chunk as u32 - 1);
         let again = AlignedBuf::with(CAP, true);
-        assert!(
-            Chunks::is_live(chunk_of(&again)),
-            "a new chunk is mapped for it"
+        assert_eq!(
+            again.ptr.as_ptr() as usize,
+            freed,
+            "the freed slot is reused"
         );
+        bufs.push(again);
+
+        assert_eq!(second_addr % CHUNK, 0);
+        // Bytes across a chunk boundary, or outside the arena, are in no chunk.
+        assert_eq!(arena_chunk((first_addr + CHUNK - 1) as *const u8, 2), None);
+        let heap = AlignedBuf::new(CAP);
+        assert_eq!(arena_chunk(heap.ptr.as_ptr(), heap.cap), None);
+    }
+
+    #[test]
+    fn a_chunk_whose_slots_are_all_free_is_carved_again_for_any_size() {
+        // An arena of its own over addresses that are never touched: only the bookkeeping runs
+        // (the process's arena is shared by the tests running beside this one).
+        let base = 1usize << 45;
+        let mut a = Arena {
+            base,
+            tried: true,
+            carving: BTreeMap::new(),
+            free: BTreeMap::new(),
+            live: vec![0; 2],
+            idle: vec![1, 0],
+        };
+        let take = |a: &mut Arena, cap| a.take(cap).map(|p| p.as_ptr() as usize);
+        let halves = [take(&mut a, CHUNK / 2), take(&mut a, CHUNK / 2)];
+        assert_eq!(halves, [Some(base), Some(base + CHUNK / 2)]);
+        let quarter = take(&mut a, CHUNK / 4).expect("the second chunk");
+        assert_eq!(quarter, base + CHUNK, "another size takes another chunk");
+        assert_eq!(take(&mut a, CHUNK / 2), None, "both chunks are in use");
+        let nn = |addr: usize| NonNull::new(addr as *mut u8).expect("not null");
+        a.give(nn(base + CHUNK / 2), CHUNK / 2);
+        assert_eq!(
+            take(&mut a, CHUNK / 2),
+            Some(base + CHUNK / 2),
+            "a freed slot is reused"
+        );
+        assert_eq!(take(&mut a, CHUNK / 4), Some(base + CHUNK + CHUNK / 4));
+        a.give(nn(base), CHUNK / 2);
+        a.give(nn(base + CHUNK / 2), CHUNK / 2);
+        assert_eq!(a.live_in(base), 0);
+        assert!(
+            a.free[&(CHUNK / 2)].is_empty(),
+            "its free slots are forgotten"
+        );
+        let eighth = take(&mut a, CHUNK / 8);
+        assert_eq!(
+            eighth,
+            Some(base),
+            "and the chunk is carved for another size"
+        );
+        assert_eq!(take(&mut a, CHUNK / 2), None);
     }
 
     #[test]

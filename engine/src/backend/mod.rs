@@ -19,6 +19,7 @@
 
 pub(crate) mod buf;
 pub(crate) mod fileop;
+pub(crate) mod fixed;
 pub(crate) mod gate;
 pub(crate) mod sink;
 pub(crate) mod sockopt;

@@ -24,6 +24,10 @@
 //! cache: a file keeps a few dozen MiB cached however large it is, and its next writes get the
 //! pages just freed instead of fresh ones (why that matters: [`super::fileop`]).
 //!
+//! On io_uring, a write from a buffer of the arena goes out with `WRITE_FIXED` from the ring's
+//! registered buffers ([`super::fixed`]), on either descriptor; other buffers, and every write in
+//! safe mode, the plain way.
+//!
 //! The final fsync of the file covers both descriptors. A sink does not decide offsets or sizes:
 //! the connection cuts its buffers at [`FileSink::align`] boundaries so that whole buffers stay
 //! on the direct path.
@@ -32,18 +36,19 @@ use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::driver::{SharedFd, ToSharedFd};
 use compio::fs::{File, OpenOptions};
-use compio::io::{AsyncReadAt, AsyncWriteAtExt};
+use compio::io::AsyncReadAt;
 use serde::Serialize;
 
 use super::buf::{AlignedBuf, BUF_ALIGN};
-use super::fileop;
 use super::gate::Tokens;
+use super::{fileop, fixed};
 
 /// How bytes are written to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -92,6 +97,8 @@ pub(crate) const DROP_BEHIND: usize = 8;
 pub(crate) struct FileShare {
     turn: Tokens,
     started: Arc<Mutex<VecDeque<u64>>>,
+    /// Bytes written from registered buffers ([`fixed`]).
+    fixed: Arc<AtomicU64>,
 }
 
 impl FileShare {
@@ -99,7 +106,13 @@ impl FileShare {
         FileShare {
             turn: Tokens::new(1),
             started: Arc::default(),
+            fixed: Arc::default(),
         }
+    }
+
+    /// Bytes of the file written so far from registered buffers (`WRITE_FIXED`).
+    pub fn written_fixed(&self) -> u64 {
+        self.fixed.load(Ordering::Relaxed)
     }
 
     /// Notes the stretch at `start` as started; returns the stretch to drop, if there are now
@@ -214,21 +227,20 @@ impl FileSink {
         };
         let _permit = super::gate::enter().await;
         let mut buf = buf;
+        let fixed = &self.share.fixed;
         if direct_len > 0 {
             let file = self.direct.as_mut().expect("direct descriptor");
-            let BufResult(r, slice) = file
-                .write_all_at(buf.slice(..direct_len as usize), at)
-                .await;
+            let head = buf.slice(..direct_len as usize);
+            let BufResult(r, slice) = fixed::write_all_at(file, head, at, fixed).await;
             buf = slice.into_inner();
             if let Err(e) = r {
                 return (Err(e), buf);
             }
         }
         if direct_len < len {
-            let BufResult(r, slice) = self
-                .buffered
-                .write_all_at(buf.slice(direct_len as usize..), at + direct_len)
-                .await;
+            let rest = buf.slice(direct_len as usize..);
+            let BufResult(r, slice) =
+                fixed::write_all_at(&mut self.buffered, rest, at + direct_len, fixed).await;
             buf = slice.into_inner();
             if let Err(e) = r {
                 return (Err(e), buf);

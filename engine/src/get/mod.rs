@@ -1694,6 +1694,7 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         resumed: ctx.resumed_bytes.load(Ordering::Relaxed),
         retries: ctx.retries.load(Ordering::Relaxed),
         splits: ctx.splits.load(Ordering::Relaxed),
+        written_fixed: ctx.sink_share.written_fixed(),
         endpoints: ctx.endpoint_report(),
     })
 }

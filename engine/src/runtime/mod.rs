@@ -210,6 +210,16 @@ fn worker_main(
         // File I/O waits asleep for a pool thread instead of spinning for one.
         crate::backend::gate::install(pool);
     }
+    // The ring's table of registered buffers, on this thread (SINGLE_ISSUER). Declared after
+    // the runtime, so dropped before its ring closes.
+    let _fixed = (backend == Backend::Uring)
+        .then(|| crate::backend::fixed::install(&runtime))
+        .and_then(|r| {
+            r.map_err(|e| {
+                tracing::debug!(worker = index, "no registered buffers: {e}; plain writes")
+            })
+            .ok()
+        });
     if ready
         .send(Ok(WorkerInfo {
             index,
