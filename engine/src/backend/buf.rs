@@ -257,6 +257,10 @@ struct Arena {
 /// [`Arena::base`], readable without the lock (set once).
 static ARENA_BASE: AtomicUsize = AtomicUsize::new(0);
 
+/// Bytes of the arena's chunks ever carved: what it may hold resident (all of it with huge
+/// pages), which it keeps for the life of the process.
+static ARENA_RESIDENT: AtomicUsize = AtomicUsize::new(0);
+
 static ARENA: Mutex<Arena> = Mutex::new(Arena {
     base: 0,
     tried: false,
@@ -298,6 +302,10 @@ impl Arena {
                     Some(&(chunk, next)) if next < CHUNK => (chunk, next),
                     _ => (a.idle.pop()?, 0),
                 };
+                // Chunks once carved are on top of the idle stack, so they are taken again
+                // before any untouched one: the most ever out is the chunks ever touched.
+                let out = (ARENA_CHUNKS - a.idle.len()) * CHUNK;
+                ARENA_RESIDENT.fetch_max(out, Ordering::Relaxed);
                 a.carving.insert(cap, (chunk, next + cap));
                 base + chunk * CHUNK + next
             }
@@ -331,6 +339,12 @@ impl Arena {
     fn live_in(&self, chunk_addr: usize) -> u32 {
         self.live[(chunk_addr - self.base) / CHUNK]
     }
+}
+
+/// Reserves the arena's address space now, if it was not yet (the workers do at start; pages
+/// become resident only when a buffer first uses them).
+pub(crate) fn reserve_arena() {
+    Arena::lock().reserved();
 }
 
 /// The arena chunk that holds all of the `len` bytes at `ptr`: its index (below
@@ -454,7 +468,9 @@ pub(crate) struct BufPool;
 
 static POOL: Mutex<Vec<AlignedBuf>> = Mutex::new(Vec::new());
 
-/// Bytes of idle buffers kept for reuse; more are freed when returned. As large as the default
+/// Bytes of idle memory kept for reuse: the arena's resident chunks (every buffer of the arena
+/// returned is kept) and other idle buffers together; other buffers past it are freed when
+/// returned. As large as the default
 /// bound on buffers in use (16 connections x 5 x 1 MiB + the verifiers' 128 MiB): a job keeps
 /// every buffer it returns, instead of freeing and allocating again (which made each fresh buffer
 /// fault its pages in again: about 600 MB of page faults per 2 GB over HTTPS, with 16 kept).
@@ -480,11 +496,22 @@ impl BufPool {
         buf
     }
 
-    /// Gives a buffer back for reuse.
+    /// Gives a buffer back for reuse. A buffer of the arena is always kept: its memory stays
+    /// with the arena whether kept or freed. Any other is kept while it, the others kept and
+    /// the arena's resident chunks together stay within [`POOL_KEEP_BYTES`], so that idle
+    /// memory stays within that bound when buffers past a full arena came from the heap.
     pub fn give(buf: AlignedBuf) {
         let mut p = POOL.lock().unwrap_or_else(|e| e.into_inner());
-        let idle: usize = p.iter().map(AlignedBuf::capacity).sum();
-        if idle + buf.capacity() <= POOL_KEEP_BYTES {
+        if buf.backing == Backing::Chunk {
+            p.push(buf);
+            return;
+        }
+        let idle: usize = p
+            .iter()
+            .filter(|b| b.backing != Backing::Chunk)
+            .map(AlignedBuf::capacity)
+            .sum();
+        if idle + buf.capacity() + ARENA_RESIDENT.load(Ordering::Relaxed) <= POOL_KEEP_BYTES {
             p.push(buf);
         }
     }

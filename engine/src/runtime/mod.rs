@@ -89,6 +89,8 @@ pub(crate) fn default_cpus(dir: Option<&Path>) -> Vec<usize> {
 impl Workers {
     /// Starts `threads` workers on `backend`, worker `i` meant for `cpus[i % cpus.len()]`.
     pub fn spawn(backend: Backend, threads: usize, cpus: &[usize]) -> Result<Workers, SpawnError> {
+        // The buffers' address space, before any worker registers a chunk of it.
+        crate::backend::buf::reserve_arena();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let mut senders = Vec::with_capacity(threads);
         let mut handles = Vec::with_capacity(threads);
