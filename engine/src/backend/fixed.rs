@@ -8,6 +8,8 @@
 //! when it was registered, and a write from it goes straight to them.
 //!
 //! How the table is kept:
+//! - The registrations are `io_uring_register` calls on the ring's descriptor (compio 0.19 has
+//!   no API for them), through rustix's uapi mirrors.
 //! - [`install`] registers a sparse table of [`ARENA_CHUNKS`] empty entries
 //!   (`IORING_REGISTER_BUFFERS2` with `IORING_RSRC_REGISTER_SPARSE`), once per worker, on the
 //!   worker's own thread (the ring is `SINGLE_ISSUER`: registration from another thread fails).
@@ -28,7 +30,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use compio::BufResult;
@@ -36,36 +38,12 @@ use compio::buf::{IntoInner, IoBuf};
 use compio::driver::{Decision, IourOpCode, OpEntry, OpType, PollOpCode, SharedFd, ToSharedFd};
 use compio::fs::File;
 use compio::io::AsyncWriteAtExt;
+use rustix::io_uring::{
+    IoringRegisterOp, IoringRsrcFlags, io_uring_ptr, io_uring_register, io_uring_rsrc_register,
+    io_uring_rsrc_update2,
+};
 
 use super::buf::{ARENA_CHUNKS, CHUNK, arena_chunk};
-
-/// `io_uring_register` opcodes and flags (`include/uapi/linux/io_uring.h`).
-const IORING_REGISTER_BUFFERS2: libc::c_uint = 15;
-const IORING_REGISTER_BUFFERS_UPDATE: libc::c_uint = 16;
-const IORING_RSRC_REGISTER_SPARSE: u32 = 1;
-
-/// `struct io_uring_rsrc_register`.
-#[repr(C)]
-#[derive(Default)]
-struct RsrcRegister {
-    nr: u32,
-    flags: u32,
-    resv2: u64,
-    data: u64,
-    tags: u64,
-}
-
-/// `struct io_uring_rsrc_update2`.
-#[repr(C)]
-#[derive(Default)]
-struct RsrcUpdate2 {
-    offset: u32,
-    resv: u32,
-    data: u64,
-    tags: u64,
-    nr: u32,
-    resv2: u32,
-}
 
 /// What a ring's entry for one chunk holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,8 +60,6 @@ enum Entry {
 struct Table {
     ring: RawFd,
     entries: Vec<Entry>,
-    /// Whether a refusal was logged already.
-    refused: bool,
 }
 
 thread_local! {
@@ -110,22 +86,14 @@ impl Drop for Installed {
 /// kernel's refusal; the caller writes the plain way.
 pub(crate) fn install(runtime: &compio::runtime::Runtime) -> io::Result<Installed> {
     let ring = runtime.as_raw_fd();
-    let table = RsrcRegister {
-        nr: ARENA_CHUNKS as u32,
-        flags: IORING_RSRC_REGISTER_SPARSE,
-        ..RsrcRegister::default()
-    };
-    register(
-        ring,
-        IORING_REGISTER_BUFFERS2,
-        (&raw const table).cast(),
-        size_of::<RsrcRegister>(),
-    )?;
+    let mut table = io_uring_rsrc_register::default();
+    table.nr = ARENA_CHUNKS as u32;
+    table.flags = IoringRsrcFlags::REGISTER_SPARSE;
+    register(ring, IoringRegisterOp::RegisterBuffers2, &table)?;
     TABLE.with_borrow_mut(|t| {
         *t = Some(Table {
             ring,
             entries: vec![Entry::Empty; ARENA_CHUNKS],
-            refused: false,
         })
     });
     Ok(Installed {
@@ -152,8 +120,7 @@ fn index_for(bytes: &[u8]) -> Option<u16> {
                 u16::try_from(chunk).ok()
             }
             Err(e) => {
-                if !t.refused {
-                    t.refused = true;
+                if !t.entries.contains(&Entry::Refused) {
                     tracing::debug!(
                         "registering a 2 MiB buffer chunk with io_uring was refused ({e}); \
                          writes from it go the plain way"
@@ -168,35 +135,32 @@ fn index_for(bytes: &[u8]) -> Option<u16> {
 
 /// Fills entry `chunk` of `ring`'s table with the [`CHUNK`] bytes at `addr`.
 fn update(ring: RawFd, chunk: usize, addr: usize) -> io::Result<()> {
-    let iov = libc::iovec {
+    let mut iov = libc::iovec {
         iov_base: addr as *mut libc::c_void,
         iov_len: CHUNK,
     };
-    let up = RsrcUpdate2 {
-        offset: chunk as u32,
-        data: (&raw const iov) as u64,
-        nr: 1,
-        ..RsrcUpdate2::default()
-    };
-    register(
-        ring,
-        IORING_REGISTER_BUFFERS_UPDATE,
-        (&raw const up).cast(),
-        size_of::<RsrcUpdate2>(),
-    )
+    let mut up = io_uring_rsrc_update2::default();
+    up.offset = chunk as u32;
+    up.data = io_uring_ptr::from((&raw mut iov).cast::<libc::c_void>());
+    up.nr = 1;
+    register(ring, IoringRegisterOp::RegisterBuffersUpdate, &up)
 }
 
-fn register(ring: RawFd, op: libc::c_uint, arg: *const libc::c_void, len: usize) -> io::Result<()> {
-    // SAFETY: `arg` points to a live, initialised struct of `len` bytes of the layout the kernel
-    // expects for `op` (the `#[repr(C)]` mirrors above), read during the call only. The
-    // iovec it may point to stays alive for the call too. The memory it names is an arena
-    // chunk, mapped for the life of the process (`arena_chunk`); the kernel pins it.
-    let r = unsafe { libc::syscall(libc::SYS_io_uring_register, ring, op, arg, len) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
+/// `io_uring_register(ring, op, arg, size_of::<T>())`: the form of the resource ops, whose
+/// argument is one struct and whose count is its size.
+fn register<T>(ring: RawFd, op: IoringRegisterOp, arg: &T) -> io::Result<()> {
+    let size = u32::try_from(size_of::<T>()).expect("a small struct");
+    // SAFETY: `ring` is the open ring descriptor of the current runtime, which outlives this
+    // call. `arg` is a live, initialised struct of the layout the kernel expects for `op`
+    // (rustix's uapi mirrors), read during the call only; the iovec it may point to lives as
+    // long. The memory that iovec names is an arena chunk, mapped for the life of the process
+    // (`arena_chunk`); the kernel pins it.
+    unsafe {
+        let ring = BorrowedFd::borrow_raw(ring);
+        io_uring_register(ring, op, (arg as *const T).cast(), size)
     }
+    .map(drop)
+    .map_err(io::Error::from)
 }
 
 /// Writes all of `buf` at `at` through `file`: from the registered buffer with `WRITE_FIXED`
