@@ -58,6 +58,8 @@ pub enum ErrorKind {
     Engine,
     /// The job was interrupted ([`crate::Interrupter`]): on purpose, not a failure.
     Interrupted,
+    /// Another process is writing the same output.
+    Busy,
 }
 
 /// Why a download failed. No file is left under the final name when this is returned.
@@ -326,6 +328,44 @@ pub enum GetError {
         /// The path.
         path: PathBuf,
     },
+    /// Another process (a second `ferry get` or `ferry pull`) is writing the same output now.
+    /// Nothing of its file was touched.
+    #[error(
+        "another ferry is writing {} now (its partial file is locked); wait for it to finish",
+        path.display()
+    )]
+    OutputBusy {
+        /// The output.
+        path: PathBuf,
+    },
+    /// One output of a job is another output's partial file (`X` and `X.incomplete`), or ends
+    /// in the suffix of ferry's temporary files: writing one would overwrite the other's bytes.
+    #[error("{}: {detail}", path.display())]
+    OutputCollision {
+        /// The output that collides.
+        path: PathBuf,
+        /// With what.
+        detail: String,
+    },
+    /// The answer states more bytes than the size the job was given for the file (a listing's
+    /// size): refused before anything is written, so a hostile endpoint cannot fill the disk.
+    #[error(
+        "{url}: the answer states {stated} bytes, but the file is listed with {listed}; refused"
+    )]
+    LargerThanListed {
+        /// The URL.
+        url: String,
+        /// The size the job was given.
+        listed: u64,
+        /// What the answer states (`Content-Range` total or `Content-Length`), or received.
+        stated: u64,
+    },
+    /// A token or credential that cannot be sent as a header value.
+    #[error("invalid credential: {detail}")]
+    InvalidCredential {
+        /// What is wrong (never the credential itself).
+        detail: String,
+    },
     /// A job with no downloads.
     #[error("nothing to download")]
     NothingToDo,
@@ -352,6 +392,8 @@ impl GetError {
             | GetError::OutputNotWritable { .. }
             | GetError::InvalidChecksum { .. }
             | GetError::DuplicateOutput { .. }
+            | GetError::OutputCollision { .. }
+            | GetError::InvalidCredential { .. }
             | GetError::GitSha1WithoutSize { .. }
             | GetError::TlsSetup { .. }
             | GetError::NothingToDo => ErrorKind::Usage,
@@ -367,7 +409,9 @@ impl GetError {
             | GetError::ShortBody { .. }
             | GetError::Protocol { .. }
             | GetError::Redirect { .. }
+            | GetError::LargerThanListed { .. }
             | GetError::ChecksumMismatch { .. } => ErrorKind::Remote,
+            GetError::OutputBusy { .. } => ErrorKind::Busy,
             GetError::Io { .. } => ErrorKind::Local,
             GetError::NoSpace { .. } => ErrorKind::NoSpace,
             GetError::EngineStopped => ErrorKind::Engine,

@@ -28,15 +28,18 @@
 //! Not here: what to fetch next ([`crate::plan`]), or the bytes themselves ([`crate::get`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::ops::Range;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use percent_encoding::{AsciiSet, CONTROLS, percent_decode_str, percent_encode};
+use rustix::fs::OFlags;
+
+use crate::backend::nofollow::Dir;
 
 /// The first line of every journal.
 pub(crate) const HEADER: &str = "ferry-journal 1\n";
@@ -246,9 +249,9 @@ struct Inner {
 /// An open journal, locked for this process.
 pub(crate) struct Journal {
     path: PathBuf,
-    dir: PathBuf,
-    /// Holds the folder's `flock` while open.
-    _lock: File,
+    name: OsString,
+    /// The folder, held open; its descriptor holds the folder's `flock` while open.
+    dir: Dir,
     inner: Mutex<Inner>,
 }
 
@@ -259,22 +262,43 @@ impl std::fmt::Debug for Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal `dir/name`, locking `dir` for this process.
-    pub fn open(dir: &Path, name: &str) -> Result<Journal, OpenError> {
+    /// Opens (or creates) the journal `root/rel/name`, locking its folder for this process.
+    /// No symlink beneath `root` is followed, and none at the journal's name.
+    pub fn open(root: &Path, rel: &Path, name: &str) -> Result<Journal, OpenError> {
         let io = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| OpenError::Io { op, path, source }
         };
-        std::fs::create_dir_all(dir).map_err(io("create directory", dir))?;
-        let lock = File::open(dir).map_err(io("open", dir))?;
-        match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        let dir_path = root.join(rel);
+        std::fs::create_dir_all(root).map_err(io("create directory", root))?;
+        let dir = Dir::open(root)
+            .and_then(|r| r.beneath(rel, true))
+            .map_err(io("create directory", &dir_path))?;
+        match rustix::fs::flock(
+            dir.as_fd(),
+            rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        ) {
             Ok(()) => {}
-            Err(rustix::io::Errno::WOULDBLOCK) => return Err(OpenError::Busy(dir.to_path_buf())),
-            Err(e) => return Err(io("lock", dir)(e.into())),
+            Err(rustix::io::Errno::WOULDBLOCK) => return Err(OpenError::Busy(dir_path)),
+            Err(e) => return Err(io("lock", &dir_path)(e.into())),
         }
-        let path = dir.join(name);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
+        // Temporary files a killed run left while rewriting the journal: ours to remove, under
+        // the lock.
+        if let Ok(entries) = std::fs::read_dir(&dir_path) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().contains(".ferry-tmp-") {
+                    let _ = dir.unlink(&e.file_name());
+                }
+            }
+        }
+        let path = dir_path.join(name);
+        let name = OsStr::new(name);
+        let bytes = match dir.open_std(name, OFlags::RDONLY) {
+            Ok(mut f) => {
+                let mut b = Vec::new();
+                f.read_to_end(&mut b).map_err(io("read", &path))?;
+                b
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(io("read", &path)(e)),
         };
@@ -309,21 +333,14 @@ impl Journal {
                 out.extend(Record::Written { id: e.id, range: r }.encode());
             }
         }
-        let tmp = dir.join(format!("{name}.tmp"));
-        {
-            let mut f = File::create(&tmp).map_err(io("create", &tmp))?;
-            f.write_all(&out).map_err(io("write", &tmp))?;
-            f.sync_all().map_err(io("fsync", &tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io("rename", &path))?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
+        dir.write_atomic(name, &out).map_err(io("write", &path))?;
+        let file = dir
+            .open_std(name, OFlags::WRONLY | OFlags::APPEND)
             .map_err(io("open", &path))?;
         Ok(Journal {
             path,
-            dir: dir.to_path_buf(),
-            _lock: lock,
+            name: name.to_owned(),
+            dir,
             inner: Mutex::new(Inner {
                 file: Some(file),
                 next_id: paths.len() as u64 + 1,
@@ -402,8 +419,8 @@ impl Journal {
 
     /// Removes the journal (its work is done) and its folder when nothing else is in it.
     pub fn remove(&self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = self.dir.unlink(&self.name);
+        let _ = std::fs::remove_dir(self.dir.path());
     }
 }
 
@@ -506,9 +523,9 @@ mod tests {
         let p = dir.path().join("blob");
         let digest = "cd".repeat(32);
         {
-            let j = Journal::open(&jdir, "c.journal").expect("open");
+            let j = Journal::open(dir.path(), Path::new("j"), "c.journal").expect("open");
             assert!(matches!(
-                Journal::open(&jdir, "c.journal"),
+                Journal::open(dir.path(), Path::new("j"), "c.journal"),
                 Err(OpenError::Busy(_))
             ));
             let id = j.start(&p, 1 << 20, &digest);
@@ -523,7 +540,7 @@ mod tests {
         let mut b = std::fs::read(&path).expect("read");
         b.extend_from_slice(b"1234abcd W 1 ");
         std::fs::write(&path, &b).expect("write");
-        let j = Journal::open(&jdir, "c.journal").expect("reopen");
+        let j = Journal::open(dir.path(), Path::new("j"), "c.journal").expect("reopen");
         assert_eq!(
             j.resumable(&p, 1 << 20, &digest),
             Some((1, vec![0..65536, 100_000..200_000]))
@@ -541,7 +558,7 @@ mod tests {
         assert_eq!(j.resumable(&p, 1 << 20, &digest), None);
         j.written(id, 0..10);
         drop(j);
-        let j = Journal::open(&jdir, "c.journal").expect("reopen");
+        let j = Journal::open(dir.path(), Path::new("j"), "c.journal").expect("reopen");
         assert_eq!(
             j.resumable(&p, 1 << 20, &digest).map(|r| r.1),
             Some(std::iter::once(0..10).collect())

@@ -148,6 +148,9 @@ pub struct Config {
     /// How long a file waits for another process to free disk space before it fails with
     /// [`GetError::NoSpace`] (default 60 s; zero fails at once).
     pub space_wait: Duration,
+    /// Whether a redirect from a public address may lead to a private, loopback or link-local
+    /// one (default: refused, with [`GetError::Redirect`]).
+    pub allow_private_redirects: bool,
 }
 
 impl Default for Config {
@@ -169,6 +172,7 @@ impl Default for Config {
             limit_rate: None,
             min_free: None,
             space_wait: Duration::from_secs(60),
+            allow_private_redirects: false,
         }
     }
 }
@@ -267,6 +271,7 @@ impl Engine {
                 .limit_rate
                 .map(|r| Arc::new(net::rate::RateLimit::new(r))),
             fast_open: fast_open_clients(),
+            allow_private_redirects: config.allow_private_redirects,
         };
         Ok(Engine {
             config,
@@ -386,6 +391,8 @@ impl Engine {
         let mut resolved = get::Resolved::new(self.dialer.clone());
         let mut outputs = std::collections::HashSet::new();
         let mut dirs_ok = std::collections::HashSet::new();
+        let mut dirs: std::collections::HashMap<PathBuf, backend::nofollow::Dir> =
+            std::collections::HashMap::new();
         let cwd = std::env::current_dir().ok();
         let counters = Arc::new(Counters::new(
             items.len() as u64,
@@ -423,7 +430,12 @@ impl Engine {
                 return Err(GetError::GitSha1WithoutSize { url: item.url });
             }
             let mut target = Target::new(&item.url, &mut resolved)?;
-            target.authorization = item.authorization;
+            if let Some(secret) = item.authorization {
+                secret
+                    .check()
+                    .map_err(|detail| GetError::InvalidCredential { detail })?;
+                target.authorization = Some(secret);
+            }
             let mirrors = item
                 .mirrors
                 .iter()
@@ -437,10 +449,20 @@ impl Engine {
             if !outputs.insert(absolute) {
                 return Err(GetError::DuplicateOutput { path: item.output });
             }
-            let sink = self.sink_for(get::parent_dir(&item.output));
+            let parent = get::parent_dir(&item.output);
+            let dir = match dirs.get(parent) {
+                Some(d) => d.clone(),
+                None => {
+                    let d = open_output_dir(parent, item.root.as_deref())?;
+                    dirs.insert(parent.to_path_buf(), d.clone());
+                    d
+                }
+            };
+            let sink = self.sink_for(parent);
             let spec = FileSpec {
                 target,
                 mirrors,
+                dir,
                 output: item.output,
                 sink,
                 checksum,
@@ -454,6 +476,7 @@ impl Engine {
                 (started, Arc::clone(&endpoints)),
             )));
         }
+        check_collisions(&outputs)?;
         let (done_tx, done_rx) = crossbeam_channel::bounded(1);
         let batch = Batch::new(files, Arc::clone(&counters), settings.connections, done_tx);
         if batch.start(self.workers.dispatcher()) == 0 {
@@ -553,6 +576,8 @@ pub struct GetItem {
     authorization: Option<get::Secret>,
     /// Other URLs with the same bytes ([`GetItem::mirror`]).
     pub mirrors: Vec<String>,
+    /// A directory the output lies beneath, in which no symlink is followed (a repo's folder).
+    root: Option<PathBuf>,
 }
 
 impl GetItem {
@@ -565,7 +590,14 @@ impl GetItem {
             size: None,
             authorization: None,
             mirrors: Vec::new(),
+            root: None,
         }
+    }
+
+    /// The output lies beneath `root`, and no symlink between the two is followed.
+    pub(crate) fn beneath(mut self, root: impl Into<PathBuf>) -> GetItem {
+        self.root = Some(root.into());
+        self
     }
 
     /// Another URL serving the same bytes (repeatable). Ranges are spread over the URL and
@@ -738,6 +770,54 @@ fn check_output(
         dirs_ok.insert(dir.to_path_buf());
     }
     checked
+}
+
+/// The directory `dir` of an output, held open for the job. With a `root` (a repo's folder that
+/// `dir` lies in), no symlink beneath the root is followed on the way.
+fn open_output_dir(dir: &Path, root: Option<&Path>) -> Result<backend::nofollow::Dir, GetError> {
+    let not_writable = |source| GetError::OutputNotWritable {
+        path: dir.to_path_buf(),
+        source,
+    };
+    match root.and_then(|r| Some((r, dir.strip_prefix(r).ok()?))) {
+        Some((root, rel)) => backend::nofollow::Dir::open(root)
+            .and_then(|r| r.beneath(rel, false))
+            .map_err(not_writable),
+        None => backend::nofollow::Dir::open(dir).map_err(not_writable),
+    }
+}
+
+/// Refuses a job in which one output is another's partial file (`X` and `X.incomplete`), or is
+/// named like ferry's temporary files: one would overwrite the other's bytes, and the final
+/// name could receive the wrong file.
+fn check_collisions(outputs: &std::collections::HashSet<PathBuf>) -> Result<(), GetError> {
+    let mut sorted: Vec<&PathBuf> = outputs.iter().collect();
+    sorted.sort();
+    for path in sorted {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        if name.contains(".ferry-tmp-") {
+            return Err(GetError::OutputCollision {
+                path: path.clone(),
+                detail: "the name has the form of ferry's temporary files (*.ferry-tmp-*); \
+                         refused"
+                    .into(),
+            });
+        }
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".incomplete");
+        let partial = PathBuf::from(partial);
+        if outputs.contains(&partial) {
+            return Err(GetError::OutputCollision {
+                path: partial,
+                detail: format!(
+                    "it is also the partial file of {} in the same job: one would overwrite \
+                     the other's bytes; refused",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// What a file that is neither regular nor a directory is, in words; `None` for those two.

@@ -10,6 +10,7 @@
 pub mod data;
 pub mod disk;
 pub mod eyeballs;
+pub mod hostile;
 pub mod hub;
 pub mod nginx;
 pub mod proxies;

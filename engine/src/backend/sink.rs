@@ -35,14 +35,13 @@
 use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use compio::BufResult;
 use compio::buf::{IntoInner, IoBuf};
 use compio::driver::{SharedFd, ToSharedFd};
-use compio::fs::{File, OpenOptions};
+use compio::fs::File;
 use compio::io::AsyncReadAt;
 use serde::Serialize;
 
@@ -140,46 +139,25 @@ pub(crate) struct FileSink {
 }
 
 impl FileSink {
-    /// Opens `path` (which exists) for `kind` writes aligned to `align` bytes (the probe's
-    /// O_DIRECT offset alignment; raised to a page). `share` is the file's, the same for every
+    /// A sink for `kind` writes aligned to `align` bytes (the probe's O_DIRECT offset
+    /// alignment; raised to a page), over `buffered`, a descriptor of the file open for reading
+    /// and writing, and `direct`, one open with `O_DIRECT` (the direct sink only; the caller
+    /// opens both, and checks they are of one file). `share` is the file's, the same for every
     /// sink of it.
-    pub async fn open(
-        path: &Path,
-        kind: SinkKind,
-        align: u64,
-        share: FileShare,
-    ) -> io::Result<FileSink> {
-        let buffered = OpenOptions::new().read(true).write(true).open(path).await?;
-        FileSink::with_buffered(buffered, path, kind, align, share).await
-    }
-
-    /// [`FileSink::open`] around `buffered`, a descriptor of `path` already open for reading
-    /// and writing (the one that created the file).
-    pub async fn with_buffered(
+    pub fn new(
         buffered: File,
-        path: &Path,
+        direct: Option<File>,
         kind: SinkKind,
         align: u64,
         share: FileShare,
-    ) -> io::Result<FileSink> {
-        let direct = match kind {
-            SinkKind::Buffered | SinkKind::Splice => None,
-            SinkKind::Direct => Some(
-                OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .custom_flags(libc::O_DIRECT)
-                    .open(path)
-                    .await?,
-            ),
-        };
-        Ok(FileSink {
+    ) -> FileSink {
+        FileSink {
             buffered,
-            direct,
+            direct: direct.filter(|_| kind == SinkKind::Direct),
             align: align.max(BUF_ALIGN as u64),
             splice: kind == SinkKind::Splice,
             share,
-        })
+        }
     }
 
     /// Whether this is a splice sink.

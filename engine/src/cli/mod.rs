@@ -93,6 +93,10 @@ pub(crate) struct Global {
     /// enough disk space" (exit 12); 0 stops at once.
     #[arg(long, global = true, value_name = "SECS", default_value_t = 60.0, value_parser = parse_wait)]
     pub space_wait: f64,
+    /// Follow a redirect from a public address to a private, loopback or link-local one
+    /// (refused by default: a public server must not point ferry at the local network).
+    #[arg(long, global = true)]
+    pub allow_private_redirects: bool,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -155,6 +159,7 @@ impl Global {
         config.limit_rate = self.limit_rate;
         config.min_free = self.min_free;
         config.space_wait = std::time::Duration::from_secs_f64(self.space_wait);
+        config.allow_private_redirects = self.allow_private_redirects;
         config
     }
 }
@@ -226,6 +231,7 @@ pub(crate) fn get_error_code(e: &GetError) -> u8 {
         ErrorKind::Remote => exit::REMOTE,
         ErrorKind::Local => exit::LOCAL,
         ErrorKind::NoSpace => exit::NO_SPACE,
+        ErrorKind::Busy => exit::BUSY,
         ErrorKind::Interrupted => signals::interrupted_code(),
         _ => exit::INTERNAL,
     }

@@ -122,7 +122,7 @@ fn repo_urls(
     for m in rest {
         options = options.mirror(super::pull::parse_endpoint(m)?);
     }
-    if let Some(token) = super::pull::hub_token(args.token.clone()) {
+    if let Some(token) = super::pull::hub_token(args.token.clone(), None)? {
         options = options.token(token);
     }
     ferry::hub::file_urls(engine, &options, args.file.as_deref())

@@ -49,6 +49,10 @@ pub(crate) struct PullArgs {
     /// Access token (default: HF_TOKEN, else the token file under HF_HOME). Never printed.
     #[arg(long, value_name = "TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Read the access token from FILE (`-`: standard input), so that it is not in the
+    /// process list. Surrounding whitespace is dropped.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Connections for the bytes.
     #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
     connections: u32,
@@ -126,7 +130,7 @@ fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
     for m in mirrors {
         o = o.mirror(m);
     }
-    if let Some(token) = hub_token(args.token.clone()) {
+    if let Some(token) = hub_token(args.token.clone(), args.token_file.as_deref())? {
         o = o.token(token);
     }
     Ok(o)
@@ -168,15 +172,40 @@ fn cache_dir(args: &PullArgs) -> Result<PathBuf, HubError> {
     })
 }
 
-/// `--token`, else `HF_TOKEN`, else the token file huggingface_hub's login writes.
-pub(super) fn hub_token(flag: Option<String>) -> Option<String> {
-    flag.or_else(|| env("HF_TOKEN")).or_else(|| {
+/// `--token`, else `--token-file` (`-`: standard input), else `HF_TOKEN`, else the token file
+/// huggingface_hub's login writes.
+pub(super) fn hub_token(
+    flag: Option<String>,
+    file: Option<&std::path::Path>,
+) -> Result<Option<String>, HubError> {
+    if let Some(path) = file {
+        let read = if path == std::path::Path::new("-") {
+            std::io::read_to_string(std::io::stdin())
+        } else {
+            std::fs::read_to_string(path)
+        };
+        let token = read.map_err(|e| {
+            HubError::Usage(format!(
+                "cannot read the token file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let token = token.trim();
+        if token.is_empty() {
+            return Err(HubError::Usage(format!(
+                "the token file {} is empty",
+                path.display()
+            )));
+        }
+        return Ok(Some(token.to_owned()));
+    }
+    Ok(flag.or_else(|| env("HF_TOKEN")).or_else(|| {
         let path = env("HF_TOKEN_PATH")
             .map(PathBuf::from)
             .or_else(|| hf_home().map(|h| h.join("token")))?;
         let t = std::fs::read_to_string(path).ok()?;
         Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-    })
+    }))
 }
 
 pub(super) fn hub_error_code(e: &HubError) -> u8 {

@@ -45,6 +45,9 @@ struct StreamOut {
     buf_at: u64,
     /// Bytes of body received so far (= the file offset of the next byte).
     at: u64,
+    /// The size the file is listed with: a body that outgrows it is refused before the bytes
+    /// past it are written (`u64::MAX`: no size stated).
+    limit: u64,
 }
 
 impl StreamOut {
@@ -65,6 +68,7 @@ impl StreamOut {
 
     /// Copies decoded bytes in, submitting buffers as they fill.
     async fn feed(&mut self, pipe: &mut Pipeline, mut bytes: &[u8]) -> Result<(), GetError> {
+        self.check_limit(self.at.saturating_add(bytes.len() as u64))?;
         while !bytes.is_empty() {
             self.make_room(pipe).await?;
             let room =
@@ -76,6 +80,18 @@ impl StreamOut {
                 .push_slice(&bytes[..n]);
             self.at += n as u64;
             bytes = &bytes[n..];
+        }
+        Ok(())
+    }
+
+    /// Refuses a body that reached `at` bytes when the file is listed with fewer.
+    fn check_limit(&self, at: u64) -> Result<(), GetError> {
+        if at > self.limit {
+            return Err(GetError::LargerThanListed {
+                url: String::new(),
+                listed: self.limit,
+                stated: at,
+            });
         }
         Ok(())
     }
@@ -572,6 +588,7 @@ impl Conn {
             buf: Some(pipe.buffer(0).await?),
             buf_at: 0,
             at: 0,
+            limit: ctx.size_hint().unwrap_or(u64::MAX),
         };
         let result = match framing {
             Framing::Length(n) => self.stream_raw(ctx, pipe, &mut out, Some(n)).await,
@@ -581,7 +598,18 @@ impl Conn {
             }
             Framing::Chunked => self.stream_chunked(ctx, pipe, &mut out).await,
         };
-        let StreamOut { buf, buf_at, at } = out;
+        let StreamOut {
+            buf, buf_at, at, ..
+        } = out;
+        // The limit's error names the URL here, where it is known.
+        let result = result.map_err(|e| match e {
+            GetError::LargerThanListed { listed, stated, .. } => GetError::LargerThanListed {
+                url: url.clone(),
+                listed,
+                stated,
+            },
+            e => e,
+        });
         self.body_bytes += at;
         let buf = buf.expect("stream buffer");
         match result {
@@ -644,7 +672,14 @@ impl Conn {
                     self.reusable = false;
                     return Ok(true);
                 }
-                Ok(n) => out.at += n as u64,
+                Ok(n) => {
+                    out.at += n as u64;
+                    // Read into the buffer, not yet written: refused before it is.
+                    if let Err(e) = out.check_limit(out.at) {
+                        self.reusable = false;
+                        return Err(e);
+                    }
+                }
                 Err(e) => {
                     self.reusable = false;
                     return Err(self.net_err("read body", e));

@@ -31,6 +31,7 @@
 pub(crate) mod batch;
 mod conn;
 pub(crate) mod durable;
+mod partial;
 pub(crate) mod ping;
 mod pipe;
 pub(crate) mod sources;
@@ -45,15 +46,18 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use compio::driver::ToSharedFd;
-use compio::fs::{File, OpenOptions};
+use compio::fs::File;
+use rustix::fs::OFlags;
 use url::Url;
 
 pub(crate) use self::batch::Batch;
 use self::conn::{BodyEnd, Conn};
+use self::partial::Partial;
 use self::pipe::Pipeline;
 use self::sources::{EndpointReport, Endpoints};
 use crate::backend::Backend;
 use crate::backend::buf::AlignedBuf;
+use crate::backend::nofollow::Dir;
 use crate::backend::sink::{FileShare, FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
@@ -91,9 +95,6 @@ pub(crate) const HASH_WINDOW: u64 = 128 << 20;
 const HASH_SPREAD: u64 = HASH_WINDOW / 2;
 /// Fetches of the whole file when its sha256 does not match: the first, and one more.
 const MAX_FETCHES: u32 = 2;
-
-/// Redirects followed before giving up.
-const MAX_REDIRECTS: usize = 10;
 
 /// Host names resolved once per job, `(host, port)` -> addresses, and the TLS trust that
 /// `https://` targets (also those redirected to) connect with.
@@ -154,9 +155,52 @@ impl Secret {
         Secret(format!("Bearer {token}").into())
     }
 
+    /// The `Authorization` value for a user name and password (`Basic`, RFC 7617).
+    pub fn basic(user: &str, password: &str) -> Secret {
+        use base64::Engine;
+        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Secret(format!("Basic {pair}").into())
+    }
+
+    /// Refuses a credential that cannot be sent as a header value: a control character (CR or
+    /// LF would start another header), a byte outside printable ASCII, or surrounding space.
+    /// The message never shows the credential.
+    pub fn check(&self) -> Result<(), String> {
+        let value = self.0.split_once(' ').map_or(&*self.0, |(_, v)| v);
+        if value.is_empty() {
+            return Err("the token is empty".into());
+        }
+        if let Some(at) = value.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
+            return Err(format!(
+                "the token holds a byte that cannot go in an HTTP header (a control character, \
+                 space or non-ASCII byte at position {at}); refused"
+            ));
+        }
+        Ok(())
+    }
+
     pub fn expose(&self) -> &str {
         &self.0
     }
+}
+
+/// Takes the `user:password@` out of `url`, as the `Authorization: Basic` value it stands for.
+pub(crate) fn take_credentials(url: &mut Url) -> Option<Secret> {
+    if url.username().is_empty() && url.password().is_none() {
+        return None;
+    }
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let secret = Secret::basic(
+        &decode(url.username()),
+        &decode(url.password().unwrap_or("")),
+    );
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    Some(secret)
 }
 
 impl std::fmt::Debug for Secret {
@@ -175,7 +219,10 @@ impl Target {
         Target::from_url(parsed, resolved)
     }
 
-    fn from_url(url: Url, resolved: &mut Resolved) -> Result<Target, GetError> {
+    fn from_url(mut url: Url, resolved: &mut Resolved) -> Result<Target, GetError> {
+        // Credentials in the URL become `Authorization: Basic` and leave the URL, so that no
+        // message, log line or report can show them.
+        let credentials = take_credentials(&mut url);
         let display = url.to_string();
         let https = match url.scheme() {
             "http" => false,
@@ -215,12 +262,29 @@ impl Target {
             addrs,
             host_header,
             request_target,
-            authorization: None,
+            authorization: credentials,
             tls_host,
             route,
             proxy_authorization,
             dialer: resolved.dialer.clone(),
         })
+    }
+}
+
+impl Target {
+    /// Whether this target is a private address (loopback, RFC 1918, link-local, ...): by its
+    /// host when that is an IP literal or `localhost`, else by every address the name resolved
+    /// to (through a proxy, where ferry does not resolve it, a name counts as public).
+    fn is_private(&self) -> bool {
+        if let Some(private) = crate::http1::redirect::host_is_private(&self.url) {
+            return private;
+        }
+        self.route.proxy().is_none()
+            && !self.addrs.is_empty()
+            && self
+                .addrs
+                .iter()
+                .all(|a| crate::http1::redirect::is_private(a.ip()))
     }
 }
 
@@ -322,6 +386,8 @@ pub(crate) struct FileSpec {
     /// Other URLs with the same bytes.
     pub mirrors: Vec<Target>,
     pub output: PathBuf,
+    /// The output's directory, held open: the partial file is created in it by name.
+    pub dir: Dir,
     pub sink: SinkChoice,
     pub checksum: Option<Checksum>,
     /// The size stated up front (for ordering and progress), if any.
@@ -374,7 +440,10 @@ pub(crate) struct Ctx {
     /// What the job knows of each endpoint (shared by its files).
     endpoints: Arc<Endpoints>,
     pub output: PathBuf,
+    /// `PATH.incomplete`, for messages.
     pub incomplete: PathBuf,
+    /// The partial file itself: created, locked, reopened and renamed only through this.
+    partial: Partial,
     pub sink: SinkChoice,
     pub checksum: Option<Checksum>,
     size_hint: Option<u64>,
@@ -426,6 +495,7 @@ impl Ctx {
     ) -> Ctx {
         let mut name = spec.output.as_os_str().to_owned();
         name.push(".incomplete");
+        let partial = Partial::new(spec.dir, &spec.output);
         progress.add_file(spec.size);
         let sources = std::iter::once(spec.target)
             .chain(spec.mirrors)
@@ -446,6 +516,7 @@ impl Ctx {
             endpoints,
             output: spec.output,
             incomplete: PathBuf::from(name),
+            partial,
             sink: spec.sink,
             checksum: spec.checksum,
             size_hint: spec.size,
@@ -510,7 +581,7 @@ impl Ctx {
         let (id, ranges) = journal.resumable(&self.output, size, &digest)?;
         // The file must still hold every range (it was never emptied behind the journal's back).
         let end = ranges.last().map_or(0, |r| r.end);
-        let len = std::fs::metadata(&self.incomplete).ok()?.len();
+        let len = self.partial.len_on_disk()?;
         (len >= end).then_some((id, ranges))
     }
 
@@ -765,9 +836,8 @@ impl Ctx {
     }
 
     async fn open_file(&self) -> Result<File, GetError> {
-        OpenOptions::new()
-            .write(true)
-            .open(&self.incomplete)
+        self.partial
+            .reopen(OFlags::RDWR)
             .await
             .map_err(|source| GetError::Io {
                 op: "open",
@@ -801,13 +871,25 @@ impl Ctx {
         created: Option<File>,
         kind: SinkKind,
     ) -> Result<FileSink, GetError> {
-        let (path, align) = (&self.incomplete, self.sink.align);
         let share = self.sink_share.clone();
-        match created {
-            Some(file) => FileSink::with_buffered(file, path, kind, align, share).await,
-            None => FileSink::open(path, kind, align, share).await,
-        }
-        .map_err(|source| GetError::Io {
+        let opened = async {
+            let buffered = match created {
+                Some(file) => file,
+                None => self.partial.reopen(OFlags::RDWR).await?,
+            };
+            let direct = match kind {
+                SinkKind::Direct => Some(self.partial.reopen(OFlags::RDWR | OFlags::DIRECT).await?),
+                SinkKind::Buffered | SinkKind::Splice => None,
+            };
+            Ok(FileSink::new(
+                buffered,
+                direct,
+                kind,
+                self.sink.align,
+                share,
+            ))
+        };
+        opened.await.map_err(|source| GetError::Io {
             op: if kind == SinkKind::Direct {
                 "open (O_DIRECT)"
             } else {
@@ -838,17 +920,7 @@ impl Ctx {
         self.whole_buffered.store(false, Ordering::Relaxed);
         // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(resumed.is_empty())
-            .open(&self.incomplete)
-            .await
-            .map_err(|source| GetError::OutputNotWritable {
-                path: self.incomplete.clone(),
-                source,
-            })?;
+        let file = self.partial.create(resumed.is_empty()).await?;
         self.empty.store(resumed.is_empty(), Ordering::Relaxed);
         *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let before = self.done.swap(0, Ordering::Relaxed);
@@ -1017,6 +1089,21 @@ async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
         }
     };
     let framing = framing_of(ctx.target(), &head)?;
+    // An answer larger than the listed size is refused before anything is reserved or written.
+    let stated = match (head.status, partial_total, framing) {
+        (206, Some(total), _) => Some(total),
+        (200, _, Framing::Length(n)) => Some(n),
+        _ => None,
+    };
+    if let (Some(listed), Some(stated)) = (ctx.size_hint, stated)
+        && stated > listed
+    {
+        return Err(GetError::LargerThanListed {
+            url: ctx.target().display.clone(),
+            listed,
+            stated,
+        });
+    }
     match (head.status, partial_total) {
         (206, Some(total)) => {
             if !resumed.is_empty() && ctx.size_hint != Some(total) {
@@ -1137,6 +1224,19 @@ async fn ask(
         }
         target = next;
     };
+    // ferry asks for no encoding: an encoded body would be saved as it came, not as the file.
+    if let Some(encoding) = head.header("content-encoding")
+        && !encoding.trim().eq_ignore_ascii_case("identity")
+        && (200..300).contains(&head.status)
+    {
+        return Err(GetError::Protocol {
+            url: target.display.clone(),
+            detail: format!(
+                "the answer is encoded (Content-Encoding: {encoding}), which ferry did not ask \
+                 for; refused rather than saved encoded"
+            ),
+        });
+    }
     // Statuses worth retrying come back as errors, and so do refusals (a mirror without the
     // file: the next source is asked); 416 is judged by the caller (an empty file).
     if crate::retry::retryable_status(head.status) || (head.status >= 400 && head.status != 416) {
@@ -1241,14 +1341,19 @@ async fn settle(ctx: &Arc<Ctx>) -> Settled {
         Err(e) => Err(e),
     };
     match &result {
+        // Another process's file: not ours to touch.
+        Err(GetError::OutputBusy { .. }) => {}
         // What an earlier run or this one wrote stays for the next run to resume, unless it
         // proved wrong.
         Err(e)
             if ctx.journal_id.load(Ordering::Relaxed) != 0
-                && !matches!(e, GetError::ChecksumMismatch { .. }) => {}
+                && !matches!(e, GetError::ChecksumMismatch { .. }) =>
+        {
+            ctx.partial.release();
+        }
         Err(_) => {
             ctx.journal_fresh();
-            let _ = compio::fs::remove_file(&ctx.incomplete).await;
+            ctx.partial.discard();
         }
         Ok(_) => {}
     }
@@ -1347,15 +1452,20 @@ fn redirect_target(
     count: usize,
     resolved: &mut Resolved,
 ) -> Result<Target, GetError> {
+    use crate::http1::redirect;
     let err = |detail: String| GetError::Redirect {
         url: from.display.clone(),
         detail,
     };
-    if count > MAX_REDIRECTS {
-        return Err(err(format!("more than {MAX_REDIRECTS} redirects")));
-    }
-    let next = crate::http1::redirect_location(&from.url, head).map_err(err)?;
+    let next = redirect::next_location(&from.url, head, count).map_err(err)?;
     let mut next = Target::from_url(next, resolved)?;
+    redirect::check_private(
+        from.is_private(),
+        &next.url,
+        next.is_private(),
+        from.dialer.allow_private_redirects,
+    )
+    .map_err(err)?;
     // A credential goes to the origin it was given for, never to a CDN another host names.
     if next.url.origin() == from.url.origin() {
         next.authorization = from.authorization.clone();
@@ -1657,13 +1767,11 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
         .await
         .map_err(|source| ctx.io_error("fsync", source))?;
     drop(file);
-    compio::fs::rename(&ctx.incomplete, &ctx.output)
-        .await
-        .map_err(|source| GetError::Io {
-            op: "rename",
-            path: ctx.output.clone(),
-            source,
-        })?;
+    ctx.partial.publish().map_err(|source| GetError::Io {
+        op: "rename",
+        path: ctx.output.clone(),
+        source,
+    })?;
     let seconds = ctx.started.elapsed().as_secs_f64();
     let (sink, sink_reason) = ctx.sink_used();
     Ok(Report {

@@ -8,6 +8,7 @@
 
 pub(crate) mod chunked;
 pub(crate) mod range;
+pub(crate) mod redirect;
 
 use std::ops::Range;
 
@@ -174,16 +175,6 @@ impl ResponseHead {
 /// True for a status that sends the client elsewhere with `Location`.
 pub(crate) fn is_redirect(status: u16) -> bool {
     matches!(status, 301 | 302 | 303 | 307 | 308)
-}
-
-/// Where the redirect `head`, an answer to a request for `from`, points (its `Location`
-/// resolved against `from`), or why it cannot be followed.
-pub(crate) fn redirect_location(from: &url::Url, head: &ResponseHead) -> Result<url::Url, String> {
-    let location = head
-        .header("location")
-        .ok_or_else(|| format!("{} redirect without a Location", head.status))?;
-    from.join(location)
-        .map_err(|e| format!("bad Location {location:?}: {e}"))
 }
 
 /// The `Host` header and the origin-form request target (`/path?query`) of `url`.

@@ -14,13 +14,13 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use url::Url;
 
 use super::error::HubError;
 use crate::get::Secret;
-use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
+use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead, redirect};
 use crate::net::proxy::Handshake;
 use crate::net::tls::HandshakeError;
 use crate::net::{Dialer, Route};
@@ -28,10 +28,12 @@ use crate::retry::{self, Verdict};
 
 /// Attempts per request (the first and the retries).
 const ATTEMPTS: u32 = 6;
-const TIMEOUT: Duration = Duration::from_secs(30);
-/// A listing page or revision larger than this is refused.
-const MAX_BODY: usize = 256 << 20;
-const MAX_REDIRECTS: usize = 5;
+/// A listing page or revision larger than this is refused (a page of the Hub's tree holds at
+/// most a thousand entries, a few hundred KiB; a revision of 100,000 files, a few MiB).
+const MAX_BODY: usize = 64 << 20;
+/// An answer must be complete within this many read timeouts (`--read-timeout`, 30 s by
+/// default): a server that trickles a byte now and then never trips the per-read timeout.
+const DEADLINE_READS: u32 = 4;
 
 /// An answer: status, head, whole body.
 #[derive(Debug)]
@@ -116,7 +118,8 @@ impl Api {
     /// One attempt, with its redirects.
     fn get_once(&self, url: &Url) -> Result<Answer, Attempt> {
         let mut url = url.clone();
-        for _ in 0..=MAX_REDIRECTS {
+        let mut count = 0;
+        loop {
             // The token goes to the endpoint's origin only.
             let auth = self
                 .authorization
@@ -126,18 +129,42 @@ impl Api {
             if !http1::is_redirect(answer.head.status) {
                 return Ok(answer);
             }
-            url = http1::redirect_location(&url, &answer.head).map_err(|detail| {
+            count += 1;
+            let refused = |detail: String| {
                 Attempt::Fail(HubError::Remote {
                     url: url.to_string(),
                     detail,
                 })
-            })?;
+            };
+            let next = redirect::next_location(&url, &answer.head, count).map_err(refused)?;
+            redirect::check_private(
+                is_private(&url, &self.dialer),
+                &next,
+                is_private(&next, &self.dialer),
+                self.dialer.allow_private_redirects,
+            )
+            .map_err(refused)?;
+            url = next;
         }
-        Err(Attempt::Fail(HubError::Remote {
-            url: url.to_string(),
-            detail: format!("more than {MAX_REDIRECTS} redirects"),
-        }))
     }
+}
+
+/// Whether `url` names a private address: by its host, or (without a proxy) by every address
+/// its name resolves to. A name that does not resolve counts as public.
+fn is_private(url: &Url, dialer: &Dialer) -> bool {
+    if let Some(private) = redirect::host_is_private(url) {
+        return private;
+    }
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return false;
+    };
+    if dialer.proxies.for_url(url.scheme(), host, port).is_some() {
+        return false;
+    }
+    (host, port)
+        .to_socket_addrs()
+        .map(|a| a.collect::<Vec<_>>())
+        .is_ok_and(|a| !a.is_empty() && a.iter().all(|a| redirect::is_private(a.ip())))
 }
 
 /// The error for an answer still retryable when the attempts ran out.
@@ -242,6 +269,14 @@ fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<An
     stream
         .write_all(&req)
         .map_err(|e| retry(format!("send request: {e}")))?;
+    let limit = dialer.timeouts.read * DEADLINE_READS;
+    let deadline = Instant::now() + limit;
+    let late = || {
+        fail(format!(
+            "no complete answer within {:.0} s; refused",
+            limit.as_secs_f64()
+        ))
+    };
     let mut buf = Vec::with_capacity(16 * 1024);
     let (head, used) = loop {
         match http1::parse_head(&buf) {
@@ -249,15 +284,19 @@ fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<An
             Ok(None) => {}
             Err(e) => return Err(fail(e.to_string())),
         }
+        if Instant::now() > deadline {
+            return Err(late());
+        }
         if read_some(&mut stream, &mut buf).map_err(|e| retry(format!("read: {e}")))? == 0 {
             return Err(retry("connection closed before a complete answer".into()));
         }
     };
     buf.drain(..used);
     let framing = head.framing().map_err(|e| fail(e.to_string()))?;
-    let body = read_body(&mut stream, buf, framing).map_err(|e| match e {
+    let body = read_body(&mut stream, buf, framing, deadline).map_err(|e| match e {
         BodyError::Io(e) => retry(format!("read body: {e}")),
         BodyError::Bad(d) => fail(d),
+        BodyError::Late => late(),
     })?;
     Ok(Answer { head, body })
 }
@@ -265,16 +304,29 @@ fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<An
 enum BodyError {
     Io(std::io::Error),
     Bad(String),
+    /// The deadline of the whole answer passed.
+    Late,
 }
 
-fn read_body(stream: &mut Wire, mut buf: Vec<u8>, framing: Framing) -> Result<Vec<u8>, BodyError> {
+fn read_body(
+    stream: &mut Wire,
+    mut buf: Vec<u8>,
+    framing: Framing,
+    deadline: Instant,
+) -> Result<Vec<u8>, BodyError> {
+    let read_some = |stream: &mut Wire, buf: &mut Vec<u8>| {
+        if Instant::now() > deadline {
+            return Err(BodyError::Late);
+        }
+        read_some(stream, buf).map_err(BodyError::Io)
+    };
     match framing {
         Framing::Length(n) => {
             if n as usize > MAX_BODY {
                 return Err(BodyError::Bad(format!("answer of {n} bytes is too large")));
             }
             while (buf.len() as u64) < n {
-                if read_some(stream, &mut buf).map_err(BodyError::Io)? == 0 {
+                if read_some(stream, &mut buf)? == 0 {
                     return Err(BodyError::Io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         format!("body ended after {} of {n} bytes", buf.len()),
@@ -285,7 +337,7 @@ fn read_body(stream: &mut Wire, mut buf: Vec<u8>, framing: Framing) -> Result<Ve
             Ok(buf)
         }
         Framing::UntilClose => {
-            while read_some(stream, &mut buf).map_err(BodyError::Io)? > 0 {
+            while read_some(stream, &mut buf)? > 0 {
                 if buf.len() > MAX_BODY {
                     return Err(BodyError::Bad("answer too large".into()));
                 }
@@ -306,7 +358,7 @@ fn read_body(stream: &mut Wire, mut buf: Vec<u8>, framing: Framing) -> Result<Ve
                 if out.len() > MAX_BODY {
                     return Err(BodyError::Bad("answer too large".into()));
                 }
-                if read_some(stream, &mut buf).map_err(BodyError::Io)? == 0 {
+                if read_some(stream, &mut buf)? == 0 {
                     return Err(BodyError::Io(std::io::Error::new(
                         std::io::ErrorKind::UnexpectedEof,
                         "connection closed inside a chunked body",
@@ -365,10 +417,10 @@ fn tunnel(tcp: &mut TcpStream, mut hs: Handshake) -> Result<(), Attempt> {
 }
 
 /// Connects with Happy Eyeballs ([`crate::net::connect_blocking`]); reads and writes then
-/// time out after [`TIMEOUT`].
+/// time out after the read timeout.
 fn connect(addrs: &[SocketAddr], dialer: &Dialer) -> std::io::Result<TcpStream> {
     let s = crate::net::connect_blocking(addrs, dialer.timeouts.connect, &dialer.winners)?;
-    s.set_read_timeout(Some(TIMEOUT))?;
-    s.set_write_timeout(Some(TIMEOUT))?;
+    s.set_read_timeout(Some(dialer.timeouts.read))?;
+    s.set_write_timeout(Some(dialer.timeouts.read))?;
     Ok(s)
 }

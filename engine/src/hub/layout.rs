@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use super::error::HubError;
 use super::listing::RemoteFile;
 use super::repo::{RepoId, RepoType};
+use crate::backend::nofollow::Dir;
 use crate::verify::{Checksum, Hasher, mark};
 
 /// Where and how a repo is written.
@@ -34,20 +35,46 @@ pub enum Layout {
 #[derive(Debug, Clone)]
 pub(crate) struct Place {
     layout: Layout,
+    /// The cache or the local dir, as the user gave it: beneath it, no symlink is followed
+    /// when ferry writes.
+    base: PathBuf,
     /// The repo's folder (cache) or the local dir.
     root: PathBuf,
 }
 
 impl Place {
     pub fn new(layout: &Layout, repo: &RepoId, kind: RepoType) -> Place {
-        let root = match layout {
-            Layout::Cache(cache) => cache.join(repo.cache_folder(kind)),
-            Layout::LocalDir(dir) => dir.clone(),
+        let (base, root) = match layout {
+            Layout::Cache(cache) => (cache.clone(), cache.join(repo.cache_folder(kind))),
+            Layout::LocalDir(dir) => (dir.clone(), dir.clone()),
         };
         Place {
             layout: layout.clone(),
+            base,
             root,
         }
+    }
+
+    /// The directory `dir` (beneath the base), held open, reached without following a symlink
+    /// beneath the base; created when missing and `create`.
+    fn dir(&self, dir: &Path, create: bool) -> Result<Dir, HubError> {
+        let rel = dir.strip_prefix(&self.base).map_err(|_| HubError::Io {
+            op: "open directory",
+            path: dir.to_path_buf(),
+            source: io::Error::other(format!("not beneath {}", self.base.display())),
+        })?;
+        if create {
+            // The base is the user's (a cache or a local dir, maybe not made yet).
+            std::fs::create_dir_all(&self.base).map_err(io_err("create directory", &self.base))?;
+        }
+        Dir::open(&self.base)
+            .and_then(|b| b.beneath(rel, create))
+            .map_err(io_err("open directory", dir))
+    }
+
+    /// The directory every file of this place lies beneath (where no symlink is followed).
+    pub fn base(&self) -> &Path {
+        &self.base
     }
 
     fn is_cache(&self) -> bool {
@@ -102,7 +129,7 @@ impl Place {
         dirs.sort();
         dirs.dedup();
         for d in dirs {
-            std::fs::create_dir_all(&d).map_err(io_err("create directory", &d))?;
+            self.dir(&d, true)?;
         }
         Ok(())
     }
@@ -114,7 +141,9 @@ impl Place {
     /// replaces it). So a file another tool left, or one changed since, is never reused unread.
     pub fn has(&self, f: &RemoteFile) -> bool {
         let path = self.bytes_path(f);
-        let in_place = std::fs::metadata(&path).is_ok_and(|m| m.is_file() && m.len() == f.size)
+        // Not through a symlink: a blob that is a link to another file is fetched again.
+        let in_place = std::fs::symlink_metadata(&path)
+            .is_ok_and(|m| m.is_file() && m.len() == f.size)
             && (self.is_cache()
                 || std::fs::read_to_string(self.metadata_path(f))
                     .is_ok_and(|m| m.lines().nth(1) == Some(f.etag.as_str())));
@@ -160,11 +189,10 @@ impl Place {
                 return Ok(());
             }
             let parent = link.parent().unwrap_or(&self.root);
-            std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-            let tmp = sibling_tmp(&link);
-            let _ = std::fs::remove_file(&tmp);
-            std::os::unix::fs::symlink(&target, &tmp).map_err(io_err("create symlink", &tmp))?;
-            std::fs::rename(&tmp, &link).map_err(io_err("rename", &link))?;
+            let name = link.file_name().unwrap_or_default();
+            self.dir(parent, true)?
+                .symlink_atomic(&target, name)
+                .map_err(io_err("create symlink", &link))?;
         } else {
             let meta = self.metadata_path(f);
             let published = std::fs::read_to_string(&meta).is_ok_and(|m| {
@@ -178,7 +206,7 @@ impl Place {
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .as_secs_f64();
-            write_atomic(&meta, format!("{commit}\n{}\n{now}\n", f.etag).as_bytes())?;
+            self.write_atomic(&meta, format!("{commit}\n{}\n{now}\n", f.etag).as_bytes())?;
         }
         Ok(())
     }
@@ -188,18 +216,30 @@ impl Place {
         if !self.is_cache() || revision == commit {
             return Ok(());
         }
-        write_atomic(&self.root.join("refs").join(revision), commit.as_bytes())
+        self.write_atomic(&self.root.join("refs").join(revision), commit.as_bytes())
+    }
+
+    /// Writes `bytes` to `path` (beneath the base) through a new temporary file, fsynced,
+    /// renamed into place; no symlink on the way or at the name is followed.
+    fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), HubError> {
+        let parent = path.parent().unwrap_or(&self.root);
+        let name = path.file_name().unwrap_or_default();
+        self.dir(parent, true)?
+            .write_atomic(name, bytes)
+            .map_err(io_err("write", path))
     }
 
     /// The folder of the pull's resume journals (and its lock): `.ferry/` in the repo's cache
     /// folder (huggingface_hub ignores what it does not know there), or
     /// `.cache/huggingface/ferry/` in a local dir (where no listed path can be).
-    pub fn journal_dir(&self) -> PathBuf {
-        if self.is_cache() {
+    pub fn journal_dir(&self) -> (&Path, PathBuf) {
+        let dir = if self.is_cache() {
             self.root.join(".ferry")
         } else {
             self.root.join(".cache/huggingface/ferry")
-        }
+        };
+        let rel = dir.strip_prefix(&self.base).unwrap_or(&dir).to_path_buf();
+        (&self.base, rel)
     }
 
     /// The directory whose filesystem receives the bytes (for the free-space check).
@@ -234,27 +274,6 @@ fn link_target(f: &RemoteFile) -> PathBuf {
     t.push_str("blobs/");
     t.push_str(&f.etag);
     PathBuf::from(t)
-}
-
-fn sibling_tmp(path: &Path) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(format!(".ferry-tmp-{}", std::process::id()));
-    PathBuf::from(s)
-}
-
-/// Writes `bytes` to `path` through a temporary file, fsynced, renamed into place.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), HubError> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io_err("create directory", parent))?;
-    }
-    let tmp = sibling_tmp(path);
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io_err("create", &tmp))?;
-        f.write_all(bytes).map_err(io_err("write", &tmp))?;
-        f.sync_all().map_err(io_err("fsync", &tmp))?;
-    }
-    std::fs::rename(&tmp, path).map_err(io_err("rename", path))
 }
 
 /// The error of `op` on `path`, for `map_err`.

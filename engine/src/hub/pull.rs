@@ -31,7 +31,11 @@ use crate::{Engine, GetError, GetItem, HashAlgorithm, Job, Report};
 const RETRY_ROUNDS: u32 = 3;
 
 /// Pages of a tree walk followed at most (a loop guard; the Hub pages by 1,000 entries).
-const MAX_PAGES: usize = 100_000;
+const MAX_PAGES: usize = 2_000;
+/// Entries of a listing, files and directories together, before it is refused: a million
+/// entries take some 450 MB to hold and check (the Hub's largest repos have a few hundred
+/// thousand files).
+const MAX_ENTRIES: usize = 1_000_000;
 
 /// What to pull, from where, to where.
 #[derive(Debug, Clone)]
@@ -181,9 +185,15 @@ pub struct Pull<'e> {
 impl<'e> Pull<'e> {
     /// Lists the repo and starts fetching what is missing. Fails before the first byte on a
     /// missing repo or revision, a refused token, a hostile listing, or too little disk space.
-    pub fn start(engine: &'e Engine, options: PullOptions) -> Result<Pull<'e>, HubError> {
+    pub fn start(engine: &'e Engine, mut options: PullOptions) -> Result<Pull<'e>, HubError> {
         let started = Instant::now();
+        // `user:password@` in the endpoint is its credential (a token given wins); it leaves
+        // the URL, so no message shows it.
+        if let Some(basic) = crate::get::take_credentials(&mut options.endpoint) {
+            options.authorization.get_or_insert(basic);
+        }
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
+        super::repo::check_revision(&options.revision).map_err(HubError::Usage)?;
         let (commit, files) = list_somewhere(engine, &options)?;
         let files: Vec<RemoteFile> = files
             .into_iter()
@@ -234,6 +244,7 @@ impl<'e> Pull<'e> {
             let url = file_url(&o.endpoint, o, &self.commit, &f.path);
             let item = o.mirrors.iter().fold(
                 GetItem::new(url, self.place.bytes_path(f))
+                    .beneath(self.place.base())
                     .size(f.size)
                     .authorization(o.authorization.clone()),
                 |item, m| item.mirror(file_url(m, o, &self.commit, &f.path)),
@@ -395,14 +406,19 @@ fn list_somewhere(
     engine: &Engine,
     options: &PullOptions,
 ) -> Result<(String, Vec<RemoteFile>), HubError> {
+    if let Some(token) = &options.authorization {
+        token.check().map_err(HubError::Usage)?;
+    }
     let mut first_error = None;
     for (i, endpoint) in std::iter::once(&options.endpoint)
         .chain(&options.mirrors)
         .enumerate()
     {
-        // The token goes to the endpoint only.
-        let authorization = (i == 0).then(|| options.authorization.clone()).flatten();
-        let api = Api::new(endpoint.clone(), authorization, engine.dialer().clone());
+        // The token goes to the endpoint only; credentials in a URL to that URL's origin.
+        let mut endpoint = endpoint.clone();
+        let in_url = crate::get::take_credentials(&mut endpoint);
+        let token = (i == 0).then(|| options.authorization.clone()).flatten();
+        let api = Api::new(endpoint.clone(), token.or(in_url), engine.dialer().clone());
         let listed = resolve_revision(&api, options)
             .and_then(|commit| Ok((list_files(&api, options, &commit)?, commit)));
         match listed {
@@ -517,8 +533,13 @@ fn list_files(api: &Api, options: &PullOptions, commit: &str) -> Result<Vec<Remo
     let mut entries: Vec<TreeEntry> = Vec::new();
     let mut visited = HashSet::new();
     while let Some(url) = next.take() {
-        if !visited.insert(url.to_string()) || visited.len() > MAX_PAGES {
-            return Err(bad(format!("the tree pages loop or never end (at {url})")));
+        if !visited.insert(url.to_string()) {
+            return Err(bad(format!("the tree pages loop (back to {url})")));
+        }
+        if visited.len() > MAX_PAGES {
+            return Err(bad(format!(
+                "more than {MAX_PAGES} pages of tree (at {url}); refused"
+            )));
         }
         let answer = api.get(&url)?;
         if answer.head.status == 404
@@ -533,6 +554,7 @@ fn list_files(api: &Api, options: &PullOptions, commit: &str) -> Result<Vec<Remo
         }
         let page: Vec<TreeEntry> = parse_json(&url, &answer)?;
         entries.extend(page);
+        check_entry_count(entries.len(), MAX_ENTRIES).map_err(bad)?;
         next = match answer.head.header("link").and_then(next_link) {
             Some(link) => Some(
                 url.join(&link)
@@ -542,6 +564,14 @@ fn list_files(api: &Api, options: &PullOptions, commit: &str) -> Result<Vec<Remo
         };
     }
     listing::check(listing::from_tree(entries).map_err(bad)?).map_err(bad)
+}
+
+/// Refuses a listing of more than `max` entries.
+fn check_entry_count(n: usize, max: usize) -> Result<(), String> {
+    if n > max {
+        return Err(format!("more than {max} entries; refused"));
+    }
+    Ok(())
 }
 
 fn list_siblings(
@@ -555,6 +585,7 @@ fn list_siblings(
     let siblings = info
         .siblings
         .ok_or_else(|| bad("the revision lists no siblings".into()))?;
+    check_entry_count(siblings.len(), MAX_ENTRIES).map_err(bad)?;
     listing::check(listing::from_siblings(siblings).map_err(bad)?).map_err(bad)
 }
 
@@ -640,7 +671,8 @@ fn api_error(api: &Api, options: &PullOptions, url: &Url, answer: &Answer) -> Hu
 
 /// The repo's resume journal for `commit`, locked for this process.
 fn open_journal(place: &Place, commit: &str) -> Result<Journal, HubError> {
-    Journal::open(&place.journal_dir(), &format!("{commit}.journal")).map_err(|e| match e {
+    let (root, rel) = place.journal_dir();
+    Journal::open(root, &rel, &format!("{commit}.journal")).map_err(|e| match e {
         journal::OpenError::Busy(dir) => HubError::Busy { dir },
         journal::OpenError::Io { op, path, source } => HubError::Io { op, path, source },
     })
@@ -654,15 +686,16 @@ fn check_space(
     min_free: Option<u64>,
 ) -> Result<(), HubError> {
     use std::os::unix::fs::MetadataExt;
+    // Saturating: sizes from a listing are a stranger's numbers, and must not wrap the sum.
     let need: u64 = fetching
         .iter()
         .map(|f| {
             let mut partial = place.bytes_path(f).into_os_string();
             partial.push(".incomplete");
-            let allocated = std::fs::metadata(&partial).map_or(0, |m| m.blocks() * 512);
+            let allocated = std::fs::symlink_metadata(&partial).map_or(0, |m| m.blocks() * 512);
             f.size.saturating_sub(allocated)
         })
-        .sum();
+        .fold(0u64, u64::saturating_add);
     if need == 0 {
         return Ok(());
     }
@@ -673,6 +706,13 @@ fn check_space(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_are_bounded() {
+        assert!(check_entry_count(MAX_ENTRIES, MAX_ENTRIES).is_ok());
+        let e = check_entry_count(MAX_ENTRIES + 1, MAX_ENTRIES).expect_err("too many");
+        assert!(e.contains("more than 1000000 entries"), "{e}");
+    }
 
     #[test]
     fn next_links_are_found() {

@@ -162,6 +162,49 @@ pub(crate) fn is_commit(rev: &str) -> bool {
     is_hex(rev, 40)
 }
 
+/// Checks a revision as the Hub names them: a 40-hex commit, `refs/pr/N`, or a branch or tag
+/// name as git allows it (`git check-ref-format`: no `..`, no component starting with `.` or
+/// ending in `.lock`, no leading, trailing or doubled `/`, no control characters, space, `~^:?*[\`
+/// or `@{`), at most 255 bytes. A revision names a file under `refs/` in the cache, so anything
+/// else is refused before a request is made.
+pub fn check_revision(rev: &str) -> Result<(), String> {
+    let bad = |why: &str| Err(format!("invalid revision {rev:?}: {why}"));
+    if rev.is_empty() || rev.len() > 255 {
+        return bad("it must have 1 to 255 characters");
+    }
+    if is_commit(rev) {
+        return Ok(());
+    }
+    if let Some(n) = rev.strip_prefix("refs/pr/") {
+        return if !n.is_empty() && n.len() <= 10 && n.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(())
+        } else {
+            bad("a pull request is refs/pr/NUMBER")
+        };
+    }
+    if rev == "@" || rev.contains("@{") {
+        return bad("'@' alone and '@{' are not allowed");
+    }
+    if let Some(c) = rev
+        .chars()
+        .find(|c| c.is_control() || matches!(c, ' ' | '~' | '^' | ':' | '?' | '*' | '[' | '\\'))
+    {
+        return bad(&format!("the character {c:?} is not allowed"));
+    }
+    for part in rev.split('/') {
+        if part.is_empty() {
+            return bad("an empty path component (a leading, trailing or doubled '/')");
+        }
+        if part.starts_with('.') || part.ends_with(".lock") || part.contains("..") {
+            return bad("a component may not start with '.', contain '..' or end in '.lock'");
+        }
+    }
+    if rev.ends_with('.') {
+        return bad("it may not end with '.'");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -178,6 +221,44 @@ mod tests {
             assert!(RepoId::parse(bad).is_err(), "{bad:?} must be refused");
         }
         assert!(RepoId::parse(&"a".repeat(97)).is_err());
+    }
+
+    #[test]
+    fn revisions_are_checked_before_they_name_a_file() {
+        for ok in [
+            "main",
+            "v1.0",
+            "release/2024-01",
+            "refs/pr/12",
+            &"ab".repeat(20),
+            "feature_x",
+        ] {
+            assert!(check_revision(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "../..",
+            "..",
+            "/etc",
+            "a/../b",
+            "a//b",
+            "a/",
+            ".hidden",
+            "x.lock",
+            "a b",
+            "a\nb",
+            "a:b",
+            "a~1",
+            "@",
+            "a@{1}",
+            "refs/pr/",
+            "refs/pr/x",
+            "a\\b",
+            "end.",
+        ] {
+            assert!(check_revision(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(check_revision(&"a".repeat(256)).is_err());
     }
 
     #[test]

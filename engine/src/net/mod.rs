@@ -35,6 +35,9 @@ pub(crate) struct Dialer {
     pub rate: Option<Arc<rate::RateLimit>>,
     /// Whether connections to an address that already won a race use TCP Fast Open.
     pub fast_open: bool,
+    /// Whether a redirect from a public address may lead to a private one
+    /// ([`crate::http1::redirect`]).
+    pub allow_private_redirects: bool,
 }
 
 /// The address that won the last Happy Eyeballs race for each list of addresses (keyed by the

@@ -1,0 +1,834 @@
+//! ferry's promise — nothing partial, unverified or foreign ever stands under a final name — tried
+//! as an attacker would, through the real binary, on each back-end: symlinks and hard links
+//! planted under the names ferry writes (in an output directory and in a shared cache), a job
+//! whose outputs collide with each other's partial files, two processes writing one output at
+//! once, an origin whose answer outgrows the listed size, and revisions that would name a file
+//! outside the cache. Each trial goes into the reliability record with the bytes it damaged.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry_tests::hostile::{HostileOrigin, answer, request_path, response};
+use ferry_tests::hub::{MODEL, Repo, make_repo, write_static_hub};
+use ferry_tests::record::{self, Damage, Trial};
+use ferry_tests::{
+    Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry, ferry_bin,
+    get_ok, write_data,
+};
+
+const VICTIM: &[u8] = b"precious bytes that belong to someone else\n";
+
+/// A file outside every directory ferry writes, which no run may change.
+fn victim(dir: &Path, name: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, VICTIM).expect("victim");
+    p
+}
+
+/// What a run did to a victim: every byte changed or missing is corrupted.
+fn victim_damage(p: &Path) -> Damage {
+    let now = std::fs::read(p).unwrap_or_default();
+    let d = record::damage_bytes(VICTIM, &now);
+    Damage {
+        lost: 0,
+        corrupted: d.lost + d.corrupted,
+        checked: VICTIM.len() as u64,
+    }
+}
+
+fn assert_regular(p: &Path, what: &str) {
+    let m = std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("{what}: {}: {e}", p.display()));
+    assert!(
+        m.file_type().is_file(),
+        "{what}: {} is not a regular file",
+        p.display()
+    );
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn a_symlink_or_hard_link_at_the_partial_name_is_never_written_through() {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 3 * (1 << 20) + 5, 11);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        for (kind, chunk) in [("symlink", "1M"), ("hard link", "1M"), ("symlink", "8M")] {
+            let out = tempfile::tempdir().expect("tmp");
+            let victim = victim(out.path(), "victim");
+            let dest = out.path().join("f");
+            let partial = out.path().join("f.incomplete");
+            match kind {
+                "symlink" => std::os::unix::fs::symlink(&victim, &partial).expect("plant"),
+                _ => std::fs::hard_link(&victim, &partial).expect("plant"),
+            }
+            let what = format!("backend={backend:?} {kind} at f.incomplete, chunks {chunk}");
+            let args = ["--chunk-size", chunk];
+            get_ok(backend, &nginx.url("files", "f"), &dest, &args);
+            let mut damage = record::damage(&src.path().join("f"), &dest);
+            damage += victim_damage(&victim);
+            Trial::once(
+                (
+                    &format!("a {kind} planted at the partial file's name"),
+                    "hardening::a_symlink_or_hard_link_at_the_partial_name_is_never_written_through",
+                ),
+                Some(backend),
+                "the link was removed, not followed; the victim is intact",
+                damage,
+            )
+            .record();
+            assert_eq!(std::fs::read(&victim).expect("victim"), VICTIM, "{what}");
+            assert_regular(&dest, &what);
+            assert_same_file(&src.path().join("f"), &dest, &what);
+            eprintln!("ran on backend {backend:?}: {what}: victim intact");
+        }
+    }
+}
+
+/// A static Hub serving `org/model` (nginx), with its repo.
+struct Hub {
+    repo: Repo,
+    nginx: Nginx,
+    _dir: tempfile::TempDir,
+}
+
+impl Hub {
+    fn start(tree: impl FnOnce(&Repo) -> Option<serde_json::Value>) -> Hub {
+        let dir = tempfile::tempdir().expect("tmp");
+        let repo = make_repo(dir.path(), "org/model", MODEL);
+        let root = dir.path().join("hub");
+        write_static_hub(&root, &repo, tree(&repo));
+        let nginx = Nginx::start(&root);
+        Hub {
+            repo,
+            nginx,
+            _dir: dir,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/files", self.nginx.port())
+    }
+}
+
+fn pull(backend: Backend, endpoint: &str, cache: &Path, extra: &[&str]) -> std::process::Output {
+    let cache = cache.to_str().expect("utf-8");
+    let mut args = vec![
+        "pull",
+        "org/model",
+        "--endpoint",
+        endpoint,
+        "--cache-dir",
+        cache,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    ferry(backend, &args)
+}
+
+#[test]
+fn a_pull_into_a_shared_cache_never_writes_through_planted_links() {
+    let hub = Hub::start(|_| None);
+    let big = &hub.repo.files[0];
+    for backend in backends_under_test() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = dir.path().join("cache");
+        let folder = cache.join("models--org--model");
+        std::fs::create_dir_all(folder.join("blobs")).expect("blobs");
+        std::fs::create_dir_all(folder.join(".ferry")).expect("journal dir");
+        let victims = [victim(dir.path(), "v1"), victim(dir.path(), "v2")];
+        // The partial blob, and the journal's temporary file as ferry used to name it.
+        let planted = [
+            folder.join(format!("blobs/{}.incomplete", big.etag)),
+            folder.join(format!(".ferry/{}.journal.tmp", hub.repo.commit)),
+        ];
+        for (v, p) in victims.iter().zip(&planted) {
+            std::os::unix::fs::symlink(v, p).expect("plant");
+        }
+        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        let what = format!("backend={backend:?} links planted in the cache");
+        let mut damage = Damage::default();
+        for v in &victims {
+            damage += victim_damage(v);
+        }
+        let snap = folder.join("snapshots").join(&hub.repo.commit);
+        for f in &hub.repo.files {
+            damage += record::damage(&f.source, &snap.join(&f.path));
+        }
+        Trial::once(
+            (
+                "symlinks planted in a shared cache (partial blob, journal temp file)",
+                "hardening::a_pull_into_a_shared_cache_never_writes_through_planted_links",
+            ),
+            Some(backend),
+            "the links were not followed; every file verified",
+            damage,
+        )
+        .record();
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        for v in &victims {
+            assert_eq!(std::fs::read(v).expect("victim"), VICTIM, "{what}");
+        }
+        for f in &hub.repo.files {
+            assert_regular(&folder.join("blobs").join(&f.etag), &what);
+            assert_same_file(&f.source, &snap.join(&f.path), &what);
+        }
+        eprintln!("ran on backend {backend:?}: {what}: victims intact, snapshot right");
+
+        // A directory of the repo's folder swapped for a symlink out of the cache: refused,
+        // nothing written where it points.
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = dir.path().join("cache");
+        let folder = cache.join("models--org--model");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::fs::create_dir_all(&folder).expect("folder");
+        std::os::unix::fs::symlink(&outside, folder.join("snapshots")).expect("plant");
+        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        let what = format!("backend={backend:?} snapshots/ is a symlink out of the cache");
+        let written = std::fs::read_dir(&outside).expect("outside").count();
+        Trial::once(
+            (
+                "a directory of the cache swapped for a symlink out of it",
+                "hardening::a_pull_into_a_shared_cache_never_writes_through_planted_links",
+            ),
+            Some(backend),
+            "refused with a clear error; nothing written outside",
+            Damage {
+                corrupted: written as u64,
+                ..Damage::default()
+            },
+        )
+        .record();
+        assert!(!o.status.success(), "{what}: must fail");
+        assert!(
+            stderr(&o).contains("follows no symlink"),
+            "{what}: {}",
+            stderr(&o)
+        );
+        assert_eq!(written, 0, "{what}: nothing may appear outside the cache");
+        eprintln!("ran on backend {backend:?}: {what}: refused, nothing outside");
+    }
+}
+
+#[test]
+fn outputs_that_collide_with_partial_names_are_refused() {
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("x"), 1000, 1);
+    write_data(&src.path().join("x.incomplete"), 2000, 2);
+    write_data(&src.path().join("y.ferry-tmp-1234"), 10, 3);
+    let nginx = Nginx::start(src.path());
+    for backend in backends_under_test() {
+        for (names, needle) in [
+            (&["x", "x.incomplete"][..], "partial file of"),
+            (&["x.incomplete", "x"][..], "partial file of"),
+            (&["y.ferry-tmp-1234"][..], "temporary files"),
+        ] {
+            let out = tempfile::tempdir().expect("tmp");
+            let list = out.path().join("list");
+            let urls: Vec<String> = names.iter().map(|n| nginx.url("files", n)).collect();
+            std::fs::write(&list, urls.join("\n")).expect("list");
+            let dest = out.path().join("d");
+            std::fs::create_dir(&dest).expect("dest");
+            let o = ferry(
+                backend,
+                &[
+                    "get",
+                    "-i",
+                    list.to_str().expect("utf-8"),
+                    "-o",
+                    dest.to_str().expect("utf-8"),
+                ],
+            );
+            let what = format!("backend={backend:?} outputs {names:?}");
+            let left = std::fs::read_dir(&dest).expect("dest").count();
+            Trial::once(
+                (
+                    "a job whose outputs collide with partial or temporary names",
+                    "hardening::outputs_that_collide_with_partial_names_are_refused",
+                ),
+                Some(backend),
+                "refused before any request; nothing written",
+                Damage {
+                    corrupted: left as u64,
+                    ..Damage::default()
+                },
+            )
+            .record();
+            assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+            assert!(stderr(&o).contains(needle), "{what}: {}", stderr(&o));
+            assert_eq!(left, 0, "{what}: nothing may be written");
+        }
+        eprintln!("ran on backend {backend:?}: colliding outputs refused");
+    }
+}
+
+/// Waits (bounded) for `p` to exist while `child` runs.
+fn wait_for_file(p: &Path, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !p.exists() {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the first download ended before {} appeared",
+            p.display()
+        );
+        assert!(Instant::now() < deadline, "{} never appeared", p.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Kills a child on drop (a failing test leaves no process behind).
+struct Reap(Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn two_downloads_of_one_output_never_publish_a_mix() {
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 6 * (1 << 20) + 3;
+    write_data(&src.path().join("f"), size, 21);
+    let nginx = Nginx::start(src.path());
+    // The first download is slow (one throttled connection), so the second starts while it
+    // writes.
+    let slow = FaultProxy::start(
+        nginx.port(),
+        Fault::Throttle {
+            bytes_per_sec: 1 << 20,
+        },
+    );
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let first = Command::new(ferry_bin())
+            .args(["--backend", backend.flag(), "get", "-q", "-c", "1"])
+            .args(["--chunk-size", "1M"])
+            .arg(format!("http://127.0.0.1:{}/files/f", slow.port()))
+            .arg("-o")
+            .arg(&dest)
+            .env_remove("FERRY_SAFE_MODE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let mut first = Reap(first);
+        wait_for_file(&out.path().join("f.incomplete"), &mut first.0);
+        let second = ferry(
+            backend,
+            &[
+                "get",
+                &nginx.url("files", "f"),
+                "-o",
+                dest.to_str().expect("utf-8"),
+            ],
+        );
+        let what = format!("backend={backend:?} a second get of the same output");
+        let status = first.0.wait().expect("wait");
+        let damage = record::damage(&src.path().join("f"), &dest);
+        Trial::once(
+            (
+                "two ferry get runs writing one output at once",
+                "hardening::two_downloads_of_one_output_never_publish_a_mix",
+            ),
+            Some(backend),
+            "the second stopped at once (exit 14); the first published its own verified file",
+            damage,
+        )
+        .record();
+        assert_eq!(
+            second.status.code(),
+            Some(14),
+            "{what}: {}",
+            stderr(&second)
+        );
+        assert!(
+            stderr(&second).contains("another ferry is writing"),
+            "{what}"
+        );
+        assert!(status.success(), "{what}: the first download failed");
+        assert_same_file(&src.path().join("f"), &dest, &what);
+        assert!(!out.path().join("f.incomplete").exists(), "{what}");
+        eprintln!("ran on backend {backend:?}: {what}: refused with exit 14, first intact");
+    }
+}
+
+/// A hostile Hub for `org/model` with one file `f.bin` listed with `listed` bytes (and the
+/// sha256 of that many zeros), whose `resolve` answer is `body`.
+fn hostile_hub(
+    listed: u64,
+    body: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+) -> HostileOrigin {
+    use sha2::Digest;
+    let sha = hex::encode(sha2::Sha256::digest(vec![0u8; listed as usize]));
+    let commit = "c".repeat(40);
+    let revision = serde_json::json!({
+        "id": "org/model", "sha": commit, "siblings": [{"rfilename": "f.bin"}]
+    })
+    .to_string();
+    let tree = serde_json::json!([{
+        "type": "file", "path": "f.bin", "size": listed, "oid": "d".repeat(40),
+        "lfs": {"oid": sha, "size": listed, "pointerSize": 130}
+    }])
+    .to_string();
+    HostileOrigin::start(move |head| {
+        let path = request_path(head);
+        let json = |s: &str| {
+            response(
+                "200 OK",
+                &[
+                    ("Content-Type", "application/json".into()),
+                    ("Content-Length", s.len().to_string()),
+                    ("Connection", "close".into()),
+                ],
+                s.as_bytes(),
+            )
+        };
+        if path.contains("/revision/") {
+            json(&revision)
+        } else if path.contains("/tree/") {
+            json(&tree)
+        } else if path.contains("/resolve/") {
+            body(head)
+        } else {
+            response("404 Not Found", &[("Content-Length", "0".into())], b"")
+        }
+    })
+}
+
+#[test]
+fn an_answer_larger_than_the_listing_is_refused_before_it_is_written() {
+    const LISTED: u64 = 1000;
+    const SENT: usize = 8 << 20;
+    type Body = dyn Fn(&str) -> Vec<u8> + Send + Sync;
+    let cases: Vec<(&str, Box<Body>)> = vec![
+        (
+            "a body with no length that runs past the listed size",
+            Box::new(|_| {
+                response(
+                    "200 OK",
+                    &[("Connection", "close".into())],
+                    &vec![0u8; SENT],
+                )
+            }),
+        ),
+        (
+            "a Content-Length above the listed size",
+            Box::new(|_| {
+                response(
+                    "200 OK",
+                    &[
+                        ("Content-Length", SENT.to_string()),
+                        ("Connection", "close".into()),
+                    ],
+                    &vec![0u8; SENT],
+                )
+            }),
+        ),
+        (
+            "a Content-Range total above the listed size",
+            Box::new(|head| {
+                // The range asked for, honestly, of a file larger than listed.
+                let range = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("range: bytes=")
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_default();
+                let (a, b) = range.split_once('-').unwrap_or(("0", ""));
+                let a: usize = a.trim().parse().unwrap_or(0);
+                let b: usize = b.trim().parse().unwrap_or(SENT - 1).min(SENT - 1);
+                response(
+                    "206 Partial Content",
+                    &[
+                        ("Content-Range", format!("bytes {a}-{b}/{SENT}")),
+                        ("Content-Length", (b + 1 - a).to_string()),
+                        ("Connection", "close".into()),
+                    ],
+                    &vec![0u8; b + 1 - a],
+                )
+            }),
+        ),
+    ];
+    for (name, body) in cases {
+        let body: std::sync::Arc<Body> = body.into();
+        for backend in backends_under_test() {
+            let b = std::sync::Arc::clone(&body);
+            let hub = hostile_hub(LISTED, move |head| b(head));
+            let dir = tempfile::tempdir().expect("tmp");
+            let cache = dir.path().join("cache");
+            let o = pull(backend, &hub.url(), &cache, &[]);
+            let what = format!("backend={backend:?} {name}");
+            let blobs = cache.join("models--org--model/blobs");
+            let written: u64 = std::fs::read_dir(&blobs)
+                .map(|d| {
+                    d.filter_map(Result::ok)
+                        .map(|e| e.metadata().map_or(0, |m| m.len()))
+                        .sum()
+                })
+                .unwrap_or(0);
+            Trial::once(
+                (
+                    &format!("hostile origin: {name}"),
+                    "hardening::an_answer_larger_than_the_listing_is_refused_before_it_is_written",
+                ),
+                Some(backend),
+                "refused before the bytes past the listed size were written; nothing kept",
+                Damage {
+                    corrupted: written,
+                    ..Damage::default()
+                },
+            )
+            .record();
+            assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("listed with 1000"),
+                "{what}: {}",
+                stderr(&o)
+            );
+            assert_eq!(written, 0, "{what}: no byte may stay in the cache");
+            eprintln!("ran on backend {backend:?}: {what}: refused");
+        }
+    }
+}
+
+#[test]
+fn revisions_that_would_name_a_file_outside_the_cache_are_refused() {
+    let hub = Hub::start(|_| None);
+    for backend in backends_under_test() {
+        for rev in ["../..", "/etc/x", "main/../../escape", "a\nb", ".hidden"] {
+            let dir = tempfile::tempdir().expect("tmp");
+            let cache = dir.path().join("cache");
+            let before = hub.nginx.requests(0).len();
+            let o = pull(backend, &hub.endpoint(), &cache, &["--revision", rev]);
+            let what = format!("backend={backend:?} --revision {rev:?}");
+            assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("invalid revision"),
+                "{what}: {}",
+                stderr(&o)
+            );
+            assert_eq!(
+                hub.nginx.requests(0).len(),
+                before,
+                "{what}: no request made"
+            );
+            let outside: Vec<_> = std::fs::read_dir(dir.path())
+                .expect("dir")
+                .filter_map(Result::ok)
+                .map(|e| e.file_name())
+                .filter(|n| n != "cache")
+                .collect();
+            assert!(outside.is_empty(), "{what}: wrote {outside:?}");
+        }
+        eprintln!("ran on backend {backend:?}: hostile revisions refused");
+    }
+}
+
+/// An origin answering every request with `body` (200, a length, then close).
+fn plain_origin(body: &'static [u8]) -> HostileOrigin {
+    HostileOrigin::start(move |_| answer("200 OK", &[], body))
+}
+
+/// `ferry get ORIGIN/f -o DIR/f` on `backend`; the output, its folder and path.
+fn get_from(
+    backend: Backend,
+    origin: &HostileOrigin,
+) -> (std::process::Output, tempfile::TempDir, PathBuf) {
+    let out = tempfile::tempdir().expect("tmp");
+    let dest = out.path().join("f");
+    let url = format!("{}/f", origin.url());
+    let o = ferry(backend, &["get", &url, "-o", dest.to_str().expect("utf-8")]);
+    (o, out, dest)
+}
+
+/// The value of header `name` in a request head (names compared without case).
+fn header<'h>(head: &'h str, name: &str) -> Option<&'h str> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then_some(v.trim())
+    })
+}
+
+#[test]
+fn credentials_in_a_url_are_sent_as_basic_auth_and_never_shown() {
+    // "user:s3cr@t" -> Basic dXNlcjpzM2NyQHQ=
+    const BASIC: &str = "Basic dXNlcjpzM2NyQHQ=";
+    for backend in backends_under_test() {
+        for (status, ok) in [("200 OK", true), ("404 Not Found", false)] {
+            let origin = HostileOrigin::start(move |_| answer(status, &[], b"hello"));
+            let url = origin.url().replace("http://", "http://user:s3cr%40t@") + "/f";
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let o = ferry(
+                backend,
+                &[
+                    "-vv",
+                    "get",
+                    &url,
+                    "-o",
+                    dest.to_str().expect("utf-8"),
+                    "--json",
+                ],
+            );
+            let what = format!("backend={backend:?} credentials in the URL, answer {status}");
+            assert_eq!(o.status.success(), ok, "{what}: {}", stderr(&o));
+            let shown = format!("{}{}", String::from_utf8_lossy(&o.stdout), stderr(&o));
+            for secret in ["s3cr", "dXNlcjpzM2NyQHQ", "user:"] {
+                assert!(
+                    !shown.contains(secret),
+                    "{what}: {secret:?} shown in {shown}"
+                );
+            }
+            let requests = origin.requests();
+            assert!(!requests.is_empty(), "{what}");
+            for r in &requests {
+                assert_eq!(header(r, "authorization"), Some(BASIC), "{what}: {r}");
+                assert!(
+                    !r.contains("s3cr"),
+                    "{what}: the URL's userinfo was sent: {r}"
+                );
+            }
+        }
+        eprintln!("ran on backend {backend:?}: URL credentials as Basic auth, never shown");
+    }
+}
+
+#[test]
+fn a_token_that_would_break_a_header_is_refused_and_a_token_file_is_read() {
+    let listed = 5u64;
+    for backend in backends_under_test() {
+        let hub = hostile_hub(listed, |_| answer("200 OK", &[], &[0u8; 5]));
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = dir.path().join("cache");
+        // On the command line, and in a file: CR LF would start a header of the attacker's.
+        let bad_file = dir.path().join("bad-token");
+        std::fs::write(&bad_file, "hf_abc\r\nX-Injected: 1\n").expect("token file");
+        for extra in [
+            vec!["--token", "hf_abc\r\nX-Injected: 1"],
+            vec!["--token-file", bad_file.to_str().expect("utf-8")],
+        ] {
+            let o = pull(backend, &hub.url(), &cache, &extra);
+            let what = format!("backend={backend:?} pull {extra:?}");
+            assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+            assert!(
+                stderr(&o).contains("cannot go in an HTTP header"),
+                "{what}: {}",
+                stderr(&o)
+            );
+            assert!(
+                !stderr(&o).contains("hf_abc"),
+                "{what}: the token was shown"
+            );
+            assert!(hub.requests().is_empty(), "{what}: no request may be sent");
+        }
+        // `--token-file -`: the token from standard input, sent as a bearer token.
+        let mut child = Command::new(ferry_bin())
+            .args(["--backend", backend.flag(), "pull", "org/model", "--json"])
+            .args(["--endpoint", &hub.url(), "--token-file", "-", "--cache-dir"])
+            .arg(&cache)
+            .env_remove("FERRY_SAFE_MODE")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().expect("stdin");
+            stdin.write_all(b"hf_from_stdin\n").expect("write token");
+        }
+        let o = child.wait_with_output().expect("wait");
+        let what = format!("backend={backend:?} --token-file -");
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        let api = hub
+            .requests()
+            .into_iter()
+            .find(|r| request_path(r).contains("/api/"))
+            .expect("an API request");
+        assert_eq!(
+            header(&api, "authorization"),
+            Some("Bearer hf_from_stdin"),
+            "{what}"
+        );
+        assert!(
+            !String::from_utf8_lossy(&o.stdout).contains("hf_from_stdin"),
+            "{what}"
+        );
+        eprintln!("ran on backend {backend:?}: bad tokens refused, --token-file - read");
+    }
+}
+
+#[test]
+fn redirects_go_only_to_http_and_never_from_public_into_private_addresses() {
+    for backend in backends_under_test() {
+        // Another scheme, and a loop: exit 3, nothing left.
+        for (location, needle) in [
+            ("file:///etc/passwd", "refused"),
+            ("ftp://127.0.0.1/x", "refused"),
+            ("/again", "more than 10 redirects"),
+        ] {
+            let origin = HostileOrigin::start(move |_| {
+                answer("302 Found", &[("Location", location.into())], b"")
+            });
+            let (o, _out, dest) = get_from(backend, &origin);
+            let what = format!("backend={backend:?} redirect to {location}");
+            ferry_tests::assert_clean_failure(&o, 3, needle, &what);
+            ferry_tests::assert_no_output(&dest, &what);
+            assert!(origin.requests().len() <= 11, "{what}: the loop must end");
+        }
+        // A public origin (reached through a proxy, so nothing leaves loopback) redirecting to
+        // the link-local metadata address: refused unless allowed.
+        let proxy = HostileOrigin::start(|head| {
+            if request_path(head).starts_with("http://203.0.113.7/") {
+                answer(
+                    "302 Found",
+                    &[("Location", "http://169.254.169.254/latest/meta-data".into())],
+                    b"",
+                )
+            } else {
+                answer("200 OK", &[], b"meta")
+            }
+        });
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let dest_s = dest.to_str().expect("utf-8");
+        let proxy_url = proxy.url();
+        let base = [
+            "--proxy",
+            proxy_url.as_str(),
+            "get",
+            "http://203.0.113.7/f",
+            "-o",
+            dest_s,
+        ];
+        let o = ferry(backend, &base);
+        let what = format!("backend={backend:?} public -> link-local redirect");
+        ferry_tests::assert_clean_failure(&o, 3, "--allow-private-redirects", &what);
+        ferry_tests::assert_no_output(&dest, &what);
+        assert_eq!(
+            proxy.requests().len(),
+            1,
+            "{what}: the private address was not asked"
+        );
+        let mut allowed = vec!["--allow-private-redirects"];
+        allowed.extend_from_slice(&base);
+        let o = ferry(backend, &allowed);
+        assert!(o.status.success(), "{what}, allowed: {}", stderr(&o));
+        assert_eq!(
+            std::fs::read(&dest).expect("out"),
+            b"meta",
+            "{what}, allowed"
+        );
+        eprintln!("ran on backend {backend:?}: redirects policed");
+    }
+}
+
+#[test]
+fn an_encoded_answer_ferry_did_not_ask_for_is_refused() {
+    for backend in backends_under_test() {
+        let origin = HostileOrigin::start(|_| {
+            answer(
+                "200 OK",
+                &[("Content-Encoding", "gzip".into())],
+                b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03",
+            )
+        });
+        let (o, _out, dest) = get_from(backend, &origin);
+        let what = format!("backend={backend:?} Content-Encoding: gzip");
+        ferry_tests::assert_clean_failure(&o, 3, "Content-Encoding: gzip", &what);
+        ferry_tests::assert_no_output(&dest, &what);
+        eprintln!("ran on backend {backend:?}: {what} refused");
+    }
+    // The same origin without the encoding: saved (the refusal is of the encoding alone).
+    let origin = plain_origin(b"plain");
+    let out = tempfile::tempdir().expect("tmp");
+    let dest = out.path().join("f");
+    get_ok(
+        Backend::Portable,
+        &format!("{}/f", origin.url()),
+        &dest,
+        &[],
+    );
+    assert_eq!(std::fs::read(&dest).expect("out"), b"plain");
+}
+
+#[test]
+fn a_listing_that_never_ends_or_trickles_is_refused() {
+    for backend in backends_under_test() {
+        // Tree pages that link to a next page forever, each new.
+        let pages = HostileOrigin::start(|head| {
+            let path = request_path(head);
+            if path.contains("/revision/") {
+                let body = serde_json::json!({"id": "org/model", "sha": "c".repeat(40)});
+                let body = body.to_string();
+                return answer("200 OK", &[], body.as_bytes());
+            }
+            let n: u64 = path
+                .rsplit_once("cursor=")
+                .and_then(|(_, n)| n.parse().ok())
+                .unwrap_or(0);
+            let link = format!(
+                "<{}?recursive=true&cursor={}>; rel=\"next\"",
+                path.split('?').next().unwrap_or(""),
+                n + 1
+            );
+            answer("200 OK", &[("Link", link)], b"[]")
+        });
+        let dir = tempfile::tempdir().expect("tmp");
+        let o = pull(backend, &pages.url(), &dir.path().join("cache"), &[]);
+        let what = format!("backend={backend:?} tree pages without end");
+        assert_eq!(o.status.code(), Some(13), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("more than 2000 pages"),
+            "{what}: {}",
+            stderr(&o)
+        );
+        assert!(
+            pages.requests().len() <= 2002,
+            "{what}: asked {}",
+            pages.requests().len()
+        );
+
+        // A revision answer that trickles a byte every 50 ms: it never stalls a read for the
+        // read timeout (0.5 s here) but never completes within 4 of them.
+        let revision =
+            serde_json::json!({"id": "org/model", "sha": "c".repeat(40), "pad": "x".repeat(400)})
+                .to_string();
+        let trickle = HostileOrigin::start_paced(
+            move |_| {
+                response(
+                    "200 OK",
+                    &[
+                        ("Content-Length", revision.len().to_string()),
+                        ("Connection", "close".into()),
+                    ],
+                    revision.as_bytes(),
+                )
+            },
+            Some((1, Duration::from_millis(50))),
+        );
+        let o = pull(
+            backend,
+            &trickle.url(),
+            &dir.path().join("cache2"),
+            &["--read-timeout", "0.5"],
+        );
+        let what = format!("backend={backend:?} a trickling answer");
+        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no complete answer within 2 s"),
+            "{what}: {}",
+            stderr(&o)
+        );
+        eprintln!("ran on backend {backend:?}: endless pages and a trickle refused");
+    }
+}
