@@ -10,6 +10,7 @@
 #   tinyproxy, microsocks   the real HTTP CONNECT and SOCKS5 proxies the proxy tests start
 #   iproute2     `ip`, to bring up loopback in the network namespace the Fast Open test makes
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
+#   huggingface_hub 0.26.5 (PyPI, in target/hf-venvs/)   an old release, for the same
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
 # hf_transfer (PyPI).
 set -euo pipefail
@@ -48,6 +49,13 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 
 python3 -c 'import huggingface_hub' 2>/dev/null || python3 -m pip install -q huggingface_hub
+# An old huggingface_hub (0.26, before 1.18: it resumes any BLOB.incomplete from its size) in a
+# virtualenv of its own: the hardening tests check it never adopts a partial file of ferry's.
+hf_old="$(cd "$(dirname "$0")/.." && pwd)/target/hf-venvs/huggingface_hub-0.26.5"
+if [ ! -x "$hf_old/bin/python" ] || ! "$hf_old/bin/python" -c 'import huggingface_hub' 2>/dev/null; then
+  python3 -m venv "$hf_old"
+  "$hf_old/bin/python" -m pip install -q huggingface_hub==0.26.5
+fi
 # transformers (with tokenizers, safetensors, numpy; no torch): a test loads a pulled model
 # offline through it.
 python3 -c 'import transformers, tokenizers, safetensors, numpy' 2>/dev/null ||

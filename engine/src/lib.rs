@@ -389,7 +389,7 @@ impl Engine {
             return Err(GetError::NothingToDo);
         }
         let mut resolved = get::Resolved::new(self.dialer.clone());
-        let mut outputs = std::collections::HashSet::new();
+        let mut outputs = std::collections::HashMap::new();
         let mut dirs_ok = std::collections::HashSet::new();
         let mut dirs: std::collections::HashMap<PathBuf, backend::nofollow::Dir> =
             std::collections::HashMap::new();
@@ -446,7 +446,10 @@ impl Engine {
                 Some(cwd) if item.output.is_relative() => cwd.join(&item.output),
                 _ => item.output.clone(),
             };
-            if !outputs.insert(absolute) {
+            if outputs
+                .insert(absolute.clone(), item.partial_suffix)
+                .is_some()
+            {
                 return Err(GetError::DuplicateOutput { path: item.output });
             }
             let parent = get::parent_dir(&item.output);
@@ -463,6 +466,7 @@ impl Engine {
                 target,
                 mirrors,
                 dir,
+                partial_suffix: item.partial_suffix,
                 output: item.output,
                 sink,
                 checksum,
@@ -578,6 +582,8 @@ pub struct GetItem {
     pub mirrors: Vec<String>,
     /// A directory the output lies beneath, in which no symlink is followed (a repo's folder).
     root: Option<PathBuf>,
+    /// What the partial file's name adds to the output's ([`get::PARTIAL_SUFFIX`] by default).
+    partial_suffix: &'static str,
 }
 
 impl GetItem {
@@ -591,7 +597,14 @@ impl GetItem {
             authorization: None,
             mirrors: Vec::new(),
             root: None,
+            partial_suffix: get::PARTIAL_SUFFIX,
         }
+    }
+
+    /// The partial file is `OUTPUT` + `suffix` (a pull's, which huggingface_hub never adopts).
+    pub(crate) fn partial_suffix(mut self, suffix: &'static str) -> GetItem {
+        self.partial_suffix = suffix;
+        self
     }
 
     /// The output lies beneath `root`, and no symlink between the two is followed.
@@ -790,10 +803,12 @@ fn open_output_dir(dir: &Path, root: Option<&Path>) -> Result<backend::nofollow:
 /// Refuses a job in which one output is another's partial file (`X` and `X.incomplete`), or is
 /// named like ferry's temporary files: one would overwrite the other's bytes, and the final
 /// name could receive the wrong file.
-fn check_collisions(outputs: &std::collections::HashSet<PathBuf>) -> Result<(), GetError> {
-    let mut sorted: Vec<&PathBuf> = outputs.iter().collect();
+fn check_collisions(
+    outputs: &std::collections::HashMap<PathBuf, &'static str>,
+) -> Result<(), GetError> {
+    let mut sorted: Vec<(&PathBuf, &&str)> = outputs.iter().collect();
     sorted.sort();
-    for path in sorted {
+    for (path, suffix) in sorted {
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         if name.contains(".ferry-tmp-") {
             return Err(GetError::OutputCollision {
@@ -804,9 +819,9 @@ fn check_collisions(outputs: &std::collections::HashSet<PathBuf>) -> Result<(), 
             });
         }
         let mut partial = path.as_os_str().to_owned();
-        partial.push(".incomplete");
+        partial.push(suffix);
         let partial = PathBuf::from(partial);
-        if outputs.contains(&partial) {
+        if outputs.contains_key(&partial) {
             return Err(GetError::OutputCollision {
                 path: partial,
                 detail: format!(

@@ -11,6 +11,10 @@ use std::path::{Path, PathBuf};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
+/// What `ferry pull` adds to a blob's (or local file's) name for its partial file: never
+/// huggingface_hub's `.incomplete`, which its older releases resume from.
+pub const PULL_PARTIAL: &str = ".ferry-partial";
+
 /// One file of the synthetic repo.
 #[derive(Debug, Clone)]
 pub struct RepoFile {

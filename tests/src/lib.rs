@@ -10,12 +10,14 @@
 pub mod data;
 pub mod disk;
 pub mod eyeballs;
+pub mod hf;
 pub mod hostile;
 pub mod hub;
 pub mod nginx;
 pub mod proxies;
 pub mod proxy;
 pub mod record;
+pub mod serve;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

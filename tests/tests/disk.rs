@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_tests::disk::SmallDisk;
-use ferry_tests::hub::{Repo, make_repo, write_static_hub};
+use ferry_tests::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
 use ferry_tests::record::{self, Damage, Trial};
 use ferry_tests::{Backend, Nginx, backends_under_test, ferry_bin, success_report, write_data};
 
@@ -89,7 +89,7 @@ fn reserved_partials(disk: &SmallDisk, repo: &Repo) -> usize {
     repo.files
         .iter()
         .filter(|f| {
-            std::fs::metadata(blobs.join(format!("{}.incomplete", f.etag)))
+            std::fs::metadata(blobs.join(format!("{}{PULL_PARTIAL}", f.etag)))
                 .is_ok_and(|m| m.blocks() * 512 >= f.size)
         })
         .count()
@@ -120,7 +120,7 @@ fn published(disk: &SmallDisk, repo: &Repo) -> (usize, Damage) {
     let mut damage = Damage::default();
     for entry in std::fs::read_dir(&blobs).expect("blobs").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.ends_with(".incomplete") {
+        if name.ends_with(PULL_PARTIAL) {
             continue;
         }
         damage += match repo.files.iter().find(|f| f.etag == name) {

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_tests::hostile::{HostileOrigin, answer, request_path, response};
-use ferry_tests::hub::{MODEL, Repo, make_repo, write_static_hub};
+use ferry_tests::hub::{MODEL, PULL_PARTIAL, Repo, make_repo, write_static_hub};
 use ferry_tests::record::{self, Damage, Trial};
 use ferry_tests::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry, ferry_bin,
@@ -142,7 +142,7 @@ fn a_pull_into_a_shared_cache_never_writes_through_planted_links() {
         let victims = [victim(dir.path(), "v1"), victim(dir.path(), "v2")];
         // The partial blob, and the journal's temporary file as ferry used to name it.
         let planted = [
-            folder.join(format!("blobs/{}.incomplete", big.etag)),
+            folder.join(format!("blobs/{}{PULL_PARTIAL}", big.etag)),
             folder.join(format!(".ferry/{}.journal.tmp", hub.repo.commit)),
         ];
         for (v, p) in victims.iter().zip(&planted) {
@@ -830,5 +830,227 @@ fn a_listing_that_never_ends_or_trickles_is_refused() {
             stderr(&o)
         );
         eprintln!("ran on backend {backend:?}: endless pages and a trickle refused");
+    }
+}
+
+/// The interpreters whose huggingface_hub the interoperability test runs: an old release
+/// (0.26, before 1.18: it resumes any `BLOB.incomplete` from its size) from the virtualenv
+/// `scripts/setup.sh` makes, and the current one `python3` imports.
+fn hf_interpreters() -> Vec<(String, PathBuf)> {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/hf-venvs/huggingface_hub-0.26.5/bin/python");
+    assert!(
+        venv.exists(),
+        "{} is missing: scripts/setup.sh makes it",
+        venv.display()
+    );
+    vec![
+        ("huggingface_hub 0.26.5".into(), venv),
+        ("huggingface_hub (current)".into(), PathBuf::from("python3")),
+    ]
+}
+
+#[test]
+fn huggingface_hub_old_and_new_never_adopt_a_partial_of_ferrys_and_share_a_cache_with_it() {
+    use ferry_tests::hf::hf_client_python;
+    // The upstream: a mirror ferry pulled from a static Hub, served by ferry serve.
+    let hub = Hub::start(|_| None);
+    let up = tempfile::tempdir().expect("tmp");
+    let o = pull(Backend::Portable, &hub.endpoint(), up.path(), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let serve = ferry_tests::serve::Serve::start(up.path(), None);
+    let endpoint = serve.endpoint();
+    let big = &hub.repo.files[0];
+    let jobs = serde_json::json!([{
+        "op": "snapshot", "repo": "org/model", "type": "model", "revision": "main", "file": ""
+    }]);
+    for backend in backends_under_test() {
+        for (client, python) in hf_interpreters() {
+            let dir = tempfile::tempdir().expect("tmp");
+            let cache = dir.path().join("cache");
+            let folder = cache.join("models--org--model");
+            let partial = folder.join(format!("blobs/{}{PULL_PARTIAL}", big.etag));
+            let slow_pull = |rate: &str| {
+                Command::new(ferry_bin())
+                    .args(["--backend", backend.flag(), "--limit-rate", rate])
+                    .args([
+                        "pull",
+                        "org/model",
+                        "-q",
+                        "-c",
+                        "1",
+                        "--endpoint",
+                        &endpoint,
+                    ])
+                    .arg("--cache-dir")
+                    .arg(&cache)
+                    .env_remove("FERRY_SAFE_MODE")
+                    .env_remove("HF_TOKEN")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            };
+            // 1. A pull killed while its largest blob is preallocated, then the stock client
+            //    on the same cache: it must fetch the bytes, not take ferry's partial.
+            let mut killed = Reap(slow_pull("256K"));
+            wait_for_file(&partial, &mut killed.0);
+            drop(killed);
+            let what = format!("backend={backend:?} {client} after a killed pull");
+            let paths = hf_client_python(&python, &endpoint, &cache, (false, &jobs), None);
+            let snap = paths.first().expect("snapshot path");
+            let mut damage = Damage::default();
+            for f in &hub.repo.files {
+                damage += record::damage(&f.source, &snap.join(&f.path));
+            }
+            Trial::once(
+                (
+                    &format!("{client} on a cache where a pull was killed"),
+                    "hardening::huggingface_hub_old_and_new_never_adopt_a_partial_of_ferrys_and_share_a_cache_with_it",
+                ),
+                Some(backend),
+                "the client fetched every byte; ferry's partial was not taken for complete",
+                damage,
+            )
+            .record();
+            for f in &hub.repo.files {
+                assert_same_file(&f.source, &snap.join(&f.path), &what);
+            }
+            // 2. The next pull finds every file in place and cleans what the killed one left.
+            let o = pull(backend, &endpoint, &cache, &[]);
+            assert!(o.status.success(), "{what}: {}", stderr(&o));
+            let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+            assert_eq!(r["fetched"], 0, "{what}: {r}");
+            assert!(!partial.exists(), "{what}: ferry's partial file was left");
+            assert!(
+                !folder.join(".ferry").exists(),
+                "{what}: the journal was left"
+            );
+
+            // 3. A pull and the stock client at the same time, on a fresh cache: both end
+            //    with every file right.
+            std::fs::remove_dir_all(&cache).expect("fresh cache");
+            let mut running = Reap(slow_pull("1M"));
+            wait_for_file(&partial, &mut running.0);
+            let paths = hf_client_python(&python, &endpoint, &cache, (false, &jobs), None);
+            let status = running.0.wait().expect("wait");
+            let what = format!("backend={backend:?} {client} beside a running pull");
+            assert!(status.success(), "{what}: the pull failed");
+            for f in &hub.repo.files {
+                assert_same_file(&f.source, &paths[0].join(&f.path), &what);
+                let blob = folder.join("blobs").join(&f.etag);
+                assert_same_file(&f.source, &blob, &what);
+            }
+            eprintln!("ran on backend {backend:?}: {client}: no partial adopted, cache shared");
+        }
+    }
+}
+
+/// `ferry gc ARGS --json` on `cache`; its report.
+fn gc(cache: &Path, args: &[&str]) -> serde_json::Value {
+    let cache_s = cache.to_str().expect("utf-8");
+    let mut all = vec!["gc", "--cache-dir", cache_s, "--json"];
+    all.extend_from_slice(args);
+    let o = ferry(Backend::Portable, &all);
+    assert!(o.status.success(), "ferry gc {args:?}: {}", stderr(&o));
+    serde_json::from_slice(&o.stdout).expect("JSON report")
+}
+
+fn removed(report: &serde_json::Value) -> Vec<String> {
+    report["removed"]
+        .as_array()
+        .expect("removed")
+        .iter()
+        .map(|p| p.as_str().expect("path").to_owned())
+        .collect()
+}
+
+#[test]
+fn gc_removes_only_stale_leftovers_of_ferry_and_never_a_running_pulls() {
+    let hub = Hub::start(|_| None);
+    let big = &hub.repo.files[0];
+    for backend in backends_under_test() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = dir.path().join("cache");
+        let folder = cache.join("models--org--model");
+        let partial = folder.join(format!("blobs/{}{PULL_PARTIAL}", big.etag));
+        let mut running = Reap(
+            Command::new(ferry_bin())
+                .args(["--backend", backend.flag(), "--limit-rate", "256K"])
+                .args([
+                    "pull",
+                    "org/model",
+                    "-q",
+                    "-c",
+                    "1",
+                    "--endpoint",
+                    &hub.endpoint(),
+                ])
+                .arg("--cache-dir")
+                .arg(&cache)
+                .env_remove("FERRY_SAFE_MODE")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn"),
+        );
+        wait_for_file(&partial, &mut running.0);
+        // A running pull's files are never touched, however old the cutoff.
+        let r = gc(&cache, &["--older-than", "0"]);
+        let what = format!("backend={backend:?} gc beside a running pull");
+        assert_eq!(r["busy"].as_array().map(Vec::len), Some(1), "{what}: {r}");
+        assert!(removed(&r).is_empty(), "{what}: {r}");
+        assert!(partial.exists(), "{what}");
+        drop(running); // SIGKILL: the partial and the journal stay behind.
+
+        // What a stranger left: a link named like ferry's partial files, pointing outside, and
+        // huggingface_hub's own partial file, which is not ferry's to remove.
+        let victim = victim(dir.path(), "victim");
+        let link = folder.join("blobs/planted.ferry-partial");
+        std::os::unix::fs::symlink(&victim, &link).expect("plant");
+        let theirs = folder.join("blobs/abc.incomplete");
+        std::fs::write(&theirs, b"huggingface_hub's").expect("theirs");
+
+        let r = gc(&cache, &["--older-than", "1h"]);
+        assert!(
+            removed(&r).is_empty(),
+            "backend={backend:?} nothing is an hour old: {r}"
+        );
+        let r = gc(&cache, &["--older-than", "0", "--dry-run"]);
+        assert_eq!(removed(&r).len(), 3, "backend={backend:?} dry run: {r}");
+        assert!(
+            partial.exists() && link.exists(),
+            "a dry run removes nothing"
+        );
+        let r = gc(&cache, &["--older-than", "0"]);
+        let what = format!("backend={backend:?} gc after a killed pull");
+        let gone = removed(&r);
+        assert_eq!(
+            gone.len(),
+            3,
+            "{what}: the partial, the journal, the link: {r}"
+        );
+        assert!(gone.iter().any(|p| p.ends_with(".journal")), "{what}: {r}");
+        assert!(
+            !partial.exists() && std::fs::symlink_metadata(&link).is_err(),
+            "{what}"
+        );
+        assert!(
+            !folder.join(".ferry").exists(),
+            "{what}: the journal folder"
+        );
+        assert_eq!(std::fs::read(&victim).expect("victim"), VICTIM, "{what}");
+        assert!(
+            theirs.exists(),
+            "{what}: huggingface_hub's file was removed"
+        );
+        // The cache still pulls to completion.
+        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        assert!(o.status.success(), "{what}: {}", stderr(&o));
+        let snap = folder.join("snapshots").join(&hub.repo.commit);
+        for f in &hub.repo.files {
+            assert_same_file(&f.source, &snap.join(&f.path), &what);
+        }
+        eprintln!("ran on backend {backend:?}: gc kept a running pull's files, removed the rest");
     }
 }

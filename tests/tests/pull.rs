@@ -9,7 +9,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ferry_tests::hub::{MODEL, Repo, make_repo, repo_from_files, tree_json, write_static_hub};
+use ferry_tests::hub::{
+    MODEL, PULL_PARTIAL, Repo, make_repo, repo_from_files, tree_json, write_static_hub,
+};
 use ferry_tests::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry,
 };
@@ -417,7 +419,7 @@ fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
             .join("models--org--model/blobs")
             .join(&victim.etag);
         assert!(!blob.exists(), "a corrupt blob must not be named");
-        assert!(!Path::new(&format!("{}.incomplete", blob.display())).exists());
+        assert!(!Path::new(&format!("{}{PULL_PARTIAL}", blob.display())).exists());
         let snap = snapshot(cache.path(), &hub.repo);
         assert!(std::fs::symlink_metadata(snap.join(&victim.path)).is_err());
         assert_same_file(

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_tests::hub::{Repo, make_repo, write_static_hub};
+use ferry_tests::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
 use ferry_tests::record::{self, Damage, Trial};
 use ferry_tests::{
     Backend, Nginx, assert_same_file, backends_under_test, ferry_bin, success_report,
@@ -116,7 +116,7 @@ fn check_final_names(
     };
     for entry in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !name.ends_with(".incomplete") {
+        if !name.ends_with(PULL_PARTIAL) {
             check_blob(entry.path(), &name, &mut wrong);
         }
     }
@@ -379,7 +379,7 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
             .expect("blobs")
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".incomplete"))
+            .filter(|n| n.ends_with(PULL_PARTIAL))
             .collect();
         assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
         // Every byte nginx sent for this back-end's runs, killed ones included (nginx logs a

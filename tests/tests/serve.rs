@@ -11,11 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_tests::hf::{have_hf_client, hf_client, hf_client_ca};
 use ferry_tests::record::{self, Trial};
+use ferry_tests::serve::Serve;
 use ferry_tests::tls::TestPki;
 use sha2::{Digest, Sha256};
 
@@ -226,121 +227,6 @@ fn local_root() -> tempfile::TempDir {
 // The server under test.
 
 /// A running `ferry serve`; killed by its PID when dropped.
-struct Serve {
-    child: Child,
-    port: u16,
-    /// `https` when started with a certificate (valid for `localhost`).
-    scheme: &'static str,
-}
-
-impl Serve {
-    fn start(root: &Path, page_size: Option<usize>) -> Serve {
-        Serve::start_with(root, page_size, None, &[])
-    }
-
-    /// Over HTTPS, with tree pages of 3 entries so that clients follow `https://` `Link`s.
-    fn start_tls(root: &Path, cert: &ferry_tests::tls::ServerCert) -> Serve {
-        Serve::start_with(root, Some(3), Some(cert), &[])
-    }
-
-    fn start_with(
-        root: &Path,
-        page_size: Option<usize>,
-        tls: Option<&ferry_tests::tls::ServerCert>,
-        extra: &[&str],
-    ) -> Serve {
-        let scheme = if tls.is_some() { "https" } else { "http" };
-        let mut cmd = Command::new(ferry_tests::ferry_bin());
-        cmd.args(["serve", "--root"])
-            .arg(root)
-            .args(["--addr", "127.0.0.1:0"])
-            .args(extra)
-            .env_remove("FERRY_SERVE_PAGE_SIZE")
-            .env_remove("FERRY_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        if let Some(n) = page_size {
-            cmd.env("FERRY_SERVE_PAGE_SIZE", n.to_string());
-        }
-        if let Some(c) = tls {
-            cmd.arg("--tls-cert")
-                .arg(&c.cert)
-                .arg("--tls-key")
-                .arg(&c.key);
-        }
-        let mut child = cmd.spawn().expect("start ferry serve");
-        let stdout = child.stdout.take().expect("stdout");
-        // The guard exists before anything can panic, so the child is always killed.
-        let mut serve = Serve {
-            child,
-            port: 0,
-            scheme,
-        };
-        let mut lines = BufReader::new(stdout);
-        let mut first = String::new();
-        lines.read_line(&mut first).expect("read stdout");
-        let status = serve.child.try_wait().expect("try_wait");
-        let prefix = format!("ferry serve: listening on {scheme}://127.0.0.1:");
-        assert!(
-            first.starts_with(&prefix),
-            "first line {first:?} (exit status {status:?})"
-        );
-        let addr = first
-            .split("://")
-            .nth(1)
-            .and_then(|s| s.split_whitespace().next())
-            .expect("address");
-        serve.port = addr
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port");
-        assert!(
-            first.contains(&format!(
-                "(root {}",
-                root.canonicalize().expect("root").display()
-            )),
-            "{first}"
-        );
-        // Keep draining stdout so the child never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while lines.read_line(&mut sink).is_ok_and(|n| n > 0) {
-                sink.clear();
-            }
-        });
-        eprintln!(
-            "started ferry serve (pid {}) on port {}",
-            serve.child.id(),
-            serve.port
-        );
-        serve
-    }
-
-    fn endpoint(&self) -> String {
-        match self.scheme {
-            "https" => format!("https://localhost:{}", self.port),
-            _ => format!("http://127.0.0.1:{}", self.port),
-        }
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .expect("timeout");
-        s
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // `Child::kill` signals this child's PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // A raw HTTP/1.1 client.
 
@@ -465,113 +351,6 @@ fn quote(path: &str) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // The real client.
-
-/// True when `python3` can import huggingface_hub; prints why not.
-fn have_hf_client() -> bool {
-    match Command::new("python3")
-        .args([
-            "-c",
-            "import huggingface_hub; print(huggingface_hub.__version__)",
-        ])
-        .output()
-    {
-        Ok(o) if o.status.success() => {
-            eprintln!(
-                "huggingface_hub {}",
-                String::from_utf8_lossy(&o.stdout).trim()
-            );
-            true
-        }
-        Ok(o) => {
-            eprintln!(
-                "SKIP: huggingface_hub not importable (scripts/setup.sh installs it): {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            false
-        }
-        Err(e) => {
-            eprintln!("SKIP: python3 not runnable: {e}");
-            false
-        }
-    }
-}
-
-const CLIENT_SCRIPT: &str = r#"
-import json, sys
-from huggingface_hub import hf_hub_download, snapshot_download
-out = []
-for job in json.loads(sys.argv[1]):
-    if job["op"] == "snapshot":
-        out.append(snapshot_download(job["repo"], repo_type=job["type"], revision=job["revision"]))
-    else:
-        out.append(hf_hub_download(job["repo"], job["file"], repo_type=job["type"], revision=job["revision"]))
-print(json.dumps(out))
-"#;
-
-/// Runs the huggingface_hub client on `jobs` and returns the paths it returned.
-fn hf_client(
-    endpoint: &str,
-    cache: &Path,
-    offline: bool,
-    jobs: &serde_json::Value,
-) -> Vec<PathBuf> {
-    hf_client_ca(endpoint, cache, offline, jobs, None)
-}
-
-/// [`hf_client`] trusting the CA in `ca` (through `SSL_CERT_FILE`, as users of a private CA do).
-fn hf_client_ca(
-    endpoint: &str,
-    cache: &Path,
-    offline: bool,
-    jobs: &serde_json::Value,
-    ca: Option<&Path>,
-) -> Vec<PathBuf> {
-    let mut cmd = Command::new("python3");
-    cmd.args(["-c", CLIENT_SCRIPT, &jobs.to_string()])
-        .env("HF_ENDPOINT", endpoint)
-        .env("HF_HUB_DISABLE_XET", "1")
-        .env("HF_HUB_CACHE", cache)
-        .env("HF_HOME", cache.join("home"))
-        .env("HF_HUB_DISABLE_TELEMETRY", "1")
-        .env("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-        .env("HF_HUB_OFFLINE", if offline { "1" } else { "0" })
-        .env("NO_PROXY", "*")
-        .env("no_proxy", "*");
-    for var in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_HUB_ENABLE_HF_TRANSFER",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-    ] {
-        cmd.env_remove(var);
-    }
-    if let Some(ca) = ca {
-        cmd.env("SSL_CERT_FILE", ca);
-    }
-    eprintln!("python3 huggingface_hub (offline={offline}): {jobs}");
-    let o = cmd.output().expect("run python3");
-    assert!(
-        o.status.success(),
-        "huggingface_hub failed (offline={offline}):\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let last = stdout.lines().last().expect("client output");
-    serde_json::from_str::<Vec<String>>(last)
-        .expect("client JSON")
-        .into_iter()
-        .map(PathBuf::from)
-        .collect()
-}
 
 fn job(op: &str, repo: &str, kind: &str, revision: &str, file: &str) -> serde_json::Value {
     serde_json::json!({ "op": op, "repo": repo, "type": kind, "revision": revision, "file": file })

@@ -8,6 +8,7 @@
 //! another pull is writing the same repo; 130 / 143 `get` or `pull` stopped by SIGINT / SIGTERM
 //! (what a pull wrote is kept for the next run).
 
+mod gc;
 mod get;
 mod ping;
 mod probe;
@@ -143,6 +144,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure endpoints: connect, TLS, time to first byte and throughput of a ranged read.
     Ping(ping::PingArgs),
+    /// Remove the partial files and journals interrupted pulls left (older than an age).
+    Gc(gc::GcArgs),
 }
 
 impl Global {
@@ -179,6 +182,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(&cli.global, args),
         Command::Serve(args) => serve::run(&cli.global, args),
         Command::Ping(args) => ping::run(&cli.global, args),
+        Command::Gc(args) => gc::run(args),
     };
     ExitCode::from(code)
 }

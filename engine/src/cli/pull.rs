@@ -161,8 +161,13 @@ fn hf_home() -> Option<PathBuf> {
 }
 
 fn cache_dir(args: &PullArgs) -> Result<PathBuf, HubError> {
-    if let Some(d) = &args.cache_dir {
-        return Ok(d.clone());
+    default_cache_dir(args.cache_dir.clone())
+}
+
+/// `--cache-dir`, else `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub(super) fn default_cache_dir(flag: Option<PathBuf>) -> Result<PathBuf, HubError> {
+    if let Some(d) = flag {
+        return Ok(d);
     }
     if let Some(d) = env("HF_HUB_CACHE") {
         return Ok(PathBuf::from(d));

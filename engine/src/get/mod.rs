@@ -93,6 +93,9 @@ pub(crate) const HASH_WINDOW: u64 = 128 << 20;
 /// 0.6-0.7 s per 8 GiB; 0.2-0.4 s with 4 MiB leases). 8 GiB from nginx, alternated, 6 rounds
 /// in two runs: 5.70 and 5.67 s with 8 MiB leases, 5.34 and 5.14 s with 4 MiB.
 const HASH_SPREAD: u64 = HASH_WINDOW / 2;
+/// What the partial file of `PATH` adds to its name, unless the job says otherwise.
+pub(crate) const PARTIAL_SUFFIX: &str = ".incomplete";
+
 /// Fetches of the whole file when its sha256 does not match: the first, and one more.
 const MAX_FETCHES: u32 = 2;
 
@@ -388,6 +391,8 @@ pub(crate) struct FileSpec {
     pub output: PathBuf,
     /// The output's directory, held open: the partial file is created in it by name.
     pub dir: Dir,
+    /// The partial file is the output's name plus this.
+    pub partial_suffix: &'static str,
     pub sink: SinkChoice,
     pub checksum: Option<Checksum>,
     /// The size stated up front (for ordering and progress), if any.
@@ -494,8 +499,8 @@ impl Ctx {
         (started, endpoints): (Instant, Arc<Endpoints>),
     ) -> Ctx {
         let mut name = spec.output.as_os_str().to_owned();
-        name.push(".incomplete");
-        let partial = Partial::new(spec.dir, &spec.output);
+        name.push(spec.partial_suffix);
+        let partial = Partial::new(spec.dir, &spec.output, spec.partial_suffix);
         progress.add_file(spec.size);
         let sources = std::iter::once(spec.target)
             .chain(spec.mirrors)

@@ -1,4 +1,4 @@
-//! The partial file `PATH.incomplete`: created without following symlinks, locked against a
+//! The partial file (`PATH.incomplete`, or the suffix the job gives): created without following symlinks, locked against a
 //! second ferry writing the same output, and renamed into place only while it is still the file
 //! this process wrote.
 //!
@@ -33,7 +33,7 @@ const OPEN_TRIES: usize = 8;
 #[derive(Debug)]
 pub(crate) struct Partial {
     dir: Dir,
-    /// `NAME.incomplete`.
+    /// `NAME.incomplete` (or another suffix).
     name: OsString,
     /// `NAME`.
     final_name: OsString,
@@ -42,11 +42,11 @@ pub(crate) struct Partial {
 }
 
 impl Partial {
-    /// The partial file of `output`, which lives in `dir`.
-    pub fn new(dir: Dir, output: &Path) -> Partial {
+    /// The partial file of `output`, which lives in `dir`: its name plus `suffix`.
+    pub fn new(dir: Dir, output: &Path, suffix: &str) -> Partial {
         let final_name = output.file_name().unwrap_or(output.as_os_str()).to_owned();
         let mut name = final_name.clone();
-        name.push(".incomplete");
+        name.push(suffix);
         Partial {
             dir,
             name,

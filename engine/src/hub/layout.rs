@@ -211,6 +211,34 @@ impl Place {
         Ok(())
     }
 
+    /// Removes the partial files ferry left for files of `files` that are in place now (not in
+    /// `fetching`): another tool completed them after a pull was interrupted. Only ferry's own
+    /// partial name is touched, never huggingface_hub's; call it under the journal's lock.
+    pub fn remove_stale_partials(&self, files: &[RemoteFile], fetching: &[RemoteFile]) {
+        let wanted: std::collections::HashSet<PathBuf> =
+            fetching.iter().map(|f| self.bytes_path(f)).collect();
+        for f in files {
+            let path = self.bytes_path(f);
+            if wanted.contains(&path) {
+                continue;
+            }
+            let mut name = path.file_name().unwrap_or_default().to_owned();
+            name.push(super::pull::PARTIAL_SUFFIX);
+            let Some(parent) = path.parent() else {
+                continue;
+            };
+            let Ok(dir) = self.dir(parent, false) else {
+                continue;
+            };
+            if dir.stat(&name).ok().flatten().is_some() && dir.unlink(&name).is_ok() {
+                tracing::info!(
+                    "removed {}: the file is complete now",
+                    parent.join(&name).display()
+                );
+            }
+        }
+    }
+
     /// Records that `revision` is `commit` (cache only; a commit names itself).
     pub fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
         if !self.is_cache() || revision == commit {

@@ -24,17 +24,19 @@
 //! # }
 //! ```
 //!
-//! Not here yet: HTTPS endpoints (plain `http://` only), and resuming a file that was partly
-//! fetched when a pull stopped (it is fetched again; complete files are not).
+//! [`gc`] removes what interrupted pulls left and no run resumes. Not here: serving
+//! ([`crate::serve`]).
 
 mod api;
 mod error;
+mod gc;
 mod layout;
 pub(crate) mod listing;
 mod pull;
 pub(crate) mod repo;
 
 pub use error::HubError;
+pub use gc::{GcReport, gc, parse_age};
 pub use layout::Layout;
 pub use pull::{Pull, PullOptions, PullReport, file_urls};
 pub use repo::{RepoId, RepoType};

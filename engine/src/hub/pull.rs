@@ -32,6 +32,10 @@ const RETRY_ROUNDS: u32 = 3;
 
 /// Pages of a tree walk followed at most (a loop guard; the Hub pages by 1,000 entries).
 const MAX_PAGES: usize = 2_000;
+/// A pull's partial files are `BLOB.ferry-partial`: huggingface_hub names its own
+/// `BLOB.incomplete`, and releases before 1.18 resume any file under that name from its size, so
+/// a preallocated partial of ferry's would be taken for complete.
+pub(crate) const PARTIAL_SUFFIX: &str = ".ferry-partial";
 /// Entries of a listing, files and directories together, before it is refused: a million
 /// entries take some 450 MB to hold and check (the Hub's largest repos have a few hundred
 /// thousand files).
@@ -211,11 +215,12 @@ impl<'e> Pull<'e> {
             .collect();
         place.prepare(&files)?;
         check_space(&place, &fetching, engine.config().min_free)?;
-        let journal = if fetching.is_empty() {
-            None
-        } else {
-            Some(Arc::new(open_journal(&place, &commit)?))
-        };
+        // Locked even when nothing is fetched: the leftovers of an interrupted pull whose files
+        // another tool completed since are removed under the lock (the journal once this pull
+        // completes).
+        let journal = Arc::new(open_journal(&place, &commit)?);
+        place.remove_stale_partials(&files, &fetching);
+        let journal = Some(journal);
         let mut pull = Pull {
             engine,
             options,
@@ -245,6 +250,7 @@ impl<'e> Pull<'e> {
             let item = o.mirrors.iter().fold(
                 GetItem::new(url, self.place.bytes_path(f))
                     .beneath(self.place.base())
+                    .partial_suffix(PARTIAL_SUFFIX)
                     .size(f.size)
                     .authorization(o.authorization.clone()),
                 |item, m| item.mirror(file_url(m, o, &self.commit, &f.path)),
@@ -691,7 +697,7 @@ fn check_space(
         .iter()
         .map(|f| {
             let mut partial = place.bytes_path(f).into_os_string();
-            partial.push(".incomplete");
+            partial.push(PARTIAL_SUFFIX);
             let allocated = std::fs::symlink_metadata(&partial).map_or(0, |m| m.blocks() * 512);
             f.size.saturating_sub(allocated)
         })

@@ -1,0 +1,127 @@
+//! `ferry serve` as a child process for the tests: started on a free loopback port (read from
+//! its first stdout line), killed by its PID when the guard drops, also when a test fails.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `ferry serve`.
+#[derive(Debug)]
+pub struct Serve {
+    child: Child,
+    /// The port it listens on.
+    pub port: u16,
+    /// `https` when started with a certificate (valid for `localhost`).
+    pub scheme: &'static str,
+}
+
+impl Serve {
+    /// Serves `root` (tree pages of `page_size` entries when given).
+    pub fn start(root: &Path, page_size: Option<usize>) -> Serve {
+        Serve::start_with(root, page_size, None, &[])
+    }
+
+    /// Over HTTPS, with tree pages of 3 entries so that clients follow `https://` `Link`s.
+    pub fn start_tls(root: &Path, cert: &crate::tls::ServerCert) -> Serve {
+        Serve::start_with(root, Some(3), Some(cert), &[])
+    }
+
+    pub fn start_with(
+        root: &Path,
+        page_size: Option<usize>,
+        tls: Option<&crate::tls::ServerCert>,
+        extra: &[&str],
+    ) -> Serve {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut cmd = Command::new(crate::ferry_bin());
+        cmd.args(["serve", "--root"])
+            .arg(root)
+            .args(["--addr", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("FERRY_SERVE_PAGE_SIZE")
+            .env_remove("FERRY_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        if let Some(n) = page_size {
+            cmd.env("FERRY_SERVE_PAGE_SIZE", n.to_string());
+        }
+        if let Some(c) = tls {
+            cmd.arg("--tls-cert")
+                .arg(&c.cert)
+                .arg("--tls-key")
+                .arg(&c.key);
+        }
+        let mut child = cmd.spawn().expect("start ferry serve");
+        let stdout = child.stdout.take().expect("stdout");
+        // The guard exists before anything can panic, so the child is always killed.
+        let mut serve = Serve {
+            child,
+            port: 0,
+            scheme,
+        };
+        let mut lines = BufReader::new(stdout);
+        let mut first = String::new();
+        lines.read_line(&mut first).expect("read stdout");
+        let status = serve.child.try_wait().expect("try_wait");
+        let prefix = format!("ferry serve: listening on {scheme}://127.0.0.1:");
+        assert!(
+            first.starts_with(&prefix),
+            "first line {first:?} (exit status {status:?})"
+        );
+        let addr = first
+            .split("://")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("address");
+        serve.port = addr
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        assert!(
+            first.contains(&format!(
+                "(root {}",
+                root.canonicalize().expect("root").display()
+            )),
+            "{first}"
+        );
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while lines.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        eprintln!(
+            "started ferry serve (pid {}) on port {}",
+            serve.child.id(),
+            serve.port
+        );
+        serve
+    }
+
+    pub fn endpoint(&self) -> String {
+        match self.scheme {
+            "https" => format!("https://localhost:{}", self.port),
+            _ => format!("http://127.0.0.1:{}", self.port),
+        }
+    }
+
+    pub fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        s
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        // `Child::kill` signals this child's PID only.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
