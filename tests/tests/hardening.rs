@@ -1054,3 +1054,145 @@ fn gc_removes_only_stale_leftovers_of_ferry_and_never_a_running_pulls() {
         eprintln!("ran on backend {backend:?}: gc kept a running pull's files, removed the rest");
     }
 }
+
+/// `ferry verify org/model --endpoint HUB ARGS --json` on `backend`: exit code and report.
+fn verify(
+    backend: Backend,
+    endpoint: &str,
+    args: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let mut all = vec!["verify", "org/model", "--endpoint", endpoint, "--json"];
+    all.extend_from_slice(args);
+    let o = ferry(backend, &all);
+    let report = serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null);
+    (o.status.code(), report, stderr(&o))
+}
+
+/// The state `verify` gave the file `path`.
+fn state_of(report: &serde_json::Value, path: &str) -> String {
+    report["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == path)
+        .map(|f| f["state"].as_str().expect("state").to_owned())
+        .unwrap_or_default()
+}
+
+/// Changes byte 100 of `p` in place and puts its mtime back, as a careless tool or an attacker
+/// would; first waits out the slack a mark allows its own change time.
+fn tamper_keeping_mtime(p: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    std::thread::sleep(Duration::from_millis(2_200));
+    let mtime = std::fs::metadata(p)
+        .expect("stat")
+        .modified()
+        .expect("mtime");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(p)
+        .expect("open");
+    f.seek(SeekFrom::Start(100)).expect("seek");
+    f.write_all(&[0x5a]).expect("write");
+    f.set_modified(mtime).expect("put the mtime back");
+}
+
+#[test]
+fn a_file_changed_in_place_is_caught_by_verify_and_the_next_pull() {
+    let hub = Hub::start(|_| None);
+    let (big, gone) = (&hub.repo.files[0], &hub.repo.files[5]);
+    for backend in backends_under_test() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let cache = dir.path().join("cache");
+        let cache_s = cache.to_str().expect("utf-8");
+        let folder = cache.join("models--org--model");
+        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let trees = folder.join(format!("trees/{}.json", hub.repo.commit));
+        assert!(trees.exists(), "the pull keeps the commit's listing");
+        let (code, r, err) = verify(backend, &hub.endpoint(), &["--cache-dir", cache_s]);
+        let what = format!("backend={backend:?} verify after a pull");
+        assert_eq!(code, Some(0), "{what}: {err}");
+        assert_eq!(
+            (r["good"].as_u64(), r["listing"].as_str()),
+            (Some(9), Some("kept")),
+            "{r}"
+        );
+
+        // In place, mtime put back: the mark must not vouch for it any more.
+        tamper_keeping_mtime(&folder.join("blobs").join(&big.etag));
+        let snap = folder.join("snapshots").join(&hub.repo.commit);
+        std::fs::remove_file(snap.join(&gone.path)).expect("remove a snapshot entry");
+        let (code, r, err) = verify(backend, &hub.endpoint(), &["--cache-dir", cache_s]);
+        let what = format!("backend={backend:?} verify after damage");
+        assert_eq!(code, Some(15), "{what}: {err}");
+        assert_eq!(state_of(&r, &big.path), "damaged", "{what}: {r}");
+        assert_eq!(state_of(&r, &gone.path), "missing", "{what}: {r}");
+        assert_eq!(r["good"], 7, "{what}: {r}");
+
+        // The next pull does not trust the stale mark: it fetches the damaged file again.
+        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let rep: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
+        assert_eq!(
+            rep["fetched"], 1,
+            "{what}: the changed file is fetched again: {rep}"
+        );
+        for f in &hub.repo.files {
+            assert_same_file(&f.source, &snap.join(&f.path), &what);
+        }
+
+        // Damage again, without the kept listing (asked of the endpoint), then --repair.
+        tamper_keeping_mtime(&folder.join("blobs").join(&big.etag));
+        std::fs::remove_file(&trees).expect("drop the kept listing");
+        let (code, r, err) = verify(
+            backend,
+            &hub.endpoint(),
+            &["--cache-dir", cache_s, "--repair"],
+        );
+        let what = format!("backend={backend:?} verify --repair");
+        assert_eq!(code, Some(0), "{what}: {err}");
+        assert_eq!(
+            (r["good"].as_u64(), r["listing"].as_str()),
+            (Some(9), Some("kept")),
+            "{r}"
+        );
+        for f in &hub.repo.files {
+            assert_same_file(&f.source, &snap.join(&f.path), &what);
+        }
+
+        // A kept listing planted to name a path outside the mirror is refused.
+        std::fs::write(
+            &trees,
+            br#"{"format_version":1,"files":{"../../escape":{"size":1,"blob_id":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}}}"#,
+        )
+        .expect("plant");
+        let (code, _, err) = verify(backend, &hub.endpoint(), &["--cache-dir", cache_s]);
+        assert_eq!(
+            code,
+            Some(13),
+            "backend={backend:?} hostile kept listing: {err}"
+        );
+
+        // A local dir, the same way.
+        let local = dir.path().join("local");
+        let local_s = local.to_str().expect("utf-8");
+        let o = ferry(
+            backend,
+            &[
+                "pull",
+                "org/model",
+                "--endpoint",
+                &hub.endpoint(),
+                "--local-dir",
+                local_s,
+            ],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        tamper_keeping_mtime(&local.join(&big.path));
+        let (code, r, err) = verify(backend, &hub.endpoint(), &["--local-dir", local_s]);
+        assert_eq!(code, Some(15), "backend={backend:?} local dir: {err}");
+        assert_eq!(state_of(&r, &big.path), "damaged", "{r}");
+        eprintln!("ran on backend {backend:?}: in-place change caught by verify and pull");
+    }
+}

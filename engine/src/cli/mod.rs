@@ -16,6 +16,7 @@ mod progress;
 mod pull;
 mod serve;
 mod signals;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,6 +41,8 @@ pub(crate) mod exit {
     pub const NO_SPACE: u8 = 12;
     pub const BAD_LISTING: u8 = 13;
     pub const BUSY: u8 = 14;
+    /// `ferry verify`: a file is missing or damaged.
+    pub const DAMAGED: u8 = 15;
 }
 
 #[derive(Debug, Parser)]
@@ -144,6 +147,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Measure endpoints: connect, TLS, time to first byte and throughput of a ranged read.
     Ping(ping::PingArgs),
+    /// Re-hash a mirrored snapshot against its listing: each file good, missing or damaged.
+    Verify(verify::VerifyArgs),
     /// Remove the partial files and journals interrupted pulls left (older than an age).
     Gc(gc::GcArgs),
 }
@@ -182,6 +187,7 @@ pub fn main() -> ExitCode {
         Command::Pull(args) => pull::run(&cli.global, args),
         Command::Serve(args) => serve::run(&cli.global, args),
         Command::Ping(args) => ping::run(&cli.global, args),
+        Command::Verify(args) => verify::run(&cli.global, args),
         Command::Gc(args) => gc::run(args),
     };
     ExitCode::from(code)
@@ -205,6 +211,16 @@ fn init_logging(verbose: u8) {
         .without_time()
         .with_target(false)
         .try_init();
+}
+
+/// A name from a listing or the disk as it may be printed: control characters (a newline, an
+/// escape sequence for the terminal) shown escaped, never sent as they are.
+pub(crate) fn escape(name: &str) -> String {
+    if name.chars().any(char::is_control) {
+        name.escape_debug().to_string()
+    } else {
+        name.to_owned()
+    }
 }
 
 /// Prints a summary as one JSON object on stdout.

@@ -15,6 +15,29 @@ use super::{Global, exit, get_error_code};
 /// Arguments of `ferry pull`.
 #[derive(Debug, Args)]
 pub(crate) struct PullArgs {
+    #[command(flatten)]
+    repo: RepoArgs,
+    /// Only files matching this pattern (fnmatch, as huggingface_hub; repeatable).
+    #[arg(long, value_name = "GLOB")]
+    include: Vec<String>,
+    /// Skip files matching this pattern (repeatable).
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
+    /// Connections for the bytes.
+    #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
+    connections: u32,
+    /// The summary as one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar and no summary (errors still go to stderr).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+/// Which repo, where it is mirrored, and where it comes from: what `ferry pull` and
+/// `ferry verify` share.
+#[derive(Debug, Args)]
+pub(crate) struct RepoArgs {
     /// The repo: `org/name` (or `name`).
     repo_id: String,
     /// Branch, tag or commit.
@@ -23,12 +46,6 @@ pub(crate) struct PullArgs {
     /// model, dataset or space.
     #[arg(long, default_value = "model", value_parser = parse_repo_type)]
     repo_type: RepoType,
-    /// Only files matching this pattern (fnmatch, as huggingface_hub; repeatable).
-    #[arg(long, value_name = "GLOB")]
-    include: Vec<String>,
-    /// Skip files matching this pattern (repeatable).
-    #[arg(long, value_name = "GLOB")]
-    exclude: Vec<String>,
     /// Write plain files into DIR (with huggingface_hub's .cache/huggingface metadata) instead
     /// of the cache.
     #[arg(long, value_name = "DIR", conflicts_with = "cache_dir")]
@@ -53,15 +70,6 @@ pub(crate) struct PullArgs {
     /// process list. Surrounding whitespace is dropped.
     #[arg(long, value_name = "FILE", conflicts_with = "token")]
     token_file: Option<PathBuf>,
-    /// Connections for the bytes.
-    #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
-    connections: u32,
-    /// The summary as one JSON object on stdout.
-    #[arg(long)]
-    json: bool,
-    /// No progress bar and no summary (errors still go to stderr).
-    #[arg(short, long)]
-    quiet: bool,
 }
 
 pub(super) fn parse_repo_type(s: &str) -> Result<RepoType, String> {
@@ -94,7 +102,7 @@ pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
     if !args.quiet && !args.json {
         eprintln!(
             "{} at {}: {files} files, {fetching} to fetch",
-            args.repo_id,
+            args.repo.repo_id,
             &pull.commit()[..12]
         );
     }
@@ -112,6 +120,11 @@ pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
 }
 
 fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
+    Ok(repo_options(&args.repo)?.filter(args.include.clone(), args.exclude.clone()))
+}
+
+/// The options of a pull (or a verify) of the repo `args` names, with no filter.
+pub(super) fn repo_options(args: &RepoArgs) -> Result<PullOptions, HubError> {
     let repo = RepoId::parse(&args.repo_id).map_err(HubError::Usage)?;
     let endpoint = parse_endpoint(&default_endpoint(args.endpoint.clone()))?;
     let mirrors = args
@@ -125,8 +138,7 @@ fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
     };
     let mut o = PullOptions::new(repo, layout, endpoint)
         .kind(args.repo_type)
-        .revision(args.revision.clone())
-        .filter(args.include.clone(), args.exclude.clone());
+        .revision(args.revision.clone());
     for m in mirrors {
         o = o.mirror(m);
     }
@@ -160,7 +172,7 @@ fn hf_home() -> Option<PathBuf> {
         .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))
 }
 
-fn cache_dir(args: &PullArgs) -> Result<PathBuf, HubError> {
+fn cache_dir(args: &RepoArgs) -> Result<PathBuf, HubError> {
     default_cache_dir(args.cache_dir.clone())
 }
 

@@ -1762,21 +1762,22 @@ async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report
     }
     // The file was truncated when created and grew by exactly the bytes counted in `done`.
     let file = ctx.open_file().await?;
-    if let Some((digest, _)) = &hash {
-        // Before the commit, so that the mark is as durable as the bytes.
-        crate::verify::mark::set(&file, digest);
-    }
     ctx.settings
         .durable
         .commit(&file, ctx.sink.syncfs)
         .await
         .map_err(|source| ctx.io_error("fsync", source))?;
-    drop(file);
     ctx.partial.publish().map_err(|source| GetError::Io {
         op: "rename",
         path: ctx.output.clone(),
         source,
     })?;
+    if let Some((digest, _)) = &hash {
+        // After the rename: the mark must be the inode's last change (see `verify::mark`). It
+        // is not made durable; lost in a crash, it only costs a hash.
+        crate::verify::mark::set(&file, digest);
+    }
+    drop(file);
     let seconds = ctx.started.elapsed().as_secs_f64();
     let (sink, sink_reason) = ctx.sink_used();
     Ok(Report {

@@ -239,6 +239,155 @@ impl Place {
         }
     }
 
+    /// Where the listing of `commit` is kept (`trees/COMMIT.json`, as huggingface_hub keeps it).
+    pub fn trees_path(&self, commit: &str) -> PathBuf {
+        let folder = if self.is_cache() {
+            self.root.clone()
+        } else {
+            self.root.join(".cache/huggingface")
+        };
+        folder.join("trees").join(format!("{commit}.json"))
+    }
+
+    /// Keeps the listing of `commit` (every file of it) beside the mirror; nothing when the
+    /// listing lacks the git blob ids huggingface_hub's format needs.
+    pub fn write_trees(&self, commit: &str, files: &[RemoteFile]) -> Result<(), HubError> {
+        match super::trees::encode(files) {
+            Some(bytes) => self.write_atomic(&self.trees_path(commit), &bytes),
+            None => Ok(()),
+        }
+    }
+
+    /// The listing of `commit` kept beside the mirror, if any (checked like a listing from the
+    /// network); `Err` when one is there but cannot be used.
+    pub fn read_trees(&self, commit: &str) -> Result<Option<Vec<RemoteFile>>, String> {
+        use std::io::Read;
+        let path = self.trees_path(commit);
+        let parent = path.parent().unwrap_or(&self.root);
+        let Ok(dir) = self.dir(parent, false) else {
+            return Ok(None);
+        };
+        let name = path.file_name().unwrap_or_default();
+        let mut file = match dir.open_std(name, rustix::fs::OFlags::RDONLY) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let mut bytes = Vec::new();
+        file.by_ref()
+            .take(super::trees::MAX_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if bytes.len() as u64 > super::trees::MAX_BYTES {
+            return Err(format!(
+                "{}: larger than {} bytes",
+                path.display(),
+                super::trees::MAX_BYTES
+            ));
+        }
+        super::trees::decode(&bytes)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    /// The commit `refs/REVISION` names (cache only), read without following a symlink.
+    pub fn read_ref(&self, revision: &str) -> Option<String> {
+        use std::io::Read;
+        let path = self.root.join("refs").join(revision);
+        let dir = self.dir(path.parent()?, false).ok()?;
+        let mut file = dir
+            .open_std(path.file_name()?, rustix::fs::OFlags::RDONLY)
+            .ok()?;
+        let mut text = String::new();
+        file.by_ref().take(64).read_to_string(&mut text).ok()?;
+        let commit = text.trim().to_ascii_lowercase();
+        super::repo::is_commit(&commit).then_some(commit)
+    }
+
+    /// The commit the files of a local dir were pulled at, when their metadata all name one.
+    pub fn local_commit(&self) -> Option<String> {
+        let mut commits = std::collections::BTreeSet::new();
+        let mut stack = vec![self.root.join(".cache/huggingface/download")];
+        while let Some(dir) = stack.pop() {
+            for e in std::fs::read_dir(&dir).ok()?.flatten() {
+                let kind = e.file_type().ok()?;
+                if kind.is_dir() {
+                    stack.push(e.path());
+                } else if kind.is_file() && e.file_name().to_string_lossy().ends_with(".metadata") {
+                    let text = std::fs::read_to_string(e.path()).ok()?;
+                    commits.insert(text.lines().next()?.to_owned());
+                }
+            }
+        }
+        let mut it = commits.into_iter();
+        match (it.next(), it.next()) {
+            (Some(c), None) if super::repo::is_commit(&c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// What `f` of `commit` is in this mirror: good (its bytes hash right, and it is marked
+    /// so), missing, or damaged (with why). Always hashes: it does not trust marks.
+    pub fn check(
+        &self,
+        commit: &str,
+        f: &RemoteFile,
+        hashed: &mut dyn FnMut(u64),
+    ) -> (super::verify::FileState, Option<String>) {
+        use super::verify::FileState;
+        let entry = self.file_path(commit, f);
+        let Ok(meta) = std::fs::symlink_metadata(&entry) else {
+            return (FileState::Missing, None);
+        };
+        let bytes = if meta.file_type().is_symlink() && self.is_cache() {
+            let target = std::fs::read_link(&entry).unwrap_or_default();
+            if target != link_target(f) {
+                return (
+                    FileState::Damaged,
+                    Some(format!(
+                        "the snapshot entry points to {}, not its blob",
+                        target.display()
+                    )),
+                );
+            }
+            self.bytes_path(f)
+        } else {
+            entry
+        };
+        match std::fs::symlink_metadata(&bytes) {
+            Err(_) => return (FileState::Missing, Some("its blob is missing".into())),
+            Ok(m) if !m.is_file() => {
+                return (FileState::Damaged, Some("not a regular file".into()));
+            }
+            Ok(m) if m.len() != f.size => {
+                return (
+                    FileState::Damaged,
+                    Some(format!("{} bytes, listed with {}", m.len(), f.size)),
+                );
+            }
+            Ok(_) => {}
+        }
+        let Some(digest) = Checksum::parse(f.algorithm, &f.etag) else {
+            return (
+                FileState::Damaged,
+                Some("the listing's digest is not valid".into()),
+            );
+        };
+        match hash_file_counted(&bytes, f, hashed) {
+            Ok(got) if got == digest => {
+                if let Ok(file) = std::fs::File::open(&bytes) {
+                    mark::set(&file, &digest);
+                }
+                (FileState::Good, None)
+            }
+            Ok(got) => (
+                FileState::Damaged,
+                Some(format!("{} {got}, listed {digest}", f.algorithm)),
+            ),
+            Err(e) => (FileState::Damaged, Some(format!("cannot read it: {e}"))),
+        }
+    }
+
     /// Records that `revision` is `commit` (cache only; a commit names itself).
     pub fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
         if !self.is_cache() || revision == commit {
@@ -282,13 +431,29 @@ impl Place {
 
 /// The digest of the file at `path`, as `f`'s algorithm computes it.
 fn hash_file(path: &Path, f: &RemoteFile) -> io::Result<Checksum> {
-    let mut file = std::fs::File::open(path)?;
+    hash_file_counted(path, f, &mut |_| {})
+}
+
+/// [`hash_file`], telling `hashed` each step's bytes (not following `path` if a symlink).
+fn hash_file_counted(
+    path: &Path,
+    f: &RemoteFile,
+    hashed: &mut dyn FnMut(u64),
+) -> io::Result<Checksum> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
     let mut hasher = Hasher::new(f.algorithm, f.size);
     let mut buf = vec![0u8; 4 << 20];
     loop {
         match file.read(&mut buf) {
             Ok(0) => return Ok(hasher.finalize()),
-            Ok(n) => hasher.update(&buf[..n]),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                hashed(n as u64);
+            }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
@@ -324,6 +489,7 @@ mod tests {
             size: 3,
             algorithm: HashAlgorithm::GitSha1,
             etag: h.finalize().to_string(),
+            blob_id: None,
         }
     }
 

@@ -76,6 +76,9 @@ pub(crate) struct RemoteFile {
     pub algorithm: HashAlgorithm,
     /// Lowercase hex; also the blob's name in the cache (the Hub's ETag).
     pub etag: String,
+    /// The git blob id of the file (of its LFS pointer, for an LFS file), when listed: what a
+    /// tree listing kept beside the cache (`trees/COMMIT.json`) records.
+    pub blob_id: Option<String>,
 }
 
 /// Longest repo path accepted, and longest single name (Linux's `NAME_MAX`).
@@ -116,19 +119,20 @@ fn remote_file(
     oid: Option<String>,
     lfs: Option<(String, u64)>,
 ) -> Result<RemoteFile, String> {
-    let (algorithm, etag, size) = match lfs {
-        Some((sha256, size)) => (HashAlgorithm::Sha256, sha256, size),
-        None => (
-            HashAlgorithm::GitSha1,
-            oid.ok_or_else(|| format!("file {path:?} has no git blob id"))?,
-            size.ok_or_else(|| format!("file {path:?} has no size"))?,
-        ),
+    let (algorithm, etag, size, blob_id) = match lfs {
+        Some((sha256, size)) => (HashAlgorithm::Sha256, sha256, size, oid),
+        None => {
+            let oid = oid.ok_or_else(|| format!("file {path:?} has no git blob id"))?;
+            let size = size.ok_or_else(|| format!("file {path:?} has no size"))?;
+            (HashAlgorithm::GitSha1, oid.clone(), size, Some(oid))
+        }
     };
     Ok(RemoteFile {
         path,
         size,
         algorithm,
         etag,
+        blob_id,
     })
 }
 
@@ -150,6 +154,12 @@ pub(crate) fn check(mut files: Vec<RemoteFile>) -> Result<Vec<RemoteFile>, Strin
             ));
         }
         f.etag = etag;
+        // Kept only as the 40 hex digits a git blob id is.
+        f.blob_id = f
+            .blob_id
+            .take()
+            .map(|b| b.to_ascii_lowercase())
+            .filter(|b| is_hex(b, 40));
         if !seen.insert(f.path.clone()) {
             return Err(format!("file {:?} is listed twice", f.path));
         }
@@ -265,6 +275,7 @@ mod tests {
             size: 1,
             algorithm: HashAlgorithm::GitSha1,
             etag: "a".repeat(40),
+            blob_id: None,
         }
     }
 

@@ -24,7 +24,8 @@
 //! # }
 //! ```
 //!
-//! [`gc`] removes what interrupted pulls left and no run resumes. Not here: serving
+//! [`verify`] re-hashes a mirror against its listing; [`gc`] removes what interrupted pulls
+//! left and no run resumes. Not here: serving
 //! ([`crate::serve`]).
 
 mod api;
@@ -34,9 +35,12 @@ mod layout;
 pub(crate) mod listing;
 mod pull;
 pub(crate) mod repo;
+mod trees;
+mod verify;
 
 pub use error::HubError;
 pub use gc::{GcReport, gc, parse_age};
 pub use layout::Layout;
 pub use pull::{Pull, PullOptions, PullReport, file_urls};
 pub use repo::{RepoId, RepoType};
+pub use verify::{FileCheck, FileState, VerifyReport, verify};

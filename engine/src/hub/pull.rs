@@ -177,6 +177,8 @@ pub struct Pull<'e> {
     place: Place,
     commit: String,
     files: Vec<RemoteFile>,
+    /// Every file of the commit, as listed (before `--include`/`--exclude`).
+    listed: Vec<RemoteFile>,
     /// The file whose bytes each download brings (one per blob).
     fetching: Vec<RemoteFile>,
     job: Option<Job>,
@@ -198,10 +200,11 @@ impl<'e> Pull<'e> {
         }
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
         super::repo::check_revision(&options.revision).map_err(HubError::Usage)?;
-        let (commit, files) = list_somewhere(engine, &options)?;
-        let files: Vec<RemoteFile> = files
-            .into_iter()
+        let (commit, listed) = list_somewhere(engine, &options)?;
+        let files: Vec<RemoteFile> = listed
+            .iter()
             .filter(|f| filter.keeps(&f.path))
+            .cloned()
             .collect();
         let listing_seconds = started.elapsed().as_secs_f64();
         let place = Place::new(&options.layout, &options.repo, options.kind);
@@ -227,6 +230,7 @@ impl<'e> Pull<'e> {
             place,
             commit,
             files,
+            listed,
             fetching,
             job: None,
             journal,
@@ -354,6 +358,7 @@ impl<'e> Pull<'e> {
         if let Some(e) = first_error {
             return Err(e);
         }
+        self.place.write_trees(&self.commit, &self.listed)?;
         self.place.set_ref(&self.options.revision, &self.commit)?;
         if let Some(journal) = self.journal.take() {
             journal.remove();
@@ -408,7 +413,7 @@ fn is_transient(e: &GetError) -> bool {
 /// The revision's commit and its files, from the endpoint, else from the first mirror that
 /// can say (when the endpoint fails for a reason a mirror may not have: the network, a 5xx, a
 /// rate limit, a certificate, a proxy).
-fn list_somewhere(
+pub(crate) fn list_somewhere(
     engine: &Engine,
     options: &PullOptions,
 ) -> Result<(String, Vec<RemoteFile>), HubError> {
