@@ -110,6 +110,37 @@ impl Serve {
         }
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A GET of `target` on a new connection (closed after the answer): status, the head's
+    /// lines (lower-cased names) and the body.
+    pub fn get(&self, target: &str) -> (u16, String, Vec<u8>) {
+        use std::io::{Read, Write};
+        let mut s = self.connect();
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
+            self.port
+        );
+        s.write_all(req.as_bytes()).expect("send");
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).expect("read");
+        let split = all
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("a complete head");
+        let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
+        let status = head
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (status, head, all[split + 4..].to_vec())
+    }
+
+    /// A new connection to the server (30 s read timeout).
     pub fn connect(&self) -> TcpStream {
         let s = TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30)))

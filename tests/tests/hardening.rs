@@ -1196,3 +1196,135 @@ fn a_file_changed_in_place_is_caught_by_verify_and_the_next_pull() {
         eprintln!("ran on backend {backend:?}: in-place change caught by verify and pull");
     }
 }
+
+/// A cache holding `org/model` as `ferry pull` (portable) writes it, with `extra` pull options.
+fn pulled_cache(hub: &Hub, extra: &[&str]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tmp");
+    let o = pull(Backend::Portable, &hub.endpoint(), dir.path(), extra);
+    assert!(o.status.success(), "{}", stderr(&o));
+    dir
+}
+
+// `ferry serve` runs on blocking std threads, not on a back-end: these tests run it once.
+
+#[test]
+fn serve_opens_every_file_beneath_the_root_at_request_time() {
+    let hub = Hub::start(|_| None);
+    let cache = pulled_cache(&hub, &[]);
+    let big = &hub.repo.files[0];
+    let serve = ferry_tests::serve::Serve::start(cache.path(), None);
+    let target = format!("/org/model/resolve/main/{}", big.path);
+    let (status, _, body) = serve.get(&target);
+    assert_eq!(status, 200);
+    assert_eq!(body, std::fs::read(&big.source).expect("source"));
+    // After the scan, the blobs folder is swapped for a link to a folder outside the root that
+    // holds a file of the blob's name and size.
+    let outside = tempfile::tempdir().expect("tmp");
+    let secret = vec![b'S'; big.size as usize];
+    std::fs::write(outside.path().join(&big.etag), &secret).expect("secret");
+    let folder = cache.path().join("models--org--model");
+    std::fs::rename(folder.join("blobs"), folder.join("blobs.moved")).expect("move");
+    std::os::unix::fs::symlink(outside.path(), folder.join("blobs")).expect("plant");
+    let (status, _, body) = serve.get(&target);
+    Trial::once(
+        (
+            "a served folder swapped for a symlink out of the root after start-up",
+            "hardening::serve_opens_every_file_beneath_the_root_at_request_time",
+        ),
+        None,
+        "refused (500): nothing from outside the root was sent",
+        Damage {
+            corrupted: body.iter().filter(|&&b| b == b'S').count() as u64,
+            ..Damage::default()
+        },
+    )
+    .record();
+    assert_ne!(status, 200, "a file outside the root was served");
+    assert!(
+        !body.windows(16).any(|w| w == [b'S'; 16]),
+        "secret bytes sent"
+    );
+}
+
+#[test]
+fn serve_does_not_present_a_partial_snapshot_as_the_whole_commit() {
+    let hub = Hub::start(|_| None);
+    // A pull of the small files only: the kept listing names every file of the commit.
+    let cache = pulled_cache(&hub, &["--include", "*.json"]);
+    let serve = ferry_tests::serve::Serve::start(cache.path(), None);
+    let (status, _, body) = serve.get("/api/models/org/model/tree/main?recursive=true");
+    assert_eq!(status, 200);
+    let tree: serde_json::Value = serde_json::from_slice(&body).expect("tree JSON");
+    let listed: Vec<&str> = tree
+        .as_array()
+        .expect("array")
+        .iter()
+        .filter(|e| e["type"] == "file")
+        .map(|e| e["path"].as_str().expect("path"))
+        .collect();
+    assert_eq!(
+        listed.len(),
+        hub.repo.files.len(),
+        "the whole commit is listed: {listed:?}"
+    );
+    let shard = &hub.repo.files[0];
+    let (status, head, _) = serve.get(&format!("/org/model/resolve/main/{}", shard.path));
+    assert_eq!(status, 404, "a file not here is missing, as on the Hub");
+    assert!(head.contains("x-error-code: entrynotfound"), "{head}");
+    let (status, _, _) = serve.get("/org/model/resolve/main/config.json");
+    assert_eq!(status, 200, "a file here is served");
+    // A mirror pulling from it does not take the part for the commit.
+    for backend in backends_under_test() {
+        let downstream = tempfile::tempdir().expect("tmp");
+        let o = pull(backend, &serve.endpoint(), downstream.path(), &[]);
+        let what = format!("backend={backend:?} a pull from a partial mirror");
+        assert_eq!(o.status.code(), Some(8), "{what}: {}", stderr(&o));
+        let refs = downstream.path().join("models--org--model/refs/main");
+        assert!(!refs.exists(), "{what}: the partial commit got a ref");
+        eprintln!("ran on backend {backend:?}: {what} failed with exit 8, no ref");
+    }
+}
+
+/// The peak resident memory of process `pid`, in KiB (`VmHWM`).
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .expect("status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
+
+#[test]
+fn serve_reads_refs_without_following_links_or_reading_whole_files() {
+    let hub = Hub::start(|_| None);
+    // A refs/ folder swapped for a link to one of the attacker's.
+    let linked = pulled_cache(&hub, &[]);
+    let folder = linked.path().join("models--org--model");
+    let outside = tempfile::tempdir().expect("tmp");
+    std::fs::write(outside.path().join("main"), &hub.repo.commit).expect("ref");
+    std::fs::remove_dir_all(folder.join("refs")).expect("refs");
+    std::os::unix::fs::symlink(outside.path(), folder.join("refs")).expect("plant");
+    let serve = ferry_tests::serve::Serve::start(linked.path(), None);
+    let (status, _, _) = serve.get("/api/models/org/model/revision/main");
+    assert_eq!(status, 404, "a symlinked refs/ was followed");
+    let (status, _, _) = serve.get(&format!(
+        "/api/models/org/model/revision/{}",
+        hub.repo.commit
+    ));
+    assert_eq!(status, 200, "the snapshot itself is still served");
+    drop(serve);
+    // A ref file of 2 GiB (sparse): read as its first bytes only.
+    let big = pulled_cache(&hub, &[]);
+    let f = std::fs::File::create(big.path().join("models--org--model/refs/big")).expect("ref");
+    f.set_len(2 << 30).expect("sparse");
+    let serve = ferry_tests::serve::Serve::start(big.path(), None);
+    let (status, _, _) = serve.get("/api/models/org/model/revision/main");
+    assert_eq!(status, 200);
+    let peak = peak_rss_kib(serve.pid());
+    assert!(
+        peak < 256 << 10,
+        "ferry serve peaked at {peak} KiB reading refs"
+    );
+    eprintln!("ferry serve peak RSS with a 2 GiB ref file: {peak} KiB");
+}

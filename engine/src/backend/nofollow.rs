@@ -106,6 +106,33 @@ impl Dir {
         self.path.join(name)
     }
 
+    /// Opens the file at `rel` beneath this directory, following no symlink on the way or at
+    /// the end: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or where that call is missing
+    /// or blocked (kernels before 5.6, some seccomp profiles), the same walk one component at a
+    /// time with `O_NOFOLLOW`.
+    pub fn open_beneath(&self, rel: &Path, flags: OFlags) -> io::Result<std::fs::File> {
+        use rustix::fs::ResolveFlags;
+        let resolve =
+            ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+        match rustix::fs::openat2(
+            &*self.fd,
+            rel,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+            resolve,
+        ) {
+            Ok(fd) => Ok(std::fs::File::from(fd)),
+            Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+                let name = rel
+                    .file_name()
+                    .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+                let parent = rel.parent().unwrap_or(Path::new(""));
+                self.beneath(parent, false)?.open_std(name, flags)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Opens (or creates, with `O_CREAT` in `flags`) `name`, never through a symlink.
     pub fn open_std(&self, name: &OsStr, flags: OFlags) -> io::Result<std::fs::File> {
         let fd = rustix::fs::openat(

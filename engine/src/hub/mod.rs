@@ -35,7 +35,7 @@ mod layout;
 pub(crate) mod listing;
 mod pull;
 pub(crate) mod repo;
-mod trees;
+pub(crate) mod trees;
 mod verify;
 
 pub use error::HubError;

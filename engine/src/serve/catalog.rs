@@ -35,8 +35,9 @@ pub(crate) struct Lfs {
 /// One file of a snapshot.
 #[derive(Debug, Clone)]
 pub(crate) struct FileEntry {
-    /// Canonical path of the bytes.
-    pub disk: PathBuf,
+    /// Canonical path of the bytes; `None` for a file the commit's kept listing names but that
+    /// is not here (a partial pull): listed, answered 404 like a missing file on the Hub.
+    pub disk: Option<PathBuf>,
     pub size: u64,
     /// The git blob id: of the bytes for a non-LFS file, of its pointer file for an LFS file.
     pub oid: String,
@@ -53,6 +54,10 @@ impl FileEntry {
     }
 
     fn new(disk: PathBuf, size: u64, etag: &str) -> Option<FileEntry> {
+        FileEntry::with_disk(Some(disk), size, etag)
+    }
+
+    fn with_disk(disk: Option<PathBuf>, size: u64, etag: &str) -> Option<FileEntry> {
         let etag = etag.to_ascii_lowercase();
         if is_hex(&etag, 64) {
             let pointer = lfs_pointer(&etag, size);
@@ -224,7 +229,7 @@ impl Catalog {
         for entry in fs::read_dir(root)? {
             let entry = entry?;
             if entry.file_type().is_ok_and(|t| t.is_symlink()) {
-                tracing::warn!(path = %entry.path().display(), "symlink under the root skipped: repos must be real folders");
+                tracing::warn!(path = ?entry.path(), "symlink under the root skipped: repos must be real folders");
                 continue;
             }
             let Some(name) = dir_name(&entry) else {
@@ -241,7 +246,7 @@ impl Catalog {
             if let Some((kind, rest)) = cache {
                 let parts: Vec<&str> = rest.split("--").collect();
                 if !parts.iter().all(|p| valid_repo_segment(p)) || parts.len() > 2 {
-                    tracing::warn!(dir = %path.display(), "not a repo folder name; skipped");
+                    tracing::warn!(dir = ?path, "not a repo folder name; skipped");
                     continue;
                 }
                 catalog.add(scan_cache_repo(&path, kind, parts.join("/")));
@@ -315,7 +320,7 @@ fn is_local_repo(dir: &Path) -> bool {
 fn local_dirs_under(dir: &Path, org: Option<&str>) -> Vec<(PathBuf, String)> {
     let mut found = Vec::new();
     let Ok(entries) = fs::read_dir(dir) else {
-        tracing::warn!(dir = %dir.display(), "cannot list; skipped");
+        tracing::warn!(dir = ?dir, "cannot list; skipped");
         return found;
     };
     for entry in entries.flatten() {
@@ -350,7 +355,7 @@ fn mtime_secs(meta: &fs::Metadata) -> u64 {
 /// `dir`'s canonical path; a folder that cannot be resolved is skipped, with a warning.
 fn canonical_dir(dir: &Path) -> Option<PathBuf> {
     dir.canonicalize()
-        .map_err(|e| tracing::warn!(dir = %dir.display(), error = %e, "cannot resolve; skipped"))
+        .map_err(|e| tracing::warn!(dir = ?dir, error = %e, "cannot resolve; skipped"))
         .ok()
 }
 
@@ -359,7 +364,15 @@ fn scan_cache_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
     let canonical = canonical_dir(dir)?;
     let blobs = canonical.join("blobs");
     let mut refs = BTreeMap::new();
-    let mut stack = vec![(canonical.join("refs"), String::new())];
+    // `refs/` and `snapshots/` are read only when they are real folders: a symlinked one could
+    // lead anywhere. A ref is read as at most 64 bytes (a commit is 40).
+    let real_dir = |p: &Path| fs::symlink_metadata(p).is_ok_and(|m| m.is_dir());
+    let mut stack = Vec::new();
+    if real_dir(&canonical.join("refs")) {
+        stack.push((canonical.join("refs"), String::new()));
+    } else if fs::symlink_metadata(canonical.join("refs")).is_ok() {
+        tracing::warn!(dir = ?canonical.join("refs"), "refs/ is not a real folder; ignored");
+    }
     while let Some((at, rel)) = stack.pop() {
         let Ok(entries) = fs::read_dir(&at) else {
             continue;
@@ -376,26 +389,31 @@ fn scan_cache_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
             if ft.is_dir() {
                 stack.push((entry.path(), rev));
             } else if ft.is_file() {
-                match fs::read_to_string(entry.path()) {
-                    Ok(s) if is_hex(s.trim(), 40) => {
-                        refs.insert(rev, s.trim().to_ascii_lowercase());
+                match read_ref(&entry.path()) {
+                    Some(commit) => {
+                        refs.insert(rev, commit);
                     }
-                    _ => {
-                        tracing::warn!(file = %entry.path().display(), "not a commit sha; ref skipped")
+                    None => {
+                        tracing::warn!(file = ?entry.path(), "not a commit sha; ref skipped")
                     }
                 }
             }
         }
     }
     let mut snapshots = HashMap::new();
-    if let Ok(entries) = fs::read_dir(canonical.join("snapshots")) {
+    let snapshot_dir = canonical.join("snapshots");
+    let entries = real_dir(&snapshot_dir)
+        .then(|| fs::read_dir(&snapshot_dir).ok())
+        .flatten();
+    if let Some(entries) = entries {
         for entry in entries.flatten() {
             let Some(commit) = dir_name(&entry).filter(|n| is_hex(n, 40)) else {
                 continue;
             };
             let last_modified = entry.metadata().map_or(0, |m| mtime_secs(&m));
-            let files = scan_snapshot(&entry.path(), &canonical, &blobs);
             let commit = commit.to_ascii_lowercase();
+            let files = scan_snapshot(&entry.path(), &canonical, &blobs);
+            let files = with_kept_listing(&canonical.join("trees"), &commit, files, &id);
             snapshots.insert(
                 commit.clone(),
                 Arc::new(Snapshot::new(commit, files, last_modified)),
@@ -405,12 +423,12 @@ fn scan_cache_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
     refs.retain(|rev, commit| {
         let kept = snapshots.contains_key(commit);
         if !kept {
-            tracing::warn!(repo = %id, %rev, %commit, "ref names a commit without a snapshot; skipped");
+            tracing::warn!(repo = %id, rev = ?rev, %commit, "ref names a commit without a snapshot; skipped");
         }
         kept
     });
     if snapshots.is_empty() {
-        tracing::warn!(dir = %dir.display(), "no snapshot; repo skipped");
+        tracing::warn!(dir = ?dir, "no snapshot; repo skipped");
         return None;
     }
     Some(Repo {
@@ -421,6 +439,20 @@ fn scan_cache_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
     })
 }
 
+/// The commit a ref file names: its first 64 bytes at most, read without following a symlink.
+fn read_ref(path: &Path) -> Option<String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let mut text = String::new();
+    file.take(64).read_to_string(&mut text).ok()?;
+    let commit = text.trim();
+    is_hex(commit, 40).then(|| commit.to_ascii_lowercase())
+}
+
 /// The files of `snapshots/<commit>/`, each followed to a regular file inside `repo`.
 fn scan_snapshot(snap: &Path, repo: &Path, blobs: &Path) -> BTreeMap<String, FileEntry> {
     let mut files = BTreeMap::new();
@@ -429,7 +461,7 @@ fn scan_snapshot(snap: &Path, repo: &Path, blobs: &Path) -> BTreeMap<String, Fil
         let entries = match fs::read_dir(&at) {
             Ok(e) => e,
             Err(e) => {
-                tracing::warn!(dir = %at.display(), error = %e, "cannot list; skipped");
+                tracing::warn!(dir = ?at, error = %e, "cannot list; skipped");
                 continue;
             }
         };
@@ -437,7 +469,7 @@ fn scan_snapshot(snap: &Path, repo: &Path, blobs: &Path) -> BTreeMap<String, Fil
             let Ok(ft) = entry.file_type() else { continue };
             let path = entry.path();
             let Some(repo_path) = child_path(&rel, &entry) else {
-                tracing::warn!(file = %path.display(), "name not servable (not UTF-8, or a control character or backslash); skipped");
+                tracing::warn!(file = ?path, "name not servable (not UTF-8, or a control character or backslash); skipped");
                 continue;
             };
             if ft.is_dir() {
@@ -460,7 +492,7 @@ fn scan_snapshot(snap: &Path, repo: &Path, blobs: &Path) -> BTreeMap<String, Fil
                 None => match git_sha1_of_file(&target, size) {
                     Ok(oid) => FileEntry::new(target, size, &oid),
                     Err(e) => {
-                        tracing::warn!(file = %path.display(), error = %e, "cannot hash; skipped");
+                        tracing::warn!(file = ?path, error = %e, "cannot hash; skipped");
                         None
                     }
                 },
@@ -490,12 +522,12 @@ fn regular_file_inside(path: &Path, within: &Path) -> Option<(PathBuf, u64)> {
     let target = match path.canonicalize() {
         Ok(t) => t,
         Err(e) => {
-            tracing::warn!(file = %path.display(), error = %e, "dangling; skipped");
+            tracing::warn!(file = ?path, error = %e, "dangling; skipped");
             return None;
         }
     };
     if !target.starts_with(within) {
-        tracing::warn!(file = %path.display(), target = %target.display(), "leads outside its repo folder; refused");
+        tracing::warn!(file = ?path, target = ?target, "leads outside its repo folder; refused");
         return None;
     }
     let meta = fs::metadata(&target).ok()?;
@@ -541,7 +573,7 @@ fn scan_local_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
             match read_metadata(&entry.path()) {
                 Some((commit, etag, ts)) => found.push((repo_path, commit, etag, ts)),
                 None => {
-                    tracing::warn!(file = %entry.path().display(), "unreadable metadata; skipped")
+                    tracing::warn!(file = ?entry.path(), "unreadable metadata; skipped")
                 }
             }
         }
@@ -553,7 +585,7 @@ fn scan_local_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
         .max_by(|a, b| a.3.total_cmp(&b.3))
         .map(|(_, c, _, _)| c.clone());
     let Some(commit) = newest else {
-        tracing::warn!(dir = %dir.display(), "no download metadata; repo skipped");
+        tracing::warn!(dir = ?dir, "no download metadata; repo skipped");
         return None;
     };
     let mut files = BTreeMap::new();
@@ -587,6 +619,8 @@ fn scan_local_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
             }
         }
     }
+    let trees = canonical.join(".cache/huggingface/trees");
+    let files = with_kept_listing(&trees, &commit, files, &id);
     let snapshot = Arc::new(Snapshot::new(commit.clone(), files, newest_ts as u64));
     Some(Repo {
         kind,
@@ -596,9 +630,85 @@ fn scan_local_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
     })
 }
 
+/// The files of `commit` as its kept listing (`trees_dir/COMMIT.json`, written by `ferry pull`
+/// or huggingface_hub) states them, with the bytes found here: a listed file that is not here,
+/// or is here with other bytes, is listed without bytes (answered 404), and a file here that
+/// the listing does not name is not part of the commit. Without a usable listing, the files
+/// found are the commit (nothing says otherwise).
+fn with_kept_listing(
+    trees_dir: &Path,
+    commit: &str,
+    found: BTreeMap<String, FileEntry>,
+    id: &str,
+) -> BTreeMap<String, FileEntry> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = trees_dir.join(format!("{commit}.json"));
+    let real_dir = fs::symlink_metadata(trees_dir).is_ok_and(|m| m.is_dir());
+    let file = real_dir
+        .then(|| {
+            fs::File::options()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .ok()
+        })
+        .flatten();
+    let Some(file) = file else {
+        return found;
+    };
+    let mut bytes = Vec::new();
+    let max = crate::hub::trees::MAX_BYTES;
+    if file.take(max + 1).read_to_end(&mut bytes).is_err() || bytes.len() as u64 > max {
+        tracing::warn!(file = ?path, "kept listing unreadable or too large; ignored");
+        return found;
+    }
+    let listed = match crate::hub::trees::decode(&bytes) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(file = ?path, error = %e, "kept listing refused; ignored");
+            return found;
+        }
+    };
+    let mut files = BTreeMap::new();
+    let mut absent = 0;
+    for l in listed {
+        let here = found
+            .get(&l.path)
+            .filter(|f| f.etag() == l.etag && f.size == l.size);
+        match here {
+            Some(f) => {
+                files.insert(l.path, f.clone());
+            }
+            None => {
+                absent += 1;
+                if let Some(entry) = FileEntry::with_disk(None, l.size, &l.etag) {
+                    files.insert(l.path, entry);
+                }
+            }
+        }
+    }
+    if absent > 0 {
+        tracing::warn!(
+            repo = %id,
+            %commit,
+            absent,
+            "files of the commit are not here (a partial pull): listed, answered 404"
+        );
+    }
+    files
+}
+
 /// The three lines huggingface_hub writes: commit sha, etag, unix time.
 fn read_metadata(path: &Path) -> Option<(String, String, f64)> {
-    let text = fs::read_to_string(path).ok()?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Three short lines: at most 1 KiB is read, never through a symlink.
+    let file = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ok()?;
+    let mut text = String::new();
+    file.take(1024).read_to_string(&mut text).ok()?;
     let mut lines = text.lines().map(str::trim);
     let commit = lines.next()?.to_ascii_lowercase();
     let etag = lines.next()?.to_ascii_lowercase();
@@ -657,7 +767,7 @@ mod tests {
     #[test]
     fn snapshot_lists_dirs_once_and_sums_sizes() {
         let f = |size| FileEntry {
-            disk: PathBuf::new(),
+            disk: Some(PathBuf::new()),
             size,
             oid: "0".repeat(40),
             lfs: None,

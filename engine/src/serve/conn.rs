@@ -33,6 +33,8 @@ pub(crate) const MAX_HEADERS: usize = 64;
 #[derive(Debug)]
 pub(crate) struct Ctx {
     pub catalog: Catalog,
+    /// The root (canonical), held open: files are opened beneath it, following no symlink.
+    pub root: crate::backend::nofollow::Dir,
     pub options: ServeOptions,
     /// `host:port` of the listening socket, for `Link` URLs when `Host` is missing or odd.
     pub local_host: String,

@@ -384,8 +384,9 @@ fn resolve(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Respo
             return match split_rev(repo, &segs[n + 1..]) {
                 Ok((snap, _, path)) if path.is_empty() => entry_not_found(&snap.commit, &path),
                 Ok((snap, _, path)) => match snap.files.get(&path) {
-                    Some(f) => file_response(req, &snap.commit, f),
-                    None => entry_not_found(&snap.commit, &path),
+                    // A listed file whose bytes are not here is missing, as on the Hub.
+                    Some(f) if f.disk.is_some() => file_response(ctx, req, &snap.commit, f),
+                    _ => entry_not_found(&snap.commit, &path),
                 },
                 Err(r) => r,
             };
@@ -398,30 +399,33 @@ fn resolve(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Respo
     }
 }
 
-/// Opens `disk` read-only without following a symlink in its last component.
-fn open_no_follow(disk: &std::path::Path) -> std::io::Result<File> {
-    use rustix::fs::{Mode, OFlags};
-    let fd = rustix::fs::open(
-        disk,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOFOLLOW,
-        Mode::empty(),
-    )?;
-    Ok(File::from(fd))
+/// Opens `disk` (a canonical path the scan found under the root) read-only, resolved beneath
+/// the root at this moment and following no symlink: a folder swapped for a link out of the
+/// root after the scan is not followed.
+fn open_beneath(ctx: &Ctx, disk: &std::path::Path) -> std::io::Result<File> {
+    let rel = disk
+        .strip_prefix(ctx.root.path())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not under the root"))?;
+    ctx.root.open_beneath(rel, rustix::fs::OFlags::RDONLY)
 }
 
-fn file_response(req: &Request<'_>, commit: &str, f: &FileEntry) -> Response {
-    let opened = open_no_follow(&f.disk).and_then(|file| {
+fn file_response(ctx: &Ctx, req: &Request<'_>, commit: &str, f: &FileEntry) -> Response {
+    let Some(disk) = &f.disk else {
+        // Callers answer a file without bytes as missing first.
+        return Response::error(500, None, "File not here");
+    };
+    let opened = open_beneath(ctx, disk).and_then(|file| {
         let meta = file.metadata()?;
         Ok((file, meta))
     });
     let file = match opened {
         Ok((file, meta)) if meta.is_file() && meta.len() == f.size => file,
         Ok(_) => {
-            tracing::warn!(file = %f.disk.display(), "changed on disk since the scan");
+            tracing::warn!(file = ?disk, "changed on disk since the scan");
             return Response::error(500, None, "File changed on disk; restart ferry serve");
         }
         Err(e) => {
-            tracing::warn!(file = %f.disk.display(), error = %e, "cannot open");
+            tracing::warn!(file = ?disk, error = %e, "cannot open beneath the root");
             return Response::error(500, None, "File unreadable");
         }
     };

@@ -20,9 +20,17 @@
 //!   files whose metadata names that commit, and is not older than the file (huggingface_hub's
 //!   own staleness rule), are served: a file without valid metadata is not part of the repo.
 //!
+//! A commit whose listing is kept beside it (`trees/COMMIT.json`, written by `ferry pull` and by
+//! huggingface_hub) is served as that listing says: every file of the commit is listed, and one
+//! whose bytes are not here (a partial pull) is answered 404 `EntryNotFound`, so a downstream
+//! mirror never takes a part of a commit for the whole.
+//!
 //! Invariants: nothing is ever written under the root. A request names files only through the
 //! catalog built by the scan (a table keyed by repo, commit and path), never by joining its path
-//! onto the root; request paths are percent-decoded once and refused with `..`, `.` or empty
+//! onto the root, and the file is opened beneath the root's descriptor at request time following
+//! no symlink (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a folder swapped for a link
+//! after the scan is not followed. `refs/` and `snapshots/` are read only when they are real
+//! folders, a ref as its first 64 bytes; request paths are percent-decoded once and refused with `..`, `.` or empty
 //! segments, backslashes and control characters. A snapshot symlink whose canonical target lies
 //! outside its repo folder is left out of the catalog. The server never emits Xet headers or
 //! fields, so clients always download over plain HTTP.
@@ -197,6 +205,11 @@ impl Server {
             path: root.to_path_buf(),
             source,
         })?;
+        let root_dir =
+            crate::backend::nofollow::Dir::open(&canonical).map_err(|source| ServeError::Root {
+                path: root.to_path_buf(),
+                source,
+            })?;
         let catalog = Catalog::scan(&canonical).map_err(|source| ServeError::Root {
             path: root.to_path_buf(),
             source,
@@ -222,6 +235,7 @@ impl Server {
             local,
             ctx: Arc::new(conn::Ctx {
                 catalog,
+                root: root_dir,
                 options,
                 local_host: local.to_string(),
                 active: AtomicUsize::new(0),
