@@ -32,21 +32,39 @@ pub struct Nginx {
 impl Nginx {
     /// Starts nginx serving `root`.
     pub fn start(root: &Path) -> Nginx {
-        Nginx::start_with(root, None, false)
+        Nginx::start_with(root, None, false, "")
+    }
+
+    /// Starts nginx serving `root` as a reverse proxy too: `/hf/` goes to `upstream` (a
+    /// `ferry serve` on 127.0.0.1) with the prefix stripped and `X-Forwarded-Proto`, `-Host`
+    /// and `-Prefix` set, as a team that mounts its mirror on a sub-path configures it.
+    pub fn start_proxy(root: &Path, upstream: u16) -> Nginx {
+        let location = format!(
+            "location /hf/ {{ proxy_pass http://127.0.0.1:{upstream}/; \
+             proxy_set_header X-Forwarded-Proto $scheme; \
+             proxy_set_header X-Forwarded-Host $http_host; \
+             proxy_set_header X-Forwarded-Prefix /hf; }}"
+        );
+        Nginx::start_with(root, None, false, &location)
     }
 
     /// Starts nginx serving `root` with TCP Fast Open on its listener (`listen ... fastopen=`),
     /// which the kernel honours when `net.ipv4.tcp_fastopen` enables servers.
     pub fn start_fast_open(root: &Path) -> Nginx {
-        Nginx::start_with(root, None, true)
+        Nginx::start_with(root, None, true, "")
     }
 
     /// Starts nginx serving `root` over HTTP and, with `cert`, over HTTPS too.
     pub fn start_tls(root: &Path, cert: &crate::tls::ServerCert) -> Nginx {
-        Nginx::start_with(root, Some(cert), false)
+        Nginx::start_with(root, Some(cert), false, "")
     }
 
-    fn start_with(root: &Path, tls: Option<&crate::tls::ServerCert>, fast_open: bool) -> Nginx {
+    fn start_with(
+        root: &Path,
+        tls: Option<&crate::tls::ServerCert>,
+        fast_open: bool,
+        extra: &str,
+    ) -> Nginx {
         let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
             .iter()
             .map(PathBuf::from)
@@ -96,6 +114,7 @@ http {{
         location /close/ {{ alias {root}/; sub_filter_types *; sub_filter 'ferry-never-matches-this' ''; chunked_transfer_encoding off; }}
         location /redirect/ {{ rewrite ^/redirect/(.*)$ /files/$1 redirect; }}
         location /slow/ {{ alias {root}/; limit_rate 8m; }}
+        {extra}
     }}
 }}
 "#,

@@ -1328,3 +1328,157 @@ fn serve_reads_refs_without_following_links_or_reading_whole_files() {
     );
     eprintln!("ferry serve peak RSS with a 2 GiB ref file: {peak} KiB");
 }
+
+/// Sends `raw` to the server on a new connection and reads until it closes: every status line
+/// it answered, in order.
+fn raw_statuses(serve: &ferry_tests::serve::Serve, raw: &[u8]) -> Vec<u16> {
+    use std::io::{Read, Write};
+    let mut s = serve.connect();
+    s.write_all(raw).expect("send");
+    let _ = s.shutdown(std::net::Shutdown::Write);
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    String::from_utf8_lossy(&all)
+        .lines()
+        .filter_map(|l| l.strip_prefix("HTTP/1.1 "))
+        .filter_map(|l| l.get(..3)?.parse().ok())
+        .collect()
+}
+
+#[test]
+fn serve_parses_heads_strictly_and_pages_right_behind_a_reverse_proxy() {
+    let hub = Hub::start(|_| None);
+    let cache = pulled_cache(&hub, &[]);
+    let serve = ferry_tests::serve::Serve::start_with(
+        cache.path(),
+        Some(3),
+        None,
+        &["--trusted-proxy", "127.0.0.1"],
+    );
+    // Heads other parsers could read differently, and a body on GET that would be read as a
+    // second request: 400 and closed, nothing else answered.
+    for (what, raw) in [
+        ("bare LF", &b"GET /api/models/org/model HTTP/1.1\nHost: a\n\n"[..]),
+        ("two Hosts", b"GET /api/models/org/model HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+        ("no Host", b"GET /api/models/org/model HTTP/1.1\r\n\r\n"),
+        (
+            "a Content-Length that is not a number",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1x\r\n\r\n",
+        ),
+        (
+            "Content-Length and Transfer-Encoding",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ),
+        (
+            "a body on GET holding a second request",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 39\r\n\r\nGET /api/models/org/model HTTP/1.1\r\n\r\n",
+        ),
+    ] {
+        assert_eq!(raw_statuses(&serve, raw), [400], "{what}");
+    }
+    assert_eq!(
+        raw_statuses(
+            &serve,
+            b"GET /api/models/org/model HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        ),
+        [200],
+        "a well-formed head"
+    );
+    // Mounted on /hf/ behind nginx: the paged listing's links keep the prefix, so the stock
+    // client and ferry pull both walk it to the end.
+    let nginx = ferry_tests::Nginx::start_proxy(cache.path(), serve.port);
+    let endpoint = format!("http://127.0.0.1:{}/hf", nginx.port());
+    let dir = tempfile::tempdir().expect("tmp");
+    let jobs = serde_json::json!([{
+        "op": "snapshot", "repo": "org/model", "type": "model", "revision": "main", "file": ""
+    }]);
+    let paths = ferry_tests::hf::hf_client(&endpoint, &dir.path().join("hf"), false, &jobs);
+    for f in &hub.repo.files {
+        assert_same_file(
+            &f.source,
+            &paths[0].join(&f.path),
+            "huggingface_hub behind nginx",
+        );
+    }
+    for backend in backends_under_test() {
+        let cache = tempfile::tempdir().expect("tmp");
+        let o = pull(backend, &endpoint, cache.path(), &[]);
+        assert!(
+            o.status.success(),
+            "backend={backend:?} behind nginx: {}",
+            stderr(&o)
+        );
+        eprintln!("ran on backend {backend:?}: ferry pull through nginx on /hf/");
+    }
+}
+
+/// Reads one response off a kept-alive connection: its status (0 when the server closed).
+fn read_one_response(s: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    let mut all = Vec::new();
+    let mut byte = [0u8; 1];
+    while !all.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => all.push(byte[0]),
+            _ => return 0,
+        }
+    }
+    let head = String::from_utf8_lossy(&all).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if s.read_exact(&mut body).is_err() {
+        return 0;
+    }
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn idle_keep_alive_clients_cannot_starve_a_newcomer() {
+    use std::io::Write;
+    let hub = Hub::start(|_| None);
+    let cache = pulled_cache(&hub, &[]);
+    let serve = ferry_tests::serve::Serve::start_with(
+        cache.path(),
+        None,
+        None,
+        &["--max-connections", "4", "--idle-timeout", "300"],
+    );
+    let request = format!(
+        "GET /api/models/org/model HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        serve.port
+    );
+    // Every slot held by a client that asked once and keeps its connection open.
+    let mut holders: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = serve.connect();
+            s.write_all(request.as_bytes()).expect("send");
+            assert_eq!(read_one_response(&mut s), 200);
+            s
+        })
+        .collect();
+    // A newcomer is served, in the slot of the connection idle the longest.
+    let mut newcomer = serve.connect();
+    newcomer.write_all(request.as_bytes()).expect("send");
+    assert_eq!(
+        read_one_response(&mut newcomer),
+        200,
+        "the newcomer got no slot"
+    );
+    // The oldest holder was closed for it; asking again on it finds the connection gone.
+    let _ = holders[0].write_all(request.as_bytes());
+    assert_eq!(
+        read_one_response(&mut holders[0]),
+        0,
+        "the oldest idle connection was kept"
+    );
+    // The others still hold their connections.
+    holders[3].write_all(request.as_bytes()).expect("send");
+    assert_eq!(read_one_response(&mut holders[3]), 200);
+}

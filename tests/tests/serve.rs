@@ -843,18 +843,54 @@ fn tree_pages_follow_link_to_the_end() {
     );
     assert_eq!(entries.len(), 1);
     assert_eq!(entries[0]["path"], "sub/dir/x.txt");
-    // The Link URL uses the request's Host, when it is a plain host name.
+    // The Link URL never echoes the request's Host (a cache in front could hand a page that
+    // names the client's host to others): it names the address the client connected to, and
+    // X-Forwarded-* from a peer that is not a trusted proxy is ignored.
     let tree = "/api/models/org/name/tree/main?recursive=true";
-    let r = request(&serve, "GET", tree, &[("Host", "mirror.example:8443")]);
+    let own = format!(
+        "<http://127.0.0.1:{}/api/models/org/name/tree/main?",
+        serve.port
+    );
+    for extra in [
+        &[("Host", "mirror.example:8443")][..],
+        &[("Host", "bad\"host>")][..],
+        &[
+            ("X-Forwarded-Host", "evil.example"),
+            ("X-Forwarded-Prefix", "/x"),
+        ][..],
+    ] {
+        let r = request(&serve, "GET", tree, extra);
+        let link = r.header("Link").expect("link");
+        assert!(link.starts_with(&own), "{extra:?}: {link}");
+    }
+    drop(serve);
+    // Behind a reverse proxy: --public-url, or a trusted proxy's X-Forwarded-*.
+    let root = tmp.path().join("root");
+    let serve = Serve::start_with(
+        &root,
+        Some(3),
+        None,
+        &["--public-url", "https://hub.example/mirror/"],
+    );
+    let r = request(&serve, "GET", tree, &[("Host", "other.example")]);
     let link = r.header("Link").expect("link");
     assert!(
-        link.starts_with("<http://mirror.example:8443/api/models/org/name/tree/main?"),
+        link.starts_with("<https://hub.example/mirror/api/models/org/name/tree/main?"),
         "{link}"
     );
-    let r = request(&serve, "GET", tree, &[("Host", "bad\"host>")]);
+    drop(serve);
+    let serve = Serve::start_with(&root, Some(3), None, &["--trusted-proxy", "127.0.0.1"]);
+    let forwarded = [
+        ("X-Forwarded-Proto", "https"),
+        ("X-Forwarded-Host", "hub.example"),
+        ("X-Forwarded-Prefix", "/hf"),
+    ];
+    let r = request(&serve, "GET", tree, &forwarded);
     let link = r.header("Link").expect("link");
-    let fallback = format!("<http://127.0.0.1:{}/", serve.port);
-    assert!(link.starts_with(&fallback), "{link}");
+    assert!(
+        link.starts_with("<https://hub.example/hf/api/models/org/name/tree/main?"),
+        "{link}"
+    );
 }
 
 #[test]

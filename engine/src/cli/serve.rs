@@ -30,9 +30,13 @@ pub(crate) struct ServeArgs {
     /// Connections served at once; one more is answered 503.
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_connections: u32,
-    /// Seconds a client may take to send a request head (and idle between requests).
+    /// Seconds a client may take to send a request head, once it started one.
     #[arg(long, value_name = "SECS", default_value_t = 30.0, value_parser = super::parse_secs)]
     head_timeout: f64,
+    /// Seconds a kept-alive connection may wait for its next request; when every slot is
+    /// taken, the connection idle the longest is closed for a newcomer.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0, value_parser = super::parse_secs)]
+    idle_timeout: f64,
     /// Seconds one send may block on a client that does not read.
     #[arg(long, value_name = "SECS", default_value_t = 60.0, value_parser = super::parse_secs)]
     send_timeout: f64,
@@ -40,10 +44,36 @@ pub(crate) struct ServeArgs {
     /// slower readers are disconnected.
     #[arg(long, value_name = "RATE", default_value = "4K", value_parser = super::parse_size)]
     min_send_rate: u64,
+    /// The URL clients reach this server by, e.g. https://hub.example/mirror (behind a reverse
+    /// proxy); the absolute links of paged listings start with it. Default: the address each
+    /// client connected to.
+    #[arg(long, value_name = "URL", value_parser = parse_public_url)]
+    public_url: Option<String>,
+    /// A reverse proxy (IP address, repeatable) whose X-Forwarded-Proto, -Host and -Prefix are
+    /// believed when --public-url is not given; from anyone else they are ignored.
+    #[arg(long, value_name = "IP")]
+    trusted_proxy: Vec<std::net::IpAddr>,
     /// Tree entries per page (tests force paging with a small value).
     #[arg(long, hide = true, env = "FERRY_SERVE_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     page_size: u32,
+}
+
+/// An `http://` or `https://` URL with a host and no query, user or fragment.
+fn parse_public_url(s: &str) -> Result<String, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    let ok = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && url.password().is_none();
+    if !ok {
+        return Err(format!(
+            "{s:?}: give an http:// or https:// URL with a host, and no query, fragment or user"
+        ));
+    }
+    Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
 pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
@@ -51,8 +81,11 @@ pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
     options.page_size = args.page_size as usize;
     options.max_connections = args.max_connections as usize;
     options.head_timeout = std::time::Duration::from_secs_f64(args.head_timeout);
+    options.idle_timeout = std::time::Duration::from_secs_f64(args.idle_timeout);
     options.write_timeout = std::time::Duration::from_secs_f64(args.send_timeout);
     options.min_send_rate = args.min_send_rate;
+    options.public_url = args.public_url.clone();
+    options.trusted_proxies = args.trusted_proxy.clone();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match TlsIdentity::from_pem_files(cert, key) {
             Ok(id) => options.tls = Some(id),

@@ -1,6 +1,12 @@
 //! One client connection: HTTP/1.1 request heads read with `httparse` under a size cap and a
 //! deadline, answers framed and written back, file bodies sent with sendfile(2), kept alive
-//! until the client closes, says `Connection: close`, or idles past the head deadline.
+//! until the client closes, says `Connection: close`, or idles past
+//! [`ServeOptions::idle_timeout`](super::ServeOptions::idle_timeout).
+//!
+//! A kept-alive connection waiting for its next request is registered as idle ([`Idle`]): when
+//! every slot is taken, the server closes the longest-idle one for the newcomer instead of
+//! answering 503, so clients that hold connections open between rare requests cannot starve
+//! the others.
 //!
 //! Limits, all of which end the connection: a head over [`MAX_HEAD`] bytes or with more than
 //! [`MAX_HEADERS`] fields (431), a head that does not parse (400), a head not complete within
@@ -36,10 +42,59 @@ pub(crate) struct Ctx {
     /// The root (canonical), held open: files are opened beneath it, following no symlink.
     pub root: crate::backend::nofollow::Dir,
     pub options: ServeOptions,
-    /// `host:port` of the listening socket, for `Link` URLs when `Host` is missing or odd.
-    pub local_host: String,
     /// Connections being served.
     pub active: AtomicUsize,
+    /// Kept-alive connections waiting for their next request.
+    pub idle: Idle,
+}
+
+/// The kept-alive connections between requests, oldest first: each with a second handle of
+/// its socket, which the accept thread shuts down to free its slot.
+#[derive(Debug, Default)]
+pub(crate) struct Idle {
+    next_id: AtomicUsize,
+    waiting: std::sync::Mutex<std::collections::BTreeMap<usize, (Instant, TcpStream)>>,
+}
+
+impl Idle {
+    /// Registers a connection as waiting for its next request; `None` when its socket cannot
+    /// be shared (it is then simply not evictable).
+    fn enter(&self, stream: &TcpStream) -> Option<usize> {
+        let handle = stream.try_clone().ok()?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.waiting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (Instant::now(), handle));
+        Some(id)
+    }
+
+    /// The connection is busy again (or gone).
+    fn leave(&self, id: Option<usize>) {
+        if let Some(id) = id {
+            self.waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+        }
+    }
+
+    /// Closes the connection idle the longest; false when none is idle. Its thread sees the
+    /// close at once and frees its slot.
+    pub fn evict_oldest(&self) -> bool {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = waiting
+            .iter()
+            .min_by_key(|(_, (since, _))| *since)
+            .map(|(id, _)| *id);
+        match oldest.and_then(|id| waiting.remove(&id)) {
+            Some((_, stream)) => {
+                let _ = stream.shutdown(Shutdown::Both);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 /// Holds one slot of [`Ctx::active`]; gives it back when dropped (also on panic).
@@ -73,7 +128,71 @@ pub(crate) fn reject_busy(mut stream: TcpStream, tls: bool) {
 /// A served connection: plain TCP, or rustls over it.
 type Wire = crate::net::tls::Wire<rustls::ServerConnection>;
 
+/// The URL clients reach this server by, for the absolute `Link`s of paged listings: the
+/// configured public URL; else what a trusted reverse proxy forwards (`X-Forwarded-Proto`,
+/// `-Host`, `-Prefix`); else the address the client connected to (for HTTPS, the name it asked
+/// the certificate for). Never the client's `Host`: a tree page that names a host of the
+/// client's choosing could be cached by a proxy and handed to others.
+pub(crate) fn public_base(
+    ctx: &Ctx,
+    forwarded: &Forwarded,
+    peer: SocketAddr,
+    (local, sni): (SocketAddr, Option<&str>),
+) -> String {
+    if let Some(url) = &ctx.options.public_url {
+        return url.trim_end_matches('/').to_owned();
+    }
+    let scheme = if ctx.options.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let peer_ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
+        ip => ip,
+    };
+    if ctx.options.trusted_proxies.contains(&peer_ip)
+        && let Some(host) = forwarded.host.as_deref().and_then(super::route::sane_host)
+    {
+        let proto = match forwarded.proto.as_deref() {
+            Some(p) if p.eq_ignore_ascii_case("https") => "https",
+            Some(p) if p.eq_ignore_ascii_case("http") => "http",
+            _ => scheme,
+        };
+        let prefix = forwarded
+            .prefix
+            .as_deref()
+            .filter(|p| sane_prefix(p))
+            .unwrap_or("")
+            .trim_end_matches('/');
+        return format!("{proto}://{host}{prefix}");
+    }
+    match sni.and_then(super::route::sane_host) {
+        Some(name) => format!("{scheme}://{name}:{}", local.port()),
+        None => format!("{scheme}://{local}"),
+    }
+}
+
+/// A path prefix a proxy may forward: `/`-led, URL-safe characters, no `..`.
+fn sane_prefix(p: &str) -> bool {
+    p.starts_with('/')
+        && p.len() <= 255
+        && !p.contains("..")
+        && p.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
+}
+
 impl Wire {
+    /// The server name the client asked for in the TLS handshake (SNI).
+    fn sni(&self) -> Option<String> {
+        match self {
+            Wire::Tls(s) => s.conn.server_name().map(str::to_owned),
+            Wire::Plain(_) => None,
+        }
+    }
+
     /// Runs the server side of the TLS handshake, within the head deadline.
     fn accept_tls(tcp: TcpStream, ctx: &Ctx) -> io::Result<Wire> {
         let Some(identity) = &ctx.options.tls else {
@@ -144,6 +263,8 @@ struct Head {
     target: String,
     http10: bool,
     host: Option<String>,
+    /// `X-Forwarded-Proto`, `-Host` and `-Prefix`: honoured from trusted proxies only.
+    forwarded: Forwarded,
     range: Option<String>,
     if_range: Option<String>,
     /// `Connection: close` (1.1) or no `Connection: keep-alive` (1.0).
@@ -153,8 +274,16 @@ struct Head {
     len: usize,
 }
 
+/// What a reverse proxy says about the URL the client used.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Forwarded {
+    pub proto: Option<String>,
+    pub host: Option<String>,
+    pub prefix: Option<String>,
+}
+
 enum Parsed {
-    Complete(Head),
+    Complete(Box<Head>),
     Partial,
     /// Answer this status and close.
     Invalid(u16),
@@ -169,6 +298,15 @@ fn parse_head(buf: &[u8]) -> Parsed {
         Err(httparse::Error::TooManyHeaders) => return Parsed::Invalid(431),
         Err(_) => return Parsed::Invalid(400),
     };
+    // Lines end in CRLF: a bare LF is read differently by other parsers on the path (a
+    // proxy in front), which is how requests are smuggled.
+    let bare_lf = buf[..len]
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || buf[i - 1] != b'\r'));
+    if bare_lf {
+        return Parsed::Invalid(400);
+    }
     let mut head = Head {
         method: req.method.unwrap_or("").to_owned(),
         target: req.path.unwrap_or("").to_owned(),
@@ -177,14 +315,26 @@ fn parse_head(buf: &[u8]) -> Parsed {
         ..Head::default()
     };
     let mut keep_alive = false;
+    let (mut hosts, mut length, mut chunked) = (0, None::<u64>, false);
     for h in req.headers.iter() {
         let Ok(value) = std::str::from_utf8(h.value) else {
+            if h.name.eq_ignore_ascii_case("host") || h.name.eq_ignore_ascii_case("content-length")
+            {
+                return Parsed::Invalid(400);
+            }
             continue;
         };
         let value = value.trim();
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
+            hosts += 1;
             head.host = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("x-forwarded-proto") {
+            head.forwarded.proto = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("x-forwarded-host") {
+            head.forwarded.host = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("x-forwarded-prefix") {
+            head.forwarded.prefix = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("range") {
             head.range = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("if-range") {
@@ -197,16 +347,36 @@ fn parse_head(buf: &[u8]) -> Parsed {
                     keep_alive = true;
                 }
             }
-        } else if name.eq_ignore_ascii_case("transfer-encoding")
-            || (name.eq_ignore_ascii_case("content-length") && value != "0")
-        {
-            head.has_body = true;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = true;
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // Digits only (no sign, no list), and every copy the same.
+            let n = value
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+                .then(|| value.parse::<u64>().ok())
+                .flatten();
+            match (n, length) {
+                (Some(n), None) => length = Some(n),
+                (Some(n), Some(m)) if n == m => {}
+                _ => return Parsed::Invalid(400),
+            }
         }
+    }
+    // One Host, and one is required in HTTP/1.1 (RFC 9112 3.2); a length and a transfer
+    // coding together are the classic smuggling pair.
+    if hosts > 1 || (hosts == 0 && !head.http10) || (chunked && length.is_some()) {
+        return Parsed::Invalid(400);
+    }
+    head.has_body = chunked || length.is_some_and(|n| n > 0);
+    // GET and HEAD take no body here: one announced would be read as the next request.
+    if head.has_body && (head.method == "GET" || head.method == "HEAD") {
+        return Parsed::Invalid(400);
     }
     if head.http10 && !keep_alive {
         head.close = true;
     }
-    Parsed::Complete(head)
+    Parsed::Complete(Box::new(head))
 }
 
 /// Serves requests on `stream` until it closes or fails.
@@ -223,9 +393,27 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
             return;
         }
     };
+    let local = stream.tcp().local_addr().unwrap_or(peer);
+    let sni = stream.sni();
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    let mut first = true;
     loop {
-        let head = match read_head(&mut stream, &mut buf, ctx.options.head_timeout) {
+        // Between requests the connection may idle (and be evicted when slots run out); once a
+        // byte of the next head arrives, the head deadline applies.
+        let mut idle = None;
+        if !first && buf.is_empty() {
+            let (id, arrived) = wait_for_request(&mut stream, ctx, &mut buf);
+            if !arrived {
+                // Idled out, closed by the client, or evicted for a newcomer.
+                ctx.idle.leave(id);
+                return;
+            }
+            idle = id;
+        }
+        first = false;
+        let head = read_head(&mut stream, &mut buf, ctx.options.head_timeout);
+        ctx.idle.leave(idle);
+        let head = match head {
             Ok(Some(h)) => h,
             Ok(None) => return,
             Err(status) => {
@@ -241,11 +429,12 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
         let close = head.close || head.has_body;
         let head_only = head.method == "HEAD";
         let response = if head.method == "GET" || head_only {
+            let base = public_base(ctx, &head.forwarded, peer, (local, sni.as_deref()));
             handle(
                 ctx,
                 &Request {
                     target: &head.target,
-                    host: head.host.as_deref(),
+                    base: &base,
                     range: head.range.as_deref(),
                     if_range: head.if_range.as_deref(),
                 },
@@ -280,6 +469,32 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
     }
 }
 
+/// Waits up to the idle timeout for the first bytes of the next request, registered as idle
+/// meanwhile (so the accept thread may close it for a newcomer). Returns the registration,
+/// which the caller ends once the head is read, and whether bytes arrived.
+fn wait_for_request(stream: &mut Wire, ctx: &Ctx, buf: &mut Vec<u8>) -> (Option<usize>, bool) {
+    let id = ctx.idle.enter(stream.tcp());
+    let mut chunk = [0u8; 4096];
+    if stream
+        .tcp()
+        .set_read_timeout(Some(ctx.options.idle_timeout))
+        .is_err()
+    {
+        return (id, false);
+    }
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => return (id, false),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                return (id, true);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return (id, false),
+        }
+    }
+}
+
 /// Reads until `buf` holds a complete head. `Ok(None)`: the client closed or idled out between
 /// requests; `Err(status)`: answer that status and close.
 fn read_head(stream: &mut Wire, buf: &mut Vec<u8>, timeout: Duration) -> Result<Option<Head>, u16> {
@@ -288,7 +503,7 @@ fn read_head(stream: &mut Wire, buf: &mut Vec<u8>, timeout: Duration) -> Result<
     loop {
         if !buf.is_empty() {
             match parse_head(buf) {
-                Parsed::Complete(h) => return Ok(Some(h)),
+                Parsed::Complete(h) => return Ok(Some(*h)),
                 Parsed::Invalid(status) => return Err(status),
                 Parsed::Partial if buf.len() >= MAX_HEAD => return Err(431),
                 Parsed::Partial => {}
@@ -520,6 +735,41 @@ mod tests {
         assert_eq!(Pace::new(4 << 10, Duration::from_secs(60)).step, 256 << 10);
         assert_eq!(Pace::new(1 << 20, Duration::from_secs(1)).step, 1 << 20);
         assert_eq!(Pace::new(1 << 30, Duration::from_secs(60)).step, 2 << 20);
+    }
+
+    #[test]
+    fn heads_that_other_parsers_could_read_otherwise_are_refused() {
+        for raw in [
+            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_head(raw), Parsed::Invalid(400)),
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+        // A body on another method is announced (answered 405, then closed), not refused here.
+        let Parsed::Complete(h) =
+            parse_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
+        else {
+            panic!("complete");
+        };
+        assert!(h.has_body);
+        let Parsed::Complete(h) =
+            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
+        else {
+            panic!("complete");
+        };
+        assert!(!h.has_body, "an empty body is no body");
     }
 
     #[test]

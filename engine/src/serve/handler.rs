@@ -17,7 +17,7 @@ use super::catalog::{FileEntry, Repo, Snapshot, git_blob_sha1};
 use super::conn::Ctx;
 use super::range::{RangeAnswer, evaluate};
 use super::route::{
-    Target, decode, header_safe, parse_target, query_flag, query_param, sane_host, valid_repo_path,
+    Target, decode, header_safe, parse_target, query_flag, query_param, valid_repo_path,
 };
 use crate::hub::RepoType;
 use crate::hub::repo::encode_segment;
@@ -26,7 +26,8 @@ use crate::hub::repo::encode_segment;
 #[derive(Debug)]
 pub(crate) struct Request<'a> {
     pub target: &'a str,
-    pub host: Option<&'a str>,
+    /// `scheme://host[:port][/prefix]` clients reach this server by (for `Link`s).
+    pub base: &'a str,
     pub range: Option<&'a str>,
     pub if_range: Option<&'a str>,
 }
@@ -351,7 +352,6 @@ fn tree(
     }
     let mut r = Response::json(200, &Value::Array(page));
     if more {
-        let host = req.host.and_then(sane_host).unwrap_or(&ctx.local_host);
         let sub = if path.is_empty() {
             String::new()
         } else {
@@ -360,8 +360,8 @@ fn tree(
         r.headers.push((
             "Link",
             format!(
-                "<{}://{host}/api/{}/{}/tree/{}{sub}?recursive={recursive}&expand={expand}&cursor={}>; rel=\"next\"",
-                if ctx.options.tls.is_some() { "https" } else { "http" },
+                "<{}/api/{}/{}/tree/{}{sub}?recursive={recursive}&expand={expand}&cursor={}>; rel=\"next\"",
+                req.base,
                 repo.kind.plural(),
                 repo.id,
                 encode_segment(rev),

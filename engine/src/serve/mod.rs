@@ -38,7 +38,10 @@
 //! Choices: a `Range` with several ranges is ignored (200 with the whole file, which RFC 9110
 //! allows; no multipart, so no amplification). Tree listings are paged
 //! ([`ServeOptions::page_size`] entries per page, `Link: <...>; rel="next"` with a `cursor`
-//! query parameter, built from the request's `Host`).
+//! query parameter) with absolute links built from [`ServeOptions::public_url`], a trusted
+//! proxy's `X-Forwarded-*`, or the address the client connected to; never from its `Host`.
+//! Request heads are parsed strictly: CRLF only, one `Host` (required in HTTP/1.1), a
+//! `Content-Length` of digits, never with a `Transfer-Encoding`, and no body on GET or HEAD.
 //!
 //! The server is blocking std::net: one thread per connection up to
 //! [`ServeOptions::max_connections`] (beyond that a 503), HTTP/1.1 keep-alive, request heads
@@ -79,9 +82,11 @@ pub struct ServeOptions {
     pub page_size: usize,
     /// Connections served at once (default 256); one more is answered 503 and closed.
     pub max_connections: usize,
-    /// How long a client may take to send a request head, and how long a kept-alive connection
-    /// may wait for its next request (default 30 s).
+    /// How long a client may take to send a request head once it started (default 30 s).
     pub head_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request (default 15 s). When
+    /// every slot is taken, the connection idle the longest is closed for a newcomer sooner.
+    pub idle_timeout: Duration,
     /// How long one send may block on a client that does not read (default 60 s).
     pub write_timeout: Duration,
     /// The slowest a client may read a body, in bytes per second over each `write_timeout`
@@ -90,6 +95,12 @@ pub struct ServeOptions {
     pub min_send_rate: u64,
     /// Serve HTTPS with this certificate instead of plain HTTP.
     pub tls: Option<TlsIdentity>,
+    /// The URL clients reach the server by (`https://hub.example/mirror`), for the absolute
+    /// `Link`s of paged listings. Default: the address each client connected to.
+    pub public_url: Option<String>,
+    /// Reverse proxies whose `X-Forwarded-Proto`, `-Host` and `-Prefix` are believed (when no
+    /// `public_url` is set); from anyone else those headers are ignored.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Default for ServeOptions {
@@ -98,9 +109,12 @@ impl Default for ServeOptions {
             page_size: DEFAULT_PAGE_SIZE,
             max_connections: 256,
             head_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(15),
             write_timeout: Duration::from_secs(60),
             min_send_rate: 4 << 10,
             tls: None,
+            public_url: None,
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -237,8 +251,8 @@ impl Server {
                 catalog,
                 root: root_dir,
                 options,
-                local_host: local.to_string(),
                 active: AtomicUsize::new(0),
+                idle: conn::Idle::default(),
             }),
             root: canonical,
             summary,
@@ -277,7 +291,12 @@ impl Server {
     fn dispatch(&self, stream: TcpStream, peer: SocketAddr) {
         let ctx = &self.ctx;
         // Only this thread increments, so a load-then-add cannot overshoot the cap.
-        if ctx.active.load(Ordering::Acquire) >= ctx.options.max_connections {
+        // At the cap, a connection idle between requests gives its slot to the newcomer (its
+        // thread ends at once; until then the count may pass the cap by the evictions in
+        // flight). Only when none is idle is the newcomer answered 503.
+        if ctx.active.load(Ordering::Acquire) >= ctx.options.max_connections
+            && !ctx.idle.evict_oldest()
+        {
             tracing::warn!(%peer, "connection cap reached; answering 503");
             conn::reject_busy(stream, ctx.options.tls.is_some());
             return;
@@ -335,7 +354,7 @@ mod tests {
         let answer = read_all(&mut second);
         assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
         first
-            .write_all(b"GET /x HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .write_all(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
             .expect("send");
         let answer = read_all(&mut first);
         assert!(answer.starts_with("HTTP/1.1 404 "), "{answer}");
