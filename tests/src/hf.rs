@@ -76,9 +76,33 @@ pub fn hf_client_python(
     (offline, jobs): (bool, &serde_json::Value),
     ca: Option<&Path>,
 ) -> Vec<PathBuf> {
+    let mut cmd = client_command(python, endpoint, cache, offline);
+    cmd.args(["-c", CLIENT_SCRIPT, &jobs.to_string()]);
+    if let Some(ca) = ca {
+        cmd.env("SSL_CERT_FILE", ca);
+    }
+    eprintln!("python3 huggingface_hub (offline={offline}): {jobs}");
+    let o = cmd.output().expect("run python3");
+    assert!(
+        o.status.success(),
+        "huggingface_hub failed (offline={offline}):\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let last = stdout.lines().last().expect("client output");
+    serde_json::from_str::<Vec<String>>(last)
+        .expect("client JSON")
+        .into_iter()
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// `python` set up to talk to `endpoint` only, with `cache` as its cache: the variables the
+/// client reads are set, the ones that could send it elsewhere (tokens, proxies, CAs) removed.
+pub fn client_command(python: &Path, endpoint: &str, cache: &Path, offline: bool) -> Command {
     let mut cmd = Command::new(python);
-    cmd.args(["-c", CLIENT_SCRIPT, &jobs.to_string()])
-        .env("HF_ENDPOINT", endpoint)
+    cmd.env("HF_ENDPOINT", endpoint)
         .env("HF_HUB_DISABLE_XET", "1")
         .env("HF_HUB_CACHE", cache)
         .env("HF_HOME", cache.join("home"))
@@ -103,22 +127,5 @@ pub fn hf_client_python(
     ] {
         cmd.env_remove(var);
     }
-    if let Some(ca) = ca {
-        cmd.env("SSL_CERT_FILE", ca);
-    }
-    eprintln!("python3 huggingface_hub (offline={offline}): {jobs}");
-    let o = cmd.output().expect("run python3");
-    assert!(
-        o.status.success(),
-        "huggingface_hub failed (offline={offline}):\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    let last = stdout.lines().last().expect("client output");
-    serde_json::from_str::<Vec<String>>(last)
-        .expect("client JSON")
-        .into_iter()
-        .map(PathBuf::from)
-        .collect()
+    cmd
 }

@@ -951,7 +951,8 @@ fn gc(cache: &Path, args: &[&str]) -> serde_json::Value {
     let cache_s = cache.to_str().expect("utf-8");
     let mut all = vec!["gc", "--cache-dir", cache_s, "--json"];
     all.extend_from_slice(args);
-    let o = ferry(Backend::Portable, &all);
+    // gc has no back-end: `--backend` would be refused.
+    let o = Command::new(ferry_bin()).args(&all).output().expect("gc");
     assert!(o.status.success(), "ferry gc {args:?}: {}", stderr(&o));
     serde_json::from_slice(&o.stdout).expect("JSON report")
 }
@@ -1481,4 +1482,125 @@ fn idle_keep_alive_clients_cannot_starve_a_newcomer() {
     // The others still hold their connections.
     holders[3].write_all(request.as_bytes()).expect("send");
     assert_eq!(read_one_response(&mut holders[3]), 200);
+}
+
+#[test]
+fn the_api_clients_call_works_and_what_is_not_implemented_says_so() {
+    let hub = Hub::start(|_| None);
+    let cache = pulled_cache(&hub, &[]);
+    let serve = ferry_tests::serve::Serve::start(cache.path(), None);
+    let home = tempfile::tempdir().expect("tmp");
+    let code = r#"
+import json
+from huggingface_hub import HfApi
+from huggingface_hub.errors import RepositoryNotFoundError
+api = HfApi()
+out = {}
+infos = api.get_paths_info("org/model", ["config.json", "tokenizer", "nope.bin"], revision="main")
+out["paths"] = sorted((type(i).__name__, i.path, getattr(i, "size", None)) for i in infos)
+refs = api.list_repo_refs("org/model")
+out["branches"] = [(b.name, b.target_commit) for b in refs.branches]
+out["commits"] = [c.commit_id for c in api.list_repo_commits("org/model")]
+try:
+    list(api.get_repo_discussions("org/model"))
+    out["discussions"] = "answered"
+except RepositoryNotFoundError:
+    out["discussions"] = "RepositoryNotFoundError"
+except Exception as e:
+    out["discussions"] = "%s %s" % (getattr(getattr(e, "response", None), "status_code", None), e)
+print(json.dumps(out))
+"#;
+    let o = ferry_tests::hf::client_command(
+        Path::new("python3"),
+        &serve.endpoint(),
+        home.path(),
+        false,
+    )
+    .args(["-c", code])
+    .output()
+    .expect("python3");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let v: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
+    let config = hub
+        .repo
+        .files
+        .iter()
+        .find(|f| f.path == "config.json")
+        .expect("config");
+    assert_eq!(
+        v["paths"],
+        serde_json::json!([
+            ["RepoFile", "config.json", config.size],
+            ["RepoFolder", "tokenizer", null]
+        ]),
+        "{v}"
+    );
+    assert_eq!(
+        v["branches"],
+        serde_json::json!([["main", hub.repo.commit]]),
+        "{v}"
+    );
+    assert_eq!(v["commits"], serde_json::json!([hub.repo.commit]), "{v}");
+    let discussions = v["discussions"].as_str().expect("discussions");
+    assert!(
+        discussions.starts_with("501") && discussions.contains("does not implement"),
+        "an unimplemented route must say so, not 'repository not found': {discussions}"
+    );
+}
+
+#[test]
+fn an_option_either_works_or_is_refused() {
+    let root = tempfile::tempdir().expect("tmp");
+    let root_s = root.path().to_str().expect("utf-8");
+    for (args, flag) in [
+        (
+            vec!["serve", "--root", root_s, "--limit-rate", "10M"],
+            "--limit-rate",
+        ),
+        (
+            vec!["--limit-rate", "10M", "serve", "--root", root_s],
+            "--limit-rate",
+        ),
+        (
+            vec!["--backend", "uring", "serve", "--root", root_s],
+            "--backend",
+        ),
+        (
+            vec!["gc", "--cache-dir", root_s, "--proxy", "http://127.0.0.1:9"],
+            "--proxy",
+        ),
+        (
+            vec!["ping", "http://127.0.0.1:9/x", "--min-free", "1G"],
+            "--min-free",
+        ),
+    ] {
+        let o = std::process::Command::new(ferry_bin())
+            .args(&args)
+            .output()
+            .expect("run ferry");
+        let what = format!("ferry {args:?}");
+        assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("{flag} does not apply to")),
+            "{what}: {err}"
+        );
+    }
+    // --help lists only what applies.
+    let o = std::process::Command::new(ferry_bin())
+        .args(["serve", "--help"])
+        .output()
+        .expect("help");
+    let help = String::from_utf8_lossy(&o.stdout);
+    for flag in [
+        "--limit-rate",
+        "--backend",
+        "--proxy",
+        "--min-free",
+        "--threads",
+    ] {
+        assert!(!help.contains(flag), "serve --help lists {flag}");
+    }
 }

@@ -749,42 +749,6 @@ fn files_failing_with_a_server_error_are_fetched_again() {
     }
 }
 
-/// `ferry serve` on a root, stopped by its PID when dropped.
-struct Serve {
-    child: std::process::Child,
-    endpoint: String,
-}
-
-impl Serve {
-    fn start(root: &Path) -> Serve {
-        use std::io::BufRead;
-        let mut child = Command::new(ferry_tests::ferry_bin())
-            .args(["serve", "--addr", "127.0.0.1:0", "--root"])
-            .arg(root)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("start ferry serve");
-        let mut line = String::new();
-        let stdout = child.stdout.take().expect("stdout");
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("listening line");
-        let endpoint = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://"))
-            .unwrap_or_else(|| panic!("no address in {line:?}"))
-            .to_owned();
-        Serve { child, endpoint }
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() {
     let hub = Hub::start(|_| None);
@@ -798,21 +762,19 @@ fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() 
         ),
         "first pull",
     );
-    let serve = Serve::start(first.path());
+    let serve = ferry_tests::serve::Serve::start(first.path(), None);
+    let endpoint = serve.endpoint();
     for backend in backends_under_test() {
         let what = format!("backend={backend:?}, from ferry serve");
         eprintln!("{what}");
         let second = tempfile::tempdir().expect("tmp");
         let second_s = second.path().to_str().expect("utf-8");
-        let r = report(
-            &pull(backend, &serve.endpoint, &["--cache-dir", second_s]),
-            &what,
-        );
+        let r = report(&pull(backend, &endpoint, &["--cache-dir", second_s]), &what);
         assert_eq!(r["commit"], hub.repo.commit.as_str());
         assert_snapshot(second.path(), &hub.repo, &what);
         let o = pull(
             backend,
-            &serve.endpoint,
+            &endpoint,
             &["--cache-dir", second_s, "--revision", "v9"],
         );
         assert_eq!(
@@ -827,7 +789,7 @@ fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() 
                 "pull",
                 "org/other",
                 "--endpoint",
-                &serve.endpoint,
+                &endpoint,
                 "--cache-dir",
                 second_s,
             ],

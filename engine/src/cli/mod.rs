@@ -172,14 +172,90 @@ impl Global {
     }
 }
 
+/// The global options other than `-v`, by clap id.
+const GLOBALS: &[&str] = &[
+    "backend",
+    "safe_mode",
+    "threads",
+    "ca_file",
+    "proxy",
+    "connect_timeout",
+    "read_timeout",
+    "limit_rate",
+    "min_free",
+    "space_wait",
+    "allow_private_redirects",
+];
+
+/// The global options a subcommand uses; any other given to it is refused, and its `--help`
+/// does not list them. `serve` and `gc` download nothing and use none.
+fn globals_of(sub: &str) -> &'static [&'static str] {
+    match sub {
+        "get" | "pull" | "verify" => GLOBALS,
+        // A ping writes nothing: the disk options do not apply.
+        "ping" => &[
+            "backend",
+            "safe_mode",
+            "threads",
+            "ca_file",
+            "proxy",
+            "connect_timeout",
+            "read_timeout",
+            "limit_rate",
+            "allow_private_redirects",
+        ],
+        "probe" => &["backend", "safe_mode"],
+        _ => &[],
+    }
+}
+
+/// The command line, with the global options a subcommand does not use hidden from its help:
+/// such a subcommand gets a hidden copy of the option, which clap then does not propagate over
+/// (the copy still parses, so that [`main`] can refuse it with a clear message).
+fn command() -> clap::Command {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd
+        .get_arguments()
+        .filter(|a| GLOBALS.contains(&a.get_id().as_str()))
+        .cloned()
+        .collect();
+    cmd.mut_subcommands(|sub| {
+        let uses = globals_of(sub.get_name());
+        globals
+            .iter()
+            .filter(|a| !uses.contains(&a.get_id().as_str()))
+            .fold(sub, |sub, a| sub.arg(a.clone().hide(true)))
+    })
+}
+
 pub fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    use clap::FromArgMatches;
+    let parsed = command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (m, cli)));
+    let (matches, cli) = match parsed {
+        Ok(p) => p,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(if e.use_stderr() { exit::USAGE } else { 0 });
         }
     };
+    // An option either works or is refused: a global one given to a subcommand that does not
+    // use it (`ferry serve --limit-rate 10M`) is an error, not silently ignored.
+    if let Some((sub, sm)) = matches.subcommand() {
+        let given = GLOBALS.iter().find(|id| {
+            !globals_of(sub).contains(id)
+                && sm.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        });
+        if let Some(id) = given {
+            eprintln!(
+                "ferry: error: --{} does not apply to `ferry {sub}`; see `ferry {sub} --help`",
+                id.replace('_', "-")
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+    }
     init_logging(cli.global.verbose);
     let code = match cli.command {
         Command::Probe(args) => probe::run(&cli.global, args),
@@ -319,5 +395,26 @@ mod tests {
     fn cli_definition_is_valid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+        command().debug_assert();
+    }
+
+    #[test]
+    fn globals_a_subcommand_does_not_use_are_hidden_from_its_help() {
+        let mut cmd = command();
+        cmd.build();
+        let mut help = |sub: &str| {
+            cmd.find_subcommand_mut(sub)
+                .expect("sub")
+                .render_long_help()
+                .to_string()
+        };
+        let (serve, gc, get, ping) = (help("serve"), help("gc"), help("get"), help("ping"));
+        for flag in ["--limit-rate", "--backend", "--proxy", "--min-free"] {
+            assert!(!serve.contains(flag), "serve --help lists {flag}");
+            assert!(!gc.contains(flag), "gc --help lists {flag}");
+            assert!(get.contains(flag), "get --help lacks {flag}");
+        }
+        assert!(ping.contains("--limit-rate") && !ping.contains("--min-free"));
+        assert!(serve.contains("--verbose"), "-v applies everywhere");
     }
 }

@@ -30,6 +30,8 @@ use super::ServeOptions;
 use super::catalog::Catalog;
 use super::handler::{Body, Request, Response, civil_from_days, handle};
 
+/// Largest request body read (a POST of `paths-info`: a list of paths), in bytes.
+pub(crate) const MAX_BODY: u64 = 1 << 20;
 /// Largest request head accepted, in bytes.
 pub(crate) const MAX_HEAD: usize = 16 << 10;
 /// Most header fields accepted in one request.
@@ -269,8 +271,10 @@ struct Head {
     if_range: Option<String>,
     /// `Connection: close` (1.1) or no `Connection: keep-alive` (1.0).
     close: bool,
-    /// The request announces a body, which is never read.
+    /// The request announces a body (read only for a POST with a length, up to [`MAX_BODY`]).
     has_body: bool,
+    /// Its `Content-Length`, when it states one.
+    length: Option<u64>,
     len: usize,
 }
 
@@ -369,6 +373,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
         return Parsed::Invalid(400);
     }
     head.has_body = chunked || length.is_some_and(|n| n > 0);
+    head.length = length;
     // GET and HEAD take no body here: one announced would be read as the next request.
     if head.has_body && (head.method == "GET" || head.method == "HEAD") {
         return Parsed::Invalid(400);
@@ -426,23 +431,49 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
             }
         };
         buf.drain(..head.len);
-        let close = head.close || head.has_body;
         let head_only = head.method == "HEAD";
-        let response = if head.method == "GET" || head_only {
-            let base = public_base(ctx, &head.forwarded, peer, (local, sni.as_deref()));
-            handle(
-                ctx,
-                &Request {
-                    target: &head.target,
-                    base: &base,
-                    range: head.range.as_deref(),
-                    if_range: head.if_range.as_deref(),
-                },
-            )
-        } else {
-            let mut r = Response::error(405, None, "Method Not Allowed");
-            r.headers.push(("Allow", "GET, HEAD".into()));
-            r
+        // A POST's body is read when its length is stated and small; any other body is not,
+        // and the connection closes after the answer.
+        let body = match (head.method.as_str(), head.length) {
+            ("POST", Some(n)) if n <= MAX_BODY && !head.has_body_chunked() => {
+                read_body(&mut stream, &mut buf, n as usize, ctx.options.head_timeout)
+            }
+            _ => None,
+        };
+        let close = head.close || (head.has_body && body.is_none());
+        let response = match head.method.as_str() {
+            "GET" | "HEAD" | "POST" => {
+                let base = public_base(ctx, &head.forwarded, peer, (local, sni.as_deref()));
+                let posted = match (head.method.as_str(), &body) {
+                    ("POST", Some(b)) => Some(b.as_slice()),
+                    ("POST", None) if !head.has_body => Some(&[][..]),
+                    _ => None,
+                };
+                if head.method == "POST" && posted.is_none() {
+                    Response::error(
+                        413,
+                        None,
+                        "Request body missing, too large or not length-framed",
+                    )
+                } else {
+                    handle(
+                        ctx,
+                        &Request {
+                            method: &head.method,
+                            target: &head.target,
+                            base: &base,
+                            range: head.range.as_deref(),
+                            if_range: head.if_range.as_deref(),
+                            body: posted,
+                        },
+                    )
+                }
+            }
+            _ => {
+                let mut r = Response::error(405, None, "Method Not Allowed");
+                r.headers.push(("Allow", "GET, HEAD, POST".into()));
+                r
+            }
         };
         tracing::debug!(
             %peer,
@@ -467,6 +498,38 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
             return;
         }
     }
+}
+
+impl Head {
+    /// A body framed by a transfer coding (never read).
+    fn has_body_chunked(&self) -> bool {
+        self.has_body && self.length.is_none()
+    }
+}
+
+/// Reads a body of `len` bytes, what `buf` holds of it first, within `timeout`; `None` when it
+/// does not all arrive in time (the connection is then closed).
+fn read_body(
+    stream: &mut Wire,
+    buf: &mut Vec<u8>,
+    len: usize,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let deadline = Instant::now() + timeout;
+    let mut chunk = [0u8; 16 << 10];
+    while buf.len() < len {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.tcp().set_read_timeout(Some(left)).is_err() {
+            return None;
+        }
+        match stream.read(&mut chunk) {
+            Ok(0) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some(buf.drain(..len).collect())
 }
 
 /// Waits up to the idle timeout for the first bytes of the next request, registered as idle

@@ -25,11 +25,15 @@ use crate::hub::repo::encode_segment;
 /// What the handler needs from a request head.
 #[derive(Debug)]
 pub(crate) struct Request<'a> {
+    /// `GET`, `HEAD` or `POST`.
+    pub method: &'a str,
     pub target: &'a str,
     /// `scheme://host[:port][/prefix]` clients reach this server by (for `Link`s).
     pub base: &'a str,
     pub range: Option<&'a str>,
     pub if_range: Option<&'a str>,
+    /// A POST's body (empty when it sent none); `None` for GET and HEAD.
+    pub body: Option<&'a [u8]>,
 }
 
 /// A response body.
@@ -120,9 +124,26 @@ fn bad_path() -> Response {
 pub(crate) fn handle(ctx: &Ctx, req: &Request<'_>) -> Response {
     match parse_target(req.target) {
         Some((Target::Api { kind, segs }, query)) => api(ctx, req, kind, &segs, query),
+        Some((Target::File { .. }, _)) if req.method == "POST" => post_not_allowed(),
         Some((Target::File { kind, segs }, _)) => resolve(ctx, req, kind, &segs),
         None => not_found(),
     }
+}
+
+fn post_not_allowed() -> Response {
+    let mut r = Response::error(405, None, "Method Not Allowed");
+    r.headers.push(("Allow", "GET, HEAD".into()));
+    r
+}
+
+/// A route of the Hub's API that ferry serve does not implement: 501, saying so (never a
+/// "repository not found" for a repo it has).
+fn not_implemented(what: &str) -> Response {
+    Response::error(
+        501,
+        Some("NotImplemented"),
+        &format!("ferry serve does not implement {what:?}: it is a read-only mirror"),
+    )
 }
 
 /// The repo id `segs` spell (each segment decoded), if it is one the catalog has.
@@ -139,7 +160,14 @@ fn shown_id(segs: &[&str]) -> String {
     segs.iter().take(2).copied().collect::<Vec<_>>().join("/")
 }
 
-const ACTIONS: [&str; 3] = ["revision", "tree", "treesize"];
+const ACTIONS: [&str; 6] = [
+    "revision",
+    "tree",
+    "treesize",
+    "paths-info",
+    "refs",
+    "commits",
+];
 
 fn api(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &str) -> Response {
     // The repo id is `org/name` or `name`; the segment after it must be an action (or nothing).
@@ -153,9 +181,40 @@ fn api(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &str)
             .flatten()
     });
     let Some((repo, rest)) = found else {
+        // A repo this server has, asked for something it does not do, is not "not found".
+        if let Some(action) = [2, 1].into_iter().find_map(|n| {
+            let action = segs.get(n)?;
+            lookup(ctx, kind, &segs[..n]).map(|_| *action)
+        }) {
+            return not_implemented(action);
+        }
         return repo_not_found(kind, &shown_id(segs));
     };
+    let posting = req.method == "POST";
     match rest {
+        ["paths-info", revs @ ..] if posting => {
+            let raw = revs.join("/");
+            let rev = decode(&raw).unwrap_or_default();
+            match repo.snapshot(&rev) {
+                Some(snap) => paths_info(snap, req.body.unwrap_or_default()),
+                None => revision_not_found(&rev),
+            }
+        }
+        ["paths-info", ..] => {
+            let mut r = Response::error(405, None, "Method Not Allowed");
+            r.headers.push(("Allow", "POST".into()));
+            r
+        }
+        _ if posting => post_not_allowed(),
+        ["refs"] => refs(repo, query),
+        ["commits", revs @ ..] => {
+            let raw = revs.join("/");
+            let rev = decode(&raw).unwrap_or_default();
+            match repo.snapshot(&rev) {
+                Some(snap) => commits(snap),
+                None => revision_not_found(&rev),
+            }
+        }
         [] | [""] => match repo.default_snapshot() {
             Some(snap) => info(repo, snap, query),
             None => revision_not_found("main"),
@@ -289,6 +348,95 @@ fn info(repo: &Repo, snap: &Snapshot, query: &str) -> Response {
         }
     }
     Response::json(200, &v)
+}
+
+/// `GET /api/{type}s/{repo}/refs`: the revisions this mirror has, as the Hub lists them
+/// (branches; pull requests with `include_prs=1`). A cache does not tell tags from branches:
+/// every ref that is not a pull request is listed as a branch.
+fn refs(repo: &Repo, query: &str) -> Response {
+    let (mut branches, mut prs) = (Vec::new(), Vec::new());
+    for (name, commit) in &repo.refs {
+        if name.starts_with("refs/pr/") {
+            prs.push(json!({ "name": name, "ref": name, "targetCommit": commit }));
+        } else {
+            branches.push(json!({
+                "name": name, "ref": format!("refs/heads/{name}"), "targetCommit": commit
+            }));
+        }
+    }
+    let mut v = json!({ "branches": branches, "tags": [], "converts": [] });
+    if query_flag(query, "include_prs")
+        && let Some(obj) = v.as_object_mut()
+    {
+        obj.insert("pullRequests".into(), Value::Array(prs));
+    }
+    Response::json(200, &v)
+}
+
+/// `GET /api/{type}s/{repo}/commits/{rev}`: the one commit this mirror knows of the revision
+/// (its history is not kept).
+fn commits(snap: &Snapshot) -> Response {
+    let date = iso8601(snap.last_modified);
+    Response::json(
+        200,
+        &json!([{
+            "id": snap.commit,
+            "title": "",
+            "message": "",
+            "authors": [],
+            "date": date,
+        }]),
+    )
+}
+
+/// Most paths one `paths-info` request may ask for.
+const MAX_PATHS: usize = 10_000;
+
+/// `POST /api/{type}s/{repo}/paths-info/{rev}` (huggingface_hub's `get_paths_info`): the
+/// entries of the paths asked for that exist, as the tree lists them. The body is a form
+/// (`paths=a&paths=b&expand=false`) or JSON (`{"paths": [...]}`).
+fn paths_info(snap: &Snapshot, body: &[u8]) -> Response {
+    let paths: Vec<String> = match serde_json::from_slice::<Value>(body) {
+        Ok(v) => v["paths"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        Err(_) => std::str::from_utf8(body)
+            .unwrap_or("")
+            .split('&')
+            .filter_map(|pair| {
+                let (k, v) = pair.split_once('=')?;
+                let v = v.replace('+', " ");
+                (k == "paths" || k == "paths%5B%5D" || k == "paths[]").then(|| decode(&v))?
+            })
+            .collect(),
+    };
+    if paths.len() > MAX_PATHS {
+        return Response::error(400, None, &format!("more than {MAX_PATHS} paths"));
+    }
+    let mut out = Vec::new();
+    for path in paths {
+        let path = path.trim_matches('/').to_owned();
+        if let Some(f) = snap.files.get(&path) {
+            let mut e = json!({ "type": "file", "oid": f.oid, "size": f.size, "path": path });
+            if let (Some(lfs), Some(obj)) = (lfs_json(f, "oid"), e.as_object_mut()) {
+                obj.insert("lfs".into(), lfs);
+            }
+            out.push(e);
+        } else if snap.dirs.contains(&path) {
+            out.push(json!({
+                "type": "directory",
+                "oid": dir_oid(&snap.commit, &path),
+                "size": 0,
+                "path": path,
+            }));
+        }
+    }
+    Response::json(200, &Value::Array(out))
 }
 
 /// An oid for a directory: any stable 40-hex value does (clients only read it).
