@@ -187,25 +187,15 @@ const GLOBALS: &[&str] = &[
     "allow_private_redirects",
 ];
 
-/// The global options a subcommand uses; any other given to it is refused, and its `--help`
-/// does not list them. `serve` and `gc` download nothing and use none.
-fn globals_of(sub: &str) -> &'static [&'static str] {
+/// Whether subcommand `sub` uses the global option `id`; one it does not use is refused there,
+/// and its `--help` does not list it. `serve` and `gc` download nothing and use none.
+fn uses(sub: &str, id: &str) -> bool {
     match sub {
-        "get" | "pull" | "verify" => GLOBALS,
+        "get" | "pull" | "verify" => true,
         // A ping writes nothing: the disk options do not apply.
-        "ping" => &[
-            "backend",
-            "safe_mode",
-            "threads",
-            "ca_file",
-            "proxy",
-            "connect_timeout",
-            "read_timeout",
-            "limit_rate",
-            "allow_private_redirects",
-        ],
-        "probe" => &["backend", "safe_mode"],
-        _ => &[],
+        "ping" => !matches!(id, "min_free" | "space_wait"),
+        "probe" => matches!(id, "backend" | "safe_mode"),
+        _ => false,
     }
 }
 
@@ -221,10 +211,10 @@ fn command() -> clap::Command {
         .cloned()
         .collect();
     cmd.mut_subcommands(|sub| {
-        let uses = globals_of(sub.get_name());
+        let name = sub.get_name().to_owned();
         globals
             .iter()
-            .filter(|a| !uses.contains(&a.get_id().as_str()))
+            .filter(|a| !uses(&name, a.get_id().as_str()))
             .fold(sub, |sub, a| sub.arg(a.clone().hide(true)))
     })
 }
@@ -245,8 +235,7 @@ pub fn main() -> ExitCode {
     // use it (`ferry serve --limit-rate 10M`) is an error, not silently ignored.
     if let Some((sub, sm)) = matches.subcommand() {
         let given = GLOBALS.iter().find(|id| {
-            !globals_of(sub).contains(id)
-                && sm.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+            !uses(sub, id) && sm.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
         });
         if let Some(id) = given {
             eprintln!(

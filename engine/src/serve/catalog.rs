@@ -439,16 +439,26 @@ fn scan_cache_repo(dir: &Path, kind: RepoType, id: String) -> Option<Repo> {
     })
 }
 
-/// The commit a ref file names: its first 64 bytes at most, read without following a symlink.
-fn read_ref(path: &Path) -> Option<String> {
+/// The first `max` bytes of the file at `path`, read without following a symlink; `None` when
+/// it cannot be opened or read, or holds more (with `whole`).
+fn read_at_most(path: &Path, max: u64, whole: bool) -> Option<Vec<u8>> {
     use std::os::unix::fs::OpenOptionsExt;
     let file = fs::File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .ok()?;
-    let mut text = String::new();
-    file.take(64).read_to_string(&mut text).ok()?;
+    let mut bytes = Vec::new();
+    file.take(max + u64::from(whole))
+        .read_to_end(&mut bytes)
+        .ok()?;
+    (!whole || bytes.len() as u64 <= max).then_some(bytes)
+}
+
+/// The commit a ref file names: its first 64 bytes at most, read without following a symlink.
+fn read_ref(path: &Path) -> Option<String> {
+    let bytes = read_at_most(path, 64, false)?;
+    let text = std::str::from_utf8(&bytes).ok()?;
     let commit = text.trim();
     is_hex(commit, 40).then(|| commit.to_ascii_lowercase())
 }
@@ -641,27 +651,16 @@ fn with_kept_listing(
     found: BTreeMap<String, FileEntry>,
     id: &str,
 ) -> BTreeMap<String, FileEntry> {
-    use std::os::unix::fs::OpenOptionsExt;
     let path = trees_dir.join(format!("{commit}.json"));
-    let real_dir = fs::symlink_metadata(trees_dir).is_ok_and(|m| m.is_dir());
-    let file = real_dir
-        .then(|| {
-            fs::File::options()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW)
-                .open(&path)
-                .ok()
-        })
-        .flatten();
-    let Some(file) = file else {
-        return found;
-    };
-    let mut bytes = Vec::new();
-    let max = crate::hub::trees::MAX_BYTES;
-    if file.take(max + 1).read_to_end(&mut bytes).is_err() || bytes.len() as u64 > max {
-        tracing::warn!(file = ?path, "kept listing unreadable or too large; ignored");
+    if !fs::symlink_metadata(trees_dir).is_ok_and(|m| m.is_dir())
+        || fs::symlink_metadata(&path).is_err()
+    {
         return found;
     }
+    let Some(bytes) = read_at_most(&path, crate::hub::trees::MAX_BYTES, true) else {
+        tracing::warn!(file = ?path, "kept listing unreadable or too large; ignored");
+        return found;
+    };
     let listed = match crate::hub::trees::decode(&bytes) {
         Ok(l) => l,
         Err(e) => {
@@ -700,15 +699,9 @@ fn with_kept_listing(
 
 /// The three lines huggingface_hub writes: commit sha, etag, unix time.
 fn read_metadata(path: &Path) -> Option<(String, String, f64)> {
-    use std::os::unix::fs::OpenOptionsExt;
     // Three short lines: at most 1 KiB is read, never through a symlink.
-    let file = fs::File::options()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ok()?;
-    let mut text = String::new();
-    file.take(1024).read_to_string(&mut text).ok()?;
+    let bytes = read_at_most(path, 1024, false)?;
+    let text = String::from_utf8_lossy(&bytes);
     let mut lines = text.lines().map(str::trim);
     let commit = lines.next()?.to_ascii_lowercase();
     let etag = lines.next()?.to_ascii_lowercase();
