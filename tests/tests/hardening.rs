@@ -262,6 +262,27 @@ fn outputs_that_collide_with_partial_names_are_refused() {
             assert!(stderr(&o).contains(needle), "{what}: {}", stderr(&o));
             assert_eq!(left, 0, "{what}: nothing may be written");
         }
+        // A listing naming a file like ferry's partials (which `ferry gc` would remove).
+        let hub = Hub::start(|repo| {
+            let mut tree = ferry_tests::hub::tree_json(&repo.files);
+            tree[0]["path"] = "weights.bin.ferry-partial".into();
+            tree[0]["type"] = "file".into();
+            tree[0]["size"] = 10.into();
+            Some(tree)
+        });
+        let cache = tempfile::tempdir().expect("tmp");
+        let o = pull(backend, &hub.endpoint(), cache.path(), &[]);
+        assert_eq!(
+            o.status.code(),
+            Some(13),
+            "backend={backend:?}: {}",
+            stderr(&o)
+        );
+        assert!(
+            stderr(&o).contains("named like ferry's partial"),
+            "{}",
+            stderr(&o)
+        );
         eprintln!("ran on backend {backend:?}: colliding outputs refused");
     }
 }

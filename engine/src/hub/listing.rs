@@ -193,6 +193,12 @@ fn check_path(path: &str) -> Result<(), String> {
     if path == ".cache/huggingface" || path.starts_with(".cache/huggingface/") {
         return bad("inside .cache/huggingface, where the mirror keeps its metadata");
     }
+    // Names of ferry's partial and temporary files: a listed file so named would be taken for
+    // a leftover (and removed by `ferry gc`), or collide with another file's partial.
+    let name = path.rsplit('/').next().unwrap_or(path);
+    if name.ends_with(".ferry-partial") || name.contains(".ferry-tmp-") {
+        return bad("named like ferry's partial or temporary files");
+    }
     Ok(())
 }
 
@@ -292,6 +298,8 @@ mod tests {
             "./a",
             "",
             ".cache/huggingface/download/x.metadata",
+            "weights.bin.ferry-partial",
+            "sub/x.ferry-tmp-0123456789abcdef",
         ] {
             assert!(check(vec![file(bad)]).is_err(), "{bad:?} must be refused");
         }
