@@ -239,7 +239,7 @@ fn ferry_report(stdout: &str) -> anyhow::Result<(String, u64)> {
 }
 
 pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
-    if args.shard < 1 << 20 || args.shard % (1 << 20) != 0 {
+    if args.shard < 1 << 20 || !args.shard.is_multiple_of(1 << 20) {
         bail!("pull: --shard must be a whole number of MiB (synth-repo.py --shard-mib)");
     }
     let origin = scratch.join("src-pull");
@@ -324,13 +324,13 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
             } else {
                 None
             };
-            if let (AGAIN, Some((_, fetched))) = (tool.name.as_str(), &report) {
-                if *fetched > 0 {
-                    bail!(
-                        "pull: the second ferry pull fetched {fetched} bytes: the first did not \
+            if let (AGAIN, Some((_, fetched))) = (tool.name.as_str(), &report)
+                && *fetched > 0
+            {
+                bail!(
+                    "pull: the second ferry pull fetched {fetched} bytes: the first did not \
                          leave a complete mirror"
-                    );
-                }
+                );
             }
             // The first pull's mirror is checked after the second pull, which runs on it.
             if tool.name != FERRY {

@@ -631,10 +631,10 @@ fn per_tool<'a>(
     let mut seen = Vec::new();
     for t in &r.tools {
         for s in r.samples.iter().filter(|s| s.tool == t.name) {
-            if let Some(v) = what(s) {
-                if !seen.contains(&(t.name.as_str(), v)) {
-                    seen.push((t.name.as_str(), v));
-                }
+            if let Some(v) = what(s)
+                && !seen.contains(&(t.name.as_str(), v))
+            {
+                seen.push((t.name.as_str(), v));
             }
         }
     }

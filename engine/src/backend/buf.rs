@@ -145,9 +145,9 @@ impl Backing {
     fn of(cap: usize, huge: bool) -> Backing {
         if !huge {
             Backing::Heap
-        } else if CHUNK % cap == 0 {
+        } else if CHUNK.is_multiple_of(cap) {
             Backing::Chunk
-        } else if cap % CHUNK == 0 {
+        } else if cap.is_multiple_of(CHUNK) {
             Backing::Own
         } else {
             Backing::Heap

@@ -194,7 +194,7 @@ impl FileSink {
         let len = buf.buf_len() as u64;
         let align = self.align;
         let direct_len = match &self.direct {
-            Some(_) if at % align == 0 => len / align * align,
+            Some(_) if at.is_multiple_of(align) => len / align * align,
             _ => 0,
         };
         // The file's turn first: waiting for it must not hold a pool thread's permit.

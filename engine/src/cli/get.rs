@@ -162,12 +162,12 @@ fn plan_outputs(args: &GetArgs) -> Result<Vec<Planned>, UsageError> {
             "--sha256 checks one file; give one URL with it".to_owned(),
         ));
     }
-    if let Some(b) = args.buffer_size {
-        if b == 0 || b % 4096 != 0 || b > 256 << 20 {
-            return Err(UsageError(format!(
-                "--buffer-size {b}: must be a multiple of 4 KiB, at most 256 MiB"
-            )));
-        }
+    if let Some(b) = args.buffer_size
+        && (b == 0 || b % 4096 != 0 || b > 256 << 20)
+    {
+        return Err(UsageError(format!(
+            "--buffer-size {b}: must be a multiple of 4 KiB, at most 256 MiB"
+        )));
     }
     if urls.len() == 1 && args.input.is_none() {
         let (url, sha) = &urls[0];

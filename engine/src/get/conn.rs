@@ -615,15 +615,15 @@ impl Conn {
         match result {
             Ok(true) => {
                 pipe.submit(buf, buf_at).await?;
-                if let Framing::Length(n) = framing {
-                    if at < n {
-                        return Err(GetError::ShortBody {
-                            url: url.clone(),
-                            offset: 0,
-                            expected: n,
-                            received: at,
-                        });
-                    }
+                if let Framing::Length(n) = framing
+                    && at < n
+                {
+                    return Err(GetError::ShortBody {
+                        url: url.clone(),
+                        offset: 0,
+                        expected: n,
+                        received: at,
+                    });
                 }
                 Ok(Some(at))
             }

@@ -115,12 +115,11 @@ impl Pipeline {
         self.ctx.add_done(len);
         self.ctx.add_spliced(len);
         self.ctx.journal_written(at, len);
-        if let Some(v) = &self.verifier {
-            if v.written_elsewhere(at, len) {
-                if let Some(wake) = &self.wake_read_back {
-                    let _ = wake.try_send(());
-                }
-            }
+        if let Some(v) = &self.verifier
+            && v.written_elsewhere(at, len)
+            && let Some(wake) = &self.wake_read_back
+        {
+            let _ = wake.try_send(());
         }
     }
 
@@ -212,10 +211,8 @@ impl Pipeline {
                 Next::Idle { read_back } => break read_back,
             }
         };
-        if wake {
-            if let Some(wake) = &self.wake_read_back {
-                let _ = wake.try_send(());
-            }
+        if wake && let Some(wake) = &self.wake_read_back {
+            let _ = wake.try_send(());
         }
     }
 
@@ -224,10 +221,10 @@ impl Pipeline {
         let mut first = Ok(());
         while !self.inflight.is_empty() {
             // Nothing more is read: no buffer is let go early.
-            if let Err(e) = self.reap_one(u64::MAX).await {
-                if first.is_ok() {
-                    first = Err(e);
-                }
+            if let Err(e) = self.reap_one(u64::MAX).await
+                && first.is_ok()
+            {
+                first = Err(e);
             }
         }
         first

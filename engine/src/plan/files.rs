@@ -245,10 +245,11 @@ mod tests {
                 let on_it = lane_state
                     .iter()
                     .any(|l| matches!(l, Lane::Busy { file, .. } if *file == f));
-                if let File::Active(p) = state {
-                    if !on_it && !p.has_work() {
-                        *state = File::Done;
-                    }
+                if let File::Active(p) = state
+                    && !on_it
+                    && !p.has_work()
+                {
+                    *state = File::Done;
                 }
             }
         }

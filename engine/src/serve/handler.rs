@@ -587,11 +587,11 @@ fn file_response(ctx: &Ctx, req: &Request<'_>, commit: &str, f: &FileEntry) -> R
         ("X-Linked-Etag", quoted.clone()),
         ("X-Linked-Size", f.size.to_string()),
     ];
-    if let Some(lfs) = &f.lfs {
-        if let Ok(raw) = hex::decode(&lfs.sha256) {
-            let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
-            headers.push(("Digest", format!("SHA-256={b64}")));
-        }
+    if let Some(lfs) = &f.lfs
+        && let Ok(raw) = hex::decode(&lfs.sha256)
+    {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(raw);
+        headers.push(("Digest", format!("SHA-256={b64}")));
     }
     // If-Range: the range holds only for this exact representation.
     let range = match req.if_range {

@@ -233,10 +233,10 @@ impl Server {
             TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
         // TCP Fast Open where `net.ipv4.tcp_fastopen` enables servers (bit 2): a client that
         // holds our cookie sends its request in the SYN and saves a round trip.
-        if kernel_probes::net::tcp_fastopen().is_some_and(|v| v & 2 != 0) {
-            if let Err(e) = crate::backend::sockopt::set_fast_open_listener(&listener, 1024) {
-                tracing::debug!(error = %e, "TCP Fast Open refused on the listener");
-            }
+        if kernel_probes::net::tcp_fastopen().is_some_and(|v| v & 2 != 0)
+            && let Err(e) = crate::backend::sockopt::set_fast_open_listener(&listener, 1024)
+        {
+            tracing::debug!(error = %e, "TCP Fast Open refused on the listener");
         }
         let local = listener
             .local_addr()
