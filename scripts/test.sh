@@ -11,6 +11,9 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "== feature combinations of the ferry crate (none, and every one: fuzzing)"
+cargo clippy -p ferry --lib --locked --quiet --no-default-features -- -D warnings
+cargo clippy -p ferry --lib --locked --quiet --all-features -- -D warnings
 echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== build binaries (the integration tests run them)"
