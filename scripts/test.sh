@@ -14,6 +14,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== feature combinations of the ferry crate (none, and every one: fuzzing)"
 cargo clippy -p ferry --lib --locked --quiet --no-default-features -- -D warnings
 cargo clippy -p ferry --lib --locked --quiet --all-features -- -D warnings
+echo "== the ferry crate as a consumer builds it (fresh resolution, outside the lock)"
+scripts/consumer-build.sh
 echo "== cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 echo "== build binaries (the integration tests run them)"

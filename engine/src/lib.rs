@@ -83,6 +83,7 @@ pub use kernel_probes;
 
 use crate::backend::{UringVerdict, judge_setup_errno};
 use crate::get::{Batch, Counters, Ctx, FileSpec, JobSettings, SinkChoice, Target};
+pub use crate::net::tls::{TlsInfo, tls_info};
 use crate::runtime::Workers;
 use crate::verify::Checksum;
 pub use crate::verify::HashAlgorithm;

@@ -257,3 +257,74 @@ fn a_byte_corrupted_in_flight_under_tls_costs_one_range_not_the_file() {
         );
     }
 }
+
+/// `ferry -v get` over HTTPS on `backend`: its stderr (the first session's key exchange is
+/// logged at info level).
+fn key_exchange_logged(backend: Backend, url: &str, pki: &TestPki) -> String {
+    let out = tempfile::tempdir().expect("tmp");
+    let o = std::process::Command::new(ferry_bin())
+        .args(["--backend", backend.flag(), "-v", "get", url, "-o"])
+        .arg(out.path().join("f"))
+        .arg("--ca-file")
+        .arg(&pki.ca)
+        .env_remove("FERRY_SAFE_MODE")
+        .env_remove("FERRY_LOG")
+        .output()
+        .expect("run ferry");
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(o.status.success(), "{stderr}");
+    stderr
+}
+
+#[test]
+fn the_key_exchange_is_post_quantum_where_the_server_offers_it_and_is_said() {
+    let pki = TestPki::new();
+    // ferry serve (rustls with aws-lc-rs, like ferry's client) negotiates X25519MLKEM768.
+    let root = tempfile::tempdir().expect("tmp");
+    let repo = root.path().join("org/model");
+    std::fs::create_dir_all(repo.join(".cache/huggingface/download")).expect("dirs");
+    std::fs::write(repo.join("a.txt"), b"abc").expect("file");
+    let commit = "c".repeat(40);
+    let etag = ferry_tests::hub::git_blob_id(b"abc");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs()
+        + 5;
+    std::fs::write(
+        repo.join(".cache/huggingface/download/a.txt.metadata"),
+        format!("{commit}\n{etag}\n{now}\n"),
+    )
+    .expect("metadata");
+    let serve = ferry_tests::serve::Serve::start_tls(root.path(), &pki.localhost);
+    let url = format!("{}/org/model/resolve/main/a.txt", serve.endpoint());
+    // nginx (OpenSSL) offers what its build has: a classical group at least.
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("f"), 1000, 1);
+    let nginx = Nginx::start_tls(src.path(), &pki.localhost);
+    for backend in backends_under_test() {
+        let said = key_exchange_logged(backend, &url, &pki);
+        assert!(
+            said.contains("key_exchange=Some(X25519MLKEM768)"),
+            "backend={backend:?} ferry serve: {said}"
+        );
+        let said = key_exchange_logged(backend, &nginx.https_url("localhost", "files", "f"), &pki);
+        assert!(
+            said.contains("TLS session established") && said.contains("key_exchange=Some("),
+            "backend={backend:?} nginx: {said}"
+        );
+        eprintln!("ran on backend {backend:?}: key exchange logged with -v");
+    }
+    // `ferry probe` says what is offered.
+    let o = std::process::Command::new(ferry_bin())
+        .args(["probe", "--json"])
+        .output()
+        .expect("probe");
+    let probe: serde_json::Value = serde_json::from_slice(&o.stdout).expect("probe JSON");
+    assert_eq!(probe["tls"]["provider"], "aws-lc-rs");
+    assert_eq!(
+        probe["tls"]["key_exchange"][0], "X25519MLKEM768",
+        "{}",
+        probe["tls"]
+    );
+}

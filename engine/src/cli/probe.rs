@@ -33,6 +33,8 @@ struct Choice {
 struct ProbeOutput<'a> {
     probe: &'a Report,
     selection: Choice,
+    /// The TLS crypto: provider and the key exchange groups offered.
+    tls: ferry::TlsInfo,
 }
 
 pub(crate) fn run(global: &Global, args: ProbeArgs) -> u8 {
@@ -66,6 +68,7 @@ pub(crate) fn run(global: &Global, args: ProbeArgs) -> u8 {
         let out = ProbeOutput {
             probe: &report,
             selection: choice,
+            tls: ferry::tls_info(),
         };
         match serde_json::to_string_pretty(&out) {
             Ok(s) => println!("{s}"),
@@ -164,6 +167,10 @@ fn print_table(r: &Report, choice: &Choice) {
         ),
     );
     row("kTLS", yes_no(&r.net.ktls));
+    let tls = ferry::tls_info();
+    println!("tls");
+    row("crypto", tls.provider.to_owned());
+    row("key exchange offered", tls.key_exchange.join(", "));
     println!("memory");
     let lim = |v: Option<u64>| v.map_or("unlimited".to_owned(), human_bytes);
     row(

@@ -5,7 +5,9 @@
 //! `--ca-file` or named by `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE`. A certificate that does not
 //! verify is an error naming the host and the reason; there is no switch that turns
 //! verification off. TLS 1.2 and 1.3 with rustls's safe defaults, SNI for host names, ALPN
-//! `http/1.1`.
+//! `http/1.1`. The crypto is aws-lc-rs ([`provider`]), which offers the post-quantum hybrid
+//! key exchange X25519MLKEM768 first; the group a connection negotiated is logged (`-v` for the
+//! first one, `-vv` for each).
 //!
 //! The stream reads ciphertext into its own buffer, lets rustls decrypt it, and copies the
 //! plaintext straight into the caller's buffer (a pipeline buffer on the hot path). It does not
@@ -25,6 +27,52 @@ use rustls::pki_types::pem::PemObject;
 use rustls::{ClientConfig, ClientConnection, RootCertStore};
 
 use crate::backend::buf::append;
+
+/// The crypto of every TLS connection ferry makes, client and server: rustls's aws-lc-rs
+/// provider. Chosen because rustls 0.23.48 deprecated its ring provider (no post-quantum key
+/// exchange), aws-lc-rs offers X25519MLKEM768 (what current servers and CDNs negotiate), and
+/// its C builds offline from crates.io with the compiler `scripts/setup.sh` needs anyway. The
+/// throughput of the two: `docs/decisions.md` ("TLS provider").
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The TLS crypto ferry uses, for `ferry probe`: the provider and the key exchange groups it
+/// offers, most preferred first.
+#[derive(Debug, Clone, serde::Serialize)]
+#[non_exhaustive]
+pub struct TlsInfo {
+    /// The crypto provider (`aws-lc-rs`).
+    pub provider: &'static str,
+    /// Key exchange groups offered, most preferred first (`X25519MLKEM768`, ...).
+    pub key_exchange: Vec<String>,
+}
+
+/// What [`TlsInfo`] says of this build.
+pub fn tls_info() -> TlsInfo {
+    TlsInfo {
+        provider: "aws-lc-rs",
+        key_exchange: provider()
+            .kx_groups
+            .iter()
+            .map(|g| format!("{:?}", g.name()))
+            .collect(),
+    }
+}
+
+/// Logs the key exchange a session negotiated: at info level for the first session of the
+/// process (`-v`), at debug level for the others.
+fn log_session(host: &str, conn: &rustls::ClientConnection) {
+    static FIRST: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+    let version = conn.protocol_version();
+    let suite = conn.negotiated_cipher_suite().map(|c| c.suite());
+    let kx = conn.negotiated_key_exchange_group().map(|g| g.name());
+    if FIRST.swap(false, std::sync::atomic::Ordering::Relaxed) {
+        tracing::info!(host, ?version, ?suite, key_exchange = ?kx, "TLS session established");
+    } else {
+        tracing::debug!(host, ?version, ?suite, key_exchange = ?kx, "TLS session established");
+    }
+}
 
 /// Environment variables naming a CA bundle to trust besides the built-in roots (OpenSSL's and
 /// Python requests' names, which huggingface_hub users already set).
@@ -98,6 +146,7 @@ impl TlsClient {
                     None => HandshakeError::Io(e),
                 })?;
         }
+        log_session(host, &stream.conn);
         Ok(stream)
     }
 }
@@ -116,8 +165,7 @@ fn build_config(ca_files: &[PathBuf]) -> Result<ClientConfig, String> {
     for file in ca_files {
         add_ca_file(&mut roots, file)?;
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
+    let mut config = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
         .with_root_certificates(roots)
@@ -300,12 +348,7 @@ impl TlsStream {
             }
         }
         s.flush().await.map_err(fail)?;
-        tracing::debug!(
-            host,
-            version = ?s.conn.protocol_version(),
-            suite = ?s.conn.negotiated_cipher_suite().map(|c| c.suite()),
-            "TLS session established"
-        );
+        log_session(host, &s.conn);
         Ok(s)
     }
 

@@ -52,8 +52,7 @@ impl TlsIdentity {
             return Err(bad(cert, "no PEM certificate in it".into()));
         }
         let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = ServerConfig::builder_with_provider(provider)
+        let mut config = ServerConfig::builder_with_provider(crate::net::tls::provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| bad(cert, e.to_string()))?
             .with_no_client_auth()
