@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the benchmark of ../shared/BENCH.md: ferry against curl, wget, aria2c, axel and
+# Runs the benchmark of bench/README.md: ferry against curl, wget, aria2c, axel and
 # hf_transfer, interleaved, on seeded data served by nginx on loopback; and (suite `pull`)
 # `ferry pull` against huggingface_hub's snapshot_download(max_workers=16), both mirroring a
 # synthetic model repo (scripts/synth-repo.py) from `ferry serve`, plus a second `ferry pull` of

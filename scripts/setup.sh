@@ -2,7 +2,7 @@
 # Installs what ferry's build, tests and demo need on a fresh Debian machine, and nothing when it
 # is all there already. Safe to run repeatedly.
 #   nginx        the real origin the integration tests and the demo download from
-#   pkg-config, libhwloc-dev, libudev-dev   for the optional hwloc NUMA path (DESIGN.md)
+#   pkg-config, libhwloc-dev, libudev-dev   for the optional hwloc NUMA path
 #   util-linux   setpriv, to run a test as an unprivileged user; unshare and nsenter, for the
 #                mount namespaces of the dual-stack and full-disk tests
 #   curl, time   the peer and the CPU/RSS meter of the benchmark harness

@@ -1,4 +1,4 @@
-//! `ferry-bench`: ferry against every peer, side by side, as `../shared/BENCH.md` says.
+//! `ferry-bench`: ferry against every peer, side by side, as `bench/README.md` says.
 //!
 //! For each download suite (`big`, `https`, `repo`, `small`) it generates seeded data, serves it
 //! from nginx on loopback (read once first, so the server side is warm; `https`: the `big` file
@@ -13,7 +13,7 @@
 //! file and an SVG chart (`report.rs`), merged by suite with the suites an earlier run recorded,
 //! and to this run's own folder under `runs/`.
 //!
-//! The memory state (`--state fresh|steady`, BENCH.md): `fresh` deletes each output after its
+//! The memory state (`--state fresh|steady`, bench/README.md): `fresh` deletes each output after its
 //! run, which returns its page cache to free memory; `steady` first fills free memory with clean
 //! page cache from a filler file (written with O_DIRECT, then read) and tops it up before every
 //! run, as on a server that has been up for days.
@@ -215,7 +215,7 @@ fn network_ceiling(url: &str, ca: Option<&Path>) -> String {
 }
 
 /// The disk alone: fio writing `size_mib` MiB to `file` with O_DIRECT, 1 MiB at a time, 32 in
-/// flight (BENCH.md's disk ceiling).
+/// flight (bench/README.md's disk ceiling).
 fn disk_ceiling(file: &str, size_mib: u64) -> String {
     format!(
         "fio --name=w --rw=write --bs=1M --direct=1 --ioengine=io_uring --iodepth=32 \
@@ -683,7 +683,7 @@ impl Drop for Outputs {
     }
 }
 
-/// Fills free memory with clean page cache (BENCH.md `steady`): a filler written with O_DIRECT
+/// Fills free memory with clean page cache (bench/README.md, `steady`): a filler written with O_DIRECT
 /// (so writing it leaves nothing cached), then read until free memory is under ~1 GiB.
 struct Filler(PathBuf);
 

@@ -29,7 +29,7 @@ use crate::{Args, Filler, Sample, SuiteResult, Timed, Tool, ceilings, timed};
 /// The synthetic repo's id.
 const REPO: &str = "ferry-bench/synthetic-model";
 const SHARDS: u32 = 4;
-/// Small files in the repo, as BENCH.md's `repo`: synth-repo.py always writes 7 (config,
+/// Small files in the repo, as bench/README.md's `repo`: synth-repo.py always writes 7 (config,
 /// tokenizer, README, ...), `--small` the others.
 const SMALL_FILES: usize = 200;
 const SYNTH_FIXED_SMALL: usize = 7;

@@ -1,7 +1,7 @@
 //! NUMA topology from sysfs: nodes and their CPUs, and the node of each NIC and of the block
 //! device under the target directory, where sysfs tells (a node of -1 means "not reported").
 //!
-//! This is the portable fallback the engine always has; DESIGN.md's optional hwloc path would add
+//! This is the portable fallback the engine always has; the optional hwloc path would add
 //! cache and PCIe detail, not different facts.
 
 use std::path::{Path, PathBuf};

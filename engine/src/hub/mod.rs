@@ -4,8 +4,8 @@
 //! A [`Pull`] resolves the revision to a commit once, walks the listing pinned to that commit,
 //! refuses a hostile listing, skips what is already in place, fetches the rest through the
 //! [`Engine`](crate::Engine) as one job (each file checked against its sha256 or git blob id
-//! before it gets its name), then publishes it in a [`Layout`]. The protocol is that of
-//! `HUB-PROTOCOL.md`; the serving side is [`crate::serve`].
+//! before it gets its name), then publishes it in a [`Layout`]. The protocol is that of the
+//! Hub's HTTP API; the serving side is [`crate::serve`].
 //!
 //! ```no_run
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {

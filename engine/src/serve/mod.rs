@@ -1,7 +1,7 @@
 //! `ferry serve`: a read-only, Hugging Face Hub-compatible HTTP endpoint over repos kept on local
 //! disk, so that stock clients (`huggingface_hub` with `HF_ENDPOINT`, `ferry pull`, hf_transfer,
-//! aria2) download from it as they would from the Hub. The protocol is the one in
-//! HUB-PROTOCOL.md: `/api/{type}s/{repo}/revision|tree|treesize/...` and
+//! aria2) download from it as they would from the Hub. The protocol is the
+//! Hub's HTTP API: `/api/{type}s/{repo}/revision|tree|treesize/...` and
 //! `/{prefix}{repo}/resolve/{rev}/{path}` with `X-Repo-Commit`, `ETag`, `X-Linked-Size`, byte
 //! ranges and `X-Error-Code` errors.
 //!
