@@ -36,9 +36,8 @@ pub(crate) mod ping;
 mod pipe;
 pub(crate) mod sources;
 pub(crate) mod space;
+mod target;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -48,13 +47,14 @@ use std::time::{Duration, Instant};
 use compio::driver::ToSharedFd;
 use compio::fs::File;
 use rustix::fs::OFlags;
-use url::Url;
 
 pub(crate) use self::batch::Batch;
 use self::conn::{BodyEnd, Conn};
 use self::partial::Partial;
 use self::pipe::Pipeline;
 use self::sources::{EndpointReport, Endpoints};
+use self::target::redirect_target;
+pub(crate) use self::target::{Resolved, Secret, Target, take_credentials};
 use crate::backend::Backend;
 use crate::backend::buf::AlignedBuf;
 use crate::backend::nofollow::Dir;
@@ -62,7 +62,7 @@ use crate::backend::sink::{FileShare, FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::journal::Journal;
-use crate::net::{Dialer, Route};
+
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
 use crate::retry::Verdict;
 use crate::verify::{Checksum, HashStats, Verifier, Window};
@@ -98,198 +98,6 @@ pub(crate) const PARTIAL_SUFFIX: &str = ".incomplete";
 
 /// Fetches of the whole file when its sha256 does not match: the first, and one more.
 const MAX_FETCHES: u32 = 2;
-
-/// Host names resolved once per job, `(host, port)` -> addresses, and the TLS trust that
-/// `https://` targets (also those redirected to) connect with.
-#[derive(Debug, Default)]
-pub(crate) struct Resolved {
-    addrs: HashMap<(String, u16), Vec<SocketAddr>>,
-    dialer: Dialer,
-}
-
-impl Resolved {
-    pub fn new(dialer: Dialer) -> Resolved {
-        Resolved {
-            addrs: HashMap::new(),
-            dialer,
-        }
-    }
-
-    /// The addresses of `host:port`, resolved once.
-    fn lookup(&mut self, host: &str, port: u16) -> Result<Vec<SocketAddr>, GetError> {
-        let key = (host.to_owned(), port);
-        if let Some(a) = self.addrs.get(&key) {
-            return Ok(a.clone());
-        }
-        let a = crate::net::resolve(host, port)?;
-        self.addrs.insert(key, a.clone());
-        Ok(a)
-    }
-}
-
-/// Where the bytes come from: a parsed URL and what the requests need.
-#[derive(Debug, Clone)]
-pub(crate) struct Target {
-    pub url: Url,
-    pub display: String,
-    pub addrs: Vec<SocketAddr>,
-    pub host_header: String,
-    pub request_target: String,
-    /// The `Authorization` header value, sent to this URL's origin only: a redirect to another
-    /// scheme, host or port drops it.
-    pub authorization: Option<Secret>,
-    /// For `https://`: the host name the certificate must be valid for (also sent as SNI).
-    pub tls_host: Option<String>,
-    /// Through a proxy or not; `addrs` are the proxy's when it is.
-    pub route: Route,
-    /// The `Proxy-Authorization` value, sent on each request to a forwarding HTTP proxy.
-    pub proxy_authorization: Option<Secret>,
-    /// The trust and proxies connections to this target (and its redirects) use.
-    pub dialer: Dialer,
-}
-
-/// A credential (an `Authorization` header value): its `Debug` never shows it.
-#[derive(Clone)]
-pub(crate) struct Secret(Arc<str>);
-
-impl Secret {
-    /// The `Authorization` value for a bearer token.
-    pub fn bearer(token: &str) -> Secret {
-        Secret(format!("Bearer {token}").into())
-    }
-
-    /// The `Authorization` value for a user name and password (`Basic`, RFC 7617).
-    pub fn basic(user: &str, password: &str) -> Secret {
-        use base64::Engine;
-        let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-        Secret(format!("Basic {pair}").into())
-    }
-
-    /// Refuses a credential that cannot be sent as a header value: a control character (CR or
-    /// LF would start another header), a byte outside printable ASCII, or surrounding space.
-    /// The message never shows the credential.
-    pub fn check(&self) -> Result<(), String> {
-        let value = self.0.split_once(' ').map_or(&*self.0, |(_, v)| v);
-        if value.is_empty() {
-            return Err("the token is empty".into());
-        }
-        if let Some(at) = value.bytes().position(|b| !(0x21..=0x7e).contains(&b)) {
-            return Err(format!(
-                "the token holds a byte that cannot go in an HTTP header (a control character, \
-                 space or non-ASCII byte at position {at}); refused"
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-/// Takes the `user:password@` out of `url`, as the `Authorization: Basic` value it stands for.
-pub(crate) fn take_credentials(url: &mut Url) -> Option<Secret> {
-    if url.username().is_empty() && url.password().is_none() {
-        return None;
-    }
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8_lossy()
-            .into_owned()
-    };
-    let secret = Secret::basic(
-        &decode(url.username()),
-        &decode(url.password().unwrap_or("")),
-    );
-    let _ = url.set_username("");
-    let _ = url.set_password(None);
-    Some(secret)
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
-
-impl Target {
-    /// Checks the URL and resolves its host (once per job: `resolved` keeps the answers).
-    pub fn new(url: &str, resolved: &mut Resolved) -> Result<Target, GetError> {
-        let parsed = Url::parse(url).map_err(|e| GetError::InvalidUrl {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
-        Target::from_url(parsed, resolved)
-    }
-
-    fn from_url(mut url: Url, resolved: &mut Resolved) -> Result<Target, GetError> {
-        // Credentials in the URL become `Authorization: Basic` and leave the URL, so that no
-        // message, log line or report can show them.
-        let credentials = take_credentials(&mut url);
-        let display = url.to_string();
-        let https = match url.scheme() {
-            "http" => false,
-            "https" => true,
-            other => {
-                return Err(GetError::UnsupportedScheme {
-                    scheme: other.to_owned(),
-                    url: display,
-                });
-            }
-        };
-        let host = url
-            .host_str()
-            .filter(|h| !h.is_empty())
-            .ok_or_else(|| GetError::InvalidUrl {
-                url: display.clone(),
-                reason: "no host".into(),
-            })?
-            .to_owned();
-        let port = url.port_or_known_default().unwrap_or(80);
-        let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let (host_header, origin_form) = crate::http1::host_and_target(&url);
-        let proxies = Arc::clone(&resolved.dialer.proxies);
-        let route = Route::for_url(&proxies, &url, bare_host, port, || {
-            resolved.lookup(bare_host, port).map(|a| a[0])
-        })?;
-        let addrs = match route.proxy() {
-            Some(proxy) => resolved.lookup(&proxy.host, proxy.port)?,
-            None => resolved.lookup(bare_host, port)?,
-        };
-        let request_target = route.request_target(&url, origin_form);
-        let proxy_authorization = route.proxy_authorization().map(|a| Secret(a.into()));
-        let tls_host = https.then(|| bare_host.to_owned());
-        Ok(Target {
-            url,
-            display,
-            addrs,
-            host_header,
-            request_target,
-            authorization: credentials,
-            tls_host,
-            route,
-            proxy_authorization,
-            dialer: resolved.dialer.clone(),
-        })
-    }
-}
-
-impl Target {
-    /// Whether this target is a private address (loopback, RFC 1918, link-local, ...): by its
-    /// host when that is an IP literal or `localhost`, else by every address the name resolved
-    /// to (through a proxy, where ferry does not resolve it, a name counts as public).
-    fn is_private(&self) -> bool {
-        if let Some(private) = crate::http1::redirect::host_is_private(&self.url) {
-            return private;
-        }
-        self.route.proxy().is_none()
-            && !self.addrs.is_empty()
-            && self
-                .addrs
-                .iter()
-                .all(|a| crate::http1::redirect::is_private(a.ip()))
-    }
-}
 
 /// Progress counters of a job, shared with its [`Job`](crate::Job) handle.
 #[derive(Debug)]
@@ -1449,33 +1257,6 @@ fn status_error(target: &Target, head: &ResponseHead) -> GetError {
         reason: head.reason.clone(),
         retry_after: crate::retry::asked_wait(head),
     }
-}
-
-fn redirect_target(
-    from: &Target,
-    head: &ResponseHead,
-    count: usize,
-    resolved: &mut Resolved,
-) -> Result<Target, GetError> {
-    use crate::http1::redirect;
-    let err = |detail: String| GetError::Redirect {
-        url: from.display.clone(),
-        detail,
-    };
-    let next = redirect::next_location(&from.url, head, count).map_err(err)?;
-    let mut next = Target::from_url(next, resolved)?;
-    redirect::check_private(
-        from.is_private(),
-        &next.url,
-        next.is_private(),
-        from.dialer.allow_private_redirects,
-    )
-    .map_err(err)?;
-    // A credential goes to the origin it was given for, never to a CDN another host names.
-    if next.url.origin() == from.url.origin() {
-        next.authorization = from.authorization.clone();
-    }
-    Ok(next)
 }
 
 /// Checks a 206 against the range asked for; returns the total size it states.

@@ -29,6 +29,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use super::ServeOptions;
 use super::catalog::Catalog;
 use super::handler::{Body, Request, Response, civil_from_days, handle};
+pub(crate) use super::idle::Idle;
+use super::public_url::{Forwarded, public_base};
 
 /// Largest request body read (a POST of `paths-info`: a list of paths), in bytes.
 pub(crate) const MAX_BODY: u64 = 1 << 20;
@@ -48,55 +50,6 @@ pub(crate) struct Ctx {
     pub active: AtomicUsize,
     /// Kept-alive connections waiting for their next request.
     pub idle: Idle,
-}
-
-/// The kept-alive connections between requests, oldest first: each with a second handle of
-/// its socket, which the accept thread shuts down to free its slot.
-#[derive(Debug, Default)]
-pub(crate) struct Idle {
-    next_id: AtomicUsize,
-    waiting: std::sync::Mutex<std::collections::BTreeMap<usize, (Instant, TcpStream)>>,
-}
-
-impl Idle {
-    /// Registers a connection as waiting for its next request; `None` when its socket cannot
-    /// be shared (it is then simply not evictable).
-    fn enter(&self, stream: &TcpStream) -> Option<usize> {
-        let handle = stream.try_clone().ok()?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        self.waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (Instant::now(), handle));
-        Some(id)
-    }
-
-    /// The connection is busy again (or gone).
-    fn leave(&self, id: Option<usize>) {
-        if let Some(id) = id {
-            self.waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-        }
-    }
-
-    /// Closes the connection idle the longest; false when none is idle. Its thread sees the
-    /// close at once and frees its slot.
-    pub fn evict_oldest(&self) -> bool {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let oldest = waiting
-            .iter()
-            .min_by_key(|(_, (since, _))| *since)
-            .map(|(id, _)| *id);
-        match oldest.and_then(|id| waiting.remove(&id)) {
-            Some((_, stream)) => {
-                let _ = stream.shutdown(Shutdown::Both);
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 /// Holds one slot of [`Ctx::active`]; gives it back when dropped (also on panic).
@@ -129,62 +82,6 @@ pub(crate) fn reject_busy(mut stream: TcpStream, tls: bool) {
 
 /// A served connection: plain TCP, or rustls over it.
 type Wire = crate::net::tls::Wire<rustls::ServerConnection>;
-
-/// The URL clients reach this server by, for the absolute `Link`s of paged listings: the
-/// configured public URL; else what a trusted reverse proxy forwards (`X-Forwarded-Proto`,
-/// `-Host`, `-Prefix`); else the address the client connected to (for HTTPS, the name it asked
-/// the certificate for). Never the client's `Host`: a tree page that names a host of the
-/// client's choosing could be cached by a proxy and handed to others.
-pub(crate) fn public_base(
-    ctx: &Ctx,
-    forwarded: &Forwarded,
-    peer: SocketAddr,
-    (local, sni): (SocketAddr, Option<&str>),
-) -> String {
-    if let Some(url) = &ctx.options.public_url {
-        return url.trim_end_matches('/').to_owned();
-    }
-    let scheme = if ctx.options.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let peer_ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(std::net::IpAddr::V6(v6), std::net::IpAddr::V4),
-        ip => ip,
-    };
-    if ctx.options.trusted_proxies.contains(&peer_ip)
-        && let Some(host) = forwarded.host.as_deref().and_then(super::route::sane_host)
-    {
-        let proto = match forwarded.proto.as_deref() {
-            Some(p) if p.eq_ignore_ascii_case("https") => "https",
-            Some(p) if p.eq_ignore_ascii_case("http") => "http",
-            _ => scheme,
-        };
-        let prefix = forwarded
-            .prefix
-            .as_deref()
-            .filter(|p| sane_prefix(p))
-            .unwrap_or("")
-            .trim_end_matches('/');
-        return format!("{proto}://{host}{prefix}");
-    }
-    match sni.and_then(super::route::sane_host) {
-        Some(name) => format!("{scheme}://{name}:{}", local.port()),
-        None => format!("{scheme}://{local}"),
-    }
-}
-
-/// A path prefix a proxy may forward: `/`-led, URL-safe characters, no `..`.
-fn sane_prefix(p: &str) -> bool {
-    p.starts_with('/')
-        && p.len() <= 255
-        && !p.contains("..")
-        && p.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
-}
 
 impl Wire {
     /// The server name the client asked for in the TLS handshake (SNI).
@@ -276,14 +173,6 @@ struct Head {
     /// Its `Content-Length`, when it states one.
     length: Option<u64>,
     len: usize,
-}
-
-/// What a reverse proxy says about the URL the client used.
-#[derive(Debug, Default, Clone)]
-pub(crate) struct Forwarded {
-    pub proto: Option<String>,
-    pub host: Option<String>,
-    pub prefix: Option<String>,
 }
 
 enum Parsed {

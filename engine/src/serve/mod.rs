@@ -57,8 +57,11 @@
 mod catalog;
 mod conn;
 mod handler;
+mod idle;
+mod public_url;
 pub(crate) mod range;
 mod route;
+mod small_files;
 mod tls;
 
 pub use tls::TlsIdentity;
