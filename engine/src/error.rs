@@ -276,7 +276,7 @@ pub enum GetError {
     #[error(
         "not enough disk space in {}: {}; free some space and run again",
         dir.display(),
-        crate::get::space::need_have(*need, *have, *floor)
+        crate::download::space::need_have(*need, *have, *floor)
     )]
     NoSpace {
         /// The directory the file is written in.

@@ -63,7 +63,7 @@ pub(crate) enum Record {
 
 impl Record {
     /// The record as one line: CRC-32 of the rest, the record, a newline.
-    pub fn encode(&self) -> Vec<u8> {
+    pub(crate) fn encode(&self) -> Vec<u8> {
         let body = match self {
             Record::File {
                 id,
@@ -188,7 +188,7 @@ impl Entry {
     }
 
     /// The written runs, in file order.
-    pub fn ranges(&self) -> Vec<Range<u64>> {
+    pub(crate) fn ranges(&self) -> Vec<Range<u64>> {
         self.written.iter().map(|(&s, &e)| s..e).collect()
     }
 }
@@ -264,7 +264,7 @@ impl std::fmt::Debug for Journal {
 impl Journal {
     /// Opens (or creates) the journal `root/rel/name`, locking its folder for this process.
     /// No symlink beneath `root` is followed, and none at the journal's name.
-    pub fn open(root: &Path, rel: &Path, name: &str) -> Result<Journal, OpenError> {
+    pub(crate) fn open(root: &Path, rel: &Path, name: &str) -> Result<Journal, OpenError> {
         let io = |op, path: &Path| {
             let path = path.to_path_buf();
             move |source| OpenError::Io { op, path, source }
@@ -356,7 +356,7 @@ impl Journal {
 
     /// The fetch of `path` the journal knows, when it expects this size and digest: its id (to
     /// go on with) and the ranges already written.
-    pub fn resumable(
+    pub(crate) fn resumable(
         &self,
         path: &Path,
         size: u64,
@@ -370,7 +370,7 @@ impl Journal {
     /// Starts a fresh fetch of `path` (what was written of it before is void); returns its id.
     /// Call it before emptying the file, so that no moment has the journal claiming bytes the
     /// file no longer holds.
-    pub fn start(&self, path: &Path, size: u64, digest: &str) -> u64 {
+    pub(crate) fn start(&self, path: &Path, size: u64, digest: &str) -> u64 {
         let mut inner = self.lock();
         let id = inner.next_id;
         inner.next_id += 1;
@@ -392,7 +392,7 @@ impl Journal {
     }
 
     /// Bytes `range` of fetch `id` are written (the write completed).
-    pub fn written(&self, id: u64, range: Range<u64>) {
+    pub(crate) fn written(&self, id: u64, range: Range<u64>) {
         let mut guard = self.lock();
         let inner = &mut *guard;
         let Some(entry) = inner.paths.get(&id).and_then(|p| inner.entries.get_mut(p)) else {
@@ -418,7 +418,7 @@ impl Journal {
     }
 
     /// Removes the journal (its work is done) and its folder when nothing else is in it.
-    pub fn remove(&self) {
+    pub(crate) fn remove(&self) {
         let _ = self.dir.unlink(&self.name);
         let _ = std::fs::remove_dir(self.dir.path());
     }

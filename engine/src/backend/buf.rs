@@ -57,7 +57,7 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// A buffer of `cap` bytes (rounded up to [`BUF_ALIGN`]) from the heap. The pages are not
     /// touched here, so resident memory grows only as the buffer is used.
-    pub fn new(cap: usize) -> AlignedBuf {
+    pub(crate) fn new(cap: usize) -> AlignedBuf {
         AlignedBuf::with(cap, false)
     }
 
@@ -82,23 +82,23 @@ impl AlignedBuf {
         }
     }
 
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.cap
     }
 
-    pub fn clear(&mut self) {
+    pub(crate) fn clear(&mut self) {
         self.len = 0;
     }
 
     /// The initialised bytes.
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         // SAFETY: `ptr` is valid for `cap` bytes and the first `len` (<= cap) are initialised
         // (every path that grows `len` writes those bytes first).
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
     /// Appends `src`; panics when it does not fit (callers size their copies).
-    pub fn push_slice(&mut self, src: &[u8]) {
+    pub(crate) fn push_slice(&mut self, src: &[u8]) {
         assert!(src.len() <= self.cap - self.len, "AlignedBuf overflow");
         // SAFETY: the destination `len..len + src.len()` lies inside the allocation (checked
         // above) and cannot overlap `src`, which is borrowed from elsewhere.
@@ -419,24 +419,24 @@ struct Marked {
 }
 
 impl SharedBuf {
-    pub fn new(buf: AlignedBuf) -> SharedBuf {
+    pub(crate) fn new(buf: AlignedBuf) -> SharedBuf {
         SharedBuf(Some(Arc::new(Marked {
             buf,
             mark: AtomicU8::new(0),
         })))
     }
 
-    pub fn bytes(&self) -> &[u8] {
+    pub(crate) fn bytes(&self) -> &[u8] {
         self.0.as_deref().map_or(&[], |m| m.buf.bytes())
     }
 
     /// The buffer's mark, shared by every handle (0 when made).
-    pub fn mark(&self) -> &AtomicU8 {
+    pub(crate) fn mark(&self) -> &AtomicU8 {
         &self.0.as_deref().expect("a live handle").mark
     }
 
     /// The buffer, when this is its last handle; this handle back otherwise.
-    pub fn into_inner(mut self) -> Result<AlignedBuf, SharedBuf> {
+    pub(crate) fn into_inner(mut self) -> Result<AlignedBuf, SharedBuf> {
         let shared = self.0.take().expect("a live handle");
         Arc::try_unwrap(shared)
             .map(|m| m.buf)
@@ -480,7 +480,7 @@ impl BufPool {
     /// A cleared buffer of exactly `cap` bytes (rounded up to [`BUF_ALIGN`]), reused when one
     /// was returned; from huge-page chunks when `huge` (see [`AlignedBuf::with`]: for buffers that
     /// are filled whole, not for those that mostly hold a response head, as the splice sink's).
-    pub fn take(cap: usize, huge: bool) -> AlignedBuf {
+    pub(crate) fn take(cap: usize, huge: bool) -> AlignedBuf {
         let cap = cap.max(BUF_ALIGN).next_multiple_of(BUF_ALIGN);
         let backing = Backing::of(cap, huge);
         let reused = {
@@ -498,7 +498,7 @@ impl BufPool {
     /// with the arena whether kept or freed. Any other is kept while it, the others kept and
     /// the arena's resident chunks together stay within [`POOL_KEEP_BYTES`], so that idle
     /// memory stays within that bound when buffers past a full arena came from the heap.
-    pub fn give(buf: AlignedBuf) {
+    pub(crate) fn give(buf: AlignedBuf) {
         if buf.backing == Backing::Chunk {
             POOL.lock().unwrap_or_else(|e| e.into_inner()).push(buf);
             return;

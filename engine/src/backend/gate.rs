@@ -63,7 +63,7 @@ pub(crate) struct Tokens {
 
 impl Tokens {
     /// `count` tokens (at least one).
-    pub fn new(count: usize) -> Tokens {
+    pub(crate) fn new(count: usize) -> Tokens {
         let count = count.max(1);
         let (tx, rx) = flume::bounded(count);
         for _ in 0..count {
@@ -73,7 +73,7 @@ impl Tokens {
     }
 
     /// Waits for a token; it goes back when the permit is dropped.
-    pub async fn take(&self) -> Permit {
+    pub(crate) async fn take(&self) -> Permit {
         // `self` holds a sender, so this only ends with a token.
         let _ = self.rx.recv_async().await;
         Permit(Some(self.tx.clone()))

@@ -101,7 +101,7 @@ pub struct Selection {
 
 /// The io_uring opcodes the engine issues today (through compio). A kernel missing one of them
 /// cannot run the io_uring back-end.
-pub const NEEDED_OPS: &[UringOp] = &[
+pub(crate) const NEEDED_OPS: &[UringOp] = &[
     UringOp::Read,
     UringOp::Write,
     UringOp::Recv,
@@ -199,6 +199,33 @@ pub fn select(requested: BackendKind, safe_mode: bool) -> Result<Selection, Star
         safe_mode || safe_mode_from_env(),
         judge(probe, kernel),
     )
+}
+
+/// The selection after a worker could not build its io_uring runtime although the probe's ring
+/// worked (memlock, a per-thread limit): with `Auto`, portable when the error says io_uring is
+/// unavailable here; an error otherwise.
+pub(crate) fn after_worker_setup_failed(
+    requested: BackendKind,
+    error: &std::io::Error,
+) -> Result<Selection, StartError> {
+    let reason = format!(
+        "building the io_uring runtime: {}",
+        kernel_probes::describe_io_error(error)
+    );
+    let sysctl = kernel_probes::uring().disabled_sysctl;
+    let kernel = kernel_probes::Kernel::current().version;
+    match (
+        requested,
+        judge_setup_errno(error.raw_os_error(), &reason, sysctl, kernel),
+    ) {
+        (BackendKind::Auto, UringVerdict::Unavailable(why)) => Ok(Selection {
+            backend: Backend::Portable,
+            reason: format!("io_uring unavailable: {why}"),
+            fell_back: true,
+        }),
+        (_, UringVerdict::Unavailable(reason)) => Err(StartError::UringUnavailable { reason }),
+        (_, _) => Err(StartError::UringBroken { reason }),
+    }
 }
 
 pub(crate) fn decide(

@@ -38,7 +38,7 @@ pub(crate) struct Dir {
 
 impl Dir {
     /// Opens the directory `path` as given (symlinks on the way are the user's own choice).
-    pub fn open(path: &Path) -> io::Result<Dir> {
+    pub(crate) fn open(path: &Path) -> io::Result<Dir> {
         let fd = rustix::fs::open(
             path,
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
@@ -53,7 +53,7 @@ impl Dir {
     /// The directory `rel` beneath this one, following no symlink on the way (a symlink or a
     /// file where a directory should be is an error naming it); missing directories are
     /// created when `create`. `rel` must be relative and hold no `..`.
-    pub fn beneath(&self, rel: &Path, create: bool) -> io::Result<Dir> {
+    pub(crate) fn beneath(&self, rel: &Path, create: bool) -> io::Result<Dir> {
         let mut fd = Arc::clone(&self.fd);
         let mut path = self.path.clone();
         for c in rel.components() {
@@ -97,12 +97,12 @@ impl Dir {
     }
 
     /// The directory's path, for messages.
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// The path of `name` in this directory, for messages.
-    pub fn join(&self, name: &OsStr) -> PathBuf {
+    pub(crate) fn join(&self, name: &OsStr) -> PathBuf {
         self.path.join(name)
     }
 
@@ -110,7 +110,7 @@ impl Dir {
     /// the end: `openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS)`, or where that call is missing
     /// or blocked (kernels before 5.6, some seccomp profiles), the same walk one component at a
     /// time with `O_NOFOLLOW`.
-    pub fn open_beneath(&self, rel: &Path, flags: OFlags) -> io::Result<std::fs::File> {
+    pub(crate) fn open_beneath(&self, rel: &Path, flags: OFlags) -> io::Result<std::fs::File> {
         use rustix::fs::ResolveFlags;
         let resolve =
             ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
@@ -134,7 +134,7 @@ impl Dir {
     }
 
     /// Opens (or creates, with `O_CREAT` in `flags`) `name`, never through a symlink.
-    pub fn open_std(&self, name: &OsStr, flags: OFlags) -> io::Result<std::fs::File> {
+    pub(crate) fn open_std(&self, name: &OsStr, flags: OFlags) -> io::Result<std::fs::File> {
         let fd = rustix::fs::openat(
             &*self.fd,
             name,
@@ -146,7 +146,11 @@ impl Dir {
 
     /// [`Dir::open_std`] as a runtime op (an io_uring `OPENAT` on that back-end: creating a file
     /// can wait for the filesystem's journal, and must not stall the worker meanwhile).
-    pub async fn open_file(&self, name: &OsStr, flags: OFlags) -> io::Result<compio::fs::File> {
+    pub(crate) async fn open_file(
+        &self,
+        name: &OsStr,
+        flags: OFlags,
+    ) -> io::Result<compio::fs::File> {
         let name = std::ffi::CString::new(name.as_bytes())
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a file name"))?;
         let op = compio::driver::op::OpenFile::new(
@@ -162,7 +166,7 @@ impl Dir {
 
     /// Creates a new file named `<stem>.ferry-tmp-<16 random hex digits>` (`O_EXCL`), for
     /// writing and then renaming over another name.
-    pub fn create_temp(&self, stem: &OsStr) -> io::Result<(OsString, std::fs::File)> {
+    pub(crate) fn create_temp(&self, stem: &OsStr) -> io::Result<(OsString, std::fs::File)> {
         loop {
             let mut bytes = [0u8; 8];
             rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())?;
@@ -179,7 +183,7 @@ impl Dir {
     /// Writes `bytes` under `name` through a new temporary file, fsynced, renamed into place: a
     /// reader sees the old content or the new, and a symlink at `name` is replaced, not
     /// followed.
-    pub fn write_atomic(&self, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_atomic(&self, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
         use std::io::Write;
         let (tmp, mut f) = self.create_temp(name)?;
         let written = f.write_all(bytes).and_then(|()| f.sync_all());
@@ -191,7 +195,7 @@ impl Dir {
     }
 
     /// Creates the symlink `name -> target` through a temporary name, renamed into place.
-    pub fn symlink_atomic(&self, target: &Path, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn symlink_atomic(&self, target: &Path, name: &OsStr) -> io::Result<()> {
         // A temporary name nobody can predict, taken with O_EXCL, then freed for the symlink.
         let (tmp, f) = self.create_temp(name)?;
         drop(f);
@@ -205,17 +209,17 @@ impl Dir {
     }
 
     /// Renames `from` to `to` within this directory (neither followed if a symlink).
-    pub fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
+    pub(crate) fn rename(&self, from: &OsStr, to: &OsStr) -> io::Result<()> {
         Ok(rustix::fs::renameat(&*self.fd, from, &*self.fd, to)?)
     }
 
     /// Removes the name `name` (a symlink is removed, not followed).
-    pub fn unlink(&self, name: &OsStr) -> io::Result<()> {
+    pub(crate) fn unlink(&self, name: &OsStr) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&*self.fd, name, AtFlags::empty())?)
     }
 
     /// What `name` is, not following it: `None` when there is no such name.
-    pub fn stat(&self, name: &OsStr) -> io::Result<Option<rustix::fs::Stat>> {
+    pub(crate) fn stat(&self, name: &OsStr) -> io::Result<Option<rustix::fs::Stat>> {
         match rustix::fs::statat(&*self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => Ok(Some(st)),
             Err(rustix::io::Errno::NOENT) => Ok(None),
@@ -224,7 +228,7 @@ impl Dir {
     }
 
     /// The directory's descriptor (to fsync it).
-    pub fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+    pub(crate) fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.fd.as_fd()
     }
 }

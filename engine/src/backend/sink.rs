@@ -35,6 +35,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -47,7 +48,7 @@ use serde::Serialize;
 
 use super::buf::{AlignedBuf, BUF_ALIGN};
 use super::gate::Tokens;
-use super::{fileop, fixed};
+use super::{Backend, fileop, fixed};
 
 /// How bytes are written to the file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -101,7 +102,7 @@ pub(crate) struct FileShare {
 }
 
 impl FileShare {
-    pub fn new() -> FileShare {
+    pub(crate) fn new() -> FileShare {
         FileShare {
             turn: Tokens::new(1),
             started: Arc::default(),
@@ -110,7 +111,7 @@ impl FileShare {
     }
 
     /// Bytes of the file written so far from registered buffers (`WRITE_FIXED`).
-    pub fn written_fixed(&self) -> u64 {
+    pub(crate) fn written_fixed(&self) -> u64 {
         self.fixed.load(Ordering::Relaxed)
     }
 
@@ -144,7 +145,7 @@ impl FileSink {
     /// and writing, and `direct`, one open with `O_DIRECT` (the direct sink only; the caller
     /// opens both, and checks they are of one file). `share` is the file's, the same for every
     /// sink of it.
-    pub fn new(
+    pub(crate) fn new(
         buffered: File,
         direct: Option<File>,
         kind: SinkKind,
@@ -161,24 +162,24 @@ impl FileSink {
     }
 
     /// Whether this is a splice sink.
-    pub fn is_splice(&self) -> bool {
+    pub(crate) fn is_splice(&self) -> bool {
         self.splice
     }
 
     /// The descriptor ranged bodies are spliced into, when this is a splice sink.
-    pub fn splice_target(&self) -> Option<SharedFd<std::fs::File>> {
+    pub(crate) fn splice_target(&self) -> Option<SharedFd<std::fs::File>> {
         self.splice.then(|| self.buffered.to_shared_fd())
     }
 
     /// Buffers should be cut at file offsets that are multiples of this (1 when any cut will do).
-    pub fn align(&self) -> u64 {
+    pub(crate) fn align(&self) -> u64 {
         if self.direct.is_some() { self.align } else { 1 }
     }
 
     /// Writes all of `buf` at `at`; gives the buffer back with the result. On a buffered sink
     /// a write that completes a stretch starts its writeback and drops an older one; an error
     /// from that older stretch's writeback is this write's.
-    pub async fn write<B: IoBuf>(&mut self, buf: B, at: u64) -> (io::Result<()>, B) {
+    pub(crate) async fn write<B: IoBuf>(&mut self, buf: B, at: u64) -> (io::Result<()>, B) {
         let len = buf.buf_len() as u64;
         let (result, buf) = self.write_through(buf, at).await;
         if result.is_err() || self.direct.is_some() {
@@ -247,7 +248,7 @@ impl FileSink {
     /// aligned window when the sink is direct (the bytes left the page cache when written), the
     /// page cache otherwise. `buf` must hold `len` plus two alignment units. Returns the offset
     /// of the wanted bytes inside `buf`.
-    pub async fn read_back(
+    pub(crate) async fn read_back(
         &self,
         mut buf: AlignedBuf,
         at: u64,
@@ -290,4 +291,85 @@ impl FileSink {
         }
         (Ok(skip), buf)
     }
+}
+
+/// The sink for a file in `dir`: buffered in safe mode or when asked; otherwise O_DIRECT when a
+/// probe of `dir` shows it works, buffered (with the reason) when it does not.
+pub(crate) fn choose_sink(backend: Backend, asked: Option<SinkKind>, dir: &Path) -> SinkChoice {
+    let buffered = |reason: String| SinkChoice {
+        kind: SinkKind::Buffered,
+        reason,
+        align: 1,
+        syncfs: None,
+    };
+    if backend == Backend::Portable {
+        match asked {
+            Some(SinkKind::Direct) => {
+                tracing::warn!("safe mode does not use O_DIRECT; writing through the page cache")
+            }
+            Some(SinkKind::Splice) => {
+                tracing::warn!("safe mode does not splice; writing through the page cache")
+            }
+            _ => {}
+        }
+        return buffered("safe mode writes through the page cache".into());
+    }
+    match asked {
+        Some(SinkKind::Buffered) => return buffered("buffered writes were asked for".into()),
+        Some(SinkKind::Splice) => {
+            let missing = kernel_probes::uring().missing(&[
+                kernel_probes::UringOp::Splice,
+                kernel_probes::UringOp::PollAdd,
+            ]);
+            if missing.is_empty() {
+                return SinkChoice {
+                    kind: SinkKind::Splice,
+                    reason: "splice was asked for (socket -> pipe -> file, POLL_ADD linked)".into(),
+                    align: 1,
+                    syncfs: None,
+                };
+            }
+            let names: Vec<_> = missing.iter().map(|op| op.name()).collect();
+            let reason = format!("the kernel lacks io_uring {}", names.join(", "));
+            tracing::warn!("{reason}; writing through the page cache instead of splicing");
+            return buffered(reason);
+        }
+        _ => {}
+    }
+    let probe = kernel_probes::fs::probe_dir(dir);
+    match (&probe.o_direct, probe.dio_align) {
+        (kernel_probes::Support::Available, align) => {
+            let align = align.map_or(4096, |a| u64::from(a.offset.max(a.memory)).max(1));
+            SinkChoice {
+                kind: SinkKind::Direct,
+                reason: format!(
+                    "O_DIRECT works on {} ({}), offset alignment {align}",
+                    dir.display(),
+                    probe.filesystem
+                ),
+                align,
+                syncfs: None,
+            }
+        }
+        (why, _) => {
+            let reason = format!("O_DIRECT unavailable on {}: {why}", dir.display());
+            if asked == Some(SinkKind::Direct) {
+                tracing::warn!("{reason}; writing through the page cache");
+            }
+            buffered(reason)
+        }
+    }
+}
+
+/// How a file is written: the sink chosen for its directory and why.
+#[derive(Debug, Clone)]
+pub(crate) struct SinkChoice {
+    pub kind: SinkKind,
+    pub reason: String,
+    /// O_DIRECT offset alignment of the filesystem (used when `kind` is direct).
+    pub align: u64,
+    /// The filesystem's device when its `syncfs` is a full sync
+    /// ([`kernel_probes::fs::full_syncfs`]): the files of a job there may be made durable in
+    /// groups (`download/durable.rs`).
+    pub syncfs: Option<u64>,
 }

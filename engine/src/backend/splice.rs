@@ -36,7 +36,7 @@ pub(crate) struct SplicePipe {
 
 impl SplicePipe {
     /// A close-on-exec pipe, grown to [`PIPE_SIZE`] when the kernel allows it.
-    pub fn new() -> io::Result<SplicePipe> {
+    pub(crate) fn new() -> io::Result<SplicePipe> {
         let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
         let size = match rustix::pipe::fcntl_setpipe_size(&write, PIPE_SIZE) {
             Ok(size) => size,
@@ -55,13 +55,13 @@ impl SplicePipe {
     }
 
     /// How many bytes one [`SplicePipe::fill`] may move.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.size
     }
 
     /// Moves up to `len` bytes (at most [`SplicePipe::capacity`]) from `socket` into the empty
     /// pipe, once the socket is readable. Returns the bytes moved; 0 at the end of the stream.
-    pub async fn fill<S: AsFd + 'static>(
+    pub(crate) async fn fill<S: AsFd + 'static>(
         &mut self,
         socket: SharedFd<S>,
         len: usize,
@@ -98,7 +98,11 @@ impl SplicePipe {
     }
 
     /// Splices everything the pipe holds into `file` at offset `at`.
-    pub async fn drain<F: AsFd + 'static>(&mut self, file: SharedFd<F>, at: u64) -> io::Result<()> {
+    pub(crate) async fn drain<F: AsFd + 'static>(
+        &mut self,
+        file: SharedFd<F>,
+        at: u64,
+    ) -> io::Result<()> {
         let mut at = at;
         while self.held > 0 {
             let BufResult(r, _) = compio::runtime::submit(Splice::new(

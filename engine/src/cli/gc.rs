@@ -60,7 +60,7 @@ pub(crate) fn run(args: GcArgs) -> u8 {
     println!(
         "{verb} {} file(s), {}",
         report.removed.len(),
-        ferry::human_bytes(report.bytes)
+        ferry::units::human_bytes(report.bytes)
     );
     0
 }

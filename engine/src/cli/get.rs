@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
-use ferry::{Engine, GetError, Report, human_bytes};
+use ferry::units::human_bytes;
+use ferry::{Engine, GetError, Report};
 
 use super::{Global, exit, get_error_code, parse_size};
 

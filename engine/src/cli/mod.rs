@@ -327,7 +327,7 @@ pub(crate) fn served_by(endpoints: &[ferry::EndpointReport]) -> String {
     let parts: Vec<String> = endpoints
         .iter()
         .map(|e| {
-            let mut notes = vec![ferry::human_bytes(e.bytes)];
+            let mut notes = vec![ferry::units::human_bytes(e.bytes)];
             if e.failures > 0 {
                 notes.push(format!(
                     "{} failure{}",

@@ -6,7 +6,8 @@
 
 use clap::Args;
 use ferry::hub::{HubError, Layout, PullOptions, RepoId, RepoType};
-use ferry::{Engine, PingReport, human_bytes};
+use ferry::units::human_bytes;
+use ferry::{Engine, PingReport};
 
 use super::{Global, exit};
 

@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use ferry::kernel_probes::{self, Report, Support};
+use kernel_probes::{self, Report, Support};
 use serde::Serialize;
 
 use super::{Global, exit};
-use ferry::human_bytes;
+use ferry::units::human_bytes;
 
 #[derive(Debug, Args)]
 pub(crate) struct ProbeArgs {
@@ -44,7 +44,7 @@ pub(crate) fn run(global: &Global, args: ProbeArgs) -> u8 {
         return exit::USAGE;
     }
     let report = kernel_probes::probe(Some(&dir));
-    let (choice, code) = match ferry::select_backend(global.backend, global.safe_mode) {
+    let (choice, code) = match ferry::select(global.backend, global.safe_mode) {
         Ok(s) => (
             Choice {
                 backend: Some(s.backend),

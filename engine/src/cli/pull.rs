@@ -7,8 +7,9 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use clap::Args;
+use ferry::Engine;
 use ferry::hub::{HubError, Layout, Pull, PullOptions, PullReport, RepoId, RepoType};
-use ferry::{Engine, human_bytes};
+use ferry::units::human_bytes;
 
 use super::{Global, exit, get_error_code};
 

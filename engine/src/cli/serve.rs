@@ -124,7 +124,7 @@ pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
         s.repos,
         s.snapshots,
         s.files,
-        ferry::human_bytes(s.bytes)
+        ferry::units::human_bytes(s.bytes)
     );
     server.run()
 }

@@ -108,7 +108,7 @@ fn print_summary(r: &VerifyReport) {
         r.good,
         r.missing,
         r.damaged,
-        ferry::human_bytes(r.bytes_hashed),
+        ferry::units::human_bytes(r.bytes_hashed),
         r.seconds,
         r.listing
     );

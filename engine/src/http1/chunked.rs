@@ -58,13 +58,13 @@ impl Default for ChunkedDecoder {
 
 impl ChunkedDecoder {
     /// True once the last chunk and the trailers have been consumed.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.state == State::Done
     }
 
     /// Consumes bytes from `input`, appending payload to `out`. Returns how many input bytes were
     /// consumed; that is fewer than `input.len()` only when the body ended inside `input`.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
+    pub(crate) fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, ChunkError> {
         let mut i = 0;
         while i < input.len() {
             match self.state {

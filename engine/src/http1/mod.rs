@@ -101,7 +101,7 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, He
 
 impl ResponseHead {
     /// The first value of header `name` (give it in lower case).
-    pub fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n == name)
@@ -116,7 +116,7 @@ impl ResponseHead {
     }
 
     /// `Content-Length`, checked: several values must agree (RFC 9110 section 8.6).
-    pub fn content_length(&self) -> Result<Option<u64>, HeadError> {
+    pub(crate) fn content_length(&self) -> Result<Option<u64>, HeadError> {
         let mut found: Option<u64> = None;
         for value in self.headers_named("content-length") {
             for part in value.split(',') {
@@ -134,7 +134,7 @@ impl ResponseHead {
     }
 
     /// True when the last transfer coding is `chunked`.
-    pub fn is_chunked(&self) -> bool {
+    pub(crate) fn is_chunked(&self) -> bool {
         self.headers_named("transfer-encoding")
             .flat_map(|v| v.split(','))
             .last()
@@ -142,7 +142,7 @@ impl ResponseHead {
     }
 
     /// How this response's body ends.
-    pub fn framing(&self) -> Result<Framing, HeadError> {
+    pub(crate) fn framing(&self) -> Result<Framing, HeadError> {
         if matches!(self.status, 100..=199 | 204 | 304) {
             return Ok(Framing::Length(0));
         }
@@ -156,7 +156,7 @@ impl ResponseHead {
     }
 
     /// Whether the connection may carry another request after this response.
-    pub fn keep_alive(&self) -> bool {
+    pub(crate) fn keep_alive(&self) -> bool {
         let tokens = || {
             self.headers_named("connection")
                 .flat_map(|v| v.split(','))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 use super::error::HubError;
-use crate::get::Secret;
+use crate::download::Secret;
 use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead, redirect};
 use crate::net::proxy::Handshake;
 use crate::net::tls::HandshakeError;
@@ -60,7 +60,7 @@ enum Attempt {
 }
 
 impl Api {
-    pub fn new(endpoint: Url, authorization: Option<Secret>, dialer: Dialer) -> Api {
+    pub(super) fn new(endpoint: Url, authorization: Option<Secret>, dialer: Dialer) -> Api {
         Api {
             endpoint,
             authorization,
@@ -68,13 +68,13 @@ impl Api {
         }
     }
 
-    pub fn endpoint(&self) -> &Url {
+    pub(super) fn endpoint(&self) -> &Url {
         &self.endpoint
     }
 
     /// GETs `url` (an endpoint URL), following redirects and retrying; any final status is
     /// returned for the caller to judge, except those retried until they ran out.
-    pub fn get(&self, url: &Url) -> Result<Answer, HubError> {
+    pub(super) fn get(&self, url: &Url) -> Result<Answer, HubError> {
         let mut attempt = 1;
         loop {
             let (why, wait) = match self.get_once(url) {

@@ -43,7 +43,7 @@ pub(crate) struct Place {
 }
 
 impl Place {
-    pub fn new(layout: &Layout, repo: &RepoId, kind: RepoType) -> Place {
+    pub(super) fn new(layout: &Layout, repo: &RepoId, kind: RepoType) -> Place {
         let (base, root) = match layout {
             Layout::Cache(cache) => (cache.clone(), cache.join(repo.cache_folder(kind))),
             Layout::LocalDir(dir) => (dir.clone(), dir.clone()),
@@ -73,7 +73,7 @@ impl Place {
     }
 
     /// The directory every file of this place lies beneath (where no symlink is followed).
-    pub fn base(&self) -> &Path {
+    pub(super) fn base(&self) -> &Path {
         &self.base
     }
 
@@ -82,7 +82,7 @@ impl Place {
     }
 
     /// Where the data plane writes `f`'s bytes.
-    pub fn bytes_path(&self, f: &RemoteFile) -> PathBuf {
+    pub(super) fn bytes_path(&self, f: &RemoteFile) -> PathBuf {
         if self.is_cache() {
             self.root.join("blobs").join(&f.etag)
         } else {
@@ -91,7 +91,7 @@ impl Place {
     }
 
     /// Where `f` appears for users: the snapshot entry, or the local file.
-    pub fn file_path(&self, commit: &str, f: &RemoteFile) -> PathBuf {
+    pub(super) fn file_path(&self, commit: &str, f: &RemoteFile) -> PathBuf {
         if self.is_cache() {
             self.root.join("snapshots").join(commit).join(&f.path)
         } else {
@@ -106,7 +106,7 @@ impl Place {
     }
 
     /// The snapshot directory (cache) or the local dir: what a user opens.
-    pub fn snapshot_dir(&self, commit: &str) -> PathBuf {
+    pub(super) fn snapshot_dir(&self, commit: &str) -> PathBuf {
         if self.is_cache() {
             self.root.join("snapshots").join(commit)
         } else {
@@ -115,7 +115,7 @@ impl Place {
     }
 
     /// Creates the directories the files of `files` need, so the data plane can write them.
-    pub fn prepare(&self, files: &[RemoteFile]) -> Result<(), HubError> {
+    pub(super) fn prepare(&self, files: &[RemoteFile]) -> Result<(), HubError> {
         let mut dirs: Vec<PathBuf> = vec![self.root.clone()];
         if self.is_cache() {
             dirs.push(self.root.join("blobs"));
@@ -139,7 +139,7 @@ impl Place {
     /// ferry's verified mark for this digest ([`mark`]) or is hashed now and found right (and
     /// then marked). A file with other bytes is reported and fetched again (its fresh copy
     /// replaces it). So a file another tool left, or one changed since, is never reused unread.
-    pub fn has(&self, f: &RemoteFile) -> bool {
+    pub(super) fn has(&self, f: &RemoteFile) -> bool {
         let path = self.bytes_path(f);
         // Not through a symlink: a blob that is a link to another file is fetched again.
         let in_place = std::fs::symlink_metadata(&path)
@@ -181,7 +181,7 @@ impl Place {
 
     /// Makes `f` (whose bytes are in place) visible at `commit`: the snapshot symlink, or the
     /// local-dir metadata. Nothing is written when it is already there (a second pull).
-    pub fn publish(&self, commit: &str, f: &RemoteFile) -> Result<(), HubError> {
+    pub(super) fn publish(&self, commit: &str, f: &RemoteFile) -> Result<(), HubError> {
         if self.is_cache() {
             let link = self.file_path(commit, f);
             let target = link_target(f);
@@ -214,7 +214,7 @@ impl Place {
     /// Removes the partial files ferry left for files of `files` that are in place now (not in
     /// `fetching`): another tool completed them after a pull was interrupted. Only ferry's own
     /// partial name is touched, never huggingface_hub's; call it under the journal's lock.
-    pub fn remove_stale_partials(&self, files: &[RemoteFile], fetching: &[RemoteFile]) {
+    pub(super) fn remove_stale_partials(&self, files: &[RemoteFile], fetching: &[RemoteFile]) {
         let wanted: std::collections::HashSet<PathBuf> =
             fetching.iter().map(|f| self.bytes_path(f)).collect();
         for f in files {
@@ -240,7 +240,7 @@ impl Place {
     }
 
     /// Where the listing of `commit` is kept (`trees/COMMIT.json`, as huggingface_hub keeps it).
-    pub fn trees_path(&self, commit: &str) -> PathBuf {
+    pub(super) fn trees_path(&self, commit: &str) -> PathBuf {
         let folder = if self.is_cache() {
             self.root.clone()
         } else {
@@ -251,7 +251,7 @@ impl Place {
 
     /// Keeps the listing of `commit` (every file of it) beside the mirror; nothing when the
     /// listing lacks the git blob ids huggingface_hub's format needs.
-    pub fn write_trees(&self, commit: &str, files: &[RemoteFile]) -> Result<(), HubError> {
+    pub(super) fn write_trees(&self, commit: &str, files: &[RemoteFile]) -> Result<(), HubError> {
         match super::trees::encode(files) {
             Some(bytes) => self.write_atomic(&self.trees_path(commit), &bytes),
             None => Ok(()),
@@ -260,7 +260,7 @@ impl Place {
 
     /// The listing of `commit` kept beside the mirror, if any (checked like a listing from the
     /// network); `Err` when one is there but cannot be used.
-    pub fn read_trees(&self, commit: &str) -> Result<Option<Vec<RemoteFile>>, String> {
+    pub(super) fn read_trees(&self, commit: &str) -> Result<Option<Vec<RemoteFile>>, String> {
         use std::io::Read;
         let path = self.trees_path(commit);
         let parent = path.parent().unwrap_or(&self.root);
@@ -291,7 +291,7 @@ impl Place {
     }
 
     /// The commit `refs/REVISION` names (cache only), read without following a symlink.
-    pub fn read_ref(&self, revision: &str) -> Option<String> {
+    pub(super) fn read_ref(&self, revision: &str) -> Option<String> {
         use std::io::Read;
         let path = self.root.join("refs").join(revision);
         let dir = self.dir(path.parent()?, false).ok()?;
@@ -305,7 +305,7 @@ impl Place {
     }
 
     /// The commit the files of a local dir were pulled at, when their metadata all name one.
-    pub fn local_commit(&self) -> Option<String> {
+    pub(super) fn local_commit(&self) -> Option<String> {
         let mut commits = std::collections::BTreeSet::new();
         let mut stack = vec![self.root.join(".cache/huggingface/download")];
         while let Some(dir) = stack.pop() {
@@ -328,7 +328,7 @@ impl Place {
 
     /// What `f` of `commit` is in this mirror: good (its bytes hash right, and it is marked
     /// so), missing, or damaged (with why). Always hashes: it does not trust marks.
-    pub fn check(
+    pub(super) fn check(
         &self,
         commit: &str,
         f: &RemoteFile,
@@ -389,7 +389,7 @@ impl Place {
     }
 
     /// Records that `revision` is `commit` (cache only; a commit names itself).
-    pub fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
+    pub(super) fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
         if !self.is_cache() || revision == commit {
             return Ok(());
         }
@@ -409,7 +409,7 @@ impl Place {
     /// The folder of the pull's resume journals (and its lock): `.ferry/` in the repo's cache
     /// folder (huggingface_hub ignores what it does not know there), or
     /// `.cache/huggingface/ferry/` in a local dir (where no listed path can be).
-    pub fn journal_dir(&self) -> (&Path, PathBuf) {
+    pub(super) fn journal_dir(&self) -> (&Path, PathBuf) {
         let dir = if self.is_cache() {
             self.root.join(".ferry")
         } else {
@@ -420,7 +420,7 @@ impl Place {
     }
 
     /// The directory whose filesystem receives the bytes (for the free-space check).
-    pub fn bytes_dir(&self) -> PathBuf {
+    pub(super) fn bytes_dir(&self) -> PathBuf {
         if self.is_cache() {
             self.root.join("blobs")
         } else {

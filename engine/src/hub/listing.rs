@@ -238,7 +238,7 @@ pub(crate) struct Filter {
 }
 
 impl Filter {
-    pub fn new(include: &[String], exclude: &[String]) -> Result<Filter, String> {
+    pub(crate) fn new(include: &[String], exclude: &[String]) -> Result<Filter, String> {
         fn set(patterns: &[String]) -> Result<Option<GlobSet>, String> {
             if patterns.is_empty() {
                 return Ok(None);
@@ -265,7 +265,7 @@ impl Filter {
         })
     }
 
-    pub fn keeps(&self, path: &str) -> bool {
+    pub(crate) fn keeps(&self, path: &str) -> bool {
         self.include.as_ref().is_none_or(|s| s.is_match(path))
             && !self.exclude.as_ref().is_some_and(|s| s.is_match(path))
     }

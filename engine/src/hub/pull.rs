@@ -23,7 +23,7 @@ use super::error::HubError;
 use super::layout::{Layout, Place};
 use super::listing::{self, Filter, RemoteFile, RevisionInfo, TreeEntry};
 use super::repo::{RepoId, RepoType, encode_path, encode_segment, is_commit};
-use crate::get::Secret;
+use crate::download::Secret;
 use crate::journal::{self, Journal};
 use crate::{Engine, GetError, GetItem, HashAlgorithm, Job, Report};
 
@@ -195,7 +195,7 @@ impl<'e> Pull<'e> {
         let started = Instant::now();
         // `user:password@` in the endpoint is its credential (a token given wins); it leaves
         // the URL, so no message shows it.
-        if let Some(basic) = crate::get::take_credentials(&mut options.endpoint) {
+        if let Some(basic) = crate::download::take_credentials(&mut options.endpoint) {
             options.authorization.get_or_insert(basic);
         }
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;
@@ -427,7 +427,7 @@ pub(crate) fn list_somewhere(
     {
         // The token goes to the endpoint only; credentials in a URL to that URL's origin.
         let mut endpoint = endpoint.clone();
-        let in_url = crate::get::take_credentials(&mut endpoint);
+        let in_url = crate::download::take_credentials(&mut endpoint);
         let token = (i == 0).then(|| options.authorization.clone()).flatten();
         let api = Api::new(endpoint.clone(), token.or(in_url), engine.dialer().clone());
         let listed = resolve_revision(&api, options)
@@ -710,7 +710,7 @@ fn check_space(
     if need == 0 {
         return Ok(());
     }
-    crate::get::space::check(&place.bytes_dir(), need, min_free).map_err(HubError::Get)?;
+    crate::download::space::check(&place.bytes_dir(), need, min_free).map_err(HubError::Get)?;
     Ok(())
 }
 

@@ -167,7 +167,7 @@ pub(crate) fn is_commit(rev: &str) -> bool {
 /// ending in `.lock`, no leading, trailing or doubled `/`, no control characters, space, `~^:?*[\`
 /// or `@{`), at most 255 bytes. A revision names a file under `refs/` in the cache, so anything
 /// else is refused before a request is made.
-pub fn check_revision(rev: &str) -> Result<(), String> {
+pub(crate) fn check_revision(rev: &str) -> Result<(), String> {
     let bad = |why: &str| Err(format!("invalid revision {rev:?}: {why}"));
     if rev.is_empty() || rev.len() > 255 {
         return bad("it must have 1 to 255 characters");

@@ -8,6 +8,7 @@
 
 pub(crate) mod proxy;
 pub(crate) mod rate;
+pub(crate) mod target;
 pub(crate) mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -74,7 +75,7 @@ impl Winners {
 
     /// Forgets the winner for the list whose first address is `first`: it failed on a
     /// connection that skipped the handshake (TCP Fast Open), so the next one races again.
-    pub fn forget(&self, first: SocketAddr) {
+    pub(crate) fn forget(&self, first: SocketAddr) {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         map.remove(&first);
     }
@@ -113,7 +114,7 @@ impl Route {
     /// How a request for `url` (to `host:port`) goes under `proxies`; `resolve` gives the
     /// origin's address when the proxy wants one (`socks5://`). An HTTP proxy forwards plain
     /// `http://` requests itself: many refuse `CONNECT` to ports other than 443.
-    pub fn for_url<E>(
+    pub(crate) fn for_url<E>(
         proxies: &Proxies,
         url: &url::Url,
         host: &str,
@@ -135,7 +136,7 @@ impl Route {
     }
 
     /// The proxy the connection goes to, if any.
-    pub fn proxy(&self) -> Option<&Proxy> {
+    pub(crate) fn proxy(&self) -> Option<&Proxy> {
         match self {
             Route::Direct => None,
             Route::Tunnel { proxy, .. } | Route::Forward { proxy } => Some(proxy),
@@ -143,7 +144,7 @@ impl Route {
     }
 
     /// The request target for `url`: absolute-form to a forwarding proxy, else `origin_form`.
-    pub fn request_target(&self, url: &url::Url, origin_form: String) -> String {
+    pub(crate) fn request_target(&self, url: &url::Url, origin_form: String) -> String {
         match self {
             Route::Forward { .. } => {
                 let mut absolute = url.clone();
@@ -156,7 +157,7 @@ impl Route {
 
     /// The `Proxy-Authorization` value each request carries (forwarding proxies only; a
     /// tunnel authenticates once, in its handshake).
-    pub fn proxy_authorization(&self) -> Option<String> {
+    pub(crate) fn proxy_authorization(&self) -> Option<String> {
         match self {
             Route::Forward { proxy } => proxy.authorization(),
             _ => None,
@@ -173,7 +174,7 @@ pub(crate) enum Stream {
 
 impl Stream {
     /// The TCP socket underneath.
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.tcp(),
@@ -181,7 +182,7 @@ impl Stream {
     }
 
     /// The socket, when bytes on it are the plain bytes of the response (what splice needs).
-    pub fn plain_tcp(&self) -> Option<&TcpStream> {
+    pub(crate) fn plain_tcp(&self) -> Option<&TcpStream> {
         match self {
             Stream::Plain(s) => Some(s),
             Stream::Tls(_) => None,
@@ -189,7 +190,7 @@ impl Stream {
     }
 
     /// Reads into `buf`'s spare room; `Ok(0)` at the end of the stream.
-    pub async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
+    pub(crate) async fn read<B: IoBufMut>(&mut self, buf: B) -> BufResult<usize, B> {
         match self {
             Stream::Plain(s) => s.read(buf).await,
             Stream::Tls(s) => s.read(buf).await,
@@ -197,7 +198,7 @@ impl Stream {
     }
 
     /// [`Stream::read`] under the stall watchdog ([`watched`]).
-    pub async fn read_watched<B: IoBufMut>(
+    pub(crate) async fn read_watched<B: IoBufMut>(
         &mut self,
         buf: B,
         limit: Duration,
@@ -211,7 +212,7 @@ impl Stream {
     }
 
     /// Sends all of `data`.
-    pub async fn write_all(&mut self, data: Vec<u8>) -> BufResult<(), Vec<u8>> {
+    pub(crate) async fn write_all(&mut self, data: Vec<u8>) -> BufResult<(), Vec<u8>> {
         match self {
             Stream::Plain(s) => s.write_all(data).await,
             Stream::Tls(s) => s.write_all(data).await,
@@ -230,7 +231,7 @@ pub(crate) enum WatchError {
 
 impl WatchError {
     /// As an I/O error; a stall becomes `TimedOut`, saying for how long nothing came.
-    pub fn into_io(self, limit: Duration) -> std::io::Error {
+    pub(crate) fn into_io(self, limit: Duration) -> std::io::Error {
         match self {
             WatchError::Io(e) => e,
             WatchError::Stalled => std::io::Error::new(

@@ -71,7 +71,7 @@ impl std::fmt::Debug for Proxy {
 impl Proxy {
     /// Parses a proxy URL; without a scheme it is `http://`. The error never repeats the
     /// credentials.
-    pub fn parse(s: &str) -> Result<Proxy, String> {
+    pub(crate) fn parse(s: &str) -> Result<Proxy, String> {
         let with_scheme = if s.contains("://") {
             s.to_owned()
         } else {
@@ -121,14 +121,14 @@ impl Proxy {
     }
 
     /// The `Proxy-Authorization` value for an HTTP proxy with credentials.
-    pub fn authorization(&self) -> Option<String> {
+    pub(crate) fn authorization(&self) -> Option<String> {
         let (user, pass) = self.credentials.as_ref()?;
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
         Some(format!("Basic {token}"))
     }
 
     /// True when the target's name is resolved here, not by the proxy.
-    pub fn resolves_locally(&self) -> bool {
+    pub(crate) fn resolves_locally(&self) -> bool {
         self.kind == ProxyKind::Socks5
     }
 }
@@ -245,7 +245,7 @@ pub(crate) struct Proxies {
 
 impl Proxies {
     /// From `--proxy` (when given) and the environment.
-    pub fn from_env(explicit: Option<&str>) -> Result<Proxies, String> {
+    pub(crate) fn from_env(explicit: Option<&str>) -> Result<Proxies, String> {
         Proxies::from_lookup(explicit, |k| std::env::var(k).ok())
     }
 
@@ -285,7 +285,7 @@ impl Proxies {
     }
 
     /// The proxy for a URL of `scheme` to `host:port`, or `None` to connect directly.
-    pub fn for_url(&self, scheme: &str, host: &str, port: u16) -> Option<Arc<Proxy>> {
+    pub(crate) fn for_url(&self, scheme: &str, host: &str, port: u16) -> Option<Arc<Proxy>> {
         let proxy = match scheme {
             "https" => self.https.as_ref(),
             _ => self.http.as_ref(),
@@ -342,7 +342,7 @@ const MAX_CONNECT_HEAD: usize = 16 << 10;
 
 impl Handshake {
     /// Starts a tunnel to `dest` through `proxy`.
-    pub fn new(proxy: Arc<Proxy>, dest: Dest) -> Handshake {
+    pub(crate) fn new(proxy: Arc<Proxy>, dest: Dest) -> Handshake {
         let mut h = Handshake {
             proxy,
             dest,
@@ -377,11 +377,11 @@ impl Handshake {
     }
 
     /// Bytes to send now (empty while waiting for the proxy).
-    pub fn take_output(&mut self) -> Vec<u8> {
+    pub(crate) fn take_output(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.out)
     }
 
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         matches!(self.stage, Stage::Done)
     }
 
@@ -392,7 +392,7 @@ impl Handshake {
     /// Feeds everything received and not yet consumed. `Ok(Some(n))`: the current reply was
     /// complete and took `n` bytes (there may be output to send next); `Ok(None)`: more bytes
     /// are needed.
-    pub fn feed(&mut self, input: &[u8]) -> Result<Option<usize>, ProxyError> {
+    pub(crate) fn feed(&mut self, input: &[u8]) -> Result<Option<usize>, ProxyError> {
         match self.stage {
             Stage::ConnectReply => {
                 let head = match crate::http1::parse_head(input) {

@@ -19,7 +19,7 @@ pub(crate) struct RateLimit {
 
 impl RateLimit {
     /// A limit of `bytes_per_sec` (at least 1), starting with a full bucket.
-    pub fn new(bytes_per_sec: u64) -> RateLimit {
+    pub(crate) fn new(bytes_per_sec: u64) -> RateLimit {
         let rate = bytes_per_sec.max(1);
         RateLimit {
             bytes_per_sec: rate,
@@ -29,13 +29,13 @@ impl RateLimit {
 
     /// The most a connection should read at once: a twentieth of a second's worth, between
     /// 4 KiB and `most`, so that no single read overshoots by much.
-    pub fn quantum(&self, most: usize) -> usize {
+    pub(crate) fn quantum(&self, most: usize) -> usize {
         let twentieth = usize::try_from(self.bytes_per_sec / 20).unwrap_or(usize::MAX);
         twentieth.clamp(4096.min(most), most.max(1))
     }
 
     /// Pays for `n` bytes read; returns how long to wait before the next read.
-    pub fn spend(&self, n: u64) -> Duration {
+    pub(crate) fn spend(&self, n: u64) -> Duration {
         let mut b = self.bucket.lock().unwrap_or_else(|p| p.into_inner());
         b.spend(n, Instant::now())
     }
@@ -53,7 +53,7 @@ pub(crate) struct Bucket {
 
 impl Bucket {
     /// A full bucket; its burst is a tenth of a second's worth (at least 16 KiB).
-    pub fn new(rate: u64, now: Instant) -> Bucket {
+    pub(crate) fn new(rate: u64, now: Instant) -> Bucket {
         let rate = rate.max(1) as f64;
         let burst = (rate / 10.0).max(16_384.0);
         Bucket {
@@ -66,7 +66,7 @@ impl Bucket {
 
     /// Refills for the time since the last call, takes `n`, and returns the wait until the
     /// balance is back to zero (none while there is no debt).
-    pub fn spend(&mut self, n: u64, now: Instant) -> Duration {
+    pub(crate) fn spend(&mut self, n: u64, now: Instant) -> Duration {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now.max(self.last);
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);

@@ -76,7 +76,7 @@ fn log_session(host: &str, conn: &rustls::ClientConnection) {
 
 /// Environment variables naming a CA bundle to trust besides the built-in roots (OpenSSL's and
 /// Python requests' names, which huggingface_hub users already set).
-pub const CA_ENV: [&str; 2] = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"];
+pub(crate) const CA_ENV: [&str; 2] = ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"];
 
 /// Ciphertext read per socket read: a few TLS records (16 KiB each).
 const RX_CHUNK: usize = 64 * 1024;
@@ -98,7 +98,7 @@ struct Lazy {
 impl TlsClient {
     /// Trusts the built-in and system roots plus `ca_files` and the files the environment
     /// names in [`CA_ENV`].
-    pub fn new(ca_files: &[PathBuf]) -> TlsClient {
+    pub(crate) fn new(ca_files: &[PathBuf]) -> TlsClient {
         let mut files = ca_files.to_vec();
         for var in CA_ENV {
             if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
@@ -114,7 +114,7 @@ impl TlsClient {
     }
 
     /// The rustls config; an error says which CA file could not be used.
-    pub fn config(&self) -> Result<Arc<ClientConfig>, String> {
+    pub(crate) fn config(&self) -> Result<Arc<ClientConfig>, String> {
         self.inner
             .config
             .get_or_init(|| build_config(&self.inner.ca_files).map(Arc::new))
@@ -122,7 +122,7 @@ impl TlsClient {
     }
 
     /// A new client session for `host` (a name or an IP address).
-    pub fn session(&self, host: &str) -> Result<ClientConnection, String> {
+    pub(crate) fn session(&self, host: &str) -> Result<ClientConnection, String> {
         let config = self.config()?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
@@ -130,7 +130,7 @@ impl TlsClient {
     }
 
     /// TLS over a blocking socket, handshake done (the Hub API client's few requests).
-    pub fn connect_blocking(
+    pub(crate) fn connect_blocking(
         &self,
         host: &str,
         tcp: std::net::TcpStream,
@@ -246,7 +246,7 @@ pub(crate) enum Wire<C> {
 
 impl<C> Wire<C> {
     /// The TCP socket underneath.
-    pub fn tcp(&self) -> &std::net::TcpStream {
+    pub(crate) fn tcp(&self) -> &std::net::TcpStream {
         match self {
             Wire::Plain(s) => s,
             Wire::Tls(s) => &s.sock,
@@ -313,7 +313,7 @@ impl std::fmt::Debug for TlsStream {
 
 impl TlsStream {
     /// Runs the handshake with `host` over `tcp`.
-    pub async fn connect(
+    pub(crate) async fn connect(
         client: &TlsClient,
         host: &str,
         tcp: TcpStream,
@@ -352,7 +352,7 @@ impl TlsStream {
         Ok(s)
     }
 
-    pub fn tcp(&self) -> &TcpStream {
+    pub(crate) fn tcp(&self) -> &TcpStream {
         &self.tcp
     }
 
@@ -391,7 +391,7 @@ impl TlsStream {
     }
 
     /// Reads decrypted bytes into `buf`'s spare room; `Ok(0)` at the end of the stream.
-    pub async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
+    pub(crate) async fn read<B: IoBufMut>(&mut self, mut buf: B) -> BufResult<usize, B> {
         loop {
             if self.plain > 0 {
                 // Record by record, straight from rustls's plaintext into `buf` (no zeroing
@@ -445,7 +445,7 @@ impl TlsStream {
     }
 
     /// Encrypts and sends all of `data`.
-    pub async fn write_all(&mut self, data: Vec<u8>) -> BufResult<(), Vec<u8>> {
+    pub(crate) async fn write_all(&mut self, data: Vec<u8>) -> BufResult<(), Vec<u8>> {
         let r = match self.conn.writer().write_all(&data) {
             Ok(()) => self.flush().await,
             Err(e) => Err(e),

@@ -28,16 +28,16 @@ use std::collections::VecDeque;
 use std::ops::Range;
 
 /// Smallest chunk the frontier hands out (except the file's tail).
-pub const MIN_CHUNK: u64 = 1 << 20;
+pub(crate) const MIN_CHUNK: u64 = 1 << 20;
 /// Largest chunk the frontier hands out: large enough that a request per lease costs nothing
 /// measurable. A verified file's chunks may be smaller still ([`Plan::spread_within`]).
-pub const MAX_CHUNK: u64 = 8 << 20;
+pub(crate) const MAX_CHUNK: u64 = 8 << 20;
 /// The range asked for before the size is known.
-pub const FIRST_CHUNK: u64 = 4 << 20;
+pub(crate) const FIRST_CHUNK: u64 = 4 << 20;
 /// Split points fall on multiples of this, and both halves of a split are at least this long.
-pub const SPLIT_ALIGN: u64 = 1 << 20;
+pub(crate) const SPLIT_ALIGN: u64 = 1 << 20;
 /// Short answers retried per file before the download fails.
-pub const MAX_RETRIES: u32 = 8;
+pub(crate) const MAX_RETRIES: u32 = 8;
 
 /// A lease's identity, valid until [`Plan::complete`] or [`Plan::give_back`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,14 +81,14 @@ impl Plan {
     /// fixes the frontier's chunk size (tests and `--chunk-size`); by default it shrinks with
     /// what is left.
     #[cfg(test)]
-    pub fn new(total: u64, done: u64, connections: usize, chunk: Option<u64>) -> Plan {
+    pub(crate) fn new(total: u64, done: u64, connections: usize, chunk: Option<u64>) -> Plan {
         Plan::with_gaps(total, std::iter::once(done..total), connections, chunk)
     }
 
     /// A plan for `total` bytes of which only `gaps` are left to fetch (a file resumed from
     /// its journal). Gaps are clipped to the file and may come in any order; overlapping ones
     /// are merged.
-    pub fn with_gaps(
+    pub(crate) fn with_gaps(
         total: u64,
         gaps: impl IntoIterator<Item = Range<u64>>,
         connections: usize,
@@ -123,7 +123,7 @@ impl Plan {
     /// Leases `range`, which must lie within one range the frontier has not handed out: the
     /// first request of a download is sent before the plan exists (its answer tells the size),
     /// and becomes its first lease.
-    pub fn claim(&mut self, range: Range<u64>) -> LeaseId {
+    pub(crate) fn claim(&mut self, range: Range<u64>) -> LeaseId {
         let end = range.end.min(self.total);
         if range.start >= end {
             return self.insert(range.start..range.start);
@@ -150,7 +150,7 @@ impl Plan {
 
     /// The next lease for a free connection, or `None` when nothing is left to hand out (other
     /// connections may still be receiving).
-    pub fn take(&mut self) -> Option<(LeaseId, Range<u64>, Source)> {
+    pub(crate) fn take(&mut self) -> Option<(LeaseId, Range<u64>, Source)> {
         if let Some(r) = self.retry.pop() {
             return Some((self.insert(r.clone()), r, Source::Retry));
         }
@@ -181,7 +181,7 @@ impl Plan {
 
     /// The holder of `id`, now at `at`, wants to read up to `want` more bytes: how many it may
     /// (0 once a split has moved the lease's end to `at`).
-    pub fn reserve(&mut self, id: LeaseId, at: u64, want: u64) -> u64 {
+    pub(crate) fn reserve(&mut self, id: LeaseId, at: u64, want: u64) -> u64 {
         let lease = self.lease_mut(id);
         debug_assert!(
             at >= lease.start && at <= lease.end,
@@ -194,19 +194,19 @@ impl Plan {
 
     /// Where the lease ends now (a split may have moved it down).
     #[cfg(test)]
-    pub fn end_of(&self, id: LeaseId) -> u64 {
+    pub(crate) fn end_of(&self, id: LeaseId) -> u64 {
         self.leases[id.0].as_ref().expect("live lease").end
     }
 
     /// The lease was received up to its (current) end.
-    pub fn complete(&mut self, id: LeaseId) {
+    pub(crate) fn complete(&mut self, id: LeaseId) {
         self.leases[id.0] = None;
     }
 
     /// The lease's body ended at `at`, short of its end: the rest goes back to be fetched again.
     /// Returns where the lease ended (a split may have moved it down); `Err` when this file has
     /// used up its retries (the download then fails).
-    pub fn give_back(&mut self, id: LeaseId, at: u64) -> Result<u64, ()> {
+    pub(crate) fn give_back(&mut self, id: LeaseId, at: u64) -> Result<u64, ()> {
         let lease = self.leases[id.0].take().expect("live lease");
         if at >= lease.end {
             return Ok(lease.end);
@@ -220,13 +220,13 @@ impl Plan {
     }
 
     /// Retries used so far.
-    pub fn retries(&self) -> u32 {
+    pub(crate) fn retries(&self) -> u32 {
         MAX_RETRIES.saturating_sub(self.retries_left)
     }
 
     /// Allows [`MAX_RETRIES`] per source of the file (its URL and each mirror): a mirror that
     /// fails uses its own share, not the others'.
-    pub fn with_sources(mut self, sources: usize) -> Plan {
+    pub(crate) fn with_sources(mut self, sources: usize) -> Plan {
         self.retries_left = MAX_RETRIES * sources.max(1) as u32;
         self
     }
@@ -237,24 +237,24 @@ impl Plan {
     /// lease wait in the verifier's window, so the leases in flight must span well less than
     /// the window, or it fills, the other connections stop and the hash waits for the one that
     /// lags. A fixed `--chunk-size` is kept as given.
-    pub fn spread_within(mut self, bytes: u64) -> Plan {
+    pub(crate) fn spread_within(mut self, bytes: u64) -> Plan {
         self.max_chunk =
             (bytes / self.connections / MIN_CHUNK * MIN_CHUNK).clamp(MIN_CHUNK, MAX_CHUNK);
         self
     }
 
     /// Splits made so far.
-    pub fn splits(&self) -> u64 {
+    pub(crate) fn splits(&self) -> u64 {
         self.splits
     }
 
     /// Bytes the frontier has not handed out yet.
-    pub fn frontier_left(&self) -> u64 {
+    pub(crate) fn frontier_left(&self) -> u64 {
         self.todo.iter().map(|g| g.end - g.start).sum()
     }
 
     /// True when [`Plan::take`] would hand out a lease now.
-    pub fn has_work(&self) -> bool {
+    pub(crate) fn has_work(&self) -> bool {
         !self.retry.is_empty()
             || !self.todo.is_empty()
             || self

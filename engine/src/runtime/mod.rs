@@ -88,7 +88,11 @@ pub(crate) fn default_cpus(dir: Option<&Path>) -> Vec<usize> {
 
 impl Workers {
     /// Starts `threads` workers on `backend`, worker `i` meant for `cpus[i % cpus.len()]`.
-    pub fn spawn(backend: Backend, threads: usize, cpus: &[usize]) -> Result<Workers, SpawnError> {
+    pub(crate) fn spawn(
+        backend: Backend,
+        threads: usize,
+        cpus: &[usize],
+    ) -> Result<Workers, SpawnError> {
         // The buffers' address space, before any worker registers a chunk of it.
         crate::backend::buf::reserve_arena();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
@@ -143,16 +147,12 @@ impl Workers {
         Ok(workers)
     }
 
-    pub fn len(&self) -> usize {
-        self.dispatch.senders.len()
-    }
-
-    pub fn info(&self) -> &[WorkerInfo] {
+    pub(crate) fn info(&self) -> &[WorkerInfo] {
         &self.info
     }
 
     /// A handle that jobs keep to hand work to the workers.
-    pub fn dispatcher(&self) -> Dispatcher {
+    pub(crate) fn dispatcher(&self) -> Dispatcher {
         self.dispatch.clone()
     }
 }
@@ -166,7 +166,7 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn run(&self, task: Task) -> bool {
+    pub(crate) fn run(&self, task: Task) -> bool {
         let i = self.next.fetch_add(1, Ordering::Relaxed);
         self.senders[i % self.senders.len()].send(task).is_ok()
     }

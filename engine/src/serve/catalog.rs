@@ -47,7 +47,7 @@ pub(crate) struct FileEntry {
 
 impl FileEntry {
     /// What `ETag` says: the sha256 for LFS files, the git blob sha1 otherwise.
-    pub fn etag(&self) -> &str {
+    pub(super) fn etag(&self) -> &str {
         match &self.lfs {
             Some(l) => &l.sha256,
             None => &self.oid,
@@ -139,7 +139,7 @@ impl Snapshot {
 
     /// Sum of the sizes of the files at or under `path` (`""`: the whole snapshot); `None` when
     /// `path` is neither a file nor a directory.
-    pub fn size_under(&self, path: &str) -> Option<u64> {
+    pub(super) fn size_under(&self, path: &str) -> Option<u64> {
         if path.is_empty() {
             return Some(self.files.values().map(|f| f.size).sum());
         }
@@ -173,7 +173,7 @@ pub(crate) struct Repo {
 
 impl Repo {
     /// The snapshot a revision names: a ref, or a commit sha that has a snapshot.
-    pub fn snapshot(&self, rev: &str) -> Option<&Arc<Snapshot>> {
+    pub(super) fn snapshot(&self, rev: &str) -> Option<&Arc<Snapshot>> {
         if let Some(commit) = self.refs.get(rev) {
             return self.snapshots.get(commit);
         }
@@ -184,7 +184,7 @@ impl Repo {
     }
 
     /// The snapshot served when no revision is named: `main`, else the only snapshot.
-    pub fn default_snapshot(&self) -> Option<&Arc<Snapshot>> {
+    pub(super) fn default_snapshot(&self) -> Option<&Arc<Snapshot>> {
         self.snapshot("main").or_else(|| {
             let mut it = self.snapshots.values();
             match (it.next(), it.next()) {
@@ -202,11 +202,11 @@ pub(crate) struct Catalog {
 }
 
 impl Catalog {
-    pub fn repo(&self, kind: RepoType, id: &str) -> Option<&Repo> {
+    pub(super) fn repo(&self, kind: RepoType, id: &str) -> Option<&Repo> {
         self.repos.get(&(kind, id.to_owned()))
     }
 
-    pub fn summary(&self) -> Summary {
+    pub(super) fn summary(&self) -> Summary {
         let mut s = Summary {
             repos: self.repos.len(),
             snapshots: 0,
@@ -225,7 +225,7 @@ impl Catalog {
 
     /// Scans `root` (canonical). Fails only when the root itself cannot be listed; a repo that
     /// cannot be read is skipped with a warning.
-    pub fn scan(root: &Path) -> io::Result<Catalog> {
+    pub(super) fn scan(root: &Path) -> io::Result<Catalog> {
         let mut catalog = Catalog::default();
         for entry in fs::read_dir(root)? {
             let entry = entry?;

@@ -604,7 +604,7 @@ pub(crate) struct Pace {
 }
 
 impl Pace {
-    pub fn new(min_rate: u64, window: Duration) -> Pace {
+    pub(super) fn new(min_rate: u64, window: Duration) -> Pace {
         let window = window.max(Duration::from_millis(1));
         let per_window = min_rate as f64 * window.as_secs_f64();
         Pace {

@@ -68,7 +68,7 @@ impl Response {
     }
 
     /// An error in the Hub's shape.
-    pub fn error(status: u16, code: Option<&'static str>, message: &str) -> Response {
+    pub(super) fn error(status: u16, code: Option<&'static str>, message: &str) -> Response {
         let mut r = Response::json(status, &json!({ "error": message }));
         if let Some(code) = code {
             r.headers.push(("X-Error-Code", code.into()));
@@ -78,7 +78,7 @@ impl Response {
     }
 
     /// Bytes the body holds (what `Content-Length` says, also for HEAD).
-    pub fn body_len(&self) -> u64 {
+    pub(super) fn body_len(&self) -> u64 {
         match &self.body {
             Body::Bytes(b) => b.len() as u64,
             Body::File { len, .. } => *len,

@@ -41,7 +41,7 @@ impl Idle {
 
     /// Closes the connection idle the longest; false when none is idle. Its thread sees the
     /// close at once and frees its slot.
-    pub fn evict_oldest(&self) -> bool {
+    pub(super) fn evict_oldest(&self) -> bool {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         let oldest = waiting
             .iter()

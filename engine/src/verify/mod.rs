@@ -75,7 +75,7 @@ pub(crate) enum Checksum {
 
 impl Checksum {
     /// Parses hex digits (either case) of `algorithm`'s length.
-    pub fn parse(algorithm: HashAlgorithm, s: &str) -> Option<Checksum> {
+    pub(crate) fn parse(algorithm: HashAlgorithm, s: &str) -> Option<Checksum> {
         let s = s.trim();
         match algorithm {
             HashAlgorithm::Sha256 => {
@@ -91,7 +91,7 @@ impl Checksum {
         }
     }
 
-    pub fn algorithm(&self) -> HashAlgorithm {
+    pub(crate) fn algorithm(&self) -> HashAlgorithm {
         match self {
             Checksum::Sha256(_) => HashAlgorithm::Sha256,
             Checksum::GitSha1(_) => HashAlgorithm::GitSha1,
@@ -124,21 +124,21 @@ pub(crate) enum Hasher {
 
 impl Hasher {
     /// A fresh hash; a git blob id needs the file's length first.
-    pub fn new(algorithm: HashAlgorithm, len: u64) -> Hasher {
+    pub(crate) fn new(algorithm: HashAlgorithm, len: u64) -> Hasher {
         match algorithm {
             HashAlgorithm::Sha256 => Hasher::Sha256(Sha256::new()),
             HashAlgorithm::GitSha1 => Hasher::GitSha1(git_blob_hasher(len)),
         }
     }
 
-    pub fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         match self {
             Hasher::Sha256(h) => h.update(bytes),
             Hasher::GitSha1(h) => h.update(bytes),
         }
     }
 
-    pub fn finalize(self) -> Checksum {
+    pub(crate) fn finalize(self) -> Checksum {
         match self {
             Hasher::Sha256(h) => Checksum::Sha256(h.finalize().into()),
             Hasher::GitSha1(h) => Checksum::GitSha1(h.finalize().into()),
@@ -194,7 +194,7 @@ pub(crate) enum Next<'a> {
 impl Next<'_> {
     /// Hashes this and every run that follows on the spot; returns whether read-back work
     /// waits at the prefix. For callers that need not stay responsive meanwhile.
-    pub fn hash_all(self) -> bool {
+    pub(crate) fn hash_all(self) -> bool {
         let mut next = self;
         loop {
             match next {
@@ -259,7 +259,7 @@ impl Held {
 
 impl<'a> Run<'a> {
     /// Hashes the next buffer; false when all are hashed.
-    pub fn step(&mut self) -> bool {
+    pub(crate) fn step(&mut self) -> bool {
         let Some(b) = self.bufs.pop_front() else {
             return false;
         };
@@ -284,7 +284,7 @@ impl<'a> Run<'a> {
 
     /// Hashes what is left, moves the prefix to the run's end and hands the hasher back; what
     /// follows is the next run (kept buffers that continue it) or nothing.
-    pub fn finish(mut self) -> Next<'a> {
+    pub(crate) fn finish(mut self) -> Next<'a> {
         self.complete()
     }
 
@@ -326,7 +326,7 @@ pub(crate) struct Window {
 }
 
 impl Window {
-    pub fn new(limit: u64) -> Arc<Window> {
+    pub(crate) fn new(limit: u64) -> Arc<Window> {
         Arc::new(Window {
             limit,
             used: AtomicU64::new(0),
@@ -347,7 +347,7 @@ impl Window {
 
     /// Bytes held now.
     #[cfg(test)]
-    pub fn used(&self) -> u64 {
+    pub(crate) fn used(&self) -> u64 {
         self.used.load(Ordering::Acquire)
     }
 }
@@ -362,7 +362,7 @@ pub(crate) struct Verifier {
 impl Verifier {
     /// A verifier of `algorithm` over a file of `len` bytes (only the git blob id needs it)
     /// that keeps buffers waiting for the prefix while `window` has room.
-    pub fn new(window: Arc<Window>, algorithm: HashAlgorithm, len: u64) -> Verifier {
+    pub(crate) fn new(window: Arc<Window>, algorithm: HashAlgorithm, len: u64) -> Verifier {
         Verifier {
             state: Mutex::new(State {
                 prefix: 0,
@@ -387,7 +387,7 @@ impl Verifier {
     /// has room. `Err(buf)` when the window is full: the caller waits for the prefix to move
     /// (backpressure: hashing from memory beats reading back), or gives up waiting with
     /// [`Verifier::spill`].
-    pub fn written(&self, at: u64, buf: AlignedBuf) -> Result<Next<'_>, AlignedBuf> {
+    pub(crate) fn written(&self, at: u64, buf: AlignedBuf) -> Result<Next<'_>, AlignedBuf> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
         if len == 0 || at + len <= s.claimed {
@@ -412,7 +412,7 @@ impl Verifier {
     /// continue it, to hash, as from [`Verifier::written`]), or when the prefix reaches it. The
     /// write is still awaited before the file is settled; the connection gives the buffer back
     /// through [`Verifier::landed`] once written.
-    pub fn submitted(&self, at: u64, buf: SharedBuf) -> Option<Next<'_>> {
+    pub(crate) fn submitted(&self, at: u64, buf: SharedBuf) -> Option<Next<'_>> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
         if len == 0 || at + len <= s.claimed {
@@ -430,7 +430,7 @@ impl Verifier {
     /// meanwhile). When a run on another thread is hashing it, it is left to that run and
     /// counted by the window until hashed; when the window is full, the handle comes back to
     /// try again once the prefix has moved.
-    pub fn landed(&self, at: u64, buf: SharedBuf) -> Landed {
+    pub(crate) fn landed(&self, at: u64, buf: SharedBuf) -> Landed {
         let shown = self.lock().flying.remove(&at);
         drop(shown);
         let mut buf = buf;
@@ -458,14 +458,14 @@ impl Verifier {
     }
 
     /// Records a written buffer for read-back instead of keeping it (the window stayed full).
-    pub fn spill(&self, at: u64, buf: AlignedBuf) {
+    pub(crate) fn spill(&self, at: u64, buf: AlignedBuf) {
         self.written_elsewhere(at, buf.bytes().len() as u64);
         BufPool::give(buf);
     }
 
     /// `len` bytes were written at `at` without passing through memory (spliced): they are
     /// hashed by read-back. Returns true when read-back work is waiting at the prefix.
-    pub fn written_elsewhere(&self, at: u64, len: u64) -> bool {
+    pub(crate) fn written_elsewhere(&self, at: u64, len: u64) -> bool {
         let mut s = self.lock();
         if len > 0 && at + len > s.prefix {
             // Merge with a neighbour that ends where this starts.
@@ -526,7 +526,7 @@ impl Verifier {
     /// Claims the next run to read back: written bytes at the prefix whose buffers are gone, at
     /// most `max`. `None` when there is none, or the hasher is busy (its holder will report
     /// read-back work when it is done).
-    pub fn claim_read_back(&self, max: u64) -> Option<ReadBackClaim> {
+    pub(crate) fn claim_read_back(&self, max: u64) -> Option<ReadBackClaim> {
         let mut s = self.lock();
         let prefix = s.prefix;
         let &end = s.written.get(&prefix)?;
@@ -544,14 +544,14 @@ impl Verifier {
     }
 
     /// True when written bytes wait at the prefix for read-back.
-    pub fn has_read_back(&self) -> bool {
+    pub(crate) fn has_read_back(&self) -> bool {
         let s = self.lock();
         s.written.contains_key(&s.prefix)
     }
 
     /// Hashes the bytes of a claimed run, read back from the file; what follows is the kept
     /// buffers that continue it, to hash, or whether more read-back work is waiting.
-    pub fn complete_read_back(&self, claim: ReadBackClaim, bytes: &[u8]) -> Next<'_> {
+    pub(crate) fn complete_read_back(&self, claim: ReadBackClaim, bytes: &[u8]) -> Next<'_> {
         let ReadBackClaim { range, mut hasher } = claim;
         assert_eq!(
             bytes.len() as u64,
@@ -567,12 +567,12 @@ impl Verifier {
     }
 
     /// Bytes hashed so far (the contiguous prefix).
-    pub fn prefix(&self) -> u64 {
+    pub(crate) fn prefix(&self) -> u64 {
         self.lock().prefix
     }
 
     /// The digest of the prefix, once it covers the whole file, and how it was fed.
-    pub fn finish(&self) -> (Checksum, HashStats) {
+    pub(crate) fn finish(&self) -> (Checksum, HashStats) {
         let s = self.lock();
         let digest = s.hasher.clone().expect("no hashing in progress").finalize();
         (digest, s.stats)

@@ -13,7 +13,7 @@ use compio::driver::{SharedFd, ToSharedFd};
 use futures_util::FutureExt;
 
 use super::pipe::Pipeline;
-use super::{Ctx, Target};
+use super::{FileDownload, Target};
 use crate::backend::buf::AlignedBuf;
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
@@ -128,12 +128,14 @@ pub(super) struct Conn {
 }
 
 impl Conn {
-    pub async fn open(target: &Target) -> Result<Conn, GetError> {
+    pub(super) async fn open(target: &Target) -> Result<Conn, GetError> {
         Conn::open_timed(target).await.map(|(conn, _)| conn)
     }
 
     /// [`Conn::open`], saying how long connecting and the TLS handshake took.
-    pub async fn open_timed(target: &Target) -> Result<(Conn, crate::net::OpenTimes), GetError> {
+    pub(super) async fn open_timed(
+        target: &Target,
+    ) -> Result<(Conn, crate::net::OpenTimes), GetError> {
         let addrs = &target.addrs;
         let timeouts = target.dialer.timeouts;
         let (stream, times) = crate::net::open(
@@ -193,27 +195,27 @@ impl Conn {
     }
 
     /// The address the connection went to.
-    pub fn addr(&self) -> SocketAddr {
+    pub(super) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Body bytes read on this connection so far.
-    pub fn body_bytes(&self) -> u64 {
+    pub(super) fn body_bytes(&self) -> u64 {
         self.body_bytes
     }
 
     /// Time spent waiting for the socket so far.
-    pub fn read_time(&self) -> std::time::Duration {
+    pub(super) fn read_time(&self) -> std::time::Duration {
         self.read_time
     }
 
-    pub fn is_reusable(&self) -> bool {
+    pub(super) fn is_reusable(&self) -> bool {
         self.reusable
     }
 
     /// True when this connection goes to `target` (one of its addresses, and over TLS with its
     /// host name when it is `https://`) and can take another request.
-    pub fn serves(&self, target: &Target) -> bool {
+    pub(super) fn serves(&self, target: &Target) -> bool {
         self.reusable
             && target.addrs.contains(&self.addr)
             && self.tls_host == target.tls_host
@@ -230,7 +232,7 @@ impl Conn {
 
     /// Sends a GET for `range` and reads the response head. A connection that was idle and turns
     /// out closed is replaced by a fresh one, once.
-    pub async fn request(
+    pub(super) async fn request(
         &mut self,
         target: &Target,
         range: Option<std::ops::Range<u64>>,
@@ -349,9 +351,9 @@ impl Conn {
     /// Reads the body of a ranged answer for `lease` (which started at `range.start`) into
     /// the file, asking the plan before each read how far the lease still reaches. Only a body
     /// read to its end leaves the connection fit for another request.
-    pub async fn copy_lease(
+    pub(super) async fn copy_lease(
         &mut self,
-        ctx: &Ctx,
+        ctx: &FileDownload,
         pipe: &mut Pipeline,
         lease: LeaseId,
         range: Range<u64>,
@@ -378,7 +380,7 @@ impl Conn {
     /// [`Conn::copy_lease`] through pipeline buffers.
     async fn read_lease(
         &mut self,
-        ctx: &Ctx,
+        ctx: &FileDownload,
         pipe: &mut Pipeline,
         lease: LeaseId,
         range: Range<u64>,
@@ -438,7 +440,7 @@ impl Conn {
     /// buffer, the rest socket -> pipe -> `file` in the kernel, a pipeful at a time.
     async fn splice_lease<S: std::os::fd::AsFd + 'static>(
         &mut self,
-        ctx: &Ctx,
+        ctx: &FileDownload,
         pipe: &mut Pipeline,
         file: SharedFd<std::fs::File>,
         socket: SharedFd<S>,
@@ -510,7 +512,7 @@ impl Conn {
     /// Reads and throws away up to `most` bytes of the body `framing` describes (what
     /// `ferry ping` measures throughput with). Returns the body bytes read; the connection is
     /// reusable only when a body of known length was read whole.
-    pub async fn read_and_discard(
+    pub(super) async fn read_and_discard(
         &mut self,
         target: &Target,
         framing: Framing,
@@ -577,9 +579,9 @@ impl Conn {
 
     /// Copies a whole body from offset 0 (a server that ignores `Range`, or a body of unknown
     /// length). Returns the bytes copied, or `None` when the job was aborted.
-    pub async fn copy_stream(
+    pub(super) async fn copy_stream(
         &mut self,
-        ctx: &Ctx,
+        ctx: &FileDownload,
         pipe: &mut Pipeline,
         framing: Framing,
     ) -> Result<Option<u64>, GetError> {
@@ -641,7 +643,7 @@ impl Conn {
     /// Reads raw body bytes until `len` (or EOF when `None`). `Ok(false)`: aborted.
     async fn stream_raw(
         &mut self,
-        ctx: &Ctx,
+        ctx: &FileDownload,
         pipe: &mut Pipeline,
         out: &mut StreamOut,
         len: Option<u64>,
@@ -690,7 +692,7 @@ impl Conn {
 
     async fn stream_chunked(
         &mut self,
-        ctx: &Ctx,
+        ctx: &FileDownload,
         pipe: &mut Pipeline,
         out: &mut StreamOut,
     ) -> Result<bool, GetError> {
@@ -734,7 +736,7 @@ impl Conn {
     }
 
     /// Reads and discards a small body (a redirect's), or gives up on the connection.
-    pub async fn discard_body(&mut self, framing: Framing) {
+    pub(super) async fn discard_body(&mut self, framing: Framing) {
         match framing {
             Framing::Length(n) if n <= 64 * 1024 => {
                 while (self.pending.len() as u64) < n {

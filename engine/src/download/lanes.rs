@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
-use super::{Counters, Ctx, Lane, Opened, Settled};
+use super::{FileDownload, JobProgress, Lane, Opened, Settled};
 use crate::Report;
 use crate::error::GetError;
 use crate::plan::files::{self, Next, Offer};
@@ -66,9 +66,9 @@ enum Step {
 }
 
 /// The files of a job and the lanes' shared state.
-pub(crate) struct Batch {
-    files: Vec<Arc<Ctx>>,
-    progress: Arc<Counters>,
+pub(crate) struct Lanes {
+    files: Vec<Arc<FileDownload>>,
+    progress: Arc<JobProgress>,
     injector: Injector<usize>,
     stealers: Vec<Stealer<usize>>,
     locals: Mutex<Vec<Worker<usize>>>,
@@ -80,14 +80,14 @@ pub(crate) struct Batch {
     workers: Mutex<Option<Dispatcher>>,
 }
 
-impl Batch {
+impl Lanes {
     /// A job of `files` over `lanes` connections; `done` receives the results.
-    pub fn new(
-        files: Vec<Arc<Ctx>>,
-        progress: Arc<Counters>,
+    pub(crate) fn new(
+        files: Vec<Arc<FileDownload>>,
+        progress: Arc<JobProgress>,
         lanes: usize,
         done: crossbeam_channel::Sender<Results>,
-    ) -> Arc<Batch> {
+    ) -> Arc<Lanes> {
         let injector = Injector::new();
         let sizes: Vec<Option<u64>> = files.iter().map(|f| f.size_hint()).collect();
         for i in files::start_order(&sizes) {
@@ -96,7 +96,7 @@ impl Batch {
         let locals: Vec<Worker<usize>> = (0..lanes.max(1)).map(|_| Worker::new_fifo()).collect();
         let stealers = locals.iter().map(Worker::stealer).collect();
         let n = files.len();
-        Arc::new(Batch {
+        Arc::new(Lanes {
             files,
             progress,
             injector,
@@ -117,7 +117,7 @@ impl Batch {
     }
 
     /// Starts the lanes on the workers, in turn; returns how many started.
-    pub fn start(self: &Arc<Self>, workers: Dispatcher) -> usize {
+    pub(crate) fn start(self: &Arc<Self>, workers: Dispatcher) -> usize {
         *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = Some(workers.clone());
         let locals = std::mem::take(&mut *self.locals.lock().unwrap_or_else(|p| p.into_inner()));
         let mut started = 0;

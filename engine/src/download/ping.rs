@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::conn::Conn;
-use super::{Resolved, Target, framing_of, redirect_target, status_error};
+use super::{Resolver, Target, framing_of, redirect_target, status_error};
 use crate::error::GetError;
 
 /// What one ping of a URL measured.
@@ -46,7 +46,7 @@ pub struct PingReport {
 pub(crate) async fn ping(
     url: &str,
     bytes: u64,
-    resolved: &mut Resolved,
+    resolved: &mut Resolver,
 ) -> Result<PingReport, GetError> {
     let started = Instant::now();
     let mut target = Target::new(url, resolved)?;

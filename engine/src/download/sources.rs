@@ -6,7 +6,7 @@
 //! its endpoint while it is fit (its connection is kept alive).
 //!
 //! Sans-IO: the time is passed in, nothing here connects or sleeps. Which bytes a source
-//! served is counted by the file ([`super::Ctx`]); the job-wide totals are here.
+//! served is counted by the file ([`super::FileDownload`]); the job-wide totals are here.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -69,7 +69,7 @@ pub struct EndpointReport {
 
 impl Endpoints {
     /// The id of the endpoint labelled `label`, added when new.
-    pub fn id(&self, label: &str) -> usize {
+    pub(crate) fn id(&self, label: &str) -> usize {
         let mut s = self.lock();
         if let Some(i) = s.iter().position(|e| e.label == label) {
             return i;
@@ -95,7 +95,7 @@ impl Endpoints {
     /// Which of `candidates` (endpoint ids, in order of preference) lane `lane` asks next: its
     /// position in `candidates`. Among the endpoints not put aside and not demoted, the lanes
     /// are spread by number; else the demoted ones; else the one back soonest.
-    pub fn pick(&self, candidates: &[usize], lane: usize, now: Instant) -> usize {
+    pub(crate) fn pick(&self, candidates: &[usize], lane: usize, now: Instant) -> usize {
         let s = self.lock();
         let at = |p: &usize| &s[candidates[*p]];
         let positions = 0..candidates.len();
@@ -114,13 +114,13 @@ impl Endpoints {
     }
 
     /// True when endpoint `id` is not put aside at `now`.
-    pub fn usable(&self, id: usize, now: Instant) -> bool {
+    pub(crate) fn usable(&self, id: usize, now: Instant) -> bool {
         self.lock()[id].usable(now)
     }
 
     /// A range of `bytes` from `id` completed in `elapsed`: its throughput counts, and it is
     /// fit again. Returns a line to log when this demoted an endpoint.
-    pub fn served(&self, id: usize, bytes: u64, elapsed: Duration) -> Option<String> {
+    pub(crate) fn served(&self, id: usize, bytes: u64, elapsed: Duration) -> Option<String> {
         let mut s = self.lock();
         let e = &mut s[id];
         e.bytes += bytes;
@@ -132,12 +132,12 @@ impl Endpoints {
     }
 
     /// Bytes that arrived from `id` in a range that then failed.
-    pub fn partial(&self, id: usize, bytes: u64) {
+    pub(crate) fn partial(&self, id: usize, bytes: u64) {
         self.lock()[id].bytes += bytes;
     }
 
     /// A request to `id` failed at `now`: it is put aside for a while (longer each time).
-    pub fn failed(&self, id: usize, now: Instant) {
+    pub(crate) fn failed(&self, id: usize, now: Instant) {
         let mut s = self.lock();
         let e = &mut s[id];
         e.failures += 1;
@@ -149,7 +149,7 @@ impl Endpoints {
     }
 
     /// Each endpoint's share, in the order they were added.
-    pub fn report(&self) -> Vec<EndpointReport> {
+    pub(crate) fn report(&self) -> Vec<EndpointReport> {
         self.lock()
             .iter()
             .map(|e| EndpointReport {

@@ -5,7 +5,7 @@
 //!
 //! Invariants: a URL's `user:password@` becomes its `Authorization` and leaves the URL, so no
 //! message can show it; a credential follows a redirect only to the same origin. Not here:
-//! sending requests ([`super::conn`]).
+//! sending requests (`download/conn.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,14 +20,14 @@ use crate::net::{Dialer, Route};
 /// Host names resolved once per job, `(host, port)` -> addresses, and the TLS trust that
 /// `https://` targets (also those redirected to) connect with.
 #[derive(Debug, Default)]
-pub(crate) struct Resolved {
+pub(crate) struct Resolver {
     addrs: HashMap<(String, u16), Vec<SocketAddr>>,
     dialer: Dialer,
 }
 
-impl Resolved {
-    pub fn new(dialer: Dialer) -> Resolved {
-        Resolved {
+impl Resolver {
+    pub(crate) fn new(dialer: Dialer) -> Resolver {
+        Resolver {
             addrs: HashMap::new(),
             dialer,
         }
@@ -72,12 +72,12 @@ pub(crate) struct Secret(Arc<str>);
 
 impl Secret {
     /// The `Authorization` value for a bearer token.
-    pub fn bearer(token: &str) -> Secret {
+    pub(crate) fn bearer(token: &str) -> Secret {
         Secret(format!("Bearer {token}").into())
     }
 
     /// The `Authorization` value for a user name and password (`Basic`, RFC 7617).
-    pub fn basic(user: &str, password: &str) -> Secret {
+    pub(crate) fn basic(user: &str, password: &str) -> Secret {
         use base64::Engine;
         let pair = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         Secret(format!("Basic {pair}").into())
@@ -86,7 +86,7 @@ impl Secret {
     /// Refuses a credential that cannot be sent as a header value: a control character (CR or
     /// LF would start another header), a byte outside printable ASCII, or surrounding space.
     /// The message never shows the credential.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let value = self.0.split_once(' ').map_or(&*self.0, |(_, v)| v);
         if value.is_empty() {
             return Err("the token is empty".into());
@@ -100,7 +100,7 @@ impl Secret {
         Ok(())
     }
 
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 }
@@ -132,7 +132,7 @@ impl std::fmt::Debug for Secret {
 
 impl Target {
     /// Checks the URL and resolves its host (once per job: `resolved` keeps the answers).
-    pub fn new(url: &str, resolved: &mut Resolved) -> Result<Target, GetError> {
+    pub(crate) fn new(url: &str, resolved: &mut Resolver) -> Result<Target, GetError> {
         let parsed = Url::parse(url).map_err(|e| GetError::InvalidUrl {
             url: url.to_owned(),
             reason: e.to_string(),
@@ -140,7 +140,7 @@ impl Target {
         Target::from_url(parsed, resolved)
     }
 
-    fn from_url(mut url: Url, resolved: &mut Resolved) -> Result<Target, GetError> {
+    fn from_url(mut url: Url, resolved: &mut Resolver) -> Result<Target, GetError> {
         // Credentials in the URL become `Authorization: Basic` and leave the URL, so that no
         // message, log line or report can show them.
         let credentials = take_credentials(&mut url);
@@ -209,11 +209,11 @@ impl Target {
     }
 }
 
-pub(super) fn redirect_target(
+pub(crate) fn redirect_target(
     from: &Target,
     head: &ResponseHead,
     count: usize,
-    resolved: &mut Resolved,
+    resolved: &mut Resolver,
 ) -> Result<Target, GetError> {
     use crate::http1::redirect;
     let err = |detail: String| GetError::Redirect {

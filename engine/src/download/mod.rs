@@ -28,15 +28,15 @@
 //! Disk space is checked before a file is reserved and written ([`space`]): a file that would
 //! take the disk under the floor waits for space, then fails with [`GetError::NoSpace`].
 
-pub(crate) mod batch;
 mod conn;
 pub(crate) mod durable;
+mod lanes;
+mod output;
 mod partial;
 pub(crate) mod ping;
 mod pipe;
 pub(crate) mod sources;
 pub(crate) mod space;
-mod target;
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -48,13 +48,12 @@ use compio::driver::ToSharedFd;
 use compio::fs::File;
 use rustix::fs::OFlags;
 
-pub(crate) use self::batch::Batch;
 use self::conn::{BodyEnd, Conn};
+pub(crate) use self::lanes::{Lanes, Results};
+use self::output::{check_collisions, check_output, open_output_dir};
 use self::partial::Partial;
 use self::pipe::Pipeline;
 use self::sources::{EndpointReport, Endpoints};
-use self::target::redirect_target;
-pub(crate) use self::target::{Resolved, Secret, Target, take_credentials};
 use crate::backend::Backend;
 use crate::backend::buf::AlignedBuf;
 use crate::backend::nofollow::Dir;
@@ -62,11 +61,19 @@ use crate::backend::sink::{FileShare, FileSink, SinkKind};
 use crate::error::GetError;
 use crate::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
 use crate::journal::Journal;
+use crate::net::target::redirect_target;
+pub(crate) use crate::net::target::{Resolver, Secret, Target, take_credentials};
 
+use crate::backend::sink::SinkChoice;
+use crate::engine::Engine;
+use crate::job::{GetItem, Job};
 use crate::plan::{FIRST_CHUNK, LeaseId, Plan};
+use crate::report::{HashReport, Report};
 use crate::retry::Verdict;
 use crate::verify::{Checksum, HashStats, Verifier, Window};
-use crate::{HashReport, Report, UNKNOWN_TOTAL};
+
+/// A file's size before it is known.
+const UNKNOWN_TOTAL: u64 = u64::MAX;
 
 /// Bytes read back per read when the verifier needs bytes that left memory.
 const READ_BACK: u64 = 8 << 20;
@@ -101,7 +108,7 @@ const MAX_FETCHES: u32 = 2;
 
 /// Progress counters of a job, shared with its [`Job`](crate::Job) handle.
 #[derive(Debug)]
-pub(crate) struct Counters {
+pub(crate) struct JobProgress {
     /// Bytes written, all files together.
     pub done: AtomicU64,
     /// Sum of the sizes known so far (stated up front or learnt from a first answer).
@@ -115,9 +122,9 @@ pub(crate) struct Counters {
     interrupted: Arc<AtomicBool>,
 }
 
-impl Counters {
-    pub fn new(files: u64, interrupted: Arc<AtomicBool>) -> Counters {
-        Counters {
+impl JobProgress {
+    pub(crate) fn new(files: u64, interrupted: Arc<AtomicBool>) -> JobProgress {
+        JobProgress {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
             unknown: AtomicU64::new(0),
@@ -129,7 +136,7 @@ impl Counters {
 
     /// True once the engine was interrupted: lanes stop at their next read, files not started
     /// are not, and those cut short end with [`GetError::Interrupted`].
-    pub fn interrupted(&self) -> bool {
+    pub(crate) fn interrupted(&self) -> bool {
         self.interrupted.load(Ordering::Relaxed)
     }
 
@@ -156,19 +163,6 @@ impl Counters {
         self.total.fetch_add(now, Ordering::Relaxed);
         self.total.fetch_sub(counted, Ordering::Relaxed);
     }
-}
-
-/// How a file is written: the sink chosen for its directory and why.
-#[derive(Debug, Clone)]
-pub(crate) struct SinkChoice {
-    pub kind: SinkKind,
-    pub reason: String,
-    /// O_DIRECT offset alignment of the filesystem (used when `kind` is direct).
-    pub align: u64,
-    /// The filesystem's device when its `syncfs` is a full sync
-    /// ([`kernel_probes::fs::full_syncfs`]): the files of a job there may be made durable in
-    /// groups ([`durable`]).
-    pub syncfs: Option<u64>,
 }
 
 /// How a job runs: the same for all its files.
@@ -247,7 +241,7 @@ impl Source {
 }
 
 /// One file of a job, and what the lanes working on it share.
-pub(crate) struct Ctx {
+pub(crate) struct FileDownload {
     /// The URL asked for first, then its mirrors.
     sources: Vec<Source>,
     /// What the job knows of each endpoint (shared by its files).
@@ -262,7 +256,7 @@ pub(crate) struct Ctx {
     size_hint: Option<u64>,
     pub settings: Arc<JobSettings>,
     /// The job's counters; the file's own are below.
-    progress: Arc<Counters>,
+    progress: Arc<JobProgress>,
     window: Arc<Window>,
     started: Instant,
     /// Bytes of this file written in the current fetch.
@@ -299,13 +293,13 @@ pub(crate) struct Ctx {
     sink_share: FileShare,
 }
 
-impl Ctx {
-    pub fn new(
+impl FileDownload {
+    pub(crate) fn new(
         spec: FileSpec,
         settings: Arc<JobSettings>,
-        (progress, window): (Arc<Counters>, Arc<Window>),
+        (progress, window): (Arc<JobProgress>, Arc<Window>),
         (started, endpoints): (Instant, Arc<Endpoints>),
-    ) -> Ctx {
+    ) -> FileDownload {
         let mut name = spec.output.as_os_str().to_owned();
         name.push(spec.partial_suffix);
         let partial = Partial::new(spec.dir, &spec.output, spec.partial_suffix);
@@ -324,7 +318,7 @@ impl Ctx {
                 source
             })
             .collect();
-        Ctx {
+        FileDownload {
             sources,
             endpoints,
             output: spec.output,
@@ -366,7 +360,7 @@ impl Ctx {
     }
 
     /// Records that `len` bytes at `at` are written (the write completed).
-    pub fn journal_written(&self, at: u64, len: u64) {
+    pub(crate) fn journal_written(&self, at: u64, len: u64) {
         let Some(journal) = &self.journal else {
             return;
         };
@@ -426,7 +420,7 @@ impl Ctx {
 
     /// The error of a failed operation on the partial file: [`GetError::NoSpace`] when the
     /// disk is full, [`GetError::Io`] otherwise.
-    pub fn io_error(&self, op: &'static str, source: std::io::Error) -> GetError {
+    pub(crate) fn io_error(&self, op: &'static str, source: std::io::Error) -> GetError {
         if space::is_full(&source) {
             let total = self.total.load(Ordering::Relaxed);
             let need = match total {
@@ -461,7 +455,7 @@ impl Ctx {
     }
 
     /// The first source's target (the URL asked for, after redirects): what messages name.
-    pub fn target(&self) -> &Target {
+    pub(crate) fn target(&self) -> &Target {
         self.sources[0].target()
     }
 
@@ -542,16 +536,16 @@ impl Ctx {
     }
 
     /// The size stated up front, for the start order.
-    pub fn size_hint(&self) -> Option<u64> {
+    pub(crate) fn size_hint(&self) -> Option<u64> {
         self.size_hint
     }
 
-    pub fn is_aborted(&self) -> bool {
+    pub(crate) fn is_aborted(&self) -> bool {
         self.aborted.load(Ordering::Relaxed) || self.progress.interrupted()
     }
 
     /// Counts `n` bytes that went through a pipe, not a buffer (the splice sink).
-    pub fn add_spliced(&self, n: u64) {
+    pub(crate) fn add_spliced(&self, n: u64) {
         self.spliced.fetch_add(n, Ordering::Relaxed);
     }
 
@@ -583,7 +577,7 @@ impl Ctx {
     }
 
     /// Counts `n` more bytes written, in the file and in the job.
-    pub fn add_done(&self, n: u64) {
+    pub(crate) fn add_done(&self, n: u64) {
         self.done.fetch_add(n, Ordering::Relaxed);
         self.progress.done.fetch_add(n, Ordering::Relaxed);
     }
@@ -617,7 +611,7 @@ impl Ctx {
     }
 
     /// What the file offers a free lane now (`None` before it has a plan).
-    pub fn offer(&self) -> Option<crate::plan::files::Offer> {
+    pub(crate) fn offer(&self) -> Option<crate::plan::files::Offer> {
         if self.is_aborted() {
             return None;
         }
@@ -636,12 +630,12 @@ impl Ctx {
     }
 
     /// How many of `want` bytes the holder of `lease`, now at `at`, may still read.
-    pub fn reserve(&self, lease: LeaseId, at: u64, want: u64) -> u64 {
+    pub(crate) fn reserve(&self, lease: LeaseId, at: u64, want: u64) -> u64 {
         self.with_plan(|p| p.reserve(lease, at, want)).unwrap_or(0)
     }
 
     /// The verifier of the current fetch and the waker of its read-back task (when hashing).
-    pub fn verifier(&self) -> (Option<Arc<Verifier>>, Option<flume::Sender<()>>) {
+    pub(crate) fn verifier(&self) -> (Option<Arc<Verifier>>, Option<flume::Sender<()>>) {
         match &*self.verify.lock().unwrap_or_else(|p| p.into_inner()) {
             Some((v, wake)) => (Some(Arc::clone(v)), Some(wake.clone())),
             None => (None, None),
@@ -660,7 +654,7 @@ impl Ctx {
     }
 
     /// This lane's descriptors of the file, for the file's sink: `created` (from
-    /// [`Ctx::begin_fetch`]) as the buffered one when this lane has it, new ones otherwise.
+    /// [`FileDownload::begin_fetch`]) as the buffered one when this lane has it, new ones otherwise.
     async fn open_sink(&self, created: Option<File>) -> Result<FileSink, GetError> {
         self.open_sink_as(created, self.sink.kind).await
     }
@@ -765,7 +759,7 @@ impl Ctx {
 
 /// Hashes, in file order, the written bytes that left memory before the prefix reached them.
 async fn read_back_loop(
-    ctx: &Ctx,
+    ctx: &FileDownload,
     verifier: &Verifier,
     wake: flume::Receiver<()>,
 ) -> Result<(), GetError> {
@@ -838,7 +832,7 @@ enum Opened {
 
 /// Sends the first request of a file (following redirects) on `lane`'s connection when it goes
 /// to the right host, on a new one otherwise, and sets the file up from the answer.
-async fn open(ctx: &Arc<Ctx>, lane: &mut Lane) -> Result<Opened, GetError> {
+async fn open(ctx: &Arc<FileDownload>, lane: &mut Lane) -> Result<Opened, GetError> {
     if ctx.progress.interrupted() {
         return Err(GetError::Interrupted);
     }
@@ -1000,7 +994,7 @@ fn is_refused(e: &GetError) -> bool {
 /// its redirects led before) and keeping where they led. A final status worth retrying comes
 /// back as an error, like a failed connection.
 async fn ask(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<FileDownload>,
     lane: &mut Lane,
     src: usize,
     range: &Range<u64>,
@@ -1017,7 +1011,7 @@ async fn ask(
         _ => Conn::open(&target).await?,
     };
     let mut redirects = 0;
-    let mut resolved = Resolved::new(target.dialer.clone());
+    let mut resolved = Resolver::new(target.dialer.clone());
     let head = loop {
         let head = conn.request(&target, Some(range.clone())).await?;
         if !crate::http1::is_redirect(head.status) {
@@ -1070,7 +1064,7 @@ async fn ask(
 
 /// Copies the first lease of a ranged file, then takes leases like any other lane.
 async fn run_ranged(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<FileDownload>,
     lane: &mut Lane,
     mut conn: Conn,
     mut pipe: Pipeline,
@@ -1094,7 +1088,7 @@ async fn run_ranged(
 }
 
 /// A lane joining a ranged file that another lane opened.
-async fn help(ctx: &Arc<Ctx>, lane: &mut Lane) {
+async fn help(ctx: &Arc<FileDownload>, lane: &mut Lane) {
     ctx.used_connections.fetch_add(1, Ordering::Relaxed);
     match ctx.open_sink(None).await {
         Ok(sink) => take_leases(ctx, lane, Pipeline::new(ctx, sink)).await,
@@ -1103,7 +1097,7 @@ async fn help(ctx: &Arc<Ctx>, lane: &mut Lane) {
 }
 
 /// Takes leases until none are left, then waits for this lane's writes.
-async fn take_leases(ctx: &Arc<Ctx>, lane: &mut Lane, mut pipe: Pipeline) {
+async fn take_leases(ctx: &Arc<FileDownload>, lane: &mut Lane, mut pipe: Pipeline) {
     if let Err(e) = range_loop(ctx, lane, &mut pipe).await {
         ctx.fail(e);
     }
@@ -1111,7 +1105,7 @@ async fn take_leases(ctx: &Arc<Ctx>, lane: &mut Lane, mut pipe: Pipeline) {
 }
 
 /// Waits for a lane's writes on the file; a failed write fails the file.
-async fn drain(ctx: &Ctx, mut pipe: Pipeline) {
+async fn drain(ctx: &FileDownload, mut pipe: Pipeline) {
     if let Err(e) = pipe.drain().await {
         ctx.fail(e);
     }
@@ -1119,7 +1113,7 @@ async fn drain(ctx: &Ctx, mut pipe: Pipeline) {
 
 /// Copies a file that comes as one stream.
 async fn run_stream(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<FileDownload>,
     lane: &mut Lane,
     (mut conn, framing, src): (Conn, Framing, usize),
     created: File,
@@ -1142,7 +1136,7 @@ enum Settled {
 
 /// Settles a file once no lane works on it any more: checks the hash, makes it durable, or
 /// cleans up after a failure.
-async fn settle(ctx: &Arc<Ctx>) -> Settled {
+async fn settle(ctx: &Arc<FileDownload>) -> Settled {
     if let Some((retries, splits)) = ctx.with_plan(|p| (p.retries(), p.splits())) {
         ctx.retries.fetch_add(u64::from(retries), Ordering::Relaxed);
         ctx.splits.fetch_add(splits, Ordering::Relaxed);
@@ -1178,7 +1172,7 @@ enum Verified {
     Mismatch,
 }
 
-async fn verify(ctx: &Ctx) -> Result<Verified, GetError> {
+async fn verify(ctx: &FileDownload) -> Result<Verified, GetError> {
     // Every lane is done: dropping the last waker lets the read-back task finish.
     let verifier = ctx
         .verify
@@ -1261,7 +1255,7 @@ fn status_error(target: &Target, head: &ResponseHead) -> GetError {
 
 /// Checks a 206 against the range asked for; returns the total size it states.
 fn check_partial(
-    ctx: &Ctx,
+    ctx: &FileDownload,
     head: &ResponseHead,
     first: u64,
     last: u64,
@@ -1316,7 +1310,7 @@ fn check_partial(
     Ok(total)
 }
 
-async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
+async fn preallocate(ctx: &FileDownload, file: &File, len: u64) -> Result<(), GetError> {
     ctx.set_total(len);
     if len == 0 {
         return Ok(());
@@ -1354,7 +1348,7 @@ async fn preallocate(ctx: &Ctx, file: &File, len: u64) -> Result<(), GetError> {
 }
 
 /// A ranged answer must carry exactly the bytes of its range.
-fn check_length(ctx: &Ctx, framing: Framing, range: Range<u64>) -> Result<(), GetError> {
+fn check_length(ctx: &FileDownload, framing: Framing, range: Range<u64>) -> Result<(), GetError> {
     let want = range.end - range.start;
     match framing {
         Framing::Length(n) if n == want => Ok(()),
@@ -1370,7 +1364,12 @@ fn check_length(ctx: &Ctx, framing: Framing, range: Range<u64>) -> Result<(), Ge
 }
 
 /// Settles a lease after its body: `Ok(true)` when the connection should take another.
-fn lease_ended(ctx: &Ctx, id: LeaseId, range: Range<u64>, end: BodyEnd) -> Result<Ended, GetError> {
+fn lease_ended(
+    ctx: &FileDownload,
+    id: LeaseId,
+    range: Range<u64>,
+    end: BodyEnd,
+) -> Result<Ended, GetError> {
     match end {
         BodyEnd::Complete | BodyEnd::Trimmed => {
             ctx.with_plan(|p| p.complete(id));
@@ -1418,7 +1417,11 @@ async fn wait_to_retry(e: &GetError, failures: u32) -> bool {
 
 /// Takes leases from the plan until none are left, on the lane's connection (replaced when it
 /// breaks or goes elsewhere).
-async fn range_loop(ctx: &Arc<Ctx>, lane: &mut Lane, pipe: &mut Pipeline) -> Result<(), GetError> {
+async fn range_loop(
+    ctx: &Arc<FileDownload>,
+    lane: &mut Lane,
+    pipe: &mut Pipeline,
+) -> Result<(), GetError> {
     let total = ctx.total.load(Ordering::Relaxed);
     // Failures in a row on this lane: each retry waits longer.
     let mut failures = 0;
@@ -1462,7 +1465,7 @@ async fn range_loop(ctx: &Arc<Ctx>, lane: &mut Lane, pipe: &mut Pipeline) -> Res
 /// otherwise). An error means no byte of the lease was taken, and the lease is still the
 /// lane's.
 async fn lease(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<FileDownload>,
     lane: &mut Lane,
     pipe: &mut Pipeline,
     (id, range, src): (LeaseId, Range<u64>, usize),
@@ -1478,7 +1481,7 @@ async fn lease(
 
 /// Copies a lease's body, counting what it brought for its source.
 async fn copy_counted(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<FileDownload>,
     conn: &mut Conn,
     pipe: &mut Pipeline,
     (id, range): (LeaseId, Range<u64>),
@@ -1506,7 +1509,7 @@ async fn copy_counted(
 }
 
 async fn single_stream(
-    ctx: &Arc<Ctx>,
+    ctx: &Arc<FileDownload>,
     conn: &mut Conn,
     (framing, src): (Framing, usize),
     created: File,
@@ -1530,7 +1533,10 @@ async fn single_stream(
 
 /// Makes the file durable and gives it its final name. The directory entry is made durable
 /// by the job, once per directory, when the job ends.
-async fn finish(ctx: &Ctx, hash: Option<(Checksum, HashStats)>) -> Result<Report, GetError> {
+async fn finish(
+    ctx: &FileDownload,
+    hash: Option<(Checksum, HashStats)>,
+) -> Result<Report, GetError> {
     let total = ctx.total.load(Ordering::Relaxed);
     let done = ctx.done.load(Ordering::Relaxed);
     if total != done {
@@ -1602,13 +1608,128 @@ pub(crate) fn parent_dir(path: &Path) -> &Path {
     }
 }
 
+/// Starts `items` as one job on `engine`'s workers, after checking every item (checksum, URL,
+/// credential, output) before anything is sent. `journal`: a pull's resume journal.
+pub(crate) fn start(
+    engine: &Engine,
+    items: Vec<GetItem>,
+    journal: Option<Arc<Journal>>,
+) -> Result<Job, GetError> {
+    let started = Instant::now();
+    let items: Vec<GetItem> = items.into_iter().collect();
+    if items.is_empty() {
+        return Err(GetError::NothingToDo);
+    }
+    let mut resolved = Resolver::new(engine.dialer().clone());
+    let mut outputs = std::collections::HashMap::new();
+    let mut dirs_ok = std::collections::HashSet::new();
+    let mut dirs: std::collections::HashMap<PathBuf, Dir> = std::collections::HashMap::new();
+    let cwd = std::env::current_dir().ok();
+    let counters = Arc::new(JobProgress::new(
+        items.len() as u64,
+        Arc::clone(engine.interrupted()),
+    ));
+    let settings = Arc::new(JobSettings {
+        connections: engine.config().connections.max(1),
+        chunk: engine.config().chunk_size,
+        staging: engine
+            .config()
+            .buffer_size
+            .max(crate::backend::buf::BUF_ALIGN),
+        depth: engine.config().write_depth.max(1),
+        backend: engine.selection().backend,
+        backend_reason: engine.selection().reason.clone(),
+        threads: engine.workers().len(),
+        space: space::JobSpace::new(engine.config().min_free, engine.config().space_wait),
+        durable: durable::Durable::new(items.len() > 1),
+    });
+    let window = Window::new(HASH_WINDOW);
+    let endpoints = Arc::new(sources::Endpoints::default());
+    let mut files = Vec::with_capacity(items.len());
+    for item in items {
+        let checksum = match &item.checksum {
+            Some((algorithm, hex)) => {
+                Some(
+                    Checksum::parse(*algorithm, hex).ok_or_else(|| GetError::InvalidChecksum {
+                        algorithm: *algorithm,
+                        given: hex.clone(),
+                    })?,
+                )
+            }
+            None => None,
+        };
+        if checksum.is_some_and(|c| c.algorithm() == crate::verify::HashAlgorithm::GitSha1)
+            && item.size.is_none()
+        {
+            return Err(GetError::GitSha1WithoutSize { url: item.url });
+        }
+        let mut target = Target::new(&item.url, &mut resolved)?;
+        if let Some(secret) = item.authorization {
+            secret
+                .check()
+                .map_err(|detail| GetError::InvalidCredential { detail })?;
+            target.authorization = Some(secret);
+        }
+        let mirrors = item
+            .mirrors
+            .iter()
+            .map(|m| Target::new(m, &mut resolved))
+            .collect::<Result<Vec<_>, _>>()?;
+        check_output(&item.output, &mut dirs_ok)?;
+        let absolute = match &cwd {
+            Some(cwd) if item.output.is_relative() => cwd.join(&item.output),
+            _ => item.output.clone(),
+        };
+        if outputs
+            .insert(absolute.clone(), item.partial_suffix)
+            .is_some()
+        {
+            return Err(GetError::DuplicateOutput { path: item.output });
+        }
+        let parent = parent_dir(&item.output);
+        let dir = match dirs.get(parent) {
+            Some(d) => d.clone(),
+            None => {
+                let d = open_output_dir(parent, item.root.as_deref())?;
+                dirs.insert(parent.to_path_buf(), d.clone());
+                d
+            }
+        };
+        let sink = engine.sink_for(parent);
+        let spec = FileSpec {
+            target,
+            mirrors,
+            dir,
+            partial_suffix: item.partial_suffix,
+            output: item.output,
+            sink,
+            checksum,
+            size: item.size,
+            journal: journal.clone(),
+        };
+        files.push(Arc::new(FileDownload::new(
+            spec,
+            Arc::clone(&settings),
+            (Arc::clone(&counters), Arc::clone(&window)),
+            (started, Arc::clone(&endpoints)),
+        )));
+    }
+    check_collisions(&outputs)?;
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let batch = Lanes::new(files, Arc::clone(&counters), settings.connections, done_tx);
+    if batch.start(engine.dispatcher()) == 0 {
+        return Err(GetError::EngineStopped);
+    }
+    Ok(Job::new(counters, done_rx))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn progress_total_counts_each_size_once() {
-        let c = Counters::new(3, Arc::default());
+        let c = JobProgress::new(3, Arc::default());
         c.add_file(Some(100)); // stated up front
         c.add_file(None);
         c.add_file(None);
@@ -1628,7 +1749,7 @@ mod tests {
         c.size_known(None, UNKNOWN_TOTAL, 7);
         assert_eq!(c.unknown.load(Ordering::Relaxed), 0);
         assert_eq!(c.total.load(Ordering::Relaxed), 107);
-        let d = Counters::new(1, Arc::default());
+        let d = JobProgress::new(1, Arc::default());
         d.add_file(Some(50));
         d.size_known(Some(50), UNKNOWN_TOTAL, 60);
         assert_eq!(d.total.load(Ordering::Relaxed), 60);

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::GetError;
-use crate::human_bytes;
+use crate::units::human_bytes;
 
 /// How often a paused lane looks at the free space again.
 pub(crate) const POLL: Duration = Duration::from_millis(200);
@@ -88,7 +88,7 @@ pub(crate) struct JobSpace {
 }
 
 impl JobSpace {
-    pub fn new(min_free: Option<u64>, wait: Duration) -> JobSpace {
+    pub(crate) fn new(min_free: Option<u64>, wait: Duration) -> JobSpace {
         JobSpace {
             min_free,
             wait,
@@ -100,7 +100,7 @@ impl JobSpace {
     /// a pause when another process frees space, or fails with [`GetError::NoSpace`] when the
     /// wait runs out (at once when another file of the job already waited in vain). `stop`
     /// says whether the file was aborted meanwhile.
-    pub async fn wait_for(
+    pub(crate) async fn wait_for(
         &self,
         dir: &Path,
         need: u64,
@@ -148,7 +148,7 @@ impl JobSpace {
     }
 
     /// The error for an `ENOSPC` that got through: `need` more bytes did not fit in `dir`.
-    pub fn full(&self, dir: &Path, need: u64) -> GetError {
+    pub(crate) fn full(&self, dir: &Path, need: u64) -> GetError {
         self.gave_up.store(true, Ordering::Relaxed);
         let (have, floor) = match free(dir) {
             Ok(f) => (f.avail, floor(self.min_free, f.size)),

@@ -16,7 +16,7 @@ use std::time::Duration;
 use compio::driver::SharedFd;
 use compio::runtime::JoinHandle;
 
-use super::Ctx;
+use super::FileDownload;
 use crate::backend::buf::{AlignedBuf, BufPool, SharedBuf};
 use crate::backend::sink::FileSink;
 use crate::error::GetError;
@@ -33,7 +33,7 @@ const LANDED_POLL: Duration = Duration::from_micros(100);
 const WINDOW_WAIT: Duration = Duration::from_millis(500);
 
 pub(super) struct Pipeline {
-    ctx: Arc<Ctx>,
+    ctx: Arc<FileDownload>,
     sink: FileSink,
     verifier: Option<Arc<Verifier>>,
     wake_read_back: Option<flume::Sender<()>>,
@@ -44,7 +44,7 @@ pub(super) struct Pipeline {
 }
 
 impl Pipeline {
-    pub fn new(ctx: &Arc<Ctx>, sink: FileSink) -> Pipeline {
+    pub(super) fn new(ctx: &Arc<FileDownload>, sink: FileSink) -> Pipeline {
         let (verifier, wake_read_back) = ctx.verifier();
         Pipeline {
             ctx: Arc::clone(ctx),
@@ -58,13 +58,13 @@ impl Pipeline {
     }
 
     /// Buffers must end at file offsets that are multiples of this (see [`FileSink::align`]).
-    pub fn align(&self) -> u64 {
+    pub(super) fn align(&self) -> u64 {
         self.sink.align()
     }
 
     /// How many bytes a buffer that starts at file offset `at` may hold: up to the next aligned
     /// boundary when `at` is off one (that piece goes the buffered way), a whole buffer otherwise.
-    pub fn fill_limit(&self, at: u64, cap: usize) -> usize {
+    pub(super) fn fill_limit(&self, at: u64, cap: usize) -> usize {
         let align = self.align();
         match at % align {
             0 => cap,
@@ -74,7 +74,7 @@ impl Pipeline {
 
     /// An empty buffer, to be filled with the bytes at file offset `at`; waits for a write
     /// when all are in flight.
-    pub async fn buffer(&mut self, at: u64) -> Result<AlignedBuf, GetError> {
+    pub(super) async fn buffer(&mut self, at: u64) -> Result<AlignedBuf, GetError> {
         if self.inflight.len() >= self.depth {
             self.reap_one(at).await?;
         }
@@ -83,7 +83,7 @@ impl Pipeline {
     }
 
     /// Starts writing `buf` at `at` (an empty buffer just goes back to the free list).
-    pub async fn submit(&mut self, buf: AlignedBuf, at: u64) -> Result<(), GetError> {
+    pub(super) async fn submit(&mut self, buf: AlignedBuf, at: u64) -> Result<(), GetError> {
         if buf.bytes().is_empty() {
             BufPool::give(buf);
             return Ok(());
@@ -105,13 +105,13 @@ impl Pipeline {
     }
 
     /// The file's descriptor for splicing into, when the sink splices.
-    pub fn splice_target(&self) -> Option<SharedFd<std::fs::File>> {
+    pub(super) fn splice_target(&self) -> Option<SharedFd<std::fs::File>> {
         self.sink.splice_target()
     }
 
     /// `len` bytes were spliced into the file at `at`: counted, and left to read-back for the
     /// hash.
-    pub fn spliced(&self, at: u64, len: u64) {
+    pub(super) fn spliced(&self, at: u64, len: u64) {
         self.ctx.add_done(len);
         self.ctx.add_spliced(len);
         self.ctx.journal_written(at, len);
@@ -124,7 +124,7 @@ impl Pipeline {
     }
 
     /// Gives back a buffer that will not be written.
-    pub fn unused(&mut self, buf: AlignedBuf) {
+    pub(super) fn unused(&mut self, buf: AlignedBuf) {
         BufPool::give(buf);
     }
 
@@ -217,7 +217,7 @@ impl Pipeline {
     }
 
     /// Waits for every write in flight; the first error wins, but all are waited for.
-    pub async fn drain(&mut self) -> Result<(), GetError> {
+    pub(super) async fn drain(&mut self) -> Result<(), GetError> {
         let mut first = Ok(());
         while !self.inflight.is_empty() {
             // Nothing more is read: no buffer is let go early.

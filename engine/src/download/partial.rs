@@ -43,7 +43,7 @@ pub(crate) struct Partial {
 
 impl Partial {
     /// The partial file of `output`, which lives in `dir`: its name plus `suffix`.
-    pub fn new(dir: Dir, output: &Path, suffix: &str) -> Partial {
+    pub(super) fn new(dir: Dir, output: &Path, suffix: &str) -> Partial {
         let final_name = output.file_name().unwrap_or(output.as_os_str()).to_owned();
         let mut name = final_name.clone();
         name.push(suffix);
@@ -56,12 +56,12 @@ impl Partial {
     }
 
     /// `PATH.incomplete`, for messages.
-    pub fn path(&self) -> PathBuf {
+    pub(super) fn path(&self) -> PathBuf {
         self.dir.join(&self.name)
     }
 
     /// The size of the partial file now under the name, when it is a regular file.
-    pub fn len_on_disk(&self) -> Option<u64> {
+    pub(super) fn len_on_disk(&self) -> Option<u64> {
         let st = self.dir.stat(&self.name).ok()??;
         (is_regular(&st) && st.st_nlink == 1).then_some(st.st_size as u64)
     }
@@ -69,7 +69,7 @@ impl Partial {
     /// Opens the partial file for reading and writing, creating it when missing and emptying it
     /// when `fresh`, and locks it for this process (kept until [`Partial::publish`] or
     /// [`Partial::discard`]). A second fetch in this process reuses the lock it holds.
-    pub async fn create(&self, fresh: bool) -> Result<compio::fs::File, GetError> {
+    pub(super) async fn create(&self, fresh: bool) -> Result<compio::fs::File, GetError> {
         let not_writable = |source: io::Error| GetError::OutputNotWritable {
             path: self.path(),
             source,
@@ -138,7 +138,7 @@ impl Partial {
 
     /// Another descriptor of the held file, opened by name with `flags` (`O_DIRECT`, say) and
     /// checked to be the same file.
-    pub async fn reopen(&self, flags: OFlags) -> io::Result<compio::fs::File> {
+    pub(super) async fn reopen(&self, flags: OFlags) -> io::Result<compio::fs::File> {
         let st = self.held_stat().ok_or_else(|| {
             io::Error::other("the partial file is not held by this process any more")
         })?;
@@ -152,7 +152,7 @@ impl Partial {
 
     /// Renames the held file to its final name, after checking the name is still it, and
     /// releases the lock.
-    pub fn publish(&self) -> io::Result<()> {
+    pub(super) fn publish(&self) -> io::Result<()> {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         let Some((_, st)) = held.as_ref() else {
             return Err(io::Error::other(
@@ -170,7 +170,7 @@ impl Partial {
 
     /// Removes the partial file when it is still the one held, and releases the lock. A file
     /// this process does not hold (another run's) is left alone.
-    pub fn discard(&self) {
+    pub(super) fn discard(&self) {
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((_, st)) = held.as_ref()
             && self
@@ -186,7 +186,7 @@ impl Partial {
     }
 
     /// Releases the lock and keeps the file (for a later run to resume).
-    pub fn release(&self) {
+    pub(super) fn release(&self) {
         *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 

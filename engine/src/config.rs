@@ -1,0 +1,95 @@
+//! [`Config`]: how an [`Engine`](crate::Engine) runs, every knob with its default.
+//!
+//! Plain data: nothing here probes, opens or validates; the engine clamps what it must
+//! (`Engine::new`) and the CLI maps its options onto these fields.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::backend::BackendKind;
+use crate::backend::sink::SinkKind;
+use crate::net;
+
+/// Connections a job keeps open by default (measured: docs/decisions.md, "Sixteen connections").
+pub const DEFAULT_CONNECTIONS: usize = 16;
+
+/// How an [`Engine`] runs. Start from [`Config::default`] and change what you need.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Which back-end to run ([`BackendKind::Auto`] by default).
+    pub backend: BackendKind,
+    /// Force the portable back-end unless `backend` is [`BackendKind::Uring`]. Also set by
+    /// `FERRY_SAFE_MODE=1` in the environment.
+    pub safe_mode: bool,
+    /// Worker threads; by default one per CPU of the NUMA node nearest `placement_dir`'s disk.
+    pub threads: Option<usize>,
+    /// Connections a job keeps open at once, shared by its files ([`DEFAULT_CONNECTIONS`]).
+    pub connections: usize,
+    /// Range size; by default about two ranges per connection over what is left, 1-8 MiB, and
+    /// on a file with a checksum at most 64 MiB over all the connections together.
+    pub chunk_size: Option<u64>,
+    /// Size of one write buffer (default 1 MiB; a multiple of 4 KiB).
+    pub buffer_size: usize,
+    /// Writes in flight per connection (default 4). Memory is bounded per job, however many
+    /// files it has: a connection holds at most `write_depth + 1` buffers, and with sha256s to
+    /// check the verifiers keep at most 128 MiB of written buffers, together, until they are
+    /// hashed, so buffers take at most `connections * (write_depth + 1) * buffer_size + 128 MiB`
+    /// (208 MiB by default). Returned buffers are kept for reuse and taken before new ones are
+    /// allocated, so idle and used together stay under the peak in use (at most 208 MiB idle).
+    /// Buffers are carved from 2 MiB huge-page chunks, which adds at most one partly carved
+    /// chunk.
+    pub write_depth: usize,
+    /// How bytes reach the file; by default O_DIRECT on io_uring where the filesystem allows
+    /// it, and buffered in safe mode (which never uses O_DIRECT).
+    pub sink: Option<SinkKind>,
+    /// Where downloads will land, for NUMA placement of the workers.
+    pub placement_dir: Option<PathBuf>,
+    /// PEM files of CA certificates to trust for `https://`, besides Mozilla's roots, the
+    /// system store, and the files `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE` name.
+    pub ca_files: Vec<PathBuf>,
+    /// The proxy for every URL (`http://`, `socks5://` or `socks5h://`, credentials allowed);
+    /// without it `HTTPS_PROXY`, `HTTP_PROXY` and `ALL_PROXY` apply. `NO_PROXY` applies to both.
+    pub proxy: Option<String>,
+    /// How long one TCP connect attempt may take (default 10 s).
+    pub connect_timeout: Duration,
+    /// How long a read may bring no byte before the stall watchdog drops the connection and
+    /// the range is fetched again (default 30 s).
+    pub read_timeout: Duration,
+    /// A cap on the bytes per second all of the engine's downloads read together (a token
+    /// bucket shared by every connection); `None` (the default) for no cap.
+    pub limit_rate: Option<u64>,
+    /// Bytes to leave free on the filesystem a file is written to; by default 1% of it, at
+    /// most 256 MiB. A file whose bytes would go under it waits for space (see `space_wait`).
+    pub min_free: Option<u64>,
+    /// How long a file waits for another process to free disk space before it fails with
+    /// [`GetError::NoSpace`] (default 60 s; zero fails at once).
+    pub space_wait: Duration,
+    /// Whether a redirect from a public address may lead to a private, loopback or link-local
+    /// one (default: refused, with [`GetError::Redirect`]).
+    pub allow_private_redirects: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            backend: BackendKind::Auto,
+            safe_mode: false,
+            threads: None,
+            connections: DEFAULT_CONNECTIONS,
+            chunk_size: None,
+            buffer_size: 1 << 20,
+            write_depth: 4,
+            sink: None,
+            placement_dir: None,
+            ca_files: Vec::new(),
+            proxy: None,
+            connect_timeout: net::Timeouts::default().connect,
+            read_timeout: net::Timeouts::default().read,
+            limit_rate: None,
+            min_free: None,
+            space_wait: Duration::from_secs(60),
+            allow_private_redirects: false,
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! What a finished download reports: [`Report`] per file with its [`HashReport`], and the
+//! reports of other modules users read beside it ([`EndpointReport`], [`PingReport`]).
+//!
+//! Plain serialisable data; the JSON of `ferry get --json` is these types.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub(crate) use crate::backend::Backend;
+pub use crate::backend::sink::SinkKind;
+pub use crate::download::ping::PingReport;
+pub use crate::download::sources::EndpointReport;
+use crate::verify::HashAlgorithm;
+
+/// What a finished download did.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct Report {
+    /// The URL asked for.
+    pub url: String,
+    /// The URL the bytes came from, when redirects led elsewhere.
+    pub url_final: Option<String>,
+    /// The file written.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// Seconds from the start of the job until the file was durable under its final name.
+    pub seconds: f64,
+    /// `bytes / seconds / 1e9`.
+    pub gb_per_s: f64,
+    /// The back-end that moved the bytes.
+    pub backend: Backend,
+    /// Why that back-end.
+    pub backend_reason: String,
+    /// Worker threads of the engine.
+    pub threads: usize,
+    /// Connections the download used.
+    pub connections: usize,
+    /// True when the file came in ranges; false for one stream (the server ignored `Range`).
+    pub ranged: bool,
+    /// How the bytes were written.
+    pub sink: SinkKind,
+    /// Why that sink.
+    pub sink_reason: String,
+    /// The verified digest, when one was asked for.
+    pub verified: Option<HashReport>,
+    /// Times the file was fetched (2 after a sha256 mismatch that the second fetch cured).
+    pub fetches: u32,
+    /// Bytes taken over from an earlier run that was stopped (a pull's resume journal), read
+    /// back and verified rather than fetched again.
+    pub resumed: u64,
+    /// Ranges fetched again after a body ended short.
+    pub retries: u64,
+    /// Ranges split so that connections finish together.
+    pub splits: u64,
+    /// Bytes written from buffers registered with the ring (io_uring `WRITE_FIXED`): on the
+    /// io_uring back-end, all that its direct and buffered sinks wrote from the buffer arena;
+    /// 0 in safe mode, with the splice sink, or where the kernel refused the registration (see
+    /// the debug log).
+    pub written_fixed: u64,
+    /// With mirrors ([`GetItem::mirror`]): the bytes of this file each endpoint served, and
+    /// each endpoint's failures and demotion over the whole job so far. Empty without mirrors.
+    pub endpoints: Vec<EndpointReport>,
+}
+
+/// How a download's digest was verified.
+#[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
+pub struct HashReport {
+    /// What was hashed.
+    pub algorithm: HashAlgorithm,
+    /// The digest, which matched the one asked for (lowercase hex).
+    pub digest: String,
+    /// Bytes hashed from buffers still in memory.
+    pub from_memory: u64,
+    /// Bytes read back from the file to be hashed (they had left memory before their turn).
+    pub read_back: u64,
+}
