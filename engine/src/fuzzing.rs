@@ -6,15 +6,15 @@
 //!
 //! Not here: the fuzzing itself (libFuzzer, through `fuzz/`), or any I/O.
 
-use crate::http1::chunked::ChunkedDecoder;
-use crate::http1::range::{ContentRange, parse_content_range};
+use crate::proto::http1::chunked::ChunkedDecoder;
+use crate::proto::http1::range::{ContentRange, parse_content_range};
 use crate::serve::range::{RangeAnswer, evaluate};
 
 /// The HTTP/1.1 response head parser (`http1::parse_head`) and what the data plane asks of a
 /// head it accepted: the length it consumed lies within the input, and the framing and
 /// keep-alive questions answer without panicking.
 pub fn response_head(data: &[u8]) {
-    if let Ok(Some((head, len))) = crate::http1::parse_head(data) {
+    if let Ok(Some((head, len))) = crate::proto::http1::parse_head(data) {
         assert!(len <= data.len(), "consumed {len} of {} bytes", data.len());
         let _ = head.content_length();
         let _ = head.framing();

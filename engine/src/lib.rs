@@ -61,14 +61,12 @@ mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
-mod http1;
 pub mod hub;
 mod job;
 mod journal;
 mod net;
-mod plan;
+mod proto;
 mod report;
-mod retry;
 mod runtime;
 pub mod serve;
 pub mod units;

@@ -10,7 +10,7 @@ use serde::Serialize;
 pub(crate) use crate::backend::Backend;
 pub use crate::backend::sink::SinkKind;
 pub use crate::download::ping::PingReport;
-pub use crate::download::sources::EndpointReport;
+pub use crate::proto::sources::EndpointReport;
 use crate::verify::HashAlgorithm;
 
 /// What a finished download did.

@@ -17,10 +17,10 @@ use super::{FileDownload, Target};
 use crate::backend::buf::AlignedBuf;
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
-use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 use crate::net::Stream;
 use crate::net::rate::RateLimit;
-use crate::plan::LeaseId;
+use crate::proto::http1::{self, ChunkedDecoder, Framing, ResponseHead};
+use crate::proto::plan::LeaseId;
 
 /// Head-read granularity; heads are small, bodies go straight to pipeline buffers.
 const HEAD_READ: usize = 16 * 1024;

@@ -6,13 +6,14 @@
 //! another lane's deque when both are empty: small files go several at a time to one lane and its
 //! connection, and an idle lane takes over what a busy one has not reached. Which work a free
 //! lane does next (join an active file, start one, split, wait, leave) is decided by
-//! [`plan::files::next`](crate::plan::files::next) under one short lock, which also counts the
+//! [`plan::files::next`](crate::proto::plan::files::next) under one short lock, which also counts the
 //! files started, probing, active and settling, so that no lane leaves while work may still
 //! appear. The last lane to leave a file settles it (hash, made durable, rename); when every file
 //! is settled, the job's directories are fsynced once each and the results go to the
 //! [`Job`](crate::Job).
 //!
-//! Not here: what happens inside a file (`get/mod.rs`), or HTTP (`get/conn.rs`).
+//! Not here: what happens inside a file (`first.rs`, `lease.rs`, `stream.rs`, `settle.rs`), or
+//! HTTP (`conn.rs`).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -21,10 +22,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
-use super::{FileDownload, JobProgress, Lane, Opened, Settled};
+use super::file::{FileDownload, JobProgress};
+use super::first::{Started, start_file};
+use super::lease::{join_file, run_ranged};
+use super::request::Lane;
+use super::settle::{Settled, settle};
+use super::stream::run_stream;
 use crate::Report;
 use crate::error::GetError;
-use crate::plan::files::{self, Next, Offer};
+use crate::proto::plan::files::{self, Next, Offer};
 use crate::runtime::{Dispatcher, Task};
 
 /// Files a job settles in the background at once (each holds a descriptor while its fsync
@@ -140,7 +146,7 @@ impl Lanes {
         loop {
             match self.next() {
                 Step::Help(f) => {
-                    super::help(&self.files[f], &mut lane).await;
+                    join_file(&self.files[f], &mut lane).await;
                     self.leave(f).await;
                 }
                 Step::Start => {
@@ -211,27 +217,21 @@ impl Lanes {
     /// Fetches a file this lane started, until other lanes or a settling task take it over.
     async fn run_file(self: &Arc<Self>, f: usize, lane: &mut Lane) {
         let ctx = &self.files[f];
-        match super::open(ctx, lane).await {
-            Ok(Opened::Ranged {
-                conn,
-                pipe,
-                first,
-                range,
-                src,
-            }) => {
+        match start_file(ctx, lane).await {
+            Ok(Started::Ranged { conn, pipe, first }) => {
                 self.opened(f, true);
-                super::run_ranged(ctx, lane, conn, pipe, (first, range, src)).await;
+                run_ranged(ctx, lane, conn, pipe, first).await;
             }
-            Ok(Opened::Stream {
+            Ok(Started::Stream {
                 conn,
                 framing,
                 created,
                 src,
             }) => {
                 self.opened(f, false);
-                super::run_stream(ctx, lane, (conn, framing, src), created).await;
+                run_stream(ctx, lane, (conn, framing, src), created).await;
             }
-            Ok(Opened::Empty) => self.opened(f, false),
+            Ok(Started::Empty) => self.opened(f, false),
             Err(e) => {
                 ctx.fail(e);
                 self.opened(f, false);
@@ -275,7 +275,7 @@ impl Lanes {
 
     /// Settles file `f`; a sha256 mismatch puts it back among the files to start.
     async fn settle(self: &Arc<Self>, f: usize) {
-        match super::settle(&self.files[f]).await {
+        match settle(&self.files[f]).await {
             Settled::Again => {
                 self.injector.push(f);
                 let mut s = self.lock();
@@ -317,7 +317,7 @@ impl Lanes {
         let dirs: BTreeSet<PathBuf> = results
             .iter()
             .flatten()
-            .map(|r| super::parent_dir(&r.path).to_path_buf())
+            .map(|r| super::output::parent_dir(&r.path).to_path_buf())
             .collect();
         for dir in dirs {
             // Blocking, once per directory at the end of the job.
@@ -325,7 +325,7 @@ impl Lanes {
                 continue;
             };
             for r in &mut results {
-                if matches!(r, Ok(rep) if super::parent_dir(&rep.path) == dir) {
+                if matches!(r, Ok(rep) if super::output::parent_dir(&rep.path) == dir) {
                     *r = Err(GetError::Io {
                         op: "fsync directory",
                         path: dir.clone(),

@@ -24,7 +24,7 @@ pub(crate) fn check_output(output: &Path, dirs_ok: &mut HashSet<PathBuf>) -> Res
             return Err(GetError::OutputNotRegularFile { path, what });
         }
     }
-    let dir = super::parent_dir(output);
+    let dir = parent_dir(output);
     if dirs_ok.contains(dir) {
         return Ok(());
     }
@@ -105,4 +105,12 @@ pub(crate) fn special_file(t: std::fs::FileType) -> Option<&'static str> {
     ]
     .into_iter()
     .find_map(|(is, what)| is.then_some(what))
+}
+
+/// The directory a path lives in (`.` for a bare file name).
+pub(crate) fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }

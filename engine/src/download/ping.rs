@@ -12,8 +12,10 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use super::conn::Conn;
-use super::{Resolver, Target, framing_of, redirect_target, status_error};
+use super::request::framing_of;
 use crate::error::GetError;
+use crate::net::target::{Resolver, Target, redirect_target};
+use crate::proto::file::status_error;
 
 /// What one ping of a URL measured.
 #[derive(Debug, Clone, Serialize)]
@@ -58,7 +60,7 @@ pub(crate) async fn ping(
     let mut redirects = 0;
     let head = loop {
         let head = conn.request(&target, range.clone()).await?;
-        if !crate::http1::is_redirect(head.status) {
+        if !crate::proto::http1::is_redirect(head.status) {
             break head;
         }
         redirects += 1;
@@ -67,7 +69,7 @@ pub(crate) async fn ping(
     };
     let first_byte = asked.elapsed();
     if !matches!(head.status, 200 | 206) {
-        return Err(status_error(&target, &head));
+        return Err(status_error(&target.display, &head));
     }
     let framing = framing_of(&target, &head)?;
     let reading = Instant::now();

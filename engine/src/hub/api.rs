@@ -2,7 +2,7 @@
 //! answers a pull needs before the data plane takes over (the revision, the paged tree walk).
 //!
 //! It follows redirects (the token only to the endpoint's own origin), decodes chunked bodies,
-//! bounds body size, and retries what [`crate::retry`]'s table says is worth retrying
+//! bounds body size, and retries what [`crate::proto::retry`]'s table says is worth retrying
 //! (connection failures, resets, timeouts, 408, 429 waiting as `Retry-After` or `RateLimit`
 //! says, 5xx), a bounded number of times, saying so. Everything else
 //! fails at once with the Hub's own error code mapped to a [`HubError`]. File bytes never go
@@ -20,11 +20,11 @@ use url::Url;
 
 use super::error::HubError;
 use crate::download::Secret;
-use crate::http1::{self, ChunkedDecoder, Framing, ResponseHead, redirect};
 use crate::net::proxy::Handshake;
 use crate::net::tls::HandshakeError;
 use crate::net::{Dialer, Route};
-use crate::retry::{self, Verdict};
+use crate::proto::http1::{self, ChunkedDecoder, Framing, ResponseHead, redirect};
+use crate::proto::retry::{self, Verdict};
 
 /// Attempts per request (the first and the retries).
 const ATTEMPTS: u32 = 6;
@@ -97,7 +97,7 @@ impl Api {
                     detail: format!("{why} (after {attempt} attempts)"),
                 });
             }
-            let Some(wait) = retry::wait_for(attempt, wait) else {
+            let Some(wait) = retry::wait_for(attempt, wait, crate::runtime::jitter()) else {
                 return Err(HubError::Remote {
                     url: url.to_string(),
                     detail: format!(

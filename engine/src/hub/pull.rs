@@ -321,7 +321,7 @@ impl<'e> Pull<'e> {
             if retry.is_empty() || round > RETRY_ROUNDS {
                 break;
             }
-            let wait = crate::retry::backoff(round + 2);
+            let wait = crate::proto::retry::backoff(round + 2, crate::runtime::jitter());
             tracing::warn!(
                 "{} file(s) failed ({}); fetching them again in {:.1} s (round {} of {RETRY_ROUNDS})",
                 retry.len(),
@@ -402,11 +402,11 @@ impl<'e> Pull<'e> {
     }
 }
 
-/// True for a failure that another try may not meet (the table in [`crate::retry`]).
+/// True for a failure that another try may not meet (the table in [`crate::proto::retry`]).
 fn is_transient(e: &GetError) -> bool {
     matches!(
-        crate::retry::for_error(e),
-        crate::retry::Verdict::Retry { .. }
+        crate::proto::retry::for_error(e),
+        crate::proto::retry::Verdict::Retry { .. }
     )
 }
 

@@ -37,7 +37,7 @@ pub(crate) struct Dialer {
     /// Whether connections to an address that already won a race use TCP Fast Open.
     pub fast_open: bool,
     /// Whether a redirect from a public address may lead to a private one
-    /// ([`crate::http1::redirect`]).
+    /// ([`crate::proto::http1::redirect`]).
     pub allow_private_redirects: bool,
 }
 

@@ -395,7 +395,7 @@ impl Handshake {
     pub(crate) fn feed(&mut self, input: &[u8]) -> Result<Option<usize>, ProxyError> {
         match self.stage {
             Stage::ConnectReply => {
-                let head = match crate::http1::parse_head(input) {
+                let head = match crate::proto::http1::parse_head(input) {
                     Ok(Some(h)) => h,
                     Ok(None) if input.len() > MAX_CONNECT_HEAD => {
                         return Err(self.fail("CONNECT answer head too large"));

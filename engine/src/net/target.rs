@@ -1,7 +1,7 @@
 //! Where a file's bytes come from: a checked URL and what its requests need (resolved
 //! addresses, the route through a proxy, the TLS name), the credentials that go with it
 //! ([`Secret`], never shown), and the redirect step that turns one target into the next under
-//! the one policy of [`crate::http1::redirect`].
+//! the one policy of [`crate::proto::http1::redirect`].
 //!
 //! Invariants: a URL's `user:password@` becomes its `Authorization` and leaves the URL, so no
 //! message can show it; a credential follows a redirect only to the same origin. Not here:
@@ -14,8 +14,8 @@ use std::sync::Arc;
 use url::Url;
 
 use crate::error::GetError;
-use crate::http1::ResponseHead;
 use crate::net::{Dialer, Route};
+use crate::proto::http1::ResponseHead;
 
 /// Host names resolved once per job, `(host, port)` -> addresses, and the TLS trust that
 /// `https://` targets (also those redirected to) connect with.
@@ -165,7 +165,7 @@ impl Target {
             .to_owned();
         let port = url.port_or_known_default().unwrap_or(80);
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let (host_header, origin_form) = crate::http1::host_and_target(&url);
+        let (host_header, origin_form) = crate::proto::http1::host_and_target(&url);
         let proxies = Arc::clone(&resolved.dialer.proxies);
         let route = Route::for_url(&proxies, &url, bare_host, port, || {
             resolved.lookup(bare_host, port).map(|a| a[0])
@@ -197,7 +197,7 @@ impl Target {
     /// host when that is an IP literal or `localhost`, else by every address the name resolved
     /// to (through a proxy, where ferry does not resolve it, a name counts as public).
     fn is_private(&self) -> bool {
-        if let Some(private) = crate::http1::redirect::host_is_private(&self.url) {
+        if let Some(private) = crate::proto::http1::redirect::host_is_private(&self.url) {
             return private;
         }
         self.route.proxy().is_none()
@@ -205,7 +205,7 @@ impl Target {
             && self
                 .addrs
                 .iter()
-                .all(|a| crate::http1::redirect::is_private(a.ip()))
+                .all(|a| crate::proto::http1::redirect::is_private(a.ip()))
     }
 }
 
@@ -215,7 +215,7 @@ pub(crate) fn redirect_target(
     count: usize,
     resolved: &mut Resolver,
 ) -> Result<Target, GetError> {
-    use crate::http1::redirect;
+    use crate::proto::http1::redirect;
     let err = |detail: String| GetError::Redirect {
         url: from.display.clone(),
         detail,

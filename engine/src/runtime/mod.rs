@@ -286,6 +286,16 @@ pub(crate) fn build_runtime(
 
 /// For tests that run on both back-ends: a runtime of each (`pool` blocking threads), io_uring
 /// first; without io_uring here, the polling one only, and says so.
+/// A uniform random number in `[0, 1)` for the retry backoff's jitter
+/// ([`crate::proto::retry::backoff`]), from the standard library's per-process random keys.
+pub(crate) fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    (random % 10_000) as f64 / 10_000.0
+}
+
 #[cfg(test)]
 pub(crate) fn test_runtimes(pool: usize) -> Vec<(Backend, compio::runtime::Runtime)> {
     let mut runtimes = Vec::new();

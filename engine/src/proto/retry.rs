@@ -18,18 +18,17 @@
 //! once (nothing listens there: a wrong host or port); later, a refusal is retried (a server
 //! restarting). Short bodies are fetched again at once from where they stopped.
 //!
-//! Backoff is exponential with full jitter: a uniformly random wait below `250 ms x 2^(n-1)`,
+//! Backoff is exponential with full jitter (the caller passes the randomness in): a uniformly random wait below `250 ms x 2^(n-1)`,
 //! capped at 20 s. Retries are bounded by the caller (attempts per API request, retries per
 //! file in the data plane) and logged as warnings, so they show. A wrong sha256 is not here: the
 //! data plane fetches the file once more by itself ([`crate::get`]).
 //!
 //! This module decides; it does not sleep or count.
 
-use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
 use crate::error::GetError;
-use crate::http1::ResponseHead;
+use crate::proto::http1::ResponseHead;
 
 /// The first backoff; doubled per retry, then full jitter.
 pub(crate) const BACKOFF: Duration = Duration::from_millis(250);
@@ -106,33 +105,30 @@ fn parse_seconds(s: &str) -> Option<Duration> {
     s.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// Exponential backoff with full jitter for the `attempt`-th retry (from 1): a random wait up
-/// to `BACKOFF * 2^(attempt-1)`, at most [`BACKOFF_MAX`].
-pub(crate) fn backoff(attempt: u32) -> Duration {
+/// Exponential backoff with full jitter for the `attempt`-th retry (from 1): `jitter` (uniform
+/// in `[0, 1)`, the caller's randomness) of `BACKOFF * 2^(attempt-1)`, at most [`BACKOFF_MAX`].
+pub(crate) fn backoff(attempt: u32, jitter: f64) -> Duration {
     let cap = BACKOFF
         .saturating_mul(1 << attempt.saturating_sub(1).min(16))
         .min(BACKOFF_MAX);
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    cap.mul_f64((random % 10_000) as f64 / 10_000.0)
+    cap.mul_f64(jitter.clamp(0.0, 1.0))
         .max(Duration::from_millis(10))
 }
 
 /// The wait before retry number `attempt`: what the server asked for (at most
 /// [`RETRY_AFTER_MAX`]), else a backoff. `None`: the server asked for longer than that.
-pub(crate) fn wait_for(attempt: u32, asked: Option<Duration>) -> Option<Duration> {
+pub(crate) fn wait_for(attempt: u32, asked: Option<Duration>, jitter: f64) -> Option<Duration> {
     match asked {
         Some(w) if w > RETRY_AFTER_MAX => None,
         Some(w) => Some(w),
-        None => Some(backoff(attempt)),
+        None => Some(backoff(attempt, jitter)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http1::parse_head;
+    use crate::proto::http1::parse_head;
 
     fn head(text: &str) -> ResponseHead {
         parse_head(text.as_bytes())
@@ -229,13 +225,19 @@ mod tests {
             let cap = BACKOFF
                 .saturating_mul(1 << (attempt - 1).min(16))
                 .min(BACKOFF_MAX);
-            let w = backoff(attempt);
-            assert!(w <= cap.max(Duration::from_millis(10)), "{attempt}: {w:?}");
+            for jitter in [0.0, 0.5, 0.9999] {
+                let w = backoff(attempt, jitter);
+                assert!(w <= cap.max(Duration::from_millis(10)), "{attempt}: {w:?}");
+            }
+            assert_eq!(
+                backoff(attempt, 0.5),
+                cap.mul_f64(0.5).max(Duration::from_millis(10))
+            );
         }
         assert_eq!(
-            wait_for(1, Some(Duration::from_secs(9))),
+            wait_for(1, Some(Duration::from_secs(9)), 0.5),
             Some(Duration::from_secs(9))
         );
-        assert_eq!(wait_for(1, Some(RETRY_AFTER_MAX * 2)), None);
+        assert_eq!(wait_for(1, Some(RETRY_AFTER_MAX * 2), 0.5), None);
     }
 }

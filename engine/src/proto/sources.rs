@@ -6,7 +6,7 @@
 //! its endpoint while it is fit (its connection is kept alive).
 //!
 //! Sans-IO: the time is passed in, nothing here connects or sleeps. Which bytes a source
-//! served is counted by the file ([`super::FileDownload`]); the job-wide totals are here.
+//! served is counted by the file (`download/mirrors.rs`); the job-wide totals are here.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};

@@ -1,0 +1,121 @@
+//! One request of a file: to a source, on the lane's kept-alive connection when it goes to
+//! the right host (a new one otherwise), redirects followed under the one policy
+//! (`net/target.rs`), the answer's encoding and status checked; and the wait before a retry.
+//!
+//! Invariant: an answer that comes back `Ok` is a 2xx or a 416 of the URL its redirects led
+//! to, which later ranges of the source go to. Not here: judging the answer against the range
+//! asked (`proto/file.rs`) or reading its body (`conn.rs`).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use super::conn::Conn;
+use super::file::FileDownload;
+use crate::error::GetError;
+use crate::net::target::{Resolver, Target, redirect_target};
+use crate::proto::file::status_error;
+use crate::proto::http1::{Framing, ResponseHead};
+use crate::proto::retry::{self, Verdict};
+
+/// One of a job's connection lanes, as the data plane sees it: its number (which spreads the
+/// lanes over a file's sources) and its kept-alive connection.
+pub(super) struct Lane {
+    pub(super) id: usize,
+    pub(super) conn: Option<Conn>,
+}
+
+/// Asks source `src` for `range` on the lane's connection when it goes there, on a new one
+/// otherwise, following redirects (from the URL as given when `from_origin`, else from where
+/// its redirects led before) and keeping where they led. A final status worth retrying comes
+/// back as an error, like a failed connection.
+pub(super) async fn request(
+    file: &Arc<FileDownload>,
+    lane: &mut Lane,
+    src: usize,
+    range: &Range<u64>,
+    from_origin: bool,
+) -> Result<(Conn, ResponseHead), GetError> {
+    let source = &file.sources[src];
+    let mut target = if from_origin {
+        source.origin.clone()
+    } else {
+        source.target().clone()
+    };
+    let mut conn = match lane.conn.take() {
+        Some(c) if c.serves(&target) => c,
+        _ => Conn::open(&target).await?,
+    };
+    let mut redirects = 0;
+    let mut resolved = Resolver::new(target.dialer.clone());
+    let head = loop {
+        let head = conn.request(&target, Some(range.clone())).await?;
+        if !crate::proto::http1::is_redirect(head.status) {
+            break head;
+        }
+        redirects += 1;
+        let next = redirect_target(&target, &head, redirects, &mut resolved)?;
+        let framing = framing_of(&target, &head)?;
+        let same_host = next.addrs == target.addrs
+            && next.tls_host == target.tls_host
+            && next.route == target.route;
+        if same_host && conn.is_reusable() {
+            conn.discard_body(framing).await;
+        }
+        if !same_host || !conn.is_reusable() {
+            conn = Conn::open(&next).await?;
+        }
+        target = next;
+    };
+    // ferry asks for no encoding: an encoded body would be saved as it came, not as the file.
+    if let Some(encoding) = head.header("content-encoding")
+        && !encoding.trim().eq_ignore_ascii_case("identity")
+        && (200..300).contains(&head.status)
+    {
+        return Err(GetError::Protocol {
+            url: target.display.clone(),
+            detail: format!(
+                "the answer is encoded (Content-Encoding: {encoding}), which ferry did not ask \
+                 for; refused rather than saved encoded"
+            ),
+        });
+    }
+    // Statuses worth retrying come back as errors, and so do refusals (a mirror without the
+    // file: the next source is asked); 416 is judged by the caller (an empty file).
+    if retry::retryable_status(head.status) || (head.status >= 400 && head.status != 416) {
+        return Err(status_error(&target.display, &head));
+    }
+    // Later ranges go to the final URL.
+    if target.url != source.origin.url && source.redirected.get().is_none() {
+        tracing::debug!(from = %source.origin.display, to = %target.display, "followed redirect");
+        let _ = source.redirected.set(target);
+    }
+    Ok((conn, head))
+}
+
+/// How the body of `head`, an answer from `target`, is framed.
+pub(super) fn framing_of(target: &Target, head: &ResponseHead) -> Result<Framing, GetError> {
+    head.framing().map_err(|e| GetError::Protocol {
+        url: target.display.clone(),
+        detail: e.to_string(),
+    })
+}
+
+/// Nothing listens at the address: a wrong host or port.
+pub(super) fn is_refused(e: &GetError) -> bool {
+    matches!(e, GetError::Connect { source, .. } if source.kind() == std::io::ErrorKind::ConnectionRefused)
+}
+
+/// Waits before the `failures`-th retry in a row after `e`, as the table in [`crate::proto::retry`]
+/// says (what the server asked, else a backoff), saying so. `false`: `e` is not retried, or the
+/// server asked for a longer wait than ferry gives.
+pub(super) async fn wait_to_retry(e: &GetError, failures: u32) -> bool {
+    let Verdict::Retry { wait } = retry::for_error(e) else {
+        return false;
+    };
+    let Some(wait) = retry::wait_for(failures, wait, crate::runtime::jitter()) else {
+        return false;
+    };
+    tracing::warn!("{e}; asking again in {:.1} s", wait.as_secs_f64());
+    compio::time::sleep(wait).await;
+    true
+}

@@ -1,0 +1,671 @@
+//! The decisions of one file's download, sans-IO: where its first request starts, the verdict
+//! on the first answer (ranged, one stream, empty, or refused; keep or drop resumed bytes),
+//! what a ranged answer must carry, what becomes of a lease after its body or after a failed
+//! request, whether a hash mismatch is fetched again, and what happens to the partial file when
+//! the file settles.
+//!
+//! Invariants: every function here is pure (answers, counts and plans in, a verdict out); the
+//! caller in `download/` performs the verdict and logs it. Not here: requests, files, waits.
+
+use std::ops::Range;
+
+use crate::error::GetError;
+use crate::proto::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
+use crate::proto::plan::{FIRST_CHUNK, LeaseId, MAX_RETRIES, Plan, gaps};
+use crate::proto::retry::{self, Verdict};
+
+/// Fetches of the whole file when its digest does not match: the first, and one more.
+pub(crate) const MAX_FETCHES: u32 = 2;
+
+/// Where a file's first request starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FirstRequest {
+    /// Ask for these bytes.
+    Range(Range<u64>),
+    /// Every byte of the `size`-byte file is on disk already (an earlier run's, vouched for by
+    /// the journal): only the hash is left to check.
+    AllOnDisk { size: u64 },
+}
+
+/// The first request of a file: `chunk` bytes (the first chunk by default) from the start, or
+/// for a resumed file (`resumed`: the ranges on disk) from its first missing byte.
+pub(crate) fn first_request(
+    resumed: &[Range<u64>],
+    size_hint: Option<u64>,
+    chunk: Option<u64>,
+) -> FirstRequest {
+    let len = chunk.unwrap_or(FIRST_CHUNK).max(1);
+    match (resumed.is_empty(), size_hint) {
+        (false, Some(size)) => match gaps(resumed, size).first() {
+            Some(g) => FirstRequest::Range(g.start..(g.start + len).min(g.end)),
+            None => FirstRequest::AllOnDisk { size },
+        },
+        _ => FirstRequest::Range(0..len),
+    }
+}
+
+/// What the first answer makes of a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum FirstAnswer {
+    /// A 206: the file has `total` bytes and comes in ranges; the answer carries `first` (the
+    /// range asked, clamped to the file).
+    Ranged {
+        total: u64,
+        first: Range<u64>,
+        /// The resumed bytes cannot be used (the file has another size than the journal's).
+        drop_resumed: bool,
+        /// The whole file is in this answer: one write, no plan beyond it, nothing to reserve.
+        whole: bool,
+    },
+    /// A 200: the body is the whole file, as one stream (`length` when framed by one).
+    Stream {
+        length: Option<u64>,
+        /// Resumed bytes cannot be used with a whole-file answer.
+        drop_resumed: bool,
+    },
+    /// A 416 stating a size of 0: an empty file, nothing to fetch.
+    Empty,
+}
+
+/// The verdict on the first answer `head` (framed as `framing`) to a request for `asked`;
+/// `partial_total`: the size a 206 stated, checked with [`check_partial`] when it came (a 206
+/// for another range is asked again, like a failure). `size_hint`: the size listed up front;
+/// `resumed`: bytes of an earlier run are on disk. An answer larger than the listed size is
+/// refused before anything is reserved or written.
+pub(crate) fn first_answer(
+    url: &str,
+    head: &ResponseHead,
+    framing: Framing,
+    asked: &Range<u64>,
+    partial_total: Option<u64>,
+    size_hint: Option<u64>,
+    resumed: bool,
+) -> Result<FirstAnswer, GetError> {
+    let stated = match (head.status, partial_total, framing) {
+        (206, Some(total), _) => Some(total),
+        (200, _, Framing::Length(n)) => Some(n),
+        _ => None,
+    };
+    if let (Some(listed), Some(stated)) = (size_hint, stated)
+        && stated > listed
+    {
+        return Err(GetError::LargerThanListed {
+            url: url.to_owned(),
+            listed,
+            stated,
+        });
+    }
+    match (head.status, partial_total) {
+        (206, Some(total)) => {
+            let first = asked.start..asked.end.min(total);
+            check_length(url, framing, &first)?;
+            Ok(FirstAnswer::Ranged {
+                total,
+                whole: first.start == 0 && total <= first.end,
+                drop_resumed: resumed && size_hint != Some(total),
+                first,
+            })
+        }
+        (200, _) => Ok(FirstAnswer::Stream {
+            length: match framing {
+                Framing::Length(n) => Some(n),
+                _ => None,
+            },
+            drop_resumed: resumed,
+        }),
+        (416, _) => match head.header("content-range").and_then(parse_content_range) {
+            Some(ContentRange::Unsatisfied { total: 0 }) => Ok(FirstAnswer::Empty),
+            _ => Err(status_error(url, head)),
+        },
+        _ => Err(status_error(url, head)),
+    }
+}
+
+/// The error for a final status ferry does not take.
+pub(crate) fn status_error(url: &str, head: &ResponseHead) -> GetError {
+    GetError::Status {
+        url: url.to_owned(),
+        status: head.status,
+        reason: head.reason.clone(),
+        retry_after: retry::asked_wait(head),
+    }
+}
+
+/// Checks an answer against the range `first..=last` asked for: a 206 whose `Content-Range`
+/// names exactly that range (the last byte clamped to the end of the file, RFC 9110 14.1.1) and
+/// a size equal to `known_total` when one is known. Returns the file's size.
+pub(crate) fn check_partial(
+    url: &str,
+    head: &ResponseHead,
+    first: u64,
+    last: u64,
+    known_total: Option<u64>,
+) -> Result<u64, GetError> {
+    let mismatch = |got: String| GetError::ContentRangeMismatch {
+        url: url.to_owned(),
+        asked_first: first,
+        asked_last: last,
+        got,
+    };
+    match head.status {
+        206 => {}
+        200 => {
+            return Err(GetError::RangeIgnored {
+                url: url.to_owned(),
+                asked_first: first,
+                asked_last: last,
+            });
+        }
+        _ => return Err(status_error(url, head)),
+    }
+    let raw = head.header("content-range").unwrap_or("(missing)");
+    let Some(ContentRange::Satisfied {
+        first: f,
+        last: l,
+        total,
+    }) = parse_content_range(raw)
+    else {
+        return Err(mismatch(raw.to_owned()));
+    };
+    let total = match (total, known_total) {
+        (Some(t), Some(k)) if t != k => {
+            return Err(GetError::SizeChanged {
+                url: url.to_owned(),
+                first: k,
+                now: t,
+            });
+        }
+        (Some(t), _) => t,
+        (None, Some(k)) => k,
+        (None, None) => {
+            return Err(GetError::Protocol {
+                url: url.to_owned(),
+                detail: format!("Content-Range {raw:?} does not state the file size"),
+            });
+        }
+    };
+    if f != first || l != last.min(total.saturating_sub(1)) {
+        return Err(mismatch(raw.to_owned()));
+    }
+    Ok(total)
+}
+
+/// A ranged answer must carry exactly the bytes of its range.
+pub(crate) fn check_length(
+    url: &str,
+    framing: Framing,
+    range: &Range<u64>,
+) -> Result<(), GetError> {
+    let want = range.end - range.start;
+    match framing {
+        Framing::Length(n) if n == want => Ok(()),
+        other => Err(GetError::Protocol {
+            url: url.to_owned(),
+            detail: format!(
+                "the answer for bytes {}-{} is framed as {other:?}, not {want} bytes",
+                range.start,
+                range.end - 1
+            ),
+        }),
+    }
+}
+
+/// How a lease's body ended, as far as the plan is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyOutcome {
+    /// Every byte of the lease arrived (or the plan had trimmed it and the rest did).
+    Complete,
+    /// The job is stopping.
+    Aborted,
+    /// The body stopped at `at`.
+    Short { at: u64 },
+}
+
+/// What the lane that held a lease does next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// Done: take the next lease.
+    Next,
+    /// The body stopped short; the rest went back to the plan, for a fresh connection.
+    Retry,
+    /// The job is stopping.
+    Stop,
+    /// The body stopped short and the file's retries are spent: the file fails.
+    Fail,
+}
+
+/// Settles lease `id` in `plan` after its body ended as `outcome`.
+pub(crate) fn lease_ended(plan: Option<&mut Plan>, id: LeaseId, outcome: BodyOutcome) -> Ended {
+    match (outcome, plan) {
+        (BodyOutcome::Aborted, _) => Ended::Stop,
+        (BodyOutcome::Complete, plan) => {
+            if let Some(p) = plan {
+                p.complete(id);
+            }
+            Ended::Next
+        }
+        (BodyOutcome::Short { at }, Some(p)) => match p.give_back(id, at) {
+            Ok(_) => Ended::Retry,
+            Err(()) => Ended::Fail,
+        },
+        (BodyOutcome::Short { .. }, None) => Ended::Fail,
+    }
+}
+
+/// What a lane does after a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterFailure {
+    /// Give up: the file fails with the error.
+    Fail,
+    /// Ask another source at once.
+    AskOther,
+    /// Wait as the retry table says, then ask again.
+    WaitAndRetry,
+}
+
+/// After the first request of a file failed (the `failures`-th time in a row): `other_source`
+/// when a mirror can be asked at once, `refused` when nothing listened at the address (a wrong
+/// host or port is said at once, not after minutes of retries), `sources_left` when some
+/// source may still serve the file. The budget is [`MAX_RETRIES`] per source.
+pub(crate) fn after_first_failure(
+    other_source: bool,
+    refused: bool,
+    sources_left: bool,
+    failures: u32,
+    sources: usize,
+) -> AfterFailure {
+    if !other_source && (refused || !sources_left) {
+        return AfterFailure::Fail;
+    }
+    if failures > MAX_RETRIES * sources as u32 {
+        return AfterFailure::Fail;
+    }
+    match other_source {
+        true => AfterFailure::AskOther,
+        false => AfterFailure::WaitAndRetry,
+    }
+}
+
+/// After a lease's request failed with an error the table judges `verdict`, before any of its
+/// bytes were taken: `other_source` when a mirror can be asked at once, `given_back` when the
+/// plan took the lease back within the file's retry budget.
+pub(crate) fn after_lease_failure(
+    verdict: Verdict,
+    other_source: bool,
+    given_back: bool,
+) -> AfterFailure {
+    let retryable = matches!(verdict, Verdict::Retry { .. });
+    match (retryable || other_source) && given_back {
+        false => AfterFailure::Fail,
+        true if other_source => AfterFailure::AskOther,
+        true => AfterFailure::WaitAndRetry,
+    }
+}
+
+/// What a digest that did not match leads to, after `fetches` fetches of the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnMismatch {
+    /// Fetch the whole file once more.
+    FetchAgain,
+    /// Fail with [`GetError::ChecksumMismatch`].
+    Fail,
+}
+
+/// A mismatch is fetched again until [`MAX_FETCHES`] fetches were made.
+pub(crate) fn on_mismatch(fetches: u32) -> OnMismatch {
+    match fetches >= MAX_FETCHES {
+        true => OnMismatch::Fail,
+        false => OnMismatch::FetchAgain,
+    }
+}
+
+/// What becomes of a settled file's partial file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PartialFate {
+    /// The file is complete: it was renamed into place.
+    Published,
+    /// Another process holds the output: not ours to touch.
+    LeaveAlone,
+    /// Kept (unlocked) for the next run to resume: the journal vouches for its bytes.
+    KeepForResume,
+    /// Removed, and its journal record started over.
+    Discard,
+}
+
+/// The fate of the partial file of a file that settled with `result`; `journaled`: the job's
+/// resume journal records this file. Bytes that proved wrong are never kept.
+pub(crate) fn partial_fate<T>(result: &Result<T, GetError>, journaled: bool) -> PartialFate {
+    match result {
+        Ok(_) => PartialFate::Published,
+        Err(GetError::OutputBusy { .. }) => PartialFate::LeaveAlone,
+        Err(GetError::ChecksumMismatch { .. }) => PartialFate::Discard,
+        Err(_) if journaled => PartialFate::KeepForResume,
+        Err(_) => PartialFate::Discard,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::http1::parse_head;
+
+    const URL: &str = "http://o/f";
+
+    fn head(text: &str) -> ResponseHead {
+        parse_head(text.replace('\n', "\r\n").as_bytes())
+            .expect("parse")
+            .expect("complete")
+            .0
+    }
+
+    #[test]
+    #[allow(clippy::single_range_in_vec_init)]
+    fn the_first_request_starts_at_the_first_missing_byte() {
+        assert_eq!(
+            first_request(&[], None, Some(100)),
+            FirstRequest::Range(0..100)
+        );
+        assert_eq!(
+            first_request(&[], Some(10), None),
+            FirstRequest::Range(0..FIRST_CHUNK)
+        );
+        assert_eq!(
+            first_request(&[0..40, 60..70], Some(1000), Some(100)),
+            FirstRequest::Range(40..60)
+        );
+        assert_eq!(
+            first_request(&[0..40], Some(1000), Some(100)),
+            FirstRequest::Range(40..140)
+        );
+        assert_eq!(
+            first_request(&[0..1000], Some(1000), Some(100)),
+            FirstRequest::AllOnDisk { size: 1000 }
+        );
+        // Without a size the resumed ranges cannot be trusted: start over.
+        assert_eq!(
+            first_request(&[0..40], None, Some(100)),
+            FirstRequest::Range(0..100)
+        );
+    }
+
+    #[test]
+    fn the_first_answer_decides_ranged_stream_empty_or_refused() {
+        let ranged =
+            head("HTTP/1.1 206 P\nContent-Range: bytes 0-99/1000\nContent-Length: 100\n\n");
+        let framing = ranged.framing().expect("framing");
+        assert_eq!(
+            first_answer(URL, &ranged, framing, &(0..100), Some(1000), None, false).expect("ok"),
+            FirstAnswer::Ranged {
+                total: 1000,
+                first: 0..100,
+                drop_resumed: false,
+                whole: false
+            }
+        );
+        // Resumed bytes of a file that now has another size are dropped.
+        assert!(matches!(
+            first_answer(
+                URL,
+                &ranged,
+                framing,
+                &(0..100),
+                Some(1000),
+                Some(900),
+                true
+            ),
+            Err(GetError::LargerThanListed {
+                listed: 900,
+                stated: 1000,
+                ..
+            })
+        ));
+        assert!(matches!(
+            first_answer(
+                URL,
+                &ranged,
+                framing,
+                &(0..100),
+                Some(1000),
+                Some(2000),
+                true
+            ),
+            Ok(FirstAnswer::Ranged {
+                drop_resumed: true,
+                ..
+            })
+        ));
+        // A small file comes whole in the first answer (its last byte clamped).
+        let small = head("HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nContent-Length: 10\n\n");
+        assert_eq!(
+            first_answer(
+                URL,
+                &small,
+                small.framing().expect("f"),
+                &(0..100),
+                Some(10),
+                None,
+                false
+            )
+            .expect("ok"),
+            FirstAnswer::Ranged {
+                total: 10,
+                first: 0..10,
+                drop_resumed: false,
+                whole: true
+            }
+        );
+        // A 206 framed otherwise than its range is refused.
+        let chunked =
+            head("HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nTransfer-Encoding: chunked\n\n");
+        assert!(matches!(
+            first_answer(
+                URL,
+                &chunked,
+                chunked.framing().expect("f"),
+                &(0..100),
+                Some(10),
+                None,
+                false
+            ),
+            Err(GetError::Protocol { .. })
+        ));
+        let whole = head("HTTP/1.1 200 OK\nContent-Length: 50\n\n");
+        assert_eq!(
+            first_answer(
+                URL,
+                &whole,
+                whole.framing().expect("f"),
+                &(0..100),
+                None,
+                None,
+                true
+            )
+            .expect("ok"),
+            FirstAnswer::Stream {
+                length: Some(50),
+                drop_resumed: true
+            }
+        );
+        assert!(matches!(
+            first_answer(
+                URL,
+                &whole,
+                whole.framing().expect("f"),
+                &(0..100),
+                None,
+                Some(49),
+                false
+            ),
+            Err(GetError::LargerThanListed { .. })
+        ));
+        let empty = head("HTTP/1.1 416 R\nContent-Range: bytes */0\nContent-Length: 0\n\n");
+        assert_eq!(
+            first_answer(
+                URL,
+                &empty,
+                empty.framing().expect("f"),
+                &(0..100),
+                None,
+                None,
+                false
+            )
+            .expect("ok"),
+            FirstAnswer::Empty
+        );
+        let unsatisfied = head("HTTP/1.1 416 R\nContent-Range: bytes */5\nContent-Length: 0\n\n");
+        let not_found = head("HTTP/1.1 404 N\nContent-Length: 0\n\n");
+        for h in [unsatisfied, not_found] {
+            assert!(matches!(
+                first_answer(
+                    URL,
+                    &h,
+                    h.framing().expect("f"),
+                    &(0..100),
+                    None,
+                    None,
+                    false
+                ),
+                Err(GetError::Status { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_ranged_answer_must_name_the_range_asked() {
+        let h = |cr: &str| head(&format!("HTTP/1.1 206 P\nContent-Range: {cr}\n\n"));
+        assert_eq!(
+            check_partial(URL, &h("bytes 10-19/100"), 10, 19, None).ok(),
+            Some(100)
+        );
+        assert_eq!(
+            check_partial(URL, &h("bytes 90-99/100"), 90, 199, None).ok(),
+            Some(100)
+        );
+        assert_eq!(
+            check_partial(URL, &h("bytes 10-19/*"), 10, 19, Some(100)).ok(),
+            Some(100)
+        );
+        assert!(matches!(
+            check_partial(URL, &h("bytes 11-19/100"), 10, 19, None),
+            Err(GetError::ContentRangeMismatch { .. })
+        ));
+        assert!(matches!(
+            check_partial(URL, &h("bytes 10-19/101"), 10, 19, Some(100)),
+            Err(GetError::SizeChanged {
+                first: 100,
+                now: 101,
+                ..
+            })
+        ));
+        assert!(matches!(
+            check_partial(URL, &h("bytes 10-19/*"), 10, 19, None),
+            Err(GetError::Protocol { .. })
+        ));
+        let ignored = head("HTTP/1.1 200 OK\nContent-Length: 5\n\n");
+        assert!(matches!(
+            check_partial(URL, &ignored, 10, 19, None),
+            Err(GetError::RangeIgnored { .. })
+        ));
+        assert!(check_length(URL, Framing::Length(10), &(10..20)).is_ok());
+        assert!(check_length(URL, Framing::Length(9), &(10..20)).is_err());
+    }
+
+    #[test]
+    fn a_lease_ends_next_retry_stop_or_fail() {
+        let mut plan = Plan::new(100, 0, 1, Some(100));
+        let (id, range, _) = plan.take().expect("a lease");
+        assert_eq!(range, 0..100);
+        assert_eq!(
+            lease_ended(Some(&mut plan), id, BodyOutcome::Aborted),
+            Ended::Stop
+        );
+        assert_eq!(
+            lease_ended(Some(&mut plan), id, BodyOutcome::Short { at: 40 }),
+            Ended::Retry
+        );
+        let (id, range, _) = plan.take().expect("the rest again");
+        assert_eq!(range, 40..100);
+        assert_eq!(
+            lease_ended(Some(&mut plan), id, BodyOutcome::Complete),
+            Ended::Next
+        );
+        assert!(!plan.has_work());
+        // Without a plan a short body cannot go back: the file fails.
+        assert_eq!(
+            lease_ended(None, id, BodyOutcome::Short { at: 1 }),
+            Ended::Fail
+        );
+        // The retries run out.
+        let mut plan = Plan::new(100, 0, 1, Some(100));
+        let mut last = Ended::Retry;
+        for _ in 0..=MAX_RETRIES + 1 {
+            let Some((id, _, _)) = plan.take() else { break };
+            last = lease_ended(Some(&mut plan), id, BodyOutcome::Short { at: 0 });
+            if last == Ended::Fail {
+                break;
+            }
+        }
+        assert_eq!(last, Ended::Fail);
+    }
+
+    #[test]
+    fn after_a_failure_a_lane_fails_asks_another_or_waits() {
+        use AfterFailure::*;
+        // A refused connect with no mirror: said at once.
+        assert_eq!(after_first_failure(false, true, true, 1, 1), Fail);
+        assert_eq!(after_first_failure(false, false, false, 1, 1), Fail);
+        assert_eq!(after_first_failure(true, true, true, 1, 2), AskOther);
+        assert_eq!(after_first_failure(false, false, true, 1, 1), WaitAndRetry);
+        assert_eq!(
+            after_first_failure(false, false, true, MAX_RETRIES + 1, 1),
+            Fail
+        );
+        assert_eq!(
+            after_first_failure(true, false, true, 2 * MAX_RETRIES, 2),
+            AskOther
+        );
+        let retry = Verdict::Retry { wait: None };
+        assert_eq!(after_lease_failure(retry, false, true), WaitAndRetry);
+        assert_eq!(after_lease_failure(retry, true, true), AskOther);
+        assert_eq!(after_lease_failure(Verdict::Fail, true, true), AskOther);
+        assert_eq!(after_lease_failure(Verdict::Fail, false, true), Fail);
+        assert_eq!(after_lease_failure(retry, true, false), Fail);
+    }
+
+    #[test]
+    fn a_settled_file_is_published_kept_left_or_discarded() {
+        let busy = GetError::OutputBusy { path: "x".into() };
+        let mismatch = GetError::ChecksumMismatch {
+            url: URL.into(),
+            algorithm: crate::verify::HashAlgorithm::Sha256,
+            expected: "a".into(),
+            got: "b".into(),
+            attempts: 2,
+        };
+        let short = || GetError::ShortBody {
+            url: URL.into(),
+            offset: 0,
+            expected: 2,
+            received: 1,
+        };
+        assert_eq!(partial_fate(&Ok(()), true), PartialFate::Published);
+        assert_eq!(
+            partial_fate::<()>(&Err(busy), true),
+            PartialFate::LeaveAlone
+        );
+        assert_eq!(
+            partial_fate::<()>(&Err(mismatch), true),
+            PartialFate::Discard
+        );
+        assert_eq!(
+            partial_fate::<()>(&Err(short()), true),
+            PartialFate::KeepForResume
+        );
+        assert_eq!(
+            partial_fate::<()>(&Err(short()), false),
+            PartialFate::Discard
+        );
+        assert_eq!(on_mismatch(1), OnMismatch::FetchAgain);
+        assert_eq!(on_mismatch(MAX_FETCHES), OnMismatch::Fail);
+    }
+}
