@@ -16,23 +16,23 @@ edition = "2024"
 publish = false
 
 [dependencies]
-ferry = { path = "$repo/engine" }
+# The library alone: the command's dependencies (clap, indicatif, ...) stay out.
+ferry = { path = "$repo/engine", default-features = false }
 
 # Not a member of the repository's workspace.
 [workspace]
 TOML
 cat > "$consumer/src/main.rs" <<'RS'
 //! A program embedding ferry: a pull into a cache, only through the public API.
-use ferry::hub::{Layout, Pull, PullOptions, RepoId};
+use ferry::hub::{Layout, Pull, PullOptions, RepoId, env};
 use ferry::{Config, Engine};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let engine = Engine::new(Config::default())?;
-    let options = PullOptions::new(
-        RepoId::parse("org/model")?,
-        Layout::Cache(std::env::temp_dir().join("ferry-consumer-cache")),
-        "http://127.0.0.1:9".parse()?,
-    );
+    // The huggingface_hub conventions, as the command has them (HF_ENDPOINT, HF_HUB_CACHE, ...).
+    let endpoint = env::endpoint(Some("http://127.0.0.1:9".into()));
+    let cache = env::cache_dir(Some(std::env::temp_dir().join("ferry-consumer-cache")))?;
+    let options = PullOptions::new(RepoId::parse("org/model")?, Layout::Cache(cache), endpoint.parse()?);
     if std::env::args().any(|a| a == "--run") {
         Pull::start(&engine, options)?.finish()?;
     }

@@ -11,7 +11,7 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== feature combinations of the ferry crate (none, and every one: fuzzing)"
+echo "== feature combinations of the ferry crate (none: the library without the command; all: cli + fuzzing)"
 cargo clippy -p ferry --lib --locked --quiet --no-default-features -- -D warnings
 cargo clippy -p ferry --lib --locked --quiet --all-features -- -D warnings
 echo "== the ferry crate as a consumer builds it (fresh resolution, outside the lock)"

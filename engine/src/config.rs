@@ -13,7 +13,7 @@ use crate::net;
 /// Connections a job keeps open by default (measured: docs/decisions.md, "Sixteen connections").
 pub const DEFAULT_CONNECTIONS: usize = 16;
 
-/// How an [`Engine`] runs. Start from [`Config::default`] and change what you need.
+/// How an [`Engine`](crate::Engine) runs. Start from [`Config::default`] and change what you need.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
@@ -63,10 +63,10 @@ pub struct Config {
     /// most 256 MiB. A file whose bytes would go under it waits for space (see `space_wait`).
     pub min_free: Option<u64>,
     /// How long a file waits for another process to free disk space before it fails with
-    /// [`GetError::NoSpace`] (default 60 s; zero fails at once).
+    /// [`GetError::NoSpace`](crate::GetError::NoSpace) (default 60 s; zero fails at once).
     pub space_wait: Duration,
     /// Whether a redirect from a public address may lead to a private, loopback or link-local
-    /// one (default: refused, with [`GetError::Redirect`]).
+    /// one (default: refused, with [`GetError::Redirect`](crate::GetError::Redirect)).
     pub allow_private_redirects: bool,
 }
 

@@ -39,9 +39,9 @@ pub struct Engine {
 impl Engine {
     /// Probes the kernel, selects the back-end and starts the workers.
     ///
-    /// With [`BackendKind::Auto`], a blocked or missing io_uring falls back to the portable
+    /// With [`BackendKind::Auto`](crate::BackendKind::Auto), a blocked or missing io_uring falls back to the portable
     /// back-end and the reason is logged once (and kept in [`Engine::selection`]); with
-    /// [`BackendKind::Uring`] it is an error.
+    /// [`BackendKind::Uring`](crate::BackendKind::Uring) it is an error.
     pub fn new(config: Config) -> Result<Engine, StartError> {
         let proxies = net::proxy::Proxies::from_env(config.proxy.as_deref())
             .map_err(|detail| StartError::Proxy { detail })?;

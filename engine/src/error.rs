@@ -6,6 +6,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::units::human_bytes;
 use crate::verify::HashAlgorithm;
 
 /// Why an [`Engine`](crate::Engine) could not start.
@@ -276,7 +277,7 @@ pub enum GetError {
     #[error(
         "not enough disk space in {}: {}; free some space and run again",
         dir.display(),
-        crate::download::space::need_have(*need, *have, *floor)
+        need_have(*need, *have, *floor)
     )]
     NoSpace {
         /// The directory the file is written in.
@@ -417,5 +418,27 @@ impl GetError {
             GetError::EngineStopped => ErrorKind::Engine,
             GetError::Interrupted => ErrorKind::Interrupted,
         }
+    }
+}
+
+/// `need 8.00 MiB, have 1.20 MiB (keeping …)`; `need more` when the size is not known (0).
+pub(crate) fn need_have(need: u64, have: u64, floor: u64) -> String {
+    let need = match need {
+        0 => "more".to_owned(),
+        n => human_bytes(n),
+    };
+    format!(
+        "need {need}, have {}{}",
+        human_bytes(have),
+        kept_free(floor)
+    )
+}
+
+/// `" (keeping 64.0 MiB free, --min-free)"`, or nothing without a floor.
+fn kept_free(floor: u64) -> String {
+    if floor == 0 {
+        String::new()
+    } else {
+        format!(" (keeping {} free, --min-free)", human_bytes(floor))
     }
 }

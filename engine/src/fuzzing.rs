@@ -8,7 +8,7 @@
 
 use crate::proto::http1::chunked::ChunkedDecoder;
 use crate::proto::http1::range::{ContentRange, parse_content_range};
-use crate::serve::range::{RangeAnswer, evaluate};
+use crate::serve::range_request::{RangeAnswer, evaluate};
 
 /// The HTTP/1.1 response head parser (`http1::parse_head`) and what the data plane asks of a
 /// head it accepted: the length it consumed lies within the input, and the framing and

@@ -16,7 +16,7 @@ use crate::error::GetError;
 use crate::report::Report;
 use crate::verify::HashAlgorithm;
 
-/// One download of a job ([`Engine::get_many`]).
+/// One download of a job ([`Engine::get_many`](crate::Engine::get_many)).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct GetItem {

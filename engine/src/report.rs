@@ -59,7 +59,7 @@ pub struct Report {
     /// 0 in safe mode, with the splice sink, or where the kernel refused the registration (see
     /// the debug log).
     pub written_fixed: u64,
-    /// With mirrors ([`GetItem::mirror`]): the bytes of this file each endpoint served, and
+    /// With mirrors ([`GetItem::mirror`](crate::GetItem::mirror)): the bytes of this file each endpoint served, and
     /// each endpoint's failures and demotion over the whole job so far. Empty without mirrors.
     pub endpoints: Vec<EndpointReport>,
 }

@@ -122,7 +122,7 @@ impl Memlock {
 
 /// Everything `ferry probe` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub struct ProbeReport {
     /// The running kernel.
     pub kernel: Kernel,
     /// io_uring: sysctl, ring setup with the engine's flags, opcodes.
@@ -149,9 +149,9 @@ pub struct Report {
 ///     println!("O_DIRECT here: {} ({} free bytes)", dir.o_direct, dir.free_bytes);
 /// }
 /// ```
-pub fn probe(dir: Option<&Path>) -> Report {
+pub fn probe(dir: Option<&Path>) -> ProbeReport {
     let dir_report = dir.map(fs::probe_dir);
-    Report {
+    ProbeReport {
         kernel: Kernel::current(),
         io_uring: uring().clone(),
         numa: numa::probe(dir),

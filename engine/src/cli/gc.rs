@@ -33,7 +33,7 @@ pub(crate) struct GcArgs {
 pub(crate) fn run(args: GcArgs) -> u8 {
     let layout = match args.local_dir {
         Some(dir) => Layout::LocalDir(dir),
-        None => match super::pull::default_cache_dir(args.cache_dir) {
+        None => match ferry::hub::env::cache_dir(args.cache_dir) {
             Ok(dir) => Layout::Cache(dir),
             Err(e) => return super::fail(&e, exit::USAGE),
         },

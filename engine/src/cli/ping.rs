@@ -61,7 +61,7 @@ pub(crate) fn run(global: &Global, args: PingArgs) -> u8 {
         Err(e) => return super::fail(&e, super::start_error_code(&e)),
     };
     let endpoints = if args.endpoints.is_empty() {
-        std::iter::once(super::pull::default_endpoint(args.endpoint.clone()))
+        std::iter::once(ferry::hub::env::endpoint(args.endpoint.clone()))
             .chain(args.mirror.iter().cloned())
             .collect()
     } else {
@@ -123,7 +123,7 @@ fn repo_urls(
     for m in rest {
         options = options.mirror(super::pull::parse_endpoint(m)?);
     }
-    if let Some(token) = super::pull::hub_token(args.token.clone(), None)? {
+    if let Some(token) = ferry::hub::env::token(args.token.clone(), None)? {
         options = options.token(token);
     }
     ferry::hub::file_urls(engine, &options, args.file.as_deref())

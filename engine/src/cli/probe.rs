@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::Args;
-use kernel_probes::{self, Report, Support};
+use kernel_probes::{self, ProbeReport, Support};
 use serde::Serialize;
 
 use super::{Global, exit};
@@ -31,7 +31,7 @@ struct Choice {
 
 #[derive(Serialize)]
 struct ProbeOutput<'a> {
-    probe: &'a Report,
+    probe: &'a ProbeReport,
     selection: Choice,
     /// The TLS crypto: provider and the key exchange groups offered.
     tls: ferry::TlsInfo,
@@ -84,7 +84,7 @@ fn yes_no(s: &Support) -> String {
     s.to_string()
 }
 
-fn print_table(r: &Report, choice: &Choice) {
+fn print_table(r: &ProbeReport, choice: &Choice) {
     let row = |k: &str, v: String| println!("  {k:<22} {v}");
     println!("kernel");
     row("release", r.kernel.release.clone());

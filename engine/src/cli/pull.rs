@@ -127,7 +127,7 @@ fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
 /// The options of a pull (or a verify) of the repo `args` names, with no filter.
 pub(super) fn repo_options(args: &RepoArgs) -> Result<PullOptions, HubError> {
     let repo = RepoId::parse(&args.repo_id).map_err(HubError::Usage)?;
-    let endpoint = parse_endpoint(&default_endpoint(args.endpoint.clone()))?;
+    let endpoint = parse_endpoint(&ferry::hub::env::endpoint(args.endpoint.clone()))?;
     let mirrors = args
         .mirror
         .iter()
@@ -135,7 +135,7 @@ pub(super) fn repo_options(args: &RepoArgs) -> Result<PullOptions, HubError> {
         .collect::<Result<Vec<_>, _>>()?;
     let layout = match &args.local_dir {
         Some(dir) => Layout::LocalDir(dir.clone()),
-        None => Layout::Cache(cache_dir(args)?),
+        None => Layout::Cache(ferry::hub::env::cache_dir(args.cache_dir.clone())?),
     };
     let mut o = PullOptions::new(repo, layout, endpoint)
         .kind(args.repo_type)
@@ -143,7 +143,7 @@ pub(super) fn repo_options(args: &RepoArgs) -> Result<PullOptions, HubError> {
     for m in mirrors {
         o = o.mirror(m);
     }
-    if let Some(token) = hub_token(args.token.clone(), args.token_file.as_deref())? {
+    if let Some(token) = ferry::hub::env::token(args.token.clone(), args.token_file.as_deref())? {
         o = o.token(token);
     }
     Ok(o)
@@ -154,76 +154,6 @@ pub(super) fn parse_endpoint(endpoint: &str) -> Result<url::Url, HubError> {
     let endpoint = endpoint.trim_end_matches('/');
     url::Url::parse(endpoint)
         .map_err(|e| HubError::Usage(format!("invalid endpoint {endpoint:?}: {e}")))
-}
-
-/// `--endpoint`, else `HF_ENDPOINT`, else the Hub.
-pub(super) fn default_endpoint(flag: Option<String>) -> String {
-    flag.or_else(|| env("HF_ENDPOINT"))
-        .unwrap_or_else(|| "https://huggingface.co".into())
-}
-
-fn env(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn hf_home() -> Option<PathBuf> {
-    env("HF_HOME")
-        .map(PathBuf::from)
-        .or_else(|| env("XDG_CACHE_HOME").map(|x| PathBuf::from(x).join("huggingface")))
-        .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface")))
-}
-
-fn cache_dir(args: &RepoArgs) -> Result<PathBuf, HubError> {
-    default_cache_dir(args.cache_dir.clone())
-}
-
-/// `--cache-dir`, else `HF_HUB_CACHE`, else `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub(super) fn default_cache_dir(flag: Option<PathBuf>) -> Result<PathBuf, HubError> {
-    if let Some(d) = flag {
-        return Ok(d);
-    }
-    if let Some(d) = env("HF_HUB_CACHE") {
-        return Ok(PathBuf::from(d));
-    }
-    hf_home().map(|h| h.join("hub")).ok_or_else(|| {
-        HubError::Usage("no cache directory: set HF_HOME or pass --cache-dir".into())
-    })
-}
-
-/// `--token`, else `--token-file` (`-`: standard input), else `HF_TOKEN`, else the token file
-/// huggingface_hub's login writes.
-pub(super) fn hub_token(
-    flag: Option<String>,
-    file: Option<&std::path::Path>,
-) -> Result<Option<String>, HubError> {
-    if let Some(path) = file {
-        let read = if path == std::path::Path::new("-") {
-            std::io::read_to_string(std::io::stdin())
-        } else {
-            std::fs::read_to_string(path)
-        };
-        let token = read.map_err(|e| {
-            HubError::Usage(format!(
-                "cannot read the token file {}: {e}",
-                path.display()
-            ))
-        })?;
-        let token = token.trim();
-        if token.is_empty() {
-            return Err(HubError::Usage(format!(
-                "the token file {} is empty",
-                path.display()
-            )));
-        }
-        return Ok(Some(token.to_owned()));
-    }
-    Ok(flag.or_else(|| env("HF_TOKEN")).or_else(|| {
-        let path = env("HF_TOKEN_PATH")
-            .map(PathBuf::from)
-            .or_else(|| hf_home().map(|h| h.join("token")))?;
-        let t = std::fs::read_to_string(path).ok()?;
-        Some(t.trim().to_owned()).filter(|t| !t.is_empty())
-    }))
 }
 
 pub(super) fn hub_error_code(e: &HubError) -> u8 {

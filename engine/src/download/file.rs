@@ -304,7 +304,7 @@ impl FileDownload {
     }
 
     /// The earlier run's bytes are kept: count them, and have the verifier read them back.
-    pub(super) fn take_over(&self, ranges: &[Range<u64>]) {
+    pub(super) fn keep_resumed(&self, ranges: &[Range<u64>]) {
         let n: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         self.add_done(n);
         self.resumed_bytes.store(n, Ordering::Relaxed);

@@ -69,7 +69,7 @@ pub(super) async fn start_file(
         FirstRequest::Range(r) => r,
         FirstRequest::AllOnDisk { size } => {
             file.set_total(size);
-            file.take_over(&resumed);
+            file.keep_resumed(&resumed);
             return Ok(Started::Empty);
         }
     };
@@ -122,7 +122,7 @@ pub(super) async fn start_file(
             }
             let id = plan.claim(first.clone());
             *file.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
-            file.take_over(&resumed);
+            file.keep_resumed(&resumed);
             Ok(Started::Ranged {
                 conn,
                 pipe,

@@ -30,7 +30,7 @@ use super::settle::{Settled, settle};
 use super::stream::run_stream;
 use crate::Report;
 use crate::error::GetError;
-use crate::proto::plan::files::{self, Next, Offer};
+use crate::proto::plan::files::{self, LaneStep, Offer};
 use crate::runtime::{Dispatcher, Task};
 
 /// Files a job settles in the background at once (each holds a descriptor while its fsync
@@ -65,7 +65,7 @@ impl Sched {
 
 /// What a lane does next.
 enum Step {
-    Help(usize),
+    Join(usize),
     Start,
     Wait(flume::Receiver<()>),
     Exit,
@@ -145,7 +145,7 @@ impl Lanes {
         let mut lane = Lane { id, conn: None };
         loop {
             match self.next() {
-                Step::Help(f) => {
+                Step::Join(f) => {
                     join_file(&self.files[f], &mut lane).await;
                     self.leave(f).await;
                 }
@@ -174,22 +174,22 @@ impl Lanes {
             })
             .collect();
         match files::next(&offers, s.unstarted > 0, s.probing + s.settling) {
-            Next::Help(i) => {
+            LaneStep::Join(i) => {
                 let f = s.active[i];
                 self.files[f].helpers.fetch_add(1, Ordering::Relaxed);
-                Step::Help(f)
+                Step::Join(f)
             }
-            Next::Start => {
+            LaneStep::Start => {
                 s.unstarted -= 1;
                 s.probing += 1;
                 Step::Start
             }
-            Next::Wait => {
+            LaneStep::Wait => {
                 let (tx, rx) = flume::bounded(1);
                 s.waiters.push(tx);
                 Step::Wait(rx)
             }
-            Next::Exit => Step::Exit,
+            LaneStep::Exit => Step::Exit,
         }
     }
 

@@ -183,7 +183,7 @@ async fn copy_counted(
         other => other,
     };
     let (bytes, time) = (conn.body_bytes() - before.0, conn.read_time() - before.1);
-    file.served(src, bytes, time, complete);
+    file.count_served(src, bytes, time, complete);
     end
 }
 

@@ -118,7 +118,7 @@ impl FileDownload {
     /// `bytes` of this file came from source `src` in `elapsed` of reading (waits for buffers
     /// and disk not counted: they are ours, not the endpoint's); `complete` when the whole
     /// range arrived (only those measure the endpoint's throughput).
-    pub(super) fn served(&self, src: usize, bytes: u64, elapsed: Duration, complete: bool) {
+    pub(super) fn count_served(&self, src: usize, bytes: u64, elapsed: Duration, complete: bool) {
         let source = &self.sources[src];
         source.served.fetch_add(bytes, Ordering::Relaxed);
         if self.sources.len() == 1 {

@@ -20,7 +20,7 @@ use super::FileDownload;
 use crate::backend::buf::{AlignedBuf, BufPool, SharedBuf};
 use crate::backend::sink::FileSink;
 use crate::error::GetError;
-use crate::verify::{Landed, Next, Verifier};
+use crate::verify::{HashStep, Landed, Verifier};
 
 type Write = JoinHandle<(std::io::Result<()>, SharedBuf)>;
 
@@ -183,7 +183,7 @@ impl Pipeline {
                 Ok(n) => break n,
                 Err(back) if give_up_waiting(at, next, waited) || self.ctx.is_aborted() => {
                     v.spill(at, back);
-                    break Next::Idle { read_back: true };
+                    break HashStep::Idle { read_back: true };
                 }
                 Err(back) => {
                     buf = back;
@@ -199,16 +199,16 @@ impl Pipeline {
     /// Hashes `next` and the runs that follow it, a buffer at a time, letting the worker's
     /// other connections read in between; wakes the read-back task when bytes that left
     /// memory wait at the prefix afterwards.
-    async fn hash_runs(&self, mut next_step: Next<'_>) {
+    async fn hash_runs(&self, mut next_step: HashStep<'_>) {
         let wake = loop {
             match next_step {
-                Next::Hash(mut run) => {
+                HashStep::Hash(mut run) => {
                     while run.step() {
                         YieldNow(false).await;
                     }
                     next_step = run.finish();
                 }
-                Next::Idle { read_back } => break read_back,
+                HashStep::Idle { read_back } => break read_back,
             }
         };
         if wake && let Some(wake) = &self.wake_read_back {

@@ -24,7 +24,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::error::GetError;
+use crate::error::{GetError, need_have};
 use crate::units::human_bytes;
 
 /// How often a paused lane looks at the free space again.
@@ -160,28 +160,6 @@ impl JobSpace {
             have,
             floor,
         }
-    }
-}
-
-/// `need 8.00 MiB, have 1.20 MiB (keeping …)`; `need more` when the size is not known (0).
-pub(crate) fn need_have(need: u64, have: u64, floor: u64) -> String {
-    let need = match need {
-        0 => "more".to_owned(),
-        n => human_bytes(n),
-    };
-    format!(
-        "need {need}, have {}{}",
-        human_bytes(have),
-        kept_free(floor)
-    )
-}
-
-/// `" (keeping 64.0 MiB free, --min-free)"`, or nothing without a floor.
-pub(crate) fn kept_free(floor: u64) -> String {
-    if floor == 0 {
-        String::new()
-    } else {
-        format!(" (keeping {} free, --min-free)", human_bytes(floor))
     }
 }
 

@@ -46,7 +46,7 @@ async fn single_stream(
     let copied = conn.copy_stream(file, &mut pipe, framing).await;
     let complete = matches!(copied, Ok(Some(_)));
     let (bytes, time) = (conn.body_bytes() - before.0, conn.read_time() - before.1);
-    file.served(src, bytes, time, complete);
+    file.count_served(src, bytes, time, complete);
     let drained = pipe.drain().await;
     if let Some(n) = copied? {
         file.set_total(n);

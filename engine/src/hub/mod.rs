@@ -29,6 +29,7 @@
 //! ([`crate::serve`]).
 
 mod api;
+pub mod env;
 mod error;
 mod gc;
 mod layout;

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use base64::Engine as _;
 use serde_json::{Value, json};
 
+use super::Shared;
 use super::catalog::{FileEntry, Repo, Snapshot, git_blob_sha1};
-use super::conn::Ctx;
-use super::range::{RangeAnswer, evaluate};
+use super::date::iso8601;
+use super::range_request::{RangeAnswer, evaluate};
 use super::route::{
-    Target, decode, header_safe, parse_target, query_flag, query_param, valid_repo_path,
+    Resource, decode, header_safe, parse_target, query_flag, query_param, valid_repo_path,
 };
 use crate::hub::RepoType;
 use crate::hub::repo::encode_segment;
@@ -121,11 +122,11 @@ fn bad_path() -> Response {
 }
 
 /// Answers `req`.
-pub(crate) fn handle(ctx: &Ctx, req: &Request<'_>) -> Response {
+pub(crate) fn handle(ctx: &Shared, req: &Request<'_>) -> Response {
     match parse_target(req.target) {
-        Some((Target::Api { kind, segs }, query)) => api(ctx, req, kind, &segs, query),
-        Some((Target::File { .. }, _)) if req.method == "POST" => post_not_allowed(),
-        Some((Target::File { kind, segs }, _)) => resolve(ctx, req, kind, &segs),
+        Some((Resource::Api { kind, segs }, query)) => api(ctx, req, kind, &segs, query),
+        Some((Resource::File { .. }, _)) if req.method == "POST" => post_not_allowed(),
+        Some((Resource::File { kind, segs }, _)) => resolve(ctx, req, kind, &segs),
         None => not_found(),
     }
 }
@@ -147,7 +148,7 @@ fn not_implemented(what: &str) -> Response {
 }
 
 /// The repo id `segs` spell (each segment decoded), if it is one the catalog has.
-fn lookup<'c>(ctx: &'c Ctx, kind: RepoType, segs: &[&str]) -> Option<&'c Repo> {
+fn lookup<'c>(ctx: &'c Shared, kind: RepoType, segs: &[&str]) -> Option<&'c Repo> {
     let parts: Option<Vec<String>> = segs
         .iter()
         .map(|s| decode(s).filter(|d| !d.contains('/')))
@@ -169,7 +170,7 @@ const ACTIONS: [&str; 6] = [
     "commits",
 ];
 
-fn api(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &str) -> Response {
+fn api(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &str) -> Response {
     // The repo id is `org/name` or `name`; the segment after it must be an action (or nothing).
     let found = [2, 1].into_iter().find_map(|n| {
         let rest = segs.get(n..)?;
@@ -268,33 +269,6 @@ fn split_rev<'r>(
     }
     let shown = rest.first().and_then(|r| decode(r)).unwrap_or_default();
     Err(revision_not_found(&shown))
-}
-
-/// ISO 8601 with milliseconds, UTC, as the Hub writes dates (`2024-05-01T12:00:00.000Z`).
-pub(crate) fn iso8601(secs: u64) -> String {
-    let (y, m, d) = civil_from_days(secs / 86_400);
-    let t = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.000Z",
-        t / 3600,
-        t % 3600 / 60,
-        t % 60
-    )
-}
-
-/// Year, month, day of a day count since 1970-01-01 (H. Hinnant's `civil_from_days`).
-/// See: <https://howardhinnant.github.io/date_algorithms.html#civil_from_days>
-pub(crate) fn civil_from_days(days: u64) -> (u64, u64, u64) {
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    (y, m, d)
 }
 
 fn lfs_json(f: &FileEntry, sha_key: &str) -> Option<Value> {
@@ -446,7 +420,7 @@ fn dir_oid(commit: &str, path: &str) -> String {
 
 /// `/api/{type}s/{repo}/tree/{rev}[/{path}]`, one page.
 fn tree(
-    ctx: &Ctx,
+    ctx: &Shared,
     req: &Request<'_>,
     repo: &Repo,
     snap: &Snapshot,
@@ -521,7 +495,7 @@ fn tree(
 }
 
 /// `/{prefix}{repo}/resolve/{rev}/{path}`: the file's headers and, for GET, its bytes.
-fn resolve(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Response {
+fn resolve(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Response {
     let mut shaped = false;
     for n in [2, 1] {
         if segs.get(n) != Some(&"resolve") {
@@ -550,14 +524,14 @@ fn resolve(ctx: &Ctx, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Respo
 /// Opens `disk` (a canonical path the scan found under the root) read-only, resolved beneath
 /// the root at this moment and following no symlink: a folder swapped for a link out of the
 /// root after the scan is not followed.
-fn open_beneath(ctx: &Ctx, disk: &std::path::Path) -> std::io::Result<File> {
+fn open_beneath(ctx: &Shared, disk: &std::path::Path) -> std::io::Result<File> {
     let rel = disk
         .strip_prefix(ctx.root.path())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not under the root"))?;
     ctx.root.open_beneath(rel, rustix::fs::OFlags::RDONLY)
 }
 
-fn file_response(ctx: &Ctx, req: &Request<'_>, commit: &str, f: &FileEntry) -> Response {
+fn file_response(ctx: &Shared, req: &Request<'_>, commit: &str, f: &FileEntry) -> Response {
     let Some(disk) = &f.disk else {
         // Callers answer a file without bytes as missing first.
         return Response::error(500, None, "File not here");

@@ -1,5 +1,5 @@
 //! The kept-alive connections waiting for their next request, so that at the connection cap the
-//! one idle the longest can be closed for a newcomer (see [`super::conn`]).
+//! one idle the longest can be closed for a newcomer (see `http.rs`).
 //!
 //! Invariant: a connection is registered only while it waits for the first byte of a request;
 //! closing it then loses no request. Not here: the cap itself (the accept loop's).

@@ -55,16 +55,17 @@
 //! Xet, conditional requests other than `If-Range`, and watching the root for changes.
 
 mod catalog;
-mod conn;
+mod date;
 mod handler;
+mod http;
 mod idle;
 mod public_url;
-pub(crate) mod range;
+pub(crate) mod range_request;
 mod route;
 mod small_files;
-mod tls;
+mod tls_identity;
 
-pub use tls::TlsIdentity;
+pub use tls_identity::TlsIdentity;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -72,7 +73,21 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::serve::catalog::Catalog;
+use self::catalog::Catalog;
+use self::idle::Idle;
+
+/// What every connection thread shares.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) catalog: Catalog,
+    /// The root (canonical), held open: files are opened beneath it, following no symlink.
+    pub(crate) root: crate::backend::nofollow::Dir,
+    pub(crate) options: ServeOptions,
+    /// Connections being served.
+    pub(crate) active: AtomicUsize,
+    /// Kept-alive connections waiting for their next request.
+    pub(crate) idle: Idle,
+}
 
 /// Tree entries per page by default (what the Hub uses).
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
@@ -190,7 +205,7 @@ pub struct Summary {
 pub struct Server {
     listener: TcpListener,
     local: SocketAddr,
-    ctx: Arc<conn::Ctx>,
+    ctx: Arc<Shared>,
     root: PathBuf,
     summary: Summary,
 }
@@ -250,12 +265,12 @@ impl Server {
         Ok(Server {
             listener,
             local,
-            ctx: Arc::new(conn::Ctx {
+            ctx: Arc::new(Shared {
                 catalog,
                 root: root_dir,
                 options,
                 active: AtomicUsize::new(0),
-                idle: conn::Idle::default(),
+                idle: Idle::default(),
             }),
             root: canonical,
             summary,
@@ -301,17 +316,17 @@ impl Server {
             && !ctx.idle.evict_oldest()
         {
             tracing::warn!(%peer, "connection cap reached; answering 503");
-            conn::reject_busy(stream, ctx.options.tls.is_some());
+            http::reject_busy(stream, ctx.options.tls.is_some());
             return;
         }
         ctx.active.fetch_add(1, Ordering::AcqRel);
-        let guard = conn::ActiveGuard(Arc::clone(ctx));
+        let guard = http::ActiveGuard(Arc::clone(ctx));
         let spawned = std::thread::Builder::new()
             .name("ferry-serve-conn".into())
             .stack_size(256 << 10)
             .spawn(move || {
                 let guard = guard;
-                conn::serve_connection(stream, peer, &guard.0);
+                http::serve_connection(stream, peer, &guard.0);
             });
         if let Err(e) = spawned {
             // The closure (and with it the guard and the stream) was dropped: the count is

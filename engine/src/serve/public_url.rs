@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use super::conn::Ctx;
+use super::Shared;
 
 /// What a reverse proxy says about the URL the client used.
 #[derive(Debug, Default, Clone)]
@@ -19,7 +19,7 @@ pub(crate) struct Forwarded {
 /// the certificate for). Never the client's `Host`: a tree page that names a host of the
 /// client's choosing could be cached by a proxy and handed to others.
 pub(crate) fn public_base(
-    ctx: &Ctx,
+    ctx: &Shared,
     forwarded: &Forwarded,
     peer: SocketAddr,
     (local, sni): (SocketAddr, Option<&str>),

@@ -12,7 +12,7 @@ use crate::hub::RepoType;
 
 /// What a request target asks for, before the catalog is consulted.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Target<'a> {
+pub(crate) enum Resource<'a> {
     /// `/api/{type}s/` and the raw segments after it (repo id, action, ...).
     Api { kind: RepoType, segs: Vec<&'a str> },
     /// `/{prefix}...`: the raw segments after the type prefix (repo id, `resolve`, rev, path).
@@ -21,7 +21,7 @@ pub(crate) enum Target<'a> {
 
 /// Splits a request target into its route and its query (without `?`). Absolute-form targets
 /// (`http://host/path`) are reduced to their path. `None`: not a target this server knows.
-pub(crate) fn parse_target(target: &str) -> Option<(Target<'_>, &str)> {
+pub(crate) fn parse_target(target: &str) -> Option<(Resource<'_>, &str)> {
     let target = match target
         .strip_prefix("http://")
         .or_else(|| target.strip_prefix("https://"))
@@ -35,7 +35,7 @@ pub(crate) fn parse_target(target: &str) -> Option<(Target<'_>, &str)> {
     if segs.first() == Some(&"api") {
         let kind = RepoType::from_plural(segs.get(1)?)?;
         return Some((
-            Target::Api {
+            Resource::Api {
                 kind,
                 segs: segs[2..].to_vec(),
             },
@@ -47,7 +47,7 @@ pub(crate) fn parse_target(target: &str) -> Option<(Target<'_>, &str)> {
         Some(&"spaces") => (RepoType::Space, segs[1..].to_vec()),
         _ => (RepoType::Model, segs),
     };
-    Some((Target::File { kind, segs }, query))
+    Some((Resource::File { kind, segs }, query))
 }
 
 /// Percent-decodes `raw` to UTF-8; `None` when the bytes are not UTF-8.
@@ -110,7 +110,7 @@ mod tests {
         assert_eq!(
             parse_target("/api/models/org/name/revision/main?blobs=true"),
             Some((
-                Target::Api {
+                Resource::Api {
                     kind: RepoType::Model,
                     segs: vec!["org", "name", "revision", "main"]
                 },
@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(
             parse_target("/datasets/org/name/resolve/main/a%20b"),
             Some((
-                Target::File {
+                Resource::File {
                     kind: RepoType::Dataset,
                     segs: vec!["org", "name", "resolve", "main", "a%20b"]
                 },
@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(
             parse_target("http://h:1/org/name/resolve/main/x"),
             Some((
-                Target::File {
+                Resource::File {
                     kind: RepoType::Model,
                     segs: vec!["org", "name", "resolve", "main", "x"]
                 },

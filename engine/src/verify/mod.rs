@@ -184,22 +184,22 @@ pub(crate) struct ReadBackClaim {
 /// What a caller that handed the verifier bytes does next.
 #[derive(Debug)]
 #[must_use = "a run owns the hasher until it is hashed"]
-pub(crate) enum Next<'a> {
+pub(crate) enum HashStep<'a> {
     /// Buffers at the prefix to hash: the caller owns the hasher until the run is done.
     Hash(Run<'a>),
     /// Nothing to hash now; `read_back` when written bytes that left memory wait at the prefix.
     Idle { read_back: bool },
 }
 
-impl Next<'_> {
+impl HashStep<'_> {
     /// Hashes this and every run that follows on the spot; returns whether read-back work
     /// waits at the prefix. For callers that need not stay responsive meanwhile.
     pub(crate) fn hash_all(self) -> bool {
         let mut next = self;
         loop {
             match next {
-                Next::Hash(run) => next = run.finish(),
-                Next::Idle { read_back } => return read_back,
+                HashStep::Hash(run) => next = run.finish(),
+                HashStep::Idle { read_back } => return read_back,
             }
         }
     }
@@ -284,13 +284,13 @@ impl<'a> Run<'a> {
 
     /// Hashes what is left, moves the prefix to the run's end and hands the hasher back; what
     /// follows is the next run (kept buffers that continue it) or nothing.
-    pub(crate) fn finish(mut self) -> Next<'a> {
+    pub(crate) fn finish(mut self) -> HashStep<'a> {
         self.complete()
     }
 
     /// What [`Run::finish`] does, for `finish` and for a run dropped unfinished: afterwards the
     /// run holds no hasher and no buffer.
-    fn complete(&mut self) -> Next<'a> {
+    fn complete(&mut self) -> HashStep<'a> {
         while self.step() {}
         let hasher = self
             .hasher
@@ -387,13 +387,13 @@ impl Verifier {
     /// has room. `Err(buf)` when the window is full: the caller waits for the prefix to move
     /// (backpressure: hashing from memory beats reading back), or gives up waiting with
     /// [`Verifier::spill`].
-    pub(crate) fn written(&self, at: u64, buf: AlignedBuf) -> Result<Next<'_>, AlignedBuf> {
+    pub(crate) fn written(&self, at: u64, buf: AlignedBuf) -> Result<HashStep<'_>, AlignedBuf> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
         if len == 0 || at + len <= s.claimed {
             drop(s);
             BufPool::give(buf);
-            return Ok(Next::Idle { read_back: false });
+            return Ok(HashStep::Idle { read_back: false });
         }
         debug_assert!(at >= s.prefix, "a write overlapping the hashed prefix");
         if at == s.prefix && s.hasher.is_some() {
@@ -402,7 +402,7 @@ impl Verifier {
         if self.window.try_take(len) {
             s.stash_bytes += len;
             s.stash.insert(at, buf);
-            return Ok(Next::Idle { read_back: false });
+            return Ok(HashStep::Idle { read_back: false });
         }
         Err(buf)
     }
@@ -412,7 +412,7 @@ impl Verifier {
     /// continue it, to hash, as from [`Verifier::written`]), or when the prefix reaches it. The
     /// write is still awaited before the file is settled; the connection gives the buffer back
     /// through [`Verifier::landed`] once written.
-    pub(crate) fn submitted(&self, at: u64, buf: SharedBuf) -> Option<Next<'_>> {
+    pub(crate) fn submitted(&self, at: u64, buf: SharedBuf) -> Option<HashStep<'_>> {
         let len = buf.bytes().len() as u64;
         let mut s = self.lock();
         if len == 0 || at + len <= s.claimed {
@@ -481,9 +481,9 @@ impl Verifier {
     }
 
     /// `first` (which starts at the prefix) and every kept or flying buffer that follows, for
-    /// the caller to hash outside the lock; [`Next::Idle`] when there is nothing at the prefix
+    /// the caller to hash outside the lock; [`HashStep::Idle`] when there is nothing at the prefix
     /// to hash.
-    fn next_run<'a>(&'a self, mut s: MutexGuard<'a, State>, first: Option<Held>) -> Next<'a> {
+    fn next_run<'a>(&'a self, mut s: MutexGuard<'a, State>, first: Option<Held>) -> HashStep<'a> {
         let mut end = s.prefix + first.as_ref().map_or(0, |b| b.bytes().len() as u64);
         let mut bufs = VecDeque::from_iter(first);
         loop {
@@ -500,13 +500,13 @@ impl Verifier {
             bufs.push_back(next);
         }
         if bufs.is_empty() {
-            return Next::Idle {
+            return HashStep::Idle {
                 read_back: s.written.contains_key(&s.prefix),
             };
         }
         let hasher = s.hasher.take().expect("the hasher is free");
         s.claimed = end;
-        Next::Hash(Run {
+        HashStep::Hash(Run {
             verifier: self,
             hasher: Some(hasher),
             bufs,
@@ -515,7 +515,7 @@ impl Verifier {
     }
 
     /// A run was hashed: the prefix moves to its end and the hasher comes back.
-    fn ran<'a>(&'a self, hasher: Hasher, end: u64) -> Next<'a> {
+    fn ran<'a>(&'a self, hasher: Hasher, end: u64) -> HashStep<'a> {
         let mut s = self.lock();
         s.hasher = Some(hasher);
         s.stats.from_memory += end - s.prefix;
@@ -551,7 +551,7 @@ impl Verifier {
 
     /// Hashes the bytes of a claimed run, read back from the file; what follows is the kept
     /// buffers that continue it, to hash, or whether more read-back work is waiting.
-    pub(crate) fn complete_read_back(&self, claim: ReadBackClaim, bytes: &[u8]) -> Next<'_> {
+    pub(crate) fn complete_read_back(&self, claim: ReadBackClaim, bytes: &[u8]) -> HashStep<'_> {
         let ReadBackClaim { range, mut hasher } = claim;
         assert_eq!(
             bytes.len() as u64,
@@ -685,10 +685,10 @@ mod tests {
         let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 1000);
         assert!(matches!(
             v.written(200, buf_of(&f[200..400])),
-            Ok(Next::Idle { read_back: false })
+            Ok(HashStep::Idle { read_back: false })
         ));
         assert_eq!(window.used(), 200);
-        let Ok(Next::Hash(mut run)) = v.written(0, buf_of(&f[..200])) else {
+        let Ok(HashStep::Hash(mut run)) = v.written(0, buf_of(&f[..200])) else {
             panic!("the prefix's buffer is handed out to hash");
         };
         // The run took the kept buffer that continues it; the hasher is out meanwhile. The kept
@@ -699,7 +699,7 @@ mod tests {
         // Bytes that arrive at the end of the run meanwhile are kept (the hasher is out) ...
         assert!(matches!(
             v.written(400, buf_of(&f[400..1000])),
-            Ok(Next::Idle { read_back: false })
+            Ok(HashStep::Idle { read_back: false })
         ));
         assert!(v.claim_read_back(1000).is_none());
         assert_eq!(window.used(), 800);
@@ -707,7 +707,7 @@ mod tests {
         assert_eq!(window.used(), 600);
         assert!(!run.step());
         // ... and come next, when the run is done.
-        let Next::Hash(run) = run.finish() else {
+        let HashStep::Hash(run) = run.finish() else {
             panic!("the kept buffer continues the prefix");
         };
         assert_eq!(run.end, 1000);
@@ -723,7 +723,7 @@ mod tests {
         v.written(500, buf_of(&f[500..1000]))
             .expect("the window has room")
             .hash_all();
-        let Ok(Next::Hash(mut run)) = v.written(0, buf_of(&f[..500])) else {
+        let Ok(HashStep::Hash(mut run)) = v.written(0, buf_of(&f[..500])) else {
             panic!("the prefix's buffer is handed out to hash");
         };
         assert!(run.step());
@@ -745,7 +745,7 @@ mod tests {
         };
         assert!(matches!(
             v.written(at, back),
-            Ok(Next::Idle { read_back: false })
+            Ok(HashStep::Idle { read_back: false })
         ));
     }
 
@@ -760,7 +760,7 @@ mod tests {
         assert_eq!((v.prefix(), window.used()), (0, 0));
         // At the prefix: hashed at once, before its write completes.
         let first = shared_of(&f[..200]);
-        let Some(Next::Hash(run)) = v.submitted(0, first.clone()) else {
+        let Some(HashStep::Hash(run)) = v.submitted(0, first.clone()) else {
             panic!("the prefix's buffer is hashed at submit");
         };
         assert!(!run.finish().hash_all());
@@ -779,7 +779,7 @@ mod tests {
         // A written buffer at the prefix makes a run that takes the kept buffer and the one
         // still in flight after it; while the run holds the flying one, its writer cannot take
         // it back.
-        let Ok(Next::Hash(mut run)) = v.written(200, buf_of(&f[200..400])) else {
+        let Ok(HashStep::Hash(mut run)) = v.written(200, buf_of(&f[200..400])) else {
             panic!("the prefix's buffer is handed out to hash");
         };
         assert!(
@@ -808,7 +808,7 @@ mod tests {
         let window = Window::new(50);
         let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 200);
         let first = shared_of(&f[..100]);
-        let Some(Next::Hash(run)) = v.submitted(0, first.clone()) else {
+        let Some(HashStep::Hash(run)) = v.submitted(0, first.clone()) else {
             panic!("hashed at submit");
         };
         // Written before the run hashed it, and the window cannot count it: the writer keeps
@@ -829,7 +829,7 @@ mod tests {
         let v = Verifier::new(Arc::clone(&window), HashAlgorithm::Sha256, 300);
         let flying = shared_of(&f[100..200]);
         assert!(v.submitted(100, flying.clone()).is_none());
-        let Ok(Next::Hash(mut run)) = v.written(0, buf_of(&f[..100])) else {
+        let Ok(HashStep::Hash(mut run)) = v.written(0, buf_of(&f[..100])) else {
             panic!("a run at the prefix, taking the flying buffer along");
         };
         assert!(
@@ -855,13 +855,13 @@ mod tests {
     fn a_buffer_shown_while_the_hasher_is_busy_waits_for_the_prefix() {
         let f = data(600);
         let v = Verifier::new(Window::new(600), HashAlgorithm::Sha256, 600);
-        let Ok(Next::Hash(run)) = v.written(0, buf_of(&f[..200])) else {
+        let Ok(HashStep::Hash(run)) = v.written(0, buf_of(&f[..200])) else {
             panic!("a run at the prefix");
         };
         // The run holds the hasher: the next buffer is not hashed now, but shown.
         assert!(v.submitted(200, shared_of(&f[200..400])).is_none());
         // The run's end brings it along, in flight.
-        let Next::Hash(run) = run.finish() else {
+        let HashStep::Hash(run) = run.finish() else {
             panic!("the flying buffer continues the prefix");
         };
         assert!(!run.finish().hash_all());
@@ -871,7 +871,7 @@ mod tests {
         let failed = shared_of(&f[500..600]);
         assert!(v.submitted(500, failed.clone()).is_none());
         drop(v.landed(500, failed));
-        let Some(Next::Hash(run)) = v.submitted(400, shared_of(&f[400..500])) else {
+        let Some(HashStep::Hash(run)) = v.submitted(400, shared_of(&f[400..500])) else {
             panic!("at the prefix, hashed at once");
         };
         assert!(!run.finish().hash_all());

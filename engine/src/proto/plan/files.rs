@@ -36,9 +36,9 @@ pub(crate) struct Offer {
 
 /// What a free lane does next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Next {
+pub(crate) enum LaneStep {
     /// Join active file `i` (an index into the offers) and take ranges from it.
-    Help(usize),
+    Join(usize),
     /// Start a file not yet started. When the caller finds none left to pop, it asks again with
     /// `may_start` false.
     Start,
@@ -50,25 +50,25 @@ pub(crate) enum Next {
 
 /// The decision for a free lane. `may_start`: files may be left to start; `probing`: files
 /// started whose first answer has not come yet.
-pub(crate) fn next(active: &[Offer], may_start: bool, probing: usize) -> Next {
+pub(crate) fn next(active: &[Offer], may_start: bool, probing: usize) -> LaneStep {
     let frontier = active
         .iter()
         .enumerate()
         .filter(|(_, o)| o.frontier_left > 0)
         .max_by_key(|&(i, o)| (o.frontier_left, std::cmp::Reverse(i)));
     if let Some((i, _)) = frontier {
-        return Next::Help(i);
+        return LaneStep::Join(i);
     }
     if may_start {
-        return Next::Start;
+        return LaneStep::Start;
     }
     if let Some(i) = active.iter().position(|o| o.has_work) {
-        return Next::Help(i);
+        return LaneStep::Join(i);
     }
     if probing > 0 || !active.is_empty() {
-        return Next::Wait;
+        return LaneStep::Wait;
     }
-    Next::Exit
+    LaneStep::Exit
 }
 
 #[cfg(test)]
@@ -94,17 +94,17 @@ mod tests {
     fn decisions() {
         // The frontier with the most left wins, before new files.
         let a = [offer(5, true), offer(9, true), offer(0, true)];
-        assert_eq!(next(&a, true, 0), Next::Help(1));
+        assert_eq!(next(&a, true, 0), LaneStep::Join(1));
         // No frontier left: new files before splits.
         let b = [offer(0, true)];
-        assert_eq!(next(&b, true, 0), Next::Start);
-        assert_eq!(next(&b, false, 0), Next::Help(0));
+        assert_eq!(next(&b, true, 0), LaneStep::Start);
+        assert_eq!(next(&b, false, 0), LaneStep::Join(0));
         // Nothing to take: wait while something may still offer work, else leave.
         let c = [offer(0, false)];
-        assert_eq!(next(&c, false, 0), Next::Wait);
-        assert_eq!(next(&[], false, 1), Next::Wait);
-        assert_eq!(next(&[], false, 0), Next::Exit);
-        assert_eq!(next(&[], true, 0), Next::Start);
+        assert_eq!(next(&c, false, 0), LaneStep::Wait);
+        assert_eq!(next(&[], false, 1), LaneStep::Wait);
+        assert_eq!(next(&[], false, 0), LaneStep::Exit);
+        assert_eq!(next(&[], true, 0), LaneStep::Start);
     }
 
     /// A lane in the simulation.
@@ -162,7 +162,7 @@ mod tests {
                         .collect();
                     let probing = files.iter().filter(|f| matches!(f, File::Probing)).count();
                     match next(&offers, !queue.is_empty(), probing) {
-                        Next::Help(i) => {
+                        LaneStep::Join(i) => {
                             let f = active[i];
                             let File::Active(plan) = &mut files[f] else {
                                 unreachable!()
@@ -176,7 +176,7 @@ mod tests {
                                 at: range.start,
                             };
                         }
-                        Next::Start => {
+                        LaneStep::Start => {
                             let f = queue.pop_front().expect("may_start");
                             files[f] = File::Probing;
                             requests += 1;
@@ -187,14 +187,14 @@ mod tests {
                                 at: 0,
                             };
                         }
-                        Next::Wait => {
+                        LaneStep::Wait => {
                             assert!(
                                 offers.iter().all(|o| !o.has_work) && queue.is_empty(),
                                 "a lane waits while work is there"
                             );
                             break;
                         }
-                        Next::Exit => *lane = Lane::Gone,
+                        LaneStep::Exit => *lane = Lane::Gone,
                     }
                 }
             }

@@ -53,7 +53,7 @@ struct Lease {
 
 /// Where a lease came from (for the report and the tests).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Source {
+pub(crate) enum LeaseOrigin {
     Retry,
     Frontier,
     Split,
@@ -150,9 +150,9 @@ impl Plan {
 
     /// The next lease for a free connection, or `None` when nothing is left to hand out (other
     /// connections may still be receiving).
-    pub(crate) fn take(&mut self) -> Option<(LeaseId, Range<u64>, Source)> {
+    pub(crate) fn take(&mut self) -> Option<(LeaseId, Range<u64>, LeaseOrigin)> {
         if let Some(r) = self.retry.pop() {
-            return Some((self.insert(r.clone()), r, Source::Retry));
+            return Some((self.insert(r.clone()), r, LeaseOrigin::Retry));
         }
         if let Some(gap) = self.todo.front() {
             let start = gap.start;
@@ -162,7 +162,7 @@ impl Plan {
             } else if let Some(gap) = self.todo.front_mut() {
                 gap.start = end;
             }
-            return Some((self.insert(start..end), start..end, Source::Frontier));
+            return Some((self.insert(start..end), start..end, LeaseOrigin::Frontier));
         }
         let (victim, mid) = self
             .leases
@@ -176,7 +176,7 @@ impl Plan {
         let end = lease.end;
         lease.end = mid;
         self.splits += 1;
-        Some((self.insert(mid..end), mid..end, Source::Split))
+        Some((self.insert(mid..end), mid..end, LeaseOrigin::Split))
     }
 
     /// The holder of `id`, now at `at`, wants to read up to `want` more bytes: how many it may
@@ -438,7 +438,7 @@ mod tests {
         let mut got = vec![(6 << 20, 7 << 20)];
         let mut last_start = 0;
         while let Some((id, r, src)) = plan.take() {
-            assert_eq!(src, Source::Frontier, "nothing held, nothing to split");
+            assert_eq!(src, LeaseOrigin::Frontier, "nothing held, nothing to split");
             assert!(r.start >= last_start, "in file order");
             last_start = r.start;
             got.push((r.start, r.end));
@@ -509,7 +509,7 @@ mod tests {
         let mut last_end = FIRST_CHUNK;
         let mut last_len = u64::MAX;
         while let Some((id, r, src)) = plan.take() {
-            if src != Source::Frontier {
+            if src != LeaseOrigin::Frontier {
                 break;
             }
             assert_eq!(r.start, last_end, "in file order");
@@ -531,7 +531,7 @@ mod tests {
                 plan = plan.spread_within(bytes);
             }
             let (_, r, src) = plan.take().expect("frontier");
-            assert_eq!(src, Source::Frontier);
+            assert_eq!(src, LeaseOrigin::Frontier);
             r.end - r.start
         };
         assert_eq!(first_len(16, None), MAX_CHUNK);
@@ -560,7 +560,7 @@ mod tests {
         assert_eq!(r, 0..100 << 20);
         assert_eq!(plan.reserve(a, 0, 30 << 20), 30 << 20);
         let (b, r, src) = plan.take().expect("split");
-        assert_eq!(src, Source::Split);
+        assert_eq!(src, LeaseOrigin::Split);
         assert_eq!(r, 65 << 20..100 << 20, "middle of 30..100 MiB");
         assert_eq!(plan.end_of(a), 65 << 20);
         // The holder of `a` can read to the new end and no further.
@@ -584,7 +584,7 @@ mod tests {
             plan.give_back(lease, 5 << 20).expect("retry allowed");
         }
         let (id, r, src) = plan.take().expect("retry");
-        assert_eq!((r, src), (5 << 20..10 << 20, Source::Retry));
+        assert_eq!((r, src), (5 << 20..10 << 20, LeaseOrigin::Retry));
         assert_eq!(plan.give_back(id, 6 << 20), Err(()), "retries used up");
         assert_eq!(plan.retries(), MAX_RETRIES);
     }
@@ -595,7 +595,7 @@ mod tests {
             return first;
         }
         let (id, r, src) = plan.take().expect("retry lease");
-        assert_eq!((r, src), (5 << 20..10 << 20, Source::Retry));
+        assert_eq!((r, src), (5 << 20..10 << 20, LeaseOrigin::Retry));
         id
     }
 }

@@ -3,7 +3,7 @@
 //! until the client closes, says `Connection: close`, or idles past
 //! [`ServeOptions::idle_timeout`](super::ServeOptions::idle_timeout).
 //!
-//! A kept-alive connection waiting for its next request is registered as idle ([`Idle`]): when
+//! A kept-alive connection waiting for its next request is registered as idle ([`Idle`](super::idle::Idle)): when
 //! every slot is taken, the server closes the longest-idle one for the newcomer instead of
 //! answering 503, so clients that hold connections open between rare requests cannot starve
 //! the others.
@@ -23,14 +23,13 @@
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
-use super::ServeOptions;
-use super::catalog::Catalog;
-use super::handler::{Body, Request, Response, civil_from_days, handle};
-pub(crate) use super::idle::Idle;
+use super::date::http_date;
+use super::handler::{Body, Request, Response, handle};
 use super::public_url::{Forwarded, public_base};
+use super::{ServeOptions, Shared};
 
 /// Largest request body read (a POST of `paths-info`: a list of paths), in bytes.
 pub(crate) const MAX_BODY: u64 = 1 << 20;
@@ -39,22 +38,9 @@ pub(crate) const MAX_HEAD: usize = 16 << 10;
 /// Most header fields accepted in one request.
 pub(crate) const MAX_HEADERS: usize = 64;
 
-/// What every connection thread shares.
+/// Holds one slot of [`Shared::active`]; gives it back when dropped (also on panic).
 #[derive(Debug)]
-pub(crate) struct Ctx {
-    pub catalog: Catalog,
-    /// The root (canonical), held open: files are opened beneath it, following no symlink.
-    pub root: crate::backend::nofollow::Dir,
-    pub options: ServeOptions,
-    /// Connections being served.
-    pub active: AtomicUsize,
-    /// Kept-alive connections waiting for their next request.
-    pub idle: Idle,
-}
-
-/// Holds one slot of [`Ctx::active`]; gives it back when dropped (also on panic).
-#[derive(Debug)]
-pub(crate) struct ActiveGuard(pub Arc<Ctx>);
+pub(crate) struct ActiveGuard(pub Arc<Shared>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
@@ -93,7 +79,7 @@ impl Wire {
     }
 
     /// Runs the server side of the TLS handshake, within the head deadline.
-    fn accept_tls(tcp: TcpStream, ctx: &Ctx) -> io::Result<Wire> {
+    fn accept_tls(tcp: TcpStream, ctx: &Shared) -> io::Result<Wire> {
         let Some(identity) = &ctx.options.tls else {
             return Ok(Wire::Plain(tcp));
         };
@@ -274,7 +260,7 @@ fn parse_head(buf: &[u8]) -> Parsed {
 }
 
 /// Serves requests on `stream` until it closes or fails.
-pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Ctx) {
+pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Shared) {
     let _ = tcp.set_nodelay(true);
     if let Err(e) = tcp.set_write_timeout(Some(ctx.options.write_timeout)) {
         tracing::debug!(%peer, error = %e, "cannot set a send timeout; closing");
@@ -424,7 +410,7 @@ fn read_body(
 /// Waits up to the idle timeout for the first bytes of the next request, registered as idle
 /// meanwhile (so the accept thread may close it for a newcomer). Returns the registration,
 /// which the caller ends once the head is read, and whether bytes arrived.
-fn wait_for_request(stream: &mut Wire, ctx: &Ctx, buf: &mut Vec<u8>) -> (Option<usize>, bool) {
+fn wait_for_request(stream: &mut Wire, ctx: &Shared, buf: &mut Vec<u8>) -> (Option<usize>, bool) {
     let id = ctx.idle.enter(stream.tcp());
     let mut chunk = [0u8; 4096];
     if stream
@@ -521,28 +507,6 @@ fn reason(status: u16) -> &'static str {
         503 => "Service Unavailable",
         _ => "Unknown",
     }
-}
-
-/// `Sun, 06 Nov 1994 08:49:37 GMT` (RFC 9110 IMF-fixdate) for now.
-fn http_date() -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let days = secs / 86_400;
-    let (y, m, d) = civil_from_days(days);
-    let t = secs % 86_400;
-    format!(
-        "{}, {d:02} {} {y} {:02}:{:02}:{:02} GMT",
-        DAYS[(days % 7) as usize],
-        MONTHS[(m as usize).saturating_sub(1) % 12],
-        t / 3600,
-        t % 3600 / 60,
-        t % 60
-    )
 }
 
 fn write_response(
