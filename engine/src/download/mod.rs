@@ -21,6 +21,7 @@
 //! resumes such a file from its gaps. Not here: HTTP parsing and every per-file decision
 //! (`proto/`), connecting (`net/`), how bytes reach the disk (`backend/`).
 
+mod body;
 mod conn;
 pub(crate) mod durable;
 mod file;
