@@ -28,9 +28,9 @@ use super::lease::{join_file, run_ranged};
 use super::request::Lane;
 use super::settle::{Settled, settle};
 use super::stream::run_stream;
-use crate::Report;
 use crate::error::GetError;
 use crate::proto::plan::files::{self, LaneStep, Offer};
+use crate::report::Report;
 use crate::runtime::{Dispatcher, Task};
 
 /// Files a job settles in the background at once (each holds a descriptor while its fsync

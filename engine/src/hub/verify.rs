@@ -13,9 +13,10 @@ use serde::Serialize;
 
 use super::error::HubError;
 use super::layout::Place;
-use super::pull::{PullOptions, list_somewhere};
+use super::pull::PullOptions;
+use super::remote::list_somewhere;
 use super::repo::is_commit;
-use crate::Engine;
+use crate::engine::Engine;
 
 /// What became of one file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
