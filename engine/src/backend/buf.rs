@@ -15,9 +15,8 @@
 //! chunks are what the io_uring workers register as fixed buffers, [`super::fixed`], so it is
 //! never unmapped, and a buffer asked for when it is full comes from the heap). The kernel can
 //! back each chunk with one transparent huge page: a buffer's first use then faults once per
-//! 2 MiB instead of once per 4 KiB page. Measured on a verified 8 GiB download, interleaved, 3 pairs: 49.5 thousand page
-//! faults became 490, and system time fell by 0.1-0.2 s (`perf stat -e page-faults`). Where THP
-//! is off, the chunks are ordinary pages and nothing else changes. Sizes that are a multiple of
+//! 2 MiB instead of once per 4 KiB page (measured: docs/decisions.md, "Huge-page buffers").
+//! Where THP is off, the chunks are ordinary pages and nothing else changes. Sizes that are a multiple of
 //! 2 MiB get a mapping of their own, marked the same way; other sizes come from the heap.
 //!
 //! A filled buffer can be shared read-only ([`SharedBuf`]) by its write and the sha256, which

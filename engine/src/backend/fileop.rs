@@ -9,25 +9,16 @@
 //!   written through the page cache otherwise stay dirty until the kernel's flusher takes them,
 //!   which it starts only past the dirty background threshold (10% of memory); past the dirty
 //!   limit the writer is throttled, and the final fsync waits for whatever is still dirty.
-//!   Started a stretch at a time, the disk writes from the first megabytes on. Measured on
-//!   8 GiB from nginx, verified, in safe mode: 21.8 s and 2.63 CPU s/GB without, 16.8 s and
-//!   2.10 CPU s/GB with (3 alternated rounds; 27.6 s against 19.3 s in 2 more), where curl took
-//!   22.3 s.
+//!   Started a stretch at a time, the disk writes from the first megabytes on (measured:
+//!   docs/decisions.md, "Writeback per stretch").
 //!
 //! - [`drop_behind`] (`IORING_OP_SYNC_FILE_RANGE` waiting for the writeback, then
 //!   `IORING_OP_FADVISE` with `POSIX_FADV_DONTNEED`): a stretch written back a while ago leaves
 //!   the page cache, so that a buffered sink's cached pages stay a few stretches however large
 //!   the file, and the pages it frees are the ones its next writes get. Pages the page cache
 //!   has to take fresh are dear on a virtual machine that hands free memory back to its host
-//!   (free page reporting, as on this project's machines: `page_reporting_order=11`): the
-//!   first touch of each is a fault in the host, and the copy into it took 2-2.7 CPU s per GiB
-//!   against 0.2 s for a page that was freed a moment before. Measured writing 8 GiB through
-//!   the page cache, 1 MiB at a time, then fsync: 15.6-18.2 s and 14.4-16.4 CPU s with or
-//!   without starting writeback per stretch, 5.0-5.7 s and 2.3-2.6 CPU s dropping each
-//!   stretch four or eight behind. In ferry's safe mode (8 GiB from nginx, verified, 3
-//!   alternated rounds): 23.0 s and 2.86 CPU s/GB before, 8.6 s and 1.01 CPU s/GB after. On
-//!   bare metal the same keeps a download from pushing a machine's working set out of its
-//!   page cache.
+//!   (measured: docs/decisions.md, "Dropping written stretches from the page cache"); on bare
+//!   metal the same keeps a download from pushing a machine's working set out of its cache.
 //!
 //! - [`written_back`] (`sync_file_range` on the blocking pool, whole file): after a `syncfs`
 //!   made a group of files durable, each file's own writeback errors.

@@ -3,10 +3,9 @@
 //!
 //! On the polling driver compio runs every file operation on a blocking pool capped near the
 //! core count, and when all of its threads are busy, the runtime thread that submits one more
-//! spins (`sched_yield`) until a thread frees up. With 16 connections each keeping 4 writes in
-//! flight, the worker that should be reading sockets spent its time yielding: safe mode on
-//! 2 GiB took 8.6 s and 12.8 CPU s with `-c 16` against 4.9 s and 5.4 CPU s with `-c 2`. The
-//! gate lets at most as many of the sink's writes and reads through as the pool has threads;
+//! spins (`sched_yield`) until a thread frees up: with 16 connections the worker that should
+//! read sockets spent its time yielding (measured: docs/decisions.md, "Gates in front of file
+//! I/O"). The gate lets at most as many of the sink's writes and reads through as the pool has threads;
 //! the others wait asleep, and the runtime thread stays free for the sockets. On io_uring no
 //! gate is installed and [`enter`] returns at once.
 //!
@@ -14,10 +13,9 @@
 //! writing one file never write in parallel: the second spins on the first
 //! (`rwsem_spin_on_owner`) and both copy slower. That happened on both back-ends: in safe mode
 //! between the pool threads of the two workers, on io_uring between the two workers' io-wq
-//! threads (each ring's io-wq keeps its own writes to a file in line, not another ring's).
-//! Measured on 2 GiB, verified, from nginx: 20% of `--sink buffered`'s CPU in that spin and 47%
-//! in the page-cache copy; 6% and 20% in safe mode, where curl's copy is 5%. So buffered writes
-//! of one file take turns (a single [`Tokens`]), before they ask the gate for a pool thread.
+//! threads (each ring's io-wq keeps its own writes to a file in line, not another ring's; the
+//! cost: docs/decisions.md, "Gates in front of file I/O"). So buffered writes of one file take
+//! turns (a single [`Tokens`]), before they ask the gate for a pool thread.
 //!
 //! Not here: which operations are gated (the sink decides), or the pool itself (compio's).
 

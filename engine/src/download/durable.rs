@@ -9,9 +9,7 @@
 //! virtual machine, each an exit to the host), and ext4 without a journal flushes the disk for
 //! every file. `syncfs` writes every dirty page and inode of the filesystem in one pass, where
 //! neighbouring files' blocks merge into large requests and sixteen inodes share a block, then
-//! flushes once. Measured on this project's machine (ext4, 2,000 files of 4-64 KiB, written
-//! then made durable): the `syncfs` took 0.03 s, where fsyncing each file made the download
-//! 0.1 s longer on two busy cores.
+//! flushes once (measured: docs/decisions.md, "Grouped syncfs").
 //!
 //! A group is committed with `syncfs` only where that is safe and cheap:
 //! - on a local filesystem whose `syncfs` is a full sync (ext2/3/4, XFS, btrfs, f2fs, tmpfs;

@@ -34,9 +34,8 @@ use crate::verify::{Checksum, Verifier, Window};
 /// On the direct sink, a file that comes whole in one answer and is smaller than this is
 /// written through the page cache instead: one write, flushed when the file is made durable,
 /// where O_DIRECT costs a second descriptor (an open) and splits the file into an aligned part
-/// and a buffered tail, two writes to the disk. 2,000 files of 4-64 KiB: 0.54 s against 0.62 s
-/// (medians of 6). Larger files keep O_DIRECT: their page-cache copy would cost more than the
-/// open saves.
+/// and a buffered tail, two writes to the disk (measured: docs/decisions.md, "Small files
+/// through the page cache"). Larger files keep O_DIRECT.
 pub(super) const WHOLE_BUFFERED_BELOW: u64 = 1 << 20;
 
 /// Progress counters of a job, shared with its [`Job`](crate::Job) handle.

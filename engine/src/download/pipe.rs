@@ -236,8 +236,7 @@ impl Pipeline {
 /// near the end) may hold, in its newest write, the very bytes the verifier's prefix waits for,
 /// while its older writes, further on, wait for room in the window, which only the prefix
 /// moving frees. Taken oldest first, they held the prefix back until [`WINDOW_WAIT`] ran out,
-/// once per such write: measured on 2 GiB from nginx, 2 to 4 of every 8 verified downloads
-/// stalled about 1.5 s at the end and read 10-44 MiB back.
+/// once per such write (measured: docs/decisions.md, "The hash window").
 fn lowest(offsets: impl Iterator<Item = u64>) -> Option<usize> {
     offsets
         .enumerate()
