@@ -213,7 +213,7 @@ impl Engine {
         let dialer = self.dialer.clone();
         let task: runtime::Task = Box::new(move || {
             Box::pin(async move {
-                let mut resolved = download::Resolver::new(dialer);
+                let mut resolved = net::target::Resolver::new(dialer);
                 let _ = tx.send(download::ping::ping(&url, bytes, &mut resolved).await);
             })
         });

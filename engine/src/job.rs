@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::download::{self, JobProgress, Secret};
+use crate::download::{self, JobProgress};
 use crate::error::GetError;
+use crate::net::target::Secret;
 use crate::report::Report;
 use crate::verify::HashAlgorithm;
 

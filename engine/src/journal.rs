@@ -25,7 +25,7 @@
 //! dropped), then rewrites it compacted (one `W` per merged run, through a temporary file,
 //! fsync, rename). A lock on the journal's folder (`flock`) keeps two processes from sharing it.
 //!
-//! Not here: what to fetch next ([`crate::proto::plan`]), or the bytes themselves ([`crate::get`]).
+//! Not here: what to fetch next ([`crate::proto::plan`]), or the bytes themselves (`download/`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{OsStr, OsString};

@@ -8,8 +8,8 @@
 //! missing, is the engine's policy (`ferry::backend`). Probes run once: [`uring()`] caches its answer
 //! for the life of the process, and [`probe`] is meant to be called once per run.
 //!
-//! `unsafe` appears only where no safe wrapper exists (a few `setsockopt`/`recvmmsg` calls and one
-//! aligned allocation), each with a `// SAFETY:` comment.
+//! `unsafe` appears only where no safe wrapper exists (a few `setsockopt`/`recvmmsg` calls in
+//! `net.rs`), each with a `// SAFETY:` comment.
 #![warn(missing_docs)]
 
 use std::path::Path;

@@ -12,9 +12,9 @@
 //! and every report carries. An EINVAL from a kernel that should accept our flags fails loudly: it
 //! is a bug, not a missing feature. The facts come from `kernel-probes`; this module only decides.
 //!
-//! The data path's own pieces live here too: page-aligned buffers and their per-worker pool
+//! The data path's own pieces live here too: page-aligned buffers and their process-wide pool
 //! ([`buf`]), and the sinks that put bytes in files ([`sink`]: O_DIRECT or buffered). The job
-//! (`get/`) drives them the same way on both back-ends; what differs is the driver compio runs
+//! (`download/`) drives them the same way on both back-ends; what differs is the driver compio runs
 //! (io_uring or polling) and the sink chosen.
 
 pub(crate) mod buf;

@@ -12,7 +12,7 @@ use super::{Global, exit, get_error_code, parse_size};
 
 #[derive(Debug, Args)]
 pub(crate) struct GetArgs {
-    /// URLs to download (http://).
+    /// URLs to download (http:// or https://).
     #[arg(required_unless_present = "input", value_name = "URL")]
     urls: Vec<String>,
     /// Read more URLs from FILE (`-` for stdin): one per line, optionally followed by the
@@ -108,7 +108,6 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
     code
 }
 
-/// Pairs each URL with its output path.
 /// A download of the command line: URL, output path, sha256 to check.
 type Planned = (String, PathBuf, Option<String>);
 

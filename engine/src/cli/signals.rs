@@ -5,7 +5,7 @@
 //! that code. Both are safe for the data: the journal is appended after every completed write,
 //! so even an exit at once loses no recorded byte (as after `kill -9`).
 //!
-//! Not here: what stopping means for a download (`ferry::get`), or other commands (`serve` and
+//! Not here: what stopping means for a download (`download/`), or other commands (`serve` and
 //! `ping` keep the default: a signal ends them).
 
 use std::sync::atomic::{AtomicI32, Ordering};

@@ -16,6 +16,9 @@ use super::{Global, exit};
 
 /// Arguments of `ferry verify`.
 #[derive(Debug, Args)]
+#[command(mut_arg("local_dir", |a| {
+    a.help("Check plain files in DIR (a --local-dir pull, with its .cache/huggingface metadata) instead of the cache")
+}))]
 pub(crate) struct VerifyArgs {
     #[command(flatten)]
     repo: RepoArgs,

@@ -128,8 +128,8 @@ impl Lanes {
         let locals = std::mem::take(&mut *self.locals.lock().unwrap_or_else(|p| p.into_inner()));
         let mut started = 0;
         for (id, local) in locals.into_iter().enumerate() {
-            let batch = Arc::clone(self);
-            let task: Task = Box::new(move || Box::pin(async move { batch.lane(id, local).await }));
+            let lanes = Arc::clone(self);
+            let task: Task = Box::new(move || Box::pin(async move { lanes.lane(id, local).await }));
             if workers.run(task) {
                 started += 1;
             }
@@ -266,8 +266,8 @@ impl Lanes {
             s.settling <= SETTLING_MAX
         };
         if background {
-            let batch = Arc::clone(self);
-            compio::runtime::spawn(async move { batch.settle(f).await }).detach();
+            let lanes = Arc::clone(self);
+            compio::runtime::spawn(async move { lanes.settle(f).await }).detach();
         } else {
             self.settle(f).await;
         }

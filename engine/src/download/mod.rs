@@ -55,7 +55,7 @@ use crate::engine::Engine;
 use crate::error::GetError;
 use crate::job::{GetItem, Job};
 use crate::journal::Journal;
-pub(crate) use crate::net::target::{Resolver, Secret, Target, take_credentials};
+use crate::net::target::{Resolver, Target};
 use crate::proto::sources::Endpoints;
 use crate::verify::{Checksum, HashAlgorithm, Window};
 
@@ -88,7 +88,7 @@ pub(crate) fn start(
     let mut dirs_ok = HashSet::new();
     let mut dirs: HashMap<PathBuf, Dir> = HashMap::new();
     let cwd = std::env::current_dir().ok();
-    let counters = Arc::new(JobProgress::new(
+    let progress = Arc::new(JobProgress::new(
         items.len() as u64,
         Arc::clone(engine.interrupted()),
     ));
@@ -107,7 +107,7 @@ pub(crate) fn start(
         durable: durable::Durable::new(items.len() > 1),
     });
     let shared = JobShared {
-        progress: Arc::clone(&counters),
+        progress: Arc::clone(&progress),
         window: Window::new(HASH_WINDOW),
         started,
         endpoints: Arc::new(Endpoints::default()),
@@ -181,9 +181,9 @@ pub(crate) fn start(
     }
     check_collisions(&outputs)?;
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let batch = Lanes::new(files, Arc::clone(&counters), settings.connections, done_tx);
-    if batch.start(engine.dispatcher()) == 0 {
+    let lanes = Lanes::new(files, Arc::clone(&progress), settings.connections, done_tx);
+    if lanes.start(engine.dispatcher()) == 0 {
         return Err(GetError::EngineStopped);
     }
-    Ok(Job::new(counters, done_rx))
+    Ok(Job::new(progress, done_rx))
 }

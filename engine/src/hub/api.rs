@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use url::Url;
 
 use super::error::HubError;
-use crate::download::Secret;
 use crate::net::proxy::Handshake;
+use crate::net::target::Secret;
 use crate::net::tls::HandshakeError;
 use crate::net::{Dialer, Route};
 use crate::proto::http1::{self, ChunkedDecoder, Framing, ResponseHead, redirect};

@@ -23,11 +23,11 @@ use super::layout::{Layout, Place};
 use super::listing::{Filter, RemoteFile};
 use super::remote::{file_url, list_somewhere};
 use super::repo::{RepoId, RepoType};
-use crate::download::Secret;
 use crate::engine::Engine;
 use crate::error::GetError;
 use crate::job::{GetItem, Job};
 use crate::journal::{self, Journal};
+use crate::net::target::Secret;
 use crate::report::{EndpointReport, Report};
 use crate::verify::HashAlgorithm;
 
@@ -193,7 +193,7 @@ impl<'e> Pull<'e> {
         let started = Instant::now();
         // `user:password@` in the endpoint is its credential (a token given wins); it leaves
         // the URL, so no message shows it.
-        if let Some(basic) = crate::download::take_credentials(&mut options.endpoint) {
+        if let Some(basic) = crate::net::target::take_credentials(&mut options.endpoint) {
             options.authorization.get_or_insert(basic);
         }
         let filter = Filter::new(&options.include, &options.exclude).map_err(HubError::Usage)?;

@@ -41,7 +41,7 @@ pub(crate) fn list_somewhere(
     {
         // The token goes to the endpoint only; credentials in a URL to that URL's origin.
         let mut endpoint = endpoint.clone();
-        let in_url = crate::download::take_credentials(&mut endpoint);
+        let in_url = crate::net::target::take_credentials(&mut endpoint);
         let token = (i == 0).then(|| options.authorization.clone()).flatten();
         let api = Api::new(endpoint.clone(), token.or(in_url), engine.dialer().clone());
         let listed = resolve_revision(&api, options)

@@ -3,7 +3,7 @@
 //! Everything here is a pure function of its inputs; time (`Instant`s) and randomness (a
 //! jitter in `[0, 1)`) come in as arguments, so every decision is unit-tested without a
 //! socket. The data plane (`download/`) performs what these decide. Not here: any I/O, any
-//! `unsafe` (each file forbids it).
+//! `unsafe` (forbidden for the whole module tree, below).
 #![forbid(unsafe_code)]
 
 pub(crate) mod file;

@@ -12,7 +12,7 @@
 //! | TLS (a certificate that does not verify), a proxy's refusal | fail | |
 //! | a malformed answer, a size that changed, a redirect loop | fail | |
 //! | a local error (I/O, permissions), a bad URL or path | fail | |
-//! | a full disk | fail, after waiting for space (`get/space.rs`) | `--space-wait` |
+//! | a full disk | fail, after waiting for space (`download/space.rs`) | `--space-wait` |
 //!
 //! One exception, in the data plane: a connection refused on a file's first request fails at
 //! once (nothing listens there: a wrong host or port); later, a refusal is retried (a server
@@ -21,7 +21,7 @@
 //! Backoff is exponential with full jitter (the caller passes the randomness in): a uniformly random wait below `250 ms x 2^(n-1)`,
 //! capped at 20 s. Retries are bounded by the caller (attempts per API request, retries per
 //! file in the data plane) and logged as warnings, so they show. A wrong sha256 is not here: the
-//! data plane fetches the file once more by itself ([`crate::get`]).
+//! data plane fetches the file once more by itself (`download/settle.rs`).
 //!
 //! This module decides; it does not sleep or count.
 

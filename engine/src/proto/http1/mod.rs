@@ -1,7 +1,7 @@
 //! Sans-IO HTTP/1.1 client codec: request writer, response head parser (on httparse), body
 //! framing, `Content-Range` parsing and a chunked-transfer decoder.
 //!
-//! Nothing here touches a socket or a clock; the connection code in `get/` feeds bytes in and
+//! Nothing here touches a socket or a clock; the connection code in `download/` feeds bytes in and
 //! acts on what comes out, so every rule here is unit-tested and can be fuzzed. It does not follow
 //! redirects, retry, or decide what a status means for a download: that is the caller's policy.
 #![forbid(unsafe_code)]

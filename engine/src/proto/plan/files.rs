@@ -13,7 +13,7 @@
 //! together); waiting, while a probing or active file may yet offer work; and leaving.
 //!
 //! Which lane pops which unstarted file (the crossbeam deques) and the locking are the job's
-//! business (`get/batch.rs`); this module only decides.
+//! business (`download/lanes.rs`); this module only decides.
 #![forbid(unsafe_code)]
 
 /// The order in which files are started: unknown sizes first in the order given (any of them
