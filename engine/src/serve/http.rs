@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::date::http_date;
-use super::handler::{Body, Request, Response, handle};
+use super::Shared;
+use super::handler::{Request, Response, handle};
 use super::public_url::{Forwarded, public_base};
-use super::{ServeOptions, Shared};
+use super::send::{Pace, reason, send_file, write_response};
 
 /// Largest request body read (a POST of `paths-info`: a list of paths), in bytes.
 pub(crate) const MAX_BODY: u64 = 1 << 20;
@@ -67,7 +67,7 @@ pub(crate) fn reject_busy(mut stream: TcpStream, tls: bool) {
 }
 
 /// A served connection: plain TCP, or rustls over it.
-type Wire = crate::net::tls::Wire<rustls::ServerConnection>;
+pub(super) type Wire = crate::net::tls::Wire<rustls::ServerConnection>;
 
 impl Wire {
     /// The server name the client asked for in the TLS handshake (SNI).
@@ -101,7 +101,7 @@ impl Wire {
 
     /// Sends `len` bytes of `file` from `offset`: sendfile(2) on plain TCP, read and encrypt
     /// over TLS. `pace` cuts off a client that reads too slowly.
-    fn send_file(
+    pub(super) fn send_file(
         &mut self,
         file: &std::fs::File,
         (offset, len): (u64, u64),
@@ -493,235 +493,5 @@ fn linger_close(stream: &mut Wire) {
     }
 }
 
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        416 => "Range Not Satisfiable",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Unknown",
-    }
-}
-
-fn write_response(
-    stream: &mut Wire,
-    r: Response,
-    (head_only, close): (bool, bool),
-    options: &ServeOptions,
-) -> io::Result<()> {
-    let mut head = format!("HTTP/1.1 {} {}\r\n", r.status, reason(r.status));
-    head.push_str(&format!(
-        "Content-Length: {}\r\nDate: {}\r\nServer: ferry/{}\r\nConnection: {}\r\n",
-        r.body_len(),
-        http_date(),
-        env!("CARGO_PKG_VERSION"),
-        if close { "close" } else { "keep-alive" }
-    ));
-    for (name, value) in &r.headers {
-        head.push_str(name);
-        head.push_str(": ");
-        head.push_str(value);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    match r.body {
-        Body::Bytes(bytes) => {
-            let mut all = head.into_bytes();
-            if !head_only {
-                all.extend_from_slice(&bytes);
-            }
-            stream.write_all(&all)?;
-            stream.flush()
-        }
-        Body::File { file, offset, len } => {
-            stream.write_all(head.as_bytes())?;
-            if head_only {
-                return stream.flush();
-            }
-            let mut pace = Pace::new(options.min_send_rate, options.write_timeout);
-            stream.send_file(&file, (offset, len), &mut pace)
-        }
-    }
-}
-
-/// The slow-reader guard of one body: over every `window` (the send timeout), the client must
-/// take at least `min_rate` bytes per second, or the connection is closed. A client that reads
-/// nothing at all is cut by the send timeout itself (`SO_SNDTIMEO`), one that trickles by this,
-/// so neither holds a connection thread for longer than about two windows past its last
-/// reasonable read.
-pub(crate) struct Pace {
-    min_rate: u64,
-    window: Duration,
-    /// Bytes per sendfile(2) call. A call returns once all are sent, or once the client took
-    /// nothing for the send timeout, so this is how often a client that keeps reading, however
-    /// slowly, is looked at: what the minimum rate moves in one window, within 256 KiB..2 MiB
-    /// (nginx's `sendfile_max_chunk` is 2 MiB for the same reason).
-    step: u64,
-    since: Instant,
-    sent: u64,
-}
-
-impl Pace {
-    pub(super) fn new(min_rate: u64, window: Duration) -> Pace {
-        let window = window.max(Duration::from_millis(1));
-        let per_window = min_rate as f64 * window.as_secs_f64();
-        Pace {
-            min_rate,
-            window,
-            step: (per_window as u64).clamp(256 << 10, 2 << 20),
-            since: Instant::now(),
-            sent: 0,
-        }
-    }
-
-    /// Counts `n` bytes taken by the client; an error once a whole window went by too slowly.
-    fn sent(&mut self, n: u64) -> io::Result<()> {
-        self.sent += n;
-        let elapsed = self.since.elapsed();
-        if elapsed < self.window {
-            return Ok(());
-        }
-        if (self.sent as f64) < self.min_rate as f64 * elapsed.as_secs_f64() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "the client took {} bytes in {:.1} s, under the {} bytes/s minimum",
-                    self.sent,
-                    elapsed.as_secs_f64(),
-                    self.min_rate
-                ),
-            ));
-        }
-        self.since = Instant::now();
-        self.sent = 0;
-        Ok(())
-    }
-}
-
-/// Sends `len` bytes of `file` from `offset` with sendfile(2), looping over short sends.
-fn send_file(
-    stream: &TcpStream,
-    file: &std::fs::File,
-    offset: u64,
-    len: u64,
-    pace: &mut Pace,
-) -> io::Result<()> {
-    let mut pos = offset;
-    let end = offset + len;
-    while pos < end {
-        let count = (end - pos).min(pace.step) as usize;
-        let before = pos;
-        match rustix::fs::sendfile(stream, file, Some(&mut pos), count) {
-            Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "file shorter than the catalog says",
-                ));
-            }
-            // `pos` was advanced by the kernel.
-            Ok(_) => pace.sent(pos - before)?,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_window_under_the_minimum_rate_ends_the_body() {
-        let mut pace = Pace::new(1000, Duration::from_millis(1));
-        std::thread::sleep(Duration::from_millis(5));
-        // 10 000 bytes in a few ms (under 10 s) is fast enough; the window starts over.
-        pace.sent(10_000).expect("fast enough");
-        std::thread::sleep(Duration::from_millis(5));
-        let e = pace
-            .sent(1)
-            .expect_err("1 byte in 5 ms is under 1000 bytes/s");
-        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
-        assert_eq!(Pace::new(4 << 10, Duration::from_secs(60)).step, 256 << 10);
-        assert_eq!(Pace::new(1 << 20, Duration::from_secs(1)).step, 1 << 20);
-        assert_eq!(Pace::new(1 << 30, Duration::from_secs(60)).step, 2 << 20);
-    }
-
-    #[test]
-    fn heads_that_other_parsers_could_read_otherwise_are_refused() {
-        for raw in [
-            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
-            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-            b"GET / HTTP/1.1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: +1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 1\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
-            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"HEAD / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
-        ] {
-            assert!(
-                matches!(parse_head(raw), Parsed::Invalid(400)),
-                "{}",
-                String::from_utf8_lossy(raw)
-            );
-        }
-        // A body on another method is announced (answered 405, then closed), not refused here.
-        let Parsed::Complete(h) =
-            parse_head(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc")
-        else {
-            panic!("complete");
-        };
-        assert!(h.has_body);
-        let Parsed::Complete(h) =
-            parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\n\r\n")
-        else {
-            panic!("complete");
-        };
-        assert!(!h.has_body, "an empty body is no body");
-    }
-
-    #[test]
-    fn heads() {
-        let Parsed::Complete(h) = parse_head(
-            b"GET /x HTTP/1.1\r\nHost: a:1\r\nRange: bytes=0-0\r\nConnection: close\r\n\r\nGET",
-        ) else {
-            panic!("complete");
-        };
-        assert_eq!((h.method.as_str(), h.target.as_str()), ("GET", "/x"));
-        assert_eq!(h.host.as_deref(), Some("a:1"));
-        assert_eq!(h.range.as_deref(), Some("bytes=0-0"));
-        assert!(h.close && !h.has_body);
-        assert_eq!(h.len, 67);
-        assert!(matches!(
-            parse_head(b"GET /x HTTP/1.1\r\nHo"),
-            Parsed::Partial
-        ));
-        assert!(matches!(
-            parse_head(b"GET /x\x01 HTTP/1.1\r\n\r\n"),
-            Parsed::Invalid(400)
-        ));
-        let Parsed::Complete(h) = parse_head(b"GET / HTTP/1.0\r\n\r\n") else {
-            panic!("complete");
-        };
-        assert!(h.close, "HTTP/1.0 closes by default");
-        let many: String = (0..MAX_HEADERS + 1)
-            .map(|i| format!("X-{i}: y\r\n"))
-            .collect();
-        let req = format!("GET / HTTP/1.1\r\n{many}\r\n");
-        assert!(matches!(parse_head(req.as_bytes()), Parsed::Invalid(431)));
-    }
-
-    #[test]
-    fn dates() {
-        let d = http_date();
-        assert!(d.ends_with(" GMT") && d.len() == 29, "{d}");
-    }
-}
+mod tests;

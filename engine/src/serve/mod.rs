@@ -62,6 +62,7 @@ mod idle;
 mod public_url;
 pub(crate) mod range_request;
 mod route;
+mod send;
 mod small_files;
 mod tls_identity;
 

@@ -1,0 +1,323 @@
+//! Tests of `file`.
+
+use super::*;
+use crate::proto::http1::parse_head;
+
+const URL: &str = "http://o/f";
+
+fn head(text: &str) -> ResponseHead {
+    parse_head(text.replace('\n', "\r\n").as_bytes())
+        .expect("parse")
+        .expect("complete")
+        .0
+}
+
+#[test]
+#[allow(clippy::single_range_in_vec_init)]
+fn the_first_request_starts_at_the_first_missing_byte() {
+    assert_eq!(
+        first_request(&[], None, Some(100)),
+        FirstRequest::Range(0..100)
+    );
+    assert_eq!(
+        first_request(&[], Some(10), None),
+        FirstRequest::Range(0..FIRST_CHUNK)
+    );
+    assert_eq!(
+        first_request(&[0..40, 60..70], Some(1000), Some(100)),
+        FirstRequest::Range(40..60)
+    );
+    assert_eq!(
+        first_request(&[0..40], Some(1000), Some(100)),
+        FirstRequest::Range(40..140)
+    );
+    assert_eq!(
+        first_request(&[0..1000], Some(1000), Some(100)),
+        FirstRequest::AllOnDisk { size: 1000 }
+    );
+    // Without a size the resumed ranges cannot be trusted: start over.
+    assert_eq!(
+        first_request(&[0..40], None, Some(100)),
+        FirstRequest::Range(0..100)
+    );
+}
+
+#[test]
+fn the_first_answer_decides_ranged_stream_empty_or_refused() {
+    let ranged = head("HTTP/1.1 206 P\nContent-Range: bytes 0-99/1000\nContent-Length: 100\n\n");
+    let framing = ranged.framing().expect("framing");
+    assert_eq!(
+        first_answer(URL, &ranged, framing, &(0..100), Some(1000), None, false).expect("ok"),
+        FirstAnswer::Ranged {
+            total: 1000,
+            first: 0..100,
+            drop_resumed: false,
+            whole: false
+        }
+    );
+    // Resumed bytes of a file that now has another size are dropped.
+    assert!(matches!(
+        first_answer(
+            URL,
+            &ranged,
+            framing,
+            &(0..100),
+            Some(1000),
+            Some(900),
+            true
+        ),
+        Err(GetError::LargerThanListed {
+            listed: 900,
+            stated: 1000,
+            ..
+        })
+    ));
+    assert!(matches!(
+        first_answer(
+            URL,
+            &ranged,
+            framing,
+            &(0..100),
+            Some(1000),
+            Some(2000),
+            true
+        ),
+        Ok(FirstAnswer::Ranged {
+            drop_resumed: true,
+            ..
+        })
+    ));
+    // A small file comes whole in the first answer (its last byte clamped).
+    let small = head("HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nContent-Length: 10\n\n");
+    assert_eq!(
+        first_answer(
+            URL,
+            &small,
+            small.framing().expect("f"),
+            &(0..100),
+            Some(10),
+            None,
+            false
+        )
+        .expect("ok"),
+        FirstAnswer::Ranged {
+            total: 10,
+            first: 0..10,
+            drop_resumed: false,
+            whole: true
+        }
+    );
+    // A 206 framed otherwise than its range is refused.
+    let chunked =
+        head("HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nTransfer-Encoding: chunked\n\n");
+    assert!(matches!(
+        first_answer(
+            URL,
+            &chunked,
+            chunked.framing().expect("f"),
+            &(0..100),
+            Some(10),
+            None,
+            false
+        ),
+        Err(GetError::Protocol { .. })
+    ));
+    let whole = head("HTTP/1.1 200 OK\nContent-Length: 50\n\n");
+    assert_eq!(
+        first_answer(
+            URL,
+            &whole,
+            whole.framing().expect("f"),
+            &(0..100),
+            None,
+            None,
+            true
+        )
+        .expect("ok"),
+        FirstAnswer::Stream {
+            length: Some(50),
+            drop_resumed: true
+        }
+    );
+    assert!(matches!(
+        first_answer(
+            URL,
+            &whole,
+            whole.framing().expect("f"),
+            &(0..100),
+            None,
+            Some(49),
+            false
+        ),
+        Err(GetError::LargerThanListed { .. })
+    ));
+    let empty = head("HTTP/1.1 416 R\nContent-Range: bytes */0\nContent-Length: 0\n\n");
+    assert_eq!(
+        first_answer(
+            URL,
+            &empty,
+            empty.framing().expect("f"),
+            &(0..100),
+            None,
+            None,
+            false
+        )
+        .expect("ok"),
+        FirstAnswer::Empty
+    );
+    let unsatisfied = head("HTTP/1.1 416 R\nContent-Range: bytes */5\nContent-Length: 0\n\n");
+    let not_found = head("HTTP/1.1 404 N\nContent-Length: 0\n\n");
+    for h in [unsatisfied, not_found] {
+        assert!(matches!(
+            first_answer(
+                URL,
+                &h,
+                h.framing().expect("f"),
+                &(0..100),
+                None,
+                None,
+                false
+            ),
+            Err(GetError::Status { .. })
+        ));
+    }
+}
+
+#[test]
+fn a_ranged_answer_must_name_the_range_asked() {
+    let h = |cr: &str| head(&format!("HTTP/1.1 206 P\nContent-Range: {cr}\n\n"));
+    assert_eq!(
+        check_partial(URL, &h("bytes 10-19/100"), 10, 19, None).ok(),
+        Some(100)
+    );
+    assert_eq!(
+        check_partial(URL, &h("bytes 90-99/100"), 90, 199, None).ok(),
+        Some(100)
+    );
+    assert_eq!(
+        check_partial(URL, &h("bytes 10-19/*"), 10, 19, Some(100)).ok(),
+        Some(100)
+    );
+    assert!(matches!(
+        check_partial(URL, &h("bytes 11-19/100"), 10, 19, None),
+        Err(GetError::ContentRangeMismatch { .. })
+    ));
+    assert!(matches!(
+        check_partial(URL, &h("bytes 10-19/101"), 10, 19, Some(100)),
+        Err(GetError::SizeChanged {
+            first: 100,
+            now: 101,
+            ..
+        })
+    ));
+    assert!(matches!(
+        check_partial(URL, &h("bytes 10-19/*"), 10, 19, None),
+        Err(GetError::Protocol { .. })
+    ));
+    let ignored = head("HTTP/1.1 200 OK\nContent-Length: 5\n\n");
+    assert!(matches!(
+        check_partial(URL, &ignored, 10, 19, None),
+        Err(GetError::RangeIgnored { .. })
+    ));
+    assert!(check_length(URL, Framing::Length(10), &(10..20)).is_ok());
+    assert!(check_length(URL, Framing::Length(9), &(10..20)).is_err());
+}
+
+#[test]
+fn a_lease_ends_next_retry_stop_or_fail() {
+    let mut plan = Plan::new(100, 0, 1, Some(100));
+    let (id, range, _) = plan.take().expect("a lease");
+    assert_eq!(range, 0..100);
+    assert_eq!(
+        lease_ended(Some(&mut plan), id, BodyOutcome::Aborted),
+        Ended::Stop
+    );
+    assert_eq!(
+        lease_ended(Some(&mut plan), id, BodyOutcome::Short { at: 40 }),
+        Ended::Retry
+    );
+    let (id, range, _) = plan.take().expect("the rest again");
+    assert_eq!(range, 40..100);
+    assert_eq!(
+        lease_ended(Some(&mut plan), id, BodyOutcome::Complete),
+        Ended::Next
+    );
+    assert!(!plan.has_work());
+    // Without a plan a short body cannot go back: the file fails.
+    assert_eq!(
+        lease_ended(None, id, BodyOutcome::Short { at: 1 }),
+        Ended::Fail
+    );
+    // The retries run out.
+    let mut plan = Plan::new(100, 0, 1, Some(100));
+    let mut last = Ended::Retry;
+    for _ in 0..=MAX_RETRIES + 1 {
+        let Some((id, _, _)) = plan.take() else { break };
+        last = lease_ended(Some(&mut plan), id, BodyOutcome::Short { at: 0 });
+        if last == Ended::Fail {
+            break;
+        }
+    }
+    assert_eq!(last, Ended::Fail);
+}
+
+#[test]
+fn after_a_failure_a_lane_fails_asks_another_or_waits() {
+    use AfterFailure::*;
+    // A refused connect with no mirror: said at once.
+    assert_eq!(after_first_failure(false, true, true, 1, 1), Fail);
+    assert_eq!(after_first_failure(false, false, false, 1, 1), Fail);
+    assert_eq!(after_first_failure(true, true, true, 1, 2), AskOther);
+    assert_eq!(after_first_failure(false, false, true, 1, 1), WaitAndRetry);
+    assert_eq!(
+        after_first_failure(false, false, true, MAX_RETRIES + 1, 1),
+        Fail
+    );
+    assert_eq!(
+        after_first_failure(true, false, true, 2 * MAX_RETRIES, 2),
+        AskOther
+    );
+    let retry = Verdict::Retry { wait: None };
+    assert_eq!(after_lease_failure(retry, false, true), WaitAndRetry);
+    assert_eq!(after_lease_failure(retry, true, true), AskOther);
+    assert_eq!(after_lease_failure(Verdict::Fail, true, true), AskOther);
+    assert_eq!(after_lease_failure(Verdict::Fail, false, true), Fail);
+    assert_eq!(after_lease_failure(retry, true, false), Fail);
+}
+
+#[test]
+fn a_settled_file_is_published_kept_left_or_discarded() {
+    let busy = GetError::OutputBusy { path: "x".into() };
+    let mismatch = GetError::ChecksumMismatch {
+        url: URL.into(),
+        algorithm: crate::verify::HashAlgorithm::Sha256,
+        expected: "a".into(),
+        got: "b".into(),
+        attempts: 2,
+    };
+    let short = || GetError::ShortBody {
+        url: URL.into(),
+        offset: 0,
+        expected: 2,
+        received: 1,
+    };
+    assert_eq!(partial_fate(&Ok(()), true), PartialFate::Published);
+    assert_eq!(
+        partial_fate::<()>(&Err(busy), true),
+        PartialFate::LeaveAlone
+    );
+    assert_eq!(
+        partial_fate::<()>(&Err(mismatch), true),
+        PartialFate::Discard
+    );
+    assert_eq!(
+        partial_fate::<()>(&Err(short()), true),
+        PartialFate::KeepForResume
+    );
+    assert_eq!(
+        partial_fate::<()>(&Err(short()), false),
+        PartialFate::Discard
+    );
+    assert_eq!(on_mismatch(1), OnMismatch::FetchAgain);
+    assert_eq!(on_mismatch(MAX_FETCHES), OnMismatch::Fail);
+}

@@ -1,0 +1,269 @@
+//! Tests of `plan`.
+
+use super::*;
+
+/// A deterministic simulation: `speeds[i]` bytes per tick for connection `i`; each connection
+/// reads in steps of at most `step`, asking the plan first. Returns the bytes each offset was
+/// written by (checked to tile the file exactly) and the tick each connection finished.
+struct Sim {
+    plan: Plan,
+    covered: Vec<(u64, u64)>,
+    finished: Vec<u64>,
+}
+
+fn simulate(total: u64, first: u64, speeds: &[u64], chunk: Option<u64>) -> Sim {
+    let mut plan = Plan::new(total, first, speeds.len(), chunk);
+    let mut covered = vec![(0, first)];
+    let mut state: Vec<Option<(LeaseId, u64, u64)>> = vec![None; speeds.len()]; // id, at, start
+    let mut finished = vec![0; speeds.len()];
+    let mut idle = vec![false; speeds.len()];
+    let mut tick = 0;
+    while idle.iter().any(|i| !i) {
+        tick += 1;
+        assert!(tick < 10_000_000, "simulation does not terminate");
+        for (c, &speed) in speeds.iter().enumerate() {
+            // A connection whose lease ends takes the next one in the same tick.
+            while !idle[c] {
+                if state[c].is_none() {
+                    match plan.take() {
+                        Some((id, r, _)) => state[c] = Some((id, r.start, r.start)),
+                        None => {
+                            idle[c] = true;
+                            finished[c] = tick;
+                            break;
+                        }
+                    }
+                }
+                let (id, at, start) = state[c].expect("lease");
+                let got = plan.reserve(id, at, speed);
+                if got == 0 {
+                    covered.push((start, at));
+                    plan.complete(id);
+                    state[c] = None;
+                    continue;
+                }
+                state[c] = Some((id, at + got, start));
+                break;
+            }
+        }
+    }
+    Sim {
+        plan,
+        covered,
+        finished,
+    }
+}
+
+fn assert_tiles(covered: &mut [(u64, u64)], total: u64) {
+    covered.sort();
+    let mut at = 0;
+    for &(s, e) in covered.iter() {
+        if s == e {
+            continue;
+        }
+        assert_eq!(s, at, "gap or overlap at {at}: {covered:?}");
+        at = e;
+    }
+    assert_eq!(at, total, "covers the whole file");
+}
+
+#[test]
+fn leases_tile_the_file_exactly() {
+    for total in [
+        0,
+        1,
+        4095,
+        4096,
+        4097,
+        FIRST_CHUNK + 1,
+        1 << 30,
+        (1 << 30) + 12345,
+    ] {
+        let first = FIRST_CHUNK.min(total);
+        let mut sim = simulate(total, first, &[1 << 20; 8], None);
+        assert_tiles(&mut sim.covered, total);
+        let mut sim = simulate(total, first, &[777_777, 3 << 20, 65_536], Some(777_777));
+        assert_tiles(&mut sim.covered, total);
+    }
+}
+
+#[test]
+fn a_resumed_plan_hands_out_exactly_its_gaps() {
+    let total = (40 << 20) + 123;
+    let gaps = [
+        (30 << 20) + 4096..total,
+        0..4096,
+        (5 << 20)..(9 << 20) + 8192,
+        (6 << 20)..(7 << 20), // inside the one before: merged
+    ];
+    let mut plan = Plan::with_gaps(total, gaps.clone(), 3, None);
+    assert_eq!(
+        plan.frontier_left(),
+        4096 + (4 << 20) + 8192 + (10 << 20) - 4096 + 123
+    );
+    // The first request of the resumed file, in the middle of a gap.
+    let first = plan.claim((6 << 20)..(7 << 20));
+    plan.complete(first);
+    let mut got = vec![(6 << 20, 7 << 20)];
+    let mut last_start = 0;
+    while let Some((id, r, src)) = plan.take() {
+        assert_eq!(src, LeaseOrigin::Frontier, "nothing held, nothing to split");
+        assert!(r.start >= last_start, "in file order");
+        last_start = r.start;
+        got.push((r.start, r.end));
+        plan.complete(id);
+    }
+    got.sort();
+    let merged: Vec<(u64, u64)> = got.iter().fold(Vec::new(), |mut acc, &(s, e)| {
+        match acc.last_mut() {
+            Some(last) if last.1 == s => last.1 = e,
+            _ => acc.push((s, e)),
+        }
+        acc
+    });
+    assert_eq!(
+        merged,
+        [
+            (0, 4096),
+            (5 << 20, (9 << 20) + 8192),
+            ((30 << 20) + 4096, total)
+        ],
+        "every gap, nothing else"
+    );
+    assert_eq!(plan.frontier_left(), 0);
+    assert!(
+        Plan::with_gaps(100, [], 2, None).take().is_none(),
+        "all on disk"
+    );
+}
+
+#[test]
+fn gaps_are_what_the_ranges_on_disk_leave() {
+    assert_eq!(gaps(&[], 10), std::iter::once(0..10).collect::<Vec<_>>());
+    assert_eq!(gaps(&[2..4, 6..10], 10), [0..2, 4..6]);
+    assert!(gaps(std::slice::from_ref(&(0..10)), 10).is_empty());
+    assert_eq!(
+        gaps(&[0..3, 8..12], 10),
+        std::iter::once(3..8).collect::<Vec<_>>(),
+        "clipped to the file"
+    );
+}
+
+#[test]
+fn unequal_connections_finish_together() {
+    // One connection ten times slower than the others: without splits it would hold a whole
+    // chunk at the end while the rest sit idle.
+    let total = 1 << 30;
+    let speeds = [64 << 10, 640 << 10, 640 << 10, 640 << 10];
+    let mut sim = simulate(total, FIRST_CHUNK, &speeds, None);
+    assert_tiles(&mut sim.covered, total);
+    assert!(sim.plan.splits() > 0, "the tail was split");
+    let first = *sim.finished.iter().min().expect("conns");
+    let last = *sim.finished.iter().max().expect("conns");
+    // Ideal: total / sum(speeds) ticks. Everyone finishes within a few split units of it.
+    let ideal = total / speeds.iter().sum::<u64>();
+    assert!(
+        last <= ideal + ideal / 20 + 2 * SPLIT_ALIGN / speeds[0],
+        "last {last} vs ideal {ideal}"
+    );
+    assert!(
+        last - first <= 2 * SPLIT_ALIGN / speeds[0] + 2,
+        "{first}..{last}"
+    );
+}
+
+#[test]
+fn frontier_goes_front_to_back_and_shrinks() {
+    let mut plan = Plan::new(1 << 30, FIRST_CHUNK, 8, None);
+    let mut last_end = FIRST_CHUNK;
+    let mut last_len = u64::MAX;
+    while let Some((id, r, src)) = plan.take() {
+        if src != LeaseOrigin::Frontier {
+            break;
+        }
+        assert_eq!(r.start, last_end, "in file order");
+        assert!(r.end - r.start <= last_len, "never grows");
+        assert!(r.end == 1 << 30 || (r.end - r.start) % MIN_CHUNK == 0);
+        last_len = r.end - r.start;
+        last_end = r.end;
+        plan.complete(id);
+    }
+    assert_eq!(last_end, 1 << 30);
+}
+
+#[test]
+fn a_verified_file_keeps_its_leases_within_the_spread() {
+    // The first lease per connection of a large file, by the number of connections.
+    let first_len = |connections: usize, spread: Option<u64>| {
+        let mut plan = Plan::new(8 << 30, 0, connections, None);
+        if let Some(bytes) = spread {
+            plan = plan.spread_within(bytes);
+        }
+        let (_, r, src) = plan.take().expect("frontier");
+        assert_eq!(src, LeaseOrigin::Frontier);
+        r.end - r.start
+    };
+    assert_eq!(first_len(16, None), MAX_CHUNK);
+    assert_eq!(first_len(16, Some(64 << 20)), 4 << 20);
+    assert_eq!(first_len(8, Some(64 << 20)), MAX_CHUNK);
+    assert_eq!(
+        first_len(12, Some(64 << 20)),
+        5 << 20,
+        "rounded down to a MiB"
+    );
+    assert_eq!(
+        first_len(256, Some(64 << 20)),
+        MIN_CHUNK,
+        "never below the minimum"
+    );
+    // A chunk size given by the user is kept.
+    let mut plan = Plan::new(8 << 30, 0, 16, Some(32 << 20)).spread_within(64 << 20);
+    let (_, r, _) = plan.take().expect("frontier");
+    assert_eq!(r, 0..32 << 20);
+}
+
+#[test]
+fn a_split_never_cuts_below_what_was_reserved() {
+    let mut plan = Plan::new(100 << 20, 0, 2, Some(100 << 20));
+    let (a, r, _) = plan.take().expect("frontier");
+    assert_eq!(r, 0..100 << 20);
+    assert_eq!(plan.reserve(a, 0, 30 << 20), 30 << 20);
+    let (b, r, src) = plan.take().expect("split");
+    assert_eq!(src, LeaseOrigin::Split);
+    assert_eq!(r, 65 << 20..100 << 20, "middle of 30..100 MiB");
+    assert_eq!(plan.end_of(a), 65 << 20);
+    // The holder of `a` can read to the new end and no further.
+    assert_eq!(plan.reserve(a, 30 << 20, 50 << 20), 35 << 20);
+    assert_eq!(plan.reserve(a, 65 << 20, 1), 0);
+    plan.complete(a);
+    // Nothing left to split in `b` below 2 MiB of unreserved bytes.
+    assert_eq!(
+        plan.reserve(b, 65 << 20, (35 << 20) - (1 << 20)),
+        (34 << 20)
+    );
+    assert!(plan.take().is_none());
+}
+
+#[test]
+fn short_answers_are_retried_then_refused() {
+    let mut plan = Plan::new(10 << 20, 0, 1, Some(10 << 20));
+    let (id, _, _) = plan.take().expect("frontier");
+    for round in 0..MAX_RETRIES {
+        let lease = id_or(&mut plan, id, round);
+        plan.give_back(lease, 5 << 20).expect("retry allowed");
+    }
+    let (id, r, src) = plan.take().expect("retry");
+    assert_eq!((r, src), (5 << 20..10 << 20, LeaseOrigin::Retry));
+    assert_eq!(plan.give_back(id, 6 << 20), Err(()), "retries used up");
+    assert_eq!(plan.retries(), MAX_RETRIES);
+}
+
+/// The lease to give back in round `round`: the first, then each retry lease in turn.
+fn id_or(plan: &mut Plan, first: LeaseId, round: u32) -> LeaseId {
+    if round == 0 {
+        return first;
+    }
+    let (id, r, src) = plan.take().expect("retry lease");
+    assert_eq!((r, src), (5 << 20..10 << 20, LeaseOrigin::Retry));
+    id
+}
