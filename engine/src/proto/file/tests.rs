@@ -42,12 +42,23 @@ fn the_first_request_starts_at_the_first_missing_byte() {
     );
 }
 
+/// The verdict on `text` as the first answer to `bytes=0-99`, as `download/first.rs` reaches it:
+/// a 206 is checked against the range first.
+fn verdict(text: &str, listed: Option<u64>, resumed: bool) -> Result<FirstAnswer, GetError> {
+    let h = head(text);
+    let framing = h.framing().expect("framing");
+    let total = match h.status {
+        206 => Some(check_partial(URL, &h, 0, 99, None)?),
+        _ => None,
+    };
+    first_answer(URL, &h, framing, &(0..100), total, listed, resumed)
+}
+
 #[test]
 fn the_first_answer_decides_ranged_stream_empty_or_refused() {
-    let ranged = head("HTTP/1.1 206 P\nContent-Range: bytes 0-99/1000\nContent-Length: 100\n\n");
-    let framing = ranged.framing().expect("framing");
+    let ranged = "HTTP/1.1 206 P\nContent-Range: bytes 0-99/1000\nContent-Length: 100\n\n";
     assert_eq!(
-        first_answer(URL, &ranged, framing, &(0..100), Some(1000), None, false).expect("ok"),
+        verdict(ranged, None, false).expect("ok"),
         FirstAnswer::Ranged {
             total: 1000,
             first: 0..100,
@@ -55,51 +66,26 @@ fn the_first_answer_decides_ranged_stream_empty_or_refused() {
             whole: false
         }
     );
-    // Resumed bytes of a file that now has another size are dropped.
     assert!(matches!(
-        first_answer(
-            URL,
-            &ranged,
-            framing,
-            &(0..100),
-            Some(1000),
-            Some(900),
-            true
-        ),
+        verdict(ranged, Some(900), true),
         Err(GetError::LargerThanListed {
             listed: 900,
             stated: 1000,
             ..
         })
     ));
+    // Resumed bytes of a file that now has another size are dropped.
     assert!(matches!(
-        first_answer(
-            URL,
-            &ranged,
-            framing,
-            &(0..100),
-            Some(1000),
-            Some(2000),
-            true
-        ),
+        verdict(ranged, Some(2000), true),
         Ok(FirstAnswer::Ranged {
             drop_resumed: true,
             ..
         })
     ));
     // A small file comes whole in the first answer (its last byte clamped).
-    let small = head("HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nContent-Length: 10\n\n");
+    let small = "HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nContent-Length: 10\n\n";
     assert_eq!(
-        first_answer(
-            URL,
-            &small,
-            small.framing().expect("f"),
-            &(0..100),
-            Some(10),
-            None,
-            false
-        )
-        .expect("ok"),
+        verdict(small, None, false).expect("ok"),
         FirstAnswer::Ranged {
             total: 10,
             first: 0..10,
@@ -108,76 +94,30 @@ fn the_first_answer_decides_ranged_stream_empty_or_refused() {
         }
     );
     // A 206 framed otherwise than its range is refused.
-    let chunked =
-        head("HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nTransfer-Encoding: chunked\n\n");
+    let chunked = "HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nTransfer-Encoding: chunked\n\n";
     assert!(matches!(
-        first_answer(
-            URL,
-            &chunked,
-            chunked.framing().expect("f"),
-            &(0..100),
-            Some(10),
-            None,
-            false
-        ),
+        verdict(chunked, None, false),
         Err(GetError::Protocol { .. })
     ));
-    let whole = head("HTTP/1.1 200 OK\nContent-Length: 50\n\n");
+    let whole = "HTTP/1.1 200 OK\nContent-Length: 50\n\n";
     assert_eq!(
-        first_answer(
-            URL,
-            &whole,
-            whole.framing().expect("f"),
-            &(0..100),
-            None,
-            None,
-            true
-        )
-        .expect("ok"),
+        verdict(whole, None, true).expect("ok"),
         FirstAnswer::Stream {
             length: Some(50),
             drop_resumed: true
         }
     );
     assert!(matches!(
-        first_answer(
-            URL,
-            &whole,
-            whole.framing().expect("f"),
-            &(0..100),
-            None,
-            Some(49),
-            false
-        ),
+        verdict(whole, Some(49), false),
         Err(GetError::LargerThanListed { .. })
     ));
-    let empty = head("HTTP/1.1 416 R\nContent-Range: bytes */0\nContent-Length: 0\n\n");
-    assert_eq!(
-        first_answer(
-            URL,
-            &empty,
-            empty.framing().expect("f"),
-            &(0..100),
-            None,
-            None,
-            false
-        )
-        .expect("ok"),
-        FirstAnswer::Empty
-    );
-    let unsatisfied = head("HTTP/1.1 416 R\nContent-Range: bytes */5\nContent-Length: 0\n\n");
-    let not_found = head("HTTP/1.1 404 N\nContent-Length: 0\n\n");
-    for h in [unsatisfied, not_found] {
+    let empty = "HTTP/1.1 416 R\nContent-Range: bytes */0\nContent-Length: 0\n\n";
+    assert_eq!(verdict(empty, None, false).expect("ok"), FirstAnswer::Empty);
+    let unsatisfied = "HTTP/1.1 416 R\nContent-Range: bytes */5\nContent-Length: 0\n\n";
+    let not_found = "HTTP/1.1 404 N\nContent-Length: 0\n\n";
+    for text in [unsatisfied, not_found] {
         assert!(matches!(
-            first_answer(
-                URL,
-                &h,
-                h.framing().expect("f"),
-                &(0..100),
-                None,
-                None,
-                false
-            ),
+            verdict(text, None, false),
             Err(GetError::Status { .. })
         ));
     }
