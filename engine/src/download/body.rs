@@ -79,6 +79,7 @@ impl StreamOut {
         Ok(())
     }
 }
+
 impl Conn {
     /// Reads the body of a ranged answer for `lease` (which started at `range.start`) into
     /// the file, asking the plan before each read how far the lease still reaches. Only a body

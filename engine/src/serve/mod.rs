@@ -1,58 +1,19 @@
-//! `ferry serve`: a read-only, Hugging Face Hub-compatible HTTP endpoint over repos kept on local
-//! disk, so that stock clients (`huggingface_hub` with `HF_ENDPOINT`, `ferry pull`, hf_transfer,
-//! aria2) download from it as they would from the Hub. The protocol is the
-//! Hub's HTTP API: `/api/{type}s/{repo}/revision|tree|treesize/...` and
-//! `/{prefix}{repo}/resolve/{rev}/{path}` with `X-Repo-Commit`, `ETag`, `X-Linked-Size`, byte
-//! ranges and `X-Error-Code` errors.
-//!
-//! Two layouts under the root are served, found by one scan when the [`Server`] is bound (a
-//! restart picks up changes):
-//!
-//! - the huggingface_hub cache: `models--org--name/` (`datasets--`, `spaces--`; `models--name`
-//!   without an org) with `refs/<rev>`, `blobs/<etag>` and `snapshots/<commit>/<path>` symlinks.
-//!   A file's etag is the name of the blob its symlink leads to (sha256: LFS; git sha1: not);
-//!   blobs are not re-hashed. A snapshot entry that is a regular file gets its git blob sha1
-//!   computed during the scan and is served as a non-LFS file.
-//! - `--local-dir` downloads: `org/name/` (models), `datasets/org/name/`, `spaces/org/name/`
-//!   (or without the org level), holding the files at their repo paths and
-//!   `.cache/huggingface/download/<path>.metadata` (commit, etag, unix time). The repo's commit
-//!   is that of its newest metadata file; it is served as `main` and as the commit sha. Only
-//!   files whose metadata names that commit, and is not older than the file (huggingface_hub's
-//!   own staleness rule), are served: a file without valid metadata is not part of the repo.
-//!
-//! A commit whose listing is kept beside it (`trees/COMMIT.json`, written by `ferry pull` and by
-//! huggingface_hub) is served as that listing says: every file of the commit is listed, and one
-//! whose bytes are not here (a partial pull) is answered 404 `EntryNotFound`, so a downstream
-//! mirror never takes a part of a commit for the whole.
+//! `ferry serve`: a read-only, Hugging Face Hub-compatible HTTP/1.1 endpoint over repos kept on
+//! local disk (the huggingface_hub cache, or `--local-dir` downloads), so that stock clients
+//! (`huggingface_hub` with `HF_ENDPOINT`, `ferry pull`, hf_transfer, aria2) download from it as
+//! they would from the Hub. The layouts, routes and limits are described in
+//! `docs/hub-and-serve.md`.
 //!
 //! Invariants: nothing is ever written under the root. A request names files only through the
-//! catalog built by the scan (a table keyed by repo, commit and path), never by joining its path
-//! onto the root, and the file is opened beneath the root's descriptor at request time following
-//! no symlink (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`), so a folder swapped for a link
-//! after the scan is not followed. `refs/` and `snapshots/` are read only when they are real
-//! folders, a ref as its first 64 bytes; request paths are percent-decoded once and refused with `..`, `.` or empty
-//! segments, backslashes and control characters. A snapshot symlink whose canonical target lies
-//! outside its repo folder is left out of the catalog. The server never emits Xet headers or
-//! fields, so clients always download over plain HTTP.
+//! catalog one scan built (`catalog/`), never by joining its path onto the root, and the file is
+//! opened beneath the root's descriptor at request time following no symlink. A commit whose
+//! listing is kept (`trees/COMMIT.json`) is served as that listing says: a file whose bytes are
+//! not here answers 404, so a partial pull never passes for the whole commit. Request heads are
+//! parsed strictly and bounded; slow clients are dropped.
 //!
-//! Choices: a `Range` with several ranges is ignored (200 with the whole file, which RFC 9110
-//! allows; no multipart, so no amplification). Tree listings are paged
-//! ([`ServeOptions::page_size`] entries per page, `Link: <...>; rel="next"` with a `cursor`
-//! query parameter) with absolute links built from [`ServeOptions::public_url`], a trusted
-//! proxy's `X-Forwarded-*`, or the address the client connected to; never from its `Host`.
-//! Request heads are parsed strictly: CRLF only, one `Host` (required in HTTP/1.1), a
-//! `Content-Length` of digits, never with a `Transfer-Encoding`, and no body on GET or HEAD.
-//!
-//! The server is blocking std::net: one thread per connection up to
-//! [`ServeOptions::max_connections`] (beyond that a 503), HTTP/1.1 keep-alive, request heads
-//! capped at 16 KiB and 64 header fields (431), a deadline on reading each head (slow clients are
-//! dropped), a send timeout and a minimum read rate on bodies (slow readers are dropped), and file bodies sent with sendfile(2).
-//!
-//! With [`ServeOptions::tls`] it serves HTTPS instead (rustls in user space, see [`TlsIdentity`]);
-//! file bodies are then read and encrypted rather than sent with sendfile(2).
-//!
-//! What it does not do: kTLS, authentication, redirects to a CDN, uploads or any write method,
-//! Xet, conditional requests other than `If-Range`, and watching the root for changes.
+//! The server is blocking std::net, one thread per connection up to
+//! [`ServeOptions::max_connections`]; with [`ServeOptions::tls`] it speaks HTTPS (rustls in user
+//! space, [`TlsIdentity`]). Not here: kTLS, authentication, uploads, Xet, CDN redirects.
 
 mod catalog;
 mod date;
