@@ -18,7 +18,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use ferry_tests::{sha256_file, write_data};
+use ferry_testkit::{sha256_file, write_data};
 
 use crate::report::Target;
 use crate::{Item, LeftOut, Tool, peers, sh, tools, without_proxies};
@@ -96,7 +96,7 @@ impl TlsNginx {
             ""
         };
         for _attempt in 0..5 {
-            let port = ferry_tests::free_port();
+            let port = ferry_testkit::free_port();
             let _ = std::fs::remove_file(prefix.join("nginx.pid"));
             let conf = format!(
                 r#"{user}

@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use ferry_tests::{Nginx, sha256_file, write_data};
+use ferry_testkit::{Nginx, sha256_file, write_data};
 
 const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull] [--runs 5] [--big 8G] \
 [--shard 2G] [--state fresh|steady] [--dir DIR] [--out DIR]";
@@ -466,7 +466,7 @@ fn tools(
     lists: &Path,
     ca: Option<&Path>,
 ) -> anyhow::Result<(Vec<Tool>, Vec<LeftOut>)> {
-    let ferry = ferry_tests::ferry_bin().to_string_lossy().into_owned();
+    let ferry = ferry_testkit::ferry_bin().to_string_lossy().into_owned();
     let ferry_ca = trust(ca, "--ca-file ");
     let curl_ca = trust(ca, "--cacert ");
     // wget and aria2c spell it the same way.

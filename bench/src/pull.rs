@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, bail};
-use ferry_tests::sha256_file;
+use ferry_testkit::sha256_file;
 
 use crate::report::Target;
 use crate::{Args, Filler, Sample, SuiteResult, Timed, Tool, ceilings, timed};
@@ -55,7 +55,7 @@ struct Serve {
 
 impl Serve {
     fn start(root: &Path, log: &Path) -> anyhow::Result<Serve> {
-        let mut child = Command::new(ferry_tests::ferry_bin())
+        let mut child = Command::new(ferry_testkit::ferry_bin())
             .args(["serve", "--root"])
             .arg(root)
             .args(["--addr", "127.0.0.1:0"])
@@ -203,7 +203,7 @@ fn verify(cache: &Path, commit: &str, origin: &[OriginFile]) -> anyhow::Result<(
 /// Every tool's shell line (`{OUT}` is the output cache), in the order they run: the second
 /// pull right after the first, on its mirror.
 fn tools(endpoint: &str) -> Vec<Tool> {
-    let ferry = ferry_tests::ferry_bin().to_string_lossy().into_owned();
+    let ferry = ferry_testkit::ferry_bin().to_string_lossy().into_owned();
     let pull = format!("pull {REPO} --endpoint {endpoint} --cache-dir '{{OUT}}' --json");
     let mut again = Tool::new(AGAIN, format!("{ferry} {pull}"));
     again.moves_bytes = false;

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ferry_tests::{Backend, Nginx, assert_same_file, ferry_bin, write_data};
+use ferry_testkit::{Backend, Nginx, assert_same_file, ferry_bin, write_data};
 
 /// Throttled write rate: the 192 MiB file takes ~6 s to write, while loopback would deliver it
 /// in a fraction of a second.
@@ -52,7 +52,7 @@ impl Drop for Throttle {
 
 #[test]
 fn a_slow_disk_holds_the_download_back_instead_of_filling_memory() {
-    if !ferry_tests::backends_under_test().contains(&Backend::Uring) {
+    if !ferry_testkit::backends_under_test().contains(&Backend::Uring) {
         eprintln!("SKIP: io_uring unavailable; the direct sink is what the throttle slows");
         return;
     }

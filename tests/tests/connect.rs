@@ -5,13 +5,13 @@
 
 use std::net::SocketAddr;
 
-use ferry_tests::eyeballs::{Blackhole, ferry_dual_stack};
-use ferry_tests::{Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, write_data};
+use ferry_testkit::eyeballs::{Blackhole, ferry_dual_stack};
+use ferry_testkit::{Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, write_data};
 
 /// `ferry -v get http://localhost:PORT/files/f ARGS` with both addresses for `localhost`;
 /// returns its log after checking the file arrived whole.
 fn get_dual_stack(
-    backend: ferry_tests::Backend,
+    backend: ferry_testkit::Backend,
     port: u16,
     source: &std::path::Path,
     args: &[&str],
@@ -95,7 +95,7 @@ fn ipv4_closed_uses_ipv6() {
 #[test]
 fn both_closed_names_both() {
     let dir = tempfile::tempdir().expect("tmp");
-    let port = ferry_tests::free_port();
+    let port = ferry_testkit::free_port();
     for backend in backends_under_test() {
         let dest = dir.path().join("f");
         let url = format!("http://localhost:{port}/files/f");
@@ -110,7 +110,7 @@ fn both_closed_names_both() {
             stderr.contains(&format!("[::1]:{port} or 127.0.0.1:{port}")),
             "backend={backend:?}: both addresses named: {stderr}"
         );
-        ferry_tests::assert_no_output(&dest, &format!("backend={backend:?}"));
+        ferry_testkit::assert_no_output(&dest, &format!("backend={backend:?}"));
         eprintln!("ran on backend {backend:?}: both refused, exit 3");
     }
 }

@@ -15,10 +15,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::disk::SmallDisk;
-use ferry_tests::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
-use ferry_tests::record::{self, Damage, Trial};
-use ferry_tests::{Backend, Nginx, backends_under_test, ferry_bin, success_report, write_data};
+use ferry_testkit::disk::SmallDisk;
+use ferry_testkit::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
+use ferry_testkit::record::{self, Damage, Trial};
+use ferry_testkit::{Backend, Nginx, backends_under_test, ferry_bin, success_report, write_data};
 
 const MIB: u64 = 1 << 20;
 /// Three 8 MiB shards and a small file; sorted large first, fetched one at a time (`-c 1`).
@@ -178,10 +178,10 @@ fn a_download_that_cannot_fit_stops_with_need_and_have_and_leaves_nothing() {
                 "stopped cleanly: exit 12, need X, have Y; nothing left",
                 &disk.outside(&out),
             );
-            ferry_tests::assert_clean_failure(&o, 12, "not enough disk space in", &what);
+            ferry_testkit::assert_clean_failure(&o, 12, "not enough disk space in", &what);
             let err = String::from_utf8_lossy(&o.stderr);
             assert!(err.contains(need) && err.contains("have "), "{what}: {err}");
-            ferry_tests::assert_no_output(&disk.outside(&out), &what);
+            ferry_testkit::assert_no_output(&disk.outside(&out), &what);
             assert_eq!(disk.free(), disk.size(), "{what}: every byte given back");
         }
     }
@@ -198,7 +198,7 @@ fn a_pull_that_cannot_fit_is_refused_before_the_first_byte() {
         let o = pull_in(&disk, backend, &endpoint, &[])
             .output()
             .expect("run ferry");
-        ferry_tests::assert_clean_failure(&o, 12, "not enough disk space in", &what);
+        ferry_testkit::assert_clean_failure(&o, 12, "not enough disk space in", &what);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(
             err.contains("need ") && err.contains("have "),

@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::process::Output;
 
-use ferry_tests::record;
-use ferry_tests::{
+use ferry_testkit::record;
+use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, backends_under_test,
     ferry, write_data,
 };
@@ -113,10 +113,10 @@ fn unwritable_directory_is_refused() {
         let mut cmd = if is_root {
             let mut c = std::process::Command::new("setpriv");
             c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-                .arg(ferry_tests::ferry_bin());
+                .arg(ferry_testkit::ferry_bin());
             c
         } else {
-            std::process::Command::new(ferry_tests::ferry_bin())
+            std::process::Command::new(ferry_testkit::ferry_bin())
         };
         let o = cmd
             .args([
@@ -146,7 +146,7 @@ fn unwritable_directory_is_refused() {
 #[test]
 fn connection_refused_is_a_remote_error() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let port = ferry_tests::free_port();
+    let port = ferry_testkit::free_port();
     for backend in backends_under_test() {
         let dest = tmp.path().join("x");
         let o = get(backend, &format!("http://127.0.0.1:{port}/x"), &dest, &[]);
@@ -220,7 +220,7 @@ fn short_bodies_are_fetched_again_until_retries_run_out() {
             let dest = out.path().join("f");
             let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
             let report =
-                ferry_tests::get_ok(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
+                ferry_testkit::get_ok(backend, &url, &dest, &["--chunk-size", "1M", "-c", "2"]);
             assert!(
                 report["retries"].as_u64().unwrap_or(0) >= 1,
                 "backend={backend:?} nth={nth}: a retry is reported: {report}"
@@ -261,16 +261,16 @@ fn sha256_is_verified_and_a_mismatch_is_fetched_again_then_refused() {
     let src = tempfile::tempdir().expect("tmp");
     let file = src.path().join("f");
     write_data(&file, (5 << 20) + 4097, 8);
-    let good = ferry_tests::sha256_file(&file);
+    let good = ferry_testkit::sha256_file(&file);
     let nginx = Nginx::start(src.path());
-    for (backend, sink) in ferry_tests::modes_under_test() {
+    for (backend, sink) in ferry_testkit::modes_under_test() {
         {
             let what = format!("backend={backend:?} sink={sink}");
             let out = tempfile::tempdir().expect("tmp");
             let dest = out.path().join("f");
             // A right digest: verified, reported.
             let url = format!("http://127.0.0.1:{}/files/f", nginx.port());
-            let report = ferry_tests::get_ok(
+            let report = ferry_testkit::get_ok(
                 backend,
                 &url,
                 &dest,
@@ -287,7 +287,7 @@ fn sha256_is_verified_and_a_mismatch_is_fetched_again_then_refused() {
             // (through the same proxy, which corrupts only once) is right.
             let proxy = FaultProxy::start(nginx.port(), Fault::FlipByte { nth: 1, at: 100 });
             let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
-            let report = ferry_tests::get_ok(
+            let report = ferry_testkit::get_ok(
                 backend,
                 &url,
                 &dest,

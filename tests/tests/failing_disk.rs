@@ -22,9 +22,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ferry_tests::disk::FailingDisk;
-use ferry_tests::record::{self, Damage, Trial};
-use ferry_tests::{Nginx, backends_under_test, ferry_bin, write_data};
+use ferry_testkit::disk::FailingDisk;
+use ferry_testkit::record::{self, Damage, Trial};
+use ferry_testkit::{Nginx, backends_under_test, ferry_bin, write_data};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;

@@ -11,7 +11,7 @@
 
 use std::process::Command;
 
-use ferry_tests::{Nginx, backends_under_test, ferry, write_data};
+use ferry_testkit::{Nginx, backends_under_test, ferry, write_data};
 
 /// Set inside the namespace, where [`inside`] runs.
 const INSIDE: &str = "FERRY_TEST_FAST_OPEN_NETNS";
@@ -36,7 +36,7 @@ fn fast_open_sends_the_request_in_the_syn_where_the_sysctl_allows() {
 }
 
 /// `ferry -vv ping URL URL URL --bytes 64K`: its log, after checking every ping answered.
-fn ping_three(backend: ferry_tests::Backend, url: &str, what: &str) -> String {
+fn ping_three(backend: ferry_testkit::Backend, url: &str, what: &str) -> String {
     let o = ferry(
         backend,
         &["-vv", "ping", url, url, url, "--bytes", "64K", "--json"],

@@ -11,8 +11,8 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use ferry_tests::record;
-use ferry_tests::{
+use ferry_testkit::record;
+use ferry_testkit::{
     Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, backends_under_test, ferry,
     get_ok, sha256_file, write_data,
 };

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use ferry_tests::{
+use ferry_testkit::{
     Backend, Nginx, assert_same_file, backends_under_test, can_pin_memory, get_ok, get_ok_sink,
     modes_under_test, write_data,
 };
@@ -115,7 +115,7 @@ fn about_one_gib_is_byte_identical() {
     // A prime near 1 GiB: the tail range is odd-sized and unaligned.
     let size: u64 = 1_073_741_789;
     write_data(&src.path().join("big"), size, 42);
-    let sha = ferry_tests::sha256_file(&src.path().join("big"));
+    let sha = ferry_testkit::sha256_file(&src.path().join("big"));
     let nginx = Nginx::start(src.path());
     for mode in modes_under_test() {
         let out = tempfile::tempdir().expect("tmp");
@@ -163,7 +163,7 @@ fn a_memlock_limit_leaves_writes_the_plain_way_and_the_file_whole() {
     let src = tempfile::tempdir().expect("tmp");
     let size: u64 = (64 << 20) + 4097;
     write_data(&src.path().join("f"), size, 9);
-    let sha = ferry_tests::sha256_file(&src.path().join("f"));
+    let sha = ferry_testkit::sha256_file(&src.path().join("f"));
     let nginx = Nginx::start(src.path());
     let out = tempfile::tempdir().expect("tmp");
     for sink in ["direct", "buffered"] {
@@ -181,7 +181,7 @@ fn a_memlock_limit_leaves_writes_the_plain_way_and_the_file_whole() {
             ]);
         }
         let o = cmd
-            .arg(ferry_tests::ferry_bin())
+            .arg(ferry_testkit::ferry_bin())
             .args(["--backend", "uring", "get", &nginx.url("files", "f")])
             .args([
                 "-o",
@@ -194,7 +194,7 @@ fn a_memlock_limit_leaves_writes_the_plain_way_and_the_file_whole() {
             .env_remove("FERRY_SAFE_MODE")
             .output()
             .expect("run prlimit");
-        let r = ferry_tests::success_report(&o, Backend::Uring, sink);
+        let r = ferry_testkit::success_report(&o, Backend::Uring, sink);
         assert_eq!(r["sink"], sink, "{r}");
         let fixed = r["written_fixed"].as_u64().expect("written_fixed");
         assert!(
@@ -281,7 +281,7 @@ fn summary_line_and_no_progress_bar_on_a_pipe() {
     let out = tempfile::tempdir().expect("tmp");
     for backend in backends_under_test() {
         let dest = out.path().join(format!("p-{}", backend.flag()));
-        let o = ferry_tests::ferry(
+        let o = ferry_testkit::ferry(
             backend,
             &[
                 "get",

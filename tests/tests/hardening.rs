@@ -9,10 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_tests::hostile::{HostileOrigin, answer, request_path, response};
-use ferry_tests::hub::{MODEL, PULL_PARTIAL, Repo, make_repo, write_static_hub};
-use ferry_tests::record::{self, Damage, Trial};
-use ferry_tests::{
+use ferry_testkit::hostile::{HostileOrigin, answer, request_path, response};
+use ferry_testkit::hub::{MODEL, PULL_PARTIAL, Repo, make_repo, write_static_hub};
+use ferry_testkit::record::{self, Damage, Trial};
+use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry, ferry_bin,
     get_ok, write_data,
 };
@@ -264,7 +264,7 @@ fn outputs_that_collide_with_partial_names_are_refused() {
         }
         // A listing naming a file like ferry's partials (which `ferry gc` would remove).
         let hub = Hub::start(|repo| {
-            let mut tree = ferry_tests::hub::tree_json(&repo.files);
+            let mut tree = ferry_testkit::hub::tree_json(&repo.files);
             tree[0]["path"] = "weights.bin.ferry-partial".into();
             tree[0]["type"] = "file".into();
             tree[0]["size"] = 10.into();
@@ -702,8 +702,8 @@ fn redirects_go_only_to_http_and_never_from_public_into_private_addresses() {
             });
             let (o, _out, dest) = get_from(backend, &origin);
             let what = format!("backend={backend:?} redirect to {location}");
-            ferry_tests::assert_clean_failure(&o, 3, needle, &what);
-            ferry_tests::assert_no_output(&dest, &what);
+            ferry_testkit::assert_clean_failure(&o, 3, needle, &what);
+            ferry_testkit::assert_no_output(&dest, &what);
             assert!(origin.requests().len() <= 11, "{what}: the loop must end");
         }
         // A public origin (reached through a proxy, so nothing leaves loopback) redirecting to
@@ -733,8 +733,8 @@ fn redirects_go_only_to_http_and_never_from_public_into_private_addresses() {
         ];
         let o = ferry(backend, &base);
         let what = format!("backend={backend:?} public -> link-local redirect");
-        ferry_tests::assert_clean_failure(&o, 3, "--allow-private-redirects", &what);
-        ferry_tests::assert_no_output(&dest, &what);
+        ferry_testkit::assert_clean_failure(&o, 3, "--allow-private-redirects", &what);
+        ferry_testkit::assert_no_output(&dest, &what);
         assert_eq!(
             proxy.requests().len(),
             1,
@@ -765,8 +765,8 @@ fn an_encoded_answer_ferry_did_not_ask_for_is_refused() {
         });
         let (o, _out, dest) = get_from(backend, &origin);
         let what = format!("backend={backend:?} Content-Encoding: gzip");
-        ferry_tests::assert_clean_failure(&o, 3, "Content-Encoding: gzip", &what);
-        ferry_tests::assert_no_output(&dest, &what);
+        ferry_testkit::assert_clean_failure(&o, 3, "Content-Encoding: gzip", &what);
+        ferry_testkit::assert_no_output(&dest, &what);
         eprintln!("ran on backend {backend:?}: {what} refused");
     }
     // The same origin without the encoding: saved (the refusal is of the encoding alone).
@@ -873,13 +873,13 @@ fn hf_interpreters() -> Vec<(String, PathBuf)> {
 
 #[test]
 fn huggingface_hub_old_and_new_never_adopt_a_partial_of_ferrys_and_share_a_cache_with_it() {
-    use ferry_tests::hf::hf_client_python;
+    use ferry_testkit::hf::hf_client_python;
     // The upstream: a mirror ferry pulled from a static Hub, served by ferry serve.
     let hub = Hub::start(|_| None);
     let up = tempfile::tempdir().expect("tmp");
     let o = pull(Backend::Portable, &hub.endpoint(), up.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let serve = ferry_tests::serve::Serve::start(up.path(), None);
+    let serve = ferry_testkit::serve::Serve::start(up.path(), None);
     let endpoint = serve.endpoint();
     let big = &hub.repo.files[0];
     let jobs = serde_json::json!([{
@@ -1234,7 +1234,7 @@ fn serve_opens_every_file_beneath_the_root_at_request_time() {
     let hub = Hub::start(|_| None);
     let cache = pulled_cache(&hub, &[]);
     let big = &hub.repo.files[0];
-    let serve = ferry_tests::serve::Serve::start(cache.path(), None);
+    let serve = ferry_testkit::serve::Serve::start(cache.path(), None);
     let target = format!("/org/model/resolve/main/{}", big.path);
     let (status, _, body) = serve.get(&target);
     assert_eq!(status, 200);
@@ -1273,7 +1273,7 @@ fn serve_does_not_present_a_partial_snapshot_as_the_whole_commit() {
     let hub = Hub::start(|_| None);
     // A pull of the small files only: the kept listing names every file of the commit.
     let cache = pulled_cache(&hub, &["--include", "*.json"]);
-    let serve = ferry_tests::serve::Serve::start(cache.path(), None);
+    let serve = ferry_testkit::serve::Serve::start(cache.path(), None);
     let (status, _, body) = serve.get("/api/models/org/model/tree/main?recursive=true");
     assert_eq!(status, 200);
     let tree: serde_json::Value = serde_json::from_slice(&body).expect("tree JSON");
@@ -1327,7 +1327,7 @@ fn serve_reads_refs_without_following_links_or_reading_whole_files() {
     std::fs::write(outside.path().join("main"), &hub.repo.commit).expect("ref");
     std::fs::remove_dir_all(folder.join("refs")).expect("refs");
     std::os::unix::fs::symlink(outside.path(), folder.join("refs")).expect("plant");
-    let serve = ferry_tests::serve::Serve::start(linked.path(), None);
+    let serve = ferry_testkit::serve::Serve::start(linked.path(), None);
     let (status, _, _) = serve.get("/api/models/org/model/revision/main");
     assert_eq!(status, 404, "a symlinked refs/ was followed");
     let (status, _, _) = serve.get(&format!(
@@ -1340,7 +1340,7 @@ fn serve_reads_refs_without_following_links_or_reading_whole_files() {
     let big = pulled_cache(&hub, &[]);
     let f = std::fs::File::create(big.path().join("models--org--model/refs/big")).expect("ref");
     f.set_len(2 << 30).expect("sparse");
-    let serve = ferry_tests::serve::Serve::start(big.path(), None);
+    let serve = ferry_testkit::serve::Serve::start(big.path(), None);
     let (status, _, _) = serve.get("/api/models/org/model/revision/main");
     assert_eq!(status, 200);
     let peak = peak_rss_kib(serve.pid());
@@ -1353,7 +1353,7 @@ fn serve_reads_refs_without_following_links_or_reading_whole_files() {
 
 /// Sends `raw` to the server on a new connection and reads until it closes: every status line
 /// it answered, in order.
-fn raw_statuses(serve: &ferry_tests::serve::Serve, raw: &[u8]) -> Vec<u16> {
+fn raw_statuses(serve: &ferry_testkit::serve::Serve, raw: &[u8]) -> Vec<u16> {
     use std::io::{Read, Write};
     let mut s = serve.connect();
     s.write_all(raw).expect("send");
@@ -1371,7 +1371,7 @@ fn raw_statuses(serve: &ferry_tests::serve::Serve, raw: &[u8]) -> Vec<u16> {
 fn serve_parses_heads_strictly_and_pages_right_behind_a_reverse_proxy() {
     let hub = Hub::start(|_| None);
     let cache = pulled_cache(&hub, &[]);
-    let serve = ferry_tests::serve::Serve::start_with(
+    let serve = ferry_testkit::serve::Serve::start_with(
         cache.path(),
         Some(3),
         None,
@@ -1408,13 +1408,13 @@ fn serve_parses_heads_strictly_and_pages_right_behind_a_reverse_proxy() {
     );
     // Mounted on /hf/ behind nginx: the paged listing's links keep the prefix, so the stock
     // client and ferry pull both walk it to the end.
-    let nginx = ferry_tests::Nginx::start_proxy(cache.path(), serve.port);
+    let nginx = ferry_testkit::Nginx::start_proxy(cache.path(), serve.port);
     let endpoint = format!("http://127.0.0.1:{}/hf", nginx.port());
     let dir = tempfile::tempdir().expect("tmp");
     let jobs = serde_json::json!([{
         "op": "snapshot", "repo": "org/model", "type": "model", "revision": "main", "file": ""
     }]);
-    let paths = ferry_tests::hf::hf_client(&endpoint, &dir.path().join("hf"), false, &jobs);
+    let paths = ferry_testkit::hf::hf_client(&endpoint, &dir.path().join("hf"), false, &jobs);
     for f in &hub.repo.files {
         assert_same_file(
             &f.source,
@@ -1466,7 +1466,7 @@ fn idle_keep_alive_clients_cannot_starve_a_newcomer() {
     use std::io::Write;
     let hub = Hub::start(|_| None);
     let cache = pulled_cache(&hub, &[]);
-    let serve = ferry_tests::serve::Serve::start_with(
+    let serve = ferry_testkit::serve::Serve::start_with(
         cache.path(),
         None,
         None,
@@ -1509,7 +1509,7 @@ fn idle_keep_alive_clients_cannot_starve_a_newcomer() {
 fn the_api_clients_call_works_and_what_is_not_implemented_says_so() {
     let hub = Hub::start(|_| None);
     let cache = pulled_cache(&hub, &[]);
-    let serve = ferry_tests::serve::Serve::start(cache.path(), None);
+    let serve = ferry_testkit::serve::Serve::start(cache.path(), None);
     let home = tempfile::tempdir().expect("tmp");
     let code = r#"
 import json
@@ -1531,7 +1531,7 @@ except Exception as e:
     out["discussions"] = "%s %s" % (getattr(getattr(e, "response", None), "status_code", None), e)
 print(json.dumps(out))
 "#;
-    let o = ferry_tests::hf::client_command(
+    let o = ferry_testkit::hf::client_command(
         Path::new("python3"),
         &serve.endpoint(),
         home.path(),

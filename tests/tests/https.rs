@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
-use ferry_tests::record::{self, Trial};
-use ferry_tests::tls::TestPki;
-use ferry_tests::{
+use ferry_testkit::record::{self, Trial};
+use ferry_testkit::tls::TestPki;
+use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_no_output, assert_same_file, backends_under_test,
     ferry_bin, get_ok, get_ok_sink, modes_under_test, sha256_file, write_data,
 };
@@ -285,7 +285,7 @@ fn the_key_exchange_is_post_quantum_where_the_server_offers_it_and_is_said() {
     std::fs::create_dir_all(repo.join(".cache/huggingface/download")).expect("dirs");
     std::fs::write(repo.join("a.txt"), b"abc").expect("file");
     let commit = "c".repeat(40);
-    let etag = ferry_tests::hub::git_blob_id(b"abc");
+    let etag = ferry_testkit::hub::git_blob_id(b"abc");
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
@@ -296,7 +296,7 @@ fn the_key_exchange_is_post_quantum_where_the_server_offers_it_and_is_said() {
         format!("{commit}\n{etag}\n{now}\n"),
     )
     .expect("metadata");
-    let serve = ferry_tests::serve::Serve::start_tls(root.path(), &pki.localhost);
+    let serve = ferry_testkit::serve::Serve::start_tls(root.path(), &pki.localhost);
     let url = format!("{}/org/model/resolve/main/a.txt", serve.endpoint());
     // nginx (OpenSSL) offers what its build has: a classical group at least.
     let src = tempfile::tempdir().expect("tmp");

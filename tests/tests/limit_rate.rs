@@ -2,7 +2,7 @@
 //! Only a lower bound on the time is checked (a download that keeps to the cap cannot be
 //! faster than the bucket allows; a slow machine only makes it slower), and the bytes.
 
-use ferry_tests::{Nginx, assert_same_file, get_ok_sink, modes_under_test, write_data};
+use ferry_testkit::{Nginx, assert_same_file, get_ok_sink, modes_under_test, write_data};
 
 #[test]
 fn four_connections_share_one_cap() {

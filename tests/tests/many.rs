@@ -6,14 +6,16 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use ferry_tests::{Nginx, assert_no_output, assert_same_file, ferry, modes_under_test, write_data};
+use ferry_testkit::{
+    Nginx, assert_no_output, assert_same_file, ferry, modes_under_test, write_data,
+};
 
 /// Exit code of a remote failure (`ferry --help` lists them).
 const REMOTE: i32 = 3;
 
 /// Runs `ferry get` on every URL into `out` and returns (exit status, JSON lines, stderr).
 fn get_many(
-    (backend, sink): (ferry_tests::Backend, &str),
+    (backend, sink): (ferry_testkit::Backend, &str),
     urls: &[String],
     out: &Path,
     extra: &[&str],
@@ -189,9 +191,9 @@ fn an_input_list_verifies_each_file_against_its_sha256() {
     for (i, n) in names.iter().enumerate() {
         let sha = if i == 7 {
             // Wrong on purpose: the digest of another file.
-            ferry_tests::sha256_file(&src.path().join(&names[8]))
+            ferry_testkit::sha256_file(&src.path().join(&names[8]))
         } else {
-            ferry_tests::sha256_file(&src.path().join(n))
+            ferry_testkit::sha256_file(&src.path().join(n))
         };
         list.push_str(&format!("{} {sha}\n", nginx.url("files", n)));
     }

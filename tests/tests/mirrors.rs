@@ -3,8 +3,8 @@
 //! bodies short and one that stalls hand their ranges to the other; a far slower one is demoted
 //! by its measured throughput. Every file is checked byte for byte (and by its sha256).
 
-use ferry_tests::endpoints_served;
-use ferry_tests::{
+use ferry_testkit::endpoints_served;
+use ferry_testkit::{
     Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, get_ok, get_ok_sink,
     modes_under_test, sha256_file, write_data,
 };
@@ -81,7 +81,7 @@ fn a_dead_url_or_one_without_the_file_hands_over_to_the_mirror() {
     const SIZE: u64 = 3 << 20;
     let (src, file, sha) = data(SIZE, 102);
     let nginx = Nginx::start(src.path());
-    let dead = ferry_tests::free_port();
+    let dead = ferry_testkit::free_port();
     let cases = [
         (format!("http://127.0.0.1:{dead}/files/f"), "refused"),
         (nginx.url("files", "missing"), "404"),
@@ -188,7 +188,7 @@ fn a_far_slower_mirror_is_demoted() {
         let url = nginx.url("files", "f");
         let mut args = vec!["get", &url, "-o", dest.to_str().expect("utf8"), "--json"];
         args.extend(mirror_args(&mirror, &sha, &[]));
-        let o = ferry_tests::ferry(backend, &args);
+        let o = ferry_testkit::ferry(backend, &args);
         let stderr = String::from_utf8_lossy(&o.stderr);
         assert!(o.status.success(), "backend={backend:?}: {stderr}");
         assert_same_file(&file, &dest, &format!("backend={backend:?}"));

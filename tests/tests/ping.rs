@@ -3,12 +3,12 @@
 //! dead endpoint reported as such without hiding the others, and `--repo` asking every
 //! endpoint for the same file (the largest) at the same commit.
 
-use ferry_tests::hub::{make_repo, write_static_hub};
-use ferry_tests::tls::TestPki;
-use ferry_tests::{Fault, FaultProxy, Nginx, backends_under_test, ferry, free_port, write_data};
+use ferry_testkit::hub::{make_repo, write_static_hub};
+use ferry_testkit::tls::TestPki;
+use ferry_testkit::{Fault, FaultProxy, Nginx, backends_under_test, ferry, free_port, write_data};
 
 /// `ferry ping ARGS --json`: exit code and the endpoints' entries.
-fn ping_json(backend: ferry_tests::Backend, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
+fn ping_json(backend: ferry_testkit::Backend, args: &[&str]) -> (i32, Vec<serde_json::Value>) {
     let mut all = vec!["ping", "--json"];
     all.extend_from_slice(args);
     let o = ferry(backend, &all);
@@ -199,7 +199,7 @@ fn with_a_repo_every_endpoint_is_asked_for_its_largest_file() {
             );
         }
         // Both reads reached nginx (the mirror through its proxy) as ranged requests.
-        let ranged = |all: Vec<ferry_tests::Request>| -> Vec<ferry_tests::Request> {
+        let ranged = |all: Vec<ferry_testkit::Request>| -> Vec<ferry_testkit::Request> {
             all[seen..]
                 .iter()
                 .filter(|r| r.uri.ends_with("model.safetensors") && r.range != "-")

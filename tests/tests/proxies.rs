@@ -8,10 +8,10 @@
 use std::path::Path;
 use std::process::Command;
 
-use ferry_tests::proxies::RealProxy;
-use ferry_tests::tls::TestPki;
-use ferry_tests::{Backend, Nginx, assert_no_output, assert_same_file, backends_under_test};
-use ferry_tests::{ferry_bin, free_port, write_data};
+use ferry_testkit::proxies::RealProxy;
+use ferry_testkit::tls::TestPki;
+use ferry_testkit::{Backend, Nginx, assert_no_output, assert_same_file, backends_under_test};
+use ferry_testkit::{ferry_bin, free_port, write_data};
 
 const USER: &str = "ferry";
 const PASS: &str = "pa55-w0rd-never-printed";
@@ -292,7 +292,7 @@ fn no_proxy_bypasses_and_a_dead_or_refusing_proxy_fails_clearly() {
 
 #[test]
 fn a_pull_goes_through_the_proxy_for_the_api_and_the_bytes() {
-    use ferry_tests::hub::{MODEL, make_repo, write_static_hub};
+    use ferry_testkit::hub::{MODEL, make_repo, write_static_hub};
     let pki = TestPki::new();
     let dir = tempfile::tempdir().expect("tmp");
     let repo = make_repo(dir.path(), "org/model", MODEL);

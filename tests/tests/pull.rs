@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ferry_tests::hub::{
+use ferry_testkit::hub::{
     MODEL, PULL_PARTIAL, Repo, make_repo, repo_from_files, tree_json, write_static_hub,
 };
-use ferry_tests::{
+use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry,
 };
 
@@ -31,7 +31,7 @@ impl Hub {
 
     fn start_with(
         tree: impl FnOnce(&Repo) -> Option<serde_json::Value>,
-        tls: Option<&ferry_tests::tls::ServerCert>,
+        tls: Option<&ferry_testkit::tls::ServerCert>,
     ) -> Hub {
         let dir = tempfile::tempdir().expect("tmp");
         let repo = make_repo(dir.path(), "org/model", MODEL);
@@ -64,7 +64,7 @@ impl Hub {
     }
 
     /// The requests for file bytes logged after the first `skip`.
-    fn resolves_since(&self, skip: usize) -> Vec<ferry_tests::Request> {
+    fn resolves_since(&self, skip: usize) -> Vec<ferry_testkit::Request> {
         self.nginx
             .requests(0)
             .into_iter()
@@ -202,7 +202,7 @@ fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
 
 #[test]
 fn a_pull_over_https_verifies_the_endpoint_and_the_bytes() {
-    let pki = ferry_tests::tls::TestPki::new();
+    let pki = ferry_testkit::tls::TestPki::new();
     let hub = Hub::start_with(|_| None, Some(&pki.localhost));
     let ca = pki.ca.to_str().expect("utf-8");
     for backend in backends_under_test() {
@@ -243,7 +243,7 @@ fn a_pull_over_https_verifies_the_endpoint_and_the_bytes() {
 
 #[test]
 fn a_pull_to_a_dual_stack_name_races_past_a_silent_ipv6() {
-    use ferry_tests::eyeballs::{Blackhole, ferry_dual_stack};
+    use ferry_testkit::eyeballs::{Blackhole, ferry_dual_stack};
     let hub = Hub::start(|_| None);
     let port = hub.nginx.port();
     // `localhost` is [::1] first, then 127.0.0.1 (nginx); [::1] drops every SYN. Both the API
@@ -288,7 +288,7 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
     // The mirror: the same Hub behind a port of its own.
     let front = FaultProxy::start(hub.nginx.port(), Fault::None);
     let mirror = format!("http://127.0.0.1:{}/files", front.port());
-    let dead = format!("http://127.0.0.1:{}/files", ferry_tests::free_port());
+    let dead = format!("http://127.0.0.1:{}/files", ferry_testkit::free_port());
     for backend in backends_under_test() {
         let what = format!("backend={backend:?} mirror");
         // Both up: every byte from one of them, the summary says which.
@@ -303,7 +303,7 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
             &what,
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
-        let s = ferry_tests::endpoints_served(&r);
+        let s = ferry_testkit::endpoints_served(&r);
         assert_eq!(s.len(), 2, "{what}: {r}");
         assert_eq!(
             s[0].1 + s[1].1,
@@ -331,7 +331,7 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
             &what,
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
-        let s = ferry_tests::endpoints_served(&r);
+        let s = ferry_testkit::endpoints_served(&r);
         assert_eq!(
             s[1].1,
             r["bytes_fetched"].as_u64().expect("bytes"),
@@ -678,7 +678,7 @@ fn the_token_reaches_the_endpoint_and_never_the_host_it_redirects_to() {
         let what = format!("backend={backend:?}");
         let cache = tempfile::tempdir().expect("tmp");
         let cache_s = cache.path().to_str().expect("utf-8");
-        let o = Command::new(ferry_tests::ferry_bin())
+        let o = Command::new(ferry_testkit::ferry_bin())
             .args([
                 "--backend",
                 backend.flag(),
@@ -762,7 +762,7 @@ fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() 
         ),
         "first pull",
     );
-    let serve = ferry_tests::serve::Serve::start(first.path(), None);
+    let serve = ferry_testkit::serve::Serve::start(first.path(), None);
     let endpoint = serve.endpoint();
     for backend in backends_under_test() {
         let what = format!("backend={backend:?}, from ferry serve");

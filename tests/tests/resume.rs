@@ -24,9 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_tests::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
-use ferry_tests::record::{self, Damage, Trial};
-use ferry_tests::{
+use ferry_testkit::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
+use ferry_testkit::record::{self, Damage, Trial};
+use ferry_testkit::{
     Backend, Nginx, assert_same_file, backends_under_test, ferry_bin, success_report,
 };
 
@@ -77,12 +77,12 @@ fn journal_bytes(cache: &Path, repo: &Repo) -> u64 {
 fn check_final_names(
     cache: &Path,
     repo: &Repo,
-    by_etag: &HashMap<&str, &ferry_tests::hub::RepoFile>,
+    by_etag: &HashMap<&str, &ferry_testkit::hub::RepoFile>,
     checked: &mut HashSet<PathBuf>,
 ) -> Vec<(String, Damage)> {
     let mut wrong = Vec::new();
     let blobs = repo_dir(cache).join("blobs");
-    let whole = |f: &ferry_tests::hub::RepoFile| Damage {
+    let whole = |f: &ferry_testkit::hub::RepoFile| Damage {
         lost: 0,
         corrupted: f.size,
         checked: f.size,
@@ -162,7 +162,7 @@ impl Watcher {
         let stop = Arc::new(AtomicBool::new(false));
         let stop2 = Arc::clone(&stop);
         let thread = std::thread::spawn(move || {
-            let by_etag: HashMap<&str, &ferry_tests::hub::RepoFile> =
+            let by_etag: HashMap<&str, &ferry_testkit::hub::RepoFile> =
                 repo.files.iter().map(|f| (f.etag.as_str(), f)).collect();
             let mut wrong = Vec::new();
             loop {

@@ -2,8 +2,8 @@
 //! request and on later ranges are asked again (and counted in the summary), a 404 is not, and
 //! the stall watchdog drops a range that stops delivering and fetches it again elsewhere.
 
-use ferry_tests::record;
-use ferry_tests::{
+use ferry_testkit::record;
+use ferry_testkit::{
     Fault, FaultProxy, Nginx, assert_no_output, backends_under_test, ferry, get_ok, get_ok_sink,
     modes_under_test, write_data,
 };

@@ -5,7 +5,7 @@
 
 use std::process::{Command, Output};
 
-use ferry_tests::{
+use ferry_testkit::{
     Nginx, assert_no_output, assert_same_file, ferry_bin, seccomp_run_bin, write_data,
 };
 
@@ -49,7 +49,7 @@ fn probe_under_seccomp_picks_portable_and_says_why() {
         .output()
         .expect("probe");
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
-    if ferry_tests::kernel_probes_available() {
+    if ferry_testkit::kernel_probes_available() {
         assert_eq!(v["selection"]["backend"], "uring", "{v}");
     }
 }

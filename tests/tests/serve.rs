@@ -14,10 +14,10 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ferry_tests::hf::{have_hf_client, hf_client, hf_client_ca};
-use ferry_tests::record::{self, Trial};
-use ferry_tests::serve::Serve;
-use ferry_tests::tls::TestPki;
+use ferry_testkit::hf::{have_hf_client, hf_client, hf_client_ca};
+use ferry_testkit::record::{self, Trial};
+use ferry_testkit::serve::Serve;
+use ferry_testkit::tls::TestPki;
 use sha2::{Digest, Sha256};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -27,7 +27,7 @@ const SECRET: &[u8] = b"TOP-SECRET: this file lies outside the served root\n";
 // ---------------------------------------------------------------------------------------------
 // Hashes.
 
-use ferry_tests::hub::git_blob_id as git_sha1;
+use ferry_testkit::hub::git_blob_id as git_sha1;
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -1,5 +1,5 @@
 //! Writes `tests/RELIABILITY.md` from the trials the fault tests recorded during a test run
-//! (`ferry_tests::record`): one row per fault and test, with how many times it was tried, on
+//! (`ferry_testkit::record`): one row per fault and test, with how many times it was tried, on
 //! which back-ends, what came of it, and the bytes lost or corrupted, summed.
 //!
 //! Usage: `reliability [OUTPUT]` (default `tests/RELIABILITY.md`), after `cargo test`; reads
@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     let output = std::env::args_os()
         .nth(1)
         .map_or_else(|| PathBuf::from("tests/RELIABILITY.md"), PathBuf::from);
-    let dir = ferry_tests::record::record_dir();
+    let dir = ferry_testkit::record::record_dir();
     let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|d| d.flatten().map(|e| e.path()).collect())
@@ -101,7 +101,7 @@ fn main() -> ExitCode {
     let doc = format!(
         "# Reliability record\n\n\
          Written by `scripts/test.sh` from the trials the fault tests recorded in one test run \
-         (`tests/src/record.rs`, `tests/src/bin/reliability.rs`), at commit `{commit}`. Do not \
+         (`testkit/src/record.rs`, `testkit/src/bin/reliability.rs`), at commit `{commit}`. Do not \
          edit: run the tests again.\n\n\
          Every trial compares the files with their sources byte by byte (*checked*) before its \
          test asserts on them: *lost* counts bytes missing from what should be there, *corrupted* bytes \
