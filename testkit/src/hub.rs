@@ -5,6 +5,10 @@
 //! The repo looks like a small model: LFS-like shards (sha256 names, some sizes around page
 //! boundaries) and small git files (config, tokenizer; git blob ids), nested paths, a name with
 //! a space. Bytes are seeded ([`crate::write_data`]), so every test knows what must arrive.
+//!
+//! [`StaticHub`] serves one under nginx ([`crate::Nginx`]); [`Repo::cache_folder`] and
+//! [`Repo::snapshot`] say where huggingface_hub's cache layout puts it, which is where a pull
+//! must land. Nothing here runs ferry or checks what it wrote.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +47,101 @@ pub struct Repo {
     pub commit: String,
     /// Its files.
     pub files: Vec<RepoFile>,
+}
+
+impl Repo {
+    /// The repo's folder in the huggingface_hub cache at `cache`: `models--ORG--NAME`.
+    pub fn cache_folder(&self, cache: &Path) -> PathBuf {
+        cache_folder(cache, &self.id)
+    }
+
+    /// The snapshot of the repo's commit in the cache at `cache`.
+    pub fn snapshot(&self, cache: &Path) -> PathBuf {
+        self.cache_folder(cache)
+            .join("snapshots")
+            .join(&self.commit)
+    }
+}
+
+/// The folder of model repo `id` (`org/name`) in the huggingface_hub cache at `cache`:
+/// `models--org--name`.
+pub fn cache_folder(cache: &Path, id: &str) -> PathBuf {
+    cache.join(format!("models--{}", id.replace('/', "--")))
+}
+
+/// A static Hub for the synthetic model repo `org/model`, served by nginx (over HTTPS too when
+/// started with a certificate). The server stops and the files go when it drops.
+#[derive(Debug)]
+pub struct StaticHub {
+    /// The repo served.
+    pub repo: Repo,
+    /// The static Hub's files (nginx's root).
+    pub root: PathBuf,
+    /// The server.
+    pub nginx: crate::Nginx,
+    _dir: tempfile::TempDir,
+}
+
+impl StaticHub {
+    /// [`MODEL`] as `org/model`, its tree listing replaced by what `tree` returns (a hostile
+    /// listing), if anything.
+    pub fn start(tree: impl FnOnce(&Repo) -> Option<serde_json::Value>) -> StaticHub {
+        StaticHub::start_with(MODEL, tree, None)
+    }
+
+    /// `spec` (as [`make_repo`] takes it) as `org/model`, with the tree of `tree` if any, over
+    /// HTTPS too with `tls`.
+    pub fn start_with(
+        spec: &[(&str, u64, bool)],
+        tree: impl FnOnce(&Repo) -> Option<serde_json::Value>,
+        tls: Option<&crate::tls::ServerCert>,
+    ) -> StaticHub {
+        let dir = tempfile::tempdir().expect("tmp");
+        let repo = make_repo(dir.path(), "org/model", spec);
+        let root = dir.path().join("hub");
+        write_static_hub(&root, &repo, tree(&repo));
+        let nginx = match tls {
+            Some(cert) => crate::Nginx::start_tls(&root, cert),
+            None => crate::Nginx::start(&root),
+        };
+        StaticHub {
+            repo,
+            root,
+            nginx,
+            _dir: dir,
+        }
+    }
+
+    /// The Hub endpoint at nginx's `/files/`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/files", self.nginx.port())
+    }
+
+    /// The Hub endpoint at nginx's `/slow/` (8 MiB/s per request), so that a test can act in
+    /// the middle of a pull.
+    pub fn slow_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/slow", self.nginx.port())
+    }
+
+    /// The Hub endpoint over HTTPS (started with a certificate, valid for `localhost`).
+    pub fn https_endpoint(&self) -> String {
+        format!("https://localhost:{}/files", self.nginx.tls_port())
+    }
+
+    /// How many requests for file bytes (`resolve`) nginx has logged.
+    pub fn resolves(&self) -> usize {
+        self.resolves_since(0).len()
+    }
+
+    /// The requests for file bytes logged after the first `skip`.
+    pub fn resolves_since(&self, skip: usize) -> Vec<crate::Request> {
+        self.nginx
+            .requests(0)
+            .into_iter()
+            .filter(|r| r.uri.contains("/resolve/"))
+            .skip(skip)
+            .collect()
+    }
 }
 
 /// The git blob id of `bytes`.

@@ -16,7 +16,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::disk::SmallDisk;
-use ferry_testkit::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
+use ferry_testkit::hub::{PULL_PARTIAL, Repo, StaticHub};
 use ferry_testkit::record::{self, Damage, Trial};
 use ferry_testkit::{Backend, Nginx, backends_under_test, ferry_bin, success_report, write_data};
 
@@ -28,18 +28,6 @@ const SPEC: &[(&str, u64, bool)] = &[
     ("model-00003-of-00003.safetensors", (8 << 20) - 1, true),
     ("config.json", 700, false),
 ];
-
-/// A static Hub with [`SPEC`] under nginx; its endpoint is `/slow` (8 MiB/s per request), so
-/// that the test can fill the disk between two shards.
-fn slow_hub() -> (tempfile::TempDir, Repo, Nginx, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let repo = make_repo(dir.path(), "org/model", SPEC);
-    let root = dir.path().join("hub");
-    write_static_hub(&root, &repo, None);
-    let nginx = Nginx::start(&root);
-    let endpoint = format!("http://127.0.0.1:{}/slow", nginx.port());
-    (dir, repo, nginx, endpoint)
-}
 
 fn ferry_in(disk: &SmallDisk, backend: Backend, args: &[&str]) -> Command {
     let mut c = disk.command(&ferry_bin());
@@ -69,13 +57,9 @@ fn pull_in(disk: &SmallDisk, backend: Backend, endpoint: &str, extra: &[&str]) -
     ferry_in(disk, backend, &args)
 }
 
-fn repo_dir(disk: &SmallDisk) -> PathBuf {
-    disk.root().join("cache").join("models--org--model")
-}
-
 /// The shards whose blob is complete under its final name.
 fn complete_blobs(disk: &SmallDisk, repo: &Repo) -> usize {
-    let blobs = repo_dir(disk).join("blobs");
+    let blobs = repo.cache_folder(&disk.root().join("cache")).join("blobs");
     repo.files
         .iter()
         .filter(|f| std::fs::metadata(blobs.join(&f.etag)).is_ok_and(|m| m.len() == f.size))
@@ -85,7 +69,7 @@ fn complete_blobs(disk: &SmallDisk, repo: &Repo) -> usize {
 /// The partial files whose whole size is allocated (`fallocate`d by ferry).
 fn reserved_partials(disk: &SmallDisk, repo: &Repo) -> usize {
     use std::os::unix::fs::MetadataExt;
-    let blobs = repo_dir(disk).join("blobs");
+    let blobs = repo.cache_folder(&disk.root().join("cache")).join("blobs");
     repo.files
         .iter()
         .filter(|f| {
@@ -116,7 +100,7 @@ fn stderr_of(path: &Path) -> String {
 /// no file has counts as corrupted), every snapshot link must lead to its file's blob. Returns
 /// how many files are published, and the damage.
 fn published(disk: &SmallDisk, repo: &Repo) -> (usize, Damage) {
-    let blobs = repo_dir(disk).join("blobs");
+    let blobs = repo.cache_folder(&disk.root().join("cache")).join("blobs");
     let mut damage = Damage::default();
     for entry in std::fs::read_dir(&blobs).expect("blobs").flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -133,7 +117,10 @@ fn published(disk: &SmallDisk, repo: &Repo) -> (usize, Damage) {
         use std::os::unix::fs::MetadataExt;
         std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
     };
-    let snapshot = repo_dir(disk).join("snapshots").join(&repo.commit);
+    let snapshot = repo
+        .cache_folder(&disk.root().join("cache"))
+        .join("snapshots")
+        .join(&repo.commit);
     let mut count = 0;
     for f in &repo.files {
         let link = snapshot.join(&f.path);
@@ -189,7 +176,10 @@ fn a_download_that_cannot_fit_stops_with_need_and_have_and_leaves_nothing() {
 
 #[test]
 fn a_pull_that_cannot_fit_is_refused_before_the_first_byte() {
-    let (_dir, repo, nginx, endpoint) = slow_hub();
+    // A static Hub with [`SPEC`], at `/slow` (8 MiB/s per request), so that the test can fill
+    // the disk between two shards.
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let (repo, nginx, endpoint) = (&hub.repo, &hub.nginx, hub.slow_endpoint());
     let total: u64 = repo.files.iter().map(|f| f.size).sum();
     for backend in backends_under_test() {
         let what = format!("backend={backend:?}");
@@ -258,7 +248,10 @@ fn pull_into_a_disk_filled_midway(
 
 #[test]
 fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_resumes() {
-    let (_dir, repo, _nginx, endpoint) = slow_hub();
+    // A static Hub with [`SPEC`], at `/slow` (8 MiB/s per request), so that the test can fill
+    // the disk between two shards.
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let (repo, endpoint) = (&hub.repo, hub.slow_endpoint());
     let logs = tempfile::tempdir().expect("tmp");
     let total: u64 = repo.files.iter().map(|f| f.size).sum();
     for backend in backends_under_test() {
@@ -266,7 +259,7 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
         eprintln!("disk filled mid-pull, short wait, {what}");
         let disk = SmallDisk::mount(48 * MIB);
         let (child, filler, err_path) =
-            pull_into_a_disk_filled_midway(&disk, &repo, (backend, &endpoint), "1", logs.path());
+            pull_into_a_disk_filled_midway(&disk, repo, (backend, &endpoint), "1", logs.path());
         let o = finish(child);
         let err = stderr_of(&err_path);
         assert_eq!(o.status.code(), Some(12), "{what}: {err}");
@@ -279,7 +272,7 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
         );
         assert!(!err.contains("panicked"), "{what}: {err}");
         // What was verified is kept, under its final names.
-        let (kept, mut damage) = published(&disk, &repo);
+        let (kept, mut damage) = published(&disk, repo);
         eprintln!("  stopped: {kept} files published; {last}");
 
         // Space is freed: the next run fetches only what is missing.
@@ -287,7 +280,7 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
         let o = pull_in(&disk, backend, &endpoint, &[])
             .output()
             .expect("run ferry");
-        let (all, at_end) = published(&disk, &repo);
+        let (all, at_end) = published(&disk, repo);
         damage += at_end;
         Trial::once(
             (
@@ -313,7 +306,10 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
         );
         assert_eq!(all, repo.files.len(), "{what}: every file published");
         assert!(
-            !repo_dir(&disk).join(".ferry").exists(),
+            !repo
+                .cache_folder(&disk.root().join("cache"))
+                .join(".ferry")
+                .exists(),
             "{what}: the journal is removed once the pull completes"
         );
     }
@@ -321,19 +317,22 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
 
 #[test]
 fn a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed() {
-    let (_dir, repo, _nginx, endpoint) = slow_hub();
+    // A static Hub with [`SPEC`], at `/slow` (8 MiB/s per request), so that the test can fill
+    // the disk between two shards.
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let (repo, endpoint) = (&hub.repo, hub.slow_endpoint());
     let logs = tempfile::tempdir().expect("tmp");
     for backend in backends_under_test() {
         let what = format!("backend={backend:?}");
         eprintln!("disk filled mid-pull, then freed, {what}");
         let disk = SmallDisk::mount(48 * MIB);
         let (child, filler, err_path) =
-            pull_into_a_disk_filled_midway(&disk, &repo, (backend, &endpoint), "600", logs.path());
+            pull_into_a_disk_filled_midway(&disk, repo, (backend, &endpoint), "600", logs.path());
         std::fs::remove_file(&filler).expect("remove the filler");
         let o = finish(child);
         let err = stderr_of(&err_path);
         assert!(o.status.success(), "{what}: {err}");
-        let (all, damage) = published(&disk, &repo);
+        let (all, damage) = published(&disk, repo);
         Trial::once(
             (
                 "another process fills the disk mid-pull, then frees it",

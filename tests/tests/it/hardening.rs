@@ -10,7 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::hostile::{HostileOrigin, answer, request_path, response};
-use ferry_testkit::hub::{MODEL, PULL_PARTIAL, Repo, make_repo, write_static_hub};
+use ferry_testkit::hub::PULL_PARTIAL;
+use ferry_testkit::hub::StaticHub as Hub;
 use ferry_testkit::record::{self, Damage, Trial};
 use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry, ferry_bin,
@@ -85,32 +86,6 @@ fn a_symlink_or_hard_link_at_the_partial_name_is_never_written_through() {
             assert_same_file(&src.path().join("f"), &dest, &what);
             eprintln!("ran on backend {backend:?}: {what}: victim intact");
         }
-    }
-}
-
-/// A static Hub serving `org/model` (nginx), with its repo.
-struct Hub {
-    repo: Repo,
-    nginx: Nginx,
-    _dir: tempfile::TempDir,
-}
-
-impl Hub {
-    fn start(tree: impl FnOnce(&Repo) -> Option<serde_json::Value>) -> Hub {
-        let dir = tempfile::tempdir().expect("tmp");
-        let repo = make_repo(dir.path(), "org/model", MODEL);
-        let root = dir.path().join("hub");
-        write_static_hub(&root, &repo, tree(&repo));
-        let nginx = Nginx::start(&root);
-        Hub {
-            repo,
-            nginx,
-            _dir: dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/files", self.nginx.port())
     }
 }
 

@@ -9,70 +9,11 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use ferry_testkit::hub::{
-    MODEL, PULL_PARTIAL, Repo, make_repo, repo_from_files, tree_json, write_static_hub,
-};
+use ferry_testkit::hub::StaticHub as Hub;
+use ferry_testkit::hub::{MODEL, PULL_PARTIAL, Repo, repo_from_files, tree_json, write_static_hub};
 use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry,
 };
-
-/// A static Hub serving the model repo `org/model`.
-struct Hub {
-    repo: Repo,
-    root: PathBuf,
-    nginx: Nginx,
-    _dir: tempfile::TempDir,
-}
-
-impl Hub {
-    fn start(tree: impl FnOnce(&Repo) -> Option<serde_json::Value>) -> Hub {
-        Hub::start_with(tree, None)
-    }
-
-    fn start_with(
-        tree: impl FnOnce(&Repo) -> Option<serde_json::Value>,
-        tls: Option<&ferry_testkit::tls::ServerCert>,
-    ) -> Hub {
-        let dir = tempfile::tempdir().expect("tmp");
-        let repo = make_repo(dir.path(), "org/model", MODEL);
-        let root = dir.path().join("hub");
-        write_static_hub(&root, &repo, tree(&repo));
-        let nginx = match tls {
-            Some(cert) => Nginx::start_tls(&root, cert),
-            None => Nginx::start(&root),
-        };
-        Hub {
-            repo,
-            root,
-            nginx,
-            _dir: dir,
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}/files", self.nginx.port())
-    }
-
-    /// The same Hub over HTTPS (started with a certificate, valid for `localhost`).
-    fn https_endpoint(&self) -> String {
-        format!("https://localhost:{}/files", self.nginx.tls_port())
-    }
-
-    /// How many requests for file bytes (`resolve`) nginx has logged.
-    fn resolves(&self) -> usize {
-        self.resolves_since(0).len()
-    }
-
-    /// The requests for file bytes logged after the first `skip`.
-    fn resolves_since(&self, skip: usize) -> Vec<ferry_testkit::Request> {
-        self.nginx
-            .requests(0)
-            .into_iter()
-            .filter(|r| r.uri.contains("/resolve/"))
-            .skip(skip)
-            .collect()
-    }
-}
 
 fn pull(backend: Backend, hub_endpoint: &str, extra: &[&str]) -> Output {
     let mut args = vec!["pull", "org/model", "--endpoint", hub_endpoint, "--json"];
@@ -90,15 +31,9 @@ fn report(o: &Output, what: &str) -> serde_json::Value {
     serde_json::from_slice(&o.stdout).expect("JSON report")
 }
 
-fn snapshot(cache: &Path, repo: &Repo) -> PathBuf {
-    cache
-        .join("models--org--model/snapshots")
-        .join(&repo.commit)
-}
-
 /// Checks every file of the repo in the cache's snapshot, byte for byte.
 fn assert_snapshot(cache: &Path, repo: &Repo, what: &str) {
-    let snap = snapshot(cache, repo);
+    let snap = repo.snapshot(cache);
     for f in &repo.files {
         assert_same_file(
             &f.source,
@@ -154,7 +89,7 @@ fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
                 f.path
             );
         }
-        let snap = snapshot(cache.path(), &hub.repo);
+        let snap = hub.repo.snapshot(cache.path());
         for f in &hub.repo.files {
             let link = snap.join(&f.path);
             let target = std::fs::read_link(&link).expect("a symlink");
@@ -203,7 +138,7 @@ fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
 #[test]
 fn a_pull_over_https_verifies_the_endpoint_and_the_bytes() {
     let pki = ferry_testkit::tls::TestPki::new();
-    let hub = Hub::start_with(|_| None, Some(&pki.localhost));
+    let hub = Hub::start_with(MODEL, |_| None, Some(&pki.localhost));
     let ca = pki.ca.to_str().expect("utf-8");
     for backend in backends_under_test() {
         let what = format!("backend={backend:?} https");
@@ -420,7 +355,7 @@ fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
             .join(&victim.etag);
         assert!(!blob.exists(), "a corrupt blob must not be named");
         assert!(!Path::new(&format!("{}{PULL_PARTIAL}", blob.display())).exists());
-        let snap = snapshot(cache.path(), &hub.repo);
+        let snap = hub.repo.snapshot(cache.path());
         assert!(std::fs::symlink_metadata(snap.join(&victim.path)).is_err());
         assert_same_file(
             &hub.repo.files[0].source,
@@ -602,7 +537,7 @@ fn include_and_exclude_choose_files_like_huggingface_hub() {
             "filters",
         );
         assert_eq!(r["files"], 2, "{r}");
-        let snap = snapshot(cache.path(), &hub.repo);
+        let snap = hub.repo.snapshot(cache.path());
         assert!(snap.join("config.json").exists());
         assert!(snap.join("tokenizer/tokenizer.json").exists());
         assert!(!snap.join("tokenizer/special tokens.txt").exists());

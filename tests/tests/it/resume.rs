@@ -24,11 +24,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferry_testkit::hub::{PULL_PARTIAL, Repo, make_repo, write_static_hub};
+use ferry_testkit::hub::{PULL_PARTIAL, Repo, StaticHub};
 use ferry_testkit::record::{self, Damage, Trial};
-use ferry_testkit::{
-    Backend, Nginx, assert_same_file, backends_under_test, ferry_bin, success_report,
-};
+use ferry_testkit::{Backend, assert_same_file, backends_under_test, ferry_bin, success_report};
 
 const SPEC: &[(&str, u64, bool)] = &[
     ("model-00001-of-00003.safetensors", 48 << 20, true),
@@ -47,13 +45,10 @@ const KILLS: u64 = 50;
 /// The kill moments' seed, unless `FERRY_TEST_SEED` gives one (each run prints it).
 const SEED: u64 = 0x5eed_f0e1_2026_1121;
 
-fn repo_dir(cache: &Path) -> PathBuf {
-    cache.join("models--org--model")
-}
-
 /// Bytes the journal records as written (its `W` lines; see `engine/src/journal.rs`).
 fn journal_bytes(cache: &Path, repo: &Repo) -> u64 {
-    let path = repo_dir(cache)
+    let path = repo
+        .cache_folder(cache)
         .join(".ferry")
         .join(format!("{}.journal", repo.commit));
     std::fs::read_to_string(path)
@@ -81,7 +76,7 @@ fn check_final_names(
     checked: &mut HashSet<PathBuf>,
 ) -> Vec<(String, Damage)> {
     let mut wrong = Vec::new();
-    let blobs = repo_dir(cache).join("blobs");
+    let blobs = repo.cache_folder(cache).join("blobs");
     let whole = |f: &ferry_testkit::hub::RepoFile| Damage {
         lost: 0,
         corrupted: f.size,
@@ -121,7 +116,7 @@ fn check_final_names(
         }
     }
     // A link that appeared since the listing above: its blob is checked now.
-    let snapshot = repo_dir(cache).join("snapshots").join(&repo.commit);
+    let snapshot = repo.snapshot(cache);
     for f in &repo.files {
         let link = snapshot.join(&f.path);
         if std::fs::symlink_metadata(&link).is_err() {
@@ -230,7 +225,7 @@ fn finish_pull(
     for (_, d) in &wrong {
         damage += *d;
     }
-    let snapshot = repo_dir(cache).join("snapshots").join(&repo.commit);
+    let snapshot = repo.snapshot(cache);
     for f in &repo.files {
         damage += record::damage(&f.source, &snapshot.join(&f.path));
     }
@@ -248,29 +243,16 @@ fn finish_pull(
 /// Every file of `repo` is in the snapshot, byte for byte.
 fn assert_mirrored(cache: &Path, repo: &Repo, what: &str) {
     for f in &repo.files {
-        let path = repo_dir(cache)
-            .join("snapshots")
-            .join(&repo.commit)
-            .join(&f.path);
+        let path = repo.snapshot(cache).join(&f.path);
         assert_same_file(&f.source, &path, &format!("{what}: {}", f.path));
     }
 }
 
-/// The repo of [`SPEC`] as a static Hub under nginx, and the endpoint that serves it slowly
-/// (the temporary folder holding both comes first: keep it alive).
-fn slow_hub() -> (tempfile::TempDir, Arc<Repo>, Nginx, String) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let repo = Arc::new(make_repo(dir.path(), "org/model", SPEC));
-    let root = dir.path().join("hub");
-    write_static_hub(&root, &repo, None);
-    let nginx = Nginx::start(&root);
-    let endpoint = format!("http://127.0.0.1:{}/slow", nginx.port());
-    (dir, repo, nginx, endpoint)
-}
-
 #[test]
 fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
-    let (_dir, repo, nginx, endpoint) = slow_hub();
+    // The repo of [`SPEC`] as a static Hub, at `/slow` (8 MiB/s per request).
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let (repo, nginx, endpoint) = (Arc::new(hub.repo.clone()), &hub.nginx, hub.slow_endpoint());
     let total: u64 = repo.files.iter().map(|f| f.size).sum();
     let lfs_total: u64 = repo.files.iter().filter(|f| f.lfs).map(|f| f.size).sum();
     for backend in backends_under_test() {
@@ -372,15 +354,16 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
         );
         assert_mirrored(cache.path(), &repo, &what);
         assert!(
-            !repo_dir(cache.path()).join(".ferry").exists(),
+            !repo.cache_folder(cache.path()).join(".ferry").exists(),
             "the journal is removed once the pull completes"
         );
-        let leftovers: Vec<String> = std::fs::read_dir(repo_dir(cache.path()).join("blobs"))
-            .expect("blobs")
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(PULL_PARTIAL))
-            .collect();
+        let leftovers: Vec<String> =
+            std::fs::read_dir(repo.cache_folder(cache.path()).join("blobs"))
+                .expect("blobs")
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(PULL_PARTIAL))
+                .collect();
         assert!(leftovers.is_empty(), "partial files left: {leftovers:?}");
         // Every byte nginx sent for this back-end's runs, killed ones included (nginx logs a
         // request whose client vanished with the bytes it had sent until then).
@@ -461,7 +444,9 @@ fn wait_exit(mut child: std::process::Child, limit: Duration) -> (Option<i32>, S
 #[test]
 fn a_pull_stopped_by_sigint_or_sigterm_exits_cleanly_and_resumes() {
     use rustix::process::Signal;
-    let (_dir, repo, _nginx, endpoint) = slow_hub();
+    // The repo of [`SPEC`] as a static Hub, at `/slow` (8 MiB/s per request).
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let (repo, endpoint) = (Arc::new(hub.repo.clone()), hub.slow_endpoint());
     let lfs_total: u64 = repo.files.iter().filter(|f| f.lfs).map(|f| f.size).sum();
     // (signals sent back to back, what stderr must say). The second signal of the last case is
     // another one: two SIGINTs sent microseconds apart merge into one (POSIX does not queue
