@@ -352,7 +352,8 @@ fn timed(line: &str) -> anyhow::Result<Timed> {
     cmd.args(["-f", "%U %S %M", "-o"])
         .arg(stats.path())
         .args(["sh", "-c", line]);
-    without_proxies(&mut cmd);
+    // Every origin is on loopback, and each tool is told which CA to trust.
+    ferry_testkit::env::scrub(&mut cmd);
     let before = cpu_jiffies();
     let start = Instant::now();
     let out = cmd
@@ -383,22 +384,6 @@ fn timed(line: &str) -> anyhow::Result<Timed> {
         machine,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     })
-}
-
-/// Removes proxy and token variables from a tool's environment: every origin is on loopback.
-fn without_proxies(cmd: &mut Command) {
-    for var in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
 }
 
 fn sh(line: &str) -> anyhow::Result<String> {
@@ -465,8 +450,9 @@ fn tools(
     base: &str,
     lists: &Path,
     ca: Option<&Path>,
+    ferry: &Path,
 ) -> anyhow::Result<(Vec<Tool>, Vec<LeftOut>)> {
-    let ferry = ferry_testkit::ferry_bin().to_string_lossy().into_owned();
+    let ferry = ferry.to_string_lossy().into_owned();
     let ferry_ca = trust(ca, "--ca-file ");
     let curl_ca = trust(ca, "--cacert ");
     // wget and aria2c spell it the same way.
@@ -830,16 +816,17 @@ impl SuiteResult {
 /// certificate signed by a CA made for this run. Stopped by its PID when dropped.
 enum Origin {
     Http(Nginx),
-    Https { nginx: https::TlsNginx, ca: PathBuf },
+    Https { nginx: Nginx, ca: PathBuf },
 }
 
 impl Origin {
     fn start(suite: &str, root: &Path, scratch: &Path) -> anyhow::Result<Origin> {
         if suite != "https" {
-            return Ok(Origin::Http(Nginx::start(root)));
+            let nginx = Nginx::try_start(root, &Default::default()).map_err(anyhow::Error::msg)?;
+            return Ok(Origin::Http(nginx));
         }
         let pki = https::Pki::create(&scratch.join("pki"))?;
-        let nginx = https::TlsNginx::start(root, &pki, &scratch.join("nginx-https"))?;
+        let nginx = https::start(root, &pki)?;
         Ok(Origin::Https { nginx, ca: pki.ca })
     }
 
@@ -847,7 +834,7 @@ impl Origin {
     fn base(&self) -> String {
         match self {
             Origin::Http(nginx) => format!("http://127.0.0.1:{}/files", nginx.port()),
-            Origin::Https { nginx, .. } => nginx.base(),
+            Origin::Https { nginx, .. } => https::base(nginx),
         }
     }
 
@@ -860,18 +847,18 @@ impl Origin {
     }
 
     /// A mark in the origin's log, for [`Origin::tls_since`].
-    fn mark(&self) -> u64 {
+    fn mark(&self) -> usize {
         match self {
             Origin::Http(_) => 0,
-            Origin::Https { nginx, .. } => nginx.log_len(),
+            Origin::Https { nginx, .. } => https::mark(nginx),
         }
     }
 
     /// The TLS versions and ciphers of the requests served since `mark` (HTTPS only).
-    fn tls_since(&self, mark: u64) -> Option<String> {
+    fn tls_since(&self, mark: usize) -> Option<String> {
         match self {
             Origin::Http(_) => None,
-            Origin::Https { nginx, .. } => nginx.tls_since(mark),
+            Origin::Https { nginx, .. } => https::tls_since(nginx, mark),
         }
     }
 }
@@ -891,7 +878,8 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
         .sum();
     let origin = Origin::start(suite, &root, scratch)?;
     let base = origin.base();
-    let (mut tools, mut left_out) = tools(suite, &items, &base, scratch, origin.ca())?;
+    let ferry = ferry_testkit::ferry_bin();
+    let (mut tools, mut left_out) = tools(suite, &items, &base, scratch, origin.ca(), &ferry)?;
     if let Some(ca) = origin.ca() {
         let unusable;
         (tools, unusable) = https::probe(tools, &root, &base, ca, scratch)?;

@@ -1,6 +1,7 @@
 //! The stock huggingface_hub client, run by the tests: the release `scripts/setup.sh` installs
 //! for `python3`, or another interpreter (an older release in a virtualenv). Every network
-//! variable that could send it elsewhere is removed; it talks to the endpoint given only.
+//! variable that could send it elsewhere is removed ([`crate::env::scrub`]); it talks to the
+//! endpoint given only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -111,21 +112,6 @@ pub fn client_command(python: &Path, endpoint: &str, cache: &Path, offline: bool
         .env("HF_HUB_OFFLINE", if offline { "1" } else { "0" })
         .env("NO_PROXY", "*")
         .env("no_proxy", "*");
-    for var in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HF_HUB_ENABLE_HF_TRANSFER",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-        "SSL_CERT_FILE",
-        "SSL_CERT_DIR",
-        "REQUESTS_CA_BUNDLE",
-    ] {
-        cmd.env_remove(var);
-    }
+    crate::env::scrub(&mut cmd).env_remove("HF_HUB_ENABLE_HF_TRANSFER");
     cmd
 }

@@ -1,14 +1,21 @@
-//! Test kit for ferry's integration tests: a real nginx origin on a free loopback port, seeded
-//! test data, a fault-injecting proxy for the misbehaviours nginx will not produce, a small
-//! filesystem of its own for full-disk tests, the reliability record the fault tests write, and
-//! helpers to run the `ferry` binary on each back-end.
+//! The test kit of ferry's integration tests (`tests/`) and of its benchmark harness (`bench/`):
+//! a real nginx origin on a free loopback port (the one nginx configuration of the repository),
+//! seeded test data, a static Hub, a fault-injecting proxy for the misbehaviours nginx will not
+//! produce, real proxies, a hostile origin, small and failing filesystems for the disk tests,
+//! the reliability record the fault tests write, the environment every client runs with, and
+//! helpers to run the `ferry` binary on each back-end. Its two binaries are tools of the test
+//! run: `seccomp-run` (a program under a seccomp filter that denies io_uring) and `reliability`
+//! (target/RELIABILITY.md from the record).
 //!
 //! Every server a test starts is stopped by its PID when its guard drops, also when the test
-//! fails. Nothing here talks to an address other than loopback. This crate does not test anything
-//! by itself; the tests are in `tests/`.
+//! fails. Nothing here talks to an address other than loopback, and nothing changes the state
+//! of the process that uses it (its environment, limits, namespaces): sandboxes are entered by
+//! child processes. This crate tests nothing by itself beyond its own helpers; the tests are in
+//! `tests/`, the measurements in `bench/`.
 
 pub mod data;
 pub mod disk;
+pub mod env;
 pub mod eyeballs;
 pub mod hf;
 pub mod hostile;

@@ -13,8 +13,13 @@
 //! and 1.3) on a second port, and `/to-https/` on the plain port redirects to `/files/` there.
 //!
 //! Every request is logged (connection serial number, request number on that connection,
-//! status, body bytes sent, URI, `Range`, whether an `Authorization` came), so tests can count
-//! requests, connections and bytes, and see where a token went: [`Nginx::requests`].
+//! status, body bytes sent, URI, `Range`, whether an `Authorization` came, the TLS version and
+//! cipher), so tests can count requests, connections and bytes, and see where a token went, and
+//! the benchmark what each tool negotiated: [`Nginx::requests`].
+//!
+//! [`Options`] is the one nginx configuration of the repository: the tests' origins and the
+//! benchmark's HTTPS origin (TLS 1.3 only, kTLS asked for) are both made from it. Nothing here
+//! listens beyond 127.0.0.1, and nothing measures anything.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -29,59 +34,107 @@ pub struct Nginx {
     _dir: tempfile::TempDir,
 }
 
+/// How to start nginx. [`Nginx::start`] and its siblings fill it in for the tests; the
+/// benchmark's HTTPS origin sets it itself ([`Nginx::try_start`]).
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Serve HTTPS too, on a second port, with this certificate.
+    pub tls: Option<crate::tls::ServerCert>,
+    /// `ssl_protocols` over HTTPS; `TLSv1.2 TLSv1.3` when `None`.
+    pub tls_protocols: Option<String>,
+    /// `ssl_conf_command Options KTLS`: let OpenSSL hand the encryption to the kernel (kTLS)
+    /// where the kernel offers it, so that sendfile stays in the kernel over HTTPS.
+    pub ktls: bool,
+    /// TCP Fast Open on the plain listener (`fastopen=64`).
+    pub fast_open: bool,
+    /// More directives for the `server` block (a `location`).
+    pub extra: String,
+}
+
 impl Nginx {
     /// Starts nginx serving `root`.
     pub fn start(root: &Path) -> Nginx {
-        Nginx::start_with(root, None, false, "")
+        Nginx::start_options(root, &Options::default())
     }
 
     /// Starts nginx serving `root` as a reverse proxy too: `/hf/` goes to `upstream` (a
     /// `ferry serve` on 127.0.0.1) with the prefix stripped and `X-Forwarded-Proto`, `-Host`
     /// and `-Prefix` set, as a team that mounts its mirror on a sub-path configures it.
     pub fn start_proxy(root: &Path, upstream: u16) -> Nginx {
-        let location = format!(
+        let extra = format!(
             "location /hf/ {{ proxy_pass http://127.0.0.1:{upstream}/; \
              proxy_set_header X-Forwarded-Proto $scheme; \
              proxy_set_header X-Forwarded-Host $http_host; \
              proxy_set_header X-Forwarded-Prefix /hf; }}"
         );
-        Nginx::start_with(root, None, false, &location)
+        Nginx::start_options(
+            root,
+            &Options {
+                extra,
+                ..Options::default()
+            },
+        )
     }
 
     /// Starts nginx serving `root` with TCP Fast Open on its listener (`listen ... fastopen=`),
     /// which the kernel honours when `net.ipv4.tcp_fastopen` enables servers.
     pub fn start_fast_open(root: &Path) -> Nginx {
-        Nginx::start_with(root, None, true, "")
+        Nginx::start_options(
+            root,
+            &Options {
+                fast_open: true,
+                ..Options::default()
+            },
+        )
     }
 
     /// Starts nginx serving `root` over HTTP and, with `cert`, over HTTPS too.
     pub fn start_tls(root: &Path, cert: &crate::tls::ServerCert) -> Nginx {
-        Nginx::start_with(root, Some(cert), false, "")
+        Nginx::start_options(
+            root,
+            &Options {
+                tls: Some(cert.clone()),
+                ..Options::default()
+            },
+        )
     }
 
-    fn start_with(
-        root: &Path,
-        tls: Option<&crate::tls::ServerCert>,
-        fast_open: bool,
-        extra: &str,
-    ) -> Nginx {
+    /// [`Nginx::try_start`], panicking with nginx's error log when it does not start.
+    pub fn start_options(root: &Path, options: &Options) -> Nginx {
+        Nginx::try_start(root, options).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts nginx serving `root` as `options` say, on free loopback ports (other ports are
+    /// tried when one was taken meanwhile); the error says why it did not start.
+    pub fn try_start(root: &Path, options: &Options) -> Result<Nginx, String> {
         let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
             .iter()
             .map(PathBuf::from)
             .find(|p| p.exists())
-            .expect("nginx not installed: run scripts/setup.sh");
-        let dir = tempfile::tempdir().expect("nginx prefix dir");
-        let root = std::fs::canonicalize(root).expect("root");
+            .ok_or("nginx not installed: run scripts/setup.sh")?;
+        let dir = tempfile::tempdir().map_err(|e| format!("nginx prefix dir: {e}"))?;
+        let root = std::fs::canonicalize(root)
+            .map_err(|e| format!("nginx root {}: {e}", root.display()))?;
         // As root, nginx's workers would drop to `nobody` and lose access to a 0700 temp dir.
         let is_root = rustix::process::geteuid().is_root();
+        let tls = options.tls.as_ref();
         for _attempt in 0..5 {
             let port = crate::free_port();
             let tls_port = tls.map(|_| crate::free_port());
             let tls_conf = match (tls, tls_port) {
                 (Some(c), Some(p)) => format!(
-                    "listen 127.0.0.1:{p} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n        location /to-https/ {{ rewrite ^/to-https/(.*)$ https://localhost:{p}/files/$1 redirect; }}",
+                    "listen 127.0.0.1:{p} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols {};\n        {}location /to-https/ {{ rewrite ^/to-https/(.*)$ https://localhost:{p}/files/$1 redirect; }}",
                     c.cert.display(),
-                    c.key.display()
+                    c.key.display(),
+                    options
+                        .tls_protocols
+                        .as_deref()
+                        .unwrap_or("TLSv1.2 TLSv1.3"),
+                    if options.ktls {
+                        "ssl_conf_command Options KTLS;\n        "
+                    } else {
+                        ""
+                    },
                 ),
                 _ => String::new(),
             };
@@ -93,7 +146,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    log_format ferry '$connection $connection_requests $status $body_bytes_sent $request_uri "$http_range" "$http_authorization"';
+    log_format ferry '$connection $connection_requests $status $body_bytes_sent $request_uri "$http_range" "$http_authorization" "$ssl_protocol $ssl_cipher"';
     access_log {prefix}/access.log ferry;
     sendfile on;
     tcp_nopush on;
@@ -119,12 +172,17 @@ http {{
 }}
 "#,
                 user = if is_root { "user root root;" } else { "" },
-                fast_open = if fast_open { " fastopen=64" } else { "" },
+                fast_open = if options.fast_open {
+                    " fastopen=64"
+                } else {
+                    ""
+                },
+                extra = options.extra,
                 prefix = dir.path().display(),
                 root = root.display(),
             );
             let conf_path = dir.path().join("nginx.conf");
-            std::fs::write(&conf_path, conf).expect("write nginx.conf");
+            std::fs::write(&conf_path, conf).map_err(|e| format!("write nginx.conf: {e}"))?;
             let mut child = Command::new(&nginx)
                 .arg("-p")
                 .arg(dir.path())
@@ -136,7 +194,7 @@ http {{
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("spawn nginx");
+                .map_err(|e| format!("spawn {}: {e}", nginx.display()))?;
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
@@ -148,12 +206,12 @@ http {{
                 // bind it and is exiting), which serves other files and other certificates.
                 let ours = dir.path().join("nginx.pid").exists();
                 if ours && up(port) && tls_port.is_none_or(up) {
-                    return Nginx {
+                    return Ok(Nginx {
                         child,
                         port,
                         tls_port,
                         _dir: dir,
-                    };
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
@@ -161,7 +219,7 @@ http {{
             let _ = child.wait();
         }
         let log = std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
-        panic!("nginx did not start; error.log:\n{log}");
+        Err(format!("nginx did not start; error.log:\n{log}"))
     }
 
     /// The requests logged so far, waiting (up to 10 s) until there are at least `at_least`:
@@ -217,6 +275,8 @@ pub struct Request {
     pub range: String,
     /// True when the request carried an `Authorization` header.
     pub authorized: bool,
+    /// Over HTTPS, the TLS version and cipher negotiated (`TLSv1.3 TLS_AES_256_GCM_SHA384`).
+    pub tls: Option<String>,
 }
 
 impl Request {
@@ -224,7 +284,8 @@ impl Request {
         let mut it = line.splitn(6, ' ');
         let (connection, nth, status, body_bytes, uri) =
             (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
-        // `"RANGE" "AUTHORIZATION"`: neither contains a quote.
+        // `"RANGE" "AUTHORIZATION" "PROTOCOL CIPHER"`: none contains a quote, and nginx writes
+        // `-` for a variable that is empty.
         let mut quoted = it.next()?.split('"').filter(|s| !s.trim().is_empty());
         Some(Request {
             connection: connection.parse().ok()?,
@@ -234,6 +295,7 @@ impl Request {
             uri: uri.to_owned(),
             range: quoted.next()?.to_owned(),
             authorized: quoted.next().is_some_and(|a| a != "-"),
+            tls: quoted.next().filter(|t| *t != "- -").map(str::to_owned),
         })
     }
 }

@@ -1,5 +1,7 @@
-//! `ferry serve` as a child process for the tests: started on a free loopback port (read from
-//! its first stdout line), killed by its PID when the guard drops, also when a test fails.
+//! `ferry serve` as a child process for the tests and the benchmark's `pull` suite: started on
+//! a free loopback port (read from its first stdout line), killed by its PID when the guard
+//! drops, also when a test fails. It checks only that the server started where it should; what
+//! it serves is for the caller to check.
 
 use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
@@ -28,12 +30,28 @@ impl Serve {
         Serve::start_with(root, Some(3), Some(cert), &[])
     }
 
+    /// [`Serve::try_start`] with ferry's log on this process's stderr; panics when it does not
+    /// start.
     pub fn start_with(
         root: &Path,
         page_size: Option<usize>,
         tls: Option<&crate::tls::ServerCert>,
         extra: &[&str],
     ) -> Serve {
+        Serve::try_start(root, page_size, tls, extra, Stdio::inherit())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// `ferry serve --root ROOT --addr 127.0.0.1:0 EXTRA...`, with tree pages of `page_size`
+    /// entries when given, over HTTPS with `tls`, its log to `stderr`; the error says why it
+    /// did not start (its first line, its exit status).
+    pub fn try_start(
+        root: &Path,
+        page_size: Option<usize>,
+        tls: Option<&crate::tls::ServerCert>,
+        extra: &[&str],
+        stderr: Stdio,
+    ) -> Result<Serve, String> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut cmd = Command::new(crate::ferry_bin());
         cmd.args(["serve", "--root"])
@@ -44,7 +62,7 @@ impl Serve {
             .env_remove("FERRY_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         if let Some(n) = page_size {
             cmd.env("FERRY_SERVE_PAGE_SIZE", n.to_string());
         }
@@ -54,9 +72,9 @@ impl Serve {
                 .arg("--tls-key")
                 .arg(&c.key);
         }
-        let mut child = cmd.spawn().expect("start ferry serve");
-        let stdout = child.stdout.take().expect("stdout");
-        // The guard exists before anything can panic, so the child is always killed.
+        let mut child = cmd.spawn().map_err(|e| format!("start ferry serve: {e}"))?;
+        let stdout = child.stdout.take().ok_or("ferry serve: no stdout")?;
+        // The guard exists before anything can fail, so the child is always killed.
         let mut serve = Serve {
             child,
             port: 0,
@@ -64,30 +82,30 @@ impl Serve {
         };
         let mut lines = BufReader::new(stdout);
         let mut first = String::new();
-        lines.read_line(&mut first).expect("read stdout");
-        let status = serve.child.try_wait().expect("try_wait");
+        lines
+            .read_line(&mut first)
+            .map_err(|e| format!("read ferry serve's stdout: {e}"))?;
+        let status = serve
+            .child
+            .try_wait()
+            .map_err(|e| format!("try_wait: {e}"))?;
         let prefix = format!("ferry serve: listening on {scheme}://127.0.0.1:");
-        assert!(
-            first.starts_with(&prefix),
-            "first line {first:?} (exit status {status:?})"
-        );
-        let addr = first
+        if !first.starts_with(&prefix) {
+            return Err(format!("first line {first:?} (exit status {status:?})"));
+        }
+        serve.port = first
             .split("://")
             .nth(1)
             .and_then(|s| s.split_whitespace().next())
-            .expect("address");
-        serve.port = addr
-            .rsplit(':')
-            .next()
+            .and_then(|addr| addr.rsplit(':').next())
             .and_then(|p| p.parse().ok())
-            .expect("port");
-        assert!(
-            first.contains(&format!(
-                "(root {}",
-                root.canonicalize().expect("root").display()
-            )),
-            "{first}"
-        );
+            .ok_or_else(|| format!("no port in {first:?}"))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| format!("root {}: {e}", root.display()))?;
+        if !first.contains(&format!("(root {}", root.display())) {
+            return Err(format!("another root: {first}"));
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || {
             let mut sink = String::new();
@@ -100,9 +118,10 @@ impl Serve {
             serve.child.id(),
             serve.port
         );
-        serve
+        Ok(serve)
     }
 
+    /// The Hub endpoint: `http://127.0.0.1:PORT`, or over HTTPS `https://localhost:PORT`.
     pub fn endpoint(&self) -> String {
         match self.scheme {
             "https" => format!("https://localhost:{}", self.port),
