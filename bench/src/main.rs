@@ -1000,19 +1000,31 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     Ok(r)
 }
 
+/// The checkout this harness was built from.
+fn repo_dir() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().unwrap_or(crate_dir).to_owned()
+}
+
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some(HASH_FROM_MEMORY) {
         return hash_from_memory(&argv.next().context("sha256-from-memory BYTES")?);
     }
     let args = parse_args()?;
-    // What earlier runs recorded is read first: an unreadable results.json stops here, before
-    // anything is measured, rather than being overwritten at the end.
-    let mut reports = report::Reports::open(&args)?;
     let scratch = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
+    let anonymize = report::Anonymize::new(
+        &ferry_testkit::ferry_bin(),
+        &std::env::current_exe().context("the harness's own path")?,
+        scratch.path(),
+        &repo_dir(),
+    );
+    // What earlier runs recorded is read first: an unreadable results.json stops here, before
+    // anything is measured, rather than being overwritten at the end.
+    let mut reports = report::Reports::open(&args, anonymize)?;
     for suite in SUITES
         .iter()
         .filter(|s| args.suites.iter().any(|a| a == *s))
