@@ -1,6 +1,6 @@
-//! The `https` suite's origin: the `big` file served by nginx on 127.0.0.1 over HTTPS only
-//! (`ssl_protocols TLSv1.3`, sendfile on, kernel TLS asked for with `ssl_conf_command Options
-//! KTLS`), with a certificate that `openssl` makes for each run: a throwaway CA and a leaf for
+//! The `https` suite's origin: the `big` file served by nginx on 127.0.0.1 over HTTPS, the only
+//! URLs any tool is given (`ssl_protocols TLSv1.3`, sendfile on, kernel TLS asked for with
+//! `ssl_conf_command Options KTLS`; the plain listener the kit's nginx also opens is unused), with a certificate that `openssl` makes for each run: a throwaway CA and a leaf for
 //! `localhost` and `127.0.0.1` signed by it (rustls rejects a CA certificate used as the server's
 //! own). Every tool is given that CA explicitly; none runs with verification off.
 //!

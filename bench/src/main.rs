@@ -812,7 +812,8 @@ impl SuiteResult {
     }
 }
 
-/// A download suite's origin on loopback: nginx over HTTP, or for `https` over HTTPS only, with a
+/// A download suite's origin on loopback: nginx over HTTP, or for `https` over HTTPS (every URL a
+/// tool is given; the kit's nginx also listens for HTTP on another port, which none is), with a
 /// certificate signed by a CA made for this run. Stopped by its PID when dropped.
 enum Origin {
     Http(Nginx),
@@ -1016,12 +1017,16 @@ fn main() -> anyhow::Result<()> {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
-    let anonymize = report::Anonymize::new(
+    let mut anonymize = report::Anonymize::new(
         &ferry_testkit::ferry_bin(),
         &std::env::current_exe().context("the harness's own path")?,
         scratch.path(),
         &repo_dir(),
-    );
+    )
+    .with(&args.out, "{REPORTS}", false);
+    if let Some(dir) = &args.dir {
+        anonymize = anonymize.with(dir, "{DIR}", false);
+    }
     // What earlier runs recorded is read first: an unreadable results.json stops here, before
     // anything is measured, rather than being overwritten at the end.
     let mut reports = report::Reports::open(&args, anonymize)?;

@@ -133,9 +133,9 @@ pub(crate) struct Target {
 }
 
 /// The absolute paths of the machine that ran the benchmark, and what a report says instead:
-/// the binaries by name (`ferry`, `ferry-bench`, as run from `PATH`), the scratch folder (the
-/// lists, the CA, every output) as `{SCRATCH}` (like `{OUT}`, an output folder in it), the
-/// checkout as `{REPO}`. A report is read on other machines and kept in git: where this one
+/// the binaries by name (`ferry`, `ferry-bench`), the scratch folder (the lists, the CA, every
+/// output) as `{SCRATCH}` (like `{OUT}`, an output folder in it), the checkout as `{REPO}`, and
+/// the folders given as absolute `--out` and `--dir` as `{REPORTS}` and `{DIR}`. A report is read on other machines and kept in git: where this one
 /// kept its files says nothing there, and the paths differ from one checkout to the next.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Anonymize {
@@ -148,7 +148,20 @@ impl Anonymize {
     /// For a run of `harness` (this binary) measuring `ferry`, in `scratch`, from the checkout
     /// at `repo`.
     pub(crate) fn new(ferry: &Path, harness: &Path, scratch: &Path, repo: &Path) -> Anonymize {
-        let mut pairs = Vec::new();
+        Anonymize::default()
+            .with(ferry, "ferry", true)
+            .with(harness, "ferry-bench", true)
+            .with(scratch, "{SCRATCH}", false)
+            .with(repo, "{REPO}", false)
+    }
+
+    /// Also `path` (and its canonical form; quoted too with `quoted_too`), as `to`. A relative
+    /// path is left alone: it names no machine, and as text it could be part of anything.
+    pub(crate) fn with(mut self, path: &Path, to: &str, quoted_too: bool) -> Anonymize {
+        if path.is_relative() {
+            return self;
+        }
+        let pairs = &mut self.pairs;
         let mut add = |path: &Path, to: &str, quoted_too: bool| {
             let canonical = std::fs::canonicalize(path).ok();
             for p in std::iter::once(path).chain(canonical.as_deref()) {
@@ -162,13 +175,10 @@ impl Anonymize {
                 pairs.push((p, to.to_owned()));
             }
         };
-        add(ferry, "ferry", true);
-        add(harness, "ferry-bench", true);
-        add(scratch, "{SCRATCH}", false);
-        add(repo, "{REPO}", false);
+        add(path, to, quoted_too);
         pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
         pairs.dedup();
-        Anonymize { pairs }
+        self
     }
 
     /// `text` with every path replaced.
@@ -237,7 +247,7 @@ impl Reports {
         let run = RunInfo {
             id: id.clone(),
             date: sh("date -u '+%Y-%m-%d %H:%M UTC'")?.trim().to_owned(),
-            command: args.line.clone(),
+            command: anonymize.text(&args.line),
             runs: args.runs,
             state: args.state.clone(),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -907,39 +917,78 @@ mod tests {
                 scratch.path().display()
             ),
         });
-        let raw = serde_json::to_string(&result).expect("json");
+        // The arguments as given: the report's folder and the scratch folder's parent, absolute.
+        let (out, dir) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let args = crate::Args {
+            line: format!(
+                "--out {} --dir {} --suites https",
+                out.path().display(),
+                dir.path().display()
+            ),
+            suites: vec!["https".into()],
+            runs: 1,
+            big: 1 << 30,
+            shard: 1 << 30,
+            state: "fresh".into(),
+            dir: Some(dir.path().to_owned()),
+            out: out.path().to_owned(),
+        };
+        let raw = format!(
+            "{} {}",
+            serde_json::to_string(&result).expect("json"),
+            args.line
+        );
         let paths = [
             ferry.to_string_lossy().into_owned(),
             harness.to_string_lossy().into_owned(),
             scratch.path().to_string_lossy().into_owned(),
             repo.to_string_lossy().into_owned(),
+            out.path().to_string_lossy().into_owned(),
+            dir.path().to_string_lossy().into_owned(),
         ];
         assert!(
             paths.iter().all(|p| raw.contains(p.as_str())),
             "the harness's own lines name every path (else this test checks nothing): {raw}"
         );
 
-        let anonymize = Anonymize::new(&ferry, &harness, scratch.path(), &repo);
-        let result = anonymize.result(result).expect("anonymize");
-        let json = serde_json::to_string_pretty(&result).expect("json");
-        let md = markdown("report", &[&result], true);
-        let chart = svg(&[&result]);
+        // As main() makes it, then every file the reports are written to.
+        let anonymize = Anonymize::new(&ferry, &harness, scratch.path(), &repo)
+            .with(out.path(), "{REPORTS}", false)
+            .with(dir.path(), "{DIR}", false)
+            .with(Path::new("bench"), "{NOT-A-MACHINE-PATH}", false);
+        let mut reports = Reports::open(&args, anonymize).expect("open");
+        reports.add(result).expect("write the reports");
+        let run_dir = out.path().join("runs").join(&reports.run.id);
         let tmp = std::env::temp_dir().to_string_lossy().into_owned();
-        for (what, text) in [
-            ("results.json", &json),
-            ("RESULTS.md", &md),
-            ("results.svg", &chart),
-        ] {
-            for p in paths.iter().chain([&tmp]) {
-                assert!(!text.contains(p.as_str()), "{what} names {p}:\n{text}");
+        let mut read = 0;
+        for folder in [out.path(), run_dir.as_path()] {
+            for name in ["RESULTS.md", "results.json", "results.svg"] {
+                let text = std::fs::read_to_string(folder.join(name)).expect("a report");
+                read += 1;
+                for p in paths.iter().chain([&tmp]) {
+                    assert!(!text.contains(p.as_str()), "{name} names {p}:\n{text}");
+                }
             }
         }
+        assert_eq!(read, 6);
+        let json = std::fs::read_to_string(run_dir.join("results.json")).expect("results.json");
         assert!(
             json.contains("\"ferry get -i '{SCRATCH}/small.ferry' -o '{OUT}' -q\""),
             "{json}"
         );
         assert!(json.contains("--ca-file '{SCRATCH}/pki/ca.pem'"), "{json}");
         assert!(json.contains("ferry-bench sha256-from-memory"), "{json}");
+        assert!(
+            json.contains("--out {REPORTS} --dir {DIR} --suites https"),
+            "{json}"
+        );
+        assert!(
+            !json.contains("NOT-A-MACHINE-PATH"),
+            "a relative path is kept: {json}"
+        );
     }
 
     /// A `results.json` as written before runs were recorded per suite.
