@@ -35,7 +35,7 @@ if [ "$status" -eq 0 ]; then
     # Written under target/, not over the tracked tests/RELIABILITY.md: a test run changes no
     # file of the repository. Record it on purpose: cp target/RELIABILITY.md tests/
     echo "== target/RELIABILITY.md from the fault tests' record (cp it to tests/ to record it)"
-    cargo run --quiet --locked -p ferry-tests --bin reliability -- target/RELIABILITY.md || status=1
+    cargo run --quiet --locked -p ferry-testkit --bin reliability -- target/RELIABILITY.md || status=1
 fi
 # One closing line for the whole run: the sum over every test binary and doctest group.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }

@@ -1,27 +1,27 @@
-//! The `https` suite's origin: the `big` file served by nginx on 127.0.0.1 over HTTPS only
-//! (`ssl_protocols TLSv1.3`, sendfile on, kernel TLS asked for with `ssl_conf_command Options
-//! KTLS`), with a certificate that `openssl` makes for each run: a throwaway CA and a leaf for
+//! The `https` suite's origin: the `big` file served by nginx on 127.0.0.1 over HTTPS, the only
+//! URLs any tool is given (`ssl_protocols TLSv1.3`, sendfile on, kernel TLS asked for with
+//! `ssl_conf_command Options KTLS`; the plain listener the kit's nginx also opens is unused), with a certificate that `openssl` makes for each run: a throwaway CA and a leaf for
 //! `localhost` and `127.0.0.1` signed by it (rustls rejects a CA certificate used as the server's
 //! own). Every tool is given that CA explicitly; none runs with verification off.
 //!
-//! nginx logs the TLS version and cipher of every request, so the report can say what each tool
-//! negotiated; whether nginx encrypted in the kernel (kTLS) is read from `/proc/net/tls_stat`.
-//! The server is stopped by its PID (SIGTERM to the master, which stops its workers) when
-//! dropped, also on an error.
+//! The server is the test kit's nginx ([`Nginx`], the one nginx configuration of the repository)
+//! with these options; it logs the TLS version and cipher of every request, so the report can
+//! say what each tool negotiated; whether nginx encrypted in the kernel (kTLS) is read from
+//! `/proc/net/tls_stat`. The server is stopped by its PID when dropped, also on an error.
 //!
 //! The download rounds, the ceilings and the checks are the `big` suite's (`main.rs`); this
 //! module only provides the origin and these facts about it. It measures nothing itself.
 
-use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use anyhow::{Context, bail};
-use ferry_tests::{sha256_file, write_data};
+use ferry_testkit::nginx::Options;
+use ferry_testkit::tls::ServerCert;
+use ferry_testkit::{Nginx, sha256_file, write_data};
 
 use crate::report::Target;
-use crate::{Item, LeftOut, Tool, peers, sh, tools, without_proxies};
+use crate::{Item, LeftOut, Tool, peers, sh, tools};
 
 /// The host name in every URL: the name the certificate is for (also valid for 127.0.0.1).
 const HOST: &str = "localhost";
@@ -30,8 +30,8 @@ const HOST: &str = "localhost";
 pub(crate) struct Pki {
     /// What every client trusts.
     pub(crate) ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
+    /// The server's certificate (for `localhost` and `127.0.0.1`) and key.
+    server: ServerCert,
 }
 
 impl Pki {
@@ -66,173 +66,54 @@ impl Pki {
         .context("make the throwaway CA and certificate with openssl")?;
         Ok(Pki {
             ca: ca.into(),
-            cert: cert.into(),
-            key: key.into(),
+            server: ServerCert {
+                cert: cert.into(),
+                key: key.into(),
+            },
         })
     }
 }
 
-/// nginx serving one directory over HTTPS only, as `/files/`.
-pub(crate) struct TlsNginx {
-    child: Child,
-    port: u16,
-    prefix: PathBuf,
+/// nginx serving `root` as the suite's origin: the test kit's nginx ([`Nginx`]) with this run's
+/// certificate, TLS 1.3 only and kernel TLS asked for. Its HTTPS URLs are the only ones the
+/// suite uses.
+pub(crate) fn start(root: &Path, pki: &Pki) -> anyhow::Result<Nginx> {
+    let options = Options {
+        tls: Some(pki.server.clone()),
+        tls_protocols: Some("TLSv1.3".into()),
+        ktls: true,
+        ..Options::default()
+    };
+    let nginx = Nginx::try_start(root, &options).map_err(anyhow::Error::msg)?;
+    eprintln!("https: nginx at {}/", base(&nginx));
+    Ok(nginx)
 }
 
-impl TlsNginx {
-    /// Starts nginx on a free port of 127.0.0.1, its files (config, logs) under `prefix`.
-    pub(crate) fn start(root: &Path, pki: &Pki, prefix: &Path) -> anyhow::Result<TlsNginx> {
-        let nginx = ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .context("nginx not installed: run scripts/setup.sh")?;
-        std::fs::create_dir_all(prefix)?;
-        let root = std::fs::canonicalize(root)?;
-        let dir = prefix.display();
-        // As root, nginx's workers would drop to `nobody` and lose access to the scratch dir.
-        let user = if sh("id -u")?.trim() == "0" {
-            "user root root;"
-        } else {
-            ""
-        };
-        for _attempt in 0..5 {
-            let port = ferry_tests::free_port();
-            let _ = std::fs::remove_file(prefix.join("nginx.pid"));
-            let conf = format!(
-                r#"{user}
-worker_processes 2;
-daemon off;
-pid {dir}/nginx.pid;
-error_log {dir}/error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    log_format tls '$status $body_bytes_sent $ssl_protocol $ssl_cipher';
-    access_log {dir}/access.log tls;
-    sendfile on;
-    tcp_nopush on;
-    keepalive_timeout 65;
-    keepalive_requests 100000;
-    default_type application/octet-stream;
-    client_body_temp_path {dir}/body;
-    proxy_temp_path {dir}/proxy;
-    fastcgi_temp_path {dir}/fastcgi;
-    uwsgi_temp_path {dir}/uwsgi;
-    scgi_temp_path {dir}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.3;
-        ssl_conf_command Options KTLS;
-        location /files/ {{ alias {root}/; }}
-    }}
-}}
-"#,
-                cert = pki.cert.display(),
-                key = pki.key.display(),
-                root = root.display(),
-            );
-            let conf_path = prefix.join("nginx.conf");
-            std::fs::write(&conf_path, conf)?;
-            let child = Command::new(nginx)
-                .arg("-p")
-                .arg(prefix)
-                .arg("-c")
-                .arg(&conf_path)
-                .arg("-e")
-                .arg(prefix.join("error.log"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .context("start nginx")?;
-            // The guard exists before anything can fail, so the server is always stopped.
-            let mut server = TlsNginx {
-                child,
-                port,
-                prefix: prefix.to_owned(),
-            };
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = server.child.try_wait() {
-                    break; // exited: port taken or bad config; retry with another port
-                }
-                // The pid file is written once every socket is bound: a port that answers
-                // before it may be another server's.
-                if prefix.join("nginx.pid").exists()
-                    && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-                {
-                    eprintln!(
-                        "https: nginx (pid {}) at https://{HOST}:{port}/",
-                        server.child.id()
-                    );
-                    return Ok(server);
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        bail!(
-            "nginx did not start over HTTPS; error.log:\n{}",
-            std::fs::read_to_string(prefix.join("error.log")).unwrap_or_default()
-        )
-    }
-
-    /// `https://localhost:PORT/files`.
-    pub(crate) fn base(&self) -> String {
-        format!("https://{HOST}:{}/files", self.port)
-    }
-
-    fn access_log(&self) -> PathBuf {
-        self.prefix.join("access.log")
-    }
-
-    /// How far the access log goes now: give it to [`TlsNginx::tls_since`] after a run.
-    pub(crate) fn log_len(&self) -> u64 {
-        std::fs::metadata(self.access_log()).map_or(0, |m| m.len())
-    }
-
-    /// The TLS versions and ciphers of the requests logged after `offset`, each once, e.g.
-    /// `TLSv1.3 TLS_AES_256_GCM_SHA384`; none when no request was logged.
-    pub(crate) fn tls_since(&self, offset: u64) -> Option<String> {
-        let mut text = String::new();
-        let mut f = std::fs::File::open(self.access_log()).ok()?;
-        f.seek(SeekFrom::Start(offset)).ok()?;
-        f.read_to_string(&mut text).ok()?;
-        let mut seen: Vec<String> = Vec::new();
-        for line in text.lines() {
-            // `STATUS BYTES PROTOCOL CIPHER`
-            let tls = line
-                .split_whitespace()
-                .skip(2)
-                .collect::<Vec<_>>()
-                .join(" ");
-            if !tls.is_empty() && !seen.contains(&tls) {
-                seen.push(tls);
-            }
-        }
-        (!seen.is_empty()).then(|| seen.join(", "))
-    }
+/// `https://localhost:PORT/files`.
+pub(crate) fn base(nginx: &Nginx) -> String {
+    format!("https://{HOST}:{}/files", nginx.tls_port())
 }
 
-impl Drop for TlsNginx {
-    fn drop(&mut self) {
-        // An exited master is reaped here, and its PID is then no longer ours to signal.
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
+/// How many requests the origin has logged: give it to [`tls_since`] after a run.
+pub(crate) fn mark(nginx: &Nginx) -> usize {
+    nginx.requests(0).len()
+}
+
+/// The TLS versions and ciphers of the requests logged after `mark`, each once, e.g.
+/// `TLSv1.3 TLS_AES_256_GCM_SHA384`; none when no request was logged.
+pub(crate) fn tls_since(nginx: &Nginx, mark: usize) -> Option<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for tls in nginx
+        .requests(0)
+        .into_iter()
+        .skip(mark)
+        .filter_map(|r| r.tls)
+    {
+        if !seen.contains(&tls) {
+            seen.push(tls);
         }
-        // SIGTERM to our own master (not yet reaped, so the PID is still ours): it stops its
-        // workers and exits. SIGKILL only if it has not within 5 s.
-        let _ = sh(&format!("kill -TERM {}", self.child.id()));
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
+    (!seen.is_empty()).then(|| seen.join(", "))
 }
 
 /// Known causes of a peer's failure over HTTPS, by what it printed: (tool, message, cause).
@@ -268,6 +149,7 @@ pub(crate) fn probe(
         base,
         scratch,
         Some(ca),
+        &ferry_testkit::ferry_bin(),
     )?;
     let out = scratch.join("out-probe");
     let (mut usable, mut left_out) = (Vec::new(), Vec::new());
@@ -282,7 +164,7 @@ pub(crate) fn probe(
         std::fs::create_dir_all(&out)?;
         let mut cmd = Command::new("sh");
         cmd.args(["-c", &line]);
-        without_proxies(&mut cmd);
+        ferry_testkit::env::scrub(&mut cmd);
         let run = cmd.output().with_context(|| format!("run {line}"))?;
         let got = out.join(name);
         let why = if !run.status.success() {

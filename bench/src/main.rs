@@ -31,7 +31,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use ferry_tests::{Nginx, sha256_file, write_data};
+use ferry_testkit::{Nginx, sha256_file, write_data};
 
 const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull] [--runs 5] [--big 8G] \
 [--shard 2G] [--state fresh|steady] [--dir DIR] [--out DIR]";
@@ -352,7 +352,8 @@ fn timed(line: &str) -> anyhow::Result<Timed> {
     cmd.args(["-f", "%U %S %M", "-o"])
         .arg(stats.path())
         .args(["sh", "-c", line]);
-    without_proxies(&mut cmd);
+    // Every origin is on loopback, and each tool is told which CA to trust.
+    ferry_testkit::env::scrub(&mut cmd);
     let before = cpu_jiffies();
     let start = Instant::now();
     let out = cmd
@@ -383,22 +384,6 @@ fn timed(line: &str) -> anyhow::Result<Timed> {
         machine,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     })
-}
-
-/// Removes proxy and token variables from a tool's environment: every origin is on loopback.
-fn without_proxies(cmd: &mut Command) {
-    for var in [
-        "HF_TOKEN",
-        "HUGGING_FACE_HUB_TOKEN",
-        "HTTP_PROXY",
-        "HTTPS_PROXY",
-        "ALL_PROXY",
-        "http_proxy",
-        "https_proxy",
-        "all_proxy",
-    ] {
-        cmd.env_remove(var);
-    }
 }
 
 fn sh(line: &str) -> anyhow::Result<String> {
@@ -465,8 +450,9 @@ fn tools(
     base: &str,
     lists: &Path,
     ca: Option<&Path>,
+    ferry: &Path,
 ) -> anyhow::Result<(Vec<Tool>, Vec<LeftOut>)> {
-    let ferry = ferry_tests::ferry_bin().to_string_lossy().into_owned();
+    let ferry = ferry.to_string_lossy().into_owned();
     let ferry_ca = trust(ca, "--ca-file ");
     let curl_ca = trust(ca, "--cacert ");
     // wget and aria2c spell it the same way.
@@ -826,20 +812,22 @@ impl SuiteResult {
     }
 }
 
-/// A download suite's origin on loopback: nginx over HTTP, or for `https` over HTTPS only, with a
+/// A download suite's origin on loopback: nginx over HTTP, or for `https` over HTTPS (every URL a
+/// tool is given; the kit's nginx also listens for HTTP on another port, which none is), with a
 /// certificate signed by a CA made for this run. Stopped by its PID when dropped.
 enum Origin {
     Http(Nginx),
-    Https { nginx: https::TlsNginx, ca: PathBuf },
+    Https { nginx: Nginx, ca: PathBuf },
 }
 
 impl Origin {
     fn start(suite: &str, root: &Path, scratch: &Path) -> anyhow::Result<Origin> {
         if suite != "https" {
-            return Ok(Origin::Http(Nginx::start(root)));
+            let nginx = Nginx::try_start(root, &Default::default()).map_err(anyhow::Error::msg)?;
+            return Ok(Origin::Http(nginx));
         }
         let pki = https::Pki::create(&scratch.join("pki"))?;
-        let nginx = https::TlsNginx::start(root, &pki, &scratch.join("nginx-https"))?;
+        let nginx = https::start(root, &pki)?;
         Ok(Origin::Https { nginx, ca: pki.ca })
     }
 
@@ -847,7 +835,7 @@ impl Origin {
     fn base(&self) -> String {
         match self {
             Origin::Http(nginx) => format!("http://127.0.0.1:{}/files", nginx.port()),
-            Origin::Https { nginx, .. } => nginx.base(),
+            Origin::Https { nginx, .. } => https::base(nginx),
         }
     }
 
@@ -860,18 +848,18 @@ impl Origin {
     }
 
     /// A mark in the origin's log, for [`Origin::tls_since`].
-    fn mark(&self) -> u64 {
+    fn mark(&self) -> usize {
         match self {
             Origin::Http(_) => 0,
-            Origin::Https { nginx, .. } => nginx.log_len(),
+            Origin::Https { nginx, .. } => https::mark(nginx),
         }
     }
 
     /// The TLS versions and ciphers of the requests served since `mark` (HTTPS only).
-    fn tls_since(&self, mark: u64) -> Option<String> {
+    fn tls_since(&self, mark: usize) -> Option<String> {
         match self {
             Origin::Http(_) => None,
-            Origin::Https { nginx, .. } => nginx.tls_since(mark),
+            Origin::Https { nginx, .. } => https::tls_since(nginx, mark),
         }
     }
 }
@@ -891,7 +879,8 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
         .sum();
     let origin = Origin::start(suite, &root, scratch)?;
     let base = origin.base();
-    let (mut tools, mut left_out) = tools(suite, &items, &base, scratch, origin.ca())?;
+    let ferry = ferry_testkit::ferry_bin();
+    let (mut tools, mut left_out) = tools(suite, &items, &base, scratch, origin.ca(), &ferry)?;
     if let Some(ca) = origin.ca() {
         let unusable;
         (tools, unusable) = https::probe(tools, &root, &base, ca, scratch)?;
@@ -1012,19 +1001,35 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     Ok(r)
 }
 
+/// The checkout this harness was built from.
+fn repo_dir() -> PathBuf {
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    crate_dir.parent().unwrap_or(crate_dir).to_owned()
+}
+
 fn main() -> anyhow::Result<()> {
     let mut argv = std::env::args().skip(1);
     if argv.next().as_deref() == Some(HASH_FROM_MEMORY) {
         return hash_from_memory(&argv.next().context("sha256-from-memory BYTES")?);
     }
     let args = parse_args()?;
-    // What earlier runs recorded is read first: an unreadable results.json stops here, before
-    // anything is measured, rather than being overwritten at the end.
-    let mut reports = report::Reports::open(&args)?;
     let scratch = match &args.dir {
         Some(d) => tempfile::tempdir_in(d)?,
         None => tempfile::tempdir()?,
     };
+    let mut anonymize = report::Anonymize::new(
+        &ferry_testkit::ferry_bin(),
+        &std::env::current_exe().context("the harness's own path")?,
+        scratch.path(),
+        &repo_dir(),
+    )
+    .with(&args.out, "{REPORTS}", false);
+    if let Some(dir) = &args.dir {
+        anonymize = anonymize.with(dir, "{DIR}", false);
+    }
+    // What earlier runs recorded is read first: an unreadable results.json stops here, before
+    // anything is measured, rather than being overwritten at the end.
+    let mut reports = report::Reports::open(&args, anonymize)?;
     for suite in SUITES
         .iter()
         .filter(|s| args.suites.iter().any(|a| a == *s))

@@ -16,12 +16,13 @@
 //! same for every client), and it asserts nothing about speed: the targets are stated in the
 //! report with the medians.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
-use ferry_tests::sha256_file;
+use ferry_testkit::hub::cache_folder;
+use ferry_testkit::serve::Serve;
+use ferry_testkit::sha256_file;
 
 use crate::report::Target;
 use crate::{Args, Filler, Sample, SuiteResult, Timed, Tool, ceilings, timed};
@@ -47,66 +48,17 @@ struct OriginFile {
     sha256: String,
 }
 
-/// `ferry serve` on a free loopback port, stopped by its PID when dropped.
-struct Serve {
-    child: Child,
-    endpoint: String,
-}
-
-impl Serve {
-    fn start(root: &Path, log: &Path) -> anyhow::Result<Serve> {
-        let mut child = Command::new(ferry_tests::ferry_bin())
-            .args(["serve", "--root"])
-            .arg(root)
-            .args(["--addr", "127.0.0.1:0"])
-            .env_remove("FERRY_SERVE_PAGE_SIZE")
-            .env_remove("FERRY_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(log)?)
-            .spawn()
-            .context("start ferry serve")?;
-        let stdout = child.stdout.take().context("ferry serve stdout")?;
-        // The guard exists before anything can fail, so the server is always stopped.
-        let mut serve = Serve {
-            child,
-            endpoint: String::new(),
-        };
-        let mut lines = BufReader::new(stdout);
-        let mut first = String::new();
-        lines.read_line(&mut first)?;
-        let addr = first
-            .strip_prefix("ferry serve: listening on http://")
-            .and_then(|rest| rest.split_whitespace().next())
-            .with_context(|| {
-                format!(
-                    "ferry serve did not start (first line {first:?}): {}",
-                    std::fs::read_to_string(log).unwrap_or_default().trim()
-                )
-            })?;
-        serve.endpoint = format!("http://{addr}");
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || {
-            let mut sink = String::new();
-            while lines.read_line(&mut sink).is_ok_and(|n| n > 0) {
-                sink.clear();
-            }
-        });
-        eprintln!(
-            "pull: ferry serve (pid {}) at {}",
-            serve.child.id(),
-            serve.endpoint
-        );
-        Ok(serve)
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        // Child::kill signals this child's PID only.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `ferry serve` on a free loopback port serving `root`, its log to `log`; stopped by its PID
+/// when dropped (the test kit's guard).
+fn serve(root: &Path, log: &Path) -> anyhow::Result<Serve> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    Serve::try_start(root, None, None, &[], Stdio::from(log_file)).map_err(|e| {
+        anyhow::anyhow!(
+            "ferry serve did not start ({e}): {}",
+            std::fs::read_to_string(log).unwrap_or_default().trim()
+        )
+    })
 }
 
 /// `scripts/synth-repo.py`, next to this crate in the checkout.
@@ -117,11 +69,6 @@ fn synth_script() -> PathBuf {
     } else {
         PathBuf::from("scripts/synth-repo.py")
     }
-}
-
-/// The huggingface_hub cache folder of `REPO`.
-fn repo_folder() -> String {
-    format!("models--{}", REPO.replace('/', "--"))
 }
 
 /// Every file under `dir` (symlinks followed to their target, which must be a file), as sorted
@@ -153,7 +100,7 @@ fn list_files(dir: &Path) -> anyhow::Result<Vec<String>> {
 /// Checks a cache written by one tool against the origin: `refs/main`, the snapshot's file
 /// list, and every file's size and sha256.
 fn verify(cache: &Path, commit: &str, origin: &[OriginFile]) -> anyhow::Result<()> {
-    let folder = cache.join(repo_folder());
+    let folder = cache_folder(cache, REPO);
     let refs = std::fs::read_to_string(folder.join("refs/main"))
         .with_context(|| format!("read {}/refs/main", folder.display()))?;
     if refs.trim() != commit {
@@ -203,7 +150,7 @@ fn verify(cache: &Path, commit: &str, origin: &[OriginFile]) -> anyhow::Result<(
 /// Every tool's shell line (`{OUT}` is the output cache), in the order they run: the second
 /// pull right after the first, on its mirror.
 fn tools(endpoint: &str) -> Vec<Tool> {
-    let ferry = ferry_tests::ferry_bin().to_string_lossy().into_owned();
+    let ferry = ferry_testkit::ferry_bin().to_string_lossy().into_owned();
     let pull = format!("pull {REPO} --endpoint {endpoint} --cache-dir '{{OUT}}' --json");
     let mut again = Tool::new(AGAIN, format!("{ferry} {pull}"));
     again.moves_bytes = false;
@@ -265,7 +212,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
         );
     }
     let commit = String::from_utf8_lossy(&synth.stdout).trim().to_owned();
-    let snap = origin.join(repo_folder()).join("snapshots").join(&commit);
+    let snap = cache_folder(&origin, REPO).join("snapshots").join(&commit);
     let mut files = Vec::new();
     for path in list_files(&snap)? {
         let full = snap.join(&path);
@@ -283,18 +230,16 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
         bytes as f64 / 1e9
     );
 
-    let serve = Serve::start(&origin, &scratch.join("serve.log"))?;
-    let tools = tools(&serve.endpoint);
+    let serve = serve(&origin, &scratch.join("serve.log"))?;
+    let endpoint = serve.endpoint();
+    let tools = tools(&endpoint);
     eprintln!("== pull: ceilings ...");
     let first_shard = files
         .iter()
         .find(|f| f.path.ends_with(".safetensors"))
         .context("no shard in the repo")?;
     let ceilings = ceilings(
-        &format!(
-            "{}/{REPO}/resolve/{commit}/{}",
-            serve.endpoint, first_shard.path
-        ),
+        &format!("{}/{REPO}/resolve/{commit}/{}", endpoint, first_shard.path),
         first_shard.size,
         scratch,
         None,
@@ -403,7 +348,7 @@ mod tests {
     /// A cache holding `files` in `REPO`'s snapshot `commit` (as plain files: `verify` follows
     /// links, so the layout of the blobs does not matter to it).
     fn cache(dir: &Path, commit: &str, files: &[(&str, &[u8])]) -> Vec<OriginFile> {
-        let folder = dir.join(repo_folder());
+        let folder = cache_folder(dir, REPO);
         std::fs::create_dir_all(folder.join("refs")).expect("refs");
         std::fs::write(folder.join("refs/main"), commit).expect("refs/main");
         let mut origin = Vec::new();
@@ -430,7 +375,7 @@ mod tests {
             &[("a.json", b"{}"), ("sub/dir/b.bin", b"bytes")],
         );
         verify(dir.path(), "c0ffee", &origin).expect("a faithful copy passes");
-        let snap = dir.path().join(repo_folder()).join("snapshots/c0ffee");
+        let snap = cache_folder(dir.path(), REPO).join("snapshots/c0ffee");
 
         std::fs::write(snap.join("sub/dir/b.bin"), b"bytez").expect("write");
         let e = verify(dir.path(), "c0ffee", &origin).expect_err("wrong byte");

@@ -8,6 +8,9 @@
 //! ferry's git revision). Every run also gets its own folder, `runs/DATE-SUITES/`, with the same
 //! three files for its suites only, so the history stays readable.
 //!
+//! No absolute path of the machine that ran it reaches a report ([`Anonymize`]): the binaries
+//! are named, the scratch folder and the checkout are placeholders.
+//!
 //! This module only formats and files what was measured: it runs no tool, and it judges a
 //! target only by printing whether the medians meet it.
 
@@ -129,10 +132,91 @@ pub(crate) struct Target {
     pub(crate) max_cpu_s_gb: Option<f64>,
 }
 
+/// The absolute paths of the machine that ran the benchmark, and what a report says instead:
+/// the binaries by name (`ferry`, `ferry-bench`), the scratch folder (the lists, the CA, every
+/// output) as `{SCRATCH}` (like `{OUT}`, an output folder in it), the checkout as `{REPO}`, and
+/// the folders given as absolute `--out` and `--dir` as `{REPORTS}` and `{DIR}`. A report is read on other machines and kept in git: where this one
+/// kept its files says nothing there, and the paths differ from one checkout to the next.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Anonymize {
+    /// (path as it appears, replacement), longest first, so that a path inside another (the
+    /// binaries inside the checkout, `ferry` a prefix of `ferry-bench`) is replaced whole.
+    pairs: Vec<(String, String)>,
+}
+
+impl Anonymize {
+    /// For a run of `harness` (this binary) measuring `ferry`, in `scratch`, from the checkout
+    /// at `repo`.
+    pub(crate) fn new(ferry: &Path, harness: &Path, scratch: &Path, repo: &Path) -> Anonymize {
+        Anonymize::default()
+            .with(ferry, "ferry", true)
+            .with(harness, "ferry-bench", true)
+            .with(scratch, "{SCRATCH}", false)
+            .with(repo, "{REPO}", false)
+    }
+
+    /// Also `path` (and its canonical form; quoted too with `quoted_too`), as `to`. A relative
+    /// path is left alone: it names no machine, and as text it could be part of anything.
+    pub(crate) fn with(mut self, path: &Path, to: &str, quoted_too: bool) -> Anonymize {
+        if path.is_relative() {
+            return self;
+        }
+        let pairs = &mut self.pairs;
+        let mut add = |path: &Path, to: &str, quoted_too: bool| {
+            let canonical = std::fs::canonicalize(path).ok();
+            for p in std::iter::once(path).chain(canonical.as_deref()) {
+                let p = p.to_string_lossy().trim_end_matches('/').to_owned();
+                if p.is_empty() || p == "/" {
+                    continue;
+                }
+                if quoted_too {
+                    pairs.push((format!("'{p}'"), to.to_owned()));
+                }
+                pairs.push((p, to.to_owned()));
+            }
+        };
+        add(path, to, quoted_too);
+        pairs.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        pairs.dedup();
+        self
+    }
+
+    /// `text` with every path replaced.
+    pub(crate) fn text(&self, text: &str) -> String {
+        self.pairs
+            .iter()
+            .fold(text.to_owned(), |t, (from, to)| t.replace(from, to))
+    }
+
+    /// `result` with every path replaced in every string it holds (commands, reasons, errors,
+    /// the run's arguments), whatever field it is in.
+    pub(crate) fn result(&self, result: SuiteResult) -> anyhow::Result<SuiteResult> {
+        fn walk(v: &mut serde_json::Value, a: &Anonymize) {
+            match v {
+                serde_json::Value::String(s) => *s = a.text(s),
+                serde_json::Value::Array(items) => items.iter_mut().for_each(|i| walk(i, a)),
+                serde_json::Value::Object(map) => {
+                    let entries = std::mem::take(map);
+                    for (k, mut v) in entries {
+                        walk(&mut v, a);
+                        map.insert(a.text(&k), v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let mut v = serde_json::to_value(&result)?;
+        walk(&mut v, self);
+        Ok(serde_json::from_value(v)?)
+    }
+}
+
 /// This run's results and the earlier ones they are merged with.
 pub(crate) struct Reports {
     out: PathBuf,
     run: RunInfo,
+    /// What this machine's paths are replaced with in everything written.
+    anonymize: Anonymize,
     /// `out/runs/<run.id>`.
     run_dir: PathBuf,
     /// What earlier runs recorded, by suite.
@@ -144,7 +228,7 @@ pub(crate) struct Reports {
 impl Reports {
     /// Reads what earlier runs recorded under `--out` and names this run's folder. Fails on a
     /// `results.json` it cannot read, rather than overwrite it later.
-    pub(crate) fn open(args: &Args) -> anyhow::Result<Reports> {
+    pub(crate) fn open(args: &Args, anonymize: Anonymize) -> anyhow::Result<Reports> {
         let out = args.out.clone();
         let previous = load_previous(&out)?;
         let day = sh("date -u +%Y-%m-%d")?.trim().to_owned();
@@ -163,7 +247,7 @@ impl Reports {
         let run = RunInfo {
             id: id.clone(),
             date: sh("date -u '+%Y-%m-%d %H:%M UTC'")?.trim().to_owned(),
-            command: args.line.clone(),
+            command: anonymize.text(&args.line),
             runs: args.runs,
             state: args.state.clone(),
             cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -177,6 +261,7 @@ impl Reports {
             run_dir: out.join("runs").join(&id),
             out,
             run,
+            anonymize,
             previous,
             current: Vec::new(),
         })
@@ -185,6 +270,7 @@ impl Reports {
     /// merged one.
     pub(crate) fn add(&mut self, mut result: SuiteResult) -> anyhow::Result<()> {
         result.run = Some(self.run.clone());
+        let result = self.anonymize.result(result)?;
         self.current.retain(|r| r.suite != result.suite);
         self.current.push(result);
         self.write()
@@ -605,7 +691,11 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
                 let _ = writeln!(md, "- {}", target_line(t, &all, gb));
             }
         }
-        let _ = writeln!(md, "\nCommands (`{{OUT}}` is the output directory):\n");
+        let _ = writeln!(
+            md,
+            "\nCommands (`{{OUT}}` is the output directory, `{{SCRATCH}}` the run's scratch \
+             folder; `ferry` and `ferry-bench` are the binaries built from the checkout):\n"
+        );
         for t in &r.tools {
             let mut shown = t.shell.clone();
             if shown.len() > 400 {
@@ -783,6 +873,123 @@ fn xml_escape(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::{FailedRun, LeftOut};
+
+    #[test]
+    fn no_absolute_path_of_the_machine_that_ran_it_reaches_a_report() {
+        let repo = crate::repo_dir();
+        let ferry = repo.join("target/release/ferry");
+        let harness = std::env::current_exe().expect("current_exe");
+        let scratch = tempfile::tempdir().expect("tmp");
+        let ca = scratch.path().join("pki/ca.pem");
+        let items: Vec<crate::Item> = ["a.bin", "b.bin"]
+            .iter()
+            .map(|n| crate::Item {
+                name: (*n).into(),
+                sha256: "00".repeat(32),
+            })
+            .collect();
+        // The lines the harness runs, as it makes them: a list of files (lists in the scratch
+        // folder), one file over HTTPS (the CA in the scratch folder), the ceilings (the
+        // harness's own path).
+        let url = "https://localhost:1/files";
+        let (mut tools, mut left_out) =
+            crate::tools("small", &items, url, scratch.path(), None, &ferry).expect("tools");
+        let (https, https_left_out) =
+            crate::tools("https", &items[..1], url, scratch.path(), Some(&ca), &ferry)
+                .expect("tools");
+        tools.extend(https);
+        left_out.extend(https_left_out);
+        tools.extend(
+            crate::ceiling_rows(&format!("{url}/a.bin"), 1 << 30, Some(&ca)).expect("ceilings"),
+        );
+        let mut result = SuiteResult::new("https", 1 << 30, 1, tools);
+        // What tools print when they fail names files too.
+        left_out.push(LeftOut {
+            tool: "axel".into(),
+            reason: format!("cannot read {}", ca.display()),
+        });
+        result.left_out = left_out;
+        result.failed.push(FailedRun {
+            tool: "wget".into(),
+            round: 1,
+            error: format!(
+                "{}/out-https/3/a.bin: No space left on device",
+                scratch.path().display()
+            ),
+        });
+        // The arguments as given: the report's folder and the scratch folder's parent, absolute.
+        let (out, dir) = (
+            tempfile::tempdir().expect("tmp"),
+            tempfile::tempdir().expect("tmp"),
+        );
+        let args = crate::Args {
+            line: format!(
+                "--out {} --dir {} --suites https",
+                out.path().display(),
+                dir.path().display()
+            ),
+            suites: vec!["https".into()],
+            runs: 1,
+            big: 1 << 30,
+            shard: 1 << 30,
+            state: "fresh".into(),
+            dir: Some(dir.path().to_owned()),
+            out: out.path().to_owned(),
+        };
+        let raw = format!(
+            "{} {}",
+            serde_json::to_string(&result).expect("json"),
+            args.line
+        );
+        let paths = [
+            ferry.to_string_lossy().into_owned(),
+            harness.to_string_lossy().into_owned(),
+            scratch.path().to_string_lossy().into_owned(),
+            repo.to_string_lossy().into_owned(),
+            out.path().to_string_lossy().into_owned(),
+            dir.path().to_string_lossy().into_owned(),
+        ];
+        assert!(
+            paths.iter().all(|p| raw.contains(p.as_str())),
+            "the harness's own lines name every path (else this test checks nothing): {raw}"
+        );
+
+        // As main() makes it, then every file the reports are written to.
+        let anonymize = Anonymize::new(&ferry, &harness, scratch.path(), &repo)
+            .with(out.path(), "{REPORTS}", false)
+            .with(dir.path(), "{DIR}", false)
+            .with(Path::new("bench"), "{NOT-A-MACHINE-PATH}", false);
+        let mut reports = Reports::open(&args, anonymize).expect("open");
+        reports.add(result).expect("write the reports");
+        let run_dir = out.path().join("runs").join(&reports.run.id);
+        let tmp = std::env::temp_dir().to_string_lossy().into_owned();
+        let mut read = 0;
+        for folder in [out.path(), run_dir.as_path()] {
+            for name in ["RESULTS.md", "results.json", "results.svg"] {
+                let text = std::fs::read_to_string(folder.join(name)).expect("a report");
+                read += 1;
+                for p in paths.iter().chain([&tmp]) {
+                    assert!(!text.contains(p.as_str()), "{name} names {p}:\n{text}");
+                }
+            }
+        }
+        assert_eq!(read, 6);
+        let json = std::fs::read_to_string(run_dir.join("results.json")).expect("results.json");
+        assert!(
+            json.contains("\"ferry get -i '{SCRATCH}/small.ferry' -o '{OUT}' -q\""),
+            "{json}"
+        );
+        assert!(json.contains("--ca-file '{SCRATCH}/pki/ca.pem'"), "{json}");
+        assert!(json.contains("ferry-bench sha256-from-memory"), "{json}");
+        assert!(
+            json.contains("--out {REPORTS} --dir {DIR} --suites https"),
+            "{json}"
+        );
+        assert!(
+            !json.contains("NOT-A-MACHINE-PATH"),
+            "a relative path is kept: {json}"
+        );
+    }
 
     /// A `results.json` as written before runs were recorded per suite.
     fn legacy(suite: &str, bytes: u64) -> String {

@@ -27,7 +27,7 @@
 //! inode-table block when the inode is written back; if `syncfs` then fails to write that
 //! block, the inode is clean, and a later `fsync` of the file writes nothing and succeeds,
 //! while the disk never got the inode. A file whose inode shared the block with one of the
-//! group but settles later is in the same case. Seen in `tests/tests/failing_disk.rs`: files
+//! group but settles later is in the same case. Seen in `tests/tests/it/failing_disk.rs`: files
 //! reported done were gone after a remount.
 //!
 //! Not here: the renames (the caller's, after the commit) and the directory entries (the job

@@ -1,0 +1,295 @@
+//! The test kit of ferry's integration tests (`tests/`) and of its benchmark harness (`bench/`):
+//! a real nginx origin on a free loopback port (the one nginx configuration of the repository),
+//! seeded test data, a static Hub, a fault-injecting proxy for the misbehaviours nginx will not
+//! produce, real proxies, a hostile origin, small and failing filesystems for the disk tests,
+//! the reliability record the fault tests write, the environment every client runs with, and
+//! helpers to run the `ferry` binary on each back-end. Its two binaries are tools of the test
+//! run: `seccomp-run` (a program under a seccomp filter that denies io_uring) and `reliability`
+//! (target/RELIABILITY.md from the record).
+//!
+//! Every server a test starts is stopped by its PID when its guard drops, also when the test
+//! fails. Nothing here talks to an address other than loopback, and nothing changes the state
+//! of the process that uses it (its environment, limits, namespaces): sandboxes are entered by
+//! child processes. This crate tests nothing by itself beyond its own helpers; the tests are in
+//! `tests/`, the measurements in `bench/`.
+
+pub mod data;
+pub mod disk;
+pub mod env;
+pub mod eyeballs;
+pub mod hf;
+pub mod hostile;
+pub mod hub;
+pub mod nginx;
+pub mod proxies;
+pub mod proxy;
+pub mod record;
+pub mod serve;
+pub mod tls;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub use data::{sha256_file, write_data};
+pub use nginx::{Nginx, Request};
+pub use proxy::{Fault, FaultProxy};
+
+/// The `ferry` binary under test: `$FERRY_BIN`, else `target/<profile>/ferry` next to this test.
+pub fn ferry_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_BIN") {
+        return PathBuf::from(p);
+    }
+    sibling_bin("ferry")
+}
+
+/// The `seccomp-run` helper binary of this crate.
+pub fn seccomp_run_bin() -> PathBuf {
+    sibling_bin("seccomp-run")
+}
+
+fn sibling_bin(name: &str) -> PathBuf {
+    // Test executables live in target/<profile>/deps, binaries (the bench too) one level up.
+    let exe = std::env::current_exe().expect("current_exe");
+    let here = exe.parent().expect("exe dir");
+    let bin = [here, here.parent().unwrap_or(here)]
+        .iter()
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| here.join(name));
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --workspace --bins`; scripts/test.sh does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A back-end under test, as the CLI names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `--backend uring`.
+    Uring,
+    /// `--backend portable`.
+    Portable,
+}
+
+impl Backend {
+    /// The `--backend` value.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Uring => "uring",
+            Backend::Portable => "portable",
+        }
+    }
+}
+
+/// The back-ends to test here: portable always, io_uring where the probe says it works (a test
+/// that skips it says so on stderr).
+pub fn backends_under_test() -> Vec<Backend> {
+    let mut v = vec![Backend::Portable];
+    let uring = kernel_probes::uring();
+    if uring.is_available() {
+        v.insert(0, Backend::Uring);
+    } else {
+        eprintln!("SKIP io_uring back-end: {}", uring.setup);
+    }
+    v
+}
+
+/// True when io_uring works in this process (so the unsandboxed ferry should pick it).
+pub fn kernel_probes_available() -> bool {
+    kernel_probes::uring().is_available()
+}
+
+/// Whether this process may pin all the memory ferry registers with io_uring: it holds
+/// `CAP_IPC_LOCK`, or `RLIMIT_MEMLOCK` is unlimited. Where it may not, the kernel refuses
+/// registrations past the limit and ferry writes from those buffers the plain way (reported as
+/// fewer `written_fixed` bytes).
+pub fn can_pin_memory() -> bool {
+    const CAP_IPC_LOCK: u32 = 14;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let ipc_lock = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|caps| caps & (1 << CAP_IPC_LOCK) != 0);
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap_or_default();
+    let unlimited = limits
+        .lines()
+        .find(|l| l.starts_with("Max locked memory"))
+        .is_some_and(|l| l.split_whitespace().nth(3) == Some("unlimited"));
+    ipc_lock || unlimited
+}
+
+/// Runs `ferry --backend B ARGS...` and returns its output.
+pub fn ferry(backend: Backend, args: &[&str]) -> Output {
+    Command::new(ferry_bin())
+        .arg("--backend")
+        .arg(backend.flag())
+        .args(args)
+        .env_remove("FERRY_SAFE_MODE")
+        .output()
+        .expect("run ferry")
+}
+
+/// `ferry get URL -o OUT --json` on `backend`; panics with ferry's stderr if it fails, and
+/// returns the JSON summary after checking it names `backend`.
+pub fn get_ok(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> serde_json::Value {
+    let out_s = out.to_str().expect("utf-8 path");
+    let mut args = vec!["get", url, "-o", out_s, "--json"];
+    args.extend_from_slice(extra);
+    let o = ferry(backend, &args);
+    assert!(
+        o.status.success(),
+        "backend={backend:?}: ferry get {url} failed ({}): {}",
+        o.status,
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&o.stdout).expect("JSON summary on stdout");
+    assert_eq!(
+        report["backend"],
+        backend.flag(),
+        "summary names the back-end that ran: {report}"
+    );
+    report
+}
+
+/// Every (back-end, sink) pair to test: io_uring with `direct`, `buffered` and `splice`, safe
+/// mode with `buffered` (safe mode never uses O_DIRECT or splice).
+pub fn modes_under_test() -> Vec<(Backend, &'static str)> {
+    let mut modes = Vec::new();
+    for backend in backends_under_test() {
+        match backend {
+            Backend::Uring => {
+                modes.push((backend, "direct"));
+                modes.push((backend, "buffered"));
+                modes.push((backend, "splice"));
+            }
+            Backend::Portable => modes.push((backend, "buffered")),
+        }
+    }
+    modes
+}
+
+/// [`get_ok`] with `--sink SINK`; checks the summary names that sink, or explains why not (a
+/// filesystem without O_DIRECT gets the buffered sink, with the reason; over TLS the splice
+/// sink writes from buffers, and says so).
+pub fn get_ok_sink(
+    (backend, sink): (Backend, &str),
+    url: &str,
+    out: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let mut args = vec!["--sink", sink];
+    args.extend_from_slice(extra);
+    let report = get_ok(backend, url, out, &args);
+    if report["sink"] != sink {
+        let reason = report["sink_reason"].as_str().unwrap_or("");
+        assert!(
+            (sink == "direct" && reason.contains("O_DIRECT unavailable"))
+                || (sink == "direct"
+                    && report["sink"] == "buffered"
+                    && report["bytes"].as_u64().is_some_and(|n| n < 1 << 20)
+                    && reason.contains("came whole in one answer"))
+                || (sink == "splice"
+                    && report["url_final"]
+                        .as_str()
+                        .unwrap_or(url)
+                        .starts_with("https://")
+                    && report["sink"] == "buffered"
+                    && reason.contains("over TLS")),
+            "backend={backend:?}: asked for sink {sink}, got {report}"
+        );
+        eprintln!("note: {sink} sink not used on {}: {reason}", out.display());
+    }
+    report
+}
+
+/// A summary's per-endpoint entries (a download or pull with mirrors), as (endpoint, bytes,
+/// failures, demoted), in the summary's order.
+pub fn endpoints_served(report: &serde_json::Value) -> Vec<(String, u64, u64, bool)> {
+    report["endpoints"]
+        .as_array()
+        .expect("endpoints in the summary")
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"].as_str().expect("endpoint").to_owned(),
+                e["bytes"].as_u64().expect("bytes"),
+                e["failures"].as_u64().expect("failures"),
+                e["demoted"].as_bool().expect("demoted"),
+            )
+        })
+        .collect()
+}
+
+/// Asserts that `path` holds exactly the bytes of `source`.
+pub fn assert_same_file(source: &Path, path: &Path, what: &str) {
+    let (a, b) = (
+        std::fs::metadata(source).expect("source"),
+        std::fs::metadata(path),
+    );
+    let b = b.unwrap_or_else(|e| panic!("{what}: output {} missing: {e}", path.display()));
+    assert_eq!(a.len(), b.len(), "{what}: size differs");
+    assert_eq!(
+        sha256_file(source),
+        sha256_file(path),
+        "{what}: content differs"
+    );
+}
+
+/// The JSON report of a run that succeeded, checked to name `backend`.
+pub fn success_report(o: &Output, backend: Backend, what: &str) -> serde_json::Value {
+    assert!(
+        o.status.success(),
+        "{what}: ferry failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+    assert_eq!(r["backend"], backend.flag(), "{r}");
+    r
+}
+
+/// A failure that ended cleanly: exit code `code`, no panic, one line on stderr starting with
+/// `ferry: error: ` and mentioning `needle`.
+pub fn assert_clean_failure(o: &Output, code: i32, needle: &str, what: &str) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "{what}: exit code; stderr: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("RUST_BACKTRACE"),
+        "{what}: panic: {stderr}"
+    );
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{what}: one line on stderr, got {lines:?}");
+    assert!(lines[0].starts_with("ferry: error: "), "{what}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "{what}: stderr should mention {needle:?}: {stderr}"
+    );
+}
+
+/// Asserts that neither `path` nor `path.incomplete` exists.
+pub fn assert_no_output(path: &Path, what: &str) {
+    assert!(
+        !path.exists(),
+        "{what}: {} must not exist after a failure",
+        path.display()
+    );
+    let mut inc = path.as_os_str().to_owned();
+    inc.push(".incomplete");
+    assert!(
+        !Path::new(&inc).exists(),
+        "{what}: partial file left behind"
+    );
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}

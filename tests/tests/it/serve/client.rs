@@ -1,0 +1,195 @@
+//! The stock `huggingface_hub` client against `ferry serve`: whole snapshots and single files,
+//! from the cache layout and the local-dir layout, over HTTP and HTTPS, read back offline and
+//! compared byte for byte. Skipped (with a line on stderr) where the client is not installed.
+
+use super::*;
+
+fn job(op: &str, repo: &str, kind: &str, revision: &str, file: &str) -> serde_json::Value {
+    serde_json::json!({ "op": op, "repo": repo, "type": kind, "revision": revision, "file": file })
+}
+
+/// Every regular file under `dir` (following symlinks), by repo path; `.cache` is skipped.
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.file_name().is_some_and(|n| n == ".cache") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("under").to_str().expect("utf8");
+                out.insert(rel.to_owned(), std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+fn assert_snapshot(got: &Path, want: &[FixtureFile], what: &str) {
+    let got = files_under(got);
+    let want: BTreeMap<String, Vec<u8>> = want
+        .iter()
+        .map(|f| (f.path.clone(), f.bytes.clone()))
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: file list"
+    );
+    for (path, bytes) in &want {
+        assert!(got[path] == *bytes, "{what}: {path} differs");
+    }
+    eprintln!("{what}: {} files byte-identical", want.len());
+}
+
+/// snapshot_download + hf_hub_download of a model and a dataset, then the same offline; over
+/// HTTPS with a certificate from `pki` when given.
+fn client_round_trip(root: &Path, model: &[FixtureFile], label: &str, pki: Option<&TestPki>) {
+    let cache = tempfile::tempdir().expect("cache");
+    let jobs = serde_json::json!([
+        job("snapshot", "org/name", "model", "main", ""),
+        job("file", "org/name", "model", "main", "config.json"),
+        job("file", "org/name", "model", "main", "sub/dir/x.txt"),
+        job(
+            "file",
+            "org/name",
+            "model",
+            "main",
+            "with space #\u{fc}.txt"
+        ),
+        job("file", "org/name", "model", COMMIT, "model.safetensors"),
+        job("snapshot", "org/data", "dataset", "main", ""),
+    ]);
+    let paths = {
+        let serve = match pki {
+            Some(pki) => Serve::start_tls(root, &pki.localhost),
+            None => Serve::start(root, None),
+        };
+        hf_client_ca(
+            &serve.endpoint(),
+            cache.path(),
+            false,
+            &jobs,
+            pki.map(|p| p.ca.as_path()),
+        )
+        // The server stops here: the offline run below cannot reach it.
+    };
+    assert_snapshot(&paths[0], model, &format!("{label} model snapshot"));
+    let by_name: BTreeMap<&str, &FixtureFile> =
+        model.iter().map(|f| (f.path.as_str(), f)).collect();
+    for (i, name) in [
+        (1, "config.json"),
+        (2, "sub/dir/x.txt"),
+        (3, "with space #\u{fc}.txt"),
+        (4, "model.safetensors"),
+    ] {
+        assert!(
+            std::fs::read(&paths[i]).expect("downloaded file") == by_name[name].bytes,
+            "{label}: hf_hub_download {name} differs"
+        );
+        assert!(paths[i].ends_with(name), "{label}: {}", paths[i].display());
+    }
+    assert_snapshot(
+        &paths[5],
+        &dataset_files(),
+        &format!("{label} dataset snapshot"),
+    );
+    // The client names blobs by etag: sha256 for LFS files, git sha1 otherwise.
+    let blobs = cache.path().join("models--org--name/blobs");
+    for f in model {
+        assert!(
+            blobs.join(f.etag()).is_file(),
+            "{label}: blob {} for {} missing",
+            f.etag(),
+            f.path
+        );
+    }
+
+    let offline = serde_json::json!([
+        job("snapshot", "org/name", "model", "main", ""),
+        job("snapshot", "org/data", "dataset", "main", ""),
+        job("file", "org/name", "model", "main", "config.json"),
+    ]);
+    let again = hf_client("http://127.0.0.1:9", cache.path(), true, &offline);
+    assert_eq!(again[0], paths[0], "{label}: offline snapshot path");
+    assert_snapshot(
+        &again[0],
+        model,
+        &format!("{label} model snapshot, offline"),
+    );
+    assert_snapshot(
+        &again[1],
+        &dataset_files(),
+        &format!("{label} dataset, offline"),
+    );
+    assert_eq!(
+        std::fs::read(&again[2]).expect("offline file"),
+        by_name["config.json"].bytes
+    );
+}
+
+#[test]
+fn huggingface_hub_downloads_from_the_cache_layout() {
+    if !have_hf_client() {
+        return;
+    }
+    let tmp = cache_root();
+    client_round_trip(
+        &tmp.path().join("root"),
+        &cache_model_files(),
+        "cache layout",
+        None,
+    );
+
+    // Another revision by name, and a repo id without an org.
+    let cache = tempfile::tempdir().expect("cache");
+    let serve = Serve::start(&tmp.path().join("root"), None);
+    let paths = hf_client(
+        &serve.endpoint(),
+        cache.path(),
+        false,
+        &serde_json::json!([
+            job("file", "org/name", "model", "refs/pr/1", "config.json"),
+            job("snapshot", "solo", "model", "main", ""),
+        ]),
+    );
+    assert_eq!(std::fs::read(&paths[0]).expect("pr file"), b"{\"pr\": 1}");
+    assert!(paths[0].to_string_lossy().contains(COMMIT_PR), "{paths:?}");
+    assert_eq!(
+        std::fs::read(paths[1].join("config.json")).expect("solo"),
+        b"{}"
+    );
+}
+
+#[test]
+fn huggingface_hub_downloads_from_the_local_dir_layout() {
+    if !have_hf_client() {
+        return;
+    }
+    let tmp = local_root();
+    client_round_trip(
+        &tmp.path().join("root"),
+        &model_files(),
+        "local-dir layout",
+        None,
+    );
+}
+
+#[test]
+fn huggingface_hub_downloads_over_https() {
+    if !have_hf_client() {
+        return;
+    }
+    let pki = TestPki::new();
+    let tmp = cache_root();
+    client_round_trip(
+        &tmp.path().join("root"),
+        &cache_model_files(),
+        "https, cache layout",
+        Some(&pki),
+    );
+}
