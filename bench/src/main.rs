@@ -23,21 +23,29 @@
 mod https;
 mod pull;
 mod report;
+mod wan;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use ferry_testkit::relay::Relay;
 use ferry_testkit::{Nginx, sha256_file, write_data};
 
-const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull] [--runs 5] [--big 8G] \
-[--shard 2G] [--state fresh|steady] [--dir DIR] [--out DIR]";
+const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull,wan] [--runs 5] [--big 8G] \
+[--shard 2G] [--wan-size 1G] [--state fresh|steady] [--dir DIR] [--out DIR]";
 
-/// Every suite, in the order they run and are reported.
-const SUITES: [&str; 5] = ["big", "https", "repo", "small", "pull"];
+/// Every suite, in the order they run and are reported. The `wan-*` suites run only when asked
+/// for (`--suites wan` names all three).
+const SUITES: [&str; 8] = [
+    "big", "https", "repo", "small", "pull", "wan-30", "wan-80", "wan-150",
+];
+/// The suites a run without `--suites` runs.
+const DEFAULT_SUITES: [&str; 5] = ["big", "https", "repo", "small", "pull"];
 
 struct Args {
     /// The arguments as given, for the report.
@@ -46,6 +54,8 @@ struct Args {
     runs: usize,
     big: u64,
     shard: u64,
+    /// The file of the `wan-*` suites.
+    wan_size: u64,
     state: String,
     dir: Option<PathBuf>,
     out: PathBuf,
@@ -54,10 +64,11 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut a = Args {
         line: std::env::args().skip(1).collect::<Vec<_>>().join(" "),
-        suites: SUITES.iter().map(|s| s.to_string()).collect(),
+        suites: DEFAULT_SUITES.iter().map(|s| s.to_string()).collect(),
         runs: 5,
         big: 8 << 30,
         shard: 2 << 30,
+        wan_size: 1 << 30,
         state: "fresh".into(),
         dir: None,
         out: PathBuf::from("bench"),
@@ -66,7 +77,16 @@ fn parse_args() -> anyhow::Result<Args> {
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         match flag.as_str() {
-            "--suites" => a.suites = value()?.split(',').map(str::to_owned).collect(),
+            "--suites" => {
+                a.suites = value()?
+                    .split(',')
+                    .flat_map(|s| match s {
+                        "wan" => wan::SUITES.iter().map(|w| w.to_string()).collect(),
+                        other => vec![other.to_owned()],
+                    })
+                    .collect()
+            }
+            "--wan-size" => a.wan_size = parse_size(&value()?)?,
             "--runs" => a.runs = value()?.parse().context("--runs")?,
             "--big" => a.big = parse_size(&value()?)?,
             "--shard" => a.shard = parse_size(&value()?)?,
@@ -400,6 +420,7 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
     match suite {
         // `https` serves the same file as `big`: same name, size and seed.
         "big" | "https" => specs.push(("big.bin".into(), args.big)),
+        s if wan::path(s).is_some() => specs.push(("big.bin".into(), args.wan_size)),
         "repo" => {
             for i in 0..4 {
                 specs.push((
@@ -420,7 +441,7 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
                 specs.push((format!("s{i:04}.bin"), 4096 + (i * 104_729) % (60 * 1024)));
             }
         }
-        other => bail!("unknown suite {other:?} (big, https, repo, small)"),
+        other => bail!("unknown suite {other:?} (big, https, repo, small, wan-*)"),
     }
     let mut items = Vec::new();
     for (i, (name, size)) in specs.into_iter().enumerate() {
@@ -817,11 +838,28 @@ impl SuiteResult {
 /// certificate signed by a CA made for this run. Stopped by its PID when dropped.
 enum Origin {
     Http(Nginx),
-    Https { nginx: Nginx, ca: PathBuf },
+    Https {
+        nginx: Nginx,
+        ca: PathBuf,
+    },
+    /// nginx behind a relay that emulates a WAN path (`wan.rs`).
+    Wan {
+        relay: Relay,
+        _nginx: Nginx,
+    },
 }
 
 impl Origin {
     fn start(suite: &str, root: &Path, scratch: &Path) -> anyhow::Result<Origin> {
+        if let Some(path) = wan::path(suite) {
+            let nginx = Nginx::try_start(root, &Default::default()).map_err(anyhow::Error::msg)?;
+            let upstream = SocketAddr::from(([127, 0, 0, 1], nginx.port()));
+            let relay = Relay::start(upstream, path)?;
+            return Ok(Origin::Wan {
+                relay,
+                _nginx: nginx,
+            });
+        }
         if suite != "https" {
             let nginx = Nginx::try_start(root, &Default::default()).map_err(anyhow::Error::msg)?;
             return Ok(Origin::Http(nginx));
@@ -836,13 +874,14 @@ impl Origin {
         match self {
             Origin::Http(nginx) => format!("http://127.0.0.1:{}/files", nginx.port()),
             Origin::Https { nginx, .. } => https::base(nginx),
+            Origin::Wan { relay, .. } => format!("http://{}/files", relay.addr()),
         }
     }
 
     /// The CA every tool must trust (HTTPS only).
     fn ca(&self) -> Option<&Path> {
         match self {
-            Origin::Http(_) => None,
+            Origin::Http(_) | Origin::Wan { .. } => None,
             Origin::Https { ca, .. } => Some(ca),
         }
     }
@@ -850,7 +889,7 @@ impl Origin {
     /// A mark in the origin's log, for [`Origin::tls_since`].
     fn mark(&self) -> usize {
         match self {
-            Origin::Http(_) => 0,
+            Origin::Http(_) | Origin::Wan { .. } => 0,
             Origin::Https { nginx, .. } => https::mark(nginx),
         }
     }
@@ -858,7 +897,7 @@ impl Origin {
     /// The TLS versions and ciphers of the requests served since `mark` (HTTPS only).
     fn tls_since(&self, mark: usize) -> Option<String> {
         match self {
-            Origin::Http(_) => None,
+            Origin::Http(_) | Origin::Wan { .. } => None,
             Origin::Https { nginx, .. } => https::tls_since(nginx, mark),
         }
     }
@@ -881,6 +920,9 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     let base = origin.base();
     let ferry = ferry_testkit::ferry_bin();
     let (mut tools, mut left_out) = tools(suite, &items, &base, scratch, origin.ca(), &ferry)?;
+    if let Some(path) = wan::path(suite) {
+        (tools, left_out) = wan::tools(tools, path);
+    }
     if let Some(ca) = origin.ca() {
         let unusable;
         (tools, unusable) = https::probe(tools, &root, &base, ca, scratch)?;
@@ -992,7 +1034,11 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     match suite {
         "big" => r.targets = big_targets(&r.tools),
         "https" => r.targets = vec![https::target(&r.tools)],
-        _ => {}
+        s => {
+            if let Some(path) = wan::path(s) {
+                r.targets = wan::targets(&r.tools, path);
+            }
+        }
     }
     r.samples = samples;
     r.ceilings = ceilings;

@@ -130,6 +130,10 @@ pub(crate) struct Target {
     /// Met when the tool's mean CPU seconds per GB is at most this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) max_cpu_s_gb: Option<f64>,
+    /// With `min_share`: the share is of this many bytes per second (a `wan-*` suite's link
+    /// cap), not of a ceiling row: the suite's bytes / the tool's wall / this, round by round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) link_rate: Option<u64>,
 }
 
 /// The absolute paths of the machine that ran the benchmark, and what a report says instead:
@@ -768,6 +772,21 @@ fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
             verdict(m <= limit)
         );
     }
+    if let (Some(limit), Some(link)) = (t.min_share, t.link_rate) {
+        let shares: Vec<f64> = row
+            .walls
+            .iter()
+            .map(|w| gb * 1e9 / w / link as f64)
+            .collect();
+        if let Some((m, lo, hi)) = spread(&shares) {
+            return format!(
+                "{}: median {m:.2} ({lo:.2}-{hi:.2} over {}), at least {limit:.2} — {}.",
+                t.text,
+                rounds(shares.len()),
+                verdict(m >= limit)
+            );
+        }
+    }
     if let (Some(limit), Some((m, lo, hi))) = (t.min_share, row.share()) {
         return format!(
             "{}: median {m:.2} ({lo:.2}-{hi:.2} over {}), at least {limit:.2} — {}.",
@@ -932,6 +951,7 @@ mod tests {
             runs: 1,
             big: 1 << 30,
             shard: 1 << 30,
+            wan_size: 1 << 30,
             state: "fresh".into(),
             dir: Some(dir.path().to_owned()),
             out: out.path().to_owned(),

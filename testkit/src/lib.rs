@@ -1,7 +1,7 @@
 //! The test kit of ferry's integration tests (`tests/`) and of its benchmark harness (`bench/`):
 //! a real nginx origin on a free loopback port (the one nginx configuration of the repository),
 //! seeded test data, a static Hub, a fault-injecting proxy for the misbehaviours nginx will not
-//! produce, real proxies, a hostile origin, small and failing filesystems for the disk tests,
+//! produce, real proxies, a hostile origin, a relay that emulates a WAN path, small and failing filesystems for the disk tests,
 //! the reliability record the fault tests write, the environment every client runs with, and
 //! helpers to run the `ferry` binary on each back-end. Its two binaries are tools of the test
 //! run: `seccomp-run` (a program under a seccomp filter that denies io_uring) and `reliability`
@@ -24,6 +24,7 @@ pub mod nginx;
 pub mod proxies;
 pub mod proxy;
 pub mod record;
+pub mod relay;
 pub mod serve;
 pub mod tls;
 
