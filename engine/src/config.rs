@@ -68,6 +68,11 @@ pub struct Config {
     /// Whether a redirect from a public address may lead to a private, loopback or link-local
     /// one (default: refused, with [`GetError::Redirect`](crate::GetError::Redirect)).
     pub allow_private_redirects: bool,
+    /// Whether a connection may send its next range request before the answer ahead of it
+    /// ended (HTTP/1.1 pipelining, default on): no idle round trip between ranges. A server
+    /// that closes a connection with a request unanswered gets one request per answer from
+    /// then on, by itself; this turns it off everywhere.
+    pub pipelining: bool,
 }
 
 impl Default for Config {
@@ -90,6 +95,7 @@ impl Default for Config {
             min_free: None,
             space_wait: Duration::from_secs(60),
             allow_private_redirects: false,
+            pipelining: true,
         }
     }
 }

@@ -101,6 +101,11 @@ pub(crate) struct Global {
     /// (refused by default: a public server must not point ferry at the local network).
     #[arg(long, global = true)]
     pub allow_private_redirects: bool,
+    /// Send one range request per answer: no HTTP/1.1 pipelining (by default a connection asks
+    /// for its next range before the answer ahead of it ends; a server that closes such a
+    /// connection gets one request per answer from then on anyway).
+    #[arg(long, global = true)]
+    pub no_pipelining: bool,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -168,6 +173,7 @@ impl Global {
         config.min_free = self.min_free;
         config.space_wait = std::time::Duration::from_secs_f64(self.space_wait);
         config.allow_private_redirects = self.allow_private_redirects;
+        config.pipelining = !self.no_pipelining;
         config
     }
 }
@@ -185,6 +191,7 @@ const GLOBALS: &[&str] = &[
     "min_free",
     "space_wait",
     "allow_private_redirects",
+    "no_pipelining",
 ];
 
 /// Whether subcommand `sub` uses the global option `id`; one it does not use is refused there,
@@ -192,8 +199,8 @@ const GLOBALS: &[&str] = &[
 fn uses(sub: &str, id: &str) -> bool {
     match sub {
         "get" | "pull" | "verify" => true,
-        // A ping writes nothing: the disk options do not apply.
-        "ping" => !matches!(id, "min_free" | "space_wait"),
+        // A ping writes nothing (the disk options do not apply) and sends one request.
+        "ping" => !matches!(id, "min_free" | "space_wait" | "no_pipelining"),
         "probe" => matches!(id, "backend" | "safe_mode"),
         _ => false,
     }

@@ -173,13 +173,7 @@ impl Conn {
         target: &Target,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<ResponseHead, GetError> {
-        let req = http1::get_request(
-            &target.request_target,
-            &target.host_header,
-            range,
-            target.authorization.as_ref().map(|a| a.expose()),
-            target.proxy_authorization.as_ref().map(|a| a.expose()),
-        );
+        let req = request_bytes(target, range);
         if self.reused {
             match self.try_request(target, req.clone()).await {
                 Ok(Some(head)) => return Ok(head),
@@ -206,14 +200,42 @@ impl Conn {
         req: Vec<u8>,
     ) -> Result<Option<ResponseHead>, GetError> {
         self.pending.clear();
-        let BufResult(sent, _) = self.stream.write_all(req).await;
-        if let Err(e) = sent {
+        if let Err(e) = self.send(req).await {
             self.settle_fast_open(false);
             if self.reused && is_closed(&e) {
                 return Ok(None);
             }
             return Err(self.net_err("send request", e));
         }
+        self.read_head(target).await
+    }
+
+    /// Sends a GET for `range` behind the answer being read (HTTP/1.1 pipelining): what was
+    /// read of that answer stays for its body, and [`Conn::read_head`] reads this one's head
+    /// once that body ended.
+    pub(super) async fn pipeline(
+        &mut self,
+        target: &Target,
+        range: std::ops::Range<u64>,
+    ) -> Result<(), GetError> {
+        let req = request_bytes(target, Some(range));
+        self.send(req)
+            .await
+            .map_err(|e| self.net_err("send request", e))
+    }
+
+    async fn send(&mut self, req: Vec<u8>) -> std::io::Result<()> {
+        let BufResult(sent, _) = self.stream.write_all(req).await;
+        sent
+    }
+
+    /// Reads the head of the next answer on this connection. `Ok(None)`: the connection
+    /// closed before any byte of it (an idle connection the server had closed, or one it
+    /// closed without answering a pipelined request).
+    pub(super) async fn read_head(
+        &mut self,
+        target: &Target,
+    ) -> Result<Option<ResponseHead>, GetError> {
         loop {
             match http1::parse_head(&self.pending) {
                 Ok(Some((head, len))) => {
@@ -392,5 +414,16 @@ fn is_closed(e: &std::io::Error) -> bool {
     matches!(
         e.kind(),
         ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
+    )
+}
+
+/// The bytes of a GET of `target` (for `range`, when given).
+fn request_bytes(target: &Target, range: Option<std::ops::Range<u64>>) -> Vec<u8> {
+    http1::get_request(
+        &target.request_target,
+        &target.host_header,
+        range,
+        target.authorization.as_ref().map(|a| a.expose()),
+        target.proxy_authorization.as_ref().map(|a| a.expose()),
     )
 }

@@ -114,6 +114,8 @@ pub(crate) struct JobSettings {
     pub space: space::JobSpace,
     /// How settled files are made durable before their rename.
     pub durable: durable::Durable,
+    /// Whether range requests may be pipelined ([`Config::pipelining`](crate::Config::pipelining)).
+    pub pipelining: bool,
 }
 
 /// One file of a job, as the job was given it.
@@ -461,6 +463,19 @@ impl FileDownload {
         }
         self.with_plan(|p| p.take().map(|(id, r, _)| (id, r)))
             .flatten()
+    }
+
+    /// A lease to ask for behind the one being read ([`Plan::take_ahead`]).
+    pub(super) fn take_lease_ahead(&self) -> Option<(LeaseId, Range<u64>)> {
+        if self.is_aborted() {
+            return None;
+        }
+        self.with_plan(|p| p.take_ahead()).flatten()
+    }
+
+    /// A lease none of whose bytes was read goes back whole, using no retry.
+    pub(super) fn put_back(&self, id: LeaseId) {
+        self.with_plan(|p| p.put_back(id));
     }
 
     /// How many of `want` bytes the holder of `lease`, now at `at`, may still read.

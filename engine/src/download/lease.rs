@@ -1,6 +1,7 @@
 //! A ranged file's leases: the lane that started the file copies the first one, then every
 //! lane on the file takes leases from its plan until none are left, each on the lane's
-//! kept-alive connection; a body that ends short gives the rest of its lease back.
+//! kept-alive connection, the next lease's request pipelined behind the body being read; a
+//! body that ends short gives the rest of its lease back.
 //!
 //! Invariant: a lease's bytes are written only after its answer named exactly its range
 //! (`proto/file.rs`); a failed request gives its whole lease back within the file's retry
@@ -17,8 +18,10 @@ use super::request::{Lane, framing_of, request, wait_to_retry};
 use crate::error::GetError;
 use crate::proto;
 use crate::proto::file::{
-    AfterFailure, BodyOutcome, Ended, after_lease_failure, check_length, check_partial,
+    AfterFailure, BodyOutcome, Ended, after_lease_failure, check_answer, check_length,
+    check_partial, may_pipeline,
 };
+use crate::proto::http1::ResponseHead;
 use crate::proto::plan::LeaseId;
 use crate::proto::retry::{self, Verdict};
 
@@ -30,46 +33,36 @@ pub(super) struct Lease {
     pub(super) src: usize,
 }
 
-/// Copies the first lease of a ranged file, then takes leases like any other lane.
+/// Copies the first lease of a ranged file (its answer's head is read: `conn`), then takes
+/// leases like any other lane.
 pub(super) async fn run_ranged(
     file: &Arc<FileDownload>,
     lane: &mut Lane,
-    mut conn: Conn,
+    conn: Conn,
     mut pipe: Pipeline,
     first: Lease,
 ) {
     file.used_connections.fetch_add(1, Ordering::Relaxed);
-    let end = copy_counted(file, &mut conn, &mut pipe, &first).await;
-    let go_on = match end {
-        Ok(end) => lease_ended(file, &first, end),
-        Err(e) => Err(e),
-    };
     lane.conn = Some(conn);
-    match go_on {
-        Ok(Ended::Next | Ended::Retry) => take_leases(file, lane, pipe).await,
-        Ok(_) => drain(file, pipe).await,
-        Err(e) => {
-            file.fail(e);
-            drain(file, pipe).await;
-        }
+    if let Err(e) = range_loop(file, lane, &mut pipe, Some(first)).await {
+        file.fail(e);
     }
+    drain(file, pipe).await;
 }
 
 /// A lane joining a ranged file that another lane started.
 pub(super) async fn join_file(file: &Arc<FileDownload>, lane: &mut Lane) {
     file.used_connections.fetch_add(1, Ordering::Relaxed);
     match file.open_sink(None).await {
-        Ok(sink) => take_leases(file, lane, Pipeline::new(file, sink)).await,
+        Ok(sink) => {
+            let mut pipe = Pipeline::new(file, sink);
+            if let Err(e) = range_loop(file, lane, &mut pipe, None).await {
+                file.fail(e);
+            }
+            drain(file, pipe).await;
+        }
         Err(e) => file.fail(e),
     }
-}
-
-/// Takes leases until none are left, then waits for this lane's writes.
-async fn take_leases(file: &Arc<FileDownload>, lane: &mut Lane, mut pipe: Pipeline) {
-    if let Err(e) = range_loop(file, lane, &mut pipe).await {
-        file.fail(e);
-    }
-    drain(file, pipe).await;
 }
 
 /// Waits for a lane's writes on the file; a failed write fails the file.
@@ -80,82 +73,255 @@ async fn drain(file: &FileDownload, mut pipe: Pipeline) {
 }
 
 /// Takes leases from the plan until none are left, on the lane's connection (replaced when it
-/// breaks or goes elsewhere).
+/// breaks or goes elsewhere). `current`: a lease whose answer's head was read already, on
+/// `lane.conn` (the file's first).
+///
+/// While a body is read, the request for the next lease is already on the connection
+/// (HTTP/1.1 pipelining, where [`may_pipeline`] allows): its answer follows this body without
+/// an idle round trip. A lease asked for ahead whose answer never came (the body before it
+/// ended short, the server closed) goes back whole, using no retry.
 async fn range_loop(
     file: &Arc<FileDownload>,
     lane: &mut Lane,
     pipe: &mut Pipeline,
+    mut current: Option<Lease>,
 ) -> Result<(), GetError> {
     let total = file.total.load(Ordering::Relaxed);
     // Failures in a row on this lane: each retry waits longer.
     let mut failures = 0;
-    while let Some((id, range)) = file.take_lease() {
-        let lease = Lease {
-            id,
-            range,
-            src: file.pick(lane.id),
-        };
-        match fetch_lease(file, lane, pipe, &lease, total).await {
-            // The plan has the lease back (or the retries ran out, which fails the file).
-            Ok(end) => match lease_ended(file, &lease, end)? {
-                Ended::Next => failures = 0,
-                Ended::Retry => lane.conn = None,
-                Ended::Stop | Ended::Fail => break,
-            },
-            Err(e) => {
-                // Nothing of this lease was written: all of it goes back, within the file's
-                // retry budget, when the table says another try may do better, or another
-                // source can be asked.
-                let next = file.source_failed(lease.src, &e);
-                let verdict = retry::for_error(&e);
-                let given_back = (matches!(verdict, Verdict::Retry { .. }) || next.is_some())
-                    && matches!(
-                        file.with_plan(|p| p.give_back(id, lease.range.start)),
-                        Some(Ok(_))
-                    );
-                let step = after_lease_failure(verdict, next.is_some(), given_back);
-                if step == AfterFailure::Fail {
-                    return Err(e);
+    // The lease whose request went out behind the body being read.
+    let mut ahead: Option<Lease> = None;
+    let result = loop {
+        // The next lease, with its answer's head read and checked, on `lane.conn`.
+        let lease = match (current.take(), ahead.take()) {
+            (Some(lease), _) => lease,
+            (None, Some(lease)) => match pipelined_answer(file, lane, &lease, total).await {
+                Ok(()) => lease,
+                Err(Pipelined::Unanswered) => {
+                    file.put_back(lease.id);
+                    lane.conn = None;
+                    continue;
                 }
-                lane.conn = None;
-                failures += 1;
-                match next {
-                    Some(next) => {
-                        tracing::warn!("{e}; asking {next} instead");
-                        file.retries.fetch_add(1, Ordering::Relaxed);
+                Err(Pipelined::Failed(e)) => {
+                    match failed(file, lane, &lease, e, &mut failures).await {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
                     }
-                    None if !wait_to_retry(&e, failures).await => return Err(e),
-                    None => {}
+                }
+            },
+            (None, None) => {
+                let Some((id, range)) = file.take_lease() else {
+                    break Ok(());
+                };
+                let lease = Lease {
+                    id,
+                    range,
+                    src: file.pick(lane.id),
+                };
+                match request_lease(file, lane, &lease, total).await {
+                    Ok(()) => lease,
+                    Err(e) => match failed(file, lane, &lease, e, &mut failures).await {
+                        Ok(()) => continue,
+                        Err(e) => break Err(e),
+                    },
                 }
             }
+        };
+        ahead = pipeline_next(file, lane, &lease).await;
+        let conn = lane.conn.as_mut().expect("the lease's connection");
+        let end = match copy_counted(file, conn, pipe, &lease).await {
+            Ok(end) => end,
+            Err(e) => match failed(file, lane, &lease, e, &mut failures).await {
+                Ok(()) => continue,
+                Err(e) => break Err(e),
+            },
+        };
+        // A body cut short while a request was pipelined behind it: a server that closes after
+        // an answer with a request unread resets the connection, which can cut the body before
+        // it. Its endpoint gets one request per answer from then on.
+        if matches!(end, BodyEnd::Short { .. })
+            && let Some(b) = &ahead
+        {
+            stop_pipelining(file, b.src, "reset a connection with a request pipelined");
         }
+        // A body not read to its end leaves the connection out of step with the answers behind
+        // it: the lease asked for ahead goes back, and the connection with it.
+        if !lane.conn.as_ref().is_some_and(Conn::is_reusable)
+            && let Some(b) = ahead.take()
+        {
+            file.put_back(b.id);
+            lane.conn = None;
+        }
+        // The plan has the lease back (or the retries ran out, which fails the file).
+        match lease_ended(file, &lease, end) {
+            Ok(Ended::Next) => failures = 0,
+            Ok(Ended::Retry) => lane.conn = None,
+            Ok(Ended::Stop | Ended::Fail) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    if let Some(b) = ahead.take() {
+        file.put_back(b.id);
+        lane.conn = None;
+    }
+    result
+}
+
+/// After a request for `lease` failed with `e` (or its copy did) and no byte of it counts:
+/// all of it goes back, within the file's retry budget, when the table says another try may do
+/// better or another source can be asked; the lane then drops its connection and waits as the
+/// table says. `Err`: the file fails with it.
+async fn failed(
+    file: &Arc<FileDownload>,
+    lane: &mut Lane,
+    lease: &Lease,
+    e: GetError,
+    failures: &mut u32,
+) -> Result<(), GetError> {
+    let next = file.source_failed(lease.src, &e);
+    let verdict = retry::for_error(&e);
+    let given_back = (matches!(verdict, Verdict::Retry { .. }) || next.is_some())
+        && matches!(
+            file.with_plan(|p| p.give_back(lease.id, lease.range.start)),
+            Some(Ok(_))
+        );
+    if after_lease_failure(verdict, next.is_some(), given_back) == AfterFailure::Fail {
+        return Err(e);
+    }
+    lane.conn = None;
+    *failures += 1;
+    match next {
+        Some(next) => {
+            tracing::warn!("{e}; asking {next} instead");
+            file.retries.fetch_add(1, Ordering::Relaxed);
+        }
+        None if !wait_to_retry(&e, *failures).await => return Err(e),
+        None => {}
     }
     Ok(())
 }
 
-/// One lease from its source, on the lane's connection when it goes there (a fresh one
-/// otherwise). An error means no byte of the lease was taken, and the lease is still the
-/// lane's.
-async fn fetch_lease(
+/// Asks for one lease from its source, on the lane's connection when it goes there (a fresh
+/// one otherwise), and checks the answer's head against it. An error means no byte of the
+/// lease was taken, and the lease is still the lane's.
+async fn request_lease(
     file: &Arc<FileDownload>,
     lane: &mut Lane,
-    pipe: &mut Pipeline,
     lease: &Lease,
     total: u64,
-) -> Result<BodyEnd, GetError> {
+) -> Result<(), GetError> {
     let (conn, head) = request(file, lane, lease.src, &lease.range, false).await?;
-    let c = lane.conn.insert(conn);
+    lane.conn = Some(conn);
+    check_lease_answer(file, lease, &head, total)
+}
+
+/// A ranged answer must name exactly its lease and carry exactly its bytes.
+fn check_lease_answer(
+    file: &FileDownload,
+    lease: &Lease,
+    head: &ResponseHead,
+    total: u64,
+) -> Result<(), GetError> {
     let target = file.sources[lease.src].target();
     let url = &file.target().display;
     check_partial(
         url,
-        &head,
+        head,
         lease.range.start,
         lease.range.end - 1,
         Some(total),
     )?;
-    check_length(url, framing_of(target, &head)?, &lease.range)?;
-    copy_counted(file, c, pipe, lease).await
+    check_length(url, framing_of(target, head)?, &lease.range)
+}
+
+/// Sends the request for the next lease on the lane's connection, behind the answer to
+/// `current` (whose head was read), when [`may_pipeline`] allows and the frontier has a
+/// lease to give: the same source, the same connection.
+async fn pipeline_next(
+    file: &Arc<FileDownload>,
+    lane: &mut Lane,
+    current: &Lease,
+) -> Option<Lease> {
+    let conn = lane.conn.as_mut()?;
+    let source = &file.sources[current.src];
+    let target = source.target();
+    let allowed = may_pipeline(
+        file.settings.pipelining,
+        conn.serves(target),
+        file.endpoints.pipelines(source.endpoint),
+    );
+    if !allowed {
+        return None;
+    }
+    let (id, range) = file.take_lease_ahead()?;
+    match conn.pipeline(target, range.clone()).await {
+        Ok(()) => Some(Lease {
+            id,
+            range,
+            src: current.src,
+        }),
+        // The body being read will meet the broken connection and say so.
+        Err(_) => {
+            file.put_back(id);
+            None
+        }
+    }
+}
+
+/// Source `src`'s endpoint `did` what a server that takes no pipelined requests does: no more
+/// pipelining there, said once.
+fn stop_pipelining(file: &FileDownload, src: usize, did: &str) {
+    let source = &file.sources[src];
+    if file.endpoints.stop_pipelining(source.endpoint) {
+        tracing::info!("{} {did}; asking one range at a time there", source.label());
+    }
+}
+
+/// Why the answer to a pipelined request is not there.
+enum Pipelined {
+    /// The connection closed before any byte of it: the server does not take pipelined
+    /// requests (or closed an idle connection just then).
+    Unanswered,
+    /// An answer that fails its checks, or a broken connection: like a failed request.
+    Failed(GetError),
+}
+
+/// Reads and checks the answer to the pipelined request for `lease` on the lane's connection.
+async fn pipelined_answer(
+    file: &Arc<FileDownload>,
+    lane: &mut Lane,
+    lease: &Lease,
+    total: u64,
+) -> Result<(), Pipelined> {
+    let source = &file.sources[lease.src];
+    let target = source.target();
+    let conn = lane
+        .conn
+        .as_mut()
+        .expect("the connection the request went on");
+    let head = match conn.read_head(target).await {
+        Ok(Some(head)) => head,
+        Ok(None) => {
+            stop_pipelining(
+                file,
+                lease.src,
+                "closed a connection with a request unanswered",
+            );
+            return Err(Pipelined::Unanswered);
+        }
+        Err(e) => return Err(Pipelined::Failed(e)),
+    };
+    if crate::proto::http1::is_redirect(head.status) {
+        return Err(Pipelined::Failed(GetError::Protocol {
+            url: target.display.clone(),
+            detail: format!(
+                "a redirect ({}) answered a range of a URL that had answered without one",
+                head.status
+            ),
+        }));
+    }
+    check_answer(&target.display, &head).map_err(Pipelined::Failed)?;
+    check_lease_answer(file, lease, &head, total).map_err(Pipelined::Failed)
 }
 
 /// Copies a lease's body, counting what it brought for its source.

@@ -105,6 +105,7 @@ pub(crate) fn start(
         threads: engine.workers().len(),
         space: space::JobSpace::new(engine.config().min_free, engine.config().space_wait),
         durable: durable::Durable::new(items.len() > 1),
+        pipelining: engine.config().pipelining,
     });
     let shared = JobShared {
         progress: Arc::clone(&progress),

@@ -13,7 +13,7 @@ use super::conn::Conn;
 use super::file::FileDownload;
 use crate::error::GetError;
 use crate::net::target::{Resolver, Target, redirect_target};
-use crate::proto::file::status_error;
+use crate::proto::file::check_answer;
 use crate::proto::http1::{Framing, ResponseHead};
 use crate::proto::retry::{self, Verdict};
 
@@ -66,24 +66,7 @@ pub(super) async fn request(
         }
         target = next;
     };
-    // ferry asks for no encoding: an encoded body would be saved as it came, not as the file.
-    if let Some(encoding) = head.header("content-encoding")
-        && !encoding.trim().eq_ignore_ascii_case("identity")
-        && (200..300).contains(&head.status)
-    {
-        return Err(GetError::Protocol {
-            url: target.display.clone(),
-            detail: format!(
-                "the answer is encoded (Content-Encoding: {encoding}), which ferry did not ask \
-                 for; refused rather than saved encoded"
-            ),
-        });
-    }
-    // Statuses worth retrying come back as errors, and so do refusals (a mirror without the
-    // file: the next source is asked); 416 is judged by the caller (an empty file).
-    if retry::retryable_status(head.status) || (head.status >= 400 && head.status != 416) {
-        return Err(status_error(&target.display, &head));
-    }
+    check_answer(&target.display, &head)?;
     // Later ranges go to the final URL.
     if target.url != source.origin.url && source.redirected.get().is_none() {
         tracing::debug!(from = %source.origin.display, to = %target.display, "followed redirect");

@@ -121,6 +121,36 @@ pub(crate) fn first_answer(
     }
 }
 
+/// The checks every final answer to a range request passes before its status is judged: no
+/// encoding ferry did not ask for (an encoded body would be saved as it came, not as the
+/// file), and no status worth retrying or refusing (a mirror without the file: the next source
+/// is asked). A 416 passes: the caller judges it (an empty file).
+pub(crate) fn check_answer(url: &str, head: &ResponseHead) -> Result<(), GetError> {
+    if let Some(encoding) = head.header("content-encoding")
+        && !encoding.trim().eq_ignore_ascii_case("identity")
+        && (200..300).contains(&head.status)
+    {
+        return Err(GetError::Protocol {
+            url: url.to_owned(),
+            detail: format!(
+                "the answer is encoded (Content-Encoding: {encoding}), which ferry did not ask \
+                 for; refused rather than saved encoded"
+            ),
+        });
+    }
+    if retry::retryable_status(head.status) || (head.status >= 400 && head.status != 416) {
+        return Err(status_error(url, head));
+    }
+    Ok(())
+}
+
+/// Whether a lane sends the next range request on `conn` before the answer it is reading
+/// ended: pipelining is on, the connection stays open after this answer, and its endpoint never
+/// closed a connection with a request unanswered.
+pub(crate) fn may_pipeline(enabled: bool, reusable: bool, endpoint_pipelines: bool) -> bool {
+    enabled && reusable && endpoint_pipelines
+}
+
 /// The error for a final status ferry does not take.
 pub(crate) fn status_error(url: &str, head: &ResponseHead) -> GetError {
     GetError::Status {

@@ -45,6 +45,9 @@ struct Endpoint {
     failures_total: u64,
     aside_until: Option<Instant>,
     demoted: bool,
+    /// It closed a connection with a pipelined request unanswered: it gets one request per
+    /// answer from then on.
+    no_pipelining: bool,
 }
 
 impl Endpoint {
@@ -84,6 +87,7 @@ impl Endpoints {
             failures_total: 0,
             aside_until: None,
             demoted: false,
+            no_pipelining: false,
         });
         s.len() - 1
     }
@@ -134,6 +138,18 @@ impl Endpoints {
     /// Bytes that arrived from `id` in a range that then failed.
     pub(crate) fn partial(&self, id: usize, bytes: u64) {
         self.lock()[id].bytes += bytes;
+    }
+
+    /// Whether requests to `id` may be pipelined (sent before the answer ahead of them ended).
+    pub(crate) fn pipelines(&self, id: usize) -> bool {
+        !self.lock()[id].no_pipelining
+    }
+
+    /// `id` closed a connection with a pipelined request unanswered: no more pipelining there.
+    /// True the first time (to say so once).
+    pub(crate) fn stop_pipelining(&self, id: usize) -> bool {
+        let mut s = self.lock();
+        !std::mem::replace(&mut s[id].no_pipelining, true)
     }
 
     /// A request to `id` failed at `now`: it is put aside for a while (longer each time).
@@ -200,6 +216,19 @@ mod tests {
         let e = Endpoints::default();
         let ids = vec![e.id("http://a"), e.id("http://b")];
         (e, ids)
+    }
+
+    #[test]
+    fn an_endpoint_stops_pipelining_once_and_for_good() {
+        let e = Endpoints::default();
+        let (a, b) = (e.id("http://a:80"), e.id("http://b:80"));
+        assert!(e.pipelines(a) && e.pipelines(b));
+        assert!(e.stop_pipelining(a), "said the first time");
+        assert!(!e.stop_pipelining(a), "not again");
+        assert!(
+            !e.pipelines(a) && e.pipelines(b),
+            "the other endpoint keeps it"
+        );
     }
 
     #[test]

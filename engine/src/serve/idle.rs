@@ -56,3 +56,39 @@ impl Idle {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A connected pair: (the server's side, the client's side).
+    fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let client = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server, _) = listener.accept().expect("accept");
+        (server, client)
+    }
+
+    #[test]
+    fn the_connection_idle_the_longest_is_closed_first() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let idle = Idle::default();
+        let conns: Vec<_> = (0..3).map(|_| pair(&listener)).collect();
+        let ids: Vec<_> = conns.iter().map(|(s, _)| idle.enter(s)).collect();
+        // The second goes busy again: it is not evictable while it works.
+        idle.leave(ids[1]);
+        assert!(idle.evict_oldest());
+        assert!(idle.evict_oldest());
+        assert!(!idle.evict_oldest(), "none is idle any more");
+        let closed = |c: &TcpStream| {
+            c.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+                .expect("timeout");
+            matches!((&*c).read(&mut [0u8; 1]), Ok(0))
+        };
+        assert!(closed(&conns[0].1), "the oldest was closed");
+        assert!(!closed(&conns[1].1), "the busy one was kept");
+        assert!(closed(&conns[2].1), "then the next oldest");
+    }
+}

@@ -30,6 +30,7 @@ mod limit_rate;
 mod many;
 mod mirrors;
 mod ping;
+mod pipelining;
 mod proxies;
 mod pull;
 mod resume;

@@ -261,3 +261,42 @@ fn a_settled_file_is_published_kept_left_or_discarded() {
     assert_eq!(on_mismatch(1), OnMismatch::FetchAgain);
     assert_eq!(on_mismatch(MAX_FETCHES), OnMismatch::Fail);
 }
+
+#[test]
+fn a_lane_pipelines_only_where_everything_allows_it() {
+    assert!(may_pipeline(true, true, true));
+    assert!(!may_pipeline(false, true, true), "turned off");
+    assert!(
+        !may_pipeline(true, false, true),
+        "the connection closes after this answer"
+    );
+    assert!(
+        !may_pipeline(true, true, false),
+        "the endpoint closed one with a request unanswered"
+    );
+}
+
+#[test]
+fn an_answer_with_an_encoding_or_a_failing_status_is_refused_before_its_range() {
+    let ok = head("HTTP/1.1 206 P\nContent-Range: bytes 0-9/10\nContent-Length: 10\n\n");
+    assert!(check_answer(URL, &ok).is_ok());
+    let gzip = head("HTTP/1.1 206 P\nContent-Encoding: gzip\nContent-Length: 10\n\n");
+    assert!(matches!(
+        check_answer(URL, &gzip),
+        Err(GetError::Protocol { .. })
+    ));
+    let identity = head("HTTP/1.1 200 OK\nContent-Encoding: identity\nContent-Length: 1\n\n");
+    assert!(check_answer(URL, &identity).is_ok());
+    for status in ["503 U", "404 N", "429 T"] {
+        let h = head(&format!("HTTP/1.1 {status}\nContent-Length: 0\n\n"));
+        assert!(
+            matches!(check_answer(URL, &h), Err(GetError::Status { .. })),
+            "{status}"
+        );
+    }
+    let empty = head("HTTP/1.1 416 R\nContent-Range: bytes */0\nContent-Length: 0\n\n");
+    assert!(
+        check_answer(URL, &empty).is_ok(),
+        "416 is judged by the caller"
+    );
+}

@@ -179,6 +179,27 @@ impl Plan {
         Some((self.insert(mid..end), mid..end, LeaseOrigin::Split))
     }
 
+    /// A lease to ask for ahead, behind the one a connection is reading (HTTP/1.1 pipelining):
+    /// a retry or the frontier's next chunk, never a split. Splitting a lease that another
+    /// connection is reading pays only once a connection is idle; ahead of time it would only
+    /// cut leases that are about to be read.
+    pub(crate) fn take_ahead(&mut self) -> Option<(LeaseId, Range<u64>)> {
+        if self.retry.is_empty() && self.todo.is_empty() {
+            return None;
+        }
+        self.take().map(|(id, range, _)| (id, range))
+    }
+
+    /// A lease none of whose bytes was read (its request was pipelined behind an answer that
+    /// did not end well, or the server closed before answering it) goes back whole, as far as
+    /// its end is now, without using a retry: nothing of it failed.
+    pub(crate) fn put_back(&mut self, id: LeaseId) {
+        let lease = self.leases[id.0].take().expect("live lease");
+        if lease.start < lease.end {
+            self.retry.push(lease.start..lease.end);
+        }
+    }
+
     /// The holder of `id`, now at `at`, wants to read up to `want` more bytes: how many it may
     /// (0 once a split has moved the lease's end to `at`).
     pub(crate) fn reserve(&mut self, id: LeaseId, at: u64, want: u64) -> u64 {

@@ -267,3 +267,23 @@ fn id_or(plan: &mut Plan, first: LeaseId, round: u32) -> LeaseId {
     assert_eq!((r, src), (5 << 20..10 << 20, LeaseOrigin::Retry));
     id
 }
+
+#[test]
+fn leases_taken_ahead_never_split_and_go_back_without_a_retry() {
+    let mut plan = Plan::new(16 << 20, 0, 2, Some(4 << 20));
+    let (a, ra, _) = plan.take().expect("first");
+    let (b, rb) = plan.take_ahead().expect("the frontier's next chunk");
+    assert_eq!((ra, rb.clone()), (0..4 << 20, 4 << 20..8 << 20));
+    // Put back whole, no retry used; the next taker gets exactly those bytes.
+    plan.put_back(b);
+    assert_eq!(plan.retries(), 0);
+    let (b2, rb2, origin) = plan.take().expect("the put-back lease");
+    assert_eq!((rb2, origin), (rb, LeaseOrigin::Retry));
+    let (_c, _) = plan.take_ahead().expect("third chunk");
+    let (_d, _) = plan.take_ahead().expect("fourth chunk");
+    // Only splits are left now: nothing is taken ahead, though a free connection would split.
+    assert!(plan.take_ahead().is_none());
+    assert!(plan.has_work());
+    plan.complete(a);
+    plan.complete(b2);
+}
