@@ -41,7 +41,12 @@ pub(crate) fn tools(all: Vec<Tool>, path: WanPath) -> (Vec<Tool>, Vec<LeftOut>) 
     let mut left_out = Vec::new();
     let mut tools = Vec::new();
     for t in all {
-        if keep.contains(&t.name.as_str()) {
+        if t.name == "ferry" {
+            // The same command, one request per answer: what pipelining is worth on this path.
+            let unpipelined = t.shell.replacen(" get ", " --no-pipelining get ", 1);
+            tools.push(t);
+            tools.push(Tool::new("ferry --no-pipelining", unpipelined));
+        } else if keep.contains(&t.name.as_str()) {
             tools.push(t);
         } else if t.name.starts_with("ferry") {
             left_out.push(LeftOut {
@@ -113,7 +118,16 @@ mod tests {
         .to_vec();
         let (kept, left_out) = tools(all, p);
         let names: Vec<_> = kept.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["ferry", "aria2c", "hf_transfer", "axel"]);
+        assert_eq!(
+            names,
+            [
+                "ferry",
+                "ferry --no-pipelining",
+                "aria2c",
+                "hf_transfer",
+                "axel"
+            ]
+        );
         assert_eq!(left_out.len(), 2);
         assert!(
             left_out[1].reason.contains("40 MB/s"),
