@@ -122,15 +122,43 @@ pub fn can_pin_memory() -> bool {
     ipc_lock || unlimited
 }
 
+/// `ferry --backend B`, with `FERRY_SAFE_MODE` removed (so that B is the back-end that runs):
+/// the command to add the rest of the arguments and the environment to.
+pub fn ferry_command(backend: Backend) -> Command {
+    let mut c = Command::new(ferry_bin());
+    c.arg("--backend")
+        .arg(backend.flag())
+        .env_remove("FERRY_SAFE_MODE");
+    c
+}
+
 /// Runs `ferry --backend B ARGS...` and returns its output.
 pub fn ferry(backend: Backend, args: &[&str]) -> Output {
-    Command::new(ferry_bin())
-        .arg("--backend")
-        .arg(backend.flag())
+    ferry_command(backend)
         .args(args)
-        .env_remove("FERRY_SAFE_MODE")
         .output()
         .expect("run ferry")
+}
+
+/// The arguments of `ferry pull org/model --endpoint ENDPOINT --cache-dir CACHE --json
+/// EXTRA...` (the repo a [`hub::StaticHub`] serves).
+pub fn pull_args<'a>(endpoint: &'a str, cache: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "pull",
+        "org/model",
+        "--endpoint",
+        endpoint,
+        "--cache-dir",
+        cache.to_str().expect("utf-8 path"),
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Runs [`pull_args`] on `backend` and returns its output, whether it succeeded or not.
+pub fn pull_into(backend: Backend, endpoint: &str, cache: &Path, extra: &[&str]) -> Output {
+    ferry(backend, &pull_args(endpoint, cache, extra))
 }
 
 /// `ferry get URL -o OUT --json` on `backend`; panics with ferry's stderr if it fails, and
@@ -287,6 +315,18 @@ pub fn assert_no_output(path: &Path, what: &str) {
         !Path::new(&inc).exists(),
         "{what}: partial file left behind"
     );
+}
+
+/// The most common origin of a download test: a fresh folder holding one file `f` of `size`
+/// seeded bytes ([`write_data`] with `seed`), served by a fresh [`Nginx`] at `/files/f`. Returns
+/// the folder (keep it alive as long as the server), the file (the source to compare with) and
+/// the server; bind all three (`let (_src, file, nginx)`), so that the server stops first.
+pub fn serve_one_file(size: u64, seed: u64) -> (tempfile::TempDir, PathBuf, Nginx) {
+    let src = tempfile::tempdir().expect("tmp");
+    let file = src.path().join("f");
+    write_data(&file, size, seed);
+    let nginx = Nginx::start(src.path());
+    (src, file, nginx)
 }
 
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).

@@ -138,6 +138,18 @@ impl<'a> Trial<'a> {
         f.write_all(format!("{line}\n").as_bytes())
             .expect("append to the reliability record");
     }
+
+    /// Appends the trial to the record, then asserts that it lost and corrupted nothing; the
+    /// failure names `what` and the damage.
+    pub fn record_undamaged(&self, what: &str) {
+        self.record();
+        let damage = self.damage;
+        assert_eq!(
+            (damage.lost, damage.corrupted),
+            (0, 0),
+            "{what}: {damage:?}"
+        );
+    }
 }
 
 /// Records a trial that must have given back `source` at `output`, then asserts it did, byte

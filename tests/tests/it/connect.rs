@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use ferry_testkit::eyeballs::{Blackhole, ferry_dual_stack};
-use ferry_testkit::{Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, write_data};
+use ferry_testkit::{Fault, FaultProxy, assert_same_file, backends_under_test, serve_one_file};
 
 /// `ferry -v get http://localhost:PORT/files/f ARGS` with both addresses for `localhost`;
 /// returns its log after checking the file arrived whole.
@@ -30,11 +30,8 @@ fn get_dual_stack(
 
 #[test]
 fn ipv6_refused_falls_to_ipv4_at_once() {
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, 3 << 20, 81);
     // nginx on 127.0.0.1 only; nothing on [::1] at that port.
-    let nginx = Nginx::start(src.path());
+    let (_src, file, nginx) = serve_one_file(3 << 20, 81);
     for backend in backends_under_test() {
         let log = get_dual_stack(
             backend,
@@ -53,10 +50,7 @@ fn ipv6_refused_falls_to_ipv4_at_once() {
 
 #[test]
 fn ipv6_silent_does_not_hold_up_ipv4() {
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, 3 << 20, 82);
-    let nginx = Nginx::start(src.path());
+    let (_src, file, nginx) = serve_one_file(3 << 20, 82);
     let port = nginx.port();
     // [::1] at nginx's port drops every SYN. Trying addresses one after the other would wait
     // the whole connect timeout (set to 10 minutes here) on it; racing, the IPv4 attempt starts
@@ -76,10 +70,7 @@ fn ipv6_silent_does_not_hold_up_ipv4() {
 
 #[test]
 fn ipv4_closed_uses_ipv6() {
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, 2 << 20, 83);
-    let nginx = Nginx::start(src.path());
+    let (_src, file, nginx) = serve_one_file(2 << 20, 83);
     // An IPv6-only front: [::1]:P forwards to nginx; 127.0.0.1:P is closed.
     let front = FaultProxy::start_on("[::1]:0", nginx.port(), Fault::None);
     for backend in backends_under_test() {

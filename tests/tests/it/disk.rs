@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use ferry_testkit::disk::SmallDisk;
 use ferry_testkit::hub::{PULL_PARTIAL, Repo, StaticHub};
 use ferry_testkit::record::{self, Damage, Trial};
-use ferry_testkit::{Backend, Nginx, backends_under_test, ferry_bin, success_report, write_data};
+use ferry_testkit::{
+    Backend, Nginx, backends_under_test, ferry_bin, pull_args, success_report, write_data,
+};
 
 const MIB: u64 = 1 << 20;
 /// Three 8 MiB shards and a small file; sorted large first, fetched one at a time (`-c 1`).
@@ -42,19 +44,9 @@ fn ferry_in(disk: &SmallDisk, backend: Backend, args: &[&str]) -> Command {
 
 fn pull_in(disk: &SmallDisk, backend: Backend, endpoint: &str, extra: &[&str]) -> Command {
     let cache = disk.inside().join("cache");
-    let mut args = vec![
-        "pull",
-        "org/model",
-        "--endpoint",
-        endpoint,
-        "--cache-dir",
-        cache.to_str().expect("utf-8"),
-        "-c",
-        "1",
-        "--json",
-    ];
+    let mut args = vec!["-c", "1"];
     args.extend_from_slice(extra);
-    ferry_in(disk, backend, &args)
+    ferry_in(disk, backend, &pull_args(endpoint, &cache, &args))
 }
 
 /// The shards whose blob is complete under its final name.
@@ -291,12 +283,7 @@ fn a_disk_filled_during_a_pull_pauses_it_then_stops_cleanly_and_the_next_run_res
             "paused before the disk was full; stopped cleanly (exit 12); verified files kept; resumed once space was freed",
             damage,
         )
-        .record();
-        assert_eq!(
-            (damage.lost, damage.corrupted),
-            (0, 0),
-            "{what}: {damage:?}"
-        );
+        .record_undamaged(&what);
         assert!(kept >= 1, "{what}: the first shard is published");
         let r = success_report(&o, backend, &what);
         let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
@@ -342,12 +329,7 @@ fn a_pull_paused_for_space_goes_on_by_itself_once_space_is_freed() {
             "paused before the disk was full; went on by itself once space was freed",
             damage,
         )
-        .record();
-        assert_eq!(
-            (damage.lost, damage.corrupted),
-            (0, 0),
-            "{what}: {damage:?}"
-        );
+        .record_undamaged(&what);
         assert!(err.contains("free now; going on"), "{what}: {err}");
         success_report(&o, backend, &what);
         assert_eq!(all, repo.files.len(), "{what}: every file published");

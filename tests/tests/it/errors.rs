@@ -7,7 +7,7 @@ use std::process::Output;
 use ferry_testkit::record;
 use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_clean_failure, assert_no_output, backends_under_test,
-    ferry, write_data,
+    ferry, serve_one_file, write_data,
 };
 
 /// Exit codes from the README.
@@ -207,10 +207,7 @@ const SHORT: &str = "short_bodies_are_fetched_again_until_retries_run_out";
 
 #[test]
 fn short_bodies_are_fetched_again_until_retries_run_out() {
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, 3 << 20, 6);
-    let nginx = Nginx::start(src.path());
+    let (_src, file, nginx) = serve_one_file(3 << 20, 6);
     for backend in backends_under_test() {
         // One range answered short (the first, or a later one): the rest of it is fetched again
         // and the file is whole.

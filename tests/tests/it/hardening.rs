@@ -6,7 +6,7 @@
 //! outside the cache. Each trial goes into the reliability record with the bytes it damaged.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::hostile::{HostileOrigin, answer, request_path, response};
@@ -15,7 +15,7 @@ use ferry_testkit::hub::StaticHub as Hub;
 use ferry_testkit::record::{self, Damage, Trial};
 use ferry_testkit::{
     Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry, ferry_bin,
-    get_ok, write_data,
+    ferry_command, get_ok, pull_args, pull_into, write_data,
 };
 
 const VICTIM: &[u8] = b"precious bytes that belong to someone else\n";
@@ -47,8 +47,48 @@ fn assert_regular(p: &Path, what: &str) {
     );
 }
 
-fn stderr(o: &std::process::Output) -> String {
+fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts that run `o` was refused: it exited with `code` (`None`: with any failure) and said
+/// `needle` on stderr. Each message names `what` and shows ferry's stderr.
+fn assert_refused(o: &Output, code: Option<i32>, needle: &str, what: &str) {
+    let err = stderr(o);
+    match code {
+        Some(code) => assert_eq!(o.status.code(), Some(code), "{what}: {err}"),
+        None => assert!(!o.status.success(), "{what}: must fail: {err}"),
+    }
+    assert!(err.contains(needle), "{what}: {err}");
+}
+
+/// A hostile case ferry must refuse without writing anything, as the reliability record names
+/// it.
+struct Refusal<'a> {
+    /// The fault and the test that tries it.
+    trial: (&'a str, &'a str),
+    /// What must come of it, in the record's words.
+    outcome: &'a str,
+    /// The exit code (`None`: any failure) and words the error must say.
+    error: (Option<i32>, &'a str),
+    /// The failure message when something was written ("nothing may be written").
+    nothing: &'a str,
+}
+
+impl Refusal<'_> {
+    /// Records the trial of run `o` on `backend`, `written` (the bytes or entries that appeared
+    /// where none may) counted as corrupted; then asserts that ferry refused and wrote nothing,
+    /// and says on which back-end it ran.
+    fn check(&self, backend: Backend, o: &Output, written: u64, what: &str) {
+        let damage = Damage {
+            corrupted: written,
+            ..Damage::default()
+        };
+        Trial::once(self.trial, Some(backend), self.outcome, damage).record();
+        assert_refused(o, self.error.0, self.error.1, what);
+        assert_eq!(written, 0, "{what}: {}", self.nothing);
+        eprintln!("ran on backend {backend:?}: {what}: refused, nothing written");
+    }
 }
 
 #[test]
@@ -89,19 +129,13 @@ fn a_symlink_or_hard_link_at_the_partial_name_is_never_written_through() {
     }
 }
 
-fn pull(backend: Backend, endpoint: &str, cache: &Path, extra: &[&str]) -> std::process::Output {
-    let cache = cache.to_str().expect("utf-8");
-    let mut args = vec![
-        "pull",
-        "org/model",
-        "--endpoint",
-        endpoint,
-        "--cache-dir",
-        cache,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    ferry(backend, &args)
+/// Where a pull goes, not made yet: a fresh temporary folder (beside the cache: what a run must
+/// not touch goes there), the cache in it, and `org/model`'s folder in that cache.
+fn scratch_cache() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let cache = dir.path().join("cache");
+    let folder = cache.join("models--org--model");
+    (dir, cache, folder)
 }
 
 #[test]
@@ -109,9 +143,7 @@ fn a_pull_into_a_shared_cache_never_writes_through_planted_links() {
     let hub = Hub::start(|_| None);
     let big = &hub.repo.files[0];
     for backend in backends_under_test() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cache = dir.path().join("cache");
-        let folder = cache.join("models--org--model");
+        let (dir, cache, folder) = scratch_cache();
         std::fs::create_dir_all(folder.join("blobs")).expect("blobs");
         std::fs::create_dir_all(folder.join(".ferry")).expect("journal dir");
         let victims = [victim(dir.path(), "v1"), victim(dir.path(), "v2")];
@@ -123,7 +155,7 @@ fn a_pull_into_a_shared_cache_never_writes_through_planted_links() {
         for (v, p) in victims.iter().zip(&planted) {
             std::os::unix::fs::symlink(v, p).expect("plant");
         }
-        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        let o = pull_into(backend, &hub.endpoint(), &cache, &[]);
         let what = format!("backend={backend:?} links planted in the cache");
         let mut damage = Damage::default();
         for v in &victims {
@@ -155,37 +187,24 @@ fn a_pull_into_a_shared_cache_never_writes_through_planted_links() {
 
         // A directory of the repo's folder swapped for a symlink out of the cache: refused,
         // nothing written where it points.
-        let dir = tempfile::tempdir().expect("tmp");
-        let cache = dir.path().join("cache");
-        let folder = cache.join("models--org--model");
+        let (dir, cache, folder) = scratch_cache();
         let outside = dir.path().join("outside");
         std::fs::create_dir_all(&outside).expect("outside");
         std::fs::create_dir_all(&folder).expect("folder");
         std::os::unix::fs::symlink(&outside, folder.join("snapshots")).expect("plant");
-        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        let o = pull_into(backend, &hub.endpoint(), &cache, &[]);
         let what = format!("backend={backend:?} snapshots/ is a symlink out of the cache");
         let written = std::fs::read_dir(&outside).expect("outside").count();
-        Trial::once(
-            (
+        Refusal {
+            trial: (
                 "a directory of the cache swapped for a symlink out of it",
                 "hardening::a_pull_into_a_shared_cache_never_writes_through_planted_links",
             ),
-            Some(backend),
-            "refused with a clear error; nothing written outside",
-            Damage {
-                corrupted: written as u64,
-                ..Damage::default()
-            },
-        )
-        .record();
-        assert!(!o.status.success(), "{what}: must fail");
-        assert!(
-            stderr(&o).contains("follows no symlink"),
-            "{what}: {}",
-            stderr(&o)
-        );
-        assert_eq!(written, 0, "{what}: nothing may appear outside the cache");
-        eprintln!("ran on backend {backend:?}: {what}: refused, nothing outside");
+            outcome: "refused with a clear error; nothing written outside",
+            error: (None, "follows no symlink"),
+            nothing: "nothing may appear outside the cache",
+        }
+        .check(backend, &o, written as u64, &what);
     }
 }
 
@@ -220,22 +239,16 @@ fn outputs_that_collide_with_partial_names_are_refused() {
             );
             let what = format!("backend={backend:?} outputs {names:?}");
             let left = std::fs::read_dir(&dest).expect("dest").count();
-            Trial::once(
-                (
+            Refusal {
+                trial: (
                     "a job whose outputs collide with partial or temporary names",
                     "hardening::outputs_that_collide_with_partial_names_are_refused",
                 ),
-                Some(backend),
-                "refused before any request; nothing written",
-                Damage {
-                    corrupted: left as u64,
-                    ..Damage::default()
-                },
-            )
-            .record();
-            assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
-            assert!(stderr(&o).contains(needle), "{what}: {}", stderr(&o));
-            assert_eq!(left, 0, "{what}: nothing may be written");
+                outcome: "refused before any request; nothing written",
+                error: (Some(2), needle),
+                nothing: "nothing may be written",
+            }
+            .check(backend, &o, left as u64, &what);
         }
         // A listing naming a file like ferry's partials (which `ferry gc` would remove).
         let hub = Hub::start(|repo| {
@@ -246,18 +259,9 @@ fn outputs_that_collide_with_partial_names_are_refused() {
             Some(tree)
         });
         let cache = tempfile::tempdir().expect("tmp");
-        let o = pull(backend, &hub.endpoint(), cache.path(), &[]);
-        assert_eq!(
-            o.status.code(),
-            Some(13),
-            "backend={backend:?}: {}",
-            stderr(&o)
-        );
-        assert!(
-            stderr(&o).contains("named like ferry's partial"),
-            "{}",
-            stderr(&o)
-        );
+        let o = pull_into(backend, &hub.endpoint(), cache.path(), &[]);
+        let what = format!("backend={backend:?} a listing naming weights.bin.ferry-partial");
+        assert_refused(&o, Some(13), "named like ferry's partial", &what);
         eprintln!("ran on backend {backend:?}: colliding outputs refused");
     }
 }
@@ -286,6 +290,22 @@ impl Drop for Reap {
     }
 }
 
+/// A quiet `ferry pull` of `org/model` from `endpoint` into `cache` on `backend`, on one
+/// connection limited to `rate`, started so that the test can act while it runs (and killed when
+/// the guard drops).
+fn slow_pull(backend: Backend, endpoint: &str, cache: &Path, rate: &str) -> Reap {
+    let child = ferry_command(backend)
+        .args(["--limit-rate", rate, "pull", "org/model", "-q", "-c", "1"])
+        .args(["--endpoint", endpoint, "--cache-dir"])
+        .arg(cache)
+        .env_remove("HF_TOKEN")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    Reap(child)
+}
+
 #[test]
 fn two_downloads_of_one_output_never_publish_a_mix() {
     let src = tempfile::tempdir().expect("tmp");
@@ -303,13 +323,11 @@ fn two_downloads_of_one_output_never_publish_a_mix() {
     for backend in backends_under_test() {
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("f");
-        let first = Command::new(ferry_bin())
-            .args(["--backend", backend.flag(), "get", "-q", "-c", "1"])
-            .args(["--chunk-size", "1M"])
+        let first = ferry_command(backend)
+            .args(["get", "-q", "-c", "1", "--chunk-size", "1M"])
             .arg(format!("http://127.0.0.1:{}/files/f", slow.port()))
             .arg("-o")
             .arg(&dest)
-            .env_remove("FERRY_SAFE_MODE")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -461,7 +479,7 @@ fn an_answer_larger_than_the_listing_is_refused_before_it_is_written() {
             let hub = hostile_hub(LISTED, move |head| b(head));
             let dir = tempfile::tempdir().expect("tmp");
             let cache = dir.path().join("cache");
-            let o = pull(backend, &hub.url(), &cache, &[]);
+            let o = pull_into(backend, &hub.url(), &cache, &[]);
             let what = format!("backend={backend:?} {name}");
             let blobs = cache.join("models--org--model/blobs");
             let written: u64 = std::fs::read_dir(&blobs)
@@ -471,27 +489,16 @@ fn an_answer_larger_than_the_listing_is_refused_before_it_is_written() {
                         .sum()
                 })
                 .unwrap_or(0);
-            Trial::once(
-                (
+            Refusal {
+                trial: (
                     &format!("hostile origin: {name}"),
                     "hardening::an_answer_larger_than_the_listing_is_refused_before_it_is_written",
                 ),
-                Some(backend),
-                "refused before the bytes past the listed size were written; nothing kept",
-                Damage {
-                    corrupted: written,
-                    ..Damage::default()
-                },
-            )
-            .record();
-            assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
-            assert!(
-                stderr(&o).contains("listed with 1000"),
-                "{what}: {}",
-                stderr(&o)
-            );
-            assert_eq!(written, 0, "{what}: no byte may stay in the cache");
-            eprintln!("ran on backend {backend:?}: {what}: refused");
+                outcome: "refused before the bytes past the listed size were written; nothing kept",
+                error: (Some(3), "listed with 1000"),
+                nothing: "no byte may stay in the cache",
+            }
+            .check(backend, &o, written, &what);
         }
     }
 }
@@ -504,14 +511,9 @@ fn revisions_that_would_name_a_file_outside_the_cache_are_refused() {
             let dir = tempfile::tempdir().expect("tmp");
             let cache = dir.path().join("cache");
             let before = hub.nginx.requests(0).len();
-            let o = pull(backend, &hub.endpoint(), &cache, &["--revision", rev]);
+            let o = pull_into(backend, &hub.endpoint(), &cache, &["--revision", rev]);
             let what = format!("backend={backend:?} --revision {rev:?}");
-            assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
-            assert!(
-                stderr(&o).contains("invalid revision"),
-                "{what}: {}",
-                stderr(&o)
-            );
+            assert_refused(&o, Some(2), "invalid revision", &what);
             assert_eq!(
                 hub.nginx.requests(0).len(),
                 before,
@@ -535,10 +537,7 @@ fn plain_origin(body: &'static [u8]) -> HostileOrigin {
 }
 
 /// `ferry get ORIGIN/f -o DIR/f` on `backend`; the output, its folder and path.
-fn get_from(
-    backend: Backend,
-    origin: &HostileOrigin,
-) -> (std::process::Output, tempfile::TempDir, PathBuf) {
+fn get_from(backend: Backend, origin: &HostileOrigin) -> (Output, tempfile::TempDir, PathBuf) {
     let out = tempfile::tempdir().expect("tmp");
     let dest = out.path().join("f");
     let url = format!("{}/f", origin.url());
@@ -612,14 +611,9 @@ fn a_token_that_would_break_a_header_is_refused_and_a_token_file_is_read() {
             vec!["--token", "hf_abc\r\nX-Injected: 1"],
             vec!["--token-file", bad_file.to_str().expect("utf-8")],
         ] {
-            let o = pull(backend, &hub.url(), &cache, &extra);
+            let o = pull_into(backend, &hub.url(), &cache, &extra);
             let what = format!("backend={backend:?} pull {extra:?}");
-            assert_eq!(o.status.code(), Some(2), "{what}: {}", stderr(&o));
-            assert!(
-                stderr(&o).contains("cannot go in an HTTP header"),
-                "{what}: {}",
-                stderr(&o)
-            );
+            assert_refused(&o, Some(2), "cannot go in an HTTP header", &what);
             assert!(
                 !stderr(&o).contains("hf_abc"),
                 "{what}: the token was shown"
@@ -627,11 +621,9 @@ fn a_token_that_would_break_a_header_is_refused_and_a_token_file_is_read() {
             assert!(hub.requests().is_empty(), "{what}: no request may be sent");
         }
         // `--token-file -`: the token from standard input, sent as a bearer token.
-        let mut child = Command::new(ferry_bin())
-            .args(["--backend", backend.flag(), "pull", "org/model", "--json"])
-            .args(["--endpoint", &hub.url(), "--token-file", "-", "--cache-dir"])
-            .arg(&cache)
-            .env_remove("FERRY_SAFE_MODE")
+        let endpoint = hub.url();
+        let mut child = ferry_command(backend)
+            .args(pull_args(&endpoint, &cache, &["--token-file", "-"]))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -780,14 +772,9 @@ fn a_listing_that_never_ends_or_trickles_is_refused() {
             answer("200 OK", &[("Link", link)], b"[]")
         });
         let dir = tempfile::tempdir().expect("tmp");
-        let o = pull(backend, &pages.url(), &dir.path().join("cache"), &[]);
+        let o = pull_into(backend, &pages.url(), &dir.path().join("cache"), &[]);
         let what = format!("backend={backend:?} tree pages without end");
-        assert_eq!(o.status.code(), Some(13), "{what}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains("more than 2000 pages"),
-            "{what}: {}",
-            stderr(&o)
-        );
+        assert_refused(&o, Some(13), "more than 2000 pages", &what);
         assert!(
             pages.requests().len() <= 2002,
             "{what}: asked {}",
@@ -812,19 +799,14 @@ fn a_listing_that_never_ends_or_trickles_is_refused() {
             },
             Some((1, Duration::from_millis(50))),
         );
-        let o = pull(
+        let o = pull_into(
             backend,
             &trickle.url(),
             &dir.path().join("cache2"),
             &["--read-timeout", "0.5"],
         );
         let what = format!("backend={backend:?} a trickling answer");
-        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains("no complete answer within 2 s"),
-            "{what}: {}",
-            stderr(&o)
-        );
+        assert_refused(&o, Some(3), "no complete answer within 2 s", &what);
         eprintln!("ran on backend {backend:?}: endless pages and a trickle refused");
     }
 }
@@ -852,7 +834,7 @@ fn huggingface_hub_old_and_new_never_adopt_a_partial_of_ferrys_and_share_a_cache
     // The upstream: a mirror ferry pulled from a static Hub, served by ferry serve.
     let hub = Hub::start(|_| None);
     let up = tempfile::tempdir().expect("tmp");
-    let o = pull(Backend::Portable, &hub.endpoint(), up.path(), &[]);
+    let o = pull_into(Backend::Portable, &hub.endpoint(), up.path(), &[]);
     assert!(o.status.success(), "{}", stderr(&o));
     let serve = ferry_testkit::serve::Serve::start(up.path(), None);
     let endpoint = serve.endpoint();
@@ -862,34 +844,11 @@ fn huggingface_hub_old_and_new_never_adopt_a_partial_of_ferrys_and_share_a_cache
     }]);
     for backend in backends_under_test() {
         for (client, python) in hf_interpreters() {
-            let dir = tempfile::tempdir().expect("tmp");
-            let cache = dir.path().join("cache");
-            let folder = cache.join("models--org--model");
+            let (_dir, cache, folder) = scratch_cache();
             let partial = folder.join(format!("blobs/{}{PULL_PARTIAL}", big.etag));
-            let slow_pull = |rate: &str| {
-                Command::new(ferry_bin())
-                    .args(["--backend", backend.flag(), "--limit-rate", rate])
-                    .args([
-                        "pull",
-                        "org/model",
-                        "-q",
-                        "-c",
-                        "1",
-                        "--endpoint",
-                        &endpoint,
-                    ])
-                    .arg("--cache-dir")
-                    .arg(&cache)
-                    .env_remove("FERRY_SAFE_MODE")
-                    .env_remove("HF_TOKEN")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("spawn")
-            };
             // 1. A pull killed while its largest blob is preallocated, then the stock client
             //    on the same cache: it must fetch the bytes, not take ferry's partial.
-            let mut killed = Reap(slow_pull("256K"));
+            let mut killed = slow_pull(backend, &endpoint, &cache, "256K");
             wait_for_file(&partial, &mut killed.0);
             drop(killed);
             let what = format!("backend={backend:?} {client} after a killed pull");
@@ -913,7 +872,7 @@ fn huggingface_hub_old_and_new_never_adopt_a_partial_of_ferrys_and_share_a_cache
                 assert_same_file(&f.source, &snap.join(&f.path), &what);
             }
             // 2. The next pull finds every file in place and cleans what the killed one left.
-            let o = pull(backend, &endpoint, &cache, &[]);
+            let o = pull_into(backend, &endpoint, &cache, &[]);
             assert!(o.status.success(), "{what}: {}", stderr(&o));
             let r: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
             assert_eq!(r["fetched"], 0, "{what}: {r}");
@@ -926,7 +885,7 @@ fn huggingface_hub_old_and_new_never_adopt_a_partial_of_ferrys_and_share_a_cache
             // 3. A pull and the stock client at the same time, on a fresh cache: both end
             //    with every file right.
             std::fs::remove_dir_all(&cache).expect("fresh cache");
-            let mut running = Reap(slow_pull("1M"));
+            let mut running = slow_pull(backend, &endpoint, &cache, "1M");
             wait_for_file(&partial, &mut running.0);
             let paths = hf_client_python(&python, &endpoint, &cache, (false, &jobs), None);
             let status = running.0.wait().expect("wait");
@@ -967,30 +926,9 @@ fn gc_removes_only_stale_leftovers_of_ferry_and_never_a_running_pulls() {
     let hub = Hub::start(|_| None);
     let big = &hub.repo.files[0];
     for backend in backends_under_test() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cache = dir.path().join("cache");
-        let folder = cache.join("models--org--model");
+        let (dir, cache, folder) = scratch_cache();
         let partial = folder.join(format!("blobs/{}{PULL_PARTIAL}", big.etag));
-        let mut running = Reap(
-            Command::new(ferry_bin())
-                .args(["--backend", backend.flag(), "--limit-rate", "256K"])
-                .args([
-                    "pull",
-                    "org/model",
-                    "-q",
-                    "-c",
-                    "1",
-                    "--endpoint",
-                    &hub.endpoint(),
-                ])
-                .arg("--cache-dir")
-                .arg(&cache)
-                .env_remove("FERRY_SAFE_MODE")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn"),
-        );
+        let mut running = slow_pull(backend, &hub.endpoint(), &cache, "256K");
         wait_for_file(&partial, &mut running.0);
         // A running pull's files are never touched, however old the cutoff.
         let r = gc(&cache, &["--older-than", "0"]);
@@ -1042,7 +980,7 @@ fn gc_removes_only_stale_leftovers_of_ferry_and_never_a_running_pulls() {
             "{what}: huggingface_hub's file was removed"
         );
         // The cache still pulls to completion.
-        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        let o = pull_into(backend, &hub.endpoint(), &cache, &[]);
         assert!(o.status.success(), "{what}: {}", stderr(&o));
         let snap = folder.join("snapshots").join(&hub.repo.commit);
         for f in &hub.repo.files {
@@ -1099,11 +1037,9 @@ fn a_file_changed_in_place_is_caught_by_verify_and_the_next_pull() {
     let hub = Hub::start(|_| None);
     let (big, gone) = (&hub.repo.files[0], &hub.repo.files[5]);
     for backend in backends_under_test() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cache = dir.path().join("cache");
+        let (dir, cache, folder) = scratch_cache();
         let cache_s = cache.to_str().expect("utf-8");
-        let folder = cache.join("models--org--model");
-        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        let o = pull_into(backend, &hub.endpoint(), &cache, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         let trees = folder.join(format!("trees/{}.json", hub.repo.commit));
         assert!(trees.exists(), "the pull keeps the commit's listing");
@@ -1128,7 +1064,7 @@ fn a_file_changed_in_place_is_caught_by_verify_and_the_next_pull() {
         assert_eq!(r["good"], 7, "{what}: {r}");
 
         // The next pull does not trust the stale mark: it fetches the damaged file again.
-        let o = pull(backend, &hub.endpoint(), &cache, &[]);
+        let o = pull_into(backend, &hub.endpoint(), &cache, &[]);
         assert!(o.status.success(), "{}", stderr(&o));
         let rep: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON");
         assert_eq!(
@@ -1197,7 +1133,7 @@ fn a_file_changed_in_place_is_caught_by_verify_and_the_next_pull() {
 /// A cache holding `org/model` as `ferry pull` (portable) writes it, with `extra` pull options.
 fn pulled_cache(hub: &Hub, extra: &[&str]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tmp");
-    let o = pull(Backend::Portable, &hub.endpoint(), dir.path(), extra);
+    let o = pull_into(Backend::Portable, &hub.endpoint(), dir.path(), extra);
     assert!(o.status.success(), "{}", stderr(&o));
     dir
 }
@@ -1273,7 +1209,7 @@ fn serve_does_not_present_a_partial_snapshot_as_the_whole_commit() {
     // A mirror pulling from it does not take the part for the commit.
     for backend in backends_under_test() {
         let downstream = tempfile::tempdir().expect("tmp");
-        let o = pull(backend, &serve.endpoint(), downstream.path(), &[]);
+        let o = pull_into(backend, &serve.endpoint(), downstream.path(), &[]);
         let what = format!("backend={backend:?} a pull from a partial mirror");
         assert_eq!(o.status.code(), Some(8), "{what}: {}", stderr(&o));
         let refs = downstream.path().join("models--org--model/refs/main");
@@ -1399,7 +1335,7 @@ fn serve_parses_heads_strictly_and_pages_right_behind_a_reverse_proxy() {
     }
     for backend in backends_under_test() {
         let cache = tempfile::tempdir().expect("tmp");
-        let o = pull(backend, &endpoint, cache.path(), &[]);
+        let o = pull_into(backend, &endpoint, cache.path(), &[]);
         assert!(
             o.status.success(),
             "backend={backend:?} behind nginx: {}",

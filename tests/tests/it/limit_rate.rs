@@ -2,16 +2,13 @@
 //! Only a lower bound on the time is checked (a download that keeps to the cap cannot be
 //! faster than the bucket allows; a slow machine only makes it slower), and the bytes.
 
-use ferry_testkit::{Nginx, assert_same_file, get_ok_sink, modes_under_test, write_data};
+use ferry_testkit::{assert_same_file, get_ok_sink, modes_under_test, serve_one_file};
 
 #[test]
 fn four_connections_share_one_cap() {
     const SIZE: u64 = 3 << 20;
     const RATE: u64 = 1 << 20;
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, SIZE, 91);
-    let nginx = Nginx::start(src.path());
+    let (_src, file, nginx) = serve_one_file(SIZE, 91);
     for mode in modes_under_test() {
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("f");

@@ -6,12 +6,11 @@
 //! proxy. Each proxy's own log proves the bytes went through it.
 
 use std::path::Path;
-use std::process::Command;
 
 use ferry_testkit::proxies::RealProxy;
 use ferry_testkit::tls::TestPki;
 use ferry_testkit::{Backend, Nginx, assert_no_output, assert_same_file, backends_under_test};
-use ferry_testkit::{ferry_bin, free_port, write_data};
+use ferry_testkit::{ferry_command, free_port, pull_args, write_data};
 
 const USER: &str = "ferry";
 const PASS: &str = "pa55-w0rd-never-printed";
@@ -36,12 +35,11 @@ struct Run {
 
 /// `ferry -v get URL -o OUT ARGS` with exactly `envs` as proxy settings.
 fn get(backend: Backend, url: &str, out: &Path, args: &[&str], envs: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(ferry_bin());
-    cmd.args(["--backend", backend.flag(), "-v", "get", url, "-o"])
+    let mut cmd = ferry_command(backend);
+    cmd.args(["-v", "get", url, "-o"])
         .arg(out)
         .args(["--quiet", "-c", "4", "--chunk-size", "1M"])
         .args(args)
-        .env_remove("FERRY_SAFE_MODE")
         .env_remove("FERRY_LOG")
         .env_remove("SSL_CERT_FILE")
         .env_remove("REQUESTS_CA_BUNDLE");
@@ -303,22 +301,10 @@ fn a_pull_goes_through_the_proxy_for_the_api_and_the_bytes() {
     let endpoint = format!("https://localhost:{}/files", nginx.tls_port());
     for backend in backends_under_test() {
         let cache = tempfile::tempdir().expect("tmp");
-        let mut cmd = Command::new(ferry_bin());
-        cmd.args([
-            "--backend",
-            backend.flag(),
-            "pull",
-            "org/model",
-            "--endpoint",
-            &endpoint,
-        ])
-        .arg("--cache-dir")
-        .arg(cache.path())
-        .arg("--ca-file")
-        .arg(&pki.ca)
-        .args(["--json", "--quiet"])
-        .env_remove("FERRY_SAFE_MODE")
-        .env_remove("HF_TOKEN");
+        let ca = pki.ca.to_str().expect("utf-8");
+        let args = pull_args(&endpoint, cache.path(), &["--ca-file", ca, "--quiet"]);
+        let mut cmd = ferry_command(backend);
+        cmd.args(args).env_remove("HF_TOKEN");
         for v in PROXY_VARS {
             cmd.env_remove(v);
         }

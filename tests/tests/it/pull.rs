@@ -12,13 +12,28 @@ use std::process::{Command, Output};
 use ferry_testkit::hub::StaticHub as Hub;
 use ferry_testkit::hub::{MODEL, PULL_PARTIAL, Repo, repo_from_files, tree_json, write_static_hub};
 use ferry_testkit::{
-    Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry,
+    Backend, Fault, FaultProxy, Nginx, assert_same_file, backends_under_test, ferry, ferry_command,
+    pull_args, pull_into,
 };
 
-fn pull(backend: Backend, hub_endpoint: &str, extra: &[&str]) -> Output {
-    let mut args = vec!["pull", "org/model", "--endpoint", hub_endpoint, "--json"];
-    args.extend_from_slice(extra);
-    ferry(backend, &args)
+/// `ferry pull` of `org/model` into `cache` ([`pull_into`]), which must succeed: its JSON report.
+fn pulled(
+    backend: Backend,
+    endpoint: &str,
+    cache: &Path,
+    extra: &[&str],
+    what: &str,
+) -> serde_json::Value {
+    report(&pull_into(backend, endpoint, cache, extra), what)
+}
+
+/// `ferry pull org/model --endpoint ENDPOINT --local-dir LOCAL --json` on `backend`, which must
+/// succeed: its JSON report.
+fn pulled_local(backend: Backend, endpoint: &str, local: &Path, what: &str) -> serde_json::Value {
+    let local = local.to_str().expect("utf-8");
+    let args = ["pull", "org/model", "--endpoint", endpoint];
+    let args = [&args[..], &["--local-dir", local, "--json"]].concat();
+    report(&ferry(backend, &args), what)
 }
 
 fn report(o: &Output, what: &str) -> serde_json::Value {
@@ -29,6 +44,14 @@ fn report(o: &Output, what: &str) -> serde_json::Value {
         String::from_utf8_lossy(&o.stderr)
     );
     serde_json::from_slice(&o.stdout).expect("JSON report")
+}
+
+/// Asserts that run `o` exited with `code`; the failure names `what` and shows ferry's stderr,
+/// which it returns for the checks that follow.
+fn assert_exit(o: &Output, code: i32, what: &str) -> String {
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(code), "{what}: {err}");
+    err
 }
 
 /// Checks every file of the repo in the cache's snapshot, byte for byte.
@@ -61,10 +84,7 @@ fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
         let cache = tempfile::tempdir().expect("tmp");
         let cache_s = cache.path().to_str().expect("utf-8");
         let before = hub.resolves();
-        let r = report(
-            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
-            &what,
-        );
+        let r = pulled(backend, &hub.endpoint(), cache.path(), &[], &what);
         assert_eq!(r["backend"], backend.flag(), "{r}");
         assert_eq!(r["commit"], hub.repo.commit.as_str());
         assert_eq!(r["files"], MODEL.len());
@@ -122,10 +142,7 @@ fn a_repo_lands_in_the_cache_verified_and_huggingface_hub_loads_it_offline() {
 
         // A complete mirror: the second pull only lists.
         let before = hub.resolves();
-        let r = report(
-            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
-            &what,
-        );
+        let r = pulled(backend, &hub.endpoint(), cache.path(), &[], &what);
         assert_eq!(
             (r["fetched"].as_u64(), r["reused"].as_u64()),
             (Some(0), Some(MODEL.len() as u64)),
@@ -143,11 +160,9 @@ fn a_pull_over_https_verifies_the_endpoint_and_the_bytes() {
     for backend in backends_under_test() {
         let what = format!("backend={backend:?} https");
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
         // Without the private CA: refused, naming the host, before anything is written.
-        let o = pull(backend, &hub.https_endpoint(), &["--cache-dir", cache_s]);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(3), "{what}: {err}");
+        let o = pull_into(backend, &hub.https_endpoint(), cache.path(), &[]);
+        let err = assert_exit(&o, 3, &what);
         assert!(
             err.contains("TLS with localhost failed") && err.contains("trusted CA"),
             "{what}: {err}"
@@ -157,12 +172,11 @@ fn a_pull_over_https_verifies_the_endpoint_and_the_bytes() {
             "{what}: nothing written"
         );
         let pull_https = || {
-            report(
-                &pull(
-                    backend,
-                    &hub.https_endpoint(),
-                    &["--cache-dir", cache_s, "--ca-file", ca],
-                ),
+            pulled(
+                backend,
+                &hub.https_endpoint(),
+                cache.path(),
+                &["--ca-file", ca],
                 &what,
             )
         };
@@ -228,13 +242,11 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
         let what = format!("backend={backend:?} mirror");
         // Both up: every byte from one of them, the summary says which.
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        let r = report(
-            &pull(
-                backend,
-                &hub.endpoint(),
-                &["--cache-dir", cache_s, "--mirror", &mirror, "-c", "4"],
-            ),
+        let r = pulled(
+            backend,
+            &hub.endpoint(),
+            cache.path(),
+            &["--mirror", &mirror, "-c", "4"],
             &what,
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
@@ -249,20 +261,11 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
         // for the endpoint, never sent to the mirror.
         let seen = hub.nginx.requests(0).len();
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        let r = report(
-            &pull(
-                backend,
-                &dead,
-                &[
-                    "--cache-dir",
-                    cache_s,
-                    "--mirror",
-                    &mirror,
-                    "--token",
-                    "hf_secret",
-                ],
-            ),
+        let r = pulled(
+            backend,
+            &dead,
+            cache.path(),
+            &["--mirror", &mirror, "--token", "hf_secret"],
             &what,
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
@@ -289,11 +292,7 @@ fn a_local_dir_gets_plain_files_and_huggingface_hub_metadata() {
         eprintln!("pull into a local dir on {what}");
         let dir = tempfile::tempdir().expect("tmp");
         let local = dir.path().join("model");
-        let local_s = local.to_str().expect("utf-8");
-        report(
-            &pull(backend, &hub.endpoint(), &["--local-dir", local_s]),
-            &what,
-        );
+        pulled_local(backend, &hub.endpoint(), &local, &what);
         for f in &hub.repo.files {
             assert_same_file(&f.source, &local.join(&f.path), &what);
             let meta = std::fs::read_to_string(
@@ -310,10 +309,7 @@ fn a_local_dir_gets_plain_files_and_huggingface_hub_metadata() {
                 f.path
             );
         }
-        let r = report(
-            &pull(backend, &hub.endpoint(), &["--local-dir", local_s]),
-            &what,
-        );
+        let r = pulled_local(backend, &hub.endpoint(), &local, &what);
         assert_eq!(r["fetched"], 0, "second pull reuses every file: {r}");
     }
 }
@@ -339,16 +335,9 @@ fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
         bytes[12345] ^= 0x01; // same size, one bit wrong: only a hash sees it
         std::fs::write(&served, &bytes).expect("corrupt");
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        let o = pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]);
-        assert_eq!(
-            o.status.code(),
-            Some(3),
-            "{what}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert!(err.contains("sha256 mismatch"), "{err}");
+        let o = pull_into(backend, &hub.endpoint(), cache.path(), &[]);
+        let err = assert_exit(&o, 3, &what);
+        assert!(err.contains("sha256 mismatch"), "{what}: {err}");
         let blob = cache
             .path()
             .join("models--org--model/blobs")
@@ -364,10 +353,7 @@ fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
         );
 
         std::fs::copy(&victim.source, &served).expect("repair");
-        let r = report(
-            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
-            &what,
-        );
+        let r = pulled(backend, &hub.endpoint(), cache.path(), &[], &what);
         assert_eq!(r["fetched"], 1, "only the missing file: {r}");
         assert_same_file(&victim.source, &snap.join(&victim.path), &what);
     }
@@ -395,11 +381,7 @@ fn files_in_place_are_reused_only_when_their_bytes_are_right() {
         let what = format!("backend={backend:?}");
         eprintln!("files in place on {what}");
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        report(
-            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
-            &what,
-        );
+        pulled(backend, &hub.endpoint(), cache.path(), &[], &what);
         let blobs = cache.path().join("models--org--model/blobs");
         // Changed in place: same size, one bit off, so only a hash can tell.
         let mut bytes = std::fs::read(&changed.source).expect("source");
@@ -410,10 +392,7 @@ fn files_in_place_are_reused_only_when_their_bytes_are_right() {
         std::fs::copy(&foreign.source, &tmp).expect("copy");
         std::fs::rename(&tmp, blobs.join(&foreign.etag)).expect("rename");
         let before = hub.resolves();
-        let r = report(
-            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
-            &what,
-        );
+        let r = pulled(backend, &hub.endpoint(), cache.path(), &[], &what);
         assert_eq!(r["fetched"], 1, "only the changed file: {r}");
         let fetched: Vec<String> = hub
             .resolves_since(before)
@@ -426,10 +405,7 @@ fn files_in_place_are_reused_only_when_their_bytes_are_right() {
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
         // Both are verified now: a third pull lists and reads nothing.
-        let r = report(
-            &pull(backend, &hub.endpoint(), &["--cache-dir", cache_s]),
-            &what,
-        );
+        let r = pulled(backend, &hub.endpoint(), cache.path(), &[], &what);
         assert_eq!(r["fetched"], 0, "{r}");
     }
 }
@@ -451,13 +427,8 @@ fn hostile_listings_are_refused_before_anything_is_written() {
         });
         let dir = tempfile::tempdir().expect("tmp");
         let cache = dir.path().join("cache");
-        let o = pull(
-            Backend::Portable,
-            &hub.endpoint(),
-            &["--cache-dir", cache.to_str().expect("utf-8")],
-        );
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(13), "{name}: {err}");
+        let o = pull_into(Backend::Portable, &hub.endpoint(), &cache, &[]);
+        let err = assert_exit(&o, 13, name);
         assert!(err.contains("refusing"), "{name}: {err}");
         assert!(!dir.path().join("escape.txt").exists());
         assert!(
@@ -475,17 +446,8 @@ fn hostile_listings_are_refused_before_anything_is_written() {
         Some(tree)
     });
     let cache = tempfile::tempdir().expect("tmp");
-    let o = pull(
-        Backend::Portable,
-        &hub.endpoint(),
-        &["--cache-dir", cache.path().to_str().expect("utf-8")],
-    );
-    assert_eq!(
-        o.status.code(),
-        Some(13),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = pull_into(Backend::Portable, &hub.endpoint(), cache.path(), &[]);
+    assert_exit(&o, 13, "a file and a directory of the same name");
 }
 
 #[test]
@@ -501,13 +463,8 @@ fn too_little_disk_space_is_refused_up_front_with_need_and_have() {
         Some(tree)
     });
     let cache = tempfile::tempdir().expect("tmp");
-    let o = pull(
-        Backend::Portable,
-        &hub.endpoint(),
-        &["--cache-dir", cache.path().to_str().expect("utf-8")],
-    );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(12), "{err}");
+    let o = pull_into(Backend::Portable, &hub.endpoint(), cache.path(), &[]);
+    let err = assert_exit(&o, 12, "shards of 1 EiB");
     assert!(err.contains("need ") && err.contains("have "), "{err}");
     assert_eq!(hub.resolves(), 0, "checked before the first byte");
 }
@@ -518,22 +475,18 @@ fn include_and_exclude_choose_files_like_huggingface_hub() {
     for backend in backends_under_test() {
         eprintln!("filters on backend={backend:?}");
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        let r = report(
-            &pull(
-                backend,
-                &hub.endpoint(),
-                &[
-                    "--cache-dir",
-                    cache_s,
-                    "--include",
-                    "*.json",
-                    "--include",
-                    "tokenizer/",
-                    "--exclude",
-                    "*special*",
-                ],
-            ),
+        let r = pulled(
+            backend,
+            &hub.endpoint(),
+            cache.path(),
+            &[
+                "--include",
+                "*.json",
+                "--include",
+                "tokenizer/",
+                "--exclude",
+                "*special*",
+            ],
             "filters",
         );
         assert_eq!(r["files"], 2, "{r}");
@@ -561,8 +514,7 @@ fn missing_repos_and_unsupported_endpoints_have_their_own_exit_codes() {
             cache_s,
         ],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(6), "{err}");
+    let err = assert_exit(&o, 6, "org/nothing-here");
     assert!(
         err.contains("not found") && err.contains("HF_TOKEN"),
         "{err}"
@@ -593,12 +545,7 @@ fn missing_repos_and_unsupported_endpoints_have_their_own_exit_codes() {
         ),
     ] {
         let o = ferry(Backend::Portable, &args);
-        assert_eq!(
-            o.status.code(),
-            Some(code),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert_exit(&o, code, &format!("{args:?}"));
     }
 }
 
@@ -612,17 +559,8 @@ fn the_token_reaches_the_endpoint_and_never_the_host_it_redirects_to() {
     for backend in backends_under_test() {
         let what = format!("backend={backend:?}");
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        let o = Command::new(ferry_testkit::ferry_bin())
-            .args([
-                "--backend",
-                backend.flag(),
-                "pull",
-                "org/model",
-                "--endpoint",
-                &endpoint,
-            ])
-            .args(["--cache-dir", cache_s, "--json"])
+        let o = ferry_command(backend)
+            .args(pull_args(&endpoint, cache.path(), &[]))
             .env("HF_TOKEN", "hf_secret_test_token")
             .output()
             .expect("run ferry");
@@ -677,8 +615,7 @@ fn files_failing_with_a_server_error_are_fetched_again() {
         );
         let endpoint = format!("http://127.0.0.1:{}/files", proxy.port());
         let cache = tempfile::tempdir().expect("tmp");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        report(&pull(backend, &endpoint, &["--cache-dir", cache_s]), &what);
+        pulled(backend, &endpoint, cache.path(), &[], &what);
         assert!(proxy.refused.load(std::sync::atomic::Ordering::SeqCst) >= 3);
         assert_snapshot(cache.path(), &hub.repo, &what);
     }
@@ -688,13 +625,11 @@ fn files_failing_with_a_server_error_are_fetched_again() {
 fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() {
     let hub = Hub::start(|_| None);
     let first = tempfile::tempdir().expect("tmp");
-    let first_s = first.path().to_str().expect("utf-8");
-    report(
-        &pull(
-            Backend::Portable,
-            &hub.endpoint(),
-            &["--cache-dir", first_s],
-        ),
+    pulled(
+        Backend::Portable,
+        &hub.endpoint(),
+        first.path(),
+        &[],
         "first pull",
     );
     let serve = ferry_testkit::serve::Serve::start(first.path(), None);
@@ -704,20 +639,11 @@ fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() 
         eprintln!("{what}");
         let second = tempfile::tempdir().expect("tmp");
         let second_s = second.path().to_str().expect("utf-8");
-        let r = report(&pull(backend, &endpoint, &["--cache-dir", second_s]), &what);
+        let r = pulled(backend, &endpoint, second.path(), &[], &what);
         assert_eq!(r["commit"], hub.repo.commit.as_str());
         assert_snapshot(second.path(), &hub.repo, &what);
-        let o = pull(
-            backend,
-            &endpoint,
-            &["--cache-dir", second_s, "--revision", "v9"],
-        );
-        assert_eq!(
-            o.status.code(),
-            Some(7),
-            "{what}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        let o = pull_into(backend, &endpoint, second.path(), &["--revision", "v9"]);
+        assert_exit(&o, 7, &format!("{what} --revision v9"));
         let o = ferry(
             backend,
             &[
@@ -729,12 +655,7 @@ fn a_mirror_pulled_by_ferry_is_served_by_ferry_and_pulled_again_byte_for_byte() 
                 second_s,
             ],
         );
-        assert_eq!(
-            o.status.code(),
-            Some(6),
-            "{what}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
+        assert_exit(&o, 6, &format!("{what} org/other"));
     }
 }
 

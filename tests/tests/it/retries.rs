@@ -5,15 +5,12 @@
 use ferry_testkit::record;
 use ferry_testkit::{
     Fault, FaultProxy, Nginx, assert_no_output, backends_under_test, ferry, get_ok, get_ok_sink,
-    modes_under_test, write_data,
+    modes_under_test, serve_one_file,
 };
 
 #[test]
 fn unavailable_answers_are_asked_again_and_counted() {
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, 3 << 20, 70);
-    let nginx = Nginx::start(src.path());
+    let (_src, file, nginx) = serve_one_file(3 << 20, 70);
     for backend in backends_under_test() {
         // 3 refusals: the first request, then later ranges on any connection.
         let fault = Fault::Refuse {
@@ -73,10 +70,7 @@ fn a_404_fails_at_once() {
 
 #[test]
 fn a_stalled_range_is_dropped_and_fetched_again() {
-    let src = tempfile::tempdir().expect("tmp");
-    let file = src.path().join("f");
-    write_data(&file, 4 << 20, 71);
-    let nginx = Nginx::start(src.path());
+    let (_src, file, nginx) = serve_one_file(4 << 20, 71);
     // Every sink: the splice sink reads the socket through `splice`, not `read`, and needs
     // the watchdog as much.
     for mode in modes_under_test() {
