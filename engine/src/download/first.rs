@@ -20,13 +20,14 @@ use super::output::parent_dir;
 use super::pipe::Pipeline;
 use super::readback::read_back_loop;
 use super::request::{Lane, framing_of, is_refused, request, wait_to_retry};
+use super::stream::OneStream;
 use super::{HASH_SPREAD, space};
 use crate::error::GetError;
 use crate::proto::file::{
     AfterFailure, FirstAnswer, FirstRequest, after_first_failure, check_partial, first_answer,
     first_request,
 };
-use crate::proto::http1::{Framing, ResponseHead};
+use crate::proto::http1::ResponseHead;
 use crate::proto::plan::{Plan, gaps};
 use crate::verify::Verifier;
 
@@ -40,12 +41,7 @@ pub(super) enum Started {
         first: Lease,
     },
     /// One stream (the server ignored `Range`, or gave no length): the lane copies it alone.
-    Stream {
-        conn: Conn,
-        framing: Framing,
-        created: File,
-        src: usize,
-    },
+    Stream(OneStream),
     /// Nothing more to fetch (an empty file, or every byte already on disk).
     Empty,
 }
@@ -149,12 +145,12 @@ pub(super) async fn start_file(
             if let Some(n) = length {
                 preallocate(file, &created, n).await?;
             }
-            Ok(Started::Stream {
+            Ok(Started::Stream(OneStream {
                 conn,
                 framing,
                 created,
                 src,
-            })
+            }))
         }
         FirstAnswer::Empty => {
             file.set_total(0);

@@ -222,14 +222,9 @@ impl Lanes {
                 self.opened(f, true);
                 run_ranged(ctx, lane, conn, pipe, first).await;
             }
-            Ok(Started::Stream {
-                conn,
-                framing,
-                created,
-                src,
-            }) => {
+            Ok(Started::Stream(stream)) => {
                 self.opened(f, false);
-                run_stream(ctx, lane, (conn, framing, src), created).await;
+                run_stream(ctx, lane, stream).await;
             }
             Ok(Started::Empty) => self.opened(f, false),
             Err(e) => {

@@ -16,25 +16,38 @@ use super::request::Lane;
 use crate::error::GetError;
 use crate::proto::http1::Framing;
 
+/// A file whose first answer is its whole body, as one stream: the connection with the body
+/// behind the head just read, how the body is framed, the partial file the lane created, and
+/// the source that answered.
+pub(super) struct OneStream {
+    pub(super) conn: Conn,
+    pub(super) framing: Framing,
+    pub(super) created: File,
+    pub(super) src: usize,
+}
+
 /// Copies a file that comes as one stream.
-pub(super) async fn run_stream(
-    file: &Arc<FileDownload>,
-    lane: &mut Lane,
-    (mut conn, framing, src): (Conn, Framing, usize),
-    created: File,
-) {
+pub(super) async fn run_stream(file: &Arc<FileDownload>, lane: &mut Lane, stream: OneStream) {
     file.used_connections.fetch_add(1, Ordering::Relaxed);
-    let result = single_stream(file, &mut conn, (framing, src), created).await;
+    let OneStream {
+        mut conn,
+        framing,
+        created,
+        src,
+    } = stream;
+    let result = single_stream(file, &mut conn, framing, src, created).await;
     lane.conn = Some(conn);
     if let Err(e) = result {
         file.fail(e);
     }
 }
 
+/// The body of the answer on `conn`, framed as `framing`, from source `src`, into `created`.
 async fn single_stream(
     file: &Arc<FileDownload>,
     conn: &mut Conn,
-    (framing, src): (Framing, usize),
+    framing: Framing,
+    src: usize,
     created: File,
 ) -> Result<(), GetError> {
     let sink = match framing {
