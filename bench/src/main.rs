@@ -19,6 +19,10 @@
 //! run, as on a server that has been up for days.
 //!
 //! This harness measures; it asserts nothing about speed (targets are read off the report).
+//!
+//! Long (some 1,100 lines) because every loopback suite's tools and their exact shell lines are
+//! one table here, where a reader compares them; the suites with their own origin or flow have
+//! their own files (`https.rs`, `pull.rs`, `wan.rs`).
 
 mod https;
 mod pull;
@@ -515,6 +519,10 @@ fn tools(
         add(
             "ferry (no sha256)",
             format!("{ferry} get '{url}' -o '{out}' -q{ferry_ca}"),
+        );
+        add(
+            "ferry --no-pipelining",
+            format!("{ferry} --no-pipelining get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
         );
         add(
             "ferry --sink buffered",

@@ -36,17 +36,19 @@ pub(crate) fn path(suite: &str) -> Option<WanPath> {
 /// connections. One-connection tools are capped at the per-flow rate by construction; they
 /// are left out with that reason rather than spending minutes to show it.
 pub(crate) fn tools(all: Vec<Tool>, path: WanPath) -> (Vec<Tool>, Vec<LeftOut>) {
-    let keep = ["ferry", "aria2c", "axel", "hf_transfer"];
+    let keep = [
+        "ferry",
+        "ferry --no-pipelining",
+        "aria2c",
+        "axel",
+        "hf_transfer",
+    ];
     let flow = path.flow_rate.unwrap_or(0) as f64 / 1e6;
     let mut left_out = Vec::new();
     let mut tools = Vec::new();
     for t in all {
-        if t.name == "ferry" {
-            // The same command, one request per answer: what pipelining is worth on this path.
-            let unpipelined = t.shell.replacen(" get ", " --no-pipelining get ", 1);
-            tools.push(t);
-            tools.push(Tool::new("ferry --no-pipelining", unpipelined));
-        } else if keep.contains(&t.name.as_str()) {
+        // ferry --no-pipelining: what pipelining is worth on this path.
+        if keep.contains(&t.name.as_str()) {
             tools.push(t);
         } else if t.name.starts_with("ferry") {
             left_out.push(LeftOut {
@@ -108,6 +110,7 @@ mod tests {
         assert!(path("big").is_none());
         let all = [
             "ferry",
+            "ferry --no-pipelining",
             "ferry --safe-mode",
             "curl",
             "aria2c",

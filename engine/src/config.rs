@@ -69,9 +69,10 @@ pub struct Config {
     /// one (default: refused, with [`GetError::Redirect`](crate::GetError::Redirect)).
     pub allow_private_redirects: bool,
     /// Whether a connection may send its next range request before the answer ahead of it
-    /// ended (HTTP/1.1 pipelining, default on): no idle round trip between ranges. A server
-    /// that closes a connection with a request unanswered gets one request per answer from
-    /// then on, by itself; this turns it off everywhere.
+    /// ended (HTTP/1.1 pipelining, default on): no idle round trip between ranges. It is used
+    /// only where answers take a WAN's round trip to come; a server that closes a connection
+    /// with a request unanswered gets one request per answer from then on, by itself. This
+    /// turns it off everywhere.
     pub pipelining: bool,
 }
 

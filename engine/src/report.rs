@@ -54,6 +54,9 @@ pub struct Report {
     pub retries: u64,
     /// Ranges split so that connections finish together.
     pub splits: u64,
+    /// Range requests sent while the answer ahead of them was still being read (HTTP/1.1
+    /// pipelining, where the wait for an answer is a WAN's: [`Config::pipelining`](crate::Config::pipelining)).
+    pub pipelined: u64,
     /// Bytes written from buffers registered with the ring (io_uring `WRITE_FIXED`): on the
     /// io_uring back-end, all that its direct and buffered sinks wrote from the buffer arena;
     /// 0 in safe mode, with the splice sink, or where the kernel refused the registration (see

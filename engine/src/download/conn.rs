@@ -61,6 +61,14 @@ pub(super) struct Conn {
     /// A TCP Fast Open connection that has not heard from the server yet, with the race cache
     /// and the key (the address list's first) to forget when it fails before an answer.
     pub(super) unproven: Option<(Arc<crate::net::Winners>, SocketAddr)>,
+    /// The least wait of a request sent on this connection while idle for its answer's head
+    /// (about a round trip), and the rate of the last body read whole: whether pipelining pays
+    /// here ([`crate::proto::file::pipelining_pays`]).
+    pub(super) answer_wait: Option<std::time::Duration>,
+    /// Requests sent on this connection while idle: the first waits on the start of the job
+    /// (every lane connecting at once), so the wait counts from the second on.
+    pub(super) idle_requests: u32,
+    pub(super) body_rate: Option<f64>,
 }
 
 impl Conn {
@@ -98,6 +106,9 @@ impl Conn {
             rate: target.dialer.rate.clone(),
             body_bytes: 0,
             read_time: std::time::Duration::ZERO,
+            answer_wait: None,
+            idle_requests: 0,
+            body_rate: None,
             unproven,
         };
         Ok((conn, times))
@@ -200,6 +211,7 @@ impl Conn {
         req: Vec<u8>,
     ) -> Result<Option<ResponseHead>, GetError> {
         self.pending.clear();
+        let sent = std::time::Instant::now();
         if let Err(e) = self.send(req).await {
             self.settle_fast_open(false);
             if self.reused && is_closed(&e) {
@@ -207,7 +219,19 @@ impl Conn {
             }
             return Err(self.net_err("send request", e));
         }
-        self.read_head(target).await
+        let head = self.read_head(target).await;
+        if let Ok(Some(_)) = head {
+            // The least wait seen from the second request on: a round trip, without a busy
+            // moment's queueing.
+            self.idle_requests += 1;
+            let wait = sent.elapsed();
+            self.answer_wait = match (self.idle_requests, self.answer_wait) {
+                (1, _) | (_, None) => Some(wait),
+                (2, _) => Some(wait),
+                (_, Some(w)) => Some(w.min(wait)),
+            };
+        }
+        head
     }
 
     /// Sends a GET for `range` behind the answer being read (HTTP/1.1 pipelining): what was

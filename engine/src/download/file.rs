@@ -181,6 +181,8 @@ pub(crate) struct FileDownload {
     pub(super) fetches: AtomicU32,
     pub(super) retries: AtomicU64,
     pub(super) splits: AtomicU64,
+    /// Range requests sent behind an answer still being read (HTTP/1.1 pipelining).
+    pub(super) pipelined: AtomicU64,
     /// The job's resume journal: used for files with a digest and a size.
     pub(super) journal: Option<Arc<Journal>>,
     /// The journal's id for the current fetch (0: not journaled).
@@ -255,6 +257,7 @@ impl FileDownload {
             fetches: AtomicU32::new(0),
             retries: AtomicU64::new(0),
             splits: AtomicU64::new(0),
+            pipelined: AtomicU64::new(0),
             journal: spec.journal,
             journal_id: AtomicU64::new(0),
             resumed_bytes: AtomicU64::new(0),

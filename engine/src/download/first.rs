@@ -114,9 +114,7 @@ pub(super) async fn start_file(
                 Plan::with_gaps(total, todo, file.settings.connections, file.settings.chunk)
                     .with_sources(file.sources.len());
             if file.checksum.is_some() {
-                // A pipelining lane holds two leases: together they keep to the same spread.
-                let lanes_hold = if file.settings.pipelining { 2 } else { 1 };
-                plan = plan.spread_within(HASH_SPREAD / lanes_hold);
+                plan = plan.spread_within(HASH_SPREAD);
             }
             let id = plan.claim(first.clone());
             *file.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);

@@ -19,7 +19,7 @@ use crate::error::GetError;
 use crate::proto;
 use crate::proto::file::{
     AfterFailure, BodyOutcome, Ended, after_lease_failure, check_answer, check_length,
-    check_partial, may_pipeline,
+    check_partial, may_pipeline, pipelining_pays,
 };
 use crate::proto::http1::ResponseHead;
 use crate::proto::plan::LeaseId;
@@ -245,8 +245,16 @@ async fn pipeline_next(
     let conn = lane.conn.as_mut()?;
     let source = &file.sources[current.src];
     let target = source.target();
+    let pays = conn.idle_requests >= 2
+        && conn.answer_wait.is_some_and(|wait| {
+            pipelining_pays(
+                wait,
+                current.range.end - current.range.start,
+                conn.body_rate,
+            )
+        });
     let allowed = may_pipeline(
-        file.settings.pipelining,
+        file.settings.pipelining && pays,
         conn.serves(target),
         file.endpoints.pipelines(source.endpoint),
     );
@@ -255,11 +263,14 @@ async fn pipeline_next(
     }
     let (id, range) = file.take_lease_ahead()?;
     match conn.pipeline(target, range.clone()).await {
-        Ok(()) => Some(Lease {
-            id,
-            range,
-            src: current.src,
-        }),
+        Ok(()) => {
+            file.pipelined.fetch_add(1, Ordering::Relaxed);
+            Some(Lease {
+                id,
+                range,
+                src: current.src,
+            })
+        }
         // The body being read will meet the broken connection and say so.
         Err(_) => {
             file.put_back(id);
@@ -349,6 +360,9 @@ async fn copy_counted(
         other => other,
     };
     let (bytes, time) = (conn.body_bytes() - before.0, conn.read_time() - before.1);
+    if complete && !time.is_zero() {
+        conn.body_rate = Some(bytes as f64 / time.as_secs_f64());
+    }
     file.count_served(src, bytes, time, complete);
     end
 }

@@ -186,6 +186,7 @@ async fn finish(
         resumed: file.resumed_bytes.load(Ordering::Relaxed),
         retries: file.retries.load(Ordering::Relaxed),
         splits: file.splits.load(Ordering::Relaxed),
+        pipelined: file.pipelined.load(Ordering::Relaxed),
         written_fixed: file.sink_share.written_fixed(),
         endpoints: file.endpoint_report(),
     })

@@ -8,6 +8,7 @@
 //! caller in `download/` performs the verdict and logs it. Not here: requests, files, waits.
 
 use std::ops::Range;
+use std::time::Duration;
 
 use crate::error::GetError;
 use crate::proto::http1::{ContentRange, Framing, ResponseHead, parse_content_range};
@@ -144,9 +145,28 @@ pub(crate) fn check_answer(url: &str, head: &ResponseHead) -> Result<(), GetErro
     Ok(())
 }
 
+/// The shortest wait for an answer at which pipelining pays: a round trip longer than the same
+/// host's or a LAN's, with room for a busy server's think time.
+pub(crate) const PIPELINE_MIN_WAIT: Duration = Duration::from_millis(20);
+
+/// Whether pipelining pays on a connection whose requests waited at least `wait` for their
+/// answers (about a round trip) and whose bodies arrive at `rate` bytes per second: when the
+/// wait is a WAN's ([`PIPELINE_MIN_WAIT`]) and at least half the time a `lease`-byte body
+/// takes (a third of the connection's time idle without it). On loopback or a LAN it does not
+/// pay: the receive queue that pipelining keeps full costs more CPU than the idle time it
+/// saves, and there a wait of milliseconds is the client's own busy workers, not the path
+/// (docs/decisions.md, "Pipelining by measurement").
+pub(crate) fn pipelining_pays(wait: Duration, lease: u64, rate: Option<f64>) -> bool {
+    let idles = match rate {
+        Some(rate) if rate > 0.0 => wait.as_secs_f64() * 2.0 >= lease as f64 / rate,
+        _ => true,
+    };
+    wait >= PIPELINE_MIN_WAIT && idles
+}
+
 /// Whether a lane sends the next range request on `conn` before the answer it is reading
-/// ended: pipelining is on, the connection stays open after this answer, and its endpoint never
-/// closed a connection with a request unanswered.
+/// ended: pipelining is on and pays here ([`pipelining_pays`]), the connection stays open after
+/// this answer, and its endpoint never closed a connection with a request unanswered.
 pub(crate) fn may_pipeline(enabled: bool, reusable: bool, endpoint_pipelines: bool) -> bool {
     enabled && reusable && endpoint_pipelines
 }

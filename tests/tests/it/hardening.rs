@@ -4,6 +4,9 @@
 //! whose outputs collide with each other's partial files, two processes writing one output at
 //! once, an origin whose answer outgrows the listed size, and revisions that would name a file
 //! outside the cache. Each trial goes into the reliability record with the bytes it damaged.
+//!
+//! One long file on purpose: it is issue 27's checklist, one test per hostile case in the order
+//! the issue lists them, so a reader can tick them off; the steps they share are in `testkit/`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -5,6 +5,9 @@
 //! a second pull fetches nothing, a corrupted file never gets a name, hostile listings and
 //! impossible sizes are refused before the first byte, filters, and the token never reaching a
 //! host other than the endpoint's.
+//!
+//! Longer than most: every scenario pulls the same synthetic repo from the same static Hub, and
+//! that shared set-up lives here once rather than in several files.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

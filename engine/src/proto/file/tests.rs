@@ -263,6 +263,28 @@ fn a_settled_file_is_published_kept_left_or_discarded() {
 }
 
 #[test]
+fn pipelining_pays_where_the_wait_for_an_answer_would_idle_the_connection() {
+    let ms = Duration::from_millis;
+    // 80 ms away, 4 MiB leases at 40 MB/s (0.1 s each): it pays.
+    assert!(pipelining_pays(ms(80), 4 << 20, Some(40e6)));
+    // 30 ms away at 100 MB/s per flow (42 ms a lease): it pays.
+    assert!(pipelining_pays(ms(30), 4 << 20, Some(100e6)));
+    // Loopback: 0.1 ms against 2.8 ms for a 4 MiB lease at 1.5 GB/s.
+    assert!(!pipelining_pays(
+        Duration::from_micros(100),
+        4 << 20,
+        Some(1.5e9)
+    ));
+    // Loopback with every worker busy: 20 ms of the client's own queueing, 70 ms a lease.
+    assert!(!pipelining_pays(ms(20), 4 << 20, Some(60e6)));
+    // Before the first body's rate is known, the wait alone says.
+    assert!(pipelining_pays(ms(30), 4 << 20, None));
+    assert!(!pipelining_pays(Duration::from_micros(300), 4 << 20, None));
+    // A LAN's few milliseconds do not, however slow the bodies.
+    assert!(!pipelining_pays(ms(2), 4 << 20, Some(1e6)));
+}
+
+#[test]
 fn a_lane_pipelines_only_where_everything_allows_it() {
     assert!(may_pipeline(true, true, true));
     assert!(!may_pipeline(false, true, true), "turned off");
