@@ -6,7 +6,7 @@
 Safetensors-like shards (an 8-byte header length, a JSON header, then seeded random bytes:
 deterministic and incompressible), plus the small files a model carries (config, generation config, tokenizer, README, .gitattributes).
 `--small N` adds N more small files of seeded random bytes (1-100 KiB, some in subdirectories),
-as the benchmark's repo has (../shared/BENCH.md: 4 x 2 GiB shards + 200 small files); the default,
+as the benchmark's repo has (bench/README.md: 4 x 2 GiB shards + 200 small files); the default,
 0, leaves the repo exactly as without the option.
 Shards are LFS files (named by sha256), the small files git files (named by their blob id), as
 on the Hub. The commit id is derived from the content, so the same arguments give the same repo.
