@@ -225,11 +225,10 @@ impl Conn {
             // moment's queueing.
             self.idle_requests += 1;
             let wait = sent.elapsed();
-            self.answer_wait = match (self.idle_requests, self.answer_wait) {
-                (1, _) | (_, None) => Some(wait),
-                (2, _) => Some(wait),
-                (_, Some(w)) => Some(w.min(wait)),
-            };
+            self.answer_wait = Some(match self.answer_wait {
+                Some(least) if self.idle_requests > 2 => least.min(wait),
+                _ => wait,
+            });
         }
         head
     }
