@@ -57,6 +57,10 @@ pub struct Report {
     /// Range requests sent while the answer ahead of them was still being read (HTTP/1.1
     /// pipelining, where the wait for an answer is a WAN's: [`Config::pipelining`](crate::Config::pipelining)).
     pub pipelined: u64,
+    /// Ranges whose flow stalled (no byte for a few round trips while other connections
+    /// kept moving) and whose rest was fetched on a new connection, before the stall
+    /// watchdog ([`Config::read_timeout`](crate::Config::read_timeout)) would have ended it.
+    pub hedged: u64,
     /// Bytes written from buffers registered with the ring (io_uring `WRITE_FIXED`): on the
     /// io_uring back-end, all that its direct and buffered sinks wrote from the buffer arena;
     /// 0 in safe mode, with the splice sink, or where the kernel refused the registration (see

@@ -2,10 +2,14 @@
 //! (no staging copy) or spliced socket -> pipe -> file, and a single stream (raw or chunked)
 //! copied in as it comes. The plan is asked before every read how far the lease still reaches.
 //!
+//! A lease's read that brings nothing for a few round trips while other connections move ends
+//! as stalled (`net/watch.rs`), so its rest can go to another connection.
+//!
 //! Invariant: no byte past a lease's end (as the plan has it now) or past the listed size is
 //! written. Not here: the request and the connection itself (`conn.rs`).
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use compio::BufResult;
 use compio::driver::{SharedFd, ToSharedFd};
@@ -17,6 +21,8 @@ use super::pipe::Pipeline;
 use crate::backend::buf::AlignedBuf;
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
+use crate::net::{Hedge, Watch, WatchError, is_hedged};
+use crate::proto::file::hedge_after;
 use crate::proto::http1::{self, ChunkedDecoder, Framing};
 use crate::proto::plan::LeaseId;
 
@@ -110,6 +116,43 @@ impl Conn {
         end
     }
 
+    /// The watch on a lease's read: the stall watchdog, and the hedge
+    /// ([`proto::file::hedge_after`](crate::proto::file::hedge_after)) that ends it sooner
+    /// when `moving` says other connections kept moving.
+    fn lease_watch<'a>(&self, moving: &'a dyn Fn(Instant) -> bool) -> Watch<'a> {
+        Conn::watch_lease(self.read_timeout, self.answer_wait, moving)
+    }
+
+    fn watch_lease(
+        limit: Duration,
+        wait: Option<Duration>,
+        moving: &dyn Fn(Instant) -> bool,
+    ) -> Watch<'_> {
+        Watch {
+            limit,
+            hedge: Some(Hedge {
+                after: hedge_after(wait, limit),
+                moving,
+            }),
+        }
+    }
+
+    /// How a lease's body that a read error `e` cut at `at` ended: stalled when its hedge
+    /// ended it, short otherwise.
+    fn cut_at(&self, at: u64, op: &'static str, e: std::io::Error) -> BodyEnd {
+        if is_hedged(&e) {
+            BodyEnd::Stalled {
+                at,
+                error: self.net_err(op, e),
+            }
+        } else {
+            BodyEnd::Short {
+                at,
+                error: Some(self.net_err(op, e)),
+            }
+        }
+    }
+
     /// [`Conn::copy_lease`] through pipeline buffers.
     async fn read_lease(
         &mut self,
@@ -121,6 +164,7 @@ impl Conn {
         let mut at = range.start;
         let mut buf = pipe.buffer(at).await?;
         let mut buf_at = at;
+        let moving = |since| ctx.hedge_pays(since);
         loop {
             if ctx.is_aborted() {
                 pipe.unused(buf);
@@ -147,7 +191,8 @@ impl Conn {
                 continue;
             }
             let filled = buf.bytes().len();
-            let BufResult(r, read) = self.read_into(buf, filled, allowed).await;
+            let watch = self.lease_watch(&moving);
+            let BufResult(r, read) = self.read_into_watched(buf, filled, allowed, watch).await;
             buf = read;
             match r {
                 Ok(0) => {
@@ -160,10 +205,7 @@ impl Conn {
                 }
                 Err(e) => {
                     pipe.submit(buf, buf_at).await?;
-                    return Ok(BodyEnd::Short {
-                        at,
-                        error: Some(self.net_err("read body", e)),
-                    });
+                    return Ok(self.cut_at(at, "read body", e));
                 }
             }
         }
@@ -195,6 +237,7 @@ impl Conn {
             }
         }
         let io_err = |op, source| ctx.io_error(op, source);
+        let moving = |since| ctx.hedge_pays(since);
         let spliced = match &mut self.splice {
             Some(p) => p,
             None => self
@@ -216,8 +259,9 @@ impl Conn {
             let started = std::time::Instant::now();
             // Under the stall watchdog, like every buffered read.
             let fill = spliced.fill(socket.clone(), allowed).map(|r| (r, ()));
-            let (filled, ()) = crate::net::watched(fill, &socket, self.read_timeout).await;
-            let filled = filled.map_err(|e| e.into_io(self.read_timeout));
+            let watch = Conn::watch_lease(self.read_timeout, self.answer_wait, &moving);
+            let (filled, ()) = crate::net::watched(fill, &socket, watch).await;
+            let filled = filled.map_err(WatchError::into_io);
             self.read_time += started.elapsed();
             match filled {
                 Ok(0) => return Ok(BodyEnd::Short { at, error: None }),
@@ -232,12 +276,7 @@ impl Conn {
                     at += n as u64;
                     self.body_bytes += n as u64;
                 }
-                Err(e) => {
-                    return Ok(BodyEnd::Short {
-                        at,
-                        error: Some(self.net_err("splice body", e)),
-                    });
-                }
+                Err(e) => return Ok(self.cut_at(at, "splice body", e)),
             }
         }
     }

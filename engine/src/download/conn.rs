@@ -14,8 +14,8 @@ use compio::buf::{IntoInner, IoBufMut};
 use super::Target;
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
-use crate::net::Stream;
 use crate::net::rate::RateLimit;
+use crate::net::{Stream, Watch};
 use crate::proto::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 
 /// Head-read granularity; heads are small, bodies go straight to pipeline buffers.
@@ -29,6 +29,9 @@ pub(super) enum BodyEnd {
     Trimmed,
     /// The body stopped at `at`, short of the lease's end (EOF or a read error).
     Short { at: u64, error: Option<GetError> },
+    /// No byte came at `at` for a few round trips while other connections kept moving
+    /// (`net/watch.rs`): the rest goes to another connection; this one is spent.
+    Stalled { at: u64, error: GetError },
     /// Another connection failed and the job is stopping.
     Aborted,
 }
@@ -303,11 +306,23 @@ impl Conn {
         from: usize,
         want: usize,
     ) -> BufResult<usize, B> {
+        let watch = Watch::limit(self.read_timeout);
+        self.read_into_watched(buf, from, want, watch).await
+    }
+
+    /// [`Conn::read_into`] under `watch` (a lease's read, which may be hedged).
+    pub(super) async fn read_into_watched<B: IoBufMut>(
+        &mut self,
+        buf: B,
+        from: usize,
+        want: usize,
+        watch: Watch<'_>,
+    ) -> BufResult<usize, B> {
         let want = self.rate.as_ref().map_or(want, |r| r.quantum(want));
         let started = std::time::Instant::now();
         let BufResult(r, slice) = self
             .stream
-            .read_watched(buf.slice(from..from + want), self.read_timeout)
+            .read_watched(buf.slice(from..from + want), watch)
             .await;
         self.read_time += started.elapsed();
         if let Ok(n) = r {

@@ -52,6 +52,10 @@ pub(crate) struct JobProgress {
     pub files_done: AtomicU64,
     /// The engine's interrupt flag ([`crate::Interrupter`]), shared by all its jobs.
     interrupted: Arc<AtomicBool>,
+    /// When the job began, and when a lease's read last began since (nanoseconds after it):
+    /// whether connections are moving, for a stalled one's hedge.
+    began: Instant,
+    last_read: AtomicU64,
 }
 
 impl JobProgress {
@@ -63,7 +67,22 @@ impl JobProgress {
             files,
             files_done: AtomicU64::new(0),
             interrupted,
+            began: Instant::now(),
+            last_read: AtomicU64::new(0),
         }
+    }
+
+    /// A lease's read begins (any file, any connection).
+    fn read_begins(&self) {
+        let at = self.began.elapsed().as_nanos() as u64;
+        self.last_read.fetch_max(at, Ordering::Relaxed);
+    }
+
+    /// Whether a lease's read began after `since`: connections are moving.
+    fn moved_since(&self, since: Instant) -> bool {
+        let last =
+            self.began + std::time::Duration::from_nanos(self.last_read.load(Ordering::Relaxed));
+        last > since
     }
 
     /// True once the engine was interrupted: lanes stop at their next read, files not started
@@ -183,6 +202,8 @@ pub(crate) struct FileDownload {
     pub(super) splits: AtomicU64,
     /// Range requests sent behind an answer still being read (HTTP/1.1 pipelining).
     pub(super) pipelined: AtomicU64,
+    /// Stalled leases whose rest went to another connection.
+    pub(super) hedged: AtomicU64,
     /// The job's resume journal: used for files with a digest and a size.
     pub(super) journal: Option<Arc<Journal>>,
     /// The journal's id for the current fetch (0: not journaled).
@@ -258,6 +279,7 @@ impl FileDownload {
             retries: AtomicU64::new(0),
             splits: AtomicU64::new(0),
             pipelined: AtomicU64::new(0),
+            hedged: AtomicU64::new(0),
             journal: spec.journal,
             journal_id: AtomicU64::new(0),
             resumed_bytes: AtomicU64::new(0),
@@ -481,9 +503,18 @@ impl FileDownload {
         self.with_plan(|p| p.put_back(id));
     }
 
-    /// How many of `want` bytes the holder of `lease`, now at `at`, may still read.
+    /// How many of `want` bytes the holder of `lease`, now at `at`, may still read (it reads
+    /// them next).
     pub(crate) fn reserve(&self, lease: LeaseId, at: u64, want: u64) -> u64 {
+        self.progress.read_begins();
         self.with_plan(|p| p.reserve(lease, at, want)).unwrap_or(0)
+    }
+
+    /// Whether a lease's read that began at `since` and brought nothing for its hedge's wait
+    /// should end so its rest goes to another connection: other connections moved since, and
+    /// the file has hedges left ([`Plan::hedge`]).
+    pub(crate) fn hedge_pays(&self, since: Instant) -> bool {
+        self.progress.moved_since(since) && self.with_plan(|p| p.may_hedge()).unwrap_or(false)
     }
 
     /// The verifier of the current fetch and the waker of its read-back task (when hashing).

@@ -357,6 +357,11 @@ async fn copy_counted(
                 error: Some(error),
             })
         }
+        Ok(BodyEnd::Stalled { at, error }) => {
+            file.hedged.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("{error}; fetching the range's rest from {at} on a new connection");
+            Ok(BodyEnd::Stalled { at, error })
+        }
         other => other,
     };
     let (bytes, time) = (conn.body_bytes() - before.0, conn.read_time() - before.1);
@@ -375,6 +380,7 @@ fn lease_ended(file: &FileDownload, lease: &Lease, end: BodyEnd) -> Result<Ended
         BodyEnd::Complete | BodyEnd::Trimmed => (BodyOutcome::Complete, None),
         BodyEnd::Aborted => (BodyOutcome::Aborted, None),
         BodyEnd::Short { at, error } => (BodyOutcome::Short { at }, Some((at, error))),
+        BodyEnd::Stalled { at, error } => (BodyOutcome::Stalled { at }, Some((at, Some(error)))),
     };
     let ended = {
         let mut plan = file.plan.lock().unwrap_or_else(|p| p.into_inner());

@@ -11,8 +11,10 @@ pub(crate) mod proxy;
 pub(crate) mod rate;
 pub(crate) mod target;
 pub(crate) mod tls;
+mod watch;
 
 pub(crate) use self::connect::{FastOpen, Winners, connect, connect_blocking};
+pub(crate) use self::watch::{Hedge, Watch, WatchError, is_hedged, watched};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -164,14 +166,14 @@ impl Stream {
     pub(crate) async fn read_watched<B: IoBufMut>(
         &mut self,
         buf: B,
-        limit: Duration,
+        watch: Watch<'_>,
     ) -> BufResult<usize, B> {
         use compio::driver::ToSharedFd;
         use futures_util::FutureExt;
         let socket = self.tcp().to_shared_fd();
         let read = self.read(buf).map(|BufResult(r, buf)| (r, buf));
-        let (r, buf) = watched(read, &socket, limit).await;
-        BufResult(r.map_err(|e| e.into_io(limit)), buf)
+        let (r, buf) = watched(read, &socket, watch).await;
+        BufResult(r.map_err(WatchError::into_io), buf)
     }
 
     /// Sends all of `data`.
@@ -181,57 +183,6 @@ impl Stream {
             Stream::Tls(s) => s.write_all(data).await,
         }
     }
-}
-
-/// Why a read under the stall watchdog ended without bytes.
-#[derive(Debug)]
-pub(crate) enum WatchError {
-    /// The read failed.
-    Io(std::io::Error),
-    /// No byte came for the watchdog's limit.
-    Stalled,
-}
-
-impl WatchError {
-    /// As an I/O error; a stall becomes `TimedOut`, saying for how long nothing came.
-    pub(crate) fn into_io(self, limit: Duration) -> std::io::Error {
-        match self {
-            WatchError::Io(e) => e,
-            WatchError::Stalled => std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no byte for {} s (stalled)", limit.as_secs_f64()),
-            ),
-        }
-    }
-}
-
-/// The stall watchdog: runs `read` (a read of `socket`, through a buffer or a splice), and
-/// when no byte comes for `limit`, shuts the socket's receiving side down. That ends the read
-/// as the end of the stream would, so the operation completes normally (its buffer comes back,
-/// nothing it already moved is lost, no in-flight operation is cancelled), and a read that
-/// then brings nothing is reported as [`WatchError::Stalled`]. The connection is not usable
-/// afterwards.
-pub(crate) async fn watched<T>(
-    read: impl std::future::Future<Output = (std::io::Result<usize>, T)>,
-    socket: &impl std::os::fd::AsFd,
-    limit: Duration,
-) -> (Result<usize, WatchError>, T) {
-    use futures_util::future::{Either, select};
-    let read = std::pin::pin!(read);
-    let timer = std::pin::pin!(compio::time::sleep(limit));
-    let ((r, buf), fired) = match select(read, timer).await {
-        Either::Left((r, _)) => (r, false),
-        Either::Right(((), read)) => {
-            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Read);
-            (read.await, true)
-        }
-    };
-    let r = match r {
-        Ok(0) if fired => Err(WatchError::Stalled),
-        Ok(n) => Ok(n),
-        Err(e) => Err(WatchError::Io(e)),
-    };
-    (r, buf)
 }
 
 /// How [`open`] went: how long its steps took, and whether Fast Open was used.

@@ -269,6 +269,9 @@ pub(crate) enum BodyOutcome {
     Aborted,
     /// The body stopped at `at`.
     Short { at: u64 },
+    /// No byte came at `at` for the hedge's wait while other connections kept moving: the
+    /// rest goes to another connection ([`Plan::hedge`]).
+    Stalled { at: u64 },
 }
 
 /// What the lane that held a lease does next.
@@ -298,8 +301,27 @@ pub(crate) fn lease_ended(plan: Option<&mut Plan>, id: LeaseId, outcome: BodyOut
             Ok(_) => Ended::Retry,
             Err(()) => Ended::Fail,
         },
-        (BodyOutcome::Short { .. }, None) => Ended::Fail,
+        (BodyOutcome::Stalled { at }, Some(p)) => match p.hedge(id, at) {
+            Ok(_) => Ended::Retry,
+            Err(()) => Ended::Fail,
+        },
+        (BodyOutcome::Short { .. } | BodyOutcome::Stalled { .. }, None) => Ended::Fail,
     }
+}
+
+/// The least time without a byte before a lease's flow counts as stalled: a flow that sent
+/// nothing for a second is not one a busy server or a lost packet paused (TCP's first
+/// retransmission comes within a few hundred milliseconds).
+pub(crate) const HEDGE_MIN: Duration = Duration::from_secs(1);
+
+/// How long a lease's read waits for a byte, on a connection whose requests waited `wait` for
+/// their answers (about a round trip), before its flow counts as stalled and, if other
+/// connections kept moving meanwhile, its rest goes to another connection: eight round trips,
+/// at least [`HEDGE_MIN`], at most the stall watchdog's `limit`. A fresh connection costs a
+/// round trip or two; a frozen one holds the file until the watchdog (30 s by default).
+pub(crate) fn hedge_after(wait: Option<Duration>, limit: Duration) -> Duration {
+    wait.map_or(HEDGE_MIN, |w| (w * 8).max(HEDGE_MIN))
+        .min(limit)
 }
 
 /// What a lane does after a request failed.

@@ -1,6 +1,8 @@
 //! The retry table in the data plane, on every back-end: 503s with `Retry-After` on the first
 //! request and on later ranges are asked again (and counted in the summary), a 404 is not, and
-//! the stall watchdog drops a range that stops delivering and fetches it again elsewhere.
+//! the stall watchdog drops a range that stops delivering and fetches it again elsewhere, and a
+//! flow that stalls while the others move has its rest fetched on a new connection long
+//! before the watchdog.
 
 use ferry_testkit::record;
 use ferry_testkit::{
@@ -103,5 +105,64 @@ fn a_stalled_range_is_dropped_and_fetched_again() {
             "{what}: the stalled range was fetched again: {report}"
         );
         eprintln!("ran on backend {backend:?}, sink {sink}: stalled range re-fetched: {report}");
+    }
+}
+
+#[test]
+fn a_stalled_flow_goes_to_a_new_connection_before_the_watchdog() {
+    let (_src, file, nginx) = serve_one_file(24 << 20, 72);
+    for mode in modes_under_test() {
+        let (backend, sink) = mode;
+        // Response 2 (a later range) sends 100 KiB, then nothing for a minute.
+        let fault = Fault::Stall {
+            nth: 2,
+            keep: 100 << 10,
+        };
+        let what = format!("backend={backend:?} sink={sink}");
+        // With other connections moving, the stalled flow is hedged: its rest goes to a new
+        // connection after a second or so, not after the watchdog's two minutes (had the hedge
+        // not fired, the proxy's minute would end the stall and the count below would be 0).
+        let proxy = FaultProxy::start(nginx.port(), fault);
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+        let report = get_ok_sink(
+            mode,
+            &url,
+            &dest,
+            &["--chunk-size", "1M", "-c", "4", "--read-timeout", "120"],
+        );
+        record::recovered(
+            &format!("{}, other flows moving ({sink} sink)", fault.describe()),
+            "retries::a_stalled_flow_goes_to_a_new_connection_before_the_watchdog",
+            backend,
+            &file,
+            &dest,
+        );
+        assert!(
+            report["hedged"].as_u64().unwrap_or(0) >= 1,
+            "{what}: the stalled flow was hedged: {report}"
+        );
+        assert_eq!(
+            report["retries"], 0,
+            "{what}: a hedge uses no retry: {report}"
+        );
+        // One connection: nothing else moves, so nothing is hedged (the server, not the flow,
+        // may be what stalls); the watchdog ends the read and the range is retried.
+        let proxy = FaultProxy::start(nginx.port(), fault);
+        let dest = out.path().join("g");
+        let url = format!("http://127.0.0.1:{}/files/f", proxy.port());
+        let report = get_ok_sink(
+            mode,
+            &url,
+            &dest,
+            &["--chunk-size", "1M", "-c", "1", "--read-timeout", "3"],
+        );
+        assert_eq!(report["hedged"], 0, "{what}: one connection: {report}");
+        assert!(
+            report["retries"].as_u64().unwrap_or(0) >= 1,
+            "{what}: the watchdog's retry: {report}"
+        );
+        eprintln!("ran on backend {backend:?}, sink {sink}: stalled flow hedged: {report}");
     }
 }

@@ -202,6 +202,36 @@ fn a_lease_ends_next_retry_stop_or_fail() {
 }
 
 #[test]
+fn a_stalled_lease_goes_to_another_connection_without_a_retry() {
+    let mut plan = Plan::new(100, 0, 2, Some(100));
+    let (id, _, _) = plan.take().expect("a lease");
+    assert_eq!(
+        lease_ended(Some(&mut plan), id, BodyOutcome::Stalled { at: 30 }),
+        Ended::Retry
+    );
+    assert_eq!(plan.retries(), 0);
+    let (_, range, _) = plan.take().expect("the rest, for another connection");
+    assert_eq!(range, 30..100);
+    assert_eq!(
+        lease_ended(None, id, BodyOutcome::Stalled { at: 1 }),
+        Ended::Fail
+    );
+}
+
+#[test]
+fn a_flow_is_stalled_after_eight_round_trips_within_the_watchdog() {
+    let watchdog = Duration::from_secs(30);
+    let ms = Duration::from_millis;
+    // Unknown or short round trips: a second.
+    assert_eq!(hedge_after(None, watchdog), HEDGE_MIN);
+    assert_eq!(hedge_after(Some(ms(1)), watchdog), HEDGE_MIN);
+    // Long ones: eight of them.
+    assert_eq!(hedge_after(Some(ms(150)), watchdog), ms(1200));
+    // Never past the watchdog itself.
+    assert_eq!(hedge_after(Some(ms(150)), ms(500)), ms(500));
+}
+
+#[test]
 fn after_a_failure_a_lane_fails_asks_another_or_waits() {
     use AfterFailure::*;
     // A refused connect with no mirror: said at once.

@@ -38,6 +38,9 @@ pub(crate) const FIRST_CHUNK: u64 = 4 << 20;
 pub(crate) const SPLIT_ALIGN: u64 = 1 << 20;
 /// Short answers retried per file before the download fails.
 pub(crate) const MAX_RETRIES: u32 = 8;
+/// Stalled leases handed to a new connection per file without using a retry
+/// ([`Plan::hedge`]); past them a stall waits for the watchdog like any read.
+pub(crate) const MAX_HEDGES: u32 = 8;
 
 /// A lease's identity, valid until [`Plan::complete`] or [`Plan::give_back`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +76,7 @@ pub(crate) struct Plan {
     leases: Vec<Option<Lease>>,
     retry: Vec<Range<u64>>,
     retries_left: u32,
+    hedges_left: u32,
     splits: u64,
 }
 
@@ -116,6 +120,7 @@ impl Plan {
             leases: Vec::new(),
             retry: Vec::new(),
             retries_left: MAX_RETRIES,
+            hedges_left: MAX_HEDGES,
             splits: 0,
         }
     }
@@ -238,6 +243,26 @@ impl Plan {
         self.retries_left -= 1;
         self.retry.push(at..lease.end);
         Ok(lease.end)
+    }
+
+    /// The lease's flow stalled at `at` while other connections kept moving: the rest goes
+    /// back to be fetched on another connection, without using a retry while the file has
+    /// hedges left ([`MAX_HEDGES`]; then as [`Plan::give_back`]). Returns where the lease ended.
+    pub(crate) fn hedge(&mut self, id: LeaseId, at: u64) -> Result<u64, ()> {
+        if self.hedges_left == 0 {
+            return self.give_back(id, at);
+        }
+        let lease = self.leases[id.0].take().expect("live lease");
+        if at < lease.end {
+            self.hedges_left -= 1;
+            self.retry.push(at..lease.end);
+        }
+        Ok(lease.end)
+    }
+
+    /// Whether a stalled lease may still be handed on without using a retry.
+    pub(crate) fn may_hedge(&self) -> bool {
+        self.hedges_left > 0
     }
 
     /// Retries used so far.

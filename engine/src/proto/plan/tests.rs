@@ -287,3 +287,29 @@ fn leases_taken_ahead_never_split_and_go_back_without_a_retry() {
     plan.complete(a);
     plan.complete(b2);
 }
+
+#[test]
+fn stalled_leases_go_on_without_a_retry_until_the_hedges_run_out() {
+    let mut plan = Plan::new(10 << 20, 0, 2, Some(10 << 20));
+    let (mut id, _, _) = plan.take().expect("frontier");
+    let mut at = 0;
+    for _ in 0..MAX_HEDGES {
+        assert!(plan.may_hedge());
+        at += 1 << 20;
+        assert_eq!(plan.hedge(id, at), Ok(10 << 20));
+        let (next, r, origin) = plan.take().expect("the stalled lease's rest");
+        assert_eq!((r, origin), (at..10 << 20, LeaseOrigin::Retry));
+        id = next;
+    }
+    assert_eq!(plan.retries(), 0, "hedges use no retry");
+    // Past the hedges a stall is a short answer like any other.
+    assert!(!plan.may_hedge());
+    assert_eq!(plan.hedge(id, at + (1 << 20)), Ok(10 << 20));
+    assert_eq!(plan.retries(), 1);
+    let (id, r, _) = plan.take().expect("retry");
+    assert_eq!(r, at + (1 << 20)..10 << 20);
+    // A stall at the lease's very end gives nothing back and uses nothing.
+    assert_eq!(plan.hedge(id, 10 << 20), Ok(10 << 20));
+    assert_eq!(plan.retries(), 1);
+    assert!(plan.take().is_none());
+}
