@@ -16,6 +16,7 @@
 #   scripts/bench.sh --suites https --big 512M --runs 2 --out /tmp/bench   # a quick look, elsewhere
 #   scripts/bench.sh --suites big --runs 7 --state steady
 #   scripts/bench.sh --big 1G --shard 256M --runs 2   # a quick look
+#   scripts/bench.sh --suites wan-all      # every WAN path and scenario (bench/README.md)
 #
 # Needs ~3x the largest suite in free disk under --dir (default: the system temp dir).
 set -euo pipefail

@@ -6,11 +6,13 @@
 //!
 //! The server is the test kit's nginx ([`Nginx`], the one nginx configuration of the repository)
 //! with these options; it logs the TLS version and cipher of every request, so the report can
-//! say what each tool negotiated; whether nginx encrypted in the kernel (kTLS) is read from
+//! say what each tool negotiated (and, where HTTP/2 is offered, as for the `wan-*-https` suites
+//! behind the relay, which HTTP version each used); whether nginx encrypted in the kernel (kTLS) is read from
 //! `/proc/net/tls_stat`. The server is stopped by its PID when dropped, also on an error.
 //!
 //! The download rounds, the ceilings and the checks are the `big` suite's (`main.rs`); this
-//! module only provides the origin and these facts about it. It measures nothing itself.
+//! module only provides the origin (`origin.rs` puts the relay in front for `wan-*-https`) and
+//! these facts about it. It measures nothing itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -75,23 +77,24 @@ impl Pki {
 }
 
 /// nginx serving `root` as the suite's origin: the test kit's nginx ([`Nginx`]) with this run's
-/// certificate, TLS 1.3 only and kernel TLS asked for. Its HTTPS URLs are the only ones the
-/// suite uses.
-pub(crate) fn start(root: &Path, pki: &Pki) -> anyhow::Result<Nginx> {
+/// certificate, TLS 1.3 only and kernel TLS asked for, and with `http2` HTTP/2 offered beside
+/// HTTP/1.1 (ALPN). Its HTTPS URLs are the only ones the suite uses.
+pub(crate) fn start(root: &Path, pki: &Pki, http2: bool) -> anyhow::Result<Nginx> {
     let options = Options {
         tls: Some(pki.server.clone()),
         tls_protocols: Some("TLSv1.3".into()),
         ktls: true,
+        http2,
         ..Options::default()
     };
     let nginx = Nginx::try_start(root, &options).map_err(anyhow::Error::msg)?;
-    eprintln!("https: nginx at {}/", base(&nginx));
+    eprintln!("https: nginx at {}/", base(nginx.tls_port()));
     Ok(nginx)
 }
 
-/// `https://localhost:PORT/files`.
-pub(crate) fn base(nginx: &Nginx) -> String {
-    format!("https://{HOST}:{}/files", nginx.tls_port())
+/// `https://localhost:PORT/files`: nginx's own port, or a relay's in front of it.
+pub(crate) fn base(port: u16) -> String {
+    format!("https://{HOST}:{port}/files")
 }
 
 /// How many requests the origin has logged: give it to [`tls_since`] after a run.
@@ -111,6 +114,18 @@ pub(crate) fn tls_since(nginx: &Nginx, mark: usize) -> Option<String> {
     {
         if !seen.contains(&tls) {
             seen.push(tls);
+        }
+    }
+    (!seen.is_empty()).then(|| seen.join(", "))
+}
+
+/// The HTTP versions of the requests logged after `mark`, each once, e.g. `HTTP/2.0`; none
+/// when no request was logged.
+pub(crate) fn http_since(nginx: &Nginx, mark: usize) -> Option<String> {
+    let mut seen: Vec<String> = Vec::new();
+    for r in nginx.requests(0).into_iter().skip(mark) {
+        if !seen.contains(&r.protocol) {
+            seen.push(r.protocol);
         }
     }
     (!seen.is_empty()).then(|| seen.join(", "))

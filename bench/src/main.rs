@@ -2,16 +2,17 @@
 //!
 //! For each download suite (`big`, `https`, `repo`, `small`) it generates seeded data, serves it
 //! from nginx on loopback (read once first, so the server side is warm; `https`: the `big` file
-//! over TLS 1.3 only, `https.rs`), and runs ferry and each peer in turn,
+//! over TLS 1.3 only, `https.rs`; the `wan-*` suites through a relay emulating a WAN path,
+//! `wan.rs`; the origins are `origin.rs`'s), and runs ferry and each peer in turn,
 //! round after round (A B C A B C ...), so every ratio compares tools measured in the same minutes.
 //! Every timed command ends with its output durable: ferry fsyncs before it exits; a peer is
 //! followed by `sync FILE...` inside the timed command. Every output is sha256-checked against the
 //! source after its run, outside the timing; a wrong byte aborts the benchmark. The first round is
 //! a warm-up, not reported. The ceilings (network, disk, sha256) are measured in the same run. The
 //! `pull` suite (`pull.rs`) mirrors a model repo from `ferry serve` with `ferry pull` and with
-//! huggingface_hub's `snapshot_download`, the same way. Results go to a markdown report, a JSON
-//! file and an SVG chart (`report.rs`), merged by suite with the suites an earlier run recorded,
-//! and to this run's own folder under `runs/`.
+//! huggingface_hub's `snapshot_download`, the same way (`wan-80-repo` too, through the relay).
+//! Results go to a markdown report, a JSON file and an SVG chart (`report.rs`), merged by suite
+//! with the suites an earlier run recorded, and to this run's own folder under `runs/`.
 //!
 //! The memory state (`--state fresh|steady`, bench/README.md): `fresh` deletes each output after its
 //! run, which returns its page cache to free memory; `steady` first fills free memory with clean
@@ -21,32 +22,48 @@
 //! This harness measures; it asserts nothing about speed (targets are read off the report).
 //!
 //! Long (some 1,100 lines) because every loopback suite's tools and their exact shell lines are
-//! one table here, where a reader compares them; the suites with their own origin or flow have
-//! their own files (`https.rs`, `pull.rs`, `wan.rs`).
+//! one table here, where a reader compares them; the origins and the suites with their own flow
+//! have their own files (`origin.rs`, `https.rs`, `pull.rs`, `wan.rs`).
 
 mod https;
+mod origin;
 mod pull;
 mod report;
 mod wan;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use ferry_testkit::relay::Relay;
-use ferry_testkit::{Nginx, sha256_file, write_data};
+use ferry_testkit::{sha256_file, write_data};
 
-const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull,wan] [--runs 5] [--big 8G] \
-[--shard 2G] [--wan-size 1G] [--state fresh|steady] [--dir DIR] [--out DIR]";
+use crate::origin::Origin;
 
-/// Every suite, in the order they run and are reported. The `wan-*` suites run only when asked
-/// for (`--suites wan` names all three).
-const SUITES: [&str; 8] = [
-    "big", "https", "repo", "small", "pull", "wan-30", "wan-80", "wan-150",
+const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull,wan,wan-all,...] \
+[--runs 5] [--big 8G] [--shard 2G] [--shards 4] [--wan-size 1G] [--state fresh|steady] [--dir DIR] \
+[--out DIR]";
+
+/// Every suite, in the order they run and are reported. The `wan-*` suites (`wan.rs`) run only
+/// when asked for: `--suites wan` names the three big-file paths over plain HTTP, `wan-all`
+/// every one.
+const SUITES: [&str; 14] = [
+    "big",
+    "https",
+    "repo",
+    "small",
+    "pull",
+    "wan-30",
+    "wan-80",
+    "wan-150",
+    "wan-30-https",
+    "wan-80-https",
+    "wan-150-https",
+    "wan-80-repo",
+    "wan-80-small",
+    "wan-80-frozen",
 ];
 /// The suites a run without `--suites` runs.
 const DEFAULT_SUITES: [&str; 5] = ["big", "https", "repo", "small", "pull"];
@@ -57,7 +74,10 @@ struct Args {
     suites: Vec<String>,
     runs: usize,
     big: u64,
-    shard: u64,
+    /// The shard size of `repo`, `pull` and `wan-80-repo` as given; see [`Args::shard`].
+    shard: Option<u64>,
+    /// How many shards those suites' repos have.
+    shards: u32,
     /// The file of the `wan-*` suites.
     wan_size: u64,
     state: String,
@@ -71,7 +91,8 @@ fn parse_args() -> anyhow::Result<Args> {
         suites: DEFAULT_SUITES.iter().map(|s| s.to_string()).collect(),
         runs: 5,
         big: 8 << 30,
-        shard: 2 << 30,
+        shard: None,
+        shards: 4,
         wan_size: 1 << 30,
         state: "fresh".into(),
         dir: None,
@@ -86,6 +107,7 @@ fn parse_args() -> anyhow::Result<Args> {
                     .split(',')
                     .flat_map(|s| match s {
                         "wan" => wan::SUITES.iter().map(|w| w.to_string()).collect(),
+                        "wan-all" => wan::ALL.iter().map(|w| w.to_string()).collect(),
                         other => vec![other.to_owned()],
                     })
                     .collect()
@@ -93,7 +115,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--wan-size" => a.wan_size = parse_size(&value()?)?,
             "--runs" => a.runs = value()?.parse().context("--runs")?,
             "--big" => a.big = parse_size(&value()?)?,
-            "--shard" => a.shard = parse_size(&value()?)?,
+            "--shard" => a.shard = Some(parse_size(&value()?)?),
+            "--shards" => a.shards = value()?.parse().context("--shards")?,
             "--state" => a.state = value()?,
             "--dir" => a.dir = Some(PathBuf::from(value()?)),
             "--out" => a.out = PathBuf::from(value()?),
@@ -104,6 +127,9 @@ fn parse_args() -> anyhow::Result<Args> {
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
+    if a.shards == 0 {
+        bail!("--shards is at least 1");
+    }
     if !matches!(a.state.as_str(), "fresh" | "steady") {
         bail!("--state is fresh or steady");
     }
@@ -111,6 +137,19 @@ fn parse_args() -> anyhow::Result<Args> {
         bail!("unknown suite {s:?} ({})", SUITES.join(", "));
     }
     Ok(a)
+}
+
+impl Args {
+    /// The shard size of `suite`'s repo: `--shard` where given, else 2 GiB, or for
+    /// `wan-80-repo` issue 29's 512 MiB.
+    fn shard(&self, suite: &str) -> u64 {
+        let default = if wan::path(suite).is_some() {
+            wan::REPO_SHARD
+        } else {
+            2 << 30
+        };
+        self.shard.unwrap_or(default)
+    }
 }
 
 fn parse_size(s: &str) -> anyhow::Result<u64> {
@@ -305,6 +344,9 @@ struct Sample {
     /// The TLS version and cipher the origin logged for this run's requests (HTTPS only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tls: Option<String>,
+    /// The HTTP versions the origin logged for this run's requests (HTTPS only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    http: Option<String>,
     /// The whole machine during the run (absent in runs recorded before it was measured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     machine: Option<Machine>,
@@ -424,12 +466,15 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
     match suite {
         // `https` serves the same file as `big`: same name, size and seed.
         "big" | "https" => specs.push(("big.bin".into(), args.big)),
-        s if wan::path(s).is_some() => specs.push(("big.bin".into(), args.wan_size)),
+        s if wan::scenario(s).is_some_and(|w| w.load == wan::Load::Big) => {
+            specs.push(("big.bin".into(), args.wan_size))
+        }
         "repo" => {
-            for i in 0..4 {
+            let n = args.shards;
+            for i in 0..n {
                 specs.push((
-                    format!("model-{:05}-of-00004.safetensors", i + 1),
-                    args.shard,
+                    format!("model-{:05}-of-{n:05}.safetensors", i + 1),
+                    args.shard(suite),
                 ));
             }
             for i in 0..200u64 {
@@ -440,7 +485,8 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
                 ));
             }
         }
-        "small" => {
+        // `wan-80-small`: the same files, through the relay.
+        "small" | "wan-80-small" => {
             for i in 0..2000u64 {
                 specs.push((format!("s{i:04}.bin"), 4096 + (i * 104_729) % (60 * 1024)));
             }
@@ -841,79 +887,9 @@ impl SuiteResult {
     }
 }
 
-/// A download suite's origin on loopback: nginx over HTTP, or for `https` over HTTPS (every URL a
-/// tool is given; the kit's nginx also listens for HTTP on another port, which none is), with a
-/// certificate signed by a CA made for this run. Stopped by its PID when dropped.
-enum Origin {
-    Http(Nginx),
-    Https {
-        nginx: Nginx,
-        ca: PathBuf,
-    },
-    /// nginx behind a relay that emulates a WAN path (`wan.rs`).
-    Wan {
-        relay: Relay,
-        _nginx: Nginx,
-    },
-}
-
-impl Origin {
-    fn start(suite: &str, root: &Path, scratch: &Path) -> anyhow::Result<Origin> {
-        if let Some(path) = wan::path(suite) {
-            let nginx = Nginx::try_start(root, &Default::default()).map_err(anyhow::Error::msg)?;
-            let upstream = SocketAddr::from(([127, 0, 0, 1], nginx.port()));
-            let relay = Relay::start(upstream, path)?;
-            return Ok(Origin::Wan {
-                relay,
-                _nginx: nginx,
-            });
-        }
-        if suite != "https" {
-            let nginx = Nginx::try_start(root, &Default::default()).map_err(anyhow::Error::msg)?;
-            return Ok(Origin::Http(nginx));
-        }
-        let pki = https::Pki::create(&scratch.join("pki"))?;
-        let nginx = https::start(root, &pki)?;
-        Ok(Origin::Https { nginx, ca: pki.ca })
-    }
-
-    /// The URL the suite's files are under.
-    fn base(&self) -> String {
-        match self {
-            Origin::Http(nginx) => format!("http://127.0.0.1:{}/files", nginx.port()),
-            Origin::Https { nginx, .. } => https::base(nginx),
-            Origin::Wan { relay, .. } => format!("http://{}/files", relay.addr()),
-        }
-    }
-
-    /// The CA every tool must trust (HTTPS only).
-    fn ca(&self) -> Option<&Path> {
-        match self {
-            Origin::Http(_) | Origin::Wan { .. } => None,
-            Origin::Https { ca, .. } => Some(ca),
-        }
-    }
-
-    /// A mark in the origin's log, for [`Origin::tls_since`].
-    fn mark(&self) -> usize {
-        match self {
-            Origin::Http(_) | Origin::Wan { .. } => 0,
-            Origin::Https { nginx, .. } => https::mark(nginx),
-        }
-    }
-
-    /// The TLS versions and ciphers of the requests served since `mark` (HTTPS only).
-    fn tls_since(&self, mark: usize) -> Option<String> {
-        match self {
-            Origin::Http(_) | Origin::Wan { .. } => None,
-            Origin::Https { nginx, .. } => https::tls_since(nginx, mark),
-        }
-    }
-}
-
 fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
-    if suite == "pull" {
-        return pull::run(args, scratch);
+    if suite == "pull" || wan::scenario(suite).is_some_and(|w| w.load == wan::Load::Repo) {
+        return pull::run(suite, args, scratch);
     }
     let root = scratch.join(format!("src-{suite}"));
     let mut outputs = Outputs::new(scratch, suite)?;
@@ -928,8 +904,8 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     let base = origin.base();
     let ferry = ferry_testkit::ferry_bin();
     let (mut tools, mut left_out) = tools(suite, &items, &base, scratch, origin.ca(), &ferry)?;
-    if let Some(path) = wan::path(suite) {
-        (tools, left_out) = wan::tools(tools, path);
+    if let Some(w) = wan::scenario(suite) {
+        (tools, left_out) = wan::tools(tools, w);
     }
     if let Some(ca) = origin.ca() {
         let unusable;
@@ -972,6 +948,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
             }
             let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
             let mark = origin.mark();
+            let armed = origin.before_run(&tool.name);
             let Timed {
                 wall,
                 cpu,
@@ -994,7 +971,8 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                 }
                 Err(e) => return Err(e.context(format!("{suite}: {}", tool.name))),
             };
-            let tls = origin.tls_since(mark);
+            origin.after_run(&tool.name, armed)?;
+            let (tls, http) = (origin.tls_since(mark), origin.http_since(mark));
             for item in items.iter().filter(|_| !tool.ceiling) {
                 let got = sha256_file(&out.join(&item.name));
                 if got != item.sha256 {
@@ -1017,7 +995,11 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                         m.busy_cores, m.steal_cores
                     ))
                     .unwrap_or_default(),
-                tls.as_ref().map(|t| format!(" [{t}]")).unwrap_or_default(),
+                [&tls, &http]
+                    .into_iter()
+                    .flatten()
+                    .map(|t| format!(" [{t}]"))
+                    .collect::<String>(),
                 if round == 0 { " (warm-up)" } else { "" }
             );
             if round > 0 {
@@ -1030,6 +1012,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
                     backend: None,
                     bytes_fetched: None,
                     tls,
+                    http,
                     machine,
                 });
             }
@@ -1043,8 +1026,8 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
         "big" => r.targets = big_targets(&r.tools),
         "https" => r.targets = vec![https::target(&r.tools)],
         s => {
-            if let Some(path) = wan::path(s) {
-                r.targets = wan::targets(&r.tools, path);
+            if let Some(w) = wan::scenario(s) {
+                r.targets = wan::targets(&r.tools, w);
             }
         }
     }
@@ -1128,6 +1111,16 @@ mod tests {
         let targets = big_targets(&tools);
         assert_eq!(targets[0].best_of, ["curl"]);
         assert_eq!(targets[1].tool, NETWORK_CEILING);
+    }
+
+    #[test]
+    fn every_wan_suite_is_a_suite_and_runs_last_in_wan_order() {
+        assert_eq!(SUITES[DEFAULT_SUITES.len()..], wan::ALL);
+        assert!(
+            SUITES
+                .iter()
+                .all(|s| DEFAULT_SUITES.contains(s) || wan::scenario(s).is_some())
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The `pull` suite (issue 4's targets): mirroring a model repo of 4 shards (`--shard`, 2 GiB by
-//! default) and 200 small files from `ferry serve` on loopback, with `ferry pull` (and `ferry
-//! --safe-mode pull`) against huggingface_hub's `snapshot_download(max_workers=16)`, round after
-//! round, each run into a fresh, empty cache; and a second `ferry pull` of the complete mirror
-//! the first one left.
+//! The `pull` suite (issue 4's targets): mirroring a model repo of 4 shards (`--shards`; `--shard`,
+//! 2 GiB by default) and 200 small files from `ferry serve` on loopback, with `ferry pull` (and
+//! `ferry --safe-mode pull`) against huggingface_hub's `snapshot_download(max_workers=16)`, round
+//! after round, each run into a fresh, empty cache; and a second `ferry pull` of the complete
+//! mirror the first one left. The `wan-80-repo` suite (issue 29) is the same flow with the test
+//! kit's relay between the tools and `ferry serve` (512 MiB shards by default); `wan.rs` picks
+//! its tools (`ferry pull` and `snapshot_download`) and its targets.
 //!
 //! The repo is written once by `scripts/synth-repo.py` in the huggingface_hub cache layout and
 //! read once (hashed) before any timing, so the server's page cache is warm. ferry fsyncs and
@@ -21,24 +23,24 @@ use std::process::{Command, Stdio};
 
 use anyhow::{Context, bail};
 use ferry_testkit::hub::cache_folder;
+use ferry_testkit::relay::Relay;
 use ferry_testkit::serve::Serve;
 use ferry_testkit::sha256_file;
 
 use crate::report::Target;
-use crate::{Args, Filler, Sample, SuiteResult, Timed, Tool, ceilings, timed};
+use crate::{Args, Filler, Sample, SuiteResult, Timed, Tool, ceilings, timed, wan};
 
 /// The synthetic repo's id.
 const REPO: &str = "ferry-bench/synthetic-model";
-const SHARDS: u32 = 4;
 /// Small files in the repo, as bench/README.md's `repo`: synth-repo.py always writes 7 (config,
 /// tokenizer, README, ...), `--small` the others.
 const SMALL_FILES: usize = 200;
 const SYNTH_FIXED_SMALL: usize = 7;
 
-const FERRY: &str = "ferry pull";
-const AGAIN: &str = "ferry pull, again (complete mirror)";
-const SAFE: &str = "ferry --safe-mode pull";
-const HF: &str = "snapshot_download";
+pub(crate) const FERRY: &str = "ferry pull";
+pub(crate) const AGAIN: &str = "ferry pull, again (complete mirror)";
+pub(crate) const SAFE: &str = "ferry --safe-mode pull";
+pub(crate) const HF: &str = "snapshot_download";
 
 /// A file of the origin's snapshot.
 struct OriginFile {
@@ -185,22 +187,24 @@ fn ferry_report(stdout: &str) -> anyhow::Result<(String, u64)> {
     Ok((backend, fetched))
 }
 
-pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
-    if args.shard < 1 << 20 || !args.shard.is_multiple_of(1 << 20) {
-        bail!("pull: --shard must be a whole number of MiB (synth-repo.py --shard-mib)");
+/// Runs `suite`: `pull`, or `wan-80-repo` through the relay.
+pub(crate) fn run(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
+    let (shard, shards) = (args.shard(suite), args.shards);
+    if shard < 1 << 20 || !shard.is_multiple_of(1 << 20) {
+        bail!("{suite}: --shard must be a whole number of MiB (synth-repo.py --shard-mib)");
     }
-    let origin = scratch.join("src-pull");
-    let mut outputs = crate::Outputs::new(scratch, "pull")?;
+    let origin = scratch.join(format!("src-{suite}"));
+    let mut outputs = crate::Outputs::new(scratch, suite)?;
     eprintln!(
-        "== pull: generating {REPO}: {SHARDS} shards of {} MiB and {SMALL_FILES} small files ...",
-        args.shard >> 20
+        "== {suite}: generating {REPO}: {shards} shards of {} MiB and {SMALL_FILES} small files ...",
+        shard >> 20
     );
     let synth = Command::new("python3")
         .arg(synth_script())
         .arg(&origin)
         .arg(REPO)
-        .args(["--shards", &SHARDS.to_string()])
-        .args(["--shard-mib", &(args.shard >> 20).to_string()])
+        .args(["--shards", &shards.to_string()])
+        .args(["--shard-mib", &(shard >> 20).to_string()])
         .args(["--small", &(SMALL_FILES - SYNTH_FIXED_SMALL).to_string()])
         .args(["--seed", "ferry-bench"])
         .output()
@@ -225,26 +229,50 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
     }
     let bytes: u64 = files.iter().map(|f| f.size).sum();
     eprintln!(
-        "pull: {} files, {:.2} GB, commit {commit}",
+        "{suite}: {} files, {:.2} GB, commit {commit}",
         files.len(),
         bytes as f64 / 1e9
     );
 
     let serve = serve(&origin, &scratch.join("serve.log"))?;
-    let endpoint = serve.endpoint();
-    let tools = tools(&endpoint);
-    eprintln!("== pull: ceilings ...");
-    let first_shard = files
-        .iter()
-        .find(|f| f.path.ends_with(".safetensors"))
-        .context("no shard in the repo")?;
-    let ceilings = ceilings(
-        &format!("{}/{REPO}/resolve/{commit}/{}", endpoint, first_shard.path),
-        first_shard.size,
-        scratch,
-        None,
-    )?;
-    eprintln!("{ceilings:?}");
+    let scenario = wan::scenario(suite);
+    // Over a WAN path every request goes through the relay: the listing (whose one page holds
+    // the whole repo, so no `Link` to the server's own address is followed) and every file.
+    let relay = match scenario {
+        Some(w) => {
+            let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], serve.port));
+            let relay = Relay::start(upstream, w.path)?;
+            eprintln!("{suite}: relay at {} ({})", relay.addr(), w.path.label());
+            Some(relay)
+        }
+        None => None,
+    };
+    let endpoint = match &relay {
+        Some(relay) => format!("http://{}", relay.addr()),
+        None => serve.endpoint(),
+    };
+    let (tools, left_out) = match scenario {
+        Some(w) => wan::tools(tools(&endpoint), w),
+        None => (tools(&endpoint), Vec::new()),
+    };
+    // Over a WAN path the link cap is the ceiling (`wan.rs`): one curl would measure a flow's.
+    let ceilings = if scenario.is_none() {
+        eprintln!("== pull: ceilings ...");
+        let first_shard = files
+            .iter()
+            .find(|f| f.path.ends_with(".safetensors"))
+            .context("no shard in the repo")?;
+        let ceilings = ceilings(
+            &format!("{}/{REPO}/resolve/{commit}/{}", endpoint, first_shard.path),
+            first_shard.size,
+            scratch,
+            None,
+        )?;
+        eprintln!("{ceilings:?}");
+        Some(ceilings)
+    } else {
+        None
+    };
     let filler = Filler::for_state(&args.state, scratch)?;
     let mut samples = Vec::new();
     for round in 0..=args.runs {
@@ -257,15 +285,16 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                 f.top_up()?;
             }
             let line = tool.shell.replace("{OUT}", &out.to_string_lossy());
+            let relayed = relay.as_ref().map(Relay::bytes_down);
             let Timed {
                 wall,
                 cpu,
                 rss_kib,
                 machine,
                 stdout,
-            } = timed(&line).with_context(|| format!("pull: {}", tool.name))?;
+            } = timed(&line).with_context(|| format!("{suite}: {}", tool.name))?;
             let report = if tool.name.starts_with("ferry") {
-                Some(ferry_report(&stdout).with_context(|| format!("pull: {}", tool.name))?)
+                Some(ferry_report(&stdout).with_context(|| format!("{suite}: {}", tool.name))?)
             } else {
                 None
             };
@@ -273,14 +302,29 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                 && *fetched > 0
             {
                 bail!(
-                    "pull: the second ferry pull fetched {fetched} bytes: the first did not \
+                    "{suite}: the second ferry pull fetched {fetched} bytes: the first did not \
                          leave a complete mirror"
                 );
             }
-            // The first pull's mirror is checked after the second pull, which runs on it.
-            if tool.name != FERRY {
+            // A run into an empty cache carries every byte of the repo through the relay; fewer
+            // would mean that some request went around it (to the server's own address).
+            if let (Some(r), Some(before)) = (&relay, relayed)
+                && tool.moves_bytes
+                && r.bytes_down() - before < bytes
+            {
+                bail!(
+                    "{suite}: {}: {} bytes came through the relay, the repo has {bytes}: some \
+                     request went around it",
+                    tool.name,
+                    r.bytes_down() - before
+                );
+            }
+            // The first pull's mirror is checked after the second pull, which runs on it (where
+            // the suite has one).
+            let again_follows = tools.iter().any(|t| t.name == AGAIN);
+            if tool.name != FERRY || !again_follows {
                 verify(&out, &commit, &files)
-                    .with_context(|| format!("pull: {}: the output is wrong", tool.name))?;
+                    .with_context(|| format!("{suite}: {}: the output is wrong", tool.name))?;
             }
             let rate = if tool.moves_bytes {
                 format!("{:6.3} GB/s", bytes as f64 / wall / 1e9)
@@ -288,7 +332,7 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                 "    (listing)".into()
             };
             eprintln!(
-                "pull round {round} {:<36} {wall:7.2} s {rate} cpu {cpu:6.2} s rss {:4} MiB{}{}",
+                "{suite} round {round} {:<36} {wall:7.2} s {rate} cpu {cpu:6.2} s rss {:4} MiB{}{}",
                 tool.name,
                 rss_kib / 1024,
                 report
@@ -307,18 +351,25 @@ pub(crate) fn run(args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
                     backend: report.as_ref().map(|(b, _)| b.clone()),
                     bytes_fetched: report.as_ref().map(|(_, f)| *f),
                     tls: None,
+                    http: None,
                     machine,
                 });
             }
         }
     }
+    drop(relay);
     drop(serve);
     drop(outputs);
     let _ = std::fs::remove_dir_all(&origin);
-    let mut r = SuiteResult::new("pull", bytes, files.len(), tools);
+    let mut r = SuiteResult::new(suite, bytes, files.len(), tools);
     r.base = FERRY.into();
-    r.ceilings = Some(ceilings);
+    r.ceilings = ceilings;
     r.samples = samples;
+    r.left_out = left_out;
+    if let Some(w) = scenario {
+        r.targets = wan::targets(&r.tools, w);
+        return Ok(r);
+    }
     r.targets = vec![
         Target {
             text: format!(

@@ -136,6 +136,10 @@ pub(crate) struct Target {
     /// cap), not of a ceiling row: the suite's bytes / the tool's wall / this, round by round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) link_rate: Option<u64>,
+    /// Met when the tool's median wall time exceeds the suite's base's (the same command
+    /// without a fault) by at most this many seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_extra_s: Option<f64>,
 }
 
 /// The absolute paths of the machine that ran the benchmark, and what a report says instead:
@@ -522,6 +526,9 @@ fn rows(r: &SuiteResult) -> Vec<Row> {
 
 /// How a suite is measured, in words (also for suites recorded by an earlier run).
 fn suite_note(suite: &str) -> &'static str {
+    if let Some(note) = crate::wan::note(suite) {
+        return note;
+    }
     match suite {
         "pull" => {
             "Origin: `ferry serve` on 127.0.0.1, serving a synthetic model repo \
@@ -673,6 +680,14 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
                 listed(&tls)
             );
         }
+        let http = per_tool(r, |s| s.http.as_deref());
+        if !http.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nHTTP version each tool used (nginx's log): {}.",
+                listed(&http)
+            );
+        }
         if !r.left_out.is_empty() {
             let _ = writeln!(md, "\nLeft out:\n");
             for l in &r.left_out {
@@ -694,7 +709,7 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
         if !r.targets.is_empty() {
             let _ = writeln!(md, "\nTargets:\n");
             for t in &r.targets {
-                let _ = writeln!(md, "- {}", target_line(t, &all, gb));
+                let _ = writeln!(md, "- {}", target_line(t, &all, gb, &r.base));
             }
         }
         let _ = writeln!(
@@ -746,8 +761,8 @@ fn listed(pairs: &[(&str, &str)]) -> String {
         .join("; ")
 }
 
-/// A target and whether the medians meet it (`gb`: the suite's size).
-fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
+/// A target and whether the medians meet it (`gb`: the suite's size, `base`: its base tool).
+fn target_line(t: &Target, rows: &[Row], gb: f64, base: &str) -> String {
     let candidates: Vec<&str> = if t.best_of.is_empty() {
         vec![t.tool.as_str()]
     } else {
@@ -772,6 +787,21 @@ fn target_line(t: &Target, rows: &[Row], gb: f64) -> String {
             t.text,
             rounds(row.walls.len()),
             verdict(m <= limit)
+        );
+    }
+    let base_walls = rows
+        .iter()
+        .find(|r| r.tool == base && !r.walls.is_empty())
+        .map(|r| r.walls.clone());
+    if let (Some(limit), Some(base_walls)) = (t.max_extra_s, base_walls) {
+        let (m, b) = (median(row.walls.clone()), median(base_walls));
+        return format!(
+            "{}: median {m:.2} s against {b:.2} s for `{base}` without the fault, {:+.2} s \
+             (over {}), at most {limit:.2} s more — {}.",
+            t.text,
+            m - b,
+            rounds(row.walls.len()),
+            verdict(m - b <= limit)
         );
     }
     if let (Some(limit), Some(link)) = (t.min_share, t.link_rate) {
@@ -952,7 +982,8 @@ mod tests {
             suites: vec!["https".into()],
             runs: 1,
             big: 1 << 30,
-            shard: 1 << 30,
+            shard: Some(1 << 30),
+            shards: 4,
             wan_size: 1 << 30,
             state: "fresh".into(),
             dir: Some(dir.path().to_owned()),
@@ -1097,6 +1128,14 @@ mod tests {
                 backend: None,
                 bytes_fetched: None,
                 tls: Some("TLSv1.3 TLS_AES_256_GCM_SHA384".into()),
+                http: Some(
+                    if tool == "aria2c" {
+                        "HTTP/1.1"
+                    } else {
+                        "HTTP/2.0"
+                    }
+                    .into(),
+                ),
                 machine: None,
             });
         }
@@ -1124,6 +1163,13 @@ mod tests {
         assert!(md.contains("**not met**"), "{md}");
         assert!(
             md.contains("TLS every tool negotiated (nginx's log): TLSv1.3 TLS_AES_256_GCM_SHA384."),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "HTTP version each tool used (nginx's log): ferry: HTTP/2.0; curl: HTTP/2.0; \
+                 aria2c: HTTP/1.1."
+            ),
             "{md}"
         );
         assert!(md.contains("- axel: no"), "{md}");
@@ -1163,6 +1209,7 @@ mod tests {
                     backend: None,
                     bytes_fetched: None,
                     tls: None,
+                    http: None,
                     machine: None,
                 });
             }
@@ -1192,6 +1239,55 @@ mod tests {
                 "- share: median 0.75 (0.50-0.95 over 4 rounds), at least 0.85 — **not met**.",
                 "- cpu: 1.20 CPU s/GB (mean over 4 rounds), at most 1.20 — **met**.",
                 "- cpu: 1.20 CPU s/GB (mean over 4 rounds), at most 1.00 — **not met**.",
+            ],
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_fault_target_is_the_difference_of_the_medians() {
+        let mut r = SuiteResult::new(
+            "wan-80-frozen",
+            1_000_000_000,
+            1,
+            vec![
+                Tool::new("ferry", String::new()),
+                Tool::new("ferry, faulty", String::new()),
+            ],
+        );
+        // Medians 10.0 and 12.5 s, though no round differs by 2.5 s.
+        for (round, ferry, faulty) in [(1, 9.0, 12.5), (2, 10.0, 11.0), (3, 11.0, 14.0)] {
+            for (tool, wall) in [("ferry", ferry), ("ferry, faulty", faulty)] {
+                r.samples.push(Sample {
+                    tool: tool.into(),
+                    round,
+                    wall,
+                    cpu: 1.0,
+                    rss_kib: 1024,
+                    backend: None,
+                    bytes_fetched: None,
+                    tls: None,
+                    http: None,
+                    machine: None,
+                });
+            }
+        }
+        let extra = |max| Target {
+            text: "fault".into(),
+            tool: "ferry, faulty".into(),
+            max_extra_s: Some(max),
+            ..Target::default()
+        };
+        r.targets = vec![extra(3.0), extra(2.0)];
+        let md = markdown("t", &[&r], false);
+        let lines: Vec<&str> = md.lines().filter(|l| l.starts_with("- fault")).collect();
+        assert_eq!(
+            lines,
+            [
+                "- fault: median 12.50 s against 10.00 s for `ferry` without the fault, +2.50 s \
+                 (over 3 rounds), at most 3.00 s more — **met**.",
+                "- fault: median 12.50 s against 10.00 s for `ferry` without the fault, +2.50 s \
+                 (over 3 rounds), at most 2.00 s more — **not met**.",
             ],
             "{md}"
         );

@@ -14,7 +14,7 @@
 //!
 //! Every request is logged (connection serial number, request number on that connection,
 //! status, body bytes sent, URI, `Range`, whether an `Authorization` came, the TLS version and
-//! cipher), so tests can count requests, connections and bytes, and see where a token went, and
+//! cipher, the HTTP version), so tests can count requests, connections and bytes, and see where a token went, and
 //! the benchmark what each tool negotiated: [`Nginx::requests`].
 //!
 //! [`Options`] is the one nginx configuration of the repository: the tests' origins and the
@@ -45,6 +45,9 @@ pub struct Options {
     /// `ssl_conf_command Options KTLS`: let OpenSSL hand the encryption to the kernel (kTLS)
     /// where the kernel offers it, so that sendfile stays in the kernel over HTTPS.
     pub ktls: bool,
+    /// HTTP/2 on the HTTPS listener (`listen ... ssl http2`, the spelling nginx 1.22 knows), offered
+    /// beside HTTP/1.1 by ALPN.
+    pub http2: bool,
     /// TCP Fast Open on the plain listener (`fastopen=64`).
     pub fast_open: bool,
     /// More directives for the `server` block (a `location`).
@@ -123,7 +126,8 @@ impl Nginx {
             let tls_port = tls.map(|_| crate::free_port());
             let tls_conf = match (tls, tls_port) {
                 (Some(c), Some(p)) => format!(
-                    "listen 127.0.0.1:{p} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols {};\n        {}location /to-https/ {{ rewrite ^/to-https/(.*)$ https://localhost:{p}/files/$1 redirect; }}",
+                    "listen 127.0.0.1:{p} ssl{};\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols {};\n        {}location /to-https/ {{ rewrite ^/to-https/(.*)$ https://localhost:{p}/files/$1 redirect; }}",
+                    if options.http2 { " http2" } else { "" },
                     c.cert.display(),
                     c.key.display(),
                     options
@@ -146,7 +150,7 @@ pid {prefix}/nginx.pid;
 error_log {prefix}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    log_format ferry '$connection $connection_requests $status $body_bytes_sent $request_uri "$http_range" "$http_authorization" "$ssl_protocol $ssl_cipher"';
+    log_format ferry '$connection $connection_requests $status $body_bytes_sent $request_uri "$http_range" "$http_authorization" "$ssl_protocol $ssl_cipher" "$server_protocol"';
     access_log {prefix}/access.log ferry;
     sendfile on;
     tcp_nopush on;
@@ -277,6 +281,8 @@ pub struct Request {
     pub authorized: bool,
     /// Over HTTPS, the TLS version and cipher negotiated (`TLSv1.3 TLS_AES_256_GCM_SHA384`).
     pub tls: Option<String>,
+    /// The HTTP version of the request (`HTTP/1.1`, `HTTP/2.0`).
+    pub protocol: String,
 }
 
 impl Request {
@@ -284,8 +290,8 @@ impl Request {
         let mut it = line.splitn(6, ' ');
         let (connection, nth, status, body_bytes, uri) =
             (it.next()?, it.next()?, it.next()?, it.next()?, it.next()?);
-        // `"RANGE" "AUTHORIZATION" "PROTOCOL CIPHER"`: none contains a quote, and nginx writes
-        // `-` for a variable that is empty.
+        // `"RANGE" "AUTHORIZATION" "TLS-VERSION CIPHER" "HTTP-VERSION"`: none contains a quote,
+        // and nginx writes `-` for a variable that is empty.
         let mut quoted = it.next()?.split('"').filter(|s| !s.trim().is_empty());
         Some(Request {
             connection: connection.parse().ok()?,
@@ -296,6 +302,7 @@ impl Request {
             range: quoted.next()?.to_owned(),
             authorized: quoted.next().is_some_and(|a| a != "-"),
             tls: quoted.next().filter(|t| *t != "- -").map(str::to_owned),
+            protocol: quoted.next()?.to_owned(),
         })
     }
 }

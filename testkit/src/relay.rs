@@ -2,8 +2,9 @@
 //! half the round trip in each direction, delays a new connection's first bytes one more round
 //! trip (the handshake), caps each flow's rate and all flows' rate together (the access link),
 //! and keeps at most a window of bytes in flight per flow, as TCP would. It can also freeze one
-//! flow mid-body (a stalled CDN edge). This machine has no `netem`; the benchmark's `wan` suite
-//! and the stall tests go through this instead.
+//! flow mid-body (a stalled CDN edge), counted from the relay's start ([`Relay::freeze`]) or from
+//! now on ([`Relay::freeze_next`], re-armed before each of a benchmark's runs). This machine has
+//! no `netem`; the benchmark's `wan-*` suites and the stall tests go through this instead.
 //!
 //! Invariants: bytes are forwarded in order and unchanged; a frozen flow sends nothing more but
 //! stays open; dropping the [`Relay`] stops accepting and closes every flow it relays. Not here:
@@ -99,6 +100,8 @@ struct Shared {
     stop: AtomicBool,
     accepted: AtomicUsize,
     freeze: Mutex<Option<Freeze>>,
+    /// Flows frozen so far.
+    frozen: AtomicUsize,
     /// Bytes carried downstream, all flows.
     down_bytes: AtomicU64,
     /// Every socket of every flow, to shut down when the relay is dropped.
@@ -124,6 +127,7 @@ impl Relay {
             stop: AtomicBool::new(false),
             accepted: AtomicUsize::new(0),
             freeze: Mutex::new(None),
+            frozen: AtomicUsize::new(0),
             down_bytes: AtomicU64::new(0),
             sockets: Mutex::new(Vec::new()),
         });
@@ -146,6 +150,28 @@ impl Relay {
     /// Freezes one flow mid-body (see [`Freeze`]); replaces an earlier rule.
     pub fn freeze(&self, rule: Freeze) {
         *self.shared.freeze.lock().unwrap_or_else(|p| p.into_inner()) = Some(rule);
+    }
+
+    /// Freezes the `rule.connection`-th flow accepted from now on (from 0) once it carried
+    /// `rule.after` bytes: the same fault for a client's next run, however many connections the
+    /// runs before it opened. Replaces an earlier rule; call it while no client connects.
+    pub fn freeze_next(&self, rule: Freeze) {
+        let mut g = self.shared.freeze.lock().unwrap_or_else(|p| p.into_inner());
+        *g = Some(Freeze {
+            connection: self.connections() + rule.connection,
+            after: rule.after,
+        });
+    }
+
+    /// Removes the freeze rule: no flow accepted from now on freezes. A flow already frozen
+    /// stays frozen (open and silent) until the relay is dropped.
+    pub fn disarm(&self) {
+        *self.shared.freeze.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Flows frozen so far (each at most once).
+    pub fn frozen(&self) -> usize {
+        self.shared.frozen.load(Ordering::Relaxed)
     }
 
     /// Connections accepted so far.
@@ -283,6 +309,7 @@ fn pump(
                     .unwrap_or_else(|p| p.into_inner())
                     .is_some_and(|f| f.connection == id && sent >= f.after);
                 if frozen {
+                    s.frozen.fetch_add(1, Ordering::Relaxed);
                     // Holds the flow open and silent until the relay is dropped.
                     while !s.stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(50));
@@ -424,5 +451,42 @@ mod tests {
             (500_000..500_000 + CHUNK).contains(&got),
             "stopped after its bytes: {got}"
         );
+    }
+
+    #[test]
+    fn freeze_next_counts_from_now_and_disarm_lets_later_flows_through() {
+        let body = vec![3u8; 1_000_000];
+        let path = WanPath {
+            rtt: Duration::from_millis(2),
+            flow_rate: None,
+            link_rate: None,
+        };
+        let relay = Relay::start(origin(body.clone()), path).expect("relay");
+        assert_eq!(fetch(&relay).0.len(), body.len(), "no rule yet");
+        // The next flow (the relay's second), not the relay's first, which is over.
+        relay.freeze_next(Freeze {
+            connection: 0,
+            after: 300_000,
+        });
+        let mut s = TcpStream::connect(relay.addr()).expect("connect");
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .expect("timeout");
+        s.write_all(b"GET").expect("send");
+        let mut got = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => panic!("the armed flow ran to its end"),
+                Ok(n) => got += n,
+                Err(_) if got < 300_000 && Instant::now() < deadline => {}
+                Err(_) => break,
+            }
+        }
+        assert!(got < body.len(), "frozen after {got} bytes");
+        assert_eq!(relay.frozen(), 1);
+        relay.disarm();
+        assert_eq!(fetch(&relay).0.len(), body.len(), "disarmed");
+        assert_eq!((relay.connections(), relay.frozen()), (3, 1));
     }
 }
