@@ -1,6 +1,6 @@
 //! A network path in user space, in front of a real origin: a TCP relay that holds every byte for
-//! half the round trip in each direction, delays a new connection's first bytes one more round
-//! trip (the handshake), caps each flow's rate and all flows' rate together (the access link),
+//! half the round trip in each direction, holds a new connection's first bytes until a round
+//! trip after it was accepted (the handshake), caps each flow's rate and all flows' rate together (the access link),
 //! and keeps at most a window of bytes in flight per flow, as TCP would. It can also freeze one
 //! flow mid-body (a stalled CDN edge), counted from the relay's start ([`Relay::freeze`]) or from
 //! now on ([`Relay::freeze_next`], re-armed before each of a benchmark's runs). This machine has
@@ -226,22 +226,26 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
         let (Ok(c2), Ok(o2)) = (client.try_clone(), origin.try_clone()) else {
             continue;
         };
-        // Upstream: the request, its first bytes one round trip late (the handshake).
-        pump(client, o2, shared, None, shared.path.rtt);
+        // Upstream: the request, its first bytes no sooner than a round trip after the
+        // connection was accepted (the handshake: a client that connected early and asks
+        // later pays nothing for it, as over TCP).
+        let handshake_done = Instant::now() + shared.path.rtt;
+        pump(client, o2, shared, None, Some(handshake_done));
         // Downstream: the body, capped per flow and per link.
-        pump(origin, c2, shared, Some(id), Duration::ZERO);
+        pump(origin, c2, shared, Some(id), None);
     }
 }
 
 /// One direction of one flow: a reader that timestamps what it reads, and a writer that sends
-/// each chunk half a round trip (plus `first_extra` for the first) after it arrived, paced.
-/// `down`: the flow's number when this is the downstream side (rates and freezes apply).
+/// each chunk half a round trip after it arrived (the first no sooner than half a round trip
+/// after `first_not_before`), paced. `down`: the flow's number when this is the downstream
+/// side (rates and freezes apply).
 fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     shared: &Arc<Shared>,
     down: Option<usize>,
-    first_extra: Duration,
+    first_not_before: Option<Instant>,
 ) {
     type Queue = (Mutex<(VecDeque<(Instant, Vec<u8>)>, u64, bool)>, Condvar);
     let queue: Arc<Queue> = Arc::new((Mutex::new((VecDeque::new(), 0, false)), Condvar::new()));
@@ -257,11 +261,12 @@ fn pump(
                 Ok(n) => n,
             };
             buf.truncate(n);
-            let mut release = Instant::now() + half;
+            let mut release = Instant::now();
             if first {
-                release += first_extra;
+                release = release.max(first_not_before.unwrap_or(release));
                 first = false;
             }
+            release += half;
             let (lock, cv) = &*q;
             let mut g = lock.lock().unwrap_or_else(|p| p.into_inner());
             // At most a window in flight: the sender's TCP stalls meanwhile.
