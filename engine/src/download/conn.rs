@@ -64,13 +64,13 @@ pub(super) struct Conn {
     /// A TCP Fast Open connection that has not heard from the server yet, with the race cache
     /// and the key (the address list's first) to forget when it fails before an answer.
     pub(super) unproven: Option<(Arc<crate::net::Winners>, SocketAddr)>,
-    /// The least wait of a request sent on this connection while idle for its answer's head
-    /// (about a round trip), and the rate of the last body read whole: whether pipelining pays
-    /// here ([`crate::proto::file::pipelining_pays`]).
+    /// The wait for the answer's head of the last request sent on this connection while idle
+    /// (about a round trip), taken by [`request`](super::request::request) for its endpoint.
+    pub(super) last_wait: Option<std::time::Duration>,
+    /// The least wait for an answer its endpoint has seen (any connection of the job), and
+    /// the rate of the last body read whole: whether pipelining pays here
+    /// ([`crate::proto::file::pipelining_pays`]) and when a stalled flow is hedged.
     pub(super) answer_wait: Option<std::time::Duration>,
-    /// Requests sent on this connection while idle: the first waits on the start of the job
-    /// (every lane connecting at once), so the wait counts from the second on.
-    pub(super) idle_requests: u32,
     pub(super) body_rate: Option<f64>,
 }
 
@@ -109,8 +109,8 @@ impl Conn {
             rate: target.dialer.rate.clone(),
             body_bytes: 0,
             read_time: std::time::Duration::ZERO,
+            last_wait: None,
             answer_wait: None,
-            idle_requests: 0,
             body_rate: None,
             unproven,
         };
@@ -224,14 +224,7 @@ impl Conn {
         }
         let head = self.read_head(target).await;
         if let Ok(Some(_)) = head {
-            // The least wait seen from the second request on: a round trip, without a busy
-            // moment's queueing.
-            self.idle_requests += 1;
-            let wait = sent.elapsed();
-            self.answer_wait = Some(match self.answer_wait {
-                Some(least) if self.idle_requests > 2 => least.min(wait),
-                _ => wait,
-            });
+            self.last_wait = Some(sent.elapsed());
         }
         head
     }

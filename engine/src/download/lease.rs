@@ -7,6 +7,7 @@
 //! (`proto/file.rs`); a failed request gives its whole lease back within the file's retry
 //! budget. Not here: which lane works on which file (`lanes.rs`), the copy itself (`conn.rs`).
 
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +20,7 @@ use crate::error::GetError;
 use crate::proto;
 use crate::proto::file::{
     AfterFailure, BodyOutcome, Ended, after_lease_failure, check_answer, check_length,
-    check_partial, may_pipeline, pipelining_pays,
+    check_partial, may_pipeline, one_more_ahead, pipelining_pays,
 };
 use crate::proto::http1::ResponseHead;
 use crate::proto::plan::LeaseId;
@@ -76,10 +77,11 @@ async fn drain(file: &FileDownload, mut pipe: Pipeline) {
 /// breaks or goes elsewhere). `current`: a lease whose answer's head was read already, on
 /// `lane.conn` (the file's first).
 ///
-/// While a body is read, the request for the next lease is already on the connection
-/// (HTTP/1.1 pipelining, where [`may_pipeline`] allows): its answer follows this body without
-/// an idle round trip. A lease asked for ahead whose answer never came (the body before it
-/// ended short, the server closed) goes back whole, using no retry.
+/// While a body is read, the requests for the next leases are already on the connection
+/// (HTTP/1.1 pipelining, where [`may_pipeline`] allows; as many as a round trip takes to
+/// receive, [`one_more_ahead`]): their answers follow this body without an idle round trip.
+/// Leases asked for ahead whose answers never came (the body before them ended short, the
+/// server closed) go back whole, using no retry.
 async fn range_loop(
     file: &Arc<FileDownload>,
     lane: &mut Lane,
@@ -89,13 +91,18 @@ async fn range_loop(
     let total = file.total.load(Ordering::Relaxed);
     // Failures in a row on this lane: each retry waits longer.
     let mut failures = 0;
-    // The lease whose request went out behind the body being read.
-    let mut ahead: Option<Lease> = None;
+    // The leases whose requests went out behind the body being read, in the order asked.
+    let mut ahead: VecDeque<Lease> = VecDeque::new();
     let result = loop {
+        // Requests ahead live on the lane's connection: without it, their answers never come.
+        if lane.conn.is_none() {
+            put_back_all(file, &mut ahead);
+        }
         // The next lease, with its answer's head read and checked, on `lane.conn`.
-        let lease = match (current.take(), ahead.take()) {
-            (Some(lease), _) => lease,
-            (None, Some(lease)) => match pipelined_answer(file, lane, &lease, total).await {
+        let lease = if let Some(lease) = current.take() {
+            lease
+        } else if let Some(lease) = ahead.pop_front() {
+            match pipelined_answer(file, lane, &lease, total).await {
                 Ok(()) => lease,
                 Err(Pipelined::Unanswered) => {
                     file.put_back(lease.id);
@@ -108,26 +115,25 @@ async fn range_loop(
                         Err(e) => break Err(e),
                     }
                 }
-            },
-            (None, None) => {
-                let Some((id, range)) = file.take_lease() else {
-                    break Ok(());
-                };
-                let lease = Lease {
-                    id,
-                    range,
-                    src: file.pick(lane.id),
-                };
-                match request_lease(file, lane, &lease, total).await {
-                    Ok(()) => lease,
-                    Err(e) => match failed(file, lane, &lease, e, &mut failures).await {
-                        Ok(()) => continue,
-                        Err(e) => break Err(e),
-                    },
-                }
+            }
+        } else {
+            let Some((id, range)) = file.take_lease() else {
+                break Ok(());
+            };
+            let lease = Lease {
+                id,
+                range,
+                src: file.pick(lane.id),
+            };
+            match request_lease(file, lane, &lease, total).await {
+                Ok(()) => lease,
+                Err(e) => match failed(file, lane, &lease, e, &mut failures).await {
+                    Ok(()) => continue,
+                    Err(e) => break Err(e),
+                },
             }
         };
-        ahead = pipeline_next(file, lane, &lease).await;
+        pipeline_more(file, lane, &lease, &mut ahead).await;
         let conn = lane.conn.as_mut().expect("the lease's connection");
         let end = match copy_counted(file, conn, pipe, &lease).await {
             Ok(end) => end,
@@ -140,16 +146,13 @@ async fn range_loop(
         // an answer with a request unread resets the connection, which can cut the body before
         // it. Its endpoint gets one request per answer from then on.
         if matches!(end, BodyEnd::Short { .. })
-            && let Some(b) = &ahead
+            && let Some(b) = ahead.front()
         {
             stop_pipelining(file, b.src, "reset a connection with a request pipelined");
         }
         // A body not read to its end leaves the connection out of step with the answers behind
-        // it: the lease asked for ahead goes back, and the connection with it.
-        if !lane.conn.as_ref().is_some_and(Conn::is_reusable)
-            && let Some(b) = ahead.take()
-        {
-            file.put_back(b.id);
+        // it: the leases asked for ahead go back, and the connection with them.
+        if !lane.conn.as_ref().is_some_and(Conn::is_reusable) && !ahead.is_empty() {
             lane.conn = None;
         }
         // The plan has the lease back (or the retries ran out, which fails the file).
@@ -160,11 +163,18 @@ async fn range_loop(
             Err(e) => break Err(e),
         }
     };
-    if let Some(b) = ahead.take() {
-        file.put_back(b.id);
+    if !ahead.is_empty() {
+        put_back_all(file, &mut ahead);
         lane.conn = None;
     }
     result
+}
+
+/// Leases asked for ahead whose answers will not be read go back whole, using no retry.
+fn put_back_all(file: &FileDownload, ahead: &mut VecDeque<Lease>) {
+    for lease in ahead.drain(..) {
+        file.put_back(lease.id);
+    }
 }
 
 /// After a request for `lease` failed with `e` (or its copy did) and no byte of it counts:
@@ -234,48 +244,53 @@ fn check_lease_answer(
     check_length(url, framing_of(target, head)?, &lease.range)
 }
 
-/// Sends the request for the next lease on the lane's connection, behind the answer to
-/// `current` (whose head was read), when [`may_pipeline`] allows and the frontier has a
-/// lease to give: the same source, the same connection.
-async fn pipeline_next(
+/// Sends requests for the next leases on the lane's connection, behind the answer to
+/// `current` (whose head was read) and those already `ahead`, when [`may_pipeline`] allows,
+/// for as many leases as [`one_more_ahead`] says a round trip takes, while the frontier has
+/// leases to give: the same source, the same connection.
+async fn pipeline_more(
     file: &Arc<FileDownload>,
     lane: &mut Lane,
     current: &Lease,
-) -> Option<Lease> {
-    let conn = lane.conn.as_mut()?;
+    ahead: &mut VecDeque<Lease>,
+) {
+    let Some(conn) = lane.conn.as_mut() else {
+        return;
+    };
     let source = &file.sources[current.src];
     let target = source.target();
-    let pays = conn.idle_requests >= 2
-        && conn.answer_wait.is_some_and(|wait| {
-            pipelining_pays(
-                wait,
-                current.range.end - current.range.start,
-                conn.body_rate,
-            )
-        });
+    conn.answer_wait = file.endpoints.least_wait(source.endpoint);
+    let Some(wait) = conn.answer_wait else { return };
+    let pays = pipelining_pays(
+        wait,
+        current.range.end - current.range.start,
+        conn.body_rate,
+    );
     let allowed = may_pipeline(
         file.settings.pipelining && pays,
         conn.serves(target),
         file.endpoints.pipelines(source.endpoint),
     );
     if !allowed {
-        return None;
+        return;
     }
-    let (id, range) = file.take_lease_ahead()?;
-    match conn.pipeline(target, range.clone()).await {
-        Ok(()) => {
-            file.pipelined.fetch_add(1, Ordering::Relaxed);
-            Some(Lease {
-                id,
-                range,
-                src: current.src,
-            })
-        }
-        // The body being read will meet the broken connection and say so.
-        Err(_) => {
+    let mut ahead_bytes: u64 = ahead.iter().map(|l| l.range.end - l.range.start).sum();
+    while one_more_ahead(wait, conn.body_rate, ahead.len(), ahead_bytes) {
+        let Some((id, range)) = file.take_lease_ahead() else {
+            return;
+        };
+        if conn.pipeline(target, range.clone()).await.is_err() {
+            // The body being read will meet the broken connection and say so.
             file.put_back(id);
-            None
+            return;
         }
+        file.pipelined.fetch_add(1, Ordering::Relaxed);
+        ahead_bytes += range.end - range.start;
+        ahead.push_back(Lease {
+            id,
+            range,
+            src: current.src,
+        });
     }
 }
 

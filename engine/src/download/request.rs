@@ -66,6 +66,11 @@ pub(super) async fn request(
         }
         target = next;
     };
+    // The wait for the final answer: a round trip to where the source's ranges go.
+    if let Some(wait) = conn.last_wait.take() {
+        file.endpoints.answered(source.endpoint, wait);
+    }
+    conn.answer_wait = file.endpoints.least_wait(source.endpoint);
     check_answer(&target.display, &head)?;
     // Later ranges go to the final URL.
     if target.url != source.origin.url && source.redirected.get().is_none() {

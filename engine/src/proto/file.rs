@@ -164,6 +164,31 @@ pub(crate) fn pipelining_pays(wait: Duration, lease: u64, rate: Option<f64>) -> 
     wait >= PIPELINE_MIN_WAIT && idles
 }
 
+/// The most range requests a connection has in flight behind the answer it is reading.
+pub(crate) const MAX_AHEAD: usize = 4;
+
+/// Whether a lane whose connection pipelines (see [`pipelining_pays`]) asks for one more lease
+/// behind the `ahead` requests it has in flight, whose leases add up to `ahead_bytes`: while
+/// those take less than a round trip (`wait`) to arrive at the connection's `rate`, the
+/// connection would idle between the last of them and the next answer. Near a file's end
+/// leases shrink to 1 MiB, which takes 25-40 ms at a CDN edge's 25-40 MB/s, well less than a
+/// WAN's round trip: one request ahead left a third of the time idle there. At most
+/// [`MAX_AHEAD`]; with no rate measured yet, one.
+pub(crate) fn one_more_ahead(
+    wait: Duration,
+    rate: Option<f64>,
+    ahead: usize,
+    ahead_bytes: u64,
+) -> bool {
+    match (ahead, rate) {
+        (0, _) => true,
+        (n, Some(rate)) if n < MAX_AHEAD && rate > 0.0 => {
+            (ahead_bytes as f64 / rate) < wait.as_secs_f64()
+        }
+        _ => false,
+    }
+}
+
 /// Whether a lane sends the next range request on `conn` before the answer it is reading
 /// ended: pipelining is on and pays here ([`pipelining_pays`]), the connection stays open after
 /// this answer, and its endpoint never closed a connection with a request unanswered.

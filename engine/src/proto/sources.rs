@@ -48,6 +48,9 @@ struct Endpoint {
     /// It closed a connection with a pipelined request unanswered: it gets one request per
     /// answer from then on.
     no_pipelining: bool,
+    /// The least wait for an answer's head of a request sent on an idle connection to it, any
+    /// connection of the job: about a round trip (one busy moment does not raise it).
+    least_wait: Option<Duration>,
 }
 
 impl Endpoint {
@@ -88,6 +91,7 @@ impl Endpoints {
             aside_until: None,
             demoted: false,
             no_pipelining: false,
+            least_wait: None,
         });
         s.len() - 1
     }
@@ -152,6 +156,19 @@ impl Endpoints {
         !std::mem::replace(&mut s[id].no_pipelining, true)
     }
 
+    /// A request sent to `id` on an idle connection waited `wait` for its answer's head.
+    pub(crate) fn answered(&self, id: usize, wait: Duration) {
+        let mut s = self.lock();
+        let least = &mut s[id].least_wait;
+        *least = Some(least.map_or(wait, |l| l.min(wait)));
+    }
+
+    /// The least wait for an answer seen at `id` so far ([`Endpoints::answered`]): about a
+    /// round trip, once any connection has asked.
+    pub(crate) fn least_wait(&self, id: usize) -> Option<Duration> {
+        self.lock()[id].least_wait
+    }
+
     /// A request to `id` failed at `now`: it is put aside for a while (longer each time).
     pub(crate) fn failed(&self, id: usize, now: Instant) {
         let mut s = self.lock();
@@ -211,6 +228,20 @@ fn judge(s: &mut [Endpoint]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_endpoints_round_trip_is_the_least_wait_any_connection_saw() {
+        let e = Endpoints::default();
+        let (a, b) = (e.id("http://a:80"), e.id("http://b:80"));
+        assert_eq!(e.least_wait(a), None);
+        let ms = Duration::from_millis;
+        // Sixteen connections asking at once: the busy start does not stick.
+        e.answered(a, ms(95));
+        e.answered(a, ms(80));
+        e.answered(a, ms(140));
+        assert_eq!(e.least_wait(a), Some(ms(80)));
+        assert_eq!(e.least_wait(b), None, "per endpoint");
+    }
 
     fn two() -> (Endpoints, Vec<usize>) {
         let e = Endpoints::default();

@@ -315,6 +315,24 @@ fn pipelining_pays_where_the_wait_for_an_answer_would_idle_the_connection() {
 }
 
 #[test]
+fn a_connection_keeps_a_round_trip_of_bytes_asked_for_ahead() {
+    let rtt = Duration::from_millis(80);
+    let rate = Some(25e6);
+    // The first request ahead always (pipelining pays is decided before).
+    assert!(one_more_ahead(rtt, None, 0, 0));
+    // No rate yet: one.
+    assert!(!one_more_ahead(rtt, None, 1, 1 << 20));
+    // 1 MiB at 25 MB/s is 42 ms, less than the round trip: another; 2 MiB is 84 ms: enough.
+    assert!(one_more_ahead(rtt, rate, 1, 1 << 20));
+    assert!(!one_more_ahead(rtt, rate, 2, 2 << 20));
+    // 4 MiB leases cover a round trip with one.
+    assert!(!one_more_ahead(rtt, rate, 1, 4 << 20));
+    // Never more than MAX_AHEAD, however fast.
+    assert!(one_more_ahead(rtt, Some(1e9), MAX_AHEAD - 1, 4 << 20));
+    assert!(!one_more_ahead(rtt, Some(1e9), MAX_AHEAD, 4 << 20));
+}
+
+#[test]
 fn a_lane_pipelines_only_where_everything_allows_it() {
     assert!(may_pipeline(true, true, true));
     assert!(!may_pipeline(false, true, true), "turned off");
