@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use ferry_testkit::{assert_same_file, backends_under_test, ferry, success_report, write_data};
 
-/// How the origin misbehaves on the first connection it accepts. ferry pipelines from a
-/// connection's third request on (the first two, sent on an idle connection, measure the wait
-/// for an answer), so the misbehaviours meet the first pipelined one.
+/// How the origin misbehaves on the first connection it accepts. ferry pipelines from the first
+/// answer on, once a request's wait told the endpoint's round trip, so the misbehaviours meet
+/// pipelined requests.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Misbehaviour {
     None,
@@ -268,7 +268,7 @@ fn ranges_are_pipelined_on_a_kept_alive_connection_unless_turned_off() {
             assert!(origin.requests.load(Ordering::Relaxed) >= 9, "{what}");
             if expect_pipelined {
                 // Every request from the third on came while the answer before it was half
-                // sent (the first two measured the wait for an answer).
+                // sent (the origin looks for one from its second answer on).
                 let asked = origin.requests.load(Ordering::Relaxed);
                 assert_eq!(
                     pipelined,
