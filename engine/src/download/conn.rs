@@ -5,6 +5,7 @@
 //! Invariant: a connection is reused only while its last body was read to its end and the
 //! server did not say `Connection: close`.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -72,6 +73,26 @@ pub(super) struct Conn {
     /// ([`crate::proto::file::pipelining_pays`]) and when a stalled flow is hedged.
     pub(super) answer_wait: Option<std::time::Duration>,
     pub(super) body_rate: Option<f64>,
+    /// First requests of other files sent behind the answer being read, in the order sent
+    /// (`lanes.rs`): the next answers on this connection are theirs, and no other request
+    /// may go on it before them.
+    pub(super) firsts_ahead: VecDeque<FirstAhead>,
+}
+
+/// A file's first request sent ahead on a connection: which file (its address, see
+/// [`FirstAhead::key`]), from which source, and the range asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FirstAhead {
+    pub(super) file: usize,
+    pub(super) src: usize,
+    pub(super) range: std::ops::Range<u64>,
+}
+
+impl FirstAhead {
+    /// A file's identity for as long as it is alive: the address of its state.
+    pub(super) fn key(file: &Arc<super::file::FileDownload>) -> usize {
+        Arc::as_ptr(file) as usize
+    }
 }
 
 impl Conn {
@@ -111,6 +132,7 @@ impl Conn {
             read_time: std::time::Duration::ZERO,
             last_wait: None,
             answer_wait: None,
+            firsts_ahead: VecDeque::new(),
             body_rate: None,
             unproven,
         };
@@ -187,6 +209,10 @@ impl Conn {
         target: &Target,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<ResponseHead, GetError> {
+        if !self.firsts_ahead.is_empty() {
+            // The next answers here are other files': this request goes on a fresh connection.
+            *self = Conn::open(target).await?;
+        }
         let req = request_bytes(target, range);
         if self.reused {
             match self.try_request(target, req.clone()).await {

@@ -39,6 +39,8 @@ pub(super) enum Started {
         conn: Conn,
         pipe: Pipeline,
         first: Lease,
+        /// The first lease is the whole file.
+        whole: bool,
     },
     /// One stream (the server ignored `Range`, or gave no length): the lane copies it alone.
     Stream(OneStream),
@@ -127,6 +129,7 @@ pub(super) async fn start_file(
                     range: first,
                     src,
                 },
+                whole,
             })
         }
         FirstAnswer::Stream {

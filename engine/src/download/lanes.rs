@@ -15,13 +15,14 @@
 //! Not here: what happens inside a file (`first.rs`, `lease.rs`, `stream.rs`, `settle.rs`), or
 //! HTTP (`conn.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 
+use super::conn::{Conn, FirstAhead};
 use super::file::{FileDownload, JobProgress};
 use super::first::{Started, start_file};
 use super::lease::{join_file, run_ranged};
@@ -29,6 +30,7 @@ use super::request::Lane;
 use super::settle::{Settled, settle};
 use super::stream::run_stream;
 use crate::error::GetError;
+use crate::proto::file::{MAX_FIRSTS_AHEAD, first_ahead, pipelining_pays};
 use crate::proto::plan::files::{self, LaneStep, Offer};
 use crate::report::Report;
 use crate::runtime::{Dispatcher, Task};
@@ -142,8 +144,17 @@ impl Lanes {
     }
 
     async fn lane(self: Arc<Self>, id: usize, local: Worker<usize>) {
-        let mut lane = Lane { id, conn: None };
+        let mut lane = Lane {
+            id,
+            conn: None,
+            claimed: VecDeque::new(),
+        };
         loop {
+            // Files this lane claimed go first, in the order their requests went out.
+            if let Some(f) = lane.claimed.pop_front() {
+                self.run_file(f, &mut lane, &local).await;
+                continue;
+            }
             match self.next() {
                 Step::Join(f) => {
                     join_file(&self.files[f], &mut lane).await;
@@ -151,7 +162,7 @@ impl Lanes {
                 }
                 Step::Start => {
                     let f = self.pop(&local);
-                    self.run_file(f, &mut lane).await;
+                    self.run_file(f, &mut lane, &local).await;
                 }
                 Step::Wait(rx) => {
                     let _ = rx.recv_async().await;
@@ -215,11 +226,21 @@ impl Lanes {
     }
 
     /// Fetches a file this lane started, until other lanes or a settling task take it over.
-    async fn run_file(self: &Arc<Self>, f: usize, lane: &mut Lane) {
+    /// A file whose first answer is the whole file may first have the first requests of the
+    /// next files sent behind it ([`Lanes::ask_ahead`]).
+    async fn run_file(self: &Arc<Self>, f: usize, lane: &mut Lane, local: &Worker<usize>) {
         let ctx = &self.files[f];
         match start_file(ctx, lane).await {
-            Ok(Started::Ranged { conn, pipe, first }) => {
+            Ok(Started::Ranged {
+                mut conn,
+                pipe,
+                first,
+                whole,
+            }) => {
                 self.opened(f, true);
+                if whole {
+                    self.ask_ahead(ctx, first.src, &mut conn, lane, local).await;
+                }
                 run_ranged(ctx, lane, conn, pipe, first).await;
             }
             Ok(Started::Stream(stream)) => {
@@ -233,6 +254,91 @@ impl Lanes {
             }
         }
         self.leave(f).await;
+    }
+
+    /// Sends the first requests of the next files on `conn`, behind the answer to `file`'s
+    /// (from source `src`) whose head was read (HTTP/1.1 pipelining): many small files then
+    /// cost a round trip per [`MAX_FIRSTS_AHEAD`] files, not one each. Only where pipelining
+    /// pays at that endpoint ([`pipelining_pays`]: a WAN's round trip), for files that come
+    /// whole in their first answer or whose size is unknown ([`first_ahead`]), to the same
+    /// connection. The files are claimed from this lane's deque (they count as started), in
+    /// order; the lane runs them next, reading the answers in turn (`request.rs`). A file
+    /// not asked for ahead stops the run: the requests on a connection follow the order
+    /// the files are run in.
+    async fn ask_ahead(
+        &self,
+        file: &FileDownload,
+        src: usize,
+        conn: &mut Conn,
+        lane: &mut Lane,
+        local: &Worker<usize>,
+    ) {
+        let endpoint = file.sources[src].endpoint;
+        let pays = |f: &FileDownload, endpoint| {
+            f.settings.pipelining
+                && f.endpoints.pipelines(endpoint)
+                && f.endpoints
+                    .least_wait(endpoint)
+                    .is_some_and(|wait| pipelining_pays(wait, 0, None))
+        };
+        if !pays(file, endpoint) {
+            return;
+        }
+        while conn.firsts_ahead.len() < MAX_FIRSTS_AHEAD {
+            // The claimed files whose requests are on the connection come first in the queue.
+            let next = match lane.claimed.get(conn.firsts_ahead.len()) {
+                Some(&f) => f,
+                None => match self.claim(local) {
+                    Some(f) => {
+                        lane.claimed.push_back(f);
+                        f
+                    }
+                    None => return,
+                },
+            };
+            let next = &self.files[next];
+            let started =
+                next.fetches.load(Ordering::Relaxed) > 0 || next.journal_resumable().is_some();
+            let Some(asked) = first_ahead(next.size_hint, next.settings.chunk, started) else {
+                return;
+            };
+            let src = next.pick(lane.id);
+            let source = &next.sources[src];
+            if !conn.serves(&source.origin) || !pays(next, source.endpoint) {
+                return;
+            }
+            if conn.pipeline(&source.origin, asked.clone()).await.is_err() {
+                // The body being read will meet the broken connection and say so.
+                return;
+            }
+            next.pipelined.fetch_add(1, Ordering::Relaxed);
+            conn.firsts_ahead.push_back(FirstAhead {
+                file: FirstAhead::key(next),
+                src,
+                range: asked,
+            });
+        }
+    }
+
+    /// Claims a file not started yet from this lane's deque (or the injector), to start after
+    /// the one it runs; `None` when there is none there.
+    fn claim(&self, local: &Worker<usize>) -> Option<usize> {
+        let mut s = self.lock();
+        if s.unstarted == 0 {
+            return None;
+        }
+        let f = local.pop().or_else(|| {
+            loop {
+                match self.injector.steal_batch_and_pop(local) {
+                    Steal::Success(i) => break Some(i),
+                    Steal::Retry => continue,
+                    Steal::Empty => break None,
+                }
+            }
+        })?;
+        s.unstarted -= 1;
+        s.probing += 1;
+        Some(f)
     }
 
     /// The first answer of file `f` came: ranged files take helpers from now on.

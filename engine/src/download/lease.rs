@@ -254,7 +254,8 @@ async fn pipeline_more(
     current: &Lease,
     ahead: &mut VecDeque<Lease>,
 ) {
-    let Some(conn) = lane.conn.as_mut() else {
+    // Behind other files' first requests, an answer for this file would come out of turn.
+    let Some(conn) = lane.conn.as_mut().filter(|c| c.firsts_ahead.is_empty()) else {
         return;
     };
     let source = &file.sources[current.src];

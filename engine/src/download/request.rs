@@ -9,7 +9,7 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use super::conn::Conn;
+use super::conn::{Conn, FirstAhead};
 use super::file::FileDownload;
 use crate::error::GetError;
 use crate::net::target::{Resolver, Target, redirect_target};
@@ -18,10 +18,13 @@ use crate::proto::http1::{Framing, ResponseHead};
 use crate::proto::retry::{self, Verdict};
 
 /// One of a job's connection lanes, as the data plane sees it: its number (which spreads the
-/// lanes over a file's sources) and its kept-alive connection.
+/// lanes over a file's sources), its kept-alive connection, and the files it claimed to start
+/// next, in order (the first requests of the first few may be on its connection already:
+/// [`Conn::firsts_ahead`]).
 pub(super) struct Lane {
     pub(super) id: usize,
     pub(super) conn: Option<Conn>,
+    pub(super) claimed: std::collections::VecDeque<usize>,
 }
 
 /// Asks source `src` for `range` on the lane's connection when it goes there, on a new one
@@ -41,14 +44,44 @@ pub(super) async fn request(
     } else {
         source.target().clone()
     };
-    let mut conn = match lane.conn.take() {
-        Some(c) if c.serves(&target) => c,
-        _ => Conn::open(&target).await?,
+    // A first request this lane sent ahead: its answer is the next on the connection.
+    let ahead = FirstAhead {
+        file: FirstAhead::key(file),
+        src,
+        range: range.clone(),
+    };
+    let (mut conn, mut sent) = match lane.conn.take() {
+        Some(mut c)
+            if from_origin && c.serves(&target) && c.firsts_ahead.front() == Some(&ahead) =>
+        {
+            c.firsts_ahead.pop_front();
+            (c, true)
+        }
+        // Answers to other requests come next on a connection with requests ahead.
+        Some(c) if c.serves(&target) && c.firsts_ahead.is_empty() => (c, false),
+        _ => (Conn::open(&target).await?, false),
     };
     let mut redirects = 0;
     let mut resolved = Resolver::new(target.dialer.clone());
     let head = loop {
-        let head = conn.request(&target, Some(range.clone())).await?;
+        let head = if std::mem::take(&mut sent) {
+            match conn.read_head(&target).await? {
+                Some(head) => head,
+                None => {
+                    if file.endpoints.stop_pipelining(source.endpoint) {
+                        tracing::info!(
+                            "{} closed a connection with a request unanswered; asking one \
+                             request at a time there",
+                            source.label()
+                        );
+                    }
+                    conn = Conn::open(&target).await?;
+                    conn.request(&target, Some(range.clone())).await?
+                }
+            }
+        } else {
+            conn.request(&target, Some(range.clone())).await?
+        };
         if !crate::proto::http1::is_redirect(head.status) {
             break head;
         }
@@ -58,10 +91,12 @@ pub(super) async fn request(
         let same_host = next.addrs == target.addrs
             && next.tls_host == target.tls_host
             && next.route == target.route;
-        if same_host && conn.is_reusable() {
+        // Behind requests sent ahead, the next answer here would be another file's.
+        let reuse = same_host && conn.is_reusable() && conn.firsts_ahead.is_empty();
+        if reuse {
             conn.discard_body(framing).await;
         }
-        if !same_host || !conn.is_reusable() {
+        if !reuse || !conn.is_reusable() {
             conn = Conn::open(&next).await?;
         }
         target = next;

@@ -45,6 +45,32 @@ pub(crate) fn first_request(
     }
 }
 
+/// The most files whose first requests a connection has in flight behind the answer it is
+/// reading ([`first_ahead`]).
+pub(crate) const MAX_FIRSTS_AHEAD: usize = 16;
+
+/// The first request of a file not started yet that a lane may send ahead, behind the answer
+/// it is reading (HTTP/1.1 pipelining, where it pays: [`pipelining_pays`]): the first request
+/// of a fresh fetch, when the file is small enough to come whole in its answer or its size is
+/// not known (a file that turns out larger costs the connection its requests ahead). A file
+/// known to be larger is not asked for ahead; nor is one that was already fetched in part
+/// (`started`), whose first request depends on what is on disk.
+pub(crate) fn first_ahead(
+    size_hint: Option<u64>,
+    chunk: Option<u64>,
+    started: bool,
+) -> Option<Range<u64>> {
+    if started {
+        return None;
+    }
+    let FirstRequest::Range(asked) = first_request(&[], size_hint, chunk) else {
+        return None;
+    };
+    size_hint
+        .is_none_or(|size| size <= asked.end)
+        .then_some(asked)
+}
+
 /// What the first answer makes of a file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum FirstAnswer {

@@ -31,6 +31,7 @@ mod many;
 mod mirrors;
 mod ping;
 mod pipelining;
+mod pipelining_files;
 mod proxies;
 mod pull;
 mod resume;

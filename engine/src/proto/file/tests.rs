@@ -333,6 +333,28 @@ fn a_connection_keeps_a_round_trip_of_bytes_asked_for_ahead() {
 }
 
 #[test]
+fn only_fresh_files_that_come_whole_are_asked_for_ahead() {
+    // Small, or of unknown size: the first chunk, as the file's own first request asks.
+    assert_eq!(
+        first_ahead(Some(40 << 10), None, false),
+        Some(0..FIRST_CHUNK)
+    );
+    assert_eq!(first_ahead(None, None, false), Some(0..FIRST_CHUNK));
+    assert_eq!(
+        first_ahead(Some(FIRST_CHUNK), None, false),
+        Some(0..FIRST_CHUNK)
+    );
+    assert_eq!(
+        first_ahead(Some(10), Some(1 << 20), false),
+        Some(0..1 << 20)
+    );
+    // Known to be larger: it takes the lane's connection for its ranges.
+    assert_eq!(first_ahead(Some(FIRST_CHUNK + 1), None, false), None);
+    // A fetch begun before: its first request depends on what is on disk.
+    assert_eq!(first_ahead(Some(10), None, true), None);
+}
+
+#[test]
 fn a_lane_pipelines_only_where_everything_allows_it() {
     assert!(may_pipeline(true, true, true));
     assert!(!may_pipeline(false, true, true), "turned off");
