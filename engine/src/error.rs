@@ -419,6 +419,12 @@ impl GetError {
             GetError::Interrupted => ErrorKind::Interrupted,
         }
     }
+
+    /// A read ended by its hedge: its flow stalled while other connections moved
+    /// (`net/watch.rs`).
+    pub(crate) fn is_hedged(&self) -> bool {
+        matches!(self, GetError::Network { source, .. } if crate::net::is_hedged(source))
+    }
 }
 
 /// `need 8.00 MiB, have 1.20 MiB (keeping …)`; `need more` when the size is not known (0).

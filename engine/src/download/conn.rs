@@ -16,7 +16,8 @@ use super::Target;
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
 use crate::net::rate::RateLimit;
-use crate::net::{Stream, Watch};
+use crate::net::{Hedge, Stream, Watch};
+use crate::proto::file::hedge_after;
 use crate::proto::http1::{self, ChunkedDecoder, Framing, ResponseHead};
 
 /// Head-read granularity; heads are small, bodies go straight to pipeline buffers.
@@ -77,6 +78,10 @@ pub(super) struct Conn {
     /// (`lanes.rs`): the next answers on this connection are theirs, and no other request
     /// may go on it before them.
     pub(super) firsts_ahead: VecDeque<FirstAhead>,
+    /// The file whose answers this connection reads now (set by each request): a head that
+    /// does not come while the file's other connections move is hedged like a body
+    /// ([`FileDownload::hedge_pays`](super::file::FileDownload::hedge_pays)).
+    pub(super) hedging: Option<Arc<super::file::FileDownload>>,
 }
 
 /// A file's first request sent ahead on a connection: which file (its address, see
@@ -133,6 +138,7 @@ impl Conn {
             last_wait: None,
             answer_wait: None,
             firsts_ahead: VecDeque::new(),
+            hedging: None,
             body_rate: None,
             unproven,
         };
@@ -298,7 +304,16 @@ impl Conn {
                     });
                 }
             }
-            let n = match self.read_more().await {
+            let file = self.hedging.clone();
+            let moving = |since| file.as_ref().is_some_and(|f| f.hedge_pays(since));
+            let watch = Watch {
+                limit: self.read_timeout,
+                hedge: Some(Hedge {
+                    after: hedge_after(self.answer_wait, self.read_timeout),
+                    moving: &moving,
+                }),
+            };
+            let n = match self.read_more_watched(watch).await {
                 Ok(n) => n,
                 Err(e) if self.reused && self.pending.is_empty() && is_closed(&e) => {
                     return Ok(None);
@@ -352,10 +367,16 @@ impl Conn {
 
     /// Appends up to [`HEAD_READ`] bytes from the socket to `pending`.
     pub(super) async fn read_more(&mut self) -> std::io::Result<usize> {
+        self.read_more_watched(Watch::limit(self.read_timeout))
+            .await
+    }
+
+    /// [`Conn::read_more`] under `watch`.
+    async fn read_more_watched(&mut self, watch: Watch<'_>) -> std::io::Result<usize> {
         let mut buf = std::mem::take(&mut self.pending);
         let len = buf.len();
         buf.reserve(HEAD_READ);
-        let BufResult(r, buf) = self.read_into(buf, len, HEAD_READ).await;
+        let BufResult(r, buf) = self.read_into_watched(buf, len, HEAD_READ, watch).await;
         self.pending = buf;
         if self.unproven.is_some() {
             self.settle_fast_open(matches!(r, Ok(n) if n > 0));

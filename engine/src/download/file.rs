@@ -511,10 +511,13 @@ impl FileDownload {
     }
 
     /// Whether a lease's read that began at `since` and brought nothing for its hedge's wait
-    /// should end so its rest goes to another connection: other connections moved since, and
-    /// the file has hedges left ([`Plan::hedge`]).
+    /// should end so its rest goes to another connection: the file has hedges left
+    /// ([`Plan::hedge`]), and other connections moved since, or have nothing left to fetch of
+    /// the file but this lease's rest (they finished while it stalled). When they have work
+    /// and do not move either, the server is what stalls, and the watchdog decides.
     pub(crate) fn hedge_pays(&self, since: Instant) -> bool {
-        self.progress.moved_since(since) && self.with_plan(|p| p.may_hedge()).unwrap_or(false)
+        self.with_plan(|p| p.may_hedge() && (!p.has_work() || self.progress.moved_since(since)))
+            .unwrap_or(false)
     }
 
     /// The verifier of the current fetch and the waker of its read-back task (when hashing).

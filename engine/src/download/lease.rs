@@ -188,6 +188,20 @@ async fn failed(
     e: GetError,
     failures: &mut u32,
 ) -> Result<(), GetError> {
+    // An answer's head that did not come while the other connections moved: its lease goes
+    // to a new connection as a stalled body's rest does.
+    if e.is_hedged() {
+        match file.with_plan(|p| p.hedge(lease.id, lease.range.start)) {
+            Some(Ok(_)) => {
+                file.hedged.fetch_add(1, Ordering::Relaxed);
+                tracing::info!("{e}; asking for the range on a new connection");
+                lane.conn = None;
+                return Ok(());
+            }
+            Some(Err(())) => return Err(e),
+            None => {}
+        }
+    }
     let next = file.source_failed(lease.src, &e);
     let verdict = retry::for_error(&e);
     let given_back = (matches!(verdict, Verdict::Retry { .. }) || next.is_some())

@@ -176,12 +176,14 @@ impl Pipeline {
         // The verifier takes the buffer: it hands it back to hash now (with the kept buffers
         // that follow) or keeps it for later. When its window is full, wait for the prefix to
         // move (this connection stops reading meanwhile), unless `give_up_waiting` says
-        // otherwise.
+        // otherwise, or another connection already gave up at this prefix (it is stuck).
         let mut waited = Duration::ZERO;
         let next_step = loop {
             match v.written(at, buf) {
                 Ok(n) => break n,
-                Err(back) if give_up_waiting(at, next, waited) || self.ctx.is_aborted() => {
+                Err(back)
+                    if give_up_waiting(at, next, waited) || v.stuck() || self.ctx.is_aborted() =>
+                {
                     v.spill(at, back);
                     break HashStep::Idle { read_back: true };
                 }

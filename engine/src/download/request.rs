@@ -61,6 +61,7 @@ pub(super) async fn request(
         Some(c) if c.serves(&target) && c.firsts_ahead.is_empty() => (c, false),
         _ => (Conn::open(&target).await?, false),
     };
+    conn.hedging = Some(Arc::clone(file));
     let mut redirects = 0;
     let mut resolved = Resolver::new(target.dialer.clone());
     let head = loop {

@@ -360,18 +360,19 @@ pub(crate) fn lease_ended(plan: Option<&mut Plan>, id: LeaseId, outcome: BodyOut
     }
 }
 
-/// The least time without a byte before a lease's flow counts as stalled: a flow that sent
-/// nothing for a second is not one a busy server or a lost packet paused (TCP's first
-/// retransmission comes within a few hundred milliseconds).
-pub(crate) const HEDGE_MIN: Duration = Duration::from_secs(1);
+/// The least time without a byte before a lease's flow counts as stalled: half a second is
+/// more than TCP's first retransmission takes (200 ms at least), and a stalled lease holds the
+/// hash's in-order prefix, so the other connections' bytes soon wait for room in its window.
+pub(crate) const HEDGE_MIN: Duration = Duration::from_millis(500);
 
-/// How long a lease's read waits for a byte, on a connection whose requests waited `wait` for
-/// their answers (about a round trip), before its flow counts as stalled and, if other
-/// connections kept moving meanwhile, its rest goes to another connection: eight round trips,
-/// at least [`HEDGE_MIN`], at most the stall watchdog's `limit`. A fresh connection costs a
-/// round trip or two; a frozen one holds the file until the watchdog (30 s by default).
+/// How long a lease's read (of its answer's head or body) waits for a byte, on a connection
+/// whose requests waited `wait` for their answers (about a round trip), before its flow counts
+/// as stalled and, if the other connections kept moving meanwhile, its rest goes to another
+/// connection: four round trips, at least [`HEDGE_MIN`], at most the stall watchdog's `limit`.
+/// A fresh connection costs a round trip or two; a frozen one holds the file until the
+/// watchdog (30 s by default).
 pub(crate) fn hedge_after(wait: Option<Duration>, limit: Duration) -> Duration {
-    wait.map_or(HEDGE_MIN, |w| (w * 8).max(HEDGE_MIN))
+    wait.map_or(HEDGE_MIN, |w| (w * 4).max(HEDGE_MIN))
         .min(limit)
 }
 

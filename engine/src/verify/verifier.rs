@@ -40,6 +40,9 @@ struct State {
     /// that writes it, not by the window.
     flying: BTreeMap<u64, SharedBuf>,
     stats: HashStats,
+    /// The prefix when a buffer last went to read-back because the window stayed full: while
+    /// the prefix is still there, the next ones go at once ([`Verifier::stuck`]).
+    spilled_at: Option<u64>,
 }
 
 /// A run of written bytes, at the prefix, whose buffers left memory: the caller reads it back
@@ -241,6 +244,7 @@ impl Verifier {
                 written: BTreeMap::new(),
                 flying: BTreeMap::new(),
                 stats: HashStats::default(),
+                spilled_at: None,
             }),
             window,
         }
@@ -329,6 +333,16 @@ impl Verifier {
     pub(crate) fn spill(&self, at: u64, buf: AlignedBuf) {
         self.written_elsewhere(at, buf.bytes().len() as u64);
         BufPool::give(buf);
+        let mut s = self.lock();
+        s.spilled_at = Some(s.prefix);
+    }
+
+    /// True when a buffer went to read-back (its connection gave up waiting for room) and the
+    /// prefix has not moved since: it is stuck behind a range not received yet (a stalled
+    /// flow), and waiting again for room would only hold every connection back in turn.
+    pub(crate) fn stuck(&self) -> bool {
+        let s = self.lock();
+        s.spilled_at == Some(s.prefix)
     }
 
     /// `len` bytes were written at `at` without passing through memory (spliced): they are

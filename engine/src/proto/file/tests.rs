@@ -219,16 +219,16 @@ fn a_stalled_lease_goes_to_another_connection_without_a_retry() {
 }
 
 #[test]
-fn a_flow_is_stalled_after_eight_round_trips_within_the_watchdog() {
+fn a_flow_is_stalled_after_four_round_trips_within_the_watchdog() {
     let watchdog = Duration::from_secs(30);
     let ms = Duration::from_millis;
-    // Unknown or short round trips: a second.
+    // Unknown or short round trips: half a second.
     assert_eq!(hedge_after(None, watchdog), HEDGE_MIN);
     assert_eq!(hedge_after(Some(ms(1)), watchdog), HEDGE_MIN);
-    // Long ones: eight of them.
-    assert_eq!(hedge_after(Some(ms(150)), watchdog), ms(1200));
+    // Long ones: four of them.
+    assert_eq!(hedge_after(Some(ms(150)), watchdog), ms(600));
     // Never past the watchdog itself.
-    assert_eq!(hedge_after(Some(ms(150)), ms(500)), ms(500));
+    assert_eq!(hedge_after(Some(ms(150)), ms(300)), ms(300));
 }
 
 #[test]
