@@ -193,6 +193,7 @@ async fn failed(
     if e.is_hedged() {
         match file.with_plan(|p| p.hedge(lease.id, lease.range.start)) {
             Some(Ok(_)) => {
+                file.source_failed(lease.src, &e);
                 file.hedged.fetch_add(1, Ordering::Relaxed);
                 tracing::info!("{e}; asking for the range on a new connection");
                 lane.conn = None;
@@ -376,8 +377,9 @@ async fn copy_counted(
     let before = (conn.body_bytes(), conn.read_time());
     let end = conn.copy_lease(file, pipe, lease.id, range.clone()).await;
     let complete = matches!(end, Ok(BodyEnd::Complete));
-    // A body cut or stalled: its source is put aside like one that failed to answer, and the
-    // error names that source.
+    // A body cut or stalled: its source is put aside like one that failed to answer (a
+    // stalled flow's rest then goes to another mirror where there is one), and the error
+    // names that source.
     let end = match end {
         Ok(BodyEnd::Short { at, error }) => {
             let error = error.unwrap_or_else(|| file.sources[src].short_body(range, at));
@@ -388,6 +390,8 @@ async fn copy_counted(
             })
         }
         Ok(BodyEnd::Stalled { at, error }) => {
+            // With mirrors, the stalled one is put aside a while: the rest goes elsewhere.
+            file.source_failed(src, &error);
             file.hedged.fetch_add(1, Ordering::Relaxed);
             tracing::info!("{error}; fetching the range's rest from {at} on a new connection");
             Ok(BodyEnd::Stalled { at, error })
