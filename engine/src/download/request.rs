@@ -107,6 +107,8 @@ pub(super) async fn request(
         file.endpoints.answered(source.endpoint, wait);
     }
     conn.answer_wait = file.endpoints.least_wait(source.endpoint);
+    // The connection may be a new one (a redirect's, or one after a close).
+    conn.hedging = Some(Arc::clone(file));
     check_answer(&target.display, &head)?;
     // Later ranges go to the final URL.
     if target.url != source.origin.url && source.redirected.get().is_none() {
