@@ -46,27 +46,15 @@ const USAGE: &str = "usage: ferry-bench [--suites big,https,repo,small,pull,wan,
 [--runs 5] [--big 8G] [--shard 2G] [--shards 4] [--wan-size 1G] [--state fresh|steady] [--dir DIR] \
 [--out DIR]";
 
-/// Every suite, in the order they run and are reported. The `wan-*` suites (`wan.rs`) run only
-/// when asked for: `--suites wan` names the three big-file paths over plain HTTP, `wan-all`
-/// every one.
-const SUITES: [&str; 14] = [
-    "big",
-    "https",
-    "repo",
-    "small",
-    "pull",
-    "wan-30",
-    "wan-80",
-    "wan-150",
-    "wan-30-https",
-    "wan-80-https",
-    "wan-150-https",
-    "wan-80-repo",
-    "wan-80-small",
-    "wan-80-frozen",
-];
 /// The suites a run without `--suites` runs.
 const DEFAULT_SUITES: [&str; 5] = ["big", "https", "repo", "small", "pull"];
+
+/// Every suite, in the order they run and are reported: the default ones, then the `wan-*`
+/// suites (`wan.rs`), which run only when asked for: `--suites wan` names the three big-file
+/// paths over plain HTTP, `wan-all` every one.
+pub(crate) fn suites() -> impl Iterator<Item = &'static str> {
+    DEFAULT_SUITES.into_iter().chain(wan::ALL)
+}
 
 struct Args {
     /// The arguments as given, for the report.
@@ -133,8 +121,11 @@ fn parse_args() -> anyhow::Result<Args> {
     if !matches!(a.state.as_str(), "fresh" | "steady") {
         bail!("--state is fresh or steady");
     }
-    if let Some(s) = a.suites.iter().find(|s| !SUITES.contains(&s.as_str())) {
-        bail!("unknown suite {s:?} ({})", SUITES.join(", "));
+    if let Some(s) = a.suites.iter().find(|s| !suites().any(|k| k == s.as_str())) {
+        bail!(
+            "unknown suite {s:?} ({})",
+            suites().collect::<Vec<_>>().join(", ")
+        );
     }
     Ok(a)
 }
@@ -1067,10 +1058,7 @@ fn main() -> anyhow::Result<()> {
     // What earlier runs recorded is read first: an unreadable results.json stops here, before
     // anything is measured, rather than being overwritten at the end.
     let mut reports = report::Reports::open(&args, anonymize)?;
-    for suite in SUITES
-        .iter()
-        .filter(|s| args.suites.iter().any(|a| a == *s))
-    {
+    for suite in suites().filter(|s| args.suites.iter().any(|a| a == s)) {
         let result = run_suite(suite, &args, scratch.path())?;
         // Written after every suite, so a long run that is stopped keeps what it measured.
         reports.add(result)?;
@@ -1115,10 +1103,10 @@ mod tests {
 
     #[test]
     fn every_wan_suite_is_a_suite_and_runs_last_in_wan_order() {
-        assert_eq!(SUITES[DEFAULT_SUITES.len()..], wan::ALL);
+        let all: Vec<_> = suites().collect();
+        assert_eq!(all[DEFAULT_SUITES.len()..], wan::ALL);
         assert!(
-            SUITES
-                .iter()
+            all.iter()
                 .all(|s| DEFAULT_SUITES.contains(s) || wan::scenario(s).is_some())
         );
     }

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::{Args, SUITES, Sample, SuiteResult, Tool, sh};
+use crate::{Args, Sample, SuiteResult, Tool, sh, suites};
 
 /// Where a suite's figures come from.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -242,9 +242,7 @@ impl Reports {
         let out = args.out.clone();
         let previous = load_previous(&out)?;
         let day = sh("date -u +%Y-%m-%d")?.trim().to_owned();
-        let suites: Vec<&str> = SUITES
-            .iter()
-            .copied()
+        let suites: Vec<&str> = suites()
             .filter(|s| args.suites.iter().any(|a| a == s))
             .collect();
         let stem = format!("{day}-{}", suites.join("-"));
@@ -287,7 +285,7 @@ impl Reports {
     }
 
     /// Every suite of the merged report: this run's, then the earlier ones it did not replace,
-    /// in the order of `SUITES` (unknown names last).
+    /// in the order of `suites()` (unknown names last).
     fn merged(&self) -> Vec<&SuiteResult> {
         let mut all: Vec<&SuiteResult> = self.current.iter().collect();
         all.extend(
@@ -295,7 +293,7 @@ impl Reports {
                 .values()
                 .filter(|p| self.current.iter().all(|c| c.suite != p.suite)),
         );
-        let rank = |s: &str| SUITES.iter().position(|x| *x == s).unwrap_or(SUITES.len());
+        let rank = |s: &str| suites().position(|x| x == s).unwrap_or(usize::MAX);
         all.sort_by(|a, b| (rank(&a.suite), &a.suite).cmp(&(rank(&b.suite), &b.suite)));
         all
     }
