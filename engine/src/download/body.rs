@@ -9,20 +9,18 @@
 //! written. Not here: the request and the connection itself (`conn.rs`).
 
 use std::ops::Range;
-use std::time::{Duration, Instant};
 
 use compio::BufResult;
 use compio::driver::{SharedFd, ToSharedFd};
 use futures_util::FutureExt;
 
 use super::FileDownload;
-use super::conn::{BodyEnd, Conn, HEAD_READ, pace};
+use super::conn::{BodyEnd, Conn, HEAD_READ, hedged_watch, pace};
 use super::pipe::Pipeline;
 use crate::backend::buf::AlignedBuf;
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
-use crate::net::{Hedge, Watch, WatchError, is_hedged};
-use crate::proto::file::hedge_after;
+use crate::net::{WatchError, is_hedged};
 use crate::proto::http1::{self, ChunkedDecoder, Framing};
 use crate::proto::plan::LeaseId;
 
@@ -116,27 +114,6 @@ impl Conn {
         end
     }
 
-    /// The watch on a lease's read: the stall watchdog, and the hedge
-    /// ([`proto::file::hedge_after`](crate::proto::file::hedge_after)) that ends it sooner
-    /// when `moving` says other connections kept moving.
-    fn lease_watch<'a>(&self, moving: &'a dyn Fn(Instant) -> bool) -> Watch<'a> {
-        Conn::watch_lease(self.read_timeout, self.answer_wait, moving)
-    }
-
-    fn watch_lease(
-        limit: Duration,
-        wait: Option<Duration>,
-        moving: &dyn Fn(Instant) -> bool,
-    ) -> Watch<'_> {
-        Watch {
-            limit,
-            hedge: Some(Hedge {
-                after: hedge_after(wait, limit),
-                moving,
-            }),
-        }
-    }
-
     /// How a lease's body that a read error `e` cut at `at` ended: stalled when its hedge
     /// ended it, short otherwise.
     fn cut_at(&self, at: u64, op: &'static str, e: std::io::Error) -> BodyEnd {
@@ -191,7 +168,7 @@ impl Conn {
                 continue;
             }
             let filled = buf.bytes().len();
-            let watch = self.lease_watch(&moving);
+            let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
             let BufResult(r, read) = self.read_into_watched(buf, filled, allowed, watch).await;
             buf = read;
             match r {
@@ -259,7 +236,7 @@ impl Conn {
             let started = std::time::Instant::now();
             // Under the stall watchdog, like every buffered read.
             let fill = spliced.fill(socket.clone(), allowed).map(|r| (r, ()));
-            let watch = Conn::watch_lease(self.read_timeout, self.answer_wait, &moving);
+            let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
             let (filled, ()) = crate::net::watched(fill, &socket, watch).await;
             let filled = filled.map_err(WatchError::into_io);
             self.read_time += started.elapsed();

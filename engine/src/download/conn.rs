@@ -306,13 +306,7 @@ impl Conn {
             }
             let file = self.hedging.clone();
             let moving = |since| file.as_ref().is_some_and(|f| f.hedge_pays(since));
-            let watch = Watch {
-                limit: self.read_timeout,
-                hedge: Some(Hedge {
-                    after: hedge_after(self.answer_wait, self.read_timeout),
-                    moving: &moving,
-                }),
-            };
+            let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
             let n = match self.read_more_watched(watch).await {
                 Ok(n) => n,
                 Err(e) if self.reused && self.pending.is_empty() && is_closed(&e) => {
@@ -474,6 +468,23 @@ impl Conn {
             }
             _ => self.reusable = false,
         }
+    }
+}
+
+/// The watch on a lease's read (its answer's head or body): the stall watchdog's `limit`, and
+/// the hedge ([`hedge_after`] the endpoint's round trip `wait`) that ends it sooner when
+/// `moving` says the file's other connections kept moving.
+pub(super) fn hedged_watch<'a>(
+    limit: std::time::Duration,
+    wait: Option<std::time::Duration>,
+    moving: &'a dyn Fn(std::time::Instant) -> bool,
+) -> Watch<'a> {
+    Watch {
+        limit,
+        hedge: Some(Hedge {
+            after: hedge_after(wait, limit),
+            moving,
+        }),
     }
 }
 
