@@ -298,6 +298,16 @@ pub(crate) async fn fetch_ranges(
         Opened::H2(conn) => std::rc::Rc::new(conn),
         Opened::Http1(_) => return Ok(None),
     };
+    fetch_ranges_on(&conn, target, ranges, total).await.map(Some)
+}
+
+/// [`fetch_ranges`] on an open connection.
+pub(crate) async fn fetch_ranges_on(
+    conn: &std::rc::Rc<H2Conn>,
+    target: &Target,
+    ranges: &[Range<u64>],
+    total: Option<u64>,
+) -> Result<Vec<u32>, GetError> {
     let tasks: Vec<_> = ranges
         .iter()
         .map(|range| {
@@ -313,7 +323,7 @@ pub(crate) async fn fetch_ranges(
         })??;
         crcs.push(crc);
     }
-    Ok(Some(crcs))
+    Ok(crcs)
 }
 
 /// One range: its answer checked, its body copied into a 1 MiB buffer (as into a pipeline
@@ -339,3 +349,5 @@ async fn fetch_one(
     Ok(crc.finalize())
 }
 
+#[cfg(test)]
+mod tests;

@@ -189,6 +189,8 @@ where
             let op = this.reading.get_or_insert_with(|| {
                 let mut rx = std::mem::take(&mut this.rx);
                 rx.clear();
+                // The first buffer is what the handshake left over, maybe none at all.
+                rx.reserve(RX_CHUNK);
                 let mut tcp = this.tcp.clone();
                 Box::pin(async move {
                     let BufResult(r, slice) = tcp.read(rx.slice(0..RX_CHUNK)).await;
