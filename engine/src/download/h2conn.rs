@@ -22,6 +22,9 @@ use crate::net::tls::Alpn;
 use crate::proto::file::{check_answer, check_length, check_partial};
 use crate::proto::http1::{Framing, ResponseHead};
 
+/// How many times in a row a request refused with REFUSED_STREAM is sent again.
+const MAX_REFUSED: u32 = 8;
+
 /// An HTTP/2 connection to one origin. Requests go out on clones of its handle, so each lease
 /// in flight can be awaited by its own task; dropping the connection stops its driver.
 pub(crate) struct H2Conn {
@@ -49,7 +52,8 @@ pub(crate) enum Opened {
 /// (retried on a fresh connection, as a broken HTTP/1.1 connection is).
 fn net_err(addr: SocketAddr, op: &'static str, e: h2::Error) -> GetError {
     let source = if e.is_io() {
-        e.into_io().unwrap_or_else(|| std::io::Error::other("HTTP/2 I/O error"))
+        e.into_io()
+            .unwrap_or_else(|| std::io::Error::other("HTTP/2 I/O error"))
     } else {
         std::io::Error::other(e)
     };
@@ -106,18 +110,31 @@ impl H2Conn {
             url: target.display.clone(),
             detail: format!("request: {e}"),
         })?;
-        let mut send = self
-            .send
-            .clone()
-            .ready()
-            .await
-            .map_err(|e| net_err(addr, "open a stream", e))?;
-        let (answer, _) = send
-            .send_request(req, true)
-            .map_err(|e| net_err(addr, "send request", e))?;
-        let answer = watch(answer, self.read_timeout)
-            .await
-            .map_err(|e| e.into_get(addr, "read response head"))?;
+        // REFUSED_STREAM says the server did not process the request (RFC 9113 8.7): sent
+        // again at once. It comes when requests went out before the server's SETTINGS
+        // lowered the streams allowed (h2 assumes no limit until then).
+        let mut refused = 0;
+        let answer = loop {
+            let mut send = self
+                .send
+                .clone()
+                .ready()
+                .await
+                .map_err(|e| net_err(addr, "open a stream", e))?;
+            let (answer, _) = send
+                .send_request(req.clone(), true)
+                .map_err(|e| net_err(addr, "send request", e))?;
+            match watch(answer, self.read_timeout).await {
+                Err(Watched::H2(e))
+                    if e.reason() == Some(h2::Reason::REFUSED_STREAM)
+                        && e.is_remote()
+                        && refused < MAX_REFUSED =>
+                {
+                    refused += 1;
+                }
+                r => break r.map_err(|e| e.into_get(addr, "read response head"))?,
+            }
+        };
         let (parts, recv) = answer.into_parts();
         let headers = parts
             .headers
@@ -298,7 +315,9 @@ pub(crate) async fn fetch_ranges(
         Opened::H2(conn) => std::rc::Rc::new(conn),
         Opened::Http1(_) => return Ok(None),
     };
-    fetch_ranges_on(&conn, target, ranges, total).await.map(Some)
+    fetch_ranges_on(&conn, target, ranges, total)
+        .await
+        .map(Some)
 }
 
 /// [`fetch_ranges`] on an open connection.

@@ -18,7 +18,10 @@ fn ranged_answers_get_the_http1_checks() {
     let range = 100..200;
     let good = head(
         206,
-        &[("content-range", "bytes 100-199/1000"), ("content-length", "100")],
+        &[
+            ("content-range", "bytes 100-199/1000"),
+            ("content-length", "100"),
+        ],
     );
     assert_eq!(
         check_ranged(url, &good, &range, Some(1000)).expect("exact"),
@@ -34,7 +37,10 @@ fn ranged_answers_get_the_http1_checks() {
     ));
     let other = head(
         206,
-        &[("content-range", "bytes 100-299/1000"), ("content-length", "200")],
+        &[
+            ("content-range", "bytes 100-299/1000"),
+            ("content-length", "200"),
+        ],
     );
     assert!(matches!(
         check_ranged(url, &other, &range, Some(1000)),
@@ -42,7 +48,10 @@ fn ranged_answers_get_the_http1_checks() {
     ));
     let long = head(
         206,
-        &[("content-range", "bytes 100-199/1000"), ("content-length", "101")],
+        &[
+            ("content-range", "bytes 100-199/1000"),
+            ("content-length", "101"),
+        ],
     );
     assert!(matches!(
         check_ranged(url, &long, &range, Some(1000)),
@@ -50,7 +59,10 @@ fn ranged_answers_get_the_http1_checks() {
     ));
     let resized = head(
         206,
-        &[("content-range", "bytes 100-199/2000"), ("content-length", "100")],
+        &[
+            ("content-range", "bytes 100-199/2000"),
+            ("content-length", "100"),
+        ],
     );
     assert!(matches!(
         check_ranged(url, &resized, &range, Some(1000)),
@@ -79,7 +91,12 @@ fn process_cpu() -> f64 {
 /// CPU time of this thread so far (nanosecond precision), in seconds.
 fn thread_cpu() -> f64 {
     let s = std::fs::read_to_string("/proc/thread-self/schedstat").expect("schedstat");
-    s.split_whitespace().next().expect("ns").parse::<f64>().expect("ns") / 1e9
+    s.split_whitespace()
+        .next()
+        .expect("ns")
+        .parse::<f64>()
+        .expect("ns")
+        / 1e9
 }
 
 /// The HTTP/1.1 baseline on the data plane's own connection (`Conn`: request, head, the
@@ -219,4 +236,176 @@ fn loopback_h2_against_http1() {
             (thread_cpu() - tcpu0) / (bytes / 1e9),
         );
     });
+}
+
+/// How the test server answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behave {
+    /// 206 with the range's bytes.
+    Good,
+    /// 200 with the whole file.
+    Whole,
+    /// Half the body, then RST_STREAM (INTERNAL_ERROR).
+    ResetMid,
+    /// Half the body, then GOAWAY (INTERNAL_ERROR) for the whole connection.
+    GoAwayMid,
+    /// One byte more than the range, no Content-Length.
+    TooMany,
+    /// The body ends (END_STREAM) a byte short, no Content-Length.
+    Short,
+}
+
+const FILE: u64 = 4 << 20;
+
+fn byte_at(i: u64) -> u8 {
+    (i % 251) as u8
+}
+
+/// A CA and a certificate for `localhost` signed by it: the CA as a PEM file, the server's
+/// rustls config.
+fn pki(dir: &std::path::Path) -> (std::path::PathBuf, std::sync::Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().expect("key")).expect("ca");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, ca.pem()).expect("write ca");
+    let key = KeyPair::generate().expect("key");
+    let cert = CertificateParams::new(vec!["localhost".to_owned()])
+        .expect("params")
+        .signed_by(&key, &ca)
+        .expect("cert");
+    let der = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("der");
+    let mut config = rustls::ServerConfig::builder_with_provider(crate::net::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], der)
+        .expect("config");
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    (ca_path, std::sync::Arc::new(config))
+}
+
+/// An HTTP/2 server over the same adapter (server side), answering every request as `behave`
+/// says; `max_streams` is its SETTINGS_MAX_CONCURRENT_STREAMS.
+async fn serve(
+    listener: compio::net::TcpListener,
+    config: std::sync::Arc<rustls::ServerConfig>,
+    behave: Behave,
+    max_streams: u32,
+) {
+    let Ok((tcp, _)) = listener.accept().await else {
+        return;
+    };
+    let tls = rustls::ServerConnection::new(config).expect("session");
+    let io = crate::net::h2::H2Io::over(tcp, tls, Vec::new());
+    let Ok(mut conn) = h2::server::Builder::new()
+        .max_concurrent_streams(max_streams)
+        .handshake::<_, Bytes>(io)
+        .await
+    else {
+        return;
+    };
+    while let Some(Ok((req, mut respond))) = conn.accept().await {
+        let range = req
+            .headers()
+            .get("range")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|v| v.split_once('-'))
+            .map(|(a, b)| a.parse::<u64>().expect("a")..b.parse::<u64>().expect("b") + 1)
+            .expect("a range");
+        let (status, bytes) = match behave {
+            Behave::Whole => (200, 0..FILE),
+            Behave::TooMany => (206, range.start..range.end + 1),
+            Behave::Short => (206, range.start..range.end - 1),
+            _ => (206, range.clone()),
+        };
+        let mut answer = http::Response::builder().status(status);
+        if status == 206 {
+            answer = answer.header(
+                "content-range",
+                format!("bytes {}-{}/{FILE}", range.start, range.end - 1),
+            );
+        }
+        if matches!(behave, Behave::Good | Behave::Whole) {
+            answer = answer.header("content-length", (bytes.end - bytes.start).to_string());
+        }
+        let mut send = respond
+            .send_response(answer.body(()).expect("answer"), false)
+            .expect("send head");
+        let body: Vec<u8> = bytes.clone().map(byte_at).collect();
+        match behave {
+            Behave::ResetMid | Behave::GoAwayMid => {
+                let half = Bytes::from(body).slice(..(bytes.end - bytes.start) as usize / 2);
+                send.send_data(half, false).expect("data");
+                if behave == Behave::ResetMid {
+                    send.send_reset(h2::Reason::INTERNAL_ERROR);
+                } else {
+                    conn.abrupt_shutdown(h2::Reason::INTERNAL_ERROR);
+                }
+            }
+            _ => send.send_data(Bytes::from(body), true).expect("data"),
+        }
+    }
+    // Until the client is done with the connection.
+    while conn.accept().await.is_some() {}
+}
+
+/// Runs `ranges` against a server that answers as `behave` says.
+fn against(behave: Behave, max_streams: u32, ranges: &[Range<u64>]) -> Result<Vec<u32>, GetError> {
+    let dir = tempfile::tempdir().expect("dir");
+    let (ca, config) = pki(dir.path());
+    let rt = compio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let listener = compio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = compio::runtime::spawn(serve(listener, config, behave, max_streams));
+        let dialer = Dialer {
+            tls: TlsClient::new(&[ca]),
+            ..Dialer::default()
+        };
+        let url = format!("https://localhost:{port}/f");
+        let target = Target::new(&url, &mut Resolver::new(dialer)).expect("target");
+        let got = fetch_ranges(&target, ranges, Some(FILE), Windows::default()).await;
+        drop(server);
+        got.map(|crcs| crcs.expect("h2 was chosen"))
+    })
+}
+
+fn ranges(n: u64, each: u64) -> Vec<Range<u64>> {
+    (0..n).map(|i| i * each..(i + 1) * each).collect()
+}
+
+#[test]
+fn many_ranges_in_flight_on_one_connection() {
+    let want = ranges(8, 256 << 10);
+    let expected: Vec<u32> = want
+        .iter()
+        .map(|r| crc32fast::hash(&r.clone().map(byte_at).collect::<Vec<u8>>()))
+        .collect();
+    assert_eq!(against(Behave::Good, 100, &want).expect("good"), expected);
+    // A server that takes one stream at a time: h2 holds the others back until it may.
+    assert_eq!(
+        against(Behave::Good, 1, &want).expect("one at a time"),
+        expected
+    );
+}
+
+#[test]
+fn hostile_answers_are_errors() {
+    let want = ranges(4, 256 << 10);
+    let is = |behave, check: fn(&GetError) -> bool| {
+        let e = against(behave, 100, &want).expect_err("refused");
+        assert!(check(&e), "{behave:?}: {e:?}");
+    };
+    is(Behave::Whole, |e| {
+        matches!(e, GetError::RangeIgnored { .. })
+    });
+    is(Behave::TooMany, |e| matches!(e, GetError::Protocol { .. }));
+    is(Behave::Short, |e| matches!(e, GetError::ShortBody { .. }));
+    is(Behave::ResetMid, |e| matches!(e, GetError::Network { .. }));
+    is(Behave::GoAwayMid, |e| matches!(e, GetError::Network { .. }));
 }
