@@ -7,6 +7,7 @@
 //! the Hub API client's blocking connections do not use it.
 
 mod connect;
+pub(crate) mod h2;
 pub(crate) mod proxy;
 pub(crate) mod rate;
 pub(crate) mod target;
@@ -204,6 +205,18 @@ pub(crate) async fn open(
     route: &Route,
     tls_host: Option<&str>,
 ) -> Result<(Stream, OpenTimes), GetError> {
+    open_alpn(dialer, addrs, route, tls_host, tls::Alpn::Http11).await
+}
+
+/// [`open`], offering the protocols of `alpn` in the TLS handshake; which one the server took
+/// is [`tls::TlsStream::negotiated_h2`]. A plain connection ignores `alpn`.
+pub(crate) async fn open_alpn(
+    dialer: &Dialer,
+    addrs: &[SocketAddr],
+    route: &Route,
+    tls_host: Option<&str>,
+    alpn: tls::Alpn,
+) -> Result<(Stream, OpenTimes), GetError> {
     let started = std::time::Instant::now();
     let (mut tcp, fast_open) =
         connect(addrs, dialer)
@@ -247,7 +260,7 @@ pub(crate) async fn open(
     let Some(host) = tls_host else {
         return Ok((Stream::Plain(tcp), times));
     };
-    match tls::TlsStream::connect(&dialer.tls, host, tcp).await {
+    match tls::TlsStream::connect_alpn(&dialer.tls, host, tcp, alpn).await {
         Ok(s) => {
             times.tls = Some(started.elapsed() - times.connect);
             Ok((Stream::Tls(Box::new(s)), times))

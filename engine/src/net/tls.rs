@@ -5,7 +5,7 @@
 //! `--ca-file` or named by `SSL_CERT_FILE` / `REQUESTS_CA_BUNDLE`. A certificate that does not
 //! verify is an error naming the host and the reason; there is no switch that turns
 //! verification off. TLS 1.2 and 1.3 with rustls's safe defaults, SNI for host names, ALPN
-//! `http/1.1`. The crypto is aws-lc-rs ([`provider`]), which offers the post-quantum hybrid
+//! `http/1.1` (or `h2` then `http/1.1`, per connection: [`Alpn`]). The crypto is aws-lc-rs ([`provider`]), which offers the post-quantum hybrid
 //! key exchange X25519MLKEM768 first; the group a connection negotiated is logged (`-v` for the
 //! first one, `-vv` for each).
 //!
@@ -121,12 +121,19 @@ impl TlsClient {
             .clone()
     }
 
-    /// A new client session for `host` (a name or an IP address).
+    /// A new client session for `host` (a name or an IP address), offering HTTP/1.1 only.
     pub(crate) fn session(&self, host: &str) -> Result<ClientConnection, String> {
+        self.session_alpn(host, Alpn::Http11)
+    }
+
+    /// A new client session for `host` offering the protocols of `alpn`. One config serves
+    /// both offers: the list is per session (`new_with_alpn`), so a connection that cannot
+    /// speak HTTP/2 never offers it.
+    pub(crate) fn session_alpn(&self, host: &str, alpn: Alpn) -> Result<ClientConnection, String> {
         let config = self.config()?;
         let name = ServerName::try_from(host.to_owned())
             .map_err(|e| format!("{host:?} is not a valid TLS server name: {e}"))?;
-        ClientConnection::new(config, name).map_err(|e| e.to_string())
+        ClientConnection::new_with_alpn(config, name, alpn.offer()).map_err(|e| e.to_string())
     }
 
     /// TLS over a blocking socket, handshake done (the Hub API client's few requests).
@@ -190,6 +197,36 @@ fn add_ca_file(roots: &mut RootCertStore, file: &Path) -> Result<(), String> {
         )));
     }
     Ok(())
+}
+
+/// Which application protocols a client connection offers in its TLS handshake (ALPN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Alpn {
+    /// `http/1.1` only: what every connection of the HTTP/1.1 data plane offers, so a server
+    /// that speaks HTTP/2 too never picks it for a connection that cannot.
+    Http11,
+    /// `h2`, then `http/1.1`: the server picks; a server that picks nothing or `http/1.1`
+    /// gets HTTP/1.1 ([`TlsStream::negotiated_h2`]).
+    H2OrHttp11,
+}
+
+impl Alpn {
+    fn offer(self) -> Vec<Vec<u8>> {
+        match self {
+            Alpn::Http11 => vec![b"http/1.1".to_vec()],
+            Alpn::H2OrHttp11 => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        }
+    }
+}
+
+/// A TLS session taken apart after its handshake, for a protocol that drives rustls itself
+/// (`net/h2.rs`): the socket, the session, and ciphertext already read but not yet handed to
+/// rustls (a server may send its first frames in the same segment as its last handshake
+/// record).
+pub(crate) struct TlsParts {
+    pub(crate) tcp: TcpStream,
+    pub(crate) conn: ClientConnection,
+    pub(crate) unread: Vec<u8>,
 }
 
 /// Why a TLS session could not be set up.
@@ -312,13 +349,16 @@ impl std::fmt::Debug for TlsStream {
 }
 
 impl TlsStream {
-    /// Runs the handshake with `host` over `tcp`.
-    pub(crate) async fn connect(
+    /// Runs the handshake with `host` over `tcp`, offering the protocols of `alpn`.
+    pub(crate) async fn connect_alpn(
         client: &TlsClient,
         host: &str,
         tcp: TcpStream,
+        alpn: Alpn,
     ) -> Result<TlsStream, HandshakeError> {
-        let conn = client.session(host).map_err(HandshakeError::Setup)?;
+        let conn = client
+            .session_alpn(host, alpn)
+            .map_err(HandshakeError::Setup)?;
         let mut s = TlsStream {
             tcp,
             conn,
@@ -354,6 +394,21 @@ impl TlsStream {
 
     pub(crate) fn tcp(&self) -> &TcpStream {
         &self.tcp
+    }
+
+    /// True when the server chose `h2` from what the handshake offered.
+    pub(crate) fn negotiated_h2(&self) -> bool {
+        self.conn.alpn_protocol() == Some(b"h2")
+    }
+
+    /// The socket, the session and the ciphertext not yet handed to rustls. Plaintext rustls
+    /// already decrypted stays in the session, where the new owner reads it first.
+    pub(crate) fn into_parts(self) -> TlsParts {
+        TlsParts {
+            unread: self.rx[self.rx_at..].to_vec(),
+            tcp: self.tcp,
+            conn: self.conn,
+        }
     }
 
     /// Reads one socket-full of ciphertext into `rx` (which must be consumed).

@@ -100,6 +100,18 @@ pub(crate) fn parse_head(buf: &[u8]) -> Result<Option<(ResponseHead, usize)>, He
 }
 
 impl ResponseHead {
+    /// A head from a protocol other than HTTP/1.1 (an HTTP/2 answer): its status and headers,
+    /// names in lower case, so the same checks (`proto/file.rs`) judge it. No reason phrase;
+    /// `minor_version` 1, as the connection is kept.
+    pub(crate) fn from_parts(status: u16, headers: Vec<(String, String)>) -> ResponseHead {
+        ResponseHead {
+            status,
+            reason: String::new(),
+            minor_version: 1,
+            headers,
+        }
+    }
+
     /// The first value of header `name` (give it in lower case).
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
