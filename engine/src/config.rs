@@ -74,6 +74,11 @@ pub struct Config {
     /// with a request unanswered gets one request per answer from then on, by itself. This
     /// turns it off everywhere.
     pub pipelining: bool,
+    /// Whether `https://` connections offer HTTP/2 (ALPN `h2`, then `http/1.1`; default on).
+    /// Where the server picks `h2`, a connection's requests go as streams of it, answered in
+    /// the order asked, with no pipelining caveats; where it picks `http/1.1`, nothing changes.
+    /// Off, every connection offers only `http/1.1` (`ferry --http1.1`).
+    pub http2: bool,
 }
 
 impl Default for Config {
@@ -97,6 +102,7 @@ impl Default for Config {
             space_wait: Duration::from_secs(60),
             allow_private_redirects: false,
             pipelining: true,
+            http2: true,
         }
     }
 }

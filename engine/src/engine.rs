@@ -94,6 +94,7 @@ impl Engine {
                 .map(|r| Arc::new(net::rate::RateLimit::new(r))),
             fast_open: fast_open_clients(),
             allow_private_redirects: config.allow_private_redirects,
+            http2: config.http2,
         };
         Ok(Engine {
             config,

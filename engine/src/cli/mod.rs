@@ -106,6 +106,10 @@ pub(crate) struct Global {
     /// connection gets one request per answer from then on anyway).
     #[arg(long, global = true)]
     pub no_pipelining: bool,
+    /// Offer only HTTP/1.1 on `https://` connections (by default they offer HTTP/2 first,
+    /// ALPN `h2` then `http/1.1`, and the server picks).
+    #[arg(long = "http1.1", id = "http1_1", global = true)]
+    pub http1_1: bool,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -174,6 +178,7 @@ impl Global {
         config.space_wait = std::time::Duration::from_secs_f64(self.space_wait);
         config.allow_private_redirects = self.allow_private_redirects;
         config.pipelining = !self.no_pipelining;
+        config.http2 = !self.http1_1;
         config
     }
 }
@@ -192,6 +197,7 @@ const GLOBALS: &[&str] = &[
     "space_wait",
     "allow_private_redirects",
     "no_pipelining",
+    "http1_1",
 ];
 
 /// Whether subcommand `sub` uses the global option `id`; one it does not use is refused there,

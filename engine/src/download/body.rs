@@ -15,7 +15,7 @@ use compio::driver::{SharedFd, ToSharedFd};
 use futures_util::FutureExt;
 
 use super::FileDownload;
-use super::conn::{BodyEnd, Conn, HEAD_READ, hedged_watch, pace};
+use super::conn::{BodyEnd, Conn, HEAD_READ, Wire, hedged_watch, pace};
 use super::pipe::Pipeline;
 use crate::backend::buf::AlignedBuf;
 use crate::backend::splice::SplicePipe;
@@ -99,7 +99,7 @@ impl Conn {
         // splice sink.
         let splice = pipe
             .splice_target()
-            .zip(self.stream.plain_tcp().map(ToSharedFd::to_shared_fd));
+            .zip(self.wire.plain_tcp().map(ToSharedFd::to_shared_fd));
         let end = match splice {
             Some((file, socket)) => {
                 self.splice_lease(ctx, pipe, file, socket, lease, range)
@@ -107,8 +107,14 @@ impl Conn {
             }
             None => self.read_lease(ctx, pipe, lease, range).await,
         };
-        match end {
-            Ok(BodyEnd::Complete) => self.reused = true,
+        match (&end, &mut self.wire) {
+            (Ok(BodyEnd::Complete), _) => self.reused = true,
+            // Over HTTP/2 the rest of a trimmed body is its stream's alone: reset, and the
+            // connection and the answers asked behind it stay.
+            (Ok(BodyEnd::Trimmed), Wire::H2(h2)) => {
+                h2.end_body();
+                self.reused = true;
+            }
             _ => self.reusable = false,
         }
         end

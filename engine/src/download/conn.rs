@@ -1,9 +1,13 @@
-//! One HTTP/1.1 connection of a download: opened (Happy Eyeballs, proxy, TLS, TCP Fast Open),
-//! a request sent and its head read, a body read and thrown away. Bytes after the head that
-//! arrived with it are kept and used first (`body.rs` reads bodies into the pipeline).
+//! One connection of a download: opened (Happy Eyeballs, proxy, TLS with ALPN, TCP Fast Open),
+//! a request sent and its head read, a body read and thrown away. Over HTTP/1.1 ([`Wire::H1`])
+//! bytes after the head that arrived with it are kept and used first; over HTTP/2
+//! ([`Wire::H2`], `h2wire.rs`) each request is a stream, its answers read in the order asked.
+//! Either way the callers see one sequence of answers (`body.rs` reads bodies into the
+//! pipeline).
 //!
-//! Invariant: a connection is reused only while its last body was read to its end and the
-//! server did not say `Connection: close`.
+//! Invariant: a connection is reused only while its last body was read to its end (over
+//! HTTP/2, or given up with its stream reset) and the server did not say `Connection: close`
+//! (or send GOAWAY).
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -13,6 +17,7 @@ use compio::BufResult;
 use compio::buf::{IntoInner, IoBufMut};
 
 use super::Target;
+use super::h2wire::{self, H2Wire};
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
 use crate::net::rate::RateLimit;
@@ -38,8 +43,26 @@ pub(super) enum BodyEnd {
     Aborted,
 }
 
+/// What a connection speaks, as the TLS handshake's ALPN decided.
+pub(super) enum Wire {
+    /// HTTP/1.1 on the socket (plain, or TLS where the server did not pick `h2`).
+    H1(Stream),
+    /// HTTP/2: each request a stream of the connection.
+    H2(Box<H2Wire>),
+}
+
+impl Wire {
+    /// The plain TCP socket of an HTTP/1.1 connection without TLS (splice, Fast Open).
+    pub(super) fn plain_tcp(&self) -> Option<&compio::net::TcpStream> {
+        match self {
+            Wire::H1(s) => s.plain_tcp(),
+            Wire::H2(_) => None,
+        }
+    }
+}
+
 pub(super) struct Conn {
-    pub(super) stream: Stream,
+    pub(super) wire: Wire,
     pub(super) addr: SocketAddr,
     /// The TLS server name this connection verified, for `https://`.
     pub(super) tls_host: Option<String>,
@@ -111,19 +134,34 @@ impl Conn {
     ) -> Result<(Conn, crate::net::OpenTimes), GetError> {
         let addrs = &target.addrs;
         let timeouts = target.dialer.timeouts;
+        let alpn = if target.dialer.http2 {
+            crate::net::tls::Alpn::H2OrHttp11
+        } else {
+            crate::net::tls::Alpn::Http11
+        };
         let (stream, times) = crate::net::open(
             &target.dialer,
             addrs,
             &target.route,
             target.tls_host.as_deref(),
+            alpn,
         )
         .await?;
         let addr = stream.tcp().peer_addr().unwrap_or(addrs[0]);
         // Over TLS, the handshake in `open` already heard from the server.
         let unproven = (times.fast_open && stream.plain_tcp().is_some())
             .then(|| (Arc::clone(&target.dialer.winners), addrs[0]));
+        let windows = crate::net::h2::Windows::default();
+        let wire = match crate::net::h2::start(stream, windows).await {
+            Ok(crate::net::h2::Negotiated::Http1(stream)) => Wire::H1(stream),
+            Ok(crate::net::h2::Negotiated::H2 { send, driver }) => {
+                tracing::debug!(%addr, "HTTP/2 (the server chose h2)");
+                Wire::H2(Box::new(H2Wire::new(send, driver, windows)))
+            }
+            Err(e) => return Err(h2wire::net_err(addr, "start HTTP/2", e)),
+        };
         let conn = Conn {
-            stream,
+            wire,
             addr,
             tls_host: target.tls_host.clone(),
             route: target.route.clone(),
@@ -158,7 +196,7 @@ impl Conn {
             return;
         }
         let in_syn = self
-            .stream
+            .wire
             .plain_tcp()
             .is_some_and(|tcp| crate::backend::sockopt::syn_data_acked(tcp).unwrap_or(false));
         tracing::debug!(
@@ -189,12 +227,22 @@ impl Conn {
 
     pub(super) fn is_reusable(&self) -> bool {
         self.reusable
+            && match &self.wire {
+                Wire::H1(_) => true,
+                Wire::H2(h2) => h2.is_open(),
+            }
+    }
+
+    /// Whether this connection speaks HTTP/2: its requests are streams, so sending one ahead
+    /// of an answer is always safe (no HTTP/1.1 pipelining caveats).
+    pub(super) fn is_h2(&self) -> bool {
+        matches!(self.wire, Wire::H2(_))
     }
 
     /// True when this connection goes to `target` (one of its addresses, and over TLS with its
     /// host name when it is `https://`) and can take another request.
     pub(super) fn serves(&self, target: &Target) -> bool {
-        self.reusable
+        self.is_reusable()
             && target.addrs.contains(&self.addr)
             && self.tls_host == target.tls_host
             && self.route == target.route
@@ -219,9 +267,8 @@ impl Conn {
             // The next answers here are other files': this request goes on a fresh connection.
             *self = Conn::open(target).await?;
         }
-        let req = request_bytes(target, range);
         if self.reused {
-            match self.try_request(target, req.clone()).await {
+            match self.try_request(target, range.clone()).await {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {
                     tracing::debug!(addr = %self.addr, "idle connection was closed; reconnecting");
@@ -230,8 +277,17 @@ impl Conn {
                 Err(e) => return Err(e),
             }
         }
-        match self.try_request(target, req).await? {
+        match self.try_request(target, range).await? {
             Some(head) => Ok(head),
+            // A stream a GOAWAY or the connection's end cut before its answer: not processed,
+            // worth asking again (RFC 9113 8.7).
+            None if self.is_h2() => Err(self.net_err(
+                "read response head",
+                std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the HTTP/2 connection ended (GOAWAY or closed) before the answer",
+                ),
+            )),
             None => Err(GetError::Protocol {
                 url: target.display.clone(),
                 detail: "the server closed the connection without a response".into(),
@@ -243,11 +299,11 @@ impl Conn {
     pub(super) async fn try_request(
         &mut self,
         target: &Target,
-        req: Vec<u8>,
+        range: Option<std::ops::Range<u64>>,
     ) -> Result<Option<ResponseHead>, GetError> {
         self.pending.clear();
         let sent = std::time::Instant::now();
-        if let Err(e) = self.send(req).await {
+        if let Err(e) = self.send(target, range).await {
             self.settle_fast_open(false);
             if self.reused && is_closed(&e) {
                 return Ok(None);
@@ -269,15 +325,34 @@ impl Conn {
         target: &Target,
         range: std::ops::Range<u64>,
     ) -> Result<(), GetError> {
-        let req = request_bytes(target, Some(range));
-        self.send(req)
+        self.send(target, Some(range))
             .await
             .map_err(|e| self.net_err("send request", e))
     }
 
-    async fn send(&mut self, req: Vec<u8>) -> std::io::Result<()> {
-        let BufResult(sent, _) = self.stream.write_all(req).await;
-        sent
+    /// Sends a GET of `range` of `target`: its bytes on an HTTP/1.1 connection, a new stream on
+    /// an HTTP/2 one. A URL HTTP/2 cannot send reads as an I/O error of kind `InvalidInput`.
+    async fn send(
+        &mut self,
+        target: &Target,
+        range: Option<std::ops::Range<u64>>,
+    ) -> std::io::Result<()> {
+        match &mut self.wire {
+            Wire::H1(stream) => {
+                let BufResult(sent, _) = stream.write_all(request_bytes(target, range)).await;
+                sent
+            }
+            Wire::H2(h2) => h2.send(target, range).map_err(|e| match e {
+                h2wire::SendError::Request(why) => {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
+                }
+                h2wire::SendError::Full => std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "the HTTP/2 connection's window is taken by the answers asked ahead",
+                ),
+                h2wire::SendError::H2(e) => h2wire::to_io(e),
+            }),
+        }
     }
 
     /// Reads the head of the next answer on this connection. `Ok(None)`: the connection
@@ -287,6 +362,15 @@ impl Conn {
         &mut self,
         target: &Target,
     ) -> Result<Option<ResponseHead>, GetError> {
+        if let Wire::H2(h2) = &mut self.wire {
+            let file = self.hedging.clone();
+            let moving = |since| file.as_ref().is_some_and(|f| f.hedge_pays(since));
+            let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
+            return h2
+                .read_head(&target.display, watch)
+                .await
+                .map_err(|e| self.net_err("read response head", e));
+        }
         loop {
             match http1::parse_head(&self.pending) {
                 Ok(Some((head, len))) => {
@@ -348,15 +432,20 @@ impl Conn {
     ) -> BufResult<usize, B> {
         let want = self.rate.as_ref().map_or(want, |r| r.quantum(want));
         let started = std::time::Instant::now();
-        let BufResult(r, slice) = self
-            .stream
-            .read_watched(buf.slice(from..from + want), watch)
-            .await;
+        let BufResult(r, buf) = match &mut self.wire {
+            Wire::H1(stream) => {
+                let BufResult(r, slice) = stream
+                    .read_watched(buf.slice(from..from + want), watch)
+                    .await;
+                BufResult(r, slice.into_inner())
+            }
+            Wire::H2(h2) => h2.read(buf, from, want, watch).await,
+        };
         self.read_time += started.elapsed();
         if let Ok(n) = r {
             pace(self.rate.as_deref(), n).await;
         }
-        BufResult(r, slice.into_inner())
+        BufResult(r, buf)
     }
 
     /// Appends up to [`HEAD_READ`] bytes from the socket to `pending`.

@@ -202,6 +202,8 @@ pub(crate) struct FileDownload {
     pub(super) splits: AtomicU64,
     /// Range requests sent behind an answer still being read (HTTP/1.1 pipelining).
     pub(super) pipelined: AtomicU64,
+    /// Answers that came over HTTP/2, for [`Report::http2`](crate::Report::http2).
+    pub(super) http2: AtomicU64,
     /// Stalled leases whose rest went to another connection.
     pub(super) hedged: AtomicU64,
     /// The job's resume journal: used for files with a digest and a size.
@@ -279,6 +281,7 @@ impl FileDownload {
             retries: AtomicU64::new(0),
             splits: AtomicU64::new(0),
             pipelined: AtomicU64::new(0),
+            http2: AtomicU64::new(0),
             hedged: AtomicU64::new(0),
             journal: spec.journal,
             journal_id: AtomicU64::new(0),

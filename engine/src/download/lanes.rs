@@ -274,9 +274,11 @@ impl Lanes {
         local: &Worker<usize>,
     ) {
         let endpoint = file.sources[src].endpoint;
+        // Over HTTP/2 requests ahead are streams: no server can get them wrong.
+        let h2 = conn.is_h2();
         let pays = |f: &FileDownload, endpoint| {
             f.settings.pipelining
-                && f.endpoints.pipelines(endpoint)
+                && (h2 || f.endpoints.pipelines(endpoint))
                 && f.endpoints
                     .least_wait(endpoint)
                     .is_some_and(|wait| pipelining_pays(wait, 0, None))

@@ -147,6 +147,7 @@ async fn range_loop(
         // it. Its endpoint gets one request per answer from then on.
         if matches!(end, BodyEnd::Short { .. })
             && let Some(b) = ahead.front()
+            && !lane.conn.as_ref().is_some_and(Conn::is_h2)
         {
             stop_pipelining(file, b.src, "reset a connection with a request pipelined");
         }
@@ -285,7 +286,7 @@ async fn pipeline_more(
     let allowed = may_pipeline(
         file.settings.pipelining && pays,
         conn.serves(target),
-        file.endpoints.pipelines(source.endpoint),
+        conn.is_h2() || file.endpoints.pipelines(source.endpoint),
     );
     if !allowed {
         return;
@@ -343,6 +344,8 @@ async fn pipelined_answer(
         .expect("the connection the request went on");
     let head = match conn.read_head(target).await {
         Ok(Some(head)) => head,
+        // Over HTTP/2, a request refused or cut off by GOAWAY: asked again on a new connection.
+        Ok(None) if conn.is_h2() => return Err(Pipelined::Unanswered),
         Ok(None) => {
             stop_pipelining(
                 file,
@@ -353,6 +356,9 @@ async fn pipelined_answer(
         }
         Err(e) => return Err(Pipelined::Failed(e)),
     };
+    if conn.is_h2() {
+        file.http2.fetch_add(1, Ordering::Relaxed);
+    }
     if crate::proto::http1::is_redirect(head.status) {
         return Err(Pipelined::Failed(GetError::Protocol {
             url: target.display.clone(),

@@ -26,9 +26,7 @@ mod conn;
 pub(crate) mod durable;
 mod file;
 mod first;
-// Spike (issue 29 item 3): not on the data plane yet; its tests and measurement use it.
-#[allow(dead_code)]
-mod h2conn;
+mod h2wire;
 mod lanes;
 mod lease;
 mod mirrors;

@@ -69,7 +69,8 @@ pub(super) async fn request(
             match conn.read_head(&target).await? {
                 Some(head) => head,
                 None => {
-                    if file.endpoints.stop_pipelining(source.endpoint) {
+                    // Over HTTP/2, a refused stream or a GOAWAY: nothing wrong with pipelining.
+                    if !conn.is_h2() && file.endpoints.stop_pipelining(source.endpoint) {
                         tracing::info!(
                             "{} closed a connection with a request unanswered; asking one \
                              request at a time there",
@@ -107,6 +108,10 @@ pub(super) async fn request(
         file.endpoints.answered(source.endpoint, wait);
     }
     conn.answer_wait = file.endpoints.least_wait(source.endpoint);
+    if conn.is_h2() {
+        file.http2
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     // The connection may be a new one (a redirect's, or one after a close).
     conn.hedging = Some(Arc::clone(file));
     check_answer(&target.display, &head)?;

@@ -187,6 +187,7 @@ async fn finish(
         retries: file.retries.load(Ordering::Relaxed),
         splits: file.splits.load(Ordering::Relaxed),
         pipelined: file.pipelined.load(Ordering::Relaxed),
+        http2: file.http2.load(Ordering::Relaxed),
         hedged: file.hedged.load(Ordering::Relaxed),
         written_fixed: file.sink_share.written_fixed(),
         endpoints: file.endpoint_report(),

@@ -15,7 +15,7 @@ pub(crate) mod tls;
 mod watch;
 
 pub(crate) use self::connect::{FastOpen, Winners, connect, connect_blocking};
-pub(crate) use self::watch::{Hedge, Watch, WatchError, is_hedged, watched};
+pub(crate) use self::watch::{Hedge, Watch, WatchError, is_hedged, watched, watched_cancellable};
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -45,6 +45,8 @@ pub(crate) struct Dialer {
     /// Whether a redirect from a public address may lead to a private one
     /// ([`crate::proto::http1::redirect`]).
     pub allow_private_redirects: bool,
+    /// Whether the data plane's `https://` connections offer HTTP/2 (`Config::http2`).
+    pub http2: bool,
 }
 
 /// How long connecting and reading may take.
@@ -198,19 +200,9 @@ pub(crate) struct OpenTimes {
 }
 
 /// Connects to the first of `addrs` that accepts ([`connect`]), opens the tunnel `route` asks
-/// for, then runs TLS with `tls_host` when given; says how long each step took.
+/// for, then runs TLS with `tls_host` when given, offering the protocols of `alpn` (which one
+/// the server took: [`tls::TlsStream::negotiated_h2`]); says how long each step took.
 pub(crate) async fn open(
-    dialer: &Dialer,
-    addrs: &[SocketAddr],
-    route: &Route,
-    tls_host: Option<&str>,
-) -> Result<(Stream, OpenTimes), GetError> {
-    open_alpn(dialer, addrs, route, tls_host, tls::Alpn::Http11).await
-}
-
-/// [`open`], offering the protocols of `alpn` in the TLS handshake; which one the server took
-/// is [`tls::TlsStream::negotiated_h2`]. A plain connection ignores `alpn`.
-pub(crate) async fn open_alpn(
     dialer: &Dialer,
     addrs: &[SocketAddr],
     route: &Route,

@@ -97,30 +97,12 @@ pub(crate) async fn watched<T>(
     use futures_util::future::{Either, select};
     let began = Instant::now();
     let mut read = std::pin::pin!(read);
-    let (result, why) = loop {
-        let waited = began.elapsed();
-        let next = match watch.hedge {
-            Some(h) if waited < h.after => h.after,
-            Some(_) => (waited + HEDGE_POLL).min(watch.limit),
-            None => watch.limit,
-        };
-        let timer = std::pin::pin!(compio::time::sleep(next.saturating_sub(waited)));
-        if let Either::Left((r, _)) = select(read.as_mut(), timer).await {
-            break (r, None);
+    let (result, why) = match select(read.as_mut(), std::pin::pin!(verdict(began, watch))).await {
+        Either::Left((r, _)) => (r, None),
+        Either::Right((why, _)) => {
+            let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Read);
+            (read.as_mut().await, Some(why))
         }
-        let waited = began.elapsed();
-        let why = if waited >= watch.limit {
-            WatchError::Stalled(watch.limit)
-        } else if watch
-            .hedge
-            .is_some_and(|h| waited >= h.after && (h.moving)(began))
-        {
-            WatchError::Hedged(waited)
-        } else {
-            continue;
-        };
-        let _ = rustix::net::shutdown(socket, rustix::net::Shutdown::Read);
-        break (read.as_mut().await, Some(why));
     };
     let (r, buf) = result;
     let r = match (r, why) {
@@ -129,4 +111,44 @@ pub(crate) async fn watched<T>(
         (Err(e), _) => Err(WatchError::Io(e)),
     };
     (r, buf)
+}
+
+/// Runs `wait` (one that owns no buffer and may be dropped at any point: an HTTP/2 stream's
+/// next frame) under `watch`; when the watch ends it first, `wait` is dropped and why is
+/// returned.
+pub(crate) async fn watched_cancellable<T>(
+    wait: impl std::future::Future<Output = T>,
+    watch: Watch<'_>,
+) -> Result<T, WatchError> {
+    use futures_util::future::{Either, select};
+    let began = Instant::now();
+    match select(std::pin::pin!(wait), std::pin::pin!(verdict(began, watch))).await {
+        Either::Left((r, _)) => Ok(r),
+        Either::Right((why, _)) => Err(why),
+    }
+}
+
+/// Resolves when a read that began at `began` and is still waiting has waited too long under
+/// `watch`, saying why: the watchdog's limit passed, or the hedge's wait passed while other
+/// connections moved (asked every [`HEDGE_POLL`]).
+async fn verdict(began: Instant, watch: Watch<'_>) -> WatchError {
+    loop {
+        let waited = began.elapsed();
+        let next = match watch.hedge {
+            Some(h) if waited < h.after => h.after,
+            Some(_) => (waited + HEDGE_POLL).min(watch.limit),
+            None => watch.limit,
+        };
+        compio::time::sleep(next.saturating_sub(waited)).await;
+        let waited = began.elapsed();
+        if waited >= watch.limit {
+            return WatchError::Stalled(watch.limit);
+        }
+        if watch
+            .hedge
+            .is_some_and(|h| waited >= h.after && (h.moving)(began))
+        {
+            return WatchError::Hedged(waited);
+        }
+    }
 }

@@ -25,6 +25,7 @@ mod fast_open;
 mod faults;
 mod get;
 mod hardening;
+mod http2;
 mod https;
 mod limit_rate;
 mod many;

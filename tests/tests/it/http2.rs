@@ -1,0 +1,236 @@
+//! HTTP/2 end to end (issue 29): `https://` connections offer `h2` then `http/1.1`, and where
+//! the server picks `h2` every request is a stream of the connection. Against a real nginx with
+//! `http2` on: byte-identical files of every size on every back-end and sink, ranges and small
+//! files asked ahead as streams, the report saying the answers came over HTTP/2; `--http1.1`
+//! offers only HTTP/1.1 to the same server; a server that offers only HTTP/1.1 is spoken to in
+//! HTTP/1.1.
+
+use ferry_testkit::nginx::Options;
+use ferry_testkit::tls::TestPki;
+use ferry_testkit::{
+    Nginx, assert_same_file, backends_under_test, get_ok, get_ok_sink, modes_under_test,
+    sha256_file, write_data,
+};
+
+const SIZES: [u64; 6] = [0, 1, 4095, 16_385, 1 << 20, 9 * (1 << 20) + 12_347];
+
+fn nginx_h2(root: &std::path::Path, pki: &TestPki) -> Nginx {
+    Nginx::start_options(
+        root,
+        &Options {
+            tls: Some(pki.localhost.clone()),
+            http2: true,
+            ..Options::default()
+        },
+    )
+}
+
+#[test]
+fn files_come_over_http2_byte_identical_on_every_back_end_and_sink() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    for (i, size) in SIZES.iter().enumerate() {
+        write_data(&src.path().join(format!("f{size}")), *size, 70 + i as u64);
+    }
+    let nginx = nginx_h2(src.path(), &pki);
+    let ca = pki.ca.display().to_string();
+    for mode in modes_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        for size in SIZES {
+            let name = format!("f{size}");
+            let source = src.path().join(&name);
+            let dest = out.path().join(&name);
+            let sha = sha256_file(&source);
+            // Small ranges over a few connections: many streams per connection.
+            let extra = [
+                "--ca-file",
+                &ca,
+                "--sha256",
+                &sha,
+                "-c",
+                "3",
+                "--chunk-size",
+                "1M",
+            ];
+            let url = nginx.https_url("localhost", "files", &name);
+            let report = get_ok_sink(mode, &url, &dest, &extra);
+            assert_eq!(report["bytes"], size, "mode={mode:?}: {report}");
+            assert!(
+                report["http2"].as_u64() >= Some(1),
+                "mode={mode:?} size={size}: not over HTTP/2: {report}"
+            );
+            assert_same_file(&source, &dest, &format!("h2 mode={mode:?} size={size}"));
+        }
+        eprintln!("ran on backend, sink = {mode:?}: HTTP/2 sizes {SIZES:?}");
+    }
+}
+
+#[test]
+fn http1_1_is_offered_alone_when_asked_or_when_the_server_has_no_http2() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 3 * (1 << 20) + 5;
+    write_data(&src.path().join("f"), size, 77);
+    let h2 = nginx_h2(src.path(), &pki);
+    let h1 = Nginx::start_tls(src.path(), &pki.localhost);
+    let ca = pki.ca.display().to_string();
+    for backend in backends_under_test() {
+        for (server, flags, why) in [
+            (&h2, vec!["--http1.1"], "--http1.1"),
+            (&h1, vec![], "a server without HTTP/2"),
+        ] {
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let mut extra = vec!["--ca-file", &ca, "--chunk-size", "1M"];
+            extra.extend(flags);
+            let report = get_ok(
+                backend,
+                &server.https_url("localhost", "files", "f"),
+                &dest,
+                &extra,
+            );
+            assert_eq!(report["http2"], 0, "backend={backend:?} {why}: {report}");
+            assert_same_file(&src.path().join("f"), &dest, why);
+        }
+        eprintln!("ran on backend {backend:?}: HTTP/1.1 with --http1.1 and without h2");
+    }
+}
+
+/// The HTTP/2 faults of the reliability table: a stream reset or GOAWAY mid-body, a graceful
+/// GOAWAY, refused streams, one stream at a time, tiny frames, a byte too many, the wrong
+/// range. Through a relay 30 ms away, so that ranges and small files are asked ahead as
+/// streams; each file must come out byte-identical on both back-ends.
+#[test]
+fn a_hostile_http2_server_gives_byte_identical_files_or_a_clear_error() {
+    use ferry_testkit::h2origin::{H2Fault, H2Origin};
+    use ferry_testkit::record;
+    use ferry_testkit::relay::{Relay, WanPath};
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    let big = 6 * (1 << 20) + 4321;
+    write_data(&src.path().join("big"), big, 91);
+    for i in 0..12 {
+        write_data(&src.path().join(format!("s{i}")), 1000 + 3000 * i, 100 + i);
+    }
+    let ca = pki.ca.display().to_string();
+    let test = "http2::a_hostile_http2_server_gives_byte_identical_files_or_a_clear_error";
+    let faults = [
+        (H2Fault::None, "none (HTTP/2 baseline)"),
+        (H2Fault::ResetMid(3), "HTTP/2 RST_STREAM mid-body"),
+        (H2Fault::GoAwayMid(4), "HTTP/2 GOAWAY (error) mid-body"),
+        (
+            H2Fault::GracefulAfter(3),
+            "HTTP/2 graceful GOAWAY with streams in flight",
+        ),
+        (H2Fault::RefuseEvery(2), "HTTP/2 REFUSED_STREAM"),
+        (H2Fault::OneStream, "HTTP/2 one stream at a time"),
+        (
+            H2Fault::TinyFrames,
+            "HTTP/2 tiny DATA frames, 1-byte window",
+        ),
+        (
+            H2Fault::TooMany(3),
+            "HTTP/2 body a byte longer than its Content-Length",
+        ),
+        (H2Fault::WrongRange(3), "HTTP/2 206 for another range"),
+    ];
+    for (fault, name) in faults {
+        let origin = H2Origin::start(src.path(), &pki.localhost, fault);
+        let upstream = format!("127.0.0.1:{}", port_of(&origin.url("big")))
+            .parse()
+            .expect("addr");
+        let relay = Relay::start(
+            upstream,
+            WanPath {
+                rtt: std::time::Duration::from_millis(30),
+                flow_rate: None,
+                link_rate: None,
+            },
+        )
+        .expect("relay");
+        let at = |name: &str| format!("https://localhost:{}/{name}", relay.addr().port());
+        for backend in backends_under_test() {
+            let out = tempfile::tempdir().expect("tmp");
+            // The big file in 1 MiB ranges over 2 connections.
+            let dest = out.path().join("big");
+            let sha = sha256_file(&src.path().join("big"));
+            let report = get_ok(
+                backend,
+                &at("big"),
+                &dest,
+                &[
+                    "--ca-file",
+                    &ca,
+                    "--sha256",
+                    &sha,
+                    "-c",
+                    "2",
+                    "--chunk-size",
+                    "1M",
+                ],
+            );
+            assert!(
+                report["http2"].as_u64() >= Some(1),
+                "{name}: not over HTTP/2: {report}"
+            );
+            record::recovered(name, test, backend, &src.path().join("big"), &dest);
+            // Twelve small files over 2 connections: their first requests go ahead as streams.
+            let many = out.path().join("many");
+            std::fs::create_dir(&many).expect("mkdir");
+            let mut cmd = vec!["get".to_owned(), "--ca-file".into(), ca.clone()];
+            cmd.extend(["-c".into(), "2".into(), "--json".into()]);
+            cmd.extend(["-o".into(), many.display().to_string()]);
+            cmd.extend((0..12).map(|i| at(&format!("s{i}"))));
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            let o = ferry_testkit::ferry(backend, &args);
+            assert!(
+                o.status.success(),
+                "{name} on {backend:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let reports: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("a JSON summary per line"))
+                .collect();
+            let ahead: u64 = reports.iter().filter_map(|r| r["pipelined"].as_u64()).sum();
+            if fault == H2Fault::None {
+                assert!(ahead > 0, "no request went ahead as a stream: {reports:?}");
+            }
+            for i in 0..12 {
+                let file = format!("s{i}");
+                assert_same_file(
+                    &src.path().join(&file),
+                    &many.join(&file),
+                    &format!("{name} {backend:?} {file}"),
+                );
+            }
+            eprintln!("ran on backend {backend:?}: {name}");
+        }
+        let c = origin.counts();
+        eprintln!(
+            "{name}: {} connections, {} streams, {} faults, at most {} open at once",
+            c.connections.load(std::sync::atomic::Ordering::Relaxed),
+            c.streams.load(std::sync::atomic::Ordering::Relaxed),
+            c.faults.load(std::sync::atomic::Ordering::Relaxed),
+            c.most_open.load(std::sync::atomic::Ordering::Relaxed),
+        );
+        if fault == H2Fault::None {
+            assert!(
+                c.most_open.load(std::sync::atomic::Ordering::Relaxed) >= 2,
+                "never two streams open at once"
+            );
+        } else {
+            assert!(
+                c.faults.load(std::sync::atomic::Ordering::Relaxed) > 0,
+                "{name}: the fault never happened"
+            );
+        }
+    }
+}
+
+fn port_of(url: &str) -> u16 {
+    url.rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
+}
