@@ -561,6 +561,13 @@ fn tools(
             "ferry --no-pipelining",
             format!("{ferry} --no-pipelining get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
         );
+        if !ferry_ca.is_empty() {
+            // What HTTP/2 is worth against HTTP/1.1 to the same server.
+            add(
+                "ferry --http2",
+                format!("{ferry} --http2 get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
+            );
+        }
         add(
             "ferry --sink buffered",
             format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} --sink buffered{ferry_ca}"),

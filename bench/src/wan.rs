@@ -160,6 +160,8 @@ pub(crate) fn tools(all: Vec<Tool>, s: Scenario) -> (Vec<Tool>, Vec<LeftOut>) {
                 "ferry",
                 // What pipelining is worth on this path.
                 "ferry --no-pipelining",
+                // Over https://, what HTTP/2 is worth against HTTP/1.1.
+                "ferry --http2",
                 "aria2c",
                 "axel",
                 "hf_transfer",

@@ -74,10 +74,12 @@ pub struct Config {
     /// with a request unanswered gets one request per answer from then on, by itself. This
     /// turns it off everywhere.
     pub pipelining: bool,
-    /// Whether `https://` connections offer HTTP/2 (ALPN `h2`, then `http/1.1`; default on).
-    /// Where the server picks `h2`, a connection's requests go as streams of it, answered in
-    /// the order asked, with no pipelining caveats; where it picks `http/1.1`, nothing changes.
-    /// Off, every connection offers only `http/1.1` (`ferry --http1.1`).
+    /// Whether `https://` connections offer HTTP/2 (ALPN `h2`, then `http/1.1`; `ferry
+    /// --http2`). Where the server picks `h2`, a connection's requests go as streams of it,
+    /// answered in the order asked, with no pipelining caveats; where it picks `http/1.1`,
+    /// nothing changes. Off by default (every connection offers only `http/1.1`): over HTTP/2
+    /// each byte costs about a third more CPU (docs/decisions.md), which on a machine with few
+    /// cores is throughput lost.
     pub http2: bool,
 }
 
@@ -102,7 +104,7 @@ impl Default for Config {
             space_wait: Duration::from_secs(60),
             allow_private_redirects: false,
             pipelining: true,
-            http2: true,
+            http2: false,
         }
     }
 }

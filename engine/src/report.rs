@@ -58,7 +58,8 @@ pub struct Report {
     /// pipelining, where the wait for an answer is a WAN's: [`Config::pipelining`](crate::Config::pipelining)).
     pub pipelined: u64,
     /// Answers to this file's requests that came over HTTP/2 (an `https://` server that chose
-    /// `h2`: [`Config::http2`](crate::Config::http2)); 0 when every one came over HTTP/1.1.
+    /// `h2` where it was offered: [`Config::http2`](crate::Config::http2)); 0 when every one
+    /// came over HTTP/1.1.
     pub http2: u64,
     /// Ranges whose flow stalled (no byte for a few round trips while other connections
     /// kept moving) and whose rest was fetched on a new connection, before the stall
