@@ -13,6 +13,7 @@
 //! child processes. This crate tests nothing by itself beyond its own helpers; the tests are in
 //! `tests/`, the measurements in `bench/`.
 
+pub mod caddy;
 pub mod data;
 pub mod disk;
 pub mod env;
@@ -334,4 +335,22 @@ pub fn serve_one_file(size: u64, seed: u64) -> (tempfile::TempDir, PathBuf, Ngin
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// Stops a server the test kit started: SIGTERM, up to 5 s to exit, then SIGKILL; reaped.
+pub(crate) fn stop_child(child: &mut std::process::Child) {
+    use std::time::{Duration, Instant};
+    // Our own child, not yet reaped (we hold `Child`), so the PID cannot name another process.
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
