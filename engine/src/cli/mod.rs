@@ -108,7 +108,8 @@ pub(crate) struct Global {
     pub no_pipelining: bool,
     /// Offer HTTP/2 on `https://` connections (ALPN `h2` then `http/1.1`; the server picks):
     /// each request a stream, many in flight per connection. By default only HTTP/1.1 is
-    /// offered, which costs less CPU per byte.
+    /// offered, which costs less CPU per byte. `serve` (with --tls-cert): speak HTTP/2 to
+    /// clients that offer it, HTTP/1.1 to the rest.
     #[arg(long, global = true)]
     pub http2: bool,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
@@ -202,13 +203,14 @@ const GLOBALS: &[&str] = &[
 ];
 
 /// Whether subcommand `sub` uses the global option `id`; one it does not use is refused there,
-/// and its `--help` does not list it. `serve` and `gc` download nothing and use none.
+/// and its `--help` does not list it. `serve` downloads nothing and uses only `--http2`; `gc` uses none.
 fn uses(sub: &str, id: &str) -> bool {
     match sub {
         "get" | "pull" | "verify" => true,
         // A ping writes nothing (the disk options do not apply) and sends one request.
         "ping" => !matches!(id, "min_free" | "space_wait" | "no_pipelining"),
         "probe" => matches!(id, "backend" | "safe_mode"),
+        "serve" => id == "http2",
         _ => false,
     }
 }

@@ -76,7 +76,7 @@ fn parse_public_url(s: &str) -> Result<String, String> {
     Ok(url.as_str().trim_end_matches('/').to_owned())
 }
 
-pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
+pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
     let mut options = ServeOptions::default();
     options.page_size = args.page_size as usize;
     options.max_connections = args.max_connections as usize;
@@ -88,9 +88,16 @@ pub(crate) fn run(_global: &Global, args: ServeArgs) -> u8 {
     options.trusted_proxies = args.trusted_proxy.clone();
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match TlsIdentity::from_pem_files(cert, key) {
+            Ok(id) if global.http2 => options.tls = Some(id.with_http2()),
             Ok(id) => options.tls = Some(id),
             Err(e) => return fail(&ErrorChain(&e), exit::USAGE),
         }
+    }
+    if global.http2 && options.tls.is_none() {
+        eprintln!(
+            "ferry: error: --http2 needs --tls-cert: HTTP/2 is offered by ALPN in the TLS handshake"
+        );
+        return exit::USAGE;
     }
     let scheme = if options.tls.is_some() {
         "https"

@@ -350,7 +350,7 @@ impl Conn {
                     std::io::ErrorKind::WouldBlock,
                     "the HTTP/2 connection's window is taken by the answers asked ahead",
                 ),
-                h2wire::SendError::H2(e) => h2wire::to_io(e),
+                h2wire::SendError::H2(e) => crate::net::h2::to_io(e),
             }),
         }
     }

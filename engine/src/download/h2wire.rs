@@ -28,6 +28,7 @@ use compio::buf::{IntoInner, IoBufMut};
 
 use super::Target;
 use crate::error::GetError;
+use crate::net::h2::to_io;
 use crate::net::{Watch, watched_cancellable};
 use crate::proto::http1::ResponseHead;
 
@@ -308,23 +309,6 @@ fn is_closed(kind: io::ErrorKind) -> bool {
         kind,
         ConnectionReset | BrokenPipe | ConnectionAborted | UnexpectedEof
     )
-}
-
-/// An h2 error as the I/O error a read of an HTTP/1.1 connection would have given: what
-/// ended the stream (RST_STREAM, GOAWAY, the connection) named.
-pub(crate) fn to_io(e: h2::Error) -> io::Error {
-    if e.is_io() {
-        return e
-            .into_io()
-            .unwrap_or_else(|| io::Error::other("HTTP/2 connection failed"));
-    }
-    // RST_STREAM, GOAWAY, or a stream h2 reset itself for a protocol error.
-    let kind = if e.reason().is_some() {
-        io::ErrorKind::ConnectionReset
-    } else {
-        io::ErrorKind::InvalidData
-    };
-    io::Error::new(kind, format!("HTTP/2: {e}"))
 }
 
 /// The address an h2 connection's errors name.

@@ -266,7 +266,7 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Shared) {
         tracing::debug!(%peer, error = %e, "cannot set a send timeout; closing");
         return;
     }
-    let mut stream = match Wire::accept_tls(tcp, ctx) {
+    let stream = match Wire::accept_tls(tcp, ctx) {
         Ok(s) => s,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "TLS handshake failed; closing");
@@ -275,6 +275,13 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Shared) {
     };
     let local = stream.tcp().local_addr().unwrap_or(peer);
     let sni = stream.sni();
+    let stream = match stream {
+        Wire::Tls(tls) if tls.conn.alpn_protocol() == Some(b"h2") => {
+            return super::h2::serve(*tls, peer, (local, sni), ctx);
+        }
+        other => other,
+    };
+    let mut stream = stream;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut first = true;
     loop {

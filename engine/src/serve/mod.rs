@@ -17,6 +17,7 @@
 
 mod catalog;
 mod date;
+mod h2;
 mod handler;
 mod http;
 mod idle;

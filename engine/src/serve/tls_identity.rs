@@ -64,6 +64,16 @@ impl TlsIdentity {
         })
     }
 
+    /// The same identity offering HTTP/2 first (ALPN `h2`, then `http/1.1`): a client that
+    /// offers `h2` gets it (`serve/h2.rs`), the others HTTP/1.1 as before.
+    pub fn with_http2(self) -> TlsIdentity {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        TlsIdentity {
+            config: Arc::new(config),
+        }
+    }
+
     /// A server session for one connection.
     pub(crate) fn session(&self) -> Result<rustls::ServerConnection, rustls::Error> {
         rustls::ServerConnection::new(Arc::clone(&self.config))

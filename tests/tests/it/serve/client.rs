@@ -47,8 +47,14 @@ fn assert_snapshot(got: &Path, want: &[FixtureFile], what: &str) {
 }
 
 /// snapshot_download + hf_hub_download of a model and a dataset, then the same offline; over
-/// HTTPS with a certificate from `pki` when given.
-fn client_round_trip(root: &Path, model: &[FixtureFile], label: &str, pki: Option<&TestPki>) {
+/// HTTPS with a certificate from `pki` when given, `ferry serve` started with `serve_extra`.
+fn client_round_trip(
+    root: &Path,
+    model: &[FixtureFile],
+    label: &str,
+    pki: Option<&TestPki>,
+    serve_extra: &[&str],
+) {
     let cache = tempfile::tempdir().expect("cache");
     let jobs = serde_json::json!([
         job("snapshot", "org/name", "model", "main", ""),
@@ -66,8 +72,8 @@ fn client_round_trip(root: &Path, model: &[FixtureFile], label: &str, pki: Optio
     ]);
     let paths = {
         let serve = match pki {
-            Some(pki) => Serve::start_tls(root, &pki.localhost),
-            None => Serve::start(root, None),
+            Some(pki) => Serve::start_with(root, Some(3), Some(&pki.localhost), serve_extra),
+            None => Serve::start_with(root, None, None, serve_extra),
         };
         hf_client_ca(
             &serve.endpoint(),
@@ -143,6 +149,7 @@ fn huggingface_hub_downloads_from_the_cache_layout() {
         &cache_model_files(),
         "cache layout",
         None,
+        &[],
     );
 
     // Another revision by name, and a repo id without an org.
@@ -176,6 +183,7 @@ fn huggingface_hub_downloads_from_the_local_dir_layout() {
         &model_files(),
         "local-dir layout",
         None,
+        &[],
     );
 }
 
@@ -191,5 +199,84 @@ fn huggingface_hub_downloads_over_https() {
         &cache_model_files(),
         "https, cache layout",
         Some(&pki),
+        &[],
     );
+}
+
+/// `ferry serve --http2` offers `h2` then `http/1.1`: the stock client (which offers only
+/// HTTP/1.1) is served as before.
+#[test]
+fn huggingface_hub_downloads_from_a_serve_that_offers_http2() {
+    if !have_hf_client() {
+        return;
+    }
+    let pki = TestPki::new();
+    let tmp = cache_root();
+    client_round_trip(
+        &tmp.path().join("root"),
+        &cache_model_files(),
+        "https with --http2, cache layout",
+        Some(&pki),
+        &["--http2"],
+    );
+}
+
+/// Mirror to mirror: `ferry pull --http2` from `ferry serve --http2` gets every file over
+/// HTTP/2 streams, byte for byte, on both back-ends; a ranged `ferry get` of the LFS file
+/// says its answers came over HTTP/2.
+#[test]
+fn ferry_pulls_from_ferry_serve_over_http2() {
+    let pki = TestPki::new();
+    let tmp = cache_root();
+    let serve = Serve::start_with(
+        &tmp.path().join("root"),
+        Some(3),
+        Some(&pki.localhost),
+        &["--http2"],
+    );
+    let ca = pki.ca.to_str().expect("utf-8");
+    let model = cache_model_files();
+    for backend in ferry_testkit::backends_under_test() {
+        let cache = tempfile::tempdir().expect("cache");
+        let cache_s = cache.path().to_str().expect("utf-8");
+        let args = [
+            "pull",
+            "org/name",
+            "--endpoint",
+            &serve.endpoint(),
+            "--http2",
+            "--ca-file",
+            ca,
+            "--cache-dir",
+            cache_s,
+            "--json",
+        ];
+        let o = ferry_testkit::ferry(backend, &args);
+        assert!(
+            o.status.success(),
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let snapshots = cache.path().join("models--org--name/snapshots");
+        assert_snapshot(&snapshots.join(COMMIT), &model, "pull over HTTP/2");
+        let out = tempfile::tempdir().expect("out");
+        let dest = out.path().join("model.safetensors");
+        let url = format!(
+            "{}/org/name/resolve/main/model.safetensors",
+            serve.endpoint()
+        );
+        let report = ferry_testkit::get_ok(
+            backend,
+            &url,
+            &dest,
+            &["--http2", "--ca-file", ca, "--chunk-size", "1M", "-c", "2"],
+        );
+        assert!(report["http2"].as_u64() >= Some(3), "{report}");
+        let want = model
+            .iter()
+            .find(|f| f.path == "model.safetensors")
+            .expect("fixture");
+        assert!(std::fs::read(&dest).expect("file") == want.bytes, "differs");
+        eprintln!("ran on backend {backend:?}: ferry pull and get over HTTP/2 from ferry serve");
+    }
 }
