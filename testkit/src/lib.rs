@@ -18,6 +18,7 @@ pub mod data;
 pub mod disk;
 pub mod env;
 pub mod eyeballs;
+pub mod h2client;
 pub mod h2origin;
 pub mod hf;
 pub mod hostile;

@@ -280,3 +280,47 @@ fn ferry_pulls_from_ferry_serve_over_http2() {
         eprintln!("ran on backend {backend:?}: ferry pull and get over HTTP/2 from ferry serve");
     }
 }
+
+/// A client that stops reading an HTTP/2 body (its window shut after 1000 bytes) has the
+/// stream reset after the send timeout, and its connection, idle then, is closed after the
+/// idle timeout: neither holds the server's thread for ever.
+#[test]
+fn a_stingy_http2_client_is_cut_off() {
+    use ferry_testkit::h2client::stingy_get;
+    let pki = TestPki::new();
+    let tmp = cache_root();
+    let serve = Serve::start_with(
+        &tmp.path().join("root"),
+        Some(3),
+        Some(&pki.localhost),
+        &["--http2", "--send-timeout", "1", "--idle-timeout", "1"],
+    );
+    let port = serve
+        .endpoint()
+        .rsplit_once(':')
+        .expect("port")
+        .1
+        .to_owned();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let got = stingy_get(
+        addr,
+        &pki.ca,
+        "/org/name/resolve/main/model.safetensors",
+        1000,
+        Duration::from_secs(60),
+    );
+    assert_eq!(got.status, 200, "{got:?}");
+    assert!(got.got <= 1000, "past the window: {got:?}");
+    assert_eq!(got.reset.as_deref(), Some("CANCEL"), "{got:?}");
+    assert!(got.closed, "the idle connection stayed open: {got:?}");
+    Trial::once(
+        (
+            "HTTP/2 client that shuts its window (server side)",
+            "serve::client::a_stingy_http2_client_is_cut_off",
+        ),
+        None,
+        "stream reset after the send timeout, connection closed when idle",
+        record::Damage::default(),
+    )
+    .record();
+}
