@@ -44,8 +44,8 @@
 //! [`hub::Pull`] mirrors a Hugging Face repo (verified, resumable after a crash through its
 //! journal) and [`serve::Server`] serves such mirrors. Downloads speak HTTPS (rustls), go
 //! through proxies, race IPv6 and IPv4 (Happy Eyeballs), take a file's bytes from several
-//! mirrors ([`GetItem::mirror`]) and keep to a bandwidth cap ([`Config::limit_rate`]). What the
-//! crate does not do yet: HTTP/2 and QUIC.
+//! mirrors ([`GetItem::mirror`]) and keep to a bandwidth cap ([`Config::limit_rate`]); HTTP/2
+//! is offered where asked ([`Config::http2`]). What the crate does not do yet: QUIC.
 //!
 //! How the crate is built, module by module, and the flow of a download from its first request
 //! to its rename: `ARCHITECTURE.md` at the repository's root.

@@ -32,8 +32,9 @@ use crate::net::h2::to_io;
 /// Streams one connection may have open at once (what nginx allows by default).
 pub(crate) const MAX_STREAMS: u32 = 128;
 
-/// Bytes of a file read and handed to h2 at a time.
-const CHUNK: usize = 256 << 10;
+/// Bytes of a file read and handed to h2 at a time, and the most h2 buffers per stream: a
+/// connection holds at most 2 x 64 KiB x [`MAX_STREAMS`] (16 MiB) of bodies.
+const CHUNK: usize = 64 << 10;
 
 /// Serves the HTTP/2 connection `tls` (its handshake done, `h2` chosen) until it closes.
 pub(super) fn serve(

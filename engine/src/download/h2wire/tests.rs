@@ -37,13 +37,13 @@ fn a_request_is_the_http1_one_as_pseudo_headers() {
 
 #[test]
 fn requests_ahead_never_pass_the_connection_window() {
-    let window = 16 << 20;
+    let window = 8 << 20;
     // Alone, any size (a whole file counts as a window).
     assert!(fits(0, window, window));
     assert!(fits(0, 4 * window, window));
     // Behind others, only while the total fits.
-    assert!(fits(8 << 20, 8 << 20, window));
-    assert!(!fits(8 << 20, (8 << 20) + 1, window));
+    assert!(fits(4 << 20, 4 << 20, window));
+    assert!(!fits(4 << 20, (4 << 20) + 1, window));
     assert!(!fits(1, window, window));
     assert!(!fits(u64::MAX, 1, window));
 }

@@ -187,6 +187,8 @@ fn huggingface_hub_downloads_from_the_local_dir_layout() {
     );
 }
 
+/// Over HTTPS, and from a `ferry serve --http2`, which offers `h2` then `http/1.1`: the stock
+/// client (which offers only HTTP/1.1) is served the same.
 #[test]
 fn huggingface_hub_downloads_over_https() {
     if !have_hf_client() {
@@ -194,31 +196,18 @@ fn huggingface_hub_downloads_over_https() {
     }
     let pki = TestPki::new();
     let tmp = cache_root();
-    client_round_trip(
-        &tmp.path().join("root"),
-        &cache_model_files(),
-        "https, cache layout",
-        Some(&pki),
-        &[],
-    );
-}
-
-/// `ferry serve --http2` offers `h2` then `http/1.1`: the stock client (which offers only
-/// HTTP/1.1) is served as before.
-#[test]
-fn huggingface_hub_downloads_from_a_serve_that_offers_http2() {
-    if !have_hf_client() {
-        return;
+    for (serve_extra, label) in [
+        (&[][..], "https, cache layout"),
+        (&["--http2"][..], "https with --http2, cache layout"),
+    ] {
+        client_round_trip(
+            &tmp.path().join("root"),
+            &cache_model_files(),
+            label,
+            Some(&pki),
+            serve_extra,
+        );
     }
-    let pki = TestPki::new();
-    let tmp = cache_root();
-    client_round_trip(
-        &tmp.path().join("root"),
-        &cache_model_files(),
-        "https with --http2, cache layout",
-        Some(&pki),
-        &["--http2"],
-    );
 }
 
 /// Mirror to mirror: `ferry pull --http2` from `ferry serve --http2` gets every file over
