@@ -280,3 +280,56 @@ fn caddy_serves_ranges_over_http2_and_http1_1() {
         eprintln!("ran on backend {backend:?}: Caddy over HTTP/2 and HTTP/1.1");
     }
 }
+
+/// HTTP/2 through the proxies and with mirrors, as over HTTP/1.1: through tinyproxy's
+/// `CONNECT` tunnel (with credentials) and microsocks (`socks5h`), and from two nginx
+/// mirrors at once (the report names both and every answer came over HTTP/2), on both
+/// back-ends.
+#[test]
+fn http2_goes_through_proxies_and_mirrors() {
+    use ferry_testkit::proxies::RealProxy;
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 6 * (1 << 20) + 99;
+    write_data(&src.path().join("f"), size, 55);
+    let a = nginx_h2(src.path(), &pki);
+    let b = nginx_h2(src.path(), &pki);
+    let tiny = RealProxy::tinyproxy(Some(("u", "p")));
+    let socks = RealProxy::microsocks(None);
+    let ca = pki.ca.display().to_string();
+    let sha = sha256_file(&src.path().join("f"));
+    let url = a.https_url("localhost", "files", "f");
+    let mirror = b.https_url("localhost", "files", "f");
+    for backend in backends_under_test() {
+        let via_tiny = tiny.url(Some(("u", "p")));
+        let via_socks = socks.url_as("socks5h", None);
+        for (what, extra) in [
+            ("tinyproxy CONNECT", vec!["--proxy", via_tiny.as_str()]),
+            ("microsocks socks5h", vec!["--proxy", via_socks.as_str()]),
+            ("two mirrors", vec!["--mirror", mirror.as_str()]),
+        ] {
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let mut args = vec!["--http2", "--ca-file", &ca, "--sha256", &sha];
+            args.extend(["--chunk-size", "1M", "-c", "4"]);
+            args.extend(extra);
+            let report = get_ok(backend, &url, &dest, &args);
+            assert_same_file(&src.path().join("f"), &dest, what);
+            assert!(report["http2"].as_u64() >= Some(6), "{what}: {report}");
+            if what == "two mirrors" {
+                let served: Vec<u64> = report["endpoints"]
+                    .as_array()
+                    .expect("endpoints")
+                    .iter()
+                    .map(|e| e["bytes"].as_u64().unwrap_or(0))
+                    .collect();
+                assert!(
+                    served.len() == 2 && served.iter().all(|&b| b > 0),
+                    "{report}"
+                );
+            }
+        }
+        eprintln!("ran on backend {backend:?}: HTTP/2 through tinyproxy, socks5h, two mirrors");
+    }
+    assert!(tiny.log().contains("CONNECT"), "{}", tiny.log());
+}
