@@ -49,14 +49,20 @@ impl Blackhole {
 /// most distributions' default `/etc/hosts`), in a mount namespace of its own (`unshare`, as
 /// root): the machine's `/etc/hosts` is not changed.
 pub fn ferry_dual_stack(dir: &Path, backend: crate::Backend, args: &[&str]) -> Output {
-    let hosts = dir.join("hosts");
-    std::fs::write(&hosts, "::1 localhost\n127.0.0.1 localhost\n").expect("write hosts");
+    ferry_with_hosts(dir, "::1 localhost\n127.0.0.1 localhost\n", backend, args)
+}
+
+/// Runs `ferry ARGS...` with `hosts` as its `/etc/hosts`, in a mount namespace of its own
+/// (`unshare`, as root): the machine's `/etc/hosts` is not changed.
+pub fn ferry_with_hosts(dir: &Path, hosts: &str, backend: crate::Backend, args: &[&str]) -> Output {
+    let file = dir.join("hosts");
+    std::fs::write(&file, hosts).expect("write hosts");
     let o = Command::new("unshare")
         .arg("--mount")
         .arg("sh")
         .arg("-c")
         .arg(r#"mount --bind "$0" /etc/hosts && exec "$@""#)
-        .arg(&hosts)
+        .arg(&file)
         .arg(crate::ferry_bin())
         .arg("--backend")
         .arg(backend.flag())

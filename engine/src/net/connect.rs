@@ -1,7 +1,8 @@
 //! Connecting to a host: Happy Eyeballs (RFC 8305) over its addresses, IPv6 and IPv4
 //! interleaved, a new attempt every [`ATTEMPT_DELAY`] while earlier ones are pending, the winner
-//! remembered per host so a job's later connections go straight there ([`Winners`]); TCP Fast
-//! Open for repeat connections where the sysctl allows it.
+//! remembered per host so a job's later connections go straight to its family, spread over the
+//! addresses of it that answer ([`Winners`]); TCP Fast Open for repeat connections where the
+//! sysctl allows it.
 //!
 //! Not here: proxies (`proxy.rs`), TLS (`tls.rs`), name resolution (`mod.rs`).
 
@@ -14,43 +15,93 @@ use crate::error::GetError;
 
 use super::*;
 
-/// The address that won the last Happy Eyeballs race for each list of addresses (keyed by the
-/// list's first), tried first by later connections, which then need no race (RFC 8305 section
-/// 4 allows such a cache). When it stops answering, the race runs again.
+/// What connecting to each list of addresses (keyed by the list's first) has taught: the address
+/// that won the last Happy Eyeballs race, those that answered and those that failed while
+/// another answered (RFC 8305 section 4 allows such a cache). Once one address answered, later
+/// connections need no race: they are spread over the addresses of its family in turn, those
+/// that failed left out, so a CDN name with several addresses gets connections to each (their
+/// caps are per server) and a dead one costs one attempt, not one per connection. When the
+/// winner stops answering a Fast Open connection, the race runs again ([`Winners::forget`]).
 #[derive(Debug, Default)]
-pub(crate) struct Winners(std::sync::Mutex<std::collections::HashMap<SocketAddr, SocketAddr>>);
+pub(crate) struct Winners(std::sync::Mutex<std::collections::HashMap<SocketAddr, Known>>);
+
+#[derive(Debug)]
+struct Known {
+    winner: SocketAddr,
+    answered: Vec<SocketAddr>,
+    failed: Vec<SocketAddr>,
+    /// Connections ordered since the first winner: which address of the family is next.
+    turn: usize,
+}
 
 impl Winners {
-    /// `addrs` in the order to try them: interleaved, the last winner first.
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<SocketAddr, Known>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `addrs` in the order to try them: interleaved; once one answered, the next address of
+    /// its family in turn (leaving out those that failed) first, then the last winner.
     fn order(&self, addrs: &[SocketAddr]) -> Vec<SocketAddr> {
         let mut order = interleave(addrs);
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let winner = addrs.first().and_then(|first| map.get(first));
-        if let Some(at) = winner.and_then(|w| order.iter().position(|a| a == w)) {
-            let w = order.remove(at);
-            order.insert(0, w);
+        let mut map = self.lock();
+        let Some(known) = addrs.first().and_then(|first| map.get_mut(first)) else {
+            return order;
+        };
+        let family: Vec<SocketAddr> = addrs
+            .iter()
+            .copied()
+            .filter(|a| a.is_ipv6() == known.winner.is_ipv6() && !known.failed.contains(a))
+            .collect();
+        let pick = if family.is_empty() {
+            known.winner
+        } else {
+            family[known.turn % family.len()]
+        };
+        known.turn = known.turn.wrapping_add(1);
+        for first in [known.winner, pick] {
+            if let Some(at) = order.iter().position(|a| *a == first) {
+                let a = order.remove(at);
+                order.insert(0, a);
+            }
         }
         order
     }
 
-    fn record(&self, addrs: &[SocketAddr], winner: SocketAddr) {
-        if let Some(first) = addrs.first() {
-            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            map.insert(*first, winner);
+    /// `winner` answered; `failed` did not, in the same race.
+    fn record(&self, addrs: &[SocketAddr], winner: SocketAddr, failed: &[SocketAddr]) {
+        let Some(first) = addrs.first() else { return };
+        let mut map = self.lock();
+        let known = map.entry(*first).or_insert_with(|| Known {
+            winner,
+            answered: Vec::new(),
+            failed: Vec::new(),
+            turn: 0,
+        });
+        known.winner = winner;
+        if !known.answered.contains(&winner) {
+            known.answered.push(winner);
+        }
+        known.failed.retain(|a| *a != winner);
+        for a in failed {
+            if !known.failed.contains(a) {
+                known.failed.push(*a);
+            }
         }
     }
 
-    /// The last winner for `addrs`, if any.
-    fn known(&self, addrs: &[SocketAddr]) -> Option<SocketAddr> {
-        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        addrs.first().and_then(|first| map.get(first)).copied()
+    /// Whether `addr` of the list `addrs` answered before (what Fast Open may go to).
+    fn answered(&self, addrs: &[SocketAddr], addr: SocketAddr) -> bool {
+        let map = self.lock();
+        addrs
+            .first()
+            .and_then(|first| map.get(first))
+            .is_some_and(|k| k.answered.contains(&addr))
     }
 
-    /// Forgets the winner for the list whose first address is `first`: it failed on a
-    /// connection that skipped the handshake (TCP Fast Open), so the next one races again.
+    /// Forgets what is known of the list whose first address is `first`: a connection that
+    /// skipped the handshake (TCP Fast Open) failed, so the next one races again.
     pub(crate) fn forget(&self, first: SocketAddr) {
-        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&first);
+        self.lock().remove(&first);
     }
 }
 
@@ -83,13 +134,13 @@ pub(crate) fn interleave(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
 /// Connects with Happy Eyeballs (RFC 8305): the addresses in [`interleave`]d order, a new
 /// attempt started when the last one failed or had no answer for [`ATTEMPT_DELAY`], the
 /// attempts racing, the first connection to complete kept and the others dropped. Each
-/// attempt is bounded by the dialer's connect timeout. The race's winner goes first next time
-/// ([`Winners`]).
+/// attempt is bounded by the dialer's connect timeout. Later connections go straight to the
+/// winner's family, spread over its addresses ([`Winners`]).
 ///
-/// With the dialer's `fast_open`, the attempt to the last winner uses TCP Fast Open (the
-/// result says whether the connection did): once the kernel holds a cookie for it, `connect`
-/// completes at once and the request rides in the SYN, saving a round trip per new
-/// connection. Only that address: a Fast Open connect to a dead address
+/// With the dialer's `fast_open`, an attempt to an address that answered before uses TCP Fast
+/// Open (the result says whether the connection did): once the kernel holds a cookie for it,
+/// `connect` completes at once and the request rides in the SYN, saving a round trip per new
+/// connection. Only such addresses: a Fast Open connect to a dead address
 /// with a cookie would "succeed" at once and win the race, and the failure would only show at
 /// the first read. When that happens to the winner, its caller forgets it
 /// ([`Winners::forget`]) and the next connection races again.
@@ -103,10 +154,10 @@ pub(crate) async fn connect(
 
     let (timeout, winners) = (dialer.timeouts.connect, &*dialer.winners);
     let order = winners.order(addrs);
-    let fast = winners.known(addrs).filter(|_| dialer.fast_open);
     let mut next = order.iter().copied();
     let attempt = |addr: SocketAddr| async move {
-        let r = match compio::time::timeout(timeout, connect_one(addr, fast == Some(addr))).await {
+        let fast = dialer.fast_open && winners.answered(addrs, addr);
+        let r = match compio::time::timeout(timeout, connect_one(addr, fast)).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
@@ -242,7 +293,8 @@ fn won(
     addr: SocketAddr,
 ) {
     // Recorded even without a race: an address that answered is what Fast Open may go to.
-    winners.record(addrs, addr);
+    let lost: Vec<SocketAddr> = failed.iter().map(|(a, _)| *a).collect();
+    winners.record(addrs, addr, &lost);
     if started.len() < 2 {
         return;
     }

@@ -1,7 +1,8 @@
 //! Connecting with Happy Eyeballs (RFC 8305), on every back-end: `localhost` resolves to `::1`
 //! and `127.0.0.1` (a private hosts file), and one of the two is closed (refused at once) or
 //! silent (SYNs dropped); ferry reaches the other, and says in its log which attempt won and
-//! what became of the other. Both closed: one clear error naming both addresses.
+//! what became of the other. Both closed: one clear error naming both addresses. A name with
+//! several addresses of one family gets its connections spread over those that answer.
 
 use std::net::SocketAddr;
 
@@ -103,5 +104,119 @@ fn both_closed_names_both() {
         );
         ferry_testkit::assert_no_output(&dest, &format!("backend={backend:?}"));
         eprintln!("ran on backend {backend:?}: both refused, exit 3");
+    }
+}
+
+/// A TCP forwarder on `ip:port` to `upstream`, counting the connections it accepted; stopped
+/// (its listener closed) when dropped.
+struct Forwarder {
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    addr: SocketAddr,
+}
+
+impl Forwarder {
+    fn start(addr: SocketAddr, upstream: SocketAddr) -> std::io::Result<Forwarder> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind(addr)?;
+        let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                if stopped.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(down) = conn else { continue };
+                count.fetch_add(1, Ordering::Relaxed);
+                let Ok(up) = std::net::TcpStream::connect(upstream) else {
+                    continue;
+                };
+                for (mut from, mut to) in [
+                    (
+                        down.try_clone().expect("clone"),
+                        up.try_clone().expect("clone"),
+                    ),
+                    (up, down),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Ok(Forwarder {
+            accepted,
+            stop,
+            addr,
+        })
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Wakes the accept loop, which then sees `stop`.
+        let _ = std::net::TcpStream::connect(self.addr);
+    }
+}
+
+/// A name with three IPv4 addresses (a CDN's several A records): once one answered, ferry's
+/// connections are spread over all three; a fourth address where nothing listens is left out
+/// after it failed once, and the file arrives whole. On both back-ends.
+#[test]
+fn connections_spread_over_a_names_addresses() {
+    let (_src, source, nginx) = serve_one_file(3 << 20, 31);
+    let upstream: SocketAddr = format!("127.0.0.1:{}", nginx.port()).parse().expect("addr");
+    // One port free on 127.0.0.1..3 (tried again when another took it meanwhile).
+    let forwarders = (0..20)
+        .find_map(|_| {
+            let port = ferry_testkit::free_port();
+            (1..=3)
+                .map(|i| {
+                    Forwarder::start(format!("127.0.0.{i}:{port}").parse().ok()?, upstream).ok()
+                })
+                .collect::<Option<Vec<_>>>()
+                .map(|f| (port, f))
+        })
+        .expect("a port free on three loopback addresses");
+    let (port, forwarders) = forwarders;
+    let hosts = "127.0.0.1 spread.test\n127.0.0.4 spread.test\n127.0.0.2 spread.test\n\
+                 127.0.0.3 spread.test\n";
+    for backend in backends_under_test() {
+        let before: Vec<usize> = forwarders.iter().map(Forwarder::accepted).collect();
+        let dir = tempfile::tempdir().expect("tmp");
+        let dest = dir.path().join("f");
+        let url = format!("http://spread.test:{port}/files/f");
+        let args = [
+            "-v",
+            "get",
+            &url,
+            "-o",
+            dest.to_str().expect("utf8"),
+            "-c",
+            "8",
+            "--chunk-size",
+            "256K",
+        ];
+        let o = ferry_testkit::eyeballs::ferry_with_hosts(dir.path(), hosts, backend, &args);
+        let log = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert!(o.status.success(), "backend={backend:?}: {log}");
+        assert_same_file(&source, &dest, "spread");
+        let got: Vec<usize> = forwarders
+            .iter()
+            .zip(&before)
+            .map(|(f, b)| f.accepted() - b)
+            .collect();
+        assert!(
+            got.iter().all(|&n| n >= 1),
+            "backend={backend:?}: connections per address {got:?}: {log}"
+        );
+        eprintln!("ran on backend {backend:?}: connections per address {got:?}");
     }
 }
