@@ -188,7 +188,9 @@ impl H2Wire {
     }
 
     /// Reads up to `want` bytes of the current answer's body into `buf` at `from` (its
-    /// initialised length); `Ok(0)` at the body's end.
+    /// initialised length); `Ok(0)` at the body's end. Takes every DATA frame already there
+    /// (servers send 8-16 KiB frames) before it returns, and waits, under `watch`, only when
+    /// none is: a timer per frame cost more than the frame's copy.
     pub(crate) async fn read<B: IoBufMut>(
         &mut self,
         buf: B,
@@ -196,40 +198,72 @@ impl H2Wire {
         want: usize,
         watch: Watch<'_>,
     ) -> BufResult<usize, B> {
-        if self.chunk.is_empty() {
-            match self.next_chunk(watch).await {
-                Ok(true) => {}
-                Ok(false) => return BufResult(Ok(0), buf),
-                Err(e) => return BufResult(Err(e), buf),
-            }
-        }
         let mut slice = buf.slice(from..from + want);
-        let n = crate::backend::buf::append(&mut slice, &self.chunk);
-        let _ = self.chunk.split_to(n);
-        self.left = self.left.saturating_sub(n as u64);
+        let mut n = 0;
+        while n < want {
+            if self.chunk.is_empty() {
+                let ready = self.next_chunk_now();
+                let got = match ready {
+                    Some(got) => got,
+                    None if n > 0 => break,
+                    None => self.next_chunk(watch).await,
+                };
+                match got {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    // What was read before the error is handed out first.
+                    Err(_) if n > 0 => break,
+                    Err(e) => return BufResult(Err(e), slice.into_inner()),
+                }
+            }
+            let m = crate::backend::buf::append(&mut slice, &self.chunk);
+            let _ = self.chunk.split_to(m);
+            self.left = self.left.saturating_sub(m as u64);
+            n += m;
+        }
         BufResult(Ok(n), slice.into_inner())
+    }
+
+    /// The next DATA of the current body if it is already there (`None` when it is not).
+    fn next_chunk_now(&mut self) -> Option<io::Result<bool>> {
+        let body = self.body.as_mut()?;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match body.poll_data(&mut cx) {
+            std::task::Poll::Pending => None,
+            std::task::Poll::Ready(data) => Some(self.take(data)),
+        }
     }
 
     /// Waits for the next DATA of the current body. `Ok(false)`: the body ended.
     async fn next_chunk(&mut self, watch: Watch<'_>) -> io::Result<bool> {
-        let Some(body) = self.body.as_mut() else {
-            return Ok(false);
-        };
         loop {
+            let Some(body) = self.body.as_mut() else {
+                return Ok(false);
+            };
             let data = watched_cancellable(body.data(), watch)
                 .await
                 .map_err(crate::net::WatchError::into_io)?;
-            match data {
-                None => return Ok(false),
-                Some(Err(e)) => return Err(to_io(e)),
-                Some(Ok(data)) => {
-                    // Copied out before the next DATA is taken: the window opens again now.
+            match self.take(data) {
+                // An empty DATA frame: wait for the next.
+                Ok(true) if self.chunk.is_empty() => {}
+                other => return other,
+            }
+        }
+    }
+
+    /// Takes one DATA frame (or the body's end, or its error) as the current chunk; `Ok(false)`
+    /// at the end. Its flow-control capacity goes back at once: it is copied out before the
+    /// next frame is taken, so what h2 holds stays within the window.
+    fn take(&mut self, data: Option<Result<Bytes, h2::Error>>) -> io::Result<bool> {
+        match data {
+            None => Ok(false),
+            Some(Err(e)) => Err(to_io(e)),
+            Some(Ok(data)) => {
+                if let Some(body) = self.body.as_mut() {
                     let _ = body.flow_control().release_capacity(data.len());
-                    if !data.is_empty() {
-                        self.chunk = data;
-                        return Ok(true);
-                    }
                 }
+                self.chunk = data;
+                Ok(true)
             }
         }
     }
