@@ -333,3 +333,65 @@ fn http2_goes_through_proxies_and_mirrors() {
     }
     assert!(tiny.log().contains("CONNECT"), "{}", tiny.log());
 }
+
+/// Over HTTP/2, a redirect on the same host is followed on the same connection (nginx's
+/// `/to-https/` answers 302 to `/files/`), and `ferry ping --http2` measures over HTTP/2 too;
+/// on both back-ends.
+#[test]
+fn redirects_and_ping_over_http2() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 2 * (1 << 20) + 3;
+    write_data(&src.path().join("f"), size, 66);
+    let nginx = nginx_h2(src.path(), &pki);
+    let ca = pki.ca.display().to_string();
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("f");
+        let url = nginx.https_url("localhost", "to-https", "f");
+        let report = get_ok(
+            backend,
+            &url,
+            &dest,
+            &["--http2", "--ca-file", &ca, "--chunk-size", "512K"],
+        );
+        assert_same_file(&src.path().join("f"), &dest, "redirect over HTTP/2");
+        assert!(report["http2"].as_u64() >= Some(4), "{report}");
+        let o = ferry_testkit::ferry(
+            backend,
+            &[
+                "ping",
+                "--json",
+                "--http2",
+                "--ca-file",
+                &ca,
+                "--bytes",
+                "1M",
+                &nginx.https_url("localhost", "files", "f"),
+            ],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&o.stderr));
+        });
+        let e = &v["endpoints"][0];
+        assert_eq!(e["ok"], true, "{v}");
+        assert_eq!(e["bytes"].as_u64(), Some(1 << 20), "{v}");
+        assert_eq!(e["status"], 206, "{v}");
+        eprintln!("ran on backend {backend:?}: a redirect and a ping over HTTP/2");
+    }
+    let log = nginx.requests(1);
+    assert!(
+        log.iter().all(|r| r.protocol == "HTTP/2.0"),
+        "every request over HTTP/2: {log:?}"
+    );
+    // The range after each redirect went on the redirect's own connection.
+    let redirects: Vec<_> = log.iter().filter(|r| r.status == 302).collect();
+    assert_eq!(redirects.len(), backends_under_test().len(), "{log:?}");
+    for r in redirects {
+        assert!(
+            log.iter()
+                .any(|n| n.connection == r.connection && n.nth > r.nth && n.uri == "/files/f"),
+            "no range after the redirect on its connection: {log:?}"
+        );
+    }
+}
