@@ -561,8 +561,9 @@ fn tools(
             "ferry --no-pipelining",
             format!("{ferry} --no-pipelining get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
         );
-        if !ferry_ca.is_empty() {
-            // What HTTP/2 is worth against HTTP/1.1 to the same server.
+        // What HTTP/2 is worth against HTTP/1.1 to the same server: over the WAN suites'
+        // HTTPS origin, which offers it (the loopback `https` origin offers HTTP/1.1 only).
+        if !ferry_ca.is_empty() && wan::scenario(suite).is_some() {
             add(
                 "ferry --http2",
                 format!("{ferry} --http2 get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),

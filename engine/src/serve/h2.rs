@@ -14,7 +14,6 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -52,9 +51,8 @@ pub(super) fn serve(
             return;
         }
     };
-    let base = Rc::new((peer, local, sni));
     rt.block_on(async move {
-        if let Err(e) = run(conn, sock, base, ctx).await {
+        if let Err(e) = run(conn, sock, (peer, local, sni), ctx).await {
             tracing::debug!(%peer, error = %e, "HTTP/2 connection ended");
         }
     });
@@ -63,7 +61,7 @@ pub(super) fn serve(
 async fn run(
     conn: rustls::ServerConnection,
     sock: TcpStream,
-    base: Rc<(SocketAddr, SocketAddr, Option<String>)>,
+    (peer, local, sni): (SocketAddr, SocketAddr, Option<String>),
     ctx: &Shared,
 ) -> io::Result<()> {
     sock.set_nonblocking(true)?;
@@ -98,7 +96,7 @@ async fn run(
                 Either::Left((next, _)) => next,
                 Either::Right((ended, _)) => {
                     if let Some(Err(e)) = ended {
-                        tracing::debug!(peer = %base.0, error = %e, "HTTP/2 stream ended");
+                        tracing::debug!(%peer, error = %e, "HTTP/2 stream ended");
                     }
                     continue;
                 }
@@ -106,8 +104,7 @@ async fn run(
         };
         let Some(next) = next else { break };
         let (req, respond) = next.map_err(to_io)?;
-        let (peer, local, sni) = &*base;
-        streams.push(answer(req, respond, ctx, (*peer, *local, sni.clone())));
+        streams.push(answer(req, respond, ctx, (peer, local, sni.clone())));
     }
     // The client closed the connection: the streams still open end with it.
     while streams.next().await.is_some() {}
