@@ -1,5 +1,5 @@
 //! Socket-side features: splice(2), UDP GSO/GRO, `recvmmsg`, TCP Fast Open, congestion controls,
-//! kTLS. Each is tried on a real socket on loopback; the TCP settings are read from sysctls.
+//! receive buffer limits, kTLS. Each is tried on a real socket on loopback; the TCP settings are read from sysctls.
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, RawFd};
@@ -25,6 +25,12 @@ pub struct NetReport {
     pub congestion_controls: Vec<String>,
     /// `net.ipv4.tcp_congestion_control`, the default.
     pub congestion_default: Option<String>,
+    /// `net.ipv4.tcp_rmem`: the minimum, default and most bytes the kernel lets a TCP socket's
+    /// receive buffer grow to by itself. The most bounds a flow's window: a path whose
+    /// bandwidth-delay product is larger cannot be filled by one connection.
+    pub tcp_rmem: Option<[u64; 3]>,
+    /// `net.core.rmem_max`: the most a program may ask for with `SO_RCVBUF`.
+    pub rmem_max: Option<u64>,
     /// `setsockopt(TCP_ULP, "tls")` works on a connected TCP socket.
     pub ktls: Support,
 }
@@ -41,6 +47,14 @@ pub fn probe() -> NetReport {
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default(),
         congestion_default: read_trimmed("/proc/sys/net/ipv4/tcp_congestion_control"),
+        tcp_rmem: read_trimmed("/proc/sys/net/ipv4/tcp_rmem").and_then(|s| {
+            let v: Vec<u64> = s
+                .split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect();
+            <[u64; 3]>::try_from(v).ok()
+        }),
+        rmem_max: read_trimmed("/proc/sys/net/core/rmem_max").and_then(|s| s.parse().ok()),
         ktls: probe_ktls(),
     }
 }
@@ -173,5 +187,18 @@ mod tests {
             "net probe: gso={} gro={} ktls={} cc={:?}",
             r.udp_gso, r.udp_gro, r.ktls, r.congestion_controls
         );
+        // The receive buffer limits, as the sysctls say (three numbers, in order).
+        if let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem") {
+            let want: Vec<u64> = text
+                .split_whitespace()
+                .map(|n| n.parse().expect("n"))
+                .collect();
+            let [min, default, most] = r.tcp_rmem.expect("tcp_rmem read");
+            assert_eq!(vec![min, default, most], want);
+            assert!(min <= default && default <= most, "{want:?}");
+        }
+        if let Ok(text) = std::fs::read_to_string("/proc/sys/net/core/rmem_max") {
+            assert_eq!(r.rmem_max, text.trim().parse().ok());
+        }
     }
 }

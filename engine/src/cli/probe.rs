@@ -166,6 +166,19 @@ fn print_table(r: &ProbeReport, choice: &Choice) {
             r.net.congestion_controls.join(" ")
         ),
     );
+    row(
+        "TCP receive buffer",
+        match (r.net.tcp_rmem, r.net.rmem_max) {
+            (Some([_, default, most]), max) => format!(
+                "{} by default, grows to {} by itself (SO_RCVBUF up to {}): one flow's window \
+                 at most",
+                human_bytes(default),
+                human_bytes(most),
+                max.map_or("?".to_owned(), human_bytes)
+            ),
+            _ => "(no sysctl)".into(),
+        },
+    );
     row("kTLS", yes_no(&r.net.ktls));
     let tls = ferry::tls_info();
     println!("tls");
