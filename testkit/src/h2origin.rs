@@ -39,6 +39,9 @@ pub enum H2Fault {
     TooMany(usize),
     /// Every `n`-th answer: a 206 whose `Content-Range` starts one byte later than asked.
     WrongRange(usize),
+    /// Every answer without `Content-Length` (END_STREAM ends the body, as HTTP/2 allows);
+    /// every `n`-th of them a byte short.
+    NoLength(usize),
 }
 
 /// What the origin saw.
@@ -298,7 +301,14 @@ async fn answer(
             file.clone()
         }
     };
-    head = head.header("content-length", bytes.len().to_string());
+    if let H2Fault::NoLength(k) = fault {
+        if hits(n, k) && bytes.len() > 1 {
+            counts.faults.fetch_add(1, Ordering::Relaxed);
+            bytes = bytes.slice(..bytes.len() - 1);
+        }
+    } else {
+        head = head.header("content-length", bytes.len().to_string());
+    }
     if let H2Fault::TooMany(k) = fault
         && hits(n, k)
     {

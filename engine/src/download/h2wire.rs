@@ -14,7 +14,8 @@
 //! process (REFUSED_STREAM, or above a GOAWAY's last stream) reads as "closed before any byte
 //! of it", which the callers answer with a fresh connection, as for HTTP/1.1; an answer with an
 //! HTTP/1.1 connection header (`transfer-encoding`, `connection`) is malformed (RFC 9113 8.2.2)
-//! and refused. Not here: TLS, ALPN and the h2 handshake (`net/h2.rs`), the answer checks
+//! and refused; a 206 without `Content-Length` (END_STREAM frames an HTTP/2 body) counts as
+//! long as its `Content-Range` says. Not here: TLS, ALPN and the h2 handshake (`net/h2.rs`), the answer checks
 //! (`proto/file.rs`), cleartext HTTP/2 (h2c).
 
 use std::collections::VecDeque;
@@ -179,6 +180,20 @@ impl H2Wire {
                 name.as_str().to_owned(),
                 String::from_utf8_lossy(value.as_bytes()).into_owned(),
             ));
+        }
+        // HTTP/2 ends a body with END_STREAM, so a server may leave `Content-Length` out. A
+        // 206 without it is given the length its `Content-Range` states, as HTTP/1.1 framing
+        // would say it: a body that ends before it is short, and one that goes on past it is
+        // cut at the range's end by the plan.
+        if parts.status.as_u16() == 206 && parts.headers.get("content-length").is_none() {
+            let stated = parts
+                .headers
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::proto::http1::parse_content_range);
+            if let Some(crate::proto::http1::ContentRange::Satisfied { first, last, .. }) = stated {
+                headers.push(("content-length".into(), (last - first + 1).to_string()));
+            }
         }
         self.body = Some(body);
         Ok(Some(ResponseHead::from_parts(

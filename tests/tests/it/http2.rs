@@ -135,6 +135,10 @@ fn a_hostile_http2_server_still_gives_byte_identical_files() {
             "HTTP/2 body a byte longer than its Content-Length",
         ),
         (H2Fault::WrongRange(3), "HTTP/2 206 for another range"),
+        (
+            H2Fault::NoLength(3),
+            "HTTP/2 answers without Content-Length, every third a byte short",
+        ),
     ];
     for (fault, name) in faults {
         let origin = H2Origin::start(src.path(), &pki.localhost, fault);
