@@ -313,3 +313,88 @@ fn a_stingy_http2_client_is_cut_off() {
     )
     .record();
 }
+
+/// Runs `curl --http2 ARGS` (curl on nghttp2, a client ferry did not write) and returns what
+/// it wrote (with `-w` last) and whether it succeeded.
+fn curl_h2(ca: &Path, args: &[&str]) -> String {
+    let o = std::process::Command::new("curl")
+        .args(["--http2", "-sS", "--cacert"])
+        .arg(ca)
+        .args(args)
+        .output()
+        .expect("run curl");
+    assert!(
+        o.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// curl (nghttp2) against `ferry serve --http2`: the API, a HEAD, a range, a POST and a 404 all
+/// over HTTP/2, each answered as over HTTP/1.1.
+#[test]
+fn curl_speaks_http2_to_ferry_serve() {
+    let pki = TestPki::new();
+    let tmp = cache_root();
+    let serve = Serve::start_with(
+        &tmp.path().join("root"),
+        Some(3),
+        Some(&pki.localhost),
+        &["--http2"],
+    );
+    let base = serve.endpoint();
+    let ca = pki.ca.as_path();
+    let w = ["-w", "\n%{http_version} %{http_code}"];
+    let api = curl_h2(
+        ca,
+        &[&[&*format!("{base}/api/models/org/name")][..], &w].concat(),
+    );
+    assert!(api.ends_with("\n2 200"), "{api}");
+    assert!(api.contains(COMMIT), "{api}");
+    let file = format!("{base}/org/name/resolve/main/model.safetensors");
+    let head = curl_h2(ca, &[&["-I", &*file][..], &w].concat());
+    assert!(head.ends_with("\n2 200"), "{head}");
+    assert!(head.contains("x-repo-commit: "), "{head}");
+    assert!(head.contains("content-length: 3145728"), "{head}");
+    let range = curl_h2(
+        ca,
+        &[
+            &["-r", "100-199", "-D", "-", "-o", "/dev/null", &*file][..],
+            &w,
+        ]
+        .concat(),
+    );
+    assert!(range.ends_with("\n2 206"), "{range}");
+    assert!(
+        range.contains("content-range: bytes 100-199/3145728"),
+        "{range}"
+    );
+    let info = curl_h2(
+        ca,
+        &[
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "content-type: application/json",
+                "--data",
+                r#"{"paths": ["config.json"]}"#,
+                &*format!("{base}/api/models/org/name/paths-info/main"),
+            ][..],
+            &w,
+        ]
+        .concat(),
+    );
+    assert!(info.ends_with("\n2 200"), "{info}");
+    assert!(info.contains("\"path\":\"config.json\""), "{info}");
+    let missing = curl_h2(
+        ca,
+        &[
+            &[&*format!("{base}/org/name/resolve/main/nope.bin")][..],
+            &w,
+        ]
+        .concat(),
+    );
+    assert!(missing.ends_with("\n2 404"), "{missing}");
+}
