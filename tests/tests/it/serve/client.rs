@@ -246,6 +246,12 @@ fn ferry_pulls_from_ferry_serve_over_http2() {
             "{backend:?}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
+        let pulled: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+        // The files' answers came over HTTP/2: at least as many as files fetched.
+        assert!(
+            pulled["http2"].as_u64() >= pulled["fetched"].as_u64(),
+            "{pulled}"
+        );
         let snapshots = cache.path().join("models--org--name/snapshots");
         assert_snapshot(&snapshots.join(COMMIT), &model, "pull over HTTP/2");
         let out = tempfile::tempdir().expect("out");
