@@ -239,6 +239,17 @@ impl Conn {
         matches!(self.wire, Wire::H2(_))
     }
 
+    /// An answer to a request this connection sent ahead did not come, and the server `did`
+    /// what one that takes no pipelined requests does: over HTTP/1.1 its source's endpoint gets
+    /// one request per answer from then on (said once, with what `did` says). Over HTTP/2 the
+    /// request was a stream refused or cut off by GOAWAY, no fault of sending it ahead.
+    pub(super) fn stop_pipelining(&self, file: &super::file::FileDownload, src: usize, did: &str) {
+        let source = &file.sources[src];
+        if !self.is_h2() && file.endpoints.stop_pipelining(source.endpoint) {
+            tracing::info!("{} {did}", source.label());
+        }
+    }
+
     /// True when this connection goes to `target` (one of its addresses, and over TLS with its
     /// host name when it is `https://`) and can take another request.
     pub(super) fn serves(&self, target: &Target) -> bool {
@@ -362,10 +373,10 @@ impl Conn {
         &mut self,
         target: &Target,
     ) -> Result<Option<ResponseHead>, GetError> {
+        let file = self.hedging.clone();
+        let moving = |since| file.as_ref().is_some_and(|f| f.hedge_pays(since));
+        let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
         if let Wire::H2(h2) = &mut self.wire {
-            let file = self.hedging.clone();
-            let moving = |since| file.as_ref().is_some_and(|f| f.hedge_pays(since));
-            let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
             return h2
                 .read_head(&target.display, watch)
                 .await
@@ -388,9 +399,6 @@ impl Conn {
                     });
                 }
             }
-            let file = self.hedging.clone();
-            let moving = |since| file.as_ref().is_some_and(|f| f.hedge_pays(since));
-            let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
             let n = match self.read_more_watched(watch).await {
                 Ok(n) => n,
                 Err(e) if self.reused && self.pending.is_empty() && is_closed(&e) => {

@@ -331,15 +331,10 @@ fn request(target: &Target, range: Option<Range<u64>>) -> Result<http::Request<(
         target.host_header,
         target.request_target
     );
-    let mut req = http::Request::get(uri)
-        .header("user-agent", concat!("ferry/", env!("CARGO_PKG_VERSION")))
-        .header("accept", "*/*")
-        .header("accept-encoding", "identity");
-    if let Some(r) = range {
-        req = req.header("range", format!("bytes={}-{}", r.start, r.end - 1));
-    }
-    if let Some(auth) = &target.authorization {
-        req = req.header("authorization", auth.expose());
+    let mut req = http::Request::get(uri);
+    let auth = target.authorization.as_ref().map(|a| a.expose());
+    for (name, value) in crate::proto::http1::get_fields(range, auth) {
+        req = req.header(name, value);
     }
     req.body(())
         .map_err(|e| format!("not a request HTTP/2 can send: {e}"))

@@ -146,10 +146,13 @@ async fn range_loop(
         // an answer with a request unread resets the connection, which can cut the body before
         // it. Its endpoint gets one request per answer from then on.
         if matches!(end, BodyEnd::Short { .. })
-            && let Some(b) = ahead.front()
-            && !lane.conn.as_ref().is_some_and(Conn::is_h2)
+            && let (Some(b), Some(conn)) = (ahead.front(), lane.conn.as_ref())
         {
-            stop_pipelining(file, b.src, "reset a connection with a request pipelined");
+            conn.stop_pipelining(
+                file,
+                b.src,
+                "reset a connection with a request pipelined; asking one range at a time there",
+            );
         }
         // A body not read to its end leaves the connection out of step with the answers behind
         // it: the leases asked for ahead go back, and the connection with them.
@@ -311,15 +314,6 @@ async fn pipeline_more(
     }
 }
 
-/// Source `src`'s endpoint `did` what a server that takes no pipelined requests does: no more
-/// pipelining there, said once.
-fn stop_pipelining(file: &FileDownload, src: usize, did: &str) {
-    let source = &file.sources[src];
-    if file.endpoints.stop_pipelining(source.endpoint) {
-        tracing::info!("{} {did}; asking one range at a time there", source.label());
-    }
-}
-
 /// Why the answer to a pipelined request is not there.
 enum Pipelined {
     /// The connection closed before any byte of it: the server does not take pipelined
@@ -344,13 +338,11 @@ async fn pipelined_answer(
         .expect("the connection the request went on");
     let head = match conn.read_head(target).await {
         Ok(Some(head)) => head,
-        // Over HTTP/2, a request refused or cut off by GOAWAY: asked again on a new connection.
-        Ok(None) if conn.is_h2() => return Err(Pipelined::Unanswered),
         Ok(None) => {
-            stop_pipelining(
+            conn.stop_pipelining(
                 file,
                 lease.src,
-                "closed a connection with a request unanswered",
+                "closed a connection with a request unanswered; asking one range at a time there",
             );
             return Err(Pipelined::Unanswered);
         }

@@ -69,14 +69,12 @@ pub(super) async fn request(
             match conn.read_head(&target).await? {
                 Some(head) => head,
                 None => {
-                    // Over HTTP/2, a refused stream or a GOAWAY: nothing wrong with pipelining.
-                    if !conn.is_h2() && file.endpoints.stop_pipelining(source.endpoint) {
-                        tracing::info!(
-                            "{} closed a connection with a request unanswered; asking one \
-                             request at a time there",
-                            source.label()
-                        );
-                    }
+                    conn.stop_pipelining(
+                        file,
+                        src,
+                        "closed a connection with a request unanswered; asking one request at \
+                         a time there",
+                    );
                     conn = Conn::open(&target).await?;
                     conn.request(&target, Some(range.clone())).await?
                 }

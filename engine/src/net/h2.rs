@@ -97,13 +97,8 @@ where
 
     /// Hands buffered ciphertext to rustls and decrypts what it completes.
     fn feed(&mut self) -> io::Result<()> {
-        let mut pending = &self.rx[self.rx_at..];
-        let n = self.tls.read_tls(&mut pending)?;
+        let (n, state) = super::tls::feed(&mut self.tls, &self.rx[self.rx_at..])?;
         self.rx_at += n;
-        let state = self
-            .tls
-            .process_new_packets()
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         self.closed |= state.peer_has_closed();
         Ok(())
     }

@@ -274,6 +274,17 @@ fn io_tls(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
 
+/// Hands `ciphertext` to the session and decrypts what it completes (the compio side's read
+/// step, here and in `h2.rs`): how many bytes it took, and its state after.
+pub(crate) fn feed<S: rustls::SideData>(
+    session: &mut rustls::ConnectionCommon<S>,
+    mut ciphertext: &[u8],
+) -> io::Result<(usize, rustls::IoState)> {
+    let n = session.read_tls(&mut ciphertext)?;
+    let state = session.process_new_packets().map_err(io_tls)?;
+    Ok((n, state))
+}
+
 /// A blocking socket, plain or with rustls over it: the Hub API client's connections
 /// (`C` = `ClientConnection`) and `ferry serve`'s (`ServerConnection`).
 pub(crate) enum Wire<C> {
@@ -423,10 +434,8 @@ impl TlsStream {
 
     /// Hands buffered ciphertext to rustls and decrypts what it completes.
     fn feed(&mut self) -> io::Result<()> {
-        let mut pending = &self.rx[self.rx_at..];
-        let n = self.conn.read_tls(&mut pending)?;
+        let (n, state) = feed(&mut self.conn, &self.rx[self.rx_at..])?;
         self.rx_at += n;
-        let state = self.conn.process_new_packets().map_err(io_tls)?;
         self.plain = state.plaintext_bytes_to_read();
         self.closed |= state.peer_has_closed();
         Ok(())

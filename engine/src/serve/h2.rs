@@ -22,7 +22,7 @@ use futures_util::future::{Either, select};
 use futures_util::stream::FuturesUnordered;
 
 use super::Shared;
-use super::handler::{Body, Request, handle};
+use super::handler::{Body, Request, dispatch};
 use super::http::{MAX_BODY, MAX_HEAD};
 use super::public_url::{Forwarded, public_base};
 use super::send::Pace;
@@ -161,29 +161,17 @@ async fn answer(
             posted.extend_from_slice(&data);
         }
     }
-    let response = match method.as_str() {
-        "POST" if too_large => super::handler::Response::error(
-            413,
-            None,
-            "Request body missing, too large or not length-framed",
-        ),
-        "GET" | "HEAD" | "POST" => handle(
-            ctx,
-            &Request {
-                method: &method,
-                target: &target,
-                base: &base,
-                range: range.as_deref(),
-                if_range: if_range.as_deref(),
-                body: (method == "POST").then_some(posted.as_slice()),
-            },
-        ),
-        _ => {
-            let mut r = super::handler::Response::error(405, None, "Method Not Allowed");
-            r.headers.push(("Allow", "GET, HEAD, POST".into()));
-            r
-        }
-    };
+    let response = dispatch(
+        ctx,
+        &Request {
+            method: &method,
+            target: &target,
+            base: &base,
+            range: range.as_deref(),
+            if_range: if_range.as_deref(),
+            body: (method == "POST" && !too_large).then_some(posted.as_slice()),
+        },
+    );
     tracing::debug!(
         %peer, method = %method, target = %target, range = ?range,
         status = response.status, bytes = response.body_len(), "HTTP/2 request"

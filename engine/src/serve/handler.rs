@@ -121,6 +121,26 @@ fn bad_path() -> Response {
     Response::error(400, None, "Invalid path in repo")
 }
 
+/// Answers a request of any method, over HTTP/1.1 or HTTP/2: 405 for one this server does not
+/// take, 413 for a POST whose body could not be read whole (`req.body` is `None`), else
+/// [`handle`].
+pub(crate) fn dispatch(ctx: &Shared, req: &Request<'_>) -> Response {
+    match req.method {
+        "GET" | "HEAD" => handle(ctx, req),
+        "POST" if req.body.is_none() => Response::error(
+            413,
+            None,
+            "Request body missing, too large or not length-framed",
+        ),
+        "POST" => handle(ctx, req),
+        _ => {
+            let mut r = Response::error(405, None, "Method Not Allowed");
+            r.headers.push(("Allow", "GET, HEAD, POST".into()));
+            r
+        }
+    }
+}
+
 /// Answers `req`.
 pub(crate) fn handle(ctx: &Shared, req: &Request<'_>) -> Response {
     match parse_target(req.target) {

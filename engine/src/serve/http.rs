@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use super::Shared;
-use super::handler::{Request, Response, handle};
+use super::handler::{Request, Response, dispatch};
 use super::public_url::{Forwarded, public_base};
 use super::send::{Pace, reason, send_file, write_response};
 
@@ -323,40 +323,23 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Shared) {
             _ => None,
         };
         let close = head.close || (head.has_body && body.is_none());
-        let response = match head.method.as_str() {
-            "GET" | "HEAD" | "POST" => {
-                let base = public_base(ctx, &head.forwarded, peer, (local, sni.as_deref()));
-                let posted = match (head.method.as_str(), &body) {
-                    ("POST", Some(b)) => Some(b.as_slice()),
-                    ("POST", None) if !head.has_body => Some(&[][..]),
-                    _ => None,
-                };
-                if head.method == "POST" && posted.is_none() {
-                    Response::error(
-                        413,
-                        None,
-                        "Request body missing, too large or not length-framed",
-                    )
-                } else {
-                    handle(
-                        ctx,
-                        &Request {
-                            method: &head.method,
-                            target: &head.target,
-                            base: &base,
-                            range: head.range.as_deref(),
-                            if_range: head.if_range.as_deref(),
-                            body: posted,
-                        },
-                    )
-                }
-            }
-            _ => {
-                let mut r = Response::error(405, None, "Method Not Allowed");
-                r.headers.push(("Allow", "GET, HEAD, POST".into()));
-                r
-            }
+        let base = public_base(ctx, &head.forwarded, peer, (local, sni.as_deref()));
+        let posted = match (head.method.as_str(), &body) {
+            ("POST", Some(b)) => Some(b.as_slice()),
+            ("POST", None) if !head.has_body => Some(&[][..]),
+            _ => None,
         };
+        let response = dispatch(
+            ctx,
+            &Request {
+                method: &head.method,
+                target: &head.target,
+                base: &base,
+                range: head.range.as_deref(),
+                if_range: head.if_range.as_deref(),
+                body: posted,
+            },
+        );
         tracing::debug!(
             %peer,
             method = %head.method,

@@ -204,6 +204,33 @@ pub(crate) fn host_and_target(url: &url::Url) -> (String, String) {
     (host_header, target)
 }
 
+/// The fields of every GET ferry sends, over HTTP/1.1 ([`get_request`]) and HTTP/2 alike:
+/// ferry's identity, any type, no content coding (bodies are written as they come), the
+/// origin's credentials when the target has them, and the range when one is asked.
+pub(crate) fn get_fields(
+    range: Option<Range<u64>>,
+    authorization: Option<&str>,
+) -> Vec<(&'static str, String)> {
+    let mut fields = vec![
+        (
+            "User-Agent",
+            concat!("ferry/", env!("CARGO_PKG_VERSION")).to_owned(),
+        ),
+        ("Accept", "*/*".to_owned()),
+        ("Accept-Encoding", "identity".to_owned()),
+    ];
+    if let Some(auth) = authorization {
+        fields.push(("Authorization", auth.to_owned()));
+    }
+    if let Some(r) = range {
+        debug_assert!(r.start < r.end, "empty ranges are never requested");
+        fields.push(("Range", format!("bytes={}-{}", r.start, r.end - 1)));
+    }
+    fields
+}
+
+/// An HTTP/1.1 GET of `target` at `host`: [`get_fields`], and the proxy's credentials when it
+/// goes to a forwarding proxy.
 pub(crate) fn get_request(
     target: &str,
     host: &str,
@@ -211,19 +238,10 @@ pub(crate) fn get_request(
     authorization: Option<&str>,
     proxy_authorization: Option<&str>,
 ) -> Vec<u8> {
-    let mut req = format!(
-        "GET {target} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: ferry/{}\r\nAccept: */*\r\nAccept-Encoding: identity\r\n",
-        env!("CARGO_PKG_VERSION")
-    );
-    if let Some(auth) = authorization {
-        req.push_str(&format!("Authorization: {auth}\r\n"));
-    }
-    if let Some(auth) = proxy_authorization {
-        req.push_str(&format!("Proxy-Authorization: {auth}\r\n"));
-    }
-    if let Some(r) = range {
-        debug_assert!(r.start < r.end, "empty ranges are never requested");
-        req.push_str(&format!("Range: bytes={}-{}\r\n", r.start, r.end - 1));
+    let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
+    let proxy = proxy_authorization.map(|auth| ("Proxy-Authorization", auth.to_owned()));
+    for (name, value) in get_fields(range, authorization).into_iter().chain(proxy) {
+        req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
     req.into_bytes()
