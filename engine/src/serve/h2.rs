@@ -6,7 +6,7 @@
 //!
 //! Invariants: at most [`MAX_STREAMS`] streams at once per connection; a request head larger
 //! than the HTTP/1.1 limit is refused by h2 (`max_header_list_size`); a POST body is read up to
-//! the same 1 MiB; a body is sent a chunk at a time as the client's window opens (at most
+//! the same 1 MiB within the head timeout (else the stream is reset); a body is sent a chunk at a time as the client's window opens (at most
 //! [`CHUNK`] held per stream), and a stream whose client takes too little for the write
 //! timeout is reset (the slow-reader guard, `send.rs` `Pace`); a connection with no stream
 //! open for the idle timeout is closed with GOAWAY. Not here: cleartext HTTP/2 (h2c), server
@@ -151,14 +151,29 @@ async fn answer(
     let mut posted = Vec::new();
     let mut too_large = false;
     if method == "POST" {
-        while let Some(data) = recv.data().await {
-            let data = data.map_err(to_io)?;
-            let _ = recv.flow_control().release_capacity(data.len());
-            if posted.len() + data.len() > MAX_BODY as usize {
-                too_large = true;
-                break;
+        let read = async {
+            while let Some(data) = recv.data().await {
+                let data = data.map_err(to_io)?;
+                let _ = recv.flow_control().release_capacity(data.len());
+                if posted.len() + data.len() > MAX_BODY as usize {
+                    too_large = true;
+                    break;
+                }
+                posted.extend_from_slice(&data);
             }
-            posted.extend_from_slice(&data);
+            Ok::<(), io::Error>(())
+        };
+        // Within the head timeout, as over HTTP/1.1: a body that never ends would hold the
+        // stream, and with it the connection's thread, for ever.
+        match timed(read, ctx.options.head_timeout).await {
+            Some(read) => read?,
+            None => {
+                respond.send_reset(h2::Reason::CANCEL);
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "a POST body did not end within the head timeout",
+                ));
+            }
         }
     }
     let response = dispatch(

@@ -278,7 +278,8 @@ fn ferry_pulls_from_ferry_serve_over_http2() {
 
 /// A client that stops reading an HTTP/2 body (its window shut after 1000 bytes) has the
 /// stream reset after the send timeout, and its connection, idle then, is closed after the
-/// idle timeout: neither holds the server's thread for ever.
+/// idle timeout; one that never finishes a POST body has the stream reset after the head
+/// timeout: none holds the server's thread for ever.
 #[test]
 fn a_stingy_http2_client_is_cut_off() {
     use ferry_testkit::h2client::stingy_get;
@@ -308,13 +309,35 @@ fn a_stingy_http2_client_is_cut_off() {
     assert!(got.got <= 1000, "past the window: {got:?}");
     assert_eq!(got.reset.as_deref(), Some("CANCEL"), "{got:?}");
     assert!(got.closed, "the idle connection stayed open: {got:?}");
+    // A POST whose body never comes is reset after the head timeout.
+    let serve = Serve::start_with(
+        &tmp.path().join("root"),
+        Some(3),
+        Some(&pki.localhost),
+        &["--http2", "--head-timeout", "1"],
+    );
+    let port = serve
+        .endpoint()
+        .rsplit_once(':')
+        .expect("port")
+        .1
+        .to_owned();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+    let ended = ferry_testkit::h2client::unfinished_post(
+        addr,
+        &pki.ca,
+        "/api/models/org/name/paths-info/main",
+        Duration::from_secs(60),
+    );
+    assert_eq!(ended.as_deref(), Some("CANCEL"), "an unfinished POST body");
     Trial::once(
         (
             "HTTP/2 client that shuts its window (server side)",
             "serve::client::a_stingy_http2_client_is_cut_off",
         ),
         None,
-        "stream reset after the send timeout, connection closed when idle",
+        "stream reset after the send timeout, connection closed when idle; an unfinished POST \
+         body reset after the head timeout",
         record::Damage::default(),
     )
     .record();
