@@ -289,7 +289,15 @@ fn a_stingy_http2_client_is_cut_off() {
         &tmp.path().join("root"),
         Some(3),
         Some(&pki.localhost),
-        &["--http2", "--send-timeout", "1", "--idle-timeout", "1"],
+        &[
+            "--http2",
+            "--send-timeout",
+            "1",
+            "--idle-timeout",
+            "1",
+            "--head-timeout",
+            "1",
+        ],
     );
     let port = serve
         .endpoint()
@@ -310,19 +318,6 @@ fn a_stingy_http2_client_is_cut_off() {
     assert_eq!(got.reset.as_deref(), Some("CANCEL"), "{got:?}");
     assert!(got.closed, "the idle connection stayed open: {got:?}");
     // A POST whose body never comes is reset after the head timeout.
-    let serve = Serve::start_with(
-        &tmp.path().join("root"),
-        Some(3),
-        Some(&pki.localhost),
-        &["--http2", "--head-timeout", "1"],
-    );
-    let port = serve
-        .endpoint()
-        .rsplit_once(':')
-        .expect("port")
-        .1
-        .to_owned();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
     let ended = ferry_testkit::h2client::unfinished_post(
         addr,
         &pki.ca,
