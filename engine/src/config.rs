@@ -81,6 +81,12 @@ pub struct Config {
     /// each byte costs about a third more CPU (docs/decisions.md), which on a machine with few
     /// cores is throughput lost.
     pub http2: bool,
+    /// Whether `https://` origins reached without a proxy are tried over HTTP/3 (QUIC) first
+    /// (`ferry --http3`): a connection whose QUIC handshake does not finish within 2 s, or that
+    /// the server refuses, goes over TCP instead, and so does every later connection to that
+    /// origin in the job; [`QuicReport::fallback`](crate::QuicReport::fallback) says why. Off by
+    /// default.
+    pub http3: bool,
 }
 
 impl Default for Config {
@@ -105,6 +111,7 @@ impl Default for Config {
             allow_private_redirects: false,
             pipelining: true,
             http2: false,
+            http3: false,
         }
     }
 }

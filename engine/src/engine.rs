@@ -95,6 +95,8 @@ impl Engine {
             fast_open: fast_open_clients(),
             allow_private_redirects: config.allow_private_redirects,
             http2: config.http2,
+            http3: config.http3,
+            quic: Arc::default(),
         };
         Ok(Engine {
             config,

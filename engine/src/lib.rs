@@ -78,6 +78,6 @@ pub use crate::engine::{Engine, Interrupter};
 pub use crate::error::{ErrorKind, GetError, StartError};
 pub use crate::job::{Event, Events, GetItem, Job, Progress};
 pub use crate::net::tls::{TlsInfo, tls_info};
-pub use crate::report::{EndpointReport, HashReport, PingReport, Report, SinkKind};
+pub use crate::report::{EndpointReport, HashReport, PingReport, QuicReport, Report, SinkKind};
 pub use crate::runtime::WorkerInfo;
 pub use crate::verify::HashAlgorithm;

@@ -61,6 +61,11 @@ pub struct Report {
     /// `h2` where it was offered: [`Config::http2`](crate::Config::http2)); 0 when every one
     /// came over HTTP/1.1.
     pub http2: u64,
+    /// Answers to this file's requests that came over HTTP/3 ([`Config::http3`](crate::Config::http3)).
+    pub http3: u64,
+    /// With [`Config::http3`](crate::Config::http3): what the job's QUIC connections did so
+    /// far (all files of the job together, not this file alone). `None` without it.
+    pub quic: Option<QuicReport>,
     /// Ranges whose flow stalled (no byte for a few round trips while other connections
     /// kept moving) and whose rest was fetched on a new connection, before the stall
     /// watchdog ([`Config::read_timeout`](crate::Config::read_timeout)) would have ended it.
@@ -73,6 +78,31 @@ pub struct Report {
     /// With mirrors ([`GetItem::mirror`](crate::GetItem::mirror)): the bytes of this file each endpoint served, and
     /// each endpoint's failures and demotion over the whole job so far. Empty without mirrors.
     pub endpoints: Vec<EndpointReport>,
+}
+
+/// What a job's QUIC connections did (`--http3`), counted by the QUIC stack: how the UDP path
+/// was used, and why connections went over TCP instead, if any did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct QuicReport {
+    /// Why a connection that was to try HTTP/3 went over TCP (the first such reason, with its
+    /// origin): no answer to the handshake, a proxy in the way, a refusal. `None` when none did.
+    pub fallback: Option<String>,
+    /// QUIC connections opened.
+    pub connections: u64,
+    /// UDP datagrams sent.
+    pub datagrams_sent: u64,
+    /// The send operations that carried them: fewer sends than datagrams means GSO (one
+    /// `sendmsg` with `UDP_SEGMENT` carries several).
+    pub sends: u64,
+    /// Datagrams per send (1.0 without GSO).
+    pub gso_segments_per_send: f64,
+    /// UDP datagrams received.
+    pub datagrams_received: u64,
+    /// Their bytes (QUIC headers, encryption and all).
+    pub bytes_received: u64,
+    /// Packets the QUIC stack declared lost (and sent again).
+    pub lost_packets: u64,
 }
 
 /// How a download's digest was verified.

@@ -75,7 +75,9 @@ impl Caddy {
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Instant::now() < deadline {
-            let up = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok();
+            // HTTP/3 listens on the same port over UDP, opened a moment after TCP's.
+            let up = std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && crate::udp_bound(self.port);
             if up && self.ca().exists() {
                 return;
             }

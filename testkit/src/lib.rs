@@ -30,6 +30,7 @@ pub mod record;
 pub mod relay;
 pub mod serve;
 pub mod tls;
+pub mod udpjunk;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -336,6 +337,22 @@ pub fn serve_one_file(size: u64, seed: u64) -> (tempfile::TempDir, PathBuf, Ngin
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("addr").port()
+}
+
+/// Whether a UDP socket is bound to local `port` (any address), per `/proc/net/udp{,6}`.
+pub fn udp_bound(port: u16) -> bool {
+    let hex = format!(":{port:04X} ");
+    ["/proc/net/udp", "/proc/net/udp6"].iter().any(|f| {
+        std::fs::read_to_string(f)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .any(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .is_some_and(|local| format!("{local} ").ends_with(&hex))
+            })
+    })
 }
 
 /// Stops a server the test kit started: SIGTERM, up to 5 s to exit, then SIGKILL; reaped.

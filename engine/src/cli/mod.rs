@@ -112,6 +112,12 @@ pub(crate) struct Global {
     /// clients that offer it, HTTP/1.1 to the rest.
     #[arg(long, global = true)]
     pub http2: bool,
+    /// Try HTTP/3 (QUIC over UDP) first on `https://` connections without a proxy: each request
+    /// a stream. Where the QUIC handshake gets no answer within 2 s, or the server refuses it,
+    /// the connection goes over TCP (HTTP/1.1, or HTTP/2 with --http2), and so does the rest of
+    /// the job to that origin; the report says why (`-v` too).
+    #[arg(long, global = true)]
+    pub http3: bool,
     /// More log output (-v info, -vv debug); FERRY_LOG=filter overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -181,6 +187,7 @@ impl Global {
         config.allow_private_redirects = self.allow_private_redirects;
         config.pipelining = !self.no_pipelining;
         config.http2 = self.http2;
+        config.http3 = self.http3;
         config
     }
 }
@@ -200,6 +207,7 @@ const GLOBALS: &[&str] = &[
     "allow_private_redirects",
     "no_pipelining",
     "http2",
+    "http3",
 ];
 
 /// Whether subcommand `sub` uses the global option `id`; one it does not use is refused there,

@@ -109,10 +109,14 @@ impl Conn {
         };
         match (&end, &mut self.wire) {
             (Ok(BodyEnd::Complete), _) => self.reused = true,
-            // Over HTTP/2 the rest of a trimmed body is its stream's alone: reset, and the
+            // Over HTTP/2 (and HTTP/3) the rest of a trimmed body is its stream's alone: reset, and the
             // connection and the answers asked behind it stay.
             (Ok(BodyEnd::Trimmed), Wire::H2(h2)) => {
                 h2.end_body();
+                self.reused = true;
+            }
+            (Ok(BodyEnd::Trimmed), Wire::H3(h3)) => {
+                h3.end_body();
                 self.reused = true;
             }
             _ => self.reusable = false,

@@ -1,7 +1,9 @@
 //! One connection of a download: opened (Happy Eyeballs, proxy, TLS with ALPN, TCP Fast Open),
 //! a request sent and its head read, a body read and thrown away. Over HTTP/1.1 ([`Wire::H1`])
 //! bytes after the head that arrived with it are kept and used first; over HTTP/2
-//! ([`Wire::H2`], `h2wire.rs`) each request is a stream, its answers read in the order asked.
+//! ([`Wire::H2`], `h2wire.rs`) and HTTP/3 ([`Wire::H3`], `h3wire.rs`, QUIC where `--http3`
+//! asks and the origin answers, TCP otherwise) each request is a stream, its answers read in
+//! the order asked.
 //! Either way the callers see one sequence of answers (`body.rs` reads bodies into the
 //! pipeline).
 //!
@@ -18,6 +20,7 @@ use compio::buf::{IntoInner, IoBufMut};
 
 use super::Target;
 use super::h2wire::{self, H2Wire};
+use super::h3wire::{self, H3Wire};
 use crate::backend::splice::SplicePipe;
 use crate::error::GetError;
 use crate::net::rate::RateLimit;
@@ -49,6 +52,8 @@ pub(super) enum Wire {
     H1(Stream),
     /// HTTP/2: each request a stream of the connection.
     H2(Box<H2Wire>),
+    /// HTTP/3 over QUIC (`--http3`): each request a stream of the connection.
+    H3(Box<H3Wire>),
 }
 
 impl Wire {
@@ -56,7 +61,7 @@ impl Wire {
     pub(super) fn plain_tcp(&self) -> Option<&compio::net::TcpStream> {
         match self {
             Wire::H1(s) => s.plain_tcp(),
-            Wire::H2(_) => None,
+            Wire::H2(_) | Wire::H3(_) => None,
         }
     }
 }
@@ -133,7 +138,17 @@ impl Conn {
         target: &Target,
     ) -> Result<(Conn, crate::net::OpenTimes), GetError> {
         let addrs = &target.addrs;
-        let timeouts = target.dialer.timeouts;
+        let started = std::time::Instant::now();
+        if let Some(h3) = open_h3(target).await {
+            let times = crate::net::OpenTimes {
+                connect: started.elapsed(),
+                tls: None,
+                fast_open: false,
+            };
+            let addr = h3.addr;
+            let wire = Wire::H3(Box::new(H3Wire::new(h3, Arc::clone(&target.dialer.quic))));
+            return Ok((Conn::with_wire(wire, addr, target), times));
+        }
         let alpn = if target.dialer.http2 {
             crate::net::tls::Alpn::H2OrHttp11
         } else {
@@ -160,12 +175,19 @@ impl Conn {
             }
             Err(e) => return Err(h2wire::net_err(addr, "start HTTP/2", e)),
         };
-        let conn = Conn {
+        let mut conn = Conn::with_wire(wire, addr, target);
+        conn.unproven = unproven;
+        Ok((conn, times))
+    }
+
+    /// A new connection to `addr` of `target` over `wire`, nothing asked on it yet.
+    fn with_wire(wire: Wire, addr: SocketAddr, target: &Target) -> Conn {
+        Conn {
             wire,
             addr,
             tls_host: target.tls_host.clone(),
             route: target.route.clone(),
-            read_timeout: timeouts.read,
+            read_timeout: target.dialer.timeouts.read,
             pending: Vec::with_capacity(HEAD_READ),
             reused: false,
             reusable: true,
@@ -178,9 +200,8 @@ impl Conn {
             firsts_ahead: VecDeque::new(),
             hedging: None,
             body_rate: None,
-            unproven,
-        };
-        Ok((conn, times))
+            unproven: None,
+        }
     }
 
     /// Settles a TCP Fast Open connection on its first exchange: `answered` when the server's
@@ -230,22 +251,35 @@ impl Conn {
             && match &self.wire {
                 Wire::H1(_) => true,
                 Wire::H2(h2) => h2.is_open(),
+                Wire::H3(h3) => h3.is_open(),
             }
     }
 
-    /// Whether this connection speaks HTTP/2: its requests are streams, so sending one ahead
-    /// of an answer is always safe (no HTTP/1.1 pipelining caveats).
-    pub(super) fn is_h2(&self) -> bool {
-        matches!(self.wire, Wire::H2(_))
+    /// Whether this connection speaks HTTP/2 or HTTP/3: its requests are streams, so sending
+    /// one ahead of an answer is always safe (no HTTP/1.1 pipelining caveats).
+    pub(super) fn is_multiplexed(&self) -> bool {
+        matches!(self.wire, Wire::H2(_) | Wire::H3(_))
+    }
+
+    /// Counts an answer read on this connection in `file`'s report, by protocol
+    /// ([`Report::http2`](crate::Report::http2), [`Report::http3`](crate::Report::http3)).
+    pub(super) fn count_answer(&self, file: &super::file::FileDownload) {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.wire {
+            Wire::H1(_) => {}
+            Wire::H2(_) => _ = file.http2.fetch_add(1, Relaxed),
+            Wire::H3(_) => _ = file.http3.fetch_add(1, Relaxed),
+        }
     }
 
     /// An answer to a request this connection sent ahead did not come, and the server `did`
     /// what one that takes no pipelined requests does: over HTTP/1.1 its source's endpoint gets
     /// one request per answer from then on (said once, with what `did` says). Over HTTP/2 the
-    /// request was a stream refused or cut off by GOAWAY, no fault of sending it ahead.
+    /// and HTTP/3 the request was a stream refused or cut off by GOAWAY, no fault of sending it
+    /// ahead.
     pub(super) fn stop_pipelining(&self, file: &super::file::FileDownload, src: usize, did: &str) {
         let source = &file.sources[src];
-        if !self.is_h2() && file.endpoints.stop_pipelining(source.endpoint) {
+        if !self.is_multiplexed() && file.endpoints.stop_pipelining(source.endpoint) {
             tracing::info!("{} {did}", source.label());
         }
     }
@@ -292,11 +326,11 @@ impl Conn {
             Some(head) => Ok(head),
             // A stream a GOAWAY or the connection's end cut before its answer: not processed,
             // worth asking again (RFC 9113 8.7).
-            None if self.is_h2() => Err(self.net_err(
+            None if self.is_multiplexed() => Err(self.net_err(
                 "read response head",
                 std::io::Error::new(
                     std::io::ErrorKind::ConnectionReset,
-                    "the HTTP/2 connection ended (GOAWAY or closed) before the answer",
+                    "the connection ended (GOAWAY or closed) before the answer",
                 ),
             )),
             None => Err(GetError::Protocol {
@@ -363,6 +397,19 @@ impl Conn {
                 ),
                 h2wire::SendError::H2(e) => crate::net::h2::to_io(e),
             }),
+            Wire::H3(h3) => h3.send(target, range).map_err(|e| match e {
+                h3wire::SendError::Request(why) => {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, why)
+                }
+                h3wire::SendError::Full => std::io::Error::new(
+                    std::io::ErrorKind::WouldBlock,
+                    "the HTTP/3 connection's window is taken by the answers asked ahead",
+                ),
+                h3wire::SendError::Closed => std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "the HTTP/3 connection is closed",
+                ),
+            }),
         }
     }
 
@@ -376,11 +423,13 @@ impl Conn {
         let file = self.hedging.clone();
         let moving = |since| file.as_ref().is_some_and(|f| f.hedge_pays(since));
         let watch = hedged_watch(self.read_timeout, self.answer_wait, &moving);
-        if let Wire::H2(h2) = &mut self.wire {
-            return h2
-                .read_head(&target.display, watch)
-                .await
-                .map_err(|e| self.net_err("read response head", e));
+        let head = match &mut self.wire {
+            Wire::H2(h2) => Some(h2.read_head(&target.display, watch).await),
+            Wire::H3(h3) => Some(h3.read_head(&target.display, watch).await),
+            Wire::H1(_) => None,
+        };
+        if let Some(head) = head {
+            return head.map_err(|e| self.net_err("read response head", e));
         }
         loop {
             match http1::parse_head(&self.pending) {
@@ -448,6 +497,7 @@ impl Conn {
                 BufResult(r, slice.into_inner())
             }
             Wire::H2(h2) => h2.read(buf, from, want, watch).await,
+            Wire::H3(h3) => h3.read(buf, from, want, watch).await,
         };
         self.read_time += started.elapsed();
         if let Ok(n) = r {
@@ -564,6 +614,37 @@ impl Conn {
                 self.reused = true;
             }
             _ => self.reusable = false,
+        }
+    }
+}
+
+/// A QUIC connection with HTTP/3 to `target` where one is asked for (`--http3`) and may be
+/// tried: an `https://` origin reached directly whose handshake has not failed in this job.
+/// `None` sends the connection over TCP; why is recorded once per origin
+/// ([`crate::net::quic::QuicState::fall_back`]).
+async fn open_h3(target: &Target) -> Option<crate::net::quic::H3Conn> {
+    use crate::net::quic::{self, NoH3};
+    let dialer = &target.dialer;
+    if !dialer.http3 {
+        return None;
+    }
+    let host = target.tls_host.as_deref()?;
+    let origin = format!(
+        "{host}:{}",
+        target.url.port_or_known_default().unwrap_or(443)
+    );
+    if dialer.quic.failed(&origin).is_some() {
+        return None;
+    }
+    if target.route != crate::net::Route::Direct {
+        dialer.quic.fall_back(&origin, NoH3::Proxied);
+        return None;
+    }
+    match quic::connect(&dialer.tls, &target.addrs, host, quic::HANDSHAKE_DEADLINE).await {
+        Ok(conn) => Some(conn),
+        Err(why) => {
+            dialer.quic.fall_back(&origin, why);
+            None
         }
     }
 }

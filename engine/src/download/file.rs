@@ -204,6 +204,8 @@ pub(crate) struct FileDownload {
     pub(super) pipelined: AtomicU64,
     /// Answers that came over HTTP/2, for [`Report::http2`](crate::Report::http2).
     pub(super) http2: AtomicU64,
+    /// Answers that came over HTTP/3, for [`Report::http3`](crate::Report::http3).
+    pub(super) http3: AtomicU64,
     /// Stalled leases whose rest went to another connection.
     pub(super) hedged: AtomicU64,
     /// The job's resume journal: used for files with a digest and a size.
@@ -282,6 +284,7 @@ impl FileDownload {
             splits: AtomicU64::new(0),
             pipelined: AtomicU64::new(0),
             http2: AtomicU64::new(0),
+            http3: AtomicU64::new(0),
             hedged: AtomicU64::new(0),
             journal: spec.journal,
             journal_id: AtomicU64::new(0),

@@ -22,12 +22,14 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::ops::Range;
+use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
 use compio::BufResult;
-use compio::buf::{IntoInner, IoBufMut};
+use compio::buf::IoBufMut;
 
 use super::Target;
+use super::streams::{self, answer_head, fits, request};
 use crate::error::GetError;
 use crate::net::h2::to_io;
 use crate::net::{Watch, watched_cancellable};
@@ -162,50 +164,19 @@ impl H2Wire {
         };
         self.left = asked.len;
         let (parts, body) = answer.into_parts();
-        let mut headers = Vec::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
-            if matches!(
-                name.as_str(),
-                "transfer-encoding" | "connection" | "keep-alive"
-            ) {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!(
-                        "{url}: an HTTP/2 answer with the HTTP/1.1 header {name:?} \
-                         (malformed, RFC 9113 8.2.2)"
-                    ),
-                ));
-            }
-            headers.push((
-                name.as_str().to_owned(),
-                String::from_utf8_lossy(value.as_bytes()).into_owned(),
-            ));
-        }
-        // HTTP/2 ends a body with END_STREAM, so a server may leave `Content-Length` out. A
-        // 206 without it is given the length its `Content-Range` states, as HTTP/1.1 framing
-        // would say it: a body that ends before it is short, and one that goes on past it is
-        // cut at the range's end by the plan.
-        if parts.status.as_u16() == 206 && parts.headers.get("content-length").is_none() {
-            let stated = parts
-                .headers
-                .get("content-range")
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::proto::http1::parse_content_range);
-            if let Some(crate::proto::http1::ContentRange::Satisfied { first, last, .. }) = stated {
-                headers.push(("content-length".into(), (last - first + 1).to_string()));
-            }
-        }
+        let head = answer_head(
+            url,
+            parts.status,
+            &parts.headers,
+            "HTTP/2",
+            "RFC 9113 8.2.2",
+        )?;
         self.body = Some(body);
-        Ok(Some(ResponseHead::from_parts(
-            parts.status.as_u16(),
-            headers,
-        )))
+        Ok(Some(head))
     }
 
     /// Reads up to `want` bytes of the current answer's body into `buf` at `from` (its
-    /// initialised length); `Ok(0)` at the body's end. Takes every DATA frame already there
-    /// (servers send 8-16 KiB frames) before it returns, and waits, under `watch`, only when
-    /// none is: a timer per frame cost more than the frame's copy.
+    /// initialised length); `Ok(0)` at the body's end ([`streams::read_body`]).
     pub(crate) async fn read<B: IoBufMut>(
         &mut self,
         buf: B,
@@ -213,74 +184,7 @@ impl H2Wire {
         want: usize,
         watch: Watch<'_>,
     ) -> BufResult<usize, B> {
-        let mut slice = buf.slice(from..from + want);
-        let mut n = 0;
-        while n < want {
-            if self.chunk.is_empty() {
-                let ready = self.next_chunk_now();
-                let got = match ready {
-                    Some(got) => got,
-                    None if n > 0 => break,
-                    None => self.next_chunk(watch).await,
-                };
-                match got {
-                    Ok(true) => {}
-                    Ok(false) => break,
-                    // What was read before the error is handed out first.
-                    Err(_) if n > 0 => break,
-                    Err(e) => return BufResult(Err(e), slice.into_inner()),
-                }
-            }
-            let m = crate::backend::buf::append(&mut slice, &self.chunk);
-            let _ = self.chunk.split_to(m);
-            self.left = self.left.saturating_sub(m as u64);
-            n += m;
-        }
-        BufResult(Ok(n), slice.into_inner())
-    }
-
-    /// The next DATA of the current body if it is already there (`None` when it is not).
-    fn next_chunk_now(&mut self) -> Option<io::Result<bool>> {
-        let body = self.body.as_mut()?;
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        match body.poll_data(&mut cx) {
-            std::task::Poll::Pending => None,
-            std::task::Poll::Ready(data) => Some(self.take(data)),
-        }
-    }
-
-    /// Waits for the next DATA of the current body. `Ok(false)`: the body ended.
-    async fn next_chunk(&mut self, watch: Watch<'_>) -> io::Result<bool> {
-        loop {
-            let Some(body) = self.body.as_mut() else {
-                return Ok(false);
-            };
-            let data = watched_cancellable(body.data(), watch)
-                .await
-                .map_err(crate::net::WatchError::into_io)?;
-            match self.take(data) {
-                // An empty DATA frame: wait for the next.
-                Ok(true) if self.chunk.is_empty() => {}
-                other => return other,
-            }
-        }
-    }
-
-    /// Takes one DATA frame (or the body's end, or its error) as the current chunk; `Ok(false)`
-    /// at the end. Its flow-control capacity goes back at once: it is copied out before the
-    /// next frame is taken, so what h2 holds stays within the window.
-    fn take(&mut self, data: Option<Result<Bytes, h2::Error>>) -> io::Result<bool> {
-        match data {
-            None => Ok(false),
-            Some(Err(e)) => Err(to_io(e)),
-            Some(Ok(data)) => {
-                if let Some(body) = self.body.as_mut() {
-                    let _ = body.flow_control().release_capacity(data.len());
-                }
-                self.chunk = data;
-                Ok(true)
-            }
-        }
+        streams::read_body(self, buf, from, want, watch).await
     }
 
     /// Gives up the current body: a stream that had not ended is reset (CANCEL), the connection
@@ -289,6 +193,34 @@ impl H2Wire {
         self.body = None;
         self.chunk = Bytes::new();
         self.left = 0;
+    }
+}
+
+impl streams::Body for H2Wire {
+    /// Takes one DATA frame (or the body's end, or its error) as the current chunk. Its
+    /// flow-control capacity goes back at once: it is copied out before the next frame is
+    /// taken, so what h2 holds stays within the window.
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Ready(Ok(false));
+        };
+        Poll::Ready(match ready!(body.poll_data(cx)) {
+            None => Ok(false),
+            Some(Err(e)) => Err(to_io(e)),
+            Some(Ok(data)) => {
+                let _ = body.flow_control().release_capacity(data.len());
+                self.chunk = data;
+                Ok(true)
+            }
+        })
+    }
+
+    fn chunk(&mut self) -> &mut Bytes {
+        &mut self.chunk
+    }
+
+    fn consumed(&mut self, n: usize) {
+        self.left = self.left.saturating_sub(n as u64);
     }
 }
 
@@ -304,12 +236,6 @@ pub(crate) enum SendError {
     H2(h2::Error),
 }
 
-/// Whether a request for `len` more bytes may go out while `unread` bytes asked are not read:
-/// alone it always may; behind others, only while all of them fit in the connection's `window`.
-fn fits(unread: u64, len: u64, window: u64) -> bool {
-    unread == 0 || unread.saturating_add(len) <= window
-}
-
 /// Opens a stream for `req` (no body: END_STREAM with the headers).
 fn open_stream(
     send: &h2::client::SendRequest<Bytes>,
@@ -319,25 +245,6 @@ fn open_stream(
     // server's stream limit (it queues it) and fails only when the connection is gone.
     let (answer, _) = send.clone().send_request(req, true)?;
     Ok(answer)
-}
-
-/// The GET of `range` of `target`, as HTTP/1.1 sends it (`proto::http1::get_request`): the
-/// same identity, no compression, the credentials the target carries. `:authority` is the
-/// Host header's value.
-fn request(target: &Target, range: Option<Range<u64>>) -> Result<http::Request<()>, String> {
-    let uri = format!(
-        "{}://{}{}",
-        target.url.scheme(),
-        target.host_header,
-        target.request_target
-    );
-    let mut req = http::Request::get(uri);
-    let auth = target.authorization.as_ref().map(|a| a.expose());
-    for (name, value) in crate::proto::http1::get_fields(range, auth) {
-        req = req.header(name, value);
-    }
-    req.body(())
-        .map_err(|e| format!("not a request HTTP/2 can send: {e}"))
 }
 
 /// Whether `e`, ending a request before its answer's head, says the server did not process it.

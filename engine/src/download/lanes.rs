@@ -274,11 +274,11 @@ impl Lanes {
         local: &Worker<usize>,
     ) {
         let endpoint = file.sources[src].endpoint;
-        // Over HTTP/2 requests ahead are streams: no server can get them wrong.
-        let h2 = conn.is_h2();
+        // Over HTTP/2 and HTTP/3 requests ahead are streams: no server can get them wrong.
+        let streams = conn.is_multiplexed();
         let pays = |f: &FileDownload, endpoint| {
             f.settings.pipelining
-                && (h2 || f.endpoints.pipelines(endpoint))
+                && (streams || f.endpoints.pipelines(endpoint))
                 && f.endpoints
                     .least_wait(endpoint)
                     .is_some_and(|wait| pipelining_pays(wait, 0, None))

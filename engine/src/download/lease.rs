@@ -289,7 +289,7 @@ async fn pipeline_more(
     let allowed = may_pipeline(
         file.settings.pipelining && pays,
         conn.serves(target),
-        conn.is_h2() || file.endpoints.pipelines(source.endpoint),
+        conn.is_multiplexed() || file.endpoints.pipelines(source.endpoint),
     );
     if !allowed {
         return;
@@ -348,9 +348,7 @@ async fn pipelined_answer(
         }
         Err(e) => return Err(Pipelined::Failed(e)),
     };
-    if conn.is_h2() {
-        file.http2.fetch_add(1, Ordering::Relaxed);
-    }
+    conn.count_answer(file);
     if crate::proto::http1::is_redirect(head.status) {
         return Err(Pipelined::Failed(GetError::Protocol {
             url: target.display.clone(),

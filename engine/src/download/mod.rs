@@ -27,6 +27,7 @@ pub(crate) mod durable;
 mod file;
 mod first;
 mod h2wire;
+mod h3wire;
 mod lanes;
 mod lease;
 mod mirrors;
@@ -39,6 +40,7 @@ mod request;
 mod settle;
 pub(crate) mod space;
 mod stream;
+mod streams;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

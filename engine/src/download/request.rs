@@ -106,10 +106,7 @@ pub(super) async fn request(
         file.endpoints.answered(source.endpoint, wait);
     }
     conn.answer_wait = file.endpoints.least_wait(source.endpoint);
-    if conn.is_h2() {
-        file.http2
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
+    conn.count_answer(file);
     // The connection may be a new one (a redirect's, or one after a close).
     conn.hedging = Some(Arc::clone(file));
     check_answer(&target.display, &head)?;

@@ -188,6 +188,8 @@ async fn finish(
         splits: file.splits.load(Ordering::Relaxed),
         pipelined: file.pipelined.load(Ordering::Relaxed),
         http2: file.http2.load(Ordering::Relaxed),
+        http3: file.http3.load(Ordering::Relaxed),
+        quic: file.sources[0].origin.dialer.quic_report(),
         hedged: file.hedged.load(Ordering::Relaxed),
         written_fixed: file.sink_share.written_fixed(),
         endpoints: file.endpoint_report(),

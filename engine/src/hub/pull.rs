@@ -144,6 +144,10 @@ pub struct PullReport {
     /// Answers to the file requests that came over HTTP/2 (`--http2`, an endpoint that chose
     /// `h2`; the listing's requests are HTTP/1.1).
     pub http2: u64,
+    /// Answers to the file requests that came over HTTP/3 (`--http3`).
+    pub http3: u64,
+    /// With `--http3`: what the pull's QUIC connections did, and why any went over TCP.
+    pub quic: Option<crate::QuicReport>,
     /// Seconds spent on the revision and the listing.
     pub listing_seconds: f64,
     /// Seconds in all.
@@ -291,7 +295,7 @@ impl<'e> Pull<'e> {
     /// leaves nothing under its name) and, when all are, the ref. The first failure is the
     /// error; the files that did arrive stay, verified, for the next pull.
     pub fn finish(mut self) -> Result<PullReport, HubError> {
-        let (mut bytes_fetched, mut bytes_resumed, mut http2) = (0, 0, 0);
+        let (mut bytes_fetched, mut bytes_resumed, mut http2, mut http3) = (0, 0, 0, 0);
         let mut endpoints: Vec<EndpointReport> = Vec::new();
         let mut failed: Vec<(usize, GetError)> = Vec::new();
         let mut which: Vec<usize> = (0..self.fetching.len()).collect();
@@ -308,6 +312,7 @@ impl<'e> Pull<'e> {
                         bytes_fetched += report.bytes - report.resumed;
                         bytes_resumed += report.resumed;
                         http2 += report.http2;
+                        http3 += report.http3;
                         add_endpoints(&mut endpoints, &report.endpoints);
                     }
                     Err(e) => failed.push((*i, e)),
@@ -379,6 +384,8 @@ impl<'e> Pull<'e> {
             bytes_resumed,
             bytes_total,
             http2,
+            http3,
+            quic: self.engine.dialer().quic_report(),
             listing_seconds: self.listing_seconds,
             seconds: self.started.elapsed().as_secs_f64(),
             backend: self.engine.selection().backend,

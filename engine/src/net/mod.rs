@@ -9,6 +9,7 @@
 mod connect;
 pub(crate) mod h2;
 pub(crate) mod proxy;
+pub(crate) mod quic;
 pub(crate) mod rate;
 pub(crate) mod target;
 pub(crate) mod tls;
@@ -47,6 +48,10 @@ pub(crate) struct Dialer {
     pub allow_private_redirects: bool,
     /// Whether the data plane's `https://` connections offer HTTP/2 (`Config::http2`).
     pub http2: bool,
+    /// Whether they try HTTP/3 over QUIC first (`Config::http3`), and what the job's QUIC
+    /// connections learnt.
+    pub http3: bool,
+    pub quic: Arc<quic::QuicState>,
 }
 
 /// How long connecting and reading may take.

@@ -26,6 +26,7 @@ mod faults;
 mod get;
 mod hardening;
 mod http2;
+mod http3;
 mod https;
 mod limit_rate;
 mod many;
