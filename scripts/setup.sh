@@ -9,7 +9,8 @@
 #   openssl      the demo's seeded data generator
 #   tinyproxy, microsocks   the real HTTP CONNECT and SOCKS5 proxies the proxy tests start
 #   iproute2     `ip`, to bring up loopback in the network namespace the Fast Open test makes
-#   caddy        a second real HTTPS origin (HTTP/1.1 and HTTP/2), for the HTTP/2 interop tests
+#   caddy        a second real HTTPS origin (HTTP/1.1, HTTP/2 and HTTP/3), for the interop tests
+#   ngtcp2-client   gtlsclient, ngtcp2's HTTP/3 client, downloads from `ferry serve --h3`
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 #   huggingface_hub 0.26.5 (PyPI, in target/hf-venvs/)   an old release, for the same
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
@@ -31,6 +32,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 [ -x /usr/bin/microsocks ] || need+=(microsocks)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
 [ -x /usr/bin/caddy ] || need+=(caddy)
+[ -x /usr/bin/gtlsclient ] || need+=(ngtcp2-client)
 if [ "${1:-}" = "--bench" ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)
   command -v aria2c >/dev/null 2>&1 || need+=(aria2)

@@ -27,7 +27,12 @@ pub(crate) struct ServeArgs {
     /// The PEM private key of --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// Connections served at once; one more is answered 503.
+    /// Serve HTTP/3 too (needs --tls-cert): QUIC on the UDP port of the same number, one
+    /// endpoint per core; every answer says so in `Alt-Svc`.
+    #[arg(long)]
+    h3: bool,
+    /// Connections served at once (TCP and QUIC together); one more is answered 503 (a QUIC
+    /// one is refused).
     #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     max_connections: u32,
     /// Seconds a client may take to send a request head, once it started one.
@@ -86,6 +91,7 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
     options.min_send_rate = args.min_send_rate;
     options.public_url = args.public_url.clone();
     options.trusted_proxies = args.trusted_proxy.clone();
+    options.h3 = args.h3;
     if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
         match TlsIdentity::from_pem_files(cert, key) {
             Ok(id) if global.http2 => options.tls = Some(id.with_http2()),
@@ -97,6 +103,10 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
         eprintln!(
             "ferry: error: --http2 needs --tls-cert: HTTP/2 is offered by ALPN in the TLS handshake"
         );
+        return exit::USAGE;
+    }
+    if args.h3 && options.tls.is_none() {
+        eprintln!("ferry: error: --h3 needs --tls-cert: QUIC always runs TLS 1.3");
         return exit::USAGE;
     }
     let scheme = if options.tls.is_some() {

@@ -14,26 +14,22 @@
 
 use std::io;
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{Either, select};
+
 use futures_util::stream::FuturesUnordered;
 
 use super::Shared;
-use super::handler::{Body, Request, dispatch};
+use super::handler::Body;
 use super::http::{MAX_BODY, MAX_HEAD};
-use super::public_url::{Forwarded, public_base};
 use super::send::Pace;
+use super::streams::{self, CHUNK, timed};
 use crate::net::h2::to_io;
 
 /// Streams one connection may have open at once (what nginx allows by default).
 pub(crate) const MAX_STREAMS: u32 = 128;
-
-/// Bytes of a file read and handed to h2 at a time, and the most h2 buffers per stream: a
-/// connection holds at most 2 x 64 KiB x [`MAX_STREAMS`] (16 MiB) of bodies.
-const CHUNK: usize = 64 << 10;
 
 /// Serves the HTTP/2 connection `tls` (its handshake done, `h2` chosen) until it closes.
 pub(super) fn serve(
@@ -111,15 +107,6 @@ async fn run(
     Ok(())
 }
 
-/// `future`, or `None` when `limit` passed first.
-async fn timed<T>(future: impl std::future::Future<Output = T>, limit: Duration) -> Option<T> {
-    let future = std::pin::pin!(future);
-    match select(future, std::pin::pin!(compio::time::sleep(limit))).await {
-        Either::Left((r, _)) => Some(r),
-        Either::Right(_) => None,
-    }
-}
-
 /// Answers one stream as `handler.rs` answers the same HTTP/1.1 request.
 async fn answer(
     req: http::Request<h2::RecvStream>,
@@ -128,25 +115,7 @@ async fn answer(
     (peer, local, sni): (SocketAddr, SocketAddr, Option<String>),
 ) -> io::Result<()> {
     let (parts, mut recv) = req.into_parts();
-    let header = |name: &str| {
-        parts
-            .headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
     let method = parts.method.as_str().to_owned();
-    let target = parts
-        .uri
-        .path_and_query()
-        .map_or("/".to_owned(), |p| p.as_str().to_owned());
-    let forwarded = Forwarded {
-        proto: header("x-forwarded-proto"),
-        host: header("x-forwarded-host"),
-        prefix: header("x-forwarded-prefix"),
-    };
-    let base = public_base(ctx, &forwarded, peer, (local, sni.as_deref()));
-    let (range, if_range) = (header("range"), header("if-range"));
     // A POST's body, up to the HTTP/1.1 limit.
     let mut posted = Vec::new();
     let mut too_large = false;
@@ -176,32 +145,9 @@ async fn answer(
             }
         }
     }
-    let response = dispatch(
-        ctx,
-        &Request {
-            method: &method,
-            target: &target,
-            base: &base,
-            range: range.as_deref(),
-            if_range: if_range.as_deref(),
-            body: (method == "POST" && !too_large).then_some(posted.as_slice()),
-        },
-    );
-    tracing::debug!(
-        %peer, method = %method, target = %target, range = ?range,
-        status = response.status, bytes = response.body_len(), "HTTP/2 request"
-    );
-    let mut head = http::Response::builder()
-        .status(response.status)
-        .header("content-length", response.body_len())
-        .header("date", super::date::http_date())
-        .header("server", concat!("ferry/", env!("CARGO_PKG_VERSION")));
-    for (name, value) in &response.headers {
-        head = head.header(*name, value.as_str());
-    }
-    let head = head
-        .body(())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let posted = (method == "POST" && !too_large).then_some(posted.as_slice());
+    let (response, head) =
+        streams::answer(ctx, &parts, posted, (peer, local, sni.as_deref()), "HTTP/2")?;
     let empty = method == "HEAD" || response.body_len() == 0;
     let mut send = respond.send_response(head, empty).map_err(to_io)?;
     if empty {

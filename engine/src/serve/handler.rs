@@ -125,6 +125,15 @@ fn bad_path() -> Response {
 /// take, 413 for a POST whose body could not be read whole (`req.body` is `None`), else
 /// [`handle`].
 pub(crate) fn dispatch(ctx: &Shared, req: &Request<'_>) -> Response {
+    let mut response = answer(ctx, req);
+    if let Some(alt_svc) = &ctx.alt_svc {
+        response.headers.push(("Alt-Svc", alt_svc.clone()));
+    }
+    response
+}
+
+/// [`dispatch`]'s answer before the fields every answer carries.
+fn answer(ctx: &Shared, req: &Request<'_>) -> Response {
     match req.method {
         "GET" | "HEAD" => handle(ctx, req),
         "POST" if req.body.is_none() => Response::error(

@@ -18,6 +18,7 @@
 mod catalog;
 mod date;
 mod h2;
+mod h3;
 mod handler;
 mod http;
 mod idle;
@@ -26,6 +27,7 @@ pub(crate) mod range_request;
 mod route;
 mod send;
 mod small_files;
+mod streams;
 mod tls_identity;
 
 pub use tls_identity::TlsIdentity;
@@ -50,6 +52,9 @@ pub(crate) struct Shared {
     pub(crate) active: AtomicUsize,
     /// Kept-alive connections waiting for their next request.
     pub(crate) idle: Idle,
+    /// With [`ServeOptions::h3`]: the `Alt-Svc` value every answer carries, which tells a
+    /// client over TCP that HTTP/3 is on the same port over UDP.
+    pub(crate) alt_svc: Option<String>,
 }
 
 /// Tree entries per page by default (what the Hub uses).
@@ -82,6 +87,9 @@ pub struct ServeOptions {
     /// Reverse proxies whose `X-Forwarded-Proto`, `-Host` and `-Prefix` are believed (when no
     /// `public_url` is set); from anyone else those headers are ignored.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Serve HTTP/3 too (needs [`ServeOptions::tls`]): QUIC on the UDP port of the same number,
+    /// one endpoint per core, and `Alt-Svc: h3=":PORT"` on every answer so clients find it.
+    pub h3: bool,
 }
 
 impl Default for ServeOptions {
@@ -96,6 +104,7 @@ impl Default for ServeOptions {
             tls: None,
             public_url: None,
             trusted_proxies: Vec::new(),
+            h3: false,
         }
     }
 }
@@ -125,6 +134,9 @@ pub enum ServeError {
         /// Which file and why.
         detail: String,
     },
+    /// HTTP/3 was asked for without a certificate: QUIC always runs TLS 1.3.
+    #[error("HTTP/3 needs a TLS certificate (QUIC always runs TLS 1.3)")]
+    H3WithoutTls,
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -225,16 +237,32 @@ impl Server {
         let mut options = options;
         options.page_size = options.page_size.max(1);
         options.max_connections = options.max_connections.max(1);
+        let h3 = match (&options.h3, &options.tls) {
+            (false, _) => None,
+            (true, Some(identity)) => Some(identity.clone()),
+            (true, None) => return Err(ServeError::H3WithoutTls),
+        };
+        let ctx = Arc::new(Shared {
+            catalog,
+            root: root_dir,
+            options,
+            active: AtomicUsize::new(0),
+            idle: Idle::default(),
+            alt_svc: h3
+                .is_some()
+                .then(|| format!("h3=\":{}\"; ma=86400", local.port())),
+        });
+        if let Some(identity) = h3 {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            h3::start(local, &identity, &ctx, cores).map_err(|source| ServeError::Bind {
+                addr: local,
+                source,
+            })?;
+        }
         Ok(Server {
             listener,
             local,
-            ctx: Arc::new(Shared {
-                catalog,
-                root: root_dir,
-                options,
-                active: AtomicUsize::new(0),
-                idle: Idle::default(),
-            }),
+            ctx,
             root: canonical,
             summary,
         })

@@ -74,6 +74,11 @@ impl TlsIdentity {
         }
     }
 
+    /// The rustls server configuration (QUIC takes it with its own ALPN, `serve/h3.rs`).
+    pub(crate) fn config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+
     /// A server session for one connection.
     pub(crate) fn session(&self) -> Result<rustls::ServerConnection, rustls::Error> {
         rustls::ServerConnection::new(Arc::clone(&self.config))

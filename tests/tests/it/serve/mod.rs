@@ -25,6 +25,7 @@ use ferry_testkit::tls::TestPki;
 use sha2::{Digest, Sha256};
 
 mod client;
+mod h3;
 mod limits;
 mod protocol;
 
@@ -355,4 +356,42 @@ fn quote(path: &str) -> String {
         }
     }
     out
+}
+
+/// Every regular file under `dir` (following symlinks), by repo path; `.cache` is skipped.
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir") {
+            let p = e.expect("entry").path();
+            if p.file_name().is_some_and(|n| n == ".cache") {
+                continue;
+            }
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).expect("under").to_str().expect("utf8");
+                out.insert(rel.to_owned(), std::fs::read(&p).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+fn assert_snapshot(got: &Path, want: &[FixtureFile], what: &str) {
+    let got = files_under(got);
+    let want: BTreeMap<String, Vec<u8>> = want
+        .iter()
+        .map(|f| (f.path.clone(), f.bytes.clone()))
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "{what}: file list"
+    );
+    for (path, bytes) in &want {
+        assert!(got[path] == *bytes, "{what}: {path} differs");
+    }
+    eprintln!("{what}: {} files byte-identical", want.len());
 }
