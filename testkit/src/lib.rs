@@ -132,8 +132,26 @@ pub fn ferry_command(backend: Backend) -> Command {
     let mut c = Command::new(ferry_bin());
     c.arg("--backend")
         .arg(backend.flag())
-        .env_remove("FERRY_SAFE_MODE");
+        .env_remove("FERRY_SAFE_MODE")
+        .env("FERRY_CACHE_DIR", fresh_cache_dir());
     c
+}
+
+/// A cache folder of its own for one run of ferry (what it remembers about servers between
+/// runs, such as HTTP/3 failures, must not leak from one test into another on a reused port).
+/// A test of that memory sets `FERRY_CACHE_DIR` itself.
+pub fn fresh_cache_dir() -> PathBuf {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static BASE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let base = BASE.get_or_init(|| {
+        tempfile::Builder::new()
+            .prefix("ferry-test-cache")
+            .tempdir()
+            .expect("cache base")
+    });
+    base.path()
+        .join(NEXT.fetch_add(1, Ordering::Relaxed).to_string())
 }
 
 /// Runs `ferry --backend B ARGS...` and returns its output.

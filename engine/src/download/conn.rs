@@ -623,27 +623,39 @@ impl Conn {
 /// `None` sends the connection over TCP; why is recorded once per origin
 /// ([`crate::net::quic::QuicState::fall_back`]).
 async fn open_h3(target: &Target) -> Option<crate::net::quic::H3Conn> {
+    use crate::net::altsvc::Entry;
     use crate::net::quic::{self, NoH3};
     let dialer = &target.dialer;
     if !dialer.http3 {
         return None;
     }
     let host = target.tls_host.as_deref()?;
-    let origin = format!(
-        "{host}:{}",
-        target.url.port_or_known_default().unwrap_or(443)
-    );
+    let origin = quic::origin(target)?;
     if dialer.quic.failed(&origin).is_some() {
         return None;
     }
     if target.route != crate::net::Route::Direct {
-        dialer.quic.fall_back(&origin, NoH3::Proxied);
+        dialer.quic.fall_back(&origin, None, NoH3::Proxied);
         return None;
     }
-    match quic::connect(&dialer.tls, &target.addrs, host, quic::HANDSHAKE_DEADLINE).await {
+    // The port an earlier answer advertised HTTP/3 on (`Alt-Svc`), else the origin's own.
+    let mut addrs = target.addrs.clone();
+    match dialer.quic.remembered(&origin) {
+        Some(Entry::Failed { why, at, .. }) => {
+            let ago = quic::ago(at);
+            dialer
+                .quic
+                .fall_back(&origin, None, NoH3::Remembered { why, ago });
+            return None;
+        }
+        Some(Entry::H3 { port, .. }) => addrs.iter_mut().for_each(|a| a.set_port(port)),
+        None => {}
+    }
+    let port = addrs.first().map(|a| a.port());
+    match quic::connect(&dialer.tls, &addrs, host, quic::HANDSHAKE_DEADLINE).await {
         Ok(conn) => Some(conn),
         Err(why) => {
-            dialer.quic.fall_back(&origin, why);
+            dialer.quic.fall_back(&origin, port, why);
             None
         }
     }

@@ -107,6 +107,9 @@ pub(super) async fn request(
     }
     conn.answer_wait = file.endpoints.least_wait(source.endpoint);
     conn.count_answer(file);
+    if !matches!(conn.wire, super::conn::Wire::H3(_)) {
+        target.dialer.note_alt_svc(&target, &head);
+    }
     // The connection may be a new one (a redirect's, or one after a close).
     conn.hedging = Some(Arc::clone(file));
     check_answer(&target.display, &head)?;

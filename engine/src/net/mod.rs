@@ -6,6 +6,7 @@
 //! clients, for connections to an address that has already answered ([`connect`] says why);
 //! the Hub API client's blocking connections do not use it.
 
+pub(crate) mod altsvc;
 mod connect;
 pub(crate) mod h2;
 pub(crate) mod proxy;

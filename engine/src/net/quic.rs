@@ -22,6 +22,7 @@ use compio::quic::{ClientConfig, Connection, ConnectionError, Endpoint, Endpoint
 use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
 
+use super::altsvc::{Entry, Memory, Store};
 use super::tls::TlsClient;
 
 /// The h3 handle requests are sent with, and one request's stream.
@@ -63,6 +64,9 @@ pub(crate) enum NoH3 {
     Refused(String),
     /// The UDP socket or the QUIC client could not be set up here.
     Setup(String),
+    /// An earlier run failed to it `ago`, `why`, and the memory (`altsvc.rs`) keeps that for
+    /// a while.
+    Remembered { why: String, ago: Duration },
 }
 
 impl std::fmt::Display for NoH3 {
@@ -78,6 +82,13 @@ impl std::fmt::Display for NoH3 {
             NoH3::Version => f.write_str("the server speaks no QUIC version ferry does"),
             NoH3::Refused(why) => write!(f, "the server refused the QUIC handshake: {why}"),
             NoH3::Setup(why) => write!(f, "QUIC could not be set up here: {why}"),
+            NoH3::Remembered { why, ago } => write!(
+                f,
+                "an earlier run failed {} s ago ({why}); QUIC is tried again {} min after a \
+                 failure",
+                ago.as_secs(),
+                super::altsvc::FAILED_FOR.as_secs() / 60
+            ),
         }
     }
 }
@@ -98,9 +109,13 @@ impl std::fmt::Debug for H3Conn {
     }
 }
 
-/// What a job's QUIC connections learnt, shared by all of them.
+/// What a job's QUIC connections learnt, shared by all of them, and what earlier runs did
+/// (`altsvc.rs`, read the first time it is needed).
 #[derive(Debug, Default)]
 pub(crate) struct QuicState {
+    memory: Mutex<Option<Memory>>,
+    /// Origins whose `Alt-Svc` was read in this job (once each).
+    adverts_seen: Mutex<std::collections::HashSet<String>>,
     /// Origins (`host:port`) whose handshake failed, with why: later connections to them go
     /// over TCP at once.
     failed: Mutex<HashMap<String, NoH3>>,
@@ -110,19 +125,56 @@ pub(crate) struct QuicState {
 }
 
 impl QuicState {
+    /// What the memory says about `origin` now (an earlier run's failure, or the port it
+    /// advertised HTTP/3 on).
+    pub(crate) fn remembered(&self, origin: &str) -> Option<Entry> {
+        let mut memory = lock(&self.memory);
+        let memory = memory.get_or_insert_with(|| Store::default_dir().load());
+        memory.get(origin, unix_now()).cloned()
+    }
+
+    /// Reads `advert`, the `Alt-Svc` of a TCP answer from `origin`, once per origin and job,
+    /// into the memory.
+    pub(crate) fn advertised(&self, origin: &str, field: &str) {
+        if !lock(&self.adverts_seen).insert(origin.to_owned()) {
+            return;
+        }
+        let Some(advert) = super::altsvc::parse(field) else {
+            tracing::debug!(%origin, "a malformed Alt-Svc field, ignored: {field:?}");
+            return;
+        };
+        self.remember(|m, now| m.advertised(origin, &advert, now));
+    }
+
+    /// Applies `change` to the memory, and writes it when it changed.
+    fn remember(&self, change: impl FnOnce(&mut Memory, u64) -> bool) {
+        let store = Store::default_dir();
+        let mut memory = lock(&self.memory);
+        let memory = memory.get_or_insert_with(|| store.load());
+        if change(memory, unix_now()) {
+            store.save(memory);
+        }
+    }
+
     /// Why HTTP/3 is not tried for `origin`, when it failed before in this job.
     pub(crate) fn failed(&self, origin: &str) -> Option<NoH3> {
         lock(&self.failed).get(origin).cloned()
     }
 
-    /// Records that `origin` goes over TCP, and why (said once per origin at `-v`).
-    pub(crate) fn fall_back(&self, origin: &str, why: NoH3) {
+    /// Records that `origin` goes over TCP, and why (said once per origin at `-v`); a failure
+    /// of QUIC on `port` is remembered for the next runs.
+    pub(crate) fn fall_back(&self, origin: &str, port: Option<u16>, why: NoH3) {
         let mut failed = lock(&self.failed);
         if failed.contains_key(origin) {
             return;
         }
         tracing::info!("HTTP/3 to {origin}: {why}; going over TCP");
         lock(&self.first_fallback).get_or_insert_with(|| format!("{origin}: {why}"));
+        // A path's answer, kept for the next runs; not a proxy here or a setup of this machine.
+        if let (NoH3::NoAnswer(_) | NoH3::Version | NoH3::Refused(_), Some(port)) = (&why, port) {
+            let text = why.to_string();
+            self.remember(|m, now| m.failed(origin, port, &text, now));
+        }
         failed.insert(origin.to_owned(), why);
     }
 
@@ -130,6 +182,18 @@ impl QuicState {
     pub(crate) fn fallback(&self) -> Option<String> {
         lock(&self.first_fallback).clone()
     }
+}
+
+/// Seconds since the epoch (the memory's clock).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How long ago `at` (seconds since the epoch) was.
+pub(crate) fn ago(at: u64) -> Duration {
+    Duration::from_secs(unix_now().saturating_sub(at))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -193,7 +257,29 @@ impl Tally {
     }
 }
 
+/// The origin (`host:port`) HTTP/3 state is kept under for `target`; `None` for `http://`.
+pub(crate) fn origin(target: &super::target::Target) -> Option<String> {
+    let host = target.tls_host.as_deref()?;
+    let port = target.url.port_or_known_default().unwrap_or(443);
+    Some(format!("{host}:{port}"))
+}
+
 impl super::Dialer {
+    /// Reads the `Alt-Svc` of a TCP answer from `target` into the HTTP/3 memory, with
+    /// `--http3` (without it ferry keeps nothing about HTTP/3).
+    pub(crate) fn note_alt_svc(
+        &self,
+        target: &super::target::Target,
+        head: &crate::proto::http1::ResponseHead,
+    ) {
+        if !self.http3 {
+            return;
+        }
+        if let (Some(origin), Some(field)) = (origin(target), head.header("alt-svc")) {
+            self.quic.advertised(&origin, field);
+        }
+    }
+
     /// The report of the job's QUIC connections, with `--http3`.
     pub(crate) fn quic_report(&self) -> Option<crate::QuicReport> {
         if !self.http3 {

@@ -144,3 +144,78 @@ fn without_an_http3_server_the_file_comes_over_tcp_and_the_report_says_why() {
         }
     }
 }
+
+/// What one run learns about HTTP/3, the next uses (ferry's cache folder, `FERRY_CACHE_DIR`):
+/// an HTTPS server with nothing on its UDP port whose TCP answers advertise
+/// `Alt-Svc: h3=":PORT"` (nginx, with Caddy on that port) sends the next run's QUIC there,
+/// and the files come over HTTP/3; a server with no advertisement, whose UDP port did not
+/// answer, is not tried again by the next run, whose report says an earlier run failed. On
+/// both back-ends.
+#[test]
+fn the_next_run_uses_what_this_one_learnt_about_http3() {
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    let size = 2 * (1 << 20) + 5;
+    write_data(&src.path().join("f"), size, 8);
+    let caddy_root = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(caddy_root.path().join("files")).expect("mkdir");
+    std::fs::copy(src.path().join("f"), caddy_root.path().join("files/f")).expect("copy");
+    let caddy = Caddy::start(caddy_root.path());
+    let caddy_port = caddy
+        .url("")
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('/').parse::<u16>().ok())
+        .expect("caddy port");
+    let advertising = Nginx::start_options(
+        src.path(),
+        &ferry_testkit::nginx::Options {
+            tls: Some(pki.localhost.clone()),
+            extra: format!("add_header Alt-Svc 'h3=\":{caddy_port}\"; ma=60' always;"),
+            ..Default::default()
+        },
+    );
+    let silent = Nginx::start_tls(src.path(), &pki.localhost);
+    let (ca, caddy_ca) = (
+        pki.ca.display().to_string(),
+        caddy.ca().display().to_string(),
+    );
+    for backend in backends_under_test() {
+        let memory = tempfile::tempdir().expect("cache dir");
+        let run = |url: &str| {
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("f");
+            let o = ferry_testkit::ferry_command(backend)
+                .env("FERRY_CACHE_DIR", memory.path())
+                .args(["get", url, "-o", dest.to_str().expect("utf-8"), "--json"])
+                .args(["--http3", "--ca-file", &ca, "--ca-file", &caddy_ca])
+                .output()
+                .expect("run ferry");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert_same_file(&src.path().join("f"), &dest, url);
+            serde_json::from_slice::<serde_json::Value>(&o.stdout).expect("JSON report")
+        };
+        let url = advertising.https_url("localhost", "files", "f");
+        let first = run(&url);
+        assert_eq!(first["http3"], 0, "{first}");
+        // The answers came over QUIC from Caddy's port, the only UDP port that answers (Caddy
+        // logs no request whose `:authority` names another port, as an alternative's must).
+        let second = run(&url);
+        assert!(second["http3"].as_u64() >= Some(1), "{second}");
+        assert_eq!(
+            second["quic"]["fallback"],
+            serde_json::Value::Null,
+            "{second}"
+        );
+
+        let url = silent.https_url("localhost", "files", "f");
+        let first = run(&url);
+        let why = first["quic"]["fallback"].as_str().unwrap_or_default();
+        assert!(why.contains("no answer to the QUIC handshake"), "{first}");
+        let second = run(&url);
+        let why = second["quic"]["fallback"].as_str().unwrap_or_default();
+        assert!(why.contains("an earlier run failed"), "{second}");
+        assert_eq!(second["quic"]["connections"], 0, "{second}");
+        eprintln!("ran on backend {backend:?}: Alt-Svc and a failure remembered between runs");
+    }
+}
