@@ -20,6 +20,7 @@ pub mod env;
 pub mod eyeballs;
 pub mod h2client;
 pub mod h2origin;
+pub mod h3origin;
 pub mod hf;
 pub mod hostile;
 pub mod hub;

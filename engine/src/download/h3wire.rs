@@ -35,10 +35,24 @@ use crate::proto::http1::ResponseHead;
 /// A request's task: its stream and its answer's head, once they came.
 type Answer = compio::runtime::JoinHandle<Result<(http::Response<()>, RequestStream), StreamError>>;
 
+/// How many times a request the server rejected (H3_REQUEST_REJECTED) is sent again at once
+/// on the same connection before its answer counts as missing (as over HTTP/2).
+const MAX_REJECTED: u32 = 4;
+
+/// A request sent, its answer to come.
+struct Asked {
+    answer: Answer,
+    /// Kept to send again when the server rejects it.
+    req: http::Request<()>,
+    rejected: u32,
+    /// The bytes asked for (a whole file of unknown size counts as a window).
+    len: u64,
+}
+
 /// A QUIC connection with HTTP/3 as one lane's wire.
 pub(crate) struct H3Wire {
     conn: H3Conn,
-    asked: VecDeque<(Answer, u64)>,
+    asked: VecDeque<Asked>,
     body: Option<RequestStream>,
     /// Bytes of the current body not read yet (as asked), and the connection's window.
     left: u64,
@@ -101,7 +115,7 @@ impl H3Wire {
         range: Option<Range<u64>>,
     ) -> Result<(), SendError> {
         let len = range.as_ref().map_or(self.window, |r| r.end - r.start);
-        let unread = self.left + self.asked.iter().map(|(_, len)| len).sum::<u64>();
+        let unread = self.left + self.asked.iter().map(|a| a.len).sum::<u64>();
         if !fits(unread, len, self.window) {
             return Err(SendError::Full);
         }
@@ -109,15 +123,25 @@ impl H3Wire {
             return Err(SendError::Closed);
         }
         let req = streams::request(target, range).map_err(SendError::Request)?;
+        let answer = self.spawn(req.clone());
+        self.asked.push_back(Asked {
+            answer,
+            req,
+            rejected: 0,
+            len,
+        });
+        Ok(())
+    }
+
+    /// The task that sends `req` on a new stream and reads its answer's head.
+    fn spawn(&self, req: http::Request<()>) -> Answer {
         let mut send = self.conn.send.clone();
-        let answer = compio::runtime::spawn(async move {
+        compio::runtime::spawn(async move {
             let mut stream = send.send_request(req).await?;
             stream.finish().await?;
             let head = stream.recv_response().await?;
             Ok((head, stream))
-        });
-        self.asked.push_back((answer, len));
-        Ok(())
+        })
     }
 
     /// Reads the head of the oldest unread answer, dropping (stopping, if it had not ended)
@@ -129,12 +153,27 @@ impl H3Wire {
     ) -> Result<Option<ResponseHead>, io::Error> {
         self.end_body();
         self.state.tally.add(&self.conn.quic, &mut self.counted);
-        let Some((mut answer, len)) = self.asked.pop_front() else {
+        let Some(mut asked) = self.asked.pop_front() else {
             return Ok(None);
         };
-        let got = watched_cancellable(&mut answer, watch)
-            .await
-            .map_err(crate::net::WatchError::into_io)?;
+        let got = loop {
+            let got = watched_cancellable(&mut asked.answer, watch)
+                .await
+                .map_err(crate::net::WatchError::into_io)?;
+            match got {
+                // RFC 9114 4.1.1: not processed, safe to send again.
+                Ok(Err(StreamError::RemoteTerminate { code }))
+                    if code == Code::H3_REQUEST_REJECTED
+                        && asked.rejected < MAX_REJECTED
+                        && self.is_open() =>
+                {
+                    asked.rejected += 1;
+                    asked.answer = self.spawn(asked.req.clone());
+                }
+                got => break got,
+            }
+        };
+        let len = asked.len;
         let (head, stream) = match got {
             Ok(Ok(got)) => got,
             Ok(Err(e)) if unprocessed(&e) => {

@@ -219,3 +219,111 @@ fn the_next_run_uses_what_this_one_learnt_about_http3() {
         eprintln!("ran on backend {backend:?}: Alt-Svc and a failure remembered between runs");
     }
 }
+
+/// The HTTP/3 faults of the reliability table: a stream reset or the connection closed
+/// mid-body, a GOAWAY, rejected requests, data in tiny pieces, a byte too many, the wrong
+/// range, answers without a length. A big file in 1 MiB ranges over 2 connections and twelve
+/// small files in one job must come out byte-identical on both back-ends, over HTTP/3.
+#[test]
+fn a_hostile_http3_server_still_gives_byte_identical_files() {
+    use ferry_testkit::h3origin::{H3Fault, H3Origin};
+    use ferry_testkit::record;
+    use std::sync::atomic::Ordering::Relaxed;
+    let pki = TestPki::new();
+    let src = tempfile::tempdir().expect("tmp");
+    write_data(&src.path().join("big"), 6 * (1 << 20) + 4321, 92);
+    for i in 0..12 {
+        write_data(&src.path().join(format!("s{i}")), 1000 + 3000 * i, 200 + i);
+    }
+    let ca = pki.ca.display().to_string();
+    let test = "http3::a_hostile_http3_server_still_gives_byte_identical_files";
+    let faults = [
+        (H3Fault::None, "none (HTTP/3 baseline)"),
+        (H3Fault::ResetMid(3), "HTTP/3 stream reset mid-body"),
+        (H3Fault::CloseMid(4), "HTTP/3 connection closed mid-body"),
+        (
+            H3Fault::GoAwayAfter(3),
+            "HTTP/3 GOAWAY with requests in flight",
+        ),
+        (H3Fault::RejectEvery(2), "HTTP/3 H3_REQUEST_REJECTED"),
+        (H3Fault::TinyPieces, "HTTP/3 data in 1-97 byte pieces"),
+        (
+            H3Fault::TooMany(3),
+            "HTTP/3 body a byte longer than its Content-Length",
+        ),
+        (H3Fault::WrongRange(3), "HTTP/3 206 for another range"),
+        (
+            H3Fault::NoLength(3),
+            "HTTP/3 answers without Content-Length, every third a byte short",
+        ),
+    ];
+    for (fault, name) in faults {
+        let origin = H3Origin::start(src.path(), &pki.localhost, fault);
+        for backend in backends_under_test() {
+            let out = tempfile::tempdir().expect("tmp");
+            let dest = out.path().join("big");
+            let sha = sha256_file(&src.path().join("big"));
+            let report = get_ok(
+                backend,
+                &origin.url("big"),
+                &dest,
+                &[
+                    "--http3",
+                    "--ca-file",
+                    &ca,
+                    "--sha256",
+                    &sha,
+                    "-c",
+                    "2",
+                    "--chunk-size",
+                    "1M",
+                ],
+            );
+            assert!(
+                report["http3"].as_u64() >= Some(1),
+                "{name}: not over HTTP/3: {report}"
+            );
+            record::recovered(name, test, backend, &src.path().join("big"), &dest);
+            let many = out.path().join("many");
+            std::fs::create_dir(&many).expect("mkdir");
+            let mut cmd = vec![
+                "get".to_owned(),
+                "--http3".into(),
+                "--ca-file".into(),
+                ca.clone(),
+            ];
+            cmd.extend(["-c".into(), "2".into(), "--json".into()]);
+            cmd.extend(["-o".into(), many.display().to_string()]);
+            cmd.extend((0..12).map(|i| origin.url(&format!("s{i}"))));
+            let args: Vec<&str> = cmd.iter().map(String::as_str).collect();
+            let o = ferry_testkit::ferry(backend, &args);
+            assert!(
+                o.status.success(),
+                "{name} on {backend:?}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            for i in 0..12 {
+                let file = format!("s{i}");
+                assert_same_file(
+                    &src.path().join(&file),
+                    &many.join(&file),
+                    &format!("{name} {backend:?} {file}"),
+                );
+            }
+            eprintln!("ran on backend {backend:?}: {name}");
+        }
+        let c = origin.counts();
+        eprintln!(
+            "{name}: {} connections, {} requests, {} faults",
+            c.connections.load(Relaxed),
+            c.requests.load(Relaxed),
+            c.faults.load(Relaxed),
+        );
+        if fault != H3Fault::None {
+            assert!(
+                c.faults.load(Relaxed) > 0,
+                "{name}: the fault never happened"
+            );
+        }
+    }
+}
