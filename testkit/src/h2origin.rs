@@ -271,52 +271,25 @@ async fn answer(
         let _ = respond.send_response(head, true);
         return;
     };
-    let size = file.len() as u64;
-    let range = req
-        .headers()
-        .get("range")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("bytes="))
-        .and_then(|v| v.split_once('-'))
-        .and_then(|(a, b)| Some(a.parse::<u64>().ok()?..b.parse::<u64>().ok()? + 1))
-        .map(|r| r.start.min(size)..r.end.min(size));
-    let mut head = http::Response::builder();
-    let mut bytes = match range {
-        Some(r) if r.start < r.end => {
-            let shown = match fault {
-                H2Fault::WrongRange(k) if hits(n, k) => {
-                    counts.faults.fetch_add(1, Ordering::Relaxed);
-                    r.start + 1..r.end
-                }
-                _ => r.clone(),
-            };
-            head = head.status(206).header(
-                "content-range",
-                format!("bytes {}-{}/{size}", shown.start, shown.end - 1),
-            );
-            file.slice(r.start as usize..r.end as usize)
-        }
-        _ => {
-            head = head.status(200);
-            file.clone()
-        }
-    };
-    if let H2Fault::NoLength(k) = fault {
-        if hits(n, k) && bytes.len() > 1 {
+    let twist = |hit: bool| {
+        if hit {
             counts.faults.fetch_add(1, Ordering::Relaxed);
-            bytes = bytes.slice(..bytes.len() - 1);
         }
-    } else {
-        head = head.header("content-length", bytes.len().to_string());
+        hit
+    };
+    let range = req.headers().get("range").and_then(|v| v.to_str().ok());
+    let twists = crate::ranged::Twists {
+        wrong_range: twist(matches!(fault, H2Fault::WrongRange(k) if hits(n, k))),
+        too_many: twist(matches!(fault, H2Fault::TooMany(k) if hits(n, k))),
+        no_length: matches!(fault, H2Fault::NoLength(_)),
+        short: twist(matches!(fault, H2Fault::NoLength(k) if hits(n, k)) && file.len() > 1),
+    };
+    let planned = crate::ranged::answer(file, range, twists);
+    let mut head = http::Response::builder().status(planned.status);
+    for (name, value) in planned.fields {
+        head = head.header(name, value);
     }
-    if let H2Fault::TooMany(k) = fault
-        && hits(n, k)
-    {
-        counts.faults.fetch_add(1, Ordering::Relaxed);
-        let mut more = bytes.to_vec();
-        more.push(0xA5);
-        bytes = Bytes::from(more);
-    }
+    let bytes = planned.body;
     let Ok(mut send) = respond.send_response(head.body(()).expect("head"), bytes.is_empty()) else {
         return;
     };

@@ -27,6 +27,7 @@ pub mod hub;
 pub mod nginx;
 pub mod proxies;
 pub mod proxy;
+mod ranged;
 pub mod record;
 pub mod relay;
 pub mod serve;
