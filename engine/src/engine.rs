@@ -97,6 +97,7 @@ impl Engine {
             http2: config.http2,
             http3: config.http3,
             quic: Arc::default(),
+            safe_mode: config.safe_mode || backend::safe_mode_from_env(),
         };
         Ok(Engine {
             config,

@@ -118,7 +118,7 @@ pub(crate) const NEEDED_OPS: &[UringOp] = &[
 pub const SAFE_MODE_ENV: &str = "FERRY_SAFE_MODE";
 
 /// True when [`SAFE_MODE_ENV`] is set to a true value (`1`, `true`, `yes`, `on`).
-fn safe_mode_from_env() -> bool {
+pub(crate) fn safe_mode_from_env() -> bool {
     std::env::var(SAFE_MODE_ENV).is_ok_and(|v| {
         matches!(
             v.trim().to_ascii_lowercase().as_str(),

@@ -623,39 +623,42 @@ impl Conn {
 /// `None` sends the connection over TCP; why is recorded once per origin
 /// ([`crate::net::quic::QuicState::fall_back`]).
 async fn open_h3(target: &Target) -> Option<crate::net::quic::H3Conn> {
-    use crate::net::altsvc::Entry;
-    use crate::net::quic::{self, NoH3};
+    use crate::net::quic::{self, Choice, Facts};
     let dialer = &target.dialer;
     if !dialer.http3 {
         return None;
     }
     let host = target.tls_host.as_deref()?;
     let origin = quic::origin(target)?;
-    if dialer.quic.failed(&origin).is_some() {
-        return None;
-    }
-    if target.route != crate::net::Route::Direct {
-        dialer.quic.fall_back(&origin, None, NoH3::Proxied);
-        return None;
-    }
-    // The port an earlier answer advertised HTTP/3 on (`Alt-Svc`), else the origin's own.
-    let mut addrs = target.addrs.clone();
-    match dialer.quic.remembered(&origin) {
-        Some(Entry::Failed { why, at, .. }) => {
-            let ago = quic::ago(at);
-            dialer
-                .quic
-                .fall_back(&origin, None, NoH3::Remembered { why, ago });
+    let failed_in_job = dialer.quic.failed(&origin).is_some();
+    let remembered = if failed_in_job {
+        None
+    } else {
+        dialer.quic.remembered(&origin)
+    };
+    let choice = quic::choose(Facts {
+        asked: dialer.http3,
+        safe_mode: dialer.safe_mode,
+        https_port: target.url.port_or_known_default(),
+        direct: target.route == crate::net::Route::Direct,
+        failed_in_job,
+        remembered: remembered.as_ref(),
+        now: quic::unix_now(),
+    });
+    let port = match choice {
+        Choice::Tcp => return None,
+        Choice::TcpBecause(why) => {
+            dialer.quic.fall_back(&origin, None, why);
             return None;
         }
-        Some(Entry::H3 { port, .. }) => addrs.iter_mut().for_each(|a| a.set_port(port)),
-        None => {}
-    }
-    let port = addrs.first().map(|a| a.port());
+        Choice::Quic { port } => port,
+    };
+    let mut addrs = target.addrs.clone();
+    addrs.iter_mut().for_each(|a| a.set_port(port));
     match quic::connect(&dialer.tls, &addrs, host, quic::HANDSHAKE_DEADLINE).await {
         Ok(conn) => Some(conn),
         Err(why) => {
-            dialer.quic.fall_back(&origin, port, why);
+            dialer.quic.fall_back(&origin, Some(port), why);
             None
         }
     }

@@ -53,6 +53,8 @@ pub(crate) struct Dialer {
     /// connections learnt.
     pub http3: bool,
     pub quic: Arc<quic::QuicState>,
+    /// Safe mode (`Config::safe_mode`): no QUIC.
+    pub safe_mode: bool,
 }
 
 /// How long connecting and reading may take.

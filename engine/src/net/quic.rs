@@ -67,6 +67,9 @@ pub(crate) enum NoH3 {
     /// An earlier run failed to it `ago`, `why`, and the memory (`altsvc.rs`) keeps that for
     /// a while.
     Remembered { why: String, ago: Duration },
+    /// Safe mode: no QUIC (compio-quic uses GSO and GRO wherever the kernel has them, and has
+    /// no switch to turn them off alone).
+    SafeMode,
 }
 
 impl std::fmt::Display for NoH3 {
@@ -82,6 +85,9 @@ impl std::fmt::Display for NoH3 {
             NoH3::Version => f.write_str("the server speaks no QUIC version ferry does"),
             NoH3::Refused(why) => write!(f, "the server refused the QUIC handshake: {why}"),
             NoH3::Setup(why) => write!(f, "QUIC could not be set up here: {why}"),
+            NoH3::SafeMode => f.write_str(
+                "safe mode: no QUIC (its UDP offloads, GSO and GRO, cannot be turned off alone)",
+            ),
             NoH3::Remembered { why, ago } => write!(
                 f,
                 "an earlier run failed {} s ago ({why}); QUIC is tried again {} min after a \
@@ -185,15 +191,10 @@ impl QuicState {
 }
 
 /// Seconds since the epoch (the memory's clock).
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// How long ago `at` (seconds since the epoch) was.
-pub(crate) fn ago(at: u64) -> Duration {
-    Duration::from_secs(unix_now().saturating_sub(at))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -254,6 +255,58 @@ impl Tally {
         );
         add(&self.lost_packets, now.lost_packets, last.lost_packets);
         *last = now;
+    }
+}
+
+/// How a new connection to an origin goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Choice {
+    /// Over TCP, nothing to say (HTTP/3 not asked for, not `https://`, or already said).
+    Tcp,
+    /// Over TCP, and the report says why (once per origin).
+    TcpBecause(NoH3),
+    /// Over QUIC to this port (the origin's own, or the one it advertised).
+    Quic { port: u16 },
+}
+
+/// The facts a connection's protocol is chosen from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts<'a> {
+    /// `--http3`.
+    pub asked: bool,
+    pub safe_mode: bool,
+    /// The origin's port, for `https://` URLs; `None` for `http://`.
+    pub https_port: Option<u16>,
+    /// Straight to the origin (no proxy).
+    pub direct: bool,
+    /// HTTP/3 to the origin already failed in this job (and the report said why).
+    pub failed_in_job: bool,
+    /// What earlier runs left in the memory, and the time now (seconds since the epoch).
+    pub remembered: Option<&'a Entry>,
+    pub now: u64,
+}
+
+/// Whether a connection tries HTTP/3, and where: the sans-IO half of opening one.
+pub(crate) fn choose(f: Facts<'_>) -> Choice {
+    let Some(port) = f.https_port.filter(|_| f.asked) else {
+        return Choice::Tcp;
+    };
+    if f.failed_in_job {
+        return Choice::Tcp;
+    }
+    if f.safe_mode {
+        return Choice::TcpBecause(NoH3::SafeMode);
+    }
+    if !f.direct {
+        return Choice::TcpBecause(NoH3::Proxied);
+    }
+    match f.remembered {
+        Some(Entry::Failed { why, at, .. }) => Choice::TcpBecause(NoH3::Remembered {
+            why: why.clone(),
+            ago: Duration::from_secs(f.now.saturating_sub(*at)),
+        }),
+        Some(Entry::H3 { port, .. }) => Choice::Quic { port: *port },
+        None => Choice::Quic { port },
     }
 }
 
@@ -405,3 +458,6 @@ fn handshake_failed(e: &ConnectionError) -> NoH3 {
         other => NoH3::Refused(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -77,7 +77,7 @@ fn files_come_over_http3_from_caddy_byte_identical_on_every_back_end_and_sink() 
 }
 
 /// Without `--http3`, nothing goes over QUIC (and the report has no QUIC section), even to a
-/// server that offers it.
+/// server that offers it; nor in safe mode, whose report says why.
 #[test]
 fn without_http3_nothing_goes_over_quic() {
     let src = tempfile::tempdir().expect("tmp");
@@ -98,6 +98,20 @@ fn without_http3_nothing_goes_over_quic() {
         );
         eprintln!("ran on backend {backend:?}: no QUIC without --http3");
     }
+    let out = tempfile::tempdir().expect("tmp");
+    let dest = out.path().join("f");
+    let extra = ["--ca-file", &ca, "--http3", "--safe-mode"];
+    let report = get_ok(
+        ferry_testkit::Backend::Portable,
+        &caddy.url("f"),
+        &dest,
+        &extra,
+    );
+    assert_same_file(&src.path().join("f"), &dest, "safe mode");
+    assert_eq!(report["http3"], 0, "{report}");
+    let why = report["quic"]["fallback"].as_str().unwrap_or_default();
+    assert!(why.contains("safe mode"), "{report}");
+    eprintln!("ran on backend Portable (safe mode): no QUIC ({why})");
 }
 
 /// Where HTTP/3 cannot be had, the file comes over TCP, whole, and the report says why: an
