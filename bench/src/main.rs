@@ -51,10 +51,16 @@ const DEFAULT_SUITES: [&str; 5] = ["big", "https", "repo", "small", "pull"];
 
 /// Every suite, in the order they run and are reported: the default ones, then the `wan-*`
 /// suites (`wan.rs`), which run only when asked for: `--suites wan` names the three big-file
-/// paths over plain HTTP, `wan-all` every one.
+/// paths over plain HTTP, `wan-all` every one; then [`OTHER_SUITES`].
 pub(crate) fn suites() -> impl Iterator<Item = &'static str> {
-    DEFAULT_SUITES.into_iter().chain(wan::ALL)
+    DEFAULT_SUITES
+        .into_iter()
+        .chain(wan::ALL)
+        .chain(OTHER_SUITES)
 }
+
+/// Suites that run only when named: `h3` (HTTP/3 against TCP from Caddy, and ngtcp2's client).
+const OTHER_SUITES: [&str; 1] = ["h3"];
 
 struct Args {
     /// The arguments as given, for the report.
@@ -286,6 +292,31 @@ fn peers(tools: &[Tool]) -> Vec<String> {
         .collect()
 }
 
+/// The `h3` suite's row every other is compared with, and ngtcp2's client.
+const H3_BASE: &str = "ferry --http3";
+const NGTCP2: &str = "gtlsclient (ngtcp2)";
+
+/// Issue 30's goals for `h3`, read off the report: over HTTP/3 at least 0.7x the throughput of
+/// ferry over TLS/TCP from the same server, and ahead of ngtcp2's client.
+fn h3_targets() -> Vec<report::Target> {
+    vec![
+        report::Target {
+            text: "`ferry --http3`'s throughput as a share of `ferry` over TLS/TCP (HTTP/1.1) \
+                   from the same Caddy, round by round"
+                .into(),
+            tool: "ferry".into(),
+            min_share: Some(0.7),
+            ..Default::default()
+        },
+        report::Target {
+            text: "`ferry --http3` ahead of ngtcp2's HTTP/3 client on the same file".into(),
+            tool: NGTCP2.into(),
+            max_ratio: Some(1.0),
+            ..Default::default()
+        },
+    ]
+}
+
 /// Issue 3's goals for `big`, read off the report: 0.4x the best peer's wall time, 0.85x the
 /// network ceiling's throughput (round by round), 1.0 CPU s/GB.
 fn big_targets(tools: &[Tool]) -> Vec<report::Target> {
@@ -457,6 +488,8 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
     match suite {
         // `https` serves the same file as `big`: same name, size and seed.
         "big" | "https" => specs.push(("big.bin".into(), args.big)),
+        // HTTP/3 costs several times TCP's CPU per byte: the WAN suites' smaller file.
+        "h3" => specs.push(("big.bin".into(), args.wan_size)),
         s if wan::scenario(s).is_some_and(|w| w.load == wan::Load::Big) => {
             specs.push(("big.bin".into(), args.wan_size))
         }
@@ -482,7 +515,7 @@ fn generate(suite: &str, root: &Path, args: &Args) -> anyhow::Result<Vec<Item>> 
                 specs.push((format!("s{i:04}.bin"), 4096 + (i * 104_729) % (60 * 1024)));
             }
         }
-        other => bail!("unknown suite {other:?} (big, https, repo, small, wan-*)"),
+        other => bail!("unknown suite {other:?} (big, https, h3, repo, small, wan-*)"),
     }
     let mut items = Vec::new();
     for (i, (name, size)) in specs.into_iter().enumerate() {
@@ -545,6 +578,42 @@ fn tools(
     let sync = format!("sync {outs}");
     let mut t = Vec::new();
     let mut add = |name: &str, shell: String| t.push(Tool::new(name, shell));
+    if let ("h3", [one]) = (suite, items) {
+        // The same server (Caddy) over QUIC and over TLS/TCP, and ngtcp2's HTTP/3 client.
+        let (url, out, sha) = (&urls[0], format!("{{OUT}}/{}", one.name), &one.sha256);
+        add(
+            H3_BASE,
+            format!("{ferry} --http3 get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
+        );
+        add(
+            "ferry",
+            format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
+        );
+        add(
+            "ferry --http2",
+            format!("{ferry} --http2 get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
+        );
+        add(
+            "curl",
+            format!("curl -sS{curl_ca} -o '{out}' '{url}' && {sync}"),
+        );
+        // gtlsclient verifies no certificate (ngtcp2's example client); it names the file by
+        // the URL's last segment, and its progress goes to /dev/null.
+        let (host, port) = url
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .and_then(|a| a.rsplit_once(':'))
+            .context("the h3 suite's URL has a host and a port")?;
+        add(
+            NGTCP2,
+            format!(
+                "gtlsclient -q --exit-on-all-streams-close --download='{{OUT}}' {host} {port} \
+                 '{url}' >/dev/null && {sync}"
+            ),
+        );
+        return Ok((t, left_out));
+    }
     if let [one] = items {
         let url = &urls[0];
         let out = format!("{{OUT}}/{}", one.name);
@@ -906,7 +975,7 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     if let Some(w) = wan::scenario(suite) {
         (tools, left_out) = wan::tools(tools, w);
     }
-    if let Some(ca) = origin.ca() {
+    if let Some(ca) = origin.ca().filter(|_| suite != "h3") {
         let unusable;
         (tools, unusable) = https::probe(tools, &root, &base, ca, scratch)?;
         left_out.extend(unusable);
@@ -1024,6 +1093,10 @@ fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteRe
     match suite {
         "big" => r.targets = big_targets(&r.tools),
         "https" => r.targets = vec![https::target(&r.tools)],
+        "h3" => {
+            r.base = H3_BASE.into();
+            r.targets = h3_targets();
+        }
         s => {
             if let Some(w) = wan::scenario(s) {
                 r.targets = wan::targets(&r.tools, w);
@@ -1112,11 +1185,12 @@ mod tests {
     #[test]
     fn every_wan_suite_is_a_suite_and_runs_last_in_wan_order() {
         let all: Vec<_> = suites().collect();
-        assert_eq!(all[DEFAULT_SUITES.len()..], wan::ALL);
-        assert!(
-            all.iter()
-                .all(|s| DEFAULT_SUITES.contains(s) || wan::scenario(s).is_some())
-        );
+        let wan_end = DEFAULT_SUITES.len() + wan::ALL.len();
+        assert_eq!(all[DEFAULT_SUITES.len()..wan_end], wan::ALL);
+        assert_eq!(all[wan_end..], OTHER_SUITES);
+        assert!(all.iter().all(|s| DEFAULT_SUITES.contains(s)
+            || wan::scenario(s).is_some()
+            || OTHER_SUITES.contains(s)));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! A download suite's origin, the one every tool of the suite fetches from: nginx on loopback over
 //! HTTP, or over HTTPS for `https` (`https.rs`), or either behind the test kit's relay that
 //! emulates a WAN path for the `wan-*` suites (`wan.rs`). It also says what nginx logged about a
-//! run (the TLS and HTTP versions each tool used), and for `wan-80-frozen` it arms the relay's
+//! run (the TLS and HTTP versions each tool used; for `h3`, whose origin is Caddy, the HTTP
+//! versions its access log names), and for `wan-80-frozen` it arms the relay's
 //! fault before each run of the row that has it and disarms it before every other run.
 //!
 //! Invariants: every server and relay it starts is stopped when it is dropped (nginx by its
@@ -24,6 +25,11 @@ pub(crate) enum Origin {
     Http(Nginx),
     Https {
         nginx: Nginx,
+        ca: PathBuf,
+    },
+    /// Caddy (`h3`): HTTP/1.1, HTTP/2 and HTTP/3 on one port, with its internal CA.
+    Caddy {
+        caddy: ferry_testkit::caddy::Caddy,
         ca: PathBuf,
     },
     /// nginx (over HTTPS where `ca` is set) behind a relay that emulates a WAN path; `fault`:
@@ -59,6 +65,11 @@ impl Origin {
                 fault: s.fault,
             });
         }
+        if suite == "h3" {
+            let caddy = ferry_testkit::caddy::Caddy::start(root);
+            let ca = caddy.ca();
+            return Ok(Origin::Caddy { caddy, ca });
+        }
         if suite != "https" {
             return Ok(Origin::Http(plain()?));
         }
@@ -72,6 +83,7 @@ impl Origin {
         match self {
             Origin::Http(nginx) => format!("http://127.0.0.1:{}/files", nginx.port()),
             Origin::Https { nginx, .. } => https::base(nginx.tls_port()),
+            Origin::Caddy { caddy, .. } => caddy.url("").trim_end_matches('/').to_owned(),
             Origin::Wan {
                 relay, ca: Some(_), ..
             } => https::base(relay.addr().port()),
@@ -83,7 +95,7 @@ impl Origin {
     pub(crate) fn ca(&self) -> Option<&Path> {
         match self {
             Origin::Http(_) => None,
-            Origin::Https { ca, .. } => Some(ca),
+            Origin::Https { ca, .. } | Origin::Caddy { ca, .. } => Some(ca),
             Origin::Wan { ca, .. } => ca.as_deref(),
         }
     }
@@ -101,6 +113,9 @@ impl Origin {
 
     /// A mark in the origin's log, for [`Origin::tls_since`] and [`Origin::http_since`].
     pub(crate) fn mark(&self) -> usize {
+        if let Origin::Caddy { caddy, .. } = self {
+            return caddy.requests().len();
+        }
         self.logging().map_or(0, https::mark)
     }
 
@@ -112,6 +127,15 @@ impl Origin {
     /// The HTTP versions of the requests served since `mark` (HTTPS only: over plain HTTP
     /// nginx offers HTTP/1.1 alone).
     pub(crate) fn http_since(&self, mark: usize) -> Option<String> {
+        if let Origin::Caddy { caddy, .. } = self {
+            let mut seen: Vec<String> = Vec::new();
+            for r in caddy.requests().into_iter().skip(mark) {
+                if !seen.contains(&r.proto) {
+                    seen.push(r.proto);
+                }
+            }
+            return (!seen.is_empty()).then(|| seen.join(", "));
+        }
         https::http_since(self.logging()?, mark)
     }
 

@@ -554,6 +554,15 @@ fn suite_note(suite: &str) -> &'static str {
              after its run. `ferry` verifies the file against its sha256 while downloading \
              (except the row marked no sha256); the peers verify nothing."
         }
+        "h3" => {
+            "Origin: Debian's Caddy 2.6 on 127.0.0.1 (`tls internal`; HTTP/1.1, HTTP/2 and, on \
+             the same port over UDP, HTTP/3 through quic-go), serving one file of `--wan-size` \
+             bytes; every tool trusts Caddy's internal CA, except ngtcp2's `gtlsclient`, which \
+             verifies no certificate. The base row is `ferry --http3`; `ferry` and `ferry \
+             --http2` fetch the same file from the same server over TLS/TCP. Every run ends \
+             with its output durable (ferry fsyncs; peers are followed by `sync FILE` inside \
+             the timing) and every output is sha256-checked against the source after its run."
+        }
         _ => {
             "Origin: nginx on 127.0.0.1. Every run ends with its output durable (ferry fsyncs; \
              peers are followed by `sync FILE...` inside the timing) and every output is \
@@ -682,7 +691,7 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
         if !http.is_empty() {
             let _ = writeln!(
                 md,
-                "\nHTTP version each tool used (nginx's log): {}.",
+                "\nHTTP version each tool used (the origin's log): {}.",
                 listed(&http)
             );
         }
@@ -1165,7 +1174,7 @@ mod tests {
         );
         assert!(
             md.contains(
-                "HTTP version each tool used (nginx's log): ferry: HTTP/2.0; curl: HTTP/2.0; \
+                "HTTP version each tool used (the origin's log): ferry: HTTP/2.0; curl: HTTP/2.0; \
                  aria2c: HTTP/1.1."
             ),
             "{md}"

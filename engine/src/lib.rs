@@ -45,7 +45,9 @@
 //! journal) and [`serve::Server`] serves such mirrors. Downloads speak HTTPS (rustls), go
 //! through proxies, race IPv6 and IPv4 (Happy Eyeballs), take a file's bytes from several
 //! mirrors ([`GetItem::mirror`]) and keep to a bandwidth cap ([`Config::limit_rate`]); HTTP/2
-//! is offered where asked ([`Config::http2`]). What the crate does not do yet: QUIC.
+//! is offered where asked ([`Config::http2`]), and HTTP/3 over QUIC tried first where asked
+//! ([`Config::http3`]; what its connections did: [`QuicReport`]). What the crate does not do
+//! yet: QUIC 0-RTT, and racing QUIC against TCP.
 //!
 //! How the crate is built, module by module, and the flow of a download from its first request
 //! to its rename: `ARCHITECTURE.md` at the repository's root.
