@@ -19,6 +19,8 @@ pub struct NetReport {
     pub udp_gro: Support,
     /// `recvmmsg(2)` exists.
     pub recvmmsg: Support,
+    /// What the UDP offloads achieved on loopback, measured (not only whether the options set).
+    pub udp_offload: UdpOffload,
     /// `net.ipv4.tcp_fastopen`: bit 1 enables clients, bit 2 servers.
     pub tcp_fastopen: Option<u32>,
     /// `net.ipv4.tcp_available_congestion_control`.
@@ -42,6 +44,7 @@ pub fn probe() -> NetReport {
         udp_gso: udp_sockopt("setsockopt(UDP_SEGMENT)", libc::UDP_SEGMENT, 1200),
         udp_gro: udp_sockopt("setsockopt(UDP_GRO)", libc::UDP_GRO, 1),
         recvmmsg: probe_recvmmsg(),
+        udp_offload: udp_offload(),
         tcp_fastopen: tcp_fastopen(),
         congestion_controls: read_trimmed("/proc/sys/net/ipv4/tcp_available_congestion_control")
             .map(|s| s.split_whitespace().map(str::to_owned).collect())
@@ -57,6 +60,134 @@ pub fn probe() -> NetReport {
         rmem_max: read_trimmed("/proc/sys/net/core/rmem_max").and_then(|s| s.parse().ok()),
         ktls: probe_ktls(),
     }
+}
+
+/// What the UDP offloads did when tried on loopback: datagrams of [`SEGMENT`] bytes, [`SEGMENTS`]
+/// of them per GSO send. `None` where the step failed; `detail` says why.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct UdpOffload {
+    /// Datagrams one `send` with `UDP_SEGMENT` became at a receiver without GRO.
+    pub gso_datagrams_per_send: Option<u32>,
+    /// Datagrams one `recv` returned at a receiver with `UDP_GRO` on (its bytes over the
+    /// segment size).
+    pub gro_segments_per_receive: Option<u32>,
+    /// Messages one `recvmmsg` call returned, of three sent before it.
+    pub recvmmsg_messages_per_call: Option<u32>,
+    /// What failed, in words; empty when every step worked.
+    pub detail: String,
+}
+
+/// The datagram size and count of the offload probe.
+const SEGMENT: usize = 1200;
+const SEGMENTS: usize = 10;
+
+/// Sends one GSO burst to a plain receiver, one to a GRO receiver, and three datagrams to a
+/// `recvmmsg` reader, all on loopback, and counts what arrived how.
+fn udp_offload() -> UdpOffload {
+    let mut r = UdpOffload::default();
+    let mut failed = Vec::new();
+    let burst = vec![0x5a_u8; SEGMENT * SEGMENTS];
+    let gso_sender = || -> std::io::Result<UdpSocket> {
+        let tx = UdpSocket::bind("127.0.0.1:0")?;
+        setsockopt_int(
+            tx.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_SEGMENT,
+            SEGMENT as i32,
+        )?;
+        Ok(tx)
+    };
+    let receiver = |gro: bool| -> std::io::Result<UdpSocket> {
+        let rx = UdpSocket::bind("127.0.0.1:0")?;
+        rx.set_read_timeout(Some(std::time::Duration::from_millis(200)))?;
+        if gro {
+            setsockopt_int(rx.as_raw_fd(), libc::SOL_UDP, libc::UDP_GRO, 1)?;
+        }
+        Ok(rx)
+    };
+    // GSO: one send, counted as datagrams by a receiver that does not coalesce.
+    let gso = || -> std::io::Result<u32> {
+        let (tx, rx) = (gso_sender()?, receiver(false)?);
+        tx.send_to(&burst, rx.local_addr()?)?;
+        let mut buf = vec![0u8; 65_536];
+        let mut datagrams = 0;
+        while datagrams < SEGMENTS as u32 {
+            match rx.recv(&mut buf) {
+                Ok(SEGMENT) => datagrams += 1,
+                _ => break,
+            }
+        }
+        Ok(datagrams)
+    };
+    match gso() {
+        Ok(n) => r.gso_datagrams_per_send = Some(n),
+        Err(e) => failed.push(format!("GSO send: {e}")),
+    }
+    // GRO: the same burst, read by a receiver that coalesces.
+    let gro = || -> std::io::Result<u32> {
+        let (tx, rx) = (gso_sender()?, receiver(true)?);
+        tx.send_to(&burst, rx.local_addr()?)?;
+        let mut buf = vec![0u8; 65_536];
+        let n = rx.recv(&mut buf)?;
+        Ok((n / SEGMENT) as u32)
+    };
+    match gro() {
+        Ok(n) => r.gro_segments_per_receive = Some(n),
+        Err(e) => failed.push(format!("GRO receive: {e}")),
+    }
+    match recvmmsg_batch() {
+        Ok(n) => r.recvmmsg_messages_per_call = Some(n),
+        Err(e) => failed.push(format!("recvmmsg: {e}")),
+    }
+    r.detail = failed.join("; ");
+    r
+}
+
+/// Three datagrams sent, then one `recvmmsg` of up to eight: how many it returned.
+fn recvmmsg_batch() -> std::io::Result<u32> {
+    let (tx, rx) = (
+        UdpSocket::bind("127.0.0.1:0")?,
+        UdpSocket::bind("127.0.0.1:0")?,
+    );
+    for _ in 0..3 {
+        tx.send_to(&[1u8; 100], rx.local_addr()?)?;
+    }
+    let mut bufs = [[0u8; 256]; 8];
+    let mut iovs: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    // SAFETY: an all-zero `mmsghdr` is a valid value (null name, no control data).
+    let mut msgs: Vec<libc::mmsghdr> = (0..iovs.len())
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    for (m, iov) in msgs.iter_mut().zip(iovs.iter_mut()) {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    let mut timeout = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 200_000_000,
+    };
+    // SAFETY: `msgs` holds `msgs.len()` initialised headers, each pointing to one iovec into
+    // `bufs`; all outlive the call. MSG_WAITFORONE returns as soon as one message is there,
+    // with every message already queued (loopback delivers the three before this call).
+    let rc = unsafe {
+        libc::recvmmsg(
+            rx.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            msgs.len() as u32,
+            libc::MSG_WAITFORONE,
+            &mut timeout,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(rc as u32)
 }
 
 /// `net.ipv4.tcp_fastopen` (of this network namespace): bit 1 (`& 1`) enables clients,
@@ -184,9 +315,26 @@ mod tests {
         assert!(r.splice.is_available(), "{:?}", r.splice);
         assert!(r.recvmmsg.is_available(), "{:?}", r.recvmmsg);
         eprintln!(
-            "net probe: gso={} gro={} ktls={} cc={:?}",
-            r.udp_gso, r.udp_gro, r.ktls, r.congestion_controls
+            "net probe: gso={} gro={} ktls={} cc={:?} offload={:?}",
+            r.udp_gso, r.udp_gro, r.ktls, r.congestion_controls, r.udp_offload
         );
+        // Loopback delivers the three datagrams before the call; every kernel since 2.6.33
+        // has recvmmsg.
+        assert_eq!(
+            r.udp_offload.recvmmsg_messages_per_call,
+            Some(3),
+            "{:?}",
+            r.udp_offload
+        );
+        // Where the kernel takes UDP_SEGMENT, one send is split into every segment.
+        if r.udp_gso.is_available() {
+            assert_eq!(
+                r.udp_offload.gso_datagrams_per_send,
+                Some(SEGMENTS as u32),
+                "{:?}",
+                r.udp_offload
+            );
+        }
         // The receive buffer limits, as the sysctls say (three numbers, in order).
         if let Ok(text) = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_rmem") {
             let want: Vec<u64> = text

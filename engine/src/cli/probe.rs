@@ -148,6 +148,22 @@ fn print_table(r: &ProbeReport, choice: &Choice) {
     row("UDP GSO", yes_no(&r.net.udp_gso));
     row("UDP GRO", yes_no(&r.net.udp_gro));
     row("recvmmsg", yes_no(&r.net.recvmmsg));
+    let o = &r.net.udp_offload;
+    let count = |n: Option<u32>, what: &str| n.map_or("failed".into(), |n| format!("{n} {what}"));
+    row(
+        "UDP offloads, tried",
+        format!(
+            "GSO {}, GRO {}, recvmmsg {}{}",
+            count(o.gso_datagrams_per_send, "datagrams per send"),
+            count(o.gro_segments_per_receive, "segments per receive"),
+            count(o.recvmmsg_messages_per_call, "messages per call"),
+            if o.detail.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", o.detail)
+            }
+        ),
+    );
     row(
         "TCP Fast Open",
         r.net.tcp_fastopen.map_or("(no sysctl)".into(), |v| {

@@ -421,9 +421,7 @@ async fn attempt(addr: SocketAddr, host: &str, config: ClientConfig) -> Result<H
     } else {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
     };
-    let socket = compio::net::UdpSocket::bind(any)
-        .await
-        .map_err(|e| NoH3::Setup(format!("UDP socket: {e}")))?;
+    let socket = udp_socket(any).map_err(|e| NoH3::Setup(format!("UDP socket: {e}")))?;
     let endpoint = Endpoint::new(socket, EndpointConfig::default(), None, Some(config))
         .map_err(|e| NoH3::Setup(format!("QUIC endpoint: {e}")))?;
     let quic = endpoint
@@ -449,6 +447,22 @@ async fn attempt(addr: SocketAddr, host: &str, config: ClientConfig) -> Result<H
         addr,
     })
 }
+
+/// A UDP socket bound to `any`, its receive buffer raised to [`RECEIVE_BUFFER`] (as far as
+/// `net.core.rmem_max` lets it): the server's GSO sends arrive in bursts of up to 32
+/// datagrams per connection, and the default buffer (208 KiB here) overflowed on loopback,
+/// each drop a loss to recover.
+fn udp_socket(any: SocketAddr) -> std::io::Result<compio::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(any)?;
+    if let Err(e) = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, RECEIVE_BUFFER) {
+        tracing::debug!(error = %e, "SO_RCVBUF not raised");
+    }
+    socket.set_nonblocking(true)?;
+    compio::net::UdpSocket::from_std(socket)
+}
+
+/// The receive buffer a QUIC connection's socket asks for.
+const RECEIVE_BUFFER: usize = 4 << 20;
 
 /// Why a handshake failed, as the report says it.
 fn handshake_failed(e: &ConnectionError) -> NoH3 {

@@ -154,9 +154,18 @@ async fn run(
             };
             match timed(connecting, guard.0.options.head_timeout).await {
                 Some(Ok(quic)) => {
-                    if let Err(e) = serve(quic, peer, local, &guard.0).await {
-                        tracing::debug!(%peer, error = %e, "HTTP/3 connection ended");
-                    }
+                    let ended = serve(quic.clone(), peer, local, &guard.0).await;
+                    // The UDP path as this side used it: datagrams per send is GSO at work.
+                    let s = quic.stats();
+                    tracing::debug!(
+                        %peer,
+                        error = ended.err().map(|e| e.to_string()),
+                        datagrams_sent = s.udp_tx.datagrams,
+                        sends = s.udp_tx.ios,
+                        datagrams_received = s.udp_rx.datagrams,
+                        lost_packets = s.path.lost_packets,
+                        "HTTP/3 connection ended"
+                    );
                 }
                 Some(Err(e)) => tracing::debug!(%peer, error = %e, "QUIC handshake failed"),
                 None => tracing::debug!(%peer, "QUIC handshake timed out"),
