@@ -305,6 +305,9 @@ async fn answer(
     };
     if let Some(half) = cut {
         let _ = send_paced(&mut send, bytes.slice(..half), false, fault).await;
+        // h2 drops the DATA it has not written yet when the stream is reset: give the half body
+        // time to go out, so the client sees it cut mid-body, not before its head.
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         if let H2Fault::GoAwayMid(_) = fault {
             let _ = kill.send(());
         } else {

@@ -270,6 +270,9 @@ async fn answer(
     };
     if let Some(half) = cut {
         let _ = send(&mut stream, bytes.slice(..half), fault).await;
+        // A reset discards what QUIC has not sent yet: give the half body time to go out, so
+        // the client sees it cut mid-body, not before its head.
+        compio::time::sleep(std::time::Duration::from_millis(100)).await;
         if let H3Fault::CloseMid(_) = fault {
             quic.close(
                 Code::H3_INTERNAL_ERROR

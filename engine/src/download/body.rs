@@ -84,6 +84,16 @@ impl StreamOut {
     }
 }
 
+/// Whether a short body ended with its stream (cleanly, or reset by the server) rather than
+/// with its connection: over HTTP/2 and HTTP/3 the connection then stays usable.
+fn stream_ended(error: Option<&GetError>) -> bool {
+    match error {
+        None => true,
+        Some(GetError::Network { source, .. }) => crate::net::is_stream_reset(source),
+        Some(_) => false,
+    }
+}
+
 impl Conn {
     /// Reads the body of a ranged answer for `lease` (which started at `range.start`) into
     /// the file, asking the plan before each read how far the lease still reaches. Only a body
@@ -116,6 +126,20 @@ impl Conn {
                 self.reused = true;
             }
             (Ok(BodyEnd::Trimmed), Wire::H3(h3)) => {
+                h3.end_body();
+                self.reused = true;
+            }
+            // A body that ended short by its stream's own end or reset: the rest is fetched
+            // again, and the connection (still open) goes on with the answers behind it.
+            (Ok(BodyEnd::Short { error, .. }), Wire::H2(h2))
+                if stream_ended(error.as_ref()) && h2.is_open() =>
+            {
+                h2.end_body();
+                self.reused = true;
+            }
+            (Ok(BodyEnd::Short { error, .. }), Wire::H3(h3))
+                if stream_ended(error.as_ref()) && h3.is_open() =>
+            {
                 h3.end_body();
                 self.reused = true;
             }

@@ -286,6 +286,9 @@ fn closed(e: &ConnectionError) -> bool {
 /// An HTTP/3 error as the data plane's I/O errors: a stream reset or a connection gone reads
 /// as a reset connection (the range is fetched again), anything else as bad data.
 fn to_io(e: StreamError) -> io::Error {
+    if let StreamError::RemoteTerminate { .. } = e {
+        return crate::net::stream_reset(format!("HTTP/3: {e}"));
+    }
     let kind = match &e {
         StreamError::RemoteTerminate { .. } | StreamError::RemoteClosing => {
             io::ErrorKind::ConnectionReset

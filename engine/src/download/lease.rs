@@ -162,7 +162,17 @@ async fn range_loop(
         // The plan has the lease back (or the retries ran out, which fails the file).
         match lease_ended(file, &lease, end) {
             Ok(Ended::Next) => failures = 0,
-            Ok(Ended::Retry) => lane.conn = None,
+            // The rest of the lease goes back to the plan. Over HTTP/1.1 the connection goes
+            // too; over HTTP/2 and HTTP/3 one whose stream alone ended stays (`body.rs`).
+            Ok(Ended::Retry) => {
+                if !lane
+                    .conn
+                    .as_ref()
+                    .is_some_and(|c| c.is_multiplexed() && c.is_reusable())
+                {
+                    lane.conn = None;
+                }
+            }
             Ok(Ended::Stop | Ended::Fail) => break Ok(()),
             Err(e) => break Err(e),
         }

@@ -319,7 +319,11 @@ pub(crate) fn to_io(e: h2::Error) -> io::Error {
             .into_io()
             .unwrap_or_else(|| io::Error::other("HTTP/2 connection failed"));
     }
-    // RST_STREAM, GOAWAY, or a stream h2 reset itself for a protocol error.
+    // RST_STREAM from the server: that stream's end alone.
+    if e.is_reset() && e.is_remote() {
+        return super::stream_reset(format!("HTTP/2: {e}"));
+    }
+    // GOAWAY, or a stream h2 reset itself for a protocol error.
     let kind = if e.reason().is_some() {
         io::ErrorKind::ConnectionReset
     } else {

@@ -57,6 +57,30 @@ pub(crate) struct Dialer {
     pub safe_mode: bool,
 }
 
+/// A stream of an HTTP/2 or HTTP/3 connection that the server reset: the stream's end, not
+/// the connection's (which may carry other answers on). Read as an I/O error of kind
+/// `ConnectionReset` whose payload is this ([`is_stream_reset`]).
+#[derive(Debug)]
+pub(crate) struct StreamReset(pub(crate) String);
+
+impl std::fmt::Display for StreamReset {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StreamReset {}
+
+/// The I/O error a reset stream reads as.
+pub(crate) fn stream_reset(what: String) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::ConnectionReset, StreamReset(what))
+}
+
+/// Whether `e` is a reset stream ([`stream_reset`]) rather than a failed connection.
+pub(crate) fn is_stream_reset(e: &std::io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<StreamReset>())
+}
+
 /// How long connecting and reading may take.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Timeouts {

@@ -271,6 +271,7 @@ fn a_hostile_http3_server_still_gives_byte_identical_files() {
             "HTTP/3 answers without Content-Length, every third a byte short",
         ),
     ];
+    let mut baseline = 0;
     for (fault, name) in faults {
         let origin = H3Origin::start(src.path(), &pki.localhost, fault);
         for backend in backends_under_test() {
