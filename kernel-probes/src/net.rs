@@ -62,8 +62,8 @@ pub fn probe() -> NetReport {
     }
 }
 
-/// What the UDP offloads did when tried on loopback: datagrams of [`SEGMENT`] bytes, [`SEGMENTS`]
-/// of them per GSO send. `None` where the step failed; `detail` says why.
+/// What the UDP offloads did when tried on loopback: datagrams of 1,200 bytes, 10 of them per
+/// GSO send. `None` where the step failed; `detail` says why.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct UdpOffload {
     /// Datagrams one `send` with `UDP_SEGMENT` became at a receiver without GRO.
