@@ -5,10 +5,13 @@
 //! same runtime. What the job learnt (an origin that did not answer over QUIC, and why; the
 //! UDP path's counts) is in [`QuicState`], shared by the job's connections.
 //!
+//! Whether a connection tries QUIC at all is [`choose`], sans-IO (asked for, `https://`, no
+//! proxy, not safe mode, what this job and earlier runs learnt); `download/conn.rs` acts on it.
+//!
 //! Invariants: only `https://` origins reached directly are tried (a proxy's tunnel carries
 //! TCP); an origin whose handshake failed once is not tried again in the job, and the first
 //! reason is kept for the report; nothing here retries. Not here: requests and answers
-//! (`download/h3wire.rs`), the choice between HTTP/3 and TCP (`download/conn.rs`), Alt-Svc.
+//! (`download/h3wire.rs`), `Alt-Svc` parsing and the memory's file (`altsvc.rs`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
