@@ -33,6 +33,7 @@ pub mod relay;
 pub mod serve;
 pub mod tls;
 pub mod udpjunk;
+pub mod udprelay;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

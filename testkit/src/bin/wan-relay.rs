@@ -1,12 +1,15 @@
 //! `wan-relay UPSTREAM RTT_MS FLOW_MB LINK_MB [FREEZE_CONN FREEZE_AFTER_BYTES]`: the benchmark's
 //! WAN relay (`ferry_testkit::relay`) in front of `UPSTREAM` (`127.0.0.1:PORT`), for looking at
-//! one download by hand. Prints the address to connect to, then relays until killed, saying
+//! one download by hand, over TCP and, on the same port, over UDP (`ferry_testkit::udprelay`,
+//! for QUIC). Prints the address to connect to, then relays until killed, saying
 //! on stderr every 5 s (every 50 ms with `WAN_RELAY_TRACE` set: a download's ramp and tail)
-//! how many connections it took and how many bytes went down; a rate of 0 is no cap.
+//! how many connections it took, how many bytes went down and how many datagrams a full queue
+//! dropped; a rate of 0 is no cap.
 
 use std::time::Duration;
 
 use ferry_testkit::relay::{Freeze, Relay, WanPath};
+use ferry_testkit::udprelay::UdpRelay;
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -23,7 +26,9 @@ fn main() -> anyhow::Result<()> {
         flow_rate: rate(&args[2])?,
         link_rate: rate(&args[3])?,
     };
-    let relay = Relay::start(args[0].parse()?, path)?;
+    let upstream = args[0].parse()?;
+    let relay = Relay::start(upstream, path)?;
+    let udp = UdpRelay::start(relay.addr().port(), upstream, path)?;
     if args.len() == 6 {
         relay.freeze(Freeze {
             connection: args[4].parse()?,
@@ -38,9 +43,11 @@ fn main() -> anyhow::Result<()> {
     loop {
         std::thread::sleep(every);
         eprintln!(
-            "{} connections, {} MB down",
+            "{} connections, {} MB down; UDP {} MB down, {} datagrams dropped",
             relay.connections(),
-            relay.bytes_down() / 1_000_000
+            relay.bytes_down() / 1_000_000,
+            udp.bytes_down() / 1_000_000,
+            udp.dropped()
         );
     }
 }
