@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use bytes::Bytes;
 
+use crate::ranged::hits;
+
 /// How the origin misbehaves. "Every `n`" counts streams over all connections, from 1: the
 /// streams numbered `n`, `2n`, ... get the fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,16 +79,8 @@ impl H2Origin {
     /// Serves each file of `root` (not its subdirectories) at `/NAME` over HTTPS with `cert`,
     /// misbehaving as `fault` says.
     pub fn start(root: &Path, cert: &crate::tls::ServerCert, fault: H2Fault) -> H2Origin {
-        let mut files = HashMap::new();
-        for entry in std::fs::read_dir(root).expect("read root") {
-            let entry = entry.expect("entry");
-            if entry.file_type().expect("type").is_file() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let bytes = std::fs::read(entry.path()).expect("read file");
-                files.insert(format!("/{name}"), Bytes::from(bytes));
-            }
-        }
-        let tls = server_config(cert);
+        let files = crate::ranged::load_files(root);
+        let tls = Arc::new(crate::ranged::server_tls(cert, b"h2"));
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         listener.set_nonblocking(true).expect("nonblocking");
         let port = listener.local_addr().expect("addr").port();
@@ -161,25 +155,6 @@ struct Shared {
     counts: Arc<H2Counts>,
 }
 
-fn server_config(cert: &crate::tls::ServerCert) -> Arc<rustls::ServerConfig> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.cert)
-        .expect("cert file")
-        .collect::<Result<_, _>>()
-        .expect("certs");
-    let key = PrivateKeyDer::from_pem_file(&cert.key).expect("key");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
-}
-
 async fn serve_connection(
     tls: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
     shared: Arc<Shared>,
@@ -241,11 +216,6 @@ async fn serve_connection(
     let _ = std::future::poll_fn(|cx| conn.poll_closed(cx)).await;
 }
 
-/// Whether stream `n` gets a fault that comes every `every` streams.
-fn hits(n: usize, every: usize) -> bool {
-    every > 0 && n.is_multiple_of(every)
-}
-
 async fn answer(
     req: http::Request<h2::RecvStream>,
     mut respond: h2::server::SendResponse<Bytes>,
@@ -284,13 +254,8 @@ async fn answer(
         no_length: matches!(fault, H2Fault::NoLength(_)),
         short: twist(matches!(fault, H2Fault::NoLength(k) if hits(n, k)) && file.len() > 1),
     };
-    let planned = crate::ranged::answer(file, range, twists);
-    let mut head = http::Response::builder().status(planned.status);
-    for (name, value) in planned.fields {
-        head = head.header(name, value);
-    }
-    let bytes = planned.body;
-    let Ok(mut send) = respond.send_response(head.body(()).expect("head"), bytes.is_empty()) else {
+    let crate::ranged::Answer { head, body: bytes } = crate::ranged::answer(file, range, twists);
+    let Ok(mut send) = respond.send_response(head, bytes.is_empty()) else {
         return;
     };
     if bytes.is_empty() {

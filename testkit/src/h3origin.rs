@@ -13,6 +13,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use bytes::Bytes;
+
+use crate::ranged::hits;
 use compio::quic::h3::error::Code;
 
 type RequestStream =
@@ -71,15 +73,7 @@ impl H3Origin {
     /// Serves each file of `root` (not its subdirectories) at `/NAME` over HTTP/3 with `cert`,
     /// misbehaving as `fault` says.
     pub fn start(root: &Path, cert: &crate::tls::ServerCert, fault: H3Fault) -> H3Origin {
-        let mut files = HashMap::new();
-        for entry in std::fs::read_dir(root).expect("read root") {
-            let entry = entry.expect("entry");
-            if entry.file_type().expect("type").is_file() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let bytes = std::fs::read(entry.path()).expect("read file");
-                files.insert(format!("/{name}"), Bytes::from(bytes));
-            }
-        }
+        let files = crate::ranged::load_files(root);
         let config = server_config(cert);
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
         socket.set_nonblocking(true).expect("nonblocking");
@@ -156,21 +150,7 @@ impl Drop for H3Origin {
 }
 
 fn server_config(cert: &crate::tls::ServerCert) -> compio::quic::ServerConfig {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.cert)
-        .expect("cert file")
-        .collect::<Result<_, _>>()
-        .expect("certs");
-    let key = PrivateKeyDer::from_pem_file(&cert.key).expect("key");
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("versions")
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .expect("server config");
-    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let tls = crate::ranged::server_tls(cert, b"h3");
     let crypto = quinn_proto::crypto::rustls::QuicServerConfig::try_from(tls).expect("QUIC TLS");
     compio::quic::ServerConfig::with_crypto(Arc::new(crypto))
 }
@@ -202,11 +182,6 @@ async fn serve_connection(quic: compio::quic::Connection, shared: Arc<Shared>) {
     }
     // Until the client is done with the connection.
     let _ = quic.closed().await;
-}
-
-/// Whether request `n` gets a fault that comes every `every` requests.
-fn hits(n: usize, every: usize) -> bool {
-    every > 0 && n.is_multiple_of(every)
 }
 
 async fn answer(
@@ -248,17 +223,8 @@ async fn answer(
         no_length: matches!(fault, H3Fault::NoLength(_)),
         short: twist(matches!(fault, H3Fault::NoLength(k) if hits(n, k)) && file.len() > 1),
     };
-    let planned = crate::ranged::answer(file, range, twists);
-    let mut head = http::Response::builder().status(planned.status);
-    for (name, value) in planned.fields {
-        head = head.header(name, value);
-    }
-    let bytes = planned.body;
-    if stream
-        .send_response(head.body(()).expect("head"))
-        .await
-        .is_err()
-    {
+    let crate::ranged::Answer { head, body: bytes } = crate::ranged::answer(file, range, twists);
+    if stream.send_response(head).await.is_err() {
         return;
     }
     let cut = match fault {

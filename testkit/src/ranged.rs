@@ -1,9 +1,53 @@
-//! The answer the hostile origins (`h2origin.rs`, `h3origin.rs`) give to a GET of a file held
-//! in memory, with the byte-level faults they share applied: a `Range` honoured (206 with its
-//! `Content-Range`) or not asked (200), a `Content-Range` shifted one byte, a byte too many, no
+//! What the hostile origins (`h2origin.rs`, `h3origin.rs`) share: their files read into
+//! memory, their TLS configuration, which requests a fault hits, and the answer to a GET of a
+//! file with the byte-level faults applied: a `Range` honoured (206 with its `Content-Range`)
+//! or not asked (200), a `Content-Range` shifted one byte, a byte too many, no
 //! `Content-Length` and a byte short.
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
 use bytes::Bytes;
+
+/// Each file of `root` (not its subdirectories), by its path `/NAME`.
+pub(crate) fn load_files(root: &Path) -> HashMap<String, Bytes> {
+    let mut files = HashMap::new();
+    for entry in std::fs::read_dir(root).expect("read root") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let bytes = std::fs::read(entry.path()).expect("read file");
+            files.insert(format!("/{name}"), Bytes::from(bytes));
+        }
+    }
+    files
+}
+
+/// A rustls server configuration with `cert`, offering `alpn` only.
+pub(crate) fn server_tls(cert: &crate::tls::ServerCert, alpn: &[u8]) -> rustls::ServerConfig {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert.cert)
+        .expect("cert file")
+        .collect::<Result<_, _>>()
+        .expect("certs");
+    let key = PrivateKeyDer::from_pem_file(&cert.key).expect("key");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server config");
+    config.alpn_protocols = vec![alpn.to_vec()];
+    config
+}
+
+/// Whether request `n` (from 1) gets a fault that comes every `every` requests.
+pub(crate) fn hits(n: usize, every: usize) -> bool {
+    every > 0 && n.is_multiple_of(every)
+}
 
 /// Which byte-level faults an answer gets.
 #[derive(Debug, Clone, Copy, Default)]
@@ -18,11 +62,10 @@ pub(crate) struct Twists {
     pub short: bool,
 }
 
-/// An answer's status, header fields and body.
+/// An answer's head and body.
 #[derive(Debug)]
 pub(crate) struct Answer {
-    pub status: u16,
-    pub fields: Vec<(&'static str, String)>,
+    pub head: http::Response<()>,
     pub body: Bytes,
 }
 
@@ -62,9 +105,12 @@ pub(crate) fn answer(file: &Bytes, range: Option<&str>, twists: Twists) -> Answe
         more.push(0xA5);
         body = Bytes::from(more);
     }
+    let mut head = http::Response::builder().status(status);
+    for (name, value) in fields {
+        head = head.header(name, value);
+    }
     Answer {
-        status,
-        fields,
+        head: head.body(()).expect("head"),
         body,
     }
 }

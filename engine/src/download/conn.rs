@@ -496,8 +496,8 @@ impl Conn {
                     .await;
                 BufResult(r, slice.into_inner())
             }
-            Wire::H2(h2) => h2.read(buf, from, want, watch).await,
-            Wire::H3(h3) => h3.read(buf, from, want, watch).await,
+            Wire::H2(h2) => super::streams::read_body(&mut **h2, buf, from, want, watch).await,
+            Wire::H3(h3) => super::streams::read_body(&mut **h3, buf, from, want, watch).await,
         };
         self.read_time += started.elapsed();
         if let Ok(n) = r {

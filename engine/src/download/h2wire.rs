@@ -25,8 +25,6 @@ use std::ops::Range;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use compio::BufResult;
-use compio::buf::IoBufMut;
 
 use super::Target;
 use super::streams::{self, answer_head, fits, request};
@@ -173,18 +171,6 @@ impl H2Wire {
         )?;
         self.body = Some(body);
         Ok(Some(head))
-    }
-
-    /// Reads up to `want` bytes of the current answer's body into `buf` at `from` (its
-    /// initialised length); `Ok(0)` at the body's end ([`streams::read_body`]).
-    pub(crate) async fn read<B: IoBufMut>(
-        &mut self,
-        buf: B,
-        from: usize,
-        want: usize,
-        watch: Watch<'_>,
-    ) -> BufResult<usize, B> {
-        streams::read_body(self, buf, from, want, watch).await
     }
 
     /// Gives up the current body: a stream that had not ended is reset (CANCEL), the connection

@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
-use compio::BufResult;
-use compio::buf::IoBufMut;
 use compio::quic::h3::error::{Code, ConnectionError, StreamError};
 use compio::quic::h3::quic::ConnectionErrorIncoming;
 
@@ -195,18 +193,6 @@ impl H3Wire {
         Ok(Some(head))
     }
 
-    /// Reads up to `want` bytes of the current answer's body into `buf` at `from`; `Ok(0)` at
-    /// the body's end ([`streams::read_body`]).
-    pub(crate) async fn read<B: IoBufMut>(
-        &mut self,
-        buf: B,
-        from: usize,
-        want: usize,
-        watch: Watch<'_>,
-    ) -> BufResult<usize, B> {
-        streams::read_body(self, buf, from, want, watch).await
-    }
-
     /// Gives up the current body: a stream that had not ended is stopped
     /// (H3_REQUEST_CANCELLED); the connection and the answers behind it stay usable.
     pub(crate) fn end_body(&mut self) {
@@ -283,16 +269,15 @@ fn closed(e: &ConnectionError) -> bool {
     }
 }
 
-/// An HTTP/3 error as the data plane's I/O errors: a stream reset or a connection gone reads
-/// as a reset connection (the range is fetched again), anything else as bad data.
+/// An HTTP/3 error as the data plane's I/O errors: a stream reset reads as such
+/// ([`crate::net::stream_reset`]), a GOAWAY or a connection gone as a reset connection (the
+/// range is fetched again either way), anything else as bad data.
 fn to_io(e: StreamError) -> io::Error {
     if let StreamError::RemoteTerminate { .. } = e {
         return crate::net::stream_reset(format!("HTTP/3: {e}"));
     }
     let kind = match &e {
-        StreamError::RemoteTerminate { .. } | StreamError::RemoteClosing => {
-            io::ErrorKind::ConnectionReset
-        }
+        StreamError::RemoteClosing => io::ErrorKind::ConnectionReset,
         StreamError::ConnectionError(c) if closed(c) => io::ErrorKind::ConnectionReset,
         StreamError::ConnectionError(ConnectionError::Remote(_)) => io::ErrorKind::ConnectionReset,
         _ => io::ErrorKind::InvalidData,

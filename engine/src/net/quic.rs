@@ -122,7 +122,8 @@ impl std::fmt::Debug for H3Conn {
 /// (`altsvc.rs`, read the first time it is needed).
 #[derive(Debug, Default)]
 pub(crate) struct QuicState {
-    memory: Mutex<Option<Memory>>,
+    /// The memory's file and what it held, read the first time either is needed.
+    memory: Mutex<Option<(Store, Memory)>>,
     /// Origins whose `Alt-Svc` was read in this job (once each).
     adverts_seen: Mutex<std::collections::HashSet<String>>,
     /// Origins (`host:port`) whose handshake failed, with why: later connections to them go
@@ -138,8 +139,14 @@ impl QuicState {
     /// advertised HTTP/3 on).
     pub(crate) fn remembered(&self, origin: &str) -> Option<Entry> {
         let mut memory = lock(&self.memory);
-        let memory = memory.get_or_insert_with(|| Store::default_dir().load());
+        let (_, memory) = memory.get_or_insert_with(Self::load);
         memory.get(origin, unix_now()).cloned()
+    }
+
+    fn load() -> (Store, Memory) {
+        let store = Store::default_dir();
+        let memory = store.load();
+        (store, memory)
     }
 
     /// Reads `advert`, the `Alt-Svc` of a TCP answer from `origin`, once per origin and job,
@@ -157,9 +164,8 @@ impl QuicState {
 
     /// Applies `change` to the memory, and writes it when it changed.
     fn remember(&self, change: impl FnOnce(&mut Memory, u64) -> bool) {
-        let store = Store::default_dir();
         let mut memory = lock(&self.memory);
-        let memory = memory.get_or_insert_with(|| store.load());
+        let (store, memory) = memory.get_or_insert_with(Self::load);
         if change(memory, unix_now()) {
             store.save(memory);
         }

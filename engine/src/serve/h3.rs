@@ -133,6 +133,7 @@ async fn run(
 ) -> io::Result<()> {
     let socket = compio::net::UdpSocket::from_std(socket)?;
     let endpoint = Endpoint::new(socket, EndpointConfig::default(), Some(config), None)?;
+    let local = endpoint.local_addr()?;
     while let Some(incoming) = endpoint.wait_incoming().await {
         let peer = incoming.remote_address();
         if ctx.active.load(Ordering::Acquire) >= ctx.options.max_connections {
@@ -142,7 +143,6 @@ async fn run(
         }
         ctx.active.fetch_add(1, Ordering::AcqRel);
         let guard = super::http::ActiveGuard(Arc::clone(ctx));
-        let local = endpoint.local_addr()?;
         compio::runtime::spawn(async move {
             let guard = guard;
             let connecting = match incoming.accept() {
