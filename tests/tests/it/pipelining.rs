@@ -267,15 +267,15 @@ fn ranges_are_pipelined_on_a_kept_alive_connection_unless_turned_off() {
             let pipelined = origin.pipelined.load(Ordering::Relaxed);
             assert!(origin.requests.load(Ordering::Relaxed) >= 9, "{what}");
             if expect_pipelined {
-                // Requests from the third on come while the answer before them is half sent
-                // (the origin looks for one from its second answer on) where pipelining pays,
-                // which ferry judges by the rate its bodies arrive at. On a machine loaded by
-                // the other tests one judgement can come out the other way (one in ~20 full
-                // runs did), so the count is not exact; that pipelining happens, and that
-                // `--no-pipelining` stops all of it, is.
+                // Requests come while the answer before them is half sent where pipelining
+                // pays, which ferry judges by the rate its bodies arrive at. On a machine
+                // loaded by the other tests a judgement can come out either way (the second
+                // request too went ahead in one clean-clone CI run), so the count is not
+                // exact; that pipelining happens, that the first request (nothing ahead of it)
+                // never counts, and that `--no-pipelining` stops all of it, are.
                 let asked = origin.requests.load(Ordering::Relaxed);
                 assert!(
-                    pipelined >= 1 && pipelined <= asked - 2,
+                    pipelined >= 1 && pipelined < asked,
                     "{what}: {pipelined} of {asked} pipelined"
                 );
             } else {
