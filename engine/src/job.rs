@@ -39,6 +39,8 @@ pub struct GetItem {
     pub(crate) root: Option<PathBuf>,
     /// What the partial file's name adds to the output's ([`download::PARTIAL_SUFFIX`] by default).
     pub(crate) partial_suffix: &'static str,
+    /// Told of every write of the partial file as it completes (a mirror serving it meanwhile).
+    pub(crate) watch: Option<Arc<dyn download::Watch>>,
 }
 
 impl GetItem {
@@ -53,7 +55,14 @@ impl GetItem {
             mirrors: Vec::new(),
             root: None,
             partial_suffix: download::PARTIAL_SUFFIX,
+            watch: None,
         }
+    }
+
+    /// `watch` is told of the partial file's writes as they complete.
+    pub(crate) fn watch(mut self, watch: Arc<dyn download::Watch>) -> GetItem {
+        self.watch = Some(watch);
+        self
     }
 
     /// The partial file is `OUTPUT` + `suffix` (a pull's, which huggingface_hub never adopts).

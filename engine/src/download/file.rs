@@ -154,6 +154,8 @@ pub(crate) struct FileSpec {
     pub size: Option<u64>,
     /// The job's resume journal, if it keeps one.
     pub journal: Option<Arc<Journal>>,
+    /// Told of the partial file's writes.
+    pub watch: Option<Arc<dyn super::Watch>>,
 }
 
 /// What every file of a job shares besides its settings: the progress counters, the hash
@@ -212,6 +214,8 @@ pub(crate) struct FileDownload {
     pub(super) journal: Option<Arc<Journal>>,
     /// The journal's id for the current fetch (0: not journaled).
     pub(super) journal_id: AtomicU64,
+    /// Told of the partial file's writes ([`super::Watch`]).
+    pub(super) watch: Option<Arc<dyn super::Watch>>,
     /// Bytes of the file taken over from an earlier run.
     pub(super) resumed_bytes: AtomicU64,
     /// Bytes of this file that went socket -> pipe -> file (the splice sink).
@@ -288,6 +292,7 @@ impl FileDownload {
             hedged: AtomicU64::new(0),
             journal: spec.journal,
             journal_id: AtomicU64::new(0),
+            watch: spec.watch,
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),
@@ -304,6 +309,11 @@ impl FileDownload {
 
     /// Records that `len` bytes at `at` are written (the write completed).
     pub(crate) fn journal_written(&self, at: u64, len: u64) {
+        if let Some(watch) = &self.watch
+            && len > 0
+        {
+            watch.written(at, len);
+        }
         let Some(journal) = &self.journal else {
             return;
         };
@@ -340,6 +350,11 @@ impl FileDownload {
         let n: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         self.add_done(n);
         self.resumed_bytes.store(n, Ordering::Relaxed);
+        if let Some(watch) = &self.watch {
+            for r in ranges {
+                watch.written(r.start, r.end - r.start);
+            }
+        }
         if let (Some(v), Some(wake)) = self.verifier() {
             for r in ranges {
                 v.written_elsewhere(r.start, r.end - r.start);
@@ -357,6 +372,9 @@ impl FileDownload {
             path: self.incomplete.clone(),
             source: e.into(),
         })?;
+        if let Some(watch) = &self.watch {
+            watch.fresh(std::os::fd::AsFd::as_fd(file));
+        }
         self.empty.store(true, Ordering::Relaxed);
         Ok(())
     }

@@ -279,6 +279,9 @@ impl FileDownload {
         // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
         let file = self.partial.create(resumed.is_empty()).await?;
+        if let Some(watch) = &self.watch {
+            watch.fresh(std::os::fd::AsFd::as_fd(&file));
+        }
         self.empty.store(resumed.is_empty(), Ordering::Relaxed);
         *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;
         let before = self.done.swap(0, Ordering::Relaxed);

@@ -58,6 +58,19 @@ use crate::engine::Engine;
 use crate::error::GetError;
 use crate::job::{GetItem, Job};
 use crate::journal::Journal;
+
+/// Told of a partial file's bytes as they land, so that they can be read before the file is
+/// complete (`ferry serve --upstream` streams a blob while it is fetched). The bytes are not
+/// verified yet; only the job's result says whether the file was.
+pub(crate) trait Watch: Send + Sync + std::fmt::Debug {
+    /// The partial file was created or emptied (a fetch starts over): none of its bytes count
+    /// as written any more. `file` is the partial file, to read the bytes from (a watcher that
+    /// keeps it duplicates the descriptor).
+    fn fresh(&self, file: std::os::fd::BorrowedFd<'_>);
+    /// `len` bytes at `at` are written (the write completed, or an earlier run's bytes were
+    /// kept).
+    fn written(&self, at: u64, len: u64);
+}
 use crate::net::target::{Resolver, Target};
 use crate::proto::sources::Endpoints;
 use crate::verify::{Checksum, HashAlgorithm, Window};
@@ -176,6 +189,7 @@ pub(crate) fn start(
             checksum,
             size: item.size,
             journal: journal.clone(),
+            watch: item.watch,
         };
         files.push(Arc::new(FileDownload::new(
             spec,

@@ -43,7 +43,7 @@ pub(crate) struct Place {
 }
 
 impl Place {
-    pub(super) fn new(layout: &Layout, repo: &RepoId, kind: RepoType) -> Place {
+    pub(crate) fn new(layout: &Layout, repo: &RepoId, kind: RepoType) -> Place {
         let (base, root) = match layout {
             Layout::Cache(cache) => (cache.clone(), cache.join(repo.cache_folder(kind))),
             Layout::LocalDir(dir) => (dir.clone(), dir.clone()),
@@ -82,7 +82,7 @@ impl Place {
     }
 
     /// Where the data plane writes `f`'s bytes.
-    pub(super) fn bytes_path(&self, f: &RemoteFile) -> PathBuf {
+    pub(crate) fn bytes_path(&self, f: &RemoteFile) -> PathBuf {
         if self.is_cache() {
             self.root.join("blobs").join(&f.etag)
         } else {
@@ -115,7 +115,7 @@ impl Place {
     }
 
     /// Creates the directories the files of `files` need, so the data plane can write them.
-    pub(super) fn prepare(&self, files: &[RemoteFile]) -> Result<(), HubError> {
+    pub(crate) fn prepare(&self, files: &[RemoteFile]) -> Result<(), HubError> {
         let mut dirs: Vec<PathBuf> = vec![self.root.clone()];
         if self.is_cache() {
             dirs.push(self.root.join("blobs"));
@@ -181,7 +181,7 @@ impl Place {
 
     /// Makes `f` (whose bytes are in place) visible at `commit`: the snapshot symlink, or the
     /// local-dir metadata. Nothing is written when it is already there (a second pull).
-    pub(super) fn publish(&self, commit: &str, f: &RemoteFile) -> Result<(), HubError> {
+    pub(crate) fn publish(&self, commit: &str, f: &RemoteFile) -> Result<(), HubError> {
         if self.is_cache() {
             let link = self.file_path(commit, f);
             let target = link_target(f);
@@ -251,7 +251,7 @@ impl Place {
 
     /// Keeps the listing of `commit` (every file of it) beside the mirror; nothing when the
     /// listing lacks the git blob ids huggingface_hub's format needs.
-    pub(super) fn write_trees(&self, commit: &str, files: &[RemoteFile]) -> Result<(), HubError> {
+    pub(crate) fn write_trees(&self, commit: &str, files: &[RemoteFile]) -> Result<(), HubError> {
         match super::trees::encode(files) {
             Some(bytes) => self.write_atomic(&self.trees_path(commit), &bytes),
             None => Ok(()),
@@ -409,7 +409,7 @@ impl Place {
     /// The folder of the pull's resume journals (and its lock): `.ferry/` in the repo's cache
     /// folder (huggingface_hub ignores what it does not know there), or
     /// `.cache/huggingface/ferry/` in a local dir (where no listed path can be).
-    pub(super) fn journal_dir(&self) -> (&Path, PathBuf) {
+    pub(crate) fn journal_dir(&self) -> (&Path, PathBuf) {
         let dir = if self.is_cache() {
             self.root.join(".ferry")
         } else {

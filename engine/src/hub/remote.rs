@@ -31,6 +31,38 @@ pub(crate) fn list_somewhere(
     engine: &Engine,
     options: &PullOptions,
 ) -> Result<(String, Vec<RemoteFile>), HubError> {
+    somewhere(engine, options, |api| {
+        let commit = resolve_revision(api, options)?;
+        let files = list_files(api, options, &commit)?;
+        Ok((commit, files))
+    })
+}
+
+/// The commit `options`' revision names, from the endpoint, else the first mirror that can say.
+pub(crate) fn resolve_somewhere(
+    engine: &Engine,
+    options: &PullOptions,
+) -> Result<String, HubError> {
+    somewhere(engine, options, |api| resolve_revision(api, options))
+}
+
+/// Every file at `commit` (checked as a pull checks them), from the endpoint, else the first
+/// mirror that can say.
+pub(crate) fn list_at_somewhere(
+    engine: &Engine,
+    options: &PullOptions,
+    commit: &str,
+) -> Result<Vec<RemoteFile>, HubError> {
+    somewhere(engine, options, |api| list_files(api, options, commit))
+}
+
+/// `ask` of the endpoint, else of the first mirror that can answer (when the endpoint fails for
+/// a reason a mirror may not have: the network, a 5xx, a rate limit, a certificate, a proxy).
+fn somewhere<T>(
+    engine: &Engine,
+    options: &PullOptions,
+    ask: impl Fn(&Api) -> Result<T, HubError>,
+) -> Result<T, HubError> {
     if let Some(token) = &options.authorization {
         token.check().map_err(HubError::Usage)?;
     }
@@ -44,14 +76,12 @@ pub(crate) fn list_somewhere(
         let in_url = crate::net::target::take_credentials(&mut endpoint);
         let token = (i == 0).then(|| options.authorization.clone()).flatten();
         let api = Api::new(endpoint.clone(), token.or(in_url), engine.dialer().clone());
-        let listed = resolve_revision(&api, options)
-            .and_then(|commit| Ok((list_files(&api, options, &commit)?, commit)));
-        match listed {
-            Ok((files, commit)) => {
+        match ask(&api) {
+            Ok(answer) => {
                 if i > 0 {
                     tracing::warn!("listed {} from the mirror {endpoint}", options.repo);
                 }
-                return Ok((commit, files));
+                return Ok(answer);
             }
             Err(
                 e @ (HubError::Remote { .. }
