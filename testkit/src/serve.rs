@@ -137,26 +137,12 @@ impl Serve {
     /// A GET of `target` on a new connection (closed after the answer): status, the head's
     /// lines (lower-cased names) and the body.
     pub fn get(&self, target: &str) -> (u16, String, Vec<u8>) {
-        use std::io::{Read, Write};
-        let mut s = self.connect();
-        let req = format!(
-            "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n\r\n",
-            self.port
-        );
-        s.write_all(req.as_bytes()).expect("send");
-        let mut all = Vec::new();
-        s.read_to_end(&mut all).expect("read");
-        let split = all
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("a complete head");
-        let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
-        let status = head
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .expect("status");
-        (status, head, all[split + 4..].to_vec())
+        get_on(self.port, target, "")
+    }
+
+    /// [`Serve::get`] with `Range: RANGE`; a body cut short is returned as far as it came.
+    pub fn get_range(&self, target: &str, range: &str) -> (u16, String, Vec<u8>) {
+        get_on(self.port, target, &format!("Range: {range}\r\n"))
     }
 
     /// A new connection to the server (30 s read timeout).
@@ -166,6 +152,33 @@ impl Serve {
             .expect("timeout");
         s
     }
+}
+
+/// A GET of `target` from the server on `port` on a new connection (60 s read timeout), with
+/// the header lines `headers` (each ending in CRLF): status, the head's lines (lower-cased)
+/// and the body as far as it came (a server that cuts it short is what some tests check).
+pub fn get_on(port: u16, target: &str, headers: &str) -> (u16, String, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    let req = format!(
+        "GET {target} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{headers}Connection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).expect("send");
+    let mut all = Vec::new();
+    let _ = s.read_to_end(&mut all);
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&all[..split]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status");
+    (status, head, all[split + 4..].to_vec())
 }
 
 impl Drop for Serve {

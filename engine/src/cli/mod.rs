@@ -211,14 +211,15 @@ const GLOBALS: &[&str] = &[
 ];
 
 /// Whether subcommand `sub` uses the global option `id`; one it does not use is refused there,
-/// and its `--help` does not list it. `serve` downloads nothing and uses only `--http2`; `gc` uses none.
+/// and its `--help` does not list it. `serve` uses `--http2`, and the download options only as a
+/// mirror (`--upstream`, checked in [`main`]); `gc` uses none.
 fn uses(sub: &str, id: &str) -> bool {
     match sub {
         "get" | "pull" | "verify" => true,
         // A ping writes nothing (the disk options do not apply) and sends one request.
         "ping" => !matches!(id, "min_free" | "space_wait" | "no_pipelining"),
         "probe" => matches!(id, "backend" | "safe_mode"),
-        "serve" => id == "http2",
+        "serve" => id != "http3",
         _ => false,
     }
 }
@@ -264,6 +265,20 @@ pub fn main() -> ExitCode {
         if let Some(id) = given {
             eprintln!(
                 "ferry: error: --{} does not apply to `ferry {sub}`; see `ferry {sub} --help`",
+                id.replace('_', "-")
+            );
+            return ExitCode::from(exit::USAGE);
+        }
+        // A server that fetches nothing has no use for the options of fetching.
+        let fetch_option = GLOBALS.iter().find(|id| {
+            **id != "http2" && sm.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        });
+        if sub == "serve"
+            && sm.value_source("upstream") != Some(clap::parser::ValueSource::CommandLine)
+            && let Some(id) = fetch_option
+        {
+            eprintln!(
+                "ferry: error: --{} does not apply to `ferry serve` without --upstream (it sets how a mirror fetches)",
                 id.replace('_', "-")
             );
             return ExitCode::from(exit::USAGE);

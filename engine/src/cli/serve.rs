@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Args;
-use ferry::serve::{DEFAULT_PAGE_SIZE, ServeError, ServeOptions, Server, TlsIdentity};
+use ferry::serve::{
+    DEFAULT_PAGE_SIZE, ServeError, ServeOptions, Server, TlsIdentity, UpstreamOptions,
+};
 
 use super::{Global, exit, fail};
 
@@ -15,9 +17,28 @@ use super::{Global, exit, fail};
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Folder holding the repos: huggingface_hub cache folders (models--org--name, ...) and
-    /// --local-dir downloads (org/name, datasets/org/name, spaces/org/name).
-    #[arg(long)]
+    /// --local-dir downloads (org/name, datasets/org/name, spaces/org/name). With --upstream:
+    /// the huggingface_hub cache the mirror fills (created when missing).
+    #[arg(long, visible_alias = "cache-dir")]
     root: PathBuf,
+    /// Be a pull-through mirror of this Hub endpoint (https://huggingface.co, or another
+    /// mirror): a file the cache lacks is fetched once, verified and kept, and streamed to
+    /// every client asking for it meanwhile. Callers' tokens are passed to the upstream for
+    /// their listings; the download options (--connections, --limit-rate, ...) apply to fills.
+    #[arg(long, value_name = "URL", value_parser = parse_upstream)]
+    upstream: Option<url::Url>,
+    /// Another endpoint with the same repos as --upstream (repeatable): listings fall back
+    /// to it, and a file's ranges are spread over all of them.
+    #[arg(long, value_name = "URL", requires = "upstream", value_parser = parse_upstream)]
+    mirror: Vec<url::Url>,
+    /// Read the mirror's own upstream token from FILE: sent when fetching files, never used
+    /// to decide what a caller may read.
+    #[arg(long, value_name = "FILE", requires = "upstream")]
+    upstream_token_file: Option<PathBuf>,
+    /// Connections one fill (one file fetched from the upstream) uses at most.
+    #[arg(long, value_name = "N", requires = "upstream", default_value_t = 16,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    fill_connections: u32,
     /// Address to listen on (port 0 picks a free port; the first line on stdout names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -62,6 +83,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, hide = true, env = "FERRY_SERVE_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     page_size: u32,
+}
+
+/// An `http://` or `https://` endpoint, without its trailing `/`.
+fn parse_upstream(s: &str) -> Result<url::Url, String> {
+    let url =
+        url::Url::parse(s.trim_end_matches('/')).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!(
+            "{s:?}: give an http:// or https:// URL with a host"
+        ));
+    }
+    Ok(url)
 }
 
 /// An `http://` or `https://` URL with a host and no query, user or fragment.
@@ -109,6 +142,20 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
         eprintln!("ferry: error: --h3 needs --tls-cert: QUIC always runs TLS 1.3");
         return exit::USAGE;
     }
+    if let Some(endpoint) = &args.upstream {
+        let mut up = UpstreamOptions::new(endpoint.clone());
+        up.mirrors.clone_from(&args.mirror);
+        up.config = global.config(Some(args.root.clone()));
+        up.config.connections = args.fill_connections as usize;
+        if let Some(file) = &args.upstream_token_file {
+            match ferry::hub::env::token(None, Some(file)) {
+                Ok(Some(token)) => up = up.token(&token),
+                Ok(None) => {}
+                Err(e) => return fail(&ErrorChain(&e), exit::USAGE),
+            }
+        }
+        options.upstream = Some(up);
+    }
     let scheme = if options.tls.is_some() {
         "https"
     } else {
@@ -118,7 +165,7 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
         Ok(s) => s,
         Err(e) => {
             let code = match e {
-                ServeError::RootNotDir { .. } => exit::USAGE,
+                ServeError::RootNotDir { .. } | ServeError::Upstream { .. } => exit::USAGE,
                 ServeError::Root { .. } => exit::LOCAL,
                 _ => exit::REMOTE,
             };
@@ -136,13 +183,21 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
     );
     let _ = out.flush();
     drop(out);
-    eprintln!(
-        "ferry serve: {} repos, {} snapshots, {} files, {}",
-        s.repos,
-        s.snapshots,
-        s.files,
-        ferry::units::human_bytes(s.bytes)
-    );
+    if let Some(up) = &args.upstream {
+        eprintln!(
+            "ferry serve: a pull-through mirror of {} (cache {})",
+            up.origin().ascii_serialization(),
+            server.root().display()
+        );
+    } else {
+        eprintln!(
+            "ferry serve: {} repos, {} snapshots, {} files, {}",
+            s.repos,
+            s.snapshots,
+            s.files,
+            ferry::units::human_bytes(s.bytes)
+        );
+    }
     server.run()
 }
 

@@ -38,6 +38,7 @@ mod pull;
 mod remote;
 pub(crate) mod repo;
 pub(crate) mod trees;
+pub(crate) mod upstream;
 mod verify;
 
 pub use error::HubError;

@@ -156,6 +156,26 @@ async fn answer(
     let mut pace = Pace::new(ctx.options.min_send_rate, ctx.options.write_timeout);
     match response.body {
         Body::Bytes(bytes) => send_part(&mut send, Bytes::from(bytes), true, ctx, &mut pace).await,
+        Body::Filling { fill, offset, len } => {
+            let (mut pos, end, mut seen) = (offset, offset + len, None);
+            while pos < end {
+                let chunk = match streams::fill_chunk(&fill, (pos, end), &mut seen, &mut pace).await
+                {
+                    Ok(chunk) => chunk,
+                    Err(e) => {
+                        send.send_reset(h2::Reason::INTERNAL_ERROR);
+                        return Err(e);
+                    }
+                };
+                pos += chunk.len() as u64;
+                send_part(&mut send, Bytes::from(chunk), pos == end, ctx, &mut pace).await?;
+            }
+            Ok(())
+        }
+        Body::Announced { .. } => {
+            send.send_reset(h2::Reason::INTERNAL_ERROR);
+            Err(io::Error::other("a body announced for HEAD only"))
+        }
         Body::File { file, offset, len } => {
             use std::os::unix::fs::FileExt;
             let (mut pos, end) = (offset, offset + len);

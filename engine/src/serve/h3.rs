@@ -287,6 +287,25 @@ async fn answer(
             Body::Bytes(bytes) => {
                 send_part(&mut stream, Bytes::from(bytes), ctx, &mut pace).await?
             }
+            Body::Filling { fill, offset, len } => {
+                let (mut pos, end, mut seen) = (offset, offset + len, None);
+                while pos < end {
+                    let chunk =
+                        match streams::fill_chunk(&fill, (pos, end), &mut seen, &mut pace).await {
+                            Ok(chunk) => chunk,
+                            Err(e) => {
+                                stream.stop_stream(Code::H3_INTERNAL_ERROR);
+                                return Err(e);
+                            }
+                        };
+                    pos += chunk.len() as u64;
+                    send_part(&mut stream, Bytes::from(chunk), ctx, &mut pace).await?;
+                }
+            }
+            Body::Announced { .. } => {
+                stream.stop_stream(Code::H3_INTERNAL_ERROR);
+                return Err(io::Error::other("a body announced for HEAD only"));
+            }
             Body::File { file, offset, len } => {
                 use std::os::unix::fs::FileExt;
                 let (mut pos, end) = (offset, offset + len);

@@ -16,6 +16,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::catalog::{FileEntry, Repo, Snapshot, git_blob_sha1};
 use super::date::iso8601;
+use super::mirror::Fill;
 use super::range_request::{RangeAnswer, evaluate};
 use super::route::{
     Resource, decode, header_safe, parse_target, query_flag, query_param, valid_repo_path,
@@ -33,6 +34,8 @@ pub(crate) struct Request<'a> {
     pub base: &'a str,
     pub range: Option<&'a str>,
     pub if_range: Option<&'a str>,
+    /// `Authorization`: a mirror asks its upstream with the caller's own credential.
+    pub authorization: Option<&'a str>,
     /// A POST's body (empty when it sent none); `None` for GET and HEAD.
     pub body: Option<&'a [u8]>,
 }
@@ -47,6 +50,16 @@ pub(crate) enum Body {
         offset: u64,
         len: u64,
     },
+    /// `len` bytes from `offset` of a blob still being fetched, sent as they land (a mirror's).
+    Filling {
+        fill: Arc<Fill>,
+        offset: u64,
+        len: u64,
+    },
+    /// `len` bytes that a HEAD answer announces and no one sends.
+    Announced {
+        len: u64,
+    },
 }
 
 /// A response, without the framing headers.
@@ -58,7 +71,7 @@ pub(crate) struct Response {
 }
 
 impl Response {
-    fn json(status: u16, value: &Value) -> Response {
+    pub(super) fn json(status: u16, value: &Value) -> Response {
         // Serializing a `Value` cannot fail (its map keys are strings).
         let body = serde_json::to_vec(value).unwrap_or_else(|_| b"{}".to_vec());
         Response {
@@ -82,16 +95,16 @@ impl Response {
     pub(super) fn body_len(&self) -> u64 {
         match &self.body {
             Body::Bytes(b) => b.len() as u64,
-            Body::File { len, .. } => *len,
+            Body::File { len, .. } | Body::Filling { len, .. } | Body::Announced { len } => *len,
         }
     }
 }
 
-fn not_found() -> Response {
+pub(super) fn not_found() -> Response {
     Response::error(404, None, "Not Found")
 }
 
-fn repo_not_found(kind: RepoType, id: &str) -> Response {
+pub(super) fn repo_not_found(kind: RepoType, id: &str) -> Response {
     Response::error(
         404,
         Some("RepoNotFound"),
@@ -99,7 +112,7 @@ fn repo_not_found(kind: RepoType, id: &str) -> Response {
     )
 }
 
-fn revision_not_found(rev: &str) -> Response {
+pub(super) fn revision_not_found(rev: &str) -> Response {
     Response::error(
         404,
         Some("RevisionNotFound"),
@@ -107,7 +120,7 @@ fn revision_not_found(rev: &str) -> Response {
     )
 }
 
-fn entry_not_found(commit: &str, path: &str) -> Response {
+pub(super) fn entry_not_found(commit: &str, path: &str) -> Response {
     let mut r = Response::error(
         404,
         Some("EntryNotFound"),
@@ -117,7 +130,7 @@ fn entry_not_found(commit: &str, path: &str) -> Response {
     r
 }
 
-fn bad_path() -> Response {
+pub(super) fn bad_path() -> Response {
     Response::error(400, None, "Invalid path in repo")
 }
 
@@ -152,6 +165,9 @@ fn answer(ctx: &Shared, req: &Request<'_>) -> Response {
 
 /// Answers `req`.
 pub(crate) fn handle(ctx: &Shared, req: &Request<'_>) -> Response {
+    if let Some(mirror) = &ctx.mirror {
+        return mirror.handle(ctx, req);
+    }
     match parse_target(req.target) {
         Some((Resource::Api { kind, segs }, query)) => api(ctx, req, kind, &segs, query),
         Some((Resource::File { .. }, _)) if req.method == "POST" => post_not_allowed(),
@@ -160,7 +176,7 @@ pub(crate) fn handle(ctx: &Shared, req: &Request<'_>) -> Response {
     }
 }
 
-fn post_not_allowed() -> Response {
+pub(super) fn post_not_allowed() -> Response {
     let mut r = Response::error(405, None, "Method Not Allowed");
     r.headers.push(("Allow", "GET, HEAD".into()));
     r
@@ -168,7 +184,7 @@ fn post_not_allowed() -> Response {
 
 /// A route of the Hub's API that ferry serve does not implement: 501, saying so (never a
 /// "repository not found" for a repo it has).
-fn not_implemented(what: &str) -> Response {
+pub(super) fn not_implemented(what: &str) -> Response {
     Response::error(
         501,
         Some("NotImplemented"),
@@ -190,7 +206,7 @@ fn shown_id(segs: &[&str]) -> String {
     segs.iter().take(2).copied().collect::<Vec<_>>().join("/")
 }
 
-const ACTIONS: [&str; 6] = [
+pub(super) const ACTIONS: [&str; 6] = [
     "revision",
     "tree",
     "treesize",
@@ -311,7 +327,7 @@ fn lfs_json(f: &FileEntry, sha_key: &str) -> Option<Value> {
 }
 
 /// `/api/{type}s/{repo}[/revision/{rev}]`: what ModelInfo / DatasetInfo / SpaceInfo parse.
-fn info(repo: &Repo, snap: &Snapshot, query: &str) -> Response {
+pub(super) fn info(repo: &Repo, snap: &Snapshot, query: &str) -> Response {
     let blobs = query_flag(query, "blobs");
     let siblings: Vec<Value> = snap
         .files
@@ -398,7 +414,7 @@ const MAX_PATHS: usize = 10_000;
 /// `POST /api/{type}s/{repo}/paths-info/{rev}` (huggingface_hub's `get_paths_info`): the
 /// entries of the paths asked for that exist, as the tree lists them. The body is a form
 /// (`paths=a&paths=b&expand=false`) or JSON (`{"paths": [...]}`).
-fn paths_info(snap: &Snapshot, body: &[u8]) -> Response {
+pub(super) fn paths_info(snap: &Snapshot, body: &[u8]) -> Response {
     let paths: Vec<String> = match serde_json::from_slice::<Value>(body) {
         Ok(v) => v["paths"]
             .as_array()
@@ -448,7 +464,7 @@ fn dir_oid(commit: &str, path: &str) -> String {
 }
 
 /// `/api/{type}s/{repo}/tree/{rev}[/{path}]`, one page.
-fn tree(
+pub(super) fn tree(
     ctx: &Shared,
     req: &Request<'_>,
     repo: &Repo,
@@ -553,7 +569,7 @@ fn resolve(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Re
 /// Opens `disk` (a canonical path the scan found under the root) read-only, resolved beneath
 /// the root at this moment and following no symlink: a folder swapped for a link out of the
 /// root after the scan is not followed.
-fn open_beneath(ctx: &Shared, disk: &std::path::Path) -> std::io::Result<File> {
+pub(super) fn open_beneath(ctx: &Shared, disk: &std::path::Path) -> std::io::Result<File> {
     let rel = disk
         .strip_prefix(ctx.root.path())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not under the root"))?;
@@ -580,6 +596,22 @@ fn file_response(ctx: &Shared, req: &Request<'_>, commit: &str, f: &FileEntry) -
             return Response::error(500, None, "File unreadable");
         }
     };
+    file_answer(req, commit, f, |offset, len| Body::File {
+        file,
+        offset,
+        len,
+    })
+}
+
+/// The answer to a request for the file `f` of `commit`: its headers (`ETag`, `X-Repo-Commit`,
+/// the linked size, `Digest`), the range asked (`206`, or `416` past the end), and the body
+/// `body(offset, len)` makes for the bytes to send.
+pub(super) fn file_answer(
+    req: &Request<'_>,
+    commit: &str,
+    f: &FileEntry,
+    body: impl FnOnce(u64, u64) -> Body,
+) -> Response {
     let etag = f.etag();
     let quoted = format!("\"{etag}\"");
     let mut headers = vec![
@@ -619,7 +651,7 @@ fn file_response(ctx: &Shared, req: &Request<'_>, commit: &str, f: &FileEntry) -
     Response {
         status,
         headers,
-        body: Body::File { file, offset, len },
+        body: body(offset, len),
     }
 }
 

@@ -152,6 +152,8 @@ struct Head {
     forwarded: Forwarded,
     range: Option<String>,
     if_range: Option<String>,
+    /// `Authorization` (a mirror asks its upstream with it; never logged).
+    authorization: Option<String>,
     /// `Connection: close` (1.1) or no `Connection: keep-alive` (1.0).
     close: bool,
     /// The request announces a body (read only for a POST with a length, up to [`MAX_BODY`]).
@@ -218,6 +220,8 @@ fn parse_head(buf: &[u8]) -> Parsed {
             head.range = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("if-range") {
             head.if_range = Some(value.to_owned());
+        } else if name.eq_ignore_ascii_case("authorization") {
+            head.authorization = Some(value.to_owned());
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
@@ -337,6 +341,7 @@ pub(crate) fn serve_connection(tcp: TcpStream, peer: SocketAddr, ctx: &Shared) {
                 base: &base,
                 range: head.range.as_deref(),
                 if_range: head.if_range.as_deref(),
+                authorization: head.authorization.as_deref(),
                 body: posted,
             },
         );

@@ -22,6 +22,7 @@ mod h3;
 mod handler;
 mod http;
 mod idle;
+mod mirror;
 mod public_url;
 pub(crate) mod range_request;
 mod route;
@@ -55,6 +56,8 @@ pub(crate) struct Shared {
     /// With [`ServeOptions::h3`]: the `Alt-Svc` value every answer carries, which tells a
     /// client over TCP that HTTP/3 is on the same port over UDP.
     pub(crate) alt_svc: Option<String>,
+    /// With [`ServeOptions::upstream`]: the pull-through mirror that answers every request.
+    pub(crate) mirror: Option<mirror::Mirror>,
 }
 
 /// Tree entries per page by default (what the Hub uses).
@@ -90,6 +93,58 @@ pub struct ServeOptions {
     /// Serve HTTP/3 too (needs [`ServeOptions::tls`]): QUIC on the UDP port of the same number,
     /// one endpoint per core, and `Alt-Svc: h3=":PORT"` on every answer so clients find it.
     pub h3: bool,
+    /// Be a pull-through mirror of this upstream: what the root (a huggingface_hub cache,
+    /// created when missing) lacks is fetched from it, verified, kept, and streamed to every
+    /// client asking meanwhile.
+    pub upstream: Option<UpstreamOptions>,
+}
+
+/// The upstream of a pull-through mirror ([`ServeOptions::upstream`]).
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use ferry::serve::{ServeOptions, Server, UpstreamOptions};
+/// let mut options = ServeOptions::default();
+/// options.upstream = Some(UpstreamOptions::new("https://huggingface.co".parse()?));
+/// let server = Server::bind(
+///     std::path::Path::new("/srv/hub-cache"),
+///     "127.0.0.1:8080".parse()?,
+///     options,
+/// )?;
+/// server.run()
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct UpstreamOptions {
+    /// The Hub (or a Hub-compatible mirror) to fetch from.
+    pub endpoint: url::Url,
+    /// Other endpoints with the same repos, tried when the first fails (as `ferry pull
+    /// --mirror`); a file's ranges are spread over all of them.
+    pub mirrors: Vec<url::Url>,
+    /// The engine the fills run on.
+    pub config: crate::Config,
+    /// The mirror's own token, sent with fills only (never to decide who may read).
+    token: Option<crate::net::target::Secret>,
+}
+
+impl UpstreamOptions {
+    /// Mirrors `endpoint`, with the engine's default settings and no token.
+    pub fn new(endpoint: url::Url) -> UpstreamOptions {
+        UpstreamOptions {
+            endpoint,
+            mirrors: Vec::new(),
+            config: crate::Config::default(),
+            token: None,
+        }
+    }
+
+    /// The mirror's own token for fetching files (a caller's access is decided by the
+    /// upstream from the caller's token).
+    pub fn token(mut self, token: &str) -> UpstreamOptions {
+        self.token = Some(crate::net::target::Secret::bearer(token));
+        self
+    }
 }
 
 impl Default for ServeOptions {
@@ -105,6 +160,7 @@ impl Default for ServeOptions {
             public_url: None,
             trusted_proxies: Vec::new(),
             h3: false,
+            upstream: None,
         }
     }
 }
@@ -137,6 +193,12 @@ pub enum ServeError {
     /// HTTP/3 was asked for without a certificate: QUIC always runs TLS 1.3.
     #[error("HTTP/3 needs a TLS certificate (QUIC always runs TLS 1.3)")]
     H3WithoutTls,
+    /// The mirror's engine could not start, or its options cannot work.
+    #[error("upstream: {detail}")]
+    Upstream {
+        /// What failed.
+        detail: String,
+    },
     /// The listening socket could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -194,6 +256,14 @@ impl Server {
         addr: SocketAddr,
         options: ServeOptions,
     ) -> Result<Server, ServeError> {
+        if options.upstream.is_some()
+            && let Err(source) = std::fs::create_dir_all(root)
+        {
+            return Err(ServeError::Root {
+                path: root.to_path_buf(),
+                source,
+            });
+        }
         let meta = std::fs::metadata(root).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => ServeError::RootNotDir {
                 path: root.to_path_buf(),
@@ -217,10 +287,15 @@ impl Server {
                 path: root.to_path_buf(),
                 source,
             })?;
-        let catalog = Catalog::scan(&canonical).map_err(|source| ServeError::Root {
-            path: root.to_path_buf(),
-            source,
-        })?;
+        // A mirror answers from its upstream's listings and looks its blobs up as asked: no scan.
+        let catalog = if options.upstream.is_some() {
+            Catalog::default()
+        } else {
+            Catalog::scan(&canonical).map_err(|source| ServeError::Root {
+                path: root.to_path_buf(),
+                source,
+            })?
+        };
         let summary = catalog.summary();
         let listener =
             TcpListener::bind(addr).map_err(|source| ServeError::Bind { addr, source })?;
@@ -242,6 +317,26 @@ impl Server {
             (true, Some(identity)) => Some(identity.clone()),
             (true, None) => return Err(ServeError::H3WithoutTls),
         };
+        let mirror = match options.upstream.clone() {
+            None => None,
+            Some(_) if h3.is_some() => {
+                return Err(ServeError::Upstream {
+                    detail: "a mirror does not serve HTTP/3 yet; leave out --h3".into(),
+                });
+            }
+            Some(up) => {
+                let engine = crate::Engine::new(up.config).map_err(|e| ServeError::Upstream {
+                    detail: format!("cannot start the engine: {e}"),
+                })?;
+                Some(mirror::Mirror::new(crate::hub::upstream::Upstream::new(
+                    engine,
+                    up.endpoint,
+                    up.mirrors,
+                    up.token,
+                    &canonical,
+                )))
+            }
+        };
         let ctx = Arc::new(Shared {
             catalog,
             root: root_dir,
@@ -251,6 +346,7 @@ impl Server {
             alt_svc: h3
                 .is_some()
                 .then(|| format!("h3=\":{}\"; ma=86400", local.port())),
+            mirror,
         });
         if let Some(identity) = h3 {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -9,6 +9,7 @@ use super::ServeOptions;
 use super::date::http_date;
 use super::handler::{Body, Response};
 use super::http::Wire;
+use super::mirror::Ready;
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -67,8 +68,40 @@ pub(super) fn write_response(
             let mut pace = Pace::new(options.min_send_rate, options.write_timeout);
             stream.send_file(&file, (offset, len), &mut pace)
         }
+        Body::Filling { fill, offset, len } => {
+            stream.write_all(head.as_bytes())?;
+            if head_only {
+                return stream.flush();
+            }
+            stream.flush()?;
+            let mut pace = Pace::new(options.min_send_rate, options.write_timeout);
+            let (mut pos, end, mut seen) = (offset, offset + len, None);
+            while pos < end {
+                match fill.wait_ready(pos, &mut seen, FILL_WAIT) {
+                    Ready::Bytes { file, until } => {
+                        let n = until.min(end) - pos;
+                        stream.send_file(&file, (pos, n), &mut pace)?;
+                        pos += n;
+                    }
+                    // The client is not slow while it waits for the upstream.
+                    Ready::Wait => pace.restart(),
+                    Ready::Failed(why) => return Err(io::Error::other(why)),
+                }
+            }
+            stream.flush()
+        }
+        Body::Announced { .. } => {
+            stream.write_all(head.as_bytes())?;
+            if !head_only {
+                return Err(io::Error::other("a body announced for HEAD only"));
+            }
+            stream.flush()
+        }
     }
 }
+
+/// How long a reader of a fill sleeps at most before it looks again.
+pub(super) const FILL_WAIT: Duration = Duration::from_millis(500);
 
 /// The slow-reader guard of one body: over every `window` (the send timeout), the client must
 /// take at least `min_rate` bytes per second, or the connection is closed. A client that reads
@@ -98,6 +131,13 @@ impl Pace {
             since: Instant::now(),
             sent: 0,
         }
+    }
+
+    /// Starts a new window: the time before did not count against the client (it was waiting
+    /// for bytes to send).
+    pub(super) fn restart(&mut self) {
+        self.since = Instant::now();
+        self.sent = 0;
     }
 
     /// Counts `n` bytes taken by the client; an error once a whole window went by too slowly.

@@ -15,7 +15,9 @@ use futures_util::future::{Either, select};
 
 use super::Shared;
 use super::handler::{Request, Response, dispatch};
+use super::mirror::{Fill, Ready};
 use super::public_url::{Forwarded, public_base};
+use super::send::Pace;
 
 /// Bytes of a file read and handed to the protocol at a time, and the most it buffers per
 /// stream: over HTTP/2 a connection holds at most 2 x 64 KiB x `MAX_STREAMS` (16 MiB) of
@@ -51,6 +53,7 @@ pub(super) fn answer(
     };
     let base = public_base(ctx, &forwarded, peer, (local, sni));
     let (range, if_range) = (header("range"), header("if-range"));
+    let authorization = header("authorization");
     let response = dispatch(
         ctx,
         &Request {
@@ -59,6 +62,7 @@ pub(super) fn answer(
             base: &base,
             range: range.as_deref(),
             if_range: if_range.as_deref(),
+            authorization: authorization.as_deref(),
             body: if method == "POST" { posted } else { None },
         },
     );
@@ -89,5 +93,35 @@ pub(super) async fn timed<T>(
     match select(future, std::pin::pin!(compio::time::sleep(limit))).await {
         Either::Left((r, _)) => Some(r),
         Either::Right(_) => None,
+    }
+}
+
+/// The next bytes of a fill's body at `pos` (at most [`CHUNK`], none past `end`), waited for
+/// until they land; an error when the fill failed. The wait does not count against the
+/// client's minimum rate.
+pub(super) async fn fill_chunk(
+    fill: &Fill,
+    (pos, end): (u64, u64),
+    seen: &mut Option<u64>,
+    pace: &mut Pace,
+) -> io::Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    loop {
+        match fill.ready(pos, seen) {
+            Ready::Bytes { file, until } => {
+                let mut chunk = vec![0u8; ((until.min(end) - pos) as usize).min(CHUNK)];
+                let n = file.read_at(&mut chunk, pos)?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                chunk.truncate(n);
+                return Ok(chunk);
+            }
+            Ready::Wait => {
+                compio::time::sleep(Duration::from_millis(5)).await;
+                pace.restart();
+            }
+            Ready::Failed(why) => return Err(io::Error::other(why)),
+        }
     }
 }

@@ -111,7 +111,11 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
-    fn new(commit: String, files: BTreeMap<String, FileEntry>, last_modified: u64) -> Snapshot {
+    pub(super) fn new(
+        commit: String,
+        files: BTreeMap<String, FileEntry>,
+        last_modified: u64,
+    ) -> Snapshot {
         let mut dirs = BTreeSet::new();
         for path in files.keys() {
             let mut at = path.as_str();

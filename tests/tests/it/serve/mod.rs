@@ -27,6 +27,7 @@ use sha2::{Digest, Sha256};
 mod client;
 mod h3;
 mod limits;
+mod mirror;
 mod protocol;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";

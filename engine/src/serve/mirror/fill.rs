@@ -1,0 +1,334 @@
+//! A fill: one blob being fetched from the upstream, and what its readers wait on. The engine
+//! tells the fill of every write of the partial file as it completes ([`Watch`]); a reader
+//! sends each stretch of bytes as soon as it has landed, from its own descriptor of the
+//! partial file, so a second client of a cold file gets bytes at once, not when the file is
+//! done.
+//!
+//! Invariants: the server owns a fill, not a request: a reader that leaves stops nothing, and
+//! there is at most one fill per blob ([`Fills`]). A reader never sends a byte that has not
+//! landed in the current fetch, and if the fetch starts over (the partial file emptied), a
+//! reader that already sent bytes of the earlier one is failed rather than continued, since
+//! the two fetches' bytes need not agree. Bytes sent before the hash matched are unverified;
+//! only a verified blob is published under its final name. Not here: what to fetch (the
+//! upstream, `hub/upstream.rs`), HTTP.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::ops::Range;
+use std::os::fd::BorrowedFd;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::download::Watch;
+use crate::job::Job;
+
+/// One blob being fetched.
+#[derive(Debug)]
+pub(crate) struct Fill {
+    /// The blob's size: its last byte is held back until the blob is verified.
+    size: u64,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// How many times the partial file was created or emptied.
+    generation: u64,
+    /// The partial file of the current generation.
+    file: Option<Arc<File>>,
+    /// What has landed in this generation: sorted, disjoint, not touching.
+    landed: Vec<Range<u64>>,
+    /// `Some` once the fetch ended: `Ok` when the blob is in place, verified.
+    outcome: Option<Result<(), String>>,
+}
+
+/// What a reader at some offset can do now.
+#[derive(Debug)]
+pub(crate) enum Ready {
+    /// The bytes from the offset up to `until` have landed in `file`.
+    Bytes { file: Arc<File>, until: u64 },
+    /// Nothing at the offset yet.
+    Wait,
+    /// The fill failed, or started over after this reader sent bytes of the earlier fetch.
+    Failed(String),
+}
+
+impl Fill {
+    pub(crate) fn new(size: u64) -> Fill {
+        Fill {
+            size,
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What a reader at `pos` can send now. `seen` is the generation the reader sent its
+    /// first bytes from (`None` before it sent any): it is set on the first bytes, and a
+    /// change of generation after that fails the reader.
+    pub(crate) fn ready(&self, pos: u64, seen: &mut Option<u64>) -> Ready {
+        check(&self.lock(), self.size, pos, seen)
+    }
+
+    /// [`Fill::ready`], waiting up to `limit` for bytes at `pos` to land.
+    pub(crate) fn wait_ready(&self, pos: u64, seen: &mut Option<u64>, limit: Duration) -> Ready {
+        let mut state = self.lock();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            match check(&state, self.size, pos, seen) {
+                Ready::Wait => {}
+                other => return other,
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ready::Wait;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// The fetch ended: wakes every reader.
+    pub(crate) fn finish(&self, outcome: Result<(), String>) {
+        self.lock().outcome = Some(outcome);
+        self.changed.notify_all();
+    }
+}
+
+/// The blob's last byte is sent only once the blob is verified, so that a reader of the whole
+/// file never gets all of a wrong one: its body ends short, and the client's own checks fail.
+fn check(state: &State, size: u64, pos: u64, seen: &mut Option<u64>) -> Ready {
+    if let Some(Err(e)) = &state.outcome {
+        return Ready::Failed(e.clone());
+    }
+    if seen.is_some_and(|g| g != state.generation) {
+        return Ready::Failed("the upstream fetch started over after bytes were sent".into());
+    }
+    let Some(file) = &state.file else {
+        return Ready::Wait;
+    };
+    // The first stretch ending past `pos`; it holds `pos` when it starts at or before it.
+    let i = state.landed.partition_point(|r| r.end <= pos);
+    match state.landed.get(i) {
+        Some(r) if r.start <= pos => {
+            let verified = matches!(state.outcome, Some(Ok(())));
+            let until = if verified {
+                r.end
+            } else {
+                r.end.min(size.saturating_sub(1))
+            };
+            if until <= pos {
+                return Ready::Wait;
+            }
+            *seen = Some(state.generation);
+            Ready::Bytes {
+                file: Arc::clone(file),
+                until,
+            }
+        }
+        _ => Ready::Wait,
+    }
+}
+
+impl Watch for Fill {
+    fn fresh(&self, file: BorrowedFd<'_>) {
+        let dup = file.try_clone_to_owned().map(File::from);
+        let mut state = self.lock();
+        state.generation += 1;
+        state.landed.clear();
+        state.file = match dup {
+            Ok(f) => Some(Arc::new(f)),
+            Err(e) => {
+                // Readers wait for the next generation, or the outcome.
+                tracing::warn!(error = %e, "cannot duplicate a partial blob's descriptor");
+                None
+            }
+        };
+        drop(state);
+        self.changed.notify_all();
+    }
+
+    fn written(&self, at: u64, len: u64) {
+        insert(&mut self.lock().landed, at..at + len);
+        self.changed.notify_all();
+    }
+}
+
+/// Adds `r` to `set` (sorted, disjoint, not touching), merging what it overlaps or touches.
+fn insert(set: &mut Vec<Range<u64>>, mut r: Range<u64>) {
+    if r.is_empty() {
+        return;
+    }
+    // Every stretch from `lo` to `hi` overlaps or touches `r`.
+    let lo = set.partition_point(|s| s.end < r.start);
+    let hi = set.partition_point(|s| s.start <= r.end);
+    if lo < hi {
+        r.start = r.start.min(set[lo].start);
+        r.end = r.end.max(set[hi - 1].end);
+    }
+    set.splice(lo..hi, std::iter::once(r));
+}
+
+/// The fills running, one per blob (by its path in the cache).
+#[derive(Debug, Default)]
+pub(crate) struct Fills {
+    running: Mutex<HashMap<PathBuf, Arc<Fill>>>,
+}
+
+/// How a reader gets a blob.
+pub(crate) enum Joined {
+    /// The blob is in place (verified): read it from the cache.
+    InPlace,
+    /// A fill to read from while it lands.
+    Filling(Arc<Fill>),
+}
+
+impl Fills {
+    /// Joins the fill of `blob`, or starts one with `start` (which starts the fetch, told of
+    /// its writes through the fill it is given), unless `in_place` says the blob is there.
+    /// Looked at under the lock, so that a blob is never fetched twice at once, nor while a
+    /// finished fill is being removed.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        blob: PathBuf,
+        size: u64,
+        in_place: impl FnOnce() -> bool,
+        start: impl FnOnce(Arc<Fill>) -> Result<(Job, Box<dyn FnOnce() + Send>), String>,
+    ) -> Result<Joined, String> {
+        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(fill) = running.get(&blob) {
+            return Ok(Joined::Filling(Arc::clone(fill)));
+        }
+        if in_place() {
+            return Ok(Joined::InPlace);
+        }
+        let fill = Arc::new(Fill::new(size));
+        let (job, on_success) = start(Arc::clone(&fill))?;
+        running.insert(blob.clone(), Arc::clone(&fill));
+        drop(running);
+        let fills = Arc::clone(self);
+        let watched = Arc::clone(&fill);
+        let spawned = std::thread::Builder::new()
+            .name("ferry-fill".into())
+            .spawn(move || {
+                let outcome = job.wait().map(|_| ()).map_err(|e| e.to_string());
+                match &outcome {
+                    Ok(()) => on_success(),
+                    Err(e) => tracing::warn!(blob = ?blob, error = %e, "a mirror fill failed"),
+                }
+                // Removed before readers learn the outcome: a reader that comes after finds
+                // the blob in place, or starts a new fill.
+                fills
+                    .running
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&blob);
+                watched.finish(outcome);
+            });
+        if let Err(e) = spawned {
+            // The job runs on; without a thread to wait for it, its readers are failed.
+            fill.finish(Err(format!("cannot start a thread for the fill: {e}")));
+            return Err(e.to_string());
+        }
+        Ok(Joined::Filling(fill))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insert_merges_overlapping_and_touching_ranges() {
+        let mut s = Vec::new();
+        insert(&mut s, 10..20);
+        insert(&mut s, 30..40);
+        assert_eq!(s, vec![10..20, 30..40]);
+        insert(&mut s, 20..25);
+        assert_eq!(s, vec![10..25, 30..40]);
+        insert(&mut s, 0..5);
+        assert_eq!(s, vec![0..5, 10..25, 30..40]);
+        insert(&mut s, 4..31);
+        assert_eq!(s, vec![0..40]);
+        insert(&mut s, 50..50);
+        assert_eq!(s, vec![0..40]);
+    }
+
+    #[test]
+    fn a_reader_gets_only_landed_bytes_and_fails_when_the_fetch_starts_over() {
+        let fill = Fill::new(100);
+        let mut seen = None;
+        assert!(matches!(fill.ready(0, &mut seen), Ready::Wait));
+        let file = tempfile::tempfile().expect("tempfile");
+        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        assert!(matches!(fill.ready(0, &mut seen), Ready::Wait));
+        fill.written(10, 10);
+        assert!(matches!(fill.ready(0, &mut seen), Ready::Wait));
+        fill.written(0, 10);
+        match fill.ready(5, &mut seen) {
+            Ready::Bytes { until, .. } => assert_eq!(until, 20),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seen, Some(1));
+        assert!(matches!(fill.ready(20, &mut seen), Ready::Wait));
+        // The fetch starts over: a reader that sent bytes of the first one is failed ...
+        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        assert!(matches!(fill.ready(20, &mut seen), Ready::Failed(_)));
+        // ... one that had sent nothing waits for the new bytes.
+        let mut fresh_reader = None;
+        assert!(matches!(fill.ready(0, &mut fresh_reader), Ready::Wait));
+        fill.finish(Err("upstream gone".into()));
+        assert!(matches!(
+            fill.wait_ready(0, &mut fresh_reader, Duration::from_secs(5)),
+            Ready::Failed(e) if e == "upstream gone"
+        ));
+    }
+
+    #[test]
+    fn a_waiting_reader_wakes_when_its_bytes_land() {
+        let fill = Arc::new(Fill::new(20));
+        let file = tempfile::tempfile().expect("tempfile");
+        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        let writer = Arc::clone(&fill);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            writer.written(0, 10);
+        });
+        let mut seen = None;
+        let got = fill.wait_ready(0, &mut seen, Duration::from_secs(30));
+        t.join().expect("writer");
+        assert!(matches!(got, Ready::Bytes { until: 10, .. }), "{got:?}");
+    }
+
+    #[test]
+    fn the_last_byte_waits_for_the_verdict() {
+        let fill = Fill::new(10);
+        let file = tempfile::tempfile().expect("tempfile");
+        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        fill.written(0, 10);
+        let mut seen = None;
+        assert!(matches!(
+            fill.ready(0, &mut seen),
+            Ready::Bytes { until: 9, .. }
+        ));
+        assert!(matches!(fill.ready(9, &mut seen), Ready::Wait));
+        fill.finish(Ok(()));
+        assert!(matches!(
+            fill.ready(9, &mut seen),
+            Ready::Bytes { until: 10, .. }
+        ));
+        let bad = Fill::new(10);
+        bad.fresh(std::os::fd::AsFd::as_fd(&file));
+        bad.written(0, 10);
+        bad.finish(Err("sha256 mismatch".into()));
+        assert!(matches!(bad.ready(9, &mut None), Ready::Failed(_)));
+    }
+}

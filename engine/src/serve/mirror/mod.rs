@@ -1,0 +1,439 @@
+//! `ferry serve --upstream`: a pull-through mirror. What a client asks of a repo is answered
+//! from the upstream's listing at the commit its revision names (asked once, with the
+//! caller's own credential, and kept: [`Memo`]); a file's bytes come from the cache when its
+//! verified blob is there, else from a fill ([`Fills`]) that fetches the blob once through the
+//! engine while every client asking for it is sent the bytes as they land.
+//!
+//! Invariants: API answers are built by the same code as for a local cache (`handler.rs`),
+//! from the listing, so no upstream field (Xet hashes, upstream URLs) reaches a client; a
+//! caller gets a file only through a listing fetched with the caller's own credential (kept
+//! for [`LISTING_TTL_TOKEN`] when the caller has one), while fills use the mirror's token; a
+//! blob is published under its name only once its hash matched; an upstream error is passed
+//! on with the Hub's status and code, never kept. Not here: eviction and `--max-size`,
+//! `/refs` and `/commits` (answered 501), metrics, signed links, HTTP/3.
+
+mod fill;
+mod memo;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::Digest;
+
+pub(crate) use self::fill::{Fill, Ready};
+use self::fill::{Fills, Joined};
+use self::memo::Memo;
+use super::Shared;
+use super::catalog::{FileEntry, Repo, Snapshot};
+use super::handler::{
+    self, ACTIONS, Body, Request, Response, bad_path, entry_not_found, not_found, not_implemented,
+    post_not_allowed,
+};
+use super::route::{Resource, decode, parse_target, valid_repo_path};
+use crate::hub::HubError;
+use crate::hub::RepoType;
+use crate::hub::listing::RemoteFile;
+use crate::hub::repo::{RepoId, is_commit};
+use crate::hub::upstream::Upstream;
+use crate::net::target::Secret;
+use crate::verify::HashAlgorithm;
+
+/// How long a branch or tag is taken to name the commit the upstream last said.
+const REF_TTL: Duration = Duration::from_secs(60);
+/// How long a listing asked without a credential is kept (a commit's files never change;
+/// this bounds how long a repo that turned private stays readable here).
+const LISTING_TTL: Duration = Duration::from_secs(3600);
+/// How long a listing asked with a caller's credential vouches for that caller's access.
+const LISTING_TTL_TOKEN: Duration = Duration::from_secs(300);
+/// Keys kept per memo.
+const MEMO_CAP: usize = 4096;
+
+/// Who asks: the credential to ask the upstream with, and a digest of it to key what the
+/// upstream answered that caller (the credential itself is never kept as a key or logged).
+struct Caller {
+    secret: Option<Secret>,
+    class: Option<[u8; 32]>,
+}
+
+impl Caller {
+    fn of(req: &Request<'_>) -> Result<Caller, Response> {
+        let Some(value) = req.authorization else {
+            return Ok(Caller {
+                secret: None,
+                class: None,
+            });
+        };
+        let token = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Response::error(401, None, "Only bearer tokens are accepted"))?;
+        let secret = Secret::bearer(token);
+        secret
+            .check()
+            .map_err(|_| Response::error(400, None, "Malformed Authorization header"))?;
+        Ok(Caller {
+            secret: Some(secret),
+            class: Some(sha2::Sha256::digest(token.as_bytes()).into()),
+        })
+    }
+}
+
+/// (caller, kind, repo, revision or commit).
+type Key = (Option<[u8; 32]>, RepoType, String, String);
+
+/// The mirror: its upstream, what it has been told, and its fills.
+#[derive(Debug)]
+pub(crate) struct Mirror {
+    upstream: Upstream,
+    commits: Memo<Key, String>,
+    listings: Memo<Key, Arc<Snapshot>>,
+    fills: Arc<Fills>,
+}
+
+impl Mirror {
+    pub(crate) fn new(upstream: Upstream) -> Mirror {
+        Mirror {
+            upstream,
+            commits: Memo::new(MEMO_CAP),
+            listings: Memo::new(MEMO_CAP),
+            fills: Arc::new(Fills::default()),
+        }
+    }
+
+    /// Answers `req`.
+    pub(crate) fn handle(&self, ctx: &Shared, req: &Request<'_>) -> Response {
+        let caller = match Caller::of(req) {
+            Ok(c) => c,
+            Err(r) => return r,
+        };
+        match parse_target(req.target) {
+            Some((Resource::Api { kind, segs }, query)) => {
+                self.api(ctx, req, &caller, kind, &segs, query)
+            }
+            Some((Resource::File { .. }, _)) if req.method == "POST" => post_not_allowed(),
+            Some((Resource::File { kind, segs }, _)) => {
+                self.resolve(ctx, req, &caller, kind, &segs)
+            }
+            None => not_found(),
+        }
+    }
+
+    /// The snapshot `rev` names, as the upstream lists it to `caller`.
+    fn snapshot(
+        &self,
+        caller: &Caller,
+        kind: RepoType,
+        repo: &RepoId,
+        rev: &str,
+    ) -> Result<Arc<Snapshot>, Response> {
+        let commit = if is_commit(rev) {
+            rev.to_ascii_lowercase()
+        } else {
+            let key = (caller.class, kind, repo.to_string(), rev.to_owned());
+            self.commits
+                .get(&key, REF_TTL, || {
+                    self.upstream
+                        .resolve(caller.secret.as_ref(), kind, repo, rev)
+                })
+                .map_err(|e| upstream_error(&e))?
+                .0
+        };
+        let key = (caller.class, kind, repo.to_string(), commit.clone());
+        let ttl = if caller.secret.is_some() {
+            LISTING_TTL_TOKEN
+        } else {
+            LISTING_TTL
+        };
+        let (snap, fetched) = self
+            .listings
+            .get(&key, ttl, || {
+                let files = self
+                    .upstream
+                    .list(caller.secret.as_ref(), kind, repo, &commit)?;
+                Ok::<_, HubError>(Arc::new(snapshot(commit.clone(), &files)))
+            })
+            .map_err(|e| upstream_error(&e))?;
+        if fetched {
+            tracing::info!(
+                kind = kind.plural(), repo = %repo, commit = %snap.commit,
+                files = snap.files.len(), "listed from the upstream"
+            );
+        }
+        Ok(snap)
+    }
+
+    fn api(
+        &self,
+        ctx: &Shared,
+        req: &Request<'_>,
+        caller: &Caller,
+        kind: RepoType,
+        segs: &[&str],
+        query: &str,
+    ) -> Response {
+        let Some((repo, rest)) = split_repo(segs, |rest| match rest {
+            [] | [""] => true,
+            [action, ..] => ACTIONS.contains(action) || *action == "xet-read-token",
+        }) else {
+            return not_found();
+        };
+        let shell = Repo {
+            kind,
+            id: repo.to_string(),
+            refs: Default::default(),
+            snapshots: Default::default(),
+        };
+        let posting = req.method == "POST";
+        let rev_of = |raw: &[&str]| decode(&raw.join("/")).unwrap_or_default();
+        match rest {
+            ["paths-info", revs @ ..] if posting => {
+                match self.snapshot(caller, kind, &repo, &rev_of(revs)) {
+                    Ok(snap) => handler::paths_info(&snap, req.body.unwrap_or_default()),
+                    Err(r) => r,
+                }
+            }
+            ["paths-info", ..] => {
+                let mut r = Response::error(405, None, "Method Not Allowed");
+                r.headers.push(("Allow", "POST".into()));
+                r
+            }
+            _ if posting => post_not_allowed(),
+            ["xet-read-token", ..] => Response::error(
+                501,
+                Some("XetNotAvailable"),
+                "This mirror serves files over plain HTTP and has no Xet storage: download with the resolve URLs",
+            ),
+            [] | [""] => match self.snapshot(caller, kind, &repo, "main") {
+                Ok(snap) => handler::info(&shell, &snap, query),
+                Err(r) => r,
+            },
+            ["revision", revs @ ..] => match self.snapshot(caller, kind, &repo, &rev_of(revs)) {
+                Ok(snap) => handler::info(&shell, &snap, query),
+                Err(r) => r,
+            },
+            [action @ ("tree" | "treesize"), rev, path @ ..] => {
+                let Some(rev) = decode(rev) else {
+                    return bad_path();
+                };
+                let path = match decode(&path.join("/")) {
+                    Some(p) if p.is_empty() || valid_repo_path(&p) => p,
+                    _ => return bad_path(),
+                };
+                let snap = match self.snapshot(caller, kind, &repo, &rev) {
+                    Ok(snap) => snap,
+                    Err(r) => return r,
+                };
+                if *action == "tree" {
+                    handler::tree(ctx, req, &shell, &snap, &rev, &path, query)
+                } else {
+                    match snap.size_under(&path) {
+                        Some(size) => {
+                            Response::json(200, &serde_json::json!({ "path": path, "size": size }))
+                        }
+                        None => entry_not_found(&snap.commit, &path),
+                    }
+                }
+            }
+            [action @ ("refs" | "commits"), ..] => not_implemented(action),
+            _ => not_found(),
+        }
+    }
+
+    /// `/{prefix}{repo}/resolve/{rev}/{path}`.
+    fn resolve(
+        &self,
+        ctx: &Shared,
+        req: &Request<'_>,
+        caller: &Caller,
+        kind: RepoType,
+        segs: &[&str],
+    ) -> Response {
+        let Some((repo, rest)) = split_repo(segs, |rest| rest.first() == Some(&"resolve")) else {
+            return not_found();
+        };
+        let (Some(rev), Some(path)) = (
+            rest.get(1).and_then(|r| decode(r)),
+            decode(&rest.get(2..).unwrap_or_default().join("/")),
+        ) else {
+            return bad_path();
+        };
+        if !valid_repo_path(&path) {
+            return bad_path();
+        }
+        let snap = match self.snapshot(caller, kind, &repo, &rev) {
+            Ok(snap) => snap,
+            Err(r) => return r,
+        };
+        let Some(entry) = snap.files.get(&path) else {
+            return entry_not_found(&snap.commit, &path);
+        };
+        let remote = remote_file(&path, entry);
+        let blob = self.upstream.blob_path(kind, &repo, &remote);
+        if let Some(file) = self.open_blob(ctx, &blob, entry.size) {
+            return handler::file_answer(req, &snap.commit, entry, |offset, len| Body::File {
+                file,
+                offset,
+                len,
+            });
+        }
+        if req.method == "HEAD" {
+            // Answered from the listing; a HEAD starts no fill.
+            return handler::file_answer(req, &snap.commit, entry, |_, len| Body::Announced {
+                len,
+            });
+        }
+        let commit = snap.commit.clone();
+        let joined = self.fills.join(
+            blob.clone(),
+            entry.size,
+            || self.open_blob(ctx, &blob, entry.size).is_some(),
+            |fill| {
+                let job = self
+                    .upstream
+                    .fetch(kind, &repo, &commit, &remote, fill)
+                    .map_err(|e| e.to_string())?;
+                tracing::info!(repo = %repo, path = %remote.path, size = remote.size, "filling from the upstream");
+                // The fill thread publishes the snapshot link once the blob is in place.
+                let publish = self.publisher(kind, &repo, &commit, &remote);
+                Ok((job, publish))
+            },
+        );
+        match joined {
+            Ok(Joined::Filling(fill)) => {
+                handler::file_answer(req, &snap.commit, entry, |offset, len| Body::Filling {
+                    fill,
+                    offset,
+                    len,
+                })
+            }
+            Ok(Joined::InPlace) => match self.open_blob(ctx, &blob, entry.size) {
+                Some(file) => handler::file_answer(req, &snap.commit, entry, |offset, len| {
+                    Body::File { file, offset, len }
+                }),
+                None => Response::error(500, None, "The cached file vanished; try again"),
+            },
+            Err(e) => {
+                tracing::warn!(path = %path, error = %e, "cannot start a fill");
+                Response::error(502, None, "Cannot fetch the file from the upstream")
+            }
+        }
+    }
+
+    /// The blob at `blob`, opened beneath the root following no symlink, when it is a file of
+    /// `size` bytes (a blob is only ever renamed into place once verified).
+    fn open_blob(&self, ctx: &Shared, blob: &std::path::Path, size: u64) -> Option<std::fs::File> {
+        let file = handler::open_beneath(ctx, blob).ok()?;
+        let meta = file.metadata().ok()?;
+        (meta.is_file() && meta.len() == size).then_some(file)
+    }
+
+    /// What the fill thread runs once `f`'s blob is in place: the snapshot link, so that the
+    /// cache is one huggingface_hub (and a plain `ferry serve`) can read.
+    fn publisher(
+        &self,
+        kind: RepoType,
+        repo: &RepoId,
+        commit: &str,
+        f: &RemoteFile,
+    ) -> Box<dyn FnOnce() + Send> {
+        let place = self.upstream.place(kind, repo);
+        let (commit, f) = (commit.to_owned(), f.clone());
+        Box::new(move || crate::hub::upstream::publish(&place, &commit, &f))
+    }
+}
+
+/// The repo id at the start of `segs` (`org/name` or `name`) whose remaining segments
+/// `fits`, and those segments.
+fn split_repo<'s>(
+    segs: &'s [&'s str],
+    fits: impl Fn(&[&str]) -> bool,
+) -> Option<(RepoId, &'s [&'s str])> {
+    [2, 1].into_iter().find_map(|n| {
+        let rest = segs.get(n..)?;
+        if !fits(rest) {
+            return None;
+        }
+        let parts: Option<Vec<String>> = segs[..n]
+            .iter()
+            .map(|s| decode(s).filter(|d| !d.contains('/')))
+            .collect();
+        let id = RepoId::parse(&parts?.join("/")).ok()?;
+        Some((id, rest))
+    })
+}
+
+/// The snapshot a listing describes (no file is on disk yet: bytes are looked up by blob).
+fn snapshot(commit: String, files: &[RemoteFile]) -> Snapshot {
+    let entries = files
+        .iter()
+        .filter_map(|f| Some((f.path.clone(), FileEntry::with_disk(None, f.size, &f.etag)?)))
+        .collect();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Snapshot::new(commit, entries, now)
+}
+
+/// The listing's entry of `path` again (what a fill fetches).
+fn remote_file(path: &str, f: &FileEntry) -> RemoteFile {
+    RemoteFile {
+        path: path.to_owned(),
+        size: f.size,
+        algorithm: if f.lfs.is_some() {
+            HashAlgorithm::Sha256
+        } else {
+            HashAlgorithm::GitSha1
+        },
+        etag: f.etag().to_owned(),
+        blob_id: Some(f.oid.clone()),
+    }
+}
+
+/// The upstream's refusal, as the Hub would say it to this caller; the upstream's address and
+/// the mirror's configuration are never named.
+fn upstream_error(e: &HubError) -> Response {
+    match e {
+        HubError::RepoNotFound { repo, kind, .. } => Response::error(
+            404,
+            Some("RepoNotFound"),
+            &format!("Repository not found: {kind} {repo}"),
+        ),
+        HubError::RevisionNotFound { revision, .. } => Response::error(
+            404,
+            Some("RevisionNotFound"),
+            &format!("Invalid rev id: {revision}"),
+        ),
+        HubError::EntryNotFound { path, commit, .. } => entry_not_found(commit, path),
+        HubError::Gated { repo, .. } => Response::error(
+            403,
+            Some("GatedRepo"),
+            &format!(
+                "Access to {repo} is restricted: you must have access to it and be authenticated"
+            ),
+        ),
+        HubError::BadToken { status, .. } => Response::error(
+            if *status == 403 { 403 } else { 401 },
+            None,
+            "The upstream refused this token",
+        ),
+        HubError::RateLimited { .. } => {
+            let mut r = Response::error(429, None, "The upstream is rate limiting this mirror");
+            r.headers.push(("Retry-After", "30".into()));
+            r
+        }
+        HubError::BadListing { detail, .. } => {
+            tracing::warn!("refused an upstream listing: {detail}");
+            Response::error(
+                502,
+                None,
+                "The upstream's listing was refused by the mirror",
+            )
+        }
+        other => {
+            tracing::warn!("upstream: {other}");
+            Response::error(502, None, "The upstream cannot be reached or failed")
+        }
+    }
+}

@@ -1,0 +1,390 @@
+//! `ferry serve --upstream`: the pull-through mirror, with nginx serving a static copy of the
+//! Hub's API as the upstream (at 8 MiB/s per request, so that fills are under way while
+//! clients read) and the stock huggingface_hub client as the mirror's clients. Every test runs
+//! on both back-ends (the mirror's fills go through the engine) and says which.
+
+use super::*;
+use ferry_testkit::hub::{Repo, StaticHub};
+use ferry_testkit::serve::get_on;
+use ferry_testkit::{Backend, backends_under_test};
+
+/// A model with one file large enough to be still filling while clients read it.
+const SPEC: &[(&str, u64, bool)] = &[
+    ("model.safetensors", 24 * 1024 * 1024 + 13, true),
+    ("small.safetensors", 300_000, true),
+    ("empty.bin", 0, true),
+    ("config.json", 700, false),
+    ("tokenizer/tokenizer.json", 20_000, false),
+    ("with space.txt", 4095, false),
+];
+
+/// A mirror of `upstream` on `backend`, its cache in `cache`.
+fn mirror(cache: &Path, upstream: &str, backend: Backend, extra: &[&str]) -> Serve {
+    let mut args = vec!["--upstream", upstream, "--backend", backend.flag()];
+    args.extend_from_slice(extra);
+    Serve::start_with(cache, None, None, &args)
+}
+
+/// Body bytes nginx sent for file requests (`resolve`).
+fn upstream_file_bytes(hub: &StaticHub) -> u64 {
+    hub.resolves_since(0).iter().map(|r| r.body_bytes).sum()
+}
+
+fn repo_bytes(repo: &Repo) -> u64 {
+    repo.files.iter().map(|f| f.size).sum()
+}
+
+/// Checks a snapshot folder the client returned against the repo's sources.
+fn assert_same_files(snapshot: &Path, repo: &Repo, what: &str) {
+    for f in &repo.files {
+        let got = std::fs::read(snapshot.join(&f.path))
+            .unwrap_or_else(|e| panic!("{what}: {} missing: {e}", f.path));
+        let want = std::fs::read(&f.source).expect("source");
+        assert!(got == want, "{what}: {} differs", f.path);
+    }
+}
+
+#[test]
+fn eight_stock_clients_of_a_cold_repo_get_every_byte_and_the_upstream_sends_it_once() {
+    if !have_hf_client() {
+        return;
+    }
+    for backend in backends_under_test() {
+        let hub = StaticHub::start_with(SPEC, |_| None, None);
+        let cache = tempfile::tempdir().expect("cache");
+        let serve = mirror(cache.path(), &hub.slow_endpoint(), backend, &[]);
+        let clients: Vec<_> = (0..8)
+            .map(|i| {
+                let endpoint = serve.endpoint();
+                std::thread::spawn(move || {
+                    let home = tempfile::tempdir().expect("client cache");
+                    let jobs = serde_json::json!([
+                        { "op": "snapshot", "repo": "org/model", "type": "model", "revision": "main", "file": "" }
+                    ]);
+                    let paths = hf_client(&endpoint, home.path(), false, &jobs);
+                    (i, home, paths)
+                })
+            })
+            .collect();
+        for c in clients {
+            let (i, _home, paths) = c.join().expect("client thread");
+            assert_same_files(
+                &paths[0],
+                &hub.repo,
+                &format!("{backend:?}: client {i} of 8"),
+            );
+        }
+        let sent = upstream_file_bytes(&hub);
+        let repo = repo_bytes(&hub.repo);
+        eprintln!(
+            "{backend:?}: 8 clients, repo {repo} bytes, upstream sent {sent} ({:.3}x)",
+            sent as f64 / repo as f64
+        );
+        assert!(
+            sent as f64 <= repo as f64 * 1.05,
+            "{backend:?}: the upstream sent {sent} bytes for a {repo}-byte repo"
+        );
+        // The cache is a huggingface_hub cache now: warm, a client is served without the
+        // upstream sending a byte of any file.
+        let before = hub.resolves();
+        let home = tempfile::tempdir().expect("client cache");
+        let jobs = serde_json::json!([
+            { "op": "snapshot", "repo": "org/model", "type": "model", "revision": "main", "file": "" }
+        ]);
+        let paths = hf_client(&serve.endpoint(), home.path(), false, &jobs);
+        assert_same_files(&paths[0], &hub.repo, &format!("{backend:?}: warm client"));
+        assert_eq!(
+            hub.resolves(),
+            before,
+            "{backend:?}: a warm mirror asked the upstream for file bytes"
+        );
+        // The mirror's cache is a huggingface_hub cache of what was asked (the client never
+        // asks for an empty file's bytes).
+        let mut asked = hub.repo.clone();
+        asked.files.retain(|f| f.size > 0);
+        let snapshot = hub.repo.snapshot(cache.path());
+        assert_same_files(
+            &snapshot,
+            &asked,
+            &format!("{backend:?}: the mirror's cache"),
+        );
+    }
+}
+
+#[test]
+fn a_range_of_a_file_being_filled_is_answered_206_with_exactly_its_bytes() {
+    for backend in backends_under_test() {
+        let hub = StaticHub::start_with(SPEC, |_| None, None);
+        let cache = tempfile::tempdir().expect("cache");
+        let serve = mirror(cache.path(), &hub.slow_endpoint(), backend, &[]);
+        let f = &hub.repo.files[0];
+        let want = std::fs::read(&f.source).expect("source");
+        let target = format!("/org/model/resolve/main/{}", f.path);
+        // Three readers at once, in the middle and at the end of a cold 24 MiB file, while
+        // the one fill of it lands.
+        let size = f.size;
+        let ranges = [
+            (12 << 20, (12 << 20) + 999_999),
+            (size - 100, size - 1),
+            (1, 2),
+        ];
+        let readers: Vec<_> = ranges
+            .iter()
+            .map(|&(a, b)| {
+                let port = serve.port;
+                let target = target.clone();
+                std::thread::spawn(move || {
+                    let range = format!("Range: bytes={a}-{b}\r\n");
+                    (a, b, get_on(port, &target, &range))
+                })
+            })
+            .collect();
+        for r in readers {
+            let (a, b, (status, head, body)) = r.join().expect("reader");
+            assert_eq!(status, 206, "{backend:?}: {head}");
+            assert!(
+                head.contains(&format!("content-range: bytes {a}-{b}/{size}")),
+                "{backend:?}: {head}"
+            );
+            assert!(
+                body == want[a as usize..=b as usize],
+                "{backend:?}: bytes {a}-{b} differ"
+            );
+        }
+        let (status, head, _) = serve.get_range(&target, &format!("bytes={size}-"));
+        assert_eq!(status, 416, "{backend:?}: past the end: {head}");
+        assert!(
+            head.contains(&format!("content-range: bytes */{size}")),
+            "{head}"
+        );
+        eprintln!(
+            "{backend:?}: ranges of a filling file answered 206 byte-exact; past the end 416"
+        );
+    }
+}
+
+/// Hostile upstream: its listing names a sha256 the bytes do not have. The client gets a body
+/// cut short (never a complete wrong file), nothing is kept under the blob's name, and asking
+/// again does not serve the wrong bytes as cached either.
+#[test]
+fn bytes_that_do_not_match_the_listing_are_never_kept_or_served_whole() {
+    for backend in backends_under_test() {
+        let hub = StaticHub::start_with(
+            SPEC,
+            |repo| {
+                let mut tree = ferry_testkit::hub::tree_json(&repo.files);
+                // small.safetensors: the listing claims another sha256.
+                for e in tree.as_array_mut().expect("tree") {
+                    if e["path"] == "small.safetensors" {
+                        e["lfs"]["oid"] = serde_json::json!("ab".repeat(32));
+                    }
+                }
+                Some(tree)
+            },
+            None,
+        );
+        let cache = tempfile::tempdir().expect("cache");
+        let serve = mirror(cache.path(), &hub.endpoint(), backend, &[]);
+        let target = "/org/model/resolve/main/small.safetensors";
+        for attempt in 0..2 {
+            let (status, head, body) = serve.get_range(target, "bytes=0-");
+            assert!(
+                status >= 500 || (status == 206 && (body.len() as u64) < 300_000),
+                "{backend:?}: attempt {attempt}: a wrong file was served whole ({status}, {} bytes): {head}",
+                body.len()
+            );
+        }
+        let blob = hub
+            .repo
+            .cache_folder(cache.path())
+            .join("blobs")
+            .join("ab".repeat(32));
+        assert!(
+            !blob.exists(),
+            "{backend:?}: the wrong bytes were kept under the listed sha256"
+        );
+        // The other files are unaffected.
+        let (status, _, body) = serve.get("/org/model/resolve/main/config.json");
+        assert_eq!(status, 200);
+        let f = hub
+            .repo
+            .files
+            .iter()
+            .find(|f| f.path == "config.json")
+            .expect("config");
+        assert!(
+            body == std::fs::read(&f.source).expect("source"),
+            "{backend:?}"
+        );
+        eprintln!("{backend:?}: a mismatching upstream file was cut short and not kept");
+    }
+}
+
+#[test]
+fn upstream_refusals_pass_through_and_xet_is_not_offered() {
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let cache = tempfile::tempdir().expect("cache");
+    let serve = mirror(cache.path(), &hub.endpoint(), Backend::Portable, &[]);
+    let (status, head, _) = serve.get("/api/models/org/missing/revision/main");
+    assert_eq!(status, 404, "{head}");
+    let (status, head, _) = serve.get("/api/models/org/model/xet-read-token/main");
+    assert_eq!(status, 501, "{head}");
+    assert!(head.contains("x-error-message:"), "{head}");
+    // The revision answer is the mirror's own: the commit, no Xet fields.
+    let (status, head, body) = serve.get("/api/models/org/model/revision/main?blobs=true");
+    assert_eq!(status, 200, "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["sha"], hub.repo.commit.as_str());
+    assert!(!String::from_utf8_lossy(&body).contains("xet"), "{v}");
+    // A HEAD of a cold file is answered from the listing and starts no fill.
+    let mut s = serve.connect();
+    s.write_all(b"HEAD /org/model/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .expect("send");
+    let mut all = String::new();
+    let _ = s.read_to_string(&mut all);
+    let f = &hub.repo.files[0];
+    assert!(all.starts_with("HTTP/1.1 200"), "{all}");
+    assert!(
+        all.to_ascii_lowercase()
+            .contains(&format!("x-linked-size: {}", f.size)),
+        "{all}"
+    );
+    assert!(all.contains(&f.etag), "{all}");
+    assert_eq!(hub.resolves(), 0, "a HEAD fetched file bytes");
+    // A path that leaves the repo is refused before anything is asked.
+    let (status, _, _) = serve.get("/org/model/resolve/main/..%2F..%2Fetc%2Fpasswd");
+    assert_eq!(status, 400);
+}
+
+/// A mirror killed (SIGKILL) mid-fill and started again on the same cache goes on from what
+/// its journal says was written: the bytes already fetched are not fetched again.
+#[test]
+fn a_mirror_killed_mid_fill_resumes_without_fetching_again_what_it_wrote() {
+    for backend in backends_under_test() {
+        let hub = StaticHub::start_with(SPEC, |_| None, None);
+        let cache = tempfile::tempdir().expect("cache");
+        let f = &hub.repo.files[0];
+        let want = std::fs::read(&f.source).expect("source");
+        let target = format!("/org/model/resolve/main/{}", f.path);
+        let first = 8u64 << 20;
+        {
+            // One connection at 4 MiB/s: the first 8 MiB land seconds before the rest.
+            let serve = mirror(
+                cache.path(),
+                &hub.endpoint(),
+                backend,
+                &["--limit-rate", "4M", "--fill-connections", "1"],
+            );
+            let (status, head, body) = serve.get_range(&target, &format!("bytes=0-{}", first - 1));
+            assert_eq!(status, 206, "{backend:?}: {head}");
+            assert!(
+                body == want[..first as usize],
+                "{backend:?}: the first 8 MiB differ"
+            );
+            // The guard kills the mirror here, mid-fill.
+        }
+        let blob = hub
+            .repo
+            .cache_folder(cache.path())
+            .join("blobs")
+            .join(&f.etag);
+        assert!(
+            !blob.exists(),
+            "{backend:?}: the fill ended before the kill; nothing to resume"
+        );
+        let before: u64 = upstream_file_bytes(&hub);
+        let logged = hub.resolves();
+        let serve = mirror(cache.path(), &hub.endpoint(), backend, &[]);
+        let (status, head, body) = serve.get(&target);
+        assert_eq!(status, 200, "{backend:?}: {head}");
+        assert!(body == want, "{backend:?}: the resumed file differs");
+        let again: Vec<_> = hub
+            .resolves_since(logged)
+            .into_iter()
+            .filter(|r| r.uri.ends_with(&f.path))
+            .collect();
+        let after: u64 = again.iter().map(|r| r.body_bytes).sum();
+        eprintln!(
+            "{backend:?}: before the kill the upstream sent {before} bytes; after it {after} of {} in {} requests",
+            f.size,
+            again.len()
+        );
+        // What was written before the kill is not asked for again: every range asked after
+        // the restart starts past it.
+        for r in &again {
+            let start: u64 = r
+                .range
+                .strip_prefix("bytes=")
+                .and_then(|v| v.split('-').next())
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("{backend:?}: a request without a range: {r:?}"));
+            assert!(
+                start >= first,
+                "{backend:?}: after the restart bytes from {start} were asked again: {r:?}"
+            );
+        }
+        assert!(
+            after > 0,
+            "{backend:?}: nothing was fetched after the restart"
+        );
+    }
+}
+
+/// `ferry pull --http2` from a cold mirror serving HTTPS and HTTP/2: the files stream to ferry
+/// over HTTP/2 streams while the mirror fills them, byte for byte, on both back-ends.
+#[test]
+fn ferry_pulls_a_cold_repo_through_the_mirror_over_http2() {
+    let pki = TestPki::new();
+    let ca = pki.ca.to_str().expect("utf-8");
+    for backend in backends_under_test() {
+        let hub = StaticHub::start_with(SPEC, |_| None, None);
+        let cache = tempfile::tempdir().expect("cache");
+        let serve = Serve::start_with(
+            cache.path(),
+            Some(3),
+            Some(&pki.localhost),
+            &[
+                "--http2",
+                "--upstream",
+                &hub.slow_endpoint(),
+                "--backend",
+                backend.flag(),
+            ],
+        );
+        let client = tempfile::tempdir().expect("client cache");
+        let args = [
+            "pull",
+            "org/model",
+            "--endpoint",
+            &serve.endpoint(),
+            "--http2",
+            "--ca-file",
+            ca,
+            "--cache-dir",
+            client.path().to_str().expect("utf-8"),
+            "--json",
+        ];
+        let o = ferry_testkit::ferry(backend, &args);
+        assert!(
+            o.status.success(),
+            "{backend:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let pulled: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
+        assert!(
+            pulled["http2"].as_u64() >= pulled["fetched"].as_u64(),
+            "{pulled}"
+        );
+        assert_same_files(
+            &hub.repo.snapshot(client.path()),
+            &hub.repo,
+            &format!("{backend:?}: ferry pull --http2 through the mirror"),
+        );
+        let sent = upstream_file_bytes(&hub);
+        assert!(
+            sent as f64 <= repo_bytes(&hub.repo) as f64 * 1.05,
+            "{backend:?}: {sent}"
+        );
+        eprintln!("ran on backend {backend:?}: ferry pull over HTTP/2 from a cold mirror");
+    }
+}
