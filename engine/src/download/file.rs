@@ -510,8 +510,14 @@ impl FileDownload {
         if self.is_aborted() {
             return None;
         }
-        self.with_plan(|p| p.take().map(|(id, r, _)| (id, r)))
+        let wanted = self.wanted();
+        self.with_plan(|p| p.take_wanting(&wanted).map(|(id, r, _)| (id, r)))
             .flatten()
+    }
+
+    /// Offsets readers of the partial file wait for ([`super::Watch::wanted`]).
+    fn wanted(&self) -> Vec<u64> {
+        self.watch.as_ref().map(|w| w.wanted()).unwrap_or_default()
     }
 
     /// A lease to ask for behind the one being read ([`Plan::take_ahead`]).
@@ -519,7 +525,8 @@ impl FileDownload {
         if self.is_aborted() {
             return None;
         }
-        self.with_plan(|p| p.take_ahead()).flatten()
+        let wanted = self.wanted();
+        self.with_plan(|p| p.take_ahead(&wanted)).flatten()
     }
 
     /// A lease none of whose bytes was read goes back whole, using no retry.

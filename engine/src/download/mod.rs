@@ -70,6 +70,11 @@ pub(crate) trait Watch: Send + Sync + std::fmt::Debug {
     /// `len` bytes at `at` are written (the write completed, or an earlier run's bytes were
     /// kept).
     fn written(&self, at: u64, len: u64);
+    /// Offsets of the file someone waits for, most urgent first: the next lease starts at the
+    /// first of them that no connection has taken yet, rather than at the frontier.
+    fn wanted(&self) -> Vec<u64> {
+        Vec::new()
+    }
 }
 use crate::net::target::{Resolver, Target};
 use crate::proto::sources::Endpoints;

@@ -157,10 +157,9 @@ async fn answer(
     match response.body {
         Body::Bytes(bytes) => send_part(&mut send, Bytes::from(bytes), true, ctx, &mut pace).await,
         Body::Filling { fill, offset, len } => {
-            let (mut pos, end, mut seen) = (offset, offset + len, None);
+            let (mut pos, end, mut reader) = (offset, offset + len, fill.reader());
             while pos < end {
-                let chunk = match streams::fill_chunk(&fill, (pos, end), &mut seen, &mut pace).await
-                {
+                let chunk = match streams::fill_chunk(&mut reader, (pos, end), &mut pace).await {
                     Ok(chunk) => chunk,
                     Err(e) => {
                         send.send_reset(h2::Reason::INTERNAL_ERROR);

@@ -288,16 +288,16 @@ async fn answer(
                 send_part(&mut stream, Bytes::from(bytes), ctx, &mut pace).await?
             }
             Body::Filling { fill, offset, len } => {
-                let (mut pos, end, mut seen) = (offset, offset + len, None);
+                let (mut pos, end, mut reader) = (offset, offset + len, fill.reader());
                 while pos < end {
-                    let chunk =
-                        match streams::fill_chunk(&fill, (pos, end), &mut seen, &mut pace).await {
-                            Ok(chunk) => chunk,
-                            Err(e) => {
-                                stream.stop_stream(Code::H3_INTERNAL_ERROR);
-                                return Err(e);
-                            }
-                        };
+                    let chunk = match streams::fill_chunk(&mut reader, (pos, end), &mut pace).await
+                    {
+                        Ok(chunk) => chunk,
+                        Err(e) => {
+                            stream.stop_stream(Code::H3_INTERNAL_ERROR);
+                            return Err(e);
+                        }
+                    };
                     pos += chunk.len() as u64;
                     send_part(&mut stream, Bytes::from(chunk), ctx, &mut pace).await?;
                 }

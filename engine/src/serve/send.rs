@@ -75,9 +75,9 @@ pub(super) fn write_response(
             }
             stream.flush()?;
             let mut pace = Pace::new(options.min_send_rate, options.write_timeout);
-            let (mut pos, end, mut seen) = (offset, offset + len, None);
+            let (mut pos, end, mut reader) = (offset, offset + len, fill.reader());
             while pos < end {
-                match fill.wait_ready(pos, &mut seen, FILL_WAIT) {
+                match reader.wait_ready(pos, FILL_WAIT) {
                     Ready::Bytes { file, until } => {
                         let n = until.min(end) - pos;
                         stream.send_file(&file, (pos, n), &mut pace)?;

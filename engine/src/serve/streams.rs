@@ -15,7 +15,7 @@ use futures_util::future::{Either, select};
 
 use super::Shared;
 use super::handler::{Request, Response, dispatch};
-use super::mirror::{Fill, Ready};
+use super::mirror::{Reader, Ready};
 use super::public_url::{Forwarded, public_base};
 use super::send::Pace;
 
@@ -100,14 +100,13 @@ pub(super) async fn timed<T>(
 /// until they land; an error when the fill failed. The wait does not count against the
 /// client's minimum rate.
 pub(super) async fn fill_chunk(
-    fill: &Fill,
+    reader: &mut Reader,
     (pos, end): (u64, u64),
-    seen: &mut Option<u64>,
     pace: &mut Pace,
 ) -> io::Result<Vec<u8>> {
     use std::os::unix::fs::FileExt;
     loop {
-        match fill.ready(pos, seen) {
+        match reader.ready(pos) {
             Ready::Bytes { file, until } => {
                 let mut chunk = vec![0u8; ((until.min(end) - pos) as usize).min(CHUNK)];
                 let n = file.read_at(&mut chunk, pos)?;

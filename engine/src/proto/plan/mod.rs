@@ -12,6 +12,9 @@
 //!    can be fed from buffers still in memory. A file resumed from a journal has a frontier with
 //!    holes: only the gaps between the ranges already on disk are handed out
 //!    ([`Plan::with_gaps`]);
+//!    Before the frontier's front, a range some reader waits for ([`Plan::take_wanting`]:
+//!    a mirror's client blocked at an offset) is carved out of the frontier where it lies,
+//!    so that reader does not wait for the front to get there;
 //! 3. **a split** once the frontier is used up: the connection takes the largest run another
 //!    connection has not yet received, cut at its middle (on a MiB boundary), so every
 //!    connection finishes at about the same time instead of one straggler fetching the tail.
@@ -184,15 +187,48 @@ impl Plan {
         Some((self.insert(mid..end), mid..end, LeaseOrigin::Split))
     }
 
+    /// [`Plan::take`], except that when one of `wanted` (offsets someone waits for, most
+    /// urgent first) lies in the frontier, not at its front, the lease starts there (on a
+    /// [`SPLIT_ALIGN`] boundary at or below it) instead. Retries still come first.
+    pub(crate) fn take_wanting(
+        &mut self,
+        wanted: &[u64],
+    ) -> Option<(LeaseId, Range<u64>, LeaseOrigin)> {
+        if self.retry.is_empty()
+            && let Some(r) = wanted.iter().find_map(|&w| self.carve(w))
+        {
+            return Some((self.insert(r.clone()), r, LeaseOrigin::Frontier));
+        }
+        self.take()
+    }
+
+    /// Takes a chunk starting at or just below `at` out of the frontier gap that holds it;
+    /// `None` when no gap holds it.
+    fn carve(&mut self, at: u64) -> Option<Range<u64>> {
+        let i = self.todo.iter().position(|g| g.start <= at && at < g.end)?;
+        let gap = self.todo[i].clone();
+        let start = (at - at % SPLIT_ALIGN).max(gap.start);
+        let end = (start + self.chunk_len()).min(gap.end);
+        let (before, after) = (gap.start..start, end..gap.end);
+        self.todo.remove(i);
+        if !after.is_empty() {
+            self.todo.insert(i, after);
+        }
+        if !before.is_empty() {
+            self.todo.insert(i, before);
+        }
+        Some(start..end)
+    }
+
     /// A lease to ask for ahead, behind the one a connection is reading (HTTP/1.1 pipelining):
     /// a retry or the frontier's next chunk, never a split. Splitting a lease that another
     /// connection is reading pays only once a connection is idle; ahead of time it would only
     /// cut leases that are about to be read.
-    pub(crate) fn take_ahead(&mut self) -> Option<(LeaseId, Range<u64>)> {
+    pub(crate) fn take_ahead(&mut self, wanted: &[u64]) -> Option<(LeaseId, Range<u64>)> {
         if self.retry.is_empty() && self.todo.is_empty() {
             return None;
         }
-        self.take().map(|(id, range, _)| (id, range))
+        self.take_wanting(wanted).map(|(id, range, _)| (id, range))
     }
 
     /// A lease none of whose bytes was read (its request was pipelined behind an answer that

@@ -272,17 +272,17 @@ fn id_or(plan: &mut Plan, first: LeaseId, round: u32) -> LeaseId {
 fn leases_taken_ahead_never_split_and_go_back_without_a_retry() {
     let mut plan = Plan::new(16 << 20, 0, 2, Some(4 << 20));
     let (a, ra, _) = plan.take().expect("first");
-    let (b, rb) = plan.take_ahead().expect("the frontier's next chunk");
+    let (b, rb) = plan.take_ahead(&[]).expect("the frontier's next chunk");
     assert_eq!((ra, rb.clone()), (0..4 << 20, 4 << 20..8 << 20));
     // Put back whole, no retry used; the next taker gets exactly those bytes.
     plan.put_back(b);
     assert_eq!(plan.retries(), 0);
     let (b2, rb2, origin) = plan.take().expect("the put-back lease");
     assert_eq!((rb2, origin), (rb, LeaseOrigin::Retry));
-    let (_c, _) = plan.take_ahead().expect("third chunk");
-    let (_d, _) = plan.take_ahead().expect("fourth chunk");
+    let (_c, _) = plan.take_ahead(&[]).expect("third chunk");
+    let (_d, _) = plan.take_ahead(&[]).expect("fourth chunk");
     // Only splits are left now: nothing is taken ahead, though a free connection would split.
-    assert!(plan.take_ahead().is_none());
+    assert!(plan.take_ahead(&[]).is_none());
     assert!(plan.has_work());
     plan.complete(a);
     plan.complete(b2);
@@ -312,4 +312,44 @@ fn stalled_leases_go_on_without_a_retry_until_the_hedges_run_out() {
     assert_eq!(plan.hedge(id, 10 << 20), Ok(10 << 20));
     assert_eq!(plan.retries(), 1);
     assert!(plan.take().is_none());
+}
+
+#[test]
+fn a_wanted_offset_in_the_frontier_is_leased_next_and_nothing_is_leased_twice() {
+    const M: u64 = 1 << 20;
+    let mut plan = Plan::new(64 * M, 0, 4, Some(4 * M));
+    let (_, first, _) = plan.take().expect("front");
+    assert_eq!(first, 0..4 * M);
+    // A reader waits at 40.5 MiB: the next lease starts on the MiB boundary below it.
+    let (_, r, _) = plan
+        .take_wanting(&[40 * M + M / 2])
+        .expect("the wanted chunk");
+    assert_eq!(r, 40 * M..44 * M);
+    // An offset already leased is not leased again; the next wanted one is.
+    let (_, r, _) = plan
+        .take_wanting(&[41 * M, 2 * M, 63 * M])
+        .expect("the next wanted chunk");
+    assert_eq!(
+        r,
+        63 * M..64 * M,
+        "2 MiB is leased, 41 MiB too: 63 MiB comes next"
+    );
+    // With nothing wanted, the front goes on from where it was.
+    let (_, r, _) = plan.take_wanting(&[]).expect("front");
+    assert_eq!(r, 4 * M..8 * M);
+    // Everything is handed out exactly once.
+    let mut got = vec![first, 40 * M..44 * M, 63 * M..64 * M, 4 * M..8 * M];
+    while let Some((_, r, origin)) = plan.take_wanting(&[50 * M]) {
+        if origin == LeaseOrigin::Split {
+            break;
+        }
+        got.push(r);
+    }
+    got.sort_by_key(|r| r.start);
+    let mut at = 0;
+    for r in got {
+        assert_eq!(r.start, at, "a gap or an overlap at {at}");
+        at = r.end;
+    }
+    assert_eq!(at, 64 * M);
 }

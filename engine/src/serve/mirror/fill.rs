@@ -42,6 +42,67 @@ struct State {
     landed: Vec<Range<u64>>,
     /// `Some` once the fetch ended: `Ok` when the blob is in place, verified.
     outcome: Option<Result<(), String>>,
+    /// Where each blocked reader waits, by reader: what the fetch takes next.
+    blocked: HashMap<u64, u64>,
+    /// The next reader's id.
+    readers: u64,
+}
+
+/// Blocked readers' offsets told to the engine at most (the lowest ones).
+const MAX_WANTED: usize = 16;
+
+/// One reader of a fill: where it waits is what the fetch takes next, until it is dropped.
+#[derive(Debug)]
+pub(crate) struct Reader {
+    fill: Arc<Fill>,
+    id: u64,
+    /// The generation it sent its first bytes from.
+    seen: Option<u64>,
+}
+
+impl Reader {
+    /// What this reader at `pos` can send now; when nothing, `pos` is wanted next.
+    pub(crate) fn ready(&mut self, pos: u64) -> Ready {
+        let mut state = self.fill.lock();
+        let ready = check(&state, self.fill.size, pos, &mut self.seen);
+        note(&mut state, self.id, pos, &ready);
+        ready
+    }
+
+    /// [`Reader::ready`], waiting up to `limit` for bytes at `pos` to land.
+    pub(crate) fn wait_ready(&mut self, pos: u64, limit: Duration) -> Ready {
+        let fill = Arc::clone(&self.fill);
+        let mut state = fill.lock();
+        let deadline = std::time::Instant::now() + limit;
+        loop {
+            let ready = check(&state, fill.size, pos, &mut self.seen);
+            note(&mut state, self.id, pos, &ready);
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if !matches!(ready, Ready::Wait) || left.is_zero() {
+                return ready;
+            }
+            state = fill
+                .changed
+                .wait_timeout(state, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// Records whether reader `id` is blocked at `pos`.
+fn note(state: &mut State, id: u64, pos: u64, ready: &Ready) {
+    if matches!(ready, Ready::Wait) {
+        state.blocked.insert(id, pos);
+    } else {
+        state.blocked.remove(&id);
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.fill.lock().blocked.remove(&self.id);
+    }
 }
 
 /// What a reader at some offset can do now.
@@ -68,31 +129,14 @@ impl Fill {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// What a reader at `pos` can send now. `seen` is the generation the reader sent its
-    /// first bytes from (`None` before it sent any): it is set on the first bytes, and a
-    /// change of generation after that fails the reader.
-    pub(crate) fn ready(&self, pos: u64, seen: &mut Option<u64>) -> Ready {
-        check(&self.lock(), self.size, pos, seen)
-    }
-
-    /// [`Fill::ready`], waiting up to `limit` for bytes at `pos` to land.
-    pub(crate) fn wait_ready(&self, pos: u64, seen: &mut Option<u64>, limit: Duration) -> Ready {
+    /// A new reader.
+    pub(crate) fn reader(self: &Arc<Self>) -> Reader {
         let mut state = self.lock();
-        let deadline = std::time::Instant::now() + limit;
-        loop {
-            match check(&state, self.size, pos, seen) {
-                Ready::Wait => {}
-                other => return other,
-            }
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                return Ready::Wait;
-            }
-            state = self
-                .changed
-                .wait_timeout(state, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+        state.readers += 1;
+        Reader {
+            fill: Arc::clone(self),
+            id: state.readers,
+            seen: None,
         }
     }
 
@@ -159,6 +203,15 @@ impl Watch for Fill {
     fn written(&self, at: u64, len: u64) {
         insert(&mut self.lock().landed, at..at + len);
         self.changed.notify_all();
+    }
+
+    fn wanted(&self) -> Vec<u64> {
+        let state = self.lock();
+        let mut at: Vec<u64> = state.blocked.values().copied().collect();
+        at.sort_unstable();
+        at.dedup();
+        at.truncate(MAX_WANTED);
+        at
     }
 }
 
@@ -264,30 +317,30 @@ mod tests {
 
     #[test]
     fn a_reader_gets_only_landed_bytes_and_fails_when_the_fetch_starts_over() {
-        let fill = Fill::new(100);
-        let mut seen = None;
-        assert!(matches!(fill.ready(0, &mut seen), Ready::Wait));
+        let fill = Arc::new(Fill::new(100));
+        let mut reader = fill.reader();
+        assert!(matches!(reader.ready(0), Ready::Wait));
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file));
-        assert!(matches!(fill.ready(0, &mut seen), Ready::Wait));
+        assert!(matches!(reader.ready(0), Ready::Wait));
         fill.written(10, 10);
-        assert!(matches!(fill.ready(0, &mut seen), Ready::Wait));
+        assert!(matches!(reader.ready(0), Ready::Wait));
         fill.written(0, 10);
-        match fill.ready(5, &mut seen) {
+        match reader.ready(5) {
             Ready::Bytes { until, .. } => assert_eq!(until, 20),
             other => panic!("{other:?}"),
         }
-        assert_eq!(seen, Some(1));
-        assert!(matches!(fill.ready(20, &mut seen), Ready::Wait));
+        assert_eq!(reader.seen, Some(1));
+        assert!(matches!(reader.ready(20), Ready::Wait));
         // The fetch starts over: a reader that sent bytes of the first one is failed ...
         fill.fresh(std::os::fd::AsFd::as_fd(&file));
-        assert!(matches!(fill.ready(20, &mut seen), Ready::Failed(_)));
+        assert!(matches!(reader.ready(20), Ready::Failed(_)));
         // ... one that had sent nothing waits for the new bytes.
-        let mut fresh_reader = None;
-        assert!(matches!(fill.ready(0, &mut fresh_reader), Ready::Wait));
+        let mut fresh_reader = fill.reader();
+        assert!(matches!(fresh_reader.ready(0), Ready::Wait));
         fill.finish(Err("upstream gone".into()));
         assert!(matches!(
-            fill.wait_ready(0, &mut fresh_reader, Duration::from_secs(5)),
+            fresh_reader.wait_ready(0, Duration::from_secs(5)),
             Ready::Failed(e) if e == "upstream gone"
         ));
     }
@@ -302,33 +355,45 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             writer.written(0, 10);
         });
-        let mut seen = None;
-        let got = fill.wait_ready(0, &mut seen, Duration::from_secs(30));
+        let got = fill.reader().wait_ready(0, Duration::from_secs(30));
         t.join().expect("writer");
         assert!(matches!(got, Ready::Bytes { until: 10, .. }), "{got:?}");
     }
 
     #[test]
     fn the_last_byte_waits_for_the_verdict() {
-        let fill = Fill::new(10);
+        let fill = Arc::new(Fill::new(10));
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file));
         fill.written(0, 10);
-        let mut seen = None;
-        assert!(matches!(
-            fill.ready(0, &mut seen),
-            Ready::Bytes { until: 9, .. }
-        ));
-        assert!(matches!(fill.ready(9, &mut seen), Ready::Wait));
+        let mut reader = fill.reader();
+        assert!(matches!(reader.ready(0), Ready::Bytes { until: 9, .. }));
+        assert!(matches!(reader.ready(9), Ready::Wait));
         fill.finish(Ok(()));
-        assert!(matches!(
-            fill.ready(9, &mut seen),
-            Ready::Bytes { until: 10, .. }
-        ));
-        let bad = Fill::new(10);
+        assert!(matches!(reader.ready(9), Ready::Bytes { until: 10, .. }));
+        let bad = Arc::new(Fill::new(10));
         bad.fresh(std::os::fd::AsFd::as_fd(&file));
         bad.written(0, 10);
         bad.finish(Err("sha256 mismatch".into()));
-        assert!(matches!(bad.ready(9, &mut None), Ready::Failed(_)));
+        assert!(matches!(bad.reader().ready(9), Ready::Failed(_)));
+    }
+
+    #[test]
+    fn blocked_readers_say_what_is_wanted_until_they_get_bytes_or_leave() {
+        let fill = Arc::new(Fill::new(100));
+        let file = tempfile::tempfile().expect("tempfile");
+        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        let (mut a, mut b, mut c) = (fill.reader(), fill.reader(), fill.reader());
+        assert!(matches!(a.ready(70), Ready::Wait));
+        assert!(matches!(b.ready(30), Ready::Wait));
+        assert!(matches!(c.ready(30), Ready::Wait));
+        assert_eq!(fill.wanted(), vec![30, 70]);
+        fill.written(30, 10);
+        assert!(matches!(b.ready(30), Ready::Bytes { .. }));
+        assert_eq!(fill.wanted(), vec![30, 70], "c has not looked again yet");
+        drop(c);
+        assert_eq!(fill.wanted(), vec![70]);
+        drop(a);
+        assert!(fill.wanted().is_empty());
     }
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-pub(crate) use self::fill::{Fill, Ready};
+pub(crate) use self::fill::{Fill, Reader, Ready};
 use self::fill::{Fills, Joined};
 use self::memo::Memo;
 use super::Shared;

@@ -388,3 +388,37 @@ fn ferry_pulls_a_cold_repo_through_the_mirror_over_http2() {
         eprintln!("ran on backend {backend:?}: ferry pull over HTTP/2 from a cold mirror");
     }
 }
+
+/// Where a reader waits is what the fill fetches next: over one connection at 4 MiB/s, a range
+/// near the end of a cold 24 MiB file arrives long before the fill's front would get there.
+#[test]
+fn a_reader_far_ahead_of_the_fill_gets_its_bytes_fetched_next() {
+    for backend in backends_under_test() {
+        let hub = StaticHub::start_with(SPEC, |_| None, None);
+        let cache = tempfile::tempdir().expect("cache");
+        let serve = mirror(
+            cache.path(),
+            &hub.endpoint(),
+            backend,
+            &["--limit-rate", "4M", "--fill-connections", "1"],
+        );
+        let f = &hub.repo.files[0];
+        let want = std::fs::read(&f.source).expect("source");
+        let target = format!("/org/model/resolve/main/{}", f.path);
+        let (a, b) = (20u64 << 20, (21u64 << 20) - 1);
+        let (status, head, body) = serve.get_range(&target, &format!("bytes={a}-{b}"));
+        assert_eq!(status, 206, "{backend:?}: {head}");
+        assert!(
+            body == want[a as usize..=b as usize],
+            "{backend:?}: bytes differ"
+        );
+        // What the upstream had finished sending when the reader got its bytes: without the
+        // reader's priority, the 20 MiB before them.
+        let sent = upstream_file_bytes(&hub);
+        eprintln!("{backend:?}: a range at 20 MiB came after the upstream sent {sent} bytes");
+        assert!(
+            sent <= 12 << 20,
+            "{backend:?}: the range at 20 MiB waited for {sent} bytes before it"
+        );
+    }
+}
