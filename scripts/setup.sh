@@ -53,6 +53,8 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 
 python3 -c 'import huggingface_hub' 2>/dev/null || python3 -m pip install -q huggingface_hub
+# The Prometheus project's Python client: the mirror tests parse `/metrics` with its parser.
+python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
 # An old huggingface_hub (0.26, before 1.18: it resumes any BLOB.incomplete from its size) in a
 # virtualenv of its own: the hardening tests check it never adopts a partial file of ferry's.
 hf_old="$(cd "$(dirname "$0")/.." && pwd)/target/hf-venvs/huggingface_hub-0.26.5"

@@ -81,6 +81,7 @@ pub(super) fn write_response(
                     Ready::Bytes { file, until } => {
                         let n = until.min(end) - pos;
                         stream.send_file(&file, (pos, n), &mut pace)?;
+                        reader.sent(n);
                         pos += n;
                     }
                     // The client is not slow while it waits for the upstream.

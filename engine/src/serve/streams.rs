@@ -114,6 +114,7 @@ pub(super) async fn fill_chunk(
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
                 chunk.truncate(n);
+                reader.sent(n as u64);
                 return Ok(chunk);
             }
             Ready::Wait => {

@@ -20,7 +20,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
+use super::metrics::{Class, Metrics};
 use crate::download::Watch;
+use crate::error::GetError;
 use crate::job::Job;
 
 /// One blob being fetched.
@@ -28,6 +30,7 @@ use crate::job::Job;
 pub(crate) struct Fill {
     /// The blob's size: its last byte is held back until the blob is verified.
     size: u64,
+    metrics: Arc<Metrics>,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -58,6 +61,8 @@ pub(crate) struct Reader {
     id: u64,
     /// The generation it sent its first bytes from.
     seen: Option<u64>,
+    /// Whether the blob was verified when bytes were last handed out.
+    verified: bool,
 }
 
 impl Reader {
@@ -66,7 +71,16 @@ impl Reader {
         let mut state = self.fill.lock();
         let ready = check(&state, self.fill.size, pos, &mut self.seen);
         note(&mut state, self.id, pos, &ready);
+        self.verified = matches!(state.outcome, Some(Ok(())));
         ready
+    }
+
+    /// `n` bytes handed out by the last [`Reader::ready`] were sent (counted for `/metrics`).
+    pub(crate) fn sent(&self, n: u64) {
+        self.fill.metrics.bytes_from_fills.inc_by(n);
+        if !self.verified {
+            self.fill.metrics.bytes_unverified.inc_by(n);
+        }
     }
 
     /// [`Reader::ready`], waiting up to `limit` for bytes at `pos` to land.
@@ -77,6 +91,7 @@ impl Reader {
         loop {
             let ready = check(&state, fill.size, pos, &mut self.seen);
             note(&mut state, self.id, pos, &ready);
+            self.verified = matches!(state.outcome, Some(Ok(())));
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if !matches!(ready, Ready::Wait) || left.is_zero() {
                 return ready;
@@ -117,9 +132,10 @@ pub(crate) enum Ready {
 }
 
 impl Fill {
-    pub(crate) fn new(size: u64) -> Fill {
+    pub(crate) fn new(size: u64, metrics: Arc<Metrics>) -> Fill {
         Fill {
             size,
+            metrics,
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
         }
@@ -137,6 +153,7 @@ impl Fill {
             fill: Arc::clone(self),
             id: state.readers,
             seen: None,
+            verified: false,
         }
     }
 
@@ -231,9 +248,10 @@ fn insert(set: &mut Vec<Range<u64>>, mut r: Range<u64>) {
 }
 
 /// The fills running, one per blob (by its path in the cache).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Fills {
     running: Mutex<HashMap<PathBuf, Arc<Fill>>>,
+    metrics: Arc<Metrics>,
 }
 
 /// How a reader gets a blob.
@@ -245,6 +263,20 @@ pub(crate) enum Joined {
 }
 
 impl Fills {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Fills {
+        Fills {
+            running: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Fills running, and readers blocked on them (for `/metrics`).
+    pub(crate) fn counts(&self) -> (usize, usize) {
+        let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let blocked = running.values().map(|f| f.lock().blocked.len()).sum();
+        (running.len(), blocked)
+    }
+
     /// Joins the fill of `blob`, or starts one with `start` (which starts the fetch, told of
     /// its writes through the fill it is given), unless `in_place` says the blob is there.
     /// Looked at under the lock, so that a blob is never fetched twice at once, nor while a
@@ -263,7 +295,7 @@ impl Fills {
         if in_place() {
             return Ok(Joined::InPlace);
         }
-        let fill = Arc::new(Fill::new(size));
+        let fill = Arc::new(Fill::new(size, Arc::clone(&self.metrics)));
         let (job, on_success) = start(Arc::clone(&fill))?;
         running.insert(blob.clone(), Arc::clone(&fill));
         drop(running);
@@ -272,11 +304,25 @@ impl Fills {
         let spawned = std::thread::Builder::new()
             .name("ferry-fill".into())
             .spawn(move || {
-                let outcome = job.wait().map(|_| ()).map_err(|e| e.to_string());
-                match &outcome {
-                    Ok(()) => on_success(),
-                    Err(e) => tracing::warn!(blob = ?blob, error = %e, "a mirror fill failed"),
-                }
+                let metrics = &fills.metrics;
+                let outcome = match job.wait() {
+                    Ok(report) => {
+                        metrics.fills.get_or_create(&Class::of("verified")).inc();
+                        metrics
+                            .upstream_bytes
+                            .inc_by(report.bytes.saturating_sub(report.resumed));
+                        on_success();
+                        Ok(())
+                    }
+                    Err(e) => {
+                        metrics.fills.get_or_create(&Class::of("failed")).inc();
+                        if matches!(e, GetError::ChecksumMismatch { .. }) {
+                            metrics.verification_failures.inc();
+                        }
+                        tracing::warn!(blob = ?blob, error = %e, "a mirror fill failed");
+                        Err(e.to_string())
+                    }
+                };
                 // Removed before readers learn the outcome: a reader that comes after finds
                 // the blob in place, or starts a new fill.
                 fills
@@ -317,7 +363,7 @@ mod tests {
 
     #[test]
     fn a_reader_gets_only_landed_bytes_and_fails_when_the_fetch_starts_over() {
-        let fill = Arc::new(Fill::new(100));
+        let fill = Arc::new(Fill::new(100, Arc::new(Metrics::new())));
         let mut reader = fill.reader();
         assert!(matches!(reader.ready(0), Ready::Wait));
         let file = tempfile::tempfile().expect("tempfile");
@@ -347,7 +393,7 @@ mod tests {
 
     #[test]
     fn a_waiting_reader_wakes_when_its_bytes_land() {
-        let fill = Arc::new(Fill::new(20));
+        let fill = Arc::new(Fill::new(20, Arc::new(Metrics::new())));
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file));
         let writer = Arc::clone(&fill);
@@ -362,7 +408,7 @@ mod tests {
 
     #[test]
     fn the_last_byte_waits_for_the_verdict() {
-        let fill = Arc::new(Fill::new(10));
+        let fill = Arc::new(Fill::new(10, Arc::new(Metrics::new())));
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file));
         fill.written(0, 10);
@@ -371,7 +417,7 @@ mod tests {
         assert!(matches!(reader.ready(9), Ready::Wait));
         fill.finish(Ok(()));
         assert!(matches!(reader.ready(9), Ready::Bytes { until: 10, .. }));
-        let bad = Arc::new(Fill::new(10));
+        let bad = Arc::new(Fill::new(10, Arc::new(Metrics::new())));
         bad.fresh(std::os::fd::AsFd::as_fd(&file));
         bad.written(0, 10);
         bad.finish(Err("sha256 mismatch".into()));
@@ -380,7 +426,7 @@ mod tests {
 
     #[test]
     fn blocked_readers_say_what_is_wanted_until_they_get_bytes_or_leave() {
-        let fill = Arc::new(Fill::new(100));
+        let fill = Arc::new(Fill::new(100, Arc::new(Metrics::new())));
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file));
         let (mut a, mut b, mut c) = (fill.reader(), fill.reader(), fill.reader());

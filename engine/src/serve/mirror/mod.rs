@@ -14,6 +14,7 @@
 
 mod fill;
 mod memo;
+mod metrics;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use sha2::Digest;
 pub(crate) use self::fill::{Fill, Reader, Ready};
 use self::fill::{Fills, Joined};
 use self::memo::Memo;
+use self::metrics::{Class, Metrics};
 use super::Shared;
 use super::catalog::{FileEntry, Repo, Snapshot};
 use super::handler::{
@@ -90,34 +92,66 @@ pub(crate) struct Mirror {
     commits: Memo<Key, String>,
     listings: Memo<Key, Arc<Snapshot>>,
     fills: Arc<Fills>,
+    metrics: Arc<Metrics>,
 }
 
 impl Mirror {
     pub(crate) fn new(upstream: Upstream) -> Mirror {
+        let metrics = Arc::new(Metrics::new());
         Mirror {
             upstream,
             commits: Memo::new(MEMO_CAP),
             listings: Memo::new(MEMO_CAP),
-            fills: Arc::new(Fills::default()),
+            fills: Arc::new(Fills::new(Arc::clone(&metrics))),
+            metrics,
+        }
+    }
+
+    /// `GET /metrics`: the counters, and the gauges as they are now.
+    fn metrics(&self) -> Response {
+        let (running, blocked) = self.fills.counts();
+        self.metrics.fills_in_flight.set(running as i64);
+        self.metrics.waiting_readers.set(blocked as i64);
+        Response {
+            status: 200,
+            headers: vec![(
+                "Content-Type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8".into(),
+            )],
+            body: Body::Bytes(self.metrics.encode().into_bytes()),
         }
     }
 
     /// Answers `req`.
     pub(crate) fn handle(&self, ctx: &Shared, req: &Request<'_>) -> Response {
+        let path = req.target.split('?').next().unwrap_or_default();
+        if path == "/metrics" && req.method != "POST" {
+            self.count("metrics");
+            return self.metrics();
+        }
         let caller = match Caller::of(req) {
             Ok(c) => c,
             Err(r) => return r,
         };
         match parse_target(req.target) {
             Some((Resource::Api { kind, segs }, query)) => {
+                self.count("api");
                 self.api(ctx, req, &caller, kind, &segs, query)
             }
             Some((Resource::File { .. }, _)) if req.method == "POST" => post_not_allowed(),
             Some((Resource::File { kind, segs }, _)) => {
+                self.count("file");
                 self.resolve(ctx, req, &caller, kind, &segs)
             }
-            None => not_found(),
+            None => {
+                self.count("other");
+                not_found()
+            }
         }
+    }
+
+    fn count(&self, class: &str) {
+        self.metrics.requests.get_or_create(&Class::of(class)).inc();
     }
 
     /// The snapshot `rev` names, as the upstream lists it to `caller`.
@@ -134,10 +168,11 @@ impl Mirror {
             let key = (caller.class, kind, repo.to_string(), rev.to_owned());
             self.commits
                 .get(&key, REF_TTL, || {
+                    self.metrics.upstream_requests.inc();
                     self.upstream
                         .resolve(caller.secret.as_ref(), kind, repo, rev)
                 })
-                .map_err(|e| upstream_error(&e))?
+                .map_err(|e| self.upstream_error(&e))?
                 .0
         };
         let key = (caller.class, kind, repo.to_string(), commit.clone());
@@ -149,12 +184,13 @@ impl Mirror {
         let (snap, fetched) = self
             .listings
             .get(&key, ttl, || {
+                self.metrics.upstream_requests.inc();
                 let files = self
                     .upstream
                     .list(caller.secret.as_ref(), kind, repo, &commit)?;
                 Ok::<_, HubError>(Arc::new(snapshot(commit.clone(), &files)))
             })
-            .map_err(|e| upstream_error(&e))?;
+            .map_err(|e| self.upstream_error(&e))?;
         if fetched {
             tracing::info!(
                 kind = kind.plural(), repo = %repo, commit = %snap.commit,
@@ -272,11 +308,7 @@ impl Mirror {
         let remote = remote_file(&path, entry);
         let blob = self.upstream.blob_path(kind, &repo, &remote);
         if let Some(file) = self.open_blob(ctx, &blob, entry.size) {
-            return handler::file_answer(req, &snap.commit, entry, |offset, len| Body::File {
-                file,
-                offset,
-                len,
-            });
+            return self.cached_answer(req, &snap.commit, entry, file);
         }
         if req.method == "HEAD" {
             // Answered from the listing; a HEAD starts no fill.
@@ -302,6 +334,7 @@ impl Mirror {
         );
         match joined {
             Ok(Joined::Filling(fill)) => {
+                self.metrics.misses.inc();
                 handler::file_answer(req, &snap.commit, entry, |offset, len| Body::Filling {
                     fill,
                     offset,
@@ -309,9 +342,7 @@ impl Mirror {
                 })
             }
             Ok(Joined::InPlace) => match self.open_blob(ctx, &blob, entry.size) {
-                Some(file) => handler::file_answer(req, &snap.commit, entry, |offset, len| {
-                    Body::File { file, offset, len }
-                }),
+                Some(file) => self.cached_answer(req, &snap.commit, entry, file),
                 None => Response::error(500, None, "The cached file vanished; try again"),
             },
             Err(e) => {
@@ -319,6 +350,26 @@ impl Mirror {
                 Response::error(502, None, "Cannot fetch the file from the upstream")
             }
         }
+    }
+
+    /// The answer from a verified blob in the cache.
+    fn cached_answer(
+        &self,
+        req: &Request<'_>,
+        commit: &str,
+        entry: &FileEntry,
+        file: std::fs::File,
+    ) -> Response {
+        let r = handler::file_answer(req, commit, entry, |offset, len| Body::File {
+            file,
+            offset,
+            len,
+        });
+        if req.method == "GET" && r.status / 100 == 2 {
+            self.metrics.hits.inc();
+            self.metrics.bytes_from_cache.inc_by(r.body_len());
+        }
+        r
     }
 
     /// The blob at `blob`, opened beneath the root following no symlink, when it is a file of
@@ -391,9 +442,29 @@ fn remote_file(path: &str, f: &FileEntry) -> RemoteFile {
     }
 }
 
-/// The upstream's refusal, as the Hub would say it to this caller; the upstream's address and
-/// the mirror's configuration are never named.
-fn upstream_error(e: &HubError) -> Response {
+impl Mirror {
+    /// The upstream's refusal, as the Hub would say it to this caller; the upstream's address
+    /// and the mirror's configuration are never named.
+    fn upstream_error(&self, e: &HubError) -> Response {
+        let class = match e {
+            HubError::RepoNotFound { .. }
+            | HubError::RevisionNotFound { .. }
+            | HubError::EntryNotFound { .. } => "not_found",
+            HubError::Gated { .. } | HubError::BadToken { .. } => "denied",
+            HubError::RateLimited { .. } => "rate_limited",
+            HubError::BadListing { .. } => "bad_listing",
+            _ => "failed",
+        };
+        self.metrics
+            .upstream_errors
+            .get_or_create(&Class::of(class))
+            .inc();
+        hub_answer(e)
+    }
+}
+
+/// [`Mirror::upstream_error`]'s answer.
+fn hub_answer(e: &HubError) -> Response {
     match e {
         HubError::RepoNotFound { repo, kind, .. } => Response::error(
             404,

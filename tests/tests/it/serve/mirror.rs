@@ -34,6 +34,46 @@ fn repo_bytes(repo: &Repo) -> u64 {
     repo.files.iter().map(|f| f.size).sum()
 }
 
+/// `/metrics` parsed by the Prometheus project's own Python parser (OpenMetrics): every sample
+/// as `name{label="value",...}` -> value.
+fn scrape(serve: &Serve) -> BTreeMap<String, f64> {
+    let (status, head, body) = serve.get("/metrics");
+    assert_eq!(status, 200, "{head}");
+    assert!(
+        head.contains("content-type: application/openmetrics-text"),
+        "{head}"
+    );
+    let script = "import sys, json\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = {}\n\
+        for fam in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in fam.samples:\n\
+        \x20       labels = ','.join(f'{k}=\"{v}\"' for k, v in sorted(s.labels.items()))\n\
+        \x20       out[s.name + ('{' + labels + '}' if labels else '')] = s.value\n\
+        print(json.dumps(out))\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&body)
+        .expect("write metrics");
+    let o = child.wait_with_output().expect("python3");
+    assert!(
+        o.status.success(),
+        "prometheus_client refused /metrics: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        String::from_utf8_lossy(&body)
+    );
+    serde_json::from_slice(&o.stdout).expect("parsed metrics")
+}
+
 /// Checks a snapshot folder the client returned against the repo's sources.
 fn assert_same_files(snapshot: &Path, repo: &Repo, what: &str) {
     for f in &repo.files {
@@ -97,6 +137,35 @@ fn eight_stock_clients_of_a_cold_repo_get_every_byte_and_the_upstream_sends_it_o
             hub.resolves(),
             before,
             "{backend:?}: a warm mirror asked the upstream for file bytes"
+        );
+        // The counters say the same, as the Prometheus client library reads them.
+        let m = scrape(&serve);
+        eprintln!("{backend:?}: /metrics: {m:?}");
+        let get = |k: &str| {
+            m.get(k)
+                .copied()
+                .unwrap_or_else(|| panic!("no {k} in {m:?}"))
+        };
+        let fetched = get("ferry_mirror_upstream_bytes_total");
+        assert!(
+            fetched >= (repo - 1) as f64 && fetched <= repo as f64 * 1.05,
+            "{backend:?}: upstream_bytes {fetched} for a {repo}-byte repo"
+        );
+        assert_eq!(
+            get("ferry_mirror_fills_total{class=\"verified\"}"),
+            5.0,
+            "{backend:?}"
+        );
+        assert!(get("ferry_mirror_cache_misses_total") >= 5.0, "{backend:?}");
+        assert!(
+            get("ferry_mirror_cache_hits_total") >= 5.0,
+            "{backend:?}: the warm client"
+        );
+        assert_eq!(get("ferry_mirror_fills_in_flight"), 0.0, "{backend:?}");
+        assert!(
+            get("ferry_mirror_bytes_from_fills_total")
+                >= get("ferry_mirror_bytes_unverified_total"),
+            "{backend:?}"
         );
         // The mirror's cache is a huggingface_hub cache of what was asked (the client never
         // asks for an empty file's bytes).
@@ -215,6 +284,12 @@ fn bytes_that_do_not_match_the_listing_are_never_kept_or_served_whole() {
         assert!(
             body == std::fs::read(&f.source).expect("source"),
             "{backend:?}"
+        );
+        let m = scrape(&serve);
+        let failures = m["ferry_mirror_verification_failures_total"];
+        assert!(
+            failures >= 1.0,
+            "{backend:?}: {failures} verification failures counted"
         );
         eprintln!("{backend:?}: a mismatching upstream file was cut short and not kept");
     }
