@@ -39,6 +39,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", requires = "upstream", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     fill_connections: u32,
+    /// With --upstream: the most bytes of blobs the mirror keeps, e.g. 500G; past it, the
+    /// least recently used blobs it fetched are deleted (default: no bound).
+    #[arg(long, value_name = "SIZE", requires = "upstream", value_parser = super::parse_size)]
+    max_size: Option<u64>,
     /// Address to listen on (port 0 picks a free port; the first line on stdout names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -147,6 +151,7 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
         up.mirrors.clone_from(&args.mirror);
         up.config = global.config(Some(args.root.clone()));
         up.config.connections = args.fill_connections as usize;
+        up.max_size = args.max_size;
         if let Some(file) = &args.upstream_token_file {
             match ferry::hub::env::token(None, Some(file)) {
                 Ok(Some(token)) => up = up.token(&token),

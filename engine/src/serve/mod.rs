@@ -124,6 +124,9 @@ pub struct UpstreamOptions {
     pub mirrors: Vec<url::Url>,
     /// The engine the fills run on.
     pub config: crate::Config,
+    /// The most bytes of blobs the mirror keeps: past it, the least recently used blobs it
+    /// fetched are deleted (`None`: no bound).
+    pub max_size: Option<u64>,
     /// The mirror's own token, sent with fills only (never to decide who may read).
     token: Option<crate::net::target::Secret>,
 }
@@ -135,6 +138,7 @@ impl UpstreamOptions {
             endpoint,
             mirrors: Vec::new(),
             config: crate::Config::default(),
+            max_size: None,
             token: None,
         }
     }
@@ -328,13 +332,21 @@ impl Server {
                 let engine = crate::Engine::new(up.config).map_err(|e| ServeError::Upstream {
                     detail: format!("cannot start the engine: {e}"),
                 })?;
-                Some(mirror::Mirror::new(crate::hub::upstream::Upstream::new(
+                let upstream = crate::hub::upstream::Upstream::new(
                     engine,
                     up.endpoint,
                     up.mirrors,
                     up.token,
                     &canonical,
-                )))
+                );
+                Some(
+                    mirror::Mirror::new(upstream, &canonical, up.max_size).map_err(|source| {
+                        ServeError::Root {
+                            path: root.to_path_buf(),
+                            source,
+                        }
+                    })?,
+                )
             }
         };
         let ctx = Arc::new(Shared {

@@ -55,6 +55,10 @@ pub(crate) struct Metrics {
     pub(crate) fills_in_flight: Gauge,
     /// Readers blocked on a fill now (set when scraped).
     pub(crate) waiting_readers: Gauge,
+    /// Blobs deleted to stay under `--max-size`.
+    pub(crate) evictions: Counter,
+    /// Bytes of the blobs kept under `--max-size` (set when scraped).
+    pub(crate) cache_bytes: Gauge,
 }
 
 impl Metrics {
@@ -74,6 +78,8 @@ impl Metrics {
             upstream_errors: Family::default(),
             fills_in_flight: Gauge::default(),
             waiting_readers: Gauge::default(),
+            evictions: Counter::default(),
+            cache_bytes: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -136,6 +142,16 @@ impl Metrics {
             "waiting_readers",
             "Readers blocked on a fill",
             m.waiting_readers.clone(),
+        );
+        registry.register(
+            "evictions",
+            "Blobs deleted to stay under --max-size",
+            m.evictions.clone(),
+        );
+        registry.register(
+            "cache_bytes",
+            "Bytes of the blobs kept under --max-size",
+            m.cache_bytes.clone(),
         );
         Metrics { registry, ..m }
     }

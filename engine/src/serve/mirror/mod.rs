@@ -13,6 +13,7 @@
 //! `/refs` and `/commits` (answered 501), metrics, signed links, HTTP/3.
 
 mod fill;
+mod index;
 mod memo;
 mod metrics;
 
@@ -23,6 +24,7 @@ use sha2::Digest;
 
 pub(crate) use self::fill::{Fill, Reader, Ready};
 use self::fill::{Fills, Joined};
+use self::index::Index;
 use self::memo::Memo;
 use self::metrics::{Class, Metrics};
 use super::Shared;
@@ -93,18 +95,42 @@ pub(crate) struct Mirror {
     listings: Memo<Key, Arc<Snapshot>>,
     fills: Arc<Fills>,
     metrics: Arc<Metrics>,
+    /// With `--max-size`: the blobs kept, by last use.
+    index: Option<Arc<Index>>,
+    /// The root (canonical): blob paths are kept relative to it.
+    root: std::path::PathBuf,
 }
 
 impl Mirror {
-    pub(crate) fn new(upstream: Upstream) -> Mirror {
+    /// A mirror of `upstream` into the cache at `root` (canonical), bounded to `max_size`
+    /// bytes of blobs when given (the index of what it keeps is opened, not rebuilt).
+    pub(crate) fn new(
+        upstream: Upstream,
+        root: &std::path::Path,
+        max_size: Option<u64>,
+    ) -> std::io::Result<Mirror> {
         let metrics = Arc::new(Metrics::new());
-        Mirror {
+        let index = match max_size {
+            Some(max) => Some(Arc::new(Index::open(root, max)?)),
+            None => None,
+        };
+        Ok(Mirror {
             upstream,
             commits: Memo::new(MEMO_CAP),
             listings: Memo::new(MEMO_CAP),
             fills: Arc::new(Fills::new(Arc::clone(&metrics))),
             metrics,
-        }
+            index,
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// `blob` relative to the root, as the index keys it.
+    fn rel(&self, blob: &std::path::Path) -> Option<String> {
+        blob.strip_prefix(&self.root)
+            .ok()
+            .and_then(|r| r.to_str())
+            .map(str::to_owned)
     }
 
     /// `GET /metrics`: the counters, and the gauges as they are now.
@@ -112,6 +138,9 @@ impl Mirror {
         let (running, blocked) = self.fills.counts();
         self.metrics.fills_in_flight.set(running as i64);
         self.metrics.waiting_readers.set(blocked as i64);
+        if let Some(index) = &self.index {
+            self.metrics.cache_bytes.set(index.bytes() as i64);
+        }
         Response {
             status: 200,
             headers: vec![(
@@ -308,6 +337,9 @@ impl Mirror {
         let remote = remote_file(&path, entry);
         let blob = self.upstream.blob_path(kind, &repo, &remote);
         if let Some(file) = self.open_blob(ctx, &blob, entry.size) {
+            if let (Some(index), Some(rel), "GET") = (&self.index, self.rel(&blob), req.method) {
+                index.used(&rel, entry.size);
+            }
             return self.cached_answer(req, &snap.commit, entry, file);
         }
         if req.method == "HEAD" {
@@ -391,7 +423,15 @@ impl Mirror {
     ) -> Box<dyn FnOnce() + Send> {
         let place = self.upstream.place(kind, repo);
         let (commit, f) = (commit.to_owned(), f.clone());
-        Box::new(move || crate::hub::upstream::publish(&place, &commit, &f))
+        let kept = self.index.clone().zip(self.rel(&place.bytes_path(&f)));
+        let metrics = Arc::clone(&self.metrics);
+        Box::new(move || {
+            crate::hub::upstream::publish(&place, &commit, &f);
+            if let Some((index, rel)) = kept {
+                let evicted = index.added(&rel, f.size);
+                metrics.evictions.inc_by(evicted as u64);
+            }
+        })
     }
 }
 

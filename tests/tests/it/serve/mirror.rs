@@ -497,3 +497,69 @@ fn a_reader_far_ahead_of_the_fill_gets_its_bytes_fetched_next() {
         );
     }
 }
+
+/// `--max-size`: the blobs a mirror keeps stay under the bound, the least recently used going
+/// first, and the order survives a restart without a scan of the cache.
+#[test]
+fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart() {
+    const SHARDS: &[(&str, u64, bool)] = &[
+        ("a.bin", 6 << 20, true),
+        ("b.bin", 6 << 20, true),
+        ("c.bin", 6 << 20, true),
+        ("d.bin", 6 << 20, true),
+    ];
+    for backend in backends_under_test() {
+        let hub = StaticHub::start_with(SHARDS, |_| None, None);
+        let cache = tempfile::tempdir().expect("cache");
+        let blobs = hub.repo.cache_folder(cache.path()).join("blobs");
+        let kept = || -> Vec<String> {
+            let mut names: Vec<String> = hub
+                .repo
+                .files
+                .iter()
+                .filter(|f| blobs.join(&f.etag).exists())
+                .map(|f| f.path.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        let fetch = |serve: &Serve, name: &str| {
+            let f = hub
+                .repo
+                .files
+                .iter()
+                .find(|f| f.path == name)
+                .expect("file");
+            let (status, head, body) = serve.get(&format!("/org/model/resolve/main/{name}"));
+            assert_eq!(status, 200, "{backend:?}: {name}: {head}");
+            assert!(
+                body == std::fs::read(&f.source).expect("source"),
+                "{backend:?}: {name} differs"
+            );
+        };
+        let args = ["--max-size", "13M"];
+        {
+            let serve = mirror(cache.path(), &hub.endpoint(), backend, &args);
+            fetch(&serve, "a.bin");
+            fetch(&serve, "b.bin");
+            assert_eq!(kept(), ["a.bin", "b.bin"], "{backend:?}");
+            fetch(&serve, "c.bin");
+            assert_eq!(kept(), ["b.bin", "c.bin"], "{backend:?}: a was the oldest");
+            // a again: fetched again, and b, now the oldest, goes.
+            fetch(&serve, "a.bin");
+            assert_eq!(kept(), ["a.bin", "c.bin"], "{backend:?}");
+            let m = scrape(&serve);
+            assert_eq!(m["ferry_mirror_evictions_total"], 2.0, "{backend:?}");
+            assert_eq!(
+                m["ferry_mirror_cache_bytes"],
+                (12 << 20) as f64,
+                "{backend:?}"
+            );
+        }
+        // Restarted: the index knows c is older than a.
+        let serve = mirror(cache.path(), &hub.endpoint(), backend, &args);
+        fetch(&serve, "d.bin");
+        assert_eq!(kept(), ["a.bin", "d.bin"], "{backend:?}: after the restart");
+        eprintln!("{backend:?}: --max-size kept the two most recent blobs, across a restart");
+    }
+}
