@@ -123,6 +123,12 @@ impl StaticHub {
         format!("http://127.0.0.1:{}/slow", self.nginx.port())
     }
 
+    /// The Hub endpoint at nginx's `/gated/`: the repo is gated, and only
+    /// [`crate::nginx::GATED_TOKEN`] opens it.
+    pub fn gated_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/gated", self.nginx.port())
+    }
+
     /// The Hub endpoint over HTTPS (started with a certificate, valid for `localhost`).
     pub fn https_endpoint(&self) -> String {
         format!("https://localhost:{}/files", self.nginx.tls_port())

@@ -7,7 +7,9 @@
 //! - `/close/`    the same with chunked encoding off: the body ends when nginx closes;
 //! - `/redirect/` a 302 to the same path under `/files/`;
 //! - `/slow/`     like `/files/`, at most 8 MiB/s per request (`limit_rate`), so that a test
-//!   can stop a client in the middle of a transfer.
+//!   can stop a client in the middle of a transfer;
+//! - `/gated/`    like `/files/` for requests with `Authorization: Bearer` [`GATED_TOKEN`];
+//!   any other gets the Hub's answer for a gated repo (403, `X-Error-Code: GatedRepo`).
 //!
 //! Started with [`Nginx::start_tls`], the same locations are also served over HTTPS (TLS 1.2
 //! and 1.3) on a second port, and `/to-https/` on the plain port redirects to `/files/` there.
@@ -24,6 +26,9 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The one token `/gated/` accepts.
+pub const GATED_TOKEN: &str = "hf_granted_to_this_test";
 
 /// A running nginx. Dropping it stops the process (SIGTERM, then SIGKILL) and waits for it.
 #[derive(Debug)]
@@ -171,6 +176,14 @@ http {{
         location /close/ {{ alias {root}/; sub_filter_types *; sub_filter 'ferry-never-matches-this' ''; chunked_transfer_encoding off; }}
         location /redirect/ {{ rewrite ^/redirect/(.*)$ /files/$1 redirect; }}
         location /slow/ {{ alias {root}/; limit_rate 8m; }}
+        location /gated/ {{
+            alias {root}/;
+            if ($http_authorization != "Bearer {gated}") {{
+                add_header X-Error-Code GatedRepo always;
+                add_header X-Error-Message "Access to this repo is restricted" always;
+                return 403 '{{"error":"Access to model org/model is restricted."}}';
+            }}
+        }}
         {extra}
     }}
 }}
@@ -182,6 +195,7 @@ http {{
                     ""
                 },
                 extra = options.extra,
+                gated = GATED_TOKEN,
                 prefix = dir.path().display(),
                 root = root.display(),
             );

@@ -563,3 +563,74 @@ fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart(
         eprintln!("{backend:?}: --max-size kept the two most recent blobs, across a restart");
     }
 }
+
+/// A gated repo: the mirror asks the upstream with each caller's own token, so a caller
+/// without access gets the Hub's gated error even for a file the mirror has cached for a
+/// caller with access; the mirror's own token fetches bytes and never opens a listing.
+#[test]
+fn a_caller_without_access_gets_the_gated_error_even_when_the_file_is_cached() {
+    use ferry_testkit::nginx::GATED_TOKEN;
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let cache = tempfile::tempdir().expect("cache");
+    let token_file = cache.path().join("upstream-token");
+    std::fs::write(&token_file, GATED_TOKEN).expect("token file");
+    let serve = mirror(
+        &cache.path().join("hub"),
+        &hub.gated_endpoint(),
+        Backend::Portable,
+        &["--upstream-token-file", token_file.to_str().expect("utf-8")],
+    );
+    let f = hub
+        .repo
+        .files
+        .iter()
+        .find(|f| f.path == "small.safetensors")
+        .expect("file");
+    let target = format!("/org/model/resolve/main/{}", f.path);
+    let granted = format!("Authorization: Bearer {GATED_TOKEN}\r\n");
+    let refused = |who: &str, headers: &str| {
+        for t in [&target, "/api/models/org/model/revision/main"] {
+            let (status, head, body) = get_on(serve.port, t, headers);
+            assert_eq!(status, 403, "{who}: {t}: {head}");
+            assert!(
+                head.contains("x-error-code: gatedrepo"),
+                "{who}: {t}: {head}"
+            );
+            assert!(
+                body.len() < 1000,
+                "{who}: {t}: a body of {} bytes",
+                body.len()
+            );
+        }
+    };
+    refused("no token, cold", "");
+    let (status, head, body) = get_on(serve.port, &target, &granted);
+    assert_eq!(status, 200, "granted: {head}");
+    assert!(
+        body == std::fs::read(&f.source).expect("source"),
+        "granted: differs"
+    );
+    // Cached now; still refused to those the upstream refuses.
+    refused("no token, cached", "");
+    refused(
+        "another token, cached",
+        "Authorization: Bearer hf_someone_else\r\n",
+    );
+    let (status, _, body) = get_on(serve.port, &target, &granted);
+    assert_eq!(status, 200);
+    assert!(body == std::fs::read(&f.source).expect("source"));
+    // Listings went with the caller's credential or none; the mirror's token only fetched bytes.
+    let api: Vec<_> = hub
+        .nginx
+        .requests(0)
+        .into_iter()
+        .filter(|r| r.uri.contains("/api/"))
+        .collect();
+    assert!(api.iter().any(|r| !r.authorized), "{api:?}");
+    let fills = hub.resolves();
+    assert!(fills >= 1 && hub.resolves_since(0).iter().all(|r| r.authorized));
+    eprintln!(
+        "gated: refused without access before and after caching; {} listing requests, {fills} fill requests",
+        api.len()
+    );
+}
