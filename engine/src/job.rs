@@ -41,6 +41,8 @@ pub struct GetItem {
     pub(crate) partial_suffix: &'static str,
     /// Told of every write of the partial file as it completes (a mirror serving it meanwhile).
     pub(crate) watch: Option<Arc<dyn download::Watch>>,
+    /// Every byte asked of the origin once: no lease is split (a mirror's upstream egress).
+    pub(crate) once: bool,
 }
 
 impl GetItem {
@@ -56,7 +58,14 @@ impl GetItem {
             root: None,
             partial_suffix: download::PARTIAL_SUFFIX,
             watch: None,
+            once: false,
         }
+    }
+
+    /// Asks the origin for every byte once: leases already asked for are never split.
+    pub(crate) fn once(mut self) -> GetItem {
+        self.once = true;
+        self
     }
 
     /// `watch` is told of the partial file's writes as they complete.

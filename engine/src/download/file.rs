@@ -156,6 +156,8 @@ pub(crate) struct FileSpec {
     pub journal: Option<Arc<Journal>>,
     /// Told of the partial file's writes.
     pub watch: Option<Arc<dyn super::Watch>>,
+    /// No lease is split ([`crate::proto::plan::Plan::without_splits`]).
+    pub once: bool,
 }
 
 /// What every file of a job shares besides its settings: the progress counters, the hash
@@ -216,6 +218,8 @@ pub(crate) struct FileDownload {
     pub(super) journal_id: AtomicU64,
     /// Told of the partial file's writes ([`super::Watch`]).
     pub(super) watch: Option<Arc<dyn super::Watch>>,
+    /// No lease is split.
+    pub(super) once: bool,
     /// Bytes of the file taken over from an earlier run.
     pub(super) resumed_bytes: AtomicU64,
     /// Bytes of this file that went socket -> pipe -> file (the splice sink).
@@ -293,6 +297,7 @@ impl FileDownload {
             journal: spec.journal,
             journal_id: AtomicU64::new(0),
             watch: spec.watch,
+            once: spec.once,
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),

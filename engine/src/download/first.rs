@@ -118,6 +118,9 @@ pub(super) async fn start_file(
             if file.checksum.is_some() {
                 plan = plan.spread_within(HASH_SPREAD);
             }
+            if file.once {
+                plan = plan.without_splits();
+            }
             let id = plan.claim(first.clone());
             *file.plan.lock().unwrap_or_else(|p| p.into_inner()) = Some(plan);
             file.keep_resumed(&resumed);

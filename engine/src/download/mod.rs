@@ -195,6 +195,7 @@ pub(crate) fn start(
             size: item.size,
             journal: journal.clone(),
             watch: item.watch,
+            once: item.once,
         };
         files.push(Arc::new(FileDownload::new(
             spec,

@@ -81,6 +81,8 @@ pub(crate) struct Plan {
     retries_left: u32,
     hedges_left: u32,
     splits: u64,
+    /// Whether an idle connection may split another's lease ([`Plan::without_splits`]).
+    may_split: bool,
 }
 
 impl Plan {
@@ -125,6 +127,7 @@ impl Plan {
             retries_left: MAX_RETRIES,
             hedges_left: MAX_HEDGES,
             splits: 0,
+            may_split: true,
         }
     }
 
@@ -171,6 +174,9 @@ impl Plan {
                 gap.start = end;
             }
             return Some((self.insert(start..end), start..end, LeaseOrigin::Frontier));
+        }
+        if !self.may_split {
+            return None;
         }
         let (victim, mid) = self
             .leases
@@ -319,6 +325,15 @@ impl Plan {
     /// lease wait in the verifier's window, so the leases in flight must span well less than
     /// the window, or it fills, the other connections stop and the hash waits for the one that
     /// lags. A fixed `--chunk-size` is kept as given.
+    /// No splits: a lease already asked for is read by its holder alone, so the origin sends
+    /// every byte once (a split's origin has often sent the rest of the cut lease already,
+    /// into the socket) at the cost of a tail fetched by fewer connections. For a mirror,
+    /// whose upstream's egress is what it saves.
+    pub(crate) fn without_splits(mut self) -> Plan {
+        self.may_split = false;
+        self
+    }
+
     pub(crate) fn spread_within(mut self, bytes: u64) -> Plan {
         self.max_chunk =
             (bytes / self.connections / MIN_CHUNK * MIN_CHUNK).clamp(MIN_CHUNK, MAX_CHUNK);
@@ -339,11 +354,12 @@ impl Plan {
     pub(crate) fn has_work(&self) -> bool {
         !self.retry.is_empty()
             || !self.todo.is_empty()
-            || self
-                .leases
-                .iter()
-                .flatten()
-                .any(|l| split_point(l).is_some())
+            || self.may_split
+                && self
+                    .leases
+                    .iter()
+                    .flatten()
+                    .any(|l| split_point(l).is_some())
     }
 
     fn chunk_len(&self) -> u64 {

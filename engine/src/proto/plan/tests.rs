@@ -353,3 +353,14 @@ fn a_wanted_offset_in_the_frontier_is_leased_next_and_nothing_is_leased_twice() 
     }
     assert_eq!(at, 64 * M);
 }
+
+#[test]
+fn without_splits_an_idle_connection_gets_nothing_once_the_frontier_is_out() {
+    const M: u64 = 1 << 20;
+    let mut plan = Plan::new(8 * M, 0, 2, Some(4 * M)).without_splits();
+    let (_, a, _) = plan.take().expect("first");
+    let (_, b, _) = plan.take().expect("second");
+    assert_eq!((a, b), (0..4 * M, 4 * M..8 * M));
+    assert!(!plan.has_work());
+    assert!(plan.take().is_none(), "a lease was split");
+}
