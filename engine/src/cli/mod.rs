@@ -15,6 +15,7 @@ mod probe;
 mod progress;
 mod pull;
 mod serve;
+mod sign;
 mod signals;
 mod verify;
 
@@ -168,6 +169,8 @@ enum Command {
     Verify(verify::VerifyArgs),
     /// Remove the partial files and journals interrupted pulls left (older than an age).
     Gc(gc::GcArgs),
+    /// Print a signed, expiring link to a file of `ferry serve --sign-key-file`.
+    Sign(sign::SignArgs),
 }
 
 impl Global {
@@ -293,6 +296,7 @@ pub fn main() -> ExitCode {
         Command::Ping(args) => ping::run(&cli.global, args),
         Command::Verify(args) => verify::run(&cli.global, args),
         Command::Gc(args) => gc::run(args),
+        Command::Sign(args) => sign::run(args),
     };
     ExitCode::from(code)
 }

@@ -39,6 +39,10 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "N", requires = "upstream", default_value_t = 16,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     fill_connections: u32,
+    /// Accept signed, expiring links made with this key (`ferry sign --key-file`): a file
+    /// request then needs a valid one, or, on a mirror, a token for the upstream to judge.
+    #[arg(long, value_name = "FILE")]
+    sign_key_file: Option<PathBuf>,
     /// With --upstream: the most bytes of blobs the mirror keeps, e.g. 500G; past it, the
     /// least recently used blobs it fetched are deleted (default: no bound).
     #[arg(long, value_name = "SIZE", requires = "upstream", value_parser = super::parse_size)]
@@ -145,6 +149,15 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
     if args.h3 && options.tls.is_none() {
         eprintln!("ferry: error: --h3 needs --tls-cert: QUIC always runs TLS 1.3");
         return exit::USAGE;
+    }
+    if let Some(file) = &args.sign_key_file {
+        match ferry::serve::SignKey::from_file(file) {
+            Ok(key) => options.sign_key = Some(key),
+            Err(e) => {
+                eprintln!("ferry: error: {e}");
+                return exit::USAGE;
+            }
+        }
     }
     if let Some(endpoint) = &args.upstream {
         let mut up = UpstreamOptions::new(endpoint.clone());

@@ -389,7 +389,7 @@ impl Place {
     }
 
     /// Records that `revision` is `commit` (cache only; a commit names itself).
-    pub(super) fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
+    pub(crate) fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
         if !self.is_cache() || revision == commit {
             return Ok(());
         }

@@ -58,6 +58,11 @@ impl Upstream {
         }
     }
 
+    /// The mirror's own token (for what the operator vouched for: a signed link).
+    pub(crate) fn own_token(&self) -> Option<&Secret> {
+        self.token.as_ref()
+    }
+
     fn options(
         &self,
         kind: RepoType,
@@ -73,7 +78,8 @@ impl Upstream {
         o
     }
 
-    /// The commit `rev` names, asked with the caller's credential.
+    /// The commit `rev` names, asked with the caller's credential; kept as the cache's ref
+    /// (`refs/REV`), as a pull keeps it, so the cache serves offline too.
     pub(crate) fn resolve(
         &self,
         caller: Option<&Secret>,
@@ -81,7 +87,15 @@ impl Upstream {
         repo: &RepoId,
         rev: &str,
     ) -> Result<String, HubError> {
-        resolve_somewhere(&self.engine, &self.options(kind, repo, rev, caller))
+        let commit = resolve_somewhere(&self.engine, &self.options(kind, repo, rev, caller))?;
+        let place = Place::new(&self.layout, repo, kind);
+        if let Err(e) = place
+            .prepare(&[])
+            .and_then(|()| place.set_ref(rev, &commit))
+        {
+            tracing::warn!("cannot keep the ref {rev} of {repo}: {e}");
+        }
+        Ok(commit)
     }
 
     /// Every file of `repo` at `commit`, asked with the caller's credential and checked as a
@@ -134,7 +148,8 @@ impl Upstream {
             .partial_suffix(PARTIAL_SUFFIX)
             .size(f.size)
             .authorization(self.token.clone())
-            .watch(watch),
+            .watch(watch)
+            .once(),
             |item, m| item.mirror(file_url(m, &options, commit, &f.path)),
         );
         let item = match f.algorithm {

@@ -21,6 +21,7 @@ use super::range_request::{RangeAnswer, evaluate};
 use super::route::{
     Resource, decode, header_safe, parse_target, query_flag, query_param, valid_repo_path,
 };
+use super::signed::Signature;
 use crate::hub::RepoType;
 use crate::hub::repo::encode_segment;
 
@@ -165,14 +166,44 @@ fn answer(ctx: &Shared, req: &Request<'_>) -> Response {
 
 /// Answers `req`.
 pub(crate) fn handle(ctx: &Shared, req: &Request<'_>) -> Response {
+    let signed = match signature(ctx, req) {
+        Ok(signed) => signed,
+        Err(refused) => return refused,
+    };
     if let Some(mirror) = &ctx.mirror {
-        return mirror.handle(ctx, req);
+        return mirror.handle(ctx, req, signed);
     }
     match parse_target(req.target) {
         Some((Resource::Api { kind, segs }, query)) => api(ctx, req, kind, &segs, query),
         Some((Resource::File { .. }, _)) if req.method == "POST" => post_not_allowed(),
         Some((Resource::File { kind, segs }, _)) => resolve(ctx, req, kind, &segs),
         None => not_found(),
+    }
+}
+
+/// With [`super::ServeOptions::sign_key`]: whether a file request came with a valid signed
+/// link (`Ok(true)`), needs none (`Ok(false)`: not a file request, or a mirror's caller with a
+/// token), or is refused.
+fn signature(ctx: &Shared, req: &Request<'_>) -> Result<bool, Response> {
+    let Some(key) = &ctx.options.sign_key else {
+        return Ok(false);
+    };
+    let Some((Resource::File { .. }, query)) = parse_target(req.target) else {
+        return Ok(false);
+    };
+    let path = req.target.split('?').next().unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match key.check(path, query, now) {
+        Signature::Valid => Ok(true),
+        Signature::Invalid(why) => Err(Response::error(403, Some("InvalidSignature"), why)),
+        Signature::Unsigned if ctx.mirror.is_some() && req.authorization.is_some() => Ok(false),
+        Signature::Unsigned => Err(Response::error(
+            401,
+            Some("SignatureRequired"),
+            "This server serves files to signed links (ferry sign), or as a mirror to callers with a token",
+        )),
     }
 }
 

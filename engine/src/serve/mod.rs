@@ -27,10 +27,12 @@ mod public_url;
 pub(crate) mod range_request;
 mod route;
 mod send;
+mod signed;
 mod small_files;
 mod streams;
 mod tls_identity;
 
+pub use signed::SignKey;
 pub use tls_identity::TlsIdentity;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -97,6 +99,11 @@ pub struct ServeOptions {
     /// created when missing) lacks is fetched from it, verified, kept, and streamed to every
     /// client asking meanwhile.
     pub upstream: Option<UpstreamOptions>,
+    /// Accept signed, expiring links made with this key ([`SignKey::sign`], `ferry sign`):
+    /// a file request with a valid one is served without a token, one with a wrong or expired
+    /// one is refused (403), and one without a link is refused (401) unless, on a mirror, the
+    /// caller has a token for the upstream to judge.
+    pub sign_key: Option<SignKey>,
 }
 
 /// The upstream of a pull-through mirror ([`ServeOptions::upstream`]).
@@ -165,6 +172,7 @@ impl Default for ServeOptions {
             trusted_proxies: Vec::new(),
             h3: false,
             upstream: None,
+            sign_key: None,
         }
     }
 }

@@ -634,3 +634,106 @@ fn a_caller_without_access_gets_the_gated_error_even_when_the_file_is_cached() {
         api.len()
     );
 }
+
+/// `ferry sign` and `--sign-key-file`: a signed link opens its one file until it expires, on a
+/// mirror (even of a gated repo: the operator vouches, the mirror's token lists it) and on a
+/// plain `ferry serve`; a wrong, tampered or expired link is refused, and so is a request
+/// without one unless a mirror's caller has a token for the upstream to judge.
+#[test]
+fn signed_links_open_one_file_until_they_expire() {
+    use ferry_testkit::nginx::GATED_TOKEN;
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = dir.path().join("sign.key");
+    std::fs::write(&key, "a-signing-key-only-this-test-knows\n").expect("key");
+    let token_file = dir.path().join("upstream-token");
+    std::fs::write(&token_file, GATED_TOKEN).expect("token file");
+    let key_s = key.to_str().expect("utf-8");
+    let serve = mirror(
+        &dir.path().join("hub"),
+        &hub.gated_endpoint(),
+        Backend::Portable,
+        &[
+            "--upstream-token-file",
+            token_file.to_str().expect("utf-8"),
+            "--sign-key-file",
+            key_s,
+        ],
+    );
+    let sign = |url: &str, expires: &str| -> String {
+        let o = std::process::Command::new(ferry_testkit::ferry_bin())
+            .args(["sign", url, "--key-file", key_s, "--expires", expires])
+            .output()
+            .expect("ferry sign");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let out = String::from_utf8(o.stdout).expect("utf-8");
+        assert!(!out.contains("a-signing-key"), "the key was printed");
+        out.trim().to_owned()
+    };
+    let target_of = |url: &str| {
+        url.splitn(4, '/')
+            .nth(3)
+            .map(|t| format!("/{t}"))
+            .expect("path")
+    };
+    let f = hub
+        .repo
+        .files
+        .iter()
+        .find(|f| f.path == "with space.txt")
+        .expect("file");
+    let want = std::fs::read(&f.source).expect("source");
+    let url = format!(
+        "{}/org/model/resolve/main/with%20space.txt",
+        serve.endpoint()
+    );
+    // No link, no token: refused.
+    let (status, head, _) = serve.get(&target_of(&url));
+    assert_eq!(status, 401, "{head}");
+    // A link: the file, although the repo is gated and the caller has no token.
+    let link = sign(&url, "1h");
+    let (status, head, body) = serve.get(&target_of(&link));
+    assert_eq!(status, 200, "{link}: {head}");
+    assert!(body == want, "the signed file differs");
+    // Tampered: another file with the same signature, or a later expiry.
+    let other = target_of(&link).replace("with%20space.txt", "config.json");
+    assert_eq!(serve.get(&other).0, 403, "another path");
+    let later = target_of(&link).replace("expires=", "expires=9");
+    assert_eq!(serve.get(&later).0, 403, "another expiry");
+    // Expired (an expiry of 0 s is in the past by the time it is checked).
+    let expired = sign(&url, "0");
+    let (status, head, _) = serve.get(&target_of(&expired));
+    assert_eq!(status, 403, "{head}");
+    assert!(head.contains("expired"), "{head}");
+    // Without a link, a caller with a token is judged by the upstream.
+    let granted = format!("Authorization: Bearer {GATED_TOKEN}\r\n");
+    assert_eq!(get_on(serve.port, &target_of(&url), &granted).0, 200);
+    let other_token = "Authorization: Bearer hf_someone_else\r\n";
+    assert_eq!(get_on(serve.port, &target_of(&url), other_token).0, 403);
+    drop(serve);
+
+    // A plain `ferry serve` over the cache the mirror filled: links or nothing.
+    let plain = Serve::start_with(
+        &dir.path().join("hub"),
+        None,
+        None,
+        &["--sign-key-file", key_s],
+    );
+    let url = format!(
+        "{}/org/model/resolve/main/with%20space.txt",
+        plain.endpoint()
+    );
+    assert_eq!(plain.get(&target_of(&url)).0, 401);
+    assert_eq!(
+        get_on(plain.port, &target_of(&url), &granted).0,
+        401,
+        "a token means nothing here"
+    );
+    let (status, _, body) = plain.get(&target_of(&sign(&url, "10m")));
+    assert_eq!(status, 200);
+    assert!(body == want);
+    assert_eq!(plain.get(&target_of(&sign(&url, "0"))).0, 403);
+    eprintln!(
+        "signed links: served until expiry, tampered and expired ones refused, on a mirror and a plain serve"
+    );
+}
