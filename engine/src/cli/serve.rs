@@ -43,6 +43,14 @@ pub(crate) struct ServeArgs {
     /// request then needs a valid one, or, on a mirror, a token for the upstream to judge.
     #[arg(long, value_name = "FILE")]
     sign_key_file: Option<PathBuf>,
+    /// With --upstream: never ask it; serve what the cache holds (repos it listed to callers
+    /// without a token) and refuse the rest.
+    #[arg(long, requires = "upstream")]
+    offline: bool,
+    /// With --offline: serve gated and private repos in the cache too, to anyone (offline no
+    /// caller's access can be checked).
+    #[arg(long, requires = "offline")]
+    offline_private: bool,
     /// With --upstream: the most bytes of blobs the mirror keeps, e.g. 500G; past it, the
     /// least recently used blobs it fetched are deleted (default: no bound).
     #[arg(long, value_name = "SIZE", requires = "upstream", value_parser = super::parse_size)]
@@ -165,6 +173,8 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
         up.config = global.config(Some(args.root.clone()));
         up.config.connections = args.fill_connections as usize;
         up.max_size = args.max_size;
+        up.offline = args.offline;
+        up.offline_private = args.offline_private;
         if let Some(file) = &args.upstream_token_file {
             match ferry::hub::env::token(None, Some(file)) {
                 Ok(Some(token)) => up = up.token(&token),

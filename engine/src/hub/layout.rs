@@ -240,7 +240,7 @@ impl Place {
     }
 
     /// Where the listing of `commit` is kept (`trees/COMMIT.json`, as huggingface_hub keeps it).
-    pub(super) fn trees_path(&self, commit: &str) -> PathBuf {
+    pub(crate) fn trees_path(&self, commit: &str) -> PathBuf {
         let folder = if self.is_cache() {
             self.root.clone()
         } else {
@@ -260,7 +260,7 @@ impl Place {
 
     /// The listing of `commit` kept beside the mirror, if any (checked like a listing from the
     /// network); `Err` when one is there but cannot be used.
-    pub(super) fn read_trees(&self, commit: &str) -> Result<Option<Vec<RemoteFile>>, String> {
+    pub(crate) fn read_trees(&self, commit: &str) -> Result<Option<Vec<RemoteFile>>, String> {
         use std::io::Read;
         let path = self.trees_path(commit);
         let parent = path.parent().unwrap_or(&self.root);
@@ -291,7 +291,7 @@ impl Place {
     }
 
     /// The commit `refs/REVISION` names (cache only), read without following a symlink.
-    pub(super) fn read_ref(&self, revision: &str) -> Option<String> {
+    pub(crate) fn read_ref(&self, revision: &str) -> Option<String> {
         use std::io::Read;
         let path = self.root.join("refs").join(revision);
         let dir = self.dir(path.parent()?, false).ok()?;
@@ -398,6 +398,25 @@ impl Place {
 
     /// Writes `bytes` to `path` (beneath the base) through a new temporary file, fsynced,
     /// renamed into place; no symlink on the way or at the name is followed.
+    /// A marker (`.ferry/public` in the repo's cache folder) that the upstream listed this
+    /// repo to a caller without a token: what an offline mirror serves to anyone.
+    pub(crate) fn mark_public(&self) -> Result<(), HubError> {
+        let (_, rel) = self.journal_dir();
+        self.write_atomic(&self.base.join(rel).join("public"), b"")
+    }
+
+    /// Whether [`Place::mark_public`] was done, read without following a symlink.
+    pub(crate) fn is_public(&self) -> bool {
+        let (_, rel) = self.journal_dir();
+        let marker = self.base.join(rel).join("public");
+        let (Some(parent), Some(name)) = (marker.parent(), marker.file_name()) else {
+            return false;
+        };
+        self.dir(parent, false)
+            .and_then(|d| d.stat(name).map_err(io_err("stat", &marker)))
+            .is_ok_and(|st| st.is_some())
+    }
+
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), HubError> {
         let parent = path.parent().unwrap_or(&self.root);
         let name = path.file_name().unwrap_or_default();

@@ -111,13 +111,43 @@ impl Upstream {
         let options = self.options(kind, repo, commit, caller);
         let files = list_at_somewhere(&self.engine, &options, commit)?;
         let place = Place::new(&self.layout, repo, kind);
-        if let Err(e) = place
+        let kept = place
             .prepare(&[])
             .and_then(|()| place.write_trees(commit, &files))
-        {
+            .and_then(|()| match caller {
+                None => place.mark_public(),
+                Some(_) => Ok(()),
+            });
+        if let Err(e) = kept {
             tracing::warn!("cannot keep the listing of {repo} at {commit}: {e}");
         }
         Ok(files)
+    }
+
+    /// Offline: the commit `rev` names in the cache (`refs/REV`, or `rev` itself when it is a
+    /// commit whose listing is kept).
+    pub(crate) fn cached_commit(&self, kind: RepoType, repo: &RepoId, rev: &str) -> Option<String> {
+        let place = Place::new(&self.layout, repo, kind);
+        if super::repo::is_commit(rev) {
+            let commit = rev.to_ascii_lowercase();
+            return place.trees_path(&commit).is_file().then_some(commit);
+        }
+        place.read_ref(rev)
+    }
+
+    /// Offline: the listing of `commit` kept in the cache; `Ok(None)` when there is none.
+    pub(crate) fn cached_list(
+        &self,
+        kind: RepoType,
+        repo: &RepoId,
+        commit: &str,
+    ) -> Result<Option<Vec<RemoteFile>>, String> {
+        Place::new(&self.layout, repo, kind).read_trees(commit)
+    }
+
+    /// Whether the upstream ever listed `repo` to a caller without a token.
+    pub(crate) fn is_public(&self, kind: RepoType, repo: &RepoId) -> bool {
+        Place::new(&self.layout, repo, kind).is_public()
     }
 
     /// Where `f`'s blob lies in the cache (it may not be there).

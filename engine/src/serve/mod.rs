@@ -134,6 +134,12 @@ pub struct UpstreamOptions {
     /// The most bytes of blobs the mirror keeps: past it, the least recently used blobs it
     /// fetched are deleted (`None`: no bound).
     pub max_size: Option<u64>,
+    /// Never ask the upstream: serve what the cache holds (its refs, kept listings and
+    /// blobs) and refuse the rest (503 for a file it lacks).
+    pub offline: bool,
+    /// Offline, serve every repo in the cache to anyone, also those the upstream never listed
+    /// without a token (gated or private: offline no caller can be checked). Off by default.
+    pub offline_private: bool,
     /// The mirror's own token, sent with fills only (never to decide who may read).
     token: Option<crate::net::target::Secret>,
 }
@@ -146,6 +152,8 @@ impl UpstreamOptions {
             mirrors: Vec::new(),
             config: crate::Config::default(),
             max_size: None,
+            offline: false,
+            offline_private: false,
             token: None,
         }
     }
@@ -348,11 +356,21 @@ impl Server {
                     &canonical,
                 );
                 Some(
-                    mirror::Mirror::new(upstream, &canonical, up.max_size).map_err(|source| {
-                        ServeError::Root {
-                            path: root.to_path_buf(),
-                            source,
-                        }
+                    mirror::Mirror::new(
+                        upstream,
+                        &canonical,
+                        (
+                            up.max_size,
+                            up.offline.then_some(if up.offline_private {
+                                mirror::Offline::All
+                            } else {
+                                mirror::Offline::Public
+                            }),
+                        ),
+                    )
+                    .map_err(|source| ServeError::Root {
+                        path: root.to_path_buf(),
+                        source,
                     })?,
                 )
             }

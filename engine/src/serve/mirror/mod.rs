@@ -31,7 +31,7 @@ use super::Shared;
 use super::catalog::{FileEntry, Repo, Snapshot};
 use super::handler::{
     self, ACTIONS, Body, Request, Response, bad_path, entry_not_found, not_found, not_implemented,
-    post_not_allowed,
+    post_not_allowed, repo_not_found, revision_not_found,
 };
 use super::route::{Resource, decode, parse_target, valid_repo_path};
 use crate::hub::HubError;
@@ -99,6 +99,17 @@ pub(crate) struct Mirror {
     index: Option<Arc<Index>>,
     /// The root (canonical): blob paths are kept relative to it.
     root: std::path::PathBuf,
+    /// Offline: what is served comes from the cache only.
+    offline: Option<Offline>,
+}
+
+/// What an offline mirror serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offline {
+    /// Repos the upstream listed to a caller without a token.
+    Public,
+    /// Every repo in the cache (the operator's choice: no caller can be checked offline).
+    All,
 }
 
 impl Mirror {
@@ -107,7 +118,7 @@ impl Mirror {
     pub(crate) fn new(
         upstream: Upstream,
         root: &std::path::Path,
-        max_size: Option<u64>,
+        (max_size, offline): (Option<u64>, Option<Offline>),
     ) -> std::io::Result<Mirror> {
         let metrics = Arc::new(Metrics::new());
         let index = match max_size {
@@ -122,6 +133,7 @@ impl Mirror {
             metrics,
             index,
             root: root.to_path_buf(),
+            offline,
         })
     }
 
@@ -199,6 +211,9 @@ impl Mirror {
         repo: &RepoId,
         rev: &str,
     ) -> Result<Arc<Snapshot>, Response> {
+        if let Some(offline) = self.offline {
+            return self.cached_snapshot(offline, kind, repo, rev);
+        }
         let commit = if is_commit(rev) {
             rev.to_ascii_lowercase()
         } else {
@@ -235,6 +250,40 @@ impl Mirror {
             );
         }
         Ok(snap)
+    }
+
+    /// Offline: the snapshot `rev` names from the cache's refs and kept listings.
+    fn cached_snapshot(
+        &self,
+        offline: Offline,
+        kind: RepoType,
+        repo: &RepoId,
+        rev: &str,
+    ) -> Result<Arc<Snapshot>, Response> {
+        if offline == Offline::Public && !self.upstream.is_public(kind, repo) {
+            // As the Hub answers a caller who may not see a repo.
+            return Err(repo_not_found(kind, repo.as_str()));
+        }
+        let Some(commit) = self.upstream.cached_commit(kind, repo, rev) else {
+            return Err(revision_not_found(rev));
+        };
+        let key = (None, kind, repo.to_string(), commit.clone());
+        self.listings
+            .get(&key, LISTING_TTL, || {
+                match self.upstream.cached_list(kind, repo, &commit) {
+                    Ok(Some(files)) => Ok(Arc::new(snapshot(commit.clone(), &files))),
+                    Ok(None) => Err(revision_not_found(rev)),
+                    Err(e) => {
+                        tracing::warn!("offline: the kept listing of {repo} at {commit}: {e}");
+                        Err(Response::error(
+                            500,
+                            None,
+                            "The kept listing cannot be read",
+                        ))
+                    }
+                }
+            })
+            .map(|(snap, _)| snap)
     }
 
     fn api(
@@ -349,6 +398,13 @@ impl Mirror {
                 index.used(&rel, entry.size);
             }
             return self.cached_answer(req, &snap.commit, entry, file);
+        }
+        if self.offline.is_some() {
+            return Response::error(
+                503,
+                None,
+                "This mirror is offline and does not have this file",
+            );
         }
         if req.method == "HEAD" {
             // Answered from the listing; a HEAD starts no fill.

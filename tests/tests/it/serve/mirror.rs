@@ -737,3 +737,100 @@ fn signed_links_open_one_file_until_they_expire() {
         "signed links: served until expiry, tampered and expired ones refused, on a mirror and a plain serve"
     );
 }
+
+/// `--offline`: the mirror answers from its cache alone (refs, kept listings, blobs), with its
+/// upstream unreachable; what it lacks is refused; a repo the upstream never listed to a caller
+/// without a token (gated) is served offline only with `--offline-private`.
+#[test]
+fn an_offline_mirror_serves_its_cache_and_refuses_the_rest() {
+    use ferry_testkit::nginx::GATED_TOKEN;
+    let dead = "http://127.0.0.1:9";
+    let get_file = |serve: &Serve, path: &str, headers: &str| {
+        get_on(
+            serve.port,
+            &format!("/org/model/resolve/main/{path}"),
+            headers,
+        )
+    };
+    // A public repo, two files of it fetched while online.
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let cache = tempfile::tempdir().expect("cache");
+    {
+        let online = mirror(cache.path(), &hub.endpoint(), Backend::Portable, &[]);
+        for path in ["config.json", "with%20space.txt"] {
+            assert_eq!(get_file(&online, path, "").0, 200, "{path}");
+        }
+    }
+    let asked_online = hub.nginx.requests(0).len();
+    let offline = mirror(cache.path(), dead, Backend::Portable, &["--offline"]);
+    let (status, head, body) = offline.get("/api/models/org/model/revision/main");
+    assert_eq!(status, 200, "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["sha"], hub.repo.commit.as_str());
+    for path in ["config.json", "with space.txt"] {
+        let f = hub
+            .repo
+            .files
+            .iter()
+            .find(|f| f.path == path)
+            .expect("file");
+        let (status, head, body) = get_file(&offline, &path.replace(' ', "%20"), "");
+        assert_eq!(status, 200, "{path}: {head}");
+        assert!(
+            body == std::fs::read(&f.source).expect("source"),
+            "{path} differs"
+        );
+    }
+    let (status, head, _) = get_file(&offline, "model.safetensors", "");
+    assert_eq!(status, 503, "not cached: {head}");
+    assert!(head.contains("offline"), "{head}");
+    assert_eq!(offline.get("/api/models/org/model/revision/nope").0, 404);
+    assert_eq!(
+        hub.nginx.requests(0).len(),
+        asked_online,
+        "the offline mirror asked the upstream"
+    );
+    drop(offline);
+
+    // A gated repo cached for a caller with access.
+    let gated = StaticHub::start_with(SPEC, |_| None, None);
+    let cache = tempfile::tempdir().expect("cache");
+    let token_file = cache.path().join("token");
+    std::fs::write(&token_file, GATED_TOKEN).expect("token");
+    let granted = format!("Authorization: Bearer {GATED_TOKEN}\r\n");
+    {
+        let online = mirror(
+            &cache.path().join("hub"),
+            &gated.gated_endpoint(),
+            Backend::Portable,
+            &["--upstream-token-file", token_file.to_str().expect("utf-8")],
+        );
+        assert_eq!(get_file(&online, "config.json", &granted).0, 200);
+    }
+    let offline = mirror(
+        &cache.path().join("hub"),
+        dead,
+        Backend::Portable,
+        &["--offline"],
+    );
+    for headers in ["", granted.as_str()] {
+        let (status, head, _) = get_file(&offline, "config.json", headers);
+        assert_eq!(status, 404, "a gated repo offline: {head}");
+        assert!(head.contains("x-error-code: reponotfound"), "{head}");
+    }
+    drop(offline);
+    let private = mirror(
+        &cache.path().join("hub"),
+        dead,
+        Backend::Portable,
+        &["--offline", "--offline-private"],
+    );
+    assert_eq!(
+        get_file(&private, "config.json", "").0,
+        200,
+        "--offline-private"
+    );
+    eprintln!(
+        "offline: cached files and listings served, the rest refused, gated repos only with --offline-private"
+    );
+}
