@@ -129,6 +129,11 @@ impl StaticHub {
         format!("http://127.0.0.1:{}/gated", self.nginx.port())
     }
 
+    /// The Hub endpoint at nginx's `/limited/`: every request is rate-limited (429).
+    pub fn limited_endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}/limited", self.nginx.port())
+    }
+
     /// The Hub endpoint over HTTPS (started with a certificate, valid for `localhost`).
     pub fn https_endpoint(&self) -> String {
         format!("https://localhost:{}/files", self.nginx.tls_port())

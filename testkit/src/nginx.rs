@@ -9,7 +9,8 @@
 //! - `/slow/`     like `/files/`, at most 8 MiB/s per request (`limit_rate`), so that a test
 //!   can stop a client in the middle of a transfer;
 //! - `/gated/`    like `/files/` for requests with `Authorization: Bearer` [`GATED_TOKEN`];
-//!   any other gets the Hub's answer for a gated repo (403, `X-Error-Code: GatedRepo`).
+//!   any other gets the Hub's answer for a gated repo (403, `X-Error-Code: GatedRepo`);
+//! - `/limited/`  every request answered 429 (`Retry-After: 0`), as a rate-limited Hub.
 //!
 //! Started with [`Nginx::start_tls`], the same locations are also served over HTTPS (TLS 1.2
 //! and 1.3) on a second port, and `/to-https/` on the plain port redirects to `/files/` there.
@@ -183,6 +184,10 @@ http {{
                 add_header X-Error-Message "Access to this repo is restricted" always;
                 return 403 '{{"error":"Access to model org/model is restricted."}}';
             }}
+        }}
+        location /limited/ {{
+            add_header Retry-After 0 always;
+            return 429 '{{"error":"You have been rate-limited"}}';
         }}
         {extra}
     }}

@@ -247,6 +247,14 @@ fn insert(set: &mut Vec<Range<u64>>, mut r: Range<u64>) {
     set.splice(lo..hi, std::iter::once(r));
 }
 
+/// Starts a blob's fetch, told of its writes through the fill it is given: callable again
+/// when the partial file is still locked by the fill before.
+pub(crate) type Fetch = Box<dyn Fn(Arc<Fill>) -> Result<Job, String> + Send>;
+
+/// Tries of a fetch whose partial file the previous fill still held, and the wait between.
+const BUSY_RETRIES: u32 = 50;
+const BUSY_WAIT: Duration = Duration::from_millis(100);
+
 /// The fills running, one per blob (by its path in the cache).
 #[derive(Debug)]
 pub(crate) struct Fills {
@@ -277,16 +285,16 @@ impl Fills {
         (running.len(), blocked)
     }
 
-    /// Joins the fill of `blob`, or starts one with `start` (which starts the fetch, told of
-    /// its writes through the fill it is given), unless `in_place` says the blob is there.
-    /// Looked at under the lock, so that a blob is never fetched twice at once, nor while a
-    /// finished fill is being removed.
+    /// Joins the fill of `blob`, or starts one with `fetch` (which starts the fetch, told of
+    /// its writes through the fill it is given; `on_success` runs once the blob is in place),
+    /// unless `in_place` says the blob is there. Looked at under the lock, so that a blob is
+    /// never fetched twice at once, nor while a finished fill is being removed.
     pub(crate) fn join(
         self: &Arc<Self>,
-        blob: PathBuf,
-        size: u64,
+        (blob, size): (PathBuf, u64),
         in_place: impl FnOnce() -> bool,
-        start: impl FnOnce(Arc<Fill>) -> Result<(Job, Box<dyn FnOnce() + Send>), String>,
+        fetch: Fetch,
+        on_success: Box<dyn FnOnce() + Send>,
     ) -> Result<Joined, String> {
         let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(fill) = running.get(&blob) {
@@ -296,7 +304,7 @@ impl Fills {
             return Ok(Joined::InPlace);
         }
         let fill = Arc::new(Fill::new(size, Arc::clone(&self.metrics)));
-        let (job, on_success) = start(Arc::clone(&fill))?;
+        let mut job = fetch(Arc::clone(&fill))?;
         running.insert(blob.clone(), Arc::clone(&fill));
         drop(running);
         let fills = Arc::clone(self);
@@ -305,7 +313,29 @@ impl Fills {
             .name("ferry-fill".into())
             .spawn(move || {
                 let metrics = &fills.metrics;
-                let outcome = match job.wait() {
+                let mut busy = 0;
+                // `Err(None)`: the fetch could not start again (said in the log).
+                let result = loop {
+                    match job.wait() {
+                        // The partial file is still locked by the fill before this one,
+                        // whose job has ended but whose last descriptors are closing: again,
+                        // shortly.
+                        Err(GetError::OutputBusy { .. }) if busy < BUSY_RETRIES => {
+                            busy += 1;
+                            std::thread::sleep(BUSY_WAIT);
+                            match fetch(Arc::clone(&watched)) {
+                                Ok(again) => job = again,
+                                Err(e) => break Err((None, e)),
+                            }
+                        }
+                        Ok(report) => break Ok(report),
+                        Err(e) => {
+                            let shown = e.to_string();
+                            break Err((Some(e), shown));
+                        }
+                    }
+                };
+                let outcome = match result {
                     Ok(report) => {
                         metrics.fills.get_or_create(&Class::of("verified")).inc();
                         metrics
@@ -314,13 +344,13 @@ impl Fills {
                         on_success();
                         Ok(())
                     }
-                    Err(e) => {
+                    Err((e, shown)) => {
                         metrics.fills.get_or_create(&Class::of("failed")).inc();
-                        if matches!(e, GetError::ChecksumMismatch { .. }) {
+                        if matches!(e, Some(GetError::ChecksumMismatch { .. })) {
                             metrics.verification_failures.inc();
                         }
-                        tracing::warn!(blob = ?blob, error = %e, "a mirror fill failed");
-                        Err(e.to_string())
+                        tracing::warn!(blob = ?blob, error = %shown, "a mirror fill failed");
+                        Err(shown)
                     }
                 };
                 // Removed before readers learn the outcome: a reader that comes after finds

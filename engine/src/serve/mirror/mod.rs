@@ -90,7 +90,7 @@ type Key = (Option<[u8; 32]>, RepoType, String, String);
 /// The mirror: its upstream, what it has been told, and its fills.
 #[derive(Debug)]
 pub(crate) struct Mirror {
-    upstream: Upstream,
+    upstream: Arc<Upstream>,
     commits: Memo<Key, String>,
     listings: Memo<Key, Arc<Snapshot>>,
     fills: Arc<Fills>,
@@ -101,7 +101,13 @@ pub(crate) struct Mirror {
     root: std::path::PathBuf,
     /// Offline: what is served comes from the cache only.
     offline: Option<Offline>,
+    /// After the upstream rate-limited the mirror: no question is sent to it before then.
+    backoff: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// How long the whole mirror stops asking the upstream after it answered 429 (after the
+/// client's own waits as `Retry-After` said, which `hub/api.rs` does first).
+const BACKOFF: Duration = Duration::from_secs(30);
 
 /// What an offline mirror serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +132,7 @@ impl Mirror {
             None => None,
         };
         Ok(Mirror {
-            upstream,
+            upstream: Arc::new(upstream),
             commits: Memo::new(MEMO_CAP),
             listings: Memo::new(MEMO_CAP),
             fills: Arc::new(Fills::new(Arc::clone(&metrics))),
@@ -134,6 +140,7 @@ impl Mirror {
             index,
             root: root.to_path_buf(),
             offline,
+            backoff: std::sync::Mutex::new(None),
         })
     }
 
@@ -166,6 +173,34 @@ impl Mirror {
     /// Answers `req`; `signed` when it came with a valid signed link, which the operator
     /// made: its file is listed with the mirror's own token.
     pub(crate) fn handle(&self, ctx: &Shared, req: &Request<'_>, signed: bool) -> Response {
+        let started = std::time::Instant::now();
+        let response = self.answer(ctx, req, signed);
+        // The access log: no query (a signed link's signature), no credential.
+        tracing::info!(
+            target: "ferry::access",
+            method = req.method,
+            path = req.target.split('?').next().unwrap_or_default(),
+            status = response.status,
+            bytes = response.body_len(),
+            body = match &response.body {
+                Body::File { .. } => "cache",
+                Body::Filling { .. } => "fill",
+                Body::Bytes(_) => "json",
+                Body::Announced { .. } => "head",
+            },
+            caller = if signed {
+                "signed link"
+            } else if req.authorization.is_some() {
+                "token"
+            } else {
+                "anonymous"
+            },
+            ms = started.elapsed().as_millis() as u64,
+        );
+        response
+    }
+
+    fn answer(&self, ctx: &Shared, req: &Request<'_>, signed: bool) -> Response {
         let path = req.target.split('?').next().unwrap_or_default();
         if path == "/metrics" && req.method != "POST" {
             self.count("metrics");
@@ -220,6 +255,7 @@ impl Mirror {
             let key = (caller.class, kind, repo.to_string(), rev.to_owned());
             self.commits
                 .get(&key, REF_TTL, || {
+                    self.backing_off()?;
                     self.metrics.upstream_requests.inc();
                     self.upstream
                         .resolve(caller.secret.as_ref(), kind, repo, rev)
@@ -236,6 +272,7 @@ impl Mirror {
         let (snap, fetched) = self
             .listings
             .get(&key, ttl, || {
+                self.backing_off()?;
                 self.metrics.upstream_requests.inc();
                 let files = self
                     .upstream
@@ -250,6 +287,18 @@ impl Mirror {
             );
         }
         Ok(snap)
+    }
+
+    /// A rate limit, while the mirror backs off after the upstream's 429.
+    fn backing_off(&self) -> Result<(), HubError> {
+        let until = *self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        match until {
+            Some(t) if t > std::time::Instant::now() => Err(HubError::RateLimited {
+                url: "the upstream".into(),
+                attempts: 0,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Offline: the snapshot `rev` names from the cache's refs and kept listings.
@@ -413,20 +462,23 @@ impl Mirror {
             });
         }
         let commit = snap.commit.clone();
-        let joined = self.fills.join(
-            blob.clone(),
-            entry.size,
-            || self.open_blob(ctx, &blob, entry.size).is_some(),
-            |fill| {
-                let job = self
-                    .upstream
-                    .fetch(kind, &repo, &commit, &remote, fill)
-                    .map_err(|e| e.to_string())?;
+        let fetch: fill::Fetch = {
+            let upstream = Arc::clone(&self.upstream);
+            let (repo, commit, remote) = (repo.clone(), commit.clone(), remote.clone());
+            Box::new(move |fill| {
                 tracing::info!(repo = %repo, path = %remote.path, size = remote.size, "filling from the upstream");
-                // The fill thread publishes the snapshot link once the blob is in place.
-                let publish = self.publisher(kind, &repo, &commit, &remote);
-                Ok((job, publish))
-            },
+                upstream
+                    .fetch(kind, &repo, &commit, &remote, fill)
+                    .map_err(|e| e.to_string())
+            })
+        };
+        // The fill thread publishes the snapshot link once the blob is in place.
+        let publish = self.publisher(kind, &repo, &commit, &remote);
+        let joined = self.fills.join(
+            (blob.clone(), entry.size),
+            || self.open_blob(ctx, &blob, entry.size).is_some(),
+            fetch,
+            publish,
         );
         match joined {
             Ok(Joined::Filling(fill)) => {
@@ -555,7 +607,15 @@ impl Mirror {
             | HubError::RevisionNotFound { .. }
             | HubError::EntryNotFound { .. } => "not_found",
             HubError::Gated { .. } | HubError::BadToken { .. } => "denied",
-            HubError::RateLimited { .. } => "rate_limited",
+            HubError::RateLimited { attempts, .. } => {
+                // A fresh 429 (not one of the mirror's own back-off): every caller waits.
+                if *attempts > 0 {
+                    *self.backoff.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(std::time::Instant::now() + BACKOFF);
+                    tracing::warn!("the upstream rate-limits this mirror; backing off {BACKOFF:?}");
+                }
+                "rate_limited"
+            }
             HubError::BadListing { .. } => "bad_listing",
             _ => "failed",
         };

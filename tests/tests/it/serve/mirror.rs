@@ -834,3 +834,38 @@ fn an_offline_mirror_serves_its_cache_and_refuses_the_rest() {
         "offline: cached files and listings served, the rest refused, gated repos only with --offline-private"
     );
 }
+
+/// An upstream that rate-limits: the caller gets 429 with `Retry-After`, and the whole mirror
+/// backs off: the next callers are answered 429 without the upstream being asked again.
+#[test]
+fn a_rate_limited_upstream_makes_the_whole_mirror_back_off() {
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let cache = tempfile::tempdir().expect("cache");
+    let serve = mirror(
+        cache.path(),
+        &hub.limited_endpoint(),
+        Backend::Portable,
+        &[],
+    );
+    let (status, head, _) = serve.get("/api/models/org/model/revision/main");
+    assert_eq!(status, 429, "{head}");
+    assert!(head.contains("retry-after:"), "{head}");
+    let asked = hub.nginx.requests(0).len();
+    assert!(asked >= 1, "the upstream was not asked");
+    for target in [
+        "/api/models/org/model/revision/main",
+        "/api/models/org/other/tree/main",
+        "/org/model/resolve/main/config.json",
+    ] {
+        let (status, head, _) = serve.get(target);
+        assert_eq!(status, 429, "{target}: {head}");
+    }
+    assert_eq!(
+        hub.nginx.requests(0).len(),
+        asked,
+        "the upstream was asked again while the mirror backed off"
+    );
+    let m = scrape(&serve);
+    assert!(m["ferry_mirror_upstream_errors_total{class=\"rate_limited\"}"] >= 4.0);
+    eprintln!("rate-limited: {asked} upstream requests, then the mirror answered 429 itself");
+}
