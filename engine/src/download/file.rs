@@ -378,7 +378,7 @@ impl FileDownload {
             source: e.into(),
         })?;
         if let Some(watch) = &self.watch {
-            watch.fresh(std::os::fd::AsFd::as_fd(file));
+            watch.fresh(std::os::fd::AsFd::as_fd(file), true);
         }
         self.empty.store(true, Ordering::Relaxed);
         Ok(())

@@ -283,7 +283,7 @@ impl FileDownload {
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
         let file = self.partial.create(resumed.is_empty()).await?;
         if let Some(watch) = &self.watch {
-            watch.fresh(std::os::fd::AsFd::as_fd(&file));
+            watch.fresh(std::os::fd::AsFd::as_fd(&file), resumed.is_empty());
         }
         self.empty.store(resumed.is_empty(), Ordering::Relaxed);
         *self.plan.lock().unwrap_or_else(|p| p.into_inner()) = None;

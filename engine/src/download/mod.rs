@@ -63,10 +63,11 @@ use crate::journal::Journal;
 /// complete (`ferry serve --upstream` streams a blob while it is fetched). The bytes are not
 /// verified yet; only the job's result says whether the file was.
 pub(crate) trait Watch: Send + Sync + std::fmt::Debug {
-    /// The partial file was created or emptied (a fetch starts over): none of its bytes count
-    /// as written any more. `file` is the partial file, to read the bytes from (a watcher that
-    /// keeps it duplicates the descriptor).
-    fn fresh(&self, file: std::os::fd::BorrowedFd<'_>);
+    /// A fetch opened the partial file: `file`, to read the bytes from (a watcher that keeps
+    /// it duplicates the descriptor). When `emptied` (created, or emptied to start over) none
+    /// of its bytes count as written any more; otherwise the fetch goes on from what an earlier
+    /// one wrote, and what was written stays written.
+    fn fresh(&self, file: std::os::fd::BorrowedFd<'_>, emptied: bool);
     /// `len` bytes at `at` are written (the write completed, or an earlier run's bytes were
     /// kept).
     fn written(&self, at: u64, len: u64);

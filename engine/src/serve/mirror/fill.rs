@@ -200,11 +200,13 @@ fn check(state: &State, size: u64, pos: u64, seen: &mut Option<u64>) -> Ready {
 }
 
 impl Watch for Fill {
-    fn fresh(&self, file: BorrowedFd<'_>) {
-        let dup = file.try_clone_to_owned().map(File::from);
+    fn fresh(&self, file: BorrowedFd<'_>, emptied: bool) {
+        let dup = reopen(file);
         let mut state = self.lock();
-        state.generation += 1;
-        state.landed.clear();
+        if emptied || state.file.is_none() {
+            state.generation += 1;
+            state.landed.clear();
+        }
         state.file = match dup {
             Ok(f) => Some(Arc::new(f)),
             Err(e) => {
@@ -232,6 +234,16 @@ impl Watch for Fill {
     }
 }
 
+/// A descriptor of its own for the partial file `file`: opened again through
+/// `/proc/self/fd`, a new open file description, so that it does not share the engine's
+/// `flock` on the partial file (a `dup` would, and would keep the file locked after the fetch
+/// ended, refusing the next fill of the same blob). Where `/proc` is missing, a `dup`.
+fn reopen(file: BorrowedFd<'_>) -> std::io::Result<File> {
+    use std::os::fd::AsRawFd;
+    File::open(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .or_else(|_| file.try_clone_to_owned().map(File::from))
+}
+
 /// Adds `r` to `set` (sorted, disjoint, not touching), merging what it overlaps or touches.
 fn insert(set: &mut Vec<Range<u64>>, mut r: Range<u64>) {
     if r.is_empty() {
@@ -250,6 +262,18 @@ fn insert(set: &mut Vec<Range<u64>>, mut r: Range<u64>) {
 /// Starts a blob's fetch, told of its writes through the fill it is given: callable again
 /// when the partial file is still locked by the fill before.
 pub(crate) type Fetch = Box<dyn Fn(Arc<Fill>) -> Result<Job, String> + Send>;
+
+/// Times a fill that failed for a reason worth trying again goes on from its journal.
+const RESUMES: u32 = 3;
+
+/// What the engine would try again ([`crate::proto::retry::for_error`]): the network, a body
+/// cut short, a 5xx or 429.
+fn worth_resuming(e: &GetError) -> bool {
+    matches!(
+        crate::proto::retry::for_error(e),
+        crate::proto::retry::Verdict::Retry { .. }
+    )
+}
 
 /// Tries of a fetch whose partial file the previous fill still held, and the wait between.
 const BUSY_RETRIES: u32 = 50;
@@ -313,26 +337,34 @@ impl Fills {
             .name("ferry-fill".into())
             .spawn(move || {
                 let metrics = &fills.metrics;
-                let mut busy = 0;
-                // `Err(None)`: the fetch could not start again (said in the log).
+                let (mut busy, mut resumed) = (0, 0);
+                // `Err((None, why))`: the fetch could not start again.
                 let result = loop {
                     match job.wait() {
+                        Ok(report) => break Ok(report),
                         // The partial file is still locked by the fill before this one,
                         // whose job has ended but whose last descriptors are closing: again,
                         // shortly.
                         Err(GetError::OutputBusy { .. }) if busy < BUSY_RETRIES => {
                             busy += 1;
                             std::thread::sleep(BUSY_WAIT);
-                            match fetch(Arc::clone(&watched)) {
-                                Ok(again) => job = again,
-                                Err(e) => break Err((None, e)),
-                            }
                         }
-                        Ok(report) => break Ok(report),
+                        // The upstream failed in a way worth trying again, after the job's
+                        // own retries were spent: the fill goes on from what its journal
+                        // says was written, before any reader is told.
+                        Err(e) if resumed < RESUMES && worth_resuming(&e) => {
+                            resumed += 1;
+                            metrics.fill_resumes.inc();
+                            tracing::info!(blob = ?blob, error = %e, "a fill failed; resuming it");
+                        }
                         Err(e) => {
                             let shown = e.to_string();
                             break Err((Some(e), shown));
                         }
+                    }
+                    match fetch(Arc::clone(&watched)) {
+                        Ok(next) => job = next,
+                        Err(e) => break Err((None, e)),
                     }
                 };
                 let outcome = match result {
@@ -397,7 +429,7 @@ mod tests {
         let mut reader = fill.reader();
         assert!(matches!(reader.ready(0), Ready::Wait));
         let file = tempfile::tempfile().expect("tempfile");
-        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         assert!(matches!(reader.ready(0), Ready::Wait));
         fill.written(10, 10);
         assert!(matches!(reader.ready(0), Ready::Wait));
@@ -408,8 +440,11 @@ mod tests {
         }
         assert_eq!(reader.seen, Some(1));
         assert!(matches!(reader.ready(20), Ready::Wait));
+        // A fetch that goes on from the bytes written keeps them, and its readers.
+        fill.fresh(std::os::fd::AsFd::as_fd(&file), false);
+        assert!(matches!(reader.ready(5), Ready::Bytes { until: 20, .. }));
         // The fetch starts over: a reader that sent bytes of the first one is failed ...
-        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         assert!(matches!(reader.ready(20), Ready::Failed(_)));
         // ... one that had sent nothing waits for the new bytes.
         let mut fresh_reader = fill.reader();
@@ -425,7 +460,7 @@ mod tests {
     fn a_waiting_reader_wakes_when_its_bytes_land() {
         let fill = Arc::new(Fill::new(20, Arc::new(Metrics::new())));
         let file = tempfile::tempfile().expect("tempfile");
-        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         let writer = Arc::clone(&fill);
         let t = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
@@ -440,7 +475,7 @@ mod tests {
     fn the_last_byte_waits_for_the_verdict() {
         let fill = Arc::new(Fill::new(10, Arc::new(Metrics::new())));
         let file = tempfile::tempfile().expect("tempfile");
-        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         fill.written(0, 10);
         let mut reader = fill.reader();
         assert!(matches!(reader.ready(0), Ready::Bytes { until: 9, .. }));
@@ -448,7 +483,7 @@ mod tests {
         fill.finish(Ok(()));
         assert!(matches!(reader.ready(9), Ready::Bytes { until: 10, .. }));
         let bad = Arc::new(Fill::new(10, Arc::new(Metrics::new())));
-        bad.fresh(std::os::fd::AsFd::as_fd(&file));
+        bad.fresh(std::os::fd::AsFd::as_fd(&file), true);
         bad.written(0, 10);
         bad.finish(Err("sha256 mismatch".into()));
         assert!(matches!(bad.reader().ready(9), Ready::Failed(_)));
@@ -458,7 +493,7 @@ mod tests {
     fn blocked_readers_say_what_is_wanted_until_they_get_bytes_or_leave() {
         let fill = Arc::new(Fill::new(100, Arc::new(Metrics::new())));
         let file = tempfile::tempfile().expect("tempfile");
-        fill.fresh(std::os::fd::AsFd::as_fd(&file));
+        fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         let (mut a, mut b, mut c) = (fill.reader(), fill.reader(), fill.reader());
         assert!(matches!(a.ready(70), Ready::Wait));
         assert!(matches!(b.ready(30), Ready::Wait));

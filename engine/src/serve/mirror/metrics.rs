@@ -57,6 +57,8 @@ pub(crate) struct Metrics {
     pub(crate) waiting_readers: Gauge,
     /// Blobs deleted to stay under `--max-size`.
     pub(crate) evictions: Counter,
+    /// Fills that failed and went on from their journal, before readers were told.
+    pub(crate) fill_resumes: Counter,
     /// Bytes of the blobs kept under `--max-size` (set when scraped).
     pub(crate) cache_bytes: Gauge,
 }
@@ -79,6 +81,7 @@ impl Metrics {
             fills_in_flight: Gauge::default(),
             waiting_readers: Gauge::default(),
             evictions: Counter::default(),
+            fill_resumes: Counter::default(),
             cache_bytes: Gauge::default(),
             registry: Registry::default(),
         };
@@ -147,6 +150,11 @@ impl Metrics {
             "evictions",
             "Blobs deleted to stay under --max-size",
             m.evictions.clone(),
+        );
+        registry.register(
+            "fill_resumes",
+            "Fills that failed and went on from their journal",
+            m.fill_resumes.clone(),
         );
         registry.register(
             "cache_bytes",

@@ -869,3 +869,79 @@ fn a_rate_limited_upstream_makes_the_whole_mirror_back_off() {
     assert!(m["ferry_mirror_upstream_errors_total{class=\"rate_limited\"}"] >= 4.0);
     eprintln!("rate-limited: {asked} upstream requests, then the mirror answered 429 itself");
 }
+
+/// An upstream that cuts its first bodies short, more often than one fetch retries: the fill
+/// goes on from its journal before the reader is told, and the reader gets every byte right.
+#[test]
+fn a_fill_whose_upstream_keeps_cutting_bodies_resumes_before_its_reader_notices() {
+    use ferry_testkit::hostile::{HostileOrigin, answer, request_path, response};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const SIZE: usize = 3 << 20;
+    let data: Vec<u8> = (0..SIZE).map(|i| (i * 7 + i / 4096) as u8).collect();
+    let sha = sha256_hex(&data);
+    let commit = "1234567890abcdef1234567890abcdef12345678";
+    let cuts = std::sync::Arc::new(AtomicUsize::new(0));
+    let (body, counted) = (data.clone(), std::sync::Arc::clone(&cuts));
+    let tree = serde_json::json!([{
+        "type": "file", "path": "f.bin", "size": SIZE, "oid": git_sha1(b"pointer"),
+        "lfs": { "oid": sha, "size": SIZE, "pointerSize": 130 }
+    }])
+    .to_string();
+    let revision = serde_json::json!({ "id": "org/cut", "sha": commit }).to_string();
+    let origin = HostileOrigin::start(move |head| {
+        let path = request_path(head);
+        let json = [("Content-Type", "application/json".to_owned())];
+        if path.starts_with("/api/models/org/cut/revision/") {
+            return answer("200 OK", &json, revision.as_bytes());
+        }
+        if path.starts_with("/api/models/org/cut/tree/") {
+            return answer("200 OK", &json, tree.as_bytes());
+        }
+        if !path.starts_with(&format!("/org/cut/resolve/{commit}/f.bin")) {
+            return answer("404 Not Found", &[], b"");
+        }
+        let range = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("range: bytes=")
+                    .map(str::to_owned)
+            })
+            .unwrap_or_else(|| "0-".into());
+        let (a, b) = range.split_once('-').expect("a range");
+        let a: usize = a.trim().parse().expect("start");
+        let b: usize = b
+            .trim()
+            .parse()
+            .map_or(SIZE - 1, |b: usize| b.min(SIZE - 1));
+        let headers = [
+            ("Content-Range", format!("bytes {a}-{b}/{SIZE}")),
+            ("Content-Length", (b - a + 1).to_string()),
+            ("Connection", "close".to_owned()),
+        ];
+        // The first 12 bodies end after 64 KiB: more than one fetch's 8 retries.
+        let end = if counted.fetch_add(1, Ordering::SeqCst) < 12 {
+            (a + (64 << 10)).min(b + 1)
+        } else {
+            b + 1
+        };
+        response("206 Partial Content", &headers, &body[a..end])
+    });
+    let cache = tempfile::tempdir().expect("cache");
+    let serve = mirror(
+        cache.path(),
+        &origin.url().trim_end_matches('/').to_owned(),
+        Backend::Portable,
+        &[],
+    );
+    let (status, head, got) = serve.get("/org/cut/resolve/main/f.bin");
+    assert_eq!(status, 200, "{head}");
+    assert!(got == data, "the file differs ({} bytes)", got.len());
+    let m = scrape(&serve);
+    assert!(m["ferry_mirror_fill_resumes_total"] >= 1.0, "{m:?}");
+    assert!(cuts.load(Ordering::SeqCst) > 12);
+    eprintln!(
+        "a fill resumed {} times after bodies were cut; the reader got every byte",
+        m["ferry_mirror_fill_resumes_total"]
+    );
+}
