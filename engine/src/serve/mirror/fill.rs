@@ -370,9 +370,7 @@ impl Fills {
                 let outcome = match result {
                     Ok(report) => {
                         metrics.fills.get_or_create(&Class::of("verified")).inc();
-                        metrics
-                            .upstream_bytes
-                            .inc_by(report.bytes.saturating_sub(report.resumed));
+                        metrics.filled_bytes.inc_by(report.bytes);
                         on_success();
                         Ok(())
                     }

@@ -40,8 +40,9 @@ pub(crate) struct Metrics {
     pub(crate) bytes_from_fills: Counter,
     /// Of those, bytes sent before the blob's hash was checked.
     pub(crate) bytes_unverified: Counter,
-    /// Bytes the fills fetched from the upstream (counted when a fill ends well).
-    pub(crate) upstream_bytes: Counter,
+    /// Bytes of the blobs fills put in place, verified (what the upstream had to send at
+    /// least; its actual egress, retries included, is the upstream's to count).
+    pub(crate) filled_bytes: Counter,
     /// Fills ended, by `class`: `verified`, `failed`.
     pub(crate) fills: Family<Class, Counter>,
     /// Fills whose bytes did not match the listing's hash.
@@ -73,7 +74,7 @@ impl Metrics {
             bytes_from_cache: Counter::default(),
             bytes_from_fills: Counter::default(),
             bytes_unverified: Counter::default(),
-            upstream_bytes: Counter::default(),
+            filled_bytes: Counter::default(),
             fills: Family::default(),
             verification_failures: Counter::default(),
             upstream_requests: Counter::default(),
@@ -116,9 +117,9 @@ impl Metrics {
             m.bytes_unverified.clone(),
         );
         registry.register(
-            "upstream_bytes",
-            "Bytes fills fetched from the upstream",
-            m.upstream_bytes.clone(),
+            "filled_bytes",
+            "Bytes of the blobs fills put in place, verified",
+            m.filled_bytes.clone(),
         );
         registry.register("fills", "Fills ended, by outcome", m.fills.clone());
         registry.register(

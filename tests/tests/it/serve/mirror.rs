@@ -146,10 +146,10 @@ fn eight_stock_clients_of_a_cold_repo_get_every_byte_and_the_upstream_sends_it_o
                 .copied()
                 .unwrap_or_else(|| panic!("no {k} in {m:?}"))
         };
-        let fetched = get("ferry_mirror_upstream_bytes_total");
+        let fetched = get("ferry_mirror_filled_bytes_total");
         assert!(
             fetched >= (repo - 1) as f64 && fetched <= repo as f64 * 1.05,
-            "{backend:?}: upstream_bytes {fetched} for a {repo}-byte repo"
+            "{backend:?}: filled_bytes {fetched} for a {repo}-byte repo"
         );
         assert_eq!(
             get("ferry_mirror_fills_total{class=\"verified\"}"),
@@ -930,7 +930,7 @@ fn a_fill_whose_upstream_keeps_cutting_bodies_resumes_before_its_reader_notices(
     let cache = tempfile::tempdir().expect("cache");
     let serve = mirror(
         cache.path(),
-        &origin.url().trim_end_matches('/').to_owned(),
+        origin.url().trim_end_matches('/'),
         Backend::Portable,
         &[],
     );
