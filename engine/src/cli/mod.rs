@@ -442,10 +442,12 @@ mod tests {
         };
         let (serve, gc, get, ping) = (help("serve"), help("gc"), help("get"), help("ping"));
         for flag in ["--limit-rate", "--backend", "--proxy", "--min-free"] {
-            assert!(!serve.contains(flag), "serve --help lists {flag}");
+            // A mirror's fills take the download options (refused without --upstream).
+            assert!(serve.contains(flag), "serve --help lacks {flag}");
             assert!(!gc.contains(flag), "gc --help lists {flag}");
             assert!(get.contains(flag), "get --help lacks {flag}");
         }
+        assert!(!serve.contains("--http3"), "serve --help lists --http3");
         assert!(ping.contains("--limit-rate") && !ping.contains("--min-free"));
         assert!(serve.contains("--verbose"), "-v applies everywhere");
     }

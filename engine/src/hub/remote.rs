@@ -56,6 +56,19 @@ pub(crate) fn list_at_somewhere(
     somewhere(engine, options, |api| list_files(api, options, commit))
 }
 
+/// The JSON answer to `GET /api/{kind}s/{repo}/{rest}` (`rest` encoded, with its query), from
+/// the endpoint, else the first mirror that can answer; an error status is the Hub's error.
+pub(crate) fn api_json_somewhere(
+    engine: &Engine,
+    options: &PullOptions,
+    rest: &str,
+) -> Result<serde_json::Value, HubError> {
+    somewhere(engine, options, |api| {
+        let url = api_url(api, options, rest)?;
+        get_json(api, options, &url)
+    })
+}
+
 /// `ask` of the endpoint, else of the first mirror that can answer (when the endpoint fails for
 /// a reason a mirror may not have: the network, a 5xx, a rate limit, a certificate, a proxy).
 fn somewhere<T>(

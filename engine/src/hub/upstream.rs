@@ -18,7 +18,7 @@ use super::error::HubError;
 use super::layout::{Layout, Place};
 use super::listing::RemoteFile;
 use super::pull::{PARTIAL_SUFFIX, PullOptions};
-use super::remote::{file_url, list_at_somewhere, resolve_somewhere};
+use super::remote::{api_json_somewhere, file_url, list_at_somewhere, resolve_somewhere};
 use super::repo::{RepoId, RepoType};
 use crate::download::Watch;
 use crate::engine::Engine;
@@ -122,6 +122,27 @@ impl Upstream {
             tracing::warn!("cannot keep the listing of {repo} at {commit}: {e}");
         }
         Ok(files)
+    }
+
+    /// The repo's branches, tags (and with `include_prs`, pull requests) as the upstream lists
+    /// them to the caller (`GET .../refs`).
+    pub(crate) fn refs(
+        &self,
+        caller: Option<&Secret>,
+        kind: RepoType,
+        repo: &RepoId,
+        include_prs: bool,
+    ) -> Result<serde_json::Value, HubError> {
+        let rest = if include_prs {
+            "refs?include_prs=1"
+        } else {
+            "refs"
+        };
+        api_json_somewhere(
+            &self.engine,
+            &self.options(kind, repo, "main", caller),
+            rest,
+        )
     }
 
     /// Offline: the commit `rev` names in the cache (`refs/REV`, or `rev` itself when it is a

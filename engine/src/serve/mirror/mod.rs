@@ -9,8 +9,8 @@
 //! caller gets a file only through a listing fetched with the caller's own credential (kept
 //! for [`LISTING_TTL_TOKEN`] when the caller has one), while fills use the mirror's token; a
 //! blob is published under its name only once its hash matched; an upstream error is passed
-//! on with the Hub's status and code, never kept. Not here: eviction and `--max-size`,
-//! `/refs` and `/commits` (answered 501), metrics, signed links, HTTP/3.
+//! on with the Hub's status and code, never kept. Not here: `/commits` (answered 501), HTTP/3;
+//! eviction (`index.rs`), metrics (`metrics.rs`), signed links (`../signed.rs`).
 
 mod fill;
 mod index;
@@ -93,6 +93,8 @@ pub(crate) struct Mirror {
     upstream: Arc<Upstream>,
     commits: Memo<Key, String>,
     listings: Memo<Key, Arc<Snapshot>>,
+    /// `/refs` answers, as the upstream gave them to each caller.
+    refs: Memo<Key, Arc<serde_json::Value>>,
     fills: Arc<Fills>,
     metrics: Arc<Metrics>,
     /// With `--max-size`: the blobs kept, by last use.
@@ -135,6 +137,7 @@ impl Mirror {
             upstream: Arc::new(upstream),
             commits: Memo::new(MEMO_CAP),
             listings: Memo::new(MEMO_CAP),
+            refs: Memo::new(MEMO_CAP),
             fills: Arc::new(Fills::new(Arc::clone(&metrics))),
             metrics,
             index,
@@ -289,6 +292,29 @@ impl Mirror {
         Ok(snap)
     }
 
+    /// `GET .../refs`: the upstream's answer to this caller, kept as long as a branch is taken
+    /// to name its commit.
+    fn refs(&self, caller: &Caller, kind: RepoType, repo: &RepoId, query: &str) -> Response {
+        let prs = super::route::query_flag(query, "include_prs");
+        let key = (
+            caller.class,
+            kind,
+            repo.to_string(),
+            format!("refs include_prs={prs}"),
+        );
+        let got = self.refs.get(&key, REF_TTL, || {
+            self.backing_off()?;
+            self.metrics.upstream_requests.inc();
+            self.upstream
+                .refs(caller.secret.as_ref(), kind, repo, prs)
+                .map(Arc::new)
+        });
+        match got {
+            Ok((v, _)) => Response::json(200, &v),
+            Err(e) => self.upstream_error(&e),
+        }
+    }
+
     /// A rate limit, while the mirror backs off after the upstream's 429.
     fn backing_off(&self) -> Result<(), HubError> {
         let until = *self.backoff.lock().unwrap_or_else(|p| p.into_inner());
@@ -407,6 +433,7 @@ impl Mirror {
                     }
                 }
             }
+            ["refs"] if self.offline.is_none() => self.refs(caller, kind, &repo, query),
             [action @ ("refs" | "commits"), ..] => not_implemented(action),
             _ => not_found(),
         }

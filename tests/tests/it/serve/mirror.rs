@@ -945,3 +945,28 @@ fn a_fill_whose_upstream_keeps_cutting_bodies_resumes_before_its_reader_notices(
         m["ferry_mirror_fill_resumes_total"]
     );
 }
+
+/// `/refs` is the upstream's answer to the caller (here a plain `ferry serve` with a branch
+/// and a pull request), and the mirror's revision answers agree with it.
+#[test]
+fn refs_come_from_the_upstream() {
+    let tmp = cache_root();
+    let upstream = Serve::start(&tmp.path().join("root"), None);
+    let cache = tempfile::tempdir().expect("cache");
+    let serve = mirror(cache.path(), &upstream.endpoint(), Backend::Portable, &[]);
+    for target in [
+        "/api/models/org/name/refs",
+        "/api/models/org/name/refs?include_prs=1",
+    ] {
+        let (status, head, body) = serve.get(target);
+        assert_eq!(status, 200, "{target}: {head}");
+        let (_, _, want) = upstream.get(target);
+        let got: serde_json::Value = serde_json::from_slice(&body).expect("json");
+        let want: serde_json::Value = serde_json::from_slice(&want).expect("json");
+        assert_eq!(got, want, "{target}");
+    }
+    let (_, _, body) = serve.get("/api/models/org/name/revision/main");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v["sha"], COMMIT);
+    assert_eq!(serve.get("/api/models/org/missing/refs").0, 404);
+}
