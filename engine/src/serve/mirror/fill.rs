@@ -18,7 +18,7 @@ use std::ops::Range;
 use std::os::fd::BorrowedFd;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::metrics::{Class, Metrics};
 use crate::download::Watch;
@@ -45,13 +45,13 @@ struct State {
     landed: Vec<Range<u64>>,
     /// `Some` once the fetch ended: `Ok` when the blob is in place, verified.
     outcome: Option<Result<(), String>>,
-    /// Where each blocked reader waits, by reader: what the fetch takes next.
-    blocked: HashMap<u64, u64>,
+    /// Where each blocked reader waits, and since when, by reader: what the fetch takes next.
+    blocked: HashMap<u64, (u64, Instant)>,
     /// The next reader's id.
     readers: u64,
 }
 
-/// Blocked readers' offsets told to the engine at most (the lowest ones).
+/// Blocked readers' offsets told to the engine at most (those waiting longest).
 const MAX_WANTED: usize = 16;
 
 /// One reader of a fill: where it waits is what the fetch takes next, until it is dropped.
@@ -105,10 +105,14 @@ impl Reader {
     }
 }
 
-/// Records whether reader `id` is blocked at `pos`.
+/// Records whether reader `id` is blocked at `pos` (since when it first blocked there).
 fn note(state: &mut State, id: u64, pos: u64, ready: &Ready) {
     if matches!(ready, Ready::Wait) {
-        state.blocked.insert(id, pos);
+        let since = match state.blocked.get(&id) {
+            Some(&(at, since)) if at == pos => since,
+            _ => Instant::now(),
+        };
+        state.blocked.insert(id, (pos, since));
     } else {
         state.blocked.remove(&id);
     }
@@ -225,11 +229,25 @@ impl Watch for Fill {
     }
 
     fn wanted(&self) -> Vec<u64> {
+        // The longest-waiting readers first: with many readers blocked (clients that read a
+        // file in ranges, each at its own offsets), one far ahead is not starved by those
+        // near the fill's front, which it moves past anyway.
         let state = self.lock();
-        let mut at: Vec<u64> = state.blocked.values().copied().collect();
-        at.sort_unstable();
-        at.dedup();
-        at.truncate(MAX_WANTED);
+        let mut blocked: Vec<(Instant, u64)> = state
+            .blocked
+            .values()
+            .map(|&(pos, since)| (since, pos))
+            .collect();
+        blocked.sort_unstable();
+        let mut at: Vec<u64> = Vec::with_capacity(MAX_WANTED);
+        for (_, pos) in blocked {
+            if !at.contains(&pos) {
+                at.push(pos);
+                if at.len() == MAX_WANTED {
+                    break;
+                }
+            }
+        }
         at
     }
 }
@@ -494,12 +512,15 @@ mod tests {
         fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         let (mut a, mut b, mut c) = (fill.reader(), fill.reader(), fill.reader());
         assert!(matches!(a.ready(70), Ready::Wait));
+        // Later than a (the clock must tell them apart).
+        std::thread::sleep(Duration::from_millis(2));
         assert!(matches!(b.ready(30), Ready::Wait));
         assert!(matches!(c.ready(30), Ready::Wait));
-        assert_eq!(fill.wanted(), vec![30, 70]);
+        // The longest waiting first.
+        assert_eq!(fill.wanted(), vec![70, 30]);
         fill.written(30, 10);
         assert!(matches!(b.ready(30), Ready::Bytes { .. }));
-        assert_eq!(fill.wanted(), vec![30, 70], "c has not looked again yet");
+        assert_eq!(fill.wanted(), vec![70, 30], "c has not looked again yet");
         drop(c);
         assert_eq!(fill.wanted(), vec![70]);
         drop(a);
