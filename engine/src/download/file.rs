@@ -216,7 +216,8 @@ pub(crate) struct FileDownload {
     pub(super) journal: Option<Arc<Journal>>,
     /// The journal's id for the current fetch (0: not journaled).
     pub(super) journal_id: AtomicU64,
-    /// Told of the partial file's writes ([`super::Watch`]).
+    /// Told of the partial file's writes ([`super::Watch`]): by the write itself as it
+    /// completes, and again (harmlessly) when it is journaled.
     pub(super) watch: Option<Arc<dyn super::Watch>>,
     /// No lease is split.
     pub(super) once: bool,

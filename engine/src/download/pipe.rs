@@ -95,7 +95,17 @@ impl Pipeline {
         let buf = SharedBuf::new(buf);
         let mut sink = self.sink.clone();
         let written = buf.clone();
-        let write = compio::runtime::spawn(async move { sink.write(written, at).await });
+        // A watcher (a mirror's readers) hears of the bytes as soon as their write completes,
+        // not when the connection gets round to reaping it (up to `depth` buffers later).
+        let watch = self.ctx.watch.clone();
+        let len = buf.bytes().len() as u64;
+        let write = compio::runtime::spawn(async move {
+            let done = sink.write(written, at).await;
+            if let (Some(watch), (Ok(_), _)) = (&watch, &done) {
+                watch.written(at, len);
+            }
+            done
+        });
         self.inflight.push((at, write));
         let verifier = self.verifier.clone();
         if let Some(next) = verifier.as_ref().and_then(|v| v.submitted(at, buf)) {
