@@ -390,17 +390,22 @@ impl Place {
 
     /// Records that `revision` is `commit` (cache only; a commit names itself).
     pub(crate) fn set_ref(&self, revision: &str, commit: &str) -> Result<(), HubError> {
-        if !self.is_cache() || revision == commit {
+        // Unchanged: no write (a mirror resolves the same branch again every minute).
+        if !self.is_cache()
+            || revision == commit
+            || self.read_ref(revision).as_deref() == Some(commit)
+        {
             return Ok(());
         }
         self.write_atomic(&self.root.join("refs").join(revision), commit.as_bytes())
     }
 
-    /// Writes `bytes` to `path` (beneath the base) through a new temporary file, fsynced,
-    /// renamed into place; no symlink on the way or at the name is followed.
     /// A marker (`.ferry/public` in the repo's cache folder) that the upstream listed this
     /// repo to a caller without a token: what an offline mirror serves to anyone.
     pub(crate) fn mark_public(&self) -> Result<(), HubError> {
+        if self.is_public() {
+            return Ok(());
+        }
         let (_, rel) = self.journal_dir();
         self.write_atomic(&self.base.join(rel).join("public"), b"")
     }
@@ -417,6 +422,8 @@ impl Place {
             .is_ok_and(|st| st.is_some())
     }
 
+    /// Writes `bytes` to `path` (beneath the base) through a new temporary file, fsynced,
+    /// renamed into place; no symlink on the way or at the name is followed.
     fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), HubError> {
         let parent = path.parent().unwrap_or(&self.root);
         let name = path.file_name().unwrap_or_default();

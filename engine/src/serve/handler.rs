@@ -19,7 +19,7 @@ use super::date::iso8601;
 use super::mirror::Fill;
 use super::range_request::{RangeAnswer, evaluate};
 use super::route::{
-    Resource, decode, header_safe, parse_target, query_flag, query_param, valid_repo_path,
+    Resource, decode, header_safe, parse_target, query_flag, query_param, repo_id, valid_repo_path,
 };
 use super::signed::Signature;
 use crate::hub::RepoType;
@@ -225,11 +225,7 @@ pub(super) fn not_implemented(what: &str) -> Response {
 
 /// The repo id `segs` spell (each segment decoded), if it is one the catalog has.
 fn lookup<'c>(ctx: &'c Shared, kind: RepoType, segs: &[&str]) -> Option<&'c Repo> {
-    let parts: Option<Vec<String>> = segs
-        .iter()
-        .map(|s| decode(s).filter(|d| !d.contains('/')))
-        .collect();
-    ctx.catalog.repo(kind, &parts?.join("/"))
+    ctx.catalog.repo(kind, &repo_id(segs)?)
 }
 
 /// `org/name` or `name`, raw, for error messages.

@@ -58,6 +58,16 @@ pub(crate) fn decode(raw: &str) -> Option<String> {
         .map(|s| s.into_owned())
 }
 
+/// The repo id `segs` spell (`org/name` or `name`), each segment percent-decoded; `None` when
+/// one is not UTF-8 or decodes to a `/`.
+pub(crate) fn repo_id(segs: &[&str]) -> Option<String> {
+    let parts: Option<Vec<String>> = segs
+        .iter()
+        .map(|s| decode(s).filter(|d| !d.contains('/')))
+        .collect();
+    Some(parts?.join("/"))
+}
+
 /// True for a relative repo path that names nothing outside its repo, by the rule `ferry pull`
 /// applies to a listing ([`crate::hub::listing::stays_inside`]), at most 4 KiB long.
 pub(crate) fn valid_repo_path(p: &str) -> bool {

@@ -306,8 +306,8 @@ pub(crate) struct Fills {
 
 /// How a reader gets a blob.
 pub(crate) enum Joined {
-    /// The blob is in place (verified): read it from the cache.
-    InPlace,
+    /// The blob is in place (verified), opened: read it from the cache.
+    InPlace(File),
     /// A fill to read from while it lands.
     Filling(Arc<Fill>),
 }
@@ -329,12 +329,12 @@ impl Fills {
 
     /// Joins the fill of `blob`, or starts one with `fetch` (which starts the fetch, told of
     /// its writes through the fill it is given; `on_success` runs once the blob is in place),
-    /// unless `in_place` says the blob is there. Looked at under the lock, so that a blob is
+    /// unless `in_place` finds the blob there (and opens it). Looked at under the lock, so that a blob is
     /// never fetched twice at once, nor while a finished fill is being removed.
     pub(crate) fn join(
         self: &Arc<Self>,
         (blob, size): (PathBuf, u64),
-        in_place: impl FnOnce() -> bool,
+        in_place: impl FnOnce() -> Option<File>,
         fetch: Fetch,
         on_success: Box<dyn FnOnce() + Send>,
     ) -> Result<Joined, String> {
@@ -342,8 +342,8 @@ impl Fills {
         if let Some(fill) = running.get(&blob) {
             return Ok(Joined::Filling(Arc::clone(fill)));
         }
-        if in_place() {
-            return Ok(Joined::InPlace);
+        if let Some(file) = in_place() {
+            return Ok(Joined::InPlace(file));
         }
         let fill = Arc::new(Fill::new(size, Arc::clone(&self.metrics)));
         let mut job = fetch(Arc::clone(&fill))?;

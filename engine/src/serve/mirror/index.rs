@@ -102,6 +102,15 @@ impl Index {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The key of the blob at `blob` (an absolute path beneath the root): its path relative
+    /// to the root.
+    pub(crate) fn key(&self, blob: &Path) -> Option<String> {
+        blob.strip_prefix(self.root.path())
+            .ok()
+            .and_then(|r| r.to_str())
+            .map(str::to_owned)
+    }
+
     /// The blob at `path` (relative to the root) was served: it is the most recently used.
     /// One the index does not know is adopted with `size`.
     pub(crate) fn used(&self, path: &str, size: u64) {
@@ -161,42 +170,45 @@ fn touch(inner: &mut Inner, path: &str, size: u64) {
     inner.tick += 1;
     let tick = inner.tick;
     let half = (inner.entries.len() as u64 / 2).max(1);
-    let log_it = match inner.entries.get_mut(path) {
-        Some(e) => {
-            inner.order.remove(&(e.tick, path.to_owned()));
-            e.tick = tick;
-            let due = tick - e.logged >= half;
-            if due {
-                e.logged = tick;
-            }
-            due
-        }
-        None => {
-            inner.entries.insert(
-                path.to_owned(),
-                Entry {
-                    size,
-                    tick,
-                    logged: tick,
-                },
-            );
-            inner.total += size;
-            true
-        }
+    let (size, logged) = match unset(inner, path) {
+        Some(old) if tick - old.logged < half => (old.size, Some(old.logged)),
+        Some(old) => (old.size, None),
+        None => (size, None),
     };
-    inner.order.insert((tick, path.to_owned()));
-    if log_it {
-        let size = inner.entries.get(path).map_or(size, |e| e.size);
+    set(
+        inner,
+        path,
+        Entry {
+            size,
+            tick,
+            logged: logged.unwrap_or(tick),
+        },
+    );
+    // Appended once counted: an append may compact the log from what is counted.
+    if logged.is_none() {
         append(inner, &format!("+ {tick} {size} {path}\n"));
     }
 }
 
 fn forget(inner: &mut Inner, path: &str) {
-    if let Some(e) = inner.entries.remove(path) {
-        inner.order.remove(&(e.tick, path.to_owned()));
-        inner.total -= e.size;
+    if unset(inner, path).is_some() {
         append(inner, &format!("- {path}\n"));
     }
+}
+
+/// Counts `path` with `entry` (which it must not have already).
+fn set(inner: &mut Inner, path: &str, entry: Entry) {
+    inner.order.insert((entry.tick, path.to_owned()));
+    inner.total += entry.size;
+    inner.entries.insert(path.to_owned(), entry);
+}
+
+/// No longer counts `path`; what it was.
+fn unset(inner: &mut Inner, path: &str) -> Option<Entry> {
+    let old = inner.entries.remove(path)?;
+    inner.order.remove(&(old.tick, path.to_owned()));
+    inner.total -= old.size;
+    Some(old)
 }
 
 /// Appends one line (one write on an `O_APPEND` file: a crash leaves whole lines or a torn
@@ -227,27 +239,20 @@ fn replay(inner: &mut Inner, text: &str) {
                 let (Ok(tick), Ok(size)) = (tick.parse::<u64>(), size.parse::<u64>()) else {
                     continue;
                 };
-                if let Some(old) = inner.entries.remove(path) {
-                    inner.order.remove(&(old.tick, path.to_owned()));
-                    inner.total -= old.size;
-                }
-                inner.entries.insert(
-                    path.to_owned(),
+                unset(inner, path);
+                set(
+                    inner,
+                    path,
                     Entry {
                         size,
                         tick,
                         logged: tick,
                     },
                 );
-                inner.order.insert((tick, path.to_owned()));
-                inner.total += size;
                 inner.tick = inner.tick.max(tick);
             }
             (Some("-"), Some(path), None, None) => {
-                if let Some(old) = inner.entries.remove(path) {
-                    inner.order.remove(&(old.tick, path.to_owned()));
-                    inner.total -= old.size;
-                }
+                unset(inner, path);
             }
             _ => {}
         }

@@ -33,7 +33,7 @@ use super::handler::{
     self, ACTIONS, Body, Request, Response, bad_path, entry_not_found, not_found, not_implemented,
     post_not_allowed, repo_not_found, revision_not_found,
 };
-use super::route::{Resource, decode, parse_target, valid_repo_path};
+use super::route::{Resource, decode, parse_target, repo_id, valid_repo_path};
 use crate::hub::HubError;
 use crate::hub::RepoType;
 use crate::hub::listing::RemoteFile;
@@ -99,8 +99,6 @@ pub(crate) struct Mirror {
     metrics: Arc<Metrics>,
     /// With `--max-size`: the blobs kept, by last use.
     index: Option<Arc<Index>>,
-    /// The root (canonical): blob paths are kept relative to it.
-    root: std::path::PathBuf,
     /// Offline: what is served comes from the cache only.
     offline: Option<Offline>,
     /// After the upstream rate-limited the mirror: no question is sent to it before then.
@@ -141,18 +139,9 @@ impl Mirror {
             fills: Arc::new(Fills::new(Arc::clone(&metrics))),
             metrics,
             index,
-            root: root.to_path_buf(),
             offline,
             backoff: std::sync::Mutex::new(None),
         })
-    }
-
-    /// `blob` relative to the root, as the index keys it.
-    fn rel(&self, blob: &std::path::Path) -> Option<String> {
-        blob.strip_prefix(&self.root)
-            .ok()
-            .and_then(|r| r.to_str())
-            .map(str::to_owned)
     }
 
     /// `GET /metrics`: the counters, and the gauges as they are now.
@@ -470,8 +459,10 @@ impl Mirror {
         let remote = remote_file(&path, entry);
         let blob = self.upstream.blob_path(kind, &repo, &remote);
         if let Some(file) = self.open_blob(ctx, &blob, entry.size) {
-            if let (Some(index), Some(rel), "GET") = (&self.index, self.rel(&blob), req.method) {
-                index.used(&rel, entry.size);
+            if let (Some(index), "GET") = (&self.index, req.method)
+                && let Some(key) = index.key(&blob)
+            {
+                index.used(&key, entry.size);
             }
             return self.cached_answer(req, &snap.commit, entry, file);
         }
@@ -503,7 +494,7 @@ impl Mirror {
         let publish = self.publisher(kind, &repo, &commit, &remote);
         let joined = self.fills.join(
             (blob.clone(), entry.size),
-            || self.open_blob(ctx, &blob, entry.size).is_some(),
+            || self.open_blob(ctx, &blob, entry.size),
             fetch,
             publish,
         );
@@ -516,10 +507,7 @@ impl Mirror {
                     len,
                 })
             }
-            Ok(Joined::InPlace) => match self.open_blob(ctx, &blob, entry.size) {
-                Some(file) => self.cached_answer(req, &snap.commit, entry, file),
-                None => Response::error(500, None, "The cached file vanished; try again"),
-            },
+            Ok(Joined::InPlace(file)) => self.cached_answer(req, &snap.commit, entry, file),
             Err(e) => {
                 tracing::warn!(path = %path, error = %e, "cannot start a fill");
                 Response::error(502, None, "Cannot fetch the file from the upstream")
@@ -566,12 +554,15 @@ impl Mirror {
     ) -> Box<dyn FnOnce() + Send> {
         let place = self.upstream.place(kind, repo);
         let (commit, f) = (commit.to_owned(), f.clone());
-        let kept = self.index.clone().zip(self.rel(&place.bytes_path(&f)));
+        let kept = self
+            .index
+            .clone()
+            .and_then(|index| Some((index.key(&place.bytes_path(&f))?, index)));
         let metrics = Arc::clone(&self.metrics);
         Box::new(move || {
             crate::hub::upstream::publish(&place, &commit, &f);
-            if let Some((index, rel)) = kept {
-                let evicted = index.added(&rel, f.size);
+            if let Some((key, index)) = kept {
+                let evicted = index.added(&key, f.size);
                 metrics.evictions.inc_by(evicted as u64);
             }
         })
@@ -589,11 +580,7 @@ fn split_repo<'s>(
         if !fits(rest) {
             return None;
         }
-        let parts: Option<Vec<String>> = segs[..n]
-            .iter()
-            .map(|s| decode(s).filter(|d| !d.contains('/')))
-            .collect();
-        let id = RepoId::parse(&parts?.join("/")).ok()?;
+        let id = RepoId::parse(&repo_id(&segs[..n])?).ok()?;
         Some((id, rest))
     })
 }

@@ -22,26 +22,13 @@ fn ferry_pulls_from_ferry_serve_over_http3() {
     let model = cache_model_files();
     for backend in ferry_testkit::backends_under_test() {
         let cache = tempfile::tempdir().expect("cache");
-        let cache_s = cache.path().to_str().expect("utf-8");
-        let args = [
-            "pull",
-            "org/name",
-            "--endpoint",
-            &serve.endpoint(),
-            "--http3",
-            "--ca-file",
+        let pulled = pull_json(
+            backend,
+            ("org/name", &serve.endpoint()),
             ca,
-            "--cache-dir",
-            cache_s,
-            "--json",
-        ];
-        let o = ferry_testkit::ferry(backend, &args);
-        assert!(
-            o.status.success(),
-            "{backend:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
+            cache.path(),
+            &["--http3"],
         );
-        let pulled: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
         assert!(
             pulled["http3"].as_u64() >= pulled["fetched"].as_u64(),
             "{pulled}"

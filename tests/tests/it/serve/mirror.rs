@@ -452,25 +452,13 @@ fn ferry_pulls_a_cold_repo_through_the_mirror_over_http2() {
             ],
         );
         let client = tempfile::tempdir().expect("client cache");
-        let args = [
-            "pull",
-            "org/model",
-            "--endpoint",
-            &serve.endpoint(),
-            "--http2",
-            "--ca-file",
+        let pulled = pull_json(
+            backend,
+            ("org/model", &serve.endpoint()),
             ca,
-            "--cache-dir",
-            client.path().to_str().expect("utf-8"),
-            "--json",
-        ];
-        let o = ferry_testkit::ferry(backend, &args);
-        assert!(
-            o.status.success(),
-            "{backend:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
+            client.path(),
+            &["--http2"],
         );
-        let pulled: serde_json::Value = serde_json::from_slice(&o.stdout).expect("JSON report");
         assert!(
             pulled["http2"].as_u64() >= pulled["fetched"].as_u64(),
             "{pulled}"

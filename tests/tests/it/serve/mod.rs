@@ -396,3 +396,34 @@ fn assert_snapshot(got: &Path, want: &[FixtureFile], what: &str) {
     }
     eprintln!("{what}: {} files byte-identical", want.len());
 }
+
+/// `ferry pull REPO --endpoint ENDPOINT --ca-file CA --cache-dir CACHE --json EXTRA...` on
+/// `backend`, which must succeed: its JSON report.
+fn pull_json(
+    backend: ferry_testkit::Backend,
+    (repo, endpoint): (&str, &str),
+    ca: &str,
+    cache: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
+    let cache_s = cache.to_str().expect("utf-8");
+    let mut args = vec![
+        "pull",
+        repo,
+        "--endpoint",
+        endpoint,
+        "--ca-file",
+        ca,
+        "--cache-dir",
+        cache_s,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let o = ferry_testkit::ferry(backend, &args);
+    assert!(
+        o.status.success(),
+        "{backend:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).expect("JSON report")
+}
