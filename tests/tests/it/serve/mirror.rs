@@ -983,3 +983,61 @@ fn refs_come_from_the_upstream() {
     assert_eq!(v["sha"], COMMIT);
     assert_eq!(serve.get("/api/models/org/missing/refs").0, 404);
 }
+
+/// Planted symlinks in the mirror's cache: a blob that is a link to a file outside is never
+/// served as cached, and the fill replaces the link rather than writing through it; a `blobs`
+/// folder that is a link out of the cache gets no byte written through it.
+#[test]
+fn planted_symlinks_in_the_cache_are_neither_served_nor_written_through() {
+    use std::os::unix::fs::symlink;
+    let hub = StaticHub::start_with(SPEC, |_| None, None);
+    let f = hub
+        .repo
+        .files
+        .iter()
+        .find(|f| f.path == "config.json")
+        .expect("file");
+    let want = std::fs::read(&f.source).expect("source");
+    let dir = tempfile::tempdir().expect("tmp");
+    let outside = dir.path().join("outside");
+    std::fs::create_dir_all(&outside).expect("outside");
+    let decoy = outside.join("decoy");
+    std::fs::write(&decoy, vec![b'X'; want.len()]).expect("decoy");
+
+    // A blob planted as a link to a file of the right size outside the cache.
+    let cache = dir.path().join("cache");
+    let blobs = hub.repo.cache_folder(&cache).join("blobs");
+    std::fs::create_dir_all(&blobs).expect("blobs");
+    symlink(&decoy, blobs.join(&f.etag)).expect("symlink");
+    let serve = mirror(&cache, &hub.endpoint(), Backend::Portable, &[]);
+    let (status, head, body) = serve.get("/org/model/resolve/main/config.json");
+    assert_eq!(status, 200, "{head}");
+    assert!(body == want, "the decoy behind a planted link was served");
+    assert_eq!(
+        std::fs::read(&decoy).expect("decoy"),
+        vec![b'X'; want.len()],
+        "the fill wrote through the planted link"
+    );
+    let meta = std::fs::symlink_metadata(blobs.join(&f.etag)).expect("blob");
+    assert!(meta.is_file(), "the verified blob did not replace the link");
+    drop(serve);
+
+    // A blobs folder that is a link out of the cache.
+    let cache = dir.path().join("cache2");
+    let repo_dir = hub.repo.cache_folder(&cache);
+    std::fs::create_dir_all(&repo_dir).expect("repo dir");
+    symlink(&outside, repo_dir.join("blobs")).expect("symlink");
+    let serve = mirror(&cache, &hub.endpoint(), Backend::Portable, &[]);
+    let (status, head, _) = serve.get("/org/model/resolve/main/config.json");
+    assert!(
+        status >= 500,
+        "a fill through a linked blobs folder: {head}"
+    );
+    let mut names: Vec<_> = std::fs::read_dir(&outside)
+        .expect("outside")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["decoy"], "something was written outside the cache");
+    eprintln!("planted links: not served, replaced by the verified blob, never written through");
+}
