@@ -517,12 +517,12 @@ impl FileDownload {
             return None;
         }
         let wanted = self.wanted();
-        self.with_plan(|p| p.take_wanting(&wanted).map(|(id, r, _)| (id, r)))
+        self.with_plan(|p| p.take_wanting(&wanted, true).map(|(id, r, _)| (id, r)))
             .flatten()
     }
 
-    /// Offsets readers of the partial file wait for ([`super::Watch::wanted`]).
-    fn wanted(&self) -> Vec<u64> {
+    /// Bytes readers of the partial file wait for ([`super::Watch::wanted`]).
+    fn wanted(&self) -> Vec<crate::proto::plan::Want> {
         self.watch.as_ref().map(|w| w.wanted()).unwrap_or_default()
     }
 

@@ -71,9 +71,10 @@ pub(crate) trait Watch: Send + Sync + std::fmt::Debug {
     /// `len` bytes at `at` are written (the write completed, or an earlier run's bytes were
     /// kept).
     fn written(&self, at: u64, len: u64);
-    /// Offsets of the file someone waits for, most urgent first: the next lease starts at the
-    /// first of them that no connection has taken yet, rather than at the frontier.
-    fn wanted(&self) -> Vec<u64> {
+    /// Bytes of the file someone waits for, most urgent first: the next lease starts in the
+    /// first of them that no connection has taken yet, rather than at the frontier
+    /// ([`crate::proto::plan::Plan::take_wanting`]).
+    fn wanted(&self) -> Vec<crate::proto::plan::Want> {
         Vec::new()
     }
 }

@@ -12,9 +12,10 @@
 //!    can be fed from buffers still in memory. A file resumed from a journal has a frontier with
 //!    holes: only the gaps between the ranges already on disk are handed out
 //!    ([`Plan::with_gaps`]);
-//!    Before the frontier's front, a range some reader waits for ([`Plan::take_wanting`]:
-//!    a mirror's client blocked at an offset) is carved out of the frontier where it lies,
-//!    so that reader does not wait for the front to get there;
+//!    Before the frontier's front, a range some reader wants ([`Plan::take_wanting`]: a
+//!    mirror's client blocked at an offset, or reading towards one) is carved out of the
+//!    frontier where it lies, so that reader does not wait for the front to get there; a
+//!    reader stalled inside another connection's lease has that lease cut for it;
 //! 3. **a split** once the frontier is used up: the connection takes the largest run another
 //!    connection has not yet received, cut at its middle (on a MiB boundary), so every
 //!    connection finishes at about the same time instead of one straggler fetching the tail.
@@ -63,6 +64,26 @@ pub(crate) enum LeaseOrigin {
     Retry,
     Frontier,
     Split,
+}
+
+/// Bytes someone waits for (a reader of the partial file, [`crate::download::Watch`]): the
+/// next lease starts in `range` rather than at the frontier's front.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Want {
+    pub(crate) range: Range<u64>,
+    /// The reader has waited at `range.start` long enough that, when another connection holds
+    /// that offset, its lease is cut there for a free connection ([`Plan::take_wanting`]).
+    pub(crate) stalled: bool,
+}
+
+impl Want {
+    /// The bytes from `at`, wanted now (a reader blocked there).
+    pub(crate) fn at(at: u64, stalled: bool) -> Want {
+        Want {
+            range: at..at + 1,
+            stalled,
+        }
+    }
 }
 
 /// The plan of one file of known size.
@@ -193,26 +214,69 @@ impl Plan {
         Some((self.insert(mid..end), mid..end, LeaseOrigin::Split))
     }
 
-    /// [`Plan::take`], except that when one of `wanted` (offsets someone waits for, most
-    /// urgent first) lies in the frontier, not at its front, the lease starts there (on a
-    /// [`SPLIT_ALIGN`] boundary at or below it) instead. Retries still come first.
+    /// [`Plan::take`], except that a range someone wants ([`Want`], most urgent first) is
+    /// served first. Retries still come first; then the first wanted range with bytes in the
+    /// frontier gets a lease starting there (on a [`SPLIT_ALIGN`] boundary at or below it);
+    /// failing that, when `hedge` and a wanted offset is [`Want::stalled`] inside another
+    /// connection's lease, past what its holder reserved, that lease is cut there and its rest
+    /// is this lease (even in a plan [`without splits`](Plan::without_splits): a reader that
+    /// waits is worth the few bytes the origin may already have sent of the cut rest).
     pub(crate) fn take_wanting(
         &mut self,
-        wanted: &[u64],
+        wanted: &[Want],
+        hedge: bool,
     ) -> Option<(LeaseId, Range<u64>, LeaseOrigin)> {
-        if self.retry.is_empty()
-            && let Some(r) = wanted.iter().find_map(|&w| self.carve(w))
-        {
-            return Some((self.insert(r.clone()), r, LeaseOrigin::Frontier));
+        if self.retry.is_empty() {
+            if let Some(r) = wanted.iter().find_map(|w| self.carve(w.range.clone())) {
+                return Some((self.insert(r.clone()), r, LeaseOrigin::Frontier));
+            }
+            if hedge
+                && let Some(r) = wanted
+                    .iter()
+                    .filter(|w| w.stalled)
+                    .find_map(|w| self.cut_at(w.range.start))
+            {
+                return Some((self.insert(r.clone()), r, LeaseOrigin::Split));
+            }
         }
         self.take()
     }
 
-    /// Takes a chunk starting at or just below `at` out of the frontier gap that holds it;
-    /// `None` when no gap holds it.
-    fn carve(&mut self, at: u64) -> Option<Range<u64>> {
-        let i = self.todo.iter().position(|g| g.start <= at && at < g.end)?;
+    /// Cuts the live lease that holds `at` so that its rest from `at` (from the
+    /// [`SPLIT_ALIGN`] boundary below it, when its holder has not reserved that far) is
+    /// handed out; `None` when no lease holds `at` past its start and past what its holder
+    /// reserved.
+    fn cut_at(&mut self, at: u64) -> Option<Range<u64>> {
+        let lease = self
+            .leases
+            .iter_mut()
+            .flatten()
+            .find(|l| l.start <= at && at < l.end)?;
+        let aligned = at - at % SPLIT_ALIGN;
+        let point = if aligned >= lease.reserved {
+            aligned
+        } else {
+            at
+        };
+        if point <= lease.start || point < lease.reserved {
+            return None;
+        }
+        let end = lease.end;
+        lease.end = point;
+        self.splits += 1;
+        Some(point..end)
+    }
+
+    /// Takes a chunk out of the first frontier gap that overlaps `want`, starting where they
+    /// first overlap (on a [`SPLIT_ALIGN`] boundary at or below it, within the gap); `None`
+    /// when no gap overlaps it.
+    fn carve(&mut self, want: Range<u64>) -> Option<Range<u64>> {
+        let i = self
+            .todo
+            .iter()
+            .position(|g| g.start < want.end.max(want.start + 1) && want.start < g.end)?;
         let gap = self.todo[i].clone();
+        let at = want.start.max(gap.start);
         let start = (at - at % SPLIT_ALIGN).max(gap.start);
         let end = (start + self.chunk_len()).min(gap.end);
         let (before, after) = (gap.start..start, end..gap.end);
@@ -230,11 +294,12 @@ impl Plan {
     /// a retry or the frontier's next chunk, never a split. Splitting a lease that another
     /// connection is reading pays only once a connection is idle; ahead of time it would only
     /// cut leases that are about to be read.
-    pub(crate) fn take_ahead(&mut self, wanted: &[u64]) -> Option<(LeaseId, Range<u64>)> {
+    pub(crate) fn take_ahead(&mut self, wanted: &[Want]) -> Option<(LeaseId, Range<u64>)> {
         if self.retry.is_empty() && self.todo.is_empty() {
             return None;
         }
-        self.take_wanting(wanted).map(|(id, range, _)| (id, range))
+        self.take_wanting(wanted, false)
+            .map(|(id, range, _)| (id, range))
     }
 
     /// A lease none of whose bytes was read (its request was pipelined behind an answer that
@@ -319,12 +384,6 @@ impl Plan {
         self
     }
 
-    /// Keeps the frontier's default chunks small enough that one lease per connection spans at
-    /// most `bytes` (rounded down to [`MIN_CHUNK`], within [`MIN_CHUNK`]..=[`MAX_CHUNK`]). For a
-    /// verified file, whose hash follows the received prefix: the bytes received past a lagging
-    /// lease wait in the verifier's window, so the leases in flight must span well less than
-    /// the window, or it fills, the other connections stop and the hash waits for the one that
-    /// lags. A fixed `--chunk-size` is kept as given.
     /// No splits: a lease already asked for is read by its holder alone, so the origin sends
     /// every byte once (a split's origin has often sent the rest of the cut lease already,
     /// into the socket) at the cost of a tail fetched by fewer connections. For a mirror,
@@ -334,6 +393,12 @@ impl Plan {
         self
     }
 
+    /// Keeps the frontier's default chunks small enough that one lease per connection spans at
+    /// most `bytes` (rounded down to [`MIN_CHUNK`], within [`MIN_CHUNK`]..=[`MAX_CHUNK`]). For a
+    /// verified file, whose hash follows the received prefix: the bytes received past a lagging
+    /// lease wait in the verifier's window, so the leases in flight must span well less than
+    /// the window, or it fills, the other connections stop and the hash waits for the one that
+    /// lags. A fixed `--chunk-size` is kept as given.
     pub(crate) fn spread_within(mut self, bytes: u64) -> Plan {
         self.max_chunk =
             (bytes / self.connections / MIN_CHUNK * MIN_CHUNK).clamp(MIN_CHUNK, MAX_CHUNK);

@@ -322,12 +322,12 @@ fn a_wanted_offset_in_the_frontier_is_leased_next_and_nothing_is_leased_twice() 
     assert_eq!(first, 0..4 * M);
     // A reader waits at 40.5 MiB: the next lease starts on the MiB boundary below it.
     let (_, r, _) = plan
-        .take_wanting(&[40 * M + M / 2])
+        .take_wanting(&[Want::at(40 * M + M / 2, false)], true)
         .expect("the wanted chunk");
     assert_eq!(r, 40 * M..44 * M);
     // An offset already leased is not leased again; the next wanted one is.
     let (_, r, _) = plan
-        .take_wanting(&[41 * M, 2 * M, 63 * M])
+        .take_wanting(&[41 * M, 2 * M, 63 * M].map(|at| Want::at(at, false)), true)
         .expect("the next wanted chunk");
     assert_eq!(
         r,
@@ -335,11 +335,11 @@ fn a_wanted_offset_in_the_frontier_is_leased_next_and_nothing_is_leased_twice() 
         "2 MiB is leased, 41 MiB too: 63 MiB comes next"
     );
     // With nothing wanted, the front goes on from where it was.
-    let (_, r, _) = plan.take_wanting(&[]).expect("front");
+    let (_, r, _) = plan.take_wanting(&[], true).expect("front");
     assert_eq!(r, 4 * M..8 * M);
     // Everything is handed out exactly once.
     let mut got = vec![first, 40 * M..44 * M, 63 * M..64 * M, 4 * M..8 * M];
-    while let Some((_, r, origin)) = plan.take_wanting(&[50 * M]) {
+    while let Some((_, r, origin)) = plan.take_wanting(&[Want::at(50 * M, false)], true) {
         if origin == LeaseOrigin::Split {
             break;
         }
@@ -363,4 +363,66 @@ fn without_splits_an_idle_connection_gets_nothing_once_the_frontier_is_out() {
     assert_eq!((a, b), (0..4 * M, 4 * M..8 * M));
     assert!(!plan.has_work());
     assert!(plan.take().is_none(), "a lease was split");
+}
+
+#[test]
+fn a_wanted_range_is_leased_where_it_first_meets_the_frontier() {
+    const M: u64 = 1 << 20;
+    let mut plan = Plan::new(64 * M, 0, 4, Some(4 * M));
+    let (_, first, _) = plan.take().expect("front");
+    assert_eq!(first, 0..4 * M);
+    // A reader at 1 MiB reads ahead to 12 MiB: 0..4 MiB is leased, so 4 MiB comes next ...
+    let ahead = Want {
+        range: M..12 * M,
+        stalled: false,
+    };
+    let (_, r, _) = plan
+        .take_wanting(std::slice::from_ref(&ahead), true)
+        .expect("ahead");
+    assert_eq!(r, 4 * M..8 * M);
+    // ... then 8 MiB; past what it wants, the front goes on where it was.
+    let (_, r, _) = plan
+        .take_wanting(std::slice::from_ref(&ahead), true)
+        .expect("ahead");
+    assert_eq!(r, 8 * M..12 * M);
+    let (_, r, _) = plan.take_wanting(&[ahead], true).expect("front");
+    assert_eq!(r, 12 * M..16 * M);
+}
+
+#[test]
+fn a_stalled_reader_cuts_the_lease_that_holds_its_offset_once_past_what_was_reserved() {
+    const M: u64 = 1 << 20;
+    let mut plan = Plan::new(8 * M, 0, 2, Some(8 * M)).without_splits();
+    let (slow, r, _) = plan.take().expect("the whole file");
+    assert_eq!(r, 0..8 * M);
+    assert_eq!(plan.reserve(slow, 0, M), M);
+    // Not stalled yet, or asked ahead of time: nothing to hand out (no splits).
+    assert!(
+        plan.take_wanting(&[Want::at(5 * M + 7, false)], true)
+            .is_none()
+    );
+    assert!(plan.take_ahead(&[Want::at(5 * M + 7, true)]).is_none());
+    // Stalled: the lease is cut on the MiB boundary below the reader.
+    let (_, r, origin) = plan
+        .take_wanting(&[Want::at(5 * M + 7, true)], true)
+        .expect("the cut rest");
+    assert_eq!((r, origin), (5 * M..8 * M, LeaseOrigin::Split));
+    assert_eq!(plan.end_of(slow), 5 * M);
+    // The new lease starts at the reader: it is not cut again for the same reader.
+    assert!(
+        plan.take_wanting(&[Want::at(5 * M + 7, true)], true)
+            .is_none()
+    );
+    // Inside what the slow holder reserved, nothing is cut: those bytes are being read.
+    assert_eq!(plan.reserve(slow, M, M / 2), M / 2);
+    assert!(
+        plan.take_wanting(&[Want::at(M + M / 4, true)], true)
+            .is_none()
+    );
+    // Just past it, the cut is at the offset itself, not below what was reserved.
+    let (_, r, _) = plan
+        .take_wanting(&[Want::at(M + M / 2 + 10, true)], true)
+        .expect("cut past the reservation");
+    assert_eq!(r, M + M / 2 + 10..5 * M);
+    assert_eq!(plan.end_of(slow), M + M / 2 + 10);
 }

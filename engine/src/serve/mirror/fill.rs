@@ -2,15 +2,19 @@
 //! tells the fill of every write of the partial file as it completes ([`Watch`]); a reader
 //! sends each stretch of bytes as soon as it has landed, from its own descriptor of the
 //! partial file, so a second client of a cold file gets bytes at once, not when the file is
-//! done.
+//! done. Readers steer the fetch ([`Watch::wanted`]): where a reader is blocked is fetched
+//! next, a reader blocked for seconds inside another connection's lease has it cut, and a
+//! reading reader's next seconds of bytes (by its measured rate) are asked for ahead of it.
 //!
 //! Invariants: the server owns a fill, not a request: a reader that leaves stops nothing, and
 //! there is at most one fill per blob ([`Fills`]). A reader never sends a byte that has not
 //! landed in the current fetch, and if the fetch starts over (the partial file emptied), a
 //! reader that already sent bytes of the earlier one is failed rather than continued, since
 //! the two fetches' bytes need not agree. Bytes sent before the hash matched are unverified;
-//! only a verified blob is published under its final name. Not here: what to fetch (the
-//! upstream, `hub/upstream.rs`), HTTP.
+//! the blob's last byte is never sent before it, and the 64 KiB before it only one every two
+//! seconds, so a client never has all of a wrong file nor waits 10 s for a byte. Only a
+//! verified blob is published under its final name. Not here: what to fetch (the upstream,
+//! `hub/upstream.rs`), HTTP.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -24,11 +28,12 @@ use super::metrics::{Class, Metrics};
 use crate::download::Watch;
 use crate::error::GetError;
 use crate::job::Job;
+use crate::proto::plan::Want;
 
 /// One blob being fetched.
 #[derive(Debug)]
 pub(crate) struct Fill {
-    /// The blob's size: its last byte is held back until the blob is verified.
+    /// The blob's size: its last [`HELD`] bytes are held back until the blob is verified.
     size: u64,
     metrics: Arc<Metrics>,
     state: Mutex<State>,
@@ -45,16 +50,41 @@ struct State {
     landed: Vec<Range<u64>>,
     /// `Some` once the fetch ended: `Ok` when the blob is in place, verified.
     outcome: Option<Result<(), String>>,
-    /// Where each blocked reader waits, and since when, by reader: what the fetch takes next.
-    blocked: HashMap<u64, (u64, Instant)>,
+    /// Where each reader is, by reader: what the fetch takes next.
+    seats: HashMap<u64, Seat>,
     /// The next reader's id.
     readers: u64,
 }
 
-/// Blocked readers' offsets told to the engine at most (those waiting longest).
-const MAX_WANTED: usize = 16;
+/// Where one reader is.
+#[derive(Debug, Clone, Copy)]
+struct Seat {
+    pos: u64,
+    /// Since when it waits at `pos` for bytes that have not landed.
+    blocked: Option<Instant>,
+    /// Bytes per second it took, since its first bytes.
+    rate: f64,
+}
 
-/// One reader of a fill: where it waits is what the fetch takes next, until it is dropped.
+/// Wanted ranges told to the engine at most.
+const MAX_WANTED: usize = 16;
+/// A reader blocked this long at an offset another connection holds has that connection's
+/// lease cut there ([`crate::proto::plan::Plan::take_wanting`]).
+const STALLED: Duration = Duration::from_secs(3);
+/// How far ahead of a reader its bytes are asked for: what it takes in this long, within
+/// [`AHEAD_MIN`]..=[`AHEAD_MAX`].
+const AHEAD: Duration = Duration::from_secs(2);
+const AHEAD_MIN: u64 = 4 << 20;
+const AHEAD_MAX: u64 = 64 << 20;
+/// The tail held back until the blob is verified, so that a reader of the whole file never
+/// gets all of a wrong one: its body ends short, and the client's own checks fail.
+const HELD: u64 = 64 << 10;
+/// While a reader waits for the verdict with only held bytes left, it gets one of them this
+/// often (all but the last), so that no client goes 10 s without a byte (huggingface_hub's
+/// read timeout) however long the rest of the blob takes to land.
+const TRICKLE: Duration = Duration::from_secs(2);
+
+/// One reader of a fill: where it is says what the fetch takes next, until it is dropped.
 #[derive(Debug)]
 pub(crate) struct Reader {
     fill: Arc<Fill>,
@@ -63,20 +93,51 @@ pub(crate) struct Reader {
     seen: Option<u64>,
     /// Whether the blob was verified when bytes were last handed out.
     verified: bool,
+    /// When it sent its first bytes, and how many it sent since.
+    since: Option<Instant>,
+    sent: u64,
+    /// When it last sent bytes.
+    last: Option<Instant>,
 }
 
 impl Reader {
     /// What this reader at `pos` can send now; when nothing, `pos` is wanted next.
     pub(crate) fn ready(&mut self, pos: u64) -> Ready {
-        let mut state = self.fill.lock();
-        let ready = check(&state, self.fill.size, pos, &mut self.seen);
-        note(&mut state, self.id, pos, &ready);
+        let fill = Arc::clone(&self.fill);
+        let mut state = fill.lock();
+        self.look(&mut state, pos, Instant::now())
+    }
+
+    /// [`Reader::ready`] at `now`, with the fill's state locked.
+    fn look(&mut self, state: &mut State, pos: u64, now: Instant) -> Ready {
+        let trickle = self.last.is_none_or(|t| now.duration_since(t) >= TRICKLE);
+        let (ready, landed) = check(state, self.fill.size, pos, &mut self.seen, trickle);
+        let seat = state.seats.entry(self.id).or_insert(Seat {
+            pos,
+            blocked: None,
+            rate: 0.0,
+        });
+        seat.blocked = match (&ready, seat.blocked) {
+            (Ready::Wait, Some(since)) if !landed && seat.pos == pos => Some(since),
+            (Ready::Wait, _) if !landed => Some(now),
+            _ => None,
+        };
+        seat.pos = pos;
+        if let Some(since) = self.since {
+            let secs = now.duration_since(since).as_secs_f64().max(0.1);
+            seat.rate = self.sent as f64 / secs;
+        }
+        if matches!(ready, Ready::Bytes { .. }) {
+            self.last = Some(now);
+            self.since.get_or_insert(now);
+        }
         self.verified = matches!(state.outcome, Some(Ok(())));
         ready
     }
 
     /// `n` bytes handed out by the last [`Reader::ready`] were sent (counted for `/metrics`).
-    pub(crate) fn sent(&self, n: u64) {
+    pub(crate) fn sent(&mut self, n: u64) {
+        self.sent += n;
         self.fill.metrics.bytes_from_fills.inc_by(n);
         if !self.verified {
             self.fill.metrics.bytes_unverified.inc_by(n);
@@ -87,12 +148,10 @@ impl Reader {
     pub(crate) fn wait_ready(&mut self, pos: u64, limit: Duration) -> Ready {
         let fill = Arc::clone(&self.fill);
         let mut state = fill.lock();
-        let deadline = std::time::Instant::now() + limit;
+        let deadline = Instant::now() + limit;
         loop {
-            let ready = check(&state, fill.size, pos, &mut self.seen);
-            note(&mut state, self.id, pos, &ready);
-            self.verified = matches!(state.outcome, Some(Ok(())));
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ready = self.look(&mut state, pos, Instant::now());
+            let left = deadline.saturating_duration_since(Instant::now());
             if !matches!(ready, Ready::Wait) || left.is_zero() {
                 return ready;
             }
@@ -105,22 +164,9 @@ impl Reader {
     }
 }
 
-/// Records whether reader `id` is blocked at `pos` (since when it first blocked there).
-fn note(state: &mut State, id: u64, pos: u64, ready: &Ready) {
-    if matches!(ready, Ready::Wait) {
-        let since = match state.blocked.get(&id) {
-            Some(&(at, since)) if at == pos => since,
-            _ => Instant::now(),
-        };
-        state.blocked.insert(id, (pos, since));
-    } else {
-        state.blocked.remove(&id);
-    }
-}
-
 impl Drop for Reader {
     fn drop(&mut self) {
-        self.fill.lock().blocked.remove(&self.id);
+        self.fill.lock().seats.remove(&self.id);
     }
 }
 
@@ -158,6 +204,9 @@ impl Fill {
             id: state.readers,
             seen: None,
             verified: false,
+            since: None,
+            sent: 0,
+            last: None,
         }
     }
 
@@ -166,40 +215,102 @@ impl Fill {
         self.lock().outcome = Some(outcome);
         self.changed.notify_all();
     }
+
+    /// What readers want fetched next at `now`, most urgent first: the offsets blocked
+    /// readers wait at (the longest waiting first: with many readers blocked, clients that
+    /// read a file in ranges each at its own offsets, one far ahead is not starved by those
+    /// near the fill's front, which it moves past anyway), then what each reading reader will
+    /// want next, within what it takes in [`AHEAD`] (the nearest first).
+    fn wanted_at(&self, now: Instant) -> Vec<Want> {
+        let state = self.lock();
+        let mut blocked: Vec<(Instant, u64)> = state
+            .seats
+            .values()
+            .filter_map(|s| Some((s.blocked?, s.pos)))
+            .collect();
+        blocked.sort_unstable();
+        let mut wanted: Vec<Want> = Vec::with_capacity(MAX_WANTED);
+        for (since, pos) in blocked {
+            if !wanted.iter().any(|w| w.range.start == pos) {
+                wanted.push(Want::at(pos, now.duration_since(since) >= STALLED));
+            }
+        }
+        let mut ahead: Vec<(u64, Range<u64>)> = state
+            .seats
+            .values()
+            .filter(|s| s.blocked.is_none() && s.rate > 0.0)
+            .filter_map(|s| {
+                let reach = ((s.rate * AHEAD.as_secs_f64()) as u64).clamp(AHEAD_MIN, AHEAD_MAX);
+                let end = s.pos.saturating_add(reach).min(self.size);
+                let next = next_missing(&state.landed, s.pos);
+                (next < end).then(|| (next - s.pos, next..end))
+            })
+            .collect();
+        ahead.sort_unstable_by_key(|(gap, r)| (*gap, r.start));
+        wanted.extend(ahead.into_iter().map(|(_, range)| Want {
+            range,
+            stalled: false,
+        }));
+        wanted.truncate(MAX_WANTED);
+        wanted
+    }
 }
 
-/// The blob's last byte is sent only once the blob is verified, so that a reader of the whole
-/// file never gets all of a wrong one: its body ends short, and the client's own checks fail.
-fn check(state: &State, size: u64, pos: u64, seen: &mut Option<u64>) -> Ready {
+/// The first byte at or after `pos` that has not landed.
+fn next_missing(landed: &[Range<u64>], pos: u64) -> u64 {
+    let i = landed.partition_point(|r| r.end <= pos);
+    match landed.get(i) {
+        Some(r) if r.start <= pos => r.end,
+        _ => pos,
+    }
+}
+
+/// What a reader at `pos` may send, and whether `pos` has landed. Before the verdict the last
+/// [`HELD`] bytes go out one at a time, when `trickle` (the reader sent nothing for
+/// [`TRICKLE`]), and the very last byte not at all.
+fn check(
+    state: &State,
+    size: u64,
+    pos: u64,
+    seen: &mut Option<u64>,
+    trickle: bool,
+) -> (Ready, bool) {
     if let Some(Err(e)) = &state.outcome {
-        return Ready::Failed(e.clone());
+        return (Ready::Failed(e.clone()), false);
     }
     if seen.is_some_and(|g| g != state.generation) {
-        return Ready::Failed("the upstream fetch started over after bytes were sent".into());
+        let why = "the upstream fetch started over after bytes were sent";
+        return (Ready::Failed(why.into()), false);
     }
     let Some(file) = &state.file else {
-        return Ready::Wait;
+        return (Ready::Wait, false);
     };
     // The first stretch ending past `pos`; it holds `pos` when it starts at or before it.
     let i = state.landed.partition_point(|r| r.end <= pos);
     match state.landed.get(i) {
         Some(r) if r.start <= pos => {
             let verified = matches!(state.outcome, Some(Ok(())));
+            let held = size.saturating_sub(HELD);
             let until = if verified {
                 r.end
+            } else if pos < held {
+                r.end.min(held)
+            } else if trickle {
+                r.end.min(pos + 1).min(size.saturating_sub(1))
             } else {
-                r.end.min(size.saturating_sub(1))
+                pos
             };
             if until <= pos {
-                return Ready::Wait;
+                return (Ready::Wait, true);
             }
             *seen = Some(state.generation);
-            Ready::Bytes {
+            let ready = Ready::Bytes {
                 file: Arc::clone(file),
                 until,
-            }
+            };
+            (ready, true)
         }
-        _ => Ready::Wait,
+        _ => (Ready::Wait, false),
     }
 }
 
@@ -228,27 +339,8 @@ impl Watch for Fill {
         self.changed.notify_all();
     }
 
-    fn wanted(&self) -> Vec<u64> {
-        // The longest-waiting readers first: with many readers blocked (clients that read a
-        // file in ranges, each at its own offsets), one far ahead is not starved by those
-        // near the fill's front, which it moves past anyway.
-        let state = self.lock();
-        let mut blocked: Vec<(Instant, u64)> = state
-            .blocked
-            .values()
-            .map(|&(pos, since)| (since, pos))
-            .collect();
-        blocked.sort_unstable();
-        let mut at: Vec<u64> = Vec::with_capacity(MAX_WANTED);
-        for (_, pos) in blocked {
-            if !at.contains(&pos) {
-                at.push(pos);
-                if at.len() == MAX_WANTED {
-                    break;
-                }
-            }
-        }
-        at
+    fn wanted(&self) -> Vec<Want> {
+        self.wanted_at(Instant::now())
     }
 }
 
@@ -323,7 +415,16 @@ impl Fills {
     /// Fills running, and readers blocked on them (for `/metrics`).
     pub(crate) fn counts(&self) -> (usize, usize) {
         let running = self.running.lock().unwrap_or_else(|p| p.into_inner());
-        let blocked = running.values().map(|f| f.lock().blocked.len()).sum();
+        let blocked = running
+            .values()
+            .map(|f| {
+                f.lock()
+                    .seats
+                    .values()
+                    .filter(|s| s.blocked.is_some())
+                    .count()
+            })
+            .sum();
         (running.len(), blocked)
     }
 
@@ -439,9 +540,14 @@ mod tests {
         assert_eq!(s, vec![0..40]);
     }
 
+    /// A fill of `HELD + 100` bytes: its first 100 are sent as they land.
+    fn fill() -> Arc<Fill> {
+        Arc::new(Fill::new(HELD + 100, Arc::new(Metrics::new())))
+    }
+
     #[test]
     fn a_reader_gets_only_landed_bytes_and_fails_when_the_fetch_starts_over() {
-        let fill = Arc::new(Fill::new(100, Arc::new(Metrics::new())));
+        let fill = fill();
         let mut reader = fill.reader();
         assert!(matches!(reader.ready(0), Ready::Wait));
         let file = tempfile::tempfile().expect("tempfile");
@@ -474,7 +580,7 @@ mod tests {
 
     #[test]
     fn a_waiting_reader_wakes_when_its_bytes_land() {
-        let fill = Arc::new(Fill::new(20, Arc::new(Metrics::new())));
+        let fill = fill();
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         let writer = Arc::clone(&fill);
@@ -487,43 +593,118 @@ mod tests {
         assert!(matches!(got, Ready::Bytes { until: 10, .. }), "{got:?}");
     }
 
+    /// What `reader` at `pos` gets at `now`: `Some(until)` for bytes, `None` for a wait.
+    fn at(reader: &mut Reader, pos: u64, now: Instant) -> Option<u64> {
+        let fill = Arc::clone(&reader.fill);
+        let mut state = fill.lock();
+        match reader.look(&mut state, pos, now) {
+            Ready::Bytes { until, .. } => Some(until),
+            Ready::Wait => None,
+            Ready::Failed(e) => panic!("{e}"),
+        }
+    }
+
     #[test]
-    fn the_last_byte_waits_for_the_verdict() {
-        let fill = Arc::new(Fill::new(10, Arc::new(Metrics::new())));
+    fn the_tail_trickles_until_the_verdict_and_the_last_byte_waits_for_it() {
+        let size = 3 * HELD;
+        let fill = Arc::new(Fill::new(size, Arc::new(Metrics::new())));
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
-        fill.written(0, 10);
+        fill.written(HELD, 2 * HELD);
+        let t0 = Instant::now();
         let mut reader = fill.reader();
-        assert!(matches!(reader.ready(0), Ready::Bytes { until: 9, .. }));
-        assert!(matches!(reader.ready(9), Ready::Wait));
+        // Up to the held tail at once.
+        assert_eq!(at(&mut reader, HELD, t0), Some(2 * HELD));
+        // Then one byte every TRICKLE, never sooner: no client waits 10 s for a byte.
+        let mut pos = 2 * HELD;
+        assert_eq!(at(&mut reader, pos, t0), None);
+        assert_eq!(at(&mut reader, pos, t0 + TRICKLE / 2), None);
+        assert_eq!(
+            fill.wanted_at(t0 + TRICKLE / 2),
+            vec![],
+            "landed bytes held back are not wanted"
+        );
+        let mut now = t0;
+        while pos < size - 1 {
+            now += TRICKLE;
+            assert_eq!(at(&mut reader, pos, now), Some(pos + 1), "at {pos}");
+            pos += 1;
+            if pos.is_multiple_of(4096) {
+                // Skip ahead (the loop would take long): a reader that is not at the end.
+                pos = (pos + 4096 * 3).min(size - 1);
+            }
+        }
+        // The very last byte only once verified.
+        now += 10 * TRICKLE;
+        assert_eq!(at(&mut reader, size - 1, now), None);
         fill.finish(Ok(()));
-        assert!(matches!(reader.ready(9), Ready::Bytes { until: 10, .. }));
+        assert_eq!(at(&mut reader, size - 1, now), Some(size));
+        // A reader whose range ends short of the tail is not held at all.
+        assert_eq!(at(&mut fill.reader(), 0, now), None, "0..HELD never landed");
+        // A failed blob's readers get nothing more.
         let bad = Arc::new(Fill::new(10, Arc::new(Metrics::new())));
         bad.fresh(std::os::fd::AsFd::as_fd(&file), true);
         bad.written(0, 10);
+        let mut early = bad.reader();
+        assert_eq!(at(&mut early, 0, t0), Some(1), "a small blob is all tail");
+        assert_eq!(at(&mut early, 1, t0), None);
         bad.finish(Err("sha256 mismatch".into()));
         assert!(matches!(bad.reader().ready(9), Ready::Failed(_)));
     }
 
     #[test]
     fn blocked_readers_say_what_is_wanted_until_they_get_bytes_or_leave() {
-        let fill = Arc::new(Fill::new(100, Arc::new(Metrics::new())));
+        let fill = fill();
         let file = tempfile::tempfile().expect("tempfile");
         fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
         let (mut a, mut b, mut c) = (fill.reader(), fill.reader(), fill.reader());
-        assert!(matches!(a.ready(70), Ready::Wait));
-        // Later than a (the clock must tell them apart).
-        std::thread::sleep(Duration::from_millis(2));
-        assert!(matches!(b.ready(30), Ready::Wait));
-        assert!(matches!(c.ready(30), Ready::Wait));
-        // The longest waiting first.
-        assert_eq!(fill.wanted(), vec![70, 30]);
+        let t0 = Instant::now();
+        let starts = |now| -> Vec<(u64, bool)> {
+            fill.wanted_at(now)
+                .into_iter()
+                .map(|w| (w.range.start, w.stalled))
+                .collect()
+        };
+        assert_eq!(at(&mut a, 70, t0), None);
+        assert_eq!(at(&mut b, 30, t0 + Duration::from_millis(2)), None);
+        assert_eq!(at(&mut c, 30, t0 + Duration::from_millis(2)), None);
+        // The longest waiting first; stalled once blocked for STALLED.
+        assert_eq!(starts(t0), vec![(70, false), (30, false)]);
+        assert_eq!(starts(t0 + STALLED), vec![(70, true), (30, false)]);
         fill.written(30, 10);
-        assert!(matches!(b.ready(30), Ready::Bytes { .. }));
-        assert_eq!(fill.wanted(), vec![70, 30], "c has not looked again yet");
+        assert_eq!(at(&mut b, 30, t0 + STALLED), Some(40));
+        assert_eq!(
+            starts(t0 + STALLED),
+            vec![(70, true), (30, false)],
+            "c has not looked again yet"
+        );
         drop(c);
-        assert_eq!(fill.wanted(), vec![70]);
+        // b read, but has no measured rate yet (its bytes are not sent): nothing ahead.
+        assert_eq!(starts(t0 + STALLED), vec![(70, true)]);
         drop(a);
-        assert!(fill.wanted().is_empty());
+        assert!(starts(t0 + STALLED).is_empty());
+    }
+
+    #[test]
+    fn a_reading_reader_wants_what_it_will_take_in_the_next_seconds() {
+        const M: u64 = 1 << 20;
+        let fill = Arc::new(Fill::new(1 << 30, Arc::new(Metrics::new())));
+        let file = tempfile::tempfile().expect("tempfile");
+        fill.fresh(std::os::fd::AsFd::as_fd(&file), true);
+        fill.written(0, 10 * M);
+        let t0 = Instant::now();
+        let mut r = fill.reader();
+        assert_eq!(at(&mut r, 0, t0), Some(10 * M));
+        // It took 8 MiB in 1 s: 8 MiB/s, so 16 MiB ahead of it, from the first missing byte.
+        r.sent(8 * M);
+        assert_eq!(at(&mut r, 8 * M, t0 + Duration::from_secs(1)), Some(10 * M));
+        let wanted = fill.wanted_at(t0 + Duration::from_secs(1));
+        assert_eq!(wanted.len(), 1);
+        assert_eq!(wanted[0].range, 10 * M..24 * M);
+        // A slow reader still gets AHEAD_MIN; a fast one at most AHEAD_MAX.
+        r.sent(1000 * M);
+        assert_eq!(at(&mut r, 9 * M, t0 + Duration::from_secs(2)), Some(10 * M));
+        let wanted = fill.wanted_at(t0 + Duration::from_secs(2));
+        assert_eq!(wanted[0].range, 10 * M..9 * M + AHEAD_MAX);
     }
 }
