@@ -91,7 +91,7 @@ impl Place {
     }
 
     /// Where `f` appears for users: the snapshot entry, or the local file.
-    pub(super) fn file_path(&self, commit: &str, f: &RemoteFile) -> PathBuf {
+    pub(crate) fn file_path(&self, commit: &str, f: &RemoteFile) -> PathBuf {
         if self.is_cache() {
             self.root.join("snapshots").join(commit).join(&f.path)
         } else {

@@ -156,7 +156,12 @@ async fn answer(
     let mut pace = Pace::new(ctx.options.min_send_rate, ctx.options.write_timeout);
     match response.body {
         Body::Bytes(bytes) => send_part(&mut send, Bytes::from(bytes), true, ctx, &mut pace).await,
-        Body::Filling { fill, offset, len } => {
+        Body::Filling {
+            fill,
+            offset,
+            len,
+            pin: _kept,
+        } => {
             let (mut pos, end, mut reader) = (offset, offset + len, fill.reader());
             while pos < end {
                 let chunk = match streams::fill_chunk(&mut reader, (pos, end), &mut pace).await {
@@ -175,7 +180,12 @@ async fn answer(
             send.send_reset(h2::Reason::INTERNAL_ERROR);
             Err(io::Error::other("a body announced for HEAD only"))
         }
-        Body::File { file, offset, len } => {
+        Body::File {
+            file,
+            offset,
+            len,
+            pin: _kept,
+        } => {
             use std::os::unix::fs::FileExt;
             let (mut pos, end) = (offset, offset + len);
             while pos < end {

@@ -287,7 +287,12 @@ async fn answer(
             Body::Bytes(bytes) => {
                 send_part(&mut stream, Bytes::from(bytes), ctx, &mut pace).await?
             }
-            Body::Filling { fill, offset, len } => {
+            Body::Filling {
+                fill,
+                offset,
+                len,
+                pin: _kept,
+            } => {
                 let (mut pos, end, mut reader) = (offset, offset + len, fill.reader());
                 while pos < end {
                     let chunk = match streams::fill_chunk(&mut reader, (pos, end), &mut pace).await
@@ -306,7 +311,12 @@ async fn answer(
                 stream.stop_stream(Code::H3_INTERNAL_ERROR);
                 return Err(io::Error::other("a body announced for HEAD only"));
             }
-            Body::File { file, offset, len } => {
+            Body::File {
+                file,
+                offset,
+                len,
+                pin: _kept,
+            } => {
                 use std::os::unix::fs::FileExt;
                 let (mut pos, end) = (offset, offset + len);
                 while pos < end {

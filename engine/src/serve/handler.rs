@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::Shared;
 use super::catalog::{FileEntry, Repo, Snapshot, git_blob_sha1};
 use super::date::iso8601;
-use super::mirror::Fill;
+use super::mirror::{Fill, Pin};
 use super::range_request::{RangeAnswer, evaluate};
 use super::route::{
     Resource, decode, header_safe, parse_target, query_flag, query_param, repo_id, valid_repo_path,
@@ -45,17 +45,19 @@ pub(crate) struct Request<'a> {
 #[derive(Debug)]
 pub(crate) enum Body {
     Bytes(Vec<u8>),
-    /// `len` bytes of `file` from `offset`.
+    /// `len` bytes of `file` from `offset`; a mirror's blob is pinned while they are sent.
     File {
         file: File,
         offset: u64,
         len: u64,
+        pin: Option<Pin>,
     },
     /// `len` bytes from `offset` of a blob still being fetched, sent as they land (a mirror's).
     Filling {
         fill: Arc<Fill>,
         offset: u64,
         len: u64,
+        pin: Option<Pin>,
     },
     /// `len` bytes that a HEAD answer announces and no one sends.
     Announced {
@@ -624,6 +626,7 @@ fn file_response(ctx: &Shared, req: &Request<'_>, commit: &str, f: &FileEntry) -
         }
     };
     file_answer(req, commit, f, |offset, len| Body::File {
+        pin: None,
         file,
         offset,
         len,

@@ -60,7 +60,12 @@ pub(super) fn write_response(
             stream.write_all(&all)?;
             stream.flush()
         }
-        Body::File { file, offset, len } => {
+        Body::File {
+            file,
+            offset,
+            len,
+            pin: _kept,
+        } => {
             stream.write_all(head.as_bytes())?;
             if head_only {
                 return stream.flush();
@@ -68,7 +73,12 @@ pub(super) fn write_response(
             let mut pace = Pace::new(options.min_send_rate, options.write_timeout);
             stream.send_file(&file, (offset, len), &mut pace)
         }
-        Body::Filling { fill, offset, len } => {
+        Body::Filling {
+            fill,
+            offset,
+            len,
+            pin: _kept,
+        } => {
             stream.write_all(head.as_bytes())?;
             if head_only {
                 return stream.flush();

@@ -2,24 +2,27 @@
 //! total passes the bound, the least recently used blobs are deleted until it fits again.
 //!
 //! The order is a `BTreeSet` keyed by a logical clock, so adding, touching and evicting are
-//! O(log n) whatever the number of blobs, and nothing walks the cache. The index survives a
-//! restart as an append-only log (`.ferry-mirror/index.log` under the root): `+ TICK SIZE
-//! PATH` when a blob is added or used, `- PATH` when it is deleted. Opening replays it (a torn
-//! or malformed line is skipped) and rewrites it compacted, one line per blob; it is compacted
-//! again whenever it holds four times as many lines as blobs.
+//! O(log n) whatever the number of blobs (plus the blobs pinned, which are few: one per
+//! answer being sent), and nothing walks the cache. The index survives a restart as an
+//! append-only log (`.ferry-mirror/index.log` under the root): `+ TICK SIZE PATH` when a blob
+//! is added or used, `L PATH LINK` when a snapshot links to it, `- PATH` when it is deleted.
+//! Opening replays it (a torn or malformed line is skipped) and rewrites it compacted, one
+//! line per blob and link; it is compacted again whenever it holds four times as many lines
+//! as blobs.
 //!
-//! Invariants: only blobs this index knows are ever deleted, never the one just added; a blob
-//! found in the cache but not in the index (written before the index existed, or by another
-//! tool) is adopted when it is next served; uses are logged at most once a minute per blob
-//! (the order in memory is exact). Every file is opened beneath the root, following no
-//! symlink. Not here: pinning blobs being read (a deleted blob's open readers keep reading it;
-//! its space returns when they finish).
+//! Invariants: only blobs this index knows are ever deleted, never the one just added nor one
+//! pinned ([`Pin`]: an answer is being sent from it; once the last pin goes, the bound is
+//! applied again); a deleted blob's snapshot links go with it, so a snapshot stops listing
+//! what it lost. A blob found in the cache but not in the index (written before the index
+//! existed, or by another tool) is adopted when it is next served, without its links; uses
+//! are logged once per blob until it falls into the older half of the order (the order in
+//! memory is exact). Every file is opened beneath the root, following no symlink.
 
 use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::io::{self, Read, Write};
 use std::path::Path;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use rustix::fs::OFlags;
 
@@ -37,6 +40,8 @@ struct Entry {
     tick: u64,
     /// The tick of its last line in the log.
     logged: u64,
+    /// Snapshot links to it (paths relative to the root), removed with it.
+    links: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -49,8 +54,11 @@ struct Inner {
     order: BTreeSet<(u64, String)>,
     total: u64,
     tick: u64,
-    /// Lines in the log.
+    /// Lines in the log, and in it when it was last compacted.
     lines: usize,
+    compacted: usize,
+    /// Answers being sent from each pinned blob.
+    pins: HashMap<String, usize>,
 }
 
 /// The mirror's blobs under a size bound.
@@ -59,6 +67,29 @@ pub(crate) struct Index {
     root: Dir,
     max: u64,
     inner: Mutex<Inner>,
+    /// Counts the blobs deleted (for `/metrics`).
+    evictions: prometheus_client::metrics::counter::Counter,
+}
+
+/// A blob kept from eviction while an answer is sent from it; dropping it releases it.
+#[derive(Debug)]
+pub(crate) struct Pin {
+    index: Arc<Index>,
+    key: String,
+}
+
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let mut inner = self.index.lock();
+        match inner.pins.get_mut(&self.key) {
+            Some(n) if *n > 1 => *n -= 1,
+            _ => {
+                inner.pins.remove(&self.key);
+                // What the pin kept may have held the cache above its bound.
+                self.index.shrink(&mut inner, None);
+            }
+        }
+    }
 }
 
 impl Index {
@@ -82,6 +113,8 @@ impl Index {
             total: 0,
             tick: 0,
             lines: 0,
+            compacted: 0,
+            pins: HashMap::new(),
         };
         replay(&mut inner, &text);
         compact(&mut inner)?;
@@ -95,7 +128,44 @@ impl Index {
             root,
             max,
             inner: Mutex::new(inner),
+            evictions: Default::default(),
         })
+    }
+
+    /// Counts the blobs it deletes on `evictions` too.
+    pub(crate) fn counting(
+        mut self,
+        evictions: prometheus_client::metrics::counter::Counter,
+    ) -> Index {
+        self.evictions = evictions;
+        self
+    }
+
+    /// Keeps the blob at `key` (which need not be counted yet) from eviction until the pin
+    /// is dropped.
+    pub(crate) fn pin(self: &Arc<Self>, key: String) -> Pin {
+        *self.lock().pins.entry(key.clone()).or_insert(0) += 1;
+        Pin {
+            index: Arc::clone(self),
+            key,
+        }
+    }
+
+    /// The snapshot link `link` (relative to the root) points to the blob at `path`, which
+    /// the index counts: the link is deleted with the blob.
+    pub(crate) fn linked(&self, path: &str, link: &str) {
+        if !valid(link) {
+            return;
+        }
+        let mut inner = self.lock();
+        let Some(entry) = inner.entries.get_mut(path) else {
+            return;
+        };
+        if entry.links.iter().any(|l| l == link) {
+            return;
+        }
+        entry.links.push(link.to_owned());
+        append(&mut inner, &format!("L {path} {link}\n"));
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -119,18 +189,30 @@ impl Index {
     }
 
     /// A fill put the blob at `path` in place: it is counted, and the least recently used
-    /// other blobs are deleted until the total fits the bound again. Returns how many were.
+    /// other blobs not pinned are deleted until the total fits the bound again. Returns how
+    /// many were.
     pub(crate) fn added(&self, path: &str, size: u64) -> usize {
         let mut inner = self.lock();
         touch(&mut inner, path, size);
+        self.shrink(&mut inner, Some(path))
+    }
+
+    /// Deletes the least recently used blobs, but `keep` and those pinned, with their
+    /// snapshot links, until the total fits the bound. Returns how many it deleted.
+    fn shrink(&self, inner: &mut Inner, keep: Option<&str>) -> usize {
         let mut evicted = 0;
         while inner.total > self.max {
             let Some(victim) = inner
                 .order
                 .iter()
-                .find(|(_, p)| p != path)
+                .find(|(_, p)| Some(p.as_str()) != keep && !inner.pins.contains_key(p))
                 .map(|(_, p)| p.clone())
             else {
+                tracing::info!(
+                    bytes = inner.total,
+                    max = self.max,
+                    "the cache is over its bound while its blobs are in use"
+                );
                 break;
             };
             // Gone already (deleted by hand): forgotten all the same.
@@ -140,11 +222,42 @@ impl Index {
                 tracing::warn!(blob = %victim, error = %e, "cannot evict; it stays counted");
                 break;
             }
-            forget(&mut inner, &victim);
+            for link in inner
+                .entries
+                .get(&victim)
+                .map(|e| e.links.clone())
+                .unwrap_or_default()
+            {
+                if let Err(e) = self.delete_link(&link) {
+                    tracing::warn!(link = %link, error = %e, "cannot remove an evicted blob's snapshot link");
+                }
+            }
+            forget(inner, &victim);
             evicted += 1;
             tracing::info!(blob = %victim, "evicted (least recently used)");
         }
+        self.evictions.inc_by(evicted as u64);
         evicted
+    }
+
+    /// Removes the snapshot link `link`, when it is one (a symlink): whatever else a user put
+    /// there stays.
+    fn delete_link(&self, link: &str) -> io::Result<()> {
+        let path = Path::new(link);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Ok(());
+        };
+        let dir = match self.root.beneath(parent, false) {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        match dir.stat(name)? {
+            Some(st) if rustix::fs::FileType::from_raw_mode(st.st_mode).is_symlink() => {
+                dir.unlink(name)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Bytes of the blobs the index holds.
@@ -170,10 +283,10 @@ fn touch(inner: &mut Inner, path: &str, size: u64) {
     inner.tick += 1;
     let tick = inner.tick;
     let half = (inner.entries.len() as u64 / 2).max(1);
-    let (size, logged) = match unset(inner, path) {
-        Some(old) if tick - old.logged < half => (old.size, Some(old.logged)),
-        Some(old) => (old.size, None),
-        None => (size, None),
+    let (size, logged, links) = match unset(inner, path) {
+        Some(old) if tick - old.logged < half => (old.size, Some(old.logged), old.links),
+        Some(old) => (old.size, None, old.links),
+        None => (size, None, Vec::new()),
     };
     set(
         inner,
@@ -182,6 +295,7 @@ fn touch(inner: &mut Inner, path: &str, size: u64) {
             size,
             tick,
             logged: logged.unwrap_or(tick),
+            links,
         },
     );
     // Appended once counted: an append may compact the log from what is counted.
@@ -221,7 +335,7 @@ fn append(inner: &mut Inner, line: &str) {
         inner.log = None;
     }
     inner.lines += 1;
-    if inner.lines > 4 * inner.entries.len() + 1024
+    if inner.lines > 4 * inner.compacted.max(inner.entries.len()) + 1024
         && let Err(e) = compact(inner)
     {
         tracing::warn!(error = %e, "cannot compact the mirror index");
@@ -239,7 +353,7 @@ fn replay(inner: &mut Inner, text: &str) {
                 let (Ok(tick), Ok(size)) = (tick.parse::<u64>(), size.parse::<u64>()) else {
                     continue;
                 };
-                unset(inner, path);
+                let links = unset(inner, path).map(|old| old.links).unwrap_or_default();
                 set(
                     inner,
                     path,
@@ -247,9 +361,23 @@ fn replay(inner: &mut Inner, text: &str) {
                         size,
                         tick,
                         logged: tick,
+                        links,
                     },
                 );
                 inner.tick = inner.tick.max(tick);
+            }
+            (Some("L"), Some(path), Some(first), rest) => {
+                // A link's path may hold spaces; a blob's does not.
+                let link = match rest {
+                    Some(rest) => format!("{first} {rest}"),
+                    None => first.to_owned(),
+                };
+                if let Some(entry) = inner.entries.get_mut(path)
+                    && valid(&link)
+                    && !entry.links.contains(&link)
+                {
+                    entry.links.push(link);
+                }
             }
             (Some("-"), Some(path), None, None) => {
                 unset(inner, path);
@@ -272,9 +400,16 @@ fn valid(path: &str) -> bool {
 /// reopens it for appending.
 fn compact(inner: &mut Inner) -> io::Result<()> {
     let mut text = String::new();
+    let mut lines = 0;
     for (tick, path) in &inner.order {
-        let size = inner.entries.get(path).map_or(0, |e| e.size);
-        text.push_str(&format!("+ {tick} {size} {path}\n"));
+        let Some(entry) = inner.entries.get(path) else {
+            continue;
+        };
+        text.push_str(&format!("+ {tick} {} {path}\n", entry.size));
+        for link in &entry.links {
+            text.push_str(&format!("L {path} {link}\n"));
+        }
+        lines += 1 + entry.links.len();
     }
     inner
         .folder
@@ -283,7 +418,8 @@ fn compact(inner: &mut Inner) -> io::Result<()> {
         OsStr::new(LOG),
         OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE,
     )?);
-    inner.lines = inner.entries.len();
+    inner.lines = lines;
+    inner.compacted = lines;
     Ok(())
 }
 
@@ -328,6 +464,62 @@ mod tests {
         assert_eq!(index.added(&big, 500), 3);
         assert!(root.join(&big).exists());
         assert_eq!(index.bytes(), 500);
+    }
+
+    #[test]
+    fn pinned_blobs_stay_until_released_and_evicted_ones_take_their_snapshot_links() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let root = dir.path();
+        let index = Arc::new(Index::open(root, 200).expect("open"));
+        let (a, b) = (blob(root, "a", 100), blob(root, "b", 100));
+        index.added(&a, 100);
+        index.added(&b, 100);
+        // Two links to `a` (two commits), one with a space in its name.
+        let snap = root.join("models--o--n/snapshots");
+        for link in ["c1/w.bin", "c2/my w.bin"] {
+            let at = snap.join(link);
+            std::fs::create_dir_all(at.parent().expect("parent")).expect("mkdir");
+            std::os::unix::fs::symlink("../../blobs/a", &at).expect("symlink");
+            index.linked(&a, &format!("models--o--n/snapshots/{link}"));
+        }
+        // A hostile link path is not kept.
+        index.linked(&a, "../../etc/passwd");
+        // `a` is the least recently used, but pinned: `b` goes instead of it ...
+        let pin = index.pin(a.clone());
+        let c = blob(root, "c", 100);
+        assert_eq!(index.added(&c, 100), 1);
+        assert!(root.join(&a).exists() && !root.join(&b).exists());
+        // ... and with everything else pinned or just added, the cache stays over its bound,
+        let pin_c = index.pin(c.clone());
+        let d = blob(root, "d", 100);
+        assert_eq!(index.added(&d, 100), 0);
+        assert_eq!(index.bytes(), 300);
+        // until the last pin of one goes: then `a` goes, with both its links.
+        let pin_a = index.pin(a.clone());
+        drop(pin);
+        assert_eq!(index.bytes(), 300, "pinned twice");
+        drop(pin_a);
+        assert_eq!(index.bytes(), 200);
+        assert!(!root.join(&a).exists());
+        for link in ["c1/w.bin", "c2/my w.bin"] {
+            assert!(
+                snap.join(link).symlink_metadata().is_err(),
+                "{link} left dangling"
+            );
+        }
+        assert_eq!(index.evictions.get(), 2);
+        drop(pin_c);
+        // Links survive a restart: `c`'s goes with it after one.
+        let link = snap.join("c3/x");
+        std::fs::create_dir_all(snap.join("c3")).expect("mkdir");
+        std::os::unix::fs::symlink("../../blobs/c", &link).expect("symlink");
+        index.linked(&c, "models--o--n/snapshots/c3/x");
+        drop(index);
+        let index = Index::open(root, 200).expect("reopen");
+        let e = blob(root, "e", 100);
+        assert_eq!(index.added(&e, 100), 1);
+        assert!(!root.join(&c).exists() && link.symlink_metadata().is_err());
+        assert!(root.join(&d).exists() && root.join(&e).exists());
     }
 
     #[test]

@@ -25,6 +25,7 @@ use sha2::Digest;
 pub(crate) use self::fill::{Fill, Reader, Ready};
 use self::fill::{Fills, Joined};
 use self::index::Index;
+pub(crate) use self::index::Pin;
 use self::memo::Memo;
 use self::metrics::{Class, Metrics};
 use super::Shared;
@@ -128,7 +129,9 @@ impl Mirror {
     ) -> std::io::Result<Mirror> {
         let metrics = Arc::new(Metrics::new());
         let index = match max_size {
-            Some(max) => Some(Arc::new(Index::open(root, max)?)),
+            Some(max) => Some(Arc::new(
+                Index::open(root, max)?.counting(metrics.evictions.clone()),
+            )),
             None => None,
         };
         Ok(Mirror {
@@ -458,13 +461,18 @@ impl Mirror {
         };
         let remote = remote_file(&path, entry);
         let blob = self.upstream.blob_path(kind, &repo, &remote);
+        // Kept from eviction while the answer is sent, whether from the cache or a fill.
+        let pin = self
+            .index
+            .as_ref()
+            .and_then(|index| Some(index.pin(index.key(&blob)?)));
         if let Some(file) = self.open_blob(ctx, &blob, entry.size) {
             if let (Some(index), "GET") = (&self.index, req.method)
                 && let Some(key) = index.key(&blob)
             {
                 index.used(&key, entry.size);
             }
-            return self.cached_answer(req, &snap.commit, entry, file);
+            return self.cached_answer(req, &snap.commit, entry, (file, pin));
         }
         if self.offline.is_some() {
             return Response::error(
@@ -505,9 +513,10 @@ impl Mirror {
                     fill,
                     offset,
                     len,
+                    pin,
                 })
             }
-            Ok(Joined::InPlace(file)) => self.cached_answer(req, &snap.commit, entry, file),
+            Ok(Joined::InPlace(file)) => self.cached_answer(req, &snap.commit, entry, (file, pin)),
             Err(e) => {
                 tracing::warn!(path = %path, error = %e, "cannot start a fill");
                 Response::error(502, None, "Cannot fetch the file from the upstream")
@@ -521,12 +530,13 @@ impl Mirror {
         req: &Request<'_>,
         commit: &str,
         entry: &FileEntry,
-        file: std::fs::File,
+        (file, pin): (std::fs::File, Option<Pin>),
     ) -> Response {
         let r = handler::file_answer(req, commit, entry, |offset, len| Body::File {
             file,
             offset,
             len,
+            pin,
         });
         if req.method == "GET" && r.status / 100 == 2 {
             self.metrics.hits.inc();
@@ -554,16 +564,16 @@ impl Mirror {
     ) -> Box<dyn FnOnce() + Send> {
         let place = self.upstream.place(kind, repo);
         let (commit, f) = (commit.to_owned(), f.clone());
-        let kept = self
-            .index
-            .clone()
-            .and_then(|index| Some((index.key(&place.bytes_path(&f))?, index)));
-        let metrics = Arc::clone(&self.metrics);
+        let kept = self.index.clone().and_then(|index| {
+            let blob = index.key(&place.bytes_path(&f))?;
+            let link = index.key(&place.file_path(&commit, &f))?;
+            Some((blob, link, index))
+        });
         Box::new(move || {
             crate::hub::upstream::publish(&place, &commit, &f);
-            if let Some((key, index)) = kept {
-                let evicted = index.added(&key, f.size);
-                metrics.evictions.inc_by(evicted as u64);
+            if let Some((blob, link, index)) = kept {
+                index.added(&blob, f.size);
+                index.linked(&blob, &link);
             }
         })
     }

@@ -66,7 +66,7 @@ fn a_stalled_client_does_not_block_others() {
 
 /// A connection to `port` with a small receive buffer (set before the connect, so the window
 /// stays small): a slow reader holds little in flight.
-fn small_window_connect(port: u16) -> TcpStream {
+pub(super) fn small_window_connect(port: u16) -> TcpStream {
     use rustix::net::{AddressFamily, SocketType, ipproto, socket, sockopt};
     let fd = socket(AddressFamily::INET, SocketType::STREAM, Some(ipproto::TCP)).expect("socket");
     sockopt::set_socket_recv_buffer_size(&fd, 64 << 10).expect("SO_RCVBUF");

@@ -512,19 +512,25 @@ fn a_reader_far_ahead_of_the_fill_gets_its_bytes_fetched_next() {
 }
 
 /// `--max-size`: the blobs a mirror keeps stay under the bound, the least recently used going
-/// first, and the order survives a restart without a scan of the cache.
+/// first, and the order survives a restart without a scan of the cache. A blob an answer is
+/// being sent from is pinned, and an evicted blob's snapshot link goes with it.
 #[test]
 fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart() {
+    // Larger than what a socket holds in flight (4 MiB of send buffer at most here), so that a
+    // client that reads nothing keeps its answer being sent.
+    const M10: u64 = 10 << 20;
     const SHARDS: &[(&str, u64, bool)] = &[
-        ("a.bin", 6 << 20, true),
-        ("b.bin", 6 << 20, true),
-        ("c.bin", 6 << 20, true),
-        ("d.bin", 6 << 20, true),
+        ("a.bin", M10, true),
+        ("b.bin", M10, true),
+        ("c.bin", M10, true),
+        ("d.bin", M10, true),
     ];
     for backend in backends_under_test() {
         let hub = StaticHub::start_with(SHARDS, |_| None, None);
         let cache = tempfile::tempdir().expect("cache");
-        let blobs = hub.repo.cache_folder(cache.path()).join("blobs");
+        let folder = hub.repo.cache_folder(cache.path());
+        let blobs = folder.join("blobs");
+        let snapshot = folder.join("snapshots").join(&hub.repo.commit);
         let kept = || -> Vec<String> {
             let mut names: Vec<String> = hub
                 .repo
@@ -534,6 +540,15 @@ fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart(
                 .map(|f| f.path.clone())
                 .collect();
             names.sort();
+            // A snapshot lists exactly what the cache keeps: no link left dangling.
+            let mut linked: Vec<String> = std::fs::read_dir(&snapshot)
+                .map(|d| {
+                    d.map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+                        .collect()
+                })
+                .unwrap_or_default();
+            linked.sort();
+            assert_eq!(linked, names, "{backend:?}: the snapshot's links");
             names
         };
         let fetch = |serve: &Serve, name: &str| {
@@ -550,7 +565,7 @@ fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart(
                 "{backend:?}: {name} differs"
             );
         };
-        let args = ["--max-size", "13M"];
+        let args = ["--max-size", "21M"];
         {
             let serve = mirror(cache.path(), &hub.endpoint(), backend, &args);
             fetch(&serve, "a.bin");
@@ -565,7 +580,7 @@ fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart(
             assert_eq!(m["ferry_mirror_evictions_total"], 2.0, "{backend:?}");
             assert_eq!(
                 m["ferry_mirror_cache_bytes"],
-                (12 << 20) as f64,
+                (2 * M10) as f64,
                 "{backend:?}"
             );
         }
@@ -573,7 +588,28 @@ fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart(
         let serve = mirror(cache.path(), &hub.endpoint(), backend, &args);
         fetch(&serve, "d.bin");
         assert_eq!(kept(), ["a.bin", "d.bin"], "{backend:?}: after the restart");
-        eprintln!("{backend:?}: --max-size kept the two most recent blobs, across a restart");
+        // A client reads a's answer no further than its head: a is pinned while it is sent.
+        let mut slow = BufReader::new(super::limits::small_window_connect(serve.port));
+        send(
+            slow.get_mut(),
+            "GET",
+            "/org/model/resolve/main/a.bin",
+            &[],
+            true,
+        );
+        let mut status = String::new();
+        slow.read_line(&mut status).expect("status line");
+        assert!(status.starts_with("HTTP/1.1 200"), "{backend:?}: {status}");
+        // d is used after a, so a is the least recently used when b comes in; pinned, it
+        // stays, and d goes.
+        fetch(&serve, "d.bin");
+        fetch(&serve, "b.bin");
+        assert_eq!(kept(), ["a.bin", "b.bin"], "{backend:?}: a was pinned");
+        drop(slow);
+        eprintln!(
+            "{backend:?}: --max-size kept the two most recent blobs, across a restart, \
+             skipping one being sent; evicted blobs' snapshot links went with them"
+        );
     }
 }
 
