@@ -384,12 +384,15 @@ impl Plan {
         self
     }
 
-    /// No splits: a lease already asked for is read by its holder alone, so the origin sends
-    /// every byte once (a split's origin has often sent the rest of the cut lease already,
-    /// into the socket) at the cost of a tail fetched by fewer connections. For a mirror,
-    /// whose upstream's egress is what it saves.
+    /// No splits and no stall hedges: a lease already asked for is read by its holder alone,
+    /// so the origin sends every byte once (a split's or a hedge's origin has often sent the
+    /// rest of the lease already, into the socket) at the cost of a tail fetched by fewer
+    /// connections and of a stalled flow waiting for the watchdog, or for a reader stalled
+    /// there to cut it ([`Plan::take_wanting`]). For a mirror, whose upstream's egress is
+    /// what it saves.
     pub(crate) fn without_splits(mut self) -> Plan {
         self.may_split = false;
+        self.hedges_left = 0;
         self
     }
 

@@ -363,6 +363,8 @@ fn without_splits_an_idle_connection_gets_nothing_once_the_frontier_is_out() {
     assert_eq!((a, b), (0..4 * M, 4 * M..8 * M));
     assert!(!plan.has_work());
     assert!(plan.take().is_none(), "a lease was split");
+    // Nor is a stalled flow hedged: it waits for the watchdog (or a reader's cut).
+    assert!(!plan.may_hedge());
 }
 
 #[test]

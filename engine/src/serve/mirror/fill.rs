@@ -488,6 +488,11 @@ impl Fills {
                 };
                 let outcome = match result {
                     Ok(report) => {
+                        tracing::info!(
+                            blob = ?blob, bytes = report.bytes, seconds = report.seconds,
+                            retries = report.retries, splits = report.splits,
+                            hedged = report.hedged, "a fill is in place, verified"
+                        );
                         metrics.fills.get_or_create(&Class::of("verified")).inc();
                         metrics.filled_bytes.inc_by(report.bytes);
                         on_success();
