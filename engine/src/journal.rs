@@ -246,6 +246,29 @@ struct Inner {
     next_id: u64,
 }
 
+/// The journal holding `entries` as they are (their ids kept): the header, then per fetch
+/// its `F` record and one `W` per written run.
+fn compacted(entries: &HashMap<PathBuf, Entry>) -> Vec<u8> {
+    let mut out = HEADER.as_bytes().to_vec();
+    let mut sorted: Vec<(&PathBuf, &Entry)> = entries.iter().collect();
+    sorted.sort_by_key(|(_, e)| e.id);
+    for (p, e) in sorted {
+        out.extend(
+            Record::File {
+                id: e.id,
+                size: e.size,
+                digest: e.digest.clone(),
+                path: p.clone(),
+            }
+            .encode(),
+        );
+        for r in e.ranges() {
+            out.extend(Record::Written { id: e.id, range: r }.encode());
+        }
+    }
+    out
+}
+
 /// An open journal, locked for this process.
 pub(crate) struct Journal {
     path: PathBuf,
@@ -313,27 +336,15 @@ impl Journal {
         // Compacted: live fetches only, renumbered, one record per written run.
         let mut entries = replay(&decoded.records);
         entries.retain(|_, e| !e.written.is_empty());
-        let mut out = HEADER.as_bytes().to_vec();
         let mut paths = HashMap::new();
         let mut sorted: Vec<(&PathBuf, &mut Entry)> = entries.iter_mut().collect();
         sorted.sort_by(|a, b| a.0.cmp(b.0));
         for (n, (p, e)) in sorted.into_iter().enumerate() {
             e.id = n as u64 + 1;
             paths.insert(e.id, p.clone());
-            out.extend(
-                Record::File {
-                    id: e.id,
-                    size: e.size,
-                    digest: e.digest.clone(),
-                    path: p.clone(),
-                }
-                .encode(),
-            );
-            for r in e.ranges() {
-                out.extend(Record::Written { id: e.id, range: r }.encode());
-            }
         }
-        dir.write_atomic(name, &out).map_err(io("write", &path))?;
+        dir.write_atomic(name, &compacted(&entries))
+            .map_err(io("write", &path))?;
         let file = dir
             .open_std(name, OFlags::WRONLY | OFlags::APPEND)
             .map_err(io("open", &path))?;
@@ -414,6 +425,52 @@ impl Journal {
                 "cannot append to the resume journal ({e}); going on without it"
             );
             inner.file = None;
+        }
+    }
+
+    /// The fetch of `path` is over (its file is in place): the journal forgets it and is
+    /// rewritten with the live fetches only (ids kept), so that a journal kept open for a
+    /// server's life (a mirror's) holds only what is in flight, not every file it ever
+    /// fetched. Costs one small rewrite (fsync, rename).
+    pub(crate) fn done(&self, path: &Path) {
+        let mut inner = self.lock();
+        let Some(old) = inner.entries.remove(path) else {
+            return;
+        };
+        inner.paths.remove(&old.id);
+        if inner.file.is_none() {
+            return;
+        }
+        let reopened = self
+            .dir
+            .write_atomic(&self.name, &compacted(&inner.entries))
+            .and_then(|()| {
+                self.dir
+                    .open_std(&self.name, OFlags::WRONLY | OFlags::APPEND)
+            });
+        match reopened {
+            Ok(file) => inner.file = Some(file),
+            Err(e) => {
+                tracing::warn!(
+                    journal = %self.path.display(),
+                    "cannot rewrite the resume journal ({e}); going on without it"
+                );
+                inner.file = None;
+            }
+        }
+    }
+
+    /// Forgets every fetch whose path `over` says is in place (done before a crash).
+    pub(crate) fn done_where(&self, over: impl Fn(&Path) -> bool) {
+        let paths: Vec<PathBuf> = self
+            .lock()
+            .entries
+            .keys()
+            .filter(|p| over(p))
+            .cloned()
+            .collect();
+        for p in paths {
+            self.done(&p);
         }
     }
 
@@ -565,5 +622,45 @@ mod tests {
         );
         j.remove();
         assert!(!jdir.exists(), "journal and folder removed");
+    }
+
+    #[test]
+    fn a_fetch_that_is_done_leaves_the_journal_and_the_others_stay_with_their_ids() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let digest = "cd".repeat(32);
+        let path = dir.path().join("j/m.journal");
+        {
+            let j = Journal::open(dir.path(), Path::new("j"), "m.journal").expect("open");
+            let (ia, ib) = (j.start(&a, 100, &digest), j.start(&b, 100, &digest));
+            j.written(ia, 0..50);
+            j.written(ib, 0..10);
+            j.done(&a);
+            assert_eq!(j.resumable(&a, 100, &digest), None);
+            assert_eq!(
+                decode(&std::fs::read(&path).expect("read")).records.len(),
+                2
+            );
+            // b goes on under the same id, appended to the rewritten file.
+            j.written(ib, 10..20);
+            // A journal reopened after a crash forgets what is in place.
+            j.done_where(|p| p == b);
+            j.written(ib, 20..30);
+            let c = dir.path().join("c");
+            let ic = j.start(&c, 100, &digest);
+            j.written(ic, 0..5);
+        }
+        let j = Journal::open(dir.path(), Path::new("j"), "m.journal").expect("reopen");
+        assert_eq!(j.resumable(&a, 100, &digest), None);
+        assert_eq!(
+            j.resumable(&b, 100, &digest),
+            None,
+            "done, its later writes void"
+        );
+        assert_eq!(
+            j.resumable(&dir.path().join("c"), 100, &digest)
+                .map(|r| r.1),
+            Some(std::iter::once(0..5).collect())
+        );
     }
 }

@@ -210,6 +210,21 @@ impl Upstream {
         Ok(self.engine.get_many_journaled([item], Some(journal))?)
     }
 
+    /// `f`'s fill put its blob in place: its repo's journal forgets it, so that the journal
+    /// holds the fills in flight only.
+    pub(crate) fn filled(&self, place: &Place, f: &RemoteFile) {
+        let (root, rel) = place.journal_dir();
+        let journal = self
+            .journals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&root.join(&rel))
+            .cloned();
+        if let Some(j) = journal {
+            j.done(&place.bytes_path(f));
+        }
+    }
+
     /// Where `repo`'s files go in the cache.
     pub(crate) fn place(&self, kind: RepoType, repo: &RepoId) -> Place {
         Place::new(&self.layout, repo, kind)
@@ -228,6 +243,8 @@ impl Upstream {
             journal::OpenError::Io { op, path, source } => HubError::Io { op, path, source },
         })?;
         tracing::debug!(repo = %repo, "opened the mirror's journal");
+        // Fills that put their blob in place before a crash are over.
+        j.done_where(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file()));
         let j = Arc::new(j);
         journals.insert(key, Arc::clone(&j));
         Ok(j)

@@ -181,7 +181,7 @@ async fn serve(
     quic: compio::quic::Connection,
     peer: SocketAddr,
     local: SocketAddr,
-    ctx: &Shared,
+    ctx: &Arc<Shared>,
 ) -> io::Result<()> {
     let mut conn: Connection = compio::quic::h3::server::builder()
         .max_field_section_size(MAX_HEAD as u64)
@@ -230,7 +230,7 @@ async fn serve(
 async fn answer(
     req: http::Request<()>,
     mut stream: RequestStream,
-    ctx: &Shared,
+    ctx: &Arc<Shared>,
     (peer, local): (SocketAddr, SocketAddr),
 ) -> io::Result<()> {
     let (parts, ()) = req.into_parts();
@@ -267,14 +267,22 @@ async fn answer(
     }
     // The name the client asked for stands in for the TLS name in absolute links.
     let authority = parts.uri.host().map(str::to_owned);
-    let posted = (method == "POST" && !too_large).then_some(posted.as_slice());
-    let (response, head) = streams::answer(
-        ctx,
-        &parts,
-        posted,
-        (peer, local, authority.as_deref()),
-        "HTTP/3",
-    )?;
+    let posted = (method == "POST" && !too_large).then_some(posted);
+    let (response, head) = if ctx.mirror.is_some() {
+        // A mirror may ask its upstream (a revision, a listing) before it answers: on the
+        // blocking pool, so that the endpoint's other connections and streams go on.
+        let ctx = Arc::clone(ctx);
+        compio::runtime::spawn_blocking(move || {
+            let posted = posted.as_deref();
+            let addrs = (peer, local, authority.as_deref());
+            streams::answer(&ctx, &parts, posted, addrs, "HTTP/3")
+        })
+        .await
+        .unwrap_or_else(|_| Err(io::Error::other("answering a request panicked")))?
+    } else {
+        let addrs = (peer, local, authority.as_deref());
+        streams::answer(ctx, &parts, posted.as_deref(), addrs, "HTTP/3")?
+    };
     let sent = timed(stream.send_response(head), ctx.options.write_timeout).await;
     match sent {
         Some(r) => r.map_err(io::Error::other)?,

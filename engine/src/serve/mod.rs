@@ -339,11 +339,6 @@ impl Server {
         };
         let mirror = match options.upstream.clone() {
             None => None,
-            Some(_) if h3.is_some() => {
-                return Err(ServeError::Upstream {
-                    detail: "a mirror does not serve HTTP/3 yet; leave out --h3".into(),
-                });
-            }
             Some(up) => {
                 let engine = crate::Engine::new(up.config).map_err(|e| ServeError::Upstream {
                     detail: format!("cannot start the engine: {e}"),

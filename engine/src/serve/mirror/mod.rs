@@ -569,7 +569,9 @@ impl Mirror {
             let link = index.key(&place.file_path(&commit, &f))?;
             Some((blob, link, index))
         });
+        let upstream = Arc::clone(&self.upstream);
         Box::new(move || {
+            upstream.filled(&place, &f);
             crate::hub::upstream::publish(&place, &commit, &f);
             if let Some((blob, link, index)) = kept {
                 index.added(&blob, f.size);

@@ -427,53 +427,72 @@ fn a_mirror_killed_mid_fill_resumes_without_fetching_again_what_it_wrote() {
             after > 0,
             "{backend:?}: nothing was fetched after the restart"
         );
+        // The fill is over (its last byte went out after the blob was in place): the journal,
+        // which the mirror keeps open, no longer holds it.
+        let left = std::fs::read_to_string(
+            hub.repo
+                .cache_folder(cache.path())
+                .join(".ferry/mirror.journal"),
+        )
+        .expect("the mirror's journal");
+        assert!(
+            !left.lines().any(|l| l.split(' ').nth(1) == Some("F")),
+            "{backend:?}: a finished fill is still journaled: {left}"
+        );
     }
 }
 
 /// `ferry pull --http2` from a cold mirror serving HTTPS and HTTP/2: the files stream to ferry
 /// over HTTP/2 streams while the mirror fills them, byte for byte, on both back-ends.
 #[test]
-fn ferry_pulls_a_cold_repo_through_the_mirror_over_http2() {
+fn ferry_pulls_a_cold_repo_through_the_mirror_over_http2_and_http3() {
     let pki = TestPki::new();
     let ca = pki.ca.to_str().expect("utf-8");
+    // (the server's flag, the client's, the report's count of requests over it)
+    let protocols = [
+        ("--http2", "--http2", "http2"),
+        ("--h3", "--http3", "http3"),
+    ];
     for backend in backends_under_test() {
-        let hub = StaticHub::start_with(SPEC, |_| None, None);
-        let cache = tempfile::tempdir().expect("cache");
-        let serve = Serve::start_with(
-            cache.path(),
-            Some(3),
-            Some(&pki.localhost),
-            &[
-                "--http2",
-                "--upstream",
-                &hub.slow_endpoint(),
-                "--backend",
-                backend.flag(),
-            ],
-        );
-        let client = tempfile::tempdir().expect("client cache");
-        let pulled = pull_json(
-            backend,
-            ("org/model", &serve.endpoint()),
-            ca,
-            client.path(),
-            &["--http2"],
-        );
-        assert!(
-            pulled["http2"].as_u64() >= pulled["fetched"].as_u64(),
-            "{pulled}"
-        );
-        assert_same_files(
-            &hub.repo.snapshot(client.path()),
-            &hub.repo,
-            &format!("{backend:?}: ferry pull --http2 through the mirror"),
-        );
-        let sent = upstream_file_bytes(&hub);
-        assert!(
-            sent as f64 <= repo_bytes(&hub.repo) as f64 * 1.05,
-            "{backend:?}: {sent}"
-        );
-        eprintln!("ran on backend {backend:?}: ferry pull over HTTP/2 from a cold mirror");
+        for (serve_flag, pull_flag, counted) in protocols {
+            let hub = StaticHub::start_with(SPEC, |_| None, None);
+            let cache = tempfile::tempdir().expect("cache");
+            let serve = Serve::start_with(
+                cache.path(),
+                Some(3),
+                Some(&pki.localhost),
+                &[
+                    serve_flag,
+                    "--upstream",
+                    &hub.slow_endpoint(),
+                    "--backend",
+                    backend.flag(),
+                ],
+            );
+            let client = tempfile::tempdir().expect("client cache");
+            let pulled = pull_json(
+                backend,
+                ("org/model", &serve.endpoint()),
+                ca,
+                client.path(),
+                &[pull_flag],
+            );
+            assert!(
+                pulled[counted].as_u64() >= pulled["fetched"].as_u64(),
+                "{backend:?} {pull_flag}: {pulled}"
+            );
+            assert_same_files(
+                &hub.repo.snapshot(client.path()),
+                &hub.repo,
+                &format!("{backend:?}: ferry pull {pull_flag} through the mirror"),
+            );
+            let sent = upstream_file_bytes(&hub);
+            assert!(
+                sent as f64 <= repo_bytes(&hub.repo) as f64 * 1.05,
+                "{backend:?} {pull_flag}: {sent}"
+            );
+            eprintln!("ran on backend {backend:?}: ferry pull {pull_flag} from a cold mirror");
+        }
     }
 }
 
