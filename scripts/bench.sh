@@ -17,6 +17,7 @@
 #   scripts/bench.sh --suites big --runs 7 --state steady
 #   scripts/bench.sh --big 1G --shard 256M --runs 2   # a quick look
 #   scripts/bench.sh --suites wan-all      # every WAN path and scenario (bench/README.md)
+#   scripts/bench.sh --suites mirror       # issue 31: N clients through a cold ferry serve --upstream
 #
 # Needs ~3x the largest suite in free disk under --dir (default: the system temp dir).
 set -euo pipefail

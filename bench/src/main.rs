@@ -26,6 +26,7 @@
 //! have their own files (`origin.rs`, `https.rs`, `pull.rs`, `wan.rs`).
 
 mod https;
+mod mirror;
 mod origin;
 mod pull;
 mod report;
@@ -59,8 +60,9 @@ pub(crate) fn suites() -> impl Iterator<Item = &'static str> {
         .chain(OTHER_SUITES)
 }
 
-/// Suites that run only when named: `h3` (HTTP/3 against TCP from Caddy, and ngtcp2's client).
-const OTHER_SUITES: [&str; 1] = ["h3"];
+/// Suites that run only when named: `h3` (HTTP/3 against TCP from Caddy, and ngtcp2's
+/// client), `mirror` (`ferry serve --upstream` and its clients, `mirror.rs`).
+const OTHER_SUITES: [&str; 2] = ["h3", mirror::SUITE];
 
 struct Args {
     /// The arguments as given, for the report.
@@ -142,6 +144,8 @@ impl Args {
     fn shard(&self, suite: &str) -> u64 {
         let default = if wan::path(suite).is_some() {
             wan::REPO_SHARD
+        } else if suite == mirror::SUITE {
+            mirror::SHARD
         } else {
             2 << 30
         };
@@ -927,6 +931,10 @@ struct SuiteResult {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     failed: Vec<FailedRun>,
     samples: Vec<Sample>,
+    /// Figures measured beside the timed runs, in words (`mirror`: upstream egress, readers'
+    /// waits).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    notes: Vec<String>,
 }
 
 fn ferry_name() -> String {
@@ -951,11 +959,15 @@ impl SuiteResult {
             left_out: Vec::new(),
             failed: Vec::new(),
             samples: Vec::new(),
+            notes: Vec::new(),
         }
     }
 }
 
 fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
+    if suite == mirror::SUITE {
+        return mirror::run(args, scratch);
+    }
     if suite == "pull" || wan::scenario(suite).is_some_and(|w| w.load == wan::Load::Repo) {
         return pull::run(suite, args, scratch);
     }

@@ -31,7 +31,7 @@ use crate::report::Target;
 use crate::{Args, Filler, Sample, SuiteResult, Timed, Tool, ceilings, timed, wan};
 
 /// The synthetic repo's id.
-const REPO: &str = "ferry-bench/synthetic-model";
+pub(crate) const REPO: &str = "ferry-bench/synthetic-model";
 /// Small files in the repo, as bench/README.md's `repo`: synth-repo.py always writes 7 (config,
 /// tokenizer, README, ...), `--small` the others.
 const SMALL_FILES: usize = 200;
@@ -43,16 +43,16 @@ pub(crate) const SAFE: &str = "ferry --safe-mode pull";
 pub(crate) const HF: &str = "snapshot_download";
 
 /// A file of the origin's snapshot.
-struct OriginFile {
+pub(crate) struct OriginFile {
     /// Path inside the repo, `/`-separated.
-    path: String,
-    size: u64,
+    pub(crate) path: String,
+    pub(crate) size: u64,
     sha256: String,
 }
 
 /// `ferry serve` on a free loopback port serving `root`, its log to `log`; stopped by its PID
 /// when dropped (the test kit's guard).
-fn serve(root: &Path, log: &Path) -> anyhow::Result<Serve> {
+pub(crate) fn serve(root: &Path, log: &Path) -> anyhow::Result<Serve> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
     Serve::try_start(root, None, None, &[], Stdio::from(log_file)).map_err(|e| {
@@ -101,7 +101,7 @@ fn list_files(dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Checks a cache written by one tool against the origin: `refs/main`, the snapshot's file
 /// list, and every file's size and sha256.
-fn verify(cache: &Path, commit: &str, origin: &[OriginFile]) -> anyhow::Result<()> {
+pub(crate) fn verify(cache: &Path, commit: &str, origin: &[OriginFile]) -> anyhow::Result<()> {
     let folder = cache_folder(cache, REPO);
     let refs = std::fs::read_to_string(folder.join("refs/main"))
         .with_context(|| format!("read {}/refs/main", folder.display()))?;
@@ -174,7 +174,7 @@ fn tools(endpoint: &str) -> Vec<Tool> {
 }
 
 /// What `ferry pull --json` said: its back-end and the bytes it fetched.
-fn ferry_report(stdout: &str) -> anyhow::Result<(String, u64)> {
+pub(crate) fn ferry_report(stdout: &str) -> anyhow::Result<(String, u64)> {
     let v: serde_json::Value = serde_json::from_str(stdout.trim())
         .with_context(|| format!("ferry pull --json printed {stdout:?}"))?;
     let backend = match &v["backend"] {
@@ -187,21 +187,24 @@ fn ferry_report(stdout: &str) -> anyhow::Result<(String, u64)> {
     Ok((backend, fetched))
 }
 
-/// Runs `suite`: `pull`, or `wan-80-repo` through the relay.
-pub(crate) fn run(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
-    let (shard, shards) = (args.shard(suite), args.shards);
+/// Writes the synthetic repo of `shards` shards of `shard` bytes and [`SMALL_FILES`] small
+/// files into the cache at `origin` for `suite`, and hashes every file (so the server's page
+/// cache is warm): its commit, its files, and their bytes.
+pub(crate) fn synth(
+    suite: &str,
+    origin: &Path,
+    (shard, shards): (u64, u32),
+) -> anyhow::Result<(String, Vec<OriginFile>, u64)> {
     if shard < 1 << 20 || !shard.is_multiple_of(1 << 20) {
         bail!("{suite}: --shard must be a whole number of MiB (synth-repo.py --shard-mib)");
     }
-    let origin = scratch.join(format!("src-{suite}"));
-    let mut outputs = crate::Outputs::new(scratch, suite)?;
     eprintln!(
         "== {suite}: generating {REPO}: {shards} shards of {} MiB and {SMALL_FILES} small files ...",
         shard >> 20
     );
     let synth = Command::new("python3")
         .arg(synth_script())
-        .arg(&origin)
+        .arg(origin)
         .arg(REPO)
         .args(["--shards", &shards.to_string()])
         .args(["--shard-mib", &(shard >> 20).to_string()])
@@ -216,7 +219,7 @@ pub(crate) fn run(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<Su
         );
     }
     let commit = String::from_utf8_lossy(&synth.stdout).trim().to_owned();
-    let snap = cache_folder(&origin, REPO).join("snapshots").join(&commit);
+    let snap = cache_folder(origin, REPO).join("snapshots").join(&commit);
     let mut files = Vec::new();
     for path in list_files(&snap)? {
         let full = snap.join(&path);
@@ -233,6 +236,15 @@ pub(crate) fn run(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<Su
         files.len(),
         bytes as f64 / 1e9
     );
+    Ok((commit, files, bytes))
+}
+
+/// Runs `suite`: `pull`, or `wan-80-repo` through the relay.
+pub(crate) fn run(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
+    let (shard, shards) = (args.shard(suite), args.shards);
+    let origin = scratch.join(format!("src-{suite}"));
+    let mut outputs = crate::Outputs::new(scratch, suite)?;
+    let (commit, files, bytes) = synth(suite, &origin, (shard, shards))?;
 
     let serve = serve(&origin, &scratch.join("serve.log"))?;
     let scenario = wan::scenario(suite);

@@ -136,6 +136,11 @@ pub(crate) struct Target {
     /// cap), not of a ceiling row: the suite's bytes / the tool's wall / this, round by round.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) link_rate: Option<u64>,
+    /// Met when the median of tool wall / base wall, round by round, is at most this: the
+    /// tool may take this many times the base's time (`mirror`: N clients through a mirror
+    /// against one pull straight from the upstream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) max_times: Option<f64>,
     /// Met when the tool's median wall time exceeds the suite's base's (the same command
     /// without a fault) by at most this many seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -713,6 +718,12 @@ fn markdown(title: &str, results: &[&SuiteResult], link: bool) -> String {
                 );
             }
         }
+        if !r.notes.is_empty() {
+            let _ = writeln!(md, "\nAlso measured:\n");
+            for n in &r.notes {
+                let _ = writeln!(md, "- {n}");
+            }
+        }
         if !r.targets.is_empty() {
             let _ = writeln!(md, "\nTargets:\n");
             for t in &r.targets {
@@ -809,6 +820,15 @@ fn target_line(t: &Target, rows: &[Row], gb: f64, base: &str) -> String {
             m - b,
             rounds(row.walls.len()),
             verdict(m - b <= limit)
+        );
+    }
+    if let (Some(limit), Some((m, lo, hi))) = (t.max_times, row.share()) {
+        return format!(
+            "{}: median {m:.2}x the time of `{base}` ({lo:.2}-{hi:.2} over {}), at most \
+             {limit:.2}x — {}.",
+            t.text,
+            rounds(row.ratios.len()),
+            verdict(m <= limit)
         );
     }
     if let (Some(limit), Some(link)) = (t.min_share, t.link_rate) {
