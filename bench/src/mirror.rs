@@ -32,7 +32,7 @@ use ferry_testkit::relay::{Relay, WanPath};
 use ferry_testkit::serve::Serve;
 
 use crate::pull::{self, OriginFile, REPO};
-use crate::report::Target;
+use crate::report::{Target, spread};
 use crate::{Args, Sample, SuiteResult, Timed, Tool, ceilings, timed};
 
 pub(crate) const SUITE: &str = "mirror";
@@ -360,16 +360,6 @@ fn pulled(
             .with_context(|| format!("{SUITE}: {tool}: client {} got a wrong snapshot", i + 1))?;
     }
     Ok((fetched, backend))
-}
-
-/// (median, min, max).
-fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    Some((s[s.len() / 2], s[0], s[s.len() - 1]))
 }
 
 /// What one reader saw: from its request to its first body byte, its longest wait between

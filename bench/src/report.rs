@@ -479,7 +479,7 @@ impl Row {
 }
 
 /// (median, min, max) of `v`; None when it is empty.
-fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
+pub(crate) fn spread(v: &[f64]) -> Option<(f64, f64, f64)> {
     let min = v.iter().copied().reduce(f64::min)?;
     let max = v.iter().copied().reduce(f64::max)?;
     Some((median(v.to_vec()), min, max))

@@ -50,6 +50,14 @@ pub struct Repo {
 }
 
 impl Repo {
+    /// The repo's file at `path`; panics when it has none (a test's own fixture).
+    pub fn file(&self, path: &str) -> &RepoFile {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("{} has no file {path:?}", self.id))
+    }
+
     /// The repo's folder in the huggingface_hub cache at `cache`: `models--ORG--NAME`.
     pub fn cache_folder(&self, cache: &Path) -> PathBuf {
         cache_folder(cache, &self.id)

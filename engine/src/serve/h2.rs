@@ -25,7 +25,7 @@ use super::Shared;
 use super::handler::Body;
 use super::http::{MAX_BODY, MAX_HEAD};
 use super::send::Pace;
-use super::streams::{self, CHUNK, timed};
+use super::streams::{self, CHUNK, Chunks, timed};
 use crate::net::h2::to_io;
 
 /// Streams one connection may have open at once (what nginx allows by default).
@@ -156,15 +156,14 @@ async fn answer(
     let mut pace = Pace::new(ctx.options.min_send_rate, ctx.options.write_timeout);
     match response.body {
         Body::Bytes(bytes) => send_part(&mut send, Bytes::from(bytes), true, ctx, &mut pace).await,
-        Body::Filling {
-            fill,
-            offset,
-            len,
-            pin: _kept,
-        } => {
-            let (mut pos, end, mut reader) = (offset, offset + len, fill.reader());
+        Body::Announced { .. } => {
+            send.send_reset(h2::Reason::INTERNAL_ERROR);
+            Err(io::Error::other("a body announced for HEAD only"))
+        }
+        body => {
+            let (mut chunks, mut pos, end) = Chunks::of(body)?;
             while pos < end {
-                let chunk = match streams::fill_chunk(&mut reader, (pos, end), &mut pace).await {
+                let chunk = match chunks.next((pos, end), &mut pace).await {
                     Ok(chunk) => chunk,
                     Err(e) => {
                         send.send_reset(h2::Reason::INTERNAL_ERROR);
@@ -172,34 +171,6 @@ async fn answer(
                     }
                 };
                 pos += chunk.len() as u64;
-                send_part(&mut send, Bytes::from(chunk), pos == end, ctx, &mut pace).await?;
-            }
-            Ok(())
-        }
-        Body::Announced { .. } => {
-            send.send_reset(h2::Reason::INTERNAL_ERROR);
-            Err(io::Error::other("a body announced for HEAD only"))
-        }
-        Body::File {
-            file,
-            offset,
-            len,
-            pin: _kept,
-        } => {
-            use std::os::unix::fs::FileExt;
-            let (mut pos, end) = (offset, offset + len);
-            while pos < end {
-                let mut chunk = vec![0u8; ((end - pos) as usize).min(CHUNK)];
-                let n = file.read_at(&mut chunk, pos)?;
-                if n == 0 {
-                    send.send_reset(h2::Reason::INTERNAL_ERROR);
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file shorter than the catalog says",
-                    ));
-                }
-                chunk.truncate(n);
-                pos += n as u64;
                 send_part(&mut send, Bytes::from(chunk), pos == end, ctx, &mut pace).await?;
             }
             Ok(())

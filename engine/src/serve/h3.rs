@@ -30,7 +30,7 @@ use super::Shared;
 use super::handler::Body;
 use super::http::{MAX_BODY, MAX_HEAD};
 use super::send::Pace;
-use super::streams::{self, CHUNK, timed};
+use super::streams::{self, Chunks, timed};
 use super::tls_identity::TlsIdentity;
 
 type Connection = compio::quic::h3::server::Connection<compio::quic::Connection, Bytes>;
@@ -295,16 +295,14 @@ async fn answer(
             Body::Bytes(bytes) => {
                 send_part(&mut stream, Bytes::from(bytes), ctx, &mut pace).await?
             }
-            Body::Filling {
-                fill,
-                offset,
-                len,
-                pin: _kept,
-            } => {
-                let (mut pos, end, mut reader) = (offset, offset + len, fill.reader());
+            Body::Announced { .. } => {
+                stream.stop_stream(Code::H3_INTERNAL_ERROR);
+                return Err(io::Error::other("a body announced for HEAD only"));
+            }
+            body => {
+                let (mut chunks, mut pos, end) = Chunks::of(body)?;
                 while pos < end {
-                    let chunk = match streams::fill_chunk(&mut reader, (pos, end), &mut pace).await
-                    {
+                    let chunk = match chunks.next((pos, end), &mut pace).await {
                         Ok(chunk) => chunk,
                         Err(e) => {
                             stream.stop_stream(Code::H3_INTERNAL_ERROR);
@@ -312,33 +310,6 @@ async fn answer(
                         }
                     };
                     pos += chunk.len() as u64;
-                    send_part(&mut stream, Bytes::from(chunk), ctx, &mut pace).await?;
-                }
-            }
-            Body::Announced { .. } => {
-                stream.stop_stream(Code::H3_INTERNAL_ERROR);
-                return Err(io::Error::other("a body announced for HEAD only"));
-            }
-            Body::File {
-                file,
-                offset,
-                len,
-                pin: _kept,
-            } => {
-                use std::os::unix::fs::FileExt;
-                let (mut pos, end) = (offset, offset + len);
-                while pos < end {
-                    let mut chunk = vec![0u8; ((end - pos) as usize).min(CHUNK)];
-                    let n = file.read_at(&mut chunk, pos)?;
-                    if n == 0 {
-                        stream.stop_stream(Code::H3_INTERNAL_ERROR);
-                        return Err(io::Error::new(
-                            io::ErrorKind::UnexpectedEof,
-                            "file shorter than the catalog says",
-                        ));
-                    }
-                    chunk.truncate(n);
-                    pos += n as u64;
                     send_part(&mut stream, Bytes::from(chunk), ctx, &mut pace).await?;
                 }
             }

@@ -5,17 +5,21 @@
 //!
 //! Invariants: the request's fields are read as HTTP/1.1's are (names case-insensitive,
 //! values that are not text ignored); the base of absolute links comes from the same rules
-//! (`public_url.rs`). Not here: reading a POST body, sending a body (each protocol's own).
+//! (`public_url.rs`); a file's body is read in the same [`Chunks`] for both. Not here: reading
+//! a POST body, sending the chunks (each protocol's own).
 
+use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
 use futures_util::future::{Either, select};
 
 use super::Shared;
+use super::handler::Body;
 use super::handler::{Request, Response, dispatch};
-use super::mirror::{Reader, Ready};
+use super::mirror::{Pin, Reader, Ready};
 use super::public_url::{Forwarded, public_base};
 use super::send::Pace;
 
@@ -96,32 +100,94 @@ pub(super) async fn timed<T>(
     }
 }
 
-/// The next bytes of a fill's body at `pos` (at most [`CHUNK`], none past `end`), waited for
-/// until they land; an error when the fill failed. The wait does not count against the
-/// client's minimum rate.
-pub(super) async fn fill_chunk(
-    reader: &mut Reader,
-    (pos, end): (u64, u64),
-    pace: &mut Pace,
-) -> io::Result<Vec<u8>> {
-    use std::os::unix::fs::FileExt;
-    loop {
-        match reader.ready(pos) {
-            Ready::Bytes { file, until } => {
-                let mut chunk = vec![0u8; ((until.min(end) - pos) as usize).min(CHUNK)];
+/// A file answer's bytes as HTTP/2 and HTTP/3 send them, a [`CHUNK`] at a time: read from a
+/// file, or from a fill as they land. Holds the blob's pin (a mirror's) until dropped.
+pub(super) struct Chunks {
+    source: Source,
+    _pin: Option<Pin>,
+}
+
+enum Source {
+    File(File),
+    Fill(Reader),
+}
+
+impl Chunks {
+    /// The chunks of `body` and the range of the file it sends; an error for a body that is
+    /// not a file's.
+    pub(super) fn of(body: Body) -> io::Result<(Chunks, u64, u64)> {
+        match body {
+            Body::File {
+                file,
+                offset,
+                len,
+                pin,
+            } => Ok((
+                Chunks {
+                    source: Source::File(file),
+                    _pin: pin,
+                },
+                offset,
+                offset + len,
+            )),
+            Body::Filling {
+                fill,
+                offset,
+                len,
+                pin,
+            } => Ok((
+                Chunks {
+                    source: Source::Fill(fill.reader()),
+                    _pin: pin,
+                },
+                offset,
+                offset + len,
+            )),
+            Body::Bytes(_) | Body::Announced { .. } => Err(io::Error::other("not a file's body")),
+        }
+    }
+
+    /// The next bytes at `pos` (at most [`CHUNK`], none past `end`); a fill's are waited for
+    /// until they land, and the wait does not count against the client's minimum rate. An
+    /// error when the file is shorter than said, or the fill failed.
+    pub(super) async fn next(
+        &mut self,
+        (pos, end): (u64, u64),
+        pace: &mut Pace,
+    ) -> io::Result<Vec<u8>> {
+        let reader = match &mut self.source {
+            Source::File(file) => {
+                let mut chunk = vec![0u8; ((end - pos) as usize).min(CHUNK)];
                 let n = file.read_at(&mut chunk, pos)?;
                 if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
+                    return Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file shorter than the catalog says",
+                    ));
                 }
                 chunk.truncate(n);
-                reader.sent(n as u64);
                 return Ok(chunk);
             }
-            Ready::Wait => {
-                compio::time::sleep(Duration::from_millis(5)).await;
-                pace.restart();
+            Source::Fill(reader) => reader,
+        };
+        loop {
+            match reader.ready(pos) {
+                Ready::Bytes { file, until } => {
+                    let mut chunk = vec![0u8; ((until.min(end) - pos) as usize).min(CHUNK)];
+                    let n = file.read_at(&mut chunk, pos)?;
+                    if n == 0 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    chunk.truncate(n);
+                    reader.sent(n as u64);
+                    return Ok(chunk);
+                }
+                Ready::Wait => {
+                    compio::time::sleep(Duration::from_millis(5)).await;
+                    pace.restart();
+                }
+                Ready::Failed(why) => return Err(io::Error::other(why)),
             }
-            Ready::Failed(why) => return Err(io::Error::other(why)),
         }
     }
 }

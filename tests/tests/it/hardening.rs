@@ -1480,12 +1480,7 @@ print(json.dumps(out))
     let stdout = String::from_utf8_lossy(&o.stdout);
     let v: serde_json::Value =
         serde_json::from_str(stdout.lines().last().expect("output")).expect("JSON");
-    let config = hub
-        .repo
-        .files
-        .iter()
-        .find(|f| f.path == "config.json")
-        .expect("config");
+    let config = hub.repo.file("config.json");
     assert_eq!(
         v["paths"],
         serde_json::json!([

@@ -320,12 +320,7 @@ fn a_local_dir_gets_plain_files_and_huggingface_hub_metadata() {
 #[test]
 fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
     let hub = Hub::start(|_| None);
-    let victim = hub
-        .repo
-        .files
-        .iter()
-        .find(|f| f.path == "model-00002-of-00002.safetensors")
-        .expect("victim");
+    let victim = hub.repo.file("model-00002-of-00002.safetensors");
     let served = hub
         .root
         .join("org/model/resolve")
@@ -369,13 +364,7 @@ fn a_corrupted_file_never_gets_a_name_and_the_next_pull_fetches_only_it() {
 #[test]
 fn files_in_place_are_reused_only_when_their_bytes_are_right() {
     let hub = Hub::start(|_| None);
-    let file = |name: &str| {
-        hub.repo
-            .files
-            .iter()
-            .find(|f| f.path == name)
-            .expect("listed")
-    };
+    let file = |name: &str| hub.repo.file(name);
     let (changed, foreign) = (
         file("model-00001-of-00002.safetensors"),
         file("tokenizer/tokenizer.json"),

@@ -222,13 +222,8 @@ impl Index {
                 tracing::warn!(blob = %victim, error = %e, "cannot evict; it stays counted");
                 break;
             }
-            for link in inner
-                .entries
-                .get(&victim)
-                .map(|e| e.links.clone())
-                .unwrap_or_default()
-            {
-                if let Err(e) = self.delete_link(&link) {
+            for link in inner.entries.get(&victim).map_or(&[][..], |e| &e.links) {
+                if let Err(e) = self.delete_link(link) {
                     tracing::warn!(link = %link, error = %e, "cannot remove an evicted blob's snapshot link");
                 }
             }
@@ -243,12 +238,8 @@ impl Index {
     /// Removes the snapshot link `link`, when it is one (a symlink): whatever else a user put
     /// there stays.
     fn delete_link(&self, link: &str) -> io::Result<()> {
-        let path = Path::new(link);
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Ok(());
-        };
-        let dir = match self.root.beneath(parent, false) {
-            Ok(dir) => dir,
+        let (dir, name) = match self.parent_of(link) {
+            Ok(found) => found,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) => return Err(e),
         };
@@ -260,20 +251,27 @@ impl Index {
         }
     }
 
+    /// The folder beneath the root that holds `rel` (a path relative to the root), opened
+    /// following no symlink, and `rel`'s name in it.
+    fn parent_of<'r>(&self, rel: &'r str) -> io::Result<(Dir, &'r OsStr)> {
+        let path = Path::new(rel);
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a path beneath the cache",
+            ));
+        };
+        Ok((self.root.beneath(parent, false)?, name))
+    }
+
     /// Bytes of the blobs the index holds.
     pub(crate) fn bytes(&self) -> u64 {
         self.lock().total
     }
 
     fn delete(&self, path: &str) -> io::Result<()> {
-        let path = Path::new(path);
-        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a blob path",
-            ));
-        };
-        self.root.beneath(parent, false)?.unlink(name)
+        let (dir, name) = self.parent_of(path)?;
+        dir.unlink(name)
     }
 }
 
@@ -283,21 +281,12 @@ fn touch(inner: &mut Inner, path: &str, size: u64) {
     inner.tick += 1;
     let tick = inner.tick;
     let half = (inner.entries.len() as u64 / 2).max(1);
-    let (size, logged, links) = match unset(inner, path) {
-        Some(old) if tick - old.logged < half => (old.size, Some(old.logged), old.links),
-        Some(old) => (old.size, None, old.links),
-        None => (size, None, Vec::new()),
+    let (size, logged) = match inner.entries.get(path) {
+        Some(old) if tick - old.logged < half => (old.size, Some(old.logged)),
+        Some(old) => (old.size, None),
+        None => (size, None),
     };
-    set(
-        inner,
-        path,
-        Entry {
-            size,
-            tick,
-            logged: logged.unwrap_or(tick),
-            links,
-        },
-    );
+    renew(inner, path, (size, tick, logged.unwrap_or(tick)));
     // Appended once counted: an append may compact the log from what is counted.
     if logged.is_none() {
         append(inner, &format!("+ {tick} {size} {path}\n"));
@@ -308,6 +297,22 @@ fn forget(inner: &mut Inner, path: &str) {
     if unset(inner, path).is_some() {
         append(inner, &format!("- {path}\n"));
     }
+}
+
+/// Counts `path` as `size` bytes used at `tick` and logged at `logged`, keeping the snapshot
+/// links it had.
+fn renew(inner: &mut Inner, path: &str, (size, tick, logged): (u64, u64, u64)) {
+    let links = unset(inner, path).map(|old| old.links).unwrap_or_default();
+    set(
+        inner,
+        path,
+        Entry {
+            size,
+            tick,
+            logged,
+            links,
+        },
+    );
 }
 
 /// Counts `path` with `entry` (which it must not have already).
@@ -353,17 +358,7 @@ fn replay(inner: &mut Inner, text: &str) {
                 let (Ok(tick), Ok(size)) = (tick.parse::<u64>(), size.parse::<u64>()) else {
                     continue;
                 };
-                let links = unset(inner, path).map(|old| old.links).unwrap_or_default();
-                set(
-                    inner,
-                    path,
-                    Entry {
-                        size,
-                        tick,
-                        logged: tick,
-                        links,
-                    },
-                );
+                renew(inner, path, (size, tick, tick));
                 inner.tick = inner.tick.max(tick);
             }
             (Some("L"), Some(path), Some(first), rest) => {

@@ -462,15 +462,14 @@ impl Mirror {
         let remote = remote_file(&path, entry);
         let blob = self.upstream.blob_path(kind, &repo, &remote);
         // Kept from eviction while the answer is sent, whether from the cache or a fill.
-        let pin = self
+        let kept = self
             .index
             .as_ref()
-            .and_then(|index| Some(index.pin(index.key(&blob)?)));
+            .and_then(|index| Some((index, index.key(&blob)?)));
+        let pin = kept.as_ref().map(|(index, key)| index.pin(key.clone()));
         if let Some(file) = self.open_blob(ctx, &blob, entry.size) {
-            if let (Some(index), "GET") = (&self.index, req.method)
-                && let Some(key) = index.key(&blob)
-            {
-                index.used(&key, entry.size);
+            if let (Some((index, key)), "GET") = (&kept, req.method) {
+                index.used(key, entry.size);
             }
             return self.cached_answer(req, &snap.commit, entry, (file, pin));
         }

@@ -275,12 +275,7 @@ fn bytes_that_do_not_match_the_listing_are_never_kept_or_served_whole() {
         // The other files are unaffected.
         let (status, _, body) = serve.get("/org/model/resolve/main/config.json");
         assert_eq!(status, 200);
-        let f = hub
-            .repo
-            .files
-            .iter()
-            .find(|f| f.path == "config.json")
-            .expect("config");
+        let f = hub.repo.file("config.json");
         assert!(
             body == std::fs::read(&f.source).expect("source"),
             "{backend:?}"
@@ -571,12 +566,7 @@ fn max_size_evicts_the_least_recently_used_blobs_and_remembers_across_a_restart(
             names
         };
         let fetch = |serve: &Serve, name: &str| {
-            let f = hub
-                .repo
-                .files
-                .iter()
-                .find(|f| f.path == name)
-                .expect("file");
+            let f = hub.repo.file(name);
             let (status, head, body) = serve.get(&format!("/org/model/resolve/main/{name}"));
             assert_eq!(status, 200, "{backend:?}: {name}: {head}");
             assert!(
@@ -648,12 +638,7 @@ fn a_caller_without_access_gets_the_gated_error_even_when_the_file_is_cached() {
         Backend::Portable,
         &["--upstream-token-file", token_file.to_str().expect("utf-8")],
     );
-    let f = hub
-        .repo
-        .files
-        .iter()
-        .find(|f| f.path == "small.safetensors")
-        .expect("file");
+    let f = hub.repo.file("small.safetensors");
     let target = format!("/org/model/resolve/main/{}", f.path);
     let granted = format!("Authorization: Bearer {GATED_TOKEN}\r\n");
     let refused = |who: &str, headers: &str| {
@@ -744,12 +729,7 @@ fn signed_links_open_one_file_until_they_expire() {
             .map(|t| format!("/{t}"))
             .expect("path")
     };
-    let f = hub
-        .repo
-        .files
-        .iter()
-        .find(|f| f.path == "with space.txt")
-        .expect("file");
+    let f = hub.repo.file("with space.txt");
     let want = std::fs::read(&f.source).expect("source");
     let url = format!(
         "{}/org/model/resolve/main/with%20space.txt",
@@ -836,12 +816,7 @@ fn an_offline_mirror_serves_its_cache_and_refuses_the_rest() {
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["sha"], hub.repo.commit.as_str());
     for path in ["config.json", "with space.txt"] {
-        let f = hub
-            .repo
-            .files
-            .iter()
-            .find(|f| f.path == path)
-            .expect("file");
+        let f = hub.repo.file(path);
         let (status, head, body) = get_file(&offline, &path.replace(' ', "%20"), "");
         assert_eq!(status, 200, "{path}: {head}");
         assert!(
@@ -1046,12 +1021,7 @@ fn refs_come_from_the_upstream() {
 fn planted_symlinks_in_the_cache_are_neither_served_nor_written_through() {
     use std::os::unix::fs::symlink;
     let hub = StaticHub::start_with(SPEC, |_| None, None);
-    let f = hub
-        .repo
-        .files
-        .iter()
-        .find(|f| f.path == "config.json")
-        .expect("file");
+    let f = hub.repo.file("config.json");
     let want = std::fs::read(&f.source).expect("source");
     let dir = tempfile::tempdir().expect("tmp");
     let outside = dir.path().join("outside");
