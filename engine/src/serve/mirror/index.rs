@@ -477,8 +477,12 @@ mod tests {
             std::os::unix::fs::symlink("../../blobs/a", &at).expect("symlink");
             index.linked(&a, &format!("models--o--n/snapshots/{link}"));
         }
-        // A hostile link path is not kept.
+        // A hostile link path is not kept; a link path where a user put a file of their own
+        // is kept, but the file is not deleted with the blob.
         index.linked(&a, "../../etc/passwd");
+        std::fs::create_dir_all(snap.join("c4")).expect("mkdir");
+        std::fs::write(snap.join("c4/mine.txt"), b"mine").expect("write");
+        index.linked(&a, "models--o--n/snapshots/c4/mine.txt");
         // `a` is the least recently used, but pinned: `b` goes instead of it ...
         let pin = index.pin(a.clone());
         let c = blob(root, "c", 100);
@@ -502,6 +506,10 @@ mod tests {
                 "{link} left dangling"
             );
         }
+        assert_eq!(
+            std::fs::read(snap.join("c4/mine.txt")).expect("kept"),
+            b"mine"
+        );
         assert_eq!(index.evictions.get(), 2);
         drop(pin_c);
         // Links survive a restart: `c`'s goes with it after one.
