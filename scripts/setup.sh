@@ -11,6 +11,7 @@
 #   iproute2     `ip`, to bring up loopback in the network namespace the Fast Open test makes
 #   caddy        a second real HTTPS origin (HTTP/1.1, HTTP/2 and HTTP/3), for the interop tests
 #   ngtcp2-client   gtlsclient, ngtcp2's HTTP/3 client, downloads from `ferry serve --h3`
+#   ffmpeg       makes the HLS test streams (testkit/src/hls.rs) and reads ferry's output back
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 #   huggingface_hub 0.26.5 (PyPI, in target/hf-venvs/)   an old release, for the same
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
@@ -33,6 +34,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+=(iproute2)
 [ -x /usr/bin/caddy ] || need+=(caddy)
 [ -x /usr/bin/gtlsclient ] || need+=(ngtcp2-client)
+command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 if [ "${1:-}" = "--bench" ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)
   command -v aria2c >/dev/null 2>&1 || need+=(aria2)

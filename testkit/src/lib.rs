@@ -22,6 +22,7 @@ pub mod h2client;
 pub mod h2origin;
 pub mod h3origin;
 pub mod hf;
+pub mod hls;
 pub mod hostile;
 pub mod hub;
 pub mod nginx;
