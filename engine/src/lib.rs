@@ -63,6 +63,7 @@ mod error;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hls;
 pub mod hub;
 mod job;
 mod journal;

@@ -59,9 +59,15 @@ pub(crate) struct GetArgs {
     /// No progress bar and no summary line.
     #[arg(short, long)]
     quiet: bool,
+    #[command(flatten)]
+    hls: super::hls::HlsArgs,
 }
 
 pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
+    let stream = args.hls.wanted(&args.urls);
+    if stream && let Err(e) = stream_usage(&args) {
+        return super::fail(&e, exit::USAGE);
+    }
     let jobs = match plan_outputs(&args) {
         Ok(j) => j,
         Err(e) => return super::fail(&e, exit::USAGE),
@@ -84,6 +90,14 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
         Ok(e) => e,
         Err(e) => return super::fail(&e, super::start_error_code(&e)),
     };
+    if stream {
+        super::signals::watch(
+            engine.interrupter(),
+            "the segments fetched so far are kept: the same command resumes",
+        );
+        let (url, out, _) = &jobs[0];
+        return super::hls::run(&engine, url, out, &args.hls, args.json, args.quiet);
+    }
     super::signals::watch(
         engine.interrupter(),
         "only files already complete get their final name",
@@ -173,6 +187,8 @@ fn plan_outputs(args: &GetArgs) -> Result<Vec<Planned>, UsageError> {
         let (url, sha) = &urls[0];
         let out = match &args.output {
             Some(p) => p.clone(),
+            None if args.hls.wanted(&args.urls) => super::hls::default_output(url)
+                .ok_or_else(|| UsageError(format!("invalid URL {url:?}")))?,
             None => PathBuf::from(file_name_of(url)?),
         };
         return Ok(vec![(url.clone(), out, sha.clone())]);
@@ -196,6 +212,27 @@ fn plan_outputs(args: &GetArgs) -> Result<Vec<Planned>, UsageError> {
         jobs.push((url, dir.join(name), sha));
     }
     Ok(jobs)
+}
+
+/// What an HLS download cannot be combined with.
+fn stream_usage(args: &GetArgs) -> Result<(), UsageError> {
+    let refuse = |what: &str| {
+        Err(UsageError(format!(
+            "an HLS stream cannot be downloaded with {what}"
+        )))
+    };
+    if args.urls.len() != 1 || args.input.is_some() {
+        return refuse("several URLs or --input; give one playlist URL");
+    }
+    if args.sha256.is_some() {
+        return refuse(
+            "--sha256 (a stream is many files; AES-128 padding and byte ranges are checked instead)",
+        );
+    }
+    if !args.mirror.is_empty() {
+        return refuse("--mirror");
+    }
+    Ok(())
 }
 
 #[derive(Debug)]

@@ -10,6 +10,7 @@
 
 mod gc;
 mod get;
+mod hls;
 mod ping;
 mod probe;
 mod progress;
@@ -44,6 +45,8 @@ pub(crate) mod exit {
     pub const BUSY: u8 = 14;
     /// `ferry verify`: a file is missing or damaged.
     pub const DAMAGED: u8 = 15;
+    /// `ferry get` of an HLS stream: segments are missing (and `--allow-gaps` was not given).
+    pub const GAPS: u8 = 16;
 }
 
 #[derive(Debug, Parser)]

@@ -40,6 +40,8 @@ const DEADLINE_READS: u32 = 4;
 pub(crate) struct Answer {
     pub head: ResponseHead,
     pub body: Vec<u8>,
+    /// The URL that answered, after redirects (what relative references resolve against).
+    pub url: Url,
 }
 
 /// A client of one endpoint.
@@ -60,7 +62,7 @@ enum Attempt {
 }
 
 impl Api {
-    pub(super) fn new(endpoint: Url, authorization: Option<Secret>, dialer: Dialer) -> Api {
+    pub(crate) fn new(endpoint: Url, authorization: Option<Secret>, dialer: Dialer) -> Api {
         Api {
             endpoint,
             authorization,
@@ -74,7 +76,7 @@ impl Api {
 
     /// GETs `url` (an endpoint URL), following redirects and retrying; any final status is
     /// returned for the caller to judge, except those retried until they ran out.
-    pub(super) fn get(&self, url: &Url) -> Result<Answer, HubError> {
+    pub(crate) fn get(&self, url: &Url) -> Result<Answer, HubError> {
         let mut attempt = 1;
         loop {
             let (why, wait) = match self.get_once(url) {
@@ -127,7 +129,7 @@ impl Api {
                 .filter(|_| url.origin() == self.endpoint.origin());
             let answer = request(&url, auth.map(Secret::expose), &self.dialer)?;
             if !http1::is_redirect(answer.head.status) {
-                return Ok(answer);
+                return Ok(Answer { url, ..answer });
             }
             count += 1;
             let refused = |detail: String| {
@@ -298,7 +300,11 @@ fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<An
         BodyError::Bad(d) => fail(d),
         BodyError::Late => late(),
     })?;
-    Ok(Answer { head, body })
+    Ok(Answer {
+        head,
+        body,
+        url: url.clone(),
+    })
 }
 
 enum BodyError {

@@ -28,7 +28,7 @@
 //! left and no run resumes. Not here: serving
 //! ([`crate::serve`]).
 
-mod api;
+pub(crate) mod api;
 pub mod env;
 mod error;
 mod gc;

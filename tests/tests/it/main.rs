@@ -25,6 +25,7 @@ mod fast_open;
 mod faults;
 mod get;
 mod hardening;
+mod hls;
 mod http2;
 mod http3;
 mod https;
