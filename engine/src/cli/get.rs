@@ -93,7 +93,8 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
     if stream {
         super::signals::watch(
             engine.interrupter(),
-            "the segments fetched so far are kept: the same command resumes",
+            "a live recording is written up to there; a stream's segments fetched so far are kept, and the same command resumes",
+            super::hls::GRACE,
         );
         let (url, out, _) = &jobs[0];
         return super::hls::run(&engine, url, out, &args.hls, args.json, args.quiet);
@@ -101,6 +102,7 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
     super::signals::watch(
         engine.interrupter(),
         "only files already complete get their final name",
+        super::signals::GRACE,
     );
     let results = match download(&engine, &jobs, &args) {
         Ok(r) => r,

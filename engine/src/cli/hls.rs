@@ -3,6 +3,7 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use clap::Args;
 use ferry::Engine;
@@ -10,6 +11,10 @@ use ferry::hls::{self, HlsError, HlsReport, RenditionChoice, VariantChoice};
 use ferry::units::human_bytes;
 
 use super::exit;
+
+/// How long an interrupted stream download may take to write what it has (a live recording of
+/// hours is decrypted and written after the stop) before the process exits anyway.
+pub(crate) const GRACE: Duration = Duration::from_secs(60);
 
 #[derive(Debug, Args)]
 pub(crate) struct HlsArgs {
@@ -33,6 +38,13 @@ pub(crate) struct HlsArgs {
     /// the exit code is 0).
     #[arg(long)]
     allow_gaps: bool,
+    /// A live stream: stop recording after this many seconds of media (Ctrl-C also stops it
+    /// and writes what was recorded).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    duration: Option<u64>,
+    /// A live stream: stop when its playlist has not changed for this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    live_timeout: u64,
 }
 
 impl HlsArgs {
@@ -43,6 +55,7 @@ impl HlsArgs {
             || self.renditions.is_some()
             || self.segments_dir.is_some()
             || self.allow_gaps
+            || self.duration.is_some()
             || urls.iter().any(|u| {
                 url::Url::parse(u).is_ok_and(|u| {
                     let p = u.path().to_ascii_lowercase();
@@ -82,6 +95,8 @@ pub(crate) fn run(
     options.renditions = args.renditions.clone().unwrap_or_default();
     options.segments_dir = args.segments_dir.clone();
     options.allow_gaps = args.allow_gaps;
+    options.duration = args.duration.map(Duration::from_secs);
+    options.live_timeout = Some(Duration::from_secs(args.live_timeout));
     let show_bar = !quiet && !json && std::io::stderr().is_terminal();
     let mut watch = |job: &mut ferry::Job| {
         if show_bar {
@@ -150,6 +165,9 @@ fn print(report: &HlsReport, json: bool, quiet: bool) {
                 g.first, g.last, g.seconds, g.reason
             );
         }
+    }
+    if let Some(why) = &report.live {
+        println!("live recording stopped: {why}");
     }
     println!(
         "{} fetched in {:.2} s{}",

@@ -94,6 +94,7 @@ pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
     super::signals::watch(
         engine.interrupter(),
         "what was written is kept: run the same command again to resume",
+        super::signals::GRACE,
     );
     let mut pull = match Pull::start(&engine, options) {
         Ok(p) => p,

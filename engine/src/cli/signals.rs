@@ -16,7 +16,7 @@ use signal_hook::iterator::Signals;
 
 /// How long the clean stop may take before the process exits anyway: connections blocked in a
 /// read of a silent server notice the stop only when their read returns.
-const GRACE: Duration = Duration::from_millis(1500);
+pub(crate) const GRACE: Duration = Duration::from_millis(1500);
 
 /// The first signal received (0: none).
 static RECEIVED: AtomicI32 = AtomicI32::new(0);
@@ -36,8 +36,8 @@ fn name(sig: i32) -> &'static str {
 
 /// Watches SIGINT and SIGTERM from now on, on a thread of its own: the first one interrupts the
 /// engine's jobs (`after` says what becomes of the work done, for the message), the second one,
-/// or the end of [`GRACE`], exits the process.
-pub(crate) fn watch(interrupter: ferry::Interrupter, after: &'static str) {
+/// or the end of `grace` ([`GRACE`] for a download), exits the process.
+pub(crate) fn watch(interrupter: ferry::Interrupter, after: &'static str, grace: Duration) {
     let mut signals = match Signals::new([SIGINT, SIGTERM]) {
         Ok(s) => s,
         Err(e) => {
@@ -67,10 +67,10 @@ pub(crate) fn watch(interrupter: ferry::Interrupter, after: &'static str) {
                 let _ = std::thread::Builder::new()
                     .name("ferry-grace".into())
                     .spawn(move || {
-                        std::thread::sleep(GRACE);
+                        std::thread::sleep(grace);
                         eprintln!(
                             "ferry: still stopping after {:.1} s: exiting now ({after})",
-                            GRACE.as_secs_f64()
+                            grace.as_secs_f64()
                         );
                         std::process::exit(i32::from(code));
                     });

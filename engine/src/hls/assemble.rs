@@ -73,6 +73,11 @@ impl Resources {
             .collect()
     }
 
+    /// How the resource at `url` stands.
+    pub(super) fn state(&self, url: &Url) -> Option<&State> {
+        self.find(url).map(|r| &r.state)
+    }
+
     fn find(&self, url: &Url) -> Option<&Resource> {
         let mut url = url.clone();
         url.set_fragment(None);
@@ -89,15 +94,21 @@ impl Resources {
     }
 }
 
-/// The keys, fetched once each.
+/// The keys, fetched once each; kept in memory only.
+#[derive(Default)]
 pub(super) struct Keys {
     map: HashMap<Url, Result<[u8; 16], String>>,
     fetched: u64,
 }
 
 impl Keys {
-    pub(super) fn new(map: HashMap<Url, Result<[u8; 16], String>>, fetched: u64) -> Keys {
-        Keys { map, fetched }
+    pub(super) fn has(&self, url: &Url) -> bool {
+        self.map.contains_key(url)
+    }
+
+    pub(super) fn insert(&mut self, url: Url, key: Result<[u8; 16], String>) {
+        self.fetched += 1;
+        self.map.insert(url, key);
     }
 
     pub(super) fn fetched(&self) -> u64 {
@@ -427,6 +438,10 @@ fn write_track(
             Err(why) => gap!(why),
         }
     }
+    for g in &track.missed {
+        report.gaps.push(g.clone());
+    }
+    report.gaps.sort_by_key(|g| g.first);
     match &mut out {
         Out::Files { dir, file, .. } => {
             if let Some(f) = file.take() {

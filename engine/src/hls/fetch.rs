@@ -8,17 +8,16 @@
 //! earlier run is complete (the engine renames a file into place only once all of it is written
 //! and durable) and is kept. Not here: decrypting and writing the outputs (`assemble.rs`).
 
-use std::collections::HashMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::assemble::{self, Keys, OutputPlan, Resources};
 use super::playlist::{self, Media, Playlist};
-use super::{HlsError, HlsReport, Options, select};
+use super::{Gap, HlsError, HlsReport, Options, select};
 use crate::backend::nofollow::{self, Dir};
 use crate::engine::Engine;
 use crate::error::GetError;
@@ -27,6 +26,8 @@ use crate::job::{GetItem, Job};
 
 /// The work folder's suffix, after the output's file name.
 pub(crate) const WORK_SUFFIX: &str = ".ferry-hls";
+/// How long a live playlist may stay unchanged before the recording ends, by default.
+pub(super) const DEFAULT_LIVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Statuses that mean a signed URL expired: the playlist is loaded again for fresh ones.
 const EXPIRED: [u16; 3] = [401, 403, 410];
 
@@ -37,6 +38,8 @@ pub(super) struct Track {
     /// The URL it was asked at (reloaded from there, not from a tokened redirect).
     pub asked: Url,
     pub media: Media,
+    /// Live: segments that left the window before a load listed them.
+    pub missed: Vec<Gap>,
 }
 
 /// How a resource stands.
@@ -91,21 +94,17 @@ pub fn download(
     }
     let api = Api::new(asked.clone(), None, engine.dialer().clone());
     let mut warnings = Vec::new();
-    let (variant, mut tracks) = tracks(&api, &asked, options, &mut warnings)?;
+    let (variant, tracks) = tracks(&api, &asked, options, &mut warnings)?;
     for t in &tracks {
         tracing::info!(
-            "{}: {} segments, {:.1} s",
+            "{}: {} segments, {:.1} s{}",
             t.asked,
             t.media.segments.len(),
-            t.media.duration()
+            t.media.duration(),
+            if t.media.is_live() { ", live" } else { "" }
         );
-        if t.media.is_live() {
-            return Err(HlsError::Usage(format!(
-                "{}: a live playlist (no EXT-X-ENDLIST); ferry downloads VOD and ended streams only for now",
-                t.asked
-            )));
-        }
     }
+    let live = tracks.iter().any(|t| t.media.is_live());
     let (dir, file) = output_dir(output)?;
     let mut work_name = file.clone();
     work_name.push(WORK_SUFFIX);
@@ -115,52 +114,32 @@ pub fn download(
             path: dir.join(&work_name),
             source,
         })?;
-
-    let mut resources = Resources::default();
-    let mut needs = resources.index(&tracks);
-    let mut kept = 0;
-    for r in &mut resources.list {
-        if let Ok(Some(st)) = work.stat(&r.name)
-            && nofollow::is_regular(&st)
-        {
-            r.state = State::Kept;
-            kept += 1;
-        }
-    }
-    if kept > 0 {
-        tracing::info!(
-            "resuming: {kept} of {} segments and init sections were fetched by an earlier run and are kept",
-            resources.list.len()
-        );
-    }
-    let mut fetched_bytes = fetch(engine, &work, &mut resources, watch)?;
-    let expired = resources
-        .list
-        .iter()
-        .any(|r| matches!(r.state, State::Failed { status: Some(s), .. } if EXPIRED.contains(&s)));
-    if expired {
-        tracing::warn!(
-            "segments were refused (401/403/410): loading the playlists again for fresh URLs"
-        );
-        for t in &mut tracks {
-            match load(&api, &t.asked)? {
-                (Playlist::Media(m), _) => t.media = m,
-                (Playlist::Master(_), _) => {
-                    return Err(HlsError::Playlist {
-                        url: t.asked.to_string(),
-                        what: "reloaded as a master playlist".into(),
-                    });
-                }
-            }
-        }
-        needs = resources.index(&tracks);
-        resources.retry(
-            &needs,
-            |s| matches!(s, State::Failed { status: Some(s), .. } if EXPIRED.contains(s)),
-        );
-        fetched_bytes += fetch(engine, &work, &mut resources, watch)?;
-    }
-    let keys = fetch_keys(&api, &tracks, &resources, &needs);
+    let mut run = Run {
+        engine,
+        api,
+        work,
+        tracks,
+        resources: Resources::default(),
+        keys: Keys::default(),
+        fetched_bytes: 0,
+        warnings,
+    };
+    let kept = run.keep_earlier();
+    let stopped = if live {
+        Some(run.record(options, watch)?)
+    } else {
+        run.vod(watch)?;
+        None
+    };
+    let Run {
+        tracks,
+        resources,
+        keys,
+        work,
+        fetched_bytes,
+        warnings,
+        ..
+    } = run;
     let plan = OutputPlan::new(&dir, &file, options.segments_dir.as_deref())?;
     let mut written = assemble::write(&tracks, &resources, &keys, &work, &plan)?;
     let mut report = HlsReport {
@@ -171,12 +150,17 @@ pub fn download(
         kept,
         fetched_bytes,
         keys: keys.fetched(),
+        live: stopped,
         seconds: 0.0,
         backend: engine.selection().backend,
         warnings,
     };
-    if report.gaps().next().is_some() && !options.allow_gaps {
+    // A live recording is written all the same: what left the window cannot come back.
+    if report.gaps().next().is_some() && !options.allow_gaps && !live {
         written.discard();
+        for t in &mut report.tracks {
+            t.outputs.clear();
+        }
         report.seconds = started.elapsed().as_secs_f64();
         return Err(HlsError::Gaps(Box::new(report)));
     }
@@ -187,6 +171,9 @@ pub fn download(
         tracing::warn!("{}: not removed: {e}", work_path.display());
     }
     report.seconds = started.elapsed().as_secs_f64();
+    if report.gaps().next().is_some() && !options.allow_gaps {
+        return Err(HlsError::Gaps(Box::new(report)));
+    }
     Ok(report)
 }
 
@@ -213,6 +200,7 @@ fn tracks(
                 name: String::new(),
                 asked: asked.clone(),
                 media,
+                missed: Vec::new(),
             };
             return Ok((None, vec![track]));
         }
@@ -242,6 +230,7 @@ fn tracks(
         name: String::new(),
         asked: variant.uri.clone(),
         media: media(&variant.uri, warnings)?,
+        missed: Vec::new(),
     });
     for r in select::renditions(&master, variant, &options.renditions) {
         let Some(uri) = &r.uri else { continue };
@@ -255,6 +244,7 @@ fn tracks(
             name,
             asked: uri.clone(),
             media: media(uri, warnings)?,
+            missed: Vec::new(),
         });
     }
     Ok((Some(described), out))
@@ -307,96 +297,311 @@ fn output_dir(output: &Path) -> Result<(Dir, OsString), HlsError> {
     Ok((dir, file.to_owned()))
 }
 
-/// Fetches every pending resource as one engine job; returns the bytes fetched.
-fn fetch(
-    engine: &Engine,
-    work: &Dir,
-    resources: &mut Resources,
-    watch: &mut dyn FnMut(&mut Job),
-) -> Result<u64, HlsError> {
-    let pending: Vec<usize> = (0..resources.list.len())
-        .filter(|&i| matches!(resources.list[i].state, State::Pending))
-        .collect();
-    if pending.is_empty() {
-        return Ok(0);
-    }
-    let items = pending.iter().map(|&i| {
-        let r = &resources.list[i];
-        GetItem::new(r.url.as_str(), work.join(&r.name)).beneath(work.path())
-    });
-    let mut job = engine.get_many(items)?;
-    watch(&mut job);
-    let mut bytes = 0;
-    for (i, result) in pending.into_iter().zip(job.wait_all()) {
-        let r = &mut resources.list[i];
-        r.state = match result {
-            Ok(report) => {
-                bytes += report.bytes;
-                State::Fetched
+/// A download under way: what it has fetched and what it still needs.
+struct Run<'e> {
+    engine: &'e Engine,
+    api: Api,
+    work: Dir,
+    tracks: Vec<Track>,
+    resources: Resources,
+    keys: Keys,
+    fetched_bytes: u64,
+    warnings: Vec<String>,
+}
+
+impl Run<'_> {
+    /// Registers the tracks' resources and keeps those an earlier run left in the work folder;
+    /// returns how many.
+    fn keep_earlier(&mut self) -> u64 {
+        self.resources.index(&self.tracks);
+        let mut kept = 0;
+        for r in &mut self.resources.list {
+            if let Ok(Some(st)) = self.work.stat(&r.name)
+                && nofollow::is_regular(&st)
+            {
+                r.state = State::Kept;
+                kept += 1;
             }
-            Err(GetError::Interrupted) => return Err(HlsError::Interrupted),
-            Err(e) => {
-                let status = match &e {
-                    GetError::Status { status, .. } => Some(*status),
-                    _ => None,
-                };
-                State::Failed {
-                    why: e.to_string(),
-                    status,
+        }
+        if kept > 0 {
+            tracing::info!(
+                "resuming: {kept} of {} segments and init sections were fetched by an earlier run and are kept",
+                self.resources.list.len()
+            );
+        }
+        kept
+    }
+
+    /// A playlist that does not change: everything at once, then once more with fresh URLs
+    /// for what was refused as expired.
+    fn vod(&mut self, watch: &mut dyn FnMut(&mut Job)) -> Result<(), HlsError> {
+        if self.fetch(watch)? {
+            return Err(HlsError::Interrupted);
+        }
+        let expired = self.resources.list.iter().any(
+            |r| matches!(r.state, State::Failed { status: Some(s), .. } if EXPIRED.contains(&s)),
+        );
+        if expired {
+            tracing::warn!(
+                "segments were refused (401/403/410): loading the playlists again for fresh URLs"
+            );
+            for t in &mut self.tracks {
+                t.media = reload(&self.api, &t.asked)?;
+            }
+            let needs = self.resources.index(&self.tracks);
+            self.resources.retry(
+                &needs,
+                |s| matches!(s, State::Failed { status: Some(s), .. } if EXPIRED.contains(s)),
+            );
+            if self.fetch(watch)? {
+                return Err(HlsError::Interrupted);
+            }
+        }
+        self.fetch_keys();
+        Ok(())
+    }
+
+    /// A live playlist: fetches what it lists, loads it again as RFC 8216 section 6.3.4 says
+    /// (the target duration after a load that changed it, half of it after one that did not,
+    /// timed from when the last load began), and adds what is new, until `EXT-X-ENDLIST`, the
+    /// duration asked for, an interrupt, or a playlist that stops changing for the live
+    /// timeout. Returns why it stopped.
+    fn record(
+        &mut self,
+        options: &Options,
+        watch: &mut dyn FnMut(&mut Job),
+    ) -> Result<String, HlsError> {
+        let idle_limit = options.live_timeout.unwrap_or(DEFAULT_LIVE_TIMEOUT);
+        let stop = |t: &mut Vec<Track>| {
+            if let Some(d) = options.duration {
+                for track in t {
+                    track.media.truncate_to(d.as_secs_f64());
                 }
             }
         };
+        stop(&mut self.tracks);
+        let mut loaded = Instant::now();
+        let mut changed = true;
+        let mut last_change = Instant::now();
+        let mut idle_warned = false;
+        loop {
+            self.resources.index(&self.tracks);
+            let interrupted = self.fetch(watch)?;
+            self.fetch_keys();
+            if interrupted || self.interrupted() {
+                self.drop_unfetched_tail();
+                return Ok("interrupted".into());
+            }
+            if let Some(d) = options.duration
+                && self.tracks[0].media.duration() >= d.as_secs_f64()
+            {
+                return Ok(format!("--duration {} s reached", d.as_secs()));
+            }
+            if self.tracks.iter().all(|t| !t.media.is_live()) {
+                return Ok("the playlist ended (EXT-X-ENDLIST)".into());
+            }
+            let target = Duration::from_secs(self.tracks[0].media.target_duration.max(1));
+            let wait = if changed { target } else { target / 2 };
+            while loaded.elapsed() < wait {
+                if self.interrupted() {
+                    return Ok("interrupted".into());
+                }
+                std::thread::sleep((wait - loaded.elapsed()).min(Duration::from_millis(100)));
+            }
+            loaded = Instant::now();
+            changed = false;
+            for t in self.tracks.iter_mut().filter(|t| t.media.is_live()) {
+                let fresh = match reload(&self.api, &t.asked) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!("{e}; trying again at the next reload");
+                        continue;
+                    }
+                };
+                for w in &fresh.warnings {
+                    if !self.warnings.iter().any(|x| x.ends_with(w.as_str())) {
+                        tracing::warn!("{}: {w}", t.asked);
+                        self.warnings.push(format!("{}: {w}", t.asked));
+                    }
+                }
+                if t.merge(fresh) {
+                    changed = true;
+                }
+            }
+            stop(&mut self.tracks);
+            if changed {
+                last_change = Instant::now();
+                idle_warned = false;
+            } else if last_change.elapsed() >= idle_limit {
+                return Ok(format!(
+                    "the playlist did not change for {} s (--live-timeout)",
+                    idle_limit.as_secs()
+                ));
+            } else if !idle_warned && last_change.elapsed() >= target * 3 {
+                idle_warned = true;
+                tracing::warn!(
+                    "the playlist has not changed for {:.0} s (3 target durations); still waiting, up to {} s",
+                    last_change.elapsed().as_secs_f64(),
+                    idle_limit.as_secs()
+                );
+            }
+        }
     }
-    if engine
-        .interrupted()
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        return Err(HlsError::Interrupted);
+
+    fn interrupted(&self) -> bool {
+        self.engine
+            .interrupted()
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
-    Ok(bytes)
+
+    /// After an interrupt, the segments at each track's end that were not fetched are not
+    /// gaps: the recording stopped before them.
+    fn drop_unfetched_tail(&mut self) {
+        for t in &mut self.tracks {
+            while let Some(s) = t.media.segments.last() {
+                let fetched = self
+                    .resources
+                    .state(&s.uri)
+                    .is_some_and(|st| matches!(st, State::Kept | State::Fetched));
+                if fetched {
+                    break;
+                }
+                t.media.segments.pop();
+            }
+        }
+    }
+
+    /// Fetches every pending resource as one engine job. Returns whether the job was
+    /// interrupted (what it did not finish is left pending).
+    fn fetch(&mut self, watch: &mut dyn FnMut(&mut Job)) -> Result<bool, HlsError> {
+        let resources = &mut self.resources;
+        let pending: Vec<usize> = (0..resources.list.len())
+            .filter(|&i| matches!(resources.list[i].state, State::Pending))
+            .collect();
+        if pending.is_empty() {
+            return Ok(false);
+        }
+        let items = pending.iter().map(|&i| {
+            let r = &resources.list[i];
+            GetItem::new(r.url.as_str(), self.work.join(&r.name)).beneath(self.work.path())
+        });
+        let mut job = self.engine.get_many(items)?;
+        watch(&mut job);
+        let mut interrupted = false;
+        for (i, result) in pending.into_iter().zip(job.wait_all()) {
+            let r = &mut resources.list[i];
+            r.state = match result {
+                Ok(report) => {
+                    self.fetched_bytes += report.bytes;
+                    State::Fetched
+                }
+                Err(GetError::Interrupted) => {
+                    interrupted = true;
+                    State::Pending
+                }
+                Err(e) => {
+                    let status = match &e {
+                        GetError::Status { status, .. } => Some(*status),
+                        _ => None,
+                    };
+                    State::Failed {
+                        why: e.to_string(),
+                        status,
+                    }
+                }
+            };
+        }
+        Ok(interrupted || self.interrupted())
+    }
+
+    /// Fetches each key the fetched segments need and that is not known yet, once.
+    fn fetch_keys(&mut self) {
+        for track in &self.tracks {
+            let media = &track.media;
+            let crypts = media
+                .segments
+                .iter()
+                .map(|s| (&s.crypt, &s.uri))
+                .chain(media.maps.iter().map(|m| (&m.crypt, &m.uri)));
+            for (crypt, uri) in crypts {
+                let Some(crypt) = crypt else { continue };
+                if self.keys.has(&crypt.key) {
+                    continue;
+                }
+                // A key for a segment that failed anyway, or is not fetched yet, waits.
+                let fetched = self
+                    .resources
+                    .state(uri)
+                    .is_some_and(|st| matches!(st, State::Kept | State::Fetched));
+                if fetched {
+                    self.keys
+                        .insert(crypt.key.clone(), fetch_key(&self.api, &crypt.key));
+                }
+            }
+        }
+    }
+}
+
+impl Track {
+    /// Adds what a reload lists after the last segment known; the media sequence numbers
+    /// skipped in between (they left the window before a load saw them) become gaps. Returns
+    /// whether anything changed.
+    fn merge(&mut self, fresh: Media) -> bool {
+        let old = &mut self.media;
+        let last = old.segments.last().map(|s| s.msn);
+        let mut changed = fresh.end_list != old.end_list;
+        old.end_list = fresh.end_list;
+        old.kind = fresh.kind;
+        old.target_duration = fresh.target_duration;
+        for mut seg in fresh.segments {
+            if let Some(l) = last
+                && seg.msn <= l
+            {
+                continue;
+            }
+            let next = old.segments.last().map_or(seg.msn, |s| s.msn + 1);
+            if seg.msn > next {
+                let gap = Gap {
+                    first: next,
+                    last: seg.msn - 1,
+                    seconds: (seg.msn - next) as f64 * old.target_duration as f64,
+                    reason: "it left the live window before a reload listed it".into(),
+                };
+                tracing::warn!("segments {}-{} missed: {}", gap.first, gap.last, gap.reason);
+                self.missed.push(gap);
+            }
+            seg.map = seg.map.map(|m| {
+                let map = &fresh.maps[m];
+                match old.maps.iter().position(|x| x == map) {
+                    Some(i) => i,
+                    None => {
+                        old.maps.push(map.clone());
+                        old.maps.len() - 1
+                    }
+                }
+            });
+            old.segments.push(seg);
+            changed = true;
+        }
+        changed
+    }
+}
+
+/// Loads a media playlist again.
+fn reload(api: &Api, url: &Url) -> Result<Media, HlsError> {
+    match load(api, url)? {
+        (Playlist::Media(m), _) => Ok(m),
+        (Playlist::Master(_), _) => Err(HlsError::Playlist {
+            url: url.to_string(),
+            what: "a media playlist reloaded as a master playlist".into(),
+        }),
+    }
 }
 
 /// The name of a resource's file in the work folder: a hash of its URL.
 pub(super) fn file_name(url: &Url) -> OsString {
     let digest = Sha256::digest(url.as_str().as_bytes());
     OsString::from(format!("{}.seg", hex::encode(&digest[..16])))
-}
-
-/// Fetches each key the written segments need, once.
-fn fetch_keys(
-    api: &Api,
-    tracks: &[Track],
-    resources: &Resources,
-    needs: &[Vec<Option<usize>>],
-) -> Keys {
-    let mut keys: HashMap<Url, Result<[u8; 16], String>> = HashMap::new();
-    let mut fetched = 0;
-    for (t, track) in tracks.iter().enumerate() {
-        let crypts = track
-            .media
-            .segments
-            .iter()
-            .map(|s| &s.crypt)
-            .chain(track.media.maps.iter().map(|m| &m.crypt));
-        for (c, crypt) in crypts.enumerate() {
-            let Some(crypt) = crypt else { continue };
-            if keys.contains_key(&crypt.key) {
-                continue;
-            }
-            // A key for a segment that failed anyway is not asked for.
-            let usable = needs[t]
-                .get(c)
-                .copied()
-                .flatten()
-                .is_none_or(|r| !matches!(resources.list[r].state, State::Failed { .. }));
-            if !usable {
-                continue;
-            }
-            fetched += 1;
-            keys.insert(crypt.key.clone(), fetch_key(api, &crypt.key));
-        }
-    }
-    Keys::new(keys, fetched)
 }
 
 fn fetch_key(api: &Api, url: &Url) -> Result<[u8; 16], String> {

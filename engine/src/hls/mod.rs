@@ -13,8 +13,11 @@
 //! before that (a crash, `kill -9`, Ctrl-C) is resumed by the same command, which fetches only
 //! what is missing. Keys stay in memory, never on disk.
 //!
-//! Not here yet: live playlists (no `EXT-X-ENDLIST`) are refused with a clear message;
-//! SAMPLE-AES and DRM key formats are refused (`playlist.rs`).
+//! A live playlist (no `EXT-X-ENDLIST`) is recorded: loaded again as RFC 8216 section 6.3.4
+//! says, its new segments fetched as they appear, until it ends, [`Options::duration`], an
+//! interrupt or [`Options::live_timeout`]; segments that left the window unseen are gaps, and a
+//! recording is written even with gaps (they cannot come back), still reported. SAMPLE-AES and
+//! DRM key formats are refused (`playlist.rs`).
 
 mod assemble;
 mod crypt;
@@ -44,6 +47,10 @@ pub struct Options {
     pub segments_dir: Option<PathBuf>,
     /// Write the outputs even when segments are missing (they are still reported).
     pub allow_gaps: bool,
+    /// Live: stop recording after this much media.
+    pub duration: Option<std::time::Duration>,
+    /// Live: stop when the playlist has not changed for this long (default 120 s).
+    pub live_timeout: Option<std::time::Duration>,
 }
 
 /// Segments missing from an output: media sequence numbers `first..=last`.
@@ -104,6 +111,9 @@ pub struct HlsReport {
     pub fetched_bytes: u64,
     /// Keys fetched (each once).
     pub keys: u64,
+    /// For a live stream, why the recording stopped (`EXT-X-ENDLIST`, `--duration`, an
+    /// interrupt, a playlist that stopped changing).
+    pub live: Option<String>,
     /// Seconds from the first request to the outputs in place.
     pub seconds: f64,
     /// The back-end the segments were fetched on.

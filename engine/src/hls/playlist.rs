@@ -172,6 +172,21 @@ impl Media {
         !self.end_list && self.kind != Some(PlaylistType::Vod)
     }
 
+    /// Keeps the segments that start before `seconds` of media.
+    pub(crate) fn truncate_to(&mut self, seconds: f64) {
+        let mut at = 0.0;
+        let keep = self
+            .segments
+            .iter()
+            .take_while(|s| {
+                let starts = at;
+                at += s.duration;
+                starts < seconds
+            })
+            .count();
+        self.segments.truncate(keep);
+    }
+
     /// The sum of the segments' durations, in seconds.
     pub(crate) fn duration(&self) -> f64 {
         self.segments.iter().map(|s| s.duration).sum()
