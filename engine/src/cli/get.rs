@@ -108,6 +108,22 @@ pub(crate) fn run(global: &Global, args: GetArgs) -> u8 {
         Ok(r) => r,
         Err(e) => return super::fail(&e, get_error_code(&e)),
     };
+    // One URL that turned out to be an HLS playlist (it starts with #EXTM3U, as RFC 8216
+    // requires): the stream it names is downloaded in its place.
+    if let [Ok(report)] = results.as_slice()
+        && args.hls.sniff(&report.path)
+    {
+        tracing::info!(
+            "{}: the answer is an HLS playlist; downloading its stream (--no-hls keeps the playlist)",
+            report.url
+        );
+        let url = report
+            .url_final
+            .clone()
+            .unwrap_or_else(|| report.url.clone());
+        let path = report.path.clone();
+        return super::hls::run(&engine, &url, &path, &args.hls, args.json, args.quiet);
+    }
     // Every file's outcome is shown; the exit code is that of the first failure.
     let mut code = 0;
     for result in results {

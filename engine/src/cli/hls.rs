@@ -20,8 +20,12 @@ pub(crate) const GRACE: Duration = Duration::from_secs(60);
 pub(crate) struct HlsArgs {
     /// Take the URL for an HLS playlist (implied by a path ending in .m3u8 or .m3u, and by the
     /// options below): every segment is fetched, decrypted (AES-128) and written in order.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "no_hls")]
     hls: bool,
+    /// Keep an answer that is an HLS playlist as it is (by default a URL whose answer starts
+    /// with #EXTM3U is taken for a stream and its media downloaded in its place).
+    #[arg(long)]
+    no_hls: bool,
     /// Which variant of a master playlist: best, worst, bandwidth=BITS (the best at most
     /// that), resolution=WxH, codec=PREFIX (e.g. hvc1).
     #[arg(long, value_name = "CHOICE", value_parser = clap::value_parser!(VariantChoice))]
@@ -50,6 +54,9 @@ pub(crate) struct HlsArgs {
 impl HlsArgs {
     /// Whether `url` is to be downloaded as a stream.
     pub(crate) fn wanted(&self, urls: &[String]) -> bool {
+        if self.no_hls {
+            return false;
+        }
         self.hls
             || self.variant.is_some()
             || self.renditions.is_some()
@@ -62,6 +69,26 @@ impl HlsArgs {
                     p.ends_with(".m3u8") || p.ends_with(".m3u")
                 })
             })
+    }
+}
+
+impl HlsArgs {
+    /// Whether a single file just downloaded to `path` is a playlist to follow: it starts with
+    /// `#EXTM3U`, is small enough to be one, is not named as a playlist, and `--no-hls` is off.
+    pub(crate) fn sniff(&self, path: &Path) -> bool {
+        use std::io::Read;
+        if self.no_hls {
+            return false;
+        }
+        let named = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("m3u8") || e.eq_ignore_ascii_case("m3u"));
+        let small = std::fs::metadata(path).is_ok_and(|m| m.len() <= 32 << 20);
+        let mut head = [0u8; 7];
+        let starts = std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| &head == b"#EXTM3U" || head.starts_with(b"\xef\xbb\xbf#EX"));
+        !named && small && starts
     }
 }
 

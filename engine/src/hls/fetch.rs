@@ -346,7 +346,8 @@ impl Run<'_> {
                 "segments were refused (401/403/410): loading the playlists again for fresh URLs"
             );
             for t in &mut self.tracks {
-                t.media = reload(&self.api, &t.asked)?;
+                let fresh = reload(&self.api, &t.asked)?;
+                t.renew_expired(&self.resources, &fresh);
             }
             let needs = self.resources.index(&self.tracks);
             self.resources.retry(
@@ -543,6 +544,37 @@ impl Run<'_> {
 }
 
 impl Track {
+    /// Takes from a reload the URLs of the segments and init sections whose fetch was refused
+    /// as expired (by media sequence number, and init sections by their order); the rest keep
+    /// theirs, so what was fetched is not fetched again under a new token.
+    fn renew_expired(&mut self, resources: &Resources, fresh: &Media) {
+        let expired = |url: &Url| matches!(resources.state(url), Some(State::Failed { status: Some(s), .. }) if EXPIRED.contains(s));
+        for seg in &mut self.media.segments {
+            if !expired(&seg.uri) {
+                continue;
+            }
+            match fresh.segments.iter().find(|f| f.msn == seg.msn) {
+                Some(f) => {
+                    seg.uri = f.uri.clone();
+                    seg.range = f.range;
+                }
+                None => tracing::warn!(
+                    "segment {} is no longer listed by {}; it stays missing",
+                    seg.msn,
+                    self.asked
+                ),
+            }
+        }
+        for (m, map) in self.media.maps.iter_mut().enumerate() {
+            if expired(&map.uri)
+                && let Some(f) = fresh.maps.get(m)
+            {
+                map.uri = f.uri.clone();
+                map.range = f.range;
+            }
+        }
+    }
+
     /// Adds what a reload lists after the last segment known; the media sequence numbers
     /// skipped in between (they left the window before a load saw them) become gaps. Returns
     /// whether anything changed.

@@ -719,3 +719,178 @@ fn sigint_ends_a_live_recording_with_what_was_fetched() {
         eprintln!("ran on backend {backend:?}: SIGINT wrote the recording");
     }
 }
+
+/// A scripted origin for signed URLs (nginx keeps no such state): its playlist's n-th load
+/// names every segment with token `n`, except that the first load names segment 2 with token 0,
+/// already expired; a segment asked with any token but the latest load's is refused with 403.
+struct SignedOrigin {
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<(String, u16)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SignedOrigin {
+    fn start() -> SignedOrigin {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let port = listener.local_addr().expect("addr").port();
+        let log: Arc<Mutex<Vec<(String, u16)>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let loads = Arc::new(AtomicU64::new(0));
+        let (log2, stop2) = (Arc::clone(&log), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((mut conn, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                    continue;
+                };
+                let (log, loads) = (Arc::clone(&log2), Arc::clone(&loads));
+                std::thread::spawn(move || {
+                    conn.set_nonblocking(false).expect("blocking");
+                    let mut buf = Vec::new();
+                    loop {
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            let mut chunk = [0u8; 4096];
+                            match conn.read(&mut chunk) {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                        buf.drain(..end + 4);
+                        let target = head.split(' ').nth(1).unwrap_or("").to_owned();
+                        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+                        let (status, body) = if path == "/index.m3u8" {
+                            let n = loads.fetch_add(1, Ordering::SeqCst) + 1;
+                            let mut p = String::from(
+                                "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-PLAYLIST-TYPE:VOD\n",
+                            );
+                            for i in 0..6 {
+                                let t = if n == 1 && i == 2 { 0 } else { n };
+                                p += &format!("#EXTINF:1,\nseg{i}.ts?t={t}\n");
+                            }
+                            p += "#EXT-X-ENDLIST\n";
+                            (200, p.into_bytes())
+                        } else {
+                            let i: usize = path
+                                .trim_start_matches("/seg")
+                                .trim_end_matches(".ts")
+                                .parse()
+                                .unwrap_or(99);
+                            let fresh = query == format!("t={}", loads.load(Ordering::SeqCst));
+                            let file = hls::streams().root.join(format!("vod/seg_{i:03}.ts"));
+                            match std::fs::read(file) {
+                                Ok(b) if fresh => (200, b),
+                                Ok(_) => (403, b"expired\n".to_vec()),
+                                Err(_) => (404, b"no\n".to_vec()),
+                            }
+                        };
+                        log.lock().expect("log").push((target.clone(), status));
+                        let reason = match status {
+                            200 => "OK",
+                            403 => "Forbidden",
+                            _ => "Not Found",
+                        };
+                        let head = format!(
+                            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        );
+                        if conn
+                            .write_all(head.as_bytes())
+                            .and_then(|()| conn.write_all(&body))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        SignedOrigin { port, log, stop }
+    }
+}
+
+impl Drop for SignedOrigin {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A segment refused as expired (403) is asked again under the URL a reload of the playlist
+/// gives; the segments already fetched are not fetched again.
+#[test]
+fn an_expired_signed_segment_url_is_renewed_by_reloading_the_playlist() {
+    let s = hls::streams();
+    for backend in backends_under_test() {
+        let origin = SignedOrigin::start();
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("signed.ts");
+        let url = format!("http://127.0.0.1:{}/index.m3u8", origin.port);
+        let r = report(&get(backend, &url, &dest, &[]), backend, "signed");
+        assert_bytes(&dest, &s.plain_ts(), "after renewing segment 2");
+        let log = origin.log.lock().expect("log").clone();
+        let got: Vec<&str> = log
+            .iter()
+            .filter(|(t, st)| t.starts_with("/seg") && *st == 200)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        assert_eq!(got.len(), 6, "each segment fetched once: {log:?}");
+        assert!(got.contains(&"/seg2.ts?t=2"), "{log:?}");
+        assert!(log.contains(&("/seg2.ts?t=0".to_owned(), 403)), "{log:?}");
+        assert_eq!(
+            r["tracks"][0]["gaps"].as_array().map(Vec::len),
+            Some(0),
+            "{r}"
+        );
+        eprintln!("ran on backend {backend:?}: expired URL renewed by a reload");
+    }
+}
+
+/// A URL without `.m3u8` whose answer is a playlist is followed (RFC 8216: a playlist starts
+/// with `#EXTM3U`); `--no-hls` keeps the playlist itself.
+#[test]
+fn a_playlist_is_recognised_by_its_first_line_and_no_hls_keeps_it() {
+    let s = hls::streams();
+    let (root, stream) = copy_stream("vod");
+    std::fs::copy(stream.join("index.m3u8"), stream.join("watch")).expect("copy");
+    let nginx = Nginx::start(root.path());
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("movie.ts");
+        let r = report(
+            &get(backend, &nginx.url("files", "vod/watch"), &dest, &[]),
+            backend,
+            "sniffed",
+        );
+        assert_eq!(r["tracks"][0]["segments"], 6, "{r}");
+        assert_bytes(&dest, &s.plain_ts(), "sniffed playlist");
+
+        let raw = out.path().join("index.m3u8");
+        let o = get(
+            backend,
+            &nginx.url("files", "vod/index.m3u8"),
+            &raw,
+            &["--no-hls"],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_bytes(&raw, &read(&stream.join("index.m3u8")), "--no-hls");
+        let kept = out.path().join("watch.bin");
+        let o = get(
+            backend,
+            &nginx.url("files", "vod/watch"),
+            &kept,
+            &["--no-hls"],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_bytes(
+            &kept,
+            &read(&stream.join("index.m3u8")),
+            "--no-hls, sniffable",
+        );
+        eprintln!("ran on backend {backend:?}: playlist sniffed; --no-hls kept it");
+    }
+}
