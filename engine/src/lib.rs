@@ -42,7 +42,8 @@
 //! A download either completes byte for byte (checked against a sha256 when given one, see
 //! [`GetItem::sha256`]) or fails with a [`GetError`] and leaves nothing under its final name.
 //! [`hub::Pull`] mirrors a Hugging Face repo (verified, resumable after a crash through its
-//! journal) and [`serve::Server`] serves such mirrors. Downloads speak HTTPS (rustls), go
+//! journal) and [`serve::Server`] serves such mirrors; [`hls::download`] downloads an HLS stream
+//! (a variant and its renditions, AES-128 decrypted, live streams recorded, gaps reported). Downloads speak HTTPS (rustls), go
 //! through proxies, race IPv6 and IPv4 (Happy Eyeballs), take a file's bytes from several
 //! mirrors ([`GetItem::mirror`]) and keep to a bandwidth cap ([`Config::limit_rate`]); HTTP/2
 //! is offered where asked ([`Config::http2`]), and HTTP/3 over QUIC tried first where asked
