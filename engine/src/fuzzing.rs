@@ -122,6 +122,50 @@ pub fn journal(data: &[u8]) {
     let _ = crate::journal::replay(&decoded.records);
 }
 
+/// The HLS playlist reader (`hls::playlist::parse`) against a fixed base URL, and the variant
+/// choice over what it accepted: media sequence numbers count up by one from the first, every
+/// URI is http(s), byte ranges do not overflow, every segment's init section exists, counts
+/// stay within their bounds, and no variant choice panics.
+pub fn playlist(data: &[u8]) {
+    use crate::hls::playlist::{MAX_SEGMENTS, Playlist, parse};
+    use crate::hls::select::{VariantChoice, variant};
+    let base = url::Url::parse("https://cdn.example/a/b/index.m3u8").expect("base URL");
+    let http = |u: &url::Url| matches!(u.scheme(), "http" | "https");
+    match parse(data, &base) {
+        Err(_) => {}
+        Ok(Playlist::Media(m)) => {
+            assert!(m.segments.len() <= MAX_SEGMENTS);
+            for (i, s) in m.segments.iter().enumerate() {
+                assert_eq!(s.msn, m.media_sequence + i as u64, "segment {i}");
+                assert!(http(&s.uri), "{}", s.uri);
+                if let Some(r) = s.range {
+                    assert!(r.offset.checked_add(r.len).is_some());
+                }
+                if let Some(c) = &s.crypt {
+                    assert!(http(&c.key), "{}", c.key);
+                }
+                assert!(s.map.is_none_or(|i| i < m.maps.len()));
+            }
+            assert!(m.maps.iter().all(|x| http(&x.uri)));
+        }
+        Ok(Playlist::Master(m)) => {
+            assert!(!m.variants.is_empty());
+            assert!(m.variants.iter().all(|v| http(&v.uri)));
+            for choice in [
+                VariantChoice::Best,
+                VariantChoice::Worst,
+                VariantChoice::Bandwidth(1_000_000),
+                VariantChoice::Resolution(1280, 720),
+                VariantChoice::Codec("avc1".into()),
+            ] {
+                if let Ok(i) = variant(&m, &choice) {
+                    assert!(i < m.variants.len());
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -132,12 +176,13 @@ mod tests {
     fn committed_corpora_replay_cleanly() {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus");
         type Target = (&'static str, fn(&[u8]));
-        let targets: [Target; 5] = [
+        let targets: [Target; 6] = [
             ("response_head", super::response_head),
             ("chunked", super::chunked),
             ("ranges", super::ranges),
             ("listing", super::listing),
             ("journal", super::journal),
+            ("playlist", super::playlist),
         ];
         for (name, run) in targets {
             let dir = root.join(name);

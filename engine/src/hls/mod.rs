@@ -22,8 +22,8 @@
 mod assemble;
 mod crypt;
 mod fetch;
-mod playlist;
-mod select;
+pub(crate) mod playlist;
+pub(crate) mod select;
 
 use std::path::PathBuf;
 

@@ -699,12 +699,17 @@ impl<'b> Parser<'b> {
                 }
             },
         };
+        if let Some(r) = range
+            && r.offset.checked_add(r.len).is_none()
+        {
+            return fail(n, "byte range past 2^64");
+        }
         let what = format!("segment {}", self.msn);
         let crypt = self.crypt(n, self.msn, &what)?;
         if self.pending_discontinuity {
             self.dsn += 1;
         }
-        self.last_range = range.map(|r| (uri.clone(), r.offset.saturating_add(r.len)));
+        self.last_range = range.map(|r| (uri.clone(), r.offset + r.len));
         self.media.segments.push(Segment {
             msn: self.msn,
             dsn: self.dsn,
