@@ -127,7 +127,7 @@ pub(crate) fn run(
     let show_bar = !quiet && !json && std::io::stderr().is_terminal();
     let mut watch = |job: &mut ferry::Job| {
         if show_bar {
-            super::progress::follow(job, "");
+            super::progress::follow_files(job, "");
         }
     };
     match hls::download(engine, url, output, &options, &mut watch) {

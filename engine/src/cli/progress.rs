@@ -1,5 +1,6 @@
 //! The progress bar of a running job, on a terminal only: bytes over all its files, rate, ETA,
-//! and `n/m files` when there are several. Nothing here decides anything about the job.
+//! and `n/m files` when there are several; for an HLS stream, segments done over segments, with
+//! bytes and rate beside. Nothing here decides anything about the job.
 
 use std::time::Duration;
 
@@ -24,6 +25,31 @@ pub(crate) fn follow(job: &mut Job, label: &str) {
             if p.files > 1 {
                 bar.set_message(format!("{}/{} files", p.files_done, p.files));
             }
+        }
+    }
+    bar.finish_and_clear();
+}
+
+/// Follows `job` with a bar over its files rather than its bytes (an HLS stream: segment sizes
+/// are not known up front, their count is), bytes and rate beside it, ETA by files.
+pub(crate) fn follow_files(job: &mut Job, label: &str) {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let template =
+        format!("{label}{{spinner}} {{pos}}/{{len}} segments [{{wide_bar}}] {{msg}} ETA {{eta}}");
+    let style =
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    let started = std::time::Instant::now();
+    for event in job.events(Duration::from_millis(100)) {
+        if let Event::Progress(p) = event {
+            bar.set_length(p.files);
+            bar.set_position(p.files_done);
+            let secs = started.elapsed().as_secs_f64().max(1e-3);
+            bar.set_message(format!(
+                "{} ({}/s)",
+                ferry::units::human_bytes(p.done),
+                ferry::units::human_bytes((p.done as f64 / secs) as u64)
+            ));
         }
     }
     bar.finish_and_clear();
