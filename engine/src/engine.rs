@@ -229,6 +229,18 @@ impl Engine {
 
     /// The sink for files in `dir`, probed once per filesystem, with whether that filesystem's
     /// `syncfs` may make them durable.
+    /// The sink of a scratch file in `dir` ([`GetItem::scratch`](crate::GetItem)): buffered,
+    /// never grouped into a `syncfs`.
+    pub(crate) fn scratch_sink(&self, dir: &Path) -> SinkChoice {
+        let mut sink = choose_sink(
+            self.selection.backend,
+            Some(crate::backend::sink::SinkKind::Buffered),
+            dir,
+        );
+        sink.syncfs = None;
+        sink
+    }
+
     pub(crate) fn sink_for(&self, dir: &Path) -> SinkChoice {
         use std::os::unix::fs::MetadataExt;
         let choose = |dev: Option<u64>| {

@@ -43,6 +43,9 @@ pub struct GetItem {
     pub(crate) watch: Option<Arc<dyn download::Watch>>,
     /// Every byte asked of the origin once: no lease is split (a mirror's upstream egress).
     pub(crate) once: bool,
+    /// A scratch file read back and removed soon (an HLS segment): written through the page
+    /// cache and not fsynced, so that one removed before writeback never reaches the disk.
+    pub(crate) scratch: bool,
 }
 
 impl GetItem {
@@ -59,7 +62,14 @@ impl GetItem {
             partial_suffix: download::PARTIAL_SUFFIX,
             watch: None,
             once: false,
+            scratch: false,
         }
+    }
+
+    /// The output is a scratch file: buffered, not fsynced (see the field).
+    pub(crate) fn scratch(mut self) -> GetItem {
+        self.scratch = true;
+        self
     }
 
     /// Asks the origin for every byte once: leases already asked for are never split.

@@ -213,6 +213,12 @@ impl Dir {
         Ok(rustix::fs::renameat(&*self.fd, from, &*self.fd, to)?)
     }
 
+    /// Renames `from` in this directory to `to` in `dir` (same filesystem); a symlink at `to`
+    /// is replaced, not followed.
+    pub(crate) fn rename_into(&self, from: &OsStr, dir: &Dir, to: &OsStr) -> io::Result<()> {
+        Ok(rustix::fs::renameat(&*self.fd, from, &*dir.fd, to)?)
+    }
+
     /// Removes the name `name` (a symlink is removed, not followed).
     pub(crate) fn unlink(&self, name: &OsStr) -> io::Result<()> {
         Ok(rustix::fs::unlinkat(&*self.fd, name, AtFlags::empty())?)

@@ -125,12 +125,17 @@ pub(crate) fn run(
     options.duration = args.duration.map(Duration::from_secs);
     options.live_timeout = Some(Duration::from_secs(args.live_timeout));
     let show_bar = !quiet && !json && std::io::stderr().is_terminal();
-    let mut watch = |job: &mut ferry::Job| {
-        if show_bar {
-            super::progress::follow_files(job, "");
+    let bar = show_bar.then(super::progress::SegmentBar::new);
+    let mut watch = |p: &ferry::Progress| {
+        if let Some(b) = &bar {
+            b.tick(p);
         }
     };
-    match hls::download(engine, url, output, &options, &mut watch) {
+    let result = hls::download(engine, url, output, &options, &mut watch);
+    if let Some(b) = &bar {
+        b.finish();
+    }
+    match result {
         Ok(report) => {
             print(&report, json, quiet);
             0

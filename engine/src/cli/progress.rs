@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ferry::{Event, Job};
+use ferry::{Event, Job, Progress};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 /// Follows `job` until it ends, drawing a bar on stderr; `label` goes before the bar.
@@ -30,27 +30,39 @@ pub(crate) fn follow(job: &mut Job, label: &str) {
     bar.finish_and_clear();
 }
 
-/// Follows `job` with a bar over its files rather than its bytes (an HLS stream: segment sizes
-/// are not known up front, their count is), bytes and rate beside it, ETA by files.
-pub(crate) fn follow_files(job: &mut Job, label: &str) {
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-    let template =
-        format!("{label}{{spinner}} {{pos}}/{{len}} segments [{{wide_bar}}] {{msg}} ETA {{eta}}");
-    let style =
-        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar());
-    bar.set_style(style.progress_chars("=> "));
-    let started = std::time::Instant::now();
-    for event in job.events(Duration::from_millis(100)) {
-        if let Event::Progress(p) = event {
-            bar.set_length(p.files);
-            bar.set_position(p.files_done);
-            let secs = started.elapsed().as_secs_f64().max(1e-3);
-            bar.set_message(format!(
-                "{} ({}/s)",
-                ferry::units::human_bytes(p.done),
-                ferry::units::human_bytes((p.done as f64 / secs) as u64)
-            ));
+/// A bar over an HLS stream's segments rather than its bytes (segment sizes are not known up
+/// front, their count is), with bytes and rate beside it and the ETA by segments; fed progress
+/// snapshots of each job in turn.
+pub(crate) struct SegmentBar {
+    bar: ProgressBar,
+    started: std::time::Instant,
+}
+
+impl SegmentBar {
+    pub(crate) fn new() -> SegmentBar {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+        let template = "{spinner} {pos}/{len} segments [{wide_bar}] {msg} ETA {eta}";
+        let style =
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+        bar.set_style(style.progress_chars("=> "));
+        SegmentBar {
+            bar,
+            started: std::time::Instant::now(),
         }
     }
-    bar.finish_and_clear();
+
+    pub(crate) fn tick(&self, p: &Progress) {
+        self.bar.set_length(p.files);
+        self.bar.set_position(p.files_done);
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        self.bar.set_message(format!(
+            "{} ({}/s)",
+            ferry::units::human_bytes(p.done),
+            ferry::units::human_bytes((p.done as f64 / secs) as u64)
+        ));
+    }
+
+    pub(crate) fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }

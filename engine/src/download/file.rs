@@ -158,6 +158,8 @@ pub(crate) struct FileSpec {
     pub watch: Option<Arc<dyn super::Watch>>,
     /// No lease is split ([`crate::proto::plan::Plan::without_splits`]).
     pub once: bool,
+    /// Not fsynced ([`crate::job::GetItem::scratch`]).
+    pub scratch: bool,
 }
 
 /// What every file of a job shares besides its settings: the progress counters, the hash
@@ -221,6 +223,8 @@ pub(crate) struct FileDownload {
     pub(super) watch: Option<Arc<dyn super::Watch>>,
     /// No lease is split.
     pub(super) once: bool,
+    /// Not fsynced before the rename.
+    pub(super) scratch: bool,
     /// Bytes of the file taken over from an earlier run.
     pub(super) resumed_bytes: AtomicU64,
     /// Bytes of this file that went socket -> pipe -> file (the splice sink).
@@ -299,6 +303,7 @@ impl FileDownload {
             journal_id: AtomicU64::new(0),
             watch: spec.watch,
             once: spec.once,
+            scratch: spec.scratch,
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),

@@ -229,6 +229,12 @@ pub(super) async fn preallocate(
         return Ok(());
     }
     let mut need = file.wait_for_space(created, len).await?;
+    if file.scratch {
+        // No extents reserved: a scratch file removed before writeback then never reaches the
+        // disk (allocated blocks would be written back by the next journal commit, and
+        // discarded on removal).
+        return rustix::fs::ftruncate(created, len).map_err(|e| file.io_error("set_len", e.into()));
+    }
     let mut looked_again = false;
     loop {
         // A ring op on io_uring: reserving a large file's extents does not stall the worker.

@@ -185,7 +185,11 @@ pub(crate) fn start(
                 d
             }
         };
-        let sink = engine.sink_for(parent);
+        let sink = if item.scratch {
+            engine.scratch_sink(parent)
+        } else {
+            engine.sink_for(parent)
+        };
         let spec = FileSpec {
             target,
             mirrors,
@@ -198,6 +202,7 @@ pub(crate) fn start(
             journal: journal.clone(),
             watch: item.watch,
             once: item.once,
+            scratch: item.scratch,
         };
         files.push(Arc::new(FileDownload::new(
             spec,

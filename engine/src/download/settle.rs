@@ -136,11 +136,13 @@ async fn finish(
     }
     // The file was truncated when created and grew by exactly the bytes counted in `done`.
     let durable = file.open_file().await?;
-    file.settings
-        .durable
-        .commit(&durable, file.sink.syncfs)
-        .await
-        .map_err(|source| file.io_error("fsync", source))?;
+    if !file.scratch {
+        file.settings
+            .durable
+            .commit(&durable, file.sink.syncfs)
+            .await
+            .map_err(|source| file.io_error("fsync", source))?;
+    }
     file.partial.publish().map_err(|source| GetError::Io {
         op: "rename",
         path: file.output.clone(),

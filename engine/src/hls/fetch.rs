@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use url::Url;
 
-use super::assemble::{self, Keys, OutputPlan, Resources};
+use super::assemble::{KeySource, Resources};
 use super::playlist::{self, Media, Playlist};
+use super::writer::{OutputPlan, Writer};
 use super::{Gap, HlsError, HlsReport, Options, select};
 use crate::backend::nofollow::{self, Dir};
 use crate::engine::Engine;
 use crate::error::GetError;
 use crate::hub::api::Api;
-use crate::job::{GetItem, Job};
+use crate::job::{Event, GetItem, Progress};
 
 /// The work folder's suffix, after the output's file name.
 pub(crate) const WORK_SUFFIX: &str = ".ferry-hls";
@@ -60,6 +61,8 @@ pub(super) struct Resource {
     pub url: Url,
     pub name: OsString,
     pub state: State,
+    /// Used by a segment not yet written (or its init section).
+    pub needed: bool,
 }
 
 /// Downloads the stream at `url` into `output` (see the module docs of `ferry::hls`). `watch` is
@@ -82,7 +85,7 @@ pub fn download(
     url: &str,
     output: impl AsRef<Path>,
     options: &Options,
-    watch: &mut dyn FnMut(&mut Job),
+    watch: &mut dyn FnMut(&Progress),
 ) -> Result<HlsReport, HlsError> {
     let started = Instant::now();
     let output = output.as_ref();
@@ -114,38 +117,49 @@ pub fn download(
             path: dir.join(&work_name),
             source,
         })?;
+    let plan = OutputPlan::new(&dir, &file, options.segments_dir.as_deref())?;
+    // Live: every gap is final, so the recording goes on past it; VOD: a track stops at its
+    // first gap, so that a later run can fill it in place (unless gaps are allowed).
+    let writer = Writer::new(&tracks, &work, plan, live || options.allow_gaps, !live)?;
+    let keys = KeySource::new(Api::new(asked.clone(), None, engine.dialer().clone()));
     let mut run = Run {
         engine,
         api,
         work,
         tracks,
         resources: Resources::default(),
-        keys: Keys::default(),
+        keys,
+        writer,
         fetched_bytes: 0,
         warnings,
     };
     let kept = run.keep_earlier();
-    let stopped = if live {
-        Some(run.record(options, watch)?)
+    let stopped = match if live {
+        run.record(options, watch).map(Some)
     } else {
-        run.vod(watch)?;
-        None
+        run.vod(watch).map(|()| None)
+    } {
+        Ok(s) => s,
+        Err(e) => {
+            // What was written so far is kept for the next run.
+            let _ = run.writer.keep(&run.resources);
+            return Err(e);
+        }
     };
     let Run {
         tracks,
         resources,
         keys,
+        writer,
         work,
         fetched_bytes,
         warnings,
         ..
     } = run;
-    let plan = OutputPlan::new(&dir, &file, options.segments_dir.as_deref())?;
-    let mut written = assemble::write(&tracks, &resources, &keys, &work, &plan)?;
     let mut report = HlsReport {
         url: url.to_string(),
         variant,
-        tracks: std::mem::take(&mut written.tracks),
+        tracks: writer.reports(&tracks, &resources),
         resources: resources.list.len() as u64,
         kept,
         fetched_bytes,
@@ -157,20 +171,25 @@ pub fn download(
     };
     // A live recording is written all the same: what left the window cannot come back.
     if report.gaps().next().is_some() && !options.allow_gaps && !live {
-        written.discard();
+        writer.keep(&resources)?;
         for t in &mut report.tracks {
             t.outputs.clear();
         }
         report.seconds = started.elapsed().as_secs_f64();
         return Err(HlsError::Gaps(Box::new(report)));
     }
-    written.publish()?;
+    writer.publish()?;
     drop(work);
     let work_path = dir.join(&work_name);
     if let Err(e) = std::fs::remove_dir_all(&work_path) {
         tracing::warn!("{}: not removed: {e}", work_path.display());
     }
     report.seconds = started.elapsed().as_secs_f64();
+    tracing::info!(
+        "{} bytes fetched, outputs in place, in {:.2} s",
+        report.fetched_bytes,
+        report.seconds
+    );
     if report.gaps().next().is_some() && !options.allow_gaps {
         return Err(HlsError::Gaps(Box::new(report)));
     }
@@ -297,50 +316,57 @@ fn output_dir(output: &Path) -> Result<(Dir, OsString), HlsError> {
     Ok((dir, file.to_owned()))
 }
 
-/// A download under way: what it has fetched and what it still needs.
+/// A download under way: what it has fetched, written and still needs.
 struct Run<'e> {
     engine: &'e Engine,
     api: Api,
     work: Dir,
     tracks: Vec<Track>,
     resources: Resources,
-    keys: Keys,
+    keys: KeySource,
+    writer: Writer,
     fetched_bytes: u64,
     warnings: Vec<String>,
 }
 
 impl Run<'_> {
     /// Registers the tracks' resources and keeps those an earlier run left in the work folder;
-    /// returns how many.
+    /// returns how many segments an earlier run fetched or wrote.
     fn keep_earlier(&mut self) -> u64 {
-        self.resources.index(&self.tracks);
+        let writer = &self.writer;
+        self.resources.index(&self.tracks, |t| writer.next(t));
         let mut kept = 0;
         for r in &mut self.resources.list {
             if let Ok(Some(st)) = self.work.stat(&r.name)
                 && nofollow::is_regular(&st)
             {
-                r.state = State::Kept;
-                kept += 1;
+                if self.writer.trusts(&r.name) {
+                    r.state = State::Kept;
+                    kept += 1;
+                } else {
+                    // Left by a run that did not stop cleanly: maybe not all on disk.
+                    let _ = self.work.unlink(&r.name);
+                }
             }
         }
         if kept > 0 {
             tracing::info!(
-                "resuming: {kept} of {} segments and init sections were fetched by an earlier run and are kept",
-                self.resources.list.len()
+                "resuming: {kept} segments and init sections fetched by an earlier run are kept"
             );
         }
-        kept
+        kept + self.writer.resumed
     }
 
-    /// A playlist that does not change: everything at once, then once more with fresh URLs
-    /// for what was refused as expired.
-    fn vod(&mut self, watch: &mut dyn FnMut(&mut Job)) -> Result<(), HlsError> {
+    /// A playlist that does not change: everything at once, written as it lands, then once
+    /// more with fresh URLs for what was refused as expired.
+    fn vod(&mut self, watch: &mut dyn FnMut(&Progress)) -> Result<(), HlsError> {
         if self.fetch(watch)? {
             return Err(HlsError::Interrupted);
         }
-        let expired = self.resources.list.iter().any(
-            |r| matches!(r.state, State::Failed { status: Some(s), .. } if EXPIRED.contains(&s)),
-        );
+        let expired = self.resources.list.iter().any(|r| {
+            r.needed
+                && matches!(r.state, State::Failed { status: Some(s), .. } if EXPIRED.contains(&s))
+        });
         if expired {
             tracing::warn!(
                 "segments were refused (401/403/410): loading the playlists again for fresh URLs"
@@ -349,17 +375,21 @@ impl Run<'_> {
                 let fresh = reload(&self.api, &t.asked)?;
                 t.renew_expired(&self.resources, &fresh);
             }
-            let needs = self.resources.index(&self.tracks);
+            self.index();
             self.resources.retry(
-                &needs,
                 |s| matches!(s, State::Failed { status: Some(s), .. } if EXPIRED.contains(s)),
             );
             if self.fetch(watch)? {
                 return Err(HlsError::Interrupted);
             }
         }
-        self.fetch_keys();
-        Ok(())
+        self.writer
+            .advance(&self.tracks, &self.resources, &mut self.keys, true)
+    }
+
+    fn index(&mut self) {
+        let writer = &self.writer;
+        self.resources.index(&self.tracks, |t| writer.next(t));
     }
 
     /// A live playlist: fetches what it lists, loads it again as RFC 8216 section 6.3.4 says
@@ -370,7 +400,21 @@ impl Run<'_> {
     fn record(
         &mut self,
         options: &Options,
-        watch: &mut dyn FnMut(&mut Job),
+        watch: &mut dyn FnMut(&Progress),
+    ) -> Result<String, HlsError> {
+        let why = self.record_until(options, watch)?;
+        if why == "interrupted" {
+            self.drop_unfetched_tail();
+        }
+        self.writer
+            .advance(&self.tracks, &self.resources, &mut self.keys, true)?;
+        Ok(why)
+    }
+
+    fn record_until(
+        &mut self,
+        options: &Options,
+        watch: &mut dyn FnMut(&Progress),
     ) -> Result<String, HlsError> {
         let idle_limit = options.live_timeout.unwrap_or(DEFAULT_LIVE_TIMEOUT);
         let stop = |t: &mut Vec<Track>| {
@@ -386,11 +430,9 @@ impl Run<'_> {
         let mut last_change = Instant::now();
         let mut idle_warned = false;
         loop {
-            self.resources.index(&self.tracks);
+            self.index();
             let interrupted = self.fetch(watch)?;
-            self.fetch_keys();
             if interrupted || self.interrupted() {
-                self.drop_unfetched_tail();
                 return Ok("interrupted".into());
             }
             if let Some(d) = options.duration
@@ -458,8 +500,11 @@ impl Run<'_> {
     /// After an interrupt, the segments at each track's end that were not fetched are not
     /// gaps: the recording stopped before them.
     fn drop_unfetched_tail(&mut self) {
-        for t in &mut self.tracks {
-            while let Some(s) = t.media.segments.last() {
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            while t.media.segments.len() > self.writer.next(i) {
+                let Some(s) = t.media.segments.last() else {
+                    break;
+                };
                 let fetched = self
                     .resources
                     .state(&s.uri)
@@ -472,25 +517,36 @@ impl Run<'_> {
         }
     }
 
-    /// Fetches every pending resource as one engine job. Returns whether the job was
-    /// interrupted (what it did not finish is left pending).
-    fn fetch(&mut self, watch: &mut dyn FnMut(&mut Job)) -> Result<bool, HlsError> {
-        let resources = &mut self.resources;
-        let pending: Vec<usize> = (0..resources.list.len())
-            .filter(|&i| matches!(resources.list[i].state, State::Pending))
+    /// Fetches every needed pending resource as one engine job, writing the outputs as the
+    /// segments land. Returns whether the job was interrupted (what it did not finish is left
+    /// pending).
+    fn fetch(&mut self, watch: &mut dyn FnMut(&Progress)) -> Result<bool, HlsError> {
+        let pending: Vec<usize> = (0..self.resources.list.len())
+            .filter(|&i| {
+                let r = &self.resources.list[i];
+                r.needed && matches!(r.state, State::Pending)
+            })
             .collect();
         if pending.is_empty() {
+            self.writer
+                .advance(&self.tracks, &self.resources, &mut self.keys, false)?;
             return Ok(false);
         }
         let items = pending.iter().map(|&i| {
-            let r = &resources.list[i];
-            GetItem::new(r.url.as_str(), self.work.join(&r.name)).beneath(self.work.path())
+            let r = &self.resources.list[i];
+            GetItem::new(r.url.as_str(), self.work.join(&r.name))
+                .beneath(self.work.path())
+                .scratch()
         });
         let mut job = self.engine.get_many(items)?;
-        watch(&mut job);
+        for Event::Progress(p) in job.events(Duration::from_millis(50)) {
+            watch(&p);
+            self.writer
+                .advance(&self.tracks, &self.resources, &mut self.keys, false)?;
+        }
         let mut interrupted = false;
         for (i, result) in pending.into_iter().zip(job.wait_all()) {
-            let r = &mut resources.list[i];
+            let r = &mut self.resources.list[i];
             r.state = match result {
                 Ok(report) => {
                     self.fetched_bytes += report.bytes;
@@ -513,33 +569,6 @@ impl Run<'_> {
             };
         }
         Ok(interrupted || self.interrupted())
-    }
-
-    /// Fetches each key the fetched segments need and that is not known yet, once.
-    fn fetch_keys(&mut self) {
-        for track in &self.tracks {
-            let media = &track.media;
-            let crypts = media
-                .segments
-                .iter()
-                .map(|s| (&s.crypt, &s.uri))
-                .chain(media.maps.iter().map(|m| (&m.crypt, &m.uri)));
-            for (crypt, uri) in crypts {
-                let Some(crypt) = crypt else { continue };
-                if self.keys.has(&crypt.key) {
-                    continue;
-                }
-                // A key for a segment that failed anyway, or is not fetched yet, waits.
-                let fetched = self
-                    .resources
-                    .state(uri)
-                    .is_some_and(|st| matches!(st, State::Kept | State::Fetched));
-                if fetched {
-                    self.keys
-                        .insert(crypt.key.clone(), fetch_key(&self.api, &crypt.key));
-                }
-            }
-        }
     }
 }
 
@@ -634,20 +663,4 @@ fn reload(api: &Api, url: &Url) -> Result<Media, HlsError> {
 pub(super) fn file_name(url: &Url) -> OsString {
     let digest = Sha256::digest(url.as_str().as_bytes());
     OsString::from(format!("{}.seg", hex::encode(&digest[..16])))
-}
-
-fn fetch_key(api: &Api, url: &Url) -> Result<[u8; 16], String> {
-    let answer = api.get(url).map_err(|e| format!("key {url}: {e}"))?;
-    if !(200..300).contains(&answer.head.status) {
-        return Err(format!(
-            "key {url}: server answered {} {}",
-            answer.head.status, answer.head.reason
-        ));
-    }
-    <[u8; 16]>::try_from(answer.body.as_slice()).map_err(|_| {
-        format!(
-            "key {url}: {} bytes; an AES-128 key is exactly 16 (RFC 8216 section 5.1)",
-            answer.body.len()
-        )
-    })
 }

@@ -24,6 +24,7 @@ mod crypt;
 mod fetch;
 pub(crate) mod playlist;
 pub(crate) mod select;
+mod writer;
 
 use std::path::PathBuf;
 
@@ -54,7 +55,7 @@ pub struct Options {
 }
 
 /// Segments missing from an output: media sequence numbers `first..=last`.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 #[non_exhaustive]
 pub struct Gap {
     /// The first missing media sequence number.

@@ -334,12 +334,9 @@ fn kill_9_mid_stream_then_the_same_command_gives_the_same_bytes() {
             .spawn()
             .expect("start ferry");
         let work = work_dir(&dest);
-        let first_segment_in = || {
-            std::fs::read_dir(&work).is_ok_and(|d| {
-                d.flatten()
-                    .any(|e| e.file_name().to_string_lossy().ends_with(".seg"))
-            })
-        };
+        // A segment written to the output and covered by a checkpoint (the work folder's
+        // `state`, written only once something is).
+        let first_segment_in = || work.join("state").exists();
         while !first_segment_in() {
             if child.try_wait().expect("wait").is_some() {
                 panic!("ferry ended before a segment was in");
@@ -353,7 +350,14 @@ fn kill_9_mid_stream_then_the_same_command_gives_the_same_bytes() {
         let r = report(&get(backend, &url, &dest, &[]), backend, "after kill -9");
         assert_bytes(&dest, &s.plain_ts(), "after kill -9");
         let kept = r["kept"].as_u64().unwrap_or(0);
-        assert!(kept >= 1, "the segment in before the kill is kept: {r}");
+        assert!(
+            kept >= 1,
+            "the segment written before the kill is kept: {r}"
+        );
+        assert!(
+            r["fetched_bytes"].as_u64() < Some(s.plain_ts().len() as u64),
+            "not everything fetched again: {r}"
+        );
         eprintln!("ran on backend {backend:?}: killed with {kept} segments in; resumed");
     }
 }
