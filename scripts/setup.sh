@@ -14,8 +14,9 @@
 #   ffmpeg       makes the HLS test streams (testkit/src/hls.rs) and reads ferry's output back
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 #   huggingface_hub 0.26.5 (PyPI, in target/hf-venvs/)   an old release, for the same
-# With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian) and
-# hf_transfer (PyPI).
+# With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian),
+# hf_transfer and yt-dlp (PyPI; `yt-dlp[default]`, its documented install, which brings
+# pycryptodomex for AES-128 HLS and requests for kept-alive connections).
 set -euo pipefail
 
 need=()
@@ -52,6 +53,8 @@ fi
 
 if [ "${1:-}" = "--bench" ]; then
   python3 -c 'import hf_transfer' 2>/dev/null || python3 -m pip install -q hf_transfer
+  python3 -c 'import yt_dlp, Cryptodome, requests' 2>/dev/null ||
+    python3 -m pip install -q "yt-dlp[default]"
 fi
 
 python3 -c 'import huggingface_hub' 2>/dev/null || python3 -m pip install -q huggingface_hub

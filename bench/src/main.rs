@@ -25,6 +25,7 @@
 //! one table here, where a reader compares them; the origins and the suites with their own flow
 //! have their own files (`origin.rs`, `https.rs`, `pull.rs`, `wan.rs`).
 
+mod hls;
 mod https;
 mod mirror;
 mod origin;
@@ -61,8 +62,9 @@ pub(crate) fn suites() -> impl Iterator<Item = &'static str> {
 }
 
 /// Suites that run only when named: `h3` (HTTP/3 against TCP from Caddy, and ngtcp2's
-/// client), `mirror` (`ferry serve --upstream` and its clients, `mirror.rs`).
-const OTHER_SUITES: [&str; 2] = ["h3", mirror::SUITE];
+/// client), `mirror` (`ferry serve --upstream` and its clients, `mirror.rs`), `hls-80` and
+/// `hls-80-aes` (an HLS stream through the relay, `hls.rs`).
+const OTHER_SUITES: [&str; 4] = ["h3", mirror::SUITE, hls::SUITE, hls::AES];
 
 struct Args {
     /// The arguments as given, for the report.
@@ -967,6 +969,9 @@ impl SuiteResult {
 fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
     if suite == mirror::SUITE {
         return mirror::run(args, scratch);
+    }
+    if hls::SUITES.contains(&suite) {
+        return hls::run(suite, args, scratch);
     }
     if suite == "pull" || wan::scenario(suite).is_some_and(|w| w.load == wan::Load::Repo) {
         return pull::run(suite, args, scratch);
