@@ -529,7 +529,7 @@ fn rows(r: &SuiteResult) -> Vec<Row> {
 
 /// How a suite is measured, in words (also for suites recorded by an earlier run).
 fn suite_note(suite: &str) -> &'static str {
-    if let Some(note) = crate::wan::note(suite) {
+    if let Some(note) = crate::wan::note(suite).or_else(|| crate::hls::note(suite)) {
         return note;
     }
     match suite {

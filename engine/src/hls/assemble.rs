@@ -197,26 +197,28 @@ fn copy_inner(
     };
     src.seek(SeekFrom::Start(offset)).map_err(io)?;
     let mut src = src.take(len);
-    let mut buf = vec![0u8; CHUNK.min(len as usize).max(1)];
-    let mut plain = Vec::new();
     let mut dec = key.map(|(k, c)| Decryptor::new(k, &c.iv));
+    let mut plain = Vec::new();
     let mut written = 0u64;
-    loop {
-        let n = src.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        let bytes = match &mut dec {
-            None => &buf[..n],
-            Some(d) => {
-                plain.clear();
-                d.update(&buf[..n], &mut plain);
-                &plain[..]
+    BUF.with_borrow_mut(|buf| {
+        buf.resize(CHUNK, 0);
+        loop {
+            let n = src.read(buf).map_err(io)?;
+            if n == 0 {
+                return Ok::<(), String>(());
             }
-        };
-        out.write_all(bytes).map_err(|e| format!("write: {e}"))?;
-        written += bytes.len() as u64;
-    }
+            let bytes = match &mut dec {
+                None => &buf[..n],
+                Some(d) => {
+                    plain.clear();
+                    d.update(&buf[..n], &mut plain);
+                    &plain[..]
+                }
+            };
+            out.write_all(bytes).map_err(|e| format!("write: {e}"))?;
+            written += bytes.len() as u64;
+        }
+    })?;
     if let Some(d) = dec {
         plain.clear();
         d.finish(&mut plain)
@@ -224,7 +226,15 @@ fn copy_inner(
         out.write_all(&plain).map_err(|e| format!("write: {e}"))?;
         written += plain.len() as u64;
     }
+    if written != len && key.is_none() {
+        return Err(format!("{}: {written} of {len} bytes read", r.url));
+    }
     Ok(written)
+}
+
+thread_local! {
+    /// The read buffer, reused: one allocation per thread, not one per segment.
+    static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Adds `msn` to the gaps, joining the last stretch when it follows it for the same reason.

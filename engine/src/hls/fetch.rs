@@ -1,12 +1,14 @@
-//! The download of a stream, step by step: playlists and keys (small, blocking, through the
-//! Hub API client's retries and redirects), every segment and init section as one engine job
-//! over shared connections, a second round for segments refused with 401/403/410 after the
-//! playlist is loaded again (signed URLs expire), then `assemble.rs`.
+//! The download of a stream, step by step: playlists (small, blocking, through the Hub API
+//! client's retries and redirects), every segment and init section still needed as one engine
+//! job over shared connections while `writer.rs` writes what has landed, a second round for
+//! segments refused with 401/403/410 after the playlist is loaded again (signed URLs expire);
+//! for a live playlist, a job per reload.
 //!
 //! Invariant: a resource (a segment's or init section's URL) is fetched at most once per run,
-//! into the work folder under a name made from a hash of its URL; one already there from an
-//! earlier run is complete (the engine renames a file into place only once all of it is written
-//! and durable) and is kept. Not here: decrypting and writing the outputs (`assemble.rs`).
+//! into the work folder under a name made from a hash of its URL, as a scratch file (not
+//! fsynced). One there from an earlier run is kept only if that run stopped cleanly and listed
+//! it as made durable; any other is removed and fetched again. Not here: decrypting and writing
+//! the outputs (`writer.rs`, `assemble.rs`).
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -6,12 +6,13 @@
 //!
 //! Invariants: a segment that could not be fetched or decrypted is a gap, reported by media
 //! sequence number ([`Gap`]); with a gap and without [`Options::allow_gaps`] nothing is written
-//! under a final name and the segments fetched so far are kept for the next run. Outputs appear
-//! only complete and durable (written to a temporary name, fsynced, renamed). Segments land in a
-//! work folder beside the output (`OUTPUT.ferry-hls/`, named by a hash of their URL, never by a
-//! name from the playlist) and are removed once the outputs are in place; a run that stops
-//! before that (a crash, `kill -9`, Ctrl-C) is resumed by the same command, which fetches only
-//! what is missing. Keys stay in memory, never on disk.
+//! under a final name and what was fetched and written is kept for the next run. Outputs appear
+//! only complete and durable (grown in a work folder beside the output, `OUTPUT.ferry-hls/`,
+//! fsynced, renamed into place). Segments land in that folder (named by a hash of their URL,
+//! never by a name from the playlist) and are appended to the outputs in order as they land,
+//! then removed; checkpoints record how far each output got, so a run that stops (a crash,
+//! `kill -9`, Ctrl-C) is resumed by the same command, which fetches only what is missing. Keys
+//! stay in memory, never on disk.
 //!
 //! A live playlist (no `EXT-X-ENDLIST`) is recorded: loaded again as RFC 8216 section 6.3.4
 //! says, its new segments fetched as they appear, until it ends, [`Options::duration`], an
