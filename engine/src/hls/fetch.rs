@@ -546,6 +546,13 @@ impl Run<'_> {
             self.writer
                 .advance(&self.tracks, &self.resources, &mut self.keys, false)?;
         }
+        tracing::debug!(
+            "job of {} resources done; written so far: {:?} segments per track",
+            pending.len(),
+            (0..self.tracks.len())
+                .map(|t| self.writer.next(t))
+                .collect::<Vec<_>>()
+        );
         let mut interrupted = false;
         for (i, result) in pending.into_iter().zip(job.wait_all()) {
             let r = &mut self.resources.list[i];

@@ -512,6 +512,7 @@ impl Writer {
     }
 
     fn checkpoint_keeping(&mut self, kept: Vec<String>) -> Result<(), HlsError> {
+        let started = Instant::now();
         for (t, out) in self.tracks.iter().enumerate() {
             if let Some(f) = &out.part {
                 f.sync_data().map_err(|source| HlsError::Io {
@@ -538,6 +539,11 @@ impl Writer {
         for name in self.unlink.drain(..) {
             let _ = self.work.unlink(&name);
         }
+        tracing::trace!(
+            "checkpoint of {} bytes in {:.3} s",
+            self.since,
+            started.elapsed().as_secs_f64()
+        );
         self.since = 0;
         self.at = Instant::now();
         Ok(())
