@@ -252,6 +252,9 @@ struct Parser<'b> {
     last_range: Option<(Url, u64)>,
     over_target_warned: bool,
     missing_extinf_warned: bool,
+    /// An http:// URI in an https:// playlist was warned about (`resolve` takes `&self`).
+    downgrade_warned: std::cell::Cell<bool>,
+    warnings_late: std::cell::RefCell<Vec<String>>,
     // Master state.
     pending_variant: Option<(Variant, usize)>,
 }
@@ -276,12 +279,26 @@ impl<'b> Parser<'b> {
             last_range: None,
             over_target_warned: false,
             missing_extinf_warned: false,
+            downgrade_warned: std::cell::Cell::new(false),
+            warnings_late: std::cell::RefCell::new(Vec::new()),
             pending_variant: None,
         }
     }
 
     fn run<'t>(mut self, lines: impl Iterator<Item = &'t str>) -> Result<Playlist, ParseError> {
         let mut target_seen = false;
+        let result = self.lines(lines, &mut target_seen);
+        let late = self.warnings_late.take();
+        self.warnings.extend(late);
+        result?;
+        self.finish(target_seen)
+    }
+
+    fn lines<'t>(
+        &mut self,
+        lines: impl Iterator<Item = &'t str>,
+        target_seen: &mut bool,
+    ) -> Result<(), ParseError> {
         for (i, line) in lines.enumerate() {
             let n = i + 2;
             if line.is_empty() {
@@ -293,7 +310,7 @@ impl<'b> Parser<'b> {
                     None => (tag, None),
                 };
                 if name == "-X-TARGETDURATION" {
-                    target_seen = true;
+                    *target_seen = true;
                 }
                 self.tag(n, name, value)?;
             } else if line.starts_with('#') {
@@ -302,6 +319,10 @@ impl<'b> Parser<'b> {
                 self.uri_line(n, line)?;
             }
         }
+        Ok(())
+    }
+
+    fn finish(mut self, target_seen: bool) -> Result<Playlist, ParseError> {
         match self.kind.map(|(k, _)| k) {
             Some(Kind::Master) => {
                 if self.pending_variant.is_some() {
@@ -549,10 +570,14 @@ impl<'b> Parser<'b> {
                     return fail(n, "EXT-X-KEY METHOD=AES-128 without URI (required)");
                 };
                 let iv = a.get("IV").map(|v| iv(n, v)).transpose()?;
-                KeyState::Aes128 {
-                    uri: self.resolve(n, uri)?,
-                    iv,
+                let uri = self.resolve(n, uri)?;
+                if self.base.scheme() == "https" && uri.scheme() == "http" {
+                    return fail(
+                        n,
+                        "an AES-128 key over http:// named by a playlist fetched over https://: the key would travel in the clear, so the playlist is refused",
+                    );
                 }
+                KeyState::Aes128 { uri, iv }
             }
             "SAMPLE-AES" | "SAMPLE-AES-CTR" | "SAMPLE-AES-CENC" if format == "identity" => {
                 KeyState::SampleAes
@@ -736,6 +761,14 @@ impl<'b> Parser<'b> {
             what: format!("line {n}: URI {uri:?}: {e}"),
         })?;
         match url.scheme() {
+            "http" if self.base.scheme() == "https" => {
+                if !self.downgrade_warned.replace(true) {
+                    self.warnings_late.borrow_mut().push(format!(
+                        "line {n}: {url} is plain http:// in a playlist fetched over https://; its bytes are not protected in transit"
+                    ));
+                }
+                Ok(url)
+            }
             "http" | "https" => Ok(url),
             other => fail(
                 n,

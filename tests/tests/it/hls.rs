@@ -898,3 +898,58 @@ fn a_playlist_is_recognised_by_its_first_line_and_no_hls_keeps_it() {
         eprintln!("ran on backend {backend:?}: playlist sniffed; --no-hls kept it");
     }
 }
+
+/// Over HTTPS (nginx, a private CA given by `--ca-file`): an AES-128 stream whose playlist,
+/// keys and segments are all https comes out byte-identical; a playlist fetched over https that
+/// names a key over plain http is refused (the key would travel in the clear); a segment over
+/// plain http is fetched, with a warning.
+#[test]
+fn over_https_keys_never_downgrade_to_http() {
+    let s = hls::streams();
+    let pki = ferry_testkit::tls::TestPki::new();
+    let (root, stream) = copy_stream("tsenc");
+    let nginx = Nginx::start_tls(root.path(), &pki.localhost);
+    let ca = pki.ca.display().to_string();
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("tls.ts");
+        let url = nginx.https_url("localhost", "files", "tsenc/index.m3u8");
+        let r = report(
+            &get(backend, &url, &dest, &["--ca-file", &ca]),
+            backend,
+            "https",
+        );
+        assert_bytes(&dest, &s.plain_ts(), "over https");
+        assert_eq!(r["tracks"][0]["decrypted"], 4, "{r}");
+        eprintln!("ran on backend {backend:?}: AES-128 stream over https");
+    }
+    let backend = backends_under_test()[0];
+    let plain = nginx.url("files", "tsenc");
+    let text = std::fs::read_to_string(stream.join("index.m3u8")).expect("playlist");
+    std::fs::write(
+        stream.join("downgrade.m3u8"),
+        text.replace("URI=\"k1.key\"", &format!("URI=\"{plain}/k1.key\"")),
+    )
+    .expect("write");
+    let out = tempfile::tempdir().expect("tmp");
+    let dest = out.path().join("down.ts");
+    let url = nginx.https_url("localhost", "files", "tsenc/downgrade.m3u8");
+    let o = get(backend, &url, &dest, &["--ca-file", &ca]);
+    assert_clean_failure(&o, 3, "in the clear", "http key under https");
+    assert!(!dest.exists());
+    // A clear segment over plain http: fetched, and warned about.
+    std::fs::write(
+        stream.join("mixed.m3u8"),
+        text.replace("\ns12.ts", &format!("\n{plain}/s12.ts")),
+    )
+    .expect("write");
+    let url = nginx.https_url("localhost", "files", "tsenc/mixed.m3u8");
+    let r = report(
+        &get(backend, &url, &dest, &["--ca-file", &ca]),
+        backend,
+        "mixed",
+    );
+    assert_bytes(&dest, &s.plain_ts(), "mixed");
+    let warnings = r["warnings"].to_string();
+    assert!(warnings.contains("not protected"), "{r}");
+}

@@ -48,7 +48,9 @@ fn a_plain_vod_playlist_resolves_numbers_and_uris() {
             .iter()
             .all(|s| s.crypt.is_none() && s.map.is_none())
     );
-    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
+    // The one plain http:// segment under an https:// playlist is said once.
+    assert_eq!(m.warnings.len(), 1, "{:?}", m.warnings);
+    assert!(m.warnings[0].contains("line 11"), "{:?}", m.warnings);
 }
 
 #[test]
@@ -272,4 +274,27 @@ fn ivs_are_left_padded_and_checked() {
     assert!(iv(1, "12").is_err());
     assert!(iv(1, "0x123456789012345678901234567890123").is_err());
     assert!(iv(1, "0xzz").is_err());
+}
+
+#[test]
+fn an_https_playlist_never_sends_a_key_over_http_and_warns_of_clear_segments() {
+    // base() is https.
+    let e = error(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-KEY:METHOD=AES-128,URI=\"http://keys.example/k\"\n#EXTINF:1,\na.ts\n",
+    );
+    assert!(e.contains("in the clear"), "{e}");
+    let m = media(
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://cdn.example/a.ts\n#EXTINF:1,\nhttp://cdn.example/b.ts\n#EXT-X-ENDLIST\n",
+    );
+    assert_eq!(m.warnings.len(), 1, "warned once: {:?}", m.warnings);
+    assert!(m.warnings[0].contains("not protected"), "{:?}", m.warnings);
+    // Over plain http, an http key is what the playlist already is: no refusal, no warning.
+    let http = Url::parse("http://cdn.example/index.m3u8").expect("test input");
+    let Ok(Playlist::Media(m)) = parse(
+        b"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXT-X-KEY:METHOD=AES-128,URI=\"k\"\n#EXTINF:1,\na.ts\n",
+        &http,
+    ) else {
+        panic!("an http playlist with an http key parses");
+    };
+    assert!(m.warnings.is_empty(), "{:?}", m.warnings);
 }
