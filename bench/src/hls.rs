@@ -316,22 +316,7 @@ fn ferry_report(stdout: &str, s: &Stream, aes: bool) -> anyhow::Result<(String, 
 
 /// ffprobe's duration of `path`, in seconds.
 fn probe_seconds(path: &Path) -> anyhow::Result<f64> {
-    let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(path)
-        .output()
-        .context("run ffprobe")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .parse()
-        .with_context(|| format!("ffprobe {}: {text:?}", path.display()))
+    ferry_testkit::hls::duration_seconds(path).map_err(anyhow::Error::msg)
 }
 
 /// Checks a row's output: ferry's and yt-dlp's byte for byte against the plaintext, ffmpeg's

@@ -165,6 +165,30 @@ impl Streams {
     }
 }
 
+/// ffprobe's reading of a media file's duration, in seconds.
+pub fn duration_seconds(path: &Path) -> Result<f64, String> {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(path)
+        .output()
+        .map_err(|e| format!("run ffprobe: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim().parse().map_err(|_| {
+        format!(
+            "ffprobe {}: {text:?} ({})",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
 /// ffmpeg's per-stream SHA-256 of what it reads from `input` (a playlist or a media file):
 /// `ffmpeg -v error EXTRA_IN... -i INPUT -map 0 -c copy -f streamhash -hash sha256 -`, its
 /// stdout (a line per stream). Panics with ffmpeg's stderr if it fails. Pass

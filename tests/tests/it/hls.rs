@@ -455,27 +455,8 @@ fn ffmpeg_reads_what_ferry_wrote_from_an_encrypted_fmp4_stream() {
         backend,
         "srv",
     );
-    let probe = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "format=duration",
-            "-of",
-            "csv=p=0",
-        ])
-        .arg(&dest)
-        .output()
-        .expect("run ffprobe");
-    let secs: f64 = String::from_utf8_lossy(&probe.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0.0);
-    assert!(
-        (secs - 6.0).abs() < 0.5,
-        "ffprobe duration {secs}: {}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    let secs = hls::duration_seconds(&dest).expect("ffprobe reads the output");
+    assert!((secs - 6.0).abs() < 0.5, "ffprobe duration {secs}");
 }
 
 /// Waits until nginx has answered a request for `uri` (ferry fetched it), failing if `child`
@@ -509,6 +490,42 @@ fn spawn_get(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> std::pr
         .expect("start ferry")
 }
 
+/// A live window over `vod/` (segments 0-1 listed, no ENDLIST) served by nginx, and a
+/// `ferry get` recording it in the background.
+struct Live {
+    _root: tempfile::TempDir,
+    live: PathBuf,
+    nginx: Nginx,
+    _out: tempfile::TempDir,
+    dest: PathBuf,
+    child: std::process::Child,
+}
+
+impl Live {
+    fn start(s: &hls::Streams, backend: Backend, extra: &[&str]) -> Live {
+        let root = tempfile::tempdir().expect("tmp");
+        let live = root.path().join("live");
+        s.live_window(&live, 0, 2, 0, false);
+        let nginx = Nginx::start(root.path());
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("rec.ts");
+        let child = spawn_get(
+            backend,
+            &nginx.url("files", "live/index.m3u8"),
+            &dest,
+            extra,
+        );
+        Live {
+            _root: root,
+            live,
+            nginx,
+            _out: out,
+            dest,
+            child,
+        }
+    }
+}
+
 /// A live window over `vod/` that slides one segment each time ferry has fetched the newest
 /// one (so the test does not depend on timing), deleting what leaves it, until ENDLIST: the
 /// recording is every segment, byte for byte, with no gap.
@@ -516,18 +533,14 @@ fn spawn_get(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> std::pr
 fn a_live_stream_followed_to_its_end_is_recorded_without_a_gap() {
     let s = hls::streams();
     for backend in backends_under_test() {
-        let root = tempfile::tempdir().expect("tmp");
-        let live = root.path().join("live");
-        s.live_window(&live, 0, 2, 0, false);
-        let nginx = Nginx::start(root.path());
-        let out = tempfile::tempdir().expect("tmp");
-        let dest = out.path().join("rec.ts");
-        let mut child = spawn_get(
-            backend,
-            &nginx.url("files", "live/index.m3u8"),
-            &dest,
-            &["--hls"],
-        );
+        let Live {
+            _root,
+            live,
+            nginx,
+            _out,
+            dest,
+            mut child,
+        } = Live::start(s, backend, &["--hls"]);
         for first in 1..=4 {
             for msn in [first - 1, first] {
                 wait_for_request(&nginx, &mut child, &format!("/files/live/seg_{msn:05}.ts"));
@@ -555,13 +568,14 @@ fn a_live_stream_followed_to_its_end_is_recorded_without_a_gap() {
 fn segments_that_leave_a_live_window_unseen_are_a_reported_gap() {
     let s = hls::streams();
     for backend in backends_under_test() {
-        let root = tempfile::tempdir().expect("tmp");
-        let live = root.path().join("live");
-        s.live_window(&live, 0, 2, 0, false);
-        let nginx = Nginx::start(root.path());
-        let out = tempfile::tempdir().expect("tmp");
-        let dest = out.path().join("rec.ts");
-        let mut child = spawn_get(backend, &nginx.url("files", "live/index.m3u8"), &dest, &[]);
+        let Live {
+            _root,
+            live,
+            nginx,
+            _out,
+            dest,
+            mut child,
+        } = Live::start(s, backend, &[]);
         wait_for_request(&nginx, &mut child, "/files/live/seg_00001.ts");
         s.live_window(&live, 4, 2, 4, true);
         let o = child.wait_with_output().expect("ferry");
@@ -653,22 +667,7 @@ fn sixty_seconds_of_a_real_ffmpeg_live_stream_have_no_gap() {
             r["live"].as_str().unwrap_or("").contains("--duration"),
             "{r}"
         );
-        let probe = Command::new("ffprobe")
-            .args([
-                "-v",
-                "error",
-                "-show_entries",
-                "format=duration",
-                "-of",
-                "csv=p=0",
-            ])
-            .arg(&dest)
-            .output()
-            .expect("run ffprobe");
-        let secs: f64 = String::from_utf8_lossy(&probe.stdout)
-            .trim()
-            .parse()
-            .unwrap_or(0.0);
+        let secs = hls::duration_seconds(&dest).expect("ffprobe reads the recording");
         assert!(
             (secs - recorded).abs() < 2.0,
             "ffprobe reads {secs} s of a {recorded} s recording"
@@ -682,13 +681,14 @@ fn sixty_seconds_of_a_real_ffmpeg_live_stream_have_no_gap() {
 fn sigint_ends_a_live_recording_with_what_was_fetched() {
     let s = hls::streams();
     for backend in backends_under_test() {
-        let root = tempfile::tempdir().expect("tmp");
-        let live = root.path().join("live");
-        s.live_window(&live, 0, 2, 0, false);
-        let nginx = Nginx::start(root.path());
-        let out = tempfile::tempdir().expect("tmp");
-        let dest = out.path().join("rec.ts");
-        let mut child = spawn_get(backend, &nginx.url("files", "live/index.m3u8"), &dest, &[]);
+        let Live {
+            _root,
+            live: _,
+            nginx,
+            _out,
+            dest,
+            mut child,
+        } = Live::start(s, backend, &[]);
         for msn in [0, 1] {
             wait_for_request(&nginx, &mut child, &format!("/files/live/seg_{msn:05}.ts"));
         }
