@@ -153,6 +153,7 @@ pub(crate) fn run(
                 ferry::ErrorKind::NoSpace => exit::NO_SPACE,
                 ferry::ErrorKind::Interrupted => super::signals::interrupted_code(),
                 ferry::ErrorKind::Remote => exit::REMOTE,
+                ferry::ErrorKind::Busy => exit::BUSY,
                 _ => exit::INTERNAL,
             };
             super::fail(&e, code)

@@ -119,6 +119,8 @@ pub fn download(
             path: dir.join(&work_name),
             source,
         })?;
+    // One run per output: a second would append to the same parts.
+    let _lock = lock(&work)?;
     let plan = OutputPlan::new(&dir, &file, options.segments_dir.as_deref())?;
     // Live: every gap is final, so the recording goes on past it; VOD: a track stops at its
     // first gap, so that a later run can fill it in place (unless gaps are allowed).
@@ -291,6 +293,26 @@ fn load(api: &Api, url: &Url) -> Result<(Playlist, Url), HlsError> {
         what: e.what,
     })?;
     Ok((playlist, answer.url))
+}
+
+/// Locks the work folder for this run (held until the returned file is dropped); another run
+/// on the same output holding it is [`HlsError::Busy`].
+fn lock(work: &Dir) -> Result<std::fs::File, HlsError> {
+    use rustix::fs::{FlockOperation, OFlags};
+    let io = |source| HlsError::Io {
+        path: work.join("lock".as_ref()),
+        source,
+    };
+    let f = work
+        .open_std("lock".as_ref(), OFlags::RDWR | OFlags::CREATE)
+        .map_err(io)?;
+    match rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(f),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(HlsError::Busy {
+            path: work.path().to_path_buf(),
+        }),
+        Err(e) => Err(io(e.into())),
+    }
 }
 
 /// The output's folder (opened) and file name.

@@ -172,6 +172,12 @@ pub enum HlsError {
     /// The engine refused the job as a whole.
     #[error(transparent)]
     Get(#[from] GetError),
+    /// Another ferry is downloading to the same output (it holds the work folder's lock).
+    #[error("{}: another ferry is downloading to the same output", path.display())]
+    Busy {
+        /// The work folder.
+        path: PathBuf,
+    },
     /// Stopped by an interrupt; what was fetched is kept for the next run.
     #[error("interrupted; the segments fetched so far are kept, run the same command to resume")]
     Interrupted,
@@ -186,6 +192,7 @@ impl HlsError {
                 ErrorKind::Remote
             }
             HlsError::Io { .. } => ErrorKind::Local,
+            HlsError::Busy { .. } => ErrorKind::Busy,
             HlsError::Get(e) => e.kind(),
             HlsError::Interrupted => ErrorKind::Interrupted,
         }

@@ -953,3 +953,34 @@ fn over_https_keys_never_downgrade_to_http() {
     let warnings = r["warnings"].to_string();
     assert!(warnings.contains("not protected"), "{r}");
 }
+
+/// One writer per output: a second `ferry get` of a stream to the output a first one is still
+/// writing stops with exit 14 and touches nothing of the first's.
+#[test]
+fn a_second_download_to_the_same_output_is_refused_while_the_first_runs() {
+    let s = hls::streams();
+    let nginx = Nginx::start(&s.root);
+    let url = nginx.url("files", "enc/index.m3u8");
+    for backend in backends_under_test() {
+        let out = tempfile::tempdir().expect("tmp");
+        let dest = out.path().join("one.ts");
+        let mut first = ferry_command(backend)
+            .args(["--limit-rate", "8K", "get", &url, "-o"])
+            .arg(&dest)
+            .arg("--quiet")
+            .spawn()
+            .expect("start ferry");
+        while !work_dir(&dest).join("lock").exists() {
+            if let Some(st) = first.try_wait().expect("wait") {
+                panic!("the first ferry ended ({st}) before it took its lock");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let o = get(backend, &url, &dest, &[]);
+        assert_clean_failure(&o, 14, "another ferry", "second writer");
+        let st = first.wait().expect("first ferry");
+        assert!(st.success(), "the first ferry: {st}");
+        assert_bytes(&dest, &s.plain_ts(), "the first writer's output");
+        eprintln!("ran on backend {backend:?}: a second writer was refused");
+    }
+}
