@@ -72,6 +72,17 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
+/// `ferry --limit-rate 8K get URL -o OUT --quiet` in the background: a stream of about 100 KB
+/// takes it seconds, so a test can act while it runs.
+fn spawn_slow(backend: Backend, url: &str, out: &Path) -> std::process::Child {
+    ferry_command(backend)
+        .args(["--limit-rate", "8K", "get", url, "-o"])
+        .arg(out)
+        .arg("--quiet")
+        .spawn()
+        .expect("start ferry")
+}
+
 fn work_dir(out: &Path) -> PathBuf {
     let mut w = out.as_os_str().to_owned();
     w.push(".ferry-hls");
@@ -327,12 +338,7 @@ fn kill_9_mid_stream_then_the_same_command_gives_the_same_bytes() {
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("k.ts");
         // Slow enough (8 KB/s over ~100 KB) that it is still running when a segment is in.
-        let mut child = ferry_command(backend)
-            .args(["--limit-rate", "8K", "get", &url, "-o"])
-            .arg(&dest)
-            .arg("--quiet")
-            .spawn()
-            .expect("start ferry");
+        let mut child = spawn_slow(backend, &url, &dest);
         let work = work_dir(&dest);
         // A segment written to the output and covered by a checkpoint (the work folder's
         // `state`, written only once something is).
@@ -964,12 +970,7 @@ fn a_second_download_to_the_same_output_is_refused_while_the_first_runs() {
     for backend in backends_under_test() {
         let out = tempfile::tempdir().expect("tmp");
         let dest = out.path().join("one.ts");
-        let mut first = ferry_command(backend)
-            .args(["--limit-rate", "8K", "get", &url, "-o"])
-            .arg(&dest)
-            .arg("--quiet")
-            .spawn()
-            .expect("start ferry");
+        let mut first = spawn_slow(backend, &url, &dest);
         while !work_dir(&dest).join("lock").exists() {
             if let Some(st) = first.try_wait().expect("wait") {
                 panic!("the first ferry ended ({st}) before it took its lock");
