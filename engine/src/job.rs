@@ -46,6 +46,9 @@ pub struct GetItem {
     /// A scratch file read back and removed soon (an HLS segment): written through the page
     /// cache and not fsynced, so that one removed before writeback never reaches the disk.
     pub(crate) scratch: bool,
+    /// Kept in memory when it fits this holding's budget, handed over there instead of renamed
+    /// into place ([`crate::backend::held`]); written to `output`'s partial file otherwise.
+    pub(crate) hold: Option<Arc<crate::backend::held::Holding>>,
 }
 
 impl GetItem {
@@ -63,12 +66,19 @@ impl GetItem {
             watch: None,
             once: false,
             scratch: false,
+            hold: None,
         }
     }
 
     /// The output is a scratch file: buffered, not fsynced (see the field).
     pub(crate) fn scratch(mut self) -> GetItem {
         self.scratch = true;
+        self
+    }
+
+    /// The body is kept in memory when `holding` has room for it (see the field).
+    pub(crate) fn hold(mut self, holding: Arc<crate::backend::held::Holding>) -> GetItem {
+        self.hold = Some(holding);
         self
     }
 

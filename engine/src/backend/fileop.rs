@@ -20,6 +20,9 @@
 //!   (measured: docs/decisions.md, "Dropping written stretches from the page cache"); on bare
 //!   metal the same keeps a download from pushing a machine's working set out of its cache.
 //!
+//! - [`start_writeback_now`] and [`drop_behind_now`]: the same, blocking, for a thread that
+//!   is not a worker (HLS's writer appends its outputs with plain writes).
+//!
 //! - [`written_back`] (`sync_file_range` on the blocking pool, whole file): after a `syncfs`
 //!   made a group of files durable, each file's own writeback errors.
 //!
@@ -173,6 +176,29 @@ unsafe impl<S: AsFd> PollOpCode for FileOp<S> {
 pub(crate) fn written_back(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
     // A length of 0: to the end of the file.
     sync_file_range(fd, &(0..0), WRITE_AND_WAIT)
+}
+
+/// Blocking [`start_writeback`], for a thread of its own (HLS's writer).
+pub(crate) fn start_writeback_now(
+    fd: std::os::fd::BorrowedFd<'_>,
+    range: Range<u64>,
+) -> io::Result<()> {
+    sync_file_range(fd, &range, libc::SYNC_FILE_RANGE_WRITE)
+}
+
+/// Blocking [`drop_behind`], for a thread of its own (HLS's writer).
+pub(crate) fn drop_behind_now(
+    fd: std::os::fd::BorrowedFd<'_>,
+    range: Range<u64>,
+) -> io::Result<()> {
+    sync_file_range(fd, &range, WRITE_AND_WAIT)?;
+    rustix::fs::fadvise(
+        fd,
+        range.start,
+        std::num::NonZeroU64::new(range.end - range.start),
+        rustix::fs::Advice::DontNeed,
+    )
+    .map_err(io::Error::from)
 }
 
 /// The length of `range` for an op's 32-bit length field (stretches are a few MiB).

@@ -21,6 +21,7 @@ pub(crate) mod buf;
 pub(crate) mod fileop;
 pub(crate) mod fixed;
 pub(crate) mod gate;
+pub(crate) mod held;
 pub(crate) mod nofollow;
 pub(crate) mod sink;
 pub(crate) mod sockopt;

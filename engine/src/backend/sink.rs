@@ -48,6 +48,7 @@ use serde::Serialize;
 
 use super::buf::{AlignedBuf, BUF_ALIGN};
 use super::gate::Tokens;
+use super::held::HeldBody;
 use super::{Backend, fileop, fixed};
 
 /// How bytes are written to the file.
@@ -133,6 +134,8 @@ impl FileShare {
 pub(crate) struct FileSink {
     buffered: File,
     direct: Option<File>,
+    /// The bytes go to memory instead ([`super::held`]): no descriptor is written.
+    held: Option<Arc<HeldBody>>,
     align: u64,
     splice: bool,
     /// Shared with the other workers' sinks of the file.
@@ -155,8 +158,22 @@ impl FileSink {
         FileSink {
             buffered,
             direct: direct.filter(|_| kind == SinkKind::Direct),
+            held: None,
             align: align.max(BUF_ALIGN as u64),
             splice: kind == SinkKind::Splice,
+            share,
+        }
+    }
+
+    /// A sink whose bytes go to `body` in memory; `buffered` (the partial file, left empty)
+    /// is only held.
+    pub(crate) fn held(buffered: File, body: Arc<HeldBody>, share: FileShare) -> FileSink {
+        FileSink {
+            buffered,
+            direct: None,
+            held: Some(body),
+            align: BUF_ALIGN as u64,
+            splice: false,
             share,
         }
     }
@@ -180,6 +197,9 @@ impl FileSink {
     /// a write that completes a stretch starts its writeback and drops an older one; an error
     /// from that older stretch's writeback is this write's.
     pub(crate) async fn write<B: IoBuf>(&mut self, buf: B, at: u64) -> (io::Result<()>, B) {
+        if let Some(body) = &self.held {
+            return (body.write(buf.as_init(), at), buf);
+        }
         let len = buf.buf_len() as u64;
         let (result, buf) = self.write_through(buf, at).await;
         if result.is_err() || self.direct.is_some() {
@@ -255,6 +275,14 @@ impl FileSink {
         len: u64,
     ) -> (io::Result<usize>, AlignedBuf) {
         buf.clear();
+        if let Some(body) = &self.held {
+            let Ok(n) = usize::try_from(len) else {
+                return (Err(io::Error::other("read-back too large")), buf);
+            };
+            assert!(n <= buf.capacity(), "read-back buffer too small");
+            let r = body.read(at, n, |bytes| buf.push_slice(bytes)).map(|()| 0);
+            return (r, buf);
+        }
         let (file, start, skip, want) = match &self.direct {
             Some(d) => {
                 let start = at / self.align * self.align;

@@ -49,6 +49,10 @@ pub(crate) struct HlsArgs {
     /// A live stream: stop when its playlist has not changed for this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
     live_timeout: u64,
+    /// Memory for segments between their download and their writing (default 256M). A segment
+    /// that does not fit goes through a file in the work folder; 0: every segment does.
+    #[arg(long, value_name = "SIZE", value_parser = super::parse_size_or_zero)]
+    hls_memory: Option<u64>,
 }
 
 impl HlsArgs {
@@ -63,6 +67,7 @@ impl HlsArgs {
             || self.segments_dir.is_some()
             || self.allow_gaps
             || self.duration.is_some()
+            || self.hls_memory.is_some()
             || urls.iter().any(|u| {
                 url::Url::parse(u).is_ok_and(|u| {
                     let p = u.path().to_ascii_lowercase();
@@ -124,6 +129,7 @@ pub(crate) fn run(
     options.allow_gaps = args.allow_gaps;
     options.duration = args.duration.map(Duration::from_secs);
     options.live_timeout = Some(Duration::from_secs(args.live_timeout));
+    options.memory = args.hls_memory;
     let show_bar = !quiet && !json && std::io::stderr().is_terminal();
     let bar = show_bar.then(super::progress::SegmentBar::new);
     let mut watch = |p: &ferry::Progress| {

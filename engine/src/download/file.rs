@@ -22,6 +22,7 @@ use super::output::parent_dir;
 use super::partial::Partial;
 use super::{durable, space};
 use crate::backend::Backend;
+use crate::backend::held::{HeldBody, Holding};
 use crate::backend::nofollow::Dir;
 use crate::backend::sink::{FileShare, FileSink, SinkChoice, SinkKind};
 use crate::error::GetError;
@@ -160,6 +161,8 @@ pub(crate) struct FileSpec {
     pub once: bool,
     /// Not fsynced ([`crate::job::GetItem::scratch`]).
     pub scratch: bool,
+    /// Kept in memory when it fits ([`crate::job::GetItem::hold`]).
+    pub hold: Option<Arc<Holding>>,
 }
 
 /// What every file of a job shares besides its settings: the progress counters, the hash
@@ -225,6 +228,10 @@ pub(crate) struct FileDownload {
     pub(super) once: bool,
     /// Not fsynced before the rename.
     pub(super) scratch: bool,
+    /// Where the body may be kept in memory, and its budget.
+    pub(super) hold: Option<Arc<Holding>>,
+    /// The current fetch's body in memory, when the holding had room for it.
+    pub(super) held: Mutex<Option<Arc<HeldBody>>>,
     /// Bytes of the file taken over from an earlier run.
     pub(super) resumed_bytes: AtomicU64,
     /// Bytes of this file that went socket -> pipe -> file (the splice sink).
@@ -304,6 +311,8 @@ impl FileDownload {
             watch: spec.watch,
             once: spec.once,
             scratch: spec.scratch,
+            hold: spec.hold,
+            held: Mutex::new(None),
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),
@@ -605,12 +614,42 @@ impl FileDownload {
         self.open_sink_as(Some(created), kind).await
     }
 
+    /// Keeps this fetch's body of `len` bytes in memory when the item may be held and the
+    /// holding has room (never for a file that is hashed, journaled or watched: those need
+    /// their bytes on disk); returns whether it is held. Called once the first answer stated
+    /// the size, before any byte is written.
+    pub(super) fn try_hold(&self, len: u64) -> bool {
+        let body = match &self.hold {
+            Some(h)
+                if self.checksum.is_none() && self.journal.is_none() && self.watch.is_none() =>
+            {
+                h.reserve(len)
+            }
+            _ => None,
+        };
+        let held = body.is_some();
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = body;
+        held
+    }
+
+    /// The current fetch's body in memory, if it is held.
+    pub(super) fn held_body(&self) -> Option<Arc<HeldBody>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub(super) async fn open_sink_as(
         &self,
         created: Option<File>,
         kind: SinkKind,
     ) -> Result<FileSink, GetError> {
         let share = self.sink_share.clone();
+        if let Some(body) = self.held_body() {
+            let file = match created {
+                Some(file) => file,
+                None => self.open_file().await?,
+            };
+            return Ok(FileSink::held(file, body, share));
+        }
         let opened = async {
             let buffered = match created {
                 Some(file) => file,

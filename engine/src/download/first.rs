@@ -98,7 +98,10 @@ pub(super) async fn start_file(
                 file.drop_resumed(&created)?;
                 resumed.clear();
             }
-            let sink = if whole {
+            let sink = if file.try_hold(total) {
+                file.set_total(total);
+                file.open_sink(Some(created)).await?
+            } else if whole {
                 // The whole file is in this answer: one write, nothing to reserve. A size known
                 // up front was checked before the request, a moment ago.
                 if file.size_hint != Some(total) {
@@ -147,7 +150,11 @@ pub(super) async fn start_file(
                 file.drop_resumed(&created)?;
             }
             if let Some(n) = length {
-                preallocate(file, &created, n).await?;
+                if file.try_hold(n) {
+                    file.set_total(n);
+                } else {
+                    preallocate(file, &created, n).await?;
+                }
             }
             Ok(Started::Stream(OneStream {
                 conn,
@@ -285,6 +292,7 @@ impl FileDownload {
         };
         self.resumed_bytes.store(0, Ordering::Relaxed);
         self.whole_buffered.store(false, Ordering::Relaxed);
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = None;
         // An io_uring op (OPENAT) on the uring back-end: creating files contends with journal
         // commits of other files' fsyncs, and must not stall the worker meanwhile.
         let file = self.partial.create(resumed.is_empty()).await?;

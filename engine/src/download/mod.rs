@@ -203,6 +203,7 @@ pub(crate) fn start(
             watch: item.watch,
             once: item.once,
             scratch: item.scratch,
+            hold: item.hold,
         };
         files.push(Arc::new(FileDownload::new(
             spec,

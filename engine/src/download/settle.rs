@@ -37,6 +37,10 @@ pub(super) async fn settle(file: &Arc<FileDownload>) -> Settled {
         Ok(Verified::Ok(hash)) => finish(file, hash).await,
         Err(e) => Err(e),
     };
+    if result.is_err() {
+        // A held body's share of the budget comes back at once.
+        file.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    }
     let journaled = file.journal_id.load(Ordering::Relaxed) != 0;
     match partial_fate(&result, journaled) {
         PartialFate::Published | PartialFate::LeaveAlone => {}
@@ -134,26 +138,36 @@ async fn finish(
             received: done,
         });
     }
-    // The file was truncated when created and grew by exactly the bytes counted in `done`.
-    let durable = file.open_file().await?;
-    if !file.scratch {
-        file.settings
-            .durable
-            .commit(&durable, file.sink.syncfs)
-            .await
-            .map_err(|source| file.io_error("fsync", source))?;
+    let held = file.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+    match (held.and_then(|b| b.take()), &file.hold) {
+        (Some(body), Some(holding)) => {
+            // Held in memory: handed over whole; the partial file was never written.
+            file.partial.discard();
+            holding.land(file.output.clone(), body);
+        }
+        _ => {
+            // The file was truncated when created and grew by exactly the bytes counted in
+            // `done`.
+            let durable = file.open_file().await?;
+            if !file.scratch {
+                file.settings
+                    .durable
+                    .commit(&durable, file.sink.syncfs)
+                    .await
+                    .map_err(|source| file.io_error("fsync", source))?;
+            }
+            file.partial.publish().map_err(|source| GetError::Io {
+                op: "rename",
+                path: file.output.clone(),
+                source,
+            })?;
+            if let Some((digest, _)) = &hash {
+                // After the rename: the mark must be the inode's last change (see
+                // `verify::mark`). It is not made durable; lost in a crash, it only costs a hash.
+                crate::verify::mark::set(&durable, digest);
+            }
+        }
     }
-    file.partial.publish().map_err(|source| GetError::Io {
-        op: "rename",
-        path: file.output.clone(),
-        source,
-    })?;
-    if let Some((digest, _)) = &hash {
-        // After the rename: the mark must be the inode's last change (see `verify::mark`). It
-        // is not made durable; lost in a crash, it only costs a hash.
-        crate::verify::mark::set(&durable, digest);
-    }
-    drop(durable);
     let seconds = file.started.elapsed().as_secs_f64();
     let (sink, sink_reason) = file.sink_used();
     Ok(Report {

@@ -151,17 +151,25 @@ fn fetch_key(api: &Api, url: &Url) -> Result<[u8; 16], String> {
     })
 }
 
+/// Where a resource's bytes are: held in memory (handed over by the engine), or its file in
+/// the work folder.
+#[derive(Clone, Copy)]
+pub(super) enum Src<'a> {
+    Memory(&'a [u8]),
+    File(&'a Dir),
+}
+
 /// Appends a resource (or its byte range), decrypted when `key` says so, to `out`; returns the
 /// bytes written. On an error `out` is cut back to where it was.
 pub(super) fn copy(
-    work: &Dir,
+    src: Src<'_>,
     r: &Resource,
     range: Option<ByteRange>,
     key: Option<&([u8; 16], &Crypt)>,
     out: &mut File,
 ) -> Result<u64, String> {
     let start = out.stream_position().map_err(|e| e.to_string())?;
-    let result = copy_inner(work, r, range, key, out);
+    let result = copy_inner(src, r, range, key, out);
     if result.is_err() {
         let cut = out
             .set_len(start)
@@ -173,59 +181,105 @@ pub(super) fn copy(
     result
 }
 
+/// The resource's bytes `range` picks: (offset, length), checked against its `size`.
+fn pick(r: &Resource, range: Option<ByteRange>, size: u64) -> Result<(u64, u64), String> {
+    match range {
+        None => Ok((0, size)),
+        Some(b) if b.offset.saturating_add(b.len) > size => Err(format!(
+            "{} is {size} bytes, shorter than its byte range {}@{}",
+            r.url, b.len, b.offset
+        )),
+        Some(b) => Ok((b.offset, b.len)),
+    }
+}
+
+/// Decrypts (when keyed) and writes what it is given, in order.
+struct Emit<'o> {
+    dec: Option<Decryptor>,
+    plain: Vec<u8>,
+    out: &'o mut File,
+    written: u64,
+}
+
+impl Emit<'_> {
+    fn put(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let bytes = match &mut self.dec {
+            None => bytes,
+            Some(d) => {
+                self.plain.clear();
+                d.update(bytes, &mut self.plain);
+                &self.plain[..]
+            }
+        };
+        self.out
+            .write_all(bytes)
+            .map_err(|e| format!("write: {e}"))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self, r: &Resource) -> Result<u64, String> {
+        if let Some(d) = self.dec.take() {
+            self.plain.clear();
+            d.finish(&mut self.plain)
+                .map_err(|e| format!("{}: {e}", r.url))?;
+            self.out
+                .write_all(&self.plain)
+                .map_err(|e| format!("write: {e}"))?;
+            self.written += self.plain.len() as u64;
+        }
+        Ok(self.written)
+    }
+}
+
 fn copy_inner(
-    work: &Dir,
+    src: Src<'_>,
     r: &Resource,
     range: Option<ByteRange>,
     key: Option<&([u8; 16], &Crypt)>,
     out: &mut File,
 ) -> Result<u64, String> {
-    let io = |e: std::io::Error| format!("{}: {e}", work.join(&r.name).display());
-    let mut src = work.open_std(&r.name, OFlags::RDONLY).map_err(io)?;
-    let size = src.metadata().map_err(io)?.len();
-    let (offset, len) = match range {
-        None => (0, size),
-        Some(b) => {
-            if b.offset.saturating_add(b.len) > size {
-                return Err(format!(
-                    "{} is {size} bytes, shorter than its byte range {}@{}",
-                    r.url, b.len, b.offset
-                ));
+    let mut emit = Emit {
+        dec: key.map(|(k, c)| Decryptor::new(k, &c.iv)),
+        plain: Vec::new(),
+        out,
+        written: 0,
+    };
+    let len = match src {
+        Src::Memory(bytes) => {
+            let (offset, len) = pick(r, range, bytes.len() as u64)?;
+            // In bounds: `pick` checked them against the length.
+            let bytes = &bytes[offset as usize..(offset + len) as usize];
+            for chunk in bytes.chunks(CHUNK) {
+                emit.put(chunk)?;
             }
-            (b.offset, b.len)
+            len
+        }
+        Src::File(work) => {
+            let io = |e: std::io::Error| format!("{}: {e}", work.join(&r.name).display());
+            let mut file = work.open_std(&r.name, OFlags::RDONLY).map_err(io)?;
+            let (offset, len) = pick(r, range, file.metadata().map_err(io)?.len())?;
+            file.seek(SeekFrom::Start(offset)).map_err(io)?;
+            let mut file = file.take(len);
+            let mut read = 0;
+            BUF.with_borrow_mut(|buf| {
+                buf.resize(CHUNK, 0);
+                loop {
+                    let n = file.read(buf).map_err(io)?;
+                    if n == 0 {
+                        return Ok::<(), String>(());
+                    }
+                    read += n as u64;
+                    emit.put(&buf[..n])?;
+                }
+            })?;
+            if read != len {
+                return Err(format!("{}: {read} of {len} bytes read", r.url));
+            }
+            len
         }
     };
-    src.seek(SeekFrom::Start(offset)).map_err(io)?;
-    let mut src = src.take(len);
-    let mut dec = key.map(|(k, c)| Decryptor::new(k, &c.iv));
-    let mut plain = Vec::new();
-    let mut written = 0u64;
-    BUF.with_borrow_mut(|buf| {
-        buf.resize(CHUNK, 0);
-        loop {
-            let n = src.read(buf).map_err(io)?;
-            if n == 0 {
-                return Ok::<(), String>(());
-            }
-            let bytes = match &mut dec {
-                None => &buf[..n],
-                Some(d) => {
-                    plain.clear();
-                    d.update(&buf[..n], &mut plain);
-                    &plain[..]
-                }
-            };
-            out.write_all(bytes).map_err(|e| format!("write: {e}"))?;
-            written += bytes.len() as u64;
-        }
-    })?;
-    if let Some(d) = dec {
-        plain.clear();
-        d.finish(&mut plain)
-            .map_err(|e| format!("{}: {e}", r.url))?;
-        out.write_all(&plain).map_err(|e| format!("write: {e}"))?;
-        written += plain.len() as u64;
-    }
+    let written = emit.finish(r)?;
     if written != len && key.is_none() {
         return Err(format!("{}: {written} of {len} bytes read", r.url));
     }

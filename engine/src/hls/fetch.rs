@@ -124,7 +124,15 @@ pub fn download(
     let plan = OutputPlan::new(&dir, &file, options.segments_dir.as_deref())?;
     // Live: every gap is final, so the recording goes on past it; VOD: a track stops at its
     // first gap, so that a later run can fill it in place (unless gaps are allowed).
-    let writer = Writer::new(&tracks, &work, plan, live || options.allow_gaps, !live)?;
+    let memory = options.memory.unwrap_or(super::writer::DEFAULT_MEMORY);
+    let writer = Writer::new(
+        &tracks,
+        &work,
+        plan,
+        live || options.allow_gaps,
+        !live,
+        memory,
+    )?;
     let keys = KeySource::new(Api::new(asked.clone(), None, engine.dialer().clone()));
     let mut run = Run {
         engine,
@@ -160,6 +168,7 @@ pub fn download(
         warnings,
         ..
     } = run;
+    let (in_memory, memory_peak) = writer.memory_use();
     let mut report = HlsReport {
         url: url.to_string(),
         variant,
@@ -168,6 +177,8 @@ pub fn download(
         kept,
         fetched_bytes,
         keys: keys.fetched(),
+        in_memory,
+        memory_peak,
         live: stopped,
         seconds: 0.0,
         backend: engine.selection().backend,
@@ -561,6 +572,7 @@ impl Run<'_> {
             GetItem::new(r.url.as_str(), self.work.join(&r.name))
                 .beneath(self.work.path())
                 .scratch()
+                .hold(self.writer.holding())
         });
         let mut job = self.engine.get_many(items)?;
         for Event::Progress(p) in job.events(Duration::from_millis(50)) {

@@ -53,6 +53,10 @@ pub struct Options {
     pub duration: Option<std::time::Duration>,
     /// Live: stop when the playlist has not changed for this long (default 120 s).
     pub live_timeout: Option<std::time::Duration>,
+    /// Bytes of segments held in memory between their download and their writing (default
+    /// 256 MiB; a segment larger than a quarter of it, or one that does not fit, goes through
+    /// a file in the work folder; 0: every segment does).
+    pub memory: Option<u64>,
 }
 
 /// Segments missing from an output: media sequence numbers `first..=last`.
@@ -113,6 +117,11 @@ pub struct HlsReport {
     pub fetched_bytes: u64,
     /// Keys fetched (each once).
     pub keys: u64,
+    /// Resources that went from the network to the outputs in memory (the others went
+    /// through a file in the work folder).
+    pub in_memory: u64,
+    /// The most bytes held in memory at once (at most [`Options::memory`]).
+    pub memory_peak: u64,
     /// For a live stream, why the recording stopped (`EXT-X-ENDLIST`, `--duration`, an
     /// interrupt, a playlist that stopped changing).
     pub live: Option<String>,

@@ -18,23 +18,31 @@
 //!
 //! Not here: fetching (`fetch.rs`), the bytes of one segment (`assemble.rs`).
 
+use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rustix::fs::OFlags;
 use serde::{Deserialize, Serialize};
 use url::Url;
 
-use super::assemble::{KeySource, Resources, copy, extension, push_gap, safe};
+use super::assemble::{KeySource, Resources, Src, copy, extension, push_gap, safe};
 use super::fetch::{State, Track};
 use super::{Gap, HlsError, TrackReport};
+use crate::backend::fileop::{self, STRETCH};
+use crate::backend::held::{Held, Holding};
 use crate::backend::nofollow::Dir;
+use crate::backend::sink::DROP_BEHIND;
 
 /// The checkpoint's name in the work folder.
 const STATE: &str = "state";
+/// Segments held in memory between their download and their writing, at most, by default
+/// (more land in the work folder as files).
+pub(super) const DEFAULT_MEMORY: u64 = 256 << 20;
 /// A checkpoint at least this often, in bytes written...
 const CHECKPOINT_BYTES: u64 = 64 << 20;
 /// ...or in time.
@@ -115,6 +123,8 @@ struct TrackOut {
     seg_dir: Option<Dir>,
     /// Stopped at a gap that a later run may fill: why (not saved, since that run retries it).
     stopped: Option<String>,
+    /// The part's stretches whose writeback was started, oldest first (see [`Writer::write_back`]).
+    started: VecDeque<u64>,
 }
 
 /// Every track's output, written as the segments land.
@@ -132,6 +142,10 @@ pub(super) struct Writer {
     pub resumed: u64,
     /// The resource files an earlier run made durable and listed.
     trusted: Vec<String>,
+    /// Where the engine hands over the resources it kept in memory...
+    holding: Arc<Holding>,
+    /// ...and those taken from it, by file name, until their last use.
+    held: HashMap<OsString, Arc<Held>>,
 }
 
 fn part_name(track: usize, part: usize) -> OsString {
@@ -157,13 +171,14 @@ fn fingerprint(tracks: &[Track]) -> String {
 
 impl Writer {
     /// A writer for `tracks`, resuming from the checkpoint in `work` when it is for the same
-    /// playlists (`resume`: a VOD stream).
+    /// playlists (`resume`: a VOD stream), taking segments held in up to `memory` bytes.
     pub(super) fn new(
         tracks: &[Track],
         work: &Dir,
         plan: OutputPlan,
         skip_gaps: bool,
         resume: bool,
+        memory: u64,
     ) -> Result<Writer, HlsError> {
         let fingerprint = fingerprint(tracks);
         let mut labels: Vec<String> = Vec::new();
@@ -205,6 +220,7 @@ impl Writer {
                 part: None,
                 seg_dir,
                 stopped: None,
+                started: VecDeque::new(),
             });
         }
         let mut w = Writer {
@@ -218,6 +234,8 @@ impl Writer {
             unlink: Vec::new(),
             resumed: 0,
             trusted: Vec::new(),
+            holding: Holding::new(memory),
+            held: HashMap::new(),
         };
         if resume {
             w.resume()?;
@@ -308,6 +326,16 @@ impl Writer {
         self.trusted.iter().any(|t| std::ffi::OsStr::new(t) == name)
     }
 
+    /// Where the engine may hand over resources in memory ([`crate::GetItem`]'s `hold`).
+    pub(super) fn holding(&self) -> Arc<Holding> {
+        Arc::clone(&self.holding)
+    }
+
+    /// Resources handed over in memory, and the most bytes held at once.
+    pub(super) fn memory_use(&self) -> (u64, u64) {
+        (self.holding.count(), self.holding.peak())
+    }
+
     /// Where each track stands: the next segment to write.
     pub(super) fn next(&self, track: usize) -> usize {
         self.tracks[track].saved.next
@@ -364,12 +392,13 @@ impl Writer {
                 },
                 (why, _) => why,
             };
+            let at = (self.tracks[t].saved.parts, self.tracks[t].saved.len);
             let written = match why {
                 Some(why) => Err(why),
                 None => self.write_segment(t, track, resources, keys),
             };
             match written {
-                Ok(()) => {}
+                Ok(()) => self.write_back(t, at)?,
                 Err(why) if self.skip_gaps => {
                     tracing::warn!("segment {} missing: {why}", seg.msn);
                     push_gap(&mut self.tracks[t].saved.gaps, seg.msn, seg.duration, why);
@@ -386,23 +415,70 @@ impl Writer {
                 && resources.last_use(&seg.uri) == Some((t, self.tracks[t].saved.next - 1))
                 && matches!(r.state, State::Kept | State::Fetched | State::Pending)
             {
+                self.held.remove(&r.name);
                 self.unlink.push(r.name.clone());
+            }
+            if self.since >= CHECKPOINT_BYTES {
+                self.checkpoint()?;
             }
         }
         Ok(())
     }
 
-    /// Whether the resource at `url` is in the work folder.
+    /// After a write to track `t`'s part that began at `from` (part, length): starts the
+    /// writeback of each [`STRETCH`] the write completed, and drops from the page cache the one
+    /// started [`DROP_BEHIND`] before it (waiting for it to be on the disk). Outputs so stay a
+    /// few stretches in the page cache however long the stream, and a checkpoint's fsync
+    /// finds little still dirty: it does not stop the writing for long.
+    fn write_back(&mut self, t: usize, from: (usize, u64)) -> Result<(), HlsError> {
+        let out = &mut self.tracks[t];
+        let Some(f) = &out.part else {
+            return Ok(());
+        };
+        let start = if from.0 == out.saved.parts { from.1 } else { 0 };
+        let fd = std::os::fd::AsFd::as_fd(f);
+        for s in start / STRETCH..out.saved.len / STRETCH {
+            let stretch = s * STRETCH..(s + 1) * STRETCH;
+            // Only a hint: what fails here fails again at the drop or the fsync.
+            if let Err(e) = fileop::start_writeback_now(fd, stretch.clone()) {
+                tracing::debug!("starting writeback of {stretch:?} failed: {e}");
+            }
+            out.started.push_back(stretch.start);
+            if out.started.len() > DROP_BEHIND
+                && let Some(old) = out.started.pop_front()
+            {
+                fileop::drop_behind_now(fd, old..old + STRETCH).map_err(|source| HlsError::Io {
+                    path: self.work.join(&part_name(t, out.saved.parts)),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the resource at `url` is in, in memory or in the work folder.
     fn ready(&self, url: &Url, resources: &Resources) -> Ready {
         match resources.find(url).map(|r| (&r.state, &r.name)) {
             None => Ready::Failed(format!("{url} was not fetched")),
             Some((State::Kept | State::Fetched, _)) => Ready::Yes,
             Some((State::Failed { why, .. }, _)) => Ready::Failed(why.clone()),
-            // The engine renames a file into place only once all of it is written.
+            // The engine hands a body over, or renames a file into place, only once all of it
+            // is written.
+            Some((State::Pending, name)) if self.held.contains_key(name) => Ready::Yes,
+            Some((State::Pending, name)) if self.holding.has(&self.work.join(name)) => Ready::Yes,
             Some((State::Pending, name)) => match self.work.stat(name) {
                 Ok(Some(st)) if crate::backend::nofollow::is_regular(&st) => Ready::Yes,
                 _ => Ready::NotYet,
             },
+        }
+    }
+
+    /// Takes the resource named `name` from the holding, if the engine handed it over there.
+    fn take_held(&mut self, name: &OsString) {
+        if !self.held.contains_key(name)
+            && let Some(body) = self.holding.take(&self.work.join(name))
+        {
+            self.held.insert(name.clone(), Arc::new(body));
         }
     }
 
@@ -435,22 +511,31 @@ impl Writer {
                 Some((m, map, src, key))
             }
         };
+        self.take_held(&r.name);
+        if let Some((_, _, src, _)) = &map {
+            self.take_held(&src.name);
+        }
+        // Shared out of the map: what follows borrows `self` mutably.
+        let seg_body = self.held.get(&r.name).cloned();
+        let map_body = map
+            .as_ref()
+            .and_then(|(_, _, src, _)| self.held.get(&src.name).cloned());
+        let work = self.work.clone();
+        let seg_src = source(seg_body.as_deref(), &work);
+        let map_src = map.is_some().then(|| source(map_body.as_deref(), &work));
         let out = &mut self.tracks[t];
         if let Some(dir) = &out.seg_dir {
             if let Some((m, map, src, key)) = map
                 && !out.saved.maps_written[m]
             {
                 let name = format!("init-{m}.{}", extension(Some(&map.uri)));
-                write_file(dir, &name, |f| {
-                    copy(&self.work, src, map.range, key.as_ref(), f)
-                })
-                .map_err(|e| format!("its init section: {e}"))?;
+                let from = map_src.expect("a map's source with its map");
+                write_file(dir, &name, |f| copy(from, src, map.range, key.as_ref(), f))
+                    .map_err(|e| format!("its init section: {e}"))?;
                 out.saved.maps_written[m] = true;
             }
             let name = format!("{}.{}", seg.msn, out.ext);
-            let n = write_file(dir, &name, |f| {
-                copy(&self.work, r, seg.range, key.as_ref(), f)
-            })?;
+            let n = write_file(dir, &name, |f| copy(seg_src, r, seg.range, key.as_ref(), f))?;
             out.saved.bytes += n;
             self.since += n;
         } else {
@@ -460,7 +545,8 @@ impl Writer {
                 self.new_part(t).map_err(|e| e.to_string())?;
                 let out = &mut self.tracks[t];
                 let f = out.part.as_mut().ok_or("no part open")?;
-                let n = copy(&self.work, src, map.range, key.as_ref(), f)
+                let from = map_src.expect("a map's source with its map");
+                let n = copy(from, src, map.range, key.as_ref(), f)
                     .map_err(|e| format!("its init section: {e}"))?;
                 out.saved.len += n;
                 out.saved.bytes += n;
@@ -471,7 +557,7 @@ impl Writer {
             }
             let out = &mut self.tracks[t];
             let f = out.part.as_mut().ok_or("no part open")?;
-            let n = copy(&self.work, r, seg.range, key.as_ref(), f)?;
+            let n = copy(seg_src, r, seg.range, key.as_ref(), f)?;
             out.saved.len += n;
             out.saved.bytes += n;
             self.since += n;
@@ -493,6 +579,7 @@ impl Writer {
         }
         out.saved.parts += 1;
         out.saved.len = 0;
+        out.started.clear();
         let name = part_name(t, out.saved.parts);
         let _ = self.work.unlink(&name);
         let f = self
@@ -642,6 +729,22 @@ impl Writer {
     /// Stops writing: what was written, and the resource files fetched but not yet written,
     /// are made durable (one `syncfs`) and recorded for the next run.
     pub(super) fn keep(mut self, resources: &Resources) -> Result<(), HlsError> {
+        // Bodies held in memory and not written yet become files, so that they are kept too.
+        let landed = self
+            .holding
+            .drain()
+            .into_iter()
+            .filter_map(|(path, body)| Some((path.file_name()?.to_owned(), Arc::new(body))));
+        for (name, body) in self.held.drain().chain(landed) {
+            let io = |source| HlsError::Io {
+                path: self.work.join(&name),
+                source,
+            };
+            let (tmp, mut f) = self.work.create_temp(&name).map_err(io)?;
+            std::io::Write::write_all(&mut f, &body)
+                .and_then(|()| self.work.rename(&tmp, &name))
+                .map_err(io)?;
+        }
         rustix::fs::syncfs(self.work.as_fd()).map_err(|e| HlsError::Io {
             path: self.work.path().to_path_buf(),
             source: e.into(),
@@ -656,6 +759,14 @@ impl Writer {
             .collect();
         self.unlink = unlinking;
         self.checkpoint_keeping(kept)
+    }
+}
+
+/// A resource's bytes: `held` in memory, else its file in `work`.
+fn source<'a>(held: Option<&'a Held>, work: &'a Dir) -> Src<'a> {
+    match held {
+        Some(b) => Src::Memory(b),
+        None => Src::File(work),
     }
 }
 

@@ -16,7 +16,7 @@ use ferry_testkit::{
 };
 
 /// `ferry get URL -o OUT --json EXTRA...`
-fn get(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> Output {
+pub(crate) fn get(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> Output {
     let out = out.to_str().expect("utf-8 path");
     let mut args = vec!["get", url, "-o", out, "--json"];
     args.extend_from_slice(extra);
@@ -24,7 +24,7 @@ fn get(backend: Backend, url: &str, out: &Path, extra: &[&str]) -> Output {
 }
 
 /// The JSON report of a run that succeeded on `backend`.
-fn report(o: &Output, backend: Backend, what: &str) -> serde_json::Value {
+pub(crate) fn report(o: &Output, backend: Backend, what: &str) -> serde_json::Value {
     assert!(
         o.status.success(),
         "{what}: ferry failed ({:?}): {}",
@@ -36,11 +36,11 @@ fn report(o: &Output, backend: Backend, what: &str) -> serde_json::Value {
     r
 }
 
-fn read(p: &Path) -> Vec<u8> {
+pub(crate) fn read(p: &Path) -> Vec<u8> {
     std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
-fn assert_bytes(got: &Path, want: &[u8], what: &str) {
+pub(crate) fn assert_bytes(got: &Path, want: &[u8], what: &str) {
     let got = read(got);
     assert!(
         got == want,
@@ -83,7 +83,7 @@ fn spawn_slow(backend: Backend, url: &str, out: &Path) -> std::process::Child {
         .expect("start ferry")
 }
 
-fn work_dir(out: &Path) -> PathBuf {
+pub(crate) fn work_dir(out: &Path) -> PathBuf {
     let mut w = out.as_os_str().to_owned();
     w.push(".ferry-hls");
     PathBuf::from(w)

@@ -26,6 +26,7 @@ mod faults;
 mod get;
 mod hardening;
 mod hls;
+mod hls_memory;
 mod http2;
 mod http3;
 mod https;
