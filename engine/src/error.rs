@@ -208,6 +208,20 @@ pub enum GetError {
         /// Last byte asked for (inclusive).
         asked_last: u64,
     },
+    /// Only a byte range of a resource was wanted (an HLS `EXT-X-BYTERANGE`), and the server
+    /// answered 200 with the whole resource: it does not serve byte ranges. Not retried; the
+    /// caller may fetch the whole resource instead.
+    #[error(
+        "{url}: asked for bytes {first}-{last} of it, the server answered 200 with all of it (it does not serve byte ranges)"
+    )]
+    RangesUnsupported {
+        /// The URL.
+        url: String,
+        /// First byte of the range wanted.
+        first: u64,
+        /// Last byte of the range wanted (inclusive).
+        last: u64,
+    },
     /// The server's `Content-Range` is not the range asked for.
     #[error(
         "{url}: asked for bytes {asked_first}-{asked_last}, server answered Content-Range {got:?}"
@@ -406,6 +420,7 @@ impl GetError {
             | GetError::Status { .. }
             | GetError::ContentRangeMismatch { .. }
             | GetError::RangeIgnored { .. }
+            | GetError::RangesUnsupported { .. }
             | GetError::SizeChanged { .. }
             | GetError::ShortBody { .. }
             | GetError::Protocol { .. }

@@ -49,6 +49,9 @@ pub struct GetItem {
     /// Kept in memory when it fits this holding's budget, handed over there instead of renamed
     /// into place ([`crate::backend::held`]); written to `output`'s partial file otherwise.
     pub(crate) hold: Option<Arc<crate::backend::held::Holding>>,
+    /// Only these bytes of the URL's resource are the file (an HLS byte range): every request
+    /// asks for bytes inside it, and answers are judged as if the window were the whole file.
+    pub(crate) window: Option<std::ops::Range<u64>>,
 }
 
 impl GetItem {
@@ -67,7 +70,17 @@ impl GetItem {
             once: false,
             scratch: false,
             hold: None,
+            window: None,
         }
+    }
+
+    /// The file is bytes `offset..offset + len` of the URL's resource (see the field); its size
+    /// is `len`. A server that answers with the whole resource fails the file with
+    /// [`GetError::RangesUnsupported`].
+    pub(crate) fn window(mut self, offset: u64, len: u64) -> GetItem {
+        self.window = Some(offset..offset.saturating_add(len));
+        self.size = Some(len);
+        self
     }
 
     /// The output is a scratch file: buffered, not fsynced (see the field).

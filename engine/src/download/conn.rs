@@ -382,6 +382,7 @@ impl Conn {
         target: &Target,
         range: Option<std::ops::Range<u64>>,
     ) -> std::io::Result<()> {
+        let range = target.wire_range(range);
         match &mut self.wire {
             Wire::H1(stream) => {
                 let BufResult(sent, _) = stream.write_all(request_bytes(target, range)).await;
@@ -429,7 +430,10 @@ impl Conn {
             Wire::H1(_) => None,
         };
         if let Some(head) = head {
-            return head.map_err(|e| self.net_err("read response head", e));
+            return head
+                .map_err(|e| self.net_err("read response head", e))?
+                .map(|h| target.answer_for_file(h))
+                .transpose();
         }
         loop {
             match http1::parse_head(&self.pending) {
@@ -438,7 +442,14 @@ impl Conn {
                     if !head.keep_alive() {
                         self.reusable = false;
                     }
-                    return Ok(Some(head));
+                    return match target.answer_for_file(head) {
+                        Ok(head) => Ok(Some(head)),
+                        Err(e) => {
+                            // Its body is not read: the connection cannot carry another answer.
+                            self.reusable = false;
+                            Err(e)
+                        }
+                    };
                 }
                 Ok(None) => {}
                 Err(e) => {

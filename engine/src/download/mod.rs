@@ -160,10 +160,16 @@ pub(crate) fn start(
                 .map_err(|detail| GetError::InvalidCredential { detail })?;
             target.authorization = Some(secret);
         }
+        target.window = item.window.clone();
         let mirrors = item
             .mirrors
             .iter()
-            .map(|m| Target::new(m, &mut resolved))
+            .map(|m| {
+                Target::new(m, &mut resolved).map(|mut t| {
+                    t.window = item.window.clone();
+                    t
+                })
+            })
             .collect::<Result<Vec<_>, _>>()?;
         check_output(&item.output, &mut dirs_ok)?;
         let absolute = match &cwd {

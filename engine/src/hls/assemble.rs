@@ -5,7 +5,7 @@
 //!
 //! Not here: the order of writing and the outputs (`writer.rs`), fetching (`fetch.rs`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 
@@ -14,37 +14,54 @@ use url::Url;
 
 use super::Gap;
 use super::crypt::Decryptor;
-use super::fetch::{Resource, State, Track, file_name};
+use super::fetch::{Resource, State, file_name};
 use super::playlist::{ByteRange, Crypt};
+use super::track::Track;
 use crate::backend::nofollow::Dir;
 use crate::hub::api::Api;
 
 /// Bytes read from a resource file at a time.
 const CHUNK: usize = 1 << 20;
 
-/// Every resource the tracks need, each once.
+/// What names a resource: its URL (without a fragment) and, for a byte range fetched on its
+/// own, that range.
+type Key = (Url, Option<ByteRange>);
+
+/// Every resource the tracks need, each once. A segment or init section with a byte range is
+/// a resource of its own (only its bytes are fetched, and it is held, written and resumed like
+/// any segment), unless its server answered a byte range with the whole resource: then every
+/// range of that URL shares one resource, fetched whole.
 #[derive(Default)]
 pub(super) struct Resources {
     pub list: Vec<Resource>,
-    by_url: HashMap<Url, usize>,
+    by_key: HashMap<Key, usize>,
     /// The last (track, segment index) that uses each resource.
     last: HashMap<usize, (usize, usize)>,
+    /// URLs fetched whole: their server does not serve byte ranges.
+    whole: HashSet<Url>,
 }
 
 impl Resources {
-    fn add(&mut self, url: &Url) -> usize {
+    fn key(&self, url: &Url, range: Option<ByteRange>) -> Key {
         let mut url = url.clone();
         url.set_fragment(None);
-        if let Some(&i) = self.by_url.get(&url) {
+        let range = range.filter(|_| !self.whole.contains(&url));
+        (url, range)
+    }
+
+    fn add(&mut self, url: &Url, range: Option<ByteRange>) -> usize {
+        let key = self.key(url, range);
+        if let Some(&i) = self.by_key.get(&key) {
             return i;
         }
         self.list.push(Resource {
-            name: file_name(&url),
-            url: url.clone(),
+            name: file_name(&key.0, key.1),
+            url: key.0.clone(),
+            window: key.1,
             state: State::Pending,
             needed: false,
         });
-        self.by_url.insert(url, self.list.len() - 1);
+        self.by_key.insert(key, self.list.len() - 1);
         self.list.len() - 1
     }
 
@@ -60,12 +77,13 @@ impl Resources {
                 if s.gap {
                     continue;
                 }
-                let r = self.add(&s.uri);
+                let r = self.add(&s.uri, s.range);
                 self.last.insert(r, (t, i));
                 if i >= start {
                     self.list[r].needed = true;
                     if let Some(m) = s.map {
-                        let m = self.add(&track.media.maps[m].uri);
+                        let map = &track.media.maps[m];
+                        let m = self.add(&map.uri, map.range);
                         self.list[m].needed = true;
                     }
                 }
@@ -73,25 +91,59 @@ impl Resources {
         }
     }
 
-    /// The last (track, segment index) that uses the resource at `url`.
-    pub(super) fn last_use(&self, url: &Url) -> Option<(usize, usize)> {
+    /// Keeps only the resources the segments and init sections of `tracks` name, each as it
+    /// stands (a live track forgot the segments that used the others, or their URLs are now
+    /// fetched whole). The last uses are for [`Resources::index`] to find again.
+    pub(super) fn rebuild(&mut self, tracks: &[Track]) {
+        let old = std::mem::take(self);
+        self.whole = old.whole.clone();
+        for t in tracks {
+            let maps = t.media.maps.iter().map(|m| (&m.uri, m.range));
+            for (url, range) in t
+                .media
+                .segments
+                .iter()
+                .map(|s| (&s.uri, s.range))
+                .chain(maps)
+            {
+                let key = self.key(url, range);
+                if self.by_key.contains_key(&key) {
+                    continue;
+                }
+                if let Some(&i) = old.by_key.get(&key) {
+                    self.list.push(old.list[i].clone());
+                    self.by_key.insert(key, self.list.len() - 1);
+                }
+            }
+        }
+    }
+
+    /// From now on, every byte range of `url` comes from the whole resource, fetched once.
+    pub(super) fn fetch_whole(&mut self, url: &Url, tracks: &[Track]) {
         let mut url = url.clone();
         url.set_fragment(None);
-        self.by_url
-            .get(&url)
+        self.whole.insert(url);
+        self.rebuild(tracks);
+    }
+
+    /// The last (track, segment index) that uses the resource of `url` and `range`.
+    pub(super) fn last_use(&self, url: &Url, range: Option<ByteRange>) -> Option<(usize, usize)> {
+        self.by_key
+            .get(&self.key(url, range))
             .and_then(|i| self.last.get(i))
             .copied()
     }
 
-    /// How the resource at `url` stands.
-    pub(super) fn state(&self, url: &Url) -> Option<&State> {
-        self.find(url).map(|r| &r.state)
+    /// How the resource of `url` and `range` stands.
+    pub(super) fn state(&self, url: &Url, range: Option<ByteRange>) -> Option<&State> {
+        self.find(url, range).map(|r| &r.state)
     }
 
-    pub(super) fn find(&self, url: &Url) -> Option<&Resource> {
-        let mut url = url.clone();
-        url.set_fragment(None);
-        self.by_url.get(&url).map(|&i| &self.list[i])
+    /// The resource of `url` and `range`.
+    pub(super) fn find(&self, url: &Url, range: Option<ByteRange>) -> Option<&Resource> {
+        self.by_key
+            .get(&self.key(url, range))
+            .map(|&i| &self.list[i])
     }
 
     /// Sets the needed resources whose state `which` picks back to pending, for another round.
@@ -160,7 +212,8 @@ pub(super) enum Src<'a> {
 }
 
 /// Appends a resource (or its byte range), decrypted when `key` says so, to `out`; returns the
-/// bytes written. On an error `out` is cut back to where it was.
+/// bytes written. On an error `out` is cut back to where it was. A resource fetched as its
+/// byte range (a window) is all of it.
 pub(super) fn copy(
     src: Src<'_>,
     r: &Resource,
@@ -168,6 +221,7 @@ pub(super) fn copy(
     key: Option<&([u8; 16], &Crypt)>,
     out: &mut File,
 ) -> Result<u64, String> {
+    let range = range.filter(|_| r.window.is_none());
     let start = out.stream_position().map_err(|e| e.to_string())?;
     let result = copy_inner(src, r, range, key, out);
     if result.is_err() {

@@ -18,9 +18,10 @@ use sha2::{Digest, Sha256};
 use url::Url;
 
 use super::assemble::{KeySource, Resources};
-use super::playlist::{self, Media, Playlist};
+use super::playlist::{self, ByteRange, Media, Playlist};
+use super::track::Track;
 use super::writer::{OutputPlan, Writer};
-use super::{Gap, HlsError, HlsReport, Options, select};
+use super::{HlsError, HlsReport, Options, select};
 use crate::backend::nofollow::{self, Dir};
 use crate::engine::Engine;
 use crate::error::GetError;
@@ -32,18 +33,7 @@ pub(crate) const WORK_SUFFIX: &str = ".ferry-hls";
 /// How long a live playlist may stay unchanged before the recording ends, by default.
 pub(super) const DEFAULT_LIVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Statuses that mean a signed URL expired: the playlist is loaded again for fresh ones.
-const EXPIRED: [u16; 3] = [401, 403, 410];
-
-/// One media playlist to write.
-pub(super) struct Track {
-    pub kind: &'static str,
-    pub name: String,
-    /// The URL it was asked at (reloaded from there, not from a tokened redirect).
-    pub asked: Url,
-    pub media: Media,
-    /// Live: segments that left the window before a load listed them.
-    pub missed: Vec<Gap>,
-}
+pub(super) const EXPIRED: [u16; 3] = [401, 403, 410];
 
 /// How a resource stands.
 #[derive(Debug, Clone)]
@@ -59,8 +49,11 @@ pub(super) enum State {
 }
 
 /// A segment's or init section's URL, and its file in the work folder.
+#[derive(Clone)]
 pub(super) struct Resource {
     pub url: Url,
+    /// Only this byte range of the URL, fetched on its own (it is then the whole resource).
+    pub window: Option<ByteRange>,
     pub name: OsString,
     pub state: State,
     /// Used by a segment not yet written (or its init section).
@@ -229,13 +222,7 @@ fn tracks(
     let master = match first {
         Playlist::Media(media) => {
             note(warnings, &final_url, &media.warnings);
-            let track = Track {
-                kind: "main",
-                name: String::new(),
-                asked: asked.clone(),
-                media,
-                missed: Vec::new(),
-            };
+            let track = Track::new("main", String::new(), asked.clone(), media);
             return Ok((None, vec![track]));
         }
         Playlist::Master(m) => m,
@@ -259,13 +246,12 @@ fn tracks(
             }),
         }
     };
-    out.push(Track {
-        kind: "main",
-        name: String::new(),
-        asked: variant.uri.clone(),
-        media: media(&variant.uri, warnings)?,
-        missed: Vec::new(),
-    });
+    out.push(Track::new(
+        "main",
+        String::new(),
+        variant.uri.clone(),
+        media(&variant.uri, warnings)?,
+    ));
     for r in select::renditions(&master, variant, &options.renditions) {
         let Some(uri) = &r.uri else { continue };
         let name = if r.name.is_empty() {
@@ -273,13 +259,12 @@ fn tracks(
         } else {
             r.name.clone()
         };
-        out.push(Track {
-            kind: r.kind.name(),
+        out.push(Track::new(
+            r.kind.name(),
             name,
-            asked: uri.clone(),
-            media: media(uri, warnings)?,
-            missed: Vec::new(),
-        });
+            uri.clone(),
+            media(uri, warnings)?,
+        ));
     }
     Ok((Some(described), out))
 }
@@ -422,7 +407,24 @@ impl Run<'_> {
             .advance(&self.tracks, &self.resources, &mut self.keys, true)
     }
 
+    /// Marks the resources still needed. A live track first forgets what it wrote, and the
+    /// resources only that used (never a VOD track: its checkpoint counts from its first
+    /// segment).
     fn index(&mut self) {
+        let mut forgot = false;
+        for (t, track) in self.tracks.iter_mut().enumerate() {
+            if !track.media.is_live() {
+                continue;
+            }
+            let n = track.forget_written(self.writer.next(t));
+            if n > 0 {
+                self.writer.forget(t, n);
+                forgot = true;
+            }
+        }
+        if forgot {
+            self.resources.rebuild(&self.tracks);
+        }
         let writer = &self.writer;
         self.resources.index(&self.tracks, |t| writer.next(t));
     }
@@ -455,7 +457,7 @@ impl Run<'_> {
         let stop = |t: &mut Vec<Track>| {
             if let Some(d) = options.duration {
                 for track in t {
-                    track.media.truncate_to(d.as_secs_f64());
+                    track.truncate_to(d.as_secs_f64());
                 }
             }
         };
@@ -471,7 +473,7 @@ impl Run<'_> {
                 return Ok("interrupted".into());
             }
             if let Some(d) = options.duration
-                && self.tracks[0].media.duration() >= d.as_secs_f64()
+                && self.tracks[0].duration() >= d.as_secs_f64()
             {
                 return Ok(format!("--duration {} s reached", d.as_secs()));
             }
@@ -542,7 +544,7 @@ impl Run<'_> {
                 };
                 let fetched = self
                     .resources
-                    .state(&s.uri)
+                    .state(&s.uri, s.range)
                     .is_some_and(|st| matches!(st, State::Kept | State::Fetched));
                 if fetched {
                     break;
@@ -569,10 +571,14 @@ impl Run<'_> {
         }
         let items = pending.iter().map(|&i| {
             let r = &self.resources.list[i];
-            GetItem::new(r.url.as_str(), self.work.join(&r.name))
+            let item = GetItem::new(r.url.as_str(), self.work.join(&r.name))
                 .beneath(self.work.path())
                 .scratch()
-                .hold(self.writer.holding())
+                .hold(self.writer.holding());
+            match r.window {
+                Some(w) => item.window(w.offset, w.len),
+                None => item,
+            }
         });
         let mut job = self.engine.get_many(items)?;
         for Event::Progress(p) in job.events(Duration::from_millis(50)) {
@@ -588,8 +594,12 @@ impl Run<'_> {
                 .collect::<Vec<_>>()
         );
         let mut interrupted = false;
+        let mut whole = Vec::new();
         for (i, result) in pending.into_iter().zip(job.wait_all()) {
             let r = &mut self.resources.list[i];
+            if let Err(GetError::RangesUnsupported { .. }) = &result {
+                whole.push(r.url.clone());
+            }
             r.state = match result {
                 Ok(report) => {
                     self.fetched_bytes += report.bytes;
@@ -611,83 +621,21 @@ impl Run<'_> {
                 }
             };
         }
+        if !whole.is_empty() && !interrupted && !self.interrupted() {
+            // The server sends whole resources only: every byte range of those URLs comes
+            // from one fetch of the whole, as another round.
+            whole.sort();
+            whole.dedup();
+            for url in &whole {
+                tracing::warn!(
+                    "{url}: the server does not serve byte ranges; fetching the whole resource"
+                );
+                self.resources.fetch_whole(url, &self.tracks);
+            }
+            self.index();
+            return self.fetch(watch);
+        }
         Ok(interrupted || self.interrupted())
-    }
-}
-
-impl Track {
-    /// Takes from a reload the URLs of the segments and init sections whose fetch was refused
-    /// as expired (by media sequence number, and init sections by their order); the rest keep
-    /// theirs, so what was fetched is not fetched again under a new token.
-    fn renew_expired(&mut self, resources: &Resources, fresh: &Media) {
-        let expired = |url: &Url| matches!(resources.state(url), Some(State::Failed { status: Some(s), .. }) if EXPIRED.contains(s));
-        for seg in &mut self.media.segments {
-            if !expired(&seg.uri) {
-                continue;
-            }
-            match fresh.segments.iter().find(|f| f.msn == seg.msn) {
-                Some(f) => {
-                    seg.uri = f.uri.clone();
-                    seg.range = f.range;
-                }
-                None => tracing::warn!(
-                    "segment {} is no longer listed by {}; it stays missing",
-                    seg.msn,
-                    self.asked
-                ),
-            }
-        }
-        for (m, map) in self.media.maps.iter_mut().enumerate() {
-            if expired(&map.uri)
-                && let Some(f) = fresh.maps.get(m)
-            {
-                map.uri = f.uri.clone();
-                map.range = f.range;
-            }
-        }
-    }
-
-    /// Adds what a reload lists after the last segment known; the media sequence numbers
-    /// skipped in between (they left the window before a load saw them) become gaps. Returns
-    /// whether anything changed.
-    fn merge(&mut self, fresh: Media) -> bool {
-        let old = &mut self.media;
-        let last = old.segments.last().map(|s| s.msn);
-        let mut changed = fresh.end_list != old.end_list;
-        old.end_list = fresh.end_list;
-        old.kind = fresh.kind;
-        old.target_duration = fresh.target_duration;
-        for mut seg in fresh.segments {
-            if let Some(l) = last
-                && seg.msn <= l
-            {
-                continue;
-            }
-            let next = old.segments.last().map_or(seg.msn, |s| s.msn + 1);
-            if seg.msn > next {
-                let gap = Gap {
-                    first: next,
-                    last: seg.msn - 1,
-                    seconds: (seg.msn - next) as f64 * old.target_duration as f64,
-                    reason: "it left the live window before a reload listed it".into(),
-                };
-                tracing::warn!("segments {}-{} missed: {}", gap.first, gap.last, gap.reason);
-                self.missed.push(gap);
-            }
-            seg.map = seg.map.map(|m| {
-                let map = &fresh.maps[m];
-                match old.maps.iter().position(|x| x == map) {
-                    Some(i) => i,
-                    None => {
-                        old.maps.push(map.clone());
-                        old.maps.len() - 1
-                    }
-                }
-            });
-            old.segments.push(seg);
-            changed = true;
-        }
-        changed
     }
 }
 
@@ -702,8 +650,13 @@ fn reload(api: &Api, url: &Url) -> Result<Media, HlsError> {
     }
 }
 
-/// The name of a resource's file in the work folder: a hash of its URL.
-pub(super) fn file_name(url: &Url) -> OsString {
-    let digest = Sha256::digest(url.as_str().as_bytes());
+/// The name of a resource's file in the work folder: a hash of its URL (and byte range).
+pub(super) fn file_name(url: &Url, window: Option<ByteRange>) -> OsString {
+    let mut hash = Sha256::new();
+    hash.update(url.as_str().as_bytes());
+    if let Some(w) = window {
+        hash.update(format!(" {}@{}", w.len, w.offset).as_bytes());
+    }
+    let digest = hash.finalize();
     OsString::from(format!("{}.seg", hex::encode(&digest[..16])))
 }

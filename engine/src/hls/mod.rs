@@ -25,6 +25,7 @@ mod crypt;
 mod fetch;
 pub(crate) mod playlist;
 pub(crate) mod select;
+mod track;
 mod writer;
 
 use std::path::PathBuf;

@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use url::Url;
 
 use super::assemble::{KeySource, Resources, Src, copy, extension, push_gap, safe};
-use super::fetch::{State, Track};
+use super::fetch::State;
+use super::playlist::ByteRange;
+use super::track::Track;
 use super::{Gap, HlsError, TrackReport};
 use crate::backend::fileop::{self, STRETCH};
 use crate::backend::held::{Held, Holding};
@@ -336,6 +338,12 @@ impl Writer {
         (self.holding.count(), self.holding.peak())
     }
 
+    /// Track `t` forgot its first `n` segments (all written): its next moves back by that.
+    pub(super) fn forget(&mut self, t: usize, n: usize) {
+        let next = &mut self.tracks[t].saved.next;
+        *next = next.saturating_sub(n);
+    }
+
     /// Where each track stands: the next segment to write.
     pub(super) fn next(&self, track: usize) -> usize {
         self.tracks[track].saved.next
@@ -376,7 +384,7 @@ impl Writer {
             let why = if seg.gap {
                 Some("the playlist marks it EXT-X-GAP".to_string())
             } else {
-                match self.ready(&seg.uri, resources) {
+                match self.ready(&seg.uri, seg.range, resources) {
                     Ready::Yes => None,
                     Ready::Failed(why) => Some(why),
                     Ready::NotYet if last => Some(format!("{} was not fetched", seg.uri)),
@@ -384,12 +392,14 @@ impl Writer {
                 }
             };
             let why = match (why, seg.map) {
-                (None, Some(m)) => match self.ready(&media.maps[m].uri, resources) {
-                    Ready::Yes => None,
-                    Ready::Failed(why) => Some(format!("its init section: {why}")),
-                    Ready::NotYet if last => Some("its init section was not fetched".into()),
-                    Ready::NotYet => return Ok(()),
-                },
+                (None, Some(m)) => {
+                    match self.ready(&media.maps[m].uri, media.maps[m].range, resources) {
+                        Ready::Yes => None,
+                        Ready::Failed(why) => Some(format!("its init section: {why}")),
+                        Ready::NotYet if last => Some("its init section was not fetched".into()),
+                        Ready::NotYet => return Ok(()),
+                    }
+                }
                 (why, _) => why,
             };
             let at = (self.tracks[t].saved.parts, self.tracks[t].saved.len);
@@ -411,8 +421,9 @@ impl Writer {
             }
             self.tracks[t].saved.next += 1;
             if !seg.gap
-                && let Some(r) = resources.find(&seg.uri)
-                && resources.last_use(&seg.uri) == Some((t, self.tracks[t].saved.next - 1))
+                && let Some(r) = resources.find(&seg.uri, seg.range)
+                && resources.last_use(&seg.uri, seg.range)
+                    == Some((t, self.tracks[t].saved.next - 1))
                 && matches!(r.state, State::Kept | State::Fetched | State::Pending)
             {
                 self.held.remove(&r.name);
@@ -457,8 +468,8 @@ impl Writer {
     }
 
     /// Whether the resource at `url` is in, in memory or in the work folder.
-    fn ready(&self, url: &Url, resources: &Resources) -> Ready {
-        match resources.find(url).map(|r| (&r.state, &r.name)) {
+    fn ready(&self, url: &Url, range: Option<ByteRange>, resources: &Resources) -> Ready {
+        match resources.find(url, range).map(|r| (&r.state, &r.name)) {
             None => Ready::Failed(format!("{url} was not fetched")),
             Some((State::Kept | State::Fetched, _)) => Ready::Yes,
             Some((State::Failed { why, .. }, _)) => Ready::Failed(why.clone()),
@@ -492,7 +503,7 @@ impl Writer {
     ) -> Result<(), String> {
         let media = &track.media;
         let seg = &media.segments[self.tracks[t].saved.next];
-        let r = resources.find(&seg.uri).ok_or("not fetched")?;
+        let r = resources.find(&seg.uri, seg.range).ok_or("not fetched")?;
         let key = match &seg.crypt {
             None => None,
             Some(c) => Some((keys.get(&c.key)?, c)),
@@ -506,7 +517,7 @@ impl Writer {
                     Some(c) => Some((keys.get(&c.key)?, c)),
                 };
                 let src = resources
-                    .find(&map.uri)
+                    .find(&map.uri, map.range)
                     .ok_or("its init section was not fetched")?;
                 Some((m, map, src, key))
             }
@@ -648,7 +659,7 @@ impl Writer {
                     let seg = &track.media.segments[out.saved.next];
                     push_gap(&mut gaps, seg.msn, seg.duration, why.clone());
                     for seg in &track.media.segments[out.saved.next + 1..] {
-                        let why = match self.ready(&seg.uri, resources) {
+                        let why = match self.ready(&seg.uri, seg.range, resources) {
                             Ready::Failed(why) => why,
                             Ready::NotYet => format!("{} was not fetched", seg.uri),
                             Ready::Yes if seg.gap => "the playlist marks it EXT-X-GAP".into(),
@@ -670,7 +681,7 @@ impl Writer {
                     name: track.name.clone(),
                     playlist: track.asked.to_string(),
                     outputs,
-                    segments: track.media.segments.len() as u64,
+                    segments: track.segments(),
                     decrypted: out.saved.decrypted,
                     bytes: out.saved.bytes,
                     seconds: out.saved.seconds,

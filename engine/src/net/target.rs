@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::Arc;
 
 use url::Url;
@@ -62,6 +63,9 @@ pub(crate) struct Target {
     pub route: Route,
     /// The `Proxy-Authorization` value, sent on each request to a forwarding HTTP proxy.
     pub proxy_authorization: Option<Secret>,
+    /// Only these bytes of the resource are the file ([`Target::wire_range`]); kept across
+    /// redirects.
+    pub window: Option<Range<u64>>,
     /// The trust and proxies connections to this target (and its redirects) use.
     pub dialer: Dialer,
 }
@@ -187,8 +191,77 @@ impl Target {
             tls_host,
             route,
             proxy_authorization,
+            window: None,
             dialer: resolved.dialer.clone(),
         })
+    }
+
+    /// The range to ask the server for, for `range` of the file: the same, unless the file is
+    /// a window of the resource, where it moves by the window's start and ends at the window's
+    /// end at the latest, as a range asked past a file's end ends at the file's (the whole file
+    /// is the whole window).
+    pub(crate) fn wire_range(&self, range: Option<Range<u64>>) -> Option<Range<u64>> {
+        match (&self.window, range) {
+            (None, range) => range,
+            (Some(w), None) => Some(w.clone()),
+            (Some(w), Some(r)) => {
+                Some((w.start + r.start).min(w.end)..w.start.saturating_add(r.end).min(w.end))
+            }
+        }
+    }
+
+    /// An answer as the file's checks see it: for a window, a 206's `Content-Range` moved back
+    /// by the window's start, the window's length as the total. A 200 (the whole resource),
+    /// and a range outside the window or a resource shorter than it, are errors.
+    pub(crate) fn answer_for_file(&self, mut head: ResponseHead) -> Result<ResponseHead, GetError> {
+        use crate::proto::http1::{ContentRange, parse_content_range};
+        let Some(w) = &self.window else {
+            return Ok(head);
+        };
+        let err = |detail: String| GetError::Protocol {
+            url: self.display.clone(),
+            detail,
+        };
+        match head.status {
+            200 => Err(GetError::RangesUnsupported {
+                url: self.display.clone(),
+                first: w.start,
+                last: w.end.saturating_sub(1),
+            }),
+            206 => {
+                let raw = head.header("content-range").unwrap_or("").to_owned();
+                let Some(ContentRange::Satisfied { first, last, total }) =
+                    parse_content_range(&raw)
+                else {
+                    // Left for the file's checks to refuse.
+                    return Ok(head);
+                };
+                if first < w.start || last >= w.end {
+                    return Err(err(format!(
+                        "Content-Range {raw:?} is outside the bytes {}-{} asked for",
+                        w.start,
+                        w.end - 1
+                    )));
+                }
+                if let Some(t) = total
+                    && t < w.end
+                {
+                    return Err(err(format!(
+                        "the resource has {t} bytes, fewer than its byte range {}-{} needs",
+                        w.start,
+                        w.end - 1
+                    )));
+                }
+                let len = w.end - w.start;
+                let total = total.map_or("*".to_string(), |_| len.to_string());
+                head.set_header(
+                    "content-range",
+                    format!("bytes {}-{}/{total}", first - w.start, last - w.start),
+                );
+                Ok(head)
+            }
+            _ => Ok(head),
+        }
     }
 }
 
@@ -233,5 +306,68 @@ pub(crate) fn redirect_target(
     if next.url.origin() == from.url.origin() {
         next.authorization = from.authorization.clone();
     }
+    next.window = from.window.clone();
     Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(w: Range<u64>) -> Target {
+        let mut t = Target::new(
+            "http://127.0.0.1:9/all.ts",
+            &mut Resolver::new(Dialer::default()),
+        )
+        .expect("target");
+        t.window = Some(w);
+        t
+    }
+
+    fn head(status: u16, range: &str) -> ResponseHead {
+        ResponseHead::from_parts(status, vec![("content-range".into(), range.into())])
+    }
+
+    #[test]
+    fn a_window_asks_inside_itself_and_reads_answers_as_the_whole_file() {
+        let t = window(100..150);
+        assert_eq!(t.wire_range(None), Some(100..150));
+        assert_eq!(t.wire_range(Some(0..4 << 20)), Some(100..150), "clamped");
+        assert_eq!(t.wire_range(Some(10..20)), Some(110..120));
+        let h = t
+            .answer_for_file(head(206, "bytes 110-119/1000"))
+            .expect("inside");
+        assert_eq!(h.header("content-range"), Some("bytes 10-19/50"));
+        let h = t
+            .answer_for_file(head(206, "bytes 100-149/*"))
+            .expect("unknown total");
+        assert_eq!(h.header("content-range"), Some("bytes 0-49/*"));
+        // Outside the window, a resource shorter than it, the whole resource: refused.
+        assert!(t.answer_for_file(head(206, "bytes 90-149/1000")).is_err());
+        assert!(t.answer_for_file(head(206, "bytes 100-150/1000")).is_err());
+        assert!(t.answer_for_file(head(206, "bytes 100-139/140")).is_err());
+        assert!(matches!(
+            t.answer_for_file(head(200, "")),
+            Err(GetError::RangesUnsupported {
+                first: 100,
+                last: 149,
+                ..
+            })
+        ));
+        // Other answers are the file's checks' to judge; no window changes nothing.
+        assert_eq!(
+            t.answer_for_file(head(404, "x")).map(|h| h.status).ok(),
+            Some(404)
+        );
+        let plain = Target::new(
+            "http://127.0.0.1:9/a",
+            &mut Resolver::new(Dialer::default()),
+        )
+        .expect("target");
+        assert_eq!(plain.wire_range(Some(1..2)), Some(1..2));
+        let h = plain
+            .answer_for_file(head(206, "bytes 1-1/9"))
+            .expect("as is");
+        assert_eq!(h.header("content-range"), Some("bytes 1-1/9"));
+    }
 }

@@ -72,11 +72,12 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// `ferry --limit-rate 8K get URL -o OUT --quiet` in the background: a stream of about 100 KB
-/// takes it seconds, so a test can act while it runs.
+/// `ferry --limit-rate 8K get URL -c 1 -o OUT --quiet` in the background: a stream of about
+/// 100 KB takes it seconds, so a test can act while it runs; over one connection its segments
+/// land one after another, the first long before the end.
 fn spawn_slow(backend: Backend, url: &str, out: &Path) -> std::process::Child {
     ferry_command(backend)
-        .args(["--limit-rate", "8K", "get", url, "-o"])
+        .args(["--limit-rate", "8K", "get", url, "-c", "1", "-o"])
         .arg(out)
         .arg("--quiet")
         .spawn()

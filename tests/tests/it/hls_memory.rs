@@ -16,7 +16,7 @@ fn segments_through_memory_and_through_files_give_the_same_bytes() {
     let (ts, fmp4) = (s.plain_ts(), s.plain_fmp4());
     // (playlist, options, plaintext, resources held in memory of those fetched)
     type Case<'a> = (&'a str, &'a [&'a str], &'a [u8], u64, u64);
-    let cases: [Case; 5] = [
+    let cases: [Case; 6] = [
         // The default budget holds every segment and the init section.
         ("srv/index.m3u8", &[], &fmp4, 7, 7),
         // None held: every segment through a file.
@@ -27,8 +27,11 @@ fn segments_through_memory_and_through_files_give_the_same_bytes() {
         ("vod/index.m3u8", &["--hls-memory", "68K"], &ts, 4, 6),
         // The same, encrypted (lengths padded to 16): decrypted from memory and from files.
         ("enc/index.m3u8", &["--hls-memory", "68K"], &ts, 4, 6),
-        // One 102,084-byte resource cut by byte ranges: too large to hold.
-        ("single/index.m3u8", &["--hls-memory", "68K"], &ts, 0, 1),
+        // One file cut by byte ranges: each range is a resource of its own, of the same
+        // lengths as the segments above.
+        ("single/index.m3u8", &["--hls-memory", "68K"], &ts, 4, 6),
+        // Offset-less byte ranges, in the default budget: all six held.
+        ("single/nooff.m3u8", &[], &ts, 6, 6),
     ];
     for backend in backends_under_test() {
         let out = tempfile::tempdir().expect("tmp");

@@ -27,6 +27,7 @@ mod get;
 mod hardening;
 mod hls;
 mod hls_memory;
+mod hls_ranges;
 mod http2;
 mod http3;
 mod https;

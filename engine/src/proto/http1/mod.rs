@@ -112,6 +112,12 @@ impl ResponseHead {
         }
     }
 
+    /// Replaces every field `name` (give it in lower case) by one with `value`.
+    pub(crate) fn set_header(&mut self, name: &str, value: String) {
+        self.headers.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        self.headers.push((name.to_owned(), value));
+    }
+
     /// The first value of header `name` (give it in lower case).
     pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers
