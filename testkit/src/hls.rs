@@ -24,6 +24,9 @@
 //!   MSN 7-8, `k2.key` for 9-10, `METHOD=NONE` from MSN 11 (11-12 clear).
 //! - `tsenc/`  the same over the TS of `vod/`, without MAP: `s7.ts`..`s12.ts`, `k1.key`,
 //!   `k2.key`, the same MSNs, keys and clear tail.
+//! - `subs/`   `master.m3u8`: the video `out_0.m3u8` (2 s segments) with a SUBTITLES group,
+//!   `out_0_vtt.m3u8`: ffmpeg's WebVTT segments of [`SRT`] (`out_00.vtt`.., each with its own
+//!   `WEBVTT` header).
 //!
 //! `src.mp4` and `lo.mp4` (the encodes) are in the root too. Keys are 16 random bytes, new in
 //! every process. Debian's ffmpeg reads local playlists with keys only with
@@ -42,7 +45,7 @@ const FIRST_MSN: u64 = 7;
 /// The HLS test streams of this process (see the module docs for what is where).
 #[derive(Debug)]
 pub struct Streams {
-    /// The folder holding `vod/`, `enc/`, `fmp4/`, `single/`, `mv/`, `srv/` and `tsenc/`.
+    /// The folder holding `vod/`, `enc/`, `fmp4/`, `single/`, `mv/`, `srv/`, `tsenc/` and `subs/`.
     pub root: PathBuf,
     /// `vod/`'s `EXT-X-TARGETDURATION`.
     target_duration: String,
@@ -232,7 +235,7 @@ fn build(root: &Path) {
         &format!("-i src.mp4 -map 0:v -vf scale=80:60 {X264} lo.mp4"),
         &[],
     );
-    for d in ["vod", "enc", "fmp4", "single", "mv", "srv", "tsenc"] {
+    for d in ["vod", "enc", "fmp4", "single", "mv", "srv", "tsenc", "subs"] {
         let p = root.join(d);
         std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
     }
@@ -288,7 +291,37 @@ fn build(root: &Path) {
 
     encrypt_copy(root, "fmp4", "srv", Some("init.mp4"));
     encrypt_copy(root, "vod", "tsenc", None);
+
+    // subs/: ffmpeg's WebVTT segments of an SRT, beside a video, and a master naming both.
+    write_file(&root.join("subs/subs.srt"), SRT.as_bytes());
+    ff(
+        "-i src.mp4 -i subs/subs.srt -map 0:v -map 1:s -c:v copy -c:s webvtt -f hls \
+         -hls_time 2 -hls_playlist_type vod",
+        &[
+            "-var_stream_map",
+            "v:0,s:0,sgroup:subs",
+            "-hls_segment_filename",
+            "subs/v%v_%03d.ts",
+            "subs/out_%v.m3u8",
+        ],
+    );
+    write_file(
+        &root.join("subs/master.m3u8"),
+        b"#EXTM3U\n\
+          #EXT-X-MEDIA:TYPE=SUBTITLES,GROUP-ID=\"subs\",NAME=\"English\",LANGUAGE=\"en\",\
+          URI=\"out_0_vtt.m3u8\"\n\
+          #EXT-X-STREAM-INF:BANDWIDTH=300000,SUBTITLES=\"subs\"\nout_0.m3u8\n",
+    );
 }
+
+/// The subtitles of `subs/`: the second cue crosses the 2 s segment boundary.
+pub const SRT: &str = "1\n00:00:00,500 --> 00:00:01,500\nFirst line\n\n\
+    2\n00:00:01,800 --> 00:00:02,600\nAcross a boundary\n\n\
+    3\n00:00:03,000 --> 00:00:04,000\nThird\n\n\
+    4\n00:00:04,500 --> 00:00:05,500\nFourth\n";
+
+/// The cue texts of [`SRT`], in order.
+pub const SRT_TEXTS: [&str; 4] = ["First line", "Across a boundary", "Third", "Fourth"];
 
 /// `single/nooff.m3u8` from `single/index.m3u8`: every `BYTERANGE` after the first without
 /// its `@offset`.

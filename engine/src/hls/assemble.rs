@@ -222,14 +222,31 @@ pub(super) fn copy(
     out: &mut File,
 ) -> Result<u64, String> {
     let range = range.filter(|_| r.window.is_none());
+    all_or_nothing(out, |out| copy_inner(src, r, range, key, out))
+}
+
+/// Appends `bytes` to `out`; returns how many. On an error `out` is cut back to where it was.
+pub(super) fn append(out: &mut File, bytes: &[u8]) -> Result<u64, String> {
+    all_or_nothing(out, |out| {
+        out.write_all(bytes)
+            .map(|()| bytes.len() as u64)
+            .map_err(|e| format!("write: {e}"))
+    })
+}
+
+/// Runs `write` on `out`, and cuts `out` back to where it was when it fails.
+fn all_or_nothing(
+    out: &mut File,
+    write: impl FnOnce(&mut File) -> Result<u64, String>,
+) -> Result<u64, String> {
     let start = out.stream_position().map_err(|e| e.to_string())?;
-    let result = copy_inner(src, r, range, key, out);
-    if result.is_err() {
+    let result = write(out);
+    if let Err(why) = &result {
         let cut = out
             .set_len(start)
             .and_then(|()| out.seek(SeekFrom::Start(start)).map(drop));
         if let Err(e) = cut {
-            return Err(format!("cannot cut the output back: {e}"));
+            return Err(format!("{why}; cannot cut the output back: {e}"));
         }
     }
     result
@@ -251,7 +268,7 @@ fn pick(r: &Resource, range: Option<ByteRange>, size: u64) -> Result<(u64, u64),
 struct Emit<'o> {
     dec: Option<Decryptor>,
     plain: Vec<u8>,
-    out: &'o mut File,
+    out: &'o mut dyn Write,
     written: u64,
 }
 
@@ -286,12 +303,39 @@ impl Emit<'_> {
     }
 }
 
+/// A resource's bytes (or its byte range), decrypted when `key` says so, in memory: for what
+/// is rewritten before it is written (subtitles). At most `limit` bytes.
+pub(super) fn read(
+    src: Src<'_>,
+    r: &Resource,
+    range: Option<ByteRange>,
+    key: Option<&([u8; 16], &Crypt)>,
+    limit: u64,
+) -> Result<Vec<u8>, String> {
+    let range = range.filter(|_| r.window.is_none());
+    let size = match src {
+        Src::Memory(b) => b.len() as u64,
+        Src::File(work) => work
+            .open_std(&r.name, OFlags::RDONLY)
+            .and_then(|f| f.metadata())
+            .map_err(|e| format!("{}: {e}", work.join(&r.name).display()))?
+            .len(),
+    };
+    let len = range.map_or(size, |b| b.len);
+    if len > limit {
+        return Err(format!("{}: {len} bytes, more than {limit} allowed", r.url));
+    }
+    let mut out = Vec::with_capacity(len as usize + 16);
+    copy_inner(src, r, range, key, &mut out)?;
+    Ok(out)
+}
+
 fn copy_inner(
     src: Src<'_>,
     r: &Resource,
     range: Option<ByteRange>,
     key: Option<&([u8; 16], &Crypt)>,
-    out: &mut File,
+    out: &mut dyn Write,
 ) -> Result<u64, String> {
     let mut emit = Emit {
         dec: key.map(|(k, c)| Decryptor::new(k, &c.iv)),

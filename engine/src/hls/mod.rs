@@ -26,6 +26,7 @@ mod fetch;
 pub(crate) mod playlist;
 pub(crate) mod select;
 mod track;
+mod vtt;
 mod writer;
 
 use std::path::PathBuf;

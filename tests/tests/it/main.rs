@@ -28,6 +28,7 @@ mod hardening;
 mod hls;
 mod hls_memory;
 mod hls_ranges;
+mod hls_subtitles;
 mod http2;
 mod http3;
 mod https;
