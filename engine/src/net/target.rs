@@ -237,11 +237,13 @@ impl Target {
                     return Ok(head);
                 };
                 if first < w.start || last >= w.end {
-                    return Err(err(format!(
-                        "Content-Range {raw:?} is outside the bytes {}-{} asked for",
-                        w.start,
-                        w.end - 1
-                    )));
+                    // As any answer for another range than the one asked: asked again.
+                    return Err(GetError::ContentRangeMismatch {
+                        url: self.display.clone(),
+                        asked_first: w.start,
+                        asked_last: w.end - 1,
+                        got: raw,
+                    });
                 }
                 if let Some(t) = total
                     && t < w.end
@@ -342,9 +344,14 @@ mod tests {
             .answer_for_file(head(206, "bytes 100-149/*"))
             .expect("unknown total");
         assert_eq!(h.header("content-range"), Some("bytes 0-49/*"));
-        // Outside the window, a resource shorter than it, the whole resource: refused.
-        assert!(t.answer_for_file(head(206, "bytes 90-149/1000")).is_err());
-        assert!(t.answer_for_file(head(206, "bytes 100-150/1000")).is_err());
+        // Outside the window: asked again, as any answer for another range.
+        for outside in ["bytes 90-149/1000", "bytes 100-150/1000"] {
+            assert!(matches!(
+                t.answer_for_file(head(206, outside)),
+                Err(GetError::ContentRangeMismatch { .. })
+            ));
+        }
+        // A resource shorter than the window, and the whole resource: refused.
         assert!(t.answer_for_file(head(206, "bytes 100-139/140")).is_err());
         assert!(matches!(
             t.answer_for_file(head(200, "")),

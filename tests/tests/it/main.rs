@@ -26,6 +26,7 @@ mod faults;
 mod get;
 mod hardening;
 mod hls;
+mod hls_faults;
 mod hls_memory;
 mod hls_ranges;
 mod hls_subtitles;
