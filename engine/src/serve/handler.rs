@@ -423,7 +423,7 @@ fn refs(repo: &Repo, query: &str) -> Response {
 
 /// `GET /api/{type}s/{repo}/commits/{rev}`: the one commit this mirror knows of the revision
 /// (its history is not kept).
-fn commits(snap: &Snapshot) -> Response {
+pub(super) fn commits(snap: &Snapshot) -> Response {
     let date = iso8601(snap.last_modified);
     Response::json(
         200,

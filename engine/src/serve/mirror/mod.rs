@@ -426,7 +426,12 @@ impl Mirror {
                 }
             }
             ["refs"] if self.offline.is_none() => self.refs(caller, kind, &repo, query),
-            [action @ ("refs" | "commits"), ..] => not_implemented(action),
+            // As a plain serve answers: the one commit known of the revision, no history.
+            ["commits", revs @ ..] => match self.snapshot(caller, kind, &repo, &rev_of(revs)) {
+                Ok(snap) => handler::commits(&snap),
+                Err(r) => r,
+            },
+            [action @ "refs", ..] => not_implemented(action),
             _ => not_found(),
         }
     }

@@ -306,6 +306,12 @@ fn upstream_refusals_pass_through_and_xet_is_not_offered() {
     let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
     assert_eq!(v["sha"], hub.repo.commit.as_str());
     assert!(!String::from_utf8_lossy(&body).contains("xet"), "{v}");
+    // Commits, as a plain serve lists them: the one commit known of the revision.
+    let (status, head, body) = serve.get("/api/models/org/model/commits/main");
+    assert_eq!(status, 200, "{head}");
+    let v: serde_json::Value = serde_json::from_slice(&body).expect("json");
+    assert_eq!(v[0]["id"], hub.repo.commit.as_str(), "{v}");
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
     // A HEAD of a cold file is answered from the listing and starts no fill.
     let mut s = serve.connect();
     s.write_all(b"HEAD /org/model/resolve/main/model.safetensors HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
