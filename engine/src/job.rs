@@ -52,6 +52,8 @@ pub struct GetItem {
     /// Only these bytes of the URL's resource are the file (an HLS byte range): every request
     /// asks for bytes inside it, and answers are judged as if the window were the whole file.
     pub(crate) window: Option<std::ops::Range<u64>>,
+    /// Started in the order given, whatever its size (HLS segments, in the order of need).
+    pub(crate) in_order: bool,
 }
 
 impl GetItem {
@@ -71,7 +73,14 @@ impl GetItem {
             scratch: false,
             hold: None,
             window: None,
+            in_order: false,
         }
+    }
+
+    /// Starts in the order given among the job's items, not by size (see the field).
+    pub(crate) fn in_order(mut self) -> GetItem {
+        self.in_order = true;
+        self
     }
 
     /// The file is bytes `offset..offset + len` of the URL's resource (see the field); its size

@@ -163,6 +163,8 @@ pub(crate) struct FileSpec {
     pub scratch: bool,
     /// Kept in memory when it fits ([`crate::job::GetItem::hold`]).
     pub hold: Option<Arc<Holding>>,
+    /// Started in the order given ([`crate::job::GetItem::in_order`]).
+    pub in_order: bool,
 }
 
 /// What every file of a job shares besides its settings: the progress counters, the hash
@@ -232,6 +234,8 @@ pub(crate) struct FileDownload {
     pub(super) hold: Option<Arc<Holding>>,
     /// The current fetch's body in memory, when the holding had room for it.
     pub(super) held: Mutex<Option<Arc<HeldBody>>>,
+    /// Started in the order given, not by size.
+    pub(super) in_order: bool,
     /// Bytes of the file taken over from an earlier run.
     pub(super) resumed_bytes: AtomicU64,
     /// Bytes of this file that went socket -> pipe -> file (the splice sink).
@@ -313,6 +317,7 @@ impl FileDownload {
             scratch: spec.scratch,
             hold: spec.hold,
             held: Mutex::new(None),
+            in_order: spec.in_order,
             resumed_bytes: AtomicU64::new(0),
             spliced: AtomicU64::new(0),
             whole_buffered: AtomicBool::new(false),

@@ -97,7 +97,12 @@ impl Lanes {
         done: crossbeam_channel::Sender<Results>,
     ) -> Arc<Lanes> {
         let injector = Injector::new();
-        let sizes: Vec<Option<u64>> = files.iter().map(|f| f.size_hint()).collect();
+        // A file to start in the order given counts as one of unknown size: those start
+        // first, in the order given.
+        let sizes: Vec<Option<u64>> = files
+            .iter()
+            .map(|f| f.size_hint().filter(|_| !f.in_order))
+            .collect();
         for i in files::start_order(&sizes) {
             injector.push(i);
         }

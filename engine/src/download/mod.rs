@@ -210,6 +210,7 @@ pub(crate) fn start(
             once: item.once,
             scratch: item.scratch,
             hold: item.hold,
+            in_order: item.in_order,
         };
         files.push(Arc::new(FileDownload::new(
             spec,

@@ -574,6 +574,7 @@ impl Run<'_> {
             let item = GetItem::new(r.url.as_str(), self.work.join(&r.name))
                 .beneath(self.work.path())
                 .scratch()
+                .in_order()
                 .hold(self.writer.holding());
             match r.window {
                 Some(w) => item.window(w.offset, w.len),
