@@ -27,6 +27,7 @@ mod get;
 mod hardening;
 mod hls;
 mod hls_faults;
+mod hls_live;
 mod hls_memory;
 mod hls_ranges;
 mod hls_subtitles;
