@@ -221,8 +221,7 @@ pub(super) fn copy(
     key: Option<&([u8; 16], &Crypt)>,
     out: &mut File,
 ) -> Result<u64, String> {
-    let range = range.filter(|_| r.window.is_none());
-    all_or_nothing(out, |out| copy_inner(src, r, range, key, out))
+    all_or_nothing(out, |out| copy_inner(src, r, range, key, u64::MAX, out))
 }
 
 /// Appends `bytes` to `out`; returns how many. On an error `out` is cut back to where it was.
@@ -252,16 +251,29 @@ fn all_or_nothing(
     result
 }
 
-/// The resource's bytes `range` picks: (offset, length), checked against its `size`.
-fn pick(r: &Resource, range: Option<ByteRange>, size: u64) -> Result<(u64, u64), String> {
-    match range {
-        None => Ok((0, size)),
-        Some(b) if b.offset.saturating_add(b.len) > size => Err(format!(
-            "{} is {size} bytes, shorter than its byte range {}@{}",
-            r.url, b.len, b.offset
-        )),
-        Some(b) => Ok((b.offset, b.len)),
+/// The resource's bytes `range` picks: (offset, length), checked against its `size` and
+/// refused past `limit` bytes.
+fn pick(
+    r: &Resource,
+    range: Option<ByteRange>,
+    size: u64,
+    limit: u64,
+) -> Result<(u64, u64), String> {
+    // A resource fetched as its byte range (a window) is all of it.
+    let (offset, len) = match range.filter(|_| r.window.is_none()) {
+        None => (0, size),
+        Some(b) if b.offset.saturating_add(b.len) > size => {
+            return Err(format!(
+                "{} is {size} bytes, shorter than its byte range {}@{}",
+                r.url, b.len, b.offset
+            ));
+        }
+        Some(b) => (b.offset, b.len),
+    };
+    if len > limit {
+        return Err(format!("{}: {len} bytes, more than {limit} allowed", r.url));
     }
+    Ok((offset, len))
 }
 
 /// Decrypts (when keyed) and writes what it is given, in order.
@@ -312,21 +324,8 @@ pub(super) fn read(
     key: Option<&([u8; 16], &Crypt)>,
     limit: u64,
 ) -> Result<Vec<u8>, String> {
-    let range = range.filter(|_| r.window.is_none());
-    let size = match src {
-        Src::Memory(b) => b.len() as u64,
-        Src::File(work) => work
-            .open_std(&r.name, OFlags::RDONLY)
-            .and_then(|f| f.metadata())
-            .map_err(|e| format!("{}: {e}", work.join(&r.name).display()))?
-            .len(),
-    };
-    let len = range.map_or(size, |b| b.len);
-    if len > limit {
-        return Err(format!("{}: {len} bytes, more than {limit} allowed", r.url));
-    }
-    let mut out = Vec::with_capacity(len as usize + 16);
-    copy_inner(src, r, range, key, &mut out)?;
+    let mut out = Vec::new();
+    copy_inner(src, r, range, key, limit, &mut out)?;
     Ok(out)
 }
 
@@ -335,6 +334,7 @@ fn copy_inner(
     r: &Resource,
     range: Option<ByteRange>,
     key: Option<&([u8; 16], &Crypt)>,
+    limit: u64,
     out: &mut dyn Write,
 ) -> Result<u64, String> {
     let mut emit = Emit {
@@ -345,7 +345,7 @@ fn copy_inner(
     };
     let len = match src {
         Src::Memory(bytes) => {
-            let (offset, len) = pick(r, range, bytes.len() as u64)?;
+            let (offset, len) = pick(r, range, bytes.len() as u64, limit)?;
             // In bounds: `pick` checked them against the length.
             let bytes = &bytes[offset as usize..(offset + len) as usize];
             for chunk in bytes.chunks(CHUNK) {
@@ -356,7 +356,7 @@ fn copy_inner(
         Src::File(work) => {
             let io = |e: std::io::Error| format!("{}: {e}", work.join(&r.name).display());
             let mut file = work.open_std(&r.name, OFlags::RDONLY).map_err(io)?;
-            let (offset, len) = pick(r, range, file.metadata().map_err(io)?.len())?;
+            let (offset, len) = pick(r, range, file.metadata().map_err(io)?.len(), limit)?;
             file.seek(SeekFrom::Start(offset)).map_err(io)?;
             let mut file = file.take(len);
             let mut read = 0;

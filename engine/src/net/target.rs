@@ -218,10 +218,6 @@ impl Target {
         let Some(w) = &self.window else {
             return Ok(head);
         };
-        let err = |detail: String| GetError::Protocol {
-            url: self.display.clone(),
-            detail,
-        };
         match head.status {
             200 => Err(GetError::RangesUnsupported {
                 url: self.display.clone(),
@@ -248,11 +244,14 @@ impl Target {
                 if let Some(t) = total
                     && t < w.end
                 {
-                    return Err(err(format!(
-                        "the resource has {t} bytes, fewer than its byte range {}-{} needs",
-                        w.start,
-                        w.end - 1
-                    )));
+                    return Err(GetError::Protocol {
+                        url: self.display.clone(),
+                        detail: format!(
+                            "the resource has {t} bytes, fewer than its byte range {}-{} needs",
+                            w.start,
+                            w.end - 1
+                        ),
+                    });
                 }
                 let len = w.end - w.start;
                 let total = total.map_or("*".to_string(), |_| len.to_string());
