@@ -12,6 +12,9 @@
 #   caddy        a second real HTTPS origin (HTTP/1.1, HTTP/2 and HTTP/3), for the interop tests
 #   ngtcp2-client   gtlsclient, ngtcp2's HTTP/3 client, downloads from `ferry serve --h3`
 #   ffmpeg       makes the HLS test streams (testkit/src/hls.rs) and reads ferry's output back
+#   aria2, transmission-cli   stock BitTorrent clients the torrent tests run (aria2c downloads
+#                from `ferry serve`'s web seed; transmission-show reads its metainfo)
+#   libtorrent (PyPI)   the stock BitTorrent library the torrent tests drive (tests/fixtures/lt_swarm.py)
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 #   huggingface_hub 0.26.5 (PyPI, in target/hf-venvs/)   an old release, for the same
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian),
@@ -36,9 +39,10 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+
 [ -x /usr/bin/caddy ] || need+=(caddy)
 [ -x /usr/bin/gtlsclient ] || need+=(ngtcp2-client)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+command -v aria2c >/dev/null 2>&1 || need+=(aria2)
+[ -x /usr/bin/transmission-show ] || need+=(transmission-cli)
 if [ "${1:-}" = "--bench" ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)
-  command -v aria2c >/dev/null 2>&1 || need+=(aria2)
   command -v axel >/dev/null 2>&1 || need+=(axel)
   command -v fio >/dev/null 2>&1 || need+=(fio)
 fi
@@ -58,6 +62,7 @@ if [ "${1:-}" = "--bench" ]; then
 fi
 
 python3 -c 'import huggingface_hub' 2>/dev/null || python3 -m pip install -q huggingface_hub
+python3 -c 'import libtorrent' 2>/dev/null || python3 -m pip install -q libtorrent
 # The Prometheus project's Python client: the mirror tests parse `/metrics` with its parser.
 python3 -c 'import prometheus_client' 2>/dev/null || python3 -m pip install -q prometheus_client
 # An old huggingface_hub (0.26, before 1.18: it resumes any BLOB.incomplete from its size) in a

@@ -115,3 +115,17 @@ impl Default for Config {
         }
     }
 }
+
+/// ferry's own cache folder (what it learnt and may forget: Alt-Svc, piece hashes):
+/// `$FERRY_CACHE_DIR`, else `$XDG_CACHE_HOME/ferry`, else `~/.cache/ferry`; `None` when none of
+/// them is set.
+pub(crate) fn ferry_cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("FERRY_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|x| x.join("ferry")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache/ferry")))
+}

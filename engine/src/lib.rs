@@ -73,6 +73,7 @@ mod proto;
 mod report;
 mod runtime;
 pub mod serve;
+mod swarm;
 pub mod units;
 mod verify;
 

@@ -52,6 +52,17 @@ impl Serve {
         extra: &[&str],
         stderr: Stdio,
     ) -> Result<Serve, String> {
+        Serve::try_start_env(root, page_size, tls, (extra, &[]), stderr)
+    }
+
+    /// [`Serve::try_start`] with `env` (name, value) set for the child besides `extra` args.
+    pub fn try_start_env(
+        root: &Path,
+        page_size: Option<usize>,
+        tls: Option<&crate::tls::ServerCert>,
+        (extra, env): (&[&str], &[(&str, &std::ffi::OsStr)]),
+        stderr: Stdio,
+    ) -> Result<Serve, String> {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut cmd = Command::new(crate::ferry_bin());
         cmd.args(["serve", "--root"])
@@ -62,7 +73,8 @@ impl Serve {
             .env_remove("FERRY_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr);
+            .stderr(stderr)
+            .envs(env.iter().copied());
         if let Some(n) = page_size {
             cmd.env("FERRY_SERVE_PAGE_SIZE", n.to_string());
         }

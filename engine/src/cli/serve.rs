@@ -55,6 +55,17 @@ pub(crate) struct ServeArgs {
     /// least recently used blobs it fetched are deleted (default: no bound).
     #[arg(long, value_name = "SIZE", requires = "upstream", value_parser = super::parse_size)]
     max_size: Option<u64>,
+    /// Publish every commit served as a private BitTorrent torrent (one file per repo file,
+    /// pad files, this server as its web seed): GET /api/{type}s/{repo}/torrent/{rev} and
+    /// /magnet/{rev}. A commit is hashed on its first request, its pieces kept in ferry's cache
+    /// folder ($FERRY_CACHE_DIR, else ~/.cache/ferry).
+    #[arg(long, conflicts_with_all = ["upstream", "sign_key_file"])]
+    torrents: bool,
+    /// The tracker those torrents announce to (repeatable; implies --torrents), e.g.
+    /// http://tracker.lan:6969/announce.
+    #[arg(long, value_name = "URL", value_parser = parse_tracker,
+          conflicts_with_all = ["upstream", "sign_key_file"])]
+    tracker: Vec<url::Url>,
     /// Address to listen on (port 0 picks a free port; the first line on stdout names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -99,6 +110,17 @@ pub(crate) struct ServeArgs {
     #[arg(long, hide = true, env = "FERRY_SERVE_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     page_size: u32,
+}
+
+/// A tracker's announce URL: `http://`, `https://` or `udp://`, with a host.
+fn parse_tracker(s: &str) -> Result<url::Url, String> {
+    let url = url::Url::parse(s).map_err(|e| format!("invalid URL {s:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https" | "udp") || url.host_str().is_none() {
+        return Err(format!(
+            "{s:?}: give an http://, https:// or udp:// tracker URL with a host"
+        ));
+    }
+    Ok(url)
 }
 
 /// An `http://` or `https://` endpoint, without its trailing `/`.
@@ -167,6 +189,8 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
             }
         }
     }
+    options.torrents = args.torrents || !args.tracker.is_empty();
+    options.trackers.clone_from(&args.tracker);
     if let Some(endpoint) = &args.upstream {
         let mut up = UpstreamOptions::new(endpoint.clone());
         up.mirrors.clone_from(&args.mirror);
@@ -193,7 +217,9 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
         Ok(s) => s,
         Err(e) => {
             let code = match e {
-                ServeError::RootNotDir { .. } | ServeError::Upstream { .. } => exit::USAGE,
+                ServeError::RootNotDir { .. }
+                | ServeError::Upstream { .. }
+                | ServeError::Torrents { .. } => exit::USAGE,
                 ServeError::Root { .. } => exit::LOCAL,
                 _ => exit::REMOTE,
             };

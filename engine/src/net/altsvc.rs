@@ -215,15 +215,9 @@ const FILE: &str = "alt-svc.json";
 impl Store {
     /// The store in the default cache folder (none when no folder can be named).
     pub(crate) fn default_dir() -> Store {
-        let env = |k: &str| {
-            std::env::var_os(k)
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        };
-        let dir = env("FERRY_CACHE_DIR")
-            .or_else(|| env("XDG_CACHE_HOME").map(|x| x.join("ferry")))
-            .or_else(|| env("HOME").map(|h| h.join(".cache/ferry")));
-        Store { dir }
+        Store {
+            dir: crate::config::ferry_cache_dir(),
+        }
     }
 
     /// The memory as last written; empty when there is none or it cannot be read.

@@ -235,13 +235,15 @@ fn shown_id(segs: &[&str]) -> String {
     segs.iter().take(2).copied().collect::<Vec<_>>().join("/")
 }
 
-pub(super) const ACTIONS: [&str; 6] = [
+pub(super) const ACTIONS: [&str; 8] = [
     "revision",
     "tree",
     "treesize",
     "paths-info",
     "refs",
     "commits",
+    "torrent",
+    "magnet",
 ];
 
 fn api(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &str) -> Response {
@@ -282,6 +284,25 @@ fn api(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &s
         }
         _ if posting => post_not_allowed(),
         ["refs"] => refs(repo, query),
+        [action, revs @ ..] if matches!(*action, "torrent" | "magnet") => {
+            let Some(publisher) = &ctx.publisher else {
+                return Response::error(
+                    501,
+                    Some("NotImplemented"),
+                    "this server publishes no torrents (ferry serve --torrents)",
+                );
+            };
+            let format = if *action == "torrent" {
+                super::torrents::Format::Metainfo
+            } else {
+                super::torrents::Format::Magnet
+            };
+            let rev = decode(&revs.join("/")).unwrap_or_default();
+            match repo.snapshot(&rev) {
+                Some(snap) => publisher.answer(req.base, repo, snap, format),
+                None => revision_not_found(&rev),
+            }
+        }
         ["commits", revs @ ..] => {
             let raw = revs.join("/");
             let rev = decode(&raw).unwrap_or_default();
@@ -582,6 +603,11 @@ fn resolve(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Re
                 Ok((snap, _, path)) => match snap.files.get(&path) {
                     // A listed file whose bytes are not here is missing, as on the Hub.
                     Some(f) if f.disk.is_some() => file_response(ctx, req, &snap.commit, f),
+                    None => ctx
+                        .publisher
+                        .as_ref()
+                        .and_then(|p| p.pad(req, repo, snap, &path))
+                        .unwrap_or_else(|| entry_not_found(&snap.commit, &path)),
                     _ => entry_not_found(&snap.commit, &path),
                 },
                 Err(r) => r,
@@ -598,11 +624,14 @@ fn resolve(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str]) -> Re
 /// Opens `disk` (a canonical path the scan found under the root) read-only, resolved beneath
 /// the root at this moment and following no symlink: a folder swapped for a link out of the
 /// root after the scan is not followed.
-pub(super) fn open_beneath(ctx: &Shared, disk: &std::path::Path) -> std::io::Result<File> {
+pub(super) fn open_beneath(
+    root: &crate::backend::nofollow::Dir,
+    disk: &std::path::Path,
+) -> std::io::Result<File> {
     let rel = disk
-        .strip_prefix(ctx.root.path())
+        .strip_prefix(root.path())
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not under the root"))?;
-    ctx.root.open_beneath(rel, rustix::fs::OFlags::RDONLY)
+    root.open_beneath(rel, rustix::fs::OFlags::RDONLY)
 }
 
 fn file_response(ctx: &Shared, req: &Request<'_>, commit: &str, f: &FileEntry) -> Response {
@@ -610,7 +639,7 @@ fn file_response(ctx: &Shared, req: &Request<'_>, commit: &str, f: &FileEntry) -
         // Callers answer a file without bytes as missing first.
         return Response::error(500, None, "File not here");
     };
-    let opened = open_beneath(ctx, disk).and_then(|file| {
+    let opened = open_beneath(&ctx.root, disk).and_then(|file| {
         let meta = file.metadata()?;
         Ok((file, meta))
     });

@@ -31,6 +31,7 @@ mod signed;
 mod small_files;
 mod streams;
 mod tls_identity;
+mod torrents;
 
 pub use signed::SignKey;
 pub use tls_identity::TlsIdentity;
@@ -60,6 +61,8 @@ pub(crate) struct Shared {
     pub(crate) alt_svc: Option<String>,
     /// With [`ServeOptions::upstream`]: the pull-through mirror that answers every request.
     pub(crate) mirror: Option<mirror::Mirror>,
+    /// With [`ServeOptions::torrents`]: the torrents of the commits served.
+    pub(crate) publisher: Option<torrents::Publisher>,
 }
 
 /// Tree entries per page by default (what the Hub uses).
@@ -104,6 +107,13 @@ pub struct ServeOptions {
     /// one is refused (403), and one without a link is refused (401) unless, on a mirror, the
     /// caller has a token for the upstream to judge.
     pub sign_key: Option<SignKey>,
+    /// Publish every commit served as a private BitTorrent torrent (BEP 27), one torrent file
+    /// per repo file aligned by pad files (BEP 47), this server's resolve route as its web seed
+    /// (BEP 19): `GET /api/{type}s/{repo}/torrent/{rev}` and `/magnet/{rev}`. Not with
+    /// [`ServeOptions::upstream`] or [`ServeOptions::sign_key`].
+    pub torrents: bool,
+    /// The trackers those torrents announce to, the first as `announce`.
+    pub trackers: Vec<url::Url>,
 }
 
 /// The upstream of a pull-through mirror ([`ServeOptions::upstream`]).
@@ -181,6 +191,8 @@ impl Default for ServeOptions {
             h3: false,
             upstream: None,
             sign_key: None,
+            torrents: false,
+            trackers: Vec::new(),
         }
     }
 }
@@ -217,6 +229,12 @@ pub enum ServeError {
     #[error("upstream: {detail}")]
     Upstream {
         /// What failed.
+        detail: String,
+    },
+    /// Torrents were asked for with options they cannot work with.
+    #[error("torrents: {detail}")]
+    Torrents {
+        /// Why not.
         detail: String,
     },
     /// The listening socket could not be bound.
@@ -337,6 +355,22 @@ impl Server {
             (true, Some(identity)) => Some(identity.clone()),
             (true, None) => return Err(ServeError::H3WithoutTls),
         };
+        let publisher = if options.torrents || !options.trackers.is_empty() {
+            if options.upstream.is_some() || options.sign_key.is_some() {
+                return Err(ServeError::Torrents {
+                    detail: "a pull-through mirror or a server of signed links publishes no \
+                             torrents (their web seed would be refused or unverified)"
+                        .into(),
+                });
+            }
+            Some(torrents::Publisher::new(
+                root_dir.clone(),
+                options.trackers.iter().map(|t| t.to_string()).collect(),
+                crate::swarm::pieces::PieceStore::default_dir(),
+            ))
+        } else {
+            None
+        };
         let mirror = match options.upstream.clone() {
             None => None,
             Some(up) => {
@@ -380,6 +414,7 @@ impl Server {
                 .is_some()
                 .then(|| format!("h3=\":{}\"; ma=86400", local.port())),
             mirror,
+            publisher,
         });
         if let Some(identity) = h3 {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

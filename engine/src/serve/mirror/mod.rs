@@ -552,7 +552,7 @@ impl Mirror {
     /// The blob at `blob`, opened beneath the root following no symlink, when it is a file of
     /// `size` bytes (a blob is only ever renamed into place once verified).
     fn open_blob(&self, ctx: &Shared, blob: &std::path::Path, size: u64) -> Option<std::fs::File> {
-        let file = handler::open_beneath(ctx, blob).ok()?;
+        let file = handler::open_beneath(&ctx.root, blob).ok()?;
         let meta = file.metadata().ok()?;
         (meta.is_file() && meta.len() == size).then_some(file)
     }

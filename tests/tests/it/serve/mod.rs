@@ -29,6 +29,7 @@ mod h3;
 mod limits;
 mod mirror;
 mod protocol;
+mod torrents;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const COMMIT_PR: &str = "fedcba9876543210fedcba9876543210fedcba98";
