@@ -311,9 +311,16 @@ fn api(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &s
                 None => revision_not_found(&rev),
             }
         }
-        [] | [""] => match repo.default_snapshot() {
-            Some(snap) => info(repo, snap, query),
-            None => revision_not_found("main"),
+        // `?revision=` on the bare route: what Dragonfly's `dfget hf://` (v2.1-2.3) asks.
+        [] | [""] => match query_param(query, "revision").filter(|r| !r.is_empty()) {
+            Some(rev) => match repo.snapshot(&rev) {
+                Some(snap) => info(repo, snap, query),
+                None => revision_not_found(&rev),
+            },
+            None => match repo.default_snapshot() {
+                Some(snap) => info(repo, snap, query),
+                None => revision_not_found("main"),
+            },
         },
         ["revision", revs @ ..] => {
             let raw = revs.join("/");

@@ -25,6 +25,7 @@ use ferry_testkit::tls::TestPki;
 use sha2::{Digest, Sha256};
 
 mod client;
+mod dragonfly;
 mod h3;
 mod limits;
 mod mirror;
