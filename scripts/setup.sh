@@ -15,6 +15,7 @@
 #   aria2, transmission-cli   stock BitTorrent clients the torrent tests run (aria2c downloads
 #                from `ferry serve`'s web seed; transmission-show reads its metainfo)
 #   libtorrent (PyPI)   the stock BitTorrent library the torrent tests drive (tests/fixtures/lt_swarm.py)
+#   opentracker  the stock tracker of the swarm test (whitelist mode)
 #   huggingface_hub, transformers (PyPI)   the real clients the interoperability tests run
 #   huggingface_hub 0.26.5 (PyPI, in target/hf-venvs/)   an old release, for the same
 # With --bench, also the benchmark's peers and meters: wget, aria2, axel, fio (Debian),
@@ -41,6 +42,7 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v aria2c >/dev/null 2>&1 || need+=(aria2)
 [ -x /usr/bin/transmission-show ] || need+=(transmission-cli)
+[ -x /usr/bin/opentracker ] || need+=(opentracker)
 if [ "${1:-}" = "--bench" ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)
   command -v axel >/dev/null 2>&1 || need+=(axel)

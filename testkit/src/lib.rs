@@ -25,6 +25,7 @@ pub mod hf;
 pub mod hls;
 pub mod hostile;
 pub mod hub;
+pub mod netlab;
 pub mod nginx;
 pub mod proxies;
 pub mod proxy;

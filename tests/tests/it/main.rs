@@ -46,3 +46,4 @@ mod resume;
 mod retries;
 mod seccomp;
 mod serve;
+mod swarm;
