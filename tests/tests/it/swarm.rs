@@ -1,8 +1,9 @@
 //! A fleet of stock BitTorrent peers pulls one commit from `ferry serve --torrents` (issue 33),
 //! on a network of namespaces (`ferry_testkit::netlab`): an origin running `ferry serve` (the
 //! torrent's publisher and web seed), a stock tracker (Debian's opentracker, whitelist mode),
-//! and PEERS nodes running the PyPI libtorrent (`tests/fixtures/lt_swarm.py peer`), every link
-//! capped at LINK_MBIT both ways with `tbf`. Every peer must end with every file byte-identical;
+//! and PEERS nodes running stock clients, the PyPI libtorrent (`tests/fixtures/lt_swarm.py
+//! peer`) and, on the last, aria2c (which knows no pad files), every link capped at LINK_MBIT
+//! both ways with `tbf`. Every peer must end with every file byte-identical;
 //! the origin's interface counters say how many copies of the repo it sent.
 //!
 //! ferry serve is blocking std I/O: no io_uring or safe-mode back-end is involved here.
@@ -150,6 +151,39 @@ fn info_hash(torrent: &Path) -> String {
     v["info_hash"].as_str().expect("info hash").to_owned()
 }
 
+/// aria2c as a swarm member on `node`: tracker, peers and web seed, no DHT; it writes
+/// `SAVE.done` when the download completes (its hook) and seeds until killed.
+fn aria2_peer(node: &Node, torrent: &Path, save: &Path) -> Child {
+    let hook = save.with_extension("hook.sh");
+    std::fs::write(
+        &hook,
+        format!("#!/bin/sh\ntouch '{}.done'\n", save.display()),
+    )
+    .expect("hook");
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    node.command("aria2c")
+        .args([
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--listen-port=6881",
+            "--seed-time=10",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+        ])
+        .arg(format!("--on-bt-download-complete={}", hook.display()))
+        .arg("-d")
+        .arg(save)
+        .arg(torrent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("aria2c (scripts/setup.sh)")
+}
+
 #[test]
 fn stock_peers_swarm_from_ferry_serve() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -207,6 +241,10 @@ fn stock_peers_swarm_from_ferry_serve() {
         let save = dir.join(format!("peer{i}"));
         std::fs::create_dir_all(&save).expect("save");
         let node = lab.node(p);
+        if i == PEERS - 1 {
+            running.push((save.clone(), Guard(aria2_peer(node, &torrent_path, &save))));
+            continue;
+        }
         let child = node
             .command("python3")
             .arg(&script)
@@ -237,6 +275,15 @@ fn stock_peers_swarm_from_ferry_serve() {
     let (sent_after, _) = lab.node(origin).bytes().expect("counters");
     let mut reports = Vec::new();
     for (save, mut guard) in running {
+        if save.ends_with(format!("peer{}", PEERS - 1)) {
+            // aria2c seeds until stopped: its files are what count.
+            drop(guard);
+            for (path, bytes, _) in &files {
+                let got = std::fs::read(save.join(COMMIT).join(path)).expect("aria2c's file");
+                assert!(got == *bytes, "aria2c: {path} differs");
+            }
+            continue;
+        }
         let mut out = String::new();
         if let Some(mut stdout) = guard.0.stdout.take() {
             std::io::Read::read_to_string(&mut stdout, &mut out).expect("report");
@@ -253,8 +300,9 @@ fn stock_peers_swarm_from_ferry_serve() {
     }
     let copies = (sent_after - sent_before) as f64 / repo_bytes as f64;
     eprintln!(
-        "{PEERS} libtorrent peers, links {LINK_MBIT} Mbit/s, repo {repo_bytes} bytes: all \
+        "{} libtorrent peers and aria2c, links {LINK_MBIT} Mbit/s, repo {repo_bytes} bytes: all \
          byte-identical in {took:.1?}; the origin sent {copies:.2} copies of the repo; peers: {}",
+        PEERS - 1,
         reports
             .iter()
             .map(|r| format!(
