@@ -378,6 +378,13 @@ impl Journal {
         (e.size == size && e.digest == digest && !e.written.is_empty()).then(|| (e.id, e.ranges()))
     }
 
+    /// The live fetch of `path` whatever its digest: its id, size, digest and written ranges.
+    pub(crate) fn entry(&self, path: &Path) -> Option<(u64, u64, String, Vec<Range<u64>>)> {
+        let inner = self.lock();
+        let e = inner.entries.get(path)?;
+        Some((e.id, e.size, e.digest.clone(), e.ranges()))
+    }
+
     /// Starts a fresh fetch of `path` (what was written of it before is void); returns its id.
     /// Call it before emptying the file, so that no moment has the journal claiming bytes the
     /// file no longer holds.

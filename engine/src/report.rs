@@ -47,8 +47,9 @@ pub struct Report {
     pub verified: Option<HashReport>,
     /// Times the file was fetched (2 after a sha256 mismatch that the second fetch cured).
     pub fetches: u32,
-    /// Bytes taken over from an earlier run that was stopped (a pull's resume journal), read
-    /// back and verified rather than fetched again.
+    /// Bytes taken over from an earlier run that was stopped (the job's resume journal)
+    /// rather than fetched again: read back and verified for a file with a digest, vouched for
+    /// by the resource's `ETag` and the same boot for one without (an HLS segment).
     pub resumed: u64,
     /// Ranges fetched again after a body ended short.
     pub retries: u64,

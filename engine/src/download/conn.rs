@@ -716,7 +716,10 @@ fn request_bytes(target: &Target, range: Option<std::ops::Range<u64>>) -> Vec<u8
         &target.request_target,
         &target.host_header,
         range,
-        target.authorization.as_ref().map(|a| a.expose()),
-        target.proxy_authorization.as_ref().map(|a| a.expose()),
+        (
+            target.authorization.as_ref().map(|a| a.expose()),
+            target.proxy_authorization.as_ref().map(|a| a.expose()),
+        ),
+        target.if_range.as_deref(),
     )
 }

@@ -223,6 +223,8 @@ pub(crate) struct FileDownload {
     pub(super) journal: Option<Arc<Journal>>,
     /// The journal's id for the current fetch (0: not journaled).
     pub(super) journal_id: AtomicU64,
+    /// For a file without a digest: what vouches for its journaled bytes (`validator.rs`).
+    pub(super) validator: Mutex<Option<super::validator::Validator>>,
     /// Told of the partial file's writes ([`super::Watch`]): by the write itself as it
     /// completes, and again (harmlessly) when it is journaled.
     pub(super) watch: Option<Arc<dyn super::Watch>>,
@@ -312,6 +314,7 @@ impl FileDownload {
             hedged: AtomicU64::new(0),
             journal: spec.journal,
             journal_id: AtomicU64::new(0),
+            validator: Mutex::new(None),
             watch: spec.watch,
             once: spec.once,
             scratch: spec.scratch,
@@ -329,7 +332,15 @@ impl FileDownload {
     /// The journal key of this file (its size and digest) when the job journals it.
     pub(super) fn journal_key(&self) -> Option<(&Journal, u64, String)> {
         let journal = self.journal.as_deref()?;
-        Some((journal, self.size_hint?, self.checksum?.to_string()))
+        match self.checksum {
+            Some(checksum) => Some((journal, self.size_hint?, checksum.to_string())),
+            None => self
+                .validator
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|v| (journal, v.size, v.digest.clone())),
+        }
     }
 
     /// Records that `len` bytes at `at` are written (the write completed).
@@ -362,6 +373,11 @@ impl FileDownload {
         if self.fetches.load(Ordering::Relaxed) > 0 {
             return None;
         }
+        if self.checksum.is_none() {
+            return self
+                .validator_resumable()
+                .map(|(id, ranges, _)| (id, ranges));
+        }
         let (journal, size, digest) = self.journal_key()?;
         let (id, ranges) = journal.resumable(&self.output, size, &digest)?;
         // The file must still hold every range (it was never emptied behind the journal's back).
@@ -391,6 +407,7 @@ impl FileDownload {
     /// The earlier run's bytes cannot be used (the server answered with the whole file, or
     /// another size): start the journal over and empty the file.
     pub(super) fn drop_resumed(&self, file: &File) -> Result<(), GetError> {
+        self.void_record();
         self.journal_fresh();
         rustix::fs::ftruncate(file, 0).map_err(|e| GetError::Io {
             op: "truncate",
@@ -625,8 +642,11 @@ impl FileDownload {
     /// the size, before any byte is written.
     pub(super) fn try_hold(&self, len: u64) -> bool {
         let body = match &self.hold {
+            // Not a file resumed from the journal: its earlier bytes are on disk.
             Some(h)
-                if self.checksum.is_none() && self.journal.is_none() && self.watch.is_none() =>
+                if self.checksum.is_none()
+                    && self.watch.is_none()
+                    && self.resume_if_range().is_none() =>
             {
                 h.reserve(len)
             }

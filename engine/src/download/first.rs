@@ -63,7 +63,7 @@ pub(super) async fn start_file(
         // Before connecting: a file that does not fit waits here, not with a connection open.
         file.wait_for_space(&created, size).await?;
     }
-    let asked = match first_request(&resumed, file.size_hint, file.settings.chunk) {
+    let asked = match first_request(&resumed, file.size_known(), file.settings.chunk) {
         FirstRequest::Range(r) => r,
         FirstRequest::AllOnDisk { size } => {
             file.set_total(size);
@@ -79,7 +79,7 @@ pub(super) async fn start_file(
         framing,
         &asked,
         partial_total,
-        file.size_hint,
+        file.size_known(),
         !resumed.is_empty(),
     )?;
     match answer {
@@ -93,12 +93,23 @@ pub(super) async fn start_file(
                 tracing::warn!(
                     url = %file.target().display,
                     "the file has {total} bytes, not the {:?} its journal expected; fetching it all",
-                    file.size_hint
+                    file.size_known()
+                );
+                file.drop_resumed(&created)?;
+                resumed.clear();
+            } else if !resumed.is_empty() && file.validator_changed(&head) {
+                tracing::warn!(
+                    url = %file.target().display,
+                    "the resource changed since the earlier run (another ETag); fetching it all"
                 );
                 file.drop_resumed(&created)?;
                 resumed.clear();
             }
-            let sink = if file.try_hold(total) {
+            let held = file.try_hold(total);
+            if !held && resumed.is_empty() {
+                file.validate_fresh(total, &head);
+            }
+            let sink = if held {
                 file.set_total(total);
                 file.open_sink(Some(created)).await?
             } else if whole {
@@ -283,9 +294,16 @@ impl FileDownload {
         let resumed = match self.journal_resumable() {
             Some((id, ranges)) => {
                 self.journal_id.store(id, Ordering::Relaxed);
+                if self.checksum.is_none() {
+                    *self.validator.lock().unwrap_or_else(|p| p.into_inner()) =
+                        self.validator_resumable().map(|(_, _, v)| v);
+                }
                 ranges
             }
             None => {
+                // A digest-less file's record is voided before its file is emptied; its next
+                // one starts with its first answer (`validate_fresh`).
+                self.void_record();
                 self.journal_fresh();
                 Vec::new()
             }

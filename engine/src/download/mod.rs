@@ -41,6 +41,7 @@ mod settle;
 pub(crate) mod space;
 mod stream;
 mod streams;
+mod validator;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -44,6 +44,11 @@ pub(super) async fn request(
     } else {
         source.target().clone()
     };
+    // A first request of a file resumed by its ETag (`validator.rs`): a changed resource
+    // comes whole, and its earlier bytes are dropped.
+    if from_origin {
+        target.if_range = file.resume_if_range();
+    }
     // A first request this lane sent ahead: its answer is the next on the connection.
     let ahead = FirstAhead {
         file: FirstAhead::key(file),

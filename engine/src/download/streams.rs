@@ -95,7 +95,7 @@ pub(super) fn request(
     );
     let mut req = http::Request::get(uri);
     let auth = target.authorization.as_ref().map(|a| a.expose());
-    for (name, value) in crate::proto::http1::get_fields(range, auth) {
+    for (name, value) in crate::proto::http1::get_fields(range, auth, target.if_range.as_deref()) {
         req = req.header(name, value);
     }
     req.body(())

@@ -12,6 +12,7 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -27,9 +28,13 @@ use crate::engine::Engine;
 use crate::error::GetError;
 use crate::hub::api::Api;
 use crate::job::{Event, GetItem, Progress};
+use crate::journal::{self, Journal};
 
 /// The work folder's suffix, after the output's file name.
 pub(crate) const WORK_SUFFIX: &str = ".ferry-hls";
+
+/// The resume journal's name in the work folder.
+const JOURNAL: &str = "segments.journal";
 /// How long a live playlist may stay unchanged before the recording ends, by default.
 pub(super) const DEFAULT_LIVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Statuses that mean a signed URL expired: the playlist is loaded again for fresh ones.
@@ -114,6 +119,14 @@ pub fn download(
         })?;
     // One run per output: a second would append to the same parts.
     let _lock = lock(&work)?;
+    // Which ranges of the segments in flight are written: a run after a stop fetches only the
+    // rest of a large segment (`download/validator.rs`).
+    let journal = Journal::open(work.path(), Path::new(""), JOURNAL)
+        .map(Arc::new)
+        .map_err(|e| match e {
+            journal::OpenError::Busy(path) => HlsError::Busy { path },
+            journal::OpenError::Io { path, source, .. } => HlsError::Io { path, source },
+        })?;
     let plan = OutputPlan::new(&dir, &file, options.segments_dir.as_deref())?;
     // Live: every gap is final, so the recording goes on past it; VOD: a track stops at its
     // first gap, so that a later run can fill it in place (unless gaps are allowed).
@@ -131,6 +144,7 @@ pub fn download(
         engine,
         api,
         work,
+        journal,
         tracks,
         resources: Resources::default(),
         keys,
@@ -341,6 +355,7 @@ struct Run<'e> {
     engine: &'e Engine,
     api: Api,
     work: Dir,
+    journal: Arc<Journal>,
     tracks: Vec<Track>,
     resources: Resources,
     keys: KeySource,
@@ -581,7 +596,9 @@ impl Run<'_> {
                 None => item,
             }
         });
-        let mut job = self.engine.get_many(items)?;
+        let mut job = self
+            .engine
+            .get_many_journaled(items, Some(Arc::clone(&self.journal)))?;
         for Event::Progress(p) in job.events(Duration::from_millis(50)) {
             watch(&p);
             self.writer
@@ -603,7 +620,8 @@ impl Run<'_> {
             }
             r.state = match result {
                 Ok(report) => {
-                    self.fetched_bytes += report.bytes;
+                    // Bytes an earlier run wrote of a segment taken up were not fetched now.
+                    self.fetched_bytes += report.bytes.saturating_sub(report.resumed);
                     State::Fetched
                 }
                 Err(GetError::Interrupted) => {

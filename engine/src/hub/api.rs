@@ -262,8 +262,8 @@ fn request(url: &Url, authorization: Option<&str>, dialer: &Dialer) -> Result<An
         &target,
         &host_header,
         None,
-        authorization,
-        proxy_authorization.as_deref(),
+        (authorization, proxy_authorization.as_deref()),
+        None,
     );
     // One request per connection: say so, so the server closes after the answer.
     let at = req.len() - 2;

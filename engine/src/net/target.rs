@@ -66,6 +66,9 @@ pub(crate) struct Target {
     /// Only these bytes of the resource are the file ([`Target::wire_range`]); kept across
     /// redirects.
     pub window: Option<Range<u64>>,
+    /// `If-Range` of the request: the `ETag` earlier bytes of the file came with (a resumed
+    /// file without a digest); kept across redirects.
+    pub if_range: Option<String>,
     /// The trust and proxies connections to this target (and its redirects) use.
     pub dialer: Dialer,
 }
@@ -192,6 +195,7 @@ impl Target {
             route,
             proxy_authorization,
             window: None,
+            if_range: None,
             dialer: resolved.dialer.clone(),
         })
     }
@@ -308,6 +312,7 @@ pub(crate) fn redirect_target(
         next.authorization = from.authorization.clone();
     }
     next.window = from.window.clone();
+    next.if_range = from.if_range.clone();
     Ok(next)
 }
 

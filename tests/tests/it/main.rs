@@ -30,6 +30,7 @@ mod hls_faults;
 mod hls_live;
 mod hls_memory;
 mod hls_ranges;
+mod hls_resume;
 mod hls_subtitles;
 mod http2;
 mod http3;

@@ -216,6 +216,7 @@ pub(crate) fn host_and_target(url: &url::Url) -> (String, String) {
 pub(crate) fn get_fields(
     range: Option<Range<u64>>,
     authorization: Option<&str>,
+    if_range: Option<&str>,
 ) -> Vec<(&'static str, String)> {
     let mut fields = vec![
         (
@@ -231,6 +232,9 @@ pub(crate) fn get_fields(
     if let Some(r) = range {
         debug_assert!(r.start < r.end, "empty ranges are never requested");
         fields.push(("Range", format!("bytes={}-{}", r.start, r.end - 1)));
+        if let Some(tag) = if_range {
+            fields.push(("If-Range", tag.to_owned()));
+        }
     }
     fields
 }
@@ -241,12 +245,15 @@ pub(crate) fn get_request(
     target: &str,
     host: &str,
     range: Option<Range<u64>>,
-    authorization: Option<&str>,
-    proxy_authorization: Option<&str>,
+    (authorization, proxy_authorization): (Option<&str>, Option<&str>),
+    if_range: Option<&str>,
 ) -> Vec<u8> {
     let mut req = format!("GET {target} HTTP/1.1\r\nHost: {host}\r\n");
     let proxy = proxy_authorization.map(|auth| ("Proxy-Authorization", auth.to_owned()));
-    for (name, value) in get_fields(range, authorization).into_iter().chain(proxy) {
+    for (name, value) in get_fields(range, authorization, if_range)
+        .into_iter()
+        .chain(proxy)
+    {
         req.push_str(&format!("{name}: {value}\r\n"));
     }
     req.push_str("\r\n");
@@ -342,8 +349,14 @@ mod tests {
 
     #[test]
     fn writes_ranged_gets() {
-        let req = String::from_utf8(get_request("/f?x=1", "h:8080", Some(10..20), None, None))
-            .expect("utf8");
+        let req = String::from_utf8(get_request(
+            "/f?x=1",
+            "h:8080",
+            Some(10..20),
+            (None, None),
+            None,
+        ))
+        .expect("utf8");
         assert!(req.starts_with("GET /f?x=1 HTTP/1.1\r\nHost: h:8080\r\n"));
         assert!(req.contains("\r\nRange: bytes=10-19\r\n"));
         assert!(req.ends_with("\r\n\r\n"));
