@@ -162,3 +162,86 @@ fn a_segment_that_changed_between_runs_is_fetched_whole() {
         eprintln!("ran on backend {backend:?}: changed segments fetched whole ({r})");
     }
 }
+
+/// The answer of an origin that honours `Range` but ignores `If-Range` (as some CDNs and
+/// object stores do), serving `body` under `etag`.
+fn ranged_answer(head: &str, body: &[u8], etag: &str) -> Vec<u8> {
+    use ferry_testkit::hostile::answer;
+    let range = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("range")
+            .then(|| value.trim().strip_prefix("bytes=").map(str::to_owned))
+            .flatten()
+    });
+    let etag = ("ETag", etag.to_owned());
+    match range.and_then(|r| {
+        let (a, b) = r.split_once('-')?;
+        let a: usize = a.parse().ok()?;
+        let b: usize = b.parse::<usize>().ok()?.min(body.len() - 1);
+        (a <= b).then_some((a, b))
+    }) {
+        Some((a, b)) => answer(
+            "206 Partial Content",
+            &[
+                etag,
+                ("Content-Range", format!("bytes {a}-{b}/{}", body.len())),
+            ],
+            &body[a..=b],
+        ),
+        None => answer("200 OK", &[etag], body),
+    }
+}
+
+#[test]
+fn a_changed_segment_is_caught_by_its_etag_when_the_server_ignores_if_range() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let old = seeded(SEGMENT, 5);
+    let new = seeded(SEGMENT, 6);
+    for backend in backends_under_test() {
+        let changed = Arc::new(AtomicBool::new(false));
+        let origin = {
+            let (changed, old, new) = (Arc::clone(&changed), old.clone(), new.clone());
+            ferry_testkit::hostile::HostileOrigin::start_paced(
+                move |head| {
+                    let path = ferry_testkit::hostile::request_path(head);
+                    if path.ends_with(".m3u8") {
+                        let list = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n/s.ts\n\
+                                    #EXT-X-ENDLIST\n";
+                        return ferry_testkit::hostile::answer("200 OK", &[], list.as_bytes());
+                    }
+                    if changed.load(Ordering::Relaxed) {
+                        ranged_answer(head, &new, "\"v2\"")
+                    } else {
+                        ranged_answer(head, &old, "\"v1\"")
+                    }
+                },
+                Some((64 * 1024, Duration::from_millis(20))),
+            )
+        };
+        let url = format!("{}/index.m3u8", origin.url());
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dest = tmp.path().join("out.ts");
+        kill_mid_segment(backend, &url, &dest);
+        changed.store(true, Ordering::Relaxed);
+        // One connection: the origin serves one at a time.
+        let r = report(
+            &get(backend, &url, &dest, &["-c", "1"]),
+            backend,
+            "after the change",
+        );
+        assert_bytes(
+            &dest,
+            &new,
+            "a changed segment behind a server that ignores If-Range",
+        );
+        let asked_with = origin
+            .requests()
+            .iter()
+            .filter(|h| h.to_ascii_lowercase().contains("if-range: \"v1\""))
+            .count();
+        assert!(asked_with >= 1, "the resumed request carried If-Range");
+        eprintln!("ran on backend {backend:?}: another ETag under a 206: fetched whole ({r})");
+    }
+}
