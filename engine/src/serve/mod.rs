@@ -416,6 +416,9 @@ impl Server {
             mirror,
             publisher,
         });
+        if let Some(publisher) = &ctx.publisher {
+            publisher.prepare_all(&ctx.catalog);
+        }
         if let Some(identity) = h3 {
             let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
             h3::start(local, &identity, &ctx, cores).map_err(|source| ServeError::Bind {

@@ -3,11 +3,12 @@
 //! and `GET /api/{type}s/{repo}/magnet/{rev}` (its magnet link), with this server's resolve
 //! route as the web seed and the configured trackers as `announce`.
 //!
-//! A commit's torrent is built on its first request by a background thread: every file is read
-//! once, checked against its etag and cut into pieces in that one pass (`swarm/pieces.rs`), the
-//! pieces kept in ferry's cache folder for the next commit or start that has the same blob.
-//! One commit is hashed at a time for the whole server. A request waits up to [`WAIT`] for it,
-//! then gets 503 with `Retry-After` and how far the hashing got.
+//! Every commit's torrent is built in the background from the start (those a ref names first),
+//! or at once on its first request if that comes sooner: every file is read once, checked
+//! against its etag and cut into pieces in that one pass (`swarm/pieces.rs`), the pieces kept
+//! in ferry's cache folder for the next commit or start that has the same blob. One commit is
+//! hashed at a time for the whole server. A request waits up to [`WAIT`] for its torrent, then
+//! gets 503 with `Retry-After` and how far the hashing got.
 //!
 //! Invariants: no torrent is published for a commit that is not whole here or one of whose
 //! files does not match its etag (the request gets an error naming the file; the build is
@@ -19,7 +20,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::catalog::{FileEntry, Repo, Snapshot};
+use super::catalog::{Catalog, FileEntry, Repo, Snapshot};
 use super::handler::{Body, Request, Response, open_beneath};
 use super::range_request::{RangeAnswer, evaluate};
 use crate::backend::nofollow::Dir;
@@ -92,6 +93,49 @@ impl Publisher {
                 changed: Condvar::new(),
                 hashing: Mutex::new(()),
             }),
+        }
+    }
+
+    /// Builds, on one background thread, the torrent of every commit in `catalog` that no
+    /// request asked for yet: those a ref names first, then the others. A request for one not
+    /// reached yet builds it at once on a thread of its own (one commit hashes at a time).
+    pub(crate) fn prepare_all(&self, catalog: &Catalog) {
+        let mut commits: Vec<(bool, Key, Arc<Snapshot>)> = catalog
+            .repos()
+            .flat_map(|repo| {
+                repo.snapshots.values().map(|snap| {
+                    let named = repo.refs.values().any(|c| *c == snap.commit);
+                    let key = (repo.kind, repo.id.clone(), snap.commit.clone());
+                    (!named, key, Arc::clone(snap))
+                })
+            })
+            .collect();
+        commits.sort_by(|a, b| (a.0, &a.1.1, &a.1.2).cmp(&(b.0, &b.1.1, &b.1.2)));
+        let inner = Arc::clone(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("ferry-torrents".into())
+            .spawn(move || {
+                for (_, key, snap) in commits {
+                    let done = Arc::new(AtomicU64::new(0));
+                    {
+                        let mut states = inner.lock();
+                        if states.contains_key(&key) {
+                            continue;
+                        }
+                        let total = snap.files.values().map(|f| f.size).sum();
+                        states.insert(
+                            key.clone(),
+                            State::Hashing {
+                                done: Arc::clone(&done),
+                                total,
+                            },
+                        );
+                    }
+                    inner.build_and_keep(key, &snap, &done);
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("torrents are built as asked, not ahead: {e}");
         }
     }
 

@@ -216,6 +216,11 @@ impl Catalog {
         self.repos.get(&(kind, id.to_owned()))
     }
 
+    /// Every repo, in no particular order.
+    pub(super) fn repos(&self) -> impl Iterator<Item = &Repo> {
+        self.repos.values()
+    }
+
     pub(super) fn summary(&self) -> Summary {
         let mut s = Summary {
             repos: self.repos.len(),
