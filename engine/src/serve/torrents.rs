@@ -35,6 +35,8 @@ const WAIT: Duration = Duration::from_secs(5);
 const RETRY_AFTER_S: u64 = 5;
 /// How long a failed build is answered from memory before it is tried again.
 const RETRY_FAILED: Duration = Duration::from_secs(60);
+/// How often a long hashing says how far it got.
+const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 /// Files hashed at once within a commit.
 const MAX_HASHERS: usize = 4;
 
@@ -391,30 +393,51 @@ impl Inner {
             .map_or(1, |n| n.get())
             .min(MAX_HASHERS)
             .min(files.len().max(1));
+        let total: u64 = files.iter().map(|(_, f)| f.size).sum();
         std::thread::scope(|s| {
-            for _ in 0..workers {
-                s.spawn(|| {
-                    while !stop.load(Ordering::Relaxed) {
-                        let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
-                            break;
-                        };
-                        let (path, f) = files[i];
-                        match self.pieces_of(f, piece_len, done, kept) {
-                            Ok(p) => {
-                                *slots[i].lock().unwrap_or_else(|e| e.into_inner()) =
-                                    Some(Arc::new(p));
-                            }
-                            Err(why) => {
-                                stop.store(true, Ordering::Relaxed);
-                                failed
-                                    .lock()
-                                    .unwrap_or_else(|e| e.into_inner())
-                                    .get_or_insert(format!("{path}: {why}"));
+            // Says how far a long hashing got, until the workers are done (the sender dropped).
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            s.spawn(move || {
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(PROGRESS_EVERY)
+                {
+                    tracing::info!(
+                        commit = %snap.commit,
+                        "hashing for its torrent: {} of {}",
+                        crate::units::human_bytes(done.load(Ordering::Relaxed)),
+                        crate::units::human_bytes(total)
+                    );
+                }
+            });
+            let workers: Vec<_> = (0..workers)
+                .map(|_| {
+                    s.spawn(|| {
+                        while !stop.load(Ordering::Relaxed) {
+                            let Some(&i) = order.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                                break;
+                            };
+                            let (path, f) = files[i];
+                            match self.pieces_of(f, piece_len, done, kept) {
+                                Ok(p) => {
+                                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) =
+                                        Some(Arc::new(p));
+                                }
+                                Err(why) => {
+                                    stop.store(true, Ordering::Relaxed);
+                                    failed
+                                        .lock()
+                                        .unwrap_or_else(|e| e.into_inner())
+                                        .get_or_insert(format!("{path}: {why}"));
+                                }
                             }
                         }
-                    }
-                });
+                    })
+                })
+                .collect();
+            for w in workers {
+                let _ = w.join();
             }
+            drop(tx);
         });
         if let Some(why) = failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
             return Err((
