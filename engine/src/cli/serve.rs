@@ -57,14 +57,15 @@ pub(crate) struct ServeArgs {
     max_size: Option<u64>,
     /// Publish every commit served as a private BitTorrent torrent (one file per repo file,
     /// pad files, this server as its web seed): GET /api/{type}s/{repo}/torrent/{rev} and
-    /// /magnet/{rev}. A commit is hashed on its first request, its pieces kept in ferry's cache
-    /// folder ($FERRY_CACHE_DIR, else ~/.cache/ferry).
-    #[arg(long, conflicts_with_all = ["upstream", "sign_key_file"])]
+    /// /magnet/{rev}. Commits are hashed in the background from the start, their pieces kept in
+    /// ferry's cache folder ($FERRY_CACHE_DIR, else ~/.cache/ferry). With --upstream: public
+    /// commits the mirror's cache holds whole.
+    #[arg(long, conflicts_with = "sign_key_file")]
     torrents: bool,
     /// The tracker those torrents announce to (repeatable; implies --torrents), e.g.
     /// http://tracker.lan:6969/announce.
     #[arg(long, value_name = "URL", value_parser = parse_tracker,
-          conflicts_with_all = ["upstream", "sign_key_file"])]
+          conflicts_with = "sign_key_file")]
     tracker: Vec<url::Url>,
     /// Address to listen on (port 0 picks a free port; the first line on stdout names it).
     #[arg(long, default_value = "127.0.0.1:8080")]

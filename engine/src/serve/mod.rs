@@ -109,8 +109,9 @@ pub struct ServeOptions {
     pub sign_key: Option<SignKey>,
     /// Publish every commit served as a private BitTorrent torrent (BEP 27), one torrent file
     /// per repo file aligned by pad files (BEP 47), this server's resolve route as its web seed
-    /// (BEP 19): `GET /api/{type}s/{repo}/torrent/{rev}` and `/magnet/{rev}`. Not with
-    /// [`ServeOptions::upstream`] or [`ServeOptions::sign_key`].
+    /// (BEP 19): `GET /api/{type}s/{repo}/torrent/{rev}` and `/magnet/{rev}`. A mirror
+    /// ([`ServeOptions::upstream`]) publishes public commits it holds whole. Not with
+    /// [`ServeOptions::sign_key`].
     pub torrents: bool,
     /// The trackers those torrents announce to, the first as `announce`.
     pub trackers: Vec<url::Url>,
@@ -356,10 +357,10 @@ impl Server {
             (true, None) => return Err(ServeError::H3WithoutTls),
         };
         let publisher = if options.torrents || !options.trackers.is_empty() {
-            if options.upstream.is_some() || options.sign_key.is_some() {
+            if options.sign_key.is_some() {
                 return Err(ServeError::Torrents {
-                    detail: "a pull-through mirror or a server of signed links publishes no \
-                             torrents (their web seed would be refused or unverified)"
+                    detail: "a server of signed links publishes no torrents (their web seed \
+                             would be refused)"
                         .into(),
                 });
             }

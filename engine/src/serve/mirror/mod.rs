@@ -16,6 +16,7 @@ mod fill;
 mod index;
 mod memo;
 mod metrics;
+mod torrent;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -432,6 +433,14 @@ impl Mirror {
                 Err(r) => r,
             },
             [action @ "refs", ..] => not_implemented(action),
+            [action, revs @ ..] if matches!(*action, "torrent" | "magnet") => {
+                let format = if *action == "torrent" {
+                    super::torrents::Format::Metainfo
+                } else {
+                    super::torrents::Format::Magnet
+                };
+                self.torrent(ctx, req, (kind, &repo, &rev_of(revs)), format)
+            }
             _ => not_found(),
         }
     }
@@ -462,7 +471,12 @@ impl Mirror {
             Err(r) => return r,
         };
         let Some(entry) = snap.files.get(&path) else {
-            return entry_not_found(&snap.commit, &path);
+            // A pad file of the commit's torrent, asked by a web seed client without BEP 47.
+            return ctx
+                .publisher
+                .as_ref()
+                .and_then(|p| p.pad(req, &torrent::shell(kind, &repo), &snap, &path))
+                .unwrap_or_else(|| entry_not_found(&snap.commit, &path));
         };
         let remote = remote_file(&path, entry);
         let blob = self.upstream.blob_path(kind, &repo, &remote);

@@ -3,7 +3,8 @@
 //! served files against its pieces, and downloads the whole repo from the web seed alone;
 //! `aria2c` (no BEP 47) does too, fetching the pad files as zeros; `transmission-show` reads it.
 //! Hostile cases: bytes that are not their etag, an incomplete commit, a repo path that would
-//! collide with pad files, pad requests that name no pad.
+//! collide with pad files, pad requests that name no pad, a mirror's gated repo (never
+//! published) and its commits not cached whole (409, no fill started).
 //!
 //! ferry serve is blocking std I/O: no io_uring or safe-mode back-end is involved here.
 
@@ -397,7 +398,7 @@ fn pad_files_routes_and_options() {
     assert_eq!(get(&plain, &pad(n)).status, 404);
     // Options that cannot work are refused before anything starts.
     for args in [
-        vec!["--torrents", "--upstream", "http://127.0.0.1:9"],
+        vec!["--torrents", "--sign-key-file", "/nonexistent/key"],
         vec!["--tracker", "ftp://127.0.0.1/announce"],
         vec!["--tracker", "not a url"],
     ] {
@@ -426,4 +427,86 @@ fn pad_files_routes_and_options() {
         };
         assert_eq!(status.and_then(|s| s.code()), Some(2), "{args:?}");
     }
+}
+
+/// A mirror (`--upstream` with `--torrents`) of nginx's static Hub, its cache in `tmp/root`.
+fn start_mirror(tmp: &Path, upstream: &str, extra: &[&str]) -> Serve {
+    let mut args = vec!["--upstream", upstream, "--backend", "portable"];
+    args.extend_from_slice(extra);
+    start(tmp, &args)
+}
+
+#[test]
+fn a_mirror_publishes_the_public_commits_it_holds_whole() {
+    use ferry_testkit::hub::StaticHub;
+    use ferry_testkit::nginx::GATED_TOKEN;
+    let spec: &[(&str, u64, bool)] = &[
+        ("model.safetensors", (3 << 20) + 5, true),
+        ("config.json", 700, false),
+        ("sub/x.txt", 10, false),
+    ];
+    let hub = StaticHub::start_with(spec, |_| None, None);
+    let tmp = tempfile::tempdir().expect("tmp");
+    let serve = start_mirror(tmp.path(), &hub.endpoint(), &[]);
+    let target = "/api/models/org/model/torrent/main";
+    // Cold: no torrent, and no fill started for it.
+    let cold = get(&serve, target);
+    assert_eq!(cold.status, 409, "{}", String::from_utf8_lossy(&cold.body));
+    assert_eq!(cold.error_code(), Some("TorrentUnavailable"));
+    assert_eq!(hub.resolves(), 0, "a torrent request fetched files");
+    // Warm: every file once through the mirror, then the torrent.
+    for f in &hub.repo.files {
+        let r = get(
+            &serve,
+            &format!("/org/model/resolve/main/{}", quote(&f.path)),
+        );
+        assert_eq!(r.status, 200, "{}", f.path);
+    }
+    let r = get_torrent(&serve, target);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.header("X-Repo-Commit"), Some(hub.repo.commit.as_str()));
+    let file = save(tmp.path(), "mirror.torrent", &r.body);
+    let lt_dir = tmp.path().join("lt");
+    std::fs::create_dir_all(&lt_dir).expect("dir");
+    let got = lt(&[
+        OsStr::new("webseed"),
+        file.as_os_str(),
+        lt_dir.as_os_str(),
+        OsStr::new("60"),
+    ]);
+    assert_eq!(got["seeding"], true, "{got}");
+    for f in &hub.repo.files {
+        let bytes = std::fs::read(lt_dir.join(&hub.repo.commit).join(&f.path)).expect("file");
+        assert!(
+            bytes == std::fs::read(&f.source).expect("source"),
+            "{} differs",
+            f.path
+        );
+    }
+    drop(serve);
+
+    // A gated repo, cached whole by a caller with access: still no torrent, since neither
+    // peers nor web seed requests carry a token.
+    let gated = tempfile::tempdir().expect("tmp");
+    let token_file = gated.path().join("upstream-token");
+    std::fs::write(&token_file, GATED_TOKEN).expect("token file");
+    let serve = start_mirror(
+        gated.path(),
+        &hub.gated_endpoint(),
+        &["--upstream-token-file", token_file.to_str().expect("utf-8")],
+    );
+    let auth = format!("Bearer {GATED_TOKEN}");
+    for f in &hub.repo.files {
+        let t = format!("/org/model/resolve/main/{}", quote(&f.path));
+        let r = request(&serve, "GET", &t, &[("Authorization", &auth)]);
+        assert_eq!(r.status, 200, "{}", f.path);
+    }
+    for who in [vec![], vec![("Authorization", auth.as_str())]] {
+        let r = request(&serve, "GET", target, &who);
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.error_code(), Some("GatedRepo"));
+    }
+    eprintln!(
+        "mirror: 409 cold, a torrent once cached whole (libtorrent from its web seed), none for a gated repo"
+    );
 }
