@@ -380,7 +380,10 @@ impl Inner {
                 ),
             ));
         }
-        let piece_len = piece_length(files.iter().map(|(_, f)| f.size).sum());
+        let piece_len = piece_length(
+            files.iter().map(|(_, f)| f.size).sum(),
+            files.iter().filter(|(_, f)| f.size > 0).count() as u64,
+        );
         // Largest first, so the workers end together.
         let mut order: Vec<usize> = (0..files.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(files[i].1.size));

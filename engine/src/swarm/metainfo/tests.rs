@@ -178,9 +178,14 @@ fn refused_layouts() {
 
 #[test]
 fn piece_lengths() {
-    assert_eq!(piece_length(0), MIN_PIECE);
-    assert_eq!(piece_length(100 << 20), MIN_PIECE);
-    assert_eq!(piece_length(1 << 30), 512 * 1024);
-    assert_eq!(piece_length(3 << 30), 2 * 1024 * 1024);
-    assert_eq!(piece_length(400_000_000_000), MAX_PIECE);
+    assert_eq!(piece_length(0, 0), MIN_PIECE);
+    assert_eq!(piece_length(100 << 20, 3), MIN_PIECE);
+    assert_eq!(piece_length(1 << 30, 1), 512 * 1024);
+    assert_eq!(piece_length(3 << 30, 4), 2 * 1024 * 1024);
+    // A model of a hundred 4 GB shards and a few small files.
+    assert_eq!(piece_length(400_000_000_000, 110), MAX_PIECE);
+    // A dataset of 100,000 files of 4 MB: pieces no larger than a file.
+    assert_eq!(piece_length(400_000_000_000, 100_000), 2 * 1024 * 1024);
+    // Many tiny files: the smallest piece.
+    assert_eq!(piece_length(1 << 30, 1_000_000), MIN_PIECE);
 }
