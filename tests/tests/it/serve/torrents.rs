@@ -1,7 +1,8 @@
 //! `ferry serve --torrents` (issue 33's publisher), checked by stock BitTorrent software: the
 //! PyPI `libtorrent` reads the metainfo (private, pad files, trackers, web seed), hashes the
 //! served files against its pieces, and downloads the whole repo from the web seed alone;
-//! `aria2c` (no BEP 47) does too, fetching the pad files as zeros; `transmission-show` reads it.
+//! `aria2c` and `transmission-cli` (no BEP 47) do too, fetching the pad files as zeros;
+//! `transmission-show` reads it.
 //! Hostile cases: bytes that are not their etag, an incomplete commit, a repo path that would
 //! collide with pad files, pad requests that name no pad, a mirror's gated repo (never
 //! published) and its commits not cached whole (409, no fill started).
@@ -198,7 +199,7 @@ fn torrents_are_read_and_checked_by_stock_clients() {
 }
 
 #[test]
-fn the_web_seed_serves_libtorrent_and_aria2() {
+fn the_web_seed_serves_libtorrent_aria2_and_transmission() {
     let tmp = cache_root();
     let serve = start(tmp.path(), &[]);
     let r = get_torrent(&serve, "/api/models/org/name/torrent/main");
@@ -259,8 +260,54 @@ fn the_web_seed_serves_libtorrent_and_aria2() {
         &cache_model_files(),
         "aria2c from the web seed",
     );
+
+    // Transmission 3 neither: it too gets its pad files as zeros. It creates no empty file,
+    // and it seeds until stopped: its completion script says when it is done.
+    let tr_dir = tmp.path().join("transmission");
+    std::fs::create_dir_all(&tr_dir).expect("dir");
+    let done = tmp.path().join("transmission.done");
+    let script = tmp.path().join("transmission-done.sh");
+    std::fs::write(&script, format!("#!/bin/sh\ntouch '{}'\n", done.display())).expect("script");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let child = Command::new("transmission-cli")
+        .arg("-w")
+        .arg(&tr_dir)
+        .arg("-g")
+        .arg(tmp.path().join("transmission-config"))
+        .arg("-p")
+        .arg(ferry_testkit::free_port().to_string())
+        .arg("-f")
+        .arg(&script)
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("transmission-cli (scripts/setup.sh)");
+    /// Stops the client by its PID, also when the test fails.
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !done.exists() {
+        assert!(Instant::now() < deadline, "transmission-cli did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(child);
+    let got = tr_dir.join(COMMIT);
+    for f in cache_model_files().iter().filter(|f| !f.bytes.is_empty()) {
+        let bytes = std::fs::read(got.join(&f.path)).expect("transmission's file");
+        assert!(bytes == f.bytes, "transmission-cli: {} differs", f.path);
+    }
     eprintln!(
-        "libtorrent and aria2c downloaded the commit from the web seed ({pad_bytes} pad bytes as zeros)"
+        "libtorrent, aria2c and transmission-cli downloaded the commit from the web seed \
+         ({pad_bytes} pad bytes as zeros to aria2c)"
     );
 }
 
