@@ -46,3 +46,17 @@ pub fn sha256_file(path: &Path) -> String {
     }
     hex::encode(h.finalize())
 }
+
+/// `len` seeded bytes in memory (xorshift: the same seed and length always give the same
+/// bytes), for fixtures small enough to build in a test.
+pub fn seeded(len: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 24) as u8
+        })
+        .collect()
+}

@@ -118,21 +118,13 @@ impl Publisher {
             .name("ferry-torrents".into())
             .spawn(move || {
                 for (_, key, snap) in commits {
-                    let done = Arc::new(AtomicU64::new(0));
-                    {
+                    let done = {
                         let mut states = inner.lock();
                         if states.contains_key(&key) {
                             continue;
                         }
-                        let total = snap.files.values().map(|f| f.size).sum();
-                        states.insert(
-                            key.clone(),
-                            State::Hashing {
-                                done: Arc::clone(&done),
-                                total,
-                            },
-                        );
-                    }
+                        hashing(&mut states, &key, &snap)
+                    };
                     inner.build_and_keep(key, &snap, &done);
                 }
             });
@@ -175,15 +167,7 @@ impl Publisher {
                         .map_or_else(|e| e.into_inner().0, |(g, _)| g);
                 }
                 _ => {
-                    let done = Arc::new(AtomicU64::new(0));
-                    let total = snap.files.values().map(|f| f.size).sum();
-                    states.insert(
-                        key.clone(),
-                        State::Hashing {
-                            done: Arc::clone(&done),
-                            total,
-                        },
-                    );
+                    let done = hashing(&mut states, &key, snap);
                     let inner = Arc::clone(&self.inner);
                     let (snap, key2) = (Arc::clone(snap), key.clone());
                     let spawned = std::thread::Builder::new()
@@ -309,6 +293,20 @@ impl Publisher {
             body,
         })
     }
+}
+
+/// Marks `key` as being hashed; returns the count of its bytes hashed so far.
+fn hashing(states: &mut HashMap<Key, State>, key: &Key, snap: &Snapshot) -> Arc<AtomicU64> {
+    let done = Arc::new(AtomicU64::new(0));
+    let total = snap.files.values().map(|f| f.size).sum();
+    states.insert(
+        key.clone(),
+        State::Hashing {
+            done: Arc::clone(&done),
+            total,
+        },
+    );
+    done
 }
 
 /// 503: still hashing, come back.

@@ -4,6 +4,7 @@
 //! access log shows it. A segment that changed between the runs (another `ETag`) is fetched
 //! whole again, and the output is the new bytes. On every back-end.
 
+use ferry_testkit::data::seeded;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -12,18 +13,6 @@ use ferry_testkit::{Nginx, backends_under_test, ferry_command};
 use super::hls::{assert_bytes, get, report, work_dir};
 
 const SEGMENT: usize = 6 << 20;
-
-fn seeded(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
-}
 
 /// A VOD stream of two large segments (no byte ranges) under `root/big/`.
 fn write_stream(root: &Path, seed: u64) -> Vec<u8> {

@@ -8,9 +8,10 @@
 //!
 //! ferry serve is blocking std I/O: no io_uring or safe-mode back-end is involved here.
 
+use ferry_testkit::data::seeded;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_testkit::netlab::{Lab, Node};
@@ -28,18 +29,6 @@ impl Drop for Guard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn seeded(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
 }
 
 /// The repo: three LFS shards of 8-16 MiB with odd sizes and a few small git files.
@@ -135,19 +124,7 @@ fn fetch_torrent(node: &Node, origin: &Node, into: &Path) -> Vec<u8> {
 }
 
 fn info_hash(torrent: &Path) -> String {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lt_swarm.py");
-    let out = Command::new("python3")
-        .arg(&script)
-        .arg("info")
-        .arg(torrent)
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "lt_swarm.py info (PyPI libtorrent: scripts/setup.sh): {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let v = crate::serve::torrents::lt(&[std::ffi::OsStr::new("info"), torrent.as_os_str()]);
     v["info_hash"].as_str().expect("info hash").to_owned()
 }
 

@@ -12,6 +12,7 @@
 //! `client` (the real huggingface_hub), `protocol` (headers, ranges, paging, errors, the root)
 //! and `limits` (connection limits).
 
+use ferry_testkit::data::seeded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -30,7 +31,7 @@ mod h3;
 mod limits;
 mod mirror;
 mod protocol;
-mod torrents;
+pub(crate) mod torrents;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const COMMIT_PR: &str = "fedcba9876543210fedcba9876543210fedcba98";
@@ -81,18 +82,6 @@ impl FixtureFile {
             self.etag()
         }
     }
-}
-
-fn seeded(len: usize, seed: u64) -> Vec<u8> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 24) as u8
-        })
-        .collect()
 }
 
 fn file(path: &str, bytes: Vec<u8>, lfs: bool) -> FixtureFile {

@@ -61,7 +61,8 @@ fn get_torrent(s: &Serve, target: &str) -> Resp {
     }
 }
 
-fn lt(args: &[&OsStr]) -> serde_json::Value {
+/// `tests/fixtures/lt_swarm.py ARGS...` (the PyPI libtorrent): its JSON answer.
+pub(crate) fn lt(args: &[&OsStr]) -> serde_json::Value {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/lt_swarm.py");
     let out = Command::new("python3")
         .arg(&script)
@@ -76,6 +77,21 @@ fn lt(args: &[&OsStr]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
     })
+}
+
+/// libtorrent downloads `torrent` into `tmp/lt` from its web seed alone (no peer, no tracker
+/// that answers) and must complete; returns the folder.
+fn webseed_download(tmp: &Path, torrent: &Path) -> PathBuf {
+    let dir = tmp.join("lt");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let got = lt(&[
+        OsStr::new("webseed"),
+        torrent.as_os_str(),
+        dir.as_os_str(),
+        OsStr::new("60"),
+    ]);
+    assert_eq!(got["seeding"], true, "{got}");
+    dir
 }
 
 /// Writes `files` under `dir/COMMIT/`, as a client that has the commit would hold them.
@@ -207,15 +223,7 @@ fn the_web_seed_serves_libtorrent_aria2_and_transmission() {
     let file = save(tmp.path(), "model.torrent", &r.body);
 
     // libtorrent, with no peer and no tracker that answers: every byte from the web seed.
-    let lt_dir = tmp.path().join("lt");
-    std::fs::create_dir_all(&lt_dir).expect("dir");
-    let got = lt(&[
-        OsStr::new("webseed"),
-        file.as_os_str(),
-        lt_dir.as_os_str(),
-        OsStr::new("60"),
-    ]);
-    assert_eq!(got["seeding"], true, "{got}");
+    let lt_dir = webseed_download(tmp.path(), &file);
     assert_snapshot(
         &lt_dir.join(COMMIT),
         &cache_model_files(),
@@ -513,15 +521,7 @@ fn a_mirror_publishes_the_public_commits_it_holds_whole() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.header("X-Repo-Commit"), Some(hub.repo.commit.as_str()));
     let file = save(tmp.path(), "mirror.torrent", &r.body);
-    let lt_dir = tmp.path().join("lt");
-    std::fs::create_dir_all(&lt_dir).expect("dir");
-    let got = lt(&[
-        OsStr::new("webseed"),
-        file.as_os_str(),
-        lt_dir.as_os_str(),
-        OsStr::new("60"),
-    ]);
-    assert_eq!(got["seeding"], true, "{got}");
+    let lt_dir = webseed_download(tmp.path(), &file);
     for f in &hub.repo.files {
         let bytes = std::fs::read(lt_dir.join(&hub.repo.commit).join(&f.path)).expect("file");
         assert!(
