@@ -403,6 +403,36 @@ mod tests {
         ));
     }
 
+    /// A reader that fails after `ok` bytes (a disk error mid-file).
+    struct Failing {
+        ok: usize,
+    }
+
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.ok == 0 {
+                return Err(io::Error::other("EIO"));
+            }
+            let n = buf.len().min(self.ok);
+            buf[..n].fill(7);
+            self.ok -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_read_error_mid_file_ends_both_threads_with_it() {
+        let etag = sha256_hex(&[7u8; 10 << 20]);
+        let got = hash(
+            Failing { ok: 5 << 20 },
+            10 << 20,
+            Etag::Sha256(&etag),
+            1 << 20,
+            &AtomicU64::new(0),
+        );
+        assert!(matches!(got, Err(HashError::Io(e)) if e.to_string() == "EIO"));
+    }
+
     #[test]
     fn records_round_trip_and_damage_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
