@@ -356,6 +356,17 @@ pub fn serve_one_file(size: u64, seed: u64) -> (tempfile::TempDir, PathBuf, Ngin
     (src, file, nginx)
 }
 
+/// A child process killed (by its PID) and reaped when dropped, also when a test fails.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound and released; the caller binds it next).
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");

@@ -370,13 +370,13 @@ impl FileDownload {
     /// What an earlier run wrote of this file and the journal vouches for (only on the first
     /// fetch of this job: a second fetch follows a mismatch, and starts over).
     pub(super) fn journal_resumable(&self) -> Option<(u64, Vec<Range<u64>>)> {
-        if self.fetches.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
         if self.checksum.is_none() {
             return self
                 .validator_resumable()
                 .map(|(id, ranges, _)| (id, ranges));
+        }
+        if self.fetches.load(Ordering::Relaxed) > 0 {
+            return None;
         }
         let (journal, size, digest) = self.journal_key()?;
         let (id, ranges) = journal.resumable(&self.output, size, &digest)?;

@@ -89,19 +89,18 @@ pub(super) async fn start_file(
             drop_resumed,
             whole,
         } => {
-            if drop_resumed {
-                tracing::warn!(
-                    url = %file.target().display,
-                    "the file has {total} bytes, not the {:?} its journal expected; fetching it all",
+            let why = if drop_resumed {
+                Some(format!(
+                    "the file has {total} bytes, not the {:?} its journal expected",
                     file.size_known()
-                );
-                file.drop_resumed(&created)?;
-                resumed.clear();
+                ))
             } else if !resumed.is_empty() && file.validator_changed(&head) {
-                tracing::warn!(
-                    url = %file.target().display,
-                    "the resource changed since the earlier run (another ETag); fetching it all"
-                );
+                Some("the resource changed since the earlier run (another ETag)".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                tracing::warn!(url = %file.target().display, "{why}; fetching it all");
                 file.drop_resumed(&created)?;
                 resumed.clear();
             }
@@ -291,13 +290,17 @@ impl FileDownload {
     /// when hashing. Runs on the lane that starts the file, which gets the file back (for
     /// `fallocate`, and as its sink's buffered descriptor).
     pub(super) async fn begin_fetch(self: &Arc<Self>) -> Result<(File, Vec<Range<u64>>), GetError> {
-        let resumed = match self.journal_resumable() {
+        let found = match self.checksum {
+            // A digest-less file's record names what vouches for it: kept for its answers.
+            None => self.validator_resumable().map(|(id, ranges, v)| {
+                *self.validator.lock().unwrap_or_else(|p| p.into_inner()) = Some(v);
+                (id, ranges)
+            }),
+            Some(_) => self.journal_resumable(),
+        };
+        let resumed = match found {
             Some((id, ranges)) => {
                 self.journal_id.store(id, Ordering::Relaxed);
-                if self.checksum.is_none() {
-                    *self.validator.lock().unwrap_or_else(|p| p.into_inner()) =
-                        self.validator_resumable().map(|(_, _, v)| v);
-                }
                 ranges
             }
             None => {

@@ -15,6 +15,7 @@
 
 use std::ops::Range;
 use std::sync::OnceLock;
+use std::sync::atomic::Ordering;
 
 use super::file::FileDownload;
 use crate::proto::http1::ResponseHead;
@@ -79,7 +80,8 @@ impl FileDownload {
     /// For a digest-less file: the earlier run's journaled ranges and what vouches for them,
     /// when the record was written in this boot and the partial file still holds every range.
     pub(super) fn validator_resumable(&self) -> Option<(u64, Vec<Range<u64>>, Validator)> {
-        if self.checksum.is_some() {
+        // Only the first fetch of a job: a later one follows a failure, and starts over.
+        if self.checksum.is_some() || self.fetches.load(Ordering::Relaxed) > 0 {
             return None;
         }
         let journal = self.journal.as_deref()?;

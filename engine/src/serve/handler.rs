@@ -268,6 +268,19 @@ fn api(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &s
         return repo_not_found(kind, &shown_id(segs));
     };
     let posting = req.method == "POST";
+    if !posting
+        && let [action, revs @ ..] = rest
+        && let Some(format) = super::torrents::Format::of(action)
+    {
+        let Some(publisher) = &ctx.publisher else {
+            return super::torrents::not_published();
+        };
+        let rev = decode(&revs.join("/")).unwrap_or_default();
+        return match repo.snapshot(&rev) {
+            Some(snap) => publisher.answer(req.base, repo, snap, format),
+            None => revision_not_found(&rev),
+        };
+    }
     match rest {
         ["paths-info", revs @ ..] if posting => {
             let raw = revs.join("/");
@@ -284,25 +297,6 @@ fn api(ctx: &Shared, req: &Request<'_>, kind: RepoType, segs: &[&str], query: &s
         }
         _ if posting => post_not_allowed(),
         ["refs"] => refs(repo, query),
-        [action, revs @ ..] if matches!(*action, "torrent" | "magnet") => {
-            let Some(publisher) = &ctx.publisher else {
-                return Response::error(
-                    501,
-                    Some("NotImplemented"),
-                    "this server publishes no torrents (ferry serve --torrents)",
-                );
-            };
-            let format = if *action == "torrent" {
-                super::torrents::Format::Metainfo
-            } else {
-                super::torrents::Format::Magnet
-            };
-            let rev = decode(&revs.join("/")).unwrap_or_default();
-            match repo.snapshot(&rev) {
-                Some(snap) => publisher.answer(req.base, repo, snap, format),
-                None => revision_not_found(&rev),
-            }
-        }
         ["commits", revs @ ..] => {
             let raw = revs.join("/");
             let rev = decode(&raw).unwrap_or_default();

@@ -83,6 +83,26 @@ pub(crate) enum Format {
     Magnet,
 }
 
+impl Format {
+    /// What the API action (`torrent`, `magnet`) asks for; `None` for another action.
+    pub(crate) fn of(action: &str) -> Option<Format> {
+        match action {
+            "torrent" => Some(Format::Metainfo),
+            "magnet" => Some(Format::Magnet),
+            _ => None,
+        }
+    }
+}
+
+/// 501 for a torrent asked of a server started without `--torrents`.
+pub(crate) fn not_published() -> Response {
+    Response::error(
+        501,
+        Some("NotImplemented"),
+        "this server publishes no torrents (ferry serve --torrents)",
+    )
+}
+
 impl Publisher {
     /// A publisher of the commits under `root`, announcing `trackers`.
     pub(crate) fn new(root: Dir, trackers: Vec<String>, store: PieceStore) -> Publisher {

@@ -123,7 +123,9 @@ impl Info {
         comment: &str,
         created: u64,
     ) -> Vec<u8> {
-        // Keys in sorted order, as canonical bencode requires (bendy checks it).
+        // Written by hand, keys in sorted order as canonical bencode requires: the info
+        // dictionary must go in as the very bytes its hash was taken of, and bendy emits no
+        // pre-encoded bytes. The unit tests decode and re-encode it with bendy.
         let mut out = b"d".to_vec();
         let mut pair = |key: &str, value: &[u8]| {
             out.extend_from_slice(format!("{}:{key}", key.len()).as_bytes());

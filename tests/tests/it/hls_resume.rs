@@ -4,10 +4,10 @@
 //! access log shows it. A segment that changed between the runs (another `ETag`) is fetched
 //! whole again, and the output is the new bytes. On every back-end.
 
-use ferry_testkit::data::seeded;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ferry_testkit::data::seeded;
 use ferry_testkit::{Nginx, backends_under_test, ferry_command};
 
 use super::hls::{assert_bytes, get, report, work_dir};

@@ -8,12 +8,13 @@
 //!
 //! ferry serve is blocking std I/O: no io_uring or safe-mode back-end is involved here.
 
-use ferry_testkit::data::seeded;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use ferry_testkit::KillOnDrop as Guard;
+use ferry_testkit::data::seeded;
 use ferry_testkit::netlab::{Lab, Node};
 use sha2::{Digest, Sha256};
 
@@ -22,16 +23,6 @@ const PEERS: usize = 5;
 /// The peers that are not libtorrent: the last two, by their command.
 const OTHERS: [&str; 2] = ["aria2c", "transmission-cli"];
 const LINK_MBIT: u32 = 200;
-
-/// A child killed by its PID when dropped.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// The repo: three LFS shards of 8-16 MiB with odd sizes and a few small git files.
 fn repo_files() -> Vec<(String, Vec<u8>, bool)> {

@@ -377,6 +377,12 @@ impl Mirror {
         };
         let posting = req.method == "POST";
         let rev_of = |raw: &[&str]| decode(&raw.join("/")).unwrap_or_default();
+        if !posting
+            && let [action, revs @ ..] = rest
+            && let Some(format) = super::torrents::Format::of(action)
+        {
+            return self.torrent(ctx, req, (kind, &repo, &rev_of(revs)), format);
+        }
         match rest {
             ["paths-info", revs @ ..] if posting => {
                 match self.snapshot(caller, kind, &repo, &rev_of(revs)) {
@@ -433,14 +439,6 @@ impl Mirror {
                 Err(r) => r,
             },
             [action @ "refs", ..] => not_implemented(action),
-            [action, revs @ ..] if matches!(*action, "torrent" | "magnet") => {
-                let format = if *action == "torrent" {
-                    super::torrents::Format::Metainfo
-                } else {
-                    super::torrents::Format::Magnet
-                };
-                self.torrent(ctx, req, (kind, &repo, &rev_of(revs)), format)
-            }
             _ => not_found(),
         }
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use super::super::Shared;
 use super::super::catalog::{FileEntry, Repo, Snapshot};
 use super::super::handler::{Request, Response};
-use super::super::torrents::Format;
+use super::super::torrents::{Format, not_published};
 use super::{Caller, Mirror, remote_file};
 use crate::hub::RepoType;
 use crate::hub::repo::RepoId;
@@ -27,11 +27,7 @@ impl Mirror {
         format: Format,
     ) -> Response {
         let Some(publisher) = &ctx.publisher else {
-            return Response::error(
-                501,
-                Some("NotImplemented"),
-                "this server publishes no torrents (ferry serve --torrents)",
-            );
+            return not_published();
         };
         let anyone = Caller {
             secret: None,

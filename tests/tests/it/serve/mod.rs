@@ -12,13 +12,13 @@
 //! `client` (the real huggingface_hub), `protocol` (headers, ranges, paging, errors, the root)
 //! and `limits` (connection limits).
 
-use ferry_testkit::data::seeded;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use ferry_testkit::data::seeded;
 use ferry_testkit::hf::{have_hf_client, hf_client, hf_client_ca};
 use ferry_testkit::record::{self, Trial};
 use ferry_testkit::serve::Serve;

@@ -293,15 +293,7 @@ fn the_web_seed_serves_libtorrent_aria2_and_transmission() {
         .stderr(Stdio::null())
         .spawn()
         .expect("transmission-cli (scripts/setup.sh)");
-    /// Stops the client by its PID, also when the test fails.
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let child = Kill(child);
+    let child = ferry_testkit::KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(120);
     while !done.exists() {
         assert!(Instant::now() < deadline, "transmission-cli did not finish");
