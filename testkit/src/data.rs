@@ -31,6 +31,51 @@ pub fn write_data(path: &Path, size: u64, seed: u64) {
     f.flush().expect("flush data");
 }
 
+/// A temporary folder in memory (`/dev/shm`) when it has room for `need` bytes and 1 GiB more,
+/// else in the usual place. For large sources the tests only read: on a CI machine whose disk
+/// is nearly full, a 1 GiB source on disk beside its 1 GiB download has made ferry's disk-space
+/// check refuse the download. The download itself stays on disk, where O_DIRECT is tested.
+pub fn memory_tempdir(need: u64) -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    let free = free_bytes(shm).unwrap_or(0);
+    if free > need + (1 << 30)
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::tempdir().expect("tmp")
+}
+
+/// A temporary folder for a download of `need` bytes: on disk when the disk has room for it,
+/// for ferry's `--min-free` (256 MiB) and 512 MiB for the tests running beside it; otherwise in
+/// memory (`/dev/shm`, where O_DIRECT works too), and the test log says so. A CI machine whose
+/// disk had 1.18 GiB free made ferry refuse a 1 GiB download, rightly.
+pub fn download_tempdir(need: u64) -> tempfile::TempDir {
+    let disk = std::env::temp_dir();
+    let room = free_bytes(&disk).unwrap_or(0);
+    if room > need + (768 << 20) {
+        return tempfile::tempdir().expect("tmp");
+    }
+    let shm = Path::new("/dev/shm");
+    if free_bytes(shm).unwrap_or(0) > need + (256 << 20)
+        && let Ok(dir) = tempfile::tempdir_in(shm)
+    {
+        eprintln!(
+            "note: {} has {room} bytes free, too few for a {need}-byte download; downloading to {}",
+            disk.display(),
+            dir.path().display()
+        );
+        return dir;
+    }
+    tempfile::tempdir().expect("tmp")
+}
+
+/// Free bytes on the filesystem holding `dir`.
+fn free_bytes(dir: &Path) -> Option<u64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    Some(s.f_bavail.saturating_mul(s.f_frsize))
+}
+
 /// sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> String {
     let mut f =

@@ -111,14 +111,15 @@ fn a_few_mib_in_many_ranges_and_one() {
 
 #[test]
 fn about_one_gib_is_byte_identical() {
-    let src = tempfile::tempdir().expect("tmp");
     // A prime near 1 GiB: the tail range is odd-sized and unaligned.
     let size: u64 = 1_073_741_789;
+    // The source in memory, so the test needs 1 GiB of disk, not 2.
+    let src = ferry_testkit::data::memory_tempdir(size);
     write_data(&src.path().join("big"), size, 42);
     let sha = ferry_testkit::sha256_file(&src.path().join("big"));
     let nginx = Nginx::start(src.path());
     for mode in modes_under_test() {
-        let out = tempfile::tempdir().expect("tmp");
+        let out = ferry_testkit::data::download_tempdir(size);
         let dest = out.path().join("big");
         let r = get_ok_sink(mode, &nginx.url("files", "big"), &dest, &["--sha256", &sha]);
         assert_eq!(r["bytes"], size);
