@@ -12,7 +12,8 @@
 #   caddy        a second real HTTPS origin (HTTP/1.1, HTTP/2 and HTTP/3), for the interop tests
 #   ngtcp2-client   gtlsclient, ngtcp2's HTTP/3 client, downloads from `ferry serve --h3`
 #   ffmpeg       makes the HLS test streams (testkit/src/hls.rs) and reads ferry's output back
-#   aria2, transmission-cli   stock BitTorrent clients the torrent tests run (aria2c downloads
+#   aria2, transmission-cli, transmission-daemon, qbittorrent-nox
+#                stock BitTorrent clients the torrent tests run (aria2c downloads
 #                from `ferry serve`'s web seed; transmission-show reads its metainfo)
 #   libtorrent (PyPI)   the stock BitTorrent library the torrent tests drive (tests/fixtures/lt_swarm.py)
 #   opentracker  the stock tracker of the swarm test (whitelist mode)
@@ -42,6 +43,8 @@ command -v ip >/dev/null 2>&1 || [ -x /usr/sbin/ip ] || [ -x /sbin/ip ] || need+
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
 command -v aria2c >/dev/null 2>&1 || need+=(aria2)
 [ -x /usr/bin/transmission-show ] || need+=(transmission-cli)
+[ -x /usr/bin/transmission-daemon ] || need+=(transmission-daemon)
+[ -x /usr/bin/qbittorrent-nox ] || need+=(qbittorrent-nox)
 [ -x /usr/bin/opentracker ] || need+=(opentracker)
 if [ "${1:-}" = "--bench" ]; then
   command -v wget >/dev/null 2>&1 || need+=(wget)

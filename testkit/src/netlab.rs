@@ -174,3 +174,33 @@ impl Lab {
         &self.nodes[index]
     }
 }
+
+/// Debian's opentracker (`cmd`: the program, prepared by the caller, in a node or not) on
+/// `ip:port` (TCP and UDP), in whitelist mode for `hashes` (hex info hashes), its files in
+/// `dir/opentracker`. It drops to `nobody`: `dir` and that folder are made readable to all.
+pub fn opentracker(
+    mut cmd: Command,
+    (ip, port): (&str, u16),
+    dir: &std::path::Path,
+    hashes: &[&str],
+) -> Result<crate::KillOnDrop, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let otr = dir.join("opentracker");
+    std::fs::create_dir_all(&otr).map_err(|e| format!("{}: {e}", otr.display()))?;
+    for d in [dir, &otr] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| format!("chmod {}: {e}", d.display()))?;
+    }
+    let list: String = hashes.iter().map(|h| format!("{h}\n")).collect();
+    std::fs::write(otr.join("whitelist.txt"), list).map_err(|e| e.to_string())?;
+    let port = port.to_string();
+    cmd.args(["-i", ip, "-p", &port, "-P", &port, "-d"])
+        .arg(&otr)
+        .args(["-w", "whitelist.txt"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map(crate::KillOnDrop)
+        .map_err(|e| format!("opentracker (scripts/setup.sh): {e}"))
+}

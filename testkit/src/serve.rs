@@ -200,3 +200,27 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// Spawns `cmd`, a `ferry serve` command line prepared by the caller (run in a network
+/// namespace, say), with its stdout piped here, and waits for its first line: the process
+/// (killed by its PID when dropped) and the URL that line names.
+pub fn spawn_listening(mut cmd: Command) -> Result<(crate::KillOnDrop, String), String> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("ferry serve: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let guard = crate::KillOnDrop(child);
+    let mut first = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut first)
+        .map_err(|e| format!("ferry serve's first line: {e}"))?;
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("http://") || w.starts_with("https://"))
+        .ok_or_else(|| format!("ferry serve did not start: {first:?}"))?
+        .trim_end_matches('/')
+        .to_owned();
+    Ok((guard, url))
+}

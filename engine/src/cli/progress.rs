@@ -66,3 +66,26 @@ impl SegmentBar {
         self.bar.finish_and_clear();
     }
 }
+
+/// A bar over what a pull's BitTorrent swarm brought, then what seeding sent; fed its progress.
+pub(crate) fn swarm_bar() -> impl Fn(&ferry::hub::SwarmProgress) + Send + Sync {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    let template =
+        "swarm {spinner} {bytes}/{total_bytes} [{wide_bar}] {binary_bytes_per_sec} ETA {eta} {msg}";
+    let style =
+        ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    move |p: &ferry::hub::SwarmProgress| {
+        bar.set_length(p.total);
+        bar.set_position(p.done);
+        let up = ferry::units::human_bytes(p.uploaded);
+        bar.set_message(if p.seeding {
+            format!("seeding: {up} sent, {} peer(s)", p.peers)
+        } else {
+            format!("{} peer(s), {up} sent", p.peers)
+        });
+        if p.done >= p.total && !p.seeding {
+            bar.finish_and_clear();
+        }
+    }
+}

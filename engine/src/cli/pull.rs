@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 use ferry::Engine;
-use ferry::hub::{HubError, Layout, Pull, PullOptions, PullReport, RepoId, RepoType};
+use ferry::hub::{HubError, Layout, Pull, PullOptions, PullReport, RepoId, RepoType, SwarmOptions};
 use ferry::units::human_bytes;
 
 use super::{Global, exit, get_error_code};
@@ -33,6 +33,23 @@ pub(crate) struct PullArgs {
     /// No progress bar and no summary (errors still go to stderr).
     #[arg(short, long)]
     quiet: bool,
+    /// Fetch from the commit's BitTorrent swarm (the torrent `ferry serve --torrents` publishes
+    /// at the endpoint; peers from its tracker), every file checked against the listing; what
+    /// the swarm cannot bring goes over HTTP, and the summary says why.
+    #[arg(long)]
+    swarm: bool,
+    /// With --swarm: seed the commit for this long once it is complete (90s, 30m, 12h, 7d);
+    /// Ctrl-C stops seeding.
+    #[arg(long, value_name = "DURATION", requires = "swarm", value_parser = ferry::hub::parse_age)]
+    seed_for: Option<std::time::Duration>,
+    /// With --swarm: the address peers reach this one at [default: 0.0.0.0:0, a port the
+    /// system picks].
+    #[arg(long, value_name = "ADDR", requires = "swarm")]
+    swarm_listen: Option<std::net::SocketAddr>,
+    /// With --swarm: how long the swarm may bring nothing new before the rest goes over HTTP
+    /// (90s, 5m).
+    #[arg(long, value_name = "DURATION", requires = "swarm", value_parser = ferry::hub::parse_age)]
+    swarm_stall: Option<std::time::Duration>,
 }
 
 /// Which repo, where it is mirrored, and where it comes from: what `ferry pull` and
@@ -122,7 +139,27 @@ pub(crate) fn run(global: &Global, args: PullArgs) -> u8 {
 }
 
 fn options(args: &PullArgs) -> Result<PullOptions, HubError> {
-    Ok(repo_options(&args.repo)?.filter(args.include.clone(), args.exclude.clone()))
+    let options = repo_options(&args.repo)?.filter(args.include.clone(), args.exclude.clone());
+    if !args.swarm {
+        return Ok(options);
+    }
+    let mut swarm = SwarmOptions::default();
+    if let Some(listen) = args.swarm_listen {
+        swarm.listen = listen;
+    }
+    if let Some(d) = args.seed_for {
+        swarm.seed_for = d;
+    }
+    if let Some(d) = args.swarm_stall {
+        if d.is_zero() {
+            return Err(HubError::Usage("--swarm-stall must be more than 0".into()));
+        }
+        swarm.stall = d;
+    }
+    if !args.quiet && !args.json && std::io::stderr().is_terminal() {
+        swarm.progress = Some(std::sync::Arc::new(super::progress::swarm_bar()));
+    }
+    Ok(options.swarm(swarm))
 }
 
 /// The options of a pull (or a verify) of the repo `args` names, with no filter.
@@ -204,5 +241,30 @@ fn print_summary(report: &PullReport, args: &PullArgs) {
     );
     if !report.endpoints.is_empty() {
         println!("{}", super::served_by(&report.endpoints));
+    }
+    if let Some(s) = &report.swarm {
+        println!(
+            "swarm: {} file(s) from peers ({} received), {} sent to peers{}{}{}",
+            s.files,
+            human_bytes(s.bytes_from_peers),
+            human_bytes(s.bytes_uploaded),
+            if s.files_small > 0 {
+                format!(
+                    "; {} file(s) under half a piece over HTTP first",
+                    s.files_small
+                )
+            } else {
+                String::new()
+            },
+            if s.seeded_seconds > 0.0 {
+                format!(", seeded {:.0} s", s.seeded_seconds)
+            } else {
+                String::new()
+            },
+            match &s.fallback {
+                Some(why) => format!("; {} file(s) over HTTP: {why}", s.files_over_http),
+                None => String::new(),
+            }
+        );
     }
 }

@@ -67,6 +67,23 @@ pub(crate) struct ServeArgs {
     #[arg(long, value_name = "URL", value_parser = parse_tracker,
           conflicts_with = "sign_key_file")]
     tracker: Vec<url::Url>,
+    /// Seed every published torrent (implies --torrents; needs --tracker), the files read in
+    /// place: the origin of a swarm of `ferry pull --swarm` peers and stock BitTorrent clients.
+    #[arg(long, conflicts_with_all = ["sign_key_file", "upstream"], requires = "tracker")]
+    seed: bool,
+    /// Where the seed listens for peers (TCP).
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "0.0.0.0:6881",
+        requires = "seed"
+    )]
+    seed_addr: SocketAddr,
+    /// The most peers the seed serves at once per torrent; the others take the pieces from
+    /// them, so fewer copies leave this server.
+    #[arg(long, value_name = "N", default_value_t = ferry::serve::DEFAULT_SEED_PEERS,
+          value_parser = parse_seed_peers, requires = "seed")]
+    seed_peers: usize,
     /// Address to listen on (port 0 picks a free port; the first line on stdout names it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: SocketAddr,
@@ -111,6 +128,13 @@ pub(crate) struct ServeArgs {
     #[arg(long, hide = true, env = "FERRY_SERVE_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE as u32,
           value_parser = clap::value_parser!(u32).range(1..))]
     page_size: u32,
+}
+
+fn parse_seed_peers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?}: give a number of peers from 1 to 1000")),
+    }
 }
 
 /// A tracker's announce URL: `http://`, `https://` or `udp://`, with a host.
@@ -190,8 +214,10 @@ pub(crate) fn run(global: &Global, args: ServeArgs) -> u8 {
             }
         }
     }
-    options.torrents = args.torrents || !args.tracker.is_empty();
+    options.torrents = args.torrents || args.seed || !args.tracker.is_empty();
     options.trackers.clone_from(&args.tracker);
+    options.seed = args.seed.then_some(args.seed_addr);
+    options.seed_peers = args.seed_peers;
     if let Some(endpoint) = &args.upstream {
         let mut up = UpstreamOptions::new(endpoint.clone());
         up.mirrors.clone_from(&args.mirror);

@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use super::error::HubError;
 use super::layout::Layout;
-use super::pull::PARTIAL_SUFFIX;
+use super::pull::{PARTIAL_SUFFIX, SWARM_SUFFIX};
 use crate::backend::nofollow::Dir;
 
 /// Directory levels walked below a repo folder or local dir (a repo's paths are not deeper).
@@ -116,7 +116,7 @@ fn clean_repo(repo: &Dir, journal_rel: &Path, cutoff: SystemTime, report: &mut G
 /// Removes ferry's partial and temporary files in `dir` and below.
 fn walk(dir: &Dir, depth: usize, cutoff: SystemTime, report: &mut GcReport) {
     sweep(dir, cutoff, report, |n| {
-        n.ends_with(PARTIAL_SUFFIX) || n.contains(".ferry-tmp-")
+        n.ends_with(PARTIAL_SUFFIX) || n.ends_with(SWARM_SUFFIX) || n.contains(".ferry-tmp-")
     });
     if depth >= MAX_DEPTH {
         return;

@@ -73,6 +73,14 @@ impl Place {
     }
 
     /// The directory every file of this place lies beneath (where no symlink is followed).
+    /// The directory of `path` (beneath the base, opened following no symlink) and its name.
+    #[cfg(feature = "swarm")]
+    pub(super) fn dir_and_name(&self, path: &Path) -> Result<(Dir, std::ffi::OsString), HubError> {
+        let parent = path.parent().unwrap_or(&self.root);
+        let name = path.file_name().unwrap_or_default().to_owned();
+        Ok((self.dir(parent, false)?, name))
+    }
+
     pub(super) fn base(&self) -> &Path {
         &self.base
     }
@@ -222,19 +230,21 @@ impl Place {
             if wanted.contains(&path) {
                 continue;
             }
-            let mut name = path.file_name().unwrap_or_default().to_owned();
-            name.push(super::pull::PARTIAL_SUFFIX);
             let Some(parent) = path.parent() else {
                 continue;
             };
             let Ok(dir) = self.dir(parent, false) else {
                 continue;
             };
-            if dir.stat(&name).ok().flatten().is_some() && dir.unlink(&name).is_ok() {
-                tracing::info!(
-                    "removed {}: the file is complete now",
-                    parent.join(&name).display()
-                );
+            for suffix in [super::pull::PARTIAL_SUFFIX, super::pull::SWARM_SUFFIX] {
+                let mut name = path.file_name().unwrap_or_default().to_owned();
+                name.push(suffix);
+                if dir.stat(&name).ok().flatten().is_some() && dir.unlink(&name).is_ok() {
+                    tracing::info!(
+                        "removed {}: the file is complete now",
+                        parent.join(&name).display()
+                    );
+                }
             }
         }
     }
@@ -467,14 +477,24 @@ fn hash_file_counted(
     hashed: &mut dyn FnMut(u64),
 ) -> io::Result<Checksum> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::File::options()
+    let file = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)?;
+    hash_reader(file, f, hashed)
+}
+
+/// The digest of what `r` reads to its end, as `f`'s algorithm computes it, telling `hashed`
+/// each step's bytes.
+pub(super) fn hash_reader(
+    mut r: impl Read,
+    f: &RemoteFile,
+    hashed: &mut dyn FnMut(u64),
+) -> io::Result<Checksum> {
     let mut hasher = Hasher::new(f.algorithm, f.size);
     let mut buf = vec![0u8; 4 << 20];
     loop {
-        match file.read(&mut buf) {
+        match r.read(&mut buf) {
             Ok(0) => return Ok(hasher.finalize()),
             Ok(n) => {
                 hasher.update(&buf[..n]);

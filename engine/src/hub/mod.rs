@@ -37,6 +37,8 @@ pub(crate) mod listing;
 mod pull;
 mod remote;
 pub(crate) mod repo;
+#[cfg(feature = "swarm")]
+mod swarm;
 pub(crate) mod trees;
 pub(crate) mod upstream;
 mod verify;
@@ -47,4 +49,6 @@ pub use layout::Layout;
 pub use pull::{Pull, PullOptions, PullReport};
 pub use remote::file_urls;
 pub use repo::{RepoId, RepoType};
+#[cfg(feature = "swarm")]
+pub use swarm::{ProgressFn, SwarmOptions, SwarmProgress, SwarmReport};
 pub use verify::{FileCheck, FileState, VerifyReport, verify};

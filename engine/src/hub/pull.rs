@@ -38,6 +38,8 @@ const RETRY_ROUNDS: u32 = 3;
 /// `BLOB.incomplete`, and releases before 1.18 resume any file under that name from its size, so
 /// a preallocated partial of ferry's would be taken for complete.
 pub(crate) const PARTIAL_SUFFIX: &str = ".ferry-partial";
+/// A blob fetched from a swarm is `BLOB.ferry-swarm` until it is checked (`swarm.rs`).
+pub(crate) const SWARM_SUFFIX: &str = ".ferry-swarm";
 
 /// What to pull, from where, to where.
 #[derive(Debug, Clone)]
@@ -61,6 +63,9 @@ pub struct PullOptions {
     pub mirrors: Vec<Url>,
     /// The token, as an `Authorization` value.
     pub(super) authorization: Option<Secret>,
+    /// Fetch from the commit's BitTorrent swarm first ([`PullOptions::swarm`]).
+    #[cfg(feature = "swarm")]
+    pub(super) swarm: Option<super::swarm::SwarmOptions>,
 }
 
 impl PullOptions {
@@ -76,7 +81,19 @@ impl PullOptions {
             endpoint,
             mirrors: Vec::new(),
             authorization: None,
+            #[cfg(feature = "swarm")]
+            swarm: None,
         }
+    }
+
+    /// Fetches the missing files from the commit's BitTorrent swarm (the metainfo `ferry serve
+    /// --torrents` publishes at the endpoint) before anything goes over HTTP; what the swarm
+    /// cannot bring goes over HTTP, and [`PullReport::swarm`] says why. Every file is checked
+    /// against the listing as over HTTP.
+    #[cfg(feature = "swarm")]
+    pub fn swarm(mut self, swarm: super::swarm::SwarmOptions) -> PullOptions {
+        self.swarm = Some(swarm);
+        self
     }
 
     /// Another HF-compatible endpoint with the same repos (repeatable): each file's ranges are
@@ -157,19 +174,38 @@ pub struct PullReport {
     /// With mirrors: the bytes each endpoint served, its failures and whether it was demoted.
     /// Empty without mirrors.
     pub endpoints: Vec<EndpointReport>,
+    /// With [`PullOptions::swarm`]: what the swarm brought, and why anything went over HTTP.
+    #[cfg(feature = "swarm")]
+    pub swarm: Option<super::swarm::SwarmReport>,
 }
 
-/// Adds one file's per-endpoint bytes to the pull's; failures and demotion are the job's, so
-/// the latest count stands.
-fn add_endpoints(total: &mut Vec<EndpointReport>, file: &[EndpointReport]) {
-    for e in file {
-        match total.iter_mut().find(|t| t.endpoint == e.endpoint) {
-            Some(t) => {
-                t.bytes += e.bytes;
-                t.failures = t.failures.max(e.failures);
-                t.demoted = e.demoted;
+/// What the pull's HTTP downloads add up to, file report by file report.
+#[derive(Default)]
+struct Tally {
+    bytes_fetched: u64,
+    bytes_resumed: u64,
+    http2: u64,
+    http3: u64,
+    endpoints: Vec<EndpointReport>,
+}
+
+impl Tally {
+    /// Adds one file's report. Per endpoint, failures and demotion are the job's, so the latest
+    /// count stands.
+    fn add(&mut self, r: &Report) {
+        self.bytes_fetched += r.bytes - r.resumed;
+        self.bytes_resumed += r.resumed;
+        self.http2 += r.http2;
+        self.http3 += r.http3;
+        for e in &r.endpoints {
+            match self.endpoints.iter_mut().find(|t| t.endpoint == e.endpoint) {
+                Some(t) => {
+                    t.bytes += e.bytes;
+                    t.failures = t.failures.max(e.failures);
+                    t.demoted = e.demoted;
+                }
+                None => self.endpoints.push(e.clone()),
             }
-            None => total.push(e.clone()),
         }
     }
 }
@@ -187,6 +223,14 @@ pub struct Pull<'e> {
     /// The file whose bytes each download brings (one per blob).
     fetching: Vec<RemoteFile>,
     job: Option<Job>,
+    /// The files (indexes into `fetching`) the job fetches.
+    over_http: Vec<usize>,
+    /// The swarm, while the pull has one.
+    #[cfg(feature = "swarm")]
+    swarm: Option<super::swarm::SwarmPull>,
+    /// What the files fetched over HTTP before the swarm was joined reported.
+    #[cfg(feature = "swarm")]
+    early: Vec<Report>,
     /// The resume journal, while there are bytes to fetch.
     journal: Option<Arc<Journal>>,
     started: Instant,
@@ -238,12 +282,55 @@ impl<'e> Pull<'e> {
             listed,
             fetching,
             job: None,
+            over_http: Vec::new(),
+            #[cfg(feature = "swarm")]
+            swarm: None,
+            #[cfg(feature = "swarm")]
+            early: Vec::new(),
             journal,
             started,
             listing_seconds,
         };
-        let all: Vec<usize> = (0..pull.fetching.len()).collect();
-        pull.job = pull.fetch(&all)?;
+        pull.over_http = (0..pull.fetching.len()).collect();
+        #[cfg(feature = "swarm")]
+        if let Some(options) = &pull.options.swarm {
+            let mut early = Vec::new();
+            let (swarm, left) = super::swarm::SwarmPull::run(
+                engine,
+                &pull.options,
+                options,
+                (&pull.place, &pull.commit),
+                (&pull.listed, &pull.files, &pull.fetching),
+                &mut |small| {
+                    let job = match pull.fetch(small) {
+                        Ok(Some(job)) => job,
+                        Ok(None) => return Vec::new(),
+                        Err(e) => {
+                            tracing::warn!("small files over HTTP: {e}");
+                            return Vec::new();
+                        }
+                    };
+                    let mut arrived = Vec::new();
+                    for (&i, r) in small.iter().zip(job.wait_all()) {
+                        match r {
+                            Ok(report) => {
+                                arrived.push(i);
+                                early.push(report);
+                            }
+                            Err(e) => tracing::warn!(
+                                "{}: {e}; fetching it from the swarm",
+                                pull.fetching[i].path
+                            ),
+                        }
+                    }
+                    arrived
+                },
+            )?;
+            pull.swarm = Some(swarm);
+            pull.over_http = left;
+            pull.early = early;
+        }
+        pull.job = pull.fetch(&pull.over_http)?;
         Ok(pull)
     }
 
@@ -295,11 +382,14 @@ impl<'e> Pull<'e> {
     /// leaves nothing under its name) and, when all are, the ref. The first failure is the
     /// error; the files that did arrive stay, verified, for the next pull.
     pub fn finish(mut self) -> Result<PullReport, HubError> {
-        let (mut bytes_fetched, mut bytes_resumed, mut http2, mut http3) = (0, 0, 0, 0);
-        let mut endpoints: Vec<EndpointReport> = Vec::new();
+        let mut tally = Tally::default();
         let mut failed: Vec<(usize, GetError)> = Vec::new();
-        let mut which: Vec<usize> = (0..self.fetching.len()).collect();
+        let mut which: Vec<usize> = std::mem::take(&mut self.over_http);
         let mut job = self.job.take();
+        #[cfg(feature = "swarm")]
+        for report in std::mem::take(&mut self.early) {
+            tally.add(&report);
+        }
         for round in 1.. {
             let results: Vec<Result<Report, GetError>> = match job.take() {
                 Some(job) => job.wait_all(),
@@ -308,13 +398,7 @@ impl<'e> Pull<'e> {
             failed.clear();
             for (i, r) in which.iter().zip(results) {
                 match r {
-                    Ok(report) => {
-                        bytes_fetched += report.bytes - report.resumed;
-                        bytes_resumed += report.resumed;
-                        http2 += report.http2;
-                        http3 += report.http3;
-                        add_endpoints(&mut endpoints, &report.endpoints);
-                    }
+                    Ok(report) => tally.add(&report),
                     Err(e) => failed.push((*i, e)),
                 }
             }
@@ -367,9 +451,19 @@ impl<'e> Pull<'e> {
         }
         self.place.write_trees(&self.commit, &self.listed)?;
         self.place.set_ref(&self.options.revision, &self.commit)?;
+        // Every file is in place: a partial name left (a swarm partial that could not be
+        // opened, say) goes, still under the journal's lock.
+        self.place.remove_stale_partials(&self.files, &[]);
         if let Some(journal) = self.journal.take() {
             journal.remove();
         }
+        #[cfg(feature = "swarm")]
+        let swarm = self.swarm.take().map(|mut s| {
+            tally.bytes_fetched += s.bytes_in_place(&self.fetching);
+            s.seed(self.engine, &self.place, &self.files);
+            s.leave();
+            std::mem::take(&mut s.report)
+        });
         let bytes_total = self.files.iter().map(|f| f.size).sum();
         Ok(PullReport {
             repo: self.options.repo.to_string(),
@@ -380,16 +474,18 @@ impl<'e> Pull<'e> {
             files: self.files.len(),
             fetched: self.fetching.len(),
             reused: self.files.len() - self.fetching.len(),
-            bytes_fetched,
-            bytes_resumed,
+            bytes_fetched: tally.bytes_fetched,
+            bytes_resumed: tally.bytes_resumed,
             bytes_total,
-            http2,
-            http3,
+            http2: tally.http2,
+            http3: tally.http3,
             quic: self.engine.dialer().quic_report(),
             listing_seconds: self.listing_seconds,
             seconds: self.started.elapsed().as_secs_f64(),
             backend: self.engine.selection().backend,
-            endpoints,
+            endpoints: tally.endpoints,
+            #[cfg(feature = "swarm")]
+            swarm,
         })
     }
 

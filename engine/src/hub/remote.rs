@@ -38,6 +38,25 @@ pub(crate) fn list_somewhere(
     })
 }
 
+/// The BitTorrent metainfo of `commit` (`GET /api/{kind}s/{repo}/torrent/{commit}`, as `ferry
+/// serve --torrents` publishes it), from the endpoint, else the first mirror that has it. A
+/// server still hashing answers 503 with `Retry-After`, which [`Api::get`] waits out.
+#[cfg(feature = "swarm")]
+pub(crate) fn torrent_somewhere(
+    engine: &Engine,
+    options: &PullOptions,
+    commit: &str,
+) -> Result<Vec<u8>, HubError> {
+    somewhere(engine, options, |api| {
+        let url = api_url(api, options, &format!("torrent/{commit}"))?;
+        let answer = api.get(&url)?;
+        if answer.head.status != 200 {
+            return Err(api_error(api, options, &url, &answer));
+        }
+        Ok(answer.body)
+    })
+}
+
 /// The commit `options`' revision names, from the endpoint, else the first mirror that can say.
 pub(crate) fn resolve_somewhere(
     engine: &Engine,

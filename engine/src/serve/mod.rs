@@ -26,6 +26,8 @@ mod mirror;
 mod public_url;
 pub(crate) mod range_request;
 mod route;
+#[cfg(feature = "swarm")]
+mod seed;
 mod send;
 mod signed;
 mod small_files;
@@ -67,6 +69,11 @@ pub(crate) struct Shared {
 
 /// Tree entries per page by default (what the Hub uses).
 pub const DEFAULT_PAGE_SIZE: usize = 1000;
+
+/// The peers `--seed` serves at once per torrent by default: the others take the pieces from
+/// the one served, and about one copy leaves the origin (measured in docs/decisions.md).
+#[cfg(feature = "swarm")]
+pub const DEFAULT_SEED_PEERS: usize = 1;
 
 /// How a [`Server`] runs. Start from [`ServeOptions::default`] and change what you need.
 #[derive(Debug, Clone)]
@@ -115,6 +122,15 @@ pub struct ServeOptions {
     pub torrents: bool,
     /// The trackers those torrents announce to, the first as `announce`.
     pub trackers: Vec<url::Url>,
+    /// Seed every torrent published ([`ServeOptions::torrents`]) from this address, the files
+    /// read in place: the origin of a swarm of `ferry pull --swarm` peers (and stock clients).
+    /// Needs a tracker; not with [`ServeOptions::upstream`].
+    #[cfg(feature = "swarm")]
+    pub seed: Option<SocketAddr>,
+    /// With [`ServeOptions::seed`]: the most peers the seed serves at once per torrent. The
+    /// others take the pieces from the peers it serves: fewer copies leave the origin.
+    #[cfg(feature = "swarm")]
+    pub seed_peers: usize,
 }
 
 /// The upstream of a pull-through mirror ([`ServeOptions::upstream`]).
@@ -194,6 +210,10 @@ impl Default for ServeOptions {
             sign_key: None,
             torrents: false,
             trackers: Vec::new(),
+            #[cfg(feature = "swarm")]
+            seed: None,
+            #[cfg(feature = "swarm")]
+            seed_peers: DEFAULT_SEED_PEERS,
         }
     }
 }
@@ -364,12 +384,30 @@ impl Server {
                         .into(),
                 });
             }
-            Some(torrents::Publisher::new(
+            let trackers: Vec<String> = options.trackers.iter().map(|t| t.to_string()).collect();
+            let publisher = torrents::Publisher::new(
                 root_dir.clone(),
-                options.trackers.iter().map(|t| t.to_string()).collect(),
+                trackers.clone(),
                 crate::swarm::pieces::PieceStore::default_dir(),
-            ))
+            );
+            #[cfg(feature = "swarm")]
+            let publisher = match options.seed {
+                None => publisher,
+                Some(listen) => publisher.with_seeder(start_seeder(
+                    listen,
+                    &options,
+                    root_dir.clone(),
+                    trackers,
+                )?),
+            };
+            Some(publisher)
         } else {
+            #[cfg(feature = "swarm")]
+            if options.seed.is_some() {
+                return Err(ServeError::Torrents {
+                    detail: "--seed seeds the published torrents: it needs --torrents".into(),
+                });
+            }
             None
         };
         let mirror = match options.upstream.clone() {
@@ -493,6 +531,39 @@ impl Server {
             tracing::warn!(%peer, error = %e, "cannot start a connection thread");
         }
     }
+}
+
+/// The seed of `--seed`: refused without a tracker (no peer would find it) and on a mirror.
+#[cfg(feature = "swarm")]
+fn start_seeder(
+    listen: SocketAddr,
+    options: &ServeOptions,
+    root: crate::backend::nofollow::Dir,
+    trackers: Vec<String>,
+) -> Result<seed::Seeder, ServeError> {
+    let refuse = |detail: String| ServeError::Torrents { detail };
+    if trackers.is_empty() {
+        return Err(refuse(
+            "--seed needs a --tracker: peers find the seed through it".into(),
+        ));
+    }
+    if options.upstream.is_some() {
+        return Err(refuse("a mirror (--upstream) does not seed yet".into()));
+    }
+    if !trackers
+        .iter()
+        .any(|t| crate::swarm::rqbit::can_announce(t))
+    {
+        return Err(refuse(
+            "--seed announces to http:// and udp:// trackers only (its BitTorrent client is \
+             built without TLS)"
+                .into(),
+        ));
+    }
+    let state = crate::config::ferry_cache_dir()
+        .ok_or_else(|| refuse("no cache folder for the seed's state (set FERRY_CACHE_DIR)".into()))?
+        .join("seed");
+    seed::Seeder::start((listen, options.seed_peers), state, root, trackers).map_err(refuse)
 }
 
 #[cfg(test)]

@@ -13,7 +13,8 @@
 //! Invariants: no torrent is published for a commit that is not whole here or one of whose
 //! files does not match its etag (the request gets an error naming the file; the build is
 //! tried again after [`RETRY_FAILED`]); files are opened beneath the root following no
-//! symlink, as the resolve route opens them. Not here: seeding, trackers of our own.
+//! symlink, as the resolve route opens them. Not here: seeding (`seed.rs`, told of each torrent
+//! ready), trackers of our own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -72,6 +73,9 @@ struct Inner {
     changed: Condvar,
     /// Held by the thread hashing a commit: one at a time for the server.
     hashing: Mutex<()>,
+    /// With `--seed`: joins each torrent's swarm once it is ready.
+    #[cfg(feature = "swarm")]
+    seeder: Option<Arc<super::seed::Seeder>>,
 }
 
 /// What a request asks for.
@@ -114,8 +118,19 @@ impl Publisher {
                 states: Mutex::new(HashMap::new()),
                 changed: Condvar::new(),
                 hashing: Mutex::new(()),
+                #[cfg(feature = "swarm")]
+                seeder: None,
             }),
         }
+    }
+
+    /// Seeds every torrent once it is ready (call before the first is built).
+    #[cfg(feature = "swarm")]
+    pub(crate) fn with_seeder(mut self, seeder: super::seed::Seeder) -> Publisher {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.seeder = Some(Arc::new(seeder));
+        }
+        self
     }
 
     /// Builds, on one background thread, the torrent of every commit in `catalog` that no
@@ -375,8 +390,17 @@ impl Inner {
                 }
             }
         };
+        #[cfg(feature = "swarm")]
+        let ready = match (&state, &self.seeder) {
+            (State::Ready(info), Some(seeder)) => Some((Arc::clone(info), Arc::clone(seeder))),
+            _ => None,
+        };
         self.lock().insert(key, state);
         self.changed.notify_all();
+        #[cfg(feature = "swarm")]
+        if let Some((info, seeder)) = ready {
+            seeder.seed(&info, snap);
+        }
     }
 
     /// The commit's info dictionary: every file's pieces, kept or hashed now.

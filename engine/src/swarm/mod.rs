@@ -4,7 +4,11 @@
 //!
 //! BitTorrent v1's SHA-1 pieces are never the authority over a file's bytes: a blob is hashed
 //! into pieces only in a pass that also checks it against its etag (sha256 or git blob id).
-//! Not here yet: seeding, and the peer side of `ferry pull --swarm`.
+//! With the `swarm` feature, ferry is also a peer and a seed ([`peer::Swarm`], on librqbit).
 
 pub(crate) mod metainfo;
+#[cfg(feature = "swarm")]
+pub(crate) mod peer;
 pub(crate) mod pieces;
+#[cfg(feature = "swarm")]
+pub(crate) mod rqbit;
