@@ -31,6 +31,7 @@ mod mirror;
 mod origin;
 mod pull;
 mod report;
+mod swarm;
 mod wan;
 
 use std::collections::BTreeMap;
@@ -63,8 +64,16 @@ pub(crate) fn suites() -> impl Iterator<Item = &'static str> {
 
 /// Suites that run only when named: `h3` (HTTP/3 against TCP from Caddy, and ngtcp2's
 /// client), `mirror` (`ferry serve --upstream` and its clients, `mirror.rs`), `hls-80` and
-/// `hls-80-aes` (an HLS stream through the relay, `hls.rs`).
-const OTHER_SUITES: [&str; 4] = ["h3", mirror::SUITE, hls::SUITE, hls::AES];
+/// `hls-80-aes` (an HLS stream through the relay, `hls.rs`), `swarm` (a fleet of `ferry pull
+/// --swarm` peers on a network of namespaces, `swarm.rs`; `swarm-100` on slower links).
+const OTHER_SUITES: [&str; 6] = [
+    "h3",
+    mirror::SUITE,
+    hls::SUITE,
+    hls::AES,
+    swarm::SUITE,
+    swarm::SLOW,
+];
 
 struct Args {
     /// The arguments as given, for the report.
@@ -148,6 +157,10 @@ impl Args {
             wan::REPO_SHARD
         } else if suite == mirror::SUITE {
             mirror::SHARD
+        } else if suite == swarm::SUITE {
+            swarm::SHARD
+        } else if suite == swarm::SLOW {
+            swarm::SLOW_SHARD
         } else {
             2 << 30
         };
@@ -412,14 +425,14 @@ struct Timed {
 /// gave this machine's CPUs to someone else (steal). On this shared VM the same work costs up
 /// to a third more CPU from one round to the next; these say which rounds that was.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Machine {
-    busy_cores: f64,
-    steal_cores: f64,
+pub(crate) struct Machine {
+    pub(crate) busy_cores: f64,
+    pub(crate) steal_cores: f64,
 }
 
 /// Busy and steal jiffies of all CPUs so far (`/proc/stat`, in USER_HZ: 100 per second on
 /// every Linux ABI).
-fn cpu_jiffies() -> Option<(u64, u64)> {
+pub(crate) fn cpu_jiffies() -> Option<(u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     parse_cpu_jiffies(stat.lines().next()?)
 }
@@ -969,6 +982,9 @@ impl SuiteResult {
 fn run_suite(suite: &str, args: &Args, scratch: &Path) -> anyhow::Result<SuiteResult> {
     if suite == mirror::SUITE {
         return mirror::run(args, scratch);
+    }
+    if suite == swarm::SUITE || suite == swarm::SLOW {
+        return swarm::run(args, scratch, suite);
     }
     if hls::SUITES.contains(&suite) {
         return hls::run(suite, args, scratch);

@@ -99,6 +99,11 @@ fn list_files(dir: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
+/// Whether a pull into `cache` completed: `refs/main` is what `ferry pull` writes last.
+pub(crate) fn cache_has_ref(cache: &Path) -> bool {
+    cache_folder(cache, REPO).join("refs/main").exists()
+}
+
 /// Checks a cache written by one tool against the origin: `refs/main`, the snapshot's file
 /// list, and every file's size and sha256.
 pub(crate) fn verify(cache: &Path, commit: &str, origin: &[OriginFile]) -> anyhow::Result<()> {
