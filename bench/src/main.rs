@@ -649,6 +649,13 @@ fn tools(
             "ferry --no-pipelining",
             format!("{ferry} --no-pipelining get '{url}' -o '{out}' -q --sha256 {sha}{ferry_ca}"),
         );
+        // What connections by measurement are worth on a path: the count it starts with.
+        if wan::scenario(suite).is_some() {
+            add(
+                "ferry -c 16",
+                format!("{ferry} get '{url}' -o '{out}' -q --sha256 {sha} -c 16{ferry_ca}"),
+            );
+        }
         // What HTTP/2 is worth against HTTP/1.1 to the same server: over the WAN suites'
         // HTTPS origin, which offers it (the loopback `https` origin offers HTTP/1.1 only).
         if !ferry_ca.is_empty() && wan::scenario(suite).is_some() {

@@ -8,7 +8,9 @@
 //! the big file over plain HTTP (`wan-30`, `wan-80`, `wan-150`) and over HTTPS with HTTP/2
 //! offered (`wan-*-https`); at 80 ms also a model repo from `ferry serve` (`wan-80-repo`, run by
 //! `pull.rs`), the `small` suite's 2,000 files (`wan-80-small`), and the big file with one flow
-//! frozen mid-range in every other run (`wan-80-frozen`).
+//! frozen mid-range in every other run (`wan-80-frozen`). `wan-80-narrow` is an edge that caps
+//! each flow at 10 MB/s on a 300 MB/s link: 30 flows fill it, where ferry starts with 16 and
+//! opens more by measurement (the `ferry -c 16` row is the count fixed at the start).
 //!
 //! This module says what each suite is: its path, its data, its tools and its targets; the
 //! rounds are `main.rs`'s and `pull.rs`'s, the origin `origin.rs`'s. Not here: loss (TCP under
@@ -26,7 +28,7 @@ use crate::{LeftOut, Tool, peers};
 pub(crate) const SUITES: [&str; 3] = ["wan-30", "wan-80", "wan-150"];
 
 /// Every WAN suite, in the order they run (`--suites wan-all`).
-pub(crate) const ALL: [&str; 9] = [
+pub(crate) const ALL: [&str; 10] = [
     "wan-30",
     "wan-80",
     "wan-150",
@@ -36,6 +38,7 @@ pub(crate) const ALL: [&str; 9] = [
     "wan-80-repo",
     "wan-80-small",
     "wan-80-frozen",
+    "wan-80-narrow",
 ];
 
 /// The shard size of `wan-80-repo` when `--shard` is not given (issue 29: 4 x 512 MiB).
@@ -88,6 +91,7 @@ pub(crate) fn scenario(suite: &str) -> Option<Scenario> {
         "wan-30" => (30, 100, 1000),
         "wan-80" => (80, 40, 400),
         "wan-150" => (150, 25, 300),
+        "wan-80-narrow" => (80, 10, 300),
         _ => return None,
     };
     let scenario = Scenario {
@@ -162,6 +166,8 @@ pub(crate) fn tools(all: Vec<Tool>, s: Scenario) -> (Vec<Tool>, Vec<LeftOut>) {
                 "ferry --no-pipelining",
                 // Over https://, what HTTP/2 is worth against HTTP/1.1.
                 "ferry --http2",
+                // What connections by measurement are worth: the count fixed at the start.
+                "ferry -c 16",
                 "aria2c",
                 "axel",
                 "hf_transfer",

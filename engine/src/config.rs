@@ -10,8 +10,14 @@ use crate::backend::BackendKind;
 use crate::backend::sink::SinkKind;
 use crate::net;
 
-/// Connections a job keeps open by default (measured: docs/decisions.md, "Sixteen connections").
-pub const DEFAULT_CONNECTIONS: usize = 16;
+/// Connections a job starts with (measured: docs/decisions.md, "Sixteen connections"), or all
+/// of [`Config::connections`] when that is fewer.
+pub const START_CONNECTIONS: usize = 16;
+
+/// The most connections a job opens by default ([`Config::connections`]): from
+/// [`START_CONNECTIONS`] it opens more only while its rate grows with them (docs/decisions.md,
+/// "Connections by measurement").
+pub const DEFAULT_CONNECTIONS: usize = 32;
 
 /// How an [`Engine`](crate::Engine) runs. Start from [`Config::default`] and change what you need.
 #[derive(Debug, Clone)]
@@ -24,7 +30,11 @@ pub struct Config {
     pub safe_mode: bool,
     /// Worker threads; by default one per CPU of the NUMA node nearest `placement_dir`'s disk.
     pub threads: Option<usize>,
-    /// Connections a job keeps open at once, shared by its files ([`DEFAULT_CONNECTIONS`]).
+    /// The most connections a job keeps open at once, shared by its files
+    /// ([`DEFAULT_CONNECTIONS`]). A job starts with [`START_CONNECTIONS`] of them; where this
+    /// allows more, it opens half as many again while that makes it at least 15 % faster
+    /// (where a server caps each flow), and goes back where it does not (a full link). At or
+    /// below [`START_CONNECTIONS`] the count is fixed.
     pub connections: usize,
     /// Range size; by default about two ranges per connection over what is left, 1-8 MiB, and
     /// on a file with a checksum at most 64 MiB over all the connections together.
@@ -32,11 +42,13 @@ pub struct Config {
     /// Size of one write buffer (default 1 MiB; a multiple of 4 KiB).
     pub buffer_size: usize,
     /// Writes in flight per connection (default 4). Memory is bounded per job, however many
-    /// files it has: a connection holds at most `write_depth + 1` buffers, and with sha256s to
-    /// check the verifiers keep at most 128 MiB of written buffers, together, until they are
-    /// hashed, so buffers take at most `connections * (write_depth + 1) * buffer_size + 128 MiB`
-    /// (208 MiB by default). Returned buffers are kept for reuse and taken before new ones are
-    /// allocated, so idle and used together stay under the peak in use (at most 208 MiB idle).
+    /// files it has: each of the first [`START_CONNECTIONS`] connections holds at most
+    /// `write_depth + 1` buffers, each connection opened beyond them (connections by
+    /// measurement) at most 2, and with sha256s to check the verifiers keep at most 128 MiB of
+    /// written buffers, together, until they are hashed, so buffers take at most
+    /// `16 * (write_depth + 1) * buffer_size + (connections - 16) * 2 * buffer_size + 128 MiB`
+    /// (240 MiB by default). Returned buffers are kept for reuse and taken before new ones are
+    /// allocated, so idle and used together stay under the peak in use.
     /// Buffers are carved from 2 MiB huge-page chunks, which adds at most one partly carved
     /// chunk.
     pub write_depth: usize,

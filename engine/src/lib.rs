@@ -78,7 +78,7 @@ pub mod units;
 mod verify;
 
 pub use crate::backend::{Backend, BackendKind, SAFE_MODE_ENV, Selection, select};
-pub use crate::config::{Config, DEFAULT_CONNECTIONS};
+pub use crate::config::{Config, DEFAULT_CONNECTIONS, START_CONNECTIONS};
 pub use crate::engine::{Engine, Interrupter};
 pub use crate::error::{ErrorKind, GetError, StartError};
 pub use crate::job::{Event, Events, GetItem, Job, Progress};

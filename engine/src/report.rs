@@ -37,6 +37,9 @@ pub struct Report {
     pub threads: usize,
     /// Connections the download used.
     pub connections: usize,
+    /// Connections the job kept open when the file was done: where `-c` allows more than 16,
+    /// the count measurement settled on (connections by measurement), or had reached so far.
+    pub connections_open: usize,
     /// True when the file came in ranges; false for one stream (the server ignored `Range`).
     pub ranged: bool,
     /// How the bytes were written.

@@ -3,7 +3,9 @@
 //! trip after it was accepted (the handshake), caps each flow's rate and all flows' rate together (the access link),
 //! and keeps at most a window of bytes in flight per flow, as TCP would. It can also freeze one
 //! flow mid-body (a stalled CDN edge), counted from the relay's start ([`Relay::freeze`]) or from
-//! now on ([`Relay::freeze_next`], re-armed before each of a benchmark's runs). This machine has
+//! now on ([`Relay::freeze_next`], re-armed before each of a benchmark's runs), and refuse a
+//! client's connections beyond a number open at once with `503` ([`Relay::refuse_beyond`], a
+//! CDN edge's connection limit). This machine has
 //! no `netem`; the benchmark's `wan-*` suites and the stall tests go through this instead.
 //!
 //! Invariants: bytes are forwarded in order and unchanged; a frozen flow sends nothing more but
@@ -104,6 +106,12 @@ struct Shared {
     frozen: AtomicUsize,
     /// Bytes carried downstream, all flows.
     down_bytes: AtomicU64,
+    /// Flows relayed and not closed yet.
+    live: AtomicUsize,
+    /// With [`Relay::refuse_beyond`]: the most flows open at once; `usize::MAX` for no limit.
+    limit: AtomicUsize,
+    /// Connections answered `503` for the limit.
+    refused: AtomicUsize,
     /// Every socket of every flow, to shut down when the relay is dropped.
     sockets: Mutex<Vec<TcpStream>>,
 }
@@ -129,6 +137,9 @@ impl Relay {
             freeze: Mutex::new(None),
             frozen: AtomicUsize::new(0),
             down_bytes: AtomicU64::new(0),
+            live: AtomicUsize::new(0),
+            limit: AtomicUsize::new(usize::MAX),
+            refused: AtomicUsize::new(0),
             sockets: Mutex::new(Vec::new()),
         });
         let s = Arc::clone(&shared);
@@ -179,6 +190,18 @@ impl Relay {
         self.shared.accepted.load(Ordering::Relaxed)
     }
 
+    /// From now on, a connection that comes while `n` flows are open is not relayed: after a
+    /// round trip its request is answered `503 Service Unavailable` and the connection closed,
+    /// as a CDN edge with a per-client connection limit does.
+    pub fn refuse_beyond(&self, n: usize) {
+        self.shared.limit.store(n, Ordering::Relaxed);
+    }
+
+    /// Connections answered `503` by [`Relay::refuse_beyond`] so far.
+    pub fn refused(&self) -> usize {
+        self.shared.refused.load(Ordering::Relaxed)
+    }
+
     /// Bytes carried downstream (origin to client) so far, all flows.
     pub fn bytes_down(&self) -> u64 {
         self.shared.down_bytes.load(Ordering::Relaxed)
@@ -211,6 +234,12 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
             return;
         }
         let Ok(client) = client else { continue };
+        if shared.live.load(Ordering::Relaxed) >= shared.limit.load(Ordering::Relaxed) {
+            shared.refused.fetch_add(1, Ordering::Relaxed);
+            let rtt = shared.path.rtt;
+            std::thread::spawn(move || refuse(client, rtt));
+            continue;
+        }
         let id = shared.accepted.fetch_add(1, Ordering::Relaxed);
         let Ok(origin) = TcpStream::connect(upstream) else {
             let _ = client.shutdown(Shutdown::Both);
@@ -218,6 +247,8 @@ fn accept_loop(listener: &TcpListener, upstream: SocketAddr, shared: &Arc<Shared
         };
         let _ = client.set_nodelay(true);
         let _ = origin.set_nodelay(true);
+        // One down for the downstream writer's end (`Live`).
+        shared.live.fetch_add(1, Ordering::Relaxed);
         if let (Ok(a), Ok(b)) = (client.try_clone(), origin.try_clone()) {
             let mut all = shared.sockets.lock().unwrap_or_else(|p| p.into_inner());
             all.push(a);
@@ -288,6 +319,7 @@ fn pump(
     let s = Arc::clone(shared);
     let flow = shared.path.flow_rate.map(Bucket::new);
     let writer = move || {
+        let _live = down.map(|_| Live(Arc::clone(&s)));
         let mut sent = 0u64;
         loop {
             let (lock, cv) = &*queue;
@@ -355,6 +387,34 @@ fn pump(
     let _ = std::thread::Builder::new()
         .name("relay-write".into())
         .spawn(writer);
+}
+
+/// A downstream side running: the flow counts as open until it ends.
+struct Live(Arc<Shared>);
+
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Answers a refused connection's request with `503` after a round trip (the handshake and the
+/// answer's way back), then closes it.
+fn refuse(mut client: TcpStream, rtt: Duration) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 << 10 {
+        match client.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    std::thread::sleep(rtt);
+    let _ = client.write_all(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    let _ = client.shutdown(Shutdown::Both);
 }
 
 #[cfg(test)]

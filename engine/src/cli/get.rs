@@ -24,8 +24,10 @@ pub(crate) struct GetArgs {
     /// path segment of each URL). Default: that name in the current directory.
     #[arg(short, long, value_name = "PATH")]
     output: Option<PathBuf>,
-    /// Connections kept open at once, shared by all the URLs: a large file gets every one
-    /// that is free, small files go one after another over the same connection.
+    /// The most connections kept open at once, shared by all the URLs: a large file gets every
+    /// one that is free, small files go one after another over the same connection. A job
+    /// starts with 16 and opens more while they make it faster (a server that caps each flow);
+    /// 16 or fewer is a fixed count.
     #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
     connections: u32,
     /// Range size (e.g. 8M); default: about two ranges per connection over what is left, 1-8
@@ -322,7 +324,7 @@ fn print_summary(report: &Report, args: &GetArgs) {
         None => String::new(),
     };
     println!(
-        "{}: {} in {:.2} s ({:.3} GB/s) [{}, {} sink, {} threads, {} connections{}{}]",
+        "{}: {} in {:.2} s ({:.3} GB/s) [{}, {} sink, {} threads, {} connections{}{}{}]",
         report.path.display(),
         human_bytes(report.bytes),
         report.seconds,
@@ -331,6 +333,11 @@ fn print_summary(report: &Report, args: &GetArgs) {
         report.sink,
         report.threads,
         report.connections,
+        if report.connections_open > ferry::START_CONNECTIONS {
+            format!(", grown to {}", report.connections_open)
+        } else {
+            String::new()
+        },
         if report.ranged { "" } else { ", single stream" },
         verified,
     );

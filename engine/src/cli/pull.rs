@@ -24,7 +24,8 @@ pub(crate) struct PullArgs {
     /// Skip files matching this pattern (repeatable).
     #[arg(long, value_name = "GLOB")]
     exclude: Vec<String>,
-    /// Connections for the bytes.
+    /// The most connections for the bytes: a pull starts with 16 and opens more while they
+    /// make it faster (a CDN edge that caps each flow); 16 or fewer is a fixed count.
     #[arg(short = 'c', long, default_value_t = ferry::DEFAULT_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=256))]
     connections: u32,
     /// The summary as one JSON object on stdout.
@@ -239,6 +240,12 @@ fn print_summary(report: &PullReport, args: &PullArgs) {
         report.seconds,
         report.backend,
     );
+    if report.connections_open > ferry::START_CONNECTIONS {
+        println!(
+            "{} connections: more flows fetched faster on this path",
+            report.connections_open
+        );
+    }
     if !report.endpoints.is_empty() {
         println!("{}", super::served_by(&report.endpoints));
     }

@@ -57,10 +57,13 @@ pub(crate) struct JobProgress {
     /// whether connections are moving, for a stalled one's hedge.
     began: Instant,
     last_read: AtomicU64,
+    /// How many connections the job keeps open (connections by measurement).
+    pub crowd: Arc<super::crowd::Crowd>,
 }
 
 impl JobProgress {
-    pub(crate) fn new(files: u64, interrupted: Arc<AtomicBool>) -> JobProgress {
+    /// A job of `files` files allowed `connections` connections.
+    pub(crate) fn new(files: u64, interrupted: Arc<AtomicBool>, connections: usize) -> JobProgress {
         JobProgress {
             done: AtomicU64::new(0),
             total: AtomicU64::new(0),
@@ -70,7 +73,13 @@ impl JobProgress {
             interrupted,
             began: Instant::now(),
             last_read: AtomicU64::new(0),
+            crowd: Arc::new(super::crowd::Crowd::new(connections)),
         }
+    }
+
+    /// Time since the job began.
+    pub(crate) fn elapsed(&self) -> std::time::Duration {
+        self.began.elapsed()
     }
 
     /// A lease's read begins (any file, any connection).
@@ -120,8 +129,6 @@ impl JobProgress {
 /// How a job runs: the same for all its files.
 #[derive(Debug)]
 pub(crate) struct JobSettings {
-    /// Lanes: connections the job keeps open at once.
-    pub connections: usize,
     pub chunk: Option<u64>,
     /// Size of one write buffer.
     pub staging: usize,
@@ -710,7 +717,7 @@ mod tests {
 
     #[test]
     pub(super) fn progress_total_counts_each_size_once() {
-        let c = JobProgress::new(3, Arc::default());
+        let c = JobProgress::new(3, Arc::default(), 16);
         c.add_file(Some(100)); // stated up front
         c.add_file(None);
         c.add_file(None);
@@ -730,7 +737,7 @@ mod tests {
         c.size_known(None, UNKNOWN_TOTAL, 7);
         assert_eq!(c.unknown.load(Ordering::Relaxed), 0);
         assert_eq!(c.total.load(Ordering::Relaxed), 107);
-        let d = JobProgress::new(1, Arc::default());
+        let d = JobProgress::new(1, Arc::default(), 16);
         d.add_file(Some(50));
         d.size_known(Some(50), UNKNOWN_TOTAL, 60);
         assert_eq!(d.total.load(Ordering::Relaxed), 60);

@@ -123,11 +123,15 @@ pub(super) async fn start_file(
                 preallocate(file, &created, total).await?;
                 file.open_sink(Some(created)).await?
             };
-            let pipe = Pipeline::new(file, sink);
+            let pipe = Pipeline::for_lane(file, sink, lane.grown());
             let todo = gaps(&resumed, total);
-            let mut plan =
-                Plan::with_gaps(total, todo, file.settings.connections, file.settings.chunk)
-                    .with_sources(file.sources.len());
+            let mut plan = Plan::with_gaps(
+                total,
+                todo,
+                file.progress.crowd.target(),
+                file.settings.chunk,
+            )
+            .with_sources(file.sources.len());
             if file.checksum.is_some() {
                 plan = plan.spread_within(HASH_SPREAD);
             }

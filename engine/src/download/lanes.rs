@@ -12,6 +12,10 @@
 //! is settled, the job's directories are fsynced once each and the results go to the
 //! [`Job`](crate::Job).
 //!
+//! The job starts with the connections [`super::crowd`] says, and a task of the job opens more
+//! while they pay (connections by measurement); a lane above the count leaves once it holds no
+//! claimed file (its deque is then empty: only its owner pushes to it).
+//!
 //! Not here: what happens inside a file (`first.rs`, `lease.rs`, `stream.rs`, `settle.rs`), or
 //! HTTP (`conn.rs`).
 
@@ -32,6 +36,7 @@ use super::stream::run_stream;
 use crate::error::GetError;
 use crate::proto::file::{MAX_FIRSTS_AHEAD, first_ahead, pipelining_pays};
 use crate::proto::plan::files::{self, LaneStep, Offer};
+use crate::proto::plan::grow::Step as GrowStep;
 use crate::report::Report;
 use crate::runtime::{Dispatcher, Task};
 
@@ -79,7 +84,8 @@ pub(crate) struct Lanes {
     progress: Arc<JobProgress>,
     injector: Injector<usize>,
     stealers: Vec<Stealer<usize>>,
-    locals: Mutex<Vec<Worker<usize>>>,
+    /// The deques of lanes not started yet, in lane order (one per connection `-c` allows).
+    locals: Mutex<VecDeque<Worker<usize>>>,
     sched: Mutex<Sched>,
     results: Mutex<Vec<Option<Result<Report, GetError>>>>,
     done: Mutex<Option<crossbeam_channel::Sender<Results>>>,
@@ -89,13 +95,14 @@ pub(crate) struct Lanes {
 }
 
 impl Lanes {
-    /// A job of `files` over `lanes` connections; `done` receives the results.
+    /// A job of `files` over the connections `progress.crowd` allows; `done` receives the
+    /// results.
     pub(crate) fn new(
         files: Vec<Arc<FileDownload>>,
         progress: Arc<JobProgress>,
-        lanes: usize,
         done: crossbeam_channel::Sender<Results>,
     ) -> Arc<Lanes> {
+        let lanes = progress.crowd.cap();
         let injector = Injector::new();
         // A file to start in the order given counts as one of unknown size: those start
         // first, in the order given.
@@ -106,7 +113,8 @@ impl Lanes {
         for i in files::start_order(&sizes) {
             injector.push(i);
         }
-        let locals: Vec<Worker<usize>> = (0..lanes.max(1)).map(|_| Worker::new_fifo()).collect();
+        let locals: VecDeque<Worker<usize>> =
+            (0..lanes.max(1)).map(|_| Worker::new_fifo()).collect();
         let stealers = locals.iter().map(Worker::stealer).collect();
         let n = files.len();
         Arc::new(Lanes {
@@ -129,12 +137,31 @@ impl Lanes {
         })
     }
 
-    /// Starts the lanes on the workers, in turn; returns how many started.
+    /// Starts the lanes on the workers, in turn, and the task that grows their number where
+    /// that may pay; returns how many lanes started.
     pub(crate) fn start(self: &Arc<Self>, workers: Dispatcher) -> usize {
         *self.workers.lock().unwrap_or_else(|p| p.into_inner()) = Some(workers.clone());
-        let locals = std::mem::take(&mut *self.locals.lock().unwrap_or_else(|p| p.into_inner()));
+        let started = self.start_lanes(&workers);
+        if started > 0 && !self.progress.crowd.settled() {
+            let lanes = Arc::clone(self);
+            let task: Task = Box::new(move || Box::pin(async move { lanes.grow().await }));
+            workers.run(task);
+        }
+        started
+    }
+
+    /// Starts the lanes up to the count, each on a worker in turn; returns how many started.
+    fn start_lanes(self: &Arc<Self>, workers: &Dispatcher) -> usize {
         let mut started = 0;
-        for (id, local) in locals.into_iter().enumerate() {
+        for id in self.progress.crowd.to_start() {
+            let Some(local) = self
+                .locals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            else {
+                break;
+            };
             let lanes = Arc::clone(self);
             let task: Task = Box::new(move || Box::pin(async move { lanes.lane(id, local).await }));
             if workers.run(task) {
@@ -142,6 +169,51 @@ impl Lanes {
             }
         }
         started
+    }
+
+    /// Connections by measurement: ticks the job's [`Crowd`](super::crowd::Crowd) with its
+    /// bytes and round trip until it settles or the job ends, starting the lanes it opens and
+    /// waking those it lets go.
+    async fn grow(self: Arc<Self>) {
+        let crowd = &self.progress.crowd;
+        let endpoints = self.files.first().map(|f| Arc::clone(&f.endpoints));
+        loop {
+            if self.lock().remaining == 0 || self.progress.interrupted() {
+                return;
+            }
+            let done = self.progress.done.load(Ordering::Relaxed);
+            let left = (self.progress.unknown.load(Ordering::Relaxed) == 0).then(|| {
+                self.progress
+                    .total
+                    .load(Ordering::Relaxed)
+                    .saturating_sub(done)
+            });
+            let rtt = endpoints.as_ref().and_then(|e| e.least_wait_any());
+            match crowd.tick(self.progress.elapsed(), done, left, rtt) {
+                GrowStep::Wait(wait) => compio::time::sleep(wait).await,
+                GrowStep::Open(n) => {
+                    for f in &self.lock().active {
+                        self.files[*f].with_plan(|p| p.set_connections(n));
+                    }
+                    let workers = self
+                        .workers
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    if let Some(workers) = workers {
+                        self.start_lanes(&workers);
+                    }
+                }
+                GrowStep::Back(n) => {
+                    for f in &self.lock().active {
+                        self.files[*f].with_plan(|p| p.set_connections(n));
+                    }
+                    self.lock().wake_all();
+                    return;
+                }
+                GrowStep::Settled(_) => return,
+            }
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Sched> {
@@ -153,8 +225,22 @@ impl Lanes {
             id,
             conn: None,
             claimed: VecDeque::new(),
+            crowd: Arc::clone(&self.progress.crowd),
+            delivered: false,
+            refused: false,
         };
         loop {
+            // Above the job's count: run what this lane's deque still holds, then leave.
+            if lane.leaving() && lane.claimed.is_empty() {
+                match self.take_own(&local) {
+                    Some(f) => self.run_file(f, &mut lane, &local).await,
+                    None => {
+                        self.lock().wake_all();
+                        return;
+                    }
+                }
+                continue;
+            }
             // Files this lane claimed go first, in the order their requests went out.
             if let Some(f) = lane.claimed.pop_front() {
                 self.run_file(f, &mut lane, &local).await;
@@ -207,6 +293,20 @@ impl Lanes {
             }
             LaneStep::Exit => Step::Exit,
         }
+    }
+
+    /// A file from this lane's own deque, started (`None` when it is empty).
+    fn take_own(&self, local: &Worker<usize>) -> Option<usize> {
+        let mut s = self.lock();
+        // Lanes that reserved a file under the lock find one in some deque: take one only
+        // while one is not reserved.
+        if s.unstarted == 0 {
+            return None;
+        }
+        let f = local.pop()?;
+        s.unstarted -= 1;
+        s.probing += 1;
+        Some(f)
     }
 
     /// Pops a file to start: the lane reserved one under the lock, so one is in a deque.
@@ -288,7 +388,7 @@ impl Lanes {
                     .least_wait(endpoint)
                     .is_some_and(|wait| pipelining_pays(wait, 0, None))
         };
-        if !pays(file, endpoint) {
+        if !pays(file, endpoint) || lane.leaving() {
             return;
         }
         while conn.firsts_ahead.len() < MAX_FIRSTS_AHEAD {

@@ -56,7 +56,7 @@ pub(super) async fn join_file(file: &Arc<FileDownload>, lane: &mut Lane) {
     file.used_connections.fetch_add(1, Ordering::Relaxed);
     match file.open_sink(None).await {
         Ok(sink) => {
-            let mut pipe = Pipeline::new(file, sink);
+            let mut pipe = Pipeline::for_lane(file, sink, lane.grown());
             if let Err(e) = range_loop(file, lane, &mut pipe, None).await {
                 file.fail(e);
             }
@@ -117,6 +117,10 @@ async fn range_loop(
                 }
             }
         } else {
+            // A lane above the job's count (or refused) leaves after its current lease.
+            if lane.leaving() {
+                break Ok(());
+            }
             let Some((id, range)) = file.take_lease() else {
                 break Ok(());
             };
@@ -136,7 +140,10 @@ async fn range_loop(
         pipeline_more(file, lane, &lease, &mut ahead).await;
         let conn = lane.conn.as_mut().expect("the lease's connection");
         let end = match copy_counted(file, conn, pipe, &lease).await {
-            Ok(end) => end,
+            Ok(end) => {
+                lane.delivered = true;
+                end
+            }
             Err(e) => match failed(file, lane, &lease, e, &mut failures).await {
                 Ok(()) => continue,
                 Err(e) => break Err(e),
@@ -217,8 +224,19 @@ async fn failed(
             None => {}
         }
     }
-    let next = file.source_failed(lease.src, &e);
     let verdict = retry::for_error(&e);
+    // A connection opened to grow that the server refuses before it delivered anything: the
+    // server's connection limit, not a fault of the file. The lease goes back whole, using no
+    // retry, the lane leaves, and the step is taken back.
+    if lane.grown() && !lane.delivered && matches!(verdict, Verdict::Retry { .. }) {
+        tracing::debug!("lane {} refused ({e}); it leaves", lane.id);
+        file.put_back(lease.id);
+        lane.refused = true;
+        lane.conn = None;
+        lane.crowd.refused();
+        return Ok(());
+    }
+    let next = file.source_failed(lease.src, &e);
     let given_back = (matches!(verdict, Verdict::Retry { .. }) || next.is_some())
         && matches!(
             file.with_plan(|p| p.give_back(lease.id, lease.range.start)),
@@ -283,6 +301,9 @@ async fn pipeline_more(
     current: &Lease,
     ahead: &mut VecDeque<Lease>,
 ) {
+    if lane.leaving() {
+        return;
+    }
     // Behind other files' first requests, an answer for this file would come out of turn.
     let Some(conn) = lane.conn.as_mut().filter(|c| c.firsts_ahead.is_empty()) else {
         return;

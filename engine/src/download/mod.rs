@@ -23,6 +23,7 @@
 
 mod body;
 mod conn;
+mod crowd;
 pub(crate) mod durable;
 mod file;
 mod first;
@@ -115,9 +116,9 @@ pub(crate) fn start(
     let progress = Arc::new(JobProgress::new(
         items.len() as u64,
         Arc::clone(engine.interrupted()),
+        engine.config().connections.max(1),
     ));
     let settings = Arc::new(JobSettings {
-        connections: engine.config().connections.max(1),
         chunk: engine.config().chunk_size,
         staging: engine
             .config()
@@ -221,7 +222,7 @@ pub(crate) fn start(
     }
     check_collisions(&outputs)?;
     let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-    let lanes = Lanes::new(files, Arc::clone(&progress), settings.connections, done_tx);
+    let lanes = Lanes::new(files, Arc::clone(&progress), done_tx);
     if lanes.start(engine.dispatcher()) == 0 {
         return Err(GetError::EngineStopped);
     }

@@ -57,6 +57,17 @@ impl Pipeline {
         }
     }
 
+    /// A pipeline for a lane; one opened by growth ([`super::crowd`]) keeps one write in
+    /// flight, so that growing the connections grows memory by two buffers each, not
+    /// `write_depth + 1`.
+    pub(super) fn for_lane(ctx: &Arc<FileDownload>, sink: FileSink, grown: bool) -> Pipeline {
+        let mut pipe = Pipeline::new(ctx, sink);
+        if grown {
+            pipe.depth = 1;
+        }
+        pipe
+    }
+
     /// Buffers must end at file offsets that are multiples of this (see [`FileSink::align`]).
     pub(super) fn align(&self) -> u64 {
         self.sink.align()

@@ -20,11 +20,28 @@ use crate::proto::retry::{self, Verdict};
 /// One of a job's connection lanes, as the data plane sees it: its number (which spreads the
 /// lanes over a file's sources), its kept-alive connection, and the files it claimed to start
 /// next, in order (the first requests of the first few may be on its connection already:
-/// [`Conn::firsts_ahead`]).
+/// [`Conn::firsts_ahead`]); and whether it stays ([`super::crowd`]).
 pub(super) struct Lane {
     pub(super) id: usize,
     pub(super) conn: Option<Conn>,
     pub(super) claimed: std::collections::VecDeque<usize>,
+    pub(super) crowd: Arc<super::crowd::Crowd>,
+    /// A lease of this lane's came whole: a refusal from now on is not the server's limit.
+    pub(super) delivered: bool,
+    /// The server refused this lane's connection: it leaves.
+    pub(super) refused: bool,
+}
+
+impl Lane {
+    /// Whether the lane takes no new lease: above the job's count, or refused.
+    pub(super) fn leaving(&self) -> bool {
+        self.refused || !self.crowd.keeps(self.id)
+    }
+
+    /// Whether the lane was opened by growth (one write in flight, let go when refused).
+    pub(super) fn grown(&self) -> bool {
+        self.crowd.grown(self.id)
+    }
 }
 
 /// Asks source `src` for `range` on the lane's connection when it goes there, on a new one

@@ -184,6 +184,7 @@ async fn finish(
         backend_reason: file.settings.backend_reason.clone(),
         threads: file.settings.threads,
         connections: file.used_connections.load(Ordering::Relaxed) as usize,
+        connections_open: file.progress.crowd.target(),
         ranged: file
             .plan
             .lock()

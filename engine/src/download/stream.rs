@@ -35,26 +35,26 @@ pub(super) async fn run_stream(file: &Arc<FileDownload>, lane: &mut Lane, stream
         created,
         src,
     } = stream;
-    let result = single_stream(file, &mut conn, framing, src, created).await;
+    let result = single_stream(file, &mut conn, (framing, src, lane.grown()), created).await;
     lane.conn = Some(conn);
     if let Err(e) = result {
         file.fail(e);
     }
 }
 
-/// The body of the answer on `conn`, framed as `framing`, from source `src`, into `created`.
+/// The body of the answer on `conn`, framed as `framing`, from source `src`, into `created`;
+/// `grown`: the lane was opened by growth.
 async fn single_stream(
     file: &Arc<FileDownload>,
     conn: &mut Conn,
-    framing: Framing,
-    src: usize,
+    (framing, src, grown): (Framing, usize, bool),
     created: File,
 ) -> Result<(), GetError> {
     let sink = match framing {
         Framing::Length(n) => file.open_whole_sink(created, n).await?,
         _ => file.open_sink(Some(created)).await?,
     };
-    let mut pipe = Pipeline::new(file, sink);
+    let mut pipe = Pipeline::for_lane(file, sink, grown);
     let before = (conn.body_bytes(), conn.read_time());
     let copied = conn.copy_stream(file, &mut pipe, framing).await;
     let complete = matches!(copied, Ok(Some(_)));

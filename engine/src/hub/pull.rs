@@ -174,6 +174,9 @@ pub struct PullReport {
     /// With mirrors: the bytes each endpoint served, its failures and whether it was demoted.
     /// Empty without mirrors.
     pub endpoints: Vec<EndpointReport>,
+    /// Connections the data plane kept open: what connections by measurement settled on
+    /// (0 when nothing was fetched over HTTP).
+    pub connections_open: usize,
     /// With [`PullOptions::swarm`]: what the swarm brought, and why anything went over HTTP.
     #[cfg(feature = "swarm")]
     pub swarm: Option<super::swarm::SwarmReport>,
@@ -186,6 +189,7 @@ struct Tally {
     bytes_resumed: u64,
     http2: u64,
     http3: u64,
+    connections_open: usize,
     endpoints: Vec<EndpointReport>,
 }
 
@@ -197,6 +201,7 @@ impl Tally {
         self.bytes_resumed += r.resumed;
         self.http2 += r.http2;
         self.http3 += r.http3;
+        self.connections_open = self.connections_open.max(r.connections_open);
         for e in &r.endpoints {
             match self.endpoints.iter_mut().find(|t| t.endpoint == e.endpoint) {
                 Some(t) => {
@@ -484,6 +489,7 @@ impl<'e> Pull<'e> {
             seconds: self.started.elapsed().as_secs_f64(),
             backend: self.engine.selection().backend,
             endpoints: tally.endpoints,
+            connections_open: tally.connections_open,
             #[cfg(feature = "swarm")]
             swarm,
         })

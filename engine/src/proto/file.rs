@@ -177,14 +177,15 @@ pub(crate) const PIPELINE_MIN_WAIT: Duration = Duration::from_millis(20);
 
 /// Whether pipelining pays on a connection whose requests waited at least `wait` for their
 /// answers (about a round trip) and whose bodies arrive at `rate` bytes per second: when the
-/// wait is a WAN's ([`PIPELINE_MIN_WAIT`]) and at least half the time a `lease`-byte body
-/// takes (a third of the connection's time idle without it). On loopback or a LAN it does not
+/// wait is a WAN's ([`PIPELINE_MIN_WAIT`]) and at least an eighth of the time a `lease`-byte
+/// body takes (a ninth of the connection's time idle without it: flows capped at 10 MB/s 80 ms
+/// away idled a sixth of the time with half, docs/decisions.md). On loopback or a LAN it does not
 /// pay: the receive queue that pipelining keeps full costs more CPU than the idle time it
 /// saves, and there a wait of milliseconds is the client's own busy workers, not the path
 /// (docs/decisions.md, "Pipelining by measurement").
 pub(crate) fn pipelining_pays(wait: Duration, lease: u64, rate: Option<f64>) -> bool {
     let idles = match rate {
-        Some(rate) if rate > 0.0 => wait.as_secs_f64() * 2.0 >= lease as f64 / rate,
+        Some(rate) if rate > 0.0 => wait.as_secs_f64() * 8.0 >= lease as f64 / rate,
         _ => true,
     };
     wait >= PIPELINE_MIN_WAIT && idles

@@ -169,6 +169,11 @@ impl Endpoints {
         self.lock()[id].least_wait
     }
 
+    /// The least wait for an answer seen at any endpoint: the job's shortest round trip.
+    pub(crate) fn least_wait_any(&self) -> Option<Duration> {
+        self.lock().iter().filter_map(|e| e.least_wait).min()
+    }
+
     /// A request to `id` failed at `now`: it is put aside for a while (longer each time).
     pub(crate) fn failed(&self, id: usize, now: Instant) {
         let mut s = self.lock();

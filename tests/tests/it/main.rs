@@ -24,6 +24,7 @@ mod failing_disk;
 mod fast_open;
 mod faults;
 mod get;
+mod growth;
 mod hardening;
 mod hls;
 mod hls_faults;

@@ -260,6 +260,8 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
             r["bytes_fetched"].as_u64().expect("bytes"),
             "{what}: {r}"
         );
+        // `-c 4` is a fixed count, and the report says so.
+        assert_eq!(r["connections_open"], 4, "{what}: {r}");
         // The endpoint dead: the listing and every byte from the mirror, and the token, meant
         // for the endpoint, never sent to the mirror.
         let seen = hub.nginx.requests(0).len();
@@ -272,6 +274,8 @@ fn a_pull_with_a_mirror_spreads_the_bytes_and_survives_a_dead_endpoint() {
             &what,
         );
         assert_snapshot(cache.path(), &hub.repo, &what);
+        // By default a job starts with 16; a repo this small ends before a step could pay.
+        assert_eq!(r["connections_open"], 16, "{what}: {r}");
         let s = ferry_testkit::endpoints_served(&r);
         assert_eq!(
             s[1].1,

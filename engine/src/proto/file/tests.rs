@@ -305,8 +305,12 @@ fn pipelining_pays_where_the_wait_for_an_answer_would_idle_the_connection() {
         4 << 20,
         Some(1.5e9)
     ));
-    // Loopback with every worker busy: 20 ms of the client's own queueing, 70 ms a lease.
-    assert!(!pipelining_pays(ms(20), 4 << 20, Some(60e6)));
+    // Flows capped at 10 MB/s 80 ms away: 0.42 s a 4 MiB lease, a sixth of it idle without.
+    assert!(pipelining_pays(ms(80), 4 << 20, Some(10e6)));
+    // 30 ms away, 8 MiB leases at 10 MB/s: 0.84 s each, 3 % idle; not worth a full queue.
+    assert!(!pipelining_pays(ms(30), 8 << 20, Some(10e6)));
+    // Loopback with every worker busy: 19 ms of the client's own queueing, 70 ms a lease.
+    assert!(!pipelining_pays(ms(19), 4 << 20, Some(60e6)));
     // Before the first body's rate is known, the wait alone says.
     assert!(pipelining_pays(ms(30), 4 << 20, None));
     assert!(!pipelining_pays(Duration::from_micros(300), 4 << 20, None));

@@ -27,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub(crate) mod files;
+pub(crate) mod grow;
 
 use std::collections::VecDeque;
 use std::ops::Range;
@@ -97,6 +98,8 @@ pub(crate) struct Plan {
     chunk: Option<u64>,
     /// The largest chunk the frontier hands out by default.
     max_chunk: u64,
+    /// What one lease per connection may span at most ([`Plan::spread_within`]).
+    spread: Option<u64>,
     leases: Vec<Option<Lease>>,
     retry: Vec<Range<u64>>,
     retries_left: u32,
@@ -143,6 +146,7 @@ impl Plan {
             connections: connections.max(1) as u64,
             chunk: chunk.map(|c| c.max(1)),
             max_chunk: MAX_CHUNK,
+            spread: None,
             leases: Vec::new(),
             retry: Vec::new(),
             retries_left: MAX_RETRIES,
@@ -403,9 +407,20 @@ impl Plan {
     /// the window, or it fills, the other connections stop and the hash waits for the one that
     /// lags. A fixed `--chunk-size` is kept as given.
     pub(crate) fn spread_within(mut self, bytes: u64) -> Plan {
+        self.spread = Some(bytes);
         self.max_chunk =
             (bytes / self.connections / MIN_CHUNK * MIN_CHUNK).clamp(MIN_CHUNK, MAX_CHUNK);
         self
+    }
+
+    /// The job now keeps `connections` open (connections by measurement, [`grow`]): the
+    /// frontier's chunks are sized for them from now on.
+    pub(crate) fn set_connections(&mut self, connections: usize) {
+        self.connections = connections.max(1) as u64;
+        if let Some(bytes) = self.spread {
+            self.max_chunk =
+                (bytes / self.connections / MIN_CHUNK * MIN_CHUNK).clamp(MIN_CHUNK, MAX_CHUNK);
+        }
     }
 
     /// Splits made so far.

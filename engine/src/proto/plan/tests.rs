@@ -223,6 +223,28 @@ fn a_verified_file_keeps_its_leases_within_the_spread() {
 }
 
 #[test]
+fn more_connections_get_smaller_leases_within_the_same_spread() {
+    // A verified file: 16 connections span 64 MiB with 4 MiB leases; grown to 32, 2 MiB.
+    let mut plan = Plan::new(8 << 30, 0, 16, None).spread_within(64 << 20);
+    let (_, r, _) = plan.take().expect("frontier");
+    assert_eq!(r.end - r.start, 4 << 20);
+    plan.set_connections(32);
+    let (_, r2, _) = plan.take().expect("frontier");
+    assert_eq!((r2.start, r2.end - r2.start), (r.end, 2 << 20));
+    // Without a spread, the chunk follows what is left per connection (8 MiB at most).
+    let mut plan = Plan::new(256 << 20, 0, 16, None);
+    let (_, r, _) = plan.take().expect("frontier");
+    assert_eq!(r.end - r.start, 8 << 20);
+    plan.set_connections(64);
+    let (_, r, _) = plan.take().expect("frontier");
+    assert_eq!(
+        r.end - r.start,
+        1 << 20,
+        "248 MiB over 64 connections, two each"
+    );
+}
+
+#[test]
 fn a_split_never_cuts_below_what_was_reserved() {
     let mut plan = Plan::new(100 << 20, 0, 2, Some(100 << 20));
     let (a, r, _) = plan.take().expect("frontier");
