@@ -267,6 +267,11 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
         );
         let mut killed_running = 0;
         let mut journaled_at_last_kill = 0;
+        // The report of a run that ended by itself before its kill (one that finds every byte
+        // written by the runs before takes them over and can end within its kill's 0-40 ms):
+        // no later run has anything to take over, and this run is the one that resumed after
+        // the last kill.
+        let mut finished: Option<serde_json::Value> = None;
         // The moments: a random point of the shards' bytes for each kill (in order, so the kills
         // spread over the whole pull), then a random 0-40 ms more, so they also land between
         // journal records, in the listing, while files open, settle and are published.
@@ -281,7 +286,7 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
         points.sort_unstable();
         for (k, threshold) in points.into_iter().enumerate() {
             let mut child = pull_command(backend, &endpoint, cache.path())
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("spawn ferry");
@@ -306,13 +311,20 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
                 killed_running += 1;
                 journaled_at_last_kill = journaled;
             }
-            let _ = child.wait();
+            let out = child.wait_with_output().expect("wait");
             eprintln!(
                 "  kill {}: {} MiB of {} MiB journaled",
                 k + 1,
                 journaled >> 20,
                 lfs_total >> 20
             );
+            if out.status.success() {
+                let r: serde_json::Value =
+                    serde_json::from_slice(&out.stdout).expect("the pull's JSON report");
+                eprintln!("  run {} finished the pull before its kill", k + 1);
+                finished = Some(r);
+                break;
+            }
         }
         assert!(
             killed_running > 0,
@@ -343,6 +355,14 @@ fn a_pull_killed_mid_transfer_resumes_without_fetching_written_ranges_again() {
         let refetched = || Some(sent_for_backend().saturating_sub(total));
         let (place, endpoint) = ((cache.path(), &*repo), (backend, endpoint.as_str()));
         let r = finish_pull(endpoint, place, watcher, &what, (trial, refetched));
+        // The run after the last kill: this one, or one that ended by itself before it.
+        let r = match finished {
+            Some(first) => {
+                assert_eq!(r["bytes_fetched"], 0, "{what}: the pull was complete: {r}");
+                first
+            }
+            None => r,
+        };
         let resumed = r["bytes_resumed"].as_u64().expect("bytes_resumed");
         let fetched = r["bytes_fetched"].as_u64().expect("bytes_fetched");
         assert!(resumed > 0, "a partial file was taken over: {r}");
