@@ -32,9 +32,9 @@ pub struct Config {
     pub threads: Option<usize>,
     /// The most connections a job keeps open at once, shared by its files
     /// ([`DEFAULT_CONNECTIONS`]). A job starts with [`START_CONNECTIONS`] of them; where this
-    /// allows more, it opens half as many again while that makes it at least 15 % faster
-    /// (where a server caps each flow), and goes back where it does not (a full link). At or
-    /// below [`START_CONNECTIONS`] the count is fixed.
+    /// allows more, it opens as many again, then half as many again, while each step makes it
+    /// at least 15 % faster (where a server caps each flow), and goes back where it does not (a
+    /// full link). At or below [`START_CONNECTIONS`] the count is fixed.
     pub connections: usize,
     /// Range size; by default about two ranges per connection over what is left, 1-8 MiB, and
     /// on a file with a checksum at most 64 MiB over all the connections together.

@@ -132,20 +132,20 @@ mod tests {
             match c.tick(now, done, None, rtt) {
                 Step::Wait(d) => now += d,
                 Step::Open(n) => {
-                    assert_eq!(n, 24);
+                    assert_eq!(n, 32);
                     break;
                 }
                 s => panic!("{s:?}"),
             }
             done += 8 << 20;
         }
-        assert_eq!(c.to_start(), 16..24);
-        assert!(c.keeps(23));
+        assert_eq!(c.to_start(), 16..32);
+        assert!(c.keeps(31));
         assert!(c.refused());
         assert!(!c.keeps(16) && c.keeps(15));
         assert!(c.settled());
-        // Lanes 16..24 were started already: none starts again.
-        assert_eq!(c.to_start(), 24..24);
+        // Lanes 16..32 were started already: none starts again.
+        assert_eq!(c.to_start(), 32..32);
         assert!(!c.refused());
     }
 

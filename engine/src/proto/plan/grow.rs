@@ -4,9 +4,10 @@
 //!
 //! A job starts with [`START`] connections (all of `-c` when that is fewer). Where `-c` allows
 //! more, the controller lets the rate settle (a ramp of [`RAMP_MIN`] plus [`RAMP_RTTS`] round
-//! trips), measures it over at least [`MEASURE_MIN`] and [`MEASURE_RTTS`] round trips, opens half
-//! as many again, lets that settle, and measures again. The step stays only when the rate grew
-//! by [`GAIN`]; otherwise the count goes back and growth stops. It also stops at the cap, and
+//! trips), measures it over at least [`MEASURE_MIN`] and [`MEASURE_RTTS`] round trips, opens as
+//! many again (the first step, as TCP's slow start: nothing says yet that the link is near
+//! full) or half as many again (later steps), lets that settle, and measures again. The step
+//! stays only when the rate grew by [`GAIN`]; otherwise the count goes back and growth stops. It also stops at the cap, and
 //! when too little is left for a step to pay. A connection opened by a step that the server
 //! refuses ([`Growth::refused`]: an edge's connection limit) takes the step back at once.
 //!
@@ -182,11 +183,16 @@ impl Growth {
         {
             return self.settle_on(self.open, false);
         }
+        // The first step doubles; later ones, after a step that paid, add half.
+        let step = match before {
+            None => self.open,
+            Some(_) => self.open / 2,
+        };
         let before = Some(Before {
             count: self.open,
             rate,
         });
-        self.open = (self.open + (self.open / 2).max(1)).min(self.cap);
+        self.open = (self.open + step.max(1)).min(self.cap);
         self.phase = Phase::Ramp {
             until: now + ramp(rtt.unwrap_or_default()),
             before,
@@ -272,7 +278,8 @@ mod tests {
 
     #[test]
     fn capped_flows_grow_to_the_cap() {
-        // 10 MB/s per flow, a link of 1 GB/s: every step pays, the last one only up to the cap.
+        // 10 MB/s per flow, a link of 1 GB/s: every step pays: the first doubles, the next add
+        // half, the last only up to the cap.
         let (steps, settled) = run(64, 10e6, 1e9, 20 << 30);
         assert_eq!(settled, 64, "{steps:?}");
         let opened: Vec<usize> = steps
@@ -282,7 +289,7 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(opened, [24, 36, 54, 64], "{steps:?}");
+        assert_eq!(opened, [32, 48, 64], "{steps:?}");
     }
 
     #[test]
@@ -294,16 +301,16 @@ mod tests {
 
     #[test]
     fn a_full_link_goes_back_to_the_start() {
-        // 16 flows fill the link already: the step to 24 brings nothing.
+        // 16 flows fill the link already: the step to 32 brings nothing.
         let (steps, settled) = run(32, 25e6, 400e6, 20 << 30);
         assert_eq!(settled, 16, "{steps:?}");
-        assert!(steps.contains(&Step::Open(24)), "{steps:?}");
+        assert!(steps.contains(&Step::Open(32)), "{steps:?}");
         assert_eq!(steps.last(), Some(&Step::Back(16)));
     }
 
     #[test]
     fn a_gain_below_the_threshold_goes_back() {
-        // 16 flows of 25 MB/s against a 440 MB/s link: 24 flows bring 10 %.
+        // 16 flows of 25 MB/s against a 440 MB/s link: 32 flows bring 10 %.
         let (steps, settled) = run(32, 25e6, 440e6, 20 << 30);
         assert_eq!(settled, 16, "{steps:?}");
         assert_eq!(steps.last(), Some(&Step::Back(16)));
@@ -311,11 +318,11 @@ mod tests {
 
     #[test]
     fn a_step_that_pays_stays_and_the_next_that_does_not_goes_back() {
-        // 16 x 10 MB/s = 160 MB/s; 24 -> 240; 36 -> 300 (the link): +25 % stays;
-        // 54 -> 300: goes back to 36.
+        // 16 x 10 MB/s = 160 MB/s; 32 -> 300 (the link): +87 % stays; 48 -> 300: goes back
+        // to 32.
         let (steps, settled) = run(64, 10e6, 300e6, 20 << 30);
-        assert_eq!(settled, 36, "{steps:?}");
-        assert_eq!(steps.last(), Some(&Step::Back(36)));
+        assert_eq!(settled, 32, "{steps:?}");
+        assert_eq!(steps.last(), Some(&Step::Back(32)));
     }
 
     #[test]
@@ -359,7 +366,7 @@ mod tests {
             match g.tick(now, done, None, Some(RTT)) {
                 Step::Wait(d) => now += d,
                 Step::Open(n) => {
-                    assert_eq!(n, 24);
+                    assert_eq!(n, 32);
                     break;
                 }
                 s => panic!("{s:?}"),
