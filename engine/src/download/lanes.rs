@@ -192,9 +192,7 @@ impl Lanes {
             match crowd.tick(self.progress.elapsed(), done, left, rtt) {
                 GrowStep::Wait(wait) => compio::time::sleep(wait).await,
                 GrowStep::Open(n) => {
-                    for f in &self.lock().active {
-                        self.files[*f].with_plan(|p| p.set_connections(n));
-                    }
+                    self.size_plans_for(n);
                     let workers = self
                         .workers
                         .lock()
@@ -205,14 +203,19 @@ impl Lanes {
                     }
                 }
                 GrowStep::Back(n) => {
-                    for f in &self.lock().active {
-                        self.files[*f].with_plan(|p| p.set_connections(n));
-                    }
+                    self.size_plans_for(n);
                     self.lock().wake_all();
                     return;
                 }
                 GrowStep::Settled(_) => return,
             }
+        }
+    }
+
+    /// The active files' leases are sized for `n` connections from now on.
+    fn size_plans_for(&self, n: usize) {
+        for f in &self.lock().active {
+            self.files[*f].with_plan(|p| p.set_connections(n));
         }
     }
 
